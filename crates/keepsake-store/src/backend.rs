@@ -1,0 +1,412 @@
+//! Immutable objects under the packs: put whole, read a range, list, delete.
+//!
+//! Packs are written once and never modified, so the trait has no append: an
+//! object store such as S3 fits it without changing callers.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// What can go wrong below the store.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The object does not exist.
+    #[error("object {0} not found")]
+    NotFound(String),
+    /// The device or the configured capacity is full; nothing was written.
+    #[error("storage is full")]
+    Full,
+    /// Any other I/O failure.
+    #[error("storage I/O failed: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// One stored object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// Its name.
+    pub name: String,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// A flat namespace of immutable objects.
+pub trait Backend: Send + Sync {
+    /// Stores `bytes` under `name`; returns only once the object is durable.
+    fn put(&self, name: &str, bytes: &[u8]) -> Result<(), BackendError>;
+    /// Reads `len` bytes at `offset`; a short object is an error, never a short read.
+    fn get_range(&self, name: &str, offset: u64, len: u64) -> Result<Vec<u8>, BackendError>;
+    /// Reads a whole object.
+    fn get(&self, name: &str) -> Result<Vec<u8>, BackendError>;
+    /// Lists objects whose names start with `prefix`.
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, BackendError>;
+    /// Deletes an object; deleting a missing object succeeds.
+    fn delete(&self, name: &str) -> Result<(), BackendError>;
+}
+
+fn check_name(name: &str) -> io::Result<()> {
+    // Names come from hashes and ids only; refuse anything that could walk out of the root.
+    let ok = !name.is_empty()
+        && !name.starts_with('/')
+        && name
+            .split('/')
+            .all(|part| !part.is_empty() && part != "." && part != "..")
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'/' || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("bad object name {name:?}"),
+        ))
+    }
+}
+
+fn is_full(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    )
+}
+
+fn fsync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Objects as files under one directory, written temp + fsync + rename + fsync dir.
+#[derive(Debug)]
+pub struct LocalFsBackend {
+    root: PathBuf,
+    tmp: PathBuf,
+    tmp_counter: AtomicU64,
+}
+
+impl LocalFsBackend {
+    /// Opens (creating) a backend rooted at `root`, removing temp files a crash left behind.
+    pub fn open(root: impl Into<PathBuf>) -> io::Result<Self> {
+        let root = root.into();
+        let tmp = root.join(".tmp");
+        fs::create_dir_all(&tmp)?;
+        for entry in fs::read_dir(&tmp)? {
+            fs::remove_file(entry?.path())?;
+        }
+        Ok(Self {
+            root,
+            tmp,
+            tmp_counter: AtomicU64::new(0),
+        })
+    }
+
+    fn path(&self, name: &str) -> io::Result<PathBuf> {
+        check_name(name)?;
+        Ok(self.root.join(name))
+    }
+
+    fn write_durably(&self, final_path: &Path, bytes: &[u8]) -> io::Result<()> {
+        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
+        let tmp = self.tmp.join(format!("{}-{n}", std::process::id()));
+        let result = (|| {
+            let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            file.write_all(bytes)?;
+            fail::fail_point!("backend-before-fsync", |_| Err(io::Error::other(
+                "fail point backend-before-fsync"
+            )));
+            file.sync_all()?;
+            drop(file);
+            let parent = final_path.parent().expect("object paths have a parent");
+            if !parent.exists() {
+                fs::create_dir_all(parent)?;
+                fsync_dir(parent.parent().expect("fan-out dirs live under the root"))?;
+            }
+            fail::fail_point!("backend-before-rename", |_| Err(io::Error::other(
+                "fail point backend-before-rename"
+            )));
+            fs::rename(&tmp, final_path)?;
+            fail::fail_point!("backend-before-dir-fsync", |_| Err(io::Error::other(
+                "fail point backend-before-dir-fsync"
+            )));
+            fsync_dir(parent)
+        })();
+        if result.is_err() {
+            // A failed write leaves nothing behind; a failed fsync is never retried as success.
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+}
+
+impl Backend for LocalFsBackend {
+    fn put(&self, name: &str, bytes: &[u8]) -> Result<(), BackendError> {
+        let path = self.path(name)?;
+        self.write_durably(&path, bytes).map_err(|e| {
+            if is_full(&e) {
+                BackendError::Full
+            } else {
+                BackendError::Io(e)
+            }
+        })
+    }
+
+    fn get_range(&self, name: &str, offset: u64, len: u64) -> Result<Vec<u8>, BackendError> {
+        let path = self.path(name)?;
+        let mut file = File::open(&path).map_err(|e| not_found_or(e, name))?;
+        file.seek(SeekFrom::Start(offset))?;
+        let mut buf = vec![0u8; usize::try_from(len).map_err(io::Error::other)?];
+        file.read_exact(&mut buf)?;
+        Ok(buf)
+    }
+
+    fn get(&self, name: &str) -> Result<Vec<u8>, BackendError> {
+        let path = self.path(name)?;
+        fs::read(&path).map_err(|e| not_found_or(e, name))
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, BackendError> {
+        let mut out = Vec::new();
+        walk(&self.root, &self.root, &mut out)?;
+        out.retain(|o| o.name.starts_with(prefix));
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    fn delete(&self, name: &str) -> Result<(), BackendError> {
+        let path = self.path(name)?;
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+fn not_found_or(e: io::Error, name: &str) -> BackendError {
+    if e.kind() == io::ErrorKind::NotFound {
+        BackendError::NotFound(name.to_string())
+    } else {
+        BackendError::Io(e)
+    }
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut Vec<ObjectInfo>) -> io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        let file_name = entry.file_name();
+        if file_name.to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let meta = entry.metadata()?;
+        if meta.is_dir() {
+            walk(root, &path, out)?;
+        } else {
+            let name = path
+                .strip_prefix(root)
+                .expect("walked under root")
+                .to_string_lossy()
+                .into_owned();
+            out.push(ObjectInfo {
+                name,
+                size: meta.len(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Objects in memory, for tests and simulation.
+#[derive(Debug, Default)]
+pub struct MemoryBackend {
+    objects: Mutex<BTreeMap<String, Vec<u8>>>,
+}
+
+impl MemoryBackend {
+    /// An empty backend.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Flips one bit of a stored object: how tests model bit rot.
+    pub fn flip_bit(&self, name: &str, bit: u64) {
+        let mut objects = self.objects.lock().expect("backend lock");
+        let object = objects.get_mut(name).expect("object exists");
+        object[(bit / 8) as usize] ^= 1 << (bit % 8);
+    }
+}
+
+impl Backend for MemoryBackend {
+    fn put(&self, name: &str, bytes: &[u8]) -> Result<(), BackendError> {
+        check_name(name)?;
+        self.objects
+            .lock()
+            .expect("backend lock")
+            .insert(name.to_string(), bytes.to_vec());
+        Ok(())
+    }
+
+    fn get_range(&self, name: &str, offset: u64, len: u64) -> Result<Vec<u8>, BackendError> {
+        let objects = self.objects.lock().expect("backend lock");
+        let object = objects
+            .get(name)
+            .ok_or_else(|| BackendError::NotFound(name.to_string()))?;
+        let start = usize::try_from(offset).map_err(io::Error::other)?;
+        let end = start.saturating_add(usize::try_from(len).map_err(io::Error::other)?);
+        object
+            .get(start..end)
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof).into())
+    }
+
+    fn get(&self, name: &str) -> Result<Vec<u8>, BackendError> {
+        self.objects
+            .lock()
+            .expect("backend lock")
+            .get(name)
+            .cloned()
+            .ok_or_else(|| BackendError::NotFound(name.to_string()))
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, BackendError> {
+        Ok(self
+            .objects
+            .lock()
+            .expect("backend lock")
+            .iter()
+            .filter(|(name, _)| name.starts_with(prefix))
+            .map(|(name, bytes)| ObjectInfo {
+                name: name.clone(),
+                size: bytes.len() as u64,
+            })
+            .collect())
+    }
+
+    fn delete(&self, name: &str) -> Result<(), BackendError> {
+        self.objects.lock().expect("backend lock").remove(name);
+        Ok(())
+    }
+}
+
+/// Wraps a backend with a byte capacity: a configurable "disk" size.
+pub struct CappedBackend<B> {
+    inner: B,
+    capacity: u64,
+    used: Mutex<u64>,
+}
+
+impl<B: Backend> CappedBackend<B> {
+    /// Caps `inner` at `capacity` bytes, counting what it already holds.
+    pub fn new(inner: B, capacity: u64) -> Result<Self, BackendError> {
+        let used = inner.list("")?.iter().map(|o| o.size).sum();
+        Ok(Self {
+            inner,
+            capacity,
+            used: Mutex::new(used),
+        })
+    }
+}
+
+impl<B: Backend> Backend for CappedBackend<B> {
+    fn put(&self, name: &str, bytes: &[u8]) -> Result<(), BackendError> {
+        let mut used = self.used.lock().expect("capacity lock");
+        if *used + bytes.len() as u64 > self.capacity {
+            return Err(BackendError::Full);
+        }
+        self.inner.put(name, bytes)?;
+        *used += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn get_range(&self, name: &str, offset: u64, len: u64) -> Result<Vec<u8>, BackendError> {
+        self.inner.get_range(name, offset, len)
+    }
+
+    fn get(&self, name: &str) -> Result<Vec<u8>, BackendError> {
+        self.inner.get(name)
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, BackendError> {
+        self.inner.list(prefix)
+    }
+
+    fn delete(&self, name: &str) -> Result<(), BackendError> {
+        let size = self
+            .inner
+            .list(name)?
+            .into_iter()
+            .find(|o| o.name == name)
+            .map_or(0, |o| o.size);
+        self.inner.delete(name)?;
+        let mut used = self.used.lock().expect("capacity lock");
+        *used = used.saturating_sub(size);
+        Ok(())
+    }
+}
+
+impl<B: Backend> Backend for std::sync::Arc<B> {
+    fn put(&self, name: &str, bytes: &[u8]) -> Result<(), BackendError> {
+        (**self).put(name, bytes)
+    }
+    fn get_range(&self, name: &str, offset: u64, len: u64) -> Result<Vec<u8>, BackendError> {
+        (**self).get_range(name, offset, len)
+    }
+    fn get(&self, name: &str) -> Result<Vec<u8>, BackendError> {
+        (**self).get(name)
+    }
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, BackendError> {
+        (**self).list(prefix)
+    }
+    fn delete(&self, name: &str) -> Result<(), BackendError> {
+        (**self).delete(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exercise(backend: &dyn Backend) {
+        backend.put("packs/ab/one", b"hello world").unwrap();
+        assert_eq!(backend.get_range("packs/ab/one", 6, 5).unwrap(), b"world");
+        assert!(
+            backend.get_range("packs/ab/one", 6, 50).is_err(),
+            "short read is an error"
+        );
+        assert_eq!(backend.list("packs/").unwrap().len(), 1);
+        assert!(matches!(
+            backend.get("packs/ab/two"),
+            Err(BackendError::NotFound(_))
+        ));
+        backend.delete("packs/ab/one").unwrap();
+        backend.delete("packs/ab/one").unwrap();
+        assert!(backend.list("").unwrap().is_empty());
+        assert!(backend.put("../escape", b"x").is_err());
+    }
+
+    #[test]
+    fn local_fs_backend_behaves() {
+        let dir = tempfile::tempdir().unwrap();
+        exercise(&LocalFsBackend::open(dir.path()).unwrap());
+    }
+
+    #[test]
+    fn memory_backend_behaves() {
+        exercise(&MemoryBackend::new());
+    }
+
+    #[test]
+    fn capped_backend_refuses_past_capacity_and_frees_on_delete() {
+        let capped = CappedBackend::new(MemoryBackend::new(), 10).unwrap();
+        capped.put("a", b"123456").unwrap();
+        assert!(matches!(
+            capped.put("b", b"123456"),
+            Err(BackendError::Full)
+        ));
+        assert!(capped.list("").unwrap().len() == 1, "nothing half-written");
+        capped.delete("a").unwrap();
+        capped.put("b", b"123456").unwrap();
+    }
+}

@@ -1,0 +1,51 @@
+//! The content-addressed asset store: chunks and manifests named by their BLAKE3
+//! hash, packed into immutable pack files, indexed in SQLite, owned per account.
+//!
+//! Chunks arrive in batches; each batch becomes one pack written with one fsync,
+//! then one index transaction, and only then is it acknowledged. Physical storage
+//! is deduplicated across accounts, but an account only *owns* (and can read or
+//! learn about) a chunk after uploading its bytes. Chunks held by a live upload
+//! session or by a referenced manifest are never garbage collected.
+//!
+//! The store does blocking I/O; async callers run it on a blocking thread.
+//!
+//! ```
+//! use keepsake_store::{ChunkId, Store, StoreParts, StoreConfig, MemoryBackend, ManualClock, SeededEntropy};
+//! use std::sync::Arc;
+//!
+//! let store = Store::open(StoreParts {
+//!     backend: Arc::new(MemoryBackend::new()),
+//!     index_path: None,
+//!     clock: Arc::new(ManualClock::new(1_700_000_000_000)),
+//!     entropy: Arc::new(SeededEntropy::new(1)),
+//!     config: StoreConfig::default(),
+//! })?;
+//! let session = store.begin_session("alice", 5, 60_000, None)?;
+//! let id = ChunkId::of(b"hello");
+//! store.put_chunks("alice", &session.id, &[(id, bytes::Bytes::from_static(b"hello"))])?;
+//! assert_eq!(store.get_chunk("alice", &id)?, b"hello");
+//! assert!(store.get_chunk("bob", &id).is_err()); // bob never uploaded it
+//! # Ok::<(), keepsake_store::StoreError>(())
+//! ```
+
+mod backend;
+mod clock;
+mod error;
+mod id;
+mod manifest;
+pub mod pack;
+mod schema;
+mod store;
+
+pub use backend::{
+    Backend, BackendError, CappedBackend, LocalFsBackend, MemoryBackend, ObjectInfo,
+};
+pub use clock::{
+    Clock, Entropy, ManualClock, OsEntropy, SeededEntropy, SystemClock, UnixMillis, random_hex,
+};
+pub use error::StoreError;
+pub use id::{ChunkId, ManifestId};
+pub use manifest::{Manifest, ManifestEntry};
+pub use store::{
+    GcReport, PutOutcome, ScrubReport, Session, Store, StoreConfig, StoreParts, Usage,
+};

@@ -1,0 +1,173 @@
+//! Manifests: the ordered chunks of one file, with a canonical byte encoding.
+
+use crate::{ChunkId, StoreError};
+
+/// Magic prefix of the canonical encoding; the digit is the format version.
+const MAGIC: &[u8; 4] = b"KSM1";
+const HEADER_LEN: usize = 4 + 8 + 32 + 4;
+const ENTRY_LEN: usize = 32 + 4;
+
+/// One chunk of a file and its length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ManifestEntry {
+    /// The chunk's id.
+    pub chunk: ChunkId,
+    /// The chunk's length in bytes.
+    pub len: u32,
+}
+
+/// The ordered list of chunks that make one file, its length and its whole-file hash.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Manifest {
+    /// Chunks in file order.
+    pub entries: Vec<ManifestEntry>,
+    /// Sum of the entries' lengths.
+    pub total_len: u64,
+    /// BLAKE3 of the whole file.
+    pub file_hash: ChunkId,
+}
+
+impl Manifest {
+    /// Builds a manifest from chunks in order, checking nothing but arithmetic.
+    pub fn new(entries: Vec<ManifestEntry>, file_hash: ChunkId) -> Self {
+        let total_len = entries.iter().map(|e| u64::from(e.len)).sum();
+        Self {
+            entries,
+            total_len,
+            file_hash,
+        }
+    }
+
+    /// Checks the manifest is self-consistent and within `max_entries` / `max_chunk_len`.
+    pub fn validate(&self, max_entries: usize, max_chunk_len: u32) -> Result<(), StoreError> {
+        if self.entries.len() > max_entries {
+            return Err(StoreError::MalformedManifest(format!(
+                "{} entries, at most {max_entries} allowed",
+                self.entries.len()
+            )));
+        }
+        let mut sum: u64 = 0;
+        for entry in &self.entries {
+            if entry.len == 0 || entry.len > max_chunk_len {
+                return Err(StoreError::MalformedManifest(format!(
+                    "chunk {} has length {}, must be 1..={max_chunk_len}",
+                    entry.chunk, entry.len
+                )));
+            }
+            sum += u64::from(entry.len);
+        }
+        if sum != self.total_len {
+            return Err(StoreError::MalformedManifest(format!(
+                "entries add up to {sum} bytes but total_length says {}",
+                self.total_len
+            )));
+        }
+        Ok(())
+    }
+
+    /// The canonical encoding, whose BLAKE3 is the manifest's id.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(HEADER_LEN + self.entries.len() * ENTRY_LEN);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&self.total_len.to_le_bytes());
+        out.extend_from_slice(self.file_hash.as_bytes());
+        let count = u32::try_from(self.entries.len()).expect("validated entry count fits u32");
+        out.extend_from_slice(&count.to_le_bytes());
+        for entry in &self.entries {
+            out.extend_from_slice(entry.chunk.as_bytes());
+            out.extend_from_slice(&entry.len.to_le_bytes());
+        }
+        out
+    }
+
+    /// The manifest's id: BLAKE3 of [`Manifest::encode`].
+    pub fn id(&self) -> ChunkId {
+        ChunkId::of(&self.encode())
+    }
+
+    /// Decodes the canonical encoding, refusing anything that would not re-encode identically.
+    pub fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
+        let bad = |why: &str| StoreError::MalformedManifest(why.to_string());
+        if bytes.len() < HEADER_LEN || &bytes[..4] != MAGIC {
+            return Err(bad("not a keepsake manifest"));
+        }
+        let total_len = u64::from_le_bytes(bytes[4..12].try_into().expect("8 bytes"));
+        let file_hash = ChunkId::from_slice(&bytes[12..44])?;
+        let count = u32::from_le_bytes(bytes[44..48].try_into().expect("4 bytes")) as usize;
+        let body = &bytes[HEADER_LEN..];
+        if body.len() != count.saturating_mul(ENTRY_LEN) {
+            return Err(bad("entry count does not match the encoded length"));
+        }
+        let entries = body
+            .chunks_exact(ENTRY_LEN)
+            .map(|e| ManifestEntry {
+                chunk: ChunkId(e[..32].try_into().expect("32 bytes")),
+                len: u32::from_le_bytes(e[32..].try_into().expect("4 bytes")),
+            })
+            .collect::<Vec<_>>();
+        let sum: u64 = entries.iter().map(|e| u64::from(e.len)).sum();
+        if sum != total_len {
+            return Err(bad("entries do not add up to the total length"));
+        }
+        Ok(Self {
+            entries,
+            total_len,
+            file_hash,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn arb_manifest() -> impl Strategy<Value = Manifest> {
+        (
+            proptest::collection::vec((any::<[u8; 32]>(), 1u32..1 << 20), 0..50),
+            any::<[u8; 32]>(),
+        )
+            .prop_map(|(entries, hash)| {
+                Manifest::new(
+                    entries
+                        .into_iter()
+                        .map(|(id, len)| ManifestEntry {
+                            chunk: ChunkId(id),
+                            len,
+                        })
+                        .collect(),
+                    ChunkId(hash),
+                )
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn manifest_encoding_round_trips(m in arb_manifest()) {
+            let decoded = Manifest::decode(&m.encode()).unwrap();
+            prop_assert_eq!(&decoded, &m);
+            prop_assert_eq!(decoded.id(), m.id());
+        }
+
+        #[test]
+        fn decode_never_panics_on_garbage(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let _ = Manifest::decode(&bytes);
+        }
+    }
+
+    #[test]
+    fn validate_refuses_wrong_total() {
+        let mut m = Manifest::new(
+            vec![ManifestEntry {
+                chunk: ChunkId([1; 32]),
+                len: 10,
+            }],
+            ChunkId([2; 32]),
+        );
+        m.total_len = 11;
+        assert!(matches!(
+            m.validate(10, 100),
+            Err(StoreError::MalformedManifest(_))
+        ));
+    }
+}

@@ -1,0 +1,82 @@
+//! Pack files: many chunks in one immutable object.
+//!
+//! A pack is a plain sequence of records `id (32) | len (u32 LE) | bytes`, with
+//! no header or trailer, so every byte of a pack belongs to exactly one record
+//! and a flipped bit anywhere is caught when that record is read.
+
+use crate::{ChunkId, StoreError};
+
+/// Bytes of a record header.
+pub const RECORD_HEADER: u64 = 36;
+
+/// Where a chunk's record sits inside its pack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slot {
+    /// Offset of the record header.
+    pub offset: u64,
+    /// Length of the chunk's bytes.
+    pub len: u32,
+}
+
+/// Builds a pack in memory.
+#[derive(Debug, Default)]
+pub struct PackWriter {
+    bytes: Vec<u8>,
+}
+
+impl PackWriter {
+    /// An empty pack sized for about `capacity` bytes.
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self {
+            bytes: Vec::with_capacity(capacity),
+        }
+    }
+
+    /// Appends one record and says where it went.
+    pub fn push(&mut self, id: &ChunkId, data: &[u8]) -> Slot {
+        let offset = self.bytes.len() as u64;
+        let len = u32::try_from(data.len()).expect("chunk lengths are bounded below u32");
+        self.bytes.extend_from_slice(id.as_bytes());
+        self.bytes.extend_from_slice(&len.to_le_bytes());
+        self.bytes.extend_from_slice(data);
+        Slot { offset, len }
+    }
+
+    /// Bytes so far.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// True when no record was pushed.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// The finished pack.
+    pub fn finish(self) -> Vec<u8> {
+        self.bytes
+    }
+}
+
+/// Checks one record read back from a pack and returns the chunk's bytes.
+pub fn verify_record(id: &ChunkId, slot: Slot, record: &[u8]) -> Result<Vec<u8>, StoreError> {
+    let header = RECORD_HEADER as usize;
+    if record.len() != header + slot.len as usize
+        || record[..32] != id.0
+        || record[32..36] != slot.len.to_le_bytes()
+    {
+        return Err(StoreError::Corrupt(*id));
+    }
+    let data = &record[header..];
+    if ChunkId::of(data) != *id {
+        return Err(StoreError::Corrupt(*id));
+    }
+    Ok(data.to_vec())
+}
+
+/// The record of `slot` inside a whole pack, if it lies within it.
+pub fn record_in(pack: &[u8], slot: Slot) -> &[u8] {
+    let start = (slot.offset as usize).min(pack.len());
+    let end = (start + RECORD_HEADER as usize + slot.len as usize).min(pack.len());
+    &pack[start..end]
+}

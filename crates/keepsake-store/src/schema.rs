@@ -1,0 +1,74 @@
+//! The SQLite index: where every chunk lives, who owns it, and what holds it.
+
+use rusqlite::Connection;
+use rusqlite_migration::{M, Migrations};
+
+const V1: &str = "
+CREATE TABLE packs (
+    pack_id    INTEGER PRIMARY KEY,
+    name       TEXT NOT NULL UNIQUE,
+    hash       TEXT NOT NULL,
+    size       INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    -- Set once the index no longer points into the pack; deleted after a grace period.
+    retired_at INTEGER
+);
+CREATE TABLE chunks (
+    id          BLOB PRIMARY KEY,
+    pack_id     INTEGER NOT NULL REFERENCES packs(pack_id),
+    offset      INTEGER NOT NULL,
+    len         INTEGER NOT NULL,
+    is_manifest INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE INDEX chunks_by_pack ON chunks(pack_id);
+-- The one composite index FindMissing needs: (account, chunk).
+CREATE TABLE owners (
+    account TEXT NOT NULL,
+    chunk   BLOB NOT NULL,
+    PRIMARY KEY (account, chunk)
+) WITHOUT ROWID;
+CREATE INDEX owners_by_chunk ON owners(chunk);
+CREATE TABLE usage (
+    account TEXT PRIMARY KEY,
+    bytes   INTEGER NOT NULL,
+    chunks  INTEGER NOT NULL
+);
+CREATE TABLE sessions (
+    session_id     TEXT PRIMARY KEY,
+    account        TEXT NOT NULL,
+    request_id     TEXT,
+    expected_bytes INTEGER NOT NULL,
+    created_at     INTEGER NOT NULL,
+    expires_at     INTEGER NOT NULL,
+    ended_at       INTEGER,
+    UNIQUE (account, request_id)
+);
+CREATE TABLE session_pins (
+    session_id TEXT NOT NULL,
+    chunk      BLOB NOT NULL,
+    PRIMARY KEY (session_id, chunk)
+) WITHOUT ROWID;
+CREATE TABLE manifest_chunks (
+    manifest BLOB NOT NULL,
+    chunk    BLOB NOT NULL,
+    PRIMARY KEY (manifest, chunk)
+) WITHOUT ROWID;
+CREATE TABLE refs (
+    account    TEXT NOT NULL,
+    manifest   BLOB NOT NULL,
+    holder     TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (account, manifest, holder)
+) WITHOUT ROWID;
+";
+
+/// Opens the index with the durability the store's acknowledgements rely on.
+pub fn prepare(conn: &mut Connection) -> Result<(), crate::StoreError> {
+    // WAL + synchronous=FULL: a committed transaction survives power loss.
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    Migrations::new(vec![M::up(V1)]).to_latest(conn)?;
+    Ok(())
+}
