@@ -1,0 +1,201 @@
+//! The one mapping from domain errors to `tonic::Status` (AIP-193).
+
+use keepsake_store::StoreError;
+use std::collections::HashMap;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// The `ErrorInfo.domain` of every Keepsake error.
+pub const ERROR_DOMAIN: &str = "keepsake";
+
+/// Everything a Keepsake RPC can fail with, before it becomes a status.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A store error.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// No token, or one nobody issued.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The caller is known but may not do this.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// A request field that cannot become a domain value.
+    #[error("{field}: {why}")]
+    InvalidField {
+        /// Which field.
+        field: &'static str,
+        /// What is wrong with it, in words.
+        why: String,
+    },
+    /// The server is shutting down or a worker died.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl ApiError {
+    /// A field that failed conversion.
+    pub fn field(field: &'static str, why: impl std::fmt::Display) -> Self {
+        Self::InvalidField {
+            field,
+            why: why.to_string(),
+        }
+    }
+}
+
+/// Turns an error into a status with a canonical code, a sentence a person can act
+/// on, and an `ErrorInfo` whose stable `reason` a program can act on.
+pub fn to_status(err: &ApiError) -> Status {
+    let mut metadata: HashMap<String, String> = HashMap::new();
+    let mut details = ErrorDetails::new();
+    let (code, reason): (Code, &str) = match err {
+        ApiError::Unauthenticated(_) => (Code::Unauthenticated, "UNAUTHENTICATED"),
+        ApiError::PermissionDenied(_) => (Code::PermissionDenied, "PERMISSION_DENIED"),
+        ApiError::InvalidField { field, .. } => {
+            details.add_bad_request_violation(*field, err.to_string());
+            (Code::InvalidArgument, "INVALID_ARGUMENT")
+        }
+        ApiError::Unavailable(_) => (Code::Unavailable, "UNAVAILABLE"),
+        ApiError::Store(e) => {
+            let code = match e {
+                StoreError::HashMismatch { claimed, actual } => {
+                    metadata.insert("claimed_id".into(), claimed.to_hex());
+                    metadata.insert("actual_id".into(), actual.to_hex());
+                    Code::InvalidArgument
+                }
+                StoreError::ChunkTooLarge { limit, .. } => {
+                    metadata.insert("limit_bytes".into(), limit.to_string());
+                    Code::InvalidArgument
+                }
+                StoreError::TooManyIds { limit, .. } => {
+                    metadata.insert("limit".into(), limit.to_string());
+                    Code::InvalidArgument
+                }
+                StoreError::EmptyChunk
+                | StoreError::MalformedId { .. }
+                | StoreError::MalformedManifest(_)
+                | StoreError::RequestIdReused(_)
+                | StoreError::InvalidArgument(_) => Code::InvalidArgument,
+                StoreError::MissingChunks(ids) => {
+                    metadata.insert("missing_count".into(), ids.len().to_string());
+                    for id in ids.iter().take(1000) {
+                        details.add_precondition_failure_violation(
+                            "MISSING_CHUNK",
+                            id.to_hex(),
+                            "the account does not own this chunk; upload it first",
+                        );
+                    }
+                    Code::FailedPrecondition
+                }
+                StoreError::NotFound { .. } | StoreError::SessionNotFound(_) => Code::NotFound,
+                StoreError::SessionExpired(_) => Code::FailedPrecondition,
+                StoreError::Corrupt(id) => {
+                    metadata.insert("chunk_id".into(), id.to_hex());
+                    Code::DataLoss
+                }
+                StoreError::StorageFull => Code::ResourceExhausted,
+                StoreError::Backend(_) | StoreError::Index(_) => Code::Unavailable,
+            };
+            (code, e.reason())
+        }
+    };
+    if matches!(
+        err,
+        ApiError::Store(StoreError::Backend(_) | StoreError::Index(_))
+    ) {
+        tracing::error!(error = %err, "storage failure answered as UNAVAILABLE");
+    }
+    details.set_error_info(reason, ERROR_DOMAIN, metadata);
+    Status::with_error_details(code, err.to_string(), details)
+}
+
+impl From<ApiError> for Status {
+    fn from(err: ApiError) -> Self {
+        to_status(&err)
+    }
+}
+
+/// The `ErrorInfo.reason` of a status, if it carries one.
+pub fn reason_of(status: &Status) -> Option<String> {
+    status.get_details_error_info().map(|info| info.reason)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keepsake_store::ChunkId;
+
+    #[test]
+    fn every_store_error_maps_to_a_code_and_its_reason() {
+        let id = ChunkId::of(b"x");
+        let cases: Vec<(StoreError, Code)> = vec![
+            (
+                StoreError::HashMismatch {
+                    claimed: id,
+                    actual: id,
+                },
+                Code::InvalidArgument,
+            ),
+            (
+                StoreError::ChunkTooLarge { len: 2, limit: 1 },
+                Code::InvalidArgument,
+            ),
+            (StoreError::EmptyChunk, Code::InvalidArgument),
+            (
+                StoreError::TooManyIds { count: 2, limit: 1 },
+                Code::InvalidArgument,
+            ),
+            (StoreError::MalformedId { len: 3 }, Code::InvalidArgument),
+            (
+                StoreError::MalformedManifest("x".into()),
+                Code::InvalidArgument,
+            ),
+            (
+                StoreError::MissingChunks(vec![id]),
+                Code::FailedPrecondition,
+            ),
+            (StoreError::NotFound { kind: "chunk", id }, Code::NotFound),
+            (StoreError::SessionNotFound("s".into()), Code::NotFound),
+            (
+                StoreError::SessionExpired("s".into()),
+                Code::FailedPrecondition,
+            ),
+            (
+                StoreError::RequestIdReused("r".into()),
+                Code::InvalidArgument,
+            ),
+            (
+                StoreError::InvalidArgument("x".into()),
+                Code::InvalidArgument,
+            ),
+            (StoreError::Corrupt(id), Code::DataLoss),
+            (StoreError::StorageFull, Code::ResourceExhausted),
+        ];
+        for (err, code) in cases {
+            let reason = err.reason();
+            let status = to_status(&ApiError::Store(err));
+            assert_eq!(status.code(), code, "{reason}");
+            assert_eq!(reason_of(&status).as_deref(), Some(reason));
+            assert!(!status.message().is_empty());
+        }
+        let status = to_status(&ApiError::Unauthenticated("no token".into()));
+        assert_eq!(status.code(), Code::Unauthenticated);
+        assert_eq!(reason_of(&status).as_deref(), Some("UNAUTHENTICATED"));
+    }
+
+    #[test]
+    fn missing_chunks_name_each_id_in_a_precondition_failure() {
+        let ids = vec![ChunkId::of(b"a"), ChunkId::of(b"b")];
+        let status = to_status(&ApiError::Store(StoreError::MissingChunks(ids.clone())));
+        let failure = status.get_details_precondition_failure().unwrap();
+        let subjects: Vec<_> = failure
+            .violations
+            .iter()
+            .map(|v| v.subject.clone())
+            .collect();
+        assert_eq!(
+            subjects,
+            ids.iter().map(ChunkId::to_hex).collect::<Vec<_>>()
+        );
+    }
+}

@@ -1,0 +1,100 @@
+//! The server builder every Keepsake service is served through.
+
+use crate::auth::TokenTable;
+use crate::store_service::StoreService;
+use keepsake_proto::v1::chunk_store_server::ChunkStoreServer;
+use keepsake_store::Store;
+use std::future::Future;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Server;
+
+/// Wire limits and tuning.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Largest message decoded or encoded; bigger ones are refused before being buffered.
+    pub max_message_bytes: usize,
+    /// PutChunks makes a batch durable (one pack, one fsync) once this much arrived.
+    pub batch_bytes: usize,
+    /// HTTP/2 frame size; large frames roughly double streaming throughput on loopback.
+    pub http2_frame_bytes: u32,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 16 << 20,
+            batch_bytes: 16 << 20,
+            http2_frame_bytes: 1 << 20,
+        }
+    }
+}
+
+/// Which services this process serves.
+#[derive(Clone, Default)]
+pub struct Services {
+    /// The chunk store, if served here.
+    pub store: Option<Arc<Store>>,
+}
+
+/// Serves `services` on `listener` until `shutdown` resolves.
+///
+/// Health and reflection (v1 and v1alpha) answer without a token; every Keepsake
+/// service sits behind the token interceptor.
+pub async fn serve(
+    listener: TcpListener,
+    services: Services,
+    tokens: TokenTable,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(keepsake_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
+        .build_v1()
+        .expect("the committed descriptor set is valid");
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .expect("the committed descriptor set is valid");
+    let mut router = Server::builder()
+        .max_frame_size(config.http2_frame_bytes)
+        .initial_stream_window_size(8 << 20)
+        .initial_connection_window_size(16 << 20)
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .trace_fn(|req| {
+            tracing::info_span!(
+                "rpc",
+                method = %req.uri().path(),
+                account = tracing::field::Empty
+            )
+        })
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
+    if let Some(store) = services.store {
+        reporter
+            .set_serving::<ChunkStoreServer<StoreService>>()
+            .await;
+        let service = ChunkStoreServer::new(StoreService::new(store, config.batch_bytes))
+            .max_decoding_message_size(config.max_message_bytes)
+            .max_encoding_message_size(config.max_message_bytes);
+        router = router.add_service(InterceptedService::new(service, tokens.interceptor()));
+    }
+    // tonic does not apply tcp_nodelay to sockets from serve_with_incoming; small
+    // messages stall behind Nagle's algorithm without it.
+    let incoming = TcpListenerStream::new(listener).map(|conn| {
+        conn.inspect(|s| {
+            let _ = s.set_nodelay(true);
+        })
+    });
+    router
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+}

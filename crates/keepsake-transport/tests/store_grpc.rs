@@ -1,0 +1,437 @@
+//! The ChunkStore over real gRPC on an ephemeral loopback port: every RPC, and
+//! every bad input answered with a clear status and nothing changed.
+
+use bytes::Bytes;
+use keepsake_proto::v1 as pb;
+use keepsake_store::{
+    Backend, CappedBackend, ChunkId, LocalFsBackend, ManualClock, OsEntropy, Store, StoreConfig,
+    StoreParts,
+};
+use keepsake_transport::auth::{TokenEntry, TokenFile, TokenTable};
+use keepsake_transport::client::{self, StoreClient, get_all, put_all};
+use keepsake_transport::convert::id_bytes;
+use keepsake_transport::reason_of;
+use keepsake_transport::server::{ServerConfig, Services, serve};
+use std::sync::Arc;
+use tonic::Code;
+
+struct Server {
+    url: String,
+    _dir: tempfile::TempDir,
+    _shutdown: tokio::sync::oneshot::Sender<()>,
+}
+
+async fn start_with(backend: Option<Arc<dyn Backend>>) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let backend: Arc<dyn Backend> = match backend {
+        Some(b) => b,
+        None => Arc::new(LocalFsBackend::open(dir.path().join("objects")).unwrap()),
+    };
+    let store = Store::open(StoreParts {
+        backend,
+        index_path: Some(dir.path().join("index.sqlite")),
+        clock: Arc::new(ManualClock::new(1_700_000_000_000)),
+        entropy: Arc::new(OsEntropy),
+        config: StoreConfig::default(),
+    })
+    .unwrap();
+    let tokens = TokenTable::new(&TokenFile {
+        tokens: vec![
+            entry("alice-token", "alice", false),
+            entry("bob-token", "bob", false),
+            entry("admin-token", "admin", true),
+        ],
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(serve(
+        listener,
+        Services {
+            store: Some(Arc::new(store)),
+        },
+        tokens,
+        ServerConfig::default(),
+        async move {
+            let _ = rx.await;
+        },
+    ));
+    Server {
+        url,
+        _dir: dir,
+        _shutdown: tx,
+    }
+}
+
+async fn start() -> Server {
+    start_with(None).await
+}
+
+fn entry(token: &str, account: &str, admin: bool) -> TokenEntry {
+    TokenEntry {
+        token: token.into(),
+        account: account.into(),
+        admin,
+    }
+}
+
+async fn as_user(server: &Server, token: &str) -> StoreClient {
+    client::store_client(client::connect(&server.url).await.unwrap(), token)
+}
+
+async fn session(c: &mut StoreClient) -> String {
+    c.begin_session(pb::BeginSessionRequest {
+        expected_bytes: 0,
+        ttl_seconds: 600,
+        request_id: String::new(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .session_id
+}
+
+fn chunk(data: &[u8]) -> (ChunkId, Bytes) {
+    (ChunkId::of(data), Bytes::copy_from_slice(data))
+}
+
+fn assert_status(status: &tonic::Status, code: Code, reason: &str) {
+    assert_eq!(status.code(), code, "{status:?}");
+    assert_eq!(reason_of(status).as_deref(), Some(reason), "{status:?}");
+}
+
+#[tokio::test]
+async fn every_rpc_works_over_grpc() {
+    let server = start().await;
+    let mut alice = as_user(&server, "alice-token").await;
+    let sid = session(&mut alice).await;
+    let renewed = alice
+        .renew_session(pb::RenewSessionRequest {
+            session_id: sid.clone(),
+            ttl_seconds: 900,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(renewed.expires_at_unix_ms, 1_700_000_000_000 + 900_000);
+
+    let chunks: Vec<_> = (0..50u32)
+        .map(|i| chunk(&[i.to_le_bytes().as_slice(), &vec![i as u8; 70_000]].concat()))
+        .collect();
+    let ids: Vec<ChunkId> = chunks.iter().map(|c| c.0).collect();
+    let missing = alice
+        .find_missing(pb::FindMissingRequest {
+            session_id: sid.clone(),
+            ids: ids.iter().map(id_bytes).collect(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .missing_ids;
+    assert_eq!(missing.len(), 50);
+    let acked = put_all(&mut alice, &sid, chunks.clone(), 1 << 20)
+        .await
+        .unwrap();
+    assert_eq!(acked, ids, "every chunk acknowledged, in order");
+    let missing = alice
+        .find_missing(pb::FindMissingRequest {
+            session_id: sid.clone(),
+            ids: ids.iter().map(id_bytes).collect(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .missing_ids;
+    assert!(missing.is_empty());
+    let got = get_all(&mut alice, &ids).await.unwrap();
+    assert_eq!(got, chunks);
+
+    let manifest = pb::Manifest {
+        entries: chunks
+            .iter()
+            .map(|(id, d)| pb::ManifestEntry {
+                chunk_id: id_bytes(id),
+                length: d.len() as u32,
+            })
+            .collect(),
+        total_length: chunks.iter().map(|c| c.1.len() as u64).sum(),
+        file_hash: id_bytes(&ChunkId::of(b"whole file")),
+    };
+    let mid = alice
+        .put_manifest(pb::PutManifestRequest {
+            session_id: sid.clone(),
+            manifest: Some(manifest.clone()),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .manifest_id;
+    let back = alice
+        .get_manifest(pb::GetManifestRequest {
+            manifest_id: mid.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .manifest;
+    assert_eq!(back, Some(manifest));
+    for _ in 0..2 {
+        alice
+            .reference(pb::ReferenceRequest {
+                manifest_id: mid.clone(),
+                holder: "asset/1/v1".into(),
+            })
+            .await
+            .unwrap();
+    }
+    let usage = alice
+        .get_usage(pb::GetUsageRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(usage.chunks_owned, 51, "50 chunks and the manifest");
+    alice
+        .end_session(pb::EndSessionRequest {
+            session_id: sid.clone(),
+        })
+        .await
+        .unwrap();
+    alice
+        .release(pb::ReleaseRequest {
+            manifest_id: mid,
+            holder: "asset/1/v1".into(),
+        })
+        .await
+        .unwrap();
+
+    let mut admin = as_user(&server, "admin-token").await;
+    let scrub = admin.scrub(pb::ScrubRequest {}).await.unwrap().into_inner();
+    assert_eq!(scrub.chunks_verified, 51);
+    assert!(scrub.corrupt_chunk_ids.is_empty() && scrub.corrupt_packs.is_empty());
+    let gc = admin
+        .collect_garbage(pb::CollectGarbageRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        gc.chunks_collected, 0,
+        "the ended session still holds its pins during the grace period"
+    );
+}
+
+#[tokio::test]
+async fn a_chunk_whose_bytes_do_not_match_its_id_is_refused_and_nothing_is_stored() {
+    let server = start().await;
+    let mut alice = as_user(&server, "alice-token").await;
+    let sid = session(&mut alice).await;
+    let good = chunk(b"good bytes");
+    let forged = (ChunkId::of(b"claimed"), Bytes::from_static(b"other bytes"));
+    let err = put_all(&mut alice, &sid, vec![good.clone(), forged], 1 << 20)
+        .await
+        .unwrap_err();
+    assert_status(&err, Code::InvalidArgument, "HASH_MISMATCH");
+    let missing = alice
+        .find_missing(pb::FindMissingRequest {
+            session_id: sid,
+            ids: vec![id_bytes(&good.0)],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .missing_ids;
+    assert_eq!(
+        missing.len(),
+        1,
+        "the batch with a bad chunk stored nothing"
+    );
+}
+
+#[tokio::test]
+async fn oversized_chunks_and_messages_are_refused() {
+    let server = start().await;
+    let mut alice = as_user(&server, "alice-token").await;
+    let sid = session(&mut alice).await;
+    let big = chunk(&vec![1u8; (8 << 20) + 1]);
+    let err = put_all(&mut alice, &sid, vec![big], 1).await.unwrap_err();
+    assert_status(&err, Code::InvalidArgument, "CHUNK_TOO_LARGE");
+    // A message over the wire limit is refused by the decoder before it is buffered whole.
+    let mut unlimited = keepsake_proto::v1::chunk_store_client::ChunkStoreClient::with_interceptor(
+        client::connect(&server.url).await.unwrap(),
+        keepsake_transport::client::BearerAuth::new("alice-token"),
+    )
+    .max_encoding_message_size(64 << 20);
+    let huge = vec![
+        chunk(&vec![2u8; 6 << 20]),
+        chunk(&vec![3u8; 6 << 20]),
+        chunk(&vec![4u8; 6 << 20]),
+    ];
+    let err = put_all(&mut unlimited, &sid, huge, usize::MAX)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
+}
+
+#[tokio::test]
+async fn malformed_ids_and_unknown_sessions_get_clear_errors() {
+    let server = start().await;
+    let mut alice = as_user(&server, "alice-token").await;
+    let sid = session(&mut alice).await;
+    let err = alice
+        .find_missing(pb::FindMissingRequest {
+            session_id: sid.clone(),
+            ids: vec![Bytes::from_static(b"short")],
+        })
+        .await
+        .unwrap_err();
+    assert_status(&err, Code::InvalidArgument, "INVALID_ARGUMENT");
+    assert!(err.message().contains("32 bytes"), "{}", err.message());
+    let err = alice
+        .get_manifest(pb::GetManifestRequest {
+            manifest_id: Bytes::from_static(&[0; 31]),
+        })
+        .await
+        .unwrap_err();
+    assert_status(&err, Code::InvalidArgument, "INVALID_ARGUMENT");
+    let err = alice
+        .find_missing(pb::FindMissingRequest {
+            session_id: "no-such-session".into(),
+            ids: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert_status(&err, Code::NotFound, "SESSION_NOT_FOUND");
+}
+
+#[tokio::test]
+async fn a_manifest_naming_unowned_chunks_lists_exactly_those() {
+    let server = start().await;
+    let mut alice = as_user(&server, "alice-token").await;
+    let mut bob = as_user(&server, "bob-token").await;
+    let (a_sid, b_sid) = (session(&mut alice).await, session(&mut bob).await);
+    let mine = chunk(b"bob's own chunk");
+    let alices = chunk(b"alice's chunk");
+    put_all(&mut alice, &a_sid, vec![alices.clone()], 1 << 20)
+        .await
+        .unwrap();
+    put_all(&mut bob, &b_sid, vec![mine.clone()], 1 << 20)
+        .await
+        .unwrap();
+    let manifest = pb::Manifest {
+        entries: [&mine, &alices]
+            .iter()
+            .map(|(id, d)| pb::ManifestEntry {
+                chunk_id: id_bytes(id),
+                length: d.len() as u32,
+            })
+            .collect(),
+        total_length: (mine.1.len() + alices.1.len()) as u64,
+        file_hash: id_bytes(&ChunkId::of(b"f")),
+    };
+    let err = bob
+        .put_manifest(pb::PutManifestRequest {
+            session_id: b_sid,
+            manifest: Some(manifest),
+        })
+        .await
+        .unwrap_err();
+    assert_status(&err, Code::FailedPrecondition, "MISSING_CHUNKS");
+    use tonic_types::StatusExt;
+    let violations = err.get_details_precondition_failure().unwrap().violations;
+    assert_eq!(violations.len(), 1);
+    assert_eq!(violations[0].subject, alices.0.to_hex());
+}
+
+#[tokio::test]
+async fn another_accounts_chunk_reads_exactly_like_an_absent_one() {
+    let server = start().await;
+    let mut alice = as_user(&server, "alice-token").await;
+    let mut bob = as_user(&server, "bob-token").await;
+    let a_sid = session(&mut alice).await;
+    let secret = chunk(b"alice's private photo");
+    put_all(&mut alice, &a_sid, vec![secret.clone()], 1 << 20)
+        .await
+        .unwrap();
+    let absent = ChunkId::of(b"exists nowhere");
+    let foreign = get_all(&mut bob, &[secret.0]).await.unwrap_err();
+    let missing = get_all(&mut bob, &[absent]).await.unwrap_err();
+    assert_status(&foreign, Code::NotFound, "NOT_FOUND");
+    assert_status(&missing, Code::NotFound, "NOT_FOUND");
+    assert_eq!(
+        foreign.message().replace(&secret.0.to_hex(), "ID"),
+        missing.message().replace(&absent.to_hex(), "ID")
+    );
+    let b_sid = session(&mut bob).await;
+    let missing_for_bob = bob
+        .find_missing(pb::FindMissingRequest {
+            session_id: b_sid,
+            ids: vec![id_bytes(&secret.0)],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .missing_ids;
+    assert_eq!(missing_for_bob.len(), 1, "bob cannot learn alice holds it");
+    let err = bob
+        .renew_session(pb::RenewSessionRequest {
+            session_id: a_sid,
+            ttl_seconds: 60,
+        })
+        .await
+        .unwrap_err();
+    assert_status(&err, Code::NotFound, "SESSION_NOT_FOUND");
+}
+
+#[tokio::test]
+async fn no_or_bad_token_is_unauthenticated_but_health_answers() {
+    let server = start().await;
+    let channel = client::connect(&server.url).await.unwrap();
+    let mut anonymous =
+        keepsake_proto::v1::chunk_store_client::ChunkStoreClient::new(channel.clone());
+    let err = anonymous
+        .get_usage(pb::GetUsageRequest {})
+        .await
+        .unwrap_err();
+    assert_status(&err, Code::Unauthenticated, "UNAUTHENTICATED");
+    let mut wrong = as_user(&server, "not-a-token").await;
+    let err = wrong.get_usage(pb::GetUsageRequest {}).await.unwrap_err();
+    assert_status(&err, Code::Unauthenticated, "UNAUTHENTICATED");
+    let mut alice = as_user(&server, "alice-token").await;
+    let err = alice.scrub(pb::ScrubRequest {}).await.unwrap_err();
+    assert_status(&err, Code::PermissionDenied, "PERMISSION_DENIED");
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let status = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "keepsake.v1.ChunkStore".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(
+        status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+}
+
+#[tokio::test]
+async fn a_full_disk_is_resource_exhausted_and_the_store_still_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = CappedBackend::new(LocalFsBackend::open(dir.path()).unwrap(), 200_000).unwrap();
+    let server = start_with(Some(Arc::new(backend))).await;
+    let mut alice = as_user(&server, "alice-token").await;
+    let sid = session(&mut alice).await;
+    let first = chunk(&[5u8; 100_000]);
+    put_all(&mut alice, &sid, vec![first.clone()], 1 << 20)
+        .await
+        .unwrap();
+    let err = put_all(&mut alice, &sid, vec![chunk(&[6u8; 150_000])], 1 << 20)
+        .await
+        .unwrap_err();
+    assert_status(&err, Code::ResourceExhausted, "STORAGE_FULL");
+    assert_eq!(get_all(&mut alice, &[first.0]).await.unwrap(), vec![first]);
+    assert_eq!(
+        std::fs::read_dir(dir.path().join(".tmp")).unwrap().count(),
+        0,
+        "nothing half-written"
+    );
+}
