@@ -1,0 +1,141 @@
+//! `cargo xtask ci`: everything CI checks, in the order that fails fastest.
+
+use anyhow::{Context, Result, bail};
+use std::path::Path;
+use std::process::Command;
+
+/// Domain crates: they must not know tonic, prost or the generated proto code.
+const DOMAIN_CRATES: &[&str] = &[
+    "keepsake-store",
+    "keepsake-delta",
+    "keepsake-library",
+    "keepsake-policy",
+    "keepsake-device",
+    "keepsake-media",
+];
+
+/// The only crates allowed to depend on keepsake-proto (xtask, being tooling, may too).
+const PROTO_USERS: &[&str] = &["keepsake-transport", "keepsake", "xtask", "keepsake-e2e"];
+
+pub fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn run(root: &Path, what: &str, mut cmd: Command) -> Result<()> {
+    println!("\n==> {what}");
+    let status = cmd
+        .current_dir(root)
+        .status()
+        .with_context(|| format!("starting {what}"))?;
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    Ok(())
+}
+
+/// Runs every step; prints a closing `N passed, M failed` line.
+pub fn ci(root: &Path) -> Result<()> {
+    let steps: Vec<(&str, Box<dyn Fn() -> Result<()>>)> = vec![
+        ("rustfmt", Box::new(|| {
+            let mut c = cargo();
+            c.args(["fmt", "--all", "--", "--check"]);
+            run(root, "cargo fmt --check", c)
+        })),
+        ("generated code is fresh", Box::new(|| crate::codegen::run(root, true))),
+        ("architecture rules", Box::new(|| architecture(root))),
+        ("clippy", Box::new(|| {
+            let mut c = cargo();
+            c.args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]);
+            run(root, "cargo clippy -D warnings", c)
+        })),
+        ("tests", Box::new(|| {
+            let mut c = cargo();
+            c.args(["test", "--workspace"]);
+            run(root, "cargo test --workspace", c)
+        })),
+        ("crash points", Box::new(|| {
+            let mut c = cargo();
+            c.args([
+                "test", "-p", "keepsake-store", "--features", "failpoints", "--test", "crash_points",
+            ]);
+            run(root, "fail-point crash sweep", c)
+        })),
+        ("python grpc client", Box::new(|| crate::python::run(root))),
+        ("store benchmark (short)", Box::new(|| crate::bench::run(root, &["store".into(), "--short".into()]))),
+    ];
+    let (mut passed, mut failed) = (0, 0);
+    for (name, step) in &steps {
+        match step() {
+            Ok(()) => passed += 1,
+            Err(e) => {
+                failed += 1;
+                println!("xtask ci: step `{name}` failed: {e:#}");
+                break;
+            }
+        }
+    }
+    println!("\nxtask ci: {passed} passed, {failed} failed");
+    if failed > 0 {
+        bail!("ci failed");
+    }
+    Ok(())
+}
+
+/// Domain crates stay free of tonic/prost; only the transport and the binary see keepsake-proto.
+pub fn architecture(root: &Path) -> Result<()> {
+    println!("\n==> architecture rules");
+    let members = workspace_crates(root)?;
+    let mut violations = Vec::new();
+    for krate in DOMAIN_CRATES.iter().filter(|c| members.iter().any(|m| m == *c)) {
+        let out = cargo()
+            .current_dir(root)
+            .args(["tree", "-p", krate, "-e", "normal", "--prefix", "none", "--format", "{p}"])
+            .output()?;
+        let tree = String::from_utf8_lossy(&out.stdout);
+        for line in tree.lines() {
+            let name = line.split_whitespace().next().unwrap_or("");
+            if matches!(name, "tonic" | "prost" | "keepsake-proto" | "tonic-prost") {
+                violations.push(format!("{krate} depends on {name}"));
+            }
+        }
+    }
+    for krate in members.iter().filter(|m| !PROTO_USERS.contains(&m.as_str())) {
+        let out = cargo()
+            .current_dir(root)
+            .args(["tree", "-p", krate, "-e", "normal", "--depth", "1", "--prefix", "none", "--format", "{p}"])
+            .output()?;
+        if String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .skip(1)
+            .any(|l| l.starts_with("keepsake-proto "))
+        {
+            violations.push(format!("{krate} depends on keepsake-proto"));
+        }
+    }
+    violations.sort();
+    violations.dedup();
+    if !violations.is_empty() {
+        bail!("architecture rules broken:\n  {}", violations.join("\n  "));
+    }
+    println!("architecture: domain crates free of tonic/prost; keepsake-proto only where allowed");
+    Ok(())
+}
+
+fn workspace_crates(root: &Path) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(root.join("crates"))? {
+        let manifest = entry?.path().join("Cargo.toml");
+        let text = std::fs::read_to_string(&manifest)?;
+        let name = text
+            .lines()
+            .find_map(|l| l.strip_prefix("name = "))
+            .map(|n| n.trim_matches('"').to_string())
+            .with_context(|| format!("no name in {}", manifest.display()))?;
+        let folder = manifest.parent().and_then(|p| p.file_name()).unwrap_or_default();
+        if folder.to_string_lossy() != name {
+            bail!("crate folder {folder:?} must be named like its crate {name:?}");
+        }
+        names.push(name);
+    }
+    Ok(names)
+}
