@@ -1,1 +1,231 @@
+//! End to end: the real `keepsake` binary, real gRPC, real `kill -9`.
 
+use bytes::Bytes;
+use keepsake_store::ChunkId;
+use keepsake_transport::client::pb as keepsake_transport_pb;
+use keepsake_transport::client::{self, StoreClient, get_all, put_all};
+use keepsake_transport::convert::id_bytes;
+use keepsake_transport::reason_of;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+fn keepsake_binary() -> PathBuf {
+    let dir = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .to_path_buf();
+    let bin = dir.join("keepsake");
+    if !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let ok = Command::new(cargo)
+            .args(["build", "-p", "keepsake"])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "building the keepsake binary failed");
+    }
+    bin
+}
+
+struct Server {
+    child: Child,
+    url: String,
+    token: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(data: &Path, listen: &str) -> Server {
+    let mut child = Command::new(keepsake_binary())
+        .args(["serve", "--listen", listen, "--data"])
+        .arg(data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let url = loop {
+        let line = lines
+            .next()
+            .expect("server exited before printing its address")
+            .unwrap();
+        if let Some(at) = line.find("http://") {
+            break line[at..].trim().to_string();
+        }
+    };
+    // Keep draining stdout so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    let tokens: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(data.join("tokens.json")).unwrap()).unwrap();
+    Server {
+        child,
+        url,
+        token: tokens["tokens"][0]["token"].as_str().unwrap().to_string(),
+    }
+}
+
+async fn connect(server: &Server) -> StoreClient {
+    client::store_client(client::connect(&server.url).await.unwrap(), &server.token)
+}
+
+async fn begin(c: &mut StoreClient) -> String {
+    c.begin_session(keepsake_transport_pb::BeginSessionRequest {
+        expected_bytes: 0,
+        ttl_seconds: 3600,
+        request_id: String::new(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .session_id
+}
+
+fn chunks(tag: u8, n: usize, size: usize) -> Vec<(ChunkId, Bytes)> {
+    (0..n)
+        .map(|i| {
+            let mut data = vec![tag, (i % 256) as u8, (i / 256) as u8];
+            data.resize(size, tag ^ (i as u8));
+            (ChunkId::of(&data), Bytes::from(data))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn acknowledged_chunks_survive_kill_9_mid_upload() {
+    let data = tempfile::tempdir().unwrap();
+    let first = chunks(1, 64, 64 << 10);
+    let second = chunks(2, 2048, 64 << 10);
+    let mut acknowledged: Vec<ChunkId> = Vec::new();
+    {
+        let mut server = start(data.path(), "127.0.0.1:0");
+        let mut c = connect(&server).await;
+        let sid = begin(&mut c).await;
+        acknowledged.extend(put_all(&mut c, &sid, first.clone(), 1 << 20).await.unwrap());
+        assert_eq!(acknowledged.len(), first.len());
+        // Stream 128 MiB and kill the server with SIGKILL as soon as the first batch is acknowledged.
+        let outbound = tokio_stream::iter(second.clone().into_iter().map(move |(id, data)| {
+            keepsake_transport_pb::PutChunksRequest {
+                session_id: sid.clone(),
+                chunks: vec![keepsake_transport_pb::Chunk {
+                    id: id_bytes(&id),
+                    data,
+                }],
+                flush: false,
+            }
+        }));
+        let mut acks = c.put_chunks(outbound).await.unwrap().into_inner();
+        let ack = acks
+            .message()
+            .await
+            .unwrap()
+            .expect("one batch acknowledged");
+        acknowledged.extend(
+            ack.acknowledged_ids
+                .iter()
+                .map(|id| ChunkId::from_slice(id).unwrap()),
+        );
+        server.child.kill().unwrap(); // SIGKILL
+        server.child.wait().unwrap();
+        // Whatever else the client heard before the kill was acknowledged too.
+        while let Ok(Some(ack)) = acks.message().await {
+            acknowledged.extend(
+                ack.acknowledged_ids
+                    .iter()
+                    .map(|id| ChunkId::from_slice(id).unwrap()),
+            );
+        }
+    }
+    assert!(
+        acknowledged.len() > first.len(),
+        "the kill came after at least one more batch"
+    );
+    let server = start(data.path(), "127.0.0.1:0");
+    let mut c = connect(&server).await;
+    let got = get_all(&mut c, &acknowledged).await.unwrap();
+    assert_eq!(
+        got.len(),
+        acknowledged.len(),
+        "every acknowledged chunk survives kill -9"
+    );
+    let all: std::collections::HashMap<ChunkId, Bytes> =
+        first.iter().chain(second.iter()).cloned().collect();
+    for (id, bytes) in got {
+        assert_eq!(all[&id], bytes);
+    }
+    // Chunks that were in flight are either absent or intact: FindMissing says which to resend.
+    let sid = begin(&mut c).await;
+    let missing = c
+        .find_missing(keepsake_transport_pb::FindMissingRequest {
+            session_id: sid.clone(),
+            ids: second.iter().map(|c| id_bytes(&c.0)).collect(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .missing_ids;
+    let present: Vec<ChunkId> = second
+        .iter()
+        .map(|c| c.0)
+        .filter(|id| !missing.contains(&id_bytes(id)))
+        .collect();
+    let readable = get_all(&mut c, &present).await.unwrap();
+    assert_eq!(readable.len(), present.len());
+    // Resending just the missing ones completes the upload.
+    let resend: Vec<_> = second
+        .iter()
+        .filter(|c| missing.contains(&id_bytes(&c.0)))
+        .cloned()
+        .collect();
+    put_all(&mut c, &sid, resend, 1 << 20).await.unwrap();
+    let admin_scrub = c
+        .scrub(keepsake_transport_pb::ScrubRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(admin_scrub.corrupt_chunk_ids.is_empty(), "{admin_scrub:?}");
+    assert_eq!(
+        admin_scrub.chunks_verified as usize,
+        first.len() + second.len()
+    );
+}
+
+#[tokio::test]
+async fn the_binary_refuses_calls_without_a_token() {
+    let data = tempfile::tempdir().unwrap();
+    let server = start(data.path(), "127.0.0.1:0");
+    let mut anonymous = client::store_client(client::connect(&server.url).await.unwrap(), "wrong");
+    let err = anonymous
+        .get_usage(keepsake_transport_pb::GetUsageRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    assert_eq!(reason_of(&err).as_deref(), Some("UNAUTHENTICATED"));
+}
+
+#[test]
+fn an_unknown_service_is_a_clear_error() {
+    let out = Command::new(keepsake_binary())
+        .args([
+            "serve",
+            "--services",
+            "store,photos",
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+        ])
+        .arg(tempfile::tempdir().unwrap().path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("unknown service \"photos\""), "{stderr}");
+}

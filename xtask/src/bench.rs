@@ -30,7 +30,15 @@ const MESSAGE_BYTES: usize = 1 << 20;
 pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let status = cargo()
         .current_dir(root)
-        .args(["run", "--quiet", "--release", "-p", "xtask", "--", "bench-inner"])
+        .args([
+            "run",
+            "--quiet",
+            "--release",
+            "-p",
+            "xtask",
+            "--",
+            "bench-inner",
+        ])
         .args(args)
         .status()?;
     if !status.success() {
@@ -72,7 +80,11 @@ async fn store(root: &Path, short: bool) -> Result<()> {
     let tmp_root = root.join("target/bench-tmp");
     std::fs::create_dir_all(&tmp_root)?;
     let tmp = tempfile::tempdir_in(&tmp_root)?;
-    println!("bench store: {} MiB in {} KiB chunks", total >> 20, CHUNK >> 10);
+    println!(
+        "bench store: {} MiB in {} KiB chunks",
+        total >> 20,
+        CHUNK >> 10
+    );
     let chunks = test_chunks(total);
     let ids: Vec<ChunkId> = chunks.iter().map(|c| c.0).collect();
 
@@ -111,13 +123,13 @@ async fn store(root: &Path, short: bool) -> Result<()> {
                     .max_decoding_message_size(16 << 20)
                     .max_encoding_message_size(16 << 20),
             )
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener).map(
-                |c| {
+            .serve_with_incoming(
+                tokio_stream::wrappers::TcpListenerStream::new(listener).map(|c| {
                     c.inspect(|s| {
                         let _ = s.set_nodelay(true);
                     })
-                },
-            )),
+                }),
+            ),
     );
     let mut discard_client = client::store_client(client::connect(&discard_url).await?, "x");
     let t = Instant::now();
@@ -127,6 +139,28 @@ async fn store(root: &Path, short: bool) -> Result<()> {
     let got = get_all(&mut discard_client, &ids).await?;
     let discard_get_s = t.elapsed().as_secs_f64();
     assert_eq!(got.len(), ids.len());
+
+    // The store alone, no network: where its own time goes.
+    let (direct_put_s, direct_get_s) = {
+        let store = Store::open_local(
+            &tmp.path().join("direct"),
+            Arc::new(SystemClock),
+            Arc::new(OsEntropy),
+            StoreConfig::default(),
+        )?;
+        let session = store.begin_session("bench", 0, 3_600_000, None)?;
+        let t = Instant::now();
+        for batch in chunks.chunks(256) {
+            store.put_chunks("bench", &session.id, batch)?;
+        }
+        let put_s = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        for id in &ids {
+            store.get_chunk("bench", id)?;
+        }
+        (put_s, t.elapsed().as_secs_f64())
+    };
+    std::fs::remove_dir_all(tmp.path().join("direct"))?;
 
     // The real store over loopback gRPC.
     let store = Arc::new(Store::open_local(
@@ -197,20 +231,40 @@ async fn store(root: &Path, short: bool) -> Result<()> {
 
     let (put, get) = (gib_per_s(total, put_s), gib_per_s(total, get_s));
     let (b3, fsync) = (gib_per_s(total, blake3_s), gib_per_s(total, fsync_s));
-    let (dput, dget) = (gib_per_s(total, discard_put_s), gib_per_s(total, discard_get_s));
+    let (dput, dget) = (
+        gib_per_s(total, discard_put_s),
+        gib_per_s(total, discard_get_s),
+    );
     println!("| measurement | GiB/s |");
     println!("|---|---|");
     println!("| (a) BLAKE3 of the chunks, one core | {b3:.2} |");
     println!("| (b) discard stream, upload | {dput:.2} |");
     println!("| (b) discard stream, download | {dget:.2} |");
     println!("| (c) sequential write + fsync | {fsync:.2} |");
+    println!(
+        "| store alone, put_chunks (16 MiB batches) | {:.2} |",
+        gib_per_s(total, direct_put_s)
+    );
+    println!(
+        "| store alone, get_chunk | {:.2} |",
+        gib_per_s(total, direct_get_s)
+    );
     println!("| PutChunks through the store | {put:.2} |");
     println!("| GetChunks through the store | {get:.2} |");
     println!();
     println!("put / BLAKE3 = {:.2}", put / b3);
-    println!("put / min(discard upload, write+fsync) = {:.2}   (target >= 0.5)", put / dput.min(fsync));
-    println!("get / discard download = {:.2}   (target >= 0.5)", get / dget);
-    println!("FindMissing of 100,000 ids: {:.0} ms   (target < 1000 ms)", find_missing_s * 1000.0);
+    println!(
+        "put / min(discard upload, write+fsync) = {:.2}   (target >= 0.5)",
+        put / dput.min(fsync)
+    );
+    println!(
+        "get / discard download = {:.2}   (target >= 0.5)",
+        get / dget
+    );
+    println!(
+        "FindMissing of 100,000 ids: {:.0} ms   (target < 1000 ms)",
+        find_missing_s * 1000.0
+    );
     Ok(())
 }
 
@@ -228,16 +282,28 @@ fn not_here<T>() -> Result<Response<T>, Status> {
 
 #[tonic::async_trait]
 impl ChunkStore for DiscardStore {
-    async fn begin_session(&self, _: Request<pb::BeginSessionRequest>) -> Result<Response<pb::BeginSessionResponse>, Status> {
+    async fn begin_session(
+        &self,
+        _: Request<pb::BeginSessionRequest>,
+    ) -> Result<Response<pb::BeginSessionResponse>, Status> {
         not_here()
     }
-    async fn renew_session(&self, _: Request<pb::RenewSessionRequest>) -> Result<Response<pb::RenewSessionResponse>, Status> {
+    async fn renew_session(
+        &self,
+        _: Request<pb::RenewSessionRequest>,
+    ) -> Result<Response<pb::RenewSessionResponse>, Status> {
         not_here()
     }
-    async fn end_session(&self, _: Request<pb::EndSessionRequest>) -> Result<Response<pb::EndSessionResponse>, Status> {
+    async fn end_session(
+        &self,
+        _: Request<pb::EndSessionRequest>,
+    ) -> Result<Response<pb::EndSessionResponse>, Status> {
         not_here()
     }
-    async fn find_missing(&self, _: Request<pb::FindMissingRequest>) -> Result<Response<pb::FindMissingResponse>, Status> {
+    async fn find_missing(
+        &self,
+        _: Request<pb::FindMissingRequest>,
+    ) -> Result<Response<pb::FindMissingResponse>, Status> {
         not_here()
     }
 
@@ -279,25 +345,46 @@ impl ChunkStore for DiscardStore {
         Ok(Response::new(Box::pin(stream)))
     }
 
-    async fn put_manifest(&self, _: Request<pb::PutManifestRequest>) -> Result<Response<pb::PutManifestResponse>, Status> {
+    async fn put_manifest(
+        &self,
+        _: Request<pb::PutManifestRequest>,
+    ) -> Result<Response<pb::PutManifestResponse>, Status> {
         not_here()
     }
-    async fn get_manifest(&self, _: Request<pb::GetManifestRequest>) -> Result<Response<pb::GetManifestResponse>, Status> {
+    async fn get_manifest(
+        &self,
+        _: Request<pb::GetManifestRequest>,
+    ) -> Result<Response<pb::GetManifestResponse>, Status> {
         not_here()
     }
-    async fn reference(&self, _: Request<pb::ReferenceRequest>) -> Result<Response<pb::ReferenceResponse>, Status> {
+    async fn reference(
+        &self,
+        _: Request<pb::ReferenceRequest>,
+    ) -> Result<Response<pb::ReferenceResponse>, Status> {
         not_here()
     }
-    async fn release(&self, _: Request<pb::ReleaseRequest>) -> Result<Response<pb::ReleaseResponse>, Status> {
+    async fn release(
+        &self,
+        _: Request<pb::ReleaseRequest>,
+    ) -> Result<Response<pb::ReleaseResponse>, Status> {
         not_here()
     }
-    async fn get_usage(&self, _: Request<pb::GetUsageRequest>) -> Result<Response<pb::GetUsageResponse>, Status> {
+    async fn get_usage(
+        &self,
+        _: Request<pb::GetUsageRequest>,
+    ) -> Result<Response<pb::GetUsageResponse>, Status> {
         not_here()
     }
-    async fn scrub(&self, _: Request<pb::ScrubRequest>) -> Result<Response<pb::ScrubResponse>, Status> {
+    async fn scrub(
+        &self,
+        _: Request<pb::ScrubRequest>,
+    ) -> Result<Response<pb::ScrubResponse>, Status> {
         not_here()
     }
-    async fn collect_garbage(&self, _: Request<pb::CollectGarbageRequest>) -> Result<Response<pb::CollectGarbageResponse>, Status> {
+    async fn collect_garbage(
+        &self,
+        _: Request<pb::CollectGarbageRequest>,
+    ) -> Result<Response<pb::CollectGarbageResponse>, Status> {
         not_here()
     }
 }
@@ -307,4 +394,3 @@ fn async_stream_acks(
 ) -> BoxStream<pb::PutChunksResponse> {
     Box::pin(futures::stream::once(fut))
 }
-

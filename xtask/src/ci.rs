@@ -33,35 +33,69 @@ fn run(root: &Path, what: &str, mut cmd: Command) -> Result<()> {
     Ok(())
 }
 
+/// One CI step: a name for the summary and the work.
+type Step<'a> = Box<dyn Fn() -> Result<()> + 'a>;
+
 /// Runs every step; prints a closing `N passed, M failed` line.
 pub fn ci(root: &Path) -> Result<()> {
-    let steps: Vec<(&str, Box<dyn Fn() -> Result<()>>)> = vec![
-        ("rustfmt", Box::new(|| {
-            let mut c = cargo();
-            c.args(["fmt", "--all", "--", "--check"]);
-            run(root, "cargo fmt --check", c)
-        })),
-        ("generated code is fresh", Box::new(|| crate::codegen::run(root, true))),
+    let steps: Vec<(&str, Step<'_>)> = vec![
+        (
+            "rustfmt",
+            Box::new(|| {
+                let mut c = cargo();
+                c.args(["fmt", "--all", "--", "--check"]);
+                run(root, "cargo fmt --check", c)
+            }),
+        ),
+        (
+            "generated code is fresh",
+            Box::new(|| crate::codegen::run(root, true)),
+        ),
         ("architecture rules", Box::new(|| architecture(root))),
-        ("clippy", Box::new(|| {
-            let mut c = cargo();
-            c.args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]);
-            run(root, "cargo clippy -D warnings", c)
-        })),
-        ("tests", Box::new(|| {
-            let mut c = cargo();
-            c.args(["test", "--workspace"]);
-            run(root, "cargo test --workspace", c)
-        })),
-        ("crash points", Box::new(|| {
-            let mut c = cargo();
-            c.args([
-                "test", "-p", "keepsake-store", "--features", "failpoints", "--test", "crash_points",
-            ]);
-            run(root, "fail-point crash sweep", c)
-        })),
+        (
+            "clippy",
+            Box::new(|| {
+                let mut c = cargo();
+                c.args([
+                    "clippy",
+                    "--workspace",
+                    "--all-targets",
+                    "--",
+                    "-D",
+                    "warnings",
+                ]);
+                run(root, "cargo clippy -D warnings", c)
+            }),
+        ),
+        (
+            "tests",
+            Box::new(|| {
+                let mut c = cargo();
+                c.args(["test", "--workspace"]);
+                run(root, "cargo test --workspace", c)
+            }),
+        ),
+        (
+            "crash points",
+            Box::new(|| {
+                let mut c = cargo();
+                c.args([
+                    "test",
+                    "-p",
+                    "keepsake-store",
+                    "--features",
+                    "failpoints",
+                    "--test",
+                    "crash_points",
+                ]);
+                run(root, "fail-point crash sweep", c)
+            }),
+        ),
         ("python grpc client", Box::new(|| crate::python::run(root))),
-        ("store benchmark (short)", Box::new(|| crate::bench::run(root, &["store".into(), "--short".into()]))),
+        (
+            "store benchmark (short)",
+            Box::new(|| crate::bench::run(root, &["store".into(), "--short".into()])),
+        ),
     ];
     let (mut passed, mut failed) = (0, 0);
     for (name, step) in &steps {
@@ -86,10 +120,15 @@ pub fn architecture(root: &Path) -> Result<()> {
     println!("\n==> architecture rules");
     let members = workspace_crates(root)?;
     let mut violations = Vec::new();
-    for krate in DOMAIN_CRATES.iter().filter(|c| members.iter().any(|m| m == *c)) {
+    for krate in DOMAIN_CRATES
+        .iter()
+        .filter(|c| members.iter().any(|m| m == *c))
+    {
         let out = cargo()
             .current_dir(root)
-            .args(["tree", "-p", krate, "-e", "normal", "--prefix", "none", "--format", "{p}"])
+            .args([
+                "tree", "-p", krate, "-e", "normal", "--prefix", "none", "--format", "{p}",
+            ])
             .output()?;
         let tree = String::from_utf8_lossy(&out.stdout);
         for line in tree.lines() {
@@ -99,10 +138,16 @@ pub fn architecture(root: &Path) -> Result<()> {
             }
         }
     }
-    for krate in members.iter().filter(|m| !PROTO_USERS.contains(&m.as_str())) {
+    for krate in members
+        .iter()
+        .filter(|m| !PROTO_USERS.contains(&m.as_str()))
+    {
         let out = cargo()
             .current_dir(root)
-            .args(["tree", "-p", krate, "-e", "normal", "--depth", "1", "--prefix", "none", "--format", "{p}"])
+            .args([
+                "tree", "-p", krate, "-e", "normal", "--depth", "1", "--prefix", "none",
+                "--format", "{p}",
+            ])
             .output()?;
         if String::from_utf8_lossy(&out.stdout)
             .lines()
@@ -131,7 +176,10 @@ fn workspace_crates(root: &Path) -> Result<Vec<String>> {
             .find_map(|l| l.strip_prefix("name = "))
             .map(|n| n.trim_matches('"').to_string())
             .with_context(|| format!("no name in {}", manifest.display()))?;
-        let folder = manifest.parent().and_then(|p| p.file_name()).unwrap_or_default();
+        let folder = manifest
+            .parent()
+            .and_then(|p| p.file_name())
+            .unwrap_or_default();
         if folder.to_string_lossy() != name {
             bail!("crate folder {folder:?} must be named like its crate {name:?}");
         }

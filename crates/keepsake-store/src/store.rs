@@ -138,6 +138,9 @@ pub struct Store {
     gc_lock: Mutex<()>,
 }
 
+/// A pack on disk, (name, hash, size), and where each of its chunks sits.
+type WrittenPack = ((String, String, u64), Vec<(ChunkId, Slot, bool)>);
+
 enum Blob<'a> {
     Chunks(&'a [(ChunkId, Bytes)]),
     Manifest {
@@ -518,7 +521,7 @@ impl Store {
         now: UnixMillis,
         unique: &[(ChunkId, Bytes, bool)],
         present: &HashSet<ChunkId>,
-        written: Option<&((String, String, u64), Vec<(ChunkId, Slot, bool)>)>,
+        written: Option<&WrittenPack>,
         manifest: Option<(ManifestId, &Vec<ChunkId>)>,
     ) -> Result<Option<PutOutcome>, StoreError> {
         fail::fail_point!("store-before-index", |_| Err(StoreError::InvalidArgument(

@@ -251,10 +251,12 @@ fn storage_full_writes_nothing_and_the_store_still_serves() {
     .unwrap();
     let s = store.begin_session("alice", 0, 60_000, None).unwrap();
     let small = chunk(&[1u8; 100]);
-    store.put_chunks("alice", &s.id, &[small.clone()]).unwrap();
+    store
+        .put_chunks("alice", &s.id, std::slice::from_ref(&small))
+        .unwrap();
     let big = chunk(&[2u8; 2000]);
     assert!(matches!(
-        store.put_chunks("alice", &s.id, &[big.clone()]),
+        store.put_chunks("alice", &s.id, std::slice::from_ref(&big)),
         Err(StoreError::StorageFull)
     ));
     assert_eq!(backend.list("").unwrap().len(), 1, "nothing half-written");
@@ -284,7 +286,9 @@ fn a_store_reopened_from_disk_serves_what_it_acknowledged() {
     {
         let store = open();
         let s = store.begin_session("alice", 0, 60_000, None).unwrap();
-        store.put_chunks("alice", &s.id, &[c.clone()]).unwrap();
+        store
+            .put_chunks("alice", &s.id, std::slice::from_ref(&c))
+            .unwrap();
     }
     let store = open();
     assert_eq!(store.get_chunk("alice", &c.0).unwrap(), c.1.to_vec());
@@ -300,9 +304,11 @@ fn gc_collects_unheld_chunks_after_grace_and_repacks() {
     let s = f.store.begin_session("alice", 0, 60_000, None).unwrap();
     let kept = chunk(b"kept by a manifest");
     let dropped = chunk(b"never committed");
-    f.store.put_chunks("alice", &s.id, &[kept.clone()]).unwrap();
     f.store
-        .put_chunks("alice", &s.id, &[dropped.clone()])
+        .put_chunks("alice", &s.id, std::slice::from_ref(&kept))
+        .unwrap();
+    f.store
+        .put_chunks("alice", &s.id, std::slice::from_ref(&dropped))
         .unwrap();
     let m = Manifest::new(
         vec![ManifestEntry {
@@ -443,11 +449,10 @@ proptest! {
                     if let Ok(mid) = f.store.put_manifest("alice", sid, &m) {
                         f.store.reference("alice", &mid, &format!("h{holder}")).unwrap();
                         pins.extend(chunks.iter().copied());
-                        if let Some((old, _)) = refs.insert(holder, (mid, chunks.into_iter().collect())) {
-                            if old != mid {
+                        if let Some((old, _)) = refs.insert(holder, (mid, chunks.into_iter().collect()))
+                            && old != mid {
                                 f.store.release("alice", &old, &format!("h{holder}")).unwrap();
                             }
-                        }
                     }
                 }
                 Op::Release { holder } => {

@@ -2,7 +2,6 @@
 
 use crate::convert::{chunk_id, id_bytes};
 use bytes::Bytes;
-use keepsake_proto::v1 as pb;
 use keepsake_proto::v1::chunk_store_client::ChunkStoreClient;
 use keepsake_store::ChunkId;
 use std::time::Duration;
@@ -11,6 +10,9 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status};
+
+/// The generated message types, for callers that build requests by hand.
+pub use keepsake_proto::v1 as pb;
 
 /// The metadata key carrying the client's version on every call.
 pub const CLIENT_VERSION_HEADER: &str = "x-keepsake-client-version";

@@ -164,36 +164,46 @@ impl ChunkStore for StoreService {
         let who = identity(&request)?;
         let pb::GetChunksRequest { ids } = request.into_inner();
         let ids = chunk_ids("ids", &ids, self.store.config().max_ids_per_call)?;
-        let (tx, rx) = mpsc::channel(8);
+        let (tx, rx) = mpsc::channel(32);
         let store = self.store.clone();
         tokio::spawn(async move {
-            // Read a few chunks per blocking hop; the bounded channel is the back-pressure.
-            for group in ids.chunks(16) {
-                let group = group.to_vec();
+            // Read a group per blocking hop, one group ahead of the one being sent, so
+            // disk reads and hashing overlap with encoding; the bounded channel is the
+            // back-pressure.
+            let read = |group: Vec<ChunkId>| {
+                let store = store.clone();
                 let account = who.account.clone();
-                let read = blocking(&store, move |s| {
+                tokio::task::spawn_blocking(move || {
                     group
                         .iter()
-                        .map(|id| s.get_chunk(&account, id).map(|data| (*id, data)))
-                        .collect::<Result<Vec<_>, _>>()
+                        .map(|id| store.get_chunk(&account, id).map(|data| (*id, data)))
+                        .collect::<Result<Vec<_>, StoreError>>()
                 })
-                .await;
-                match read {
-                    Ok(chunks) => {
-                        for (id, data) in chunks {
-                            let msg = pb::GetChunksResponse {
-                                chunk: Some(pb::Chunk {
-                                    id: id_bytes(&id),
-                                    data: Bytes::from(data),
-                                }),
-                            };
-                            if tx.send(Ok(msg)).await.is_err() {
-                                return;
-                            }
-                        }
+            };
+            let mut groups = ids.chunks(32).map(<[ChunkId]>::to_vec);
+            let mut ahead = groups.next().map(&read);
+            while let Some(current) = ahead.take() {
+                ahead = groups.next().map(&read);
+                let chunks = match current.await {
+                    Ok(Ok(chunks)) => chunks,
+                    Ok(Err(e)) => {
+                        let _ = tx.send(Err(Status::from(ApiError::Store(e)))).await;
+                        return;
                     }
-                    Err(status) => {
-                        let _ = tx.send(Err(status)).await;
+                    Err(e) => {
+                        let status = ApiError::Unavailable(format!("store worker failed: {e}"));
+                        let _ = tx.send(Err(status.into())).await;
+                        return;
+                    }
+                };
+                for (id, data) in chunks {
+                    let msg = pb::GetChunksResponse {
+                        chunk: Some(pb::Chunk {
+                            id: id_bytes(&id),
+                            data: Bytes::from(data),
+                        }),
+                    };
+                    if tx.send(Ok(msg)).await.is_err() {
                         return;
                     }
                 }
@@ -367,10 +377,10 @@ async fn pump_puts(
                 store.put_chunks(&account, &sid, &chunks)
             }));
         }
-        if flush || end {
-            if let Some(done) = pending.take() {
-                acknowledge(done, tx).await?;
-            }
+        if (flush || end)
+            && let Some(done) = pending.take()
+        {
+            acknowledge(done, tx).await?;
         }
         if end {
             return Ok(());
