@@ -55,7 +55,8 @@ pub fn inner(root: &Path, args: &[String]) -> Result<()> {
             .enable_all()
             .build()?
             .block_on(store(root, short)),
-        _ => bail!("usage: cargo xtask bench store [--short]"),
+        Some("policy") => policy(short),
+        _ => bail!("usage: cargo xtask bench <store|policy> [--short]"),
     }
 }
 
@@ -264,6 +265,41 @@ async fn store(root: &Path, short: bool) -> Result<()> {
     println!(
         "FindMissing of 100,000 ids: {:.0} ms   (target < 1000 ms)",
         find_missing_s * 1000.0
+    );
+    Ok(())
+}
+
+/// Cost of `evaluate`, which runs on every agent loop, against a same-run baseline:
+/// cloning the snapshot it reads (the least any caller does per evaluation).
+fn policy(short: bool) -> Result<()> {
+    use keepsake_policy::{Network, PolicyConfig, Snapshot, evaluate};
+    let n: u32 = if short { 20_000 } else { 1_000_000 };
+    let config = PolicyConfig::default();
+    let mut snapshots = vec![Snapshot::example(); 4];
+    snapshots[1].network = Some(Network::Cellular);
+    snapshots[2].power.low_power_mode = true;
+    snapshots[3].account = None;
+    let t = Instant::now();
+    let mut blocked = 0usize;
+    for i in 0..n {
+        let d = evaluate(std::hint::black_box(&snapshots[i as usize % 4]), &config);
+        blocked += d.classes.iter().filter(|c| !c.allowed).count();
+    }
+    let per_call = t.elapsed().as_secs_f64() / f64::from(n);
+    let t = Instant::now();
+    for i in 0..n {
+        std::hint::black_box(snapshots[i as usize % 4].clone());
+    }
+    let clone = t.elapsed().as_secs_f64() / f64::from(n);
+    println!("bench policy: {n} evaluations over 4 snapshots ({blocked} blocked classes seen)");
+    println!(
+        "evaluate: {:.2} µs per call   (target < 5 µs)",
+        per_call * 1e6
+    );
+    println!(
+        "snapshot clone baseline: {:.3} µs; evaluate / clone = {:.1}",
+        clone * 1e6,
+        per_call / clone
     );
     Ok(())
 }

@@ -12,7 +12,8 @@ const USAGE: &str = "usage: cargo xtask <command>
   ci                    everything CI runs: fmt, codegen check, architecture, clippy, tests, crash sweep, python client, short bench
   arch                  check the dependency rules of ARCHITECTURE.md
   python                the Python grpcio client against a real server
-  bench store [--short] store throughput over loopback gRPC vs same-run baselines";
+  bench store [--short] store throughput over loopback gRPC vs same-run baselines
+  bench policy [--short] cost of one policy evaluation";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -1,5 +1,7 @@
 //! The `keepsake` binary: runs Keepsake's services.
 
+mod doctor;
+
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use keepsake_store::{OsEntropy, Store, StoreConfig, SystemClock, random_hex};
@@ -22,6 +24,8 @@ struct Cli {
 enum Command {
     /// Run the cloud services (by default all of them, on the embedded SQLite + local-file storage).
     Serve(ServeArgs),
+    /// Say why this device is or is not syncing, and what fixes it (exit status 1 when blocked).
+    Doctor(doctor::DoctorArgs),
 }
 
 #[derive(clap::Args)]
@@ -59,6 +63,12 @@ fn main() -> Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     match cli.command {
         Command::Serve(args) => runtime.block_on(run_serve(args)),
+        Command::Doctor(args) => {
+            if runtime.block_on(doctor::run(args))? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
     }
 }
 

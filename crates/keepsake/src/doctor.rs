@@ -1,0 +1,198 @@
+//! `keepsake doctor`: gathers this machine's real conditions and the server's
+//! answers into a policy snapshot, then prints the checklist.
+
+use anyhow::Result;
+use keepsake_policy::doctor::{Unknowns, diagnose, render_json, render_text};
+use keepsake_policy::{
+    Cellular, DeviceStorage, Network, PolicyConfig, Power, Snapshot, Version, evaluate,
+};
+use keepsake_transport::client;
+use std::path::{Path, PathBuf};
+
+/// Options of `keepsake doctor`; the simulated conditions override what the OS says.
+#[derive(clap::Args)]
+pub struct DoctorArgs {
+    /// The Keepsake server.
+    #[arg(
+        long,
+        env = "KEEPSAKE_SERVER",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    server: String,
+    /// Access token (as printed by `keepsake serve` on first start).
+    #[arg(long, env = "KEEPSAKE_TOKEN")]
+    token: Option<String>,
+    /// The library folder whose disk is checked for free space.
+    #[arg(long, default_value = ".")]
+    library: PathBuf,
+    /// Print JSON for programs instead of the checklist.
+    #[arg(long)]
+    json: bool,
+    /// Simulate the connection: offline, wifi, wired or cellular.
+    #[arg(long, value_parser = parse_network)]
+    network: Option<Network>,
+    /// Simulate the battery level in percent.
+    #[arg(long)]
+    battery: Option<u8>,
+    /// Simulate being plugged in (true/false).
+    #[arg(long)]
+    charging: Option<bool>,
+    /// Simulate low-power mode.
+    #[arg(long)]
+    low_power: bool,
+    /// Simulate free bytes on the library's disk.
+    #[arg(long)]
+    free_bytes: Option<u64>,
+    /// Allow mobile data (for a simulated cellular connection).
+    #[arg(long)]
+    cellular_allowed: bool,
+}
+
+fn parse_network(s: &str) -> Result<Network, String> {
+    match s {
+        "offline" => Ok(Network::Offline),
+        "wifi" => Ok(Network::Wifi),
+        "wired" => Ok(Network::Wired),
+        "cellular" => Ok(Network::Cellular),
+        other => Err(format!(
+            "{other:?} is not one of offline, wifi, wired, cellular"
+        )),
+    }
+}
+
+/// Runs the doctor; returns whether sync is blocked.
+pub async fn run(args: DoctorArgs) -> Result<bool> {
+    let (battery, charging) = read_battery();
+    let (free, total) = read_disk(&args.library);
+    let (reachable, signed_in) = ask_server(&args.server, args.token.as_deref()).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    let snapshot = Snapshot {
+        now,
+        account: signed_in.then(|| "the token's account".to_string()),
+        sync_enabled: true,
+        paused_until: None,
+        power_override_until: None,
+        network: args.network.or_else(read_network),
+        cellular: Cellular {
+            allowed: args.cellular_allowed,
+            unlimited_updates: false,
+            daily_cap_bytes: None,
+            used_today_bytes: 0,
+        },
+        power: Power {
+            battery_percent: args.battery.or(battery),
+            charging: args.charging.or(charging).unwrap_or(false),
+            low_power_mode: args.low_power,
+        },
+        storage: DeviceStorage {
+            free_bytes: args.free_bytes.or(free),
+            total_bytes: total,
+            optimize: false,
+        },
+        // The library (quota, minimum version) is not served yet: said as unknown.
+        quota: None,
+        client_version: env!("CARGO_PKG_VERSION")
+            .parse::<Version>()
+            .unwrap_or(Version(0, 0, 0)),
+        server_min_version: None,
+        server_reachable: Some(reachable),
+        clock_skew_ms: None,
+        last_stall_at: None,
+    };
+    let decision = evaluate(&snapshot, &PolicyConfig::default());
+    let unknown = Unknowns {
+        sync_switch: true,
+        transfer_history: true,
+    };
+    let report = diagnose(&snapshot, &decision, &unknown);
+    if args.json {
+        println!("{}", render_json(&report));
+    } else {
+        print!("{}", render_text(&report));
+    }
+    Ok(!report.syncing)
+}
+
+async fn ask_server(url: &str, token: Option<&str>) -> (bool, bool) {
+    let connect = tokio::time::timeout(std::time::Duration::from_secs(5), client::connect(url));
+    let Ok(Ok(channel)) = connect.await else {
+        return (false, false);
+    };
+    let Some(token) = token else {
+        return (true, false);
+    };
+    let mut store = client::store_client(channel, token);
+    let usage = store.get_usage(client::pb::GetUsageRequest {}).await;
+    (true, usage.is_ok())
+}
+
+/// Battery percent and charging from /sys/class/power_supply; `None` where unreadable.
+fn read_battery() -> (Option<u8>, Option<bool>) {
+    let Ok(entries) = std::fs::read_dir("/sys/class/power_supply") else {
+        return (None, None);
+    };
+    let (mut percent, mut charging) = (None, None);
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        let read =
+            |name: &str| std::fs::read_to_string(dir.join(name)).map(|s| s.trim().to_string());
+        match read("type").as_deref() {
+            Ok("Battery") => {
+                percent = read("capacity").ok().and_then(|c| c.parse().ok());
+                if let Ok(status) = read("status") {
+                    charging = Some(matches!(status.as_str(), "Charging" | "Full"));
+                }
+            }
+            Ok("Mains") => {
+                if read("online").is_ok_and(|v| v == "1") {
+                    charging = Some(true);
+                }
+            }
+            _ => {}
+        }
+    }
+    (percent, charging)
+}
+
+/// Free and total bytes of the file system holding `path`, via `df`.
+fn read_disk(path: &Path) -> (Option<u64>, Option<u64>) {
+    let out = std::process::Command::new("df")
+        .args(["-B1", "--output=avail,size"])
+        .arg(path)
+        .output();
+    let Ok(out) = out else { return (None, None) };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut numbers = text
+        .lines()
+        .nth(1)
+        .unwrap_or("")
+        .split_whitespace()
+        .map(|n| n.parse::<u64>().ok());
+    (numbers.next().flatten(), numbers.next().flatten())
+}
+
+/// The connection type from /sys/class/net: Wi-Fi if a wireless link is up, wired if another is.
+fn read_network() -> Option<Network> {
+    let entries = std::fs::read_dir("/sys/class/net").ok()?;
+    let mut found = Network::Offline;
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        if entry.file_name() == "lo" {
+            continue;
+        }
+        let up = std::fs::read_to_string(dir.join("operstate"))
+            .map(|s| matches!(s.trim(), "up" | "unknown"))
+            .unwrap_or(false);
+        if !up {
+            continue;
+        }
+        if dir.join("wireless").exists() {
+            return Some(Network::Wifi);
+        }
+        found = Network::Wired;
+    }
+    Some(found)
+}
