@@ -11,8 +11,11 @@ fn cfg() -> PolicyConfig {
     PolicyConfig::default()
 }
 
+/// Turns a healthy snapshot into one that triggers a reason.
+type Trigger = Box<dyn Fn(&mut Snapshot)>;
+
 /// (code, how to trigger it, exactly the classes it must block)
-fn table() -> Vec<(ReasonCode, Box<dyn Fn(&mut Snapshot)>, Vec<WorkClass>)> {
+fn table() -> Vec<(ReasonCode, Trigger, Vec<WorkClass>)> {
     let all = W::ALL.to_vec();
     let bulk = W::BULK.to_vec();
     vec![

@@ -146,11 +146,7 @@ fn read_battery() -> (Option<u8>, Option<bool>) {
                     charging = Some(matches!(status.as_str(), "Charging" | "Full"));
                 }
             }
-            Ok("Mains") => {
-                if read("online").is_ok_and(|v| v == "1") {
-                    charging = Some(true);
-                }
-            }
+            Ok("Mains") if read("online").is_ok_and(|v| v == "1") => charging = Some(true),
             _ => {}
         }
     }
