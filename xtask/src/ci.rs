@@ -92,10 +92,6 @@ pub fn ci(root: &Path) -> Result<()> {
             }),
         ),
         ("python grpc client", Box::new(|| crate::python::run(root))),
-        (
-            "store benchmark (short)",
-            Box::new(|| crate::bench::run(root, &["store".into(), "--short".into()])),
-        ),
     ];
     let (mut passed, mut failed) = (0, 0);
     for (name, step) in &steps {

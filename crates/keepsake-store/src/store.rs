@@ -431,7 +431,7 @@ impl Store {
                     .iter()
                     .map(|(id, data, is_manifest)| (*id, writer.push(id, data), *is_manifest))
                     .collect();
-                Some((self.write_pack(writer.finish(), now)?, slots))
+                Some((self.write_pack(writer.finish())?, slots))
             };
             let result = self.index_batch(
                 account,
@@ -485,12 +485,7 @@ impl Store {
     }
 
     /// Writes a pack durably and returns (name, hash, size).
-    fn write_pack(
-        &self,
-        bytes: Vec<u8>,
-        now: UnixMillis,
-    ) -> Result<(String, String, u64), StoreError> {
-        let _ = now;
+    fn write_pack(&self, bytes: Vec<u8>) -> Result<(String, String, u64), StoreError> {
         let random = random_hex(self.entropy.as_ref(), 16);
         let name = format!("packs/{}/{}", &random[..2], &random[2..]);
         let hash = blake3::hash(&bytes).to_hex().to_string();
@@ -546,11 +541,7 @@ impl Store {
         }
         let mut new_bytes = 0u64;
         if let Some(((name, hash, size), slots)) = written {
-            tx.execute(
-                "INSERT INTO packs (name, hash, size, created_at) VALUES (?1, ?2, ?3, ?4)",
-                params![name, hash, *size as i64, now],
-            )?;
-            let pack_id = tx.last_insert_rowid();
+            let pack_id = insert_pack(&tx, name, hash, *size, now)?;
             let mut insert = tx.prepare_cached(
                 "INSERT OR IGNORE INTO chunks (id, pack_id, offset, len, is_manifest)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -1018,17 +1009,13 @@ impl Store {
         let written = if writer.is_empty() {
             None
         } else {
-            Some(self.write_pack(writer.finish(), now)?)
+            Some(self.write_pack(writer.finish())?)
         };
         let result = (|| -> Result<(), StoreError> {
             let mut db = self.db();
             let tx = db.transaction()?;
             if let Some((name, hash, size)) = &written {
-                tx.execute(
-                    "INSERT INTO packs (name, hash, size, created_at) VALUES (?1, ?2, ?3, ?4)",
-                    params![name, hash, *size as i64, now],
-                )?;
-                let new_pack = tx.last_insert_rowid();
+                let new_pack = insert_pack(&tx, name, hash, *size, now)?;
                 let mut update = tx.prepare_cached(
                     "UPDATE chunks SET pack_id = ?1, offset = ?2 WHERE id = ?3 AND pack_id = ?4",
                 )?;
@@ -1135,6 +1122,21 @@ fn missing_for(
         }
     }
     Ok(missing)
+}
+
+/// Records a durable pack in the index; returns its row id.
+fn insert_pack(
+    tx: &Transaction<'_>,
+    name: &str,
+    hash: &str,
+    size: u64,
+    now: UnixMillis,
+) -> Result<i64, StoreError> {
+    tx.execute(
+        "INSERT INTO packs (name, hash, size, created_at) VALUES (?1, ?2, ?3, ?4)",
+        params![name, hash, size as i64, now],
+    )?;
+    Ok(tx.last_insert_rowid())
 }
 
 fn add_usage(
