@@ -77,7 +77,7 @@ missing = store.FindMissing(
 ).missing_ids
 check("FindMissing is empty after put", len(missing) == 0)
 
-got = [m.chunk for m in store.GetChunks(store_pb2.GetChunksRequest(ids=[c.id for c in chunks]), metadata=auth)]
+got = [c for m in store.GetChunks(store_pb2.GetChunksRequest(ids=[c.id for c in chunks]), metadata=auth) for c in m.chunks]
 check("GetChunks returns the same bytes", [g.data for g in got] == datas)
 
 try:

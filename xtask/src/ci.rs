@@ -14,8 +14,8 @@ const DOMAIN_CRATES: &[&str] = &[
     "keepsake-media",
 ];
 
-/// The only crates allowed to depend on keepsake-proto (xtask, being tooling, may too).
-const PROTO_USERS: &[&str] = &["keepsake-transport", "keepsake", "xtask", "keepsake-e2e"];
+/// The only crates under crates/ allowed to depend on keepsake-proto (tooling and tests may).
+const PROTO_USERS: &[&str] = &["keepsake-transport", "keepsake"];
 
 pub fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))

@@ -25,7 +25,6 @@ fn main() -> Result<()> {
         Some("arch") => ci::architecture(&root),
         Some("python") => python::run(&root),
         Some("bench") => bench::run(&root, rest),
-        Some("bench-inner") => bench::inner(&root, rest),
         _ => bail!("{USAGE}"),
     }
 }

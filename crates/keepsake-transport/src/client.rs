@@ -128,14 +128,13 @@ pub async fn get_all(
     let mut stream = client.get_chunks(request).await?.into_inner();
     let mut out = Vec::with_capacity(ids.len());
     while let Some(msg) = stream.message().await? {
-        let chunk = msg
-            .chunk
-            .ok_or_else(|| Status::data_loss("server sent an empty GetChunks message"))?;
-        let id = chunk_id("chunk.id", &chunk.id).map_err(Status::from)?;
-        if ChunkId::of(&chunk.data) != id {
-            return Err(Status::data_loss(format!("chunk {id} arrived corrupted")));
+        for chunk in msg.chunks {
+            let id = chunk_id("chunks.id", &chunk.id).map_err(Status::from)?;
+            if ChunkId::of(&chunk.data) != id {
+                return Err(Status::data_loss(format!("chunk {id} arrived corrupted")));
+            }
+            out.push((id, chunk.data));
         }
-        out.push((id, chunk.data));
     }
     Ok(out)
 }

@@ -64,6 +64,9 @@ fn ttl_ms(seconds: u32) -> i64 {
     }
 }
 
+/// About how many bytes of chunks one GetChunks message carries.
+const GET_MESSAGE_BYTES: usize = 1 << 20;
+
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -164,7 +167,7 @@ impl ChunkStore for StoreService {
         let who = identity(&request)?;
         let pb::GetChunksRequest { ids } = request.into_inner();
         let ids = chunk_ids("ids", &ids, self.store.config().max_ids_per_call)?;
-        let (tx, rx) = mpsc::channel(32);
+        let (tx, rx) = mpsc::channel(4);
         let store = self.store.clone();
         tokio::spawn(async move {
             // Read a group per blocking hop, one group ahead of the one being sent, so
@@ -196,15 +199,25 @@ impl ChunkStore for StoreService {
                         return;
                     }
                 };
-                for (id, data) in chunks {
-                    let msg = pb::GetChunksResponse {
-                        chunk: Some(pb::Chunk {
-                            id: id_bytes(&id),
-                            data: Bytes::from(data),
-                        }),
-                    };
-                    if tx.send(Ok(msg)).await.is_err() {
-                        return;
+                // Several chunks per message: per-message overhead, not bytes, bounded
+                // download speed with one 64 KiB chunk per message.
+                let mut message = Vec::new();
+                let mut size = 0usize;
+                let last = chunks.len();
+                for (i, (id, data)) in chunks.into_iter().enumerate() {
+                    size += data.len();
+                    message.push(pb::Chunk {
+                        id: id_bytes(&id),
+                        data: Bytes::from(data),
+                    });
+                    if size >= GET_MESSAGE_BYTES || i + 1 == last {
+                        let msg = pb::GetChunksResponse {
+                            chunks: std::mem::take(&mut message),
+                        };
+                        size = 0;
+                        if tx.send(Ok(msg)).await.is_err() {
+                            return;
+                        }
                     }
                 }
             }

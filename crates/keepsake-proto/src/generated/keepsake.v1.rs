@@ -113,11 +113,11 @@ pub struct GetChunksRequest {
     #[prost(bytes = "bytes", repeated, tag = "1")]
     pub ids: ::prost::alloc::vec::Vec<::prost::bytes::Bytes>,
 }
-/// One chunk of the GetChunks stream, in request order.
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+/// The next chunks of the GetChunks stream, in request order (about 1 MiB per message).
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct GetChunksResponse {
-    #[prost(message, optional, tag = "1")]
-    pub chunk: ::core::option::Option<Chunk>,
+    #[prost(message, repeated, tag = "1")]
+    pub chunks: ::prost::alloc::vec::Vec<Chunk>,
 }
 /// Request of ChunkStore.PutManifest.
 #[derive(Clone, PartialEq, ::prost::Message)]
