@@ -3,6 +3,9 @@
 
 use crate::ApiError;
 use bytes::Bytes;
+use keepsake_policy::{
+    Cellular, Decision, DeviceStorage, Network, Power, Quota, Reason, Snapshot, Version, WorkClass,
+};
 use keepsake_proto::v1 as pb;
 use keepsake_store::{ChunkId, Manifest, ManifestEntry, ScrubReport};
 
@@ -131,5 +134,163 @@ mod tests {
         };
         let err = WireManifest::try_from(wire).unwrap_err();
         assert!(err.to_string().starts_with("manifest.file_hash"), "{err}");
+    }
+}
+
+/// A policy snapshot that came off the wire (a newtype so the conversion lives here).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireSnapshot(pub Snapshot);
+
+fn version_from_wire(v: pb::Version) -> Version {
+    let pb::Version {
+        major,
+        minor,
+        patch,
+    } = v;
+    Version(major, minor, patch)
+}
+
+/// Longest account name accepted in a snapshot.
+const MAX_ACCOUNT_LEN: usize = 256;
+
+impl TryFrom<pb::Snapshot> for WireSnapshot {
+    type Error = ApiError;
+
+    fn try_from(value: pb::Snapshot) -> Result<Self, Self::Error> {
+        let pb::Snapshot {
+            now_unix_ms,
+            account,
+            sync_enabled,
+            paused_until_unix_ms,
+            power_override_until_unix_ms,
+            network,
+            cellular_allowed,
+            cellular_unlimited_updates,
+            cellular_daily_cap_bytes,
+            cellular_used_today_bytes,
+            battery_percent,
+            charging,
+            low_power_mode,
+            device_free_bytes,
+            device_total_bytes,
+            optimize_storage,
+            quota,
+            client_version,
+            server_min_version,
+            server_reachable,
+            clock_skew_ms,
+            last_stall_unix_ms,
+        } = value;
+        if account.as_ref().is_some_and(|a| a.len() > MAX_ACCOUNT_LEN) {
+            return Err(ApiError::field(
+                "snapshot.account",
+                "is longer than 256 bytes",
+            ));
+        }
+        let network = match pb::NetworkType::try_from(network) {
+            Ok(pb::NetworkType::Unspecified) => None,
+            Ok(pb::NetworkType::Offline) => Some(Network::Offline),
+            Ok(pb::NetworkType::Cellular) => Some(Network::Cellular),
+            Ok(pb::NetworkType::Wifi) => Some(Network::Wifi),
+            Ok(pb::NetworkType::Wired) => Some(Network::Wired),
+            Err(_) => {
+                return Err(ApiError::field(
+                    "snapshot.network",
+                    format!("unknown value {network}"),
+                ));
+            }
+        };
+        let battery_percent = match battery_percent {
+            None => None,
+            Some(p) if p <= 100 => Some(p as u8),
+            Some(p) => {
+                return Err(ApiError::field(
+                    "snapshot.battery_percent",
+                    format!("{p} is not a percentage"),
+                ));
+            }
+        };
+        let client_version = client_version
+            .map(version_from_wire)
+            .ok_or_else(|| ApiError::field("snapshot.client_version", "is required"))?;
+        Ok(WireSnapshot(Snapshot {
+            now: now_unix_ms,
+            account,
+            sync_enabled,
+            paused_until: paused_until_unix_ms,
+            power_override_until: power_override_until_unix_ms,
+            network,
+            cellular: Cellular {
+                allowed: cellular_allowed,
+                unlimited_updates: cellular_unlimited_updates,
+                daily_cap_bytes: cellular_daily_cap_bytes,
+                used_today_bytes: cellular_used_today_bytes,
+            },
+            power: Power {
+                battery_percent,
+                charging,
+                low_power_mode,
+            },
+            storage: DeviceStorage {
+                free_bytes: device_free_bytes,
+                total_bytes: device_total_bytes,
+                optimize: optimize_storage,
+            },
+            quota: quota.map(|q| {
+                let pb::Quota {
+                    used_bytes,
+                    limit_bytes,
+                    pending_bytes,
+                } = q;
+                Quota {
+                    used_bytes,
+                    limit_bytes,
+                    pending_bytes,
+                }
+            }),
+            client_version,
+            server_min_version: server_min_version.map(version_from_wire),
+            server_reachable,
+            clock_skew_ms,
+            last_stall_at: last_stall_unix_ms,
+        }))
+    }
+}
+
+fn reason_to_wire(r: &Reason) -> pb::Reason {
+    pb::Reason {
+        code: r.code.as_str().to_string(),
+        message: r.message.clone(),
+        fix: r.fix.clone(),
+        clears_at_unix_ms: r.clears_at,
+        clears_when: r.clears_when.clone().unwrap_or_default(),
+    }
+}
+
+fn work_class_to_wire(c: WorkClass) -> pb::WorkClass {
+    match c {
+        WorkClass::Metadata => pb::WorkClass::Metadata,
+        WorkClass::Thumbnails => pb::WorkClass::Thumbnails,
+        WorkClass::PhotoUpload => pb::WorkClass::PhotoUpload,
+        WorkClass::VideoUpload => pb::WorkClass::VideoUpload,
+        WorkClass::OriginalDownload => pb::WorkClass::OriginalDownload,
+        WorkClass::Maintenance => pb::WorkClass::Maintenance,
+    }
+}
+
+/// The wire form of a policy decision.
+pub fn decision_to_wire(d: &Decision) -> pb::Decision {
+    pb::Decision {
+        classes: d
+            .classes
+            .iter()
+            .map(|c| pb::ClassDecision {
+                work_class: work_class_to_wire(c.class) as i32,
+                allowed: c.allowed,
+                reasons: c.reasons.iter().map(reason_to_wire).collect(),
+            })
+            .collect(),
+        bandwidth_budget_bytes: d.bandwidth_budget_bytes,
+        notices: d.notices.iter().map(reason_to_wire).collect(),
     }
 }

@@ -1,8 +1,11 @@
 //! The server builder every Keepsake service is served through.
 
 use crate::auth::TokenTable;
+use crate::policy_service::PolicyService;
 use crate::store_service::StoreService;
+use keepsake_policy::PolicyConfig;
 use keepsake_proto::v1::chunk_store_server::ChunkStoreServer;
+use keepsake_proto::v1::policy_server::PolicyServer;
 use keepsake_store::Store;
 use std::future::Future;
 use std::sync::Arc;
@@ -11,6 +14,9 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
+
+/// Largest Policy request or response.
+const POLICY_MESSAGE_BYTES: usize = 64 << 10;
 
 /// Wire limits and tuning.
 #[derive(Debug, Clone)]
@@ -38,6 +44,8 @@ impl Default for ServerConfig {
 pub struct Services {
     /// The chunk store, if served here.
     pub store: Option<Arc<Store>>,
+    /// The policy service and its configuration, if served here.
+    pub policy: Option<PolicyConfig>,
 }
 
 /// Serves `services` on `listener` until `shutdown` resolves.
@@ -85,6 +93,14 @@ pub async fn serve(
         let service = ChunkStoreServer::new(StoreService::new(store, config.batch_bytes))
             .max_decoding_message_size(config.max_message_bytes)
             .max_encoding_message_size(config.max_message_bytes);
+        router = router.add_service(InterceptedService::new(service, tokens.interceptor()));
+    }
+    if let Some(policy_config) = services.policy {
+        reporter.set_serving::<PolicyServer<PolicyService>>().await;
+        // Snapshots are a few hundred bytes; nothing bigger has any business here.
+        let service = PolicyServer::new(PolicyService::new(policy_config))
+            .max_decoding_message_size(POLICY_MESSAGE_BYTES)
+            .max_encoding_message_size(POLICY_MESSAGE_BYTES);
         router = router.add_service(InterceptedService::new(service, tokens.interceptor()));
     }
     // tonic does not apply tcp_nodelay to sockets from serve_with_incoming; small

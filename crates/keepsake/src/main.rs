@@ -30,7 +30,7 @@ enum Command {
 
 #[derive(clap::Args)]
 struct ServeArgs {
-    /// Which services to run here: `all`, or a comma-separated list (`store`).
+    /// Which services to run here: `all`, or a comma-separated list (`store`, `policy`).
     #[arg(long, default_value = "all", value_delimiter = ',')]
     services: Vec<String>,
     /// Where the services keep their data.
@@ -50,7 +50,7 @@ struct ServeArgs {
     gc_interval_secs: u64,
 }
 
-const KNOWN_SERVICES: &[&str] = &["store"];
+const KNOWN_SERVICES: &[&str] = &["store", "policy"];
 
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
@@ -146,6 +146,9 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
         );
         to_serve.store = Some(store);
     }
+    if services.contains(&"policy") {
+        to_serve.policy = Some(keepsake_policy::PolicyConfig::default());
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| {
@@ -238,7 +241,7 @@ mod tests {
     fn unknown_services_are_named_in_the_error() {
         let err = selected(&["store".into(), "photos".into()]).unwrap_err();
         assert!(err.to_string().contains("\"photos\""), "{err}");
-        assert_eq!(selected(&["all".into()]).unwrap(), vec!["store"]);
+        assert_eq!(selected(&["all".into()]).unwrap(), vec!["store", "policy"]);
     }
 
     #[test]

@@ -164,7 +164,10 @@ async fn store(root: &Path, short: bool) -> Result<()> {
     let url = format!("http://{}", listener.local_addr()?);
     tokio::spawn(serve(
         listener,
-        Services { store: Some(store) },
+        Services {
+            store: Some(store),
+            policy: None,
+        },
         tokens,
         ServerConfig::default(),
         std::future::pending(),

@@ -1449,3 +1449,592 @@ pub mod chunk_store_server {
         const NAME: &'static str = SERVICE_NAME;
     }
 }
+/// A version number major.minor.patch.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Version {
+    #[prost(uint32, tag = "1")]
+    pub major: u32,
+    #[prost(uint32, tag = "2")]
+    pub minor: u32,
+    #[prost(uint32, tag = "3")]
+    pub patch: u32,
+}
+/// The account's cloud storage.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Quota {
+    #[prost(uint64, tag = "1")]
+    pub used_bytes: u64,
+    #[prost(uint64, tag = "2")]
+    pub limit_bytes: u64,
+    /// Bytes waiting on the device to be uploaded.
+    #[prost(uint64, tag = "3")]
+    pub pending_bytes: u64,
+}
+/// Everything the policy looks at, read at one moment. Unset optional fields mean "unknown".
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Snapshot {
+    #[prost(int64, tag = "1")]
+    pub now_unix_ms: i64,
+    /// The signed-in account; unset when signed out.
+    #[prost(string, optional, tag = "2")]
+    pub account: ::core::option::Option<::prost::alloc::string::String>,
+    #[prost(bool, tag = "3")]
+    pub sync_enabled: bool,
+    #[prost(int64, optional, tag = "4")]
+    pub paused_until_unix_ms: ::core::option::Option<i64>,
+    /// "Resume for one hour" despite low power, until then.
+    #[prost(int64, optional, tag = "5")]
+    pub power_override_until_unix_ms: ::core::option::Option<i64>,
+    #[prost(enumeration = "NetworkType", tag = "6")]
+    pub network: i32,
+    #[prost(bool, tag = "7")]
+    pub cellular_allowed: bool,
+    #[prost(bool, tag = "8")]
+    pub cellular_unlimited_updates: bool,
+    #[prost(uint64, optional, tag = "9")]
+    pub cellular_daily_cap_bytes: ::core::option::Option<u64>,
+    #[prost(uint64, tag = "10")]
+    pub cellular_used_today_bytes: u64,
+    #[prost(uint32, optional, tag = "11")]
+    pub battery_percent: ::core::option::Option<u32>,
+    #[prost(bool, tag = "12")]
+    pub charging: bool,
+    #[prost(bool, tag = "13")]
+    pub low_power_mode: bool,
+    #[prost(uint64, optional, tag = "14")]
+    pub device_free_bytes: ::core::option::Option<u64>,
+    #[prost(uint64, optional, tag = "15")]
+    pub device_total_bytes: ::core::option::Option<u64>,
+    #[prost(bool, tag = "16")]
+    pub optimize_storage: bool,
+    /// Unset when the server has not reported the quota.
+    #[prost(message, optional, tag = "17")]
+    pub quota: ::core::option::Option<Quota>,
+    #[prost(message, optional, tag = "18")]
+    pub client_version: ::core::option::Option<Version>,
+    /// Unset when unknown.
+    #[prost(message, optional, tag = "19")]
+    pub server_min_version: ::core::option::Option<Version>,
+    #[prost(bool, optional, tag = "20")]
+    pub server_reachable: ::core::option::Option<bool>,
+    /// The server refused the device's clock, off by this much.
+    #[prost(int64, optional, tag = "21")]
+    pub clock_skew_ms: ::core::option::Option<i64>,
+    /// When a transfer last stalled and was restarted.
+    #[prost(int64, optional, tag = "22")]
+    pub last_stall_unix_ms: ::core::option::Option<i64>,
+}
+/// Why something does not run, and what fixes it.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Reason {
+    /// Stable UPPER_SNAKE code, e.g. CELLULAR_NOT_ALLOWED.
+    #[prost(string, tag = "1")]
+    pub code: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub message: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub fix: ::prost::alloc::string::String,
+    #[prost(int64, optional, tag = "4")]
+    pub clears_at_unix_ms: ::core::option::Option<i64>,
+    /// When it clears by itself, in words; empty if it does not.
+    #[prost(string, tag = "5")]
+    pub clears_when: ::prost::alloc::string::String,
+}
+/// The verdict for one class of work.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ClassDecision {
+    #[prost(enumeration = "WorkClass", tag = "1")]
+    pub work_class: i32,
+    #[prost(bool, tag = "2")]
+    pub allowed: bool,
+    #[prost(message, repeated, tag = "3")]
+    pub reasons: ::prost::alloc::vec::Vec<Reason>,
+}
+/// What may run now.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Decision {
+    #[prost(message, repeated, tag = "1")]
+    pub classes: ::prost::alloc::vec::Vec<ClassDecision>,
+    /// Bytes transfers may still use now; unset for no limit.
+    #[prost(uint64, optional, tag = "2")]
+    pub bandwidth_budget_bytes: ::core::option::Option<u64>,
+    /// Informational reasons that block nothing.
+    #[prost(message, repeated, tag = "3")]
+    pub notices: ::prost::alloc::vec::Vec<Reason>,
+}
+/// Request of Policy.Evaluate.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct EvaluateRequest {
+    #[prost(message, optional, tag = "1")]
+    pub snapshot: ::core::option::Option<Snapshot>,
+}
+/// Response of Policy.Evaluate.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct EvaluateResponse {
+    #[prost(message, optional, tag = "1")]
+    pub decision: ::core::option::Option<Decision>,
+}
+/// Request of Policy.Explain.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ExplainRequest {
+    #[prost(message, optional, tag = "1")]
+    pub snapshot: ::core::option::Option<Snapshot>,
+}
+/// Response of Policy.Explain.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ExplainResponse {
+    /// One line per class and notice.
+    #[prost(string, tag = "1")]
+    pub explanation: ::prost::alloc::string::String,
+    /// The doctor's checklist as text.
+    #[prost(string, tag = "2")]
+    pub checklist: ::prost::alloc::string::String,
+    /// The doctor's checklist as JSON.
+    #[prost(string, tag = "3")]
+    pub checklist_json: ::prost::alloc::string::String,
+    /// True when nothing is blocked.
+    #[prost(bool, tag = "4")]
+    pub syncing: bool,
+}
+/// How the device reaches the internet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum NetworkType {
+    /// Not known.
+    Unspecified = 0,
+    Offline = 1,
+    Cellular = 2,
+    Wifi = 3,
+    Wired = 4,
+}
+impl NetworkType {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "NETWORK_TYPE_UNSPECIFIED",
+            Self::Offline => "NETWORK_TYPE_OFFLINE",
+            Self::Cellular => "NETWORK_TYPE_CELLULAR",
+            Self::Wifi => "NETWORK_TYPE_WIFI",
+            Self::Wired => "NETWORK_TYPE_WIRED",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "NETWORK_TYPE_UNSPECIFIED" => Some(Self::Unspecified),
+            "NETWORK_TYPE_OFFLINE" => Some(Self::Offline),
+            "NETWORK_TYPE_CELLULAR" => Some(Self::Cellular),
+            "NETWORK_TYPE_WIFI" => Some(Self::Wifi),
+            "NETWORK_TYPE_WIRED" => Some(Self::Wired),
+            _ => None,
+        }
+    }
+}
+/// A class of sync work, allowed or not on its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum WorkClass {
+    Unspecified = 0,
+    Metadata = 1,
+    Thumbnails = 2,
+    PhotoUpload = 3,
+    VideoUpload = 4,
+    OriginalDownload = 5,
+    Maintenance = 6,
+}
+impl WorkClass {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "WORK_CLASS_UNSPECIFIED",
+            Self::Metadata => "WORK_CLASS_METADATA",
+            Self::Thumbnails => "WORK_CLASS_THUMBNAILS",
+            Self::PhotoUpload => "WORK_CLASS_PHOTO_UPLOAD",
+            Self::VideoUpload => "WORK_CLASS_VIDEO_UPLOAD",
+            Self::OriginalDownload => "WORK_CLASS_ORIGINAL_DOWNLOAD",
+            Self::Maintenance => "WORK_CLASS_MAINTENANCE",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "WORK_CLASS_UNSPECIFIED" => Some(Self::Unspecified),
+            "WORK_CLASS_METADATA" => Some(Self::Metadata),
+            "WORK_CLASS_THUMBNAILS" => Some(Self::Thumbnails),
+            "WORK_CLASS_PHOTO_UPLOAD" => Some(Self::PhotoUpload),
+            "WORK_CLASS_VIDEO_UPLOAD" => Some(Self::VideoUpload),
+            "WORK_CLASS_ORIGINAL_DOWNLOAD" => Some(Self::OriginalDownload),
+            "WORK_CLASS_MAINTENANCE" => Some(Self::Maintenance),
+            _ => None,
+        }
+    }
+}
+/// Generated client implementations.
+pub mod policy_client {
+    #![allow(
+        unused_variables,
+        dead_code,
+        missing_docs,
+        clippy::wildcard_imports,
+        clippy::let_unit_value,
+    )]
+    use tonic::codegen::*;
+    use tonic::codegen::http::Uri;
+    /// Evaluates sync policy snapshots.
+    #[derive(Debug, Clone)]
+    pub struct PolicyClient<T> {
+        inner: tonic::client::Grpc<T>,
+    }
+    impl<T> PolicyClient<T>
+    where
+        T: tonic::client::GrpcService<tonic::body::Body>,
+        T::Error: Into<StdError>,
+        T::ResponseBody: Body<Data = Bytes> + std::marker::Send + 'static,
+        <T::ResponseBody as Body>::Error: Into<StdError> + std::marker::Send,
+    {
+        pub fn new(inner: T) -> Self {
+            let inner = tonic::client::Grpc::new(inner);
+            Self { inner }
+        }
+        pub fn with_origin(inner: T, origin: Uri) -> Self {
+            let inner = tonic::client::Grpc::with_origin(inner, origin);
+            Self { inner }
+        }
+        pub fn with_interceptor<F>(
+            inner: T,
+            interceptor: F,
+        ) -> PolicyClient<InterceptedService<T, F>>
+        where
+            F: tonic::service::Interceptor,
+            T::ResponseBody: Default,
+            T: tonic::codegen::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<
+                    <T as tonic::client::GrpcService<tonic::body::Body>>::ResponseBody,
+                >,
+            >,
+            <T as tonic::codegen::Service<
+                http::Request<tonic::body::Body>,
+            >>::Error: Into<StdError> + std::marker::Send + std::marker::Sync,
+        {
+            PolicyClient::new(InterceptedService::new(inner, interceptor))
+        }
+        /// Compress requests with the given encoding.
+        ///
+        /// This requires the server to support it otherwise it might respond with an
+        /// error.
+        #[must_use]
+        pub fn send_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.inner = self.inner.send_compressed(encoding);
+            self
+        }
+        /// Enable decompressing responses.
+        #[must_use]
+        pub fn accept_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.inner = self.inner.accept_compressed(encoding);
+            self
+        }
+        /// Limits the maximum size of a decoded message.
+        ///
+        /// Default: `4MB`
+        #[must_use]
+        pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+            self.inner = self.inner.max_decoding_message_size(limit);
+            self
+        }
+        /// Limits the maximum size of an encoded message.
+        ///
+        /// Default: `usize::MAX`
+        #[must_use]
+        pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
+            self.inner = self.inner.max_encoding_message_size(limit);
+            self
+        }
+        /// Decides, per class of work, whether it may run now and if not why.
+        pub async fn evaluate(
+            &mut self,
+            request: impl tonic::IntoRequest<super::EvaluateRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::EvaluateResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/keepsake.v1.Policy/Evaluate",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("keepsake.v1.Policy", "Evaluate"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// The same decision as prose and as the doctor's seven-cause checklist.
+        pub async fn explain(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ExplainRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ExplainResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/keepsake.v1.Policy/Explain",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("keepsake.v1.Policy", "Explain"));
+            self.inner.unary(req, path, codec).await
+        }
+    }
+}
+/// Generated server implementations.
+pub mod policy_server {
+    #![allow(
+        unused_variables,
+        dead_code,
+        missing_docs,
+        clippy::wildcard_imports,
+        clippy::let_unit_value,
+    )]
+    use tonic::codegen::*;
+    /// Generated trait containing gRPC methods that should be implemented for use with PolicyServer.
+    #[async_trait]
+    pub trait Policy: std::marker::Send + std::marker::Sync + 'static {
+        /// Decides, per class of work, whether it may run now and if not why.
+        async fn evaluate(
+            &self,
+            request: tonic::Request<super::EvaluateRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::EvaluateResponse>,
+            tonic::Status,
+        >;
+        /// The same decision as prose and as the doctor's seven-cause checklist.
+        async fn explain(
+            &self,
+            request: tonic::Request<super::ExplainRequest>,
+        ) -> std::result::Result<tonic::Response<super::ExplainResponse>, tonic::Status>;
+    }
+    /// Evaluates sync policy snapshots.
+    #[derive(Debug)]
+    pub struct PolicyServer<T> {
+        inner: Arc<T>,
+        accept_compression_encodings: EnabledCompressionEncodings,
+        send_compression_encodings: EnabledCompressionEncodings,
+        max_decoding_message_size: Option<usize>,
+        max_encoding_message_size: Option<usize>,
+    }
+    impl<T> PolicyServer<T> {
+        pub fn new(inner: T) -> Self {
+            Self::from_arc(Arc::new(inner))
+        }
+        pub fn from_arc(inner: Arc<T>) -> Self {
+            Self {
+                inner,
+                accept_compression_encodings: Default::default(),
+                send_compression_encodings: Default::default(),
+                max_decoding_message_size: None,
+                max_encoding_message_size: None,
+            }
+        }
+        pub fn with_interceptor<F>(
+            inner: T,
+            interceptor: F,
+        ) -> InterceptedService<Self, F>
+        where
+            F: tonic::service::Interceptor,
+        {
+            InterceptedService::new(Self::new(inner), interceptor)
+        }
+        /// Enable decompressing requests with the given encoding.
+        #[must_use]
+        pub fn accept_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.accept_compression_encodings.enable(encoding);
+            self
+        }
+        /// Compress responses with the given encoding, if the client supports it.
+        #[must_use]
+        pub fn send_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.send_compression_encodings.enable(encoding);
+            self
+        }
+        /// Limits the maximum size of a decoded message.
+        ///
+        /// Default: `4MB`
+        #[must_use]
+        pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+            self.max_decoding_message_size = Some(limit);
+            self
+        }
+        /// Limits the maximum size of an encoded message.
+        ///
+        /// Default: `usize::MAX`
+        #[must_use]
+        pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
+            self.max_encoding_message_size = Some(limit);
+            self
+        }
+    }
+    impl<T, B> tonic::codegen::Service<http::Request<B>> for PolicyServer<T>
+    where
+        T: Policy,
+        B: Body + std::marker::Send + 'static,
+        B::Error: Into<StdError> + std::marker::Send + 'static,
+    {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = std::convert::Infallible;
+        type Future = BoxFuture<Self::Response, Self::Error>;
+        fn poll_ready(
+            &mut self,
+            _cx: &mut Context<'_>,
+        ) -> Poll<std::result::Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, req: http::Request<B>) -> Self::Future {
+            match req.uri().path() {
+                "/keepsake.v1.Policy/Evaluate" => {
+                    #[allow(non_camel_case_types)]
+                    struct EvaluateSvc<T: Policy>(pub Arc<T>);
+                    impl<T: Policy> tonic::server::UnaryService<super::EvaluateRequest>
+                    for EvaluateSvc<T> {
+                        type Response = super::EvaluateResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::EvaluateRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Policy>::evaluate(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = EvaluateSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/keepsake.v1.Policy/Explain" => {
+                    #[allow(non_camel_case_types)]
+                    struct ExplainSvc<T: Policy>(pub Arc<T>);
+                    impl<T: Policy> tonic::server::UnaryService<super::ExplainRequest>
+                    for ExplainSvc<T> {
+                        type Response = super::ExplainResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ExplainRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Policy>::explain(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ExplainSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                _ => {
+                    Box::pin(async move {
+                        let mut response = http::Response::new(
+                            tonic::body::Body::default(),
+                        );
+                        let headers = response.headers_mut();
+                        headers
+                            .insert(
+                                tonic::Status::GRPC_STATUS,
+                                (tonic::Code::Unimplemented as i32).into(),
+                            );
+                        headers
+                            .insert(
+                                http::header::CONTENT_TYPE,
+                                tonic::metadata::GRPC_CONTENT_TYPE,
+                            );
+                        Ok(response)
+                    })
+                }
+            }
+        }
+    }
+    impl<T> Clone for PolicyServer<T> {
+        fn clone(&self) -> Self {
+            let inner = self.inner.clone();
+            Self {
+                inner,
+                accept_compression_encodings: self.accept_compression_encodings,
+                send_compression_encodings: self.send_compression_encodings,
+                max_decoding_message_size: self.max_decoding_message_size,
+                max_encoding_message_size: self.max_encoding_message_size,
+            }
+        }
+    }
+    /// Generated gRPC service name
+    pub const SERVICE_NAME: &str = "keepsake.v1.Policy";
+    impl<T> tonic::server::NamedService for PolicyServer<T> {
+        const NAME: &'static str = SERVICE_NAME;
+    }
+}

@@ -1,4 +1,4 @@
-//! The ChunkStore over real gRPC on an ephemeral loopback port: every RPC, and
+//! ChunkStore and Policy over real gRPC on an ephemeral loopback port: every RPC, and
 //! every bad input answered with a clear status and nothing changed.
 
 use bytes::Bytes;
@@ -49,6 +49,7 @@ async fn start_with(backend: Option<Arc<dyn Backend>>) -> Server {
         listener,
         Services {
             store: Some(Arc::new(store)),
+            policy: Some(keepsake_policy::PolicyConfig::default()),
         },
         tokens,
         ServerConfig::default(),
@@ -434,4 +435,126 @@ async fn a_full_disk_is_resource_exhausted_and_the_store_still_serves() {
         0,
         "nothing half-written"
     );
+}
+
+fn wire_snapshot() -> pb::Snapshot {
+    pb::Snapshot {
+        now_unix_ms: 1_700_000_000_000,
+        account: Some("alice".into()),
+        sync_enabled: true,
+        network: pb::NetworkType::Cellular as i32,
+        cellular_allowed: false,
+        battery_percent: Some(80),
+        charging: true,
+        device_free_bytes: Some(50_000_000_000),
+        quota: Some(pb::Quota {
+            used_bytes: 1,
+            limit_bytes: 5_000_000_000,
+            pending_bytes: 0,
+        }),
+        client_version: Some(pb::Version {
+            major: 0,
+            minor: 1,
+            patch: 0,
+        }),
+        server_min_version: Some(pb::Version {
+            major: 0,
+            minor: 1,
+            patch: 0,
+        }),
+        server_reachable: Some(true),
+        ..Default::default()
+    }
+}
+
+async fn policy_client(
+    server: &Server,
+    token: &str,
+) -> keepsake_proto::v1::policy_client::PolicyClient<
+    tonic::service::interceptor::InterceptedService<
+        tonic::transport::Channel,
+        keepsake_transport::client::BearerAuth,
+    >,
+> {
+    keepsake_proto::v1::policy_client::PolicyClient::with_interceptor(
+        client::connect(&server.url).await.unwrap(),
+        keepsake_transport::client::BearerAuth::new(token),
+    )
+}
+
+#[tokio::test]
+async fn policy_evaluate_and_explain_over_grpc() {
+    let server = start().await;
+    let mut policy = policy_client(&server, "alice-token").await;
+    let decision = policy
+        .evaluate(pb::EvaluateRequest {
+            snapshot: Some(wire_snapshot()),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .decision
+        .unwrap();
+    let metadata = &decision.classes[0];
+    assert_eq!(metadata.work_class, pb::WorkClass::Metadata as i32);
+    assert!(metadata.allowed, "metadata flows on cellular");
+    let photos = decision
+        .classes
+        .iter()
+        .find(|c| c.work_class == pb::WorkClass::PhotoUpload as i32)
+        .unwrap();
+    assert!(!photos.allowed);
+    assert_eq!(photos.reasons[0].code, "CELLULAR_NOT_ALLOWED");
+    assert!(!photos.reasons[0].fix.is_empty());
+    let explained = policy
+        .explain(pb::ExplainRequest {
+            snapshot: Some(wire_snapshot()),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!explained.syncing);
+    assert!(
+        explained.checklist.contains("✘ Connection and mobile data"),
+        "{}",
+        explained.checklist
+    );
+    assert!(
+        explained
+            .checklist_json
+            .contains("\"CELLULAR_NOT_ALLOWED\"")
+    );
+}
+
+#[tokio::test]
+async fn policy_refuses_malformed_snapshots_and_anonymous_callers() {
+    let server = start().await;
+    let mut policy = policy_client(&server, "alice-token").await;
+    let err = policy
+        .evaluate(pb::EvaluateRequest { snapshot: None })
+        .await
+        .unwrap_err();
+    assert_status(&err, Code::InvalidArgument, "INVALID_ARGUMENT");
+    let mut bad = wire_snapshot();
+    bad.battery_percent = Some(150);
+    let err = policy
+        .evaluate(pb::EvaluateRequest {
+            snapshot: Some(bad),
+        })
+        .await
+        .unwrap_err();
+    assert_status(&err, Code::InvalidArgument, "INVALID_ARGUMENT");
+    assert!(
+        err.message().contains("battery_percent"),
+        "{}",
+        err.message()
+    );
+    let mut anonymous = policy_client(&server, "nobody").await;
+    let err = anonymous
+        .evaluate(pb::EvaluateRequest {
+            snapshot: Some(wire_snapshot()),
+        })
+        .await
+        .unwrap_err();
+    assert_status(&err, Code::Unauthenticated, "UNAUTHENTICATED");
 }
