@@ -1,0 +1,248 @@
+//! Content-defined chunking into manifests, on one core or two.
+
+use crate::DeltaError;
+use fastcdc::v2020::StreamCDC;
+use keepsake_store::{ChunkId, Manifest, ManifestEntry};
+use std::io::Read;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// FastCDC's normalization makes the cut-point test depend on the distance from the
+/// chunk's start, so an edit can move a few boundaries after it; level 0 keeps
+/// boundaries purely local to the content (measured: see docs/benchmarks.md).
+const NORMALIZATION: fastcdc::v2020::Normalization = fastcdc::v2020::Normalization::Level0;
+
+/// FastCDC bounds: the smallest, average and largest chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkParams {
+    /// Smallest chunk (except a file's last).
+    pub min: u32,
+    /// Target average.
+    pub avg: u32,
+    /// Largest chunk.
+    pub max: u32,
+}
+
+impl ChunkParams {
+    /// Photos (2–50 MB): small enough that an EXIF rewrite touches one or two chunks.
+    pub const PHOTO: Self = Self {
+        min: 16 << 10,
+        avg: 64 << 10,
+        max: 256 << 10,
+    };
+    /// Videos (50 MB–4 GB): larger chunks keep manifests short and chunking fast.
+    pub const VIDEO: Self = Self {
+        min: 256 << 10,
+        avg: 1 << 20,
+        max: 4 << 20,
+    };
+
+    fn stream<R: Read>(self, reader: R) -> StreamCDC<R> {
+        StreamCDC::with_level(
+            reader,
+            self.min as usize,
+            self.avg as usize,
+            self.max as usize,
+            NORMALIZATION,
+        )
+    }
+
+    /// The parameters for a file of `len` bytes.
+    pub fn for_len(len: u64) -> Self {
+        if len >= 64 << 20 {
+            Self::VIDEO
+        } else {
+            Self::PHOTO
+        }
+    }
+}
+
+/// One chunk's id and the manifest entry it becomes.
+fn entry(data: &[u8]) -> (ChunkId, ManifestEntry) {
+    let id = ChunkId::of(data);
+    let len = u32::try_from(data.len()).expect("chunks are bounded by ChunkParams::max");
+    (id, ManifestEntry { chunk: id, len })
+}
+
+/// Chunks `reader` with bounded memory (one max-size chunk at a time), handing each
+/// chunk to `sink` in file order, and returns the file's manifest.
+pub fn chunk_stream<R: Read>(
+    reader: R,
+    params: ChunkParams,
+    mut sink: impl FnMut(ChunkId, &[u8]) -> Result<(), DeltaError>,
+) -> Result<Manifest, DeltaError> {
+    let mut whole = blake3::Hasher::new();
+    let mut entries = Vec::new();
+    let cdc = params.stream(reader);
+    for chunk in cdc {
+        let chunk = chunk.map_err(cdc_error)?;
+        whole.update(&chunk.data);
+        let (id, e) = entry(&chunk.data);
+        sink(id, &chunk.data)?;
+        entries.push(e);
+    }
+    Ok(Manifest::new(
+        entries,
+        ChunkId(*whole.finalize().as_bytes()),
+    ))
+}
+
+fn cdc_error(e: fastcdc::v2020::Error) -> DeltaError {
+    match e {
+        fastcdc::v2020::Error::IoError(io) => DeltaError::Read(io),
+        other => DeltaError::Read(std::io::Error::other(other.to_string())),
+    }
+}
+
+/// The manifest of bytes already in memory (same boundaries as [`chunk_stream`]).
+pub fn manifest_of(data: &[u8], params: ChunkParams) -> Manifest {
+    let cdc = fastcdc::v2020::FastCDC::with_level(
+        data,
+        params.min as usize,
+        params.avg as usize,
+        params.max as usize,
+        NORMALIZATION,
+    );
+    let entries = cdc
+        .map(|c| entry(&data[c.offset..c.offset + c.length]).1)
+        .collect();
+    Manifest::new(entries, ChunkId::of(data))
+}
+
+/// Like [`chunk_stream`], but cuts on a second thread while this one hashes, for
+/// one large file. Boundaries and order are exactly those of [`chunk_stream`].
+pub fn chunk_stream_pipelined<R: Read + Send>(
+    reader: R,
+    params: ChunkParams,
+    mut sink: impl FnMut(ChunkId, &[u8]) -> Result<(), DeltaError>,
+) -> Result<Manifest, DeltaError> {
+    std::thread::scope(|scope| {
+        // A short queue bounds memory to a few chunks in flight.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<u8>, DeltaError>>(8);
+        scope.spawn(move || {
+            for chunk in params.stream(reader) {
+                let item = chunk.map(|c| c.data).map_err(cdc_error);
+                let failed = item.is_err();
+                if tx.send(item).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        let mut whole = blake3::Hasher::new();
+        let mut entries = Vec::new();
+        for data in rx {
+            let data = data?;
+            whole.update(&data);
+            let (id, e) = entry(&data);
+            sink(id, &data)?;
+            entries.push(e);
+        }
+        Ok(Manifest::new(
+            entries,
+            ChunkId(*whole.finalize().as_bytes()),
+        ))
+    })
+}
+
+/// Chunks many files on `workers` threads, each taking whole files; results come
+/// back in input order. Chunks go to `sink` from whichever worker made them.
+pub fn chunk_files_parallel<R: Read + Send>(
+    readers: Vec<R>,
+    params: impl Fn(usize) -> ChunkParams + Sync,
+    workers: usize,
+    sink: impl Fn(ChunkId, &[u8]) -> Result<(), DeltaError> + Sync,
+) -> Vec<Result<Manifest, DeltaError>> {
+    let count = readers.len();
+    let inputs: Vec<Mutex<Option<R>>> = readers.into_iter().map(|r| Mutex::new(Some(r))).collect();
+    let outputs: Vec<Mutex<Option<Result<Manifest, DeltaError>>>> =
+        (0..count).map(|_| Mutex::new(None)).collect();
+    let next = AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for _ in 0..workers.max(1).min(count.max(1)) {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= count {
+                        return;
+                    }
+                    let reader = inputs[i]
+                        .lock()
+                        .expect("input lock")
+                        .take()
+                        .expect("each file is taken once");
+                    let result = chunk_stream(reader, params(i), |id, data| sink(id, data));
+                    *outputs[i].lock().expect("output lock") = Some(result);
+                }
+            });
+        }
+    });
+    outputs
+        .into_iter()
+        .map(|o| {
+            o.into_inner()
+                .expect("output lock")
+                .expect("every file was chunked")
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const SMALL: ChunkParams = ChunkParams {
+        min: 64,
+        avg: 256,
+        max: 1024,
+    };
+
+    fn chunks_of(data: &[u8], params: ChunkParams) -> (Manifest, Vec<Vec<u8>>) {
+        let mut chunks = Vec::new();
+        let m = chunk_stream(data, params, |_, d| {
+            chunks.push(d.to_vec());
+            Ok(())
+        })
+        .unwrap();
+        (m, chunks)
+    }
+
+    proptest! {
+        #[test]
+        fn chunking_is_deterministic_and_reassembles_the_file(data in proptest::collection::vec(any::<u8>(), 0..20_000)) {
+            let (m1, c1) = chunks_of(&data, SMALL);
+            let (m2, _) = chunks_of(&data, SMALL);
+            prop_assert_eq!(&m1, &m2);
+            prop_assert_eq!(c1.concat(), data.clone());
+            prop_assert_eq!(m1.file_hash, ChunkId::of(&data));
+            prop_assert_eq!(m1.total_len, data.len() as u64);
+            for (e, c) in m1.entries.iter().zip(&c1) {
+                prop_assert_eq!(e.chunk, ChunkId::of(c));
+                prop_assert!(c.len() <= SMALL.max as usize);
+            }
+        }
+
+        #[test]
+        fn how_the_work_is_split_never_changes_the_boundaries(data in proptest::collection::vec(any::<u8>(), 0..20_000)) {
+            let (m1, _) = chunks_of(&data, SMALL);
+            prop_assert_eq!(&manifest_of(&data, SMALL), &m1);
+            let m2 = chunk_stream_pipelined(&data[..], SMALL, |_, _| Ok(())).unwrap();
+            prop_assert_eq!(&m1, &m2);
+            let halves = vec![&data[..data.len() / 2], &data[data.len() / 2..]];
+            let par = chunk_files_parallel(halves.clone(), |_| SMALL, 2, |_, _| Ok(()));
+            for (half, got) in halves.iter().zip(par) {
+                prop_assert_eq!(got.unwrap(), chunks_of(half, SMALL).0);
+            }
+        }
+    }
+
+    #[test]
+    fn a_failing_sink_stops_chunking_with_its_error() {
+        let data = vec![1u8; 10_000];
+        let err = chunk_stream(&data[..], SMALL, |_, _| {
+            Err(DeltaError::Sink("disk full".into()))
+        })
+        .unwrap_err();
+        assert!(matches!(err, DeltaError::Sink(_)));
+    }
+}

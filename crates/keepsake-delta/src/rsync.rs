@@ -1,0 +1,199 @@
+//! rsync-style deltas (fast_rsync) for edits that content-defined chunking handles
+//! poorly. fast_rsync's signatures use MD4, so a rebuilt file is trusted only after
+//! its BLAKE3 matches the declared hash. It works on whole in-memory slices, so
+//! sizes are capped by [`RsyncLimits`].
+
+use crate::DeltaError;
+use fast_rsync::{Signature, SignatureOptions};
+use keepsake_store::ChunkId;
+
+/// Bounds for rsync deltas.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RsyncLimits {
+    /// Largest base or new file handled with deltas; larger files use chunk plans.
+    pub max_file_bytes: u64,
+    /// Largest delta accepted.
+    pub max_delta_bytes: u64,
+    /// Signature block size.
+    pub block_size: u32,
+}
+
+impl Default for RsyncLimits {
+    fn default() -> Self {
+        Self {
+            max_file_bytes: 64 << 20,
+            max_delta_bytes: 64 << 20,
+            block_size: 2048,
+        }
+    }
+}
+
+fn check(what: &'static str, len: usize, limit: u64) -> Result<(), DeltaError> {
+    if len as u64 > limit {
+        return Err(DeltaError::TooLarge {
+            what,
+            len: len as u64,
+            limit,
+        });
+    }
+    Ok(())
+}
+
+/// The signature of `base`.
+pub fn signature(base: &[u8], limits: &RsyncLimits) -> Result<Vec<u8>, DeltaError> {
+    check("base", base.len(), limits.max_file_bytes)?;
+    let options = SignatureOptions {
+        block_size: limits.block_size,
+        crypto_hash_size: 8,
+    };
+    Ok(Signature::calculate(base, options).into_serialized())
+}
+
+/// The delta that turns the file behind `signature` into `new`.
+pub fn delta(signature: &[u8], new: &[u8], limits: &RsyncLimits) -> Result<Vec<u8>, DeltaError> {
+    check("new file", new.len(), limits.max_file_bytes)?;
+    check("signature", signature.len(), limits.max_file_bytes)?;
+    let signature = Signature::deserialize(signature.to_vec())
+        .map_err(|e| DeltaError::BadSignature(e.to_string()))?;
+    let mut out = Vec::new();
+    fast_rsync::diff(&signature.index(), new, &mut out)
+        .map_err(|e| DeltaError::BadSignature(e.to_string()))?;
+    Ok(out)
+}
+
+/// Rebuilds a file from `base` and `delta`, and returns it only if it hashes to `declared`.
+pub fn apply(
+    base: &[u8],
+    delta: &[u8],
+    declared: &ChunkId,
+    limits: &RsyncLimits,
+) -> Result<Vec<u8>, DeltaError> {
+    check("base", base.len(), limits.max_file_bytes)?;
+    check("delta", delta.len(), limits.max_delta_bytes)?;
+    let mut out = Vec::new();
+    fast_rsync::apply_limited(base, delta, &mut out, limits.max_file_bytes as usize)
+        .map_err(|e| DeltaError::BadDelta(e.to_string()))?;
+    let actual = ChunkId::of(&out);
+    if actual != *declared {
+        return Err(DeltaError::HashMismatch {
+            declared: *declared,
+            actual,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn limits() -> RsyncLimits {
+        RsyncLimits {
+            block_size: 64,
+            ..RsyncLimits::default()
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn apply_of_delta_rebuilds_any_new_file(
+            base in proptest::collection::vec(any::<u8>(), 0..4000),
+            new in proptest::collection::vec(any::<u8>(), 0..4000),
+        ) {
+            let sig = signature(&base, &limits()).unwrap();
+            let d = delta(&sig, &new, &limits()).unwrap();
+            prop_assert_eq!(apply(&base, &d, &ChunkId::of(&new), &limits()).unwrap(), new);
+        }
+
+        #[test]
+        fn apply_never_panics_on_garbage_deltas(
+            base in proptest::collection::vec(any::<u8>(), 0..500),
+            garbage in proptest::collection::vec(any::<u8>(), 0..500),
+        ) {
+            let _ = apply(&base, &garbage, &ChunkId::of(b""), &limits());
+        }
+    }
+
+    fn noise(len: usize, seed: u8) -> Vec<u8> {
+        let mut out = vec![0u8; len];
+        blake3::Hasher::new_keyed(&[seed; 32])
+            .finalize_xof()
+            .fill(&mut out);
+        out
+    }
+
+    fn edited() -> (Vec<u8>, Vec<u8>) {
+        let base = noise(50_000, 1);
+        let mut new = base.clone();
+        new[20_000..20_010].copy_from_slice(b"0123456789");
+        (base, new)
+    }
+
+    #[test]
+    fn a_wrong_declared_hash_is_refused() {
+        let (base, new) = edited();
+        let d = delta(&signature(&base, &limits()).unwrap(), &new, &limits()).unwrap();
+        let err = apply(&base, &d, &ChunkId::of(b"something else"), &limits()).unwrap_err();
+        assert!(matches!(err, DeltaError::HashMismatch { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_truncated_delta_is_refused() {
+        let (base, new) = edited();
+        let d = delta(&signature(&base, &limits()).unwrap(), &new, &limits()).unwrap();
+        let err = apply(&base, &d[..d.len() / 2], &ChunkId::of(&new), &limits()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                DeltaError::BadDelta(_) | DeltaError::HashMismatch { .. }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_delta_reaching_past_its_base_is_refused() {
+        let (base, new) = edited();
+        let d = delta(&signature(&base, &limits()).unwrap(), &new, &limits()).unwrap();
+        // The same delta against a shorter base copies from beyond its end.
+        let err = apply(&base[..1000], &d, &ChunkId::of(&new), &limits()).unwrap_err();
+        assert!(matches!(err, DeltaError::BadDelta(_)), "{err}");
+    }
+
+    #[test]
+    fn a_delta_made_for_another_base_is_refused() {
+        let (base, _) = edited();
+        // A delta that copies blocks of `other` cannot rebuild its target from `base`.
+        let other = noise(50_000, 2);
+        let mut target = other.clone();
+        target[100..110].copy_from_slice(b"0123456789");
+        let d = delta(&signature(&other, &limits()).unwrap(), &target, &limits()).unwrap();
+        let err = apply(&base, &d, &ChunkId::of(&target), &limits()).unwrap_err();
+        assert!(matches!(err, DeltaError::HashMismatch { .. }), "{err}");
+    }
+
+    #[test]
+    fn oversized_inputs_are_refused_before_work() {
+        let tiny = RsyncLimits {
+            max_file_bytes: 10,
+            ..limits()
+        };
+        assert!(matches!(
+            signature(&[0; 11], &tiny),
+            Err(DeltaError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            apply(
+                &[0; 5],
+                &[0; 100],
+                &ChunkId::of(b""),
+                &RsyncLimits {
+                    max_delta_bytes: 10,
+                    ..limits()
+                }
+            ),
+            Err(DeltaError::TooLarge { .. })
+        ));
+    }
+}
