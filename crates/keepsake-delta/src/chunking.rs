@@ -47,6 +47,16 @@ impl ChunkParams {
         )
     }
 
+    fn cut(self, data: &[u8]) -> fastcdc::v2020::FastCDC<'_> {
+        fastcdc::v2020::FastCDC::with_level(
+            data,
+            self.min as usize,
+            self.avg as usize,
+            self.max as usize,
+            NORMALIZATION,
+        )
+    }
+
     /// The parameters for a file of `len` bytes.
     pub fn for_len(len: u64) -> Self {
         if len >= 64 << 20 {
@@ -64,22 +74,47 @@ fn entry(data: &[u8]) -> (ChunkId, ManifestEntry) {
     (id, ManifestEntry { chunk: id, len })
 }
 
-/// Chunks `reader` with bounded memory (one max-size chunk at a time), handing each
-/// chunk to `sink` in file order, and returns the file's manifest.
+/// Chunks `reader` with bounded memory (a window of eight maximum-size chunks),
+/// handing each chunk to `sink` in file order, and returns the file's manifest.
 pub fn chunk_stream<R: Read>(
-    reader: R,
+    mut reader: R,
     params: ChunkParams,
     mut sink: impl FnMut(ChunkId, &[u8]) -> Result<(), DeltaError>,
 ) -> Result<Manifest, DeltaError> {
+    let max = params.max as usize;
+    // Cutting in place in one reused window avoids a copy and an allocation per chunk.
+    let mut window = vec![0u8; max * 8];
+    let (mut len, mut eof) = (0usize, false);
     let mut whole = blake3::Hasher::new();
     let mut entries = Vec::new();
-    let cdc = params.stream(reader);
-    for chunk in cdc {
-        let chunk = chunk.map_err(cdc_error)?;
-        whole.update(&chunk.data);
-        let (id, e) = entry(&chunk.data);
-        sink(id, &chunk.data)?;
-        entries.push(e);
+    loop {
+        while !eof && len < window.len() {
+            match reader.read(&mut window[len..]) {
+                Ok(0) => eof = true,
+                Ok(n) => len += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let mut consumed = 0;
+        for c in params.cut(&window[..len]) {
+            // A cut point is final only when a whole maximum-size chunk after its
+            // start was in view; otherwise wait for more bytes.
+            if !eof && c.offset + max > len {
+                break;
+            }
+            let data = &window[c.offset..c.offset + c.length];
+            whole.update(data);
+            let (id, e) = entry(data);
+            sink(id, data)?;
+            entries.push(e);
+            consumed = c.offset + c.length;
+        }
+        window.copy_within(consumed..len, 0);
+        len -= consumed;
+        if eof && len == 0 {
+            break;
+        }
     }
     Ok(Manifest::new(
         entries,
@@ -96,14 +131,8 @@ fn cdc_error(e: fastcdc::v2020::Error) -> DeltaError {
 
 /// The manifest of bytes already in memory (same boundaries as [`chunk_stream`]).
 pub fn manifest_of(data: &[u8], params: ChunkParams) -> Manifest {
-    let cdc = fastcdc::v2020::FastCDC::with_level(
-        data,
-        params.min as usize,
-        params.avg as usize,
-        params.max as usize,
-        NORMALIZATION,
-    );
-    let entries = cdc
+    let entries = params
+        .cut(data)
         .map(|c| entry(&data[c.offset..c.offset + c.length]).1)
         .collect();
     Manifest::new(entries, ChunkId::of(data))
@@ -233,6 +262,32 @@ mod tests {
             for (half, got) in halves.iter().zip(par) {
                 prop_assert_eq!(got.unwrap(), chunks_of(half, SMALL).0);
             }
+        }
+    }
+
+    /// Hands out at most `step` bytes per read, as pipes and sockets do.
+    struct Trickle<'a> {
+        data: &'a [u8],
+        step: usize,
+    }
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.step.min(buf.len()).min(self.data.len());
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn short_reads_never_move_a_boundary(
+            data in proptest::collection::vec(any::<u8>(), 0..30_000),
+            step in 1usize..3000,
+        ) {
+            let trickled = chunk_stream(Trickle { data: &data, step }, SMALL, |_, _| Ok(())).unwrap();
+            prop_assert_eq!(trickled, manifest_of(&data, SMALL));
         }
     }
 
