@@ -5,7 +5,11 @@ use prost::Message;
 use std::path::{Path, PathBuf};
 
 /// The .proto files that make the wire contract, relative to `proto/`.
-pub const PROTO_FILES: &[&str] = &["keepsake/v1/store.proto", "keepsake/v1/policy.proto"];
+pub const PROTO_FILES: &[&str] = &[
+    "keepsake/v1/store.proto",
+    "keepsake/v1/policy.proto",
+    "keepsake/v1/delta.proto",
+];
 
 /// Where the generated code is committed, relative to the workspace root.
 pub const GENERATED_DIR: &str = "crates/keepsake-proto/src/generated";

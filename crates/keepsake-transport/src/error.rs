@@ -28,6 +28,9 @@ pub enum ApiError {
         /// What is wrong with it, in words.
         why: String,
     },
+    /// A delta-engine error.
+    #[error(transparent)]
+    Delta(#[from] keepsake_delta::DeltaError),
     /// The server is shutting down or a worker died.
     #[error("{0}")]
     Unavailable(String),
@@ -56,6 +59,23 @@ pub fn to_status(err: &ApiError) -> Status {
             (Code::InvalidArgument, "INVALID_ARGUMENT")
         }
         ApiError::Unavailable(_) => (Code::Unavailable, "UNAVAILABLE"),
+        ApiError::Delta(e) => {
+            use keepsake_delta::DeltaError as D;
+            let code = match e {
+                D::TooLarge { limit, .. } => {
+                    metadata.insert("limit_bytes".into(), limit.to_string());
+                    Code::InvalidArgument
+                }
+                D::BadSignature(_) | D::BadDelta(_) => Code::InvalidArgument,
+                D::HashMismatch { declared, actual } => {
+                    metadata.insert("declared_hash".into(), declared.to_hex());
+                    metadata.insert("actual_hash".into(), actual.to_hex());
+                    Code::InvalidArgument
+                }
+                D::Read(_) | D::Sink(_) => Code::Unavailable,
+            };
+            (code, e.reason())
+        }
         ApiError::Store(e) => {
             let code = match e {
                 StoreError::HashMismatch { claimed, actual } => {

@@ -15,7 +15,7 @@
 //!     token: "secret".into(), account: "me".into(), admin: false }] });
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
 //! let url = format!("http://{}", listener.local_addr()?);
-//! tokio::spawn(server::serve(listener, server::Services { store: Some(store), policy: None }, tokens,
+//! tokio::spawn(server::serve(listener, server::Services { store: Some(store), policy: None, delta: false }, tokens,
 //!     server::ServerConfig::default(), std::future::pending()));
 //! let mut store = client::store_client(client::connect(&url).await?, "secret");
 //! # Ok(()) }
@@ -24,11 +24,13 @@
 pub mod auth;
 pub mod client;
 pub mod convert;
+mod delta_service;
 mod error;
 mod policy_service;
 pub mod server;
 mod store_service;
 
+pub use delta_service::DeltaService;
 pub use error::{ApiError, ERROR_DOMAIN, reason_of, to_status};
 pub use policy_service::PolicyService;
 pub use store_service::StoreService;

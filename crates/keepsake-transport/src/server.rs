@@ -1,10 +1,13 @@
 //! The server builder every Keepsake service is served through.
 
 use crate::auth::TokenTable;
+use crate::delta_service::DeltaService;
 use crate::policy_service::PolicyService;
 use crate::store_service::StoreService;
+use keepsake_delta::rsync::RsyncLimits;
 use keepsake_policy::PolicyConfig;
 use keepsake_proto::v1::chunk_store_server::ChunkStoreServer;
+use keepsake_proto::v1::delta_server::DeltaServer;
 use keepsake_proto::v1::policy_server::PolicyServer;
 use keepsake_store::Store;
 use std::future::Future;
@@ -46,6 +49,8 @@ pub struct Services {
     pub store: Option<Arc<Store>>,
     /// The policy service and its configuration, if served here.
     pub policy: Option<PolicyConfig>,
+    /// Whether to serve the delta service (it works against `store`, which must be set).
+    pub delta: bool,
 }
 
 /// Serves `services` on `listener` until `shutdown` resolves.
@@ -86,6 +91,13 @@ pub async fn serve(
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
+    if let (true, Some(store)) = (services.delta, &services.store) {
+        reporter.set_serving::<DeltaServer<DeltaService>>().await;
+        let service = DeltaServer::new(DeltaService::new(store.clone(), RsyncLimits::default()))
+            .max_decoding_message_size(config.max_message_bytes)
+            .max_encoding_message_size(config.max_message_bytes);
+        router = router.add_service(InterceptedService::new(service, tokens.interceptor()));
+    }
     if let Some(store) = services.store {
         reporter
             .set_serving::<ChunkStoreServer<StoreService>>()

@@ -50,6 +50,7 @@ async fn start_with(backend: Option<Arc<dyn Backend>>) -> Server {
         Services {
             store: Some(Arc::new(store)),
             policy: Some(keepsake_policy::PolicyConfig::default()),
+            delta: true,
         },
         tokens,
         ServerConfig::default(),
@@ -557,4 +558,196 @@ async fn policy_refuses_malformed_snapshots_and_anonymous_callers() {
         .await
         .unwrap_err();
     assert_status(&err, Code::Unauthenticated, "UNAUTHENTICATED");
+}
+
+fn noise(len: usize, key: &str) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    blake3::Hasher::new_derive_key(key)
+        .finalize_xof()
+        .fill(&mut out);
+    out
+}
+
+type DeltaClient = keepsake_proto::v1::delta_client::DeltaClient<
+    tonic::service::interceptor::InterceptedService<
+        tonic::transport::Channel,
+        keepsake_transport::client::BearerAuth,
+    >,
+>;
+
+async fn delta_client(server: &Server, token: &str) -> DeltaClient {
+    keepsake_proto::v1::delta_client::DeltaClient::with_interceptor(
+        client::connect(&server.url).await.unwrap(),
+        keepsake_transport::client::BearerAuth::new(token),
+    )
+    .max_decoding_message_size(16 << 20)
+}
+
+/// Uploads `file` as alice would: chunks, then its manifest. Returns the manifest id.
+async fn upload_file(c: &mut StoreClient, sid: &str, file: &[u8]) -> Bytes {
+    let mut chunks = Vec::new();
+    let manifest =
+        keepsake_delta::chunk_stream(file, keepsake_delta::ChunkParams::PHOTO, |id, d| {
+            chunks.push((id, Bytes::copy_from_slice(d)));
+            Ok(())
+        })
+        .unwrap();
+    put_all(c, sid, chunks, 1 << 20).await.unwrap();
+    c.put_manifest(pb::PutManifestRequest {
+        session_id: sid.to_string(),
+        manifest: Some(keepsake_transport::convert::manifest_to_wire(&manifest)),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .manifest_id
+}
+
+async fn signature_of(d: &mut DeltaClient, manifest_id: &Bytes) -> Result<Vec<u8>, tonic::Status> {
+    let mut stream = d
+        .signature(pb::SignatureRequest {
+            manifest_id: manifest_id.clone(),
+        })
+        .await?
+        .into_inner();
+    let mut sig = Vec::new();
+    while let Some(piece) = stream.message().await? {
+        sig.extend_from_slice(&piece.data);
+    }
+    Ok(sig)
+}
+
+async fn apply(
+    d: &mut DeltaClient,
+    sid: &str,
+    base: &Bytes,
+    declared: ChunkId,
+    delta: Vec<u8>,
+) -> Result<pb::ApplyDeltaResponse, tonic::Status> {
+    let pieces: Vec<pb::ApplyDeltaRequest> = delta
+        .chunks(100_000)
+        .enumerate()
+        .map(|(i, piece)| pb::ApplyDeltaRequest {
+            session_id: if i == 0 {
+                sid.to_string()
+            } else {
+                String::new()
+            },
+            base_manifest_id: if i == 0 { base.clone() } else { Bytes::new() },
+            declared_file_hash: if i == 0 {
+                id_bytes(&declared)
+            } else {
+                Bytes::new()
+            },
+            delta: Bytes::copy_from_slice(piece),
+        })
+        .collect();
+    d.apply_delta(tokio_stream::iter(pieces))
+        .await
+        .map(|r| r.into_inner())
+}
+
+#[tokio::test]
+async fn a_small_edit_travels_as_a_delta_and_is_rebuilt_server_side() {
+    let server = start().await;
+    let mut alice = as_user(&server, "alice-token").await;
+    let mut delta = delta_client(&server, "alice-token").await;
+    let sid = session(&mut alice).await;
+    let base = noise(3 << 20, "delta base");
+    let base_id = upload_file(&mut alice, &sid, &base).await;
+    let mut edited = base.clone();
+    edited[1_500_000..1_500_064].copy_from_slice(&[0x5A; 64]);
+    let limits = keepsake_delta::rsync::RsyncLimits::default();
+    let sig = signature_of(&mut delta, &base_id).await.unwrap();
+    let d = keepsake_delta::rsync::delta(&sig, &edited, &limits).unwrap();
+    assert!(
+        d.len() < 10_000,
+        "a 64-byte edit makes a small delta, got {}",
+        d.len()
+    );
+    let rebuilt = apply(&mut delta, &sid, &base_id, ChunkId::of(&edited), d)
+        .await
+        .unwrap();
+    assert!(
+        rebuilt.new_bytes <= 2 * (256 << 10),
+        "only the edited chunk is new: {}",
+        rebuilt.new_bytes
+    );
+    let manifest = alice
+        .get_manifest(pb::GetManifestRequest {
+            manifest_id: rebuilt.manifest_id,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .manifest
+        .unwrap();
+    let ids: Vec<ChunkId> = manifest
+        .entries
+        .iter()
+        .map(|e| ChunkId::from_slice(&e.chunk_id).unwrap())
+        .collect();
+    let bytes: Vec<u8> = get_all(&mut alice, &ids)
+        .await
+        .unwrap()
+        .into_iter()
+        .flat_map(|(_, d)| d.to_vec())
+        .collect();
+    assert_eq!(bytes, edited, "the server rebuilt exactly the edited file");
+}
+
+#[tokio::test]
+async fn deltas_against_foreign_bases_or_with_wrong_hashes_store_nothing() {
+    let server = start().await;
+    let mut alice = as_user(&server, "alice-token").await;
+    let sid = session(&mut alice).await;
+    let base = noise(500_000, "delta base 2");
+    let base_id = upload_file(&mut alice, &sid, &base).await;
+    let mut bob_delta = delta_client(&server, "bob-token").await;
+    let err = signature_of(&mut bob_delta, &base_id).await.unwrap_err();
+    assert_status(&err, Code::NotFound, "NOT_FOUND");
+
+    let mut delta = delta_client(&server, "alice-token").await;
+    let limits = keepsake_delta::rsync::RsyncLimits::default();
+    let sig = signature_of(&mut delta, &base_id).await.unwrap();
+    let mut edited = base.clone();
+    edited[0..4].copy_from_slice(b"EDIT");
+    let d = keepsake_delta::rsync::delta(&sig, &edited, &limits).unwrap();
+    let usage_before = alice
+        .get_usage(pb::GetUsageRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let err = apply(
+        &mut delta,
+        &sid,
+        &base_id,
+        ChunkId::of(b"not the result"),
+        d.clone(),
+    )
+    .await
+    .unwrap_err();
+    assert_status(&err, Code::InvalidArgument, "HASH_MISMATCH");
+    let err = apply(
+        &mut delta,
+        &sid,
+        &base_id,
+        ChunkId::of(&edited),
+        d[..d.len() / 2].to_vec(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    let usage_after = alice
+        .get_usage(pb::GetUsageRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(usage_before, usage_after, "nothing was stored");
+    let mut bob_store_sid = as_user(&server, "bob-token").await;
+    let bob_sid = session(&mut bob_store_sid).await;
+    let err = apply(&mut bob_delta, &bob_sid, &base_id, ChunkId::of(&edited), d)
+        .await
+        .unwrap_err();
+    assert_status(&err, Code::NotFound, "NOT_FOUND");
 }

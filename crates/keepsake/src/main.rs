@@ -30,7 +30,7 @@ enum Command {
 
 #[derive(clap::Args)]
 struct ServeArgs {
-    /// Which services to run here: `all`, or a comma-separated list (`store`, `policy`).
+    /// Which services to run here: `all`, or a comma-separated list (`store`, `policy`, `delta`).
     #[arg(long, default_value = "all", value_delimiter = ',')]
     services: Vec<String>,
     /// Where the services keep their data.
@@ -50,7 +50,7 @@ struct ServeArgs {
     gc_interval_secs: u64,
 }
 
-const KNOWN_SERVICES: &[&str] = &["store", "policy"];
+const KNOWN_SERVICES: &[&str] = &["store", "policy", "delta"];
 
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
@@ -145,6 +145,14 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
             Duration::from_secs(args.gc_interval_secs.max(1)),
         );
         to_serve.store = Some(store);
+    }
+    if services.contains(&"delta") {
+        if to_serve.store.is_none() {
+            anyhow::bail!(
+                "the delta service rebuilds versions next to the store: serve it with `--services store,delta`"
+            );
+        }
+        to_serve.delta = true;
     }
     if services.contains(&"policy") {
         to_serve.policy = Some(keepsake_policy::PolicyConfig::default());
@@ -241,7 +249,10 @@ mod tests {
     fn unknown_services_are_named_in_the_error() {
         let err = selected(&["store".into(), "photos".into()]).unwrap_err();
         assert!(err.to_string().contains("\"photos\""), "{err}");
-        assert_eq!(selected(&["all".into()]).unwrap(), vec!["store", "policy"]);
+        assert_eq!(
+            selected(&["all".into()]).unwrap(),
+            vec!["store", "policy", "delta"]
+        );
     }
 
     #[test]

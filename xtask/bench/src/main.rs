@@ -168,6 +168,7 @@ async fn store(root: &Path, short: bool) -> Result<()> {
         Services {
             store: Some(store),
             policy: None,
+            delta: false,
         },
         tokens,
         ServerConfig::default(),

@@ -2038,3 +2038,418 @@ pub mod policy_server {
         const NAME: &'static str = SERVICE_NAME;
     }
 }
+/// Request of Delta.Signature.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SignatureRequest {
+    #[prost(bytes = "bytes", tag = "1")]
+    pub manifest_id: ::prost::bytes::Bytes,
+}
+/// One piece of the signature, in order.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SignatureResponse {
+    #[prost(bytes = "bytes", tag = "1")]
+    pub data: ::prost::bytes::Bytes,
+}
+/// One message of the ApplyDelta stream. The first carries the session, base and
+/// declared hash; every message may carry the next piece of the delta.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ApplyDeltaRequest {
+    #[prost(string, tag = "1")]
+    pub session_id: ::prost::alloc::string::String,
+    #[prost(bytes = "bytes", tag = "2")]
+    pub base_manifest_id: ::prost::bytes::Bytes,
+    /// BLAKE3 of the rebuilt file; a mismatch stores nothing.
+    #[prost(bytes = "bytes", tag = "3")]
+    pub declared_file_hash: ::prost::bytes::Bytes,
+    #[prost(bytes = "bytes", tag = "4")]
+    pub delta: ::prost::bytes::Bytes,
+}
+/// Response of Delta.ApplyDelta.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ApplyDeltaResponse {
+    #[prost(bytes = "bytes", tag = "1")]
+    pub manifest_id: ::prost::bytes::Bytes,
+    #[prost(uint64, tag = "2")]
+    pub total_length: u64,
+    /// Bytes of chunks that were new to the store.
+    #[prost(uint64, tag = "3")]
+    pub new_bytes: u64,
+}
+/// Generated client implementations.
+pub mod delta_client {
+    #![allow(
+        unused_variables,
+        dead_code,
+        missing_docs,
+        clippy::wildcard_imports,
+        clippy::let_unit_value,
+    )]
+    use tonic::codegen::*;
+    use tonic::codegen::http::Uri;
+    /// Signatures of stored versions, and server-side rebuilds from deltas.
+    #[derive(Debug, Clone)]
+    pub struct DeltaClient<T> {
+        inner: tonic::client::Grpc<T>,
+    }
+    impl<T> DeltaClient<T>
+    where
+        T: tonic::client::GrpcService<tonic::body::Body>,
+        T::Error: Into<StdError>,
+        T::ResponseBody: Body<Data = Bytes> + std::marker::Send + 'static,
+        <T::ResponseBody as Body>::Error: Into<StdError> + std::marker::Send,
+    {
+        pub fn new(inner: T) -> Self {
+            let inner = tonic::client::Grpc::new(inner);
+            Self { inner }
+        }
+        pub fn with_origin(inner: T, origin: Uri) -> Self {
+            let inner = tonic::client::Grpc::with_origin(inner, origin);
+            Self { inner }
+        }
+        pub fn with_interceptor<F>(
+            inner: T,
+            interceptor: F,
+        ) -> DeltaClient<InterceptedService<T, F>>
+        where
+            F: tonic::service::Interceptor,
+            T::ResponseBody: Default,
+            T: tonic::codegen::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<
+                    <T as tonic::client::GrpcService<tonic::body::Body>>::ResponseBody,
+                >,
+            >,
+            <T as tonic::codegen::Service<
+                http::Request<tonic::body::Body>,
+            >>::Error: Into<StdError> + std::marker::Send + std::marker::Sync,
+        {
+            DeltaClient::new(InterceptedService::new(inner, interceptor))
+        }
+        /// Compress requests with the given encoding.
+        ///
+        /// This requires the server to support it otherwise it might respond with an
+        /// error.
+        #[must_use]
+        pub fn send_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.inner = self.inner.send_compressed(encoding);
+            self
+        }
+        /// Enable decompressing responses.
+        #[must_use]
+        pub fn accept_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.inner = self.inner.accept_compressed(encoding);
+            self
+        }
+        /// Limits the maximum size of a decoded message.
+        ///
+        /// Default: `4MB`
+        #[must_use]
+        pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+            self.inner = self.inner.max_decoding_message_size(limit);
+            self
+        }
+        /// Limits the maximum size of an encoded message.
+        ///
+        /// Default: `usize::MAX`
+        #[must_use]
+        pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
+            self.inner = self.inner.max_encoding_message_size(limit);
+            self
+        }
+        /// Streams the rsync signature of a stored version (a manifest) the caller owns.
+        pub async fn signature(
+            &mut self,
+            request: impl tonic::IntoRequest<super::SignatureRequest>,
+        ) -> std::result::Result<
+            tonic::Response<tonic::codec::Streaming<super::SignatureResponse>>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/keepsake.v1.Delta/Signature",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("keepsake.v1.Delta", "Signature"));
+            self.inner.server_streaming(req, path, codec).await
+        }
+        /// Rebuilds a new version from an owned base and a delta, verifies it against the
+        /// declared BLAKE3, chunks and stores it, and returns the new manifest's id.
+        pub async fn apply_delta(
+            &mut self,
+            request: impl tonic::IntoStreamingRequest<Message = super::ApplyDeltaRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ApplyDeltaResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/keepsake.v1.Delta/ApplyDelta",
+            );
+            let mut req = request.into_streaming_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("keepsake.v1.Delta", "ApplyDelta"));
+            self.inner.client_streaming(req, path, codec).await
+        }
+    }
+}
+/// Generated server implementations.
+pub mod delta_server {
+    #![allow(
+        unused_variables,
+        dead_code,
+        missing_docs,
+        clippy::wildcard_imports,
+        clippy::let_unit_value,
+    )]
+    use tonic::codegen::*;
+    /// Generated trait containing gRPC methods that should be implemented for use with DeltaServer.
+    #[async_trait]
+    pub trait Delta: std::marker::Send + std::marker::Sync + 'static {
+        /// Server streaming response type for the Signature method.
+        type SignatureStream: tonic::codegen::tokio_stream::Stream<
+                Item = std::result::Result<super::SignatureResponse, tonic::Status>,
+            >
+            + std::marker::Send
+            + 'static;
+        /// Streams the rsync signature of a stored version (a manifest) the caller owns.
+        async fn signature(
+            &self,
+            request: tonic::Request<super::SignatureRequest>,
+        ) -> std::result::Result<tonic::Response<Self::SignatureStream>, tonic::Status>;
+        /// Rebuilds a new version from an owned base and a delta, verifies it against the
+        /// declared BLAKE3, chunks and stores it, and returns the new manifest's id.
+        async fn apply_delta(
+            &self,
+            request: tonic::Request<tonic::Streaming<super::ApplyDeltaRequest>>,
+        ) -> std::result::Result<
+            tonic::Response<super::ApplyDeltaResponse>,
+            tonic::Status,
+        >;
+    }
+    /// Signatures of stored versions, and server-side rebuilds from deltas.
+    #[derive(Debug)]
+    pub struct DeltaServer<T> {
+        inner: Arc<T>,
+        accept_compression_encodings: EnabledCompressionEncodings,
+        send_compression_encodings: EnabledCompressionEncodings,
+        max_decoding_message_size: Option<usize>,
+        max_encoding_message_size: Option<usize>,
+    }
+    impl<T> DeltaServer<T> {
+        pub fn new(inner: T) -> Self {
+            Self::from_arc(Arc::new(inner))
+        }
+        pub fn from_arc(inner: Arc<T>) -> Self {
+            Self {
+                inner,
+                accept_compression_encodings: Default::default(),
+                send_compression_encodings: Default::default(),
+                max_decoding_message_size: None,
+                max_encoding_message_size: None,
+            }
+        }
+        pub fn with_interceptor<F>(
+            inner: T,
+            interceptor: F,
+        ) -> InterceptedService<Self, F>
+        where
+            F: tonic::service::Interceptor,
+        {
+            InterceptedService::new(Self::new(inner), interceptor)
+        }
+        /// Enable decompressing requests with the given encoding.
+        #[must_use]
+        pub fn accept_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.accept_compression_encodings.enable(encoding);
+            self
+        }
+        /// Compress responses with the given encoding, if the client supports it.
+        #[must_use]
+        pub fn send_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.send_compression_encodings.enable(encoding);
+            self
+        }
+        /// Limits the maximum size of a decoded message.
+        ///
+        /// Default: `4MB`
+        #[must_use]
+        pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+            self.max_decoding_message_size = Some(limit);
+            self
+        }
+        /// Limits the maximum size of an encoded message.
+        ///
+        /// Default: `usize::MAX`
+        #[must_use]
+        pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
+            self.max_encoding_message_size = Some(limit);
+            self
+        }
+    }
+    impl<T, B> tonic::codegen::Service<http::Request<B>> for DeltaServer<T>
+    where
+        T: Delta,
+        B: Body + std::marker::Send + 'static,
+        B::Error: Into<StdError> + std::marker::Send + 'static,
+    {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = std::convert::Infallible;
+        type Future = BoxFuture<Self::Response, Self::Error>;
+        fn poll_ready(
+            &mut self,
+            _cx: &mut Context<'_>,
+        ) -> Poll<std::result::Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, req: http::Request<B>) -> Self::Future {
+            match req.uri().path() {
+                "/keepsake.v1.Delta/Signature" => {
+                    #[allow(non_camel_case_types)]
+                    struct SignatureSvc<T: Delta>(pub Arc<T>);
+                    impl<
+                        T: Delta,
+                    > tonic::server::ServerStreamingService<super::SignatureRequest>
+                    for SignatureSvc<T> {
+                        type Response = super::SignatureResponse;
+                        type ResponseStream = T::SignatureStream;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::ResponseStream>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::SignatureRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Delta>::signature(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = SignatureSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.server_streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/keepsake.v1.Delta/ApplyDelta" => {
+                    #[allow(non_camel_case_types)]
+                    struct ApplyDeltaSvc<T: Delta>(pub Arc<T>);
+                    impl<
+                        T: Delta,
+                    > tonic::server::ClientStreamingService<super::ApplyDeltaRequest>
+                    for ApplyDeltaSvc<T> {
+                        type Response = super::ApplyDeltaResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<
+                                tonic::Streaming<super::ApplyDeltaRequest>,
+                            >,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Delta>::apply_delta(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ApplyDeltaSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.client_streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                _ => {
+                    Box::pin(async move {
+                        let mut response = http::Response::new(
+                            tonic::body::Body::default(),
+                        );
+                        let headers = response.headers_mut();
+                        headers
+                            .insert(
+                                tonic::Status::GRPC_STATUS,
+                                (tonic::Code::Unimplemented as i32).into(),
+                            );
+                        headers
+                            .insert(
+                                http::header::CONTENT_TYPE,
+                                tonic::metadata::GRPC_CONTENT_TYPE,
+                            );
+                        Ok(response)
+                    })
+                }
+            }
+        }
+    }
+    impl<T> Clone for DeltaServer<T> {
+        fn clone(&self) -> Self {
+            let inner = self.inner.clone();
+            Self {
+                inner,
+                accept_compression_encodings: self.accept_compression_encodings,
+                send_compression_encodings: self.send_compression_encodings,
+                max_decoding_message_size: self.max_decoding_message_size,
+                max_encoding_message_size: self.max_encoding_message_size,
+            }
+        }
+    }
+    /// Generated gRPC service name
+    pub const SERVICE_NAME: &str = "keepsake.v1.Delta";
+    impl<T> tonic::server::NamedService for DeltaServer<T> {
+        const NAME: &'static str = SERVICE_NAME;
+    }
+}

@@ -1,0 +1,177 @@
+//! The Delta gRPC service: signatures of stored versions and server-side rebuilds,
+//! next to the store in the same process.
+
+use crate::ApiError;
+use crate::auth::identity;
+use crate::convert::{chunk_id, id_bytes};
+use bytes::Bytes;
+use keepsake_delta::DeltaError;
+use keepsake_delta::rsync::{self, RsyncLimits};
+use keepsake_proto::v1 as pb;
+use keepsake_proto::v1::delta_server::Delta;
+use keepsake_store::{ChunkId, Store, StoreError};
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+/// Signature pieces per message.
+const SIGNATURE_PIECE: usize = 1 << 20;
+/// Chunks per store batch while storing a rebuilt file.
+const STORE_BATCH_BYTES: usize = 16 << 20;
+
+/// Serves deltas against one store.
+#[derive(Clone)]
+pub struct DeltaService {
+    store: Arc<Store>,
+    limits: RsyncLimits,
+}
+
+impl DeltaService {
+    /// Serves deltas against `store` within `limits`.
+    pub fn new(store: Arc<Store>, limits: RsyncLimits) -> Self {
+        Self { store, limits }
+    }
+}
+
+fn delta_status(e: DeltaError) -> Status {
+    ApiError::Delta(e).into()
+}
+
+/// Reads an owned version back whole (bounded by the limits).
+fn load_base(
+    store: &Store,
+    account: &str,
+    manifest_id: &ChunkId,
+    limits: &RsyncLimits,
+) -> Result<Vec<u8>, Status> {
+    let manifest = store
+        .get_manifest(account, manifest_id)
+        .map_err(|e| Status::from(ApiError::Store(e)))?;
+    let mut store_error: Option<StoreError> = None;
+    let result = rsync::assemble(
+        &manifest,
+        |id| {
+            store.get_chunk(account, id).map_err(|e| {
+                let message = e.to_string();
+                store_error = Some(e);
+                DeltaError::Sink(message)
+            })
+        },
+        limits,
+    );
+    match (result, store_error) {
+        (Ok(bytes), _) => Ok(bytes),
+        (Err(_), Some(e)) => Err(ApiError::Store(e).into()),
+        (Err(e), None) => Err(delta_status(e)),
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Status> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::from(ApiError::Unavailable(format!("delta worker failed: {e}"))))?
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Delta for DeltaService {
+    type SignatureStream = BoxStream<pb::SignatureResponse>;
+
+    async fn signature(
+        &self,
+        request: Request<pb::SignatureRequest>,
+    ) -> Result<Response<Self::SignatureStream>, Status> {
+        let who = identity(&request)?;
+        let pb::SignatureRequest { manifest_id } = request.into_inner();
+        let id = chunk_id("manifest_id", &manifest_id)?;
+        let (store, limits) = (self.store.clone(), self.limits.clone());
+        let signature = blocking(move || {
+            let base = load_base(&store, &who.account, &id, &limits)?;
+            rsync::signature(&base, &limits).map_err(delta_status)
+        })
+        .await?;
+        let pieces: Vec<Result<pb::SignatureResponse, Status>> = signature
+            .chunks(SIGNATURE_PIECE)
+            .map(|piece| {
+                Ok(pb::SignatureResponse {
+                    data: Bytes::copy_from_slice(piece),
+                })
+            })
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(pieces))))
+    }
+
+    async fn apply_delta(
+        &self,
+        request: Request<Streaming<pb::ApplyDeltaRequest>>,
+    ) -> Result<Response<pb::ApplyDeltaResponse>, Status> {
+        let who = identity(&request)?;
+        let mut inbound = request.into_inner();
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| ApiError::field("stream", "is empty"))?;
+        let pb::ApplyDeltaRequest {
+            session_id,
+            base_manifest_id,
+            declared_file_hash,
+            delta,
+        } = first;
+        let base_id = chunk_id("base_manifest_id", &base_manifest_id)?;
+        let declared = chunk_id("declared_file_hash", &declared_file_hash)?;
+        let mut collected = delta.to_vec();
+        while let Some(more) = inbound.message().await? {
+            let pb::ApplyDeltaRequest { delta, .. } = more;
+            if (collected.len() + delta.len()) as u64 > self.limits.max_delta_bytes {
+                return Err(delta_status(DeltaError::TooLarge {
+                    what: "delta",
+                    len: (collected.len() + delta.len()) as u64,
+                    limit: self.limits.max_delta_bytes,
+                }));
+            }
+            collected.extend_from_slice(&delta);
+        }
+        let (store, limits) = (self.store.clone(), self.limits.clone());
+        let (manifest_id, total_length, new_bytes) = blocking(move || {
+            let base = load_base(&store, &who.account, &base_id, &limits)?;
+            let mut batch: Vec<(ChunkId, Bytes)> = Vec::new();
+            let mut batch_bytes = 0usize;
+            let mut new_bytes = 0u64;
+            let mut flush = |batch: &mut Vec<(ChunkId, Bytes)>| -> Result<(), DeltaError> {
+                let outcome = store
+                    .put_chunks(&who.account, &session_id, batch)
+                    .map_err(|e| DeltaError::Sink(e.to_string()))?;
+                new_bytes += outcome.new_bytes;
+                batch.clear();
+                Ok(())
+            };
+            let manifest = rsync::rebuild(&base, &collected, &declared, &limits, |id, data| {
+                batch_bytes += data.len();
+                batch.push((id, Bytes::copy_from_slice(data)));
+                if batch_bytes >= STORE_BATCH_BYTES {
+                    batch_bytes = 0;
+                    flush(&mut batch)?;
+                }
+                Ok(())
+            })
+            .map_err(delta_status)?;
+            if !batch.is_empty() {
+                flush(&mut batch).map_err(delta_status)?;
+            }
+            let id = store
+                .put_manifest(&who.account, &session_id, &manifest)
+                .map_err(|e| Status::from(ApiError::Store(e)))?;
+            Ok((id, manifest.total_len, new_bytes))
+        })
+        .await?;
+        Ok(Response::new(pb::ApplyDeltaResponse {
+            manifest_id: id_bytes(&manifest_id),
+            total_length,
+            new_bytes,
+        }))
+    }
+}
