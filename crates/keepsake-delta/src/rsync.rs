@@ -83,6 +83,59 @@ pub fn apply(
     Ok(out)
 }
 
+/// Reassembles a stored file from its manifest, fetching each chunk through `fetch`,
+/// and checks the whole-file hash. Refuses files over `limits.max_file_bytes`.
+pub fn assemble(
+    manifest: &keepsake_store::Manifest,
+    mut fetch: impl FnMut(&ChunkId) -> Result<Vec<u8>, DeltaError>,
+    limits: &RsyncLimits,
+) -> Result<Vec<u8>, DeltaError> {
+    if manifest.total_len > limits.max_file_bytes {
+        return Err(DeltaError::TooLarge {
+            what: "base",
+            len: manifest.total_len,
+            limit: limits.max_file_bytes,
+        });
+    }
+    let mut out = Vec::with_capacity(manifest.total_len as usize);
+    for e in &manifest.entries {
+        let data = fetch(&e.chunk)?;
+        if data.len() != e.len as usize || ChunkId::of(&data) != e.chunk {
+            return Err(DeltaError::Sink(format!(
+                "chunk {} came back wrong",
+                e.chunk
+            )));
+        }
+        out.extend_from_slice(&data);
+    }
+    let actual = ChunkId::of(&out);
+    if actual != manifest.file_hash {
+        return Err(DeltaError::HashMismatch {
+            declared: manifest.file_hash,
+            actual,
+        });
+    }
+    Ok(out)
+}
+
+/// Rebuilds a new version from `base` and `delta`, verifies it against `declared`,
+/// and chunks it into `sink`; returns its manifest. Nothing reaches `sink` unless
+/// the rebuilt bytes hash to `declared`.
+pub fn rebuild(
+    base: &[u8],
+    delta: &[u8],
+    declared: &ChunkId,
+    limits: &RsyncLimits,
+    sink: impl FnMut(ChunkId, &[u8]) -> Result<(), DeltaError>,
+) -> Result<keepsake_store::Manifest, DeltaError> {
+    let new = apply(base, delta, declared, limits)?;
+    crate::chunk_stream(
+        &new[..],
+        crate::ChunkParams::for_len(new.len() as u64),
+        sink,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,57 +249,4 @@ mod tests {
             Err(DeltaError::TooLarge { .. })
         ));
     }
-}
-
-/// Reassembles a stored file from its manifest, fetching each chunk through `fetch`,
-/// and checks the whole-file hash. Refuses files over `limits.max_file_bytes`.
-pub fn assemble(
-    manifest: &keepsake_store::Manifest,
-    mut fetch: impl FnMut(&ChunkId) -> Result<Vec<u8>, DeltaError>,
-    limits: &RsyncLimits,
-) -> Result<Vec<u8>, DeltaError> {
-    if manifest.total_len > limits.max_file_bytes {
-        return Err(DeltaError::TooLarge {
-            what: "base",
-            len: manifest.total_len,
-            limit: limits.max_file_bytes,
-        });
-    }
-    let mut out = Vec::with_capacity(manifest.total_len as usize);
-    for e in &manifest.entries {
-        let data = fetch(&e.chunk)?;
-        if data.len() != e.len as usize || ChunkId::of(&data) != e.chunk {
-            return Err(DeltaError::Sink(format!(
-                "chunk {} came back wrong",
-                e.chunk
-            )));
-        }
-        out.extend_from_slice(&data);
-    }
-    let actual = ChunkId::of(&out);
-    if actual != manifest.file_hash {
-        return Err(DeltaError::HashMismatch {
-            declared: manifest.file_hash,
-            actual,
-        });
-    }
-    Ok(out)
-}
-
-/// Rebuilds a new version from `base` and `delta`, verifies it against `declared`,
-/// and chunks it into `sink`; returns its manifest. Nothing reaches `sink` unless
-/// the rebuilt bytes hash to `declared`.
-pub fn rebuild(
-    base: &[u8],
-    delta: &[u8],
-    declared: &ChunkId,
-    limits: &RsyncLimits,
-    sink: impl FnMut(ChunkId, &[u8]) -> Result<(), DeltaError>,
-) -> Result<keepsake_store::Manifest, DeltaError> {
-    let new = apply(base, delta, declared, limits)?;
-    crate::chunk_stream(
-        &new[..],
-        crate::ChunkParams::for_len(new.len() as u64),
-        sink,
-    )
 }
