@@ -92,6 +92,7 @@ pub fn ci(root: &Path) -> Result<()> {
             }),
         ),
         ("python grpc client", Box::new(|| crate::python::run(root))),
+        ("real-media deltas", Box::new(|| crate::media::media(root))),
     ];
     let (mut passed, mut failed) = (0, 0);
     for (name, step) in &steps {

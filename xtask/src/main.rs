@@ -3,6 +3,7 @@
 mod bench;
 mod ci;
 mod codegen;
+mod media;
 mod python;
 
 use anyhow::{Result, bail};
@@ -12,8 +13,8 @@ const USAGE: &str = "usage: cargo xtask <command>
   ci                    everything CI runs: fmt, codegen check, architecture, clippy, tests, crash sweep, python client, short bench
   arch                  check the dependency rules of ARCHITECTURE.md
   python                the Python grpcio client against a real server
-  bench store [--short] store throughput over loopback gRPC vs same-run baselines
-  bench policy [--short] cost of one policy evaluation";
+  media                 generate real media (ffmpeg, exiftool) and check delta sizes against rsync
+  bench <store|policy|delta> [--short]  measured against same-run baselines (release build)";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -24,6 +25,7 @@ fn main() -> Result<()> {
         Some("ci") => ci::ci(&root),
         Some("arch") => ci::architecture(&root),
         Some("python") => python::run(&root),
+        Some("media") => media::media(&root),
         Some("bench") => bench::run(&root, rest),
         _ => bail!("{USAGE}"),
     }

@@ -319,10 +319,10 @@ fn delta(short: bool) -> Result<()> {
     });
     let big: Vec<u8> = library.concat();
     let single = best_of(&|| {
-        chunk_stream(&big[..], ChunkParams::VIDEO, |_, _| Ok(())).expect("chunking");
+        chunk_stream(&big[..], ChunkParams::LARGE, |_, _| Ok(())).expect("chunking");
     });
     let piped = best_of(&|| {
-        chunk_stream_pipelined(&big[..], ChunkParams::VIDEO, |_, _| Ok(())).expect("chunking");
+        chunk_stream_pipelined(&big[..], ChunkParams::LARGE, |_, _| Ok(())).expect("chunking");
     });
     let rate = |secs: f64| gib_per_s(total, secs);
     println!(
@@ -343,7 +343,7 @@ fn delta(short: bool) -> Result<()> {
     println!("| chunk_stream, one core | {:.2} |", rate(one));
     println!("| chunk_files_parallel, two workers | {:.2} |", rate(two));
     println!(
-        "| one {} MiB file, video params, chunk_stream | {:.2} |",
+        "| one {} MiB file, large-file params, chunk_stream | {:.2} |",
         total >> 20,
         rate(single)
     );

@@ -1,0 +1,169 @@
+//! `cargo xtask media`: generates real media with Debian's ffmpeg and exiftool
+//! (installing them, and rsync, when missing) and runs the delta engine's
+//! real-media test against rsync on the same pairs of files.
+
+use crate::ci::cargo;
+use anyhow::{Context, Result, bail};
+use std::path::Path;
+use std::process::Command;
+
+const TOOLS: &[(&str, &str)] = &[
+    ("ffmpeg", "ffmpeg"),
+    ("exiftool", "libimage-exiftool-perl"),
+    ("rsync", "rsync"),
+];
+
+fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Installs the Debian packages behind any missing tool (needs root, as on CI).
+pub fn ensure_tools() -> Result<()> {
+    let missing: Vec<&str> = TOOLS
+        .iter()
+        .filter(|(tool, _)| !have(tool))
+        .map(|(_, package)| *package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    println!("media: installing {}", missing.join(" "));
+    let script = format!(
+        "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends {}",
+        missing.join(" ")
+    );
+    let ok = Command::new("sh").args(["-c", &script]).status()?.success();
+    if !ok {
+        bail!(
+            "could not install {}; install them and rerun",
+            missing.join(" ")
+        );
+    }
+    Ok(())
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
+}
+
+/// Overwrites 1% of `path`'s bytes, in the middle, with a fixed pseudo-random pattern.
+fn rewrite_region(path: &Path) -> Result<()> {
+    let mut bytes = std::fs::read(path)?;
+    let len = bytes.len() / 100;
+    let start = bytes.len() / 2;
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for b in &mut bytes[start..start + len] {
+        // xorshift: deterministic, so every run edits the same bytes.
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    std::fs::write(path, bytes)?;
+    Ok(())
+}
+
+/// Generates photo.jpg / edited-photo.jpg (EXIF-only edit) and video.mp4 /
+/// edited-video.mp4 (1% region rewrite) into `dir`.
+pub fn generate(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let f = |name: &str| dir.join(name);
+    run(Command::new("ffmpeg")
+        .args([
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=4032x3024:rate=1",
+        ])
+        .args([
+            "-vf",
+            "noise=alls=25:allf=t:all_seed=7",
+            "-frames:v",
+            "1",
+            "-q:v",
+            "2",
+        ])
+        .arg(f("photo.jpg")))?;
+    run(Command::new("exiftool")
+        .args([
+            "-q",
+            "-overwrite_original",
+            "-Make=KeepsakeCam",
+            "-Model=One",
+        ])
+        .arg("-DateTimeOriginal=2024:06:01 12:00:00")
+        .arg(f("photo.jpg")))?;
+    std::fs::copy(f("photo.jpg"), f("edited-photo.jpg"))?;
+    run(Command::new("exiftool")
+        .args(["-q", "-overwrite_original", "-Rating=5", "-Artist=Alice"])
+        .arg("-DateTimeOriginal=2024:06:02 08:30:00")
+        .arg(f("edited-photo.jpg")))?;
+    run(Command::new("ffmpeg")
+        .args([
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=1280x720:rate=30",
+        ])
+        .args([
+            "-vf",
+            "noise=alls=20:allf=t:all_seed=11",
+            "-t",
+            "12",
+            "-c:v",
+            "libx264",
+        ])
+        .args([
+            "-preset",
+            "ultrafast",
+            "-b:v",
+            "80M",
+            "-maxrate",
+            "80M",
+            "-bufsize",
+            "80M",
+        ])
+        .arg(f("video.mp4")))?;
+    std::fs::copy(f("video.mp4"), f("edited-video.mp4"))?;
+    rewrite_region(&f("edited-video.mp4"))?;
+    Ok(())
+}
+
+/// Installs tools, generates media under target/media, runs the real-media test.
+pub fn media(root: &Path) -> Result<()> {
+    println!("\n==> real-media delta check");
+    ensure_tools()?;
+    let dir = root.join("target/media");
+    generate(&dir)?;
+    let status = cargo()
+        .current_dir(root)
+        .env("KEEPSAKE_MEDIA_DIR", &dir)
+        .args([
+            "test",
+            "-p",
+            "keepsake-delta",
+            "--test",
+            "real_media",
+            "--",
+            "--ignored",
+            "--nocapture",
+        ])
+        .status()?;
+    if !status.success() {
+        bail!("the real-media delta test failed");
+    }
+    Ok(())
+}
