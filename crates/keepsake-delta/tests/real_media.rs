@@ -56,10 +56,7 @@ fn cdc_new_bytes(base: &[u8], edited: &[u8], params: ChunkParams) -> u64 {
 
 fn pair(name: &str) -> (PathBuf, PathBuf, Vec<u8>, Vec<u8>) {
     let dir = media_dir();
-    let (b, e) = (
-        dir.join(format!("{name}")),
-        dir.join(format!("edited-{name}")),
-    );
+    let (b, e) = (dir.join(name), dir.join(format!("edited-{name}")));
     let (base, edited) = (std::fs::read(&b).unwrap(), std::fs::read(&e).unwrap());
     (b, e, base, edited)
 }
