@@ -36,6 +36,16 @@ pub use chunking::{
 };
 pub use plan::{Choice, UploadPlan, choose, plan_upload};
 
+/// Deterministic incompressible bytes for tests.
+#[cfg(test)]
+fn test_noise(len: usize, seed: u8) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    blake3::Hasher::new_keyed(&[seed; 32])
+        .finalize_xof()
+        .fill(&mut out);
+    out
+}
+
 /// What the delta engine can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum DeltaError {

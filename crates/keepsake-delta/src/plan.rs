@@ -92,14 +92,7 @@ pub fn choose(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn noise(len: usize, seed: u8) -> Vec<u8> {
-        let mut out = vec![0u8; len];
-        blake3::Hasher::new_keyed(&[seed; 32])
-            .finalize_xof()
-            .fill(&mut out);
-        out
-    }
+    use crate::test_noise as noise;
 
     #[test]
     fn a_small_in_place_edit_travels_as_a_delta() {

@@ -139,6 +139,7 @@ pub fn rebuild(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_noise as noise;
     use proptest::prelude::*;
 
     fn limits() -> RsyncLimits {
@@ -166,14 +167,6 @@ mod tests {
         ) {
             let _ = apply(&base, &garbage, &ChunkId::of(b""), &limits());
         }
-    }
-
-    fn noise(len: usize, seed: u8) -> Vec<u8> {
-        let mut out = vec![0u8; len];
-        blake3::Hasher::new_keyed(&[seed; 32])
-            .finalize_xof()
-            .fill(&mut out);
-        out
     }
 
     fn edited() -> (Vec<u8>, Vec<u8>) {
