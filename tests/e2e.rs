@@ -211,6 +211,38 @@ async fn the_binary_refuses_calls_without_a_token() {
     assert_eq!(reason_of(&err).as_deref(), Some("UNAUTHENTICATED"));
 }
 
+/// Broke once: the server printed its address, the reader closed the pipe, and the
+/// server's next line of output killed it (CI's Python check then found nobody home).
+#[tokio::test]
+async fn a_server_whose_stdout_was_closed_keeps_serving() {
+    let data = tempfile::tempdir().unwrap();
+    let mut child = Command::new(keepsake_binary())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(data.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let url = loop {
+        let line = lines.next().unwrap().unwrap();
+        if let Some(at) = line.find("http://") {
+            break line[at..].trim().to_string();
+        }
+    };
+    drop(lines);
+    let tokens: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(data.path().join("tokens.json")).unwrap()).unwrap();
+    let token = tokens["tokens"][0]["token"].as_str().unwrap().to_string();
+    let server = Server { child, url, token };
+    for _ in 0..3 {
+        let mut c = connect(&server).await;
+        c.get_usage(keepsake_transport_pb::GetUsageRequest {})
+            .await
+            .unwrap();
+    }
+}
+
 #[test]
 fn an_unknown_service_is_a_clear_error() {
     let out = Command::new(keepsake_binary())

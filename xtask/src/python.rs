@@ -43,13 +43,16 @@ pub fn start_server(root: &Path) -> Result<RunningServer> {
         .context("starting keepsake serve")?;
     let stdout = child.stdout.take().expect("piped stdout");
     let mut url = None;
-    for line in BufReader::new(stdout).lines() {
+    let mut lines = BufReader::new(stdout).lines();
+    for line in lines.by_ref() {
         let line = line?;
         if let Some(at) = line.find("http://") {
             url = Some(line[at..].trim().to_string());
             break;
         }
     }
+    // Keep reading so the server never writes into a closed pipe.
+    std::thread::spawn(move || lines.for_each(drop));
     let url = url.context("keepsake serve exited before printing its address")?;
     let tokens: serde_json::Value =
         serde_json::from_slice(&std::fs::read(data.path().join("tokens.json"))?)?;

@@ -50,6 +50,15 @@ struct ServeArgs {
     gc_interval_secs: u64,
 }
 
+/// Prints a line for the person running the server; a closed stdout (a supervisor
+/// that stopped reading) must never take the server down.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 const KNOWN_SERVICES: &[&str] = &["store", "policy", "delta"];
 
 fn main() -> Result<()> {
@@ -105,11 +114,11 @@ fn load_or_create_tokens(path: &Path) -> Result<TokenTable> {
             }],
         };
         write_private(path, &serde_json::to_vec_pretty(&file)?)?;
-        println!(
+        say!(
             "created {} with an admin token for account \"me\":",
             path.display()
         );
-        println!("  {token}");
+        say!("  {token}");
     }
     TokenTable::load(path).with_context(|| format!("reading token file {}", path.display()))
 }
@@ -169,8 +178,8 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
     if !addr.ip().is_loopback() {
         tracing::warn!(%addr, "serving plaintext gRPC on a non-loopback address");
     }
-    println!("keepsake: serving {} on http://{addr}", services.join(", "));
-    println!("keepsake: data in {}", args.data.display());
+    say!("keepsake: serving {} on http://{addr}", services.join(", "));
+    say!("keepsake: data in {}", args.data.display());
     serve(
         listener,
         to_serve,
@@ -179,7 +188,7 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
         shutdown_signal(),
     )
     .await?;
-    println!("keepsake: stopped");
+    say!("keepsake: stopped");
     Ok(())
 }
 

@@ -1,0 +1,72 @@
+//! The library's errors, each with a stable machine-readable reason.
+
+/// Everything a library operation can refuse or fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum LibraryError {
+    /// No such asset or album for this account (it may exist for someone else: same answer).
+    #[error("{kind} {id:?} not found")]
+    NotFound {
+        /// "asset" or "album".
+        kind: &'static str,
+        /// The id asked for.
+        id: String,
+    },
+    /// The asset is in Recently Deleted or purged; restore it first.
+    #[error("asset {0:?} is not live (it is in Recently Deleted or was purged)")]
+    NotLive(String),
+    /// A request id reused for a different request.
+    #[error("request id {0:?} was already used for a different request")]
+    RequestIdReused(String),
+    /// The device's clock is too far ahead of the server's.
+    #[error(
+        "the device clock is {ahead_ms} ms ahead of the server's; set the date and time to automatic"
+    )]
+    ClockSkew {
+        /// How far ahead.
+        ahead_ms: i64,
+    },
+    /// The cursor predates the compaction horizon: resync from zero.
+    #[error("cursor {cursor} is older than the feed's horizon {horizon}; resync from the start")]
+    CursorExpired {
+        /// The cursor sent.
+        cursor: u64,
+        /// The oldest cursor still served.
+        horizon: u64,
+    },
+    /// A cursor beyond the feed's end.
+    #[error("cursor {cursor} is beyond the feed's end {head}")]
+    CursorFromFuture {
+        /// The cursor sent.
+        cursor: u64,
+        /// The newest sequence number.
+        head: u64,
+    },
+    /// Any other invalid argument, said in words.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The SQLite index failed.
+    #[error("library index failed: {0}")]
+    Index(#[from] rusqlite::Error),
+}
+
+impl From<rusqlite_migration::Error> for LibraryError {
+    fn from(e: rusqlite_migration::Error) -> Self {
+        Self::InvalidArgument(format!("library migration failed: {e}"))
+    }
+}
+
+impl LibraryError {
+    /// The stable UPPER_SNAKE reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::NotFound { .. } => "NOT_FOUND",
+            Self::NotLive(_) => "ASSET_NOT_LIVE",
+            Self::RequestIdReused(_) => "REQUEST_ID_REUSED",
+            Self::ClockSkew { .. } => "CLOCK_SKEW",
+            Self::CursorExpired { .. } => "CURSOR_EXPIRED",
+            Self::CursorFromFuture { .. } => "CURSOR_FROM_FUTURE",
+            Self::InvalidArgument(_) => "INVALID_ARGUMENT",
+            Self::Index(_) => "INDEX_IO",
+        }
+    }
+}

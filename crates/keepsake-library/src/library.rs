@@ -1,0 +1,1035 @@
+//! The library: what each account holds, changed only through sequenced commits.
+
+use crate::hlc::Hlc;
+use crate::{LibraryError, schema};
+use keepsake_store::{ChunkId, Clock, Entropy, ManifestId, UnixMillis, random_hex};
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// Limits and retention periods.
+#[derive(Debug, Clone)]
+pub struct LibraryConfig {
+    /// How long an asset stays in Recently Deleted before it is purged.
+    pub trash_retention_ms: i64,
+    /// How long purge tombstones stay in the feed and in content lookups.
+    pub tombstone_retention_ms: i64,
+    /// How far ahead of the server a device clock may be.
+    pub max_clock_ahead_ms: i64,
+    /// Longest file name, title or album name.
+    pub max_text_len: usize,
+    /// Largest ListChanges page.
+    pub max_page: usize,
+}
+
+impl Default for LibraryConfig {
+    fn default() -> Self {
+        Self {
+            trash_retention_ms: 30 * 24 * 3600 * 1000,
+            tombstone_retention_ms: 365 * 24 * 3600 * 1000,
+            max_clock_ahead_ms: 5 * 60 * 1000,
+            max_text_len: 1024,
+            max_page: 1000,
+        }
+    }
+}
+
+/// Photo or video.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AssetKind {
+    /// A still image.
+    Photo,
+    /// A video.
+    Video,
+}
+
+impl AssetKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Photo => "photo",
+            Self::Video => "video",
+        }
+    }
+
+    fn parse(s: &str) -> Self {
+        if s == "video" {
+            Self::Video
+        } else {
+            Self::Photo
+        }
+    }
+}
+
+/// Where an asset is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AssetState {
+    /// In the library.
+    Live,
+    /// In Recently Deleted since this moment.
+    Trashed(UnixMillis),
+    /// Gone for good since this moment (a tombstone in the feed).
+    Purged(UnixMillis),
+}
+
+/// A commit of new content: a new asset, or a new version of an existing one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitRequest {
+    /// Client-chosen, per account; a retry with the same request returns the first answer.
+    pub request_id: String,
+    /// `None` for a new asset; the asset for a new version.
+    pub asset_id: Option<String>,
+    /// The version this edit started from (stale = a conflict, both kept).
+    pub base_version: Option<u32>,
+    /// The content's manifest in the store.
+    pub manifest: ManifestId,
+    /// BLAKE3 of the whole file.
+    pub file_hash: ChunkId,
+    /// Its size.
+    pub size: u64,
+    /// Photo or video.
+    pub kind: AssetKind,
+    /// When it was taken, if known.
+    pub capture_time: Option<UnixMillis>,
+    /// Pixel width, if known.
+    pub width: Option<u32>,
+    /// Pixel height, if known.
+    pub height: Option<u32>,
+    /// The original file name: data only, never a path.
+    pub original_name: String,
+    /// The device committing.
+    pub device: String,
+}
+
+impl CommitRequest {
+    /// A hash of every field, to tell a retry from a different request under the same id.
+    fn fingerprint(&self) -> [u8; 32] {
+        let mut h = blake3::Hasher::new();
+        let mut field = |bytes: &[u8]| {
+            h.update(&(bytes.len() as u64).to_le_bytes());
+            h.update(bytes);
+        };
+        field(self.request_id.as_bytes());
+        field(self.asset_id.as_deref().unwrap_or("\u{0}none").as_bytes());
+        field(&self.base_version.map_or(-1, i64::from).to_le_bytes());
+        field(self.manifest.as_bytes());
+        field(self.file_hash.as_bytes());
+        field(&self.size.to_le_bytes());
+        field(self.kind.as_str().as_bytes());
+        field(&self.capture_time.unwrap_or(i64::MIN).to_le_bytes());
+        field(&self.width.map_or(-1, i64::from).to_le_bytes());
+        field(&self.height.map_or(-1, i64::from).to_le_bytes());
+        field(self.original_name.as_bytes());
+        field(self.device.as_bytes());
+        *h.finalize().as_bytes()
+    }
+}
+
+/// What a commit did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    /// The asset.
+    pub asset_id: String,
+    /// Its version now.
+    pub version: u32,
+    /// The feed sequence number of the change.
+    pub seq: u64,
+    /// The edit started from a stale base: both versions are kept, this one is current.
+    pub conflict: bool,
+    /// Identical content was already a live asset: no new asset was made.
+    pub deduplicated: bool,
+}
+
+/// An asset as the feed shows it: its latest state.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Asset {
+    /// Its id.
+    pub asset_id: String,
+    /// Photo or video.
+    pub kind: AssetKind,
+    /// When it was taken.
+    pub capture_time: Option<UnixMillis>,
+    /// Pixel width.
+    pub width: Option<u32>,
+    /// Pixel height.
+    pub height: Option<u32>,
+    /// The original file name.
+    pub original_name: String,
+    /// The current version.
+    pub version: u32,
+    /// The current version's manifest.
+    pub manifest: ManifestId,
+    /// The current version's whole-file hash.
+    pub file_hash: ChunkId,
+    /// The current version's size.
+    pub size: u64,
+    /// Favourite.
+    pub favorite: bool,
+    /// Hidden.
+    pub hidden: bool,
+    /// Title.
+    pub title: String,
+    /// Live, trashed or purged.
+    pub state: AssetState,
+    /// Sequence number of its latest change.
+    pub seq: u64,
+}
+
+/// An album as the feed shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Album {
+    /// Its id (chosen by the device that made it).
+    pub album_id: String,
+    /// Its name.
+    pub name: String,
+    /// Deleted (a tombstone).
+    pub deleted: bool,
+    /// Member asset ids, sorted.
+    pub members: Vec<String>,
+    /// Sequence number of its latest change.
+    pub seq: u64,
+}
+
+/// One row of the change feed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Change {
+    /// An asset's latest state.
+    Asset(Asset),
+    /// An album's latest state.
+    Album(Album),
+}
+
+impl Change {
+    /// Its sequence number.
+    pub fn seq(&self) -> u64 {
+        match self {
+            Self::Asset(a) => a.seq,
+            Self::Album(a) => a.seq,
+        }
+    }
+}
+
+/// One page of the change feed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangePage {
+    /// Changes after the cursor, in sequence order.
+    pub changes: Vec<Change>,
+    /// The opaque cursor to ask from next.
+    pub cursor: u64,
+    /// More changes follow.
+    pub more: bool,
+}
+
+/// What a content lookup found for one whole-file hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContentMatch {
+    /// The hash asked about.
+    pub file_hash: ChunkId,
+    /// Assets whose current version has this content, with their state.
+    pub assets: Vec<(String, AssetState)>,
+    /// When content with this hash was purged, if it was (a tombstone).
+    pub purged_at: Option<UnixMillis>,
+}
+
+/// A metadata field that merges last-writer-wins by HLC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetadataField {
+    /// Favourite.
+    Favorite(bool),
+    /// Hidden.
+    Hidden(bool),
+    /// Title.
+    Title(String),
+}
+
+/// Cursors are opaque: the compaction epoch they were issued in, then the sequence number.
+const CURSOR_SEQ_BITS: u32 = 48;
+const CURSOR_SEQ_MASK: u64 = (1 << CURSOR_SEQ_BITS) - 1;
+
+/// The cloud library.
+pub struct Library {
+    db: Mutex<Connection>,
+    clock: Arc<dyn Clock>,
+    entropy: Arc<dyn Entropy>,
+    config: LibraryConfig,
+}
+
+const ASSET_COLUMNS: &str =
+    "a.asset_id, a.kind, a.capture_time, a.width, a.height, a.original_name,
+    a.current_version, v.manifest, v.file_hash, v.size, a.favorite, a.hidden, a.title, a.state,
+    a.state_at, a.seq";
+
+fn read_id(bytes: Vec<u8>) -> rusqlite::Result<ChunkId> {
+    ChunkId::from_slice(&bytes).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Blob, Box::new(e))
+    })
+}
+
+fn asset_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Asset> {
+    let state: String = r.get(13)?;
+    let at: Option<i64> = r.get(14)?;
+    Ok(Asset {
+        asset_id: r.get(0)?,
+        kind: AssetKind::parse(&r.get::<_, String>(1)?),
+        capture_time: r.get(2)?,
+        width: r.get(3)?,
+        height: r.get(4)?,
+        original_name: r.get(5)?,
+        version: r.get(6)?,
+        manifest: read_id(r.get(7)?)?,
+        file_hash: read_id(r.get(8)?)?,
+        size: r.get::<_, i64>(9)? as u64,
+        favorite: r.get(10)?,
+        hidden: r.get(11)?,
+        title: r.get(12)?,
+        state: match state.as_str() {
+            "trashed" => AssetState::Trashed(at.unwrap_or(0)),
+            "purged" => AssetState::Purged(at.unwrap_or(0)),
+            _ => AssetState::Live,
+        },
+        seq: r.get::<_, i64>(15)? as u64,
+    })
+}
+
+/// Hands out the account's next sequence number; callers hold the one write lock,
+/// so numbers are assigned in commit order and a reader never skips one.
+fn next_seq(tx: &Transaction<'_>, account: &str) -> Result<u64, LibraryError> {
+    tx.execute(
+        "INSERT INTO feed (account, seq) VALUES (?1, 0) ON CONFLICT (account) DO NOTHING",
+        [account],
+    )?;
+    let seq: i64 = tx.query_row(
+        "UPDATE feed SET seq = seq + 1 WHERE account = ?1 RETURNING seq",
+        [account],
+        |r| r.get(0),
+    )?;
+    Ok(seq as u64)
+}
+
+impl Library {
+    /// Opens the library index (`None` keeps it in memory, for tests).
+    pub fn open(
+        index_path: Option<PathBuf>,
+        clock: Arc<dyn Clock>,
+        entropy: Arc<dyn Entropy>,
+        config: LibraryConfig,
+    ) -> Result<Self, LibraryError> {
+        let mut conn = match index_path {
+            Some(path) => Connection::open(path)?,
+            None => Connection::open_in_memory()?,
+        };
+        schema::prepare(&mut conn)?;
+        Ok(Self {
+            db: Mutex::new(conn),
+            clock,
+            entropy,
+            config,
+        })
+    }
+
+    fn db(&self) -> MutexGuard<'_, Connection> {
+        self.db.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn check_text(&self, what: &str, text: &str) -> Result<(), LibraryError> {
+        if text.len() > self.config.max_text_len || text.chars().any(char::is_control) {
+            return Err(LibraryError::InvalidArgument(format!(
+                "{what} must be at most {} bytes without control characters",
+                self.config.max_text_len
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_clock(&self, hlc: &Hlc) -> Result<(), LibraryError> {
+        let ahead = hlc.wall_ms - self.clock.now_ms();
+        if ahead > self.config.max_clock_ahead_ms {
+            return Err(LibraryError::ClockSkew { ahead_ms: ahead });
+        }
+        Ok(())
+    }
+
+    /// Records new content as a new asset or a new version, once per request id.
+    pub fn commit(&self, account: &str, req: &CommitRequest) -> Result<Committed, LibraryError> {
+        if req.request_id.is_empty() || req.request_id.len() > 128 {
+            return Err(LibraryError::InvalidArgument(
+                "request_id must be 1..=128 bytes".into(),
+            ));
+        }
+        self.check_text("original_name", &req.original_name)?;
+        self.check_text("device", &req.device)?;
+        let fingerprint = req.fingerprint();
+        let now = self.clock.now_ms();
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        let prior = tx
+            .query_row(
+                "SELECT fingerprint, asset_id, version, seq, conflict, deduplicated FROM requests
+                 WHERE account = ?1 AND request_id = ?2",
+                params![account, req.request_id],
+                |r| {
+                    Ok((
+                        r.get::<_, Vec<u8>>(0)?,
+                        Committed {
+                            asset_id: r.get(1)?,
+                            version: r.get(2)?,
+                            seq: r.get::<_, i64>(3)? as u64,
+                            conflict: r.get(4)?,
+                            deduplicated: r.get(5)?,
+                        },
+                    ))
+                },
+            )
+            .optional()?;
+        if let Some((seen, answer)) = prior {
+            if seen != fingerprint {
+                return Err(LibraryError::RequestIdReused(req.request_id.clone()));
+            }
+            return Ok(answer);
+        }
+        let committed = match &req.asset_id {
+            None => self.commit_new(&tx, account, req, now)?,
+            Some(asset_id) => self.commit_version(&tx, account, asset_id, req, now)?,
+        };
+        tx.execute(
+            "INSERT INTO requests (account, request_id, fingerprint, asset_id, version, seq, conflict, deduplicated)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                account,
+                req.request_id,
+                &fingerprint[..],
+                committed.asset_id,
+                committed.version,
+                committed.seq as i64,
+                committed.conflict,
+                committed.deduplicated
+            ],
+        )?;
+        tx.commit()?;
+        tracing::debug!(account, asset = %committed.asset_id, version = committed.version, seq = committed.seq, "committed");
+        Ok(committed)
+    }
+
+    fn commit_new(
+        &self,
+        tx: &Transaction<'_>,
+        account: &str,
+        req: &CommitRequest,
+        now: UnixMillis,
+    ) -> Result<Committed, LibraryError> {
+        // Identical content already in the library (live or in Recently Deleted) is no new asset.
+        let existing: Option<(String, u32, i64)> = tx
+            .query_row(
+                "SELECT a.asset_id, a.current_version, a.seq FROM assets a JOIN versions v
+                   ON v.account = a.account AND v.asset_id = a.asset_id AND v.version = a.current_version
+                 WHERE a.account = ?1 AND v.file_hash = ?2 AND a.state != 'purged'
+                 ORDER BY a.seq LIMIT 1",
+                params![account, &req.file_hash.0[..]],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        if let Some((asset_id, version, seq)) = existing {
+            return Ok(Committed {
+                asset_id,
+                version,
+                seq: seq as u64,
+                conflict: false,
+                deduplicated: true,
+            });
+        }
+        let asset_id = random_hex(self.entropy.as_ref(), 16);
+        let seq = next_seq(tx, account)?;
+        tx.execute(
+            "INSERT INTO assets (account, asset_id, kind, capture_time, width, height, original_name,
+                                 current_version, state, seq)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 1, 'live', ?8)",
+            params![
+                account,
+                asset_id,
+                req.kind.as_str(),
+                req.capture_time,
+                req.width,
+                req.height,
+                req.original_name,
+                seq as i64
+            ],
+        )?;
+        insert_version(tx, account, &asset_id, 1, req, now, None)?;
+        // Re-importing purged content is a deliberate act; its tombstone no longer applies.
+        tx.execute(
+            "DELETE FROM purged_content WHERE account = ?1 AND file_hash = ?2",
+            params![account, &req.file_hash.0[..]],
+        )?;
+        Ok(Committed {
+            asset_id,
+            version: 1,
+            seq,
+            conflict: false,
+            deduplicated: false,
+        })
+    }
+
+    fn commit_version(
+        &self,
+        tx: &Transaction<'_>,
+        account: &str,
+        asset_id: &str,
+        req: &CommitRequest,
+        now: UnixMillis,
+    ) -> Result<Committed, LibraryError> {
+        let (current, state): (u32, String) = tx
+            .query_row(
+                "SELECT current_version, state FROM assets WHERE account = ?1 AND asset_id = ?2",
+                params![account, asset_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?
+            .ok_or_else(|| LibraryError::NotFound {
+                kind: "asset",
+                id: asset_id.to_string(),
+            })?;
+        if state != "live" {
+            return Err(LibraryError::NotLive(asset_id.to_string()));
+        }
+        let max: u32 = tx.query_row(
+            "SELECT MAX(version) FROM versions WHERE account = ?1 AND asset_id = ?2",
+            params![account, asset_id],
+            |r| r.get(0),
+        )?;
+        let version = max + 1;
+        // A stale base is not an error: both versions are kept, the later is current.
+        let conflict = req.base_version.is_some_and(|b| b != current);
+        insert_version(
+            tx,
+            account,
+            asset_id,
+            version,
+            req,
+            now,
+            conflict.then_some(current),
+        )?;
+        let seq = next_seq(tx, account)?;
+        tx.execute(
+            "UPDATE assets SET current_version = ?3, seq = ?4 WHERE account = ?1 AND asset_id = ?2",
+            params![account, asset_id, version, seq as i64],
+        )?;
+        Ok(Committed {
+            asset_id: asset_id.to_string(),
+            version,
+            seq,
+            conflict,
+            deduplicated: false,
+        })
+    }
+
+    /// Live, trashed and purged assets whose current content has these hashes, and
+    /// purge tombstones of content that is gone.
+    pub fn find_by_content(
+        &self,
+        account: &str,
+        hashes: &[ChunkId],
+    ) -> Result<Vec<ContentMatch>, LibraryError> {
+        let db = self.db();
+        let mut assets = db.prepare_cached(&format!(
+            "SELECT {ASSET_COLUMNS} FROM assets a JOIN versions v
+               ON v.account = a.account AND v.asset_id = a.asset_id AND v.version = a.current_version
+             WHERE a.account = ?1 AND v.file_hash = ?2 AND a.state != 'purged' ORDER BY a.seq"
+        ))?;
+        let mut purged = db.prepare_cached(
+            "SELECT purged_at FROM purged_content WHERE account = ?1 AND file_hash = ?2",
+        )?;
+        hashes
+            .iter()
+            .map(|h| {
+                let found = assets
+                    .query_map(params![account, &h.0[..]], asset_from_row)?
+                    .map(|a| a.map(|a| (a.asset_id, a.state)))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let purged_at = purged
+                    .query_row(params![account, &h.0[..]], |r| r.get(0))
+                    .optional()?;
+                Ok(ContentMatch {
+                    file_hash: *h,
+                    assets: found,
+                    purged_at,
+                })
+            })
+            .collect()
+    }
+
+    /// Applies a metadata change if its clock is newer than the field's; returns whether it won.
+    pub fn set_metadata(
+        &self,
+        account: &str,
+        asset_id: &str,
+        field: &MetadataField,
+        hlc: &Hlc,
+    ) -> Result<bool, LibraryError> {
+        self.check_clock(hlc)?;
+        let (column, clock_column, value): (&str, &str, rusqlite::types::Value) = match field {
+            MetadataField::Favorite(v) => ("favorite", "favorite_clock", i64::from(*v).into()),
+            MetadataField::Hidden(v) => ("hidden", "hidden_clock", i64::from(*v).into()),
+            MetadataField::Title(t) => {
+                self.check_text("title", t)?;
+                ("title", "title_clock", t.clone().into())
+            }
+        };
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        let stored: String = tx
+            .query_row(
+                &format!("SELECT {clock_column} FROM assets WHERE account = ?1 AND asset_id = ?2 AND state != 'purged'"),
+                params![account, asset_id],
+                |r| r.get(0),
+            )
+            .optional()?
+            .ok_or_else(|| LibraryError::NotFound {
+                kind: "asset",
+                id: asset_id.to_string(),
+            })?;
+        let encoded = hlc.encode();
+        if encoded <= stored {
+            return Ok(false);
+        }
+        let seq = next_seq(&tx, account)?;
+        tx.execute(
+            &format!(
+                "UPDATE assets SET {column} = ?3, {clock_column} = ?4, seq = ?5 WHERE account = ?1 AND asset_id = ?2"
+            ),
+            params![account, asset_id, value, encoded, seq as i64],
+        )?;
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// Moves an asset to Recently Deleted (idempotent).
+    pub fn trash(&self, account: &str, asset_id: &str) -> Result<(), LibraryError> {
+        self.set_state(account, asset_id, "trashed", &["live"])
+    }
+
+    /// Brings an asset back from Recently Deleted (idempotent).
+    pub fn restore(&self, account: &str, asset_id: &str) -> Result<(), LibraryError> {
+        self.set_state(account, asset_id, "live", &["trashed"])
+    }
+
+    fn set_state(
+        &self,
+        account: &str,
+        asset_id: &str,
+        to: &str,
+        from: &[&str],
+    ) -> Result<(), LibraryError> {
+        let now = self.clock.now_ms();
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        let state: String = tx
+            .query_row(
+                "SELECT state FROM assets WHERE account = ?1 AND asset_id = ?2",
+                params![account, asset_id],
+                |r| r.get(0),
+            )
+            .optional()?
+            .ok_or_else(|| LibraryError::NotFound {
+                kind: "asset",
+                id: asset_id.to_string(),
+            })?;
+        if state == to {
+            return Ok(());
+        }
+        if !from.contains(&state.as_str()) {
+            return Err(LibraryError::NotLive(asset_id.to_string()));
+        }
+        let seq = next_seq(&tx, account)?;
+        tx.execute(
+            "UPDATE assets SET state = ?3, state_at = ?4, seq = ?5 WHERE account = ?1 AND asset_id = ?2",
+            params![account, asset_id, to, now, seq as i64],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Purges an asset (from anywhere in its life): it becomes a tombstone, its content
+    /// hashes are remembered, and the manifests of all its versions are returned so the
+    /// caller can release them in the store. Idempotent: a second purge returns nothing.
+    pub fn purge(&self, account: &str, asset_id: &str) -> Result<Vec<ManifestId>, LibraryError> {
+        let now = self.clock.now_ms();
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        let state: String = tx
+            .query_row(
+                "SELECT state FROM assets WHERE account = ?1 AND asset_id = ?2",
+                params![account, asset_id],
+                |r| r.get(0),
+            )
+            .optional()?
+            .ok_or_else(|| LibraryError::NotFound {
+                kind: "asset",
+                id: asset_id.to_string(),
+            })?;
+        if state == "purged" {
+            return Ok(Vec::new());
+        }
+        let released = purge_in(&tx, account, asset_id, now)?;
+        tx.commit()?;
+        Ok(released)
+    }
+
+    /// Purges everything that has been in Recently Deleted past the retention period.
+    /// Returns (account, asset, manifests to release).
+    pub fn expire_trash(&self) -> Result<Vec<(String, String, Vec<ManifestId>)>, LibraryError> {
+        let now = self.clock.now_ms();
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        let due: Vec<(String, String)> = {
+            let mut stmt = tx.prepare(
+                "SELECT account, asset_id FROM assets WHERE state = 'trashed' AND state_at + ?1 <= ?2",
+            )?;
+            stmt.query_map(params![self.config.trash_retention_ms, now], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?
+            .collect::<Result<_, _>>()?
+        };
+        let mut out = Vec::new();
+        for (account, asset_id) in due {
+            let released = purge_in(&tx, &account, &asset_id, now)?;
+            out.push((account, asset_id, released));
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Drops purge tombstones older than the retention period and moves each
+    /// account's feed horizon past them; older cursors must resync.
+    pub fn compact(&self) -> Result<u64, LibraryError> {
+        let cutoff = self.clock.now_ms() - self.config.tombstone_retention_ms;
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        // Cursors issued before this compaction and older than the rows it removes
+        // must resync; the epoch tells them apart from cursors issued after it.
+        tx.execute(
+            "UPDATE feed SET epoch = epoch + 1, horizon = MAX(horizon,
+                 COALESCE((SELECT MAX(seq) FROM assets a
+                     WHERE a.account = feed.account AND a.state = 'purged' AND a.state_at <= ?1), 0),
+                 COALESCE((SELECT MAX(seq) FROM albums a
+                     WHERE a.account = feed.account AND a.deleted = 1), 0))
+             WHERE EXISTS (SELECT 1 FROM assets a
+                     WHERE a.account = feed.account AND a.state = 'purged' AND a.state_at <= ?1)
+                OR EXISTS (SELECT 1 FROM albums a WHERE a.account = feed.account AND a.deleted = 1)",
+            [cutoff],
+        )?;
+        let removed = tx.execute(
+            "DELETE FROM assets WHERE state = 'purged' AND state_at <= ?1",
+            [cutoff],
+        )? as u64;
+        tx.execute(
+            "DELETE FROM album_members WHERE (account, album_id) IN
+                 (SELECT account, album_id FROM albums WHERE deleted = 1)",
+            [],
+        )?;
+        tx.execute("DELETE FROM albums WHERE deleted = 1", [])?;
+        tx.execute("DELETE FROM purged_content WHERE purged_at <= ?1", [cutoff])?;
+        tx.commit()?;
+        Ok(removed)
+    }
+
+    /// Creates or renames an album; the name merges last-writer-wins by HLC.
+    pub fn put_album(
+        &self,
+        account: &str,
+        album_id: &str,
+        name: &str,
+        hlc: &Hlc,
+    ) -> Result<bool, LibraryError> {
+        self.check_clock(hlc)?;
+        self.check_text("album name", name)?;
+        if album_id.is_empty() || album_id.len() > 64 {
+            return Err(LibraryError::InvalidArgument(
+                "album_id must be 1..=64 bytes".into(),
+            ));
+        }
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        let stored: Option<(String, bool)> = tx
+            .query_row(
+                "SELECT name_clock, deleted FROM albums WHERE account = ?1 AND album_id = ?2",
+                params![account, album_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let encoded = hlc.encode();
+        if let Some((clock, deleted)) = &stored
+            && (*deleted || encoded <= *clock)
+        {
+            return Ok(false);
+        }
+        let seq = next_seq(&tx, account)?;
+        tx.execute(
+            "INSERT INTO albums (account, album_id, name, name_clock, seq) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (account, album_id) DO UPDATE SET name = ?3, name_clock = ?4, seq = ?5",
+            params![account, album_id, name, encoded, seq as i64],
+        )?;
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// Deletes an album (a tombstone that wins over every later rename).
+    pub fn delete_album(
+        &self,
+        account: &str,
+        album_id: &str,
+        hlc: &Hlc,
+    ) -> Result<(), LibraryError> {
+        self.check_clock(hlc)?;
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        let deleted: bool = tx
+            .query_row(
+                "SELECT deleted FROM albums WHERE account = ?1 AND album_id = ?2",
+                params![account, album_id],
+                |r| r.get(0),
+            )
+            .optional()?
+            .ok_or_else(|| LibraryError::NotFound {
+                kind: "album",
+                id: album_id.to_string(),
+            })?;
+        if deleted {
+            return Ok(());
+        }
+        let seq = next_seq(&tx, account)?;
+        tx.execute(
+            "UPDATE albums SET deleted = 1, deleted_clock = ?3, seq = ?4 WHERE account = ?1 AND album_id = ?2",
+            params![account, album_id, hlc.encode(), seq as i64],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Adds or removes an asset in an album; each (album, asset) pair merges on its own clock.
+    pub fn set_member(
+        &self,
+        account: &str,
+        album_id: &str,
+        asset_id: &str,
+        present: bool,
+        hlc: &Hlc,
+    ) -> Result<bool, LibraryError> {
+        self.check_clock(hlc)?;
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        let live_album: bool = tx
+            .query_row(
+                "SELECT deleted = 0 FROM albums WHERE account = ?1 AND album_id = ?2",
+                params![account, album_id],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(false);
+        if !live_album {
+            return Err(LibraryError::NotFound {
+                kind: "album",
+                id: album_id.to_string(),
+            });
+        }
+        let asset_exists: bool = tx
+            .query_row(
+                "SELECT 1 FROM assets WHERE account = ?1 AND asset_id = ?2 AND state != 'purged'",
+                params![account, asset_id],
+                |_| Ok(true),
+            )
+            .optional()?
+            .unwrap_or(false);
+        if !asset_exists {
+            return Err(LibraryError::NotFound {
+                kind: "asset",
+                id: asset_id.to_string(),
+            });
+        }
+        let stored: Option<String> = tx
+            .query_row(
+                "SELECT clock FROM album_members WHERE account = ?1 AND album_id = ?2 AND asset_id = ?3",
+                params![account, album_id, asset_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let encoded = hlc.encode();
+        if stored.is_some_and(|c| encoded <= c) {
+            return Ok(false);
+        }
+        tx.execute(
+            "INSERT INTO album_members (account, album_id, asset_id, present, clock) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (account, album_id, asset_id) DO UPDATE SET present = ?4, clock = ?5",
+            params![account, album_id, asset_id, present, encoded],
+        )?;
+        let seq = next_seq(&tx, account)?;
+        tx.execute(
+            "UPDATE albums SET seq = ?3 WHERE account = ?1 AND album_id = ?2",
+            params![account, album_id, seq as i64],
+        )?;
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// Rows changed after `cursor`: each asset's and album's latest state, in sequence
+    /// order. Reading from zero yields exactly the current library (plus tombstones).
+    pub fn list_changes(
+        &self,
+        account: &str,
+        cursor: u64,
+        limit: usize,
+    ) -> Result<ChangePage, LibraryError> {
+        let limit = limit.clamp(1, self.config.max_page);
+        let db = self.db();
+        let (head, horizon, epoch): (i64, i64, i64) = db
+            .query_row(
+                "SELECT seq, horizon, epoch FROM feed WHERE account = ?1",
+                [account],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?
+            .unwrap_or((0, 0, 0));
+        let (cursor_epoch, after) = (cursor >> CURSOR_SEQ_BITS, cursor & CURSOR_SEQ_MASK);
+        if after > head as u64 || cursor_epoch > epoch as u64 {
+            return Err(LibraryError::CursorFromFuture {
+                cursor,
+                head: head as u64,
+            });
+        }
+        // A cursor from before the last compaction that had not yet seen the removed
+        // tombstones would miss deletions: it must resync. Zero always starts afresh.
+        if cursor != 0 && cursor_epoch < epoch as u64 && after < horizon as u64 {
+            return Err(LibraryError::CursorExpired {
+                cursor,
+                horizon: horizon as u64,
+            });
+        }
+        let cursor = after;
+        let fetch = limit as i64 + 1;
+        let mut changes: Vec<Change> = {
+            let mut stmt = db.prepare_cached(&format!(
+                "SELECT {ASSET_COLUMNS} FROM assets a JOIN versions v
+                   ON v.account = a.account AND v.asset_id = a.asset_id AND v.version = a.current_version
+                 WHERE a.account = ?1 AND a.seq > ?2 ORDER BY a.seq LIMIT ?3"
+            ))?;
+            stmt.query_map(params![account, cursor as i64, fetch], asset_from_row)?
+                .map(|a| a.map(Change::Asset))
+                .collect::<Result<_, _>>()?
+        };
+        {
+            let mut stmt = db.prepare_cached(
+                "SELECT album_id, name, deleted, seq FROM albums
+                 WHERE account = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+            )?;
+            let mut members = db.prepare_cached(
+                "SELECT asset_id FROM album_members WHERE account = ?1 AND album_id = ?2 AND present = 1
+                 ORDER BY asset_id",
+            )?;
+            let albums: Vec<(String, String, bool, i64)> = stmt
+                .query_map(params![account, cursor as i64, fetch], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })?
+                .collect::<Result<_, _>>()?;
+            for (album_id, name, deleted, seq) in albums {
+                let members = members
+                    .query_map(params![account, album_id], |r| r.get(0))?
+                    .collect::<Result<Vec<String>, _>>()?;
+                changes.push(Change::Album(Album {
+                    album_id,
+                    name,
+                    deleted,
+                    members,
+                    seq: seq as u64,
+                }));
+            }
+        }
+        changes.sort_by_key(Change::seq);
+        let more = changes.len() > limit;
+        changes.truncate(limit);
+        let cursor = (epoch as u64) << CURSOR_SEQ_BITS | changes.last().map_or(cursor, Change::seq);
+        Ok(ChangePage {
+            changes,
+            cursor,
+            more,
+        })
+    }
+}
+
+fn insert_version(
+    tx: &Transaction<'_>,
+    account: &str,
+    asset_id: &str,
+    version: u32,
+    req: &CommitRequest,
+    now: UnixMillis,
+    conflicts_with: Option<u32>,
+) -> Result<(), LibraryError> {
+    tx.execute(
+        "INSERT INTO versions (account, asset_id, version, manifest, file_hash, size, base_version,
+                               device, created_at, conflicts_with)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        params![
+            account,
+            asset_id,
+            version,
+            &req.manifest.0[..],
+            &req.file_hash.0[..],
+            req.size as i64,
+            req.base_version,
+            req.device,
+            now,
+            conflicts_with
+        ],
+    )?;
+    Ok(())
+}
+
+fn purge_in(
+    tx: &Transaction<'_>,
+    account: &str,
+    asset_id: &str,
+    now: UnixMillis,
+) -> Result<Vec<ManifestId>, LibraryError> {
+    let versions: Vec<(Vec<u8>, Vec<u8>)> = {
+        let mut stmt = tx.prepare_cached(
+            "SELECT manifest, file_hash FROM versions WHERE account = ?1 AND asset_id = ?2",
+        )?;
+        stmt.query_map(params![account, asset_id], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?
+    };
+    let mut released = Vec::new();
+    for (manifest, file_hash) in &versions {
+        released.push(read_id(manifest.clone())?);
+        tx.execute(
+            "INSERT INTO purged_content (account, file_hash, purged_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (account, file_hash) DO UPDATE SET purged_at = ?3",
+            params![account, file_hash, now],
+        )?;
+    }
+    let seq = next_seq(tx, account)?;
+    tx.execute(
+        "UPDATE assets SET state = 'purged', state_at = ?3, seq = ?4 WHERE account = ?1 AND asset_id = ?2",
+        params![account, asset_id, now, seq as i64],
+    )?;
+    // Albums that held the asset change too; each gets its own sequence number so a
+    // page boundary can never fall between two rows of one number.
+    let albums: Vec<String> = {
+        let mut stmt = tx.prepare_cached(
+            "SELECT album_id FROM album_members WHERE account = ?1 AND asset_id = ?2 AND present = 1",
+        )?;
+        stmt.query_map(params![account, asset_id], |r| r.get(0))?
+            .collect::<Result<_, _>>()?
+    };
+    tx.execute(
+        "DELETE FROM album_members WHERE account = ?1 AND asset_id = ?2",
+        params![account, asset_id],
+    )?;
+    for album_id in albums {
+        let seq = next_seq(tx, account)?;
+        tx.execute(
+            "UPDATE albums SET seq = ?3 WHERE account = ?1 AND album_id = ?2",
+            params![account, album_id, seq as i64],
+        )?;
+    }
+    released.sort();
+    released.dedup();
+    Ok(released)
+}

@@ -1,0 +1,97 @@
+//! The library's SQLite schema.
+
+use rusqlite::Connection;
+use rusqlite_migration::{M, Migrations};
+
+const V1: &str = "
+-- Per account: the last sequence number handed out, the compaction horizon, and how
+-- many compactions moved it (cursors carry the epoch they were issued in).
+CREATE TABLE feed (
+    account TEXT PRIMARY KEY,
+    seq     INTEGER NOT NULL,
+    horizon INTEGER NOT NULL DEFAULT 0,
+    epoch   INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE assets (
+    account         TEXT NOT NULL,
+    asset_id        TEXT NOT NULL,
+    kind            TEXT NOT NULL,
+    capture_time    INTEGER,
+    width           INTEGER,
+    height          INTEGER,
+    original_name   TEXT NOT NULL,
+    current_version INTEGER NOT NULL,
+    state           TEXT NOT NULL,   -- live | trashed | purged
+    state_at        INTEGER,
+    favorite        INTEGER NOT NULL DEFAULT 0,
+    favorite_clock  TEXT NOT NULL DEFAULT '',
+    hidden          INTEGER NOT NULL DEFAULT 0,
+    hidden_clock    TEXT NOT NULL DEFAULT '',
+    title           TEXT NOT NULL DEFAULT '',
+    title_clock     TEXT NOT NULL DEFAULT '',
+    seq             INTEGER NOT NULL,
+    PRIMARY KEY (account, asset_id)
+) WITHOUT ROWID;
+CREATE INDEX assets_by_seq ON assets(account, seq);
+CREATE TABLE versions (
+    account      TEXT NOT NULL,
+    asset_id     TEXT NOT NULL,
+    version      INTEGER NOT NULL,
+    manifest     BLOB NOT NULL,
+    file_hash    BLOB NOT NULL,
+    size         INTEGER NOT NULL,
+    base_version INTEGER,
+    device       TEXT NOT NULL,
+    created_at   INTEGER NOT NULL,
+    -- The version that was current when this one arrived from a stale base.
+    conflicts_with INTEGER,
+    PRIMARY KEY (account, asset_id, version)
+) WITHOUT ROWID;
+CREATE INDEX versions_by_hash ON versions(account, file_hash);
+CREATE TABLE requests (
+    account      TEXT NOT NULL,
+    request_id   TEXT NOT NULL,
+    fingerprint  BLOB NOT NULL,
+    asset_id     TEXT NOT NULL,
+    version      INTEGER NOT NULL,
+    seq          INTEGER NOT NULL,
+    conflict     INTEGER NOT NULL,
+    deduplicated INTEGER NOT NULL,
+    PRIMARY KEY (account, request_id)
+) WITHOUT ROWID;
+CREATE TABLE purged_content (
+    account   TEXT NOT NULL,
+    file_hash BLOB NOT NULL,
+    purged_at INTEGER NOT NULL,
+    PRIMARY KEY (account, file_hash)
+) WITHOUT ROWID;
+CREATE TABLE albums (
+    account       TEXT NOT NULL,
+    album_id      TEXT NOT NULL,
+    name          TEXT NOT NULL,
+    name_clock    TEXT NOT NULL,
+    deleted       INTEGER NOT NULL DEFAULT 0,
+    deleted_clock TEXT NOT NULL DEFAULT '',
+    seq           INTEGER NOT NULL,
+    PRIMARY KEY (account, album_id)
+) WITHOUT ROWID;
+CREATE INDEX albums_by_seq ON albums(account, seq);
+-- One element per (album, asset) with its own clock, so concurrent adds both survive.
+CREATE TABLE album_members (
+    account  TEXT NOT NULL,
+    album_id TEXT NOT NULL,
+    asset_id TEXT NOT NULL,
+    present  INTEGER NOT NULL,
+    clock    TEXT NOT NULL,
+    PRIMARY KEY (account, album_id, asset_id)
+) WITHOUT ROWID;
+";
+
+/// Opens the index with the durability commits rely on.
+pub fn prepare(conn: &mut Connection) -> Result<(), crate::LibraryError> {
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    Migrations::new(vec![M::up(V1)]).to_latest(conn)?;
+    Ok(())
+}
