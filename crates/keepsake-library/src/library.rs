@@ -621,17 +621,7 @@ impl Library {
         let now = self.clock.now_ms();
         let mut db = self.db();
         let tx = db.transaction()?;
-        let state: String = tx
-            .query_row(
-                "SELECT state FROM assets WHERE account = ?1 AND asset_id = ?2",
-                params![account, asset_id],
-                |r| r.get(0),
-            )
-            .optional()?
-            .ok_or_else(|| LibraryError::NotFound {
-                kind: "asset",
-                id: asset_id.to_string(),
-            })?;
+        let state = asset_state(&tx, account, asset_id)?;
         if state == to {
             return Ok(());
         }
@@ -654,17 +644,7 @@ impl Library {
         let now = self.clock.now_ms();
         let mut db = self.db();
         let tx = db.transaction()?;
-        let state: String = tx
-            .query_row(
-                "SELECT state FROM assets WHERE account = ?1 AND asset_id = ?2",
-                params![account, asset_id],
-                |r| r.get(0),
-            )
-            .optional()?
-            .ok_or_else(|| LibraryError::NotFound {
-                kind: "asset",
-                id: asset_id.to_string(),
-            })?;
+        let state = asset_state(&tx, account, asset_id)?;
         if state == "purged" {
             return Ok(Vec::new());
         }
@@ -951,6 +931,24 @@ impl Library {
             more,
         })
     }
+}
+
+/// An asset's life state ("live", "trashed", "purged"); NOT_FOUND for other accounts' ids too.
+fn asset_state(
+    tx: &Transaction<'_>,
+    account: &str,
+    asset_id: &str,
+) -> Result<String, LibraryError> {
+    tx.query_row(
+        "SELECT state FROM assets WHERE account = ?1 AND asset_id = ?2",
+        params![account, asset_id],
+        |r| r.get(0),
+    )
+    .optional()?
+    .ok_or_else(|| LibraryError::NotFound {
+        kind: "asset",
+        id: asset_id.to_string(),
+    })
 }
 
 fn insert_version(
