@@ -89,9 +89,7 @@ CREATE TABLE album_members (
 
 /// Opens the index with the durability commits rely on.
 pub fn prepare(conn: &mut Connection) -> Result<(), crate::LibraryError> {
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "FULL")?;
-    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    keepsake_store::durable_sqlite(conn)?;
     Migrations::new(vec![M::up(V1)]).to_latest(conn)?;
     Ok(())
 }

@@ -46,6 +46,7 @@ pub use clock::{
 pub use error::StoreError;
 pub use id::{ChunkId, ManifestId};
 pub use manifest::{Manifest, ManifestEntry};
+pub use schema::durable_sqlite;
 pub use store::{
     GcReport, PutOutcome, ScrubReport, Session, Store, StoreConfig, StoreParts, Usage,
 };

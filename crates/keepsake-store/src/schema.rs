@@ -62,13 +62,19 @@ CREATE TABLE refs (
 ) WITHOUT ROWID;
 ";
 
-/// Opens the index with the durability the store's acknowledgements rely on.
-pub fn prepare(conn: &mut Connection) -> Result<(), crate::StoreError> {
-    // WAL + synchronous=FULL: a committed transaction survives power loss.
+/// Sets a connection up so that a committed transaction survives power loss (WAL +
+/// synchronous=FULL) and waits for, rather than fails on, a busy database. Every
+/// Keepsake index that acknowledges writes opens its connection through this.
+pub fn durable_sqlite(conn: &Connection) -> rusqlite::Result<()> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
-    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+}
+
+/// Opens the index with the durability the store's acknowledgements rely on.
+pub fn prepare(conn: &mut Connection) -> Result<(), crate::StoreError> {
+    durable_sqlite(conn)?;
     Migrations::new(vec![M::up(V1)]).to_latest(conn)?;
     Ok(())
 }
