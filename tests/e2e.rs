@@ -10,24 +10,27 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+/// The `keepsake` binary, rebuilt once per test run so a stale one is never tested
+/// (`cargo test -p keepsake-e2e` alone does not build other packages' binaries).
 fn keepsake_binary() -> PathBuf {
-    let dir = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .and_then(Path::parent)
-        .unwrap()
-        .to_path_buf();
-    let bin = dir.join("keepsake");
-    if !bin.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let ok = Command::new(cargo)
-            .args(["build", "-p", "keepsake"])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "building the keepsake binary failed");
-    }
-    bin
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let ok = Command::new(cargo)
+                .args(["build", "--quiet", "-p", "keepsake"])
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "building the keepsake binary failed");
+            std::env::current_exe()
+                .unwrap()
+                .parent()
+                .and_then(Path::parent)
+                .unwrap()
+                .join("keepsake")
+        })
+        .clone()
 }
 
 struct Server {
@@ -213,34 +216,56 @@ async fn the_binary_refuses_calls_without_a_token() {
 
 /// Broke once: the server printed its address, the reader closed the pipe, and the
 /// server's next line of output killed it (CI's Python check then found nobody home).
+/// Here the pipe is closed before the server prints anything at all.
 #[tokio::test]
 async fn a_server_whose_stdout_was_closed_keeps_serving() {
     let data = tempfile::tempdir().unwrap();
+    let tokens = data.path().join("tokens.json");
+    std::fs::write(
+        &tokens,
+        r#"{"tokens":[{"token":"closed-stdout","account":"me","admin":true}]}"#,
+    )
+    .unwrap();
+    // With stdout closed the server cannot tell us its port, so we choose a free one.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut child = Command::new(keepsake_binary())
-        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--tokens",
+        ])
+        .arg(&tokens)
+        .arg("--data")
         .arg(data.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let url = loop {
-        let line = lines.next().unwrap().unwrap();
-        if let Some(at) = line.find("http://") {
-            break line[at..].trim().to_string();
-        }
+    drop(child.stdout.take());
+    let server = Server {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+        token: "closed-stdout".into(),
     };
-    drop(lines);
-    let tokens: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(data.path().join("tokens.json")).unwrap()).unwrap();
-    let token = tokens["tokens"][0]["token"].as_str().unwrap().to_string();
-    let server = Server { child, url, token };
-    for _ in 0..3 {
-        let mut c = connect(&server).await;
-        c.get_usage(keepsake_transport_pb::GetUsageRequest {})
-            .await
-            .unwrap();
+    // A real process needs a moment to start; bounded, and it fails if the server died.
+    let mut answered = false;
+    for _ in 0..100 {
+        if let Ok(channel) = client::connect(&server.url).await {
+            let mut c = client::store_client(channel, &server.token);
+            answered = c
+                .get_usage(keepsake_transport_pb::GetUsageRequest {})
+                .await
+                .is_ok();
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+    assert!(answered, "the server stopped when its stdout was closed");
 }
 
 #[test]
