@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 /// Signature pieces per message.
 const SIGNATURE_PIECE: usize = 1 << 20;
-/// Chunks per store batch while storing a rebuilt file.
+/// Bytes of chunks per store batch (one pack) while storing a rebuilt file.
 const STORE_BATCH_BYTES: usize = 16 << 20;
 
 /// Serves deltas against one store.
