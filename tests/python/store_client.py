@@ -1,5 +1,6 @@
 """Plain-gRPC proof: a Python client, with stubs generated from proto/, talks to
-a running `keepsake serve`, puts and gets chunks, and sees the typed errors.
+a running `keepsake serve`, puts and gets chunks, sees the typed errors, and runs
+the README's reflection and Policy/Explain examples.
 
 Run by `cargo xtask python` (part of `cargo xtask ci`), which generates the
 stubs, starts the server and passes: URL TOKEN STUB_DIR.
@@ -14,8 +15,10 @@ import blake3  # noqa: E402
 import grpc  # noqa: E402
 from google.rpc import error_details_pb2  # noqa: E402
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
+from google.protobuf import json_format  # noqa: E402
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc  # noqa: E402
 from grpc_status import rpc_status  # noqa: E402
-from keepsake.v1 import store_pb2, store_pb2_grpc  # noqa: E402
+from keepsake.v1 import policy_pb2, policy_pb2_grpc, store_pb2, store_pb2_grpc  # noqa: E402
 
 checks = 0
 failures = 0
@@ -109,6 +112,34 @@ except grpc.RpcError as err:
 
 usage = store.GetUsage(store_pb2.GetUsageRequest(), metadata=auth)
 check("usage counts the bytes once", usage.bytes_owned >= sum(len(d) for d in datas))
+
+# The README says grpcurl needs no .proto files: reflection must list the services, tokenless.
+reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+listing = next(reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+names = {s.name for s in listing.list_services_response.service}
+check(
+    "reflection (v1alpha) lists every Keepsake service without a token",
+    {"keepsake.v1.ChunkStore", "keepsake.v1.Policy", "keepsake.v1.Delta"} <= names,
+    str(sorted(names)),
+)
+
+# The README's Policy/Explain example, byte for byte the same JSON.
+readme_example = {
+    "snapshot": {
+        "account": "me",
+        "sync_enabled": True,
+        "network": "NETWORK_TYPE_CELLULAR",
+        "client_version": {"minor": 1},
+    }
+}
+explained = policy_pb2_grpc.PolicyStub(channel).Explain(
+    json_format.ParseDict(readme_example, policy_pb2.ExplainRequest()), metadata=auth
+)
+check(
+    "the README's Policy/Explain example says mobile data is not allowed",
+    not explained.syncing and "CELLULAR_NOT_ALLOWED" in explained.checklist_json,
+    explained.checklist,
+)
 
 print(f"python: {checks - failures} passed, {failures} failed")
 sys.exit(1 if failures else 0)

@@ -106,7 +106,10 @@ pub fn run(root: &Path) -> Result<()> {
         .args(["-m", "grpc_tools.protoc", "-Iproto"])
         .arg(format!("--python_out={}", stubs.display()))
         .arg(format!("--grpc_python_out={}", stubs.display()))
-        .arg("proto/keepsake/v1/store.proto")
+        .args([
+            "proto/keepsake/v1/store.proto",
+            "proto/keepsake/v1/policy.proto",
+        ])
         .status()?;
     if !generated.success() {
         bail!("generating Python stubs failed");
