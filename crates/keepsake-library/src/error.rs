@@ -41,6 +41,41 @@ pub enum LibraryError {
         /// The newest sequence number.
         head: u64,
     },
+    /// Wrong account name or password, or a device token that is unknown or revoked.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The caller may not do this.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// An account with this name exists already.
+    #[error("account {0:?} already exists")]
+    AccountExists(String),
+    /// The upload or commit would take the account past its plan.
+    #[error(
+        "not enough cloud storage: {used_bytes} bytes used and {reserved_bytes} reserved of {limit_bytes}, \
+         {needed_bytes} more needed; free space (empty Recently Deleted) or choose a bigger plan"
+    )]
+    QuotaExceeded {
+        /// Bytes the account owns in the store.
+        used_bytes: u64,
+        /// Bytes held for uploads in flight.
+        reserved_bytes: u64,
+        /// Bytes this request needs.
+        needed_bytes: u64,
+        /// The plan's limit.
+        limit_bytes: u64,
+    },
+    /// The client is older than the server's minimum.
+    #[error("this Keepsake client ({got}) is too old; update to {required} or later")]
+    ClientTooOld {
+        /// The minimum version.
+        required: String,
+        /// What the client said it was.
+        got: String,
+    },
+    /// The chunk store refused or failed.
+    #[error(transparent)]
+    Store(#[from] keepsake_store::StoreError),
     /// Any other invalid argument, said in words.
     #[error("{0}")]
     InvalidArgument(String),
@@ -66,6 +101,12 @@ impl LibraryError {
             Self::CursorExpired { .. } => "CURSOR_EXPIRED",
             Self::CursorFromFuture { .. } => "CURSOR_FROM_FUTURE",
             Self::InvalidArgument(_) => "INVALID_ARGUMENT",
+            Self::Unauthenticated(_) => "UNAUTHENTICATED",
+            Self::PermissionDenied(_) => "PERMISSION_DENIED",
+            Self::AccountExists(_) => "ACCOUNT_EXISTS",
+            Self::QuotaExceeded { .. } => "QUOTA_EXCEEDED",
+            Self::ClientTooOld { .. } => "CLIENT_TOO_OLD",
+            Self::Store(e) => e.reason(),
             Self::Index(_) => "INDEX_IO",
         }
     }

@@ -29,11 +29,18 @@
 //! # Ok::<(), LibraryError>(())
 //! ```
 
+mod accounts;
+mod cloud;
 mod error;
 mod hlc;
 mod library;
 mod schema;
+pub mod tokens;
 
+pub use accounts::{
+    AccountInfo, ClientVersion, Device, DeviceReport, KdfCost, Plan, default_plans,
+};
+pub use cloud::{ChunkStore, Cloud, CommitAsset, Enrolment, IssuedToken, Maintenance, Reservation};
 pub use error::LibraryError;
 pub use hlc::Hlc;
 pub use library::{

@@ -20,6 +20,18 @@ pub struct LibraryConfig {
     pub max_text_len: usize,
     /// Largest ListChanges page.
     pub max_page: usize,
+    /// Password hashing cost.
+    pub kdf: crate::KdfCost,
+    /// The plans accounts can be on; the first is the default for new accounts.
+    pub plans: Vec<crate::Plan>,
+    /// Lifetime of an access token.
+    pub access_token_ttl_ms: i64,
+    /// Lease of an upload reservation (and its store session) between renewals.
+    pub upload_ttl_ms: i64,
+    /// Clients older than this are refused with CLIENT_TOO_OLD.
+    pub min_client_version: crate::ClientVersion,
+    /// A store reference taken for a commit that never happened is released after this.
+    pub pending_ref_grace_ms: i64,
 }
 
 impl Default for LibraryConfig {
@@ -30,6 +42,12 @@ impl Default for LibraryConfig {
             max_clock_ahead_ms: 5 * 60 * 1000,
             max_text_len: 1024,
             max_page: 1000,
+            kdf: crate::KdfCost::default(),
+            plans: crate::default_plans(),
+            access_token_ttl_ms: 15 * 60 * 1000,
+            upload_ttl_ms: 10 * 60 * 1000,
+            min_client_version: crate::ClientVersion::default(),
+            pending_ref_grace_ms: 3600 * 1000,
         }
     }
 }
@@ -247,10 +265,10 @@ const CURSOR_SEQ_MASK: u64 = (1 << CURSOR_SEQ_BITS) - 1;
 
 /// The cloud library.
 pub struct Library {
-    db: Mutex<Connection>,
-    clock: Arc<dyn Clock>,
-    entropy: Arc<dyn Entropy>,
-    config: LibraryConfig,
+    pub(crate) db: Mutex<Connection>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) entropy: Arc<dyn Entropy>,
+    pub(crate) config: LibraryConfig,
 }
 
 const ASSET_COLUMNS: &str =
@@ -326,11 +344,11 @@ impl Library {
         })
     }
 
-    fn db(&self) -> MutexGuard<'_, Connection> {
+    pub(crate) fn db(&self) -> MutexGuard<'_, Connection> {
         self.db.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn check_text(&self, what: &str, text: &str) -> Result<(), LibraryError> {
+    pub(crate) fn check_text(&self, what: &str, text: &str) -> Result<(), LibraryError> {
         if text.len() > self.config.max_text_len || text.chars().any(char::is_control) {
             return Err(LibraryError::InvalidArgument(format!(
                 "{what} must be at most {} bytes without control characters",
@@ -350,6 +368,29 @@ impl Library {
 
     /// Records new content as a new asset or a new version, once per request id.
     pub fn commit(&self, account: &str, req: &CommitRequest) -> Result<Committed, LibraryError> {
+        self.commit_with(account, req, None, None)
+    }
+
+    /// The first answer to `req`'s request id, if it was already committed; a reused id
+    /// with a different request is refused.
+    pub fn prior_commit(
+        &self,
+        account: &str,
+        req: &CommitRequest,
+    ) -> Result<Option<Committed>, LibraryError> {
+        prior_commit(&self.db(), account, req)
+    }
+
+    /// Like [`Library::commit`], for content the store keeps under `holder` (its
+    /// pending outbox row is settled in the same transaction) and paid for from
+    /// `reservation`.
+    pub(crate) fn commit_with(
+        &self,
+        account: &str,
+        req: &CommitRequest,
+        holder: Option<&str>,
+        reservation: Option<&str>,
+    ) -> Result<Committed, LibraryError> {
         if req.request_id.is_empty() || req.request_id.len() > 128 {
             return Err(LibraryError::InvalidArgument(
                 "request_id must be 1..=128 bytes".into(),
@@ -361,35 +402,34 @@ impl Library {
         let now = self.clock.now_ms();
         let mut db = self.db();
         let tx = db.transaction()?;
-        let prior = tx
-            .query_row(
-                "SELECT fingerprint, asset_id, version, seq, conflict, deduplicated FROM requests
-                 WHERE account = ?1 AND request_id = ?2",
-                params![account, req.request_id],
-                |r| {
-                    Ok((
-                        r.get::<_, Vec<u8>>(0)?,
-                        Committed {
-                            asset_id: r.get(1)?,
-                            version: r.get(2)?,
-                            seq: r.get::<_, i64>(3)? as u64,
-                            conflict: r.get(4)?,
-                            deduplicated: r.get(5)?,
-                        },
-                    ))
-                },
-            )
-            .optional()?;
-        if let Some((seen, answer)) = prior {
-            if seen != fingerprint {
-                return Err(LibraryError::RequestIdReused(req.request_id.clone()));
-            }
+        if let Some(answer) = prior_commit(&tx, account, req)? {
             return Ok(answer);
         }
         let committed = match &req.asset_id {
-            None => self.commit_new(&tx, account, req, now)?,
-            Some(asset_id) => self.commit_version(&tx, account, asset_id, req, now)?,
+            None => self.commit_new(&tx, account, req, now, holder)?,
+            Some(asset_id) => self.commit_version(&tx, account, asset_id, req, now, holder)?,
         };
+        if let Some(holder) = holder {
+            // A deduplicated commit made no version: the reference taken for it is surplus.
+            tx.execute(
+                "UPDATE ref_outbox SET action = 'release', at = ?4
+                 WHERE account = ?1 AND manifest = ?2 AND holder = ?3",
+                params![account, &req.manifest.0[..], holder, now],
+            )?;
+            if !committed.deduplicated {
+                tx.execute(
+                    "DELETE FROM ref_outbox WHERE account = ?1 AND manifest = ?2 AND holder = ?3",
+                    params![account, &req.manifest.0[..], holder],
+                )?;
+            }
+        }
+        if let Some(reservation) = reservation {
+            tx.execute(
+                "UPDATE reservations SET bytes = MAX(bytes - ?3, 0)
+                 WHERE reservation_id = ?1 AND account = ?2",
+                params![reservation, account, req.size as i64],
+            )?;
+        }
         tx.execute(
             "INSERT INTO requests (account, request_id, fingerprint, asset_id, version, seq, conflict, deduplicated)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -415,6 +455,7 @@ impl Library {
         account: &str,
         req: &CommitRequest,
         now: UnixMillis,
+        holder: Option<&str>,
     ) -> Result<Committed, LibraryError> {
         // Identical content already in the library (live or in Recently Deleted) is no new asset.
         let existing: Option<(String, u32, i64)> = tx
@@ -453,7 +494,7 @@ impl Library {
                 seq as i64
             ],
         )?;
-        insert_version(tx, account, &asset_id, 1, req, now, None)?;
+        insert_version(tx, account, &asset_id, 1, req, now, (None, holder))?;
         // Re-importing purged content is a deliberate act; its tombstone no longer applies.
         tx.execute(
             "DELETE FROM purged_content WHERE account = ?1 AND file_hash = ?2",
@@ -475,6 +516,7 @@ impl Library {
         asset_id: &str,
         req: &CommitRequest,
         now: UnixMillis,
+        holder: Option<&str>,
     ) -> Result<Committed, LibraryError> {
         let (current, state): (u32, String) = tx
             .query_row(
@@ -505,7 +547,7 @@ impl Library {
             version,
             req,
             now,
-            conflict.then_some(current),
+            (conflict.then_some(current), holder),
         )?;
         let seq = next_seq(tx, account)?;
         tx.execute(
@@ -933,6 +975,55 @@ impl Library {
     }
 }
 
+/// Queues a store reference for release (drained by the cloud after the transaction).
+pub(crate) fn queue_release(
+    tx: &Transaction<'_>,
+    account: &str,
+    manifest: &[u8],
+    holder: &str,
+    now: UnixMillis,
+) -> Result<(), LibraryError> {
+    tx.execute(
+        "INSERT INTO ref_outbox (account, manifest, holder, action, at) VALUES (?1, ?2, ?3, 'release', ?4)
+         ON CONFLICT (account, manifest, holder) DO UPDATE SET action = 'release', at = ?4",
+        params![account, manifest, holder, now],
+    )?;
+    Ok(())
+}
+
+fn prior_commit(
+    conn: &Connection,
+    account: &str,
+    req: &CommitRequest,
+) -> Result<Option<Committed>, LibraryError> {
+    let prior = conn
+        .query_row(
+            "SELECT fingerprint, asset_id, version, seq, conflict, deduplicated FROM requests
+             WHERE account = ?1 AND request_id = ?2",
+            params![account, req.request_id],
+            |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    Committed {
+                        asset_id: r.get(1)?,
+                        version: r.get(2)?,
+                        seq: r.get::<_, i64>(3)? as u64,
+                        conflict: r.get(4)?,
+                        deduplicated: r.get(5)?,
+                    },
+                ))
+            },
+        )
+        .optional()?;
+    match prior {
+        Some((seen, _)) if seen != req.fingerprint() => {
+            Err(LibraryError::RequestIdReused(req.request_id.clone()))
+        }
+        Some((_, answer)) => Ok(Some(answer)),
+        None => Ok(None),
+    }
+}
+
 /// An asset's life state ("live", "trashed", "purged"); NOT_FOUND for other accounts' ids too.
 fn asset_state(
     tx: &Transaction<'_>,
@@ -958,12 +1049,12 @@ fn insert_version(
     version: u32,
     req: &CommitRequest,
     now: UnixMillis,
-    conflicts_with: Option<u32>,
+    (conflicts_with, holder): (Option<u32>, Option<&str>),
 ) -> Result<(), LibraryError> {
     tx.execute(
         "INSERT INTO versions (account, asset_id, version, manifest, file_hash, size, base_version,
-                               device, created_at, conflicts_with)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                               device, created_at, conflicts_with, holder)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         params![
             account,
             asset_id,
@@ -974,7 +1065,8 @@ fn insert_version(
             req.base_version,
             req.device,
             now,
-            conflicts_with
+            conflicts_with,
+            holder
         ],
     )?;
     Ok(())
@@ -986,16 +1078,21 @@ fn purge_in(
     asset_id: &str,
     now: UnixMillis,
 ) -> Result<Vec<ManifestId>, LibraryError> {
-    let versions: Vec<(Vec<u8>, Vec<u8>)> = {
+    let versions: Vec<(Vec<u8>, Vec<u8>, Option<String>)> = {
         let mut stmt = tx.prepare_cached(
-            "SELECT manifest, file_hash FROM versions WHERE account = ?1 AND asset_id = ?2",
+            "SELECT manifest, file_hash, holder FROM versions WHERE account = ?1 AND asset_id = ?2",
         )?;
-        stmt.query_map(params![account, asset_id], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<Result<_, _>>()?
+        stmt.query_map(params![account, asset_id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?
+        .collect::<Result<_, _>>()?
     };
     let mut released = Vec::new();
-    for (manifest, file_hash) in &versions {
+    for (manifest, file_hash, holder) in &versions {
         released.push(read_id(manifest.clone())?);
+        if let Some(holder) = holder {
+            queue_release(tx, account, manifest, holder, now)?;
+        }
         tx.execute(
             "INSERT INTO purged_content (account, file_hash, purged_at) VALUES (?1, ?2, ?3)
              ON CONFLICT (account, file_hash) DO UPDATE SET purged_at = ?3",

@@ -87,9 +87,62 @@ CREATE TABLE album_members (
 ) WITHOUT ROWID;
 ";
 
+const V2: &str = "
+CREATE TABLE accounts (
+    account    TEXT PRIMARY KEY,
+    password   TEXT NOT NULL,   -- Argon2id PHC string
+    plan       TEXT NOT NULL,
+    admin      INTEGER NOT NULL DEFAULT 0,
+    created_at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE devices (
+    device_id      TEXT PRIMARY KEY,
+    account        TEXT NOT NULL,
+    name           TEXT NOT NULL,
+    platform       TEXT NOT NULL,
+    client_version TEXT NOT NULL,
+    token_hash     BLOB NOT NULL,   -- BLAKE3 of a 256-bit random token
+    enrolled_at    INTEGER NOT NULL,
+    revoked_at     INTEGER,
+    last_seen      INTEGER,
+    report         TEXT,            -- the latest DeviceReport, JSON
+    reason         TEXT,
+    reason_since   INTEGER
+) WITHOUT ROWID;
+CREATE INDEX devices_by_account ON devices(account);
+-- Quota held for an upload in flight; the id is the store session opened for it.
+CREATE TABLE reservations (
+    reservation_id TEXT PRIMARY KEY,
+    account        TEXT NOT NULL,
+    request_id     TEXT,
+    bytes          INTEGER NOT NULL,
+    expires_at     INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX reservations_by_account ON reservations(account);
+CREATE TABLE signing_keys (
+    kid        TEXT PRIMARY KEY,
+    secret     BLOB NOT NULL,
+    created_at INTEGER NOT NULL,
+    retired_at INTEGER
+) WITHOUT ROWID;
+-- Store references to take or drop, written in the same transaction as the library
+-- change that needs them, so a crash between the two databases loses nothing:
+-- 'pending' = referenced for a commit not yet made; 'release' = purged, to be released.
+CREATE TABLE ref_outbox (
+    account  TEXT NOT NULL,
+    manifest BLOB NOT NULL,
+    holder   TEXT NOT NULL,
+    action   TEXT NOT NULL,
+    at       INTEGER NOT NULL,
+    PRIMARY KEY (account, manifest, holder)
+) WITHOUT ROWID;
+-- The store reference that keeps this version's content (NULL: committed without one).
+ALTER TABLE versions ADD COLUMN holder TEXT;
+";
+
 /// Opens the index with the durability commits rely on.
 pub fn prepare(conn: &mut Connection) -> Result<(), crate::LibraryError> {
     keepsake_store::durable_sqlite(conn)?;
-    Migrations::new(vec![M::up(V1)]).to_latest(conn)?;
+    Migrations::new(vec![M::up(V1), M::up(V2)]).to_latest(conn)?;
     Ok(())
 }

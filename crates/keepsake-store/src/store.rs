@@ -714,7 +714,8 @@ impl Store {
         Ok(())
     }
 
-    /// Makes `manifest` a GC root for `holder`. Idempotent.
+    /// Makes `manifest` a GC root for `holder`, once the account owns every chunk it
+    /// names (else `MissingChunks` lists them). Idempotent.
     pub fn reference(
         &self,
         account: &str,
@@ -738,6 +739,25 @@ impl Store {
                 kind: "manifest",
                 id: *manifest,
             });
+        }
+        // Ownership of a chunk can lapse (GC sweeps unheld ownership) after its manifest
+        // was stored: a reference must only ever root content the account still has whole.
+        let missing: Vec<ChunkId> = {
+            let mut stmt = db.prepare_cached(
+                "SELECT m.chunk FROM manifest_chunks m WHERE m.manifest = ?2 AND NOT EXISTS
+                     (SELECT 1 FROM owners o WHERE o.account = ?1 AND o.chunk = m.chunk)",
+            )?;
+            stmt.query_map(params![account, &manifest.0[..]], |r| {
+                r.get::<_, Vec<u8>>(0)
+            })?
+            .map(|r| {
+                r.map_err(StoreError::from)
+                    .and_then(|b| ChunkId::from_slice(&b))
+            })
+            .collect::<Result<_, _>>()?
+        };
+        if !missing.is_empty() {
+            return Err(StoreError::MissingChunks(missing));
         }
         db.execute(
             "INSERT OR IGNORE INTO refs (account, manifest, holder, created_at) VALUES (?1, ?2, ?3, ?4)",

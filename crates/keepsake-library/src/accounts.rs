@@ -1,0 +1,520 @@
+//! Accounts, plans, devices and their ledger, client versions.
+
+use crate::LibraryError;
+use crate::library::Library;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use keepsake_store::{UnixMillis, random_hex};
+use rusqlite::{OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// A storage plan: a name and how many bytes it allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// Its name, as users choose it ("free", "50gb", …).
+    pub name: String,
+    /// Bytes the account may own in the store.
+    pub limit_bytes: u64,
+}
+
+/// The plans iCloud+ offers, in decimal units as they are sold.
+pub fn default_plans() -> Vec<Plan> {
+    [
+        ("free", 5),
+        ("50gb", 50),
+        ("200gb", 200),
+        ("2tb", 2_000),
+        ("6tb", 6_000),
+        ("12tb", 12_000),
+    ]
+    .into_iter()
+    .map(|(name, gb)| Plan {
+        name: name.into(),
+        limit_bytes: gb * 1_000_000_000,
+    })
+    .collect()
+}
+
+/// Argon2id cost; the default is OWASP's (19 MiB, 2 passes). Tests turn it down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KdfCost {
+    /// Memory in KiB.
+    pub memory_kib: u32,
+    /// Passes.
+    pub iterations: u32,
+}
+
+impl Default for KdfCost {
+    fn default() -> Self {
+        Self {
+            memory_kib: 19 * 1024,
+            iterations: 2,
+        }
+    }
+}
+
+/// A client version `major.minor.patch`; anything unparsable counts as 0.0.0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct ClientVersion(pub u32, pub u32, pub u32);
+
+impl ClientVersion {
+    /// Parses `1.2.3` (a missing minor or patch is 0; a suffix like `-beta` is ignored).
+    pub fn parse(text: &str) -> Option<Self> {
+        let core = text.trim().split(['-', '+']).next()?;
+        let mut parts = core.split('.').map(|p| p.parse::<u32>().ok());
+        let major = parts.next()??;
+        let minor = parts.next().unwrap_or(Some(0))?;
+        let patch = parts.next().unwrap_or(Some(0))?;
+        if parts.next().is_some() {
+            return None;
+        }
+        Some(Self(major, minor, patch))
+    }
+
+    /// Refuses a client older than `self` (a client that sends no version is 0.0.0).
+    pub fn admit(&self, client: Option<&str>) -> Result<(), LibraryError> {
+        let got = client.and_then(Self::parse).unwrap_or_default();
+        if got < *self {
+            return Err(LibraryError::ClientTooOld {
+                required: self.to_string(),
+                got: client.unwrap_or("no version").to_string(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for ClientVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}.{}", self.0, self.1, self.2)
+    }
+}
+
+/// An account as its owner sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountInfo {
+    /// Its name.
+    pub account: String,
+    /// Its plan.
+    pub plan: Plan,
+    /// Bytes it owns in the store, counted once however often they appear.
+    pub used_bytes: u64,
+    /// Bytes held for uploads in flight.
+    pub reserved_bytes: u64,
+    /// May manage accounts and run maintenance.
+    pub admin: bool,
+}
+
+/// What a device last told the cloud about itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceReport {
+    /// "syncing", "idle", "paused", "blocked" …
+    pub state: String,
+    /// The reason code it is not syncing, if it is not.
+    pub reason: Option<String>,
+    /// Items waiting to upload.
+    pub pending_items: u64,
+    /// Bytes waiting to upload.
+    pub pending_bytes: u64,
+    /// Items uploaded or downloaded since it started.
+    pub done_items: u64,
+    /// Items that failed permanently.
+    pub failed_items: u64,
+    /// "wifi", "cellular", "wired", "offline" …
+    pub network: String,
+    /// Battery percentage, if it has one.
+    pub battery_percent: Option<u8>,
+    /// On a charger.
+    pub charging: bool,
+    /// Free bytes on the device.
+    pub free_bytes: Option<u64>,
+}
+
+/// A device in an account's ledger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    /// Its id.
+    pub device_id: String,
+    /// The name its owner gave it.
+    pub name: String,
+    /// "ios", "android", "linux" …
+    pub platform: String,
+    /// The client version it declared.
+    pub client_version: String,
+    /// When it enrolled.
+    pub enrolled_at: UnixMillis,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<UnixMillis>,
+    /// When it last called.
+    pub last_seen: Option<UnixMillis>,
+    /// Its latest report.
+    pub report: Option<DeviceReport>,
+    /// Since when its current reason (or lack of one) holds.
+    pub reason_since: Option<UnixMillis>,
+}
+
+pub(crate) fn check_account_name(name: &str) -> Result<(), LibraryError> {
+    let ok = (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-@".contains(&b));
+    if !ok {
+        return Err(LibraryError::InvalidArgument(
+            "account names are 1..=64 characters of a-z, 0-9, '.', '_', '-', '@'".into(),
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) fn check_password(password: &str) -> Result<(), LibraryError> {
+    if !(8..=1024).contains(&password.len()) {
+        return Err(LibraryError::InvalidArgument(
+            "passwords are 8..=1024 bytes".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn wrong_credentials() -> LibraryError {
+    LibraryError::Unauthenticated("the account name or password is wrong".into())
+}
+
+impl Library {
+    fn kdf(&self) -> argon2::Argon2<'static> {
+        let cost = self.config.kdf;
+        let params = argon2::Params::new(cost.memory_kib, cost.iterations, 1, None)
+            .expect("KdfCost is within Argon2's bounds");
+        argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+    }
+
+    /// Hashes a password with a fresh salt (slow on purpose: call without the lock).
+    pub(crate) fn hash_password(&self, password: &str) -> Result<String, LibraryError> {
+        let mut salt = [0u8; 16];
+        self.entropy.fill(&mut salt);
+        let salt = SaltString::encode_b64(&salt)
+            .map_err(|e| LibraryError::InvalidArgument(format!("salt: {e}")))?;
+        Ok(self
+            .kdf()
+            .hash_password(password.as_bytes(), &salt)
+            .map_err(|e| LibraryError::InvalidArgument(format!("password hashing failed: {e}")))?
+            .to_string())
+    }
+
+    /// Checks `password` against the account's hash; wrong name and wrong password look alike.
+    pub(crate) fn check_credentials(
+        &self,
+        account: &str,
+        password: &str,
+    ) -> Result<bool, LibraryError> {
+        let stored: Option<(String, bool)> = self
+            .db()
+            .query_row(
+                "SELECT password, admin FROM accounts WHERE account = ?1",
+                [account],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        // An unknown account still costs one hash, so timing does not tell names apart.
+        let (phc, admin) = match stored {
+            Some(s) => s,
+            None => {
+                let _ = self.hash_password(password);
+                return Err(wrong_credentials());
+            }
+        };
+        let parsed = PasswordHash::new(&phc)
+            .map_err(|_| LibraryError::InvalidArgument("stored password hash is corrupt".into()))?;
+        self.kdf()
+            .verify_password(password.as_bytes(), &parsed)
+            .map_err(|_| wrong_credentials())?;
+        Ok(admin)
+    }
+
+    pub(crate) fn plan(&self, name: &str) -> Result<Plan, LibraryError> {
+        self.config
+            .plans
+            .iter()
+            .find(|p| p.name == name)
+            .cloned()
+            .ok_or_else(|| {
+                let names: Vec<&str> = self.config.plans.iter().map(|p| p.name.as_str()).collect();
+                LibraryError::InvalidArgument(format!(
+                    "no plan {name:?}; plans are {}",
+                    names.join(", ")
+                ))
+            })
+    }
+
+    /// Creates an account on a plan.
+    pub fn create_account(
+        &self,
+        account: &str,
+        password: &str,
+        plan: &str,
+        admin: bool,
+    ) -> Result<(), LibraryError> {
+        check_account_name(account)?;
+        check_password(password)?;
+        self.plan(plan)?;
+        let phc = self.hash_password(password)?;
+        let now = self.clock.now_ms();
+        let inserted = self.db().execute(
+            "INSERT INTO accounts (account, password, plan, admin, created_at) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (account) DO NOTHING",
+            params![account, phc, plan, admin, now],
+        )?;
+        if inserted == 0 {
+            return Err(LibraryError::AccountExists(account.to_string()));
+        }
+        tracing::info!(account, plan, admin, "account created");
+        Ok(())
+    }
+
+    /// Whether the account exists.
+    pub fn account_exists(&self, account: &str) -> Result<bool, LibraryError> {
+        Ok(self
+            .db()
+            .query_row(
+                "SELECT 1 FROM accounts WHERE account = ?1",
+                [account],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
+    /// Replaces the password after checking the old one.
+    pub fn change_password(&self, account: &str, old: &str, new: &str) -> Result<(), LibraryError> {
+        check_password(new)?;
+        self.check_credentials(account, old)?;
+        let phc = self.hash_password(new)?;
+        self.db().execute(
+            "UPDATE accounts SET password = ?2 WHERE account = ?1",
+            params![account, phc],
+        )?;
+        Ok(())
+    }
+
+    /// Moves an account to another plan.
+    pub fn set_plan(&self, account: &str, plan: &str) -> Result<(), LibraryError> {
+        self.plan(plan)?;
+        let changed = self.db().execute(
+            "UPDATE accounts SET plan = ?2 WHERE account = ?1",
+            params![account, plan],
+        )?;
+        if changed == 0 {
+            return Err(LibraryError::NotFound {
+                kind: "account",
+                id: account.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The account's plan and whether it is an administrator.
+    pub(crate) fn account_plan(&self, account: &str) -> Result<(Plan, bool), LibraryError> {
+        let (plan, admin): (String, bool) = self
+            .db()
+            .query_row(
+                "SELECT plan, admin FROM accounts WHERE account = ?1",
+                [account],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?
+            .ok_or_else(|| LibraryError::NotFound {
+                kind: "account",
+                id: account.to_string(),
+            })?;
+        // A plan removed from the configuration leaves its accounts on the smallest one.
+        let plan = self
+            .plan(&plan)
+            .or_else(|_| self.config.plans.first().cloned().ok_or(()))
+            .map_err(|_| LibraryError::InvalidArgument("no plans are configured".into()))?;
+        Ok((plan, admin))
+    }
+
+    /// Enrols a device: returns its id and the secret token it must keep (stored here hashed).
+    pub(crate) fn add_device(
+        &self,
+        account: &str,
+        name: &str,
+        platform: &str,
+        client_version: &str,
+    ) -> Result<(String, String), LibraryError> {
+        self.check_text("device name", name)?;
+        self.check_text("platform", platform)?;
+        self.check_text("client version", client_version)?;
+        let device_id = random_hex(self.entropy.as_ref(), 16);
+        let token = random_hex(self.entropy.as_ref(), 32);
+        let now = self.clock.now_ms();
+        self.db().execute(
+            "INSERT INTO devices (device_id, account, name, platform, client_version, token_hash, enrolled_at, last_seen)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
+            params![
+                device_id,
+                account,
+                name,
+                platform,
+                client_version,
+                &blake3::hash(token.as_bytes()).as_bytes()[..],
+                now
+            ],
+        )?;
+        tracing::info!(account, device = %device_id, name, platform, client_version, "device enrolled");
+        Ok((device_id, token))
+    }
+
+    /// The account of a live device whose token matches; records the contact.
+    pub(crate) fn device_by_token(
+        &self,
+        device_id: &str,
+        token: &str,
+        client_version: &str,
+    ) -> Result<String, LibraryError> {
+        let now = self.clock.now_ms();
+        let db = self.db();
+        let found: Option<(String, Vec<u8>)> = db
+            .query_row(
+                "SELECT account, token_hash FROM devices WHERE device_id = ?1 AND revoked_at IS NULL",
+                [device_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let unknown = || {
+            LibraryError::Unauthenticated(
+                "this device is not enrolled (or was removed from the account); sign in again"
+                    .into(),
+            )
+        };
+        let (account, hash) = found.ok_or_else(unknown)?;
+        // Compare digests, never the secrets themselves.
+        if hash != blake3::hash(token.as_bytes()).as_bytes() {
+            return Err(unknown());
+        }
+        db.execute(
+            "UPDATE devices SET last_seen = ?2, client_version = ?3 WHERE device_id = ?1",
+            params![device_id, now, client_version],
+        )?;
+        Ok(account)
+    }
+
+    /// Whether a device is enrolled in `account` and not revoked.
+    pub fn device_is_active(&self, account: &str, device_id: &str) -> Result<bool, LibraryError> {
+        Ok(self
+            .db()
+            .query_row(
+                "SELECT 1 FROM devices WHERE device_id = ?1 AND account = ?2 AND revoked_at IS NULL",
+                params![device_id, account],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
+    /// Revokes a device: its token stops working at once, its access tokens within their lifetime.
+    pub fn revoke_device(&self, account: &str, device_id: &str) -> Result<(), LibraryError> {
+        let now = self.clock.now_ms();
+        let changed = self.db().execute(
+            "UPDATE devices SET revoked_at = COALESCE(revoked_at, ?3) WHERE device_id = ?1 AND account = ?2",
+            params![device_id, account, now],
+        )?;
+        if changed == 0 {
+            return Err(LibraryError::NotFound {
+                kind: "device",
+                id: device_id.to_string(),
+            });
+        }
+        tracing::info!(account, device = %device_id, "device revoked");
+        Ok(())
+    }
+
+    /// Records a device's report; the reason's "since" moves only when the reason changes.
+    pub fn report_device(
+        &self,
+        account: &str,
+        device_id: &str,
+        report: &DeviceReport,
+    ) -> Result<(), LibraryError> {
+        self.check_text("state", &report.state)?;
+        self.check_text("network", &report.network)?;
+        if let Some(reason) = &report.reason {
+            self.check_text("reason", reason)?;
+        }
+        let now = self.clock.now_ms();
+        let json = serde_json::to_string(report)
+            .map_err(|e| LibraryError::InvalidArgument(format!("report: {e}")))?;
+        let reason = report.reason.clone().unwrap_or_default();
+        let changed = self.db().execute(
+            "UPDATE devices SET report = ?3, last_seen = ?4,
+                 reason_since = CASE WHEN reason IS ?5 THEN COALESCE(reason_since, ?4) ELSE ?4 END,
+                 reason = ?5
+             WHERE device_id = ?1 AND account = ?2 AND revoked_at IS NULL",
+            params![device_id, account, json, now, reason],
+        )?;
+        if changed == 0 {
+            return Err(LibraryError::NotFound {
+                kind: "device",
+                id: device_id.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Every device of the account, revoked ones included, by enrolment.
+    pub fn list_devices(&self, account: &str) -> Result<Vec<Device>, LibraryError> {
+        let db = self.db();
+        let mut stmt = db.prepare_cached(
+            "SELECT device_id, name, platform, client_version, enrolled_at, revoked_at, last_seen,
+                    report, reason_since
+             FROM devices WHERE account = ?1 ORDER BY enrolled_at, device_id",
+        )?;
+        let rows = stmt.query_map([account], |r| {
+            let report: Option<String> = r.get(7)?;
+            Ok(Device {
+                device_id: r.get(0)?,
+                name: r.get(1)?,
+                platform: r.get(2)?,
+                client_version: r.get(3)?,
+                enrolled_at: r.get(4)?,
+                revoked_at: r.get(5)?,
+                last_seen: r.get(6)?,
+                report: report.and_then(|j| serde_json::from_str(&j).ok()),
+                reason_since: r.get(8)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_versions_compare_numerically_and_missing_means_oldest() {
+        let min = ClientVersion::parse("1.10.0").unwrap();
+        assert!(min.admit(Some("1.10.0")).is_ok());
+        assert!(min.admit(Some("2.0")).is_ok());
+        assert!(min.admit(Some("1.10.1-beta")).is_ok());
+        for old in [
+            Some("1.9.9"),
+            Some("1.2.10"),
+            None,
+            Some("banana"),
+            Some("1.x"),
+        ] {
+            let err = min.admit(old).unwrap_err();
+            assert_eq!(err.reason(), "CLIENT_TOO_OLD", "{old:?}");
+            assert!(err.to_string().contains("1.10.0"));
+        }
+        assert!(ClientVersion::default().admit(None).is_ok());
+    }
+
+    #[test]
+    fn account_names_are_plain() {
+        assert!(check_account_name("alice@example.org").is_ok());
+        for bad in ["", "Alice", "a/b", "../x", "a b", &"a".repeat(65)] {
+            assert!(check_account_name(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,578 @@
+//! The cloud end to end in one process: accounts, tokens, devices, reservations, quota
+//! edges, commits rooted in the store, purges and account deletion released to its GC.
+
+use bytes::Bytes;
+use keepsake_library::tokens::TokenError;
+use keepsake_library::*;
+use keepsake_store::*;
+use std::sync::Arc;
+
+const T0: i64 = 1_700_000_000_000;
+const HOUR: i64 = 3600 * 1000;
+
+struct Fixture {
+    cloud: Cloud,
+    store: Arc<Store>,
+    clock: Arc<ManualClock>,
+}
+
+fn config() -> LibraryConfig {
+    LibraryConfig {
+        // The cheapest Argon2id cost: these tests are about flows, not hashing strength.
+        kdf: KdfCost {
+            memory_kib: 64,
+            iterations: 1,
+        },
+        plans: vec![
+            Plan {
+                name: "tiny".into(),
+                limit_bytes: 100_000,
+            },
+            Plan {
+                name: "big".into(),
+                limit_bytes: 10_000_000,
+            },
+        ],
+        min_client_version: ClientVersion(1, 2, 0),
+        ..LibraryConfig::default()
+    }
+}
+
+fn fixture() -> Fixture {
+    let clock = Arc::new(ManualClock::new(T0));
+    let store = Arc::new(
+        Store::open(StoreParts {
+            backend: Arc::new(MemoryBackend::new()),
+            index_path: None,
+            clock: clock.clone(),
+            entropy: Arc::new(SeededEntropy::new(7)),
+            config: StoreConfig::default(),
+        })
+        .unwrap(),
+    );
+    let library = Library::open(
+        None,
+        clock.clone(),
+        Arc::new(SeededEntropy::new(8)),
+        config(),
+    )
+    .unwrap();
+    let cloud = Cloud::new(library, store.clone()).unwrap();
+    Fixture {
+        cloud,
+        store,
+        clock,
+    }
+}
+
+/// A file of `len` bytes seeded by `seed`, cut into 4 KiB chunks.
+fn file(seed: u8, len: usize) -> (Vec<(ChunkId, Bytes)>, Manifest) {
+    let data: Vec<u8> = (0..len)
+        .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+        .collect();
+    let chunks: Vec<(ChunkId, Bytes)> = data
+        .chunks(4096)
+        .map(|c| (ChunkId::of(c), Bytes::copy_from_slice(c)))
+        .collect();
+    let entries = chunks
+        .iter()
+        .map(|(id, b)| ManifestEntry {
+            chunk: *id,
+            len: b.len() as u32,
+        })
+        .collect();
+    (chunks, Manifest::new(entries, ChunkId::of(&data)))
+}
+
+impl Fixture {
+    /// Uploads a file under a fresh reservation; returns the manifest id and the reservation.
+    fn upload(
+        &self,
+        account: &str,
+        seed: u8,
+        len: usize,
+    ) -> Result<(ManifestId, Reservation), LibraryError> {
+        let reservation = self.cloud.begin_upload(account, len as u64 + 1024, None)?;
+        let (chunks, manifest) = file(seed, len);
+        self.store
+            .put_chunks(account, &reservation.reservation_id, &chunks)?;
+        let id = self
+            .store
+            .put_manifest(account, &reservation.reservation_id, &manifest)?;
+        Ok((id, reservation))
+    }
+
+    fn commit(
+        &self,
+        account: &str,
+        request_id: &str,
+        manifest: ManifestId,
+        reservation: Option<&Reservation>,
+    ) -> Result<Committed, LibraryError> {
+        self.cloud.commit_asset(
+            account,
+            &CommitAsset {
+                request_id: request_id.into(),
+                asset_id: None,
+                base_version: None,
+                manifest,
+                kind: AssetKind::Photo,
+                capture_time: Some(T0),
+                width: Some(4032),
+                height: Some(3024),
+                original_name: "IMG_0001.HEIC".into(),
+                device: "phone".into(),
+                reservation_id: reservation.map(|r| r.reservation_id.clone()),
+            },
+        )
+    }
+
+    /// Ends every lease and lets the store's GC take whatever nothing holds.
+    fn settle(&self) {
+        self.clock.advance(2 * 24 * HOUR);
+        self.cloud.maintain().unwrap();
+        self.store.collect_garbage().unwrap();
+        self.clock.advance(2 * 24 * HOUR);
+        self.store.collect_garbage().unwrap();
+    }
+
+    fn used(&self, account: &str) -> u64 {
+        self.store.usage(account).unwrap().bytes
+    }
+}
+
+#[test]
+fn sign_in_checks_the_password_and_the_token_verifies_everywhere() {
+    let f = fixture();
+    let info = f
+        .cloud
+        .create_account("alice", "correct horse", None, false)
+        .unwrap();
+    assert_eq!(info.plan.name, "tiny");
+    assert_eq!(info.used_bytes, 0);
+    assert_eq!(
+        f.cloud
+            .create_account("alice", "another one", None, false)
+            .unwrap_err()
+            .reason(),
+        "ACCOUNT_EXISTS"
+    );
+    for (name, password) in [("alice", "wrong horse"), ("nobody", "correct horse")] {
+        let err = f.cloud.sign_in(name, password).unwrap_err();
+        assert_eq!(err.reason(), "UNAUTHENTICATED");
+        // Unknown name and wrong password say the same thing.
+        assert_eq!(err.to_string(), "the account name or password is wrong");
+    }
+    let issued = f.cloud.sign_in("alice", "correct horse").unwrap();
+    let claims = f.cloud.verifier().verify(&issued.token, T0).unwrap();
+    assert_eq!(claims.account, "alice");
+    assert_eq!(claims.device, None);
+    assert!(!claims.admin);
+    f.cloud
+        .library()
+        .change_password("alice", "correct horse", "battery staple")
+        .unwrap();
+    assert!(f.cloud.sign_in("alice", "correct horse").is_err());
+    f.cloud.sign_in("alice", "battery staple").unwrap();
+}
+
+#[test]
+fn rotating_the_signing_key_logs_nobody_out_until_their_token_expires() {
+    let f = fixture();
+    f.cloud
+        .create_account("alice", "correct horse", None, false)
+        .unwrap();
+    let verifier = f.cloud.verifier();
+    let old = f.cloud.sign_in("alice", "correct horse").unwrap();
+    let new_kid = f.cloud.rotate_signing_key().unwrap();
+    let new = f.cloud.sign_in("alice", "correct horse").unwrap();
+    assert!(new.token.starts_with(&format!("ks1.{new_kid}.")));
+    assert!(!old.token.contains(&new_kid));
+    verifier.verify(&old.token, T0 + 1).unwrap();
+    verifier.verify(&new.token, T0 + 1).unwrap();
+    // Once every token the old key signed has expired, the key itself is dropped.
+    f.clock.advance(16 * 60 * 1000);
+    f.cloud.maintain().unwrap();
+    assert_eq!(f.cloud.public_keys().unwrap().keys.len(), 1);
+    assert!(matches!(
+        verifier.verify(&old.token, f.clock.now_ms()),
+        Err(TokenError::UnknownKey(_))
+    ));
+    assert!(matches!(
+        verifier.verify(&new.token, f.clock.now_ms()),
+        Err(TokenError::Expired { .. })
+    ));
+}
+
+#[test]
+fn devices_enrol_refresh_and_revocation_stops_them() {
+    let f = fixture();
+    f.cloud
+        .create_account("alice", "correct horse", None, false)
+        .unwrap();
+    let too_old = f
+        .cloud
+        .enroll_device("alice", "correct horse", "Old phone", "ios", "1.1.9")
+        .unwrap_err();
+    assert_eq!(too_old.reason(), "CLIENT_TOO_OLD");
+    assert!(too_old.to_string().contains("1.2.0"), "{too_old}");
+    let enrolled = f
+        .cloud
+        .enroll_device("alice", "correct horse", "Alice's phone", "ios", "1.2.0")
+        .unwrap();
+    let claims = f
+        .cloud
+        .verifier()
+        .verify(&enrolled.access.token, T0)
+        .unwrap();
+    assert_eq!(claims.device.as_deref(), Some(enrolled.device_id.as_str()));
+    let refreshed = f
+        .cloud
+        .refresh_token(&enrolled.device_id, &enrolled.device_token, "1.3.0")
+        .unwrap();
+    f.cloud.verifier().verify(&refreshed.token, T0).unwrap();
+    assert_eq!(
+        f.cloud
+            .refresh_token(&enrolled.device_id, "not the token", "1.3.0")
+            .unwrap_err()
+            .reason(),
+        "UNAUTHENTICATED"
+    );
+    assert_eq!(
+        f.cloud
+            .refresh_token(&enrolled.device_id, &enrolled.device_token, "0.9")
+            .unwrap_err()
+            .reason(),
+        "CLIENT_TOO_OLD"
+    );
+    let report = DeviceReport {
+        state: "blocked".into(),
+        reason: Some("WAITING_FOR_WIFI".into()),
+        pending_items: 12,
+        network: "cellular".into(),
+        ..DeviceReport::default()
+    };
+    f.cloud
+        .library()
+        .report_device("alice", &enrolled.device_id, &report)
+        .unwrap();
+    f.clock.advance(60_000);
+    f.cloud
+        .library()
+        .report_device("alice", &enrolled.device_id, &report)
+        .unwrap();
+    let devices = f.cloud.library().list_devices("alice").unwrap();
+    assert_eq!(devices.len(), 1);
+    assert_eq!(devices[0].client_version, "1.3.0");
+    assert_eq!(devices[0].report.as_ref(), Some(&report));
+    // Same reason twice: "since" is the first report, contact is the latest.
+    assert_eq!(devices[0].reason_since, Some(T0));
+    assert_eq!(devices[0].last_seen, Some(T0 + 60_000));
+    f.cloud
+        .library()
+        .revoke_device("alice", &enrolled.device_id)
+        .unwrap();
+    assert!(
+        !f.cloud
+            .library()
+            .device_is_active("alice", &enrolled.device_id)
+            .unwrap()
+    );
+    assert_eq!(
+        f.cloud
+            .refresh_token(&enrolled.device_id, &enrolled.device_token, "1.3.0")
+            .unwrap_err()
+            .reason(),
+        "UNAUTHENTICATED"
+    );
+    // Another account cannot see or revoke the device.
+    f.cloud
+        .create_account("bob", "correct horse", None, false)
+        .unwrap();
+    assert!(f.cloud.library().list_devices("bob").unwrap().is_empty());
+    assert_eq!(
+        f.cloud
+            .library()
+            .revoke_device("bob", &enrolled.device_id)
+            .unwrap_err()
+            .reason(),
+        "NOT_FOUND"
+    );
+}
+
+#[test]
+fn begin_upload_refuses_over_quota_before_a_byte_is_sent() {
+    let f = fixture();
+    f.cloud
+        .create_account("alice", "correct horse", None, false)
+        .unwrap();
+    let whole = f.cloud.begin_upload("alice", 100_000, Some("r1")).unwrap();
+    // A retry is the same reservation.
+    assert_eq!(
+        f.cloud.begin_upload("alice", 100_000, Some("r1")).unwrap(),
+        whole
+    );
+    match f.cloud.begin_upload("alice", 1, None).unwrap_err() {
+        LibraryError::QuotaExceeded {
+            used_bytes,
+            reserved_bytes,
+            needed_bytes,
+            limit_bytes,
+        } => {
+            assert_eq!(
+                (used_bytes, reserved_bytes, needed_bytes, limit_bytes),
+                (0, 100_000, 1, 100_000)
+            );
+        }
+        other => panic!("expected QUOTA_EXCEEDED, got {other}"),
+    }
+    assert_eq!(
+        f.cloud.account_info("alice").unwrap().reserved_bytes,
+        100_000
+    );
+    // A reservation that is not renewed lapses and frees its quota.
+    f.clock.advance(HOUR);
+    f.cloud.maintain().unwrap();
+    assert_eq!(f.cloud.account_info("alice").unwrap().reserved_bytes, 0);
+    f.cloud.begin_upload("alice", 100_000, None).unwrap();
+}
+
+#[test]
+fn quota_edges_exactly_at_the_limit_one_byte_over_and_dedup_counted_once() {
+    // Exactly at the limit: the commit that brings usage to the limit goes through.
+    let f = fixture();
+    f.cloud
+        .create_account("alice", "correct horse", Some("big"), false)
+        .unwrap();
+    let (manifest, reservation) = f.upload("alice", 1, 50_000).unwrap();
+    let used = f.used("alice");
+    let mut plans = config().plans;
+    plans[0].limit_bytes = used;
+    let at_limit = Fixture {
+        cloud: Cloud::new(
+            Library::open(
+                None,
+                f.clock.clone(),
+                Arc::new(SeededEntropy::new(9)),
+                LibraryConfig {
+                    plans: plans.clone(),
+                    ..config()
+                },
+            )
+            .unwrap(),
+            f.store.clone(),
+        )
+        .unwrap(),
+        store: f.store.clone(),
+        clock: f.clock.clone(),
+    };
+    at_limit
+        .cloud
+        .create_account("alice", "correct horse", Some("tiny"), false)
+        .unwrap();
+    at_limit
+        .commit("alice", "c1", manifest, Some(&reservation))
+        .unwrap();
+    // Dedup within the account: the same content again is no new asset and no new bytes.
+    let (again, _) = f.upload("alice", 1, 50_000).unwrap_or_else(|_| {
+        // At the limit BeginUpload refuses, so send under the old reservation instead.
+        let (chunks, m) = file(1, 50_000);
+        f.store
+            .put_chunks("alice", &reservation.reservation_id, &chunks)
+            .unwrap();
+        (
+            f.store
+                .put_manifest("alice", &reservation.reservation_id, &m)
+                .unwrap(),
+            reservation.clone(),
+        )
+    });
+    assert_eq!(f.used("alice"), used);
+    let second = at_limit.commit("alice", "c2", again, None).unwrap();
+    assert!(second.deduplicated);
+    assert_eq!(f.used("alice"), used);
+
+    // One byte over: the same upload against a limit one byte smaller is refused, and
+    // the reference taken for it is released.
+    plans[0].limit_bytes = used - 1;
+    let over = Cloud::new(
+        Library::open(
+            None,
+            f.clock.clone(),
+            Arc::new(SeededEntropy::new(10)),
+            LibraryConfig { plans, ..config() },
+        )
+        .unwrap(),
+        f.store.clone(),
+    )
+    .unwrap();
+    over.create_account("alice", "correct horse", Some("tiny"), false)
+        .unwrap();
+    let err = over
+        .commit_asset(
+            "alice",
+            &CommitAsset {
+                request_id: "c1".into(),
+                asset_id: None,
+                base_version: None,
+                manifest,
+                kind: AssetKind::Photo,
+                capture_time: None,
+                width: None,
+                height: None,
+                original_name: "IMG_0001.HEIC".into(),
+                device: "phone".into(),
+                reservation_id: None,
+            },
+        )
+        .unwrap_err();
+    match err {
+        LibraryError::QuotaExceeded {
+            used_bytes,
+            limit_bytes,
+            ..
+        } => assert_eq!((used_bytes, limit_bytes), (used, used - 1)),
+        other => panic!("expected QUOTA_EXCEEDED, got {other}"),
+    }
+    assert!(
+        over.library()
+            .list_changes("alice", 0, 10)
+            .unwrap()
+            .changes
+            .is_empty()
+    );
+    assert_eq!(
+        over.begin_upload("alice", 1, None).unwrap_err().reason(),
+        "QUOTA_EXCEEDED"
+    );
+}
+
+#[test]
+fn a_retried_commit_returns_the_first_answer_and_a_reused_id_is_refused() {
+    let f = fixture();
+    f.cloud
+        .create_account("alice", "correct horse", None, false)
+        .unwrap();
+    let (m1, r) = f.upload("alice", 1, 10_000).unwrap();
+    let (m2, _) = f.upload("alice", 2, 10_000).unwrap();
+    let first = f.commit("alice", "c1", m1, Some(&r)).unwrap();
+    assert_eq!(f.commit("alice", "c1", m1, Some(&r)).unwrap(), first);
+    assert_eq!(
+        f.commit("alice", "c1", m2, None).unwrap_err().reason(),
+        "REQUEST_ID_REUSED"
+    );
+    let page = f.cloud.library().list_changes("alice", 0, 10).unwrap();
+    assert_eq!(page.changes.len(), 1);
+    // The reservation paid for the commit.
+    let left = f.cloud.account_info("alice").unwrap().reserved_bytes;
+    assert_eq!(left, 2 * (10_000 + 1024) - 10_000);
+}
+
+#[test]
+fn committed_content_survives_gc_and_purged_content_is_collected() {
+    let f = fixture();
+    f.cloud
+        .create_account("alice", "correct horse", None, false)
+        .unwrap();
+    let (m, r) = f.upload("alice", 3, 20_000).unwrap();
+    let c = f.commit("alice", "c1", m, Some(&r)).unwrap();
+    let used = f.used("alice");
+    f.settle();
+    assert_eq!(
+        f.used("alice"),
+        used,
+        "a live version's content is a GC root"
+    );
+    f.cloud.library().trash("alice", &c.asset_id).unwrap();
+    f.settle();
+    assert_eq!(
+        f.used("alice"),
+        used,
+        "Recently Deleted keeps its content for 30 days"
+    );
+    f.clock.advance(30 * 24 * HOUR);
+    f.settle();
+    assert_eq!(f.used("alice"), 0, "expired trash is purged and released");
+    let found = f
+        .cloud
+        .library()
+        .find_by_content("alice", &[file(3, 20_000).1.file_hash])
+        .unwrap();
+    assert!(found[0].purged_at.is_some(), "the purge leaves a tombstone");
+}
+
+#[test]
+fn a_failed_commit_leaves_nothing_rooted() {
+    let f = fixture();
+    f.cloud
+        .create_account("alice", "correct horse", None, false)
+        .unwrap();
+    let (m, _) = f.upload("alice", 4, 20_000).unwrap();
+    let err = f
+        .cloud
+        .commit_asset(
+            "alice",
+            &CommitAsset {
+                request_id: "c1".into(),
+                asset_id: Some("no-such-asset".into()),
+                base_version: Some(1),
+                manifest: m,
+                kind: AssetKind::Photo,
+                capture_time: None,
+                width: None,
+                height: None,
+                original_name: "x.jpg".into(),
+                device: "phone".into(),
+                reservation_id: None,
+            },
+        )
+        .unwrap_err();
+    assert_eq!(err.reason(), "NOT_FOUND");
+    f.settle();
+    assert_eq!(f.used("alice"), 0);
+    // Another account's manifest is as absent as a made-up one.
+    let (m, _) = f.upload("alice", 5, 1_000).unwrap();
+    f.cloud
+        .create_account("bob", "correct horse", None, false)
+        .unwrap();
+    assert_eq!(
+        f.commit("bob", "c1", m, None).unwrap_err().reason(),
+        "NOT_FOUND"
+    );
+}
+
+#[test]
+fn deleting_an_account_releases_everything_it_owned() {
+    let f = fixture();
+    f.cloud
+        .create_account("alice", "correct horse", None, false)
+        .unwrap();
+    f.cloud
+        .create_account("bob", "correct horse", None, false)
+        .unwrap();
+    for (i, account) in ["alice", "alice", "bob"].iter().enumerate() {
+        let (m, r) = f.upload(account, 10 + i as u8, 30_000).unwrap();
+        f.commit(account, &format!("c{i}"), m, Some(&r)).unwrap();
+    }
+    let bob = f.used("bob");
+    assert_eq!(
+        f.cloud
+            .delete_account("alice", "wrong horse")
+            .unwrap_err()
+            .reason(),
+        "UNAUTHENTICATED"
+    );
+    f.cloud.delete_account("alice", "correct horse").unwrap();
+    assert!(f.cloud.sign_in("alice", "correct horse").is_err());
+    f.settle();
+    assert_eq!(f.used("alice"), 0);
+    assert_eq!(f.used("bob"), bob, "other accounts keep everything");
+    assert!(
+        f.cloud
+            .library()
+            .list_changes("alice", 0, 10)
+            .unwrap()
+            .changes
+            .is_empty()
+    );
+}
