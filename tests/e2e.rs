@@ -46,7 +46,7 @@ impl Drop for Server {
     }
 }
 
-fn start(data: &Path, listen: &str) -> Server {
+async fn start(data: &Path, listen: &str) -> Server {
     let mut child = Command::new(keepsake_binary())
         .args(["serve", "--listen", listen, "--data"])
         .arg(data)
@@ -67,13 +67,30 @@ fn start(data: &Path, listen: &str) -> Server {
     };
     // Keep draining stdout so the server never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    let tokens: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(data.join("tokens.json")).unwrap()).unwrap();
-    Server {
-        child,
-        url,
-        token: tokens["tokens"][0]["token"].as_str().unwrap().to_string(),
-    }
+    let token = sign_in(&url, data).await;
+    Server { child, url, token }
+}
+
+/// Signs in as the administrator the server created on its first start.
+async fn sign_in(url: &str, data: &Path) -> String {
+    let credentials: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(data.join("initial-credentials.json")).unwrap())
+            .unwrap();
+    let mut accounts = client::accounts_client(
+        client::connect(url).await.unwrap(),
+        client::BearerAuth::anonymous(),
+    );
+    accounts
+        .sign_in(keepsake_transport_pb::SignInRequest {
+            account: credentials["account"].as_str().unwrap().into(),
+            password: credentials["password"].as_str().unwrap().into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .access
+        .unwrap()
+        .token
 }
 
 async fn connect(server: &Server) -> StoreClient {
@@ -109,7 +126,7 @@ async fn acknowledged_chunks_survive_kill_9_mid_upload() {
     let second = chunks(2, 2048, 64 << 10);
     let mut acknowledged: Vec<ChunkId> = Vec::new();
     {
-        let mut server = start(data.path(), "127.0.0.1:0");
+        let mut server = start(data.path(), "127.0.0.1:0").await;
         let mut c = connect(&server).await;
         let sid = begin(&mut c).await;
         acknowledged.extend(put_all(&mut c, &sid, first.clone(), 1 << 20).await.unwrap());
@@ -151,7 +168,7 @@ async fn acknowledged_chunks_survive_kill_9_mid_upload() {
         acknowledged.len() > first.len(),
         "the kill came after at least one more batch"
     );
-    let server = start(data.path(), "127.0.0.1:0");
+    let server = start(data.path(), "127.0.0.1:0").await;
     let mut c = connect(&server).await;
     let got = get_all(&mut c, &acknowledged).await.unwrap();
     assert_eq!(
@@ -202,9 +219,9 @@ async fn acknowledged_chunks_survive_kill_9_mid_upload() {
 }
 
 #[tokio::test]
-async fn the_binary_refuses_calls_without_a_token() {
+async fn the_binary_refuses_calls_without_a_valid_token() {
     let data = tempfile::tempdir().unwrap();
-    let server = start(data.path(), "127.0.0.1:0");
+    let server = start(data.path(), "127.0.0.1:0").await;
     let mut anonymous = client::store_client(client::connect(&server.url).await.unwrap(), "wrong");
     let err = anonymous
         .get_usage(keepsake_transport_pb::GetUsageRequest {})
@@ -220,12 +237,6 @@ async fn the_binary_refuses_calls_without_a_token() {
 #[tokio::test]
 async fn a_server_whose_stdout_was_closed_keeps_serving() {
     let data = tempfile::tempdir().unwrap();
-    let tokens = data.path().join("tokens.json");
-    std::fs::write(
-        &tokens,
-        r#"{"tokens":[{"token":"closed-stdout","account":"me","admin":true}]}"#,
-    )
-    .unwrap();
     // With stdout closed the server cannot tell us its port, so we choose a free one.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -233,13 +244,7 @@ async fn a_server_whose_stdout_was_closed_keeps_serving() {
         .unwrap()
         .port();
     let mut child = Command::new(keepsake_binary())
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--tokens",
-        ])
-        .arg(&tokens)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .arg("--data")
         .arg(data.path())
         .stdout(Stdio::piped())
@@ -247,15 +252,16 @@ async fn a_server_whose_stdout_was_closed_keeps_serving() {
         .spawn()
         .unwrap();
     drop(child.stdout.take());
-    let server = Server {
+    let mut server = Server {
         child,
         url: format!("http://127.0.0.1:{port}"),
-        token: "closed-stdout".into(),
+        token: String::new(),
     };
     // A real process needs a moment to start; bounded, and it fails if the server died.
     let mut answered = false;
     for _ in 0..100 {
         if let Ok(channel) = client::connect(&server.url).await {
+            server.token = sign_in(&server.url, data.path()).await;
             let mut c = client::store_client(channel, &server.token);
             answered = c
                 .get_usage(keepsake_transport_pb::GetUsageRequest {})
@@ -285,4 +291,94 @@ fn an_unknown_service_is_a_clear_error() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("unknown service \"photos\""), "{stderr}");
+}
+
+/// A commit the server acknowledged is in the library after `kill -9`, and the same
+/// commit retried after the restart returns the first answer instead of a duplicate.
+#[tokio::test]
+async fn an_acknowledged_commit_survives_kill_9_and_its_retry_is_no_duplicate() {
+    let data = tempfile::tempdir().unwrap();
+    let content: Vec<u8> = (0..500_000u32).map(|i| (i * 7 % 253) as u8).collect();
+    let file_chunks: Vec<(ChunkId, Bytes)> = content
+        .chunks(64 << 10)
+        .map(|c| (ChunkId::of(c), Bytes::copy_from_slice(c)))
+        .collect();
+    let manifest = keepsake_store::Manifest::from_chunks(&file_chunks, ChunkId::of(&content));
+    let commit =
+        |manifest_id: Bytes, reservation: String| keepsake_transport_pb::CommitAssetRequest {
+            request_id: "photo-1".into(),
+            manifest_id,
+            kind: keepsake_transport_pb::AssetKind::Photo.into(),
+            original_name: "IMG_0001.JPG".into(),
+            reservation_id: reservation,
+            ..Default::default()
+        };
+    let (first, request) = {
+        let mut server = start(data.path(), "127.0.0.1:0").await;
+        let channel = client::connect(&server.url).await.unwrap();
+        let mut library =
+            client::library_client(channel.clone(), client::BearerAuth::new(&server.token));
+        let mut store = client::store_client(channel, &server.token);
+        let reservation = library
+            .begin_upload(keepsake_transport_pb::BeginUploadRequest {
+                bytes: content.len() as u64 + 4096,
+                request_id: "upload-1".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .reservation_id;
+        put_all(&mut store, &reservation, file_chunks.clone(), 1 << 20)
+            .await
+            .unwrap();
+        let manifest_id = store
+            .put_manifest(keepsake_transport_pb::PutManifestRequest {
+                session_id: reservation.clone(),
+                manifest: Some(keepsake_transport::convert::manifest_to_wire(&manifest)),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .manifest_id;
+        let request = commit(manifest_id, reservation);
+        let first = library
+            .commit_asset(request.clone())
+            .await
+            .unwrap()
+            .into_inner();
+        server.child.kill().unwrap();
+        server.child.wait().unwrap();
+        (first, request)
+    };
+    let server = start(data.path(), "127.0.0.1:0").await;
+    let mut library = client::library_client(
+        client::connect(&server.url).await.unwrap(),
+        client::BearerAuth::new(&server.token),
+    );
+    let retried = library.commit_asset(request).await.unwrap().into_inner();
+    assert_eq!(retried, first);
+    let feed = library
+        .list_changes(keepsake_transport_pb::ListChangesRequest {
+            cursor: 0,
+            page_size: 100,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(feed.changes.len(), 1, "{feed:?}");
+    let Some(keepsake_transport_pb::change::Row::Asset(asset)) = &feed.changes[0].row else {
+        panic!("expected an asset: {feed:?}");
+    };
+    assert_eq!(asset.asset_id, first.asset_id);
+    assert_eq!(asset.size, content.len() as u64);
+    let mut store =
+        client::store_client(client::connect(&server.url).await.unwrap(), &server.token);
+    let back = get_all(
+        &mut store,
+        &manifest.entries.iter().map(|e| e.chunk).collect::<Vec<_>>(),
+    )
+    .await
+    .unwrap();
+    let joined: Vec<u8> = back.iter().flat_map(|(_, b)| b.iter().copied()).collect();
+    assert_eq!(joined, content);
 }

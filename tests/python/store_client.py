@@ -3,12 +3,13 @@ a running `keepsake serve`, puts and gets chunks, sees the typed errors, and run
 the README's reflection and Policy/Explain examples.
 
 Run by `cargo xtask python` (part of `cargo xtask ci`), which generates the
-stubs, starts the server and passes: URL TOKEN STUB_DIR.
+stubs, starts the server and passes: URL CREDENTIALS_JSON STUB_DIR.
 """
 
+import json
 import sys
 
-url, token, stub_dir = sys.argv[1], sys.argv[2], sys.argv[3]
+url, credentials_path, stub_dir = sys.argv[1], sys.argv[2], sys.argv[3]
 sys.path.insert(0, stub_dir)
 
 import blake3  # noqa: E402
@@ -18,6 +19,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 from google.protobuf import json_format  # noqa: E402
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc  # noqa: E402
 from grpc_status import rpc_status  # noqa: E402
+from keepsake.v1 import accounts_pb2, accounts_pb2_grpc  # noqa: E402
+from keepsake.v1 import library_pb2, library_pb2_grpc  # noqa: E402
 from keepsake.v1 import policy_pb2, policy_pb2_grpc, store_pb2, store_pb2_grpc  # noqa: E402
 
 checks = 0
@@ -47,7 +50,21 @@ def reason(err):
 
 
 channel = grpc.insecure_channel(url.removeprefix("http://"))
-auth = [("authorization", f"Bearer {token}")]
+version = [("x-keepsake-client-version", "0.1.0")]
+accounts = accounts_pb2_grpc.AccountsStub(channel)
+credentials = json.load(open(credentials_path))
+try:
+    accounts.SignIn(accounts_pb2.SignInRequest(account=credentials["account"], password="not it"), metadata=version)
+    check("a wrong password is UNAUTHENTICATED", False, "no error")
+except grpc.RpcError as err:
+    check("a wrong password is UNAUTHENTICATED", reason(err) == "UNAUTHENTICATED", str(err.code()))
+token = accounts.SignIn(
+    accounts_pb2.SignInRequest(account=credentials["account"], password=credentials["password"]),
+    metadata=version,
+).access.token
+auth = [("authorization", f"Bearer {token}")] + version
+me = accounts.GetAccount(accounts_pb2.GetAccountRequest(), metadata=auth).account
+check("the first account is an administrator on the free plan", me.admin and me.plan.name == "free", str(me))
 store = store_pb2_grpc.ChunkStoreStub(channel)
 
 health = health_pb2_grpc.HealthStub(channel)
@@ -113,13 +130,23 @@ except grpc.RpcError as err:
 usage = store.GetUsage(store_pb2.GetUsageRequest(), metadata=auth)
 check("usage counts the bytes once", usage.bytes_owned >= sum(len(d) for d in datas))
 
+library = library_pb2_grpc.LibraryStub(channel)
+feed = library.ListChanges(library_pb2.ListChangesRequest(cursor=0, page_size=100), metadata=auth)
+check("a new library's feed is empty", len(feed.changes) == 0 and not feed.more, str(feed))
+try:
+    library.GetAsset(library_pb2.GetAssetRequest(asset_id="nope"), metadata=auth)
+    check("an unknown asset is NOT_FOUND", False, "no error")
+except grpc.RpcError as err:
+    check("an unknown asset is NOT_FOUND", err.code() == grpc.StatusCode.NOT_FOUND, str(err.code()))
+
 # The README says grpcurl needs no .proto files: reflection must list the services, tokenless.
 reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
 listing = next(reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
 names = {s.name for s in listing.list_services_response.service}
 check(
     "reflection (v1alpha) lists every Keepsake service without a token",
-    {"keepsake.v1.ChunkStore", "keepsake.v1.Policy", "keepsake.v1.Delta"} <= names,
+    {"keepsake.v1.ChunkStore", "keepsake.v1.Policy", "keepsake.v1.Delta", "keepsake.v1.Library", "keepsake.v1.Accounts"}
+    <= names,
     str(sorted(names)),
 )
 

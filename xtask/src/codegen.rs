@@ -9,6 +9,8 @@ pub const PROTO_FILES: &[&str] = &[
     "keepsake/v1/store.proto",
     "keepsake/v1/policy.proto",
     "keepsake/v1/delta.proto",
+    "keepsake/v1/accounts.proto",
+    "keepsake/v1/library.proto",
 ];
 
 /// Where the generated code is committed, relative to the workspace root.

@@ -14,7 +14,7 @@ const USAGE: &str = "usage: cargo xtask <command>
   arch                  check the dependency rules of ARCHITECTURE.md
   python                the Python grpcio client against a real server
   media                 generate real media (ffmpeg, exiftool) and check delta sizes against rsync
-  bench <store|policy|delta> [--short]  measured against same-run baselines (release build)";
+  bench <store|policy|delta|library> [--short]  measured against same-run baselines (release build)";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -12,9 +12,8 @@ pub struct RunningServer {
     child: Child,
     /// Its base URL.
     pub url: String,
-    /// The admin token it created.
-    pub token: String,
-    _data: tempfile::TempDir,
+    /// Its data directory (holding `initial-credentials.json`).
+    pub data: tempfile::TempDir,
 }
 
 impl Drop for RunningServer {
@@ -54,18 +53,7 @@ pub fn start_server(root: &Path) -> Result<RunningServer> {
     // Keep reading so the server never writes into a closed pipe.
     std::thread::spawn(move || lines.for_each(drop));
     let url = url.context("keepsake serve exited before printing its address")?;
-    let tokens: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(data.path().join("tokens.json"))?)?;
-    let token = tokens["tokens"][0]["token"]
-        .as_str()
-        .context("token file has a token")?
-        .to_string();
-    Ok(RunningServer {
-        child,
-        url,
-        token,
-        _data: data,
-    })
+    Ok(RunningServer { child, url, data })
 }
 
 fn venv(root: &Path) -> Result<PathBuf> {
@@ -109,6 +97,8 @@ pub fn run(root: &Path) -> Result<()> {
         .args([
             "proto/keepsake/v1/store.proto",
             "proto/keepsake/v1/policy.proto",
+            "proto/keepsake/v1/accounts.proto",
+            "proto/keepsake/v1/library.proto",
         ])
         .status()?;
     if !generated.success() {
@@ -117,7 +107,8 @@ pub fn run(root: &Path) -> Result<()> {
     let server = start_server(root)?;
     let status = Command::new(&python)
         .arg(root.join("tests/python/store_client.py"))
-        .args([&server.url, &server.token])
+        .arg(&server.url)
+        .arg(server.data.path().join("initial-credentials.json"))
         .arg(&stubs)
         .status()?;
     if !status.success() {

@@ -230,6 +230,11 @@ impl Library {
         Ok(admin)
     }
 
+    /// Every plan on offer.
+    pub fn plans(&self) -> &[Plan] {
+        &self.config.plans
+    }
+
     pub(crate) fn plan(&self, name: &str) -> Result<Plan, LibraryError> {
         self.config
             .plans

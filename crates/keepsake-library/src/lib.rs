@@ -45,5 +45,5 @@ pub use error::LibraryError;
 pub use hlc::Hlc;
 pub use library::{
     Album, Asset, AssetKind, AssetState, Change, ChangePage, CommitRequest, Committed,
-    ContentMatch, Library, LibraryConfig, MetadataField,
+    ContentMatch, Library, LibraryConfig, MetadataField, VersionInfo,
 };

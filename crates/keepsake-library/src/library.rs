@@ -192,6 +192,27 @@ pub struct Asset {
     pub seq: u64,
 }
 
+/// One version of an asset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionInfo {
+    /// Its number (1 = the original).
+    pub version: u32,
+    /// Its manifest.
+    pub manifest: ManifestId,
+    /// Whole-file hash.
+    pub file_hash: ChunkId,
+    /// Size.
+    pub size: u64,
+    /// The version it was edited from.
+    pub base_version: Option<u32>,
+    /// The device that made it.
+    pub device: String,
+    /// When it was committed.
+    pub created_at: UnixMillis,
+    /// The version that was current when this one arrived from a stale base.
+    pub conflicts_with: Option<u32>,
+}
+
 /// An album as the feed shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Album {
@@ -307,6 +328,15 @@ fn asset_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Asset> {
         seq: r.get::<_, i64>(15)? as u64,
     })
 }
+
+/// The live or trashed asset whose current content has a hash. `+a.seq` keeps SQLite
+/// from walking the whole feed in seq order to satisfy ORDER BY … LIMIT 1 instead of
+/// looking the hash up: that plan made every commit O(library size).
+const SAME_CONTENT_SQL: &str =
+    "SELECT a.asset_id, a.current_version, a.seq FROM assets a JOIN versions v
+       ON v.account = a.account AND v.asset_id = a.asset_id AND v.version = a.current_version
+     WHERE a.account = ?1 AND v.file_hash = ?2 AND a.state != 'purged'
+     ORDER BY +a.seq LIMIT 1";
 
 /// Hands out the account's next sequence number; callers hold the one write lock,
 /// so numbers are assigned in commit order and a reader never skips one.
@@ -460,10 +490,7 @@ impl Library {
         // Identical content already in the library (live or in Recently Deleted) is no new asset.
         let existing: Option<(String, u32, i64)> = tx
             .query_row(
-                "SELECT a.asset_id, a.current_version, a.seq FROM assets a JOIN versions v
-                   ON v.account = a.account AND v.asset_id = a.asset_id AND v.version = a.current_version
-                 WHERE a.account = ?1 AND v.file_hash = ?2 AND a.state != 'purged'
-                 ORDER BY a.seq LIMIT 1",
+                SAME_CONTENT_SQL,
                 params![account, &req.file_hash.0[..]],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
@@ -574,7 +601,7 @@ impl Library {
         let mut assets = db.prepare_cached(&format!(
             "SELECT {ASSET_COLUMNS} FROM assets a JOIN versions v
                ON v.account = a.account AND v.asset_id = a.asset_id AND v.version = a.current_version
-             WHERE a.account = ?1 AND v.file_hash = ?2 AND a.state != 'purged' ORDER BY a.seq"
+             WHERE a.account = ?1 AND v.file_hash = ?2 AND a.state != 'purged' ORDER BY +a.seq"
         ))?;
         let mut purged = db.prepare_cached(
             "SELECT purged_at FROM purged_content WHERE account = ?1 AND file_hash = ?2",
@@ -596,6 +623,59 @@ impl Library {
                 })
             })
             .collect()
+    }
+
+    /// One asset's latest state (purged ones too, as tombstones, until compaction).
+    pub fn get_asset(&self, account: &str, asset_id: &str) -> Result<Asset, LibraryError> {
+        self.db()
+            .query_row(
+                &format!(
+                    "SELECT {ASSET_COLUMNS} FROM assets a JOIN versions v
+                       ON v.account = a.account AND v.asset_id = a.asset_id AND v.version = a.current_version
+                     WHERE a.account = ?1 AND a.asset_id = ?2"
+                ),
+                params![account, asset_id],
+                asset_from_row,
+            )
+            .optional()?
+            .ok_or_else(|| LibraryError::NotFound {
+                kind: "asset",
+                id: asset_id.to_string(),
+            })
+    }
+
+    /// Every version of an asset, the original first.
+    pub fn list_versions(
+        &self,
+        account: &str,
+        asset_id: &str,
+    ) -> Result<Vec<VersionInfo>, LibraryError> {
+        let db = self.db();
+        let mut stmt = db.prepare_cached(
+            "SELECT version, manifest, file_hash, size, base_version, device, created_at, conflicts_with
+             FROM versions WHERE account = ?1 AND asset_id = ?2 ORDER BY version",
+        )?;
+        let versions: Vec<VersionInfo> = stmt
+            .query_map(params![account, asset_id], |r| {
+                Ok(VersionInfo {
+                    version: r.get(0)?,
+                    manifest: read_id(r.get(1)?)?,
+                    file_hash: read_id(r.get(2)?)?,
+                    size: r.get::<_, i64>(3)? as u64,
+                    base_version: r.get(4)?,
+                    device: r.get(5)?,
+                    created_at: r.get(6)?,
+                    conflicts_with: r.get(7)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        if versions.is_empty() {
+            return Err(LibraryError::NotFound {
+                kind: "asset",
+                id: asset_id.to_string(),
+            });
+        }
+        Ok(versions)
     }
 
     /// Applies a metadata change if its clock is newer than the field's; returns whether it won.
@@ -1127,4 +1207,29 @@ fn purge_in(
     released.sort();
     released.dedup();
     Ok(released)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Broke once: the dedup lookup walked the feed index, so commits slowed as the
+    /// library grew (246 commits/s at 5,000 assets instead of 1,233).
+    #[test]
+    fn commit_dedup_lookup_uses_the_hash_index_not_a_walk_of_the_feed() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        schema::prepare(&mut conn).unwrap();
+        // Statistics that make the feed index look attractive, as a large library does.
+        conn.execute_batch("ANALYZE").unwrap();
+        let plan: Vec<String> = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {SAME_CONTENT_SQL}"))
+            .unwrap()
+            .query_map(params!["a", [0u8; 32]], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let plan = plan.join("\n");
+        assert!(plan.contains("versions_by_hash"), "{plan}");
+        assert!(!plan.contains("assets_by_seq"), "{plan}");
+    }
 }

@@ -74,14 +74,8 @@ fn file(seed: u8, len: usize) -> (Vec<(ChunkId, Bytes)>, Manifest) {
         .chunks(4096)
         .map(|c| (ChunkId::of(c), Bytes::copy_from_slice(c)))
         .collect();
-    let entries = chunks
-        .iter()
-        .map(|(id, b)| ManifestEntry {
-            chunk: *id,
-            len: b.len() as u32,
-        })
-        .collect();
-    (chunks, Manifest::new(entries, ChunkId::of(&data)))
+    let manifest = Manifest::from_chunks(&chunks, ChunkId::of(&data));
+    (chunks, manifest)
 }
 
 impl Fixture {

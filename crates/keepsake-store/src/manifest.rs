@@ -38,6 +38,20 @@ impl Manifest {
         }
     }
 
+    /// The manifest of a file cut into `chunks` (in file order), whose whole-file hash is `file_hash`.
+    pub fn from_chunks(chunks: &[(ChunkId, bytes::Bytes)], file_hash: ChunkId) -> Self {
+        Self::new(
+            chunks
+                .iter()
+                .map(|(chunk, data)| ManifestEntry {
+                    chunk: *chunk,
+                    len: data.len() as u32,
+                })
+                .collect(),
+            file_hash,
+        )
+    }
+
     /// Checks the manifest is self-consistent and within `max_entries` / `max_chunk_len`.
     pub fn validate(&self, max_entries: usize, max_chunk_len: u32) -> Result<(), StoreError> {
         if self.entries.len() > max_entries {

@@ -1,108 +1,120 @@
-//! Who is calling: bearer tokens mapped to an account.
+//! Who is calling, and whether their client is new enough.
 //!
-//! Until the library issues real accounts and signed tokens, tokens come from an
-//! explicit file of token -> account. No token, no access.
+//! Every Keepsake service checks the caller's signed access token itself (no round
+//! trip to the library) and the client version the caller sends in
+//! [`CLIENT_VERSION_HEADER`]. The version is checked first, so an outdated client
+//! hears "update" rather than a confusing later error.
 
 use crate::ApiError;
-use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
-use std::path::Path;
+use keepsake_library::ClientVersion;
+use keepsake_library::tokens::TokenVerifier;
+use keepsake_store::Clock;
 use std::sync::Arc;
 use tonic::{Request, Status};
+
+/// The metadata key every client sends its version in.
+pub const CLIENT_VERSION_HEADER: &str = "x-keepsake-client-version";
 
 /// The authenticated caller, placed in each request's extensions.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
     /// The account the caller acts for.
     pub account: String,
-    /// Whether the caller may run store-wide maintenance (scrub, GC).
+    /// The enrolled device, when the token was issued to one.
+    pub device: Option<String>,
+    /// May manage accounts and run server-wide maintenance.
     pub admin: bool,
 }
 
-/// One entry of the token file.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TokenEntry {
-    /// The secret the client sends as `authorization: Bearer <token>`.
-    pub token: String,
-    /// The account it acts for.
-    pub account: String,
-    /// Administrator rights.
-    #[serde(default)]
-    pub admin: bool,
+/// Checks client versions and access tokens for every service of one server.
+#[derive(Clone)]
+pub struct Authenticator {
+    verifier: TokenVerifier,
+    clock: Arc<dyn Clock>,
+    min_version: ClientVersion,
 }
 
-/// The token file's contents.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct TokenFile {
-    /// Every issued token.
-    pub tokens: Vec<TokenEntry>,
-}
-
-/// Tokens by their BLAKE3 hash, so lookups never compare secrets byte by byte.
-#[derive(Debug, Clone, Default)]
-pub struct TokenTable {
-    by_hash: Arc<HashMap<[u8; 32], Identity>>,
-}
-
-impl TokenTable {
-    /// Builds the table from a token file's entries.
-    pub fn new(file: &TokenFile) -> Self {
-        let by_hash = file
-            .tokens
-            .iter()
-            .map(|e| {
-                (
-                    *blake3::hash(e.token.as_bytes()).as_bytes(),
-                    Identity {
-                        account: e.account.clone(),
-                        admin: e.admin,
-                    },
-                )
-            })
-            .collect();
+impl Authenticator {
+    /// Trusts tokens `verifier` accepts at `clock`'s time; refuses clients below `min_version`.
+    pub fn new(verifier: TokenVerifier, clock: Arc<dyn Clock>, min_version: ClientVersion) -> Self {
         Self {
-            by_hash: Arc::new(by_hash),
+            verifier,
+            clock,
+            min_version,
         }
     }
 
-    /// Reads a JSON token file.
-    pub fn load(path: &Path) -> std::io::Result<Self> {
-        let text = std::fs::read_to_string(path)?;
-        let file: TokenFile = serde_json::from_str(&text)
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-        Ok(Self::new(&file))
+    fn check_version<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        let version = req
+            .metadata()
+            .get(CLIENT_VERSION_HEADER)
+            .and_then(|v| v.to_str().ok());
+        self.min_version
+            .admit(version)
+            .map_err(|e| ApiError::Library(e).into())
     }
 
-    /// The identity a bearer token stands for.
-    pub fn identify(&self, token: &str) -> Option<Identity> {
-        self.by_hash
-            .get(blake3::hash(token.as_bytes()).as_bytes())
-            .cloned()
+    fn identify<T>(&self, req: &Request<T>) -> Result<Option<Identity>, Status> {
+        let Some(value) = req.metadata().get("authorization") else {
+            return Ok(None);
+        };
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                Status::from(ApiError::Unauthenticated(
+                    "send the access token as `authorization: Bearer <token>`".into(),
+                ))
+            })?;
+        let claims = self
+            .verifier
+            .verify(token.trim(), self.clock.now_ms())
+            .map_err(|e| {
+                Status::from(ApiError::Unauthenticated(format!(
+                    "{e}; sign in again or refresh the device's token"
+                )))
+            })?;
+        let span = tracing::Span::current();
+        span.record("account", claims.account.as_str());
+        if let Some(device) = &claims.device {
+            span.record("device", device.as_str());
+        }
+        Ok(Some(Identity {
+            account: claims.account,
+            device: claims.device,
+            admin: claims.admin,
+        }))
     }
 
-    /// A tonic interceptor that admits only known tokens.
+    /// An interceptor that admits only current clients with a valid token.
     pub fn interceptor(
         &self,
     ) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone + use<> {
-        let table = self.clone();
+        let auth = self.clone();
         move |mut req: Request<()>| {
-            let token = req
-                .metadata()
-                .get("authorization")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .ok_or_else(|| {
-                    Status::from(ApiError::Unauthenticated(
-                        "no access token: send `authorization: Bearer <token>`".into(),
-                    ))
-                })?;
-            let identity = table.identify(token.trim()).ok_or_else(|| {
+            auth.check_version(&req)?;
+            let identity = auth.identify(&req)?.ok_or_else(|| {
                 Status::from(ApiError::Unauthenticated(
-                    "the access token is not valid; ask the server owner for a new one".into(),
+                    "no access token: sign in, then send `authorization: Bearer <token>`".into(),
                 ))
             })?;
-            tracing::Span::current().record("account", identity.account.as_str());
             req.extensions_mut().insert(identity);
+            Ok(req)
+        }
+    }
+
+    /// An interceptor for services whose sign-in calls need no token: the version is
+    /// checked, and a token, when one is sent, must be valid.
+    pub fn optional_interceptor(
+        &self,
+    ) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone + use<> {
+        let auth = self.clone();
+        move |mut req: Request<()>| {
+            auth.check_version(&req)?;
+            if let Some(identity) = auth.identify(&req)? {
+                req.extensions_mut().insert(identity);
+            }
             Ok(req)
         }
     }
@@ -113,5 +125,13 @@ pub fn identity<T>(req: &Request<T>) -> Result<Identity, Status> {
     req.extensions()
         .get::<Identity>()
         .cloned()
-        .ok_or_else(|| ApiError::Unauthenticated("request was not authenticated".into()).into())
+        .ok_or_else(|| ApiError::Unauthenticated("this call needs an access token".into()).into())
+}
+
+/// The client version a request declared, if any.
+pub fn client_version<T>(req: &Request<T>) -> Option<String> {
+    req.metadata()
+        .get(CLIENT_VERSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
 }

@@ -2,7 +2,9 @@
 
 use crate::convert::{chunk_id, id_bytes};
 use bytes::Bytes;
+use keepsake_proto::v1::accounts_client::AccountsClient;
 use keepsake_proto::v1::chunk_store_client::ChunkStoreClient;
+use keepsake_proto::v1::library_client::LibraryClient;
 use keepsake_store::ChunkId;
 use std::time::Duration;
 use tonic::metadata::{Ascii, MetadataValue};
@@ -14,8 +16,7 @@ use tonic::{Request, Status};
 /// The generated message types, for callers that build requests by hand.
 pub use keepsake_proto::v1 as pb;
 
-/// The metadata key carrying the client's version on every call.
-pub const CLIENT_VERSION_HEADER: &str = "x-keepsake-client-version";
+pub use crate::auth::CLIENT_VERSION_HEADER;
 
 /// Connects a channel tuned like the server (large HTTP/2 frames, no Nagle delay).
 pub async fn connect(url: &str) -> Result<Channel, tonic::transport::Error> {
@@ -31,10 +32,10 @@ pub async fn connect(url: &str) -> Result<Channel, tonic::transport::Error> {
         .await
 }
 
-/// Adds `authorization: Bearer <token>` and the client version to every call.
+/// Adds `authorization: Bearer <token>` (when there is one) and the client version to every call.
 #[derive(Clone)]
 pub struct BearerAuth {
-    header: MetadataValue<Ascii>,
+    header: Option<MetadataValue<Ascii>>,
     version: MetadataValue<Ascii>,
 }
 
@@ -42,22 +43,68 @@ impl BearerAuth {
     /// Auth for `token`; panics only if the token holds characters HTTP headers cannot carry.
     pub fn new(token: &str) -> Self {
         Self {
-            header: format!("Bearer {token}")
+            header: Some(
+                format!("Bearer {token}")
+                    .parse()
+                    .expect("tokens are printable ASCII"),
+            ),
+            ..Self::anonymous()
+        }
+    }
+
+    /// No token (sign-in and enrolment), only the client version.
+    pub fn anonymous() -> Self {
+        Self::with_version(env!("CARGO_PKG_VERSION"))
+    }
+
+    /// No token, and a client version of the caller's choosing.
+    pub fn with_version(version: &str) -> Self {
+        Self {
+            header: None,
+            version: version
+                .parse()
+                .unwrap_or_else(|_| MetadataValue::from_static("0.0.0")),
+        }
+    }
+
+    /// This auth with `token` attached.
+    pub fn token(mut self, token: &str) -> Self {
+        self.header = Some(
+            format!("Bearer {token}")
                 .parse()
                 .expect("tokens are printable ASCII"),
-            version: env!("CARGO_PKG_VERSION").parse().expect("version is ASCII"),
-        }
+        );
+        self
     }
 }
 
 impl Interceptor for BearerAuth {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
-        req.metadata_mut()
-            .insert("authorization", self.header.clone());
+        if let Some(header) = &self.header {
+            req.metadata_mut().insert("authorization", header.clone());
+        }
         req.metadata_mut()
             .insert(CLIENT_VERSION_HEADER, self.version.clone());
         Ok(req)
     }
+}
+
+/// The generated Library client with auth attached.
+pub type LibraryApi = LibraryClient<InterceptedService<Channel, BearerAuth>>;
+
+/// A Library client over `channel` acting with `auth`.
+pub fn library_client(channel: Channel, auth: BearerAuth) -> LibraryApi {
+    LibraryClient::with_interceptor(channel, auth)
+        .max_decoding_message_size(16 << 20)
+        .max_encoding_message_size(16 << 20)
+}
+
+/// The generated Accounts client with auth attached.
+pub type AccountsApi = AccountsClient<InterceptedService<Channel, BearerAuth>>;
+
+/// An Accounts client over `channel` acting with `auth`.
+pub fn accounts_client(channel: Channel, auth: BearerAuth) -> AccountsApi {
+    AccountsClient::with_interceptor(channel, auth)
 }
 
 /// The generated ChunkStore client with auth attached.

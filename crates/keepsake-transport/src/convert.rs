@@ -294,3 +294,301 @@ pub fn decision_to_wire(d: &Decision) -> pb::Decision {
         notices: d.notices.iter().map(reason_to_wire).collect(),
     }
 }
+
+/// Largest number of hashes in one FindAssetsByContent.
+pub const MAX_CONTENT_HASHES: usize = 1000;
+
+fn kind_from_wire(kind: i32) -> Result<keepsake_library::AssetKind, ApiError> {
+    match pb::AssetKind::try_from(kind) {
+        Ok(pb::AssetKind::Photo) => Ok(keepsake_library::AssetKind::Photo),
+        Ok(pb::AssetKind::Video) => Ok(keepsake_library::AssetKind::Video),
+        _ => Err(ApiError::field("kind", "must be PHOTO or VIDEO")),
+    }
+}
+
+fn kind_to_wire(kind: keepsake_library::AssetKind) -> pb::AssetKind {
+    match kind {
+        keepsake_library::AssetKind::Photo => pb::AssetKind::Photo,
+        keepsake_library::AssetKind::Video => pb::AssetKind::Video,
+    }
+}
+
+fn state_to_wire(state: keepsake_library::AssetState) -> (pb::AssetState, Option<i64>) {
+    use keepsake_library::AssetState as S;
+    match state {
+        S::Live => (pb::AssetState::Live, None),
+        S::Trashed(at) => (pb::AssetState::Trashed, Some(at)),
+        S::Purged(at) => (pb::AssetState::Purged, Some(at)),
+    }
+}
+
+/// A device's hybrid logical clock from the wire (required on every metadata change).
+pub fn clock_from_wire(clock: Option<pb::Clock>) -> Result<keepsake_library::Hlc, ApiError> {
+    let pb::Clock {
+        wall_ms,
+        counter,
+        device,
+    } = clock.ok_or_else(|| ApiError::field("clock", "is required"))?;
+    if device.is_empty() || device.len() > 64 {
+        return Err(ApiError::field("clock.device", "must be 1..=64 bytes"));
+    }
+    if wall_ms < 0 {
+        return Err(ApiError::field("clock.wall_ms", "must not be negative"));
+    }
+    Ok(keepsake_library::Hlc {
+        wall_ms,
+        counter,
+        device,
+    })
+}
+
+/// An asset's wire form.
+pub fn asset_to_wire(asset: keepsake_library::Asset) -> pb::Asset {
+    let keepsake_library::Asset {
+        asset_id,
+        kind,
+        capture_time,
+        width,
+        height,
+        original_name,
+        version,
+        manifest,
+        file_hash,
+        size,
+        favorite,
+        hidden,
+        title,
+        state,
+        seq: _,
+    } = asset;
+    let (state, state_at_ms) = state_to_wire(state);
+    pb::Asset {
+        asset_id,
+        kind: kind_to_wire(kind).into(),
+        capture_time_ms: capture_time,
+        width,
+        height,
+        original_name,
+        version,
+        manifest_id: id_bytes(&manifest),
+        file_hash: id_bytes(&file_hash),
+        size,
+        favorite,
+        hidden,
+        title,
+        state: state.into(),
+        state_at_ms,
+    }
+}
+
+/// A feed page's wire form.
+pub fn page_to_wire(page: keepsake_library::ChangePage) -> pb::ListChangesResponse {
+    let keepsake_library::ChangePage {
+        changes,
+        cursor,
+        more,
+    } = page;
+    let changes = changes
+        .into_iter()
+        .map(|c| pb::Change {
+            row: Some(match c {
+                keepsake_library::Change::Asset(a) => pb::change::Row::Asset(asset_to_wire(a)),
+                keepsake_library::Change::Album(a) => {
+                    let keepsake_library::Album {
+                        album_id,
+                        name,
+                        deleted,
+                        members,
+                        seq: _,
+                    } = a;
+                    pb::change::Row::Album(pb::Album {
+                        album_id,
+                        name,
+                        deleted,
+                        members,
+                    })
+                }
+            }),
+        })
+        .collect();
+    pb::ListChangesResponse {
+        changes,
+        cursor,
+        more,
+    }
+}
+
+/// A version's wire form.
+pub fn version_to_wire(v: keepsake_library::VersionInfo) -> pb::AssetVersion {
+    let keepsake_library::VersionInfo {
+        version,
+        manifest,
+        file_hash,
+        size,
+        base_version,
+        device,
+        created_at,
+        conflicts_with,
+    } = v;
+    pb::AssetVersion {
+        version,
+        manifest_id: id_bytes(&manifest),
+        file_hash: id_bytes(&file_hash),
+        size,
+        base_version,
+        device,
+        created_at_ms: created_at,
+        conflicts_with,
+    }
+}
+
+/// A commit from the wire, for `device` (taken from the caller's token, never the request).
+pub fn commit_from_wire(
+    req: pb::CommitAssetRequest,
+    device: String,
+) -> Result<keepsake_library::CommitAsset, ApiError> {
+    let pb::CommitAssetRequest {
+        request_id,
+        asset_id,
+        base_version,
+        manifest_id,
+        kind,
+        capture_time_ms,
+        width,
+        height,
+        original_name,
+        reservation_id,
+    } = req;
+    Ok(keepsake_library::CommitAsset {
+        request_id,
+        asset_id: (!asset_id.is_empty()).then_some(asset_id),
+        base_version,
+        manifest: chunk_id("manifest_id", &manifest_id)?,
+        kind: kind_from_wire(kind)?,
+        capture_time: capture_time_ms,
+        width,
+        height,
+        original_name,
+        device,
+        reservation_id: (!reservation_id.is_empty()).then_some(reservation_id),
+    })
+}
+
+/// A device report from the wire.
+pub fn report_from_wire(
+    state: Option<pb::DeviceState>,
+) -> Result<keepsake_library::DeviceReport, ApiError> {
+    let pb::DeviceState {
+        state,
+        reason,
+        pending_items,
+        pending_bytes,
+        done_items,
+        failed_items,
+        network,
+        battery_percent,
+        charging,
+        free_bytes,
+    } = state.ok_or_else(|| ApiError::field("state", "is required"))?;
+    let battery_percent = battery_percent
+        .map(|b| u8::try_from(b).ok().filter(|b| *b <= 100))
+        .map(|b| b.ok_or_else(|| ApiError::field("state.battery_percent", "must be 0..=100")))
+        .transpose()?;
+    Ok(keepsake_library::DeviceReport {
+        state,
+        reason: (!reason.is_empty()).then_some(reason),
+        pending_items,
+        pending_bytes,
+        done_items,
+        failed_items,
+        network,
+        battery_percent,
+        charging,
+        free_bytes,
+    })
+}
+
+/// A device's wire form.
+pub fn device_to_wire(d: keepsake_library::Device) -> pb::Device {
+    let keepsake_library::Device {
+        device_id,
+        name,
+        platform,
+        client_version,
+        enrolled_at,
+        revoked_at,
+        last_seen,
+        report,
+        reason_since,
+    } = d;
+    let state = report.map(|r| {
+        let keepsake_library::DeviceReport {
+            state,
+            reason,
+            pending_items,
+            pending_bytes,
+            done_items,
+            failed_items,
+            network,
+            battery_percent,
+            charging,
+            free_bytes,
+        } = r;
+        pb::DeviceState {
+            state,
+            reason: reason.unwrap_or_default(),
+            pending_items,
+            pending_bytes,
+            done_items,
+            failed_items,
+            network,
+            battery_percent: battery_percent.map(u32::from),
+            charging,
+            free_bytes,
+        }
+    });
+    pb::Device {
+        device_id,
+        name,
+        platform,
+        client_version,
+        enrolled_at_ms: enrolled_at,
+        revoked_at_ms: revoked_at,
+        last_seen_ms: last_seen,
+        state,
+        reason_since_ms: reason_since,
+    }
+}
+
+/// An account's wire form.
+pub fn account_to_wire(info: keepsake_library::AccountInfo) -> pb::Account {
+    let keepsake_library::AccountInfo {
+        account,
+        plan,
+        used_bytes,
+        reserved_bytes,
+        admin,
+    } = info;
+    pb::Account {
+        account,
+        plan: Some(plan_to_wire(plan)),
+        used_bytes,
+        reserved_bytes,
+        admin,
+    }
+}
+
+/// A plan's wire form.
+pub fn plan_to_wire(plan: keepsake_library::Plan) -> pb::Plan {
+    let keepsake_library::Plan { name, limit_bytes } = plan;
+    pb::Plan { name, limit_bytes }
+}
+
+/// A token's wire form.
+pub fn token_to_wire(t: keepsake_library::IssuedToken) -> pb::AccessToken {
+    let keepsake_library::IssuedToken { token, expires_at } = t;
+    pb::AccessToken {
+        token,
+        expires_at_ms: expires_at,
+    }
+}

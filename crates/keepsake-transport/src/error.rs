@@ -1,5 +1,6 @@
 //! The one mapping from domain errors to `tonic::Status` (AIP-193).
 
+use keepsake_library::LibraryError;
 use keepsake_store::StoreError;
 use std::collections::HashMap;
 use tonic::{Code, Status};
@@ -28,6 +29,9 @@ pub enum ApiError {
         /// What is wrong with it, in words.
         why: String,
     },
+    /// A library or account error.
+    #[error(transparent)]
+    Library(#[from] keepsake_library::LibraryError),
     /// A delta-engine error.
     #[error(transparent)]
     Delta(#[from] keepsake_delta::DeltaError),
@@ -76,45 +80,50 @@ pub fn to_status(err: &ApiError) -> Status {
             };
             (code, e.reason())
         }
-        ApiError::Store(e) => {
+        ApiError::Store(e) | ApiError::Library(LibraryError::Store(e)) => {
+            (store_code(e, &mut metadata, &mut details), e.reason())
+        }
+        ApiError::Library(e) => {
             let code = match e {
-                StoreError::HashMismatch { claimed, actual } => {
-                    metadata.insert("claimed_id".into(), claimed.to_hex());
-                    metadata.insert("actual_id".into(), actual.to_hex());
-                    Code::InvalidArgument
-                }
-                StoreError::ChunkTooLarge { limit, .. } => {
-                    metadata.insert("limit_bytes".into(), limit.to_string());
-                    Code::InvalidArgument
-                }
-                StoreError::TooManyIds { limit, .. } => {
-                    metadata.insert("limit".into(), limit.to_string());
-                    Code::InvalidArgument
-                }
-                StoreError::EmptyChunk
-                | StoreError::MalformedId { .. }
-                | StoreError::MalformedManifest(_)
-                | StoreError::RequestIdReused(_)
-                | StoreError::InvalidArgument(_) => Code::InvalidArgument,
-                StoreError::MissingChunks(ids) => {
-                    metadata.insert("missing_count".into(), ids.len().to_string());
-                    for id in ids.iter().take(1000) {
-                        details.add_precondition_failure_violation(
-                            "MISSING_CHUNK",
-                            id.to_hex(),
-                            "the account does not own this chunk; upload it first",
-                        );
-                    }
+                LibraryError::NotFound { .. } => Code::NotFound,
+                LibraryError::NotLive(_) => Code::FailedPrecondition,
+                LibraryError::RequestIdReused(_)
+                | LibraryError::InvalidArgument(_)
+                | LibraryError::CursorFromFuture { .. } => Code::InvalidArgument,
+                LibraryError::ClockSkew { ahead_ms } => {
+                    metadata.insert("ahead_ms".into(), ahead_ms.to_string());
                     Code::FailedPrecondition
                 }
-                StoreError::NotFound { .. } | StoreError::SessionNotFound(_) => Code::NotFound,
-                StoreError::SessionExpired(_) => Code::FailedPrecondition,
-                StoreError::Corrupt(id) => {
-                    metadata.insert("chunk_id".into(), id.to_hex());
-                    Code::DataLoss
+                LibraryError::CursorExpired { horizon, .. } => {
+                    metadata.insert("horizon".into(), horizon.to_string());
+                    Code::FailedPrecondition
                 }
-                StoreError::StorageFull => Code::ResourceExhausted,
-                StoreError::Backend(_) | StoreError::Index(_) => Code::Unavailable,
+                LibraryError::Unauthenticated(_) => Code::Unauthenticated,
+                LibraryError::PermissionDenied(_) => Code::PermissionDenied,
+                LibraryError::AccountExists(_) => Code::AlreadyExists,
+                LibraryError::QuotaExceeded {
+                    used_bytes,
+                    reserved_bytes,
+                    needed_bytes,
+                    limit_bytes,
+                } => {
+                    for (key, value) in [
+                        ("used_bytes", used_bytes),
+                        ("reserved_bytes", reserved_bytes),
+                        ("needed_bytes", needed_bytes),
+                        ("limit_bytes", limit_bytes),
+                    ] {
+                        metadata.insert(key.into(), value.to_string());
+                    }
+                    details.add_quota_failure_violation("account storage", err.to_string());
+                    Code::ResourceExhausted
+                }
+                LibraryError::ClientTooOld { required, .. } => {
+                    metadata.insert("required_version".into(), required.clone());
+                    Code::FailedPrecondition
+                }
+                LibraryError::Index(_) => Code::Unavailable,
+                LibraryError::Store(_) => unreachable!("matched above"),
             };
             (code, e.reason())
         }
@@ -122,11 +131,62 @@ pub fn to_status(err: &ApiError) -> Status {
     if matches!(
         err,
         ApiError::Store(StoreError::Backend(_) | StoreError::Index(_))
+            | ApiError::Library(
+                LibraryError::Index(_)
+                    | LibraryError::Store(StoreError::Backend(_) | StoreError::Index(_))
+            )
     ) {
         tracing::error!(error = %err, "storage failure answered as UNAVAILABLE");
     }
     details.set_error_info(reason, ERROR_DOMAIN, metadata);
     Status::with_error_details(code, err.to_string(), details)
+}
+
+/// The code for a store error, with its details.
+fn store_code(
+    e: &StoreError,
+    metadata: &mut HashMap<String, String>,
+    details: &mut ErrorDetails,
+) -> Code {
+    match e {
+        StoreError::HashMismatch { claimed, actual } => {
+            metadata.insert("claimed_id".into(), claimed.to_hex());
+            metadata.insert("actual_id".into(), actual.to_hex());
+            Code::InvalidArgument
+        }
+        StoreError::ChunkTooLarge { limit, .. } => {
+            metadata.insert("limit_bytes".into(), limit.to_string());
+            Code::InvalidArgument
+        }
+        StoreError::TooManyIds { limit, .. } => {
+            metadata.insert("limit".into(), limit.to_string());
+            Code::InvalidArgument
+        }
+        StoreError::EmptyChunk
+        | StoreError::MalformedId { .. }
+        | StoreError::MalformedManifest(_)
+        | StoreError::RequestIdReused(_)
+        | StoreError::InvalidArgument(_) => Code::InvalidArgument,
+        StoreError::MissingChunks(ids) => {
+            metadata.insert("missing_count".into(), ids.len().to_string());
+            for id in ids.iter().take(1000) {
+                details.add_precondition_failure_violation(
+                    "MISSING_CHUNK",
+                    id.to_hex(),
+                    "the account does not own this chunk; upload it first",
+                );
+            }
+            Code::FailedPrecondition
+        }
+        StoreError::NotFound { .. } | StoreError::SessionNotFound(_) => Code::NotFound,
+        StoreError::SessionExpired(_) => Code::FailedPrecondition,
+        StoreError::Corrupt(id) => {
+            metadata.insert("chunk_id".into(), id.to_hex());
+            Code::DataLoss
+        }
+        StoreError::StorageFull => Code::ResourceExhausted,
+        StoreError::Backend(_) | StoreError::Index(_) => Code::Unavailable,
+    }
 }
 
 impl From<ApiError> for Status {

@@ -1,13 +1,17 @@
 //! The server builder every Keepsake service is served through.
 
-use crate::auth::TokenTable;
+use crate::auth::Authenticator;
 use crate::delta_service::DeltaService;
+use crate::library_service::{AccountsService, ChangeNotifier, LibraryService};
 use crate::policy_service::PolicyService;
 use crate::store_service::StoreService;
 use keepsake_delta::rsync::RsyncLimits;
+use keepsake_library::Cloud;
 use keepsake_policy::PolicyConfig;
+use keepsake_proto::v1::accounts_server::AccountsServer;
 use keepsake_proto::v1::chunk_store_server::ChunkStoreServer;
 use keepsake_proto::v1::delta_server::DeltaServer;
+use keepsake_proto::v1::library_server::LibraryServer;
 use keepsake_proto::v1::policy_server::PolicyServer;
 use keepsake_store::Store;
 use std::future::Future;
@@ -18,8 +22,8 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 
-/// Largest Policy request or response.
-const POLICY_MESSAGE_BYTES: usize = 64 << 10;
+/// Largest Policy or Accounts request or response: a few hundred bytes each.
+const SMALL_MESSAGE_BYTES: usize = 64 << 10;
 
 /// Wire limits and tuning.
 #[derive(Debug, Clone)]
@@ -30,6 +34,8 @@ pub struct ServerConfig {
     pub batch_bytes: usize,
     /// HTTP/2 frame size; large frames roughly double streaming throughput on loopback.
     pub http2_frame_bytes: u32,
+    /// Feed watchers re-read the feed this often even without a notification.
+    pub watch_poll: std::time::Duration,
 }
 
 impl Default for ServerConfig {
@@ -38,6 +44,7 @@ impl Default for ServerConfig {
             max_message_bytes: 16 << 20,
             batch_bytes: 16 << 20,
             http2_frame_bytes: 1 << 20,
+            watch_poll: std::time::Duration::from_secs(5),
         }
     }
 }
@@ -51,16 +58,21 @@ pub struct Services {
     pub policy: Option<PolicyConfig>,
     /// Whether to serve the delta service (it works against `store`, which must be set).
     pub delta: bool,
+    /// The library and accounts, if served here.
+    pub cloud: Option<Arc<Cloud>>,
+    /// Where library changes are announced to feed watchers.
+    pub changes: ChangeNotifier,
 }
 
 /// Serves `services` on `listener` until `shutdown` resolves.
 ///
 /// Health and reflection (v1 and v1alpha) answer without a token; every Keepsake
-/// service sits behind the token interceptor.
+/// service checks the client version and the access token; Accounts lets sign-in
+/// and enrolment through without a token.
 pub async fn serve(
     listener: TcpListener,
     services: Services,
-    tokens: TokenTable,
+    tokens: Authenticator,
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
@@ -85,7 +97,8 @@ pub async fn serve(
             tracing::info_span!(
                 "rpc",
                 method = %req.uri().path(),
-                account = tracing::field::Empty
+                account = tracing::field::Empty,
+                device = tracing::field::Empty
             )
         })
         .add_service(health)
@@ -111,9 +124,32 @@ pub async fn serve(
         reporter.set_serving::<PolicyServer<PolicyService>>().await;
         // Snapshots are a few hundred bytes; nothing bigger has any business here.
         let service = PolicyServer::new(PolicyService::new(policy_config))
-            .max_decoding_message_size(POLICY_MESSAGE_BYTES)
-            .max_encoding_message_size(POLICY_MESSAGE_BYTES);
+            .max_decoding_message_size(SMALL_MESSAGE_BYTES)
+            .max_encoding_message_size(SMALL_MESSAGE_BYTES);
         router = router.add_service(InterceptedService::new(service, tokens.interceptor()));
+    }
+    if let Some(cloud) = services.cloud {
+        reporter
+            .set_serving::<LibraryServer<LibraryService>>()
+            .await;
+        reporter
+            .set_serving::<AccountsServer<AccountsService>>()
+            .await;
+        let library = LibraryServer::new(LibraryService::new(
+            cloud.clone(),
+            services.changes.clone(),
+            config.watch_poll,
+        ))
+        .max_decoding_message_size(config.max_message_bytes)
+        .max_encoding_message_size(config.max_message_bytes);
+        router = router.add_service(InterceptedService::new(library, tokens.interceptor()));
+        let accounts = AccountsServer::new(AccountsService::new(cloud, services.changes))
+            .max_decoding_message_size(SMALL_MESSAGE_BYTES)
+            .max_encoding_message_size(SMALL_MESSAGE_BYTES);
+        router = router.add_service(InterceptedService::new(
+            accounts,
+            tokens.optional_interceptor(),
+        ));
     }
     // tonic does not apply tcp_nodelay to sockets from serve_with_incoming; small
     // messages stall behind Nagle's algorithm without it.

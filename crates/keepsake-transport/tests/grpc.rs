@@ -2,21 +2,27 @@
 //! every bad input answered with a clear status and nothing changed.
 
 use bytes::Bytes;
+use keepsake_library::{ClientVersion, Cloud, KdfCost, Library, LibraryConfig, Plan};
 use keepsake_proto::v1 as pb;
 use keepsake_store::{
     Backend, CappedBackend, ChunkId, LocalFsBackend, ManualClock, OsEntropy, Store, StoreConfig,
     StoreParts,
 };
-use keepsake_transport::auth::{TokenEntry, TokenFile, TokenTable};
+use keepsake_transport::ChangeNotifier;
+use keepsake_transport::auth::Authenticator;
 use keepsake_transport::client::{self, StoreClient, get_all, put_all};
 use keepsake_transport::convert::id_bytes;
 use keepsake_transport::reason_of;
 use keepsake_transport::server::{ServerConfig, Services, serve};
 use std::sync::Arc;
 use tonic::Code;
+use tonic_types::StatusExt;
 
 struct Server {
     url: String,
+    /// Signed access tokens by the names the tests use ("alice-token", …).
+    tokens: std::collections::HashMap<&'static str, String>,
+    clock: Arc<ManualClock>,
     _dir: tempfile::TempDir,
     _shutdown: tokio::sync::oneshot::Sender<()>,
 }
@@ -27,32 +33,61 @@ async fn start_with(backend: Option<Arc<dyn Backend>>) -> Server {
         Some(b) => b,
         None => Arc::new(LocalFsBackend::open(dir.path().join("objects")).unwrap()),
     };
-    let store = Store::open(StoreParts {
-        backend,
-        index_path: Some(dir.path().join("index.sqlite")),
-        clock: Arc::new(ManualClock::new(1_700_000_000_000)),
-        entropy: Arc::new(OsEntropy),
-        config: StoreConfig::default(),
-    })
+    let clock = Arc::new(ManualClock::new(1_700_000_000_000));
+    let store = Arc::new(
+        Store::open(StoreParts {
+            backend,
+            index_path: Some(dir.path().join("index.sqlite")),
+            clock: clock.clone(),
+            entropy: Arc::new(OsEntropy),
+            config: StoreConfig::default(),
+        })
+        .unwrap(),
+    );
+    let library = Library::open(
+        Some(dir.path().join("library.sqlite")),
+        clock.clone(),
+        Arc::new(OsEntropy),
+        LibraryConfig {
+            kdf: KdfCost {
+                memory_kib: 64,
+                iterations: 1,
+            },
+            plans: vec![Plan {
+                name: "small".into(),
+                limit_bytes: 64 << 20,
+            }],
+            min_client_version: ClientVersion(0, 1, 0),
+            ..LibraryConfig::default()
+        },
+    )
     .unwrap();
-    let tokens = TokenTable::new(&TokenFile {
-        tokens: vec![
-            entry("alice-token", "alice", false),
-            entry("bob-token", "bob", false),
-            entry("admin-token", "admin", true),
-        ],
-    });
+    let cloud = Arc::new(Cloud::new(library, store.clone()).unwrap());
+    let mut tokens = std::collections::HashMap::new();
+    for (name, account, admin) in [
+        ("alice-token", "alice", false),
+        ("bob-token", "bob", false),
+        ("admin-token", "admin", true),
+    ] {
+        cloud
+            .create_account(account, "correct horse", None, admin)
+            .unwrap();
+        tokens.insert(name, cloud.sign_in(account, "correct horse").unwrap().token);
+    }
+    let auth = Authenticator::new(cloud.verifier(), clock.clone(), ClientVersion(0, 1, 0));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(serve(
         listener,
         Services {
-            store: Some(Arc::new(store)),
+            store: Some(store),
             policy: Some(keepsake_policy::PolicyConfig::default()),
             delta: true,
+            cloud: Some(cloud),
+            changes: ChangeNotifier::default(),
         },
-        tokens,
+        auth,
         ServerConfig::default(),
         async move {
             let _ = rx.await;
@@ -60,8 +95,20 @@ async fn start_with(backend: Option<Arc<dyn Backend>>) -> Server {
     ));
     Server {
         url,
+        tokens,
+        clock,
         _dir: dir,
         _shutdown: tx,
+    }
+}
+
+impl Server {
+    /// The signed token behind a test's name for it; unknown names pass through as-is.
+    fn token(&self, name: &str) -> String {
+        self.tokens
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| name.to_string())
     }
 }
 
@@ -69,16 +116,11 @@ async fn start() -> Server {
     start_with(None).await
 }
 
-fn entry(token: &str, account: &str, admin: bool) -> TokenEntry {
-    TokenEntry {
-        token: token.into(),
-        account: account.into(),
-        admin,
-    }
-}
-
 async fn as_user(server: &Server, token: &str) -> StoreClient {
-    client::store_client(client::connect(&server.url).await.unwrap(), token)
+    client::store_client(
+        client::connect(&server.url).await.unwrap(),
+        &server.token(token),
+    )
 }
 
 async fn session(c: &mut StoreClient) -> String {
@@ -259,7 +301,7 @@ async fn oversized_chunks_and_messages_are_refused() {
     // A message over the wire limit is refused by the decoder before it is buffered whole.
     let mut unlimited = keepsake_proto::v1::chunk_store_client::ChunkStoreClient::with_interceptor(
         client::connect(&server.url).await.unwrap(),
-        keepsake_transport::client::BearerAuth::new("alice-token"),
+        keepsake_transport::client::BearerAuth::new(&server.token("alice-token")),
     )
     .max_encoding_message_size(64 << 20);
     let huge = vec![
@@ -384,11 +426,25 @@ async fn another_accounts_chunk_reads_exactly_like_an_absent_one() {
 }
 
 #[tokio::test]
-async fn no_or_bad_token_is_unauthenticated_but_health_answers() {
+async fn old_clients_and_missing_bad_or_expired_tokens_are_refused_but_health_answers() {
     let server = start().await;
     let channel = client::connect(&server.url).await.unwrap();
-    let mut anonymous =
+    // No version at all counts as the oldest client: told to update before anything else.
+    let mut versionless =
         keepsake_proto::v1::chunk_store_client::ChunkStoreClient::new(channel.clone());
+    let err = versionless
+        .get_usage(pb::GetUsageRequest {})
+        .await
+        .unwrap_err();
+    assert_status(&err, Code::FailedPrecondition, "CLIENT_TOO_OLD");
+    assert_eq!(
+        err.get_details_error_info().unwrap().metadata["required_version"],
+        "0.1.0"
+    );
+    let mut anonymous = keepsake_proto::v1::chunk_store_client::ChunkStoreClient::with_interceptor(
+        channel.clone(),
+        client::BearerAuth::anonymous(),
+    );
     let err = anonymous
         .get_usage(pb::GetUsageRequest {})
         .await
@@ -400,6 +456,11 @@ async fn no_or_bad_token_is_unauthenticated_but_health_answers() {
     let mut alice = as_user(&server, "alice-token").await;
     let err = alice.scrub(pb::ScrubRequest {}).await.unwrap_err();
     assert_status(&err, Code::PermissionDenied, "PERMISSION_DENIED");
+    alice.get_usage(pb::GetUsageRequest {}).await.unwrap();
+    server.clock.advance(16 * 60 * 1000);
+    let err = alice.get_usage(pb::GetUsageRequest {}).await.unwrap_err();
+    assert_status(&err, Code::Unauthenticated, "UNAUTHENTICATED");
+    assert!(err.message().contains("expired"), "{}", err.message());
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
     let status = health
         .check(tonic_health::pb::HealthCheckRequest {
@@ -479,7 +540,7 @@ async fn policy_client(
 > {
     keepsake_proto::v1::policy_client::PolicyClient::with_interceptor(
         client::connect(&server.url).await.unwrap(),
-        keepsake_transport::client::BearerAuth::new(token),
+        keepsake_transport::client::BearerAuth::new(&server.token(token)),
     )
 }
 
@@ -578,7 +639,7 @@ type DeltaClient = keepsake_proto::v1::delta_client::DeltaClient<
 async fn delta_client(server: &Server, token: &str) -> DeltaClient {
     keepsake_proto::v1::delta_client::DeltaClient::with_interceptor(
         client::connect(&server.url).await.unwrap(),
-        keepsake_transport::client::BearerAuth::new(token),
+        keepsake_transport::client::BearerAuth::new(&server.token(token)),
     )
     .max_decoding_message_size(16 << 20)
 }
@@ -750,4 +811,545 @@ async fn deltas_against_foreign_bases_or_with_wrong_hashes_store_nothing() {
         .await
         .unwrap_err();
     assert_status(&err, Code::NotFound, "NOT_FOUND");
+}
+
+// ---- Library and Accounts ----
+
+async fn library(server: &Server, name: &str) -> client::LibraryApi {
+    client::library_client(
+        client::connect(&server.url).await.unwrap(),
+        client::BearerAuth::new(&server.token(name)),
+    )
+}
+
+async fn accounts(server: &Server, auth: client::BearerAuth) -> client::AccountsApi {
+    client::accounts_client(client::connect(&server.url).await.unwrap(), auth)
+}
+
+fn clock(wall_ms: i64) -> Option<pb::Clock> {
+    Some(pb::Clock {
+        wall_ms,
+        counter: 0,
+        device: "test-device".into(),
+    })
+}
+
+/// Uploads `data` as one file under a reservation and commits it; returns the asset id,
+/// the manifest id and the reservation id.
+async fn upload_and_commit(
+    server: &Server,
+    name: &str,
+    data: &[u8],
+    request_id: &str,
+) -> (String, Bytes, String) {
+    let mut lib = library(server, name).await;
+    let mut store = as_user(server, name).await;
+    let reservation = lib
+        .begin_upload(pb::BeginUploadRequest {
+            bytes: data.len() as u64 + 4096,
+            request_id: format!("{request_id}-upload"),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .reservation_id;
+    let chunks: Vec<_> = data.chunks(64 << 10).map(chunk).collect();
+    put_all(&mut store, &reservation, chunks.clone(), 1 << 20)
+        .await
+        .unwrap();
+    let manifest = keepsake_store::Manifest::from_chunks(&chunks, ChunkId::of(data));
+    let manifest_id = store
+        .put_manifest(pb::PutManifestRequest {
+            session_id: reservation.clone(),
+            manifest: Some(keepsake_transport::convert::manifest_to_wire(&manifest)),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .manifest_id;
+    let committed = lib
+        .commit_asset(pb::CommitAssetRequest {
+            request_id: request_id.into(),
+            manifest_id: manifest_id.clone(),
+            kind: pb::AssetKind::Photo.into(),
+            original_name: "IMG_0001.JPG".into(),
+            reservation_id: reservation.clone(),
+            capture_time_ms: Some(1_700_000_000_000),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    (committed.asset_id, manifest_id, reservation)
+}
+
+#[tokio::test]
+async fn upload_commit_and_the_feed_over_grpc_with_a_watcher_told_at_once() {
+    let server = start().await;
+    let mut lib = library(&server, "alice-token").await;
+    let mut watch = library(&server, "alice-token")
+        .await
+        .watch_changes(pb::WatchChangesRequest { cursor: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.message().await.unwrap().unwrap();
+    assert!(first.changes.is_empty(), "an empty library starts empty");
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let (asset_id, manifest_id, _) = upload_and_commit(&server, "alice-token", &data, "c1").await;
+    // The watcher hears of the commit without polling (its poll interval is 5 s).
+    let pushed = tokio::time::timeout(std::time::Duration::from_secs(2), watch.message())
+        .await
+        .expect("the watcher was told within 2 s")
+        .unwrap()
+        .unwrap();
+    let Some(pb::change::Row::Asset(asset)) = &pushed.changes[0].row else {
+        panic!("expected an asset row: {pushed:?}");
+    };
+    assert_eq!(asset.asset_id, asset_id);
+    assert_eq!(asset.manifest_id, manifest_id);
+    assert_eq!(asset.size, data.len() as u64);
+    assert_eq!(asset.file_hash, id_bytes(&ChunkId::of(&data)));
+    // A retried commit is the same asset; identical content under a new id is deduplicated.
+    let (again, _, _) = upload_and_commit(&server, "alice-token", &data, "c1").await;
+    assert_eq!(again, asset_id);
+    let dedup = lib
+        .commit_asset(pb::CommitAssetRequest {
+            request_id: "c2".into(),
+            manifest_id: manifest_id.clone(),
+            kind: pb::AssetKind::Photo.into(),
+            original_name: "copy.jpg".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(dedup.deduplicated);
+    assert_eq!(dedup.asset_id, asset_id);
+    let found = lib
+        .find_assets_by_content(pb::FindAssetsByContentRequest {
+            file_hashes: vec![id_bytes(&ChunkId::of(&data))],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(found.matches[0].assets[0].asset_id, asset_id);
+    lib.set_metadata(pb::SetMetadataRequest {
+        asset_id: asset_id.clone(),
+        clock: clock(1_700_000_000_000),
+        field: Some(pb::set_metadata_request::Field::Favorite(true)),
+    })
+    .await
+    .unwrap();
+    let page = lib
+        .list_changes(pb::ListChangesRequest {
+            cursor: pushed.cursor,
+            page_size: 10,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(pb::change::Row::Asset(asset)) = &page.changes[0].row else {
+        panic!("expected an asset row");
+    };
+    assert!(asset.favorite);
+    // A clock far ahead of the server is refused, with the offset.
+    let err = lib
+        .set_metadata(pb::SetMetadataRequest {
+            asset_id: asset_id.clone(),
+            clock: clock(1_700_000_000_000 + 3_600_000),
+            field: Some(pb::set_metadata_request::Field::Hidden(true)),
+        })
+        .await
+        .unwrap_err();
+    assert_status(&err, Code::FailedPrecondition, "CLOCK_SKEW");
+    // A cursor from the future is refused.
+    let err = lib
+        .list_changes(pb::ListChangesRequest {
+            cursor: 1 << 40,
+            page_size: 10,
+        })
+        .await
+        .unwrap_err();
+    assert_status(&err, Code::InvalidArgument, "CURSOR_FROM_FUTURE");
+    // Purge: a tombstone in the feed and in content lookups.
+    lib.purge_asset(pb::PurgeAssetRequest {
+        asset_id: asset_id.clone(),
+    })
+    .await
+    .unwrap();
+    let found = lib
+        .find_assets_by_content(pb::FindAssetsByContentRequest {
+            file_hashes: vec![id_bytes(&ChunkId::of(&data))],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(found.matches[0].assets.is_empty());
+    assert!(found.matches[0].purged_at_ms.is_some());
+}
+
+#[tokio::test]
+async fn over_quota_begin_upload_is_refused_with_the_numbers_before_any_byte() {
+    let server = start().await;
+    let mut lib = library(&server, "alice-token").await;
+    let err = lib
+        .begin_upload(pb::BeginUploadRequest {
+            bytes: (64 << 20) + 1,
+            request_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_status(&err, Code::ResourceExhausted, "QUOTA_EXCEEDED");
+    let info = err.get_details_error_info().unwrap();
+    assert_eq!(info.metadata["limit_bytes"], (64u64 << 20).to_string());
+    assert_eq!(
+        info.metadata["needed_bytes"],
+        ((64u64 << 20) + 1).to_string()
+    );
+    assert_eq!(info.metadata["used_bytes"], "0");
+    assert!(err.get_details_quota_failure().is_some());
+    lib.begin_upload(pb::BeginUploadRequest {
+        bytes: 64 << 20,
+        request_id: String::new(),
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn devices_enrol_refresh_report_and_a_revoked_device_is_refused_at_once() {
+    let server = start().await;
+    let mut anonymous = accounts(&server, client::BearerAuth::anonymous()).await;
+    let err = anonymous
+        .sign_in(pb::SignInRequest {
+            account: "alice".into(),
+            password: "wrong horse".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_status(&err, Code::Unauthenticated, "UNAUTHENTICATED");
+    let err = anonymous
+        .enroll_device(pb::EnrollDeviceRequest {
+            account: "alice".into(),
+            password: "correct horse".into(),
+            device_name: "old phone".into(),
+            platform: "ios".into(),
+            client_version: "0.0.9".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_status(&err, Code::FailedPrecondition, "CLIENT_TOO_OLD");
+    let enrolled = anonymous
+        .enroll_device(pb::EnrollDeviceRequest {
+            account: "alice".into(),
+            password: "correct horse".into(),
+            device_name: "Alice's phone".into(),
+            platform: "ios".into(),
+            client_version: "0.1.0".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let refreshed = anonymous
+        .refresh_token(pb::RefreshTokenRequest {
+            device_id: enrolled.device_id.clone(),
+            device_token: enrolled.device_token.clone(),
+            client_version: "0.1.0".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .access
+        .unwrap();
+    let device_auth = client::BearerAuth::new(&refreshed.token);
+    let mut phone = accounts(&server, device_auth.clone()).await;
+    phone
+        .report_device_state(pb::ReportDeviceStateRequest {
+            state: Some(pb::DeviceState {
+                state: "blocked".into(),
+                reason: "WAITING_FOR_WIFI".into(),
+                pending_items: 3,
+                network: "cellular".into(),
+                battery_percent: Some(80),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    let mut owner = accounts(
+        &server,
+        client::BearerAuth::new(&server.token("alice-token")),
+    )
+    .await;
+    let devices = owner
+        .list_devices(pb::ListDevicesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .devices;
+    assert_eq!(devices.len(), 1);
+    let state = devices[0].state.as_ref().unwrap();
+    assert_eq!(
+        (state.reason.as_str(), state.pending_items),
+        ("WAITING_FOR_WIFI", 3)
+    );
+    assert!(devices[0].last_seen_ms.is_some());
+    // A user token cannot create accounts; a device token cannot report for another device.
+    let err = owner
+        .create_account(pb::CreateAccountRequest {
+            account: "mallory".into(),
+            password: "correct horse".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_status(&err, Code::PermissionDenied, "PERMISSION_DENIED");
+    owner
+        .revoke_device(pb::RevokeDeviceRequest {
+            device_id: enrolled.device_id.clone(),
+        })
+        .await
+        .unwrap();
+    // Its still-unexpired access token stops working at the library at once.
+    let mut revoked =
+        client::library_client(client::connect(&server.url).await.unwrap(), device_auth);
+    let err = revoked
+        .list_changes(pb::ListChangesRequest::default())
+        .await
+        .unwrap_err();
+    assert_status(&err, Code::Unauthenticated, "UNAUTHENTICATED");
+    let err = anonymous
+        .refresh_token(pb::RefreshTokenRequest {
+            device_id: enrolled.device_id,
+            device_token: enrolled.device_token,
+            client_version: "0.1.0".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_status(&err, Code::Unauthenticated, "UNAUTHENTICATED");
+    // Rotation keeps existing tokens working.
+    let mut admin = accounts(
+        &server,
+        client::BearerAuth::new(&server.token("admin-token")),
+    )
+    .await;
+    admin
+        .rotate_signing_key(pb::RotateSigningKeyRequest {})
+        .await
+        .unwrap();
+    owner.get_account(pb::GetAccountRequest {}).await.unwrap();
+}
+
+#[tokio::test]
+async fn account_b_cannot_read_list_change_or_learn_about_a_s_assets_albums_or_chunks() {
+    let server = start().await;
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i % 241) as u8).collect();
+    let (asset_id, manifest_id, reservation) =
+        upload_and_commit(&server, "alice-token", &data, "a1").await;
+    let mut alice = library(&server, "alice-token").await;
+    alice
+        .put_album(pb::PutAlbumRequest {
+            album_id: "trip".into(),
+            name: "Trip".into(),
+            clock: clock(1_700_000_000_000),
+        })
+        .await
+        .unwrap();
+    alice
+        .set_album_member(pb::SetAlbumMemberRequest {
+            album_id: "trip".into(),
+            asset_id: asset_id.clone(),
+            present: true,
+            clock: clock(1_700_000_000_000),
+        })
+        .await
+        .unwrap();
+    let mut alice_accounts = accounts(
+        &server,
+        client::BearerAuth::new(&server.token("alice-token")),
+    )
+    .await;
+    let alice_device = alice_accounts
+        .enroll_device(pb::EnrollDeviceRequest {
+            account: "alice".into(),
+            password: "correct horse".into(),
+            device_name: "phone".into(),
+            platform: "ios".into(),
+            client_version: "0.1.0".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .device_id;
+    let before = alice
+        .list_changes(pb::ListChangesRequest {
+            cursor: 0,
+            page_size: 100,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+
+    let mut bob = library(&server, "bob-token").await;
+    let mut bob_store = as_user(&server, "bob-token").await;
+    let mut bob_accounts =
+        accounts(&server, client::BearerAuth::new(&server.token("bob-token"))).await;
+    let not_found = |r: Result<_, tonic::Status>, what: &str| {
+        let err = r.expect_err(what);
+        assert_eq!(err.code(), Code::NotFound, "{what}: {err:?}");
+    };
+    not_found(
+        bob.get_asset(pb::GetAssetRequest {
+            asset_id: asset_id.clone(),
+        })
+        .await
+        .map(|_| ()),
+        "GetAsset",
+    );
+    not_found(
+        bob.list_versions(pb::ListVersionsRequest {
+            asset_id: asset_id.clone(),
+        })
+        .await
+        .map(|_| ()),
+        "ListVersions",
+    );
+    not_found(
+        bob.set_metadata(pb::SetMetadataRequest {
+            asset_id: asset_id.clone(),
+            clock: clock(1_700_000_000_001),
+            field: Some(pb::set_metadata_request::Field::Title("mine".into())),
+        })
+        .await
+        .map(|_| ()),
+        "SetMetadata",
+    );
+    for r in [
+        bob.trash_asset(pb::TrashAssetRequest {
+            asset_id: asset_id.clone(),
+        })
+        .await
+        .map(|_| ()),
+        bob.restore_asset(pb::RestoreAssetRequest {
+            asset_id: asset_id.clone(),
+        })
+        .await
+        .map(|_| ()),
+        bob.purge_asset(pb::PurgeAssetRequest {
+            asset_id: asset_id.clone(),
+        })
+        .await
+        .map(|_| ()),
+        bob.delete_album(pb::DeleteAlbumRequest {
+            album_id: "trip".into(),
+            clock: clock(1_700_000_000_001),
+        })
+        .await
+        .map(|_| ()),
+        bob.set_album_member(pb::SetAlbumMemberRequest {
+            album_id: "trip".into(),
+            asset_id: asset_id.clone(),
+            present: false,
+            clock: clock(1_700_000_000_001),
+        })
+        .await
+        .map(|_| ()),
+        bob.renew_upload(pb::RenewUploadRequest {
+            reservation_id: reservation.clone(),
+        })
+        .await
+        .map(|_| ()),
+        bob.commit_asset(pb::CommitAssetRequest {
+            request_id: "steal".into(),
+            manifest_id: manifest_id.clone(),
+            kind: pb::AssetKind::Photo.into(),
+            original_name: "x.jpg".into(),
+            ..Default::default()
+        })
+        .await
+        .map(|_| ()),
+        bob_store
+            .get_manifest(pb::GetManifestRequest {
+                manifest_id: manifest_id.clone(),
+            })
+            .await
+            .map(|_| ()),
+        bob_accounts
+            .revoke_device(pb::RevokeDeviceRequest {
+                device_id: alice_device.clone(),
+            })
+            .await
+            .map(|_| ()),
+    ] {
+        not_found(r, "mutation or read of another account's id");
+    }
+    let found = bob
+        .find_assets_by_content(pb::FindAssetsByContentRequest {
+            file_hashes: vec![id_bytes(&ChunkId::of(&data))],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(found.matches[0].assets.is_empty() && found.matches[0].purged_at_ms.is_none());
+    let feed = bob
+        .list_changes(pb::ListChangesRequest {
+            cursor: 0,
+            page_size: 100,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(feed.changes.is_empty(), "{feed:?}");
+    let devices = bob_accounts
+        .list_devices(pb::ListDevicesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(devices.devices.is_empty());
+    let sid = session(&mut bob_store).await;
+    let ids: Vec<Bytes> = data
+        .chunks(64 << 10)
+        .map(|c| id_bytes(&ChunkId::of(c)))
+        .collect();
+    let missing = bob_store
+        .find_missing(pb::FindMissingRequest {
+            session_id: sid,
+            ids: ids.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        missing.missing_ids, ids,
+        "bob cannot learn alice holds these chunks"
+    );
+    assert!(
+        get_all(&mut bob_store, &[ChunkId::of(&data[..64 << 10])])
+            .await
+            .is_err()
+    );
+    let usage = bob_accounts
+        .get_account(pb::GetAccountRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(usage.account.unwrap().used_bytes, 0);
+    // Bob's album with the same id is his own; alice's is untouched.
+    bob.put_album(pb::PutAlbumRequest {
+        album_id: "trip".into(),
+        name: "Bob's trip".into(),
+        clock: clock(1_700_000_000_002),
+    })
+    .await
+    .unwrap();
+    let after = alice
+        .list_changes(pb::ListChangesRequest {
+            cursor: 0,
+            page_size: 100,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(after, before, "nothing of alice's changed");
 }

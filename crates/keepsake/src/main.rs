@@ -4,8 +4,11 @@ mod doctor;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use keepsake_library::tokens::{PublicKeys, TokenVerifier};
+use keepsake_library::{ClientVersion, Cloud, Library, LibraryConfig};
 use keepsake_store::{OsEntropy, Store, StoreConfig, SystemClock, random_hex};
-use keepsake_transport::auth::{TokenEntry, TokenFile, TokenTable};
+use keepsake_transport::ChangeNotifier;
+use keepsake_transport::auth::Authenticator;
 use keepsake_transport::server::{ServerConfig, Services, serve};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -30,7 +33,7 @@ enum Command {
 
 #[derive(clap::Args)]
 struct ServeArgs {
-    /// Which services to run here: `all`, or a comma-separated list (`store`, `policy`, `delta`).
+    /// Which services to run here: `all`, or a comma-separated list (`store`, `library`, `policy`, `delta`).
     #[arg(long, default_value = "all", value_delimiter = ',')]
     services: Vec<String>,
     /// Where the services keep their data.
@@ -39,13 +42,17 @@ struct ServeArgs {
     /// Address to listen on; port 0 picks a free one (the chosen address is printed).
     #[arg(long, env = "KEEPSAKE_LISTEN", default_value = "127.0.0.1:50051")]
     listen: SocketAddr,
-    /// JSON file of access tokens (token -> account); created with one admin token if absent.
+    /// Public token keys (the library server's token-keys.json), for a process that
+    /// serves the store, delta or policy without the library.
     #[arg(long)]
-    tokens: Option<PathBuf>,
+    token_keys: Option<PathBuf>,
+    /// Clients older than this get CLIENT_TOO_OLD on every call.
+    #[arg(long, env = "KEEPSAKE_MIN_CLIENT_VERSION", default_value = "0.0.0")]
+    min_client_version: String,
     /// Largest store capacity in bytes (a configurable disk size); unlimited when absent.
     #[arg(long)]
     capacity_bytes: Option<u64>,
-    /// Seconds between garbage collections.
+    /// Seconds between maintenance passes (trash expiry, reference releases, store GC).
     #[arg(long, default_value_t = 600)]
     gc_interval_secs: u64,
 }
@@ -59,7 +66,7 @@ macro_rules! say {
     }};
 }
 
-const KNOWN_SERVICES: &[&str] = &["store", "policy", "delta"];
+const KNOWN_SERVICES: &[&str] = &["store", "library", "policy", "delta"];
 
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
@@ -103,24 +110,50 @@ fn selected(services: &[String]) -> Result<Vec<&'static str>> {
 }
 
 /// Loads the token file, creating one with a fresh admin token on first run.
-fn load_or_create_tokens(path: &Path) -> Result<TokenTable> {
-    if !path.exists() {
-        let token = random_hex(&OsEntropy, 24);
-        let file = TokenFile {
-            tokens: vec![TokenEntry {
-                token: token.clone(),
-                account: "me".into(),
-                admin: true,
-            }],
-        };
-        write_private(path, &serde_json::to_vec_pretty(&file)?)?;
-        say!(
-            "created {} with an admin token for account \"me\":",
-            path.display()
-        );
-        say!("  {token}");
+/// Where the first administrator's credentials are left for the server's owner.
+const INITIAL_CREDENTIALS: &str = "initial-credentials.json";
+/// Where the token-signing public keys are published for services run elsewhere.
+const TOKEN_KEYS: &str = "token-keys.json";
+
+/// On first start, creates the administrator account "me" with a random password and
+/// leaves the credentials (readable by the owner only) in the data directory.
+fn bootstrap_admin(cloud: &Cloud, data: &Path) -> Result<()> {
+    if cloud.library().account_exists("me")? {
+        return Ok(());
     }
-    TokenTable::load(path).with_context(|| format!("reading token file {}", path.display()))
+    let path = data.join(INITIAL_CREDENTIALS);
+    let password = random_hex(&OsEntropy, 16);
+    let body = serde_json::json!({ "account": "me", "password": password });
+    // Written before the account exists: a crash in between leaves a file and no
+    // account, and the next start simply makes both again.
+    let _ = std::fs::remove_file(&path);
+    write_private(&path, &serde_json::to_vec_pretty(&body)?)?;
+    cloud.create_account("me", &password, None, true)?;
+    say!(
+        "keepsake: created administrator account \"me\"; its password is in {}",
+        path.display()
+    );
+    Ok(())
+}
+
+/// Publishes the public keys (only if they changed), for services run in other processes.
+fn publish_keys(cloud: &Cloud, data: &Path) -> Result<()> {
+    let path = data.join(TOKEN_KEYS);
+    let body = serde_json::to_vec_pretty(&cloud.public_keys()?)?;
+    if std::fs::read(&path).ok().as_deref() == Some(&body[..]) {
+        return Ok(());
+    }
+    let tmp = data.join(format!("{TOKEN_KEYS}.tmp"));
+    let _ = std::fs::remove_file(&tmp);
+    write_private(&tmp, &body)?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(())
+}
+
+fn read_keys(path: &Path) -> Result<PublicKeys> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading token keys {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing token keys {}", path.display()))
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -141,22 +174,26 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
     let services = selected(&args.services)?;
     std::fs::create_dir_all(&args.data)
         .with_context(|| format!("creating data directory {}", args.data.display()))?;
-    let tokens_path = args
-        .tokens
-        .clone()
-        .unwrap_or_else(|| args.data.join("tokens.json"));
-    let tokens = load_or_create_tokens(&tokens_path)?;
-    let mut to_serve = Services::default();
-    if services.contains(&"store") {
-        let store = open_store(&args)?;
-        spawn_gc(
-            store.clone(),
-            Duration::from_secs(args.gc_interval_secs.max(1)),
-        );
-        to_serve.store = Some(store);
-    }
+    let min_version = ClientVersion::parse(&args.min_client_version).with_context(|| {
+        format!(
+            "--min-client-version {:?} is not major.minor.patch",
+            args.min_client_version
+        )
+    })?;
+    let clock = Arc::new(SystemClock);
+    let changes = ChangeNotifier::default();
+    let mut to_serve = Services {
+        changes: changes.clone(),
+        ..Services::default()
+    };
+    let store = if services.contains(&"store") {
+        Some(open_store(&args)?)
+    } else {
+        None
+    };
+    to_serve.store = store.clone();
     if services.contains(&"delta") {
-        if to_serve.store.is_none() {
+        if store.is_none() {
             anyhow::bail!(
                 "the delta service rebuilds versions next to the store: serve it with `--services store,delta`"
             );
@@ -166,6 +203,39 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
     if services.contains(&"policy") {
         to_serve.policy = Some(keepsake_policy::PolicyConfig::default());
     }
+    let verifier = if services.contains(&"library") {
+        let store = store.clone().context(
+            "the library keeps its content in the store of the same process: serve it with `--services store,library`",
+        )?;
+        let library = Library::open(
+            Some(args.data.join("library.sqlite")),
+            clock.clone(),
+            Arc::new(OsEntropy),
+            LibraryConfig {
+                min_client_version: min_version,
+                ..LibraryConfig::default()
+            },
+        )?;
+        let cloud = Arc::new(Cloud::new(library, store)?);
+        bootstrap_admin(&cloud, &args.data)?;
+        publish_keys(&cloud, &args.data)?;
+        to_serve.cloud = Some(cloud.clone());
+        cloud.verifier()
+    } else {
+        let path = args
+            .token_keys
+            .clone()
+            .context("without the library in this process, pass --token-keys FILE (the library server's token-keys.json) so tokens can be checked")?;
+        TokenVerifier::new(&read_keys(&path)?)?
+    };
+    spawn_maintenance(
+        to_serve.cloud.clone(),
+        store,
+        changes,
+        args.data.clone(),
+        Duration::from_secs(args.gc_interval_secs.max(1)),
+    );
+    let auth = Authenticator::new(verifier, clock, min_version);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| {
@@ -183,7 +253,7 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
     serve(
         listener,
         to_serve,
-        tokens,
+        auth,
         ServerConfig::default(),
         shutdown_signal(),
     )
@@ -215,17 +285,37 @@ fn open_store(args: &ServeArgs) -> Result<Arc<Store>> {
     Ok(Arc::new(store))
 }
 
-fn spawn_gc(store: Arc<Store>, every: Duration) {
+/// The periodic jobs: library maintenance (trash expiry, reservations, reference
+/// releases, compaction, key retirement), then the store's GC.
+fn spawn_maintenance(
+    cloud: Option<Arc<Cloud>>,
+    store: Option<Arc<Store>>,
+    changes: ChangeNotifier,
+    data: PathBuf,
+    every: Duration,
+) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         tick.tick().await;
         loop {
             tick.tick().await;
-            let store = store.clone();
-            match tokio::task::spawn_blocking(move || store.collect_garbage()).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, "garbage collection failed; will retry"),
-                Err(e) => tracing::error!(error = %e, "garbage collection panicked"),
+            let (cloud, store, data) = (cloud.clone(), store.clone(), data.clone());
+            let done = tokio::task::spawn_blocking(move || -> Result<()> {
+                if let Some(cloud) = &cloud {
+                    cloud.maintain()?;
+                    publish_keys(cloud, &data)?;
+                }
+                if let Some(store) = &store {
+                    store.collect_garbage()?;
+                }
+                Ok(())
+            })
+            .await;
+            changes.notify_all();
+            match done {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "maintenance failed; will retry"),
+                Err(e) => tracing::error!(error = %e, "maintenance panicked"),
             }
         }
     });

@@ -4,16 +4,19 @@
 //! - `store`: the store over loopback gRPC against BLAKE3 of the bytes, a tonic
 //!   stream that discards them, and a sequential write + fsync of them.
 //! - `policy`: the cost of one policy evaluation.
+//! - `delta`: chunk + hash throughput against raw FastCDC + BLAKE3.
+//! - `library`: commit rate, a fresh device's ListChanges of the whole library over
+//!   loopback, and WatchChanges latency from commit to notification.
+
+mod library;
 
 use anyhow::{Result, bail};
 use bytes::Bytes;
 use keepsake_proto::v1 as pb;
 use keepsake_proto::v1::chunk_store_server::{ChunkStore, ChunkStoreServer};
 use keepsake_store::{ChunkId, OsEntropy, Store, StoreConfig, SystemClock};
-use keepsake_transport::auth::{TokenEntry, TokenFile, TokenTable};
 use keepsake_transport::client::{self, get_all, put_all};
 use keepsake_transport::convert::id_bytes;
-use keepsake_transport::server::{ServerConfig, Services, serve};
 use std::io::Write;
 use std::path::Path;
 use std::pin::Pin;
@@ -40,7 +43,11 @@ fn main() -> Result<()> {
             .block_on(store(&root, short)),
         Some("policy") => policy(short),
         Some("delta") => delta(short),
-        _ => bail!("usage: cargo xtask bench <store|policy|delta> [--short]"),
+        Some("library") => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(library::run(&root, short)),
+        _ => bail!("usage: cargo xtask bench <store|policy|delta|library> [--short]"),
     }
 }
 
@@ -154,27 +161,8 @@ async fn store(root: &Path, short: bool) -> Result<()> {
         Arc::new(OsEntropy),
         StoreConfig::default(),
     )?);
-    let tokens = TokenTable::new(&TokenFile {
-        tokens: vec![TokenEntry {
-            token: "bench".into(),
-            account: "bench".into(),
-            admin: true,
-        }],
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}", listener.local_addr()?);
-    tokio::spawn(serve(
-        listener,
-        Services {
-            store: Some(store),
-            policy: None,
-            delta: false,
-        },
-        tokens,
-        ServerConfig::default(),
-        std::future::pending(),
-    ));
-    let mut c = client::store_client(client::connect(&url).await?, "bench");
+    let (url, token, _cloud) = library::serve_cloud(tmp.path(), store).await?;
+    let mut c = client::store_client(client::connect(&url).await?, &token);
     let session = c
         .begin_session(pb::BeginSessionRequest {
             expected_bytes: total as u64,

@@ -2453,3 +2453,3165 @@ pub mod delta_server {
         const NAME: &'static str = SERVICE_NAME;
     }
 }
+/// A storage plan.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Plan {
+    /// Its name ("free", "50gb", ...).
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    /// Bytes it allows.
+    #[prost(uint64, tag = "2")]
+    pub limit_bytes: u64,
+}
+/// An account as its owner sees it.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Account {
+    /// Its name.
+    #[prost(string, tag = "1")]
+    pub account: ::prost::alloc::string::String,
+    /// Its plan.
+    #[prost(message, optional, tag = "2")]
+    pub plan: ::core::option::Option<Plan>,
+    /// Bytes it owns in the store, each chunk counted once.
+    #[prost(uint64, tag = "3")]
+    pub used_bytes: u64,
+    /// Bytes held for uploads in flight.
+    #[prost(uint64, tag = "4")]
+    pub reserved_bytes: u64,
+    /// May manage accounts and run maintenance.
+    #[prost(bool, tag = "5")]
+    pub admin: bool,
+}
+/// An access token.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct AccessToken {
+    /// Send as `authorization: Bearer <token>`.
+    #[prost(string, tag = "1")]
+    pub token: ::prost::alloc::string::String,
+    /// Expiry, Unix milliseconds.
+    #[prost(int64, tag = "2")]
+    pub expires_at_ms: i64,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct CreateAccountRequest {
+    /// 1..=64 characters of a-z, 0-9, '.', '\_', '-', '@'.
+    #[prost(string, tag = "1")]
+    pub account: ::prost::alloc::string::String,
+    /// 8..=1024 bytes.
+    #[prost(string, tag = "2")]
+    pub password: ::prost::alloc::string::String,
+    /// A plan name; empty = the first configured plan.
+    #[prost(string, tag = "3")]
+    pub plan: ::prost::alloc::string::String,
+    /// Administrator rights.
+    #[prost(bool, tag = "4")]
+    pub admin: bool,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct CreateAccountResponse {
+    #[prost(message, optional, tag = "1")]
+    pub account: ::core::option::Option<Account>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SignInRequest {
+    #[prost(string, tag = "1")]
+    pub account: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub password: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SignInResponse {
+    #[prost(message, optional, tag = "1")]
+    pub access: ::core::option::Option<AccessToken>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ChangePasswordRequest {
+    #[prost(string, tag = "1")]
+    pub old_password: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub new_password: ::prost::alloc::string::String,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ChangePasswordResponse {}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DeleteAccountRequest {
+    /// The account's password, asked again for a destructive act.
+    #[prost(string, tag = "1")]
+    pub password: ::prost::alloc::string::String,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DeleteAccountResponse {}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GetAccountRequest {}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct GetAccountResponse {
+    #[prost(message, optional, tag = "1")]
+    pub account: ::core::option::Option<Account>,
+    /// Every plan on offer.
+    #[prost(message, repeated, tag = "2")]
+    pub plans: ::prost::alloc::vec::Vec<Plan>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SetPlanRequest {
+    #[prost(string, tag = "1")]
+    pub account: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub plan: ::prost::alloc::string::String,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SetPlanResponse {}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct EnrollDeviceRequest {
+    #[prost(string, tag = "1")]
+    pub account: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub password: ::prost::alloc::string::String,
+    /// The name the owner gives the device ("Alice's phone").
+    #[prost(string, tag = "3")]
+    pub device_name: ::prost::alloc::string::String,
+    /// "ios", "android", "linux", ...
+    #[prost(string, tag = "4")]
+    pub platform: ::prost::alloc::string::String,
+    /// The client's version, e.g. "1.4.2".
+    #[prost(string, tag = "5")]
+    pub client_version: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct EnrollDeviceResponse {
+    #[prost(string, tag = "1")]
+    pub device_id: ::prost::alloc::string::String,
+    /// Keep it secret: it is exchanged for access tokens and cannot be shown again.
+    #[prost(string, tag = "2")]
+    pub device_token: ::prost::alloc::string::String,
+    #[prost(message, optional, tag = "3")]
+    pub access: ::core::option::Option<AccessToken>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RefreshTokenRequest {
+    #[prost(string, tag = "1")]
+    pub device_id: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub device_token: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub client_version: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RefreshTokenResponse {
+    #[prost(message, optional, tag = "1")]
+    pub access: ::core::option::Option<AccessToken>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RevokeDeviceRequest {
+    #[prost(string, tag = "1")]
+    pub device_id: ::prost::alloc::string::String,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RevokeDeviceResponse {}
+/// What a device last reported about itself.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DeviceState {
+    /// "syncing", "idle", "paused", "blocked", ...
+    #[prost(string, tag = "1")]
+    pub state: ::prost::alloc::string::String,
+    /// The reason code it is not syncing (policy codes: WAITING_FOR_WIFI, QUOTA_EXCEEDED, ...).
+    #[prost(string, tag = "2")]
+    pub reason: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "3")]
+    pub pending_items: u64,
+    #[prost(uint64, tag = "4")]
+    pub pending_bytes: u64,
+    #[prost(uint64, tag = "5")]
+    pub done_items: u64,
+    #[prost(uint64, tag = "6")]
+    pub failed_items: u64,
+    /// "wifi", "cellular", "wired", "offline", ...
+    #[prost(string, tag = "7")]
+    pub network: ::prost::alloc::string::String,
+    /// Battery percentage; absent when the device has none.
+    #[prost(uint32, optional, tag = "8")]
+    pub battery_percent: ::core::option::Option<u32>,
+    #[prost(bool, tag = "9")]
+    pub charging: bool,
+    #[prost(uint64, optional, tag = "10")]
+    pub free_bytes: ::core::option::Option<u64>,
+}
+/// A device in the account's ledger.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Device {
+    #[prost(string, tag = "1")]
+    pub device_id: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub platform: ::prost::alloc::string::String,
+    #[prost(string, tag = "4")]
+    pub client_version: ::prost::alloc::string::String,
+    #[prost(int64, tag = "5")]
+    pub enrolled_at_ms: i64,
+    /// Set when the device was revoked.
+    #[prost(int64, optional, tag = "6")]
+    pub revoked_at_ms: ::core::option::Option<i64>,
+    /// Its last call.
+    #[prost(int64, optional, tag = "7")]
+    pub last_seen_ms: ::core::option::Option<i64>,
+    /// Its latest report, if it sent one.
+    #[prost(message, optional, tag = "8")]
+    pub state: ::core::option::Option<DeviceState>,
+    /// Since when its current reason (or lack of one) holds.
+    #[prost(int64, optional, tag = "9")]
+    pub reason_since_ms: ::core::option::Option<i64>,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListDevicesRequest {}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListDevicesResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub devices: ::prost::alloc::vec::Vec<Device>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ReportDeviceStateRequest {
+    #[prost(message, optional, tag = "1")]
+    pub state: ::core::option::Option<DeviceState>,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ReportDeviceStateResponse {}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RotateSigningKeyRequest {}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RotateSigningKeyResponse {
+    /// The new key's id.
+    #[prost(string, tag = "1")]
+    pub key_id: ::prost::alloc::string::String,
+}
+/// Generated client implementations.
+pub mod accounts_client {
+    #![allow(
+        unused_variables,
+        dead_code,
+        missing_docs,
+        clippy::wildcard_imports,
+        clippy::let_unit_value,
+    )]
+    use tonic::codegen::*;
+    use tonic::codegen::http::Uri;
+    /// Accounts, plans, devices and tokens.
+    #[derive(Debug, Clone)]
+    pub struct AccountsClient<T> {
+        inner: tonic::client::Grpc<T>,
+    }
+    impl<T> AccountsClient<T>
+    where
+        T: tonic::client::GrpcService<tonic::body::Body>,
+        T::Error: Into<StdError>,
+        T::ResponseBody: Body<Data = Bytes> + std::marker::Send + 'static,
+        <T::ResponseBody as Body>::Error: Into<StdError> + std::marker::Send,
+    {
+        pub fn new(inner: T) -> Self {
+            let inner = tonic::client::Grpc::new(inner);
+            Self { inner }
+        }
+        pub fn with_origin(inner: T, origin: Uri) -> Self {
+            let inner = tonic::client::Grpc::with_origin(inner, origin);
+            Self { inner }
+        }
+        pub fn with_interceptor<F>(
+            inner: T,
+            interceptor: F,
+        ) -> AccountsClient<InterceptedService<T, F>>
+        where
+            F: tonic::service::Interceptor,
+            T::ResponseBody: Default,
+            T: tonic::codegen::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<
+                    <T as tonic::client::GrpcService<tonic::body::Body>>::ResponseBody,
+                >,
+            >,
+            <T as tonic::codegen::Service<
+                http::Request<tonic::body::Body>,
+            >>::Error: Into<StdError> + std::marker::Send + std::marker::Sync,
+        {
+            AccountsClient::new(InterceptedService::new(inner, interceptor))
+        }
+        /// Compress requests with the given encoding.
+        ///
+        /// This requires the server to support it otherwise it might respond with an
+        /// error.
+        #[must_use]
+        pub fn send_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.inner = self.inner.send_compressed(encoding);
+            self
+        }
+        /// Enable decompressing responses.
+        #[must_use]
+        pub fn accept_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.inner = self.inner.accept_compressed(encoding);
+            self
+        }
+        /// Limits the maximum size of a decoded message.
+        ///
+        /// Default: `4MB`
+        #[must_use]
+        pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+            self.inner = self.inner.max_decoding_message_size(limit);
+            self
+        }
+        /// Limits the maximum size of an encoded message.
+        ///
+        /// Default: `usize::MAX`
+        #[must_use]
+        pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
+            self.inner = self.inner.max_encoding_message_size(limit);
+            self
+        }
+        /// Creates an account (administrators only).
+        pub async fn create_account(
+            &mut self,
+            request: impl tonic::IntoRequest<super::CreateAccountRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::CreateAccountResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/keepsake.v1.Accounts/CreateAccount",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("keepsake.v1.Accounts", "CreateAccount"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Exchanges an account name and password for an access token.
+        pub async fn sign_in(
+            &mut self,
+            request: impl tonic::IntoRequest<super::SignInRequest>,
+        ) -> std::result::Result<tonic::Response<super::SignInResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/keepsake.v1.Accounts/SignIn",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("keepsake.v1.Accounts", "SignIn"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Replaces the caller's password after checking the current one.
+        pub async fn change_password(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ChangePasswordRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ChangePasswordResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/keepsake.v1.Accounts/ChangePassword",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("keepsake.v1.Accounts", "ChangePassword"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Deletes the caller's account and everything in it, after checking its password.
+        pub async fn delete_account(
+            &mut self,
+            request: impl tonic::IntoRequest<super::DeleteAccountRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::DeleteAccountResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/keepsake.v1.Accounts/DeleteAccount",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("keepsake.v1.Accounts", "DeleteAccount"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// The caller's plan, exact usage and reservations.
+        pub async fn get_account(
+            &mut self,
+            request: impl tonic::IntoRequest<super::GetAccountRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::GetAccountResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/keepsake.v1.Accounts/GetAccount",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("keepsake.v1.Accounts", "GetAccount"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Moves an account to another plan (administrators only).
+        pub async fn set_plan(
+            &mut self,
+            request: impl tonic::IntoRequest<super::SetPlanRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::SetPlanResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/keepsake.v1.Accounts/SetPlan",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("keepsake.v1.Accounts", "SetPlan"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Enrols a device with account credentials: a device token and a first access token.
+        pub async fn enroll_device(
+            &mut self,
+            request: impl tonic::IntoRequest<super::EnrollDeviceRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::EnrollDeviceResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/keepsake.v1.Accounts/EnrollDevice",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("keepsake.v1.Accounts", "EnrollDevice"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Exchanges a device token for a fresh access token.
+        pub async fn refresh_token(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RefreshTokenRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RefreshTokenResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/keepsake.v1.Accounts/RefreshToken",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("keepsake.v1.Accounts", "RefreshToken"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Revokes one of the caller's devices.
+        pub async fn revoke_device(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RevokeDeviceRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RevokeDeviceResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/keepsake.v1.Accounts/RevokeDevice",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("keepsake.v1.Accounts", "RevokeDevice"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Every device of the caller's account, with its last contact, state and reason.
+        pub async fn list_devices(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListDevicesRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListDevicesResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/keepsake.v1.Accounts/ListDevices",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("keepsake.v1.Accounts", "ListDevices"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Records the calling device's sync state (the token must be a device's).
+        pub async fn report_device_state(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ReportDeviceStateRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ReportDeviceStateResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/keepsake.v1.Accounts/ReportDeviceState",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("keepsake.v1.Accounts", "ReportDeviceState"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Starts signing tokens with a new key (administrators only); old tokens stay valid.
+        pub async fn rotate_signing_key(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RotateSigningKeyRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RotateSigningKeyResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/keepsake.v1.Accounts/RotateSigningKey",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("keepsake.v1.Accounts", "RotateSigningKey"));
+            self.inner.unary(req, path, codec).await
+        }
+    }
+}
+/// Generated server implementations.
+pub mod accounts_server {
+    #![allow(
+        unused_variables,
+        dead_code,
+        missing_docs,
+        clippy::wildcard_imports,
+        clippy::let_unit_value,
+    )]
+    use tonic::codegen::*;
+    /// Generated trait containing gRPC methods that should be implemented for use with AccountsServer.
+    #[async_trait]
+    pub trait Accounts: std::marker::Send + std::marker::Sync + 'static {
+        /// Creates an account (administrators only).
+        async fn create_account(
+            &self,
+            request: tonic::Request<super::CreateAccountRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::CreateAccountResponse>,
+            tonic::Status,
+        >;
+        /// Exchanges an account name and password for an access token.
+        async fn sign_in(
+            &self,
+            request: tonic::Request<super::SignInRequest>,
+        ) -> std::result::Result<tonic::Response<super::SignInResponse>, tonic::Status>;
+        /// Replaces the caller's password after checking the current one.
+        async fn change_password(
+            &self,
+            request: tonic::Request<super::ChangePasswordRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ChangePasswordResponse>,
+            tonic::Status,
+        >;
+        /// Deletes the caller's account and everything in it, after checking its password.
+        async fn delete_account(
+            &self,
+            request: tonic::Request<super::DeleteAccountRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::DeleteAccountResponse>,
+            tonic::Status,
+        >;
+        /// The caller's plan, exact usage and reservations.
+        async fn get_account(
+            &self,
+            request: tonic::Request<super::GetAccountRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::GetAccountResponse>,
+            tonic::Status,
+        >;
+        /// Moves an account to another plan (administrators only).
+        async fn set_plan(
+            &self,
+            request: tonic::Request<super::SetPlanRequest>,
+        ) -> std::result::Result<tonic::Response<super::SetPlanResponse>, tonic::Status>;
+        /// Enrols a device with account credentials: a device token and a first access token.
+        async fn enroll_device(
+            &self,
+            request: tonic::Request<super::EnrollDeviceRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::EnrollDeviceResponse>,
+            tonic::Status,
+        >;
+        /// Exchanges a device token for a fresh access token.
+        async fn refresh_token(
+            &self,
+            request: tonic::Request<super::RefreshTokenRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RefreshTokenResponse>,
+            tonic::Status,
+        >;
+        /// Revokes one of the caller's devices.
+        async fn revoke_device(
+            &self,
+            request: tonic::Request<super::RevokeDeviceRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RevokeDeviceResponse>,
+            tonic::Status,
+        >;
+        /// Every device of the caller's account, with its last contact, state and reason.
+        async fn list_devices(
+            &self,
+            request: tonic::Request<super::ListDevicesRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListDevicesResponse>,
+            tonic::Status,
+        >;
+        /// Records the calling device's sync state (the token must be a device's).
+        async fn report_device_state(
+            &self,
+            request: tonic::Request<super::ReportDeviceStateRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ReportDeviceStateResponse>,
+            tonic::Status,
+        >;
+        /// Starts signing tokens with a new key (administrators only); old tokens stay valid.
+        async fn rotate_signing_key(
+            &self,
+            request: tonic::Request<super::RotateSigningKeyRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RotateSigningKeyResponse>,
+            tonic::Status,
+        >;
+    }
+    /// Accounts, plans, devices and tokens.
+    #[derive(Debug)]
+    pub struct AccountsServer<T> {
+        inner: Arc<T>,
+        accept_compression_encodings: EnabledCompressionEncodings,
+        send_compression_encodings: EnabledCompressionEncodings,
+        max_decoding_message_size: Option<usize>,
+        max_encoding_message_size: Option<usize>,
+    }
+    impl<T> AccountsServer<T> {
+        pub fn new(inner: T) -> Self {
+            Self::from_arc(Arc::new(inner))
+        }
+        pub fn from_arc(inner: Arc<T>) -> Self {
+            Self {
+                inner,
+                accept_compression_encodings: Default::default(),
+                send_compression_encodings: Default::default(),
+                max_decoding_message_size: None,
+                max_encoding_message_size: None,
+            }
+        }
+        pub fn with_interceptor<F>(
+            inner: T,
+            interceptor: F,
+        ) -> InterceptedService<Self, F>
+        where
+            F: tonic::service::Interceptor,
+        {
+            InterceptedService::new(Self::new(inner), interceptor)
+        }
+        /// Enable decompressing requests with the given encoding.
+        #[must_use]
+        pub fn accept_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.accept_compression_encodings.enable(encoding);
+            self
+        }
+        /// Compress responses with the given encoding, if the client supports it.
+        #[must_use]
+        pub fn send_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.send_compression_encodings.enable(encoding);
+            self
+        }
+        /// Limits the maximum size of a decoded message.
+        ///
+        /// Default: `4MB`
+        #[must_use]
+        pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+            self.max_decoding_message_size = Some(limit);
+            self
+        }
+        /// Limits the maximum size of an encoded message.
+        ///
+        /// Default: `usize::MAX`
+        #[must_use]
+        pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
+            self.max_encoding_message_size = Some(limit);
+            self
+        }
+    }
+    impl<T, B> tonic::codegen::Service<http::Request<B>> for AccountsServer<T>
+    where
+        T: Accounts,
+        B: Body + std::marker::Send + 'static,
+        B::Error: Into<StdError> + std::marker::Send + 'static,
+    {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = std::convert::Infallible;
+        type Future = BoxFuture<Self::Response, Self::Error>;
+        fn poll_ready(
+            &mut self,
+            _cx: &mut Context<'_>,
+        ) -> Poll<std::result::Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, req: http::Request<B>) -> Self::Future {
+            match req.uri().path() {
+                "/keepsake.v1.Accounts/CreateAccount" => {
+                    #[allow(non_camel_case_types)]
+                    struct CreateAccountSvc<T: Accounts>(pub Arc<T>);
+                    impl<
+                        T: Accounts,
+                    > tonic::server::UnaryService<super::CreateAccountRequest>
+                    for CreateAccountSvc<T> {
+                        type Response = super::CreateAccountResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::CreateAccountRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Accounts>::create_account(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = CreateAccountSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/keepsake.v1.Accounts/SignIn" => {
+                    #[allow(non_camel_case_types)]
+                    struct SignInSvc<T: Accounts>(pub Arc<T>);
+                    impl<T: Accounts> tonic::server::UnaryService<super::SignInRequest>
+                    for SignInSvc<T> {
+                        type Response = super::SignInResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::SignInRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Accounts>::sign_in(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = SignInSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/keepsake.v1.Accounts/ChangePassword" => {
+                    #[allow(non_camel_case_types)]
+                    struct ChangePasswordSvc<T: Accounts>(pub Arc<T>);
+                    impl<
+                        T: Accounts,
+                    > tonic::server::UnaryService<super::ChangePasswordRequest>
+                    for ChangePasswordSvc<T> {
+                        type Response = super::ChangePasswordResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ChangePasswordRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Accounts>::change_password(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ChangePasswordSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/keepsake.v1.Accounts/DeleteAccount" => {
+                    #[allow(non_camel_case_types)]
+                    struct DeleteAccountSvc<T: Accounts>(pub Arc<T>);
+                    impl<
+                        T: Accounts,
+                    > tonic::server::UnaryService<super::DeleteAccountRequest>
+                    for DeleteAccountSvc<T> {
+                        type Response = super::DeleteAccountResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::DeleteAccountRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Accounts>::delete_account(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = DeleteAccountSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/keepsake.v1.Accounts/GetAccount" => {
+                    #[allow(non_camel_case_types)]
+                    struct GetAccountSvc<T: Accounts>(pub Arc<T>);
+                    impl<
+                        T: Accounts,
+                    > tonic::server::UnaryService<super::GetAccountRequest>
+                    for GetAccountSvc<T> {
+                        type Response = super::GetAccountResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::GetAccountRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Accounts>::get_account(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = GetAccountSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/keepsake.v1.Accounts/SetPlan" => {
+                    #[allow(non_camel_case_types)]
+                    struct SetPlanSvc<T: Accounts>(pub Arc<T>);
+                    impl<T: Accounts> tonic::server::UnaryService<super::SetPlanRequest>
+                    for SetPlanSvc<T> {
+                        type Response = super::SetPlanResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::SetPlanRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Accounts>::set_plan(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = SetPlanSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/keepsake.v1.Accounts/EnrollDevice" => {
+                    #[allow(non_camel_case_types)]
+                    struct EnrollDeviceSvc<T: Accounts>(pub Arc<T>);
+                    impl<
+                        T: Accounts,
+                    > tonic::server::UnaryService<super::EnrollDeviceRequest>
+                    for EnrollDeviceSvc<T> {
+                        type Response = super::EnrollDeviceResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::EnrollDeviceRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Accounts>::enroll_device(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = EnrollDeviceSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/keepsake.v1.Accounts/RefreshToken" => {
+                    #[allow(non_camel_case_types)]
+                    struct RefreshTokenSvc<T: Accounts>(pub Arc<T>);
+                    impl<
+                        T: Accounts,
+                    > tonic::server::UnaryService<super::RefreshTokenRequest>
+                    for RefreshTokenSvc<T> {
+                        type Response = super::RefreshTokenResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::RefreshTokenRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Accounts>::refresh_token(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RefreshTokenSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/keepsake.v1.Accounts/RevokeDevice" => {
+                    #[allow(non_camel_case_types)]
+                    struct RevokeDeviceSvc<T: Accounts>(pub Arc<T>);
+                    impl<
+                        T: Accounts,
+                    > tonic::server::UnaryService<super::RevokeDeviceRequest>
+                    for RevokeDeviceSvc<T> {
+                        type Response = super::RevokeDeviceResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::RevokeDeviceRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Accounts>::revoke_device(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RevokeDeviceSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/keepsake.v1.Accounts/ListDevices" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListDevicesSvc<T: Accounts>(pub Arc<T>);
+                    impl<
+                        T: Accounts,
+                    > tonic::server::UnaryService<super::ListDevicesRequest>
+                    for ListDevicesSvc<T> {
+                        type Response = super::ListDevicesResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ListDevicesRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Accounts>::list_devices(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListDevicesSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/keepsake.v1.Accounts/ReportDeviceState" => {
+                    #[allow(non_camel_case_types)]
+                    struct ReportDeviceStateSvc<T: Accounts>(pub Arc<T>);
+                    impl<
+                        T: Accounts,
+                    > tonic::server::UnaryService<super::ReportDeviceStateRequest>
+                    for ReportDeviceStateSvc<T> {
+                        type Response = super::ReportDeviceStateResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ReportDeviceStateRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Accounts>::report_device_state(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ReportDeviceStateSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/keepsake.v1.Accounts/RotateSigningKey" => {
+                    #[allow(non_camel_case_types)]
+                    struct RotateSigningKeySvc<T: Accounts>(pub Arc<T>);
+                    impl<
+                        T: Accounts,
+                    > tonic::server::UnaryService<super::RotateSigningKeyRequest>
+                    for RotateSigningKeySvc<T> {
+                        type Response = super::RotateSigningKeyResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::RotateSigningKeyRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Accounts>::rotate_signing_key(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RotateSigningKeySvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                _ => {
+                    Box::pin(async move {
+                        let mut response = http::Response::new(
+                            tonic::body::Body::default(),
+                        );
+                        let headers = response.headers_mut();
+                        headers
+                            .insert(
+                                tonic::Status::GRPC_STATUS,
+                                (tonic::Code::Unimplemented as i32).into(),
+                            );
+                        headers
+                            .insert(
+                                http::header::CONTENT_TYPE,
+                                tonic::metadata::GRPC_CONTENT_TYPE,
+                            );
+                        Ok(response)
+                    })
+                }
+            }
+        }
+    }
+    impl<T> Clone for AccountsServer<T> {
+        fn clone(&self) -> Self {
+            let inner = self.inner.clone();
+            Self {
+                inner,
+                accept_compression_encodings: self.accept_compression_encodings,
+                send_compression_encodings: self.send_compression_encodings,
+                max_decoding_message_size: self.max_decoding_message_size,
+                max_encoding_message_size: self.max_encoding_message_size,
+            }
+        }
+    }
+    /// Generated gRPC service name
+    pub const SERVICE_NAME: &str = "keepsake.v1.Accounts";
+    impl<T> tonic::server::NamedService for AccountsServer<T> {
+        const NAME: &'static str = SERVICE_NAME;
+    }
+}
+/// A hybrid logical clock reading carried by every metadata change.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Clock {
+    /// The device's wall clock, never below what it has received. At most the
+    /// server's configured offset ahead of the server (else CLOCK_SKEW).
+    #[prost(int64, tag = "1")]
+    pub wall_ms: i64,
+    /// Orders changes within one millisecond.
+    #[prost(uint32, tag = "2")]
+    pub counter: u32,
+    /// The device that made the change (breaks exact ties).
+    #[prost(string, tag = "3")]
+    pub device: ::prost::alloc::string::String,
+}
+/// An asset's latest state.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Asset {
+    #[prost(string, tag = "1")]
+    pub asset_id: ::prost::alloc::string::String,
+    #[prost(enumeration = "AssetKind", tag = "2")]
+    pub kind: i32,
+    #[prost(int64, optional, tag = "3")]
+    pub capture_time_ms: ::core::option::Option<i64>,
+    #[prost(uint32, optional, tag = "4")]
+    pub width: ::core::option::Option<u32>,
+    #[prost(uint32, optional, tag = "5")]
+    pub height: ::core::option::Option<u32>,
+    /// The original file name: data, never a path.
+    #[prost(string, tag = "6")]
+    pub original_name: ::prost::alloc::string::String,
+    /// The current version.
+    #[prost(uint32, tag = "7")]
+    pub version: u32,
+    /// The current version's manifest in the chunk store.
+    #[prost(bytes = "bytes", tag = "8")]
+    pub manifest_id: ::prost::bytes::Bytes,
+    /// BLAKE3 of the current version's file.
+    #[prost(bytes = "bytes", tag = "9")]
+    pub file_hash: ::prost::bytes::Bytes,
+    #[prost(uint64, tag = "10")]
+    pub size: u64,
+    #[prost(bool, tag = "11")]
+    pub favorite: bool,
+    #[prost(bool, tag = "12")]
+    pub hidden: bool,
+    #[prost(string, tag = "13")]
+    pub title: ::prost::alloc::string::String,
+    #[prost(enumeration = "AssetState", tag = "14")]
+    pub state: i32,
+    /// When it entered Recently Deleted or was purged.
+    #[prost(int64, optional, tag = "15")]
+    pub state_at_ms: ::core::option::Option<i64>,
+}
+/// An album's latest state.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Album {
+    #[prost(string, tag = "1")]
+    pub album_id: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub name: ::prost::alloc::string::String,
+    /// A tombstone.
+    #[prost(bool, tag = "3")]
+    pub deleted: bool,
+    /// Member asset ids, sorted.
+    #[prost(string, repeated, tag = "4")]
+    pub members: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
+/// One version of an asset.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct AssetVersion {
+    #[prost(uint32, tag = "1")]
+    pub version: u32,
+    #[prost(bytes = "bytes", tag = "2")]
+    pub manifest_id: ::prost::bytes::Bytes,
+    #[prost(bytes = "bytes", tag = "3")]
+    pub file_hash: ::prost::bytes::Bytes,
+    #[prost(uint64, tag = "4")]
+    pub size: u64,
+    #[prost(uint32, optional, tag = "5")]
+    pub base_version: ::core::option::Option<u32>,
+    /// The device that made it.
+    #[prost(string, tag = "6")]
+    pub device: ::prost::alloc::string::String,
+    #[prost(int64, tag = "7")]
+    pub created_at_ms: i64,
+    /// Made from a stale base while this version was current (a conflict; both kept).
+    #[prost(uint32, optional, tag = "8")]
+    pub conflicts_with: ::core::option::Option<u32>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct BeginUploadRequest {
+    /// Bytes about to be sent (chunks and manifests).
+    #[prost(uint64, tag = "1")]
+    pub bytes: u64,
+    /// Client-chosen; a retry returns the same reservation.
+    #[prost(string, tag = "2")]
+    pub request_id: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct BeginUploadResponse {
+    /// Also the store session id to send PutChunks/FindMissing under.
+    #[prost(string, tag = "1")]
+    pub reservation_id: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "2")]
+    pub bytes: u64,
+    #[prost(int64, tag = "3")]
+    pub expires_at_ms: i64,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RenewUploadRequest {
+    #[prost(string, tag = "1")]
+    pub reservation_id: ::prost::alloc::string::String,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RenewUploadResponse {
+    #[prost(int64, tag = "1")]
+    pub expires_at_ms: i64,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct CommitAssetRequest {
+    /// Client-chosen, 1..=128 bytes; a retry with the same request returns the first answer.
+    #[prost(string, tag = "1")]
+    pub request_id: ::prost::alloc::string::String,
+    /// Empty for a new asset; the asset for a new version.
+    #[prost(string, tag = "2")]
+    pub asset_id: ::prost::alloc::string::String,
+    /// The version the edit started from (a stale one is a conflict, not an error).
+    #[prost(uint32, optional, tag = "3")]
+    pub base_version: ::core::option::Option<u32>,
+    /// The manifest uploaded to the chunk store.
+    #[prost(bytes = "bytes", tag = "4")]
+    pub manifest_id: ::prost::bytes::Bytes,
+    #[prost(enumeration = "AssetKind", tag = "5")]
+    pub kind: i32,
+    /// When it was taken, or the file's time.
+    #[prost(int64, optional, tag = "6")]
+    pub capture_time_ms: ::core::option::Option<i64>,
+    #[prost(uint32, optional, tag = "7")]
+    pub width: ::core::option::Option<u32>,
+    #[prost(uint32, optional, tag = "8")]
+    pub height: ::core::option::Option<u32>,
+    #[prost(string, tag = "9")]
+    pub original_name: ::prost::alloc::string::String,
+    /// The reservation the upload ran under.
+    #[prost(string, tag = "10")]
+    pub reservation_id: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct CommitAssetResponse {
+    #[prost(string, tag = "1")]
+    pub asset_id: ::prost::alloc::string::String,
+    #[prost(uint32, tag = "2")]
+    pub version: u32,
+    /// The edit started from a stale base: both versions kept, this one current.
+    #[prost(bool, tag = "3")]
+    pub conflict: bool,
+    /// Identical content was already an asset: no new asset was made.
+    #[prost(bool, tag = "4")]
+    pub deduplicated: bool,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct FindAssetsByContentRequest {
+    /// Whole-file BLAKE3 hashes, at most 1000.
+    #[prost(bytes = "bytes", repeated, tag = "1")]
+    pub file_hashes: ::prost::alloc::vec::Vec<::prost::bytes::Bytes>,
+}
+/// What one hash matched.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ContentMatch {
+    #[prost(bytes = "bytes", tag = "1")]
+    pub file_hash: ::prost::bytes::Bytes,
+    /// Live or trashed assets with this content.
+    #[prost(message, repeated, tag = "2")]
+    pub assets: ::prost::alloc::vec::Vec<Asset>,
+    /// Content with this hash was purged at this time: do not upload it again.
+    #[prost(int64, optional, tag = "3")]
+    pub purged_at_ms: ::core::option::Option<i64>,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct FindAssetsByContentResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub matches: ::prost::alloc::vec::Vec<ContentMatch>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GetAssetRequest {
+    #[prost(string, tag = "1")]
+    pub asset_id: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GetAssetResponse {
+    #[prost(message, optional, tag = "1")]
+    pub asset: ::core::option::Option<Asset>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListVersionsRequest {
+    #[prost(string, tag = "1")]
+    pub asset_id: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListVersionsResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub versions: ::prost::alloc::vec::Vec<AssetVersion>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SetMetadataRequest {
+    #[prost(string, tag = "1")]
+    pub asset_id: ::prost::alloc::string::String,
+    #[prost(message, optional, tag = "2")]
+    pub clock: ::core::option::Option<Clock>,
+    #[prost(oneof = "set_metadata_request::Field", tags = "3, 4, 5")]
+    pub field: ::core::option::Option<set_metadata_request::Field>,
+}
+/// Nested message and enum types in `SetMetadataRequest`.
+pub mod set_metadata_request {
+    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
+    pub enum Field {
+        #[prost(bool, tag = "3")]
+        Favorite(bool),
+        #[prost(bool, tag = "4")]
+        Hidden(bool),
+        #[prost(string, tag = "5")]
+        Title(::prost::alloc::string::String),
+    }
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SetMetadataResponse {
+    /// False when a newer change to the field had already won.
+    #[prost(bool, tag = "1")]
+    pub applied: bool,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PutAlbumRequest {
+    /// Chosen by the device that creates it, 1..=64 bytes.
+    #[prost(string, tag = "1")]
+    pub album_id: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(message, optional, tag = "3")]
+    pub clock: ::core::option::Option<Clock>,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PutAlbumResponse {
+    #[prost(bool, tag = "1")]
+    pub applied: bool,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DeleteAlbumRequest {
+    #[prost(string, tag = "1")]
+    pub album_id: ::prost::alloc::string::String,
+    #[prost(message, optional, tag = "2")]
+    pub clock: ::core::option::Option<Clock>,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DeleteAlbumResponse {}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SetAlbumMemberRequest {
+    #[prost(string, tag = "1")]
+    pub album_id: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub asset_id: ::prost::alloc::string::String,
+    #[prost(bool, tag = "3")]
+    pub present: bool,
+    #[prost(message, optional, tag = "4")]
+    pub clock: ::core::option::Option<Clock>,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SetAlbumMemberResponse {
+    #[prost(bool, tag = "1")]
+    pub applied: bool,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct TrashAssetRequest {
+    #[prost(string, tag = "1")]
+    pub asset_id: ::prost::alloc::string::String,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct TrashAssetResponse {}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RestoreAssetRequest {
+    #[prost(string, tag = "1")]
+    pub asset_id: ::prost::alloc::string::String,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RestoreAssetResponse {}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PurgeAssetRequest {
+    #[prost(string, tag = "1")]
+    pub asset_id: ::prost::alloc::string::String,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PurgeAssetResponse {}
+/// One row of the feed.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Change {
+    #[prost(oneof = "change::Row", tags = "1, 2")]
+    pub row: ::core::option::Option<change::Row>,
+}
+/// Nested message and enum types in `Change`.
+pub mod change {
+    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
+    pub enum Row {
+        #[prost(message, tag = "1")]
+        Asset(super::Asset),
+        #[prost(message, tag = "2")]
+        Album(super::Album),
+    }
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListChangesRequest {
+    /// 0 for the whole library; else a cursor from an earlier response. Opaque.
+    #[prost(uint64, tag = "1")]
+    pub cursor: u64,
+    /// At most the server's page bound (1000).
+    #[prost(uint32, tag = "2")]
+    pub page_size: u32,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListChangesResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub changes: ::prost::alloc::vec::Vec<Change>,
+    /// Ask from here next.
+    #[prost(uint64, tag = "2")]
+    pub cursor: u64,
+    /// More changes are waiting now.
+    #[prost(bool, tag = "3")]
+    pub more: bool,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct WatchChangesRequest {
+    #[prost(uint64, tag = "1")]
+    pub cursor: u64,
+}
+/// Photo or video.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum AssetKind {
+    Unspecified = 0,
+    Photo = 1,
+    Video = 2,
+}
+impl AssetKind {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "ASSET_KIND_UNSPECIFIED",
+            Self::Photo => "ASSET_KIND_PHOTO",
+            Self::Video => "ASSET_KIND_VIDEO",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "ASSET_KIND_UNSPECIFIED" => Some(Self::Unspecified),
+            "ASSET_KIND_PHOTO" => Some(Self::Photo),
+            "ASSET_KIND_VIDEO" => Some(Self::Video),
+            _ => None,
+        }
+    }
+}
+/// Where an asset is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum AssetState {
+    Unspecified = 0,
+    Live = 1,
+    /// In Recently Deleted.
+    Trashed = 2,
+    /// Gone for good (a tombstone).
+    Purged = 3,
+}
+impl AssetState {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "ASSET_STATE_UNSPECIFIED",
+            Self::Live => "ASSET_STATE_LIVE",
+            Self::Trashed => "ASSET_STATE_TRASHED",
+            Self::Purged => "ASSET_STATE_PURGED",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "ASSET_STATE_UNSPECIFIED" => Some(Self::Unspecified),
+            "ASSET_STATE_LIVE" => Some(Self::Live),
+            "ASSET_STATE_TRASHED" => Some(Self::Trashed),
+            "ASSET_STATE_PURGED" => Some(Self::Purged),
+            _ => None,
+        }
+    }
+}
+/// Generated client implementations.
+pub mod library_client {
+    #![allow(
+        unused_variables,
+        dead_code,
+        missing_docs,
+        clippy::wildcard_imports,
+        clippy::let_unit_value,
+    )]
+    use tonic::codegen::*;
+    use tonic::codegen::http::Uri;
+    /// The account's library and its change feed.
+    #[derive(Debug, Clone)]
+    pub struct LibraryClient<T> {
+        inner: tonic::client::Grpc<T>,
+    }
+    impl<T> LibraryClient<T>
+    where
+        T: tonic::client::GrpcService<tonic::body::Body>,
+        T::Error: Into<StdError>,
+        T::ResponseBody: Body<Data = Bytes> + std::marker::Send + 'static,
+        <T::ResponseBody as Body>::Error: Into<StdError> + std::marker::Send,
+    {
+        pub fn new(inner: T) -> Self {
+            let inner = tonic::client::Grpc::new(inner);
+            Self { inner }
+        }
+        pub fn with_origin(inner: T, origin: Uri) -> Self {
+            let inner = tonic::client::Grpc::with_origin(inner, origin);
+            Self { inner }
+        }
+        pub fn with_interceptor<F>(
+            inner: T,
+            interceptor: F,
+        ) -> LibraryClient<InterceptedService<T, F>>
+        where
+            F: tonic::service::Interceptor,
+            T::ResponseBody: Default,
+            T: tonic::codegen::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<
+                    <T as tonic::client::GrpcService<tonic::body::Body>>::ResponseBody,
+                >,
+            >,
+            <T as tonic::codegen::Service<
+                http::Request<tonic::body::Body>,
+            >>::Error: Into<StdError> + std::marker::Send + std::marker::Sync,
+        {
+            LibraryClient::new(InterceptedService::new(inner, interceptor))
+        }
+        /// Compress requests with the given encoding.
+        ///
+        /// This requires the server to support it otherwise it might respond with an
+        /// error.
+        #[must_use]
+        pub fn send_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.inner = self.inner.send_compressed(encoding);
+            self
+        }
+        /// Enable decompressing responses.
+        #[must_use]
+        pub fn accept_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.inner = self.inner.accept_compressed(encoding);
+            self
+        }
+        /// Limits the maximum size of a decoded message.
+        ///
+        /// Default: `4MB`
+        #[must_use]
+        pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+            self.inner = self.inner.max_decoding_message_size(limit);
+            self
+        }
+        /// Limits the maximum size of an encoded message.
+        ///
+        /// Default: `usize::MAX`
+        #[must_use]
+        pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
+            self.inner = self.inner.max_encoding_message_size(limit);
+            self
+        }
+        /// Reserves quota for an upload and opens the store session to send it under.
+        /// Over quota: RESOURCE_EXHAUSTED, reason QUOTA_EXCEEDED, before a byte is sent.
+        pub async fn begin_upload(
+            &mut self,
+            request: impl tonic::IntoRequest<super::BeginUploadRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::BeginUploadResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/keepsake.v1.Library/BeginUpload",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("keepsake.v1.Library", "BeginUpload"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Extends a reservation and its store session.
+        pub async fn renew_upload(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RenewUploadRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RenewUploadResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/keepsake.v1.Library/RenewUpload",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("keepsake.v1.Library", "RenewUpload"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Records uploaded content as a new asset or a new version. Chunks the account
+        /// does not own come back as FAILED_PRECONDITION, reason MISSING_CHUNKS, listing
+        /// each id in a PreconditionFailure; re-send just those and commit again.
+        pub async fn commit_asset(
+            &mut self,
+            request: impl tonic::IntoRequest<super::CommitAssetRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::CommitAssetResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/keepsake.v1.Library/CommitAsset",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("keepsake.v1.Library", "CommitAsset"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Live or trashed assets with this content, and tombstones of purged content.
+        pub async fn find_assets_by_content(
+            &mut self,
+            request: impl tonic::IntoRequest<super::FindAssetsByContentRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::FindAssetsByContentResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/keepsake.v1.Library/FindAssetsByContent",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("keepsake.v1.Library", "FindAssetsByContent"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// One asset's latest state.
+        pub async fn get_asset(
+            &mut self,
+            request: impl tonic::IntoRequest<super::GetAssetRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::GetAssetResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/keepsake.v1.Library/GetAsset",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("keepsake.v1.Library", "GetAsset"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Every version of an asset, the original first.
+        pub async fn list_versions(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListVersionsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListVersionsResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/keepsake.v1.Library/ListVersions",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("keepsake.v1.Library", "ListVersions"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Sets favourite, hidden or title if the clock is newer than the field's.
+        pub async fn set_metadata(
+            &mut self,
+            request: impl tonic::IntoRequest<super::SetMetadataRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::SetMetadataResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/keepsake.v1.Library/SetMetadata",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("keepsake.v1.Library", "SetMetadata"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Creates or renames an album.
+        pub async fn put_album(
+            &mut self,
+            request: impl tonic::IntoRequest<super::PutAlbumRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::PutAlbumResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/keepsake.v1.Library/PutAlbum",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("keepsake.v1.Library", "PutAlbum"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Deletes an album.
+        pub async fn delete_album(
+            &mut self,
+            request: impl tonic::IntoRequest<super::DeleteAlbumRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::DeleteAlbumResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/keepsake.v1.Library/DeleteAlbum",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("keepsake.v1.Library", "DeleteAlbum"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Adds an asset to an album or removes it.
+        pub async fn set_album_member(
+            &mut self,
+            request: impl tonic::IntoRequest<super::SetAlbumMemberRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::SetAlbumMemberResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/keepsake.v1.Library/SetAlbumMember",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("keepsake.v1.Library", "SetAlbumMember"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Moves an asset to Recently Deleted on every device.
+        pub async fn trash_asset(
+            &mut self,
+            request: impl tonic::IntoRequest<super::TrashAssetRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::TrashAssetResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/keepsake.v1.Library/TrashAsset",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("keepsake.v1.Library", "TrashAsset"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Brings an asset back from Recently Deleted.
+        pub async fn restore_asset(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RestoreAssetRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RestoreAssetResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/keepsake.v1.Library/RestoreAsset",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("keepsake.v1.Library", "RestoreAsset"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Deletes an asset for good; its content is released to the store's GC.
+        pub async fn purge_asset(
+            &mut self,
+            request: impl tonic::IntoRequest<super::PurgeAssetRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::PurgeAssetResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/keepsake.v1.Library/PurgeAsset",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("keepsake.v1.Library", "PurgeAsset"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Rows changed after a cursor: each asset's and album's latest state, tombstones
+        /// included. A cursor older than the compaction horizon gets FAILED_PRECONDITION,
+        /// reason CURSOR_EXPIRED: start again from 0.
+        pub async fn list_changes(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListChangesRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListChangesResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/keepsake.v1.Library/ListChanges",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("keepsake.v1.Library", "ListChanges"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// ListChanges, then every later change as it is committed.
+        pub async fn watch_changes(
+            &mut self,
+            request: impl tonic::IntoRequest<super::WatchChangesRequest>,
+        ) -> std::result::Result<
+            tonic::Response<tonic::codec::Streaming<super::ListChangesResponse>>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/keepsake.v1.Library/WatchChanges",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("keepsake.v1.Library", "WatchChanges"));
+            self.inner.server_streaming(req, path, codec).await
+        }
+    }
+}
+/// Generated server implementations.
+pub mod library_server {
+    #![allow(
+        unused_variables,
+        dead_code,
+        missing_docs,
+        clippy::wildcard_imports,
+        clippy::let_unit_value,
+    )]
+    use tonic::codegen::*;
+    /// Generated trait containing gRPC methods that should be implemented for use with LibraryServer.
+    #[async_trait]
+    pub trait Library: std::marker::Send + std::marker::Sync + 'static {
+        /// Reserves quota for an upload and opens the store session to send it under.
+        /// Over quota: RESOURCE_EXHAUSTED, reason QUOTA_EXCEEDED, before a byte is sent.
+        async fn begin_upload(
+            &self,
+            request: tonic::Request<super::BeginUploadRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::BeginUploadResponse>,
+            tonic::Status,
+        >;
+        /// Extends a reservation and its store session.
+        async fn renew_upload(
+            &self,
+            request: tonic::Request<super::RenewUploadRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RenewUploadResponse>,
+            tonic::Status,
+        >;
+        /// Records uploaded content as a new asset or a new version. Chunks the account
+        /// does not own come back as FAILED_PRECONDITION, reason MISSING_CHUNKS, listing
+        /// each id in a PreconditionFailure; re-send just those and commit again.
+        async fn commit_asset(
+            &self,
+            request: tonic::Request<super::CommitAssetRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::CommitAssetResponse>,
+            tonic::Status,
+        >;
+        /// Live or trashed assets with this content, and tombstones of purged content.
+        async fn find_assets_by_content(
+            &self,
+            request: tonic::Request<super::FindAssetsByContentRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::FindAssetsByContentResponse>,
+            tonic::Status,
+        >;
+        /// One asset's latest state.
+        async fn get_asset(
+            &self,
+            request: tonic::Request<super::GetAssetRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::GetAssetResponse>,
+            tonic::Status,
+        >;
+        /// Every version of an asset, the original first.
+        async fn list_versions(
+            &self,
+            request: tonic::Request<super::ListVersionsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListVersionsResponse>,
+            tonic::Status,
+        >;
+        /// Sets favourite, hidden or title if the clock is newer than the field's.
+        async fn set_metadata(
+            &self,
+            request: tonic::Request<super::SetMetadataRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::SetMetadataResponse>,
+            tonic::Status,
+        >;
+        /// Creates or renames an album.
+        async fn put_album(
+            &self,
+            request: tonic::Request<super::PutAlbumRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::PutAlbumResponse>,
+            tonic::Status,
+        >;
+        /// Deletes an album.
+        async fn delete_album(
+            &self,
+            request: tonic::Request<super::DeleteAlbumRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::DeleteAlbumResponse>,
+            tonic::Status,
+        >;
+        /// Adds an asset to an album or removes it.
+        async fn set_album_member(
+            &self,
+            request: tonic::Request<super::SetAlbumMemberRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::SetAlbumMemberResponse>,
+            tonic::Status,
+        >;
+        /// Moves an asset to Recently Deleted on every device.
+        async fn trash_asset(
+            &self,
+            request: tonic::Request<super::TrashAssetRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::TrashAssetResponse>,
+            tonic::Status,
+        >;
+        /// Brings an asset back from Recently Deleted.
+        async fn restore_asset(
+            &self,
+            request: tonic::Request<super::RestoreAssetRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RestoreAssetResponse>,
+            tonic::Status,
+        >;
+        /// Deletes an asset for good; its content is released to the store's GC.
+        async fn purge_asset(
+            &self,
+            request: tonic::Request<super::PurgeAssetRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::PurgeAssetResponse>,
+            tonic::Status,
+        >;
+        /// Rows changed after a cursor: each asset's and album's latest state, tombstones
+        /// included. A cursor older than the compaction horizon gets FAILED_PRECONDITION,
+        /// reason CURSOR_EXPIRED: start again from 0.
+        async fn list_changes(
+            &self,
+            request: tonic::Request<super::ListChangesRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListChangesResponse>,
+            tonic::Status,
+        >;
+        /// Server streaming response type for the WatchChanges method.
+        type WatchChangesStream: tonic::codegen::tokio_stream::Stream<
+                Item = std::result::Result<super::ListChangesResponse, tonic::Status>,
+            >
+            + std::marker::Send
+            + 'static;
+        /// ListChanges, then every later change as it is committed.
+        async fn watch_changes(
+            &self,
+            request: tonic::Request<super::WatchChangesRequest>,
+        ) -> std::result::Result<
+            tonic::Response<Self::WatchChangesStream>,
+            tonic::Status,
+        >;
+    }
+    /// The account's library and its change feed.
+    #[derive(Debug)]
+    pub struct LibraryServer<T> {
+        inner: Arc<T>,
+        accept_compression_encodings: EnabledCompressionEncodings,
+        send_compression_encodings: EnabledCompressionEncodings,
+        max_decoding_message_size: Option<usize>,
+        max_encoding_message_size: Option<usize>,
+    }
+    impl<T> LibraryServer<T> {
+        pub fn new(inner: T) -> Self {
+            Self::from_arc(Arc::new(inner))
+        }
+        pub fn from_arc(inner: Arc<T>) -> Self {
+            Self {
+                inner,
+                accept_compression_encodings: Default::default(),
+                send_compression_encodings: Default::default(),
+                max_decoding_message_size: None,
+                max_encoding_message_size: None,
+            }
+        }
+        pub fn with_interceptor<F>(
+            inner: T,
+            interceptor: F,
+        ) -> InterceptedService<Self, F>
+        where
+            F: tonic::service::Interceptor,
+        {
+            InterceptedService::new(Self::new(inner), interceptor)
+        }
+        /// Enable decompressing requests with the given encoding.
+        #[must_use]
+        pub fn accept_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.accept_compression_encodings.enable(encoding);
+            self
+        }
+        /// Compress responses with the given encoding, if the client supports it.
+        #[must_use]
+        pub fn send_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.send_compression_encodings.enable(encoding);
+            self
+        }
+        /// Limits the maximum size of a decoded message.
+        ///
+        /// Default: `4MB`
+        #[must_use]
+        pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+            self.max_decoding_message_size = Some(limit);
+            self
+        }
+        /// Limits the maximum size of an encoded message.
+        ///
+        /// Default: `usize::MAX`
+        #[must_use]
+        pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
+            self.max_encoding_message_size = Some(limit);
+            self
+        }
+    }
+    impl<T, B> tonic::codegen::Service<http::Request<B>> for LibraryServer<T>
+    where
+        T: Library,
+        B: Body + std::marker::Send + 'static,
+        B::Error: Into<StdError> + std::marker::Send + 'static,
+    {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = std::convert::Infallible;
+        type Future = BoxFuture<Self::Response, Self::Error>;
+        fn poll_ready(
+            &mut self,
+            _cx: &mut Context<'_>,
+        ) -> Poll<std::result::Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, req: http::Request<B>) -> Self::Future {
+            match req.uri().path() {
+                "/keepsake.v1.Library/BeginUpload" => {
+                    #[allow(non_camel_case_types)]
+                    struct BeginUploadSvc<T: Library>(pub Arc<T>);
+                    impl<
+                        T: Library,
+                    > tonic::server::UnaryService<super::BeginUploadRequest>
+                    for BeginUploadSvc<T> {
+                        type Response = super::BeginUploadResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::BeginUploadRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Library>::begin_upload(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = BeginUploadSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/keepsake.v1.Library/RenewUpload" => {
+                    #[allow(non_camel_case_types)]
+                    struct RenewUploadSvc<T: Library>(pub Arc<T>);
+                    impl<
+                        T: Library,
+                    > tonic::server::UnaryService<super::RenewUploadRequest>
+                    for RenewUploadSvc<T> {
+                        type Response = super::RenewUploadResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::RenewUploadRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Library>::renew_upload(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RenewUploadSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/keepsake.v1.Library/CommitAsset" => {
+                    #[allow(non_camel_case_types)]
+                    struct CommitAssetSvc<T: Library>(pub Arc<T>);
+                    impl<
+                        T: Library,
+                    > tonic::server::UnaryService<super::CommitAssetRequest>
+                    for CommitAssetSvc<T> {
+                        type Response = super::CommitAssetResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::CommitAssetRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Library>::commit_asset(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = CommitAssetSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/keepsake.v1.Library/FindAssetsByContent" => {
+                    #[allow(non_camel_case_types)]
+                    struct FindAssetsByContentSvc<T: Library>(pub Arc<T>);
+                    impl<
+                        T: Library,
+                    > tonic::server::UnaryService<super::FindAssetsByContentRequest>
+                    for FindAssetsByContentSvc<T> {
+                        type Response = super::FindAssetsByContentResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::FindAssetsByContentRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Library>::find_assets_by_content(&inner, request)
+                                    .await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = FindAssetsByContentSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/keepsake.v1.Library/GetAsset" => {
+                    #[allow(non_camel_case_types)]
+                    struct GetAssetSvc<T: Library>(pub Arc<T>);
+                    impl<T: Library> tonic::server::UnaryService<super::GetAssetRequest>
+                    for GetAssetSvc<T> {
+                        type Response = super::GetAssetResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::GetAssetRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Library>::get_asset(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = GetAssetSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/keepsake.v1.Library/ListVersions" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListVersionsSvc<T: Library>(pub Arc<T>);
+                    impl<
+                        T: Library,
+                    > tonic::server::UnaryService<super::ListVersionsRequest>
+                    for ListVersionsSvc<T> {
+                        type Response = super::ListVersionsResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ListVersionsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Library>::list_versions(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListVersionsSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/keepsake.v1.Library/SetMetadata" => {
+                    #[allow(non_camel_case_types)]
+                    struct SetMetadataSvc<T: Library>(pub Arc<T>);
+                    impl<
+                        T: Library,
+                    > tonic::server::UnaryService<super::SetMetadataRequest>
+                    for SetMetadataSvc<T> {
+                        type Response = super::SetMetadataResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::SetMetadataRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Library>::set_metadata(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = SetMetadataSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/keepsake.v1.Library/PutAlbum" => {
+                    #[allow(non_camel_case_types)]
+                    struct PutAlbumSvc<T: Library>(pub Arc<T>);
+                    impl<T: Library> tonic::server::UnaryService<super::PutAlbumRequest>
+                    for PutAlbumSvc<T> {
+                        type Response = super::PutAlbumResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::PutAlbumRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Library>::put_album(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = PutAlbumSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/keepsake.v1.Library/DeleteAlbum" => {
+                    #[allow(non_camel_case_types)]
+                    struct DeleteAlbumSvc<T: Library>(pub Arc<T>);
+                    impl<
+                        T: Library,
+                    > tonic::server::UnaryService<super::DeleteAlbumRequest>
+                    for DeleteAlbumSvc<T> {
+                        type Response = super::DeleteAlbumResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::DeleteAlbumRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Library>::delete_album(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = DeleteAlbumSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/keepsake.v1.Library/SetAlbumMember" => {
+                    #[allow(non_camel_case_types)]
+                    struct SetAlbumMemberSvc<T: Library>(pub Arc<T>);
+                    impl<
+                        T: Library,
+                    > tonic::server::UnaryService<super::SetAlbumMemberRequest>
+                    for SetAlbumMemberSvc<T> {
+                        type Response = super::SetAlbumMemberResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::SetAlbumMemberRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Library>::set_album_member(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = SetAlbumMemberSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/keepsake.v1.Library/TrashAsset" => {
+                    #[allow(non_camel_case_types)]
+                    struct TrashAssetSvc<T: Library>(pub Arc<T>);
+                    impl<
+                        T: Library,
+                    > tonic::server::UnaryService<super::TrashAssetRequest>
+                    for TrashAssetSvc<T> {
+                        type Response = super::TrashAssetResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::TrashAssetRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Library>::trash_asset(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = TrashAssetSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/keepsake.v1.Library/RestoreAsset" => {
+                    #[allow(non_camel_case_types)]
+                    struct RestoreAssetSvc<T: Library>(pub Arc<T>);
+                    impl<
+                        T: Library,
+                    > tonic::server::UnaryService<super::RestoreAssetRequest>
+                    for RestoreAssetSvc<T> {
+                        type Response = super::RestoreAssetResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::RestoreAssetRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Library>::restore_asset(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RestoreAssetSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/keepsake.v1.Library/PurgeAsset" => {
+                    #[allow(non_camel_case_types)]
+                    struct PurgeAssetSvc<T: Library>(pub Arc<T>);
+                    impl<
+                        T: Library,
+                    > tonic::server::UnaryService<super::PurgeAssetRequest>
+                    for PurgeAssetSvc<T> {
+                        type Response = super::PurgeAssetResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::PurgeAssetRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Library>::purge_asset(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = PurgeAssetSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/keepsake.v1.Library/ListChanges" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListChangesSvc<T: Library>(pub Arc<T>);
+                    impl<
+                        T: Library,
+                    > tonic::server::UnaryService<super::ListChangesRequest>
+                    for ListChangesSvc<T> {
+                        type Response = super::ListChangesResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ListChangesRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Library>::list_changes(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListChangesSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/keepsake.v1.Library/WatchChanges" => {
+                    #[allow(non_camel_case_types)]
+                    struct WatchChangesSvc<T: Library>(pub Arc<T>);
+                    impl<
+                        T: Library,
+                    > tonic::server::ServerStreamingService<super::WatchChangesRequest>
+                    for WatchChangesSvc<T> {
+                        type Response = super::ListChangesResponse;
+                        type ResponseStream = T::WatchChangesStream;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::ResponseStream>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::WatchChangesRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Library>::watch_changes(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = WatchChangesSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.server_streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                _ => {
+                    Box::pin(async move {
+                        let mut response = http::Response::new(
+                            tonic::body::Body::default(),
+                        );
+                        let headers = response.headers_mut();
+                        headers
+                            .insert(
+                                tonic::Status::GRPC_STATUS,
+                                (tonic::Code::Unimplemented as i32).into(),
+                            );
+                        headers
+                            .insert(
+                                http::header::CONTENT_TYPE,
+                                tonic::metadata::GRPC_CONTENT_TYPE,
+                            );
+                        Ok(response)
+                    })
+                }
+            }
+        }
+    }
+    impl<T> Clone for LibraryServer<T> {
+        fn clone(&self) -> Self {
+            let inner = self.inner.clone();
+            Self {
+                inner,
+                accept_compression_encodings: self.accept_compression_encodings,
+                send_compression_encodings: self.send_compression_encodings,
+                max_decoding_message_size: self.max_decoding_message_size,
+                max_encoding_message_size: self.max_encoding_message_size,
+            }
+        }
+    }
+    /// Generated gRPC service name
+    pub const SERVICE_NAME: &str = "keepsake.v1.Library";
+    impl<T> tonic::server::NamedService for LibraryServer<T> {
+        const NAME: &'static str = SERVICE_NAME;
+    }
+}

@@ -1,0 +1,660 @@
+//! The Library and Accounts gRPC services over a [`keepsake_library::Cloud`].
+
+use crate::ApiError;
+use crate::auth::{Identity, client_version, identity};
+use crate::convert::{
+    MAX_CONTENT_HASHES, account_to_wire, asset_to_wire, chunk_ids, clock_from_wire,
+    commit_from_wire, device_to_wire, id_bytes, page_to_wire, plan_to_wire, report_from_wire,
+    token_to_wire, version_to_wire,
+};
+use keepsake_library::{Cloud, LibraryError, MetadataField};
+use keepsake_proto::v1 as pb;
+use keepsake_proto::v1::accounts_server::Accounts;
+use keepsake_proto::v1::library_server::Library;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+/// Tells change-feed watchers that an account's feed moved.
+#[derive(Clone)]
+pub struct ChangeNotifier {
+    tx: broadcast::Sender<Arc<str>>,
+}
+
+impl Default for ChangeNotifier {
+    fn default() -> Self {
+        Self {
+            tx: broadcast::channel(1024).0,
+        }
+    }
+}
+
+impl ChangeNotifier {
+    /// `account`'s feed has new rows.
+    pub fn notify(&self, account: &str) {
+        let _ = self.tx.send(Arc::from(account));
+    }
+
+    /// Every feed may have new rows (after maintenance).
+    pub fn notify_all(&self) {
+        let _ = self.tx.send(Arc::from(""));
+    }
+}
+
+/// Runs blocking cloud work off the async threads, for a caller whose device (if
+/// the token names one) is still enrolled.
+async fn run<T, F>(cloud: &Arc<Cloud>, who: Option<&Identity>, f: F) -> Result<T, Status>
+where
+    F: FnOnce(&Cloud) -> Result<T, LibraryError> + Send + 'static,
+    T: Send + 'static,
+{
+    let cloud = cloud.clone();
+    let device = who.and_then(|w| w.device.clone().map(|d| (w.account.clone(), d)));
+    tokio::task::spawn_blocking(move || {
+        // Access tokens outlive a revocation by at most their lifetime; the library
+        // itself knows at once, so it refuses revoked devices immediately.
+        if let Some((account, device)) = device
+            && !cloud.library().device_is_active(&account, &device)?
+        {
+            return Err(LibraryError::Unauthenticated(
+                "this device was removed from the account; sign in again".into(),
+            ));
+        }
+        f(&cloud)
+    })
+    .await
+    .map_err(|e| Status::from(ApiError::Unavailable(format!("library worker failed: {e}"))))?
+    .map_err(|e| Status::from(ApiError::Library(e)))
+}
+
+fn require_admin(who: &Identity) -> Result<(), Status> {
+    if who.admin {
+        Ok(())
+    } else {
+        Err(ApiError::PermissionDenied("only an administrator may do this".into()).into())
+    }
+}
+
+/// The name a commit or change records for the caller's device.
+fn device_of(who: &Identity) -> String {
+    who.device.clone().unwrap_or_else(|| "account".into())
+}
+
+/// Serves the library and its change feed.
+#[derive(Clone)]
+pub struct LibraryService {
+    cloud: Arc<Cloud>,
+    changes: ChangeNotifier,
+    watch_poll: Duration,
+}
+
+impl LibraryService {
+    /// Serves `cloud`; watchers also re-read the feed every `watch_poll` in case a
+    /// change came from outside this process.
+    pub fn new(cloud: Arc<Cloud>, changes: ChangeNotifier, watch_poll: Duration) -> Self {
+        Self {
+            cloud,
+            changes,
+            watch_poll,
+        }
+    }
+
+    async fn mutate<T, F>(&self, who: &Identity, f: F) -> Result<T, Status>
+    where
+        F: FnOnce(&Cloud) -> Result<T, LibraryError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let out = run(&self.cloud, Some(who), f).await;
+        if out.is_ok() {
+            self.changes.notify(&who.account);
+        }
+        out
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Library for LibraryService {
+    async fn begin_upload(
+        &self,
+        request: Request<pb::BeginUploadRequest>,
+    ) -> Result<Response<pb::BeginUploadResponse>, Status> {
+        let who = identity(&request)?;
+        let pb::BeginUploadRequest { bytes, request_id } = request.into_inner();
+        let account = who.account.clone();
+        let r = run(&self.cloud, Some(&who), move |c| {
+            c.begin_upload(
+                &account,
+                bytes,
+                (!request_id.is_empty()).then_some(&*request_id),
+            )
+        })
+        .await?;
+        Ok(Response::new(pb::BeginUploadResponse {
+            reservation_id: r.reservation_id,
+            bytes: r.bytes,
+            expires_at_ms: r.expires_at,
+        }))
+    }
+
+    async fn renew_upload(
+        &self,
+        request: Request<pb::RenewUploadRequest>,
+    ) -> Result<Response<pb::RenewUploadResponse>, Status> {
+        let who = identity(&request)?;
+        let pb::RenewUploadRequest { reservation_id } = request.into_inner();
+        let account = who.account.clone();
+        let r = run(&self.cloud, Some(&who), move |c| {
+            c.renew_upload(&account, &reservation_id)
+        })
+        .await?;
+        Ok(Response::new(pb::RenewUploadResponse {
+            expires_at_ms: r.expires_at,
+        }))
+    }
+
+    async fn commit_asset(
+        &self,
+        request: Request<pb::CommitAssetRequest>,
+    ) -> Result<Response<pb::CommitAssetResponse>, Status> {
+        let who = identity(&request)?;
+        let commit = commit_from_wire(request.into_inner(), device_of(&who))?;
+        let account = who.account.clone();
+        let c = self
+            .mutate(&who, move |c| c.commit_asset(&account, &commit))
+            .await?;
+        Ok(Response::new(pb::CommitAssetResponse {
+            asset_id: c.asset_id,
+            version: c.version,
+            conflict: c.conflict,
+            deduplicated: c.deduplicated,
+        }))
+    }
+
+    async fn find_assets_by_content(
+        &self,
+        request: Request<pb::FindAssetsByContentRequest>,
+    ) -> Result<Response<pb::FindAssetsByContentResponse>, Status> {
+        let who = identity(&request)?;
+        let pb::FindAssetsByContentRequest { file_hashes } = request.into_inner();
+        let hashes = chunk_ids("file_hashes", &file_hashes, MAX_CONTENT_HASHES)?;
+        let account = who.account.clone();
+        let matches = run(&self.cloud, Some(&who), move |c| {
+            let found = c.library().find_by_content(&account, &hashes)?;
+            found
+                .into_iter()
+                .map(|m| {
+                    let assets = m
+                        .assets
+                        .iter()
+                        .map(|(id, _)| c.library().get_asset(&account, id).map(asset_to_wire))
+                        .collect::<Result<_, _>>()?;
+                    Ok(pb::ContentMatch {
+                        file_hash: id_bytes(&m.file_hash),
+                        assets,
+                        purged_at_ms: m.purged_at,
+                    })
+                })
+                .collect::<Result<Vec<_>, LibraryError>>()
+        })
+        .await?;
+        Ok(Response::new(pb::FindAssetsByContentResponse { matches }))
+    }
+
+    async fn get_asset(
+        &self,
+        request: Request<pb::GetAssetRequest>,
+    ) -> Result<Response<pb::GetAssetResponse>, Status> {
+        let who = identity(&request)?;
+        let pb::GetAssetRequest { asset_id } = request.into_inner();
+        let account = who.account.clone();
+        let asset = run(&self.cloud, Some(&who), move |c| {
+            c.library().get_asset(&account, &asset_id)
+        })
+        .await?;
+        Ok(Response::new(pb::GetAssetResponse {
+            asset: Some(asset_to_wire(asset)),
+        }))
+    }
+
+    async fn list_versions(
+        &self,
+        request: Request<pb::ListVersionsRequest>,
+    ) -> Result<Response<pb::ListVersionsResponse>, Status> {
+        let who = identity(&request)?;
+        let pb::ListVersionsRequest { asset_id } = request.into_inner();
+        let account = who.account.clone();
+        let versions = run(&self.cloud, Some(&who), move |c| {
+            c.library().list_versions(&account, &asset_id)
+        })
+        .await?;
+        Ok(Response::new(pb::ListVersionsResponse {
+            versions: versions.into_iter().map(version_to_wire).collect(),
+        }))
+    }
+
+    async fn set_metadata(
+        &self,
+        request: Request<pb::SetMetadataRequest>,
+    ) -> Result<Response<pb::SetMetadataResponse>, Status> {
+        let who = identity(&request)?;
+        let pb::SetMetadataRequest {
+            asset_id,
+            clock,
+            field,
+        } = request.into_inner();
+        let clock = clock_from_wire(clock)?;
+        let field = match field.ok_or_else(|| ApiError::field("field", "is required"))? {
+            pb::set_metadata_request::Field::Favorite(v) => MetadataField::Favorite(v),
+            pb::set_metadata_request::Field::Hidden(v) => MetadataField::Hidden(v),
+            pb::set_metadata_request::Field::Title(t) => MetadataField::Title(t),
+        };
+        let account = who.account.clone();
+        let applied = self
+            .mutate(&who, move |c| {
+                c.library()
+                    .set_metadata(&account, &asset_id, &field, &clock)
+            })
+            .await?;
+        Ok(Response::new(pb::SetMetadataResponse { applied }))
+    }
+
+    async fn put_album(
+        &self,
+        request: Request<pb::PutAlbumRequest>,
+    ) -> Result<Response<pb::PutAlbumResponse>, Status> {
+        let who = identity(&request)?;
+        let pb::PutAlbumRequest {
+            album_id,
+            name,
+            clock,
+        } = request.into_inner();
+        let clock = clock_from_wire(clock)?;
+        let account = who.account.clone();
+        let applied = self
+            .mutate(&who, move |c| {
+                c.library().put_album(&account, &album_id, &name, &clock)
+            })
+            .await?;
+        Ok(Response::new(pb::PutAlbumResponse { applied }))
+    }
+
+    async fn delete_album(
+        &self,
+        request: Request<pb::DeleteAlbumRequest>,
+    ) -> Result<Response<pb::DeleteAlbumResponse>, Status> {
+        let who = identity(&request)?;
+        let pb::DeleteAlbumRequest { album_id, clock } = request.into_inner();
+        let clock = clock_from_wire(clock)?;
+        let account = who.account.clone();
+        self.mutate(&who, move |c| {
+            c.library().delete_album(&account, &album_id, &clock)
+        })
+        .await?;
+        Ok(Response::new(pb::DeleteAlbumResponse {}))
+    }
+
+    async fn set_album_member(
+        &self,
+        request: Request<pb::SetAlbumMemberRequest>,
+    ) -> Result<Response<pb::SetAlbumMemberResponse>, Status> {
+        let who = identity(&request)?;
+        let pb::SetAlbumMemberRequest {
+            album_id,
+            asset_id,
+            present,
+            clock,
+        } = request.into_inner();
+        let clock = clock_from_wire(clock)?;
+        let account = who.account.clone();
+        let applied = self
+            .mutate(&who, move |c| {
+                c.library()
+                    .set_member(&account, &album_id, &asset_id, present, &clock)
+            })
+            .await?;
+        Ok(Response::new(pb::SetAlbumMemberResponse { applied }))
+    }
+
+    async fn trash_asset(
+        &self,
+        request: Request<pb::TrashAssetRequest>,
+    ) -> Result<Response<pb::TrashAssetResponse>, Status> {
+        let who = identity(&request)?;
+        let pb::TrashAssetRequest { asset_id } = request.into_inner();
+        let account = who.account.clone();
+        self.mutate(&who, move |c| c.library().trash(&account, &asset_id))
+            .await?;
+        Ok(Response::new(pb::TrashAssetResponse {}))
+    }
+
+    async fn restore_asset(
+        &self,
+        request: Request<pb::RestoreAssetRequest>,
+    ) -> Result<Response<pb::RestoreAssetResponse>, Status> {
+        let who = identity(&request)?;
+        let pb::RestoreAssetRequest { asset_id } = request.into_inner();
+        let account = who.account.clone();
+        self.mutate(&who, move |c| c.library().restore(&account, &asset_id))
+            .await?;
+        Ok(Response::new(pb::RestoreAssetResponse {}))
+    }
+
+    async fn purge_asset(
+        &self,
+        request: Request<pb::PurgeAssetRequest>,
+    ) -> Result<Response<pb::PurgeAssetResponse>, Status> {
+        let who = identity(&request)?;
+        let pb::PurgeAssetRequest { asset_id } = request.into_inner();
+        let account = who.account.clone();
+        self.mutate(&who, move |c| c.purge(&account, &asset_id))
+            .await?;
+        Ok(Response::new(pb::PurgeAssetResponse {}))
+    }
+
+    async fn list_changes(
+        &self,
+        request: Request<pb::ListChangesRequest>,
+    ) -> Result<Response<pb::ListChangesResponse>, Status> {
+        let who = identity(&request)?;
+        let pb::ListChangesRequest { cursor, page_size } = request.into_inner();
+        let account = who.account.clone();
+        let page = run(&self.cloud, Some(&who), move |c| {
+            c.library()
+                .list_changes(&account, cursor, page_size.max(1) as usize)
+        })
+        .await?;
+        Ok(Response::new(page_to_wire(page)))
+    }
+
+    type WatchChangesStream = BoxStream<pb::ListChangesResponse>;
+
+    async fn watch_changes(
+        &self,
+        request: Request<pb::WatchChangesRequest>,
+    ) -> Result<Response<Self::WatchChangesStream>, Status> {
+        let who = identity(&request)?;
+        let pb::WatchChangesRequest { mut cursor } = request.into_inner();
+        // Subscribed before the first read, so no commit can fall between the two.
+        let mut notified = self.changes.tx.subscribe();
+        let (tx, rx) = mpsc::channel(4);
+        let cloud = self.cloud.clone();
+        let poll = self.watch_poll;
+        tokio::spawn(async move {
+            let mut first = true;
+            loop {
+                let account = who.account.clone();
+                let page = run(&cloud, Some(&who), move |c| {
+                    c.library().list_changes(&account, cursor, usize::MAX)
+                })
+                .await;
+                match page {
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                    Ok(page) => {
+                        let (more, empty) = (page.more, page.changes.is_empty());
+                        cursor = page.cursor;
+                        if (first || !empty) && tx.send(Ok(page_to_wire(page))).await.is_err() {
+                            return;
+                        }
+                        first = false;
+                        if more {
+                            continue;
+                        }
+                    }
+                }
+                loop {
+                    tokio::select! {
+                        msg = notified.recv() => match msg {
+                            Ok(a) if a.is_empty() || *a == *who.account => break,
+                            Ok(_) => continue,
+                            Err(broadcast::error::RecvError::Lagged(_)) => break,
+                            Err(broadcast::error::RecvError::Closed) => return,
+                        },
+                        _ = tokio::time::sleep(poll) => break,
+                        _ = tx.closed() => return,
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Serves accounts, sign-in, devices and tokens.
+#[derive(Clone)]
+pub struct AccountsService {
+    cloud: Arc<Cloud>,
+    changes: ChangeNotifier,
+}
+
+impl AccountsService {
+    /// Serves `cloud`'s accounts.
+    pub fn new(cloud: Arc<Cloud>, changes: ChangeNotifier) -> Self {
+        Self { cloud, changes }
+    }
+}
+
+#[tonic::async_trait]
+impl Accounts for AccountsService {
+    async fn create_account(
+        &self,
+        request: Request<pb::CreateAccountRequest>,
+    ) -> Result<Response<pb::CreateAccountResponse>, Status> {
+        let who = identity(&request)?;
+        require_admin(&who)?;
+        let pb::CreateAccountRequest {
+            account,
+            password,
+            plan,
+            admin,
+        } = request.into_inner();
+        let info = run(&self.cloud, Some(&who), move |c| {
+            c.create_account(
+                &account,
+                &password,
+                (!plan.is_empty()).then_some(&*plan),
+                admin,
+            )
+        })
+        .await?;
+        Ok(Response::new(pb::CreateAccountResponse {
+            account: Some(account_to_wire(info)),
+        }))
+    }
+
+    async fn sign_in(
+        &self,
+        request: Request<pb::SignInRequest>,
+    ) -> Result<Response<pb::SignInResponse>, Status> {
+        let pb::SignInRequest { account, password } = request.into_inner();
+        let token = run(&self.cloud, None, move |c| c.sign_in(&account, &password)).await?;
+        Ok(Response::new(pb::SignInResponse {
+            access: Some(token_to_wire(token)),
+        }))
+    }
+
+    async fn change_password(
+        &self,
+        request: Request<pb::ChangePasswordRequest>,
+    ) -> Result<Response<pb::ChangePasswordResponse>, Status> {
+        let who = identity(&request)?;
+        let pb::ChangePasswordRequest {
+            old_password,
+            new_password,
+        } = request.into_inner();
+        let account = who.account.clone();
+        run(&self.cloud, Some(&who), move |c| {
+            c.library()
+                .change_password(&account, &old_password, &new_password)
+        })
+        .await?;
+        Ok(Response::new(pb::ChangePasswordResponse {}))
+    }
+
+    async fn delete_account(
+        &self,
+        request: Request<pb::DeleteAccountRequest>,
+    ) -> Result<Response<pb::DeleteAccountResponse>, Status> {
+        let who = identity(&request)?;
+        let pb::DeleteAccountRequest { password } = request.into_inner();
+        let account = who.account.clone();
+        run(&self.cloud, Some(&who), move |c| {
+            c.delete_account(&account, &password)
+        })
+        .await?;
+        self.changes.notify(&who.account);
+        Ok(Response::new(pb::DeleteAccountResponse {}))
+    }
+
+    async fn get_account(
+        &self,
+        request: Request<pb::GetAccountRequest>,
+    ) -> Result<Response<pb::GetAccountResponse>, Status> {
+        let who = identity(&request)?;
+        let pb::GetAccountRequest {} = request.into_inner();
+        let account = who.account.clone();
+        let (info, plans) = run(&self.cloud, Some(&who), move |c| {
+            Ok((c.account_info(&account)?, c.library().plans().to_vec()))
+        })
+        .await?;
+        Ok(Response::new(pb::GetAccountResponse {
+            account: Some(account_to_wire(info)),
+            plans: plans.into_iter().map(plan_to_wire).collect(),
+        }))
+    }
+
+    async fn set_plan(
+        &self,
+        request: Request<pb::SetPlanRequest>,
+    ) -> Result<Response<pb::SetPlanResponse>, Status> {
+        let who = identity(&request)?;
+        require_admin(&who)?;
+        let pb::SetPlanRequest { account, plan } = request.into_inner();
+        run(&self.cloud, Some(&who), move |c| {
+            c.library().set_plan(&account, &plan)
+        })
+        .await?;
+        Ok(Response::new(pb::SetPlanResponse {}))
+    }
+
+    async fn enroll_device(
+        &self,
+        request: Request<pb::EnrollDeviceRequest>,
+    ) -> Result<Response<pb::EnrollDeviceResponse>, Status> {
+        let pb::EnrollDeviceRequest {
+            account,
+            password,
+            device_name,
+            platform,
+            client_version,
+        } = request.into_inner();
+        let e = run(&self.cloud, None, move |c| {
+            c.enroll_device(
+                &account,
+                &password,
+                &device_name,
+                &platform,
+                &client_version,
+            )
+        })
+        .await?;
+        Ok(Response::new(pb::EnrollDeviceResponse {
+            device_id: e.device_id,
+            device_token: e.device_token,
+            access: Some(token_to_wire(e.access)),
+        }))
+    }
+
+    async fn refresh_token(
+        &self,
+        request: Request<pb::RefreshTokenRequest>,
+    ) -> Result<Response<pb::RefreshTokenResponse>, Status> {
+        let header_version = client_version(&request);
+        let pb::RefreshTokenRequest {
+            device_id,
+            device_token,
+            client_version,
+        } = request.into_inner();
+        let version = if client_version.is_empty() {
+            header_version.unwrap_or_default()
+        } else {
+            client_version
+        };
+        let token = run(&self.cloud, None, move |c| {
+            c.refresh_token(&device_id, &device_token, &version)
+        })
+        .await?;
+        Ok(Response::new(pb::RefreshTokenResponse {
+            access: Some(token_to_wire(token)),
+        }))
+    }
+
+    async fn revoke_device(
+        &self,
+        request: Request<pb::RevokeDeviceRequest>,
+    ) -> Result<Response<pb::RevokeDeviceResponse>, Status> {
+        let who = identity(&request)?;
+        let pb::RevokeDeviceRequest { device_id } = request.into_inner();
+        let account = who.account.clone();
+        run(&self.cloud, Some(&who), move |c| {
+            c.library().revoke_device(&account, &device_id)
+        })
+        .await?;
+        Ok(Response::new(pb::RevokeDeviceResponse {}))
+    }
+
+    async fn list_devices(
+        &self,
+        request: Request<pb::ListDevicesRequest>,
+    ) -> Result<Response<pb::ListDevicesResponse>, Status> {
+        let who = identity(&request)?;
+        let pb::ListDevicesRequest {} = request.into_inner();
+        let account = who.account.clone();
+        let devices = run(&self.cloud, Some(&who), move |c| {
+            c.library().list_devices(&account)
+        })
+        .await?;
+        Ok(Response::new(pb::ListDevicesResponse {
+            devices: devices.into_iter().map(device_to_wire).collect(),
+        }))
+    }
+
+    async fn report_device_state(
+        &self,
+        request: Request<pb::ReportDeviceStateRequest>,
+    ) -> Result<Response<pb::ReportDeviceStateResponse>, Status> {
+        let who = identity(&request)?;
+        let device = who.device.clone().ok_or_else(|| {
+            ApiError::field(
+                "authorization",
+                "only a device's token can report its state",
+            )
+        })?;
+        let pb::ReportDeviceStateRequest { state } = request.into_inner();
+        let report = report_from_wire(state)?;
+        let account = who.account.clone();
+        run(&self.cloud, Some(&who), move |c| {
+            c.library().report_device(&account, &device, &report)
+        })
+        .await?;
+        Ok(Response::new(pb::ReportDeviceStateResponse {}))
+    }
+
+    async fn rotate_signing_key(
+        &self,
+        request: Request<pb::RotateSigningKeyRequest>,
+    ) -> Result<Response<pb::RotateSigningKeyResponse>, Status> {
+        let who = identity(&request)?;
+        require_admin(&who)?;
+        let key_id = run(&self.cloud, Some(&who), |c| c.rotate_signing_key()).await?;
+        Ok(Response::new(pb::RotateSigningKeyResponse { key_id }))
+    }
+}

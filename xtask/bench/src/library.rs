@@ -1,0 +1,324 @@
+//! `cargo xtask bench library`: commit rate, a fresh device's ListChanges of the whole
+//! library over loopback, and WatchChanges latency from commit to notification.
+
+use anyhow::{Result, bail};
+use bytes::Bytes;
+use keepsake_library::{
+    AssetKind, ClientVersion, Cloud, CommitAsset, Library, LibraryConfig, Plan,
+};
+use keepsake_proto::v1 as pb;
+use keepsake_store::{
+    ChunkId, Manifest, ManifestEntry, ManifestId, OsEntropy, Store, StoreConfig, SystemClock,
+};
+use keepsake_transport::ChangeNotifier;
+use keepsake_transport::auth::Authenticator;
+use keepsake_transport::client;
+use keepsake_transport::server::{ServerConfig, Services, serve};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const ACCOUNT: &str = "bench";
+
+/// Serves the store and the library on loopback; returns the URL, an admin token for
+/// account "bench", and the cloud.
+pub async fn serve_cloud(dir: &Path, store: Arc<Store>) -> Result<(String, String, Arc<Cloud>)> {
+    let library = Library::open(
+        Some(dir.join("library.sqlite")),
+        Arc::new(SystemClock),
+        Arc::new(OsEntropy),
+        LibraryConfig {
+            plans: vec![Plan {
+                name: "unlimited".into(),
+                limit_bytes: u64::MAX / 4,
+            }],
+            ..LibraryConfig::default()
+        },
+    )?;
+    let cloud = Arc::new(Cloud::new(library, store.clone())?);
+    cloud.create_account(ACCOUNT, "bench password", None, true)?;
+    let token = cloud.sign_in(ACCOUNT, "bench password")?.token;
+    let auth = Authenticator::new(
+        cloud.verifier(),
+        Arc::new(SystemClock),
+        ClientVersion::default(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(serve(
+        listener,
+        Services {
+            store: Some(store),
+            cloud: Some(cloud.clone()),
+            changes: ChangeNotifier::default(),
+            ..Services::default()
+        },
+        auth,
+        ServerConfig::default(),
+        std::future::pending(),
+    ));
+    Ok((url, token, cloud))
+}
+
+/// `n` distinct one-chunk files stored for the bench account; their manifests.
+fn store_files(store: &Store, first: u64, n: u64) -> Result<Vec<ManifestId>> {
+    let session = store.begin_session(ACCOUNT, 0, 24 * 3_600_000, None)?;
+    let mut manifests = Vec::with_capacity(n as usize);
+    let ids: Vec<u64> = (first..first + n).collect();
+    for batch in ids.chunks(1000) {
+        let files: Vec<(ChunkId, Bytes)> = batch
+            .iter()
+            .map(|i| {
+                let mut data = vec![0u8; 1024];
+                data[..8].copy_from_slice(&i.to_le_bytes());
+                (ChunkId::of(&data), Bytes::from(data))
+            })
+            .collect();
+        store.put_chunks(ACCOUNT, &session.id, &files)?;
+        for (id, data) in &files {
+            let manifest = Manifest::new(
+                vec![ManifestEntry {
+                    chunk: *id,
+                    len: data.len() as u32,
+                }],
+                *id,
+            );
+            manifests.push(store.put_manifest(ACCOUNT, &session.id, &manifest)?);
+        }
+    }
+    Ok(manifests)
+}
+
+fn commit_of(i: usize, manifest: ManifestId) -> CommitAsset {
+    CommitAsset {
+        request_id: format!("bench-{i}"),
+        asset_id: None,
+        base_version: None,
+        manifest,
+        kind: AssetKind::Photo,
+        capture_time: Some(1_700_000_000_000 + i as i64),
+        width: Some(4032),
+        height: Some(3024),
+        original_name: format!("IMG_{i:06}.HEIC"),
+        device: "bench".into(),
+        reservation_id: None,
+    }
+}
+
+/// Single-row durable transactions per second on this disk: what any commit is bounded by.
+fn raw_durable_txn_rate(dir: &Path) -> Result<f64> {
+    let conn = rusqlite::Connection::open(dir.join("baseline.sqlite"))?;
+    keepsake_store::durable_sqlite(&conn)?;
+    conn.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v BLOB)", [])?;
+    let n = 2000;
+    let t = Instant::now();
+    for i in 0..n {
+        conn.execute(
+            "INSERT INTO t VALUES (?1, ?2)",
+            rusqlite::params![i, [0u8; 64]],
+        )?;
+    }
+    Ok(f64::from(n) / t.elapsed().as_secs_f64())
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Runs the library benchmark.
+pub async fn run(root: &Path, short: bool) -> Result<()> {
+    let n: u64 = if short { 5_000 } else { 100_000 };
+    let watched = if short { 200 } else { 1000 };
+    let tmp_root = root.join("target/bench-tmp");
+    std::fs::create_dir_all(&tmp_root)?;
+    let tmp = tempfile::tempdir_in(&tmp_root)?;
+    println!("bench library: {n} assets, {watched} watched commits");
+    let baseline = raw_durable_txn_rate(tmp.path())?;
+
+    let store = Arc::new(Store::open_local(
+        &tmp.path().join("store"),
+        Arc::new(SystemClock),
+        Arc::new(OsEntropy),
+        StoreConfig::default(),
+    )?);
+    let (url, token, cloud) = serve_cloud(tmp.path(), store.clone()).await?;
+    let setup = Instant::now();
+    let manifests = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || store_files(&store, 0, n)).await??
+    };
+    println!(
+        "(setup: {n} files stored in {:.1} s)",
+        setup.elapsed().as_secs_f64()
+    );
+
+    // Commit rate, in process: reference in the store, commit in the library.
+    let commit_s = {
+        let cloud = cloud.clone();
+        tokio::task::spawn_blocking(move || -> Result<f64> {
+            let t = Instant::now();
+            for (i, m) in manifests.into_iter().enumerate() {
+                cloud.commit_asset(ACCOUNT, &commit_of(i, m))?;
+            }
+            Ok(t.elapsed().as_secs_f64())
+        })
+        .await??
+    };
+    let commit_rate = n as f64 / commit_s;
+
+    // A fresh device lists the whole library over loopback, page by page.
+    let in_process_s = {
+        let cloud = cloud.clone();
+        tokio::task::spawn_blocking(move || -> Result<f64> {
+            let t = Instant::now();
+            let (mut cursor, mut rows) = (0, 0);
+            loop {
+                let page = cloud.library().list_changes(ACCOUNT, cursor, 1000)?;
+                rows += page.changes.len();
+                cursor = page.cursor;
+                if !page.more {
+                    break;
+                }
+            }
+            if rows as u64 != n {
+                bail!("in-process listing saw {rows} rows");
+            }
+            Ok(t.elapsed().as_secs_f64())
+        })
+        .await??
+    };
+    let mut lib = client::library_client(
+        client::connect(&url).await?,
+        client::BearerAuth::new(&token),
+    );
+    let rss_before = rss_kib();
+    let t = Instant::now();
+    let (mut cursor, mut rows, mut bytes) = (0, 0usize, 0usize);
+    loop {
+        let page = lib
+            .list_changes(pb::ListChangesRequest {
+                cursor,
+                page_size: 1000,
+            })
+            .await?
+            .into_inner();
+        rows += page.changes.len();
+        bytes += prost::Message::encoded_len(&page);
+        cursor = page.cursor;
+        if !page.more {
+            break;
+        }
+    }
+    let list_s = t.elapsed().as_secs_f64();
+    let rss_growth = rss_kib().saturating_sub(rss_before);
+    if rows as u64 != n {
+        bail!("ListChanges saw {rows} rows, expected {n}");
+    }
+
+    // WatchChanges: time from the start of a commit to its row arriving at a watcher.
+    let more = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || store_files(&store, n, watched)).await??
+    };
+    let mut stream = lib
+        .watch_changes(pb::WatchChangesRequest { cursor })
+        .await?
+        .into_inner();
+    stream.message().await?; // the first (empty) page: the watch is live
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(Some(page)) = stream.message().await {
+            let now = Instant::now();
+            for change in page.changes {
+                if let Some(pb::change::Row::Asset(a)) = change.row {
+                    let _ = tx.send((a.asset_id, now));
+                }
+            }
+        }
+    });
+    let mut started: HashMap<String, Instant> = HashMap::new();
+    let mut commit_latency = Vec::new();
+    for (i, m) in more.iter().enumerate() {
+        let t0 = Instant::now();
+        let reply = lib
+            .commit_asset(pb::CommitAssetRequest {
+                request_id: format!("watched-{i}"),
+                manifest_id: Bytes::copy_from_slice(m.as_bytes()),
+                kind: pb::AssetKind::Photo.into(),
+                original_name: format!("IMG_W{i:05}.HEIC"),
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        commit_latency.push(t0.elapsed());
+        started.insert(reply.asset_id, t0);
+    }
+    let mut latency = Vec::new();
+    while latency.len() < started.len() {
+        let Ok(Some((asset, at))) = tokio::time::timeout(Duration::from_secs(30), rx.recv()).await
+        else {
+            bail!(
+                "the watcher saw {} of {} commits",
+                latency.len(),
+                started.len()
+            );
+        };
+        if let Some(t0) = started.get(&asset) {
+            latency.push(at.duration_since(*t0));
+        }
+    }
+    latency.sort();
+    commit_latency.sort();
+
+    println!("| measurement | value |");
+    println!("|---|---|");
+    println!("| raw durable SQLite transactions (baseline) | {baseline:.0} /s |");
+    println!("| commits, in process ({n} assets) | {commit_rate:.0} /s |");
+    println!(
+        "| ListChanges of {n} assets over loopback, pages of 1000 | {:.0} ms ({:.1} MiB on the wire) |",
+        list_s * 1000.0,
+        bytes as f64 / (1 << 20) as f64
+    );
+    println!(
+        "| the same pages in process (baseline) | {:.0} ms |",
+        in_process_s * 1000.0
+    );
+    println!("| RSS growth while listing | {} MiB |", rss_growth >> 10);
+    println!(
+        "| CommitAsset over loopback, p50 / p99 | {:.2} / {:.2} ms |",
+        percentile(&commit_latency, 0.5).as_secs_f64() * 1000.0,
+        percentile(&commit_latency, 0.99).as_secs_f64() * 1000.0
+    );
+    println!(
+        "| commit start -> watcher notified, p50 / p99 | {:.2} / {:.2} ms |",
+        percentile(&latency, 0.5).as_secs_f64() * 1000.0,
+        percentile(&latency, 0.99).as_secs_f64() * 1000.0
+    );
+    println!();
+    println!(
+        "commit rate / raw durable transactions = {:.2}",
+        commit_rate / baseline
+    );
+    println!(
+        "ListChanges over loopback = {:.0} ms   (target < 2000 ms for 100,000 assets); {:.2}x in process",
+        list_s * 1000.0,
+        list_s / in_process_s
+    );
+    println!(
+        "WatchChanges p99 = {:.1} ms   (target < 50 ms)",
+        percentile(&latency, 0.99).as_secs_f64() * 1000.0
+    );
+    Ok(())
+}
