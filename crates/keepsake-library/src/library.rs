@@ -190,6 +190,8 @@ pub struct Asset {
     pub state: AssetState,
     /// Sequence number of its latest change.
     pub seq: u64,
+    /// The newest metadata clock among its fields: devices merge it into their own.
+    pub clock: Hlc,
 }
 
 /// One version of an asset.
@@ -226,6 +228,8 @@ pub struct Album {
     pub members: Vec<String>,
     /// Sequence number of its latest change.
     pub seq: u64,
+    /// The newest clock of its name, deletion and memberships: devices merge it into their own.
+    pub clock: Hlc,
 }
 
 /// One row of the change feed.
@@ -295,7 +299,7 @@ pub struct Library {
 const ASSET_COLUMNS: &str =
     "a.asset_id, a.kind, a.capture_time, a.width, a.height, a.original_name,
     a.current_version, v.manifest, v.file_hash, v.size, a.favorite, a.hidden, a.title, a.state,
-    a.state_at, a.seq";
+    a.state_at, a.seq, MAX(a.favorite_clock, a.hidden_clock, a.title_clock)";
 
 fn read_id(bytes: Vec<u8>) -> rusqlite::Result<ChunkId> {
     ChunkId::from_slice(&bytes).map_err(|e| {
@@ -326,6 +330,7 @@ fn asset_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Asset> {
             _ => AssetState::Live,
         },
         seq: r.get::<_, i64>(15)? as u64,
+        clock: Hlc::decode(&r.get::<_, String>(16)?).unwrap_or_else(Hlc::zero),
     })
 }
 
@@ -1018,19 +1023,21 @@ impl Library {
         };
         {
             let mut stmt = db.prepare_cached(
-                "SELECT album_id, name, deleted, seq FROM albums
-                 WHERE account = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+                "SELECT album_id, name, deleted, seq, MAX(name_clock, deleted_clock,
+                        COALESCE((SELECT MAX(m.clock) FROM album_members m
+                                  WHERE m.account = albums.account AND m.album_id = albums.album_id), ''))
+                 FROM albums WHERE account = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
             )?;
             let mut members = db.prepare_cached(
                 "SELECT asset_id FROM album_members WHERE account = ?1 AND album_id = ?2 AND present = 1
                  ORDER BY asset_id",
             )?;
-            let albums: Vec<(String, String, bool, i64)> = stmt
+            let albums: Vec<(String, String, bool, i64, String)> = stmt
                 .query_map(params![account, cursor as i64, fetch], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
                 })?
                 .collect::<Result<_, _>>()?;
-            for (album_id, name, deleted, seq) in albums {
+            for (album_id, name, deleted, seq, clock) in albums {
                 let members = members
                     .query_map(params![account, album_id], |r| r.get(0))?
                     .collect::<Result<Vec<String>, _>>()?;
@@ -1040,6 +1047,7 @@ impl Library {
                     deleted,
                     members,
                     seq: seq as u64,
+                    clock: Hlc::decode(&clock).unwrap_or_else(Hlc::zero),
                 }));
             }
         }

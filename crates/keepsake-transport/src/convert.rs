@@ -360,6 +360,7 @@ pub fn asset_to_wire(asset: keepsake_library::Asset) -> pb::Asset {
         title,
         state,
         seq: _,
+        clock,
     } = asset;
     let (state, state_at_ms) = state_to_wire(state);
     pb::Asset {
@@ -378,6 +379,20 @@ pub fn asset_to_wire(asset: keepsake_library::Asset) -> pb::Asset {
         title,
         state: state.into(),
         state_at_ms,
+        clock: Some(clock_to_wire(clock)),
+    }
+}
+
+fn clock_to_wire(clock: keepsake_library::Hlc) -> pb::Clock {
+    let keepsake_library::Hlc {
+        wall_ms,
+        counter,
+        device,
+    } = clock;
+    pb::Clock {
+        wall_ms,
+        counter,
+        device,
     }
 }
 
@@ -400,12 +415,14 @@ pub fn page_to_wire(page: keepsake_library::ChangePage) -> pb::ListChangesRespon
                         deleted,
                         members,
                         seq: _,
+                        clock,
                     } = a;
                     pb::change::Row::Album(pb::Album {
                         album_id,
                         name,
                         deleted,
                         members,
+                        clock: Some(clock_to_wire(clock)),
                     })
                 }
             }),

@@ -953,6 +953,8 @@ async fn upload_commit_and_the_feed_over_grpc_with_a_watcher_told_at_once() {
         panic!("expected an asset row");
     };
     assert!(asset.favorite);
+    // The row carries the newest field clock, for devices to merge into their own.
+    assert_eq!(asset.clock, clock(1_700_000_000_000));
     // A clock far ahead of the server is refused, with the offset.
     let err = lib
         .set_metadata(pb::SetMetadataRequest {

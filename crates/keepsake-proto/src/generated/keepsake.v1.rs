@@ -3872,6 +3872,9 @@ pub struct Asset {
     /// When it entered Recently Deleted or was purged.
     #[prost(int64, optional, tag = "15")]
     pub state_at_ms: ::core::option::Option<i64>,
+    /// The newest clock among its metadata fields: merge it into the device's clock.
+    #[prost(message, optional, tag = "16")]
+    pub clock: ::core::option::Option<Clock>,
 }
 /// An album's latest state.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -3886,6 +3889,9 @@ pub struct Album {
     /// Member asset ids, sorted.
     #[prost(string, repeated, tag = "4")]
     pub members: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// The newest clock of its name, deletion and memberships: merge it into the device's clock.
+    #[prost(message, optional, tag = "5")]
+    pub clock: ::core::option::Option<Clock>,
 }
 /// One version of an asset.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
