@@ -4,10 +4,11 @@
 use anyhow::Result;
 use keepsake_policy::doctor::{Unknowns, diagnose, render_json, render_text};
 use keepsake_policy::{
-    Cellular, DeviceStorage, Network, PolicyConfig, Power, Snapshot, Version, evaluate,
+    Cellular, DeviceStorage, Network, PolicyConfig, Power, Quota, Snapshot, Version, evaluate,
 };
-use keepsake_transport::client;
+use keepsake_transport::{client, reason_of};
 use std::path::{Path, PathBuf};
+use tonic_types::StatusExt;
 
 /// Options of `keepsake doctor`; the simulated conditions override what the OS says.
 #[derive(clap::Args)]
@@ -64,14 +65,14 @@ fn parse_network(s: &str) -> Result<Network, String> {
 pub async fn run(args: DoctorArgs) -> Result<bool> {
     let (battery, charging) = read_battery();
     let (free, total) = read_disk(&args.library);
-    let (reachable, signed_in) = ask_server(&args.server, args.token.as_deref()).await;
+    let server = ask_server(&args.server, args.token.as_deref()).await;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0);
     let snapshot = Snapshot {
         now,
-        account: signed_in.then(|| "the token's account".to_string()),
+        account: server.account.as_ref().map(|a| a.account.clone()),
         sync_enabled: true,
         paused_until: None,
         power_override_until: None,
@@ -92,13 +93,19 @@ pub async fn run(args: DoctorArgs) -> Result<bool> {
             total_bytes: total,
             optimize: false,
         },
-        // The library (quota, minimum version) is not served yet: said as unknown.
-        quota: None,
+        // Reserved bytes are promised to uploads in flight: they count against the plan too.
+        quota: server.account.as_ref().and_then(|a| {
+            Some(Quota {
+                used_bytes: a.used_bytes + a.reserved_bytes,
+                limit_bytes: a.plan.as_ref()?.limit_bytes,
+                pending_bytes: 0,
+            })
+        }),
         client_version: env!("CARGO_PKG_VERSION")
             .parse::<Version>()
             .unwrap_or(Version(0, 0, 0)),
-        server_min_version: None,
-        server_reachable: Some(reachable),
+        server_min_version: server.min_version,
+        server_reachable: Some(server.reachable),
         clock_skew_ms: None,
         last_stall_at: None,
     };
@@ -116,17 +123,39 @@ pub async fn run(args: DoctorArgs) -> Result<bool> {
     Ok(!report.syncing)
 }
 
-async fn ask_server(url: &str, token: Option<&str>) -> (bool, bool) {
+/// What the server told us: whether it answered, the account (plan and exact usage),
+/// and the minimum client version if it refused ours.
+struct ServerView {
+    reachable: bool,
+    account: Option<client::pb::Account>,
+    min_version: Option<Version>,
+}
+
+async fn ask_server(url: &str, token: Option<&str>) -> ServerView {
+    let mut view = ServerView {
+        reachable: false,
+        account: None,
+        min_version: None,
+    };
     let connect = tokio::time::timeout(std::time::Duration::from_secs(5), client::connect(url));
     let Ok(Ok(channel)) = connect.await else {
-        return (false, false);
+        return view;
     };
+    view.reachable = true;
     let Some(token) = token else {
-        return (true, false);
+        return view;
     };
-    let mut store = client::store_client(channel, token);
-    let usage = store.get_usage(client::pb::GetUsageRequest {}).await;
-    (true, usage.is_ok())
+    let mut accounts = client::accounts_client(channel, client::BearerAuth::new(token));
+    match accounts.get_account(client::pb::GetAccountRequest {}).await {
+        Ok(reply) => view.account = reply.into_inner().account,
+        Err(status) if reason_of(&status).as_deref() == Some("CLIENT_TOO_OLD") => {
+            view.min_version = status
+                .get_details_error_info()
+                .and_then(|info| info.metadata.get("required_version")?.parse().ok());
+        }
+        Err(_) => {}
+    }
+    view
 }
 
 /// Battery percent and charging from /sys/class/power_supply; `None` where unreadable.
