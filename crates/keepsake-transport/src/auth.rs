@@ -1,9 +1,9 @@
 //! Who is calling, and whether their client is new enough.
 //!
-//! Every Keepsake service checks the caller's signed access token itself (no round
+//! Every Keepsake server checks the caller's signed access token itself (no round
 //! trip to the library) and the client version the caller sends in
-//! [`CLIENT_VERSION_HEADER`]. The version is checked first, so an outdated client
-//! hears "update" rather than a confusing later error.
+//! [`CLIENT_VERSION_HEADER`], in the [`crate::guard`] layer. The version is checked
+//! first, so an outdated client hears "update" rather than a confusing later error.
 
 use crate::ApiError;
 use keepsake_library::ClientVersion;
@@ -44,18 +44,22 @@ impl Authenticator {
         }
     }
 
-    fn check_version<T>(&self, req: &Request<T>) -> Result<(), Status> {
-        let version = req
-            .metadata()
-            .get(CLIENT_VERSION_HEADER)
-            .and_then(|v| v.to_str().ok());
-        self.min_version
-            .admit(version)
-            .map_err(|e| ApiError::Library(e).into())
+    /// The time tokens are checked at.
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
     }
 
-    fn identify<T>(&self, req: &Request<T>) -> Result<Option<Identity>, Status> {
-        let Some(value) = req.metadata().get("authorization") else {
+    /// Refuses a client older than the minimum (a client that sends no version is 0.0.0).
+    pub fn check_version(&self, headers: &http::HeaderMap) -> Result<(), ApiError> {
+        let version = headers
+            .get(CLIENT_VERSION_HEADER)
+            .and_then(|v| v.to_str().ok());
+        self.min_version.admit(version).map_err(ApiError::Library)
+    }
+
+    /// The caller a valid token names; `None` without a token; an error for a bad one.
+    pub fn identify(&self, headers: &http::HeaderMap) -> Result<Option<Identity>, ApiError> {
+        let Some(value) = headers.get("authorization") else {
             return Ok(None);
         };
         let token = value
@@ -63,17 +67,17 @@ impl Authenticator {
             .ok()
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or_else(|| {
-                Status::from(ApiError::Unauthenticated(
+                ApiError::Unauthenticated(
                     "send the access token as `authorization: Bearer <token>`".into(),
-                ))
+                )
             })?;
         let claims = self
             .verifier
             .verify(token.trim(), self.clock.now_ms())
             .map_err(|e| {
-                Status::from(ApiError::Unauthenticated(format!(
+                ApiError::Unauthenticated(format!(
                     "{e}; sign in again or refresh the device's token"
-                )))
+                ))
             })?;
         let span = tracing::Span::current();
         span.record("account", claims.account.as_str());
@@ -86,41 +90,9 @@ impl Authenticator {
             admin: claims.admin,
         }))
     }
-
-    /// An interceptor that admits only current clients with a valid token.
-    pub fn interceptor(
-        &self,
-    ) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone + use<> {
-        let auth = self.clone();
-        move |mut req: Request<()>| {
-            auth.check_version(&req)?;
-            let identity = auth.identify(&req)?.ok_or_else(|| {
-                Status::from(ApiError::Unauthenticated(
-                    "no access token: sign in, then send `authorization: Bearer <token>`".into(),
-                ))
-            })?;
-            req.extensions_mut().insert(identity);
-            Ok(req)
-        }
-    }
-
-    /// An interceptor for services whose sign-in calls need no token: the version is
-    /// checked, and a token, when one is sent, must be valid.
-    pub fn optional_interceptor(
-        &self,
-    ) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone + use<> {
-        let auth = self.clone();
-        move |mut req: Request<()>| {
-            auth.check_version(&req)?;
-            if let Some(identity) = auth.identify(&req)? {
-                req.extensions_mut().insert(identity);
-            }
-            Ok(req)
-        }
-    }
 }
 
-/// The caller of a request that passed the interceptor.
+/// The caller of a request that passed the guard.
 pub fn identity<T>(req: &Request<T>) -> Result<Identity, Status> {
     req.extensions()
         .get::<Identity>()

@@ -38,6 +38,18 @@ pub enum ApiError {
     /// The server is shutting down or a worker died.
     #[error("{0}")]
     Unavailable(String),
+    /// The caller made more calls than its rate allows.
+    #[error("too many calls from this device; retry in {retry_after_ms} ms")]
+    RateLimited {
+        /// When a call will be admitted again.
+        retry_after_ms: u64,
+    },
+    /// The server (or this caller's share of it) is at its concurrency limit.
+    #[error("the server is busy; retry in {retry_after_ms} ms")]
+    Overloaded {
+        /// A hint for when to retry.
+        retry_after_ms: u64,
+    },
 }
 
 impl ApiError {
@@ -63,6 +75,16 @@ pub fn to_status(err: &ApiError) -> Status {
             (Code::InvalidArgument, "INVALID_ARGUMENT")
         }
         ApiError::Unavailable(_) => (Code::Unavailable, "UNAVAILABLE"),
+        ApiError::RateLimited { retry_after_ms } | ApiError::Overloaded { retry_after_ms } => {
+            metadata.insert("retry_after_ms".into(), retry_after_ms.to_string());
+            details.set_retry_info(Some(std::time::Duration::from_millis(*retry_after_ms)));
+            let reason = if matches!(err, ApiError::RateLimited { .. }) {
+                "RATE_LIMITED"
+            } else {
+                "OVERLOADED"
+            };
+            (Code::ResourceExhausted, reason)
+        }
         ApiError::Delta(e) => {
             use keepsake_delta::DeltaError as D;
             let code = match e {

@@ -32,6 +32,7 @@ pub mod client;
 pub mod convert;
 mod delta_service;
 mod error;
+pub mod guard;
 mod library_service;
 mod policy_service;
 pub mod server;

@@ -2,6 +2,7 @@
 
 use crate::auth::Authenticator;
 use crate::delta_service::DeltaService;
+use crate::guard::{GuardLayer, Limits};
 use crate::library_service::{AccountsService, ChangeNotifier, LibraryService};
 use crate::policy_service::PolicyService;
 use crate::store_service::StoreService;
@@ -19,7 +20,6 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 
 /// Largest Policy or Accounts request or response: a few hundred bytes each.
@@ -36,6 +36,8 @@ pub struct ServerConfig {
     pub http2_frame_bytes: u32,
     /// Feed watchers re-read the feed this often even without a notification.
     pub watch_poll: std::time::Duration,
+    /// Per-caller rate and concurrency limits, and the server-wide concurrency bound.
+    pub limits: Limits,
 }
 
 impl Default for ServerConfig {
@@ -45,6 +47,7 @@ impl Default for ServerConfig {
             batch_bytes: 16 << 20,
             http2_frame_bytes: 1 << 20,
             watch_poll: std::time::Duration::from_secs(5),
+            limits: Limits::default(),
         }
     }
 }
@@ -66,9 +69,9 @@ pub struct Services {
 
 /// Serves `services` on `listener` until `shutdown` resolves.
 ///
-/// Health and reflection (v1 and v1alpha) answer without a token; every Keepsake
-/// service checks the client version and the access token; Accounts lets sign-in
-/// and enrolment through without a token.
+/// Every call passes the [`GuardLayer`]: health and reflection (v1 and v1alpha) are
+/// open; every Keepsake call has its client version and access token checked (Accounts'
+/// sign-in calls need no token) and is rate- and concurrency-limited per caller.
 pub async fn serve(
     listener: TcpListener,
     services: Services,
@@ -89,6 +92,7 @@ pub async fn serve(
         .build_v1alpha()
         .expect("the committed descriptor set is valid");
     let mut router = Server::builder()
+        .layer(GuardLayer::new(tokens, config.limits.clone()))
         .max_frame_size(config.http2_frame_bytes)
         .initial_stream_window_size(8 << 20)
         .initial_connection_window_size(16 << 20)
@@ -109,7 +113,7 @@ pub async fn serve(
         let service = DeltaServer::new(DeltaService::new(store.clone(), RsyncLimits::default()))
             .max_decoding_message_size(config.max_message_bytes)
             .max_encoding_message_size(config.max_message_bytes);
-        router = router.add_service(InterceptedService::new(service, tokens.interceptor()));
+        router = router.add_service(service);
     }
     if let Some(store) = services.store {
         reporter
@@ -118,7 +122,7 @@ pub async fn serve(
         let service = ChunkStoreServer::new(StoreService::new(store, config.batch_bytes))
             .max_decoding_message_size(config.max_message_bytes)
             .max_encoding_message_size(config.max_message_bytes);
-        router = router.add_service(InterceptedService::new(service, tokens.interceptor()));
+        router = router.add_service(service);
     }
     if let Some(policy_config) = services.policy {
         reporter.set_serving::<PolicyServer<PolicyService>>().await;
@@ -126,7 +130,7 @@ pub async fn serve(
         let service = PolicyServer::new(PolicyService::new(policy_config))
             .max_decoding_message_size(SMALL_MESSAGE_BYTES)
             .max_encoding_message_size(SMALL_MESSAGE_BYTES);
-        router = router.add_service(InterceptedService::new(service, tokens.interceptor()));
+        router = router.add_service(service);
     }
     if let Some(cloud) = services.cloud {
         reporter
@@ -142,14 +146,11 @@ pub async fn serve(
         ))
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
-        router = router.add_service(InterceptedService::new(library, tokens.interceptor()));
+        router = router.add_service(library);
         let accounts = AccountsServer::new(AccountsService::new(cloud, services.changes))
             .max_decoding_message_size(SMALL_MESSAGE_BYTES)
             .max_encoding_message_size(SMALL_MESSAGE_BYTES);
-        router = router.add_service(InterceptedService::new(
-            accounts,
-            tokens.optional_interceptor(),
-        ));
+        router = router.add_service(accounts);
     }
     // tonic does not apply tcp_nodelay to sockets from serve_with_incoming; small
     // messages stall behind Nagle's algorithm without it.
