@@ -185,3 +185,184 @@ pub async fn get_all(
     }
     Ok(out)
 }
+
+/// Whether trying the same call again can succeed without anyone acting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// A passing condition (connection lost, deadline, shed load): retry after the hint,
+    /// or with backoff when there is none.
+    Transient {
+        /// The server's hint for when to retry.
+        after: Option<Duration>,
+    },
+    /// Retrying the same call fails the same way until something changes (the user frees
+    /// space, updates the app, signs in again, or the request is fixed).
+    Permanent,
+}
+
+/// A failed call, typed: the retry class, the stable reason and its details, so no
+/// caller ever parses a message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{} ({code:?}): {}", .details.reason, .details.message)]
+pub struct CallError {
+    /// The gRPC code.
+    pub code: tonic::Code,
+    /// Whether to retry.
+    pub retry: Retry,
+    details: Box<CallDetails>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct CallDetails {
+    reason: String,
+    message: String,
+    metadata: std::collections::HashMap<String, String>,
+    missing_chunks: Vec<ChunkId>,
+}
+
+impl CallError {
+    /// Whether a retry can succeed without anyone acting.
+    pub fn is_transient(&self) -> bool {
+        matches!(self.retry, Retry::Transient { .. })
+    }
+
+    /// The stable UPPER_SNAKE reason (`QUOTA_EXCEEDED`, `CLIENT_TOO_OLD`, …); for failures
+    /// below gRPC (a cut connection) the code's name.
+    pub fn reason(&self) -> &str {
+        &self.details.reason
+    }
+
+    /// The server's sentence (or the transport's).
+    pub fn message(&self) -> &str {
+        &self.details.message
+    }
+
+    /// `ErrorInfo` metadata: `limit_bytes`, `required_version`, `retry_after_ms`, …
+    pub fn metadata(&self) -> &std::collections::HashMap<String, String> {
+        &self.details.metadata
+    }
+
+    /// Chunks the account must send before committing (reason MISSING_CHUNKS).
+    pub fn missing_chunks(&self) -> &[ChunkId] {
+        &self.details.missing_chunks
+    }
+}
+
+/// Reasons that clear by themselves.
+const TRANSIENT_REASONS: &[&str] = &["RATE_LIMITED", "OVERLOADED", "UNAVAILABLE", "INDEX_IO"];
+
+impl From<tonic::Status> for CallError {
+    fn from(status: tonic::Status) -> Self {
+        use tonic::Code;
+        use tonic_types::StatusExt;
+        let info = status.get_details_error_info();
+        let retry_after = status.get_details_retry_info().and_then(|r| r.retry_delay);
+        let missing_chunks = status
+            .get_details_precondition_failure()
+            .map(|f| {
+                f.violations
+                    .iter()
+                    .filter(|v| v.r#type == "MISSING_CHUNK")
+                    .filter_map(|v| {
+                        let bytes = hex::decode(&v.subject).ok()?;
+                        ChunkId::from_slice(&bytes).ok()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let reason = info
+            .as_ref()
+            .map(|i| i.reason.clone())
+            .unwrap_or_else(|| format!("{:?}", status.code()).to_uppercase());
+        let transient = match status.code() {
+            Code::Unavailable | Code::DeadlineExceeded | Code::Aborted | Code::Cancelled => true,
+            // Only the server's own shedding is transient; an exhausted quota or disk waits for a person.
+            Code::ResourceExhausted => TRANSIENT_REASONS.contains(&reason.as_str()),
+            // Without a Keepsake reason these come from below gRPC: a reset stream, a cut connection.
+            Code::Unknown | Code::Internal => info.is_none(),
+            _ => false,
+        };
+        Self {
+            code: status.code(),
+            retry: if transient {
+                Retry::Transient { after: retry_after }
+            } else {
+                Retry::Permanent
+            },
+            details: Box::new(CallDetails {
+                reason,
+                message: status.message().to_string(),
+                metadata: info.map(|i| i.metadata).unwrap_or_default(),
+                missing_chunks,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ApiError, to_status};
+    use keepsake_library::LibraryError as L;
+    use keepsake_store::StoreError;
+
+    #[test]
+    fn transient_and_permanent_errors_are_told_apart_without_reading_messages() {
+        let transient: Vec<tonic::Status> = vec![
+            to_status(&ApiError::RateLimited { retry_after_ms: 20 }),
+            to_status(&ApiError::Overloaded { retry_after_ms: 20 }),
+            to_status(&ApiError::Unavailable("restarting".into())),
+            tonic::Status::unavailable("connection refused"),
+            tonic::Status::deadline_exceeded("too slow"),
+            tonic::Status::unknown("transport error"),
+            tonic::Status::internal("h2 protocol error: stream reset"),
+            tonic::Status::cancelled("the connection was reset"),
+        ];
+        for status in transient {
+            let err = CallError::from(status.clone());
+            assert!(err.is_transient(), "{status:?}");
+        }
+        let shed = CallError::from(to_status(&ApiError::RateLimited { retry_after_ms: 20 }));
+        assert_eq!(
+            shed.retry,
+            Retry::Transient {
+                after: Some(Duration::from_millis(20))
+            }
+        );
+        let permanent: Vec<ApiError> = vec![
+            L::QuotaExceeded {
+                used_bytes: 5,
+                reserved_bytes: 0,
+                needed_bytes: 1,
+                limit_bytes: 5,
+            }
+            .into(),
+            L::ClientTooOld {
+                required: "2.0.0".into(),
+                got: "1.0.0".into(),
+            }
+            .into(),
+            L::ClockSkew { ahead_ms: 600_000 }.into(),
+            ApiError::Unauthenticated("expired".into()),
+            ApiError::field("kind", "must be PHOTO or VIDEO"),
+            StoreError::StorageFull.into(),
+            L::NotFound {
+                kind: "asset",
+                id: "x".into(),
+            }
+            .into(),
+        ];
+        for err in permanent {
+            let call = CallError::from(to_status(&err));
+            assert_eq!(call.retry, Retry::Permanent, "{err}");
+            assert_eq!(
+                Some(call.reason().to_string()),
+                crate::reason_of(&to_status(&err))
+            );
+        }
+        let missing = ChunkId::of(b"gone");
+        let call = CallError::from(to_status(&StoreError::MissingChunks(vec![missing]).into()));
+        assert_eq!(call.missing_chunks(), &[missing]);
+        assert_eq!(call.metadata()["missing_count"], "1");
+    }
+}

@@ -286,6 +286,142 @@ mod tests {
     }
 
     #[test]
+    fn every_library_and_door_error_maps_to_a_code_and_its_reason() {
+        use keepsake_library::LibraryError as L;
+        let cases: Vec<(ApiError, Code, &str)> = vec![
+            (
+                L::NotFound {
+                    kind: "asset",
+                    id: "a".into(),
+                }
+                .into(),
+                Code::NotFound,
+                "NOT_FOUND",
+            ),
+            (
+                L::NotLive("a".into()).into(),
+                Code::FailedPrecondition,
+                "ASSET_NOT_LIVE",
+            ),
+            (
+                L::RequestIdReused("r".into()).into(),
+                Code::InvalidArgument,
+                "REQUEST_ID_REUSED",
+            ),
+            (
+                L::ClockSkew { ahead_ms: 9 }.into(),
+                Code::FailedPrecondition,
+                "CLOCK_SKEW",
+            ),
+            (
+                L::CursorExpired {
+                    cursor: 1,
+                    horizon: 2,
+                }
+                .into(),
+                Code::FailedPrecondition,
+                "CURSOR_EXPIRED",
+            ),
+            (
+                L::CursorFromFuture { cursor: 9, head: 1 }.into(),
+                Code::InvalidArgument,
+                "CURSOR_FROM_FUTURE",
+            ),
+            (
+                L::Unauthenticated("x".into()).into(),
+                Code::Unauthenticated,
+                "UNAUTHENTICATED",
+            ),
+            (
+                L::PermissionDenied("x".into()).into(),
+                Code::PermissionDenied,
+                "PERMISSION_DENIED",
+            ),
+            (
+                L::AccountExists("a".into()).into(),
+                Code::AlreadyExists,
+                "ACCOUNT_EXISTS",
+            ),
+            (
+                L::QuotaExceeded {
+                    used_bytes: 1,
+                    reserved_bytes: 2,
+                    needed_bytes: 3,
+                    limit_bytes: 4,
+                }
+                .into(),
+                Code::ResourceExhausted,
+                "QUOTA_EXCEEDED",
+            ),
+            (
+                L::ClientTooOld {
+                    required: "1.2.0".into(),
+                    got: "1.0.0".into(),
+                }
+                .into(),
+                Code::FailedPrecondition,
+                "CLIENT_TOO_OLD",
+            ),
+            (
+                L::InvalidArgument("x".into()).into(),
+                Code::InvalidArgument,
+                "INVALID_ARGUMENT",
+            ),
+            (
+                L::Store(StoreError::StorageFull).into(),
+                Code::ResourceExhausted,
+                "STORAGE_FULL",
+            ),
+            (
+                ApiError::RateLimited { retry_after_ms: 5 },
+                Code::ResourceExhausted,
+                "RATE_LIMITED",
+            ),
+            (
+                ApiError::Overloaded { retry_after_ms: 5 },
+                Code::ResourceExhausted,
+                "OVERLOADED",
+            ),
+            (
+                ApiError::Unavailable("x".into()),
+                Code::Unavailable,
+                "UNAVAILABLE",
+            ),
+        ];
+        for (err, code, reason) in cases {
+            let status = to_status(&err);
+            assert_eq!(status.code(), code, "{reason}");
+            assert_eq!(reason_of(&status).as_deref(), Some(reason));
+            assert!(!status.message().is_empty());
+        }
+        let quota = to_status(
+            &L::QuotaExceeded {
+                used_bytes: 1,
+                reserved_bytes: 2,
+                needed_bytes: 3,
+                limit_bytes: 4,
+            }
+            .into(),
+        );
+        let meta = quota.get_details_error_info().unwrap().metadata;
+        assert_eq!(
+            (
+                meta["used_bytes"].as_str(),
+                meta["needed_bytes"].as_str(),
+                meta["limit_bytes"].as_str()
+            ),
+            ("1", "3", "4")
+        );
+        let shed = to_status(&ApiError::RateLimited {
+            retry_after_ms: 1500,
+        });
+        assert_eq!(
+            shed.get_details_retry_info().unwrap().retry_delay,
+            Some(std::time::Duration::from_millis(1500))
+        );
+    }
+
+    #[test]
     fn missing_chunks_name_each_id_in_a_precondition_failure() {
         let ids = vec![ChunkId::of(b"a"), ChunkId::of(b"b")];
         let status = to_status(&ApiError::Store(StoreError::MissingChunks(ids.clone())));

@@ -29,9 +29,11 @@
 
 pub mod auth;
 pub mod client;
+pub mod cloud_client;
 pub mod convert;
 mod delta_service;
 mod error;
+pub mod fault_proxy;
 pub mod guard;
 mod library_service;
 mod policy_service;

@@ -23,11 +23,17 @@ struct Server {
     /// Signed access tokens by the names the tests use ("alice-token", …).
     tokens: std::collections::HashMap<&'static str, String>,
     clock: Arc<ManualClock>,
+    store: Arc<Store>,
+    addr: std::net::SocketAddr,
     _dir: tempfile::TempDir,
     _shutdown: tokio::sync::oneshot::Sender<()>,
 }
 
 async fn start_with(backend: Option<Arc<dyn Backend>>) -> Server {
+    start_configured(backend, ServerConfig::default()).await
+}
+
+async fn start_configured(backend: Option<Arc<dyn Backend>>, config: ServerConfig) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let backend: Arc<dyn Backend> = match backend {
         Some(b) => b,
@@ -76,19 +82,20 @@ async fn start_with(backend: Option<Arc<dyn Backend>>) -> Server {
     }
     let auth = Authenticator::new(cloud.verifier(), clock.clone(), ClientVersion(0, 1, 0));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
+    let addr = listener.local_addr().unwrap();
+    let url = format!("http://{addr}");
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(serve(
         listener,
         Services {
-            store: Some(store),
+            store: Some(store.clone()),
             policy: Some(keepsake_policy::PolicyConfig::default()),
             delta: true,
             cloud: Some(cloud),
             changes: ChangeNotifier::default(),
         },
         auth,
-        ServerConfig::default(),
+        config,
         async move {
             let _ = rx.await;
         },
@@ -97,6 +104,8 @@ async fn start_with(backend: Option<Arc<dyn Backend>>) -> Server {
         url,
         tokens,
         clock,
+        store,
+        addr,
         _dir: dir,
         _shutdown: tx,
     }
@@ -1354,4 +1363,198 @@ async fn account_b_cannot_read_list_change_or_learn_about_a_s_assets_albums_or_c
         .unwrap()
         .into_inner();
     assert_eq!(after, before, "nothing of alice's changed");
+}
+
+// ---- Faults on the wire ----
+
+/// Under 100 random schedules of cuts, delays and stalls, every upload and download either
+/// succeeds or fails with a transient typed error, never outlives its deadline, and never
+/// reports a chunk as stored that the server does not durably hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_100_fault_schedules_every_call_succeeds_or_fails_transiently_and_acks_are_durable() {
+    use keepsake_transport::cloud_client::{ClientConfig, CloudClient};
+    use keepsake_transport::fault_proxy::{FaultProxy, Schedule};
+    let server = start().await;
+    let deadline = std::time::Duration::from_millis(1500);
+    let config = ClientConfig {
+        call_timeout: deadline,
+        stream_timeout: deadline,
+        max_bytes_in_flight: 96 << 10,
+        message_bytes: 32 << 10,
+    };
+    let (mut succeeded, mut transient, mut cuts, mut stalls) = (0, 0, 0u64, 0u64);
+    for group in 0..10u64 {
+        let mut runs = Vec::new();
+        for seed in group * 10..group * 10 + 10 {
+            let proxy = FaultProxy::start(server.addr, Schedule::random(seed))
+                .await
+                .unwrap();
+            let channel = tonic::transport::Endpoint::from_shared(proxy.url())
+                .unwrap()
+                .connect_timeout(deadline)
+                .connect_lazy();
+            let mut cloud = CloudClient::new(
+                channel,
+                client::BearerAuth::new(&server.token("alice-token")),
+                config.clone(),
+            );
+            let session = server
+                .store
+                .begin_session("alice", 0, 600_000, None)
+                .unwrap()
+                .id;
+            let chunks: Vec<(ChunkId, Bytes)> = (0..24u32)
+                .map(|i| {
+                    let mut data = vec![(seed % 251) as u8; 16 << 10];
+                    data[..4].copy_from_slice(&i.to_le_bytes());
+                    data[4..12].copy_from_slice(&seed.to_le_bytes());
+                    chunk(&data)
+                })
+                .collect();
+            runs.push(tokio::spawn(async move {
+                let started = std::time::Instant::now();
+                let mut acknowledged = Vec::new();
+                let put = cloud
+                    .put_chunks(&session, chunks.clone(), &mut acknowledged)
+                    .await;
+                let put_took = started.elapsed();
+                let started = std::time::Instant::now();
+                // Only what was acknowledged may be asked for back.
+                let get = cloud.get_chunks(&acknowledged).await;
+                let get_took = started.elapsed();
+                (
+                    seed,
+                    proxy,
+                    chunks,
+                    acknowledged,
+                    put,
+                    put_took,
+                    get,
+                    get_took,
+                )
+            }));
+        }
+        for run in runs {
+            let (seed, proxy, chunks, acknowledged, put, put_took, get, get_took) =
+                tokio::time::timeout(deadline * 4, run)
+                    .await
+                    .expect("a run hung past every deadline")
+                    .unwrap();
+            let slack = std::time::Duration::from_millis(500);
+            assert!(
+                put_took <= deadline + slack,
+                "seed {seed}: PutChunks took {put_took:?}"
+            );
+            assert!(
+                get_took <= deadline + slack,
+                "seed {seed}: GetChunks took {get_took:?}"
+            );
+            for result in [put.as_ref().err(), get.as_ref().err()]
+                .into_iter()
+                .flatten()
+            {
+                assert!(
+                    result.is_transient(),
+                    "seed {seed}: permanent error {result:?}"
+                );
+                transient += 1;
+            }
+            if put.is_ok() {
+                assert_eq!(acknowledged.len(), chunks.len(), "seed {seed}");
+                succeeded += 1;
+            }
+            // Whatever was acknowledged — all of it, or some before a cut — is durable.
+            for id in &acknowledged {
+                let data = server.store.get_chunk("alice", id).unwrap_or_else(|e| {
+                    panic!("seed {seed}: acknowledged {id} is not stored: {e}")
+                });
+                assert_eq!(ChunkId::of(&data), *id);
+            }
+            if let Ok(got) = get {
+                assert_eq!(got.len(), acknowledged.len(), "seed {seed}");
+                succeeded += 1;
+            }
+            cuts += proxy
+                .stats()
+                .cuts
+                .load(std::sync::atomic::Ordering::Relaxed);
+            stalls += proxy
+                .stats()
+                .stalls
+                .load(std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    println!(
+        "100 schedules: {succeeded} calls succeeded, {transient} failed transiently; {cuts} cuts, {stalls} stalls"
+    );
+    assert!(cuts > 20 && stalls > 5, "the schedules must actually hurt");
+    assert!(succeeded > 20, "and some calls must still get through");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_from_one_device_is_shed_while_another_device_still_gets_through() {
+    let server = start_configured(
+        None,
+        ServerConfig {
+            limits: keepsake_transport::guard::Limits {
+                calls_per_second: 20.0,
+                burst: 20.0,
+                concurrent_per_caller: 4,
+                concurrent_total: 1024,
+            },
+            max_message_bytes: 1 << 20,
+            ..ServerConfig::default()
+        },
+    )
+    .await;
+    let alice = as_user(&server, "alice-token").await;
+    let flood: Vec<_> = (0..200)
+        .map(|_| {
+            let mut c = alice.clone();
+            tokio::spawn(async move { c.get_usage(pb::GetUsageRequest {}).await })
+        })
+        .collect();
+    let (mut ok, mut shed) = (0, 0);
+    for call in flood {
+        match call.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(status) => {
+                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                let reason = reason_of(&status).unwrap();
+                assert!(
+                    reason == "RATE_LIMITED" || reason == "OVERLOADED",
+                    "shedding is never {reason}"
+                );
+                assert!(status.get_details_retry_info().is_some());
+                let typed = keepsake_transport::client::CallError::from(status);
+                assert!(typed.is_transient());
+                shed += 1;
+            }
+        }
+    }
+    assert!(ok >= 1 && shed >= 100, "{ok} admitted, {shed} shed");
+    // Bob's calls are his own: the flood took nothing from him.
+    let mut bob = as_user(&server, "bob-token").await;
+    for _ in 0..5 {
+        bob.get_usage(pb::GetUsageRequest {}).await.unwrap();
+    }
+    // A message over the bound is refused, not buffered and served.
+    let big = vec![7u8; 2 << 20];
+    let sid = session(&mut bob).await;
+    let err = put_all(&mut bob, &sid, vec![chunk(&big)], 4 << 20)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err.code(), Code::ResourceExhausted | Code::OutOfRange),
+        "{err:?}"
+    );
+    let usage = bob
+        .get_usage(pb::GetUsageRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        usage.bytes_owned, 0,
+        "nothing of the oversized message was stored"
+    );
 }

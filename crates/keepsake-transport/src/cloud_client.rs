@@ -1,0 +1,319 @@
+//! A typed client for the whole cloud: every call has a deadline, every failure is a
+//! [`CallError`] that says whether to retry, uploads keep a bounded number of bytes in
+//! flight, and domain types go in and come out.
+
+use crate::client::{
+    AccountsApi, BearerAuth, CallError, LibraryApi, StoreClient, accounts_client, library_client,
+    pb,
+};
+use crate::convert::{chunk_id, id_bytes, manifest_to_wire};
+use bytes::Bytes;
+use keepsake_proto::v1::chunk_store_client::ChunkStoreClient;
+use keepsake_store::{ChunkId, Manifest, ManifestId};
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tonic::transport::Channel;
+
+/// Deadlines and bounds for a [`CloudClient`].
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Deadline of a unary call.
+    pub call_timeout: Duration,
+    /// Deadline of a whole upload or download stream.
+    pub stream_timeout: Duration,
+    /// Bytes sent but not yet acknowledged as durable, at most.
+    pub max_bytes_in_flight: usize,
+    /// About how many bytes one PutChunks message carries.
+    pub message_bytes: usize,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            call_timeout: Duration::from_secs(30),
+            stream_timeout: Duration::from_secs(600),
+            max_bytes_in_flight: 32 << 20,
+            message_bytes: 1 << 20,
+        }
+    }
+}
+
+/// One device's (or one person's) connection to the cloud.
+#[derive(Clone)]
+pub struct CloudClient {
+    store: StoreClient,
+    library: LibraryApi,
+    accounts: AccountsApi,
+    config: ClientConfig,
+}
+
+fn deadline_error(what: &str, after: Duration) -> CallError {
+    CallError::from(tonic::Status::deadline_exceeded(format!(
+        "{what} did not finish within {} ms",
+        after.as_millis()
+    )))
+}
+
+/// Runs `call` with a client-side deadline, so nothing waits past it whatever the network does.
+async fn within<T>(
+    what: &str,
+    after: Duration,
+    call: impl Future<Output = Result<T, tonic::Status>>,
+) -> Result<T, CallError> {
+    match tokio::time::timeout(after, call).await {
+        Ok(result) => result.map_err(CallError::from),
+        Err(_) => Err(deadline_error(what, after)),
+    }
+}
+
+impl CloudClient {
+    /// A client over `channel` acting with `auth` (a token, or anonymous for sign-in calls).
+    pub fn new(channel: Channel, auth: BearerAuth, config: ClientConfig) -> Self {
+        Self {
+            store: ChunkStoreClient::with_interceptor(channel.clone(), auth.clone())
+                .max_decoding_message_size(16 << 20)
+                .max_encoding_message_size(16 << 20),
+            library: library_client(channel.clone(), auth.clone()),
+            accounts: accounts_client(channel, auth),
+            config,
+        }
+    }
+
+    fn unary<T>(&self, message: T) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(message);
+        req.set_timeout(self.config.call_timeout);
+        req
+    }
+
+    /// Exchanges an account name and password for an access token.
+    pub async fn sign_in(&mut self, account: &str, password: &str) -> Result<String, CallError> {
+        let req = self.unary(pb::SignInRequest {
+            account: account.into(),
+            password: password.into(),
+        });
+        let reply = within(
+            "SignIn",
+            self.config.call_timeout,
+            self.accounts.sign_in(req),
+        )
+        .await?;
+        Ok(reply.into_inner().access.unwrap_or_default().token)
+    }
+
+    /// Reserves quota for `bytes`; returns the reservation (= store session) id.
+    pub async fn begin_upload(
+        &mut self,
+        bytes: u64,
+        request_id: &str,
+    ) -> Result<String, CallError> {
+        let req = self.unary(pb::BeginUploadRequest {
+            bytes,
+            request_id: request_id.into(),
+        });
+        let reply = within(
+            "BeginUpload",
+            self.config.call_timeout,
+            self.library.begin_upload(req),
+        )
+        .await?;
+        Ok(reply.into_inner().reservation_id)
+    }
+
+    /// The ids the account does not own yet.
+    pub async fn find_missing(
+        &mut self,
+        session: &str,
+        ids: &[ChunkId],
+    ) -> Result<Vec<ChunkId>, CallError> {
+        let req = self.unary(pb::FindMissingRequest {
+            session_id: session.into(),
+            ids: ids.iter().map(id_bytes).collect(),
+        });
+        let reply = within(
+            "FindMissing",
+            self.config.call_timeout,
+            self.store.find_missing(req),
+        )
+        .await?;
+        reply
+            .into_inner()
+            .missing_ids
+            .iter()
+            .map(|id| chunk_id("missing_ids", id).map_err(|e| tonic::Status::from(e).into()))
+            .collect()
+    }
+
+    /// Sends chunks with at most `max_bytes_in_flight` unacknowledged; returns the ids the
+    /// server acknowledged as durable, in order. On an error, the chunks acknowledged
+    /// before it are durable too: `acknowledged` holds them for the caller's journal.
+    pub async fn put_chunks(
+        &mut self,
+        session: &str,
+        chunks: Vec<(ChunkId, Bytes)>,
+        acknowledged: &mut Vec<ChunkId>,
+    ) -> Result<(), CallError> {
+        let bound = self
+            .config
+            .max_bytes_in_flight
+            .max(self.config.message_bytes);
+        let mut seen = std::collections::HashSet::new();
+        let chunks: Vec<(ChunkId, Bytes)> = chunks
+            .into_iter()
+            .filter(|(id, _)| seen.insert(*id))
+            .collect();
+        let sizes: HashMap<ChunkId, usize> = chunks.iter().map(|(id, b)| (*id, b.len())).collect();
+        // Permits are bytes in flight, returned as acknowledgements arrive.
+        let window = Arc::new(Semaphore::new(bound));
+        let (tx, rx) = tokio::sync::mpsc::channel::<pb::PutChunksRequest>(2);
+        let producer = {
+            let window = window.clone();
+            let session = session.to_string();
+            let message_bytes = self.config.message_bytes;
+            tokio::spawn(async move {
+                let mut batch = Vec::new();
+                let (mut size, mut since_flush, mut first) = (0usize, 0usize, true);
+                let mut iter = chunks.into_iter().peekable();
+                while let Some((id, data)) = iter.next() {
+                    let len = data.len();
+                    let Ok(permit) = window.acquire_many(len.min(bound) as u32).await else {
+                        return;
+                    };
+                    permit.forget();
+                    size += len;
+                    since_flush += len;
+                    batch.push(pb::Chunk {
+                        id: id_bytes(&id),
+                        data,
+                    });
+                    if size >= message_bytes || iter.peek().is_none() {
+                        // Ask for acknowledgements well before the window closes, or the
+                        // server would wait for a full batch that can never come.
+                        let flush = since_flush >= bound / 2;
+                        if flush {
+                            since_flush = 0;
+                        }
+                        let message = pb::PutChunksRequest {
+                            session_id: if first {
+                                session.clone()
+                            } else {
+                                String::new()
+                            },
+                            chunks: std::mem::take(&mut batch),
+                            flush,
+                        };
+                        first = false;
+                        size = 0;
+                        if tx.send(message).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            })
+        };
+        let upload = async {
+            let mut acks = self
+                .store
+                .put_chunks(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await?
+                .into_inner();
+            while let Some(ack) = acks.message().await? {
+                for id in ack.acknowledged_ids {
+                    let id = chunk_id("acknowledged_ids", &id)?;
+                    let len = sizes.get(&id).copied().unwrap_or(0);
+                    window.add_permits(len.min(bound));
+                    acknowledged.push(id);
+                }
+            }
+            Ok::<(), tonic::Status>(())
+        };
+        let result = within("PutChunks", self.config.stream_timeout, upload).await;
+        producer.abort();
+        result
+    }
+
+    /// Stores a manifest whose chunks the account owns.
+    pub async fn put_manifest(
+        &mut self,
+        session: &str,
+        manifest: &Manifest,
+    ) -> Result<ManifestId, CallError> {
+        let req = self.unary(pb::PutManifestRequest {
+            session_id: session.into(),
+            manifest: Some(manifest_to_wire(manifest)),
+        });
+        let reply = within(
+            "PutManifest",
+            self.config.call_timeout,
+            self.store.put_manifest(req),
+        )
+        .await?;
+        chunk_id("manifest_id", &reply.into_inner().manifest_id)
+            .map_err(|e| tonic::Status::from(e).into())
+    }
+
+    /// Commits uploaded content; MISSING_CHUNKS comes back with the ids to re-send.
+    pub async fn commit_asset(
+        &mut self,
+        request: pb::CommitAssetRequest,
+    ) -> Result<pb::CommitAssetResponse, CallError> {
+        let req = self.unary(request);
+        let reply = within(
+            "CommitAsset",
+            self.config.call_timeout,
+            self.library.commit_asset(req),
+        )
+        .await?;
+        Ok(reply.into_inner())
+    }
+
+    /// One page of the change feed.
+    pub async fn list_changes(
+        &mut self,
+        cursor: u64,
+        page_size: u32,
+    ) -> Result<pb::ListChangesResponse, CallError> {
+        let req = self.unary(pb::ListChangesRequest { cursor, page_size });
+        let reply = within(
+            "ListChanges",
+            self.config.call_timeout,
+            self.library.list_changes(req),
+        )
+        .await?;
+        Ok(reply.into_inner())
+    }
+
+    /// Fetches chunks, each verified against its id.
+    pub async fn get_chunks(
+        &mut self,
+        ids: &[ChunkId],
+    ) -> Result<Vec<(ChunkId, Bytes)>, CallError> {
+        let request = pb::GetChunksRequest {
+            ids: ids.iter().map(id_bytes).collect(),
+        };
+        let download = async {
+            let mut stream = self.store.get_chunks(request).await?.into_inner();
+            let mut out = Vec::with_capacity(ids.len());
+            while let Some(msg) = stream.message().await? {
+                for chunk in msg.chunks {
+                    let id = chunk_id("chunks.id", &chunk.id)?;
+                    if ChunkId::of(&chunk.data) != id {
+                        return Err(tonic::Status::data_loss(format!(
+                            "chunk {id} arrived corrupted"
+                        )));
+                    }
+                    out.push((id, chunk.data));
+                }
+            }
+            Ok(out)
+        };
+        within("GetChunks", self.config.stream_timeout, download).await
+    }
+
+    /// The raw generated clients, for calls this wrapper does not cover.
+    pub fn raw(&mut self) -> (&mut StoreClient, &mut LibraryApi, &mut AccountsApi) {
+        (&mut self.store, &mut self.library, &mut self.accounts)
+    }
+}
