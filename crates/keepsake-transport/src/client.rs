@@ -18,9 +18,26 @@ pub use keepsake_proto::v1 as pb;
 
 pub use crate::auth::CLIENT_VERSION_HEADER;
 
-/// Connects a channel tuned like the server (large HTTP/2 frames, no Nagle delay).
-pub async fn connect(url: &str) -> Result<Channel, tonic::transport::Error> {
-    Endpoint::from_shared(url.to_string())?
+/// Why a channel could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// Plaintext to another machine would expose tokens and photos on the network.
+    #[error(
+        "refusing plaintext gRPC to {0}: it is not this machine; use the server's https:// address with its fingerprint"
+    )]
+    PlaintextOffLoopback(String),
+    /// The URL or the connection failed.
+    #[error(transparent)]
+    Transport(#[from] tonic::transport::Error),
+    /// TLS set-up failed.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+}
+
+/// The channel settings every client uses: large HTTP/2 frames and windows, no Nagle
+/// delay, keepalives that notice a dead link, bounded connect time.
+pub fn tuned(endpoint: Endpoint) -> Endpoint {
+    endpoint
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(30))
@@ -28,8 +45,41 @@ pub async fn connect(url: &str) -> Result<Channel, tonic::transport::Error> {
         .initial_stream_window_size(8 << 20)
         .initial_connection_window_size(16 << 20)
         .max_frame_size(1 << 20)
+}
+
+fn is_loopback(url: &str) -> bool {
+    let Ok(uri) = url.parse::<http::Uri>() else {
+        return false;
+    };
+    match uri.host() {
+        Some("localhost") => true,
+        Some(host) => host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback()),
+        None => false,
+    }
+}
+
+/// Connects to a plaintext `http://` server on this machine.
+pub async fn connect(url: &str) -> Result<Channel, ConnectError> {
+    if !is_loopback(url) {
+        return Err(ConnectError::PlaintextOffLoopback(url.to_string()));
+    }
+    connect_plaintext_anywhere(url).await
+}
+
+/// Connects in plaintext even off this machine — only for networks the user vouches for.
+pub async fn connect_plaintext_anywhere(url: &str) -> Result<Channel, ConnectError> {
+    Ok(tuned(Endpoint::from_shared(url.to_string())?)
         .connect()
-        .await
+        .await?)
+}
+
+/// Connects to an `https://` server whose certificate has the pinned fingerprint.
+pub async fn connect_tls(url: &str, fingerprint: &str) -> Result<Channel, ConnectError> {
+    Ok(crate::tls::connect_pinned(url, fingerprint).await?)
 }
 
 /// Adds `authorization: Bearer <token>` (when there is one) and the client version to every call.
@@ -305,6 +355,19 @@ mod tests {
     use crate::{ApiError, to_status};
     use keepsake_library::LibraryError as L;
     use keepsake_store::StoreError;
+
+    #[tokio::test]
+    async fn plaintext_is_refused_off_this_machine() {
+        for url in ["http://192.168.1.20:50051", "http://photos.example:50051"] {
+            assert!(matches!(
+                connect(url).await,
+                Err(ConnectError::PlaintextOffLoopback(_))
+            ));
+        }
+        for url in ["http://127.0.0.1:1", "http://localhost:1", "http://[::1]:1"] {
+            assert!(is_loopback(url), "{url}");
+        }
+    }
 
     #[test]
     fn transient_and_permanent_errors_are_told_apart_without_reading_messages() {

@@ -170,9 +170,14 @@ impl State {
                 None => format!("account:{}", who.account),
             },
             None if SIGN_IN_PATHS.contains(&path) => {
-                let peer = req
-                    .extensions()
-                    .get::<tonic::transport::server::TcpConnectInfo>()
+                use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+                let ext = req.extensions();
+                let peer = ext
+                    .get::<TcpConnectInfo>()
+                    .or_else(|| {
+                        ext.get::<TlsConnectInfo<TcpConnectInfo>>()
+                            .map(|t| t.get_ref())
+                    })
                     .and_then(|c| c.remote_addr())
                     .map(|a| a.ip().to_string())
                     .unwrap_or_default();

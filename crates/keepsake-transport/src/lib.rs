@@ -39,6 +39,7 @@ mod library_service;
 mod policy_service;
 pub mod server;
 mod store_service;
+pub mod tls;
 
 pub use delta_service::DeltaService;
 pub use error::{ApiError, ERROR_DOMAIN, reason_of, to_status};

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::Server;
+use tonic::transport::{Identity, Server, ServerTlsConfig};
 
 /// Largest Policy or Accounts request or response: a few hundred bytes each.
 const SMALL_MESSAGE_BYTES: usize = 64 << 10;
@@ -38,6 +38,8 @@ pub struct ServerConfig {
     pub watch_poll: std::time::Duration,
     /// Per-caller rate and concurrency limits, and the server-wide concurrency bound.
     pub limits: Limits,
+    /// Serve TLS with this certificate; `None` serves plaintext (for loopback).
+    pub tls: Option<crate::tls::CertifiedKey>,
 }
 
 impl Default for ServerConfig {
@@ -48,6 +50,7 @@ impl Default for ServerConfig {
             http2_frame_bytes: 1 << 20,
             watch_poll: std::time::Duration::from_secs(5),
             limits: Limits::default(),
+            tls: None,
         }
     }
 }
@@ -91,7 +94,13 @@ pub async fn serve(
     let reflection_v1alpha = reflection()
         .build_v1alpha()
         .expect("the committed descriptor set is valid");
-    let mut router = Server::builder()
+    let mut builder = Server::builder();
+    if let Some(tls) = &config.tls {
+        builder = builder.tls_config(
+            ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem)),
+        )?;
+    }
+    let mut router = builder
         .layer(GuardLayer::new(tokens, config.limits.clone()))
         .max_frame_size(config.http2_frame_bytes)
         .initial_stream_window_size(8 << 20)

@@ -1558,3 +1558,48 @@ async fn a_flood_from_one_device_is_shed_while_another_device_still_gets_through
         "nothing of the oversized message was stored"
     );
 }
+
+#[tokio::test]
+async fn tls_admits_the_pinned_certificate_only_and_health_alone_is_open() {
+    use keepsake_transport::tls;
+    let cert = tls::self_signed(&["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let pin = tls::fingerprint_of_pem(&cert.cert_pem).unwrap();
+    let server = start_configured(
+        None,
+        ServerConfig {
+            tls: Some(cert),
+            ..ServerConfig::default()
+        },
+    )
+    .await;
+    let https = format!("https://{}", server.addr);
+    let channel = client::connect_tls(&https, &pin).await.unwrap();
+    let mut alice = client::store_client(channel.clone(), &server.token("alice-token"));
+    alice.get_usage(pb::GetUsageRequest {}).await.unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap();
+    let mut anonymous = keepsake_proto::v1::chunk_store_client::ChunkStoreClient::with_interceptor(
+        channel,
+        client::BearerAuth::anonymous(),
+    );
+    let err = anonymous
+        .get_usage(pb::GetUsageRequest {})
+        .await
+        .unwrap_err();
+    assert_status(&err, Code::Unauthenticated, "UNAUTHENTICATED");
+    // Another certificate's fingerprint: the handshake is refused.
+    let other = tls::self_signed(&["localhost".into()]).unwrap();
+    let wrong = tls::fingerprint_of_pem(&other.cert_pem).unwrap();
+    assert!(client::connect_tls(&https, &wrong).await.is_err());
+    // Plaintext to a TLS server gets nowhere.
+    let plain = client::connect(&server.url).await;
+    if let Ok(channel) = plain {
+        let mut c = client::store_client(channel, &server.token("alice-token"));
+        assert!(c.get_usage(pb::GetUsageRequest {}).await.is_err());
+    }
+}

@@ -20,7 +20,10 @@ pub struct DoctorArgs {
         default_value = "http://127.0.0.1:50051"
     )]
     server: String,
-    /// Access token (as printed by `keepsake serve` on first start).
+    /// The server certificate's fingerprint (printed by `keepsake serve`), for https:// servers.
+    #[arg(long, env = "KEEPSAKE_FINGERPRINT")]
+    fingerprint: Option<String>,
+    /// Access token (from Accounts.SignIn or a device's RefreshToken).
     #[arg(long, env = "KEEPSAKE_TOKEN")]
     token: Option<String>,
     /// The library folder whose disk is checked for free space.
@@ -65,7 +68,12 @@ fn parse_network(s: &str) -> Result<Network, String> {
 pub async fn run(args: DoctorArgs) -> Result<bool> {
     let (battery, charging) = read_battery();
     let (free, total) = read_disk(&args.library);
-    let server = ask_server(&args.server, args.token.as_deref()).await;
+    let server = ask_server(
+        &args.server,
+        args.fingerprint.as_deref(),
+        args.token.as_deref(),
+    )
+    .await;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -131,13 +139,19 @@ struct ServerView {
     min_version: Option<Version>,
 }
 
-async fn ask_server(url: &str, token: Option<&str>) -> ServerView {
+async fn ask_server(url: &str, fingerprint: Option<&str>, token: Option<&str>) -> ServerView {
     let mut view = ServerView {
         reachable: false,
         account: None,
         min_version: None,
     };
-    let connect = tokio::time::timeout(std::time::Duration::from_secs(5), client::connect(url));
+    let connecting = async {
+        match fingerprint {
+            Some(pin) => client::connect_tls(url, pin).await,
+            None => client::connect(url).await,
+        }
+    };
+    let connect = tokio::time::timeout(std::time::Duration::from_secs(5), connecting);
     let Ok(Ok(channel)) = connect.await else {
         return view;
     };

@@ -10,6 +10,7 @@ use keepsake_store::{OsEntropy, Store, StoreConfig, SystemClock, random_hex};
 use keepsake_transport::ChangeNotifier;
 use keepsake_transport::auth::Authenticator;
 use keepsake_transport::server::{ServerConfig, Services, serve};
+use keepsake_transport::tls::CertifiedKey;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -46,6 +47,19 @@ struct ServeArgs {
     /// serves the store, delta or policy without the library.
     #[arg(long)]
     token_keys: Option<PathBuf>,
+    /// Serve TLS with a certificate made for this server (kept in DATA/tls), and print its
+    /// fingerprint for devices to pin.
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
+    tls_self_signed: bool,
+    /// Serve TLS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve plaintext on a non-loopback address (tokens and photos travel readable).
+    #[arg(long)]
+    insecure_plaintext: bool,
     /// Clients older than this get CLIENT_TOO_OLD on every call.
     #[arg(long, env = "KEEPSAKE_MIN_CLIENT_VERSION", default_value = "0.0.0")]
     min_client_version: String,
@@ -150,6 +164,51 @@ fn publish_keys(cloud: &Cloud, data: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The certificate to serve, if TLS was asked for: given files, or one made for this
+/// server on first use and kept in DATA/tls.
+fn tls_material(args: &ServeArgs) -> Result<Option<CertifiedKey>> {
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        return Ok(Some(CertifiedKey {
+            cert_pem: std::fs::read_to_string(cert)
+                .with_context(|| format!("reading {}", cert.display()))?,
+            key_pem: std::fs::read_to_string(key)
+                .with_context(|| format!("reading {}", key.display()))?,
+        }));
+    }
+    if !args.tls_self_signed {
+        return Ok(None);
+    }
+    let dir = args.data.join("tls");
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    if cert_path.exists() && key_path.exists() {
+        return Ok(Some(CertifiedKey {
+            cert_pem: std::fs::read_to_string(&cert_path)?,
+            key_pem: std::fs::read_to_string(&key_path)?,
+        }));
+    }
+    std::fs::create_dir_all(&dir)?;
+    let mut names = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
+    if let Ok(host) = std::fs::read_to_string("/etc/hostname") {
+        names.push(host.trim().to_string());
+    }
+    if !args.listen.ip().is_unspecified() {
+        names.push(args.listen.ip().to_string());
+    }
+    let mut seen = std::collections::HashSet::new();
+    names.retain(|n| !n.is_empty() && seen.insert(n.clone()));
+    let made = keepsake_transport::tls::self_signed(&names)?;
+    let _ = std::fs::remove_file(&key_path);
+    write_private(&key_path, made.key_pem.as_bytes())?;
+    let _ = std::fs::remove_file(&cert_path);
+    write_private(&cert_path, made.cert_pem.as_bytes())?;
+    say!("keepsake: made a TLS certificate for {}", names.join(", "));
+    Ok(Some(made))
+}
+
 fn read_keys(path: &Path) -> Result<PublicKeys> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading token keys {}", path.display()))?;
@@ -236,6 +295,14 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
         Duration::from_secs(args.gc_interval_secs.max(1)),
     );
     let auth = Authenticator::new(verifier, clock, min_version);
+    let tls = tls_material(&args)?;
+    if tls.is_none() && !args.listen.ip().is_loopback() && !args.insecure_plaintext {
+        anyhow::bail!(
+            "{} is reachable from other machines: serve TLS (--tls-self-signed, or --tls-cert/--tls-key), \
+             or pass --insecure-plaintext if this network is trusted",
+            args.listen
+        );
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| {
@@ -245,16 +312,33 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
             )
         })?;
     let addr = listener.local_addr()?;
-    if !addr.ip().is_loopback() {
-        tracing::warn!(%addr, "serving plaintext gRPC on a non-loopback address");
+    match &tls {
+        Some(cert) => {
+            say!(
+                "keepsake: serving {} on https://{addr}",
+                services.join(", ")
+            );
+            say!(
+                "keepsake: certificate fingerprint {} (pin it on devices)",
+                keepsake_transport::tls::fingerprint_of_pem(&cert.cert_pem)?
+            );
+        }
+        None => {
+            if !addr.ip().is_loopback() {
+                tracing::warn!(%addr, "serving plaintext gRPC on a non-loopback address");
+            }
+            say!("keepsake: serving {} on http://{addr}", services.join(", "));
+        }
     }
-    say!("keepsake: serving {} on http://{addr}", services.join(", "));
     say!("keepsake: data in {}", args.data.display());
     serve(
         listener,
         to_serve,
         auth,
-        ServerConfig::default(),
+        ServerConfig {
+            tls,
+            ..ServerConfig::default()
+        },
         shutdown_signal(),
     )
     .await?;
