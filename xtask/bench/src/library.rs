@@ -21,9 +21,22 @@ use std::time::{Duration, Instant};
 
 const ACCOUNT: &str = "bench";
 
-/// Serves the store and the library on loopback; returns the URL, an admin token for
-/// account "bench", and the cloud.
-pub async fn serve_cloud(dir: &Path, store: Arc<Store>) -> Result<(String, String, Arc<Cloud>)> {
+/// A loopback server for benchmarks.
+pub struct BenchServer {
+    /// Plaintext URL.
+    pub url: String,
+    /// The same services over TLS.
+    pub tls_url: String,
+    /// The TLS certificate's fingerprint.
+    pub fingerprint: String,
+    /// An admin token for account "bench".
+    pub token: String,
+    /// The cloud behind both.
+    pub cloud: Arc<Cloud>,
+}
+
+/// Serves the store and the library on two loopback ports, plaintext and TLS.
+pub async fn serve_cloud(dir: &Path, store: Arc<Store>) -> Result<BenchServer> {
     let library = Library::open(
         Some(dir.join("library.sqlite")),
         Arc::new(SystemClock),
@@ -44,21 +57,42 @@ pub async fn serve_cloud(dir: &Path, store: Arc<Store>) -> Result<(String, Strin
         Arc::new(SystemClock),
         ClientVersion::default(),
     );
+    let services = Services {
+        store: Some(store),
+        cloud: Some(cloud.clone()),
+        changes: ChangeNotifier::default(),
+        ..Services::default()
+    };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     tokio::spawn(serve(
         listener,
-        Services {
-            store: Some(store),
-            cloud: Some(cloud.clone()),
-            changes: ChangeNotifier::default(),
-            ..Services::default()
-        },
-        auth,
+        services.clone(),
+        auth.clone(),
         ServerConfig::default(),
         std::future::pending(),
     ));
-    Ok((url, token, cloud))
+    let cert = keepsake_transport::tls::self_signed(&["127.0.0.1".into()])?;
+    let fingerprint = keepsake_transport::tls::fingerprint_of_pem(&cert.cert_pem)?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let tls_url = format!("https://{}", listener.local_addr()?);
+    tokio::spawn(serve(
+        listener,
+        services,
+        auth,
+        ServerConfig {
+            tls: Some(cert),
+            ..ServerConfig::default()
+        },
+        std::future::pending(),
+    ));
+    Ok(BenchServer {
+        url,
+        tls_url,
+        fingerprint,
+        token,
+        cloud,
+    })
 }
 
 /// `n` distinct one-chunk files stored for the bench account; their manifests.
@@ -154,7 +188,9 @@ pub async fn run(root: &Path, short: bool) -> Result<()> {
         Arc::new(OsEntropy),
         StoreConfig::default(),
     )?);
-    let (url, token, cloud) = serve_cloud(tmp.path(), store.clone()).await?;
+    let BenchServer {
+        url, token, cloud, ..
+    } = serve_cloud(tmp.path(), store.clone()).await?;
     let setup = Instant::now();
     let manifests = {
         let store = store.clone();

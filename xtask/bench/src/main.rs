@@ -56,8 +56,8 @@ fn gib_per_s(bytes: usize, secs: f64) -> f64 {
 }
 
 /// Deterministic incompressible bytes: BLAKE3 XOF of a fixed key.
-fn test_chunks(total: usize) -> Vec<(ChunkId, Bytes)> {
-    let mut reader = blake3::Hasher::new_derive_key("keepsake bench store v1").finalize_xof();
+fn test_chunks(total: usize, key: &str) -> Vec<(ChunkId, Bytes)> {
+    let mut reader = blake3::Hasher::new_derive_key(key).finalize_xof();
     (0..total / CHUNK)
         .map(|_| {
             let mut data = vec![0u8; CHUNK];
@@ -65,6 +65,28 @@ fn test_chunks(total: usize) -> Vec<(ChunkId, Bytes)> {
             (ChunkId::of(&data), Bytes::from(data))
         })
         .collect()
+}
+
+/// Uploads `chunks` then downloads them; the seconds each took.
+async fn put_then_get(
+    c: &mut client::StoreClient,
+    session: &str,
+    chunks: &[(ChunkId, Bytes)],
+) -> Result<(f64, f64)> {
+    let ids: Vec<ChunkId> = chunks.iter().map(|c| c.0).collect();
+    let t = Instant::now();
+    let acked = put_all(c, session, chunks.to_vec(), MESSAGE_BYTES).await?;
+    let put_s = t.elapsed().as_secs_f64();
+    if acked.len() != ids.len() {
+        bail!("only {} of {} chunks acknowledged", acked.len(), ids.len());
+    }
+    let t = Instant::now();
+    let got = get_all(c, &ids).await?;
+    let get_s = t.elapsed().as_secs_f64();
+    if got.len() != ids.len() {
+        bail!("only {} of {} chunks read back", got.len(), ids.len());
+    }
+    Ok((put_s, get_s))
 }
 
 async fn store(root: &Path, short: bool) -> Result<()> {
@@ -77,7 +99,7 @@ async fn store(root: &Path, short: bool) -> Result<()> {
         total >> 20,
         CHUNK >> 10
     );
-    let chunks = test_chunks(total);
+    let chunks = test_chunks(total, "keepsake bench store v1");
     let ids: Vec<ChunkId> = chunks.iter().map(|c| c.0).collect();
 
     // (a) BLAKE3 of the same bytes, chunk by chunk as the store verifies them.
@@ -161,8 +183,9 @@ async fn store(root: &Path, short: bool) -> Result<()> {
         Arc::new(OsEntropy),
         StoreConfig::default(),
     )?);
-    let (url, token, _cloud) = library::serve_cloud(tmp.path(), store).await?;
-    let mut c = client::store_client(client::connect(&url).await?, &token);
+    let server = library::serve_cloud(tmp.path(), store).await?;
+    let token = server.token.clone();
+    let mut c = client::store_client(client::connect(&server.url).await?, &token);
     let session = c
         .begin_session(pb::BeginSessionRequest {
             expected_bytes: total as u64,
@@ -172,18 +195,15 @@ async fn store(root: &Path, short: bool) -> Result<()> {
         .await?
         .into_inner()
         .session_id;
-    let t = Instant::now();
-    let acked = put_all(&mut c, &session, chunks.clone(), MESSAGE_BYTES).await?;
-    let put_s = t.elapsed().as_secs_f64();
-    if acked.len() != ids.len() {
-        bail!("only {} of {} chunks acknowledged", acked.len(), ids.len());
-    }
-    let t = Instant::now();
-    let got = get_all(&mut c, &ids).await?;
-    let get_s = t.elapsed().as_secs_f64();
-    if got.len() != ids.len() {
-        bail!("only {} of {} chunks read back", got.len(), ids.len());
-    }
+    let (put_s, get_s) = put_then_get(&mut c, &session, &chunks).await?;
+    // The same through TLS, with other bytes (the first set is stored already).
+    let tls_chunks = test_chunks(total, "keepsake bench store tls v1");
+    let mut tls = client::store_client(
+        client::connect_tls(&server.tls_url, &server.fingerprint).await?,
+        &token,
+    );
+    let (tls_put_s, tls_get_s) = put_then_get(&mut tls, &session, &tls_chunks).await?;
+    drop(tls_chunks);
 
     // FindMissing of 100,000 ids: every stored chunk plus absent ones.
     let mut probe: Vec<Bytes> = ids.iter().map(id_bytes).collect();
@@ -207,6 +227,7 @@ async fn store(root: &Path, short: bool) -> Result<()> {
     }
 
     let (put, get) = (gib_per_s(total, put_s), gib_per_s(total, get_s));
+    let (tls_put, tls_get) = (gib_per_s(total, tls_put_s), gib_per_s(total, tls_get_s));
     let (b3, fsync) = (gib_per_s(total, blake3_s), gib_per_s(total, fsync_s));
     let (dput, dget) = (
         gib_per_s(total, discard_put_s),
@@ -228,6 +249,8 @@ async fn store(root: &Path, short: bool) -> Result<()> {
     );
     println!("| PutChunks through the store | {put:.2} |");
     println!("| GetChunks through the store | {get:.2} |");
+    println!("| PutChunks through the store, TLS | {tls_put:.2} |");
+    println!("| GetChunks through the store, TLS | {tls_get:.2} |");
     println!();
     println!("put / BLAKE3 = {:.2}", put / b3);
     println!(
@@ -235,8 +258,13 @@ async fn store(root: &Path, short: bool) -> Result<()> {
         put / dput.min(fsync)
     );
     println!(
-        "get / discard download = {:.2}   (target >= 0.5)",
+        "get / discard download = {:.2}   (target >= 0.6)",
         get / dget
+    );
+    println!(
+        "with TLS: put / min(discard upload, write+fsync) = {:.2}, get / discard download = {:.2}",
+        tls_put / dput.min(fsync),
+        tls_get / dget
     );
     println!(
         "FindMissing of 100,000 ids: {:.0} ms   (target < 1000 ms)",
