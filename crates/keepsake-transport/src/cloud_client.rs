@@ -9,12 +9,15 @@ use crate::client::{
 use crate::convert::{chunk_id, id_bytes, manifest_to_wire};
 use bytes::Bytes;
 use keepsake_proto::v1::chunk_store_client::ChunkStoreClient;
+use keepsake_proto::v1::delta_client::DeltaClient;
+use keepsake_proto::v1::policy_client::PolicyClient;
 use keepsake_store::{ChunkId, Manifest, ManifestId};
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 /// Deadlines and bounds for a [`CloudClient`].
@@ -47,6 +50,8 @@ pub struct CloudClient {
     store: StoreClient,
     library: LibraryApi,
     accounts: AccountsApi,
+    delta: DeltaClient<InterceptedService<Channel, BearerAuth>>,
+    policy: PolicyClient<InterceptedService<Channel, BearerAuth>>,
     config: ClientConfig,
 }
 
@@ -77,6 +82,10 @@ impl CloudClient {
                 .max_decoding_message_size(16 << 20)
                 .max_encoding_message_size(16 << 20),
             library: library_client(channel.clone(), auth.clone()),
+            delta: DeltaClient::with_interceptor(channel.clone(), auth.clone())
+                .max_decoding_message_size(16 << 20)
+                .max_encoding_message_size(16 << 20),
+            policy: PolicyClient::with_interceptor(channel.clone(), auth.clone()),
             accounts: accounts_client(channel, auth),
             config,
         }
@@ -310,6 +319,83 @@ impl CloudClient {
             Ok(out)
         };
         within("GetChunks", self.config.stream_timeout, download).await
+    }
+
+    /// The rsync signature of a stored version (for building a delta against it).
+    pub async fn signature(&mut self, base: &ManifestId) -> Result<Vec<u8>, CallError> {
+        let request = pb::SignatureRequest {
+            manifest_id: id_bytes(base),
+        };
+        let fetch = async {
+            let mut stream = self.delta.signature(request).await?.into_inner();
+            let mut out = Vec::new();
+            while let Some(piece) = stream.message().await? {
+                out.extend_from_slice(&piece.data);
+            }
+            Ok(out)
+        };
+        within("Signature", self.config.stream_timeout, fetch).await
+    }
+
+    /// Has the server rebuild a new version from `base` and an rsync delta; the rebuilt
+    /// file must hash to `file_hash` or nothing is stored. Returns the new manifest id.
+    pub async fn apply_delta(
+        &mut self,
+        session: &str,
+        base: &ManifestId,
+        file_hash: &ChunkId,
+        delta: Bytes,
+    ) -> Result<ManifestId, CallError> {
+        // An empty delta (an identical file) still needs its one header message.
+        let parts: Vec<&[u8]> = if delta.is_empty() {
+            vec![&[]]
+        } else {
+            delta.chunks(self.config.message_bytes.max(1)).collect()
+        };
+        let pieces: Vec<pb::ApplyDeltaRequest> = parts
+            .into_iter()
+            .enumerate()
+            .map(|(i, piece)| pb::ApplyDeltaRequest {
+                session_id: if i == 0 {
+                    session.into()
+                } else {
+                    String::new()
+                },
+                base_manifest_id: if i == 0 { id_bytes(base) } else { Bytes::new() },
+                declared_file_hash: if i == 0 {
+                    id_bytes(file_hash)
+                } else {
+                    Bytes::new()
+                },
+                delta: if piece.is_empty() {
+                    Bytes::new()
+                } else {
+                    delta.slice_ref(piece)
+                },
+            })
+            .collect();
+        let reply = within(
+            "ApplyDelta",
+            self.config.stream_timeout,
+            self.delta.apply_delta(tokio_stream::iter(pieces)),
+        )
+        .await?;
+        chunk_id("manifest_id", &reply.into_inner().manifest_id)
+            .map_err(|e| tonic::Status::from(e).into())
+    }
+
+    /// The policy's decision for a snapshot of the device's conditions.
+    pub async fn evaluate(&mut self, snapshot: pb::Snapshot) -> Result<pb::Decision, CallError> {
+        let req = self.unary(pb::EvaluateRequest {
+            snapshot: Some(snapshot),
+        });
+        let reply = within(
+            "Evaluate",
+            self.config.call_timeout,
+            self.policy.evaluate(req),
+        )
+        .await?;
+        Ok(reply.into_inner().decision.unwrap_or_default())
     }
 
     /// The raw generated clients, for calls this wrapper does not cover.

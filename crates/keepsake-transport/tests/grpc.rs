@@ -1603,3 +1603,131 @@ async fn tls_admits_the_pinned_certificate_only_and_health_alone_is_open() {
         assert!(c.get_usage(pb::GetUsageRequest {}).await.is_err());
     }
 }
+
+/// The typed client drives every service a device needs, and its errors come back typed.
+#[tokio::test]
+async fn the_typed_client_drives_every_service_and_types_its_errors() {
+    use keepsake_transport::cloud_client::{ClientConfig, CloudClient};
+    let server = start().await;
+    let channel = client::connect(&server.url).await.unwrap();
+    let mut anonymous = CloudClient::new(
+        channel.clone(),
+        client::BearerAuth::anonymous(),
+        ClientConfig::default(),
+    );
+    let wrong = anonymous.sign_in("alice", "wrong horse").await.unwrap_err();
+    assert_eq!(
+        (wrong.reason(), wrong.is_transient()),
+        ("UNAUTHENTICATED", false)
+    );
+    let token = anonymous.sign_in("alice", "correct horse").await.unwrap();
+    let mut cloud = CloudClient::new(
+        channel,
+        client::BearerAuth::new(&token),
+        ClientConfig {
+            max_bytes_in_flight: 256 << 10,
+            message_bytes: 64 << 10,
+            ..ClientConfig::default()
+        },
+    );
+    let data: Vec<u8> = (0..1_000_000u32).map(|i| (i * 31 % 255) as u8).collect();
+    let chunks: Vec<(ChunkId, Bytes)> = data.chunks(64 << 10).map(chunk).collect();
+    let ids: Vec<ChunkId> = chunks.iter().map(|c| c.0).collect();
+    let session = cloud.begin_upload(2 << 20, "up-1").await.unwrap();
+    let missing = cloud.find_missing(&session, &ids).await.unwrap();
+    assert_eq!(missing.len(), ids.len());
+    let mut acknowledged = Vec::new();
+    cloud
+        .put_chunks(&session, chunks.clone(), &mut acknowledged)
+        .await
+        .unwrap();
+    assert_eq!(
+        acknowledged, ids,
+        "a small window still gets every chunk acknowledged"
+    );
+    let manifest = keepsake_store::Manifest::from_chunks(&chunks, ChunkId::of(&data));
+    let manifest_id = cloud.put_manifest(&session, &manifest).await.unwrap();
+    let committed = cloud
+        .commit_asset(pb::CommitAssetRequest {
+            request_id: "c-1".into(),
+            manifest_id: id_bytes(&manifest_id),
+            kind: pb::AssetKind::Photo.into(),
+            original_name: "IMG_1.JPG".into(),
+            reservation_id: session.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let page = cloud.list_changes(0, 100).await.unwrap();
+    assert_eq!(page.changes.len(), 1);
+    let back = cloud.get_chunks(&ids).await.unwrap();
+    assert_eq!(back.len(), ids.len());
+    // An edit travels as an rsync delta and is rebuilt by the server.
+    let mut edited = data.clone();
+    edited[500_000..500_100].fill(9);
+    let signature = cloud.signature(&manifest_id).await.unwrap();
+    let delta = keepsake_delta::rsync::delta(
+        &signature,
+        &edited,
+        &keepsake_delta::rsync::RsyncLimits::default(),
+    )
+    .unwrap();
+    assert!(delta.len() < 64 << 10, "{} bytes of delta", delta.len());
+    let rebuilt = cloud
+        .apply_delta(
+            &session,
+            &manifest_id,
+            &ChunkId::of(&edited),
+            Bytes::from(delta),
+        )
+        .await
+        .unwrap();
+    let version = cloud
+        .commit_asset(pb::CommitAssetRequest {
+            request_id: "c-2".into(),
+            asset_id: committed.asset_id.clone(),
+            base_version: Some(committed.version),
+            manifest_id: id_bytes(&rebuilt),
+            kind: pb::AssetKind::Photo.into(),
+            original_name: "IMG_1.JPG".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(version.version, 2);
+    let decision = cloud
+        .evaluate(pb::Snapshot {
+            account: Some("alice".into()),
+            sync_enabled: true,
+            network: pb::NetworkType::Wifi.into(),
+            client_version: Some(pb::Version {
+                major: 0,
+                minor: 1,
+                patch: 0,
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(!decision.classes.is_empty());
+    // Permanent errors arrive typed, with their details.
+    let over = cloud.begin_upload(1 << 40, "up-2").await.unwrap_err();
+    assert_eq!(
+        (over.reason(), over.is_transient()),
+        ("QUOTA_EXCEEDED", false)
+    );
+    assert_eq!(over.metadata()["limit_bytes"], (64u64 << 20).to_string());
+    let unknown = cloud
+        .commit_asset(pb::CommitAssetRequest {
+            request_id: "c-3".into(),
+            manifest_id: id_bytes(&ChunkId::of(b"nothing")),
+            kind: pb::AssetKind::Photo.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (unknown.reason(), unknown.is_transient()),
+        ("NOT_FOUND", false)
+    );
+}
