@@ -382,3 +382,270 @@ async fn an_acknowledged_commit_survives_kill_9_and_its_retry_is_no_duplicate() 
     let joined: Vec<u8> = back.iter().flat_map(|(_, b)| b.iter().copied()).collect();
     assert_eq!(joined, content);
 }
+
+// ---- Devices: two (and more) library folders kept in sync through a real server ----
+
+mod devices {
+    use super::*;
+    use keepsake_device::{Device, DeviceConfig, SyncReport};
+    use keepsake_library::{Cloud, KdfCost, Library, LibraryConfig};
+    use keepsake_store::{OsEntropy, Store, StoreConfig, SystemClock};
+    use keepsake_transport::auth::Authenticator;
+    use keepsake_transport::cloud_client::{ClientConfig, CloudClient};
+    use keepsake_transport::server::{ServerConfig, Services, serve};
+    use std::sync::Arc;
+
+    pub struct Cloudy {
+        pub url: String,
+        pub cloud: Arc<Cloud>,
+        _dir: tempfile::TempDir,
+        _stop: tokio::sync::oneshot::Sender<()>,
+    }
+
+    /// The whole cloud in this process, over real gRPC on loopback.
+    pub async fn cloud() -> Cloudy {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(
+            Store::open_local(
+                &dir.path().join("store"),
+                Arc::new(SystemClock),
+                Arc::new(OsEntropy),
+                StoreConfig::default(),
+            )
+            .unwrap(),
+        );
+        let library = Library::open(
+            Some(dir.path().join("library.sqlite")),
+            Arc::new(SystemClock),
+            Arc::new(OsEntropy),
+            LibraryConfig {
+                kdf: KdfCost {
+                    memory_kib: 64,
+                    iterations: 1,
+                },
+                ..LibraryConfig::default()
+            },
+        )
+        .unwrap();
+        let cloud = Arc::new(Cloud::new(library, store.clone()).unwrap());
+        cloud
+            .create_account("alice", "correct horse", None, false)
+            .unwrap();
+        let auth = Authenticator::new(
+            cloud.verifier(),
+            Arc::new(SystemClock),
+            keepsake_library::ClientVersion::default(),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(serve(
+            listener,
+            Services {
+                store: Some(store),
+                cloud: Some(cloud.clone()),
+                ..Services::default()
+            },
+            auth,
+            ServerConfig::default(),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        Cloudy {
+            url,
+            cloud,
+            _dir: dir,
+            _stop: stop,
+        }
+    }
+
+    /// An enrolled device with its folder and data directory.
+    pub async fn device(c: &Cloudy, folder: &Path, data: &Path, name: &str) -> Device<CloudClient> {
+        let enrolled = c
+            .cloud
+            .enroll_device("alice", "correct horse", name, "linux", "0.1.0")
+            .unwrap();
+        let client = CloudClient::new(
+            client::connect(&c.url).await.unwrap(),
+            client::BearerAuth::new(&enrolled.access.token),
+            ClientConfig::default(),
+        );
+        let mut config = DeviceConfig::new(folder.into(), data.into(), enrolled.device_id);
+        config.stable_ms = 0;
+        Device::open(config, client, Arc::new(SystemClock)).unwrap()
+    }
+
+    pub fn photo(seed: u64, len: usize) -> Vec<u8> {
+        let mut data = vec![0u8; len];
+        blake3::Hasher::new_derive_key(&format!("keepsake e2e photo {seed}"))
+            .finalize_xof()
+            .fill(&mut data);
+        data
+    }
+
+    /// The folder's content as sorted whole-file hashes: names are data and may differ
+    /// between devices (a rename is local), the photos may not.
+    pub fn folder_contents(dir: &Path) -> Vec<String> {
+        let mut hashes: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .filter(|e| !e.file_name().to_string_lossy().starts_with(".keepsake"))
+            .map(|e| {
+                blake3::hash(&std::fs::read(e.path()).unwrap())
+                    .to_hex()
+                    .to_string()
+            })
+            .collect();
+        hashes.sort();
+        hashes
+    }
+
+    pub async fn sync(d: &mut Device<CloudClient>) -> SyncReport {
+        d.sync_once().await.unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn photos_deletes_restores_and_purges_reach_the_other_device_and_moves_send_nothing() {
+    use devices::*;
+    let c = cloud().await;
+    let root = tempfile::tempdir().unwrap();
+    let (fa, fb) = (root.path().join("A"), root.path().join("B"));
+    let mut a = device(&c, &fa, &root.path().join("a-data"), "phone A").await;
+    let mut b = device(&c, &fb, &root.path().join("b-data"), "phone B").await;
+    let photos = [
+        ("IMG_0001.JPG", photo(1, 150_000)),
+        ("IMG_0002.JPG", photo(2, 1_200_000)),
+        ("VID_0003.MP4", photo(3, 3_000_000)),
+    ];
+    for (name, data) in &photos {
+        std::fs::write(fa.join(name), data).unwrap();
+    }
+    let up = sync(&mut a).await;
+    assert_eq!((up.uploaded, up.linked), (3, 0), "{up:?}");
+    let down = sync(&mut b).await;
+    assert_eq!(down.downloaded, 3, "{down:?}");
+    assert_eq!(folder_contents(&fa), folder_contents(&fb));
+    // Nothing changed: a second pass on either side does nothing.
+    assert_eq!(sync(&mut a).await, Default::default());
+    assert_eq!(sync(&mut b).await, Default::default());
+
+    // A rename on A is no new asset and sends no byte.
+    std::fs::rename(fa.join("IMG_0001.JPG"), fa.join("holiday.jpg")).unwrap();
+    let moved = sync(&mut a).await;
+    assert_eq!(
+        (moved.uploaded, moved.bytes_sent, moved.trashed_remotely),
+        (0, 0, 0),
+        "{moved:?}"
+    );
+
+    // A delete on A lands in B's Recently Deleted; a restore brings it back.
+    std::fs::remove_file(fa.join("IMG_0002.JPG")).unwrap();
+    assert_eq!(sync(&mut a).await.trashed_remotely, 1);
+    let gone = sync(&mut b).await;
+    assert_eq!(gone.trashed_here, 1, "{gone:?}");
+    assert!(!fb.join("IMG_0002.JPG").exists());
+    assert_eq!(b.recently_deleted().unwrap(), 1);
+    let page = c.cloud.library().list_changes("alice", 0, 100).unwrap();
+    let trashed_id = page
+        .changes
+        .iter()
+        .find_map(|ch| match ch {
+            keepsake_library::Change::Asset(x) if x.original_name == "IMG_0002.JPG" => {
+                Some(x.asset_id.clone())
+            }
+            _ => None,
+        })
+        .unwrap();
+    c.cloud.library().restore("alice", &trashed_id).unwrap();
+    let back = sync(&mut b).await;
+    assert_eq!(back.restored, 1, "{back:?}");
+    assert_eq!(std::fs::read(fb.join("IMG_0002.JPG")).unwrap(), photos[1].1);
+    let again = sync(&mut a).await;
+    assert_eq!(
+        again.downloaded, 1,
+        "A deleted it, the restore brings it back there too"
+    );
+
+    // A purge elsewhere removes it everywhere, and a device holding an old copy does not
+    // bring it back.
+    let video_id = c
+        .cloud
+        .library()
+        .find_by_content("alice", &[ChunkId::of(&photos[2].1)])
+        .unwrap()[0]
+        .assets[0]
+        .0
+        .clone();
+    c.cloud.purge("alice", &video_id).unwrap();
+    assert_eq!(sync(&mut a).await.purged, 1);
+    assert_eq!(sync(&mut b).await.purged, 1);
+    assert!(!fa.join("VID_0003.MP4").exists() && !fb.join("VID_0003.MP4").exists());
+    let fc = root.path().join("C");
+    std::fs::create_dir_all(&fc).unwrap();
+    std::fs::write(fc.join("old copy.mp4"), &photos[2].1).unwrap();
+    let mut old = device(&c, &fc, &root.path().join("c-data"), "old laptop").await;
+    let c_report = sync(&mut old).await;
+    assert_eq!(
+        (
+            c_report.not_resurrected,
+            c_report.uploaded,
+            c_report.bytes_sent
+        ),
+        (1, 0, 0),
+        "{c_report:?}"
+    );
+    assert!(
+        c.cloud
+            .library()
+            .find_by_content("alice", &[ChunkId::of(&photos[2].1)])
+            .unwrap()[0]
+            .assets
+            .is_empty()
+    );
+    assert_eq!(folder_contents(&fa), folder_contents(&fb));
+    assert_eq!(folder_contents(&fa), folder_contents(&fc));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reinstalled_device_sends_nothing_and_an_unmounted_folder_deletes_nothing() {
+    use devices::*;
+    let c = cloud().await;
+    let root = tempfile::tempdir().unwrap();
+    let fa = root.path().join("A");
+    let mut a = device(&c, &fa, &root.path().join("a-data"), "phone").await;
+    for i in 0..5 {
+        std::fs::write(fa.join(format!("IMG_{i}.JPG")), photo(100 + i, 200_000)).unwrap();
+    }
+    assert_eq!(sync(&mut a).await.uploaded, 5);
+    drop(a);
+    // Reinstall: a new journal over the same folder.
+    let mut again = device(&c, &fa, &root.path().join("a-data-2"), "phone again").await;
+    let r = sync(&mut again).await;
+    assert_eq!(
+        (r.uploaded, r.bytes_sent, r.linked, r.downloaded),
+        (0, 0, 5, 0),
+        "{r:?}"
+    );
+    // The disk goes away: nothing is deleted anywhere, and the reason says why.
+    let away = root.path().join("A-unmounted");
+    std::fs::rename(&fa, &away).unwrap();
+    std::fs::create_dir_all(&fa).unwrap();
+    let r = sync(&mut again).await;
+    assert_eq!(r.blocked.as_deref(), Some("FOLDER_MISSING"));
+    assert_eq!(r.trashed_remotely, 0);
+    let live = c.cloud.library().list_changes("alice", 0, 100).unwrap();
+    assert_eq!(live.changes.len(), 5);
+    assert!(live.changes.iter().all(|ch| matches!(ch,
+        keepsake_library::Change::Asset(x) if x.state == keepsake_library::AssetState::Live)));
+    // Deleting most of the library at once waits for confirmation.
+    std::fs::remove_dir_all(&fa).unwrap();
+    std::fs::rename(&away, &fa).unwrap();
+    for i in 0..5 {
+        std::fs::remove_file(fa.join(format!("IMG_{i}.JPG"))).unwrap();
+    }
+    let r = sync(&mut again).await;
+    // Five files is under the default minimum of a mass delete: they go.
+    assert_eq!(r.trashed_remotely, 5);
+}

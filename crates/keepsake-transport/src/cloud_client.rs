@@ -278,6 +278,55 @@ impl CloudClient {
         Ok(reply.into_inner())
     }
 
+    /// Live or trashed assets with these contents, and purge tombstones.
+    pub async fn find_assets_by_content(
+        &mut self,
+        hashes: &[ChunkId],
+    ) -> Result<Vec<pb::ContentMatch>, CallError> {
+        let req = self.unary(pb::FindAssetsByContentRequest {
+            file_hashes: hashes.iter().map(id_bytes).collect(),
+        });
+        let reply = within(
+            "FindAssetsByContent",
+            self.config.call_timeout,
+            self.library.find_assets_by_content(req),
+        )
+        .await?;
+        Ok(reply.into_inner().matches)
+    }
+
+    /// Moves an asset to Recently Deleted everywhere.
+    pub async fn trash_asset(&mut self, asset_id: &str) -> Result<(), CallError> {
+        let req = self.unary(pb::TrashAssetRequest {
+            asset_id: asset_id.into(),
+        });
+        within(
+            "TrashAsset",
+            self.config.call_timeout,
+            self.library.trash_asset(req),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// A manifest the account owns, as sent on the wire.
+    pub async fn get_manifest(&mut self, id: &ManifestId) -> Result<pb::Manifest, CallError> {
+        let req = self.unary(pb::GetManifestRequest {
+            manifest_id: id_bytes(id),
+        });
+        let reply = within(
+            "GetManifest",
+            self.config.call_timeout,
+            self.store.get_manifest(req),
+        )
+        .await?;
+        reply.into_inner().manifest.ok_or_else(|| {
+            CallError::from(tonic::Status::internal(
+                "GetManifest answered without a manifest",
+            ))
+        })
+    }
+
     /// One page of the change feed.
     pub async fn list_changes(
         &mut self,

@@ -32,6 +32,7 @@ pub mod client;
 pub mod cloud_client;
 pub mod convert;
 mod delta_service;
+mod device_port;
 mod error;
 pub mod fault_proxy;
 pub mod guard;

@@ -1,0 +1,775 @@
+//! One device's sync engine: scan, upload, follow the feed, apply.
+
+use crate::cloud::{Cloud, CloudError, NewAsset, RemoteAsset, RemoteState};
+use crate::journal::{FileRow, Journal, TrashedRow};
+use bytes::Bytes;
+use keepsake_delta::{ChunkParams, DeltaError, manifest_of};
+use keepsake_store::{ChunkId, Clock, Manifest};
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The file that marks a folder as a Keepsake library: without it (an unmounted disk, a
+/// moved folder) the device deletes nothing and syncs nothing.
+pub const MARKER: &str = ".keepsake-library";
+
+/// Where a device keeps its library and its own data.
+#[derive(Debug, Clone)]
+pub struct DeviceConfig {
+    /// The library folder (the camera roll).
+    pub folder: PathBuf,
+    /// Journal, temp files and the local Recently Deleted — never inside the folder.
+    pub data_dir: PathBuf,
+    /// The enrolled device's id (part of every idempotency key it sends).
+    pub device_id: String,
+    /// A file modified more recently than this is still being written: wait for it.
+    pub stable_ms: i64,
+    /// Deleting more than this share of the synced library in one pass waits for confirmation…
+    pub mass_delete_share: f64,
+    /// …when it is also more than this many files.
+    pub mass_delete_min: usize,
+}
+
+impl DeviceConfig {
+    /// Defaults for a folder, a data directory and a device id.
+    pub fn new(folder: PathBuf, data_dir: PathBuf, device_id: String) -> Self {
+        Self {
+            folder,
+            data_dir,
+            device_id,
+            stable_ms: 2000,
+            mass_delete_share: 0.5,
+            mass_delete_min: 20,
+        }
+    }
+}
+
+/// What one pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    /// New assets (or versions) committed from this device.
+    pub uploaded: usize,
+    /// Local files found to be already in the cloud: linked, 0 bytes sent.
+    pub linked: usize,
+    /// Chunks sent.
+    pub chunks_sent: usize,
+    /// Bytes of chunks sent.
+    pub bytes_sent: u64,
+    /// Files written into the folder from the cloud.
+    pub downloaded: usize,
+    /// Bytes received.
+    pub bytes_received: u64,
+    /// Files moved to the local Recently Deleted because they were deleted elsewhere.
+    pub trashed_here: usize,
+    /// Files deleted in the folder, sent to Recently Deleted everywhere.
+    pub trashed_remotely: usize,
+    /// Files brought back from the local Recently Deleted.
+    pub restored: usize,
+    /// Files removed because they were purged elsewhere.
+    pub purged: usize,
+    /// Local files whose content was purged elsewhere: not uploaded again.
+    pub not_resurrected: usize,
+    /// Files skipped because they are still being written.
+    pub unstable: usize,
+    /// Why uploads or deletes stopped, if they did (a stable reason code).
+    pub blocked: Option<String>,
+}
+
+/// Why a pass failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// The file system failed.
+    #[error("file system: {0}")]
+    Io(#[from] std::io::Error),
+    /// The journal failed.
+    #[error("journal: {0}")]
+    Journal(#[from] rusqlite::Error),
+    /// The journal's schema could not be brought up to date.
+    #[error("journal schema: {0}")]
+    Migration(String),
+    /// Chunking failed.
+    #[error(transparent)]
+    Delta(#[from] DeltaError),
+    /// The cloud refused or could not be reached (see `transient`).
+    #[error(transparent)]
+    Cloud(#[from] CloudError),
+    /// Downloaded content did not match its hash: nothing was written.
+    #[error("downloaded content of asset {0} does not match its hash; nothing was written")]
+    Corrupt(String),
+}
+
+/// A device and its library folder.
+pub struct Device<C: Cloud> {
+    config: DeviceConfig,
+    cloud: C,
+    journal: Journal,
+    clock: Arc<dyn Clock>,
+}
+
+fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
+    meta.modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos() as i64)
+}
+
+#[cfg(unix)]
+fn inode(meta: &std::fs::Metadata) -> u64 {
+    std::os::unix::fs::MetadataExt::ino(meta)
+}
+
+#[cfg(not(unix))]
+fn inode(_meta: &std::fs::Metadata) -> u64 {
+    0
+}
+
+/// A cloud file name as a safe single path component.
+fn safe_name(name: &str, asset_id: &str) -> String {
+    let last = name.rsplit(['/', '\\']).next().unwrap_or("");
+    let cleaned: String = last
+        .chars()
+        .filter(|c| !c.is_control())
+        .collect::<String>()
+        .trim_start_matches('.')
+        .trim()
+        .to_string();
+    if cleaned.is_empty() || cleaned.len() > 255 {
+        format!("asset-{asset_id}")
+    } else {
+        cleaned
+    }
+}
+
+/// `name`, or `stem (2).ext`, `stem (3).ext`… whichever does not exist in `dir`.
+fn unique_path(dir: &Path, name: &str) -> PathBuf {
+    let candidate = dir.join(name);
+    if !candidate.exists() {
+        return candidate;
+    }
+    let (stem, ext) = match name.rsplit_once('.') {
+        Some((s, e)) if !s.is_empty() => (s.to_string(), format!(".{e}")),
+        _ => (name.to_string(), String::new()),
+    };
+    (2..)
+        .map(|n| dir.join(format!("{stem} ({n}){ext}")))
+        .find(|p| !p.exists())
+        .expect("some name is free")
+}
+
+fn walk(
+    dir: &Path,
+    prefix: &str,
+    out: &mut Vec<(String, std::fs::Metadata)>,
+) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(".keepsake") {
+            continue;
+        }
+        let meta = entry.metadata()?;
+        let rel = if prefix.is_empty() {
+            name
+        } else {
+            format!("{prefix}/{name}")
+        };
+        if meta.is_dir() {
+            walk(&entry.path(), &rel, out)?;
+        } else if meta.is_file() {
+            out.push((rel, meta));
+        }
+    }
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+impl<C: Cloud> Device<C> {
+    /// Opens (or starts) the device's journal and marks a new library folder.
+    pub fn open(
+        config: DeviceConfig,
+        cloud: C,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, DeviceError> {
+        std::fs::create_dir_all(config.data_dir.join("tmp"))?;
+        std::fs::create_dir_all(config.data_dir.join("recently-deleted"))?;
+        let journal = Journal::open(&config.data_dir.join("journal.sqlite"))?;
+        if journal.get("folder_marked")?.is_none() {
+            // Only a brand-new device claims its folder; after that a missing marker
+            // means the folder is not the one we know (unmounted, moved), never "empty".
+            std::fs::create_dir_all(&config.folder)?;
+            let marker = config.folder.join(MARKER);
+            if !marker.exists() {
+                std::fs::write(&marker, format!("{}\n", config.device_id))?;
+            }
+            journal.set("folder_marked", "1")?;
+        }
+        Ok(Self {
+            config,
+            cloud,
+            journal,
+            clock,
+        })
+    }
+
+    /// The cloud port (to refresh its credentials, say).
+    pub fn cloud_mut(&mut self) -> &mut C {
+        &mut self.cloud
+    }
+
+    /// Allows the deletes held back by the mass-delete guard, on the next pass.
+    pub fn confirm_deletes(&mut self) -> Result<(), DeviceError> {
+        self.journal.set("confirm_deletes", "1")?;
+        Ok(())
+    }
+
+    /// Files in the device's Recently Deleted.
+    pub fn recently_deleted(&self) -> Result<u64, DeviceError> {
+        Ok(self.journal.count_trashed()?)
+    }
+
+    /// One full pass: local changes up, then the feed down. A transient cloud error ends
+    /// the pass early (`Err`, retry later); permanent ones stop uploads with a reason.
+    pub async fn sync_once(&mut self) -> Result<SyncReport, DeviceError> {
+        let mut report = SyncReport::default();
+        if !self.config.folder.join(MARKER).exists() {
+            tracing::warn!(folder = %self.config.folder.display(), "library folder or its marker is missing; nothing is synced or deleted");
+            report.blocked = Some("FOLDER_MISSING".into());
+            return Ok(report);
+        }
+        self.push(&mut report).await?;
+        self.pull(&mut report).await?;
+        tracing::info!(?report, "sync pass done");
+        Ok(report)
+    }
+
+    async fn push(&mut self, report: &mut SyncReport) -> Result<(), DeviceError> {
+        let mut on_disk = Vec::new();
+        walk(&self.config.folder, "", &mut on_disk)?;
+        let seen: HashSet<String> = on_disk.iter().map(|(p, _)| p.clone()).collect();
+        let now = self.clock.now_ms() * 1_000_000;
+        for (path, meta) in &on_disk {
+            let known = self.journal.file(path)?;
+            let (size, mtime, ino) = (meta.len(), mtime_ns(meta), inode(meta));
+            if let Some(k) = &known
+                && (k.size, k.mtime_ns, k.inode) == (size, mtime, ino)
+            {
+                continue;
+            }
+            if now - mtime < self.config.stable_ms * 1_000_000 {
+                report.unstable += 1;
+                continue;
+            }
+            let (manifest, _) = self.read_and_chunk(path).await?;
+            let mut row = FileRow {
+                path: path.clone(),
+                size,
+                mtime_ns: mtime,
+                inode: ino,
+                file_hash: manifest.file_hash,
+                asset_id: None,
+                version: None,
+                synced: false,
+            };
+            match known {
+                // Touched or copied over with the same bytes: only the stat changed.
+                Some(k) if k.file_hash == manifest.file_hash => {
+                    row.asset_id = k.asset_id;
+                    row.version = k.version;
+                    row.synced = k.synced;
+                }
+                // A local edit of a synced file becomes a new version of its asset.
+                Some(k) => {
+                    row.asset_id = k.asset_id;
+                    row.version = k.version;
+                }
+                None => {}
+            }
+            self.journal.upsert(&row)?;
+        }
+        let rows = self.journal.files()?;
+        for row in rows.iter().filter(|r| !r.synced && seen.contains(&r.path)) {
+            if report.blocked.is_some() {
+                break;
+            }
+            self.upload(row, report).await?;
+        }
+        self.local_deletes(&seen, report).await
+    }
+
+    async fn read_and_chunk(&self, path: &str) -> Result<(Manifest, Bytes), DeviceError> {
+        let full = self.config.folder.join(path);
+        tokio::task::spawn_blocking(move || -> Result<(Manifest, Bytes), DeviceError> {
+            let data = std::fs::read(&full)?;
+            let manifest = manifest_of(&data, ChunkParams::for_len(data.len() as u64));
+            Ok((manifest, Bytes::from(data)))
+        })
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))?
+    }
+
+    /// Sends one pending file: linked if the cloud already has it, skipped if it was purged
+    /// elsewhere, else only its missing chunks, then the commit.
+    async fn upload(&mut self, row: &FileRow, report: &mut SyncReport) -> Result<(), DeviceError> {
+        let (manifest, data) = self.read_and_chunk(&row.path).await?;
+        if manifest.file_hash != row.file_hash {
+            // Changed since it was scanned: the next pass sees the new content.
+            return Ok(());
+        }
+        let mut row = row.clone();
+        if row.asset_id.is_none() {
+            // Content this device already synced under another path (a move, a copy).
+            let local = self
+                .journal
+                .files()?
+                .into_iter()
+                .find(|f| f.synced && f.file_hash == row.file_hash && f.path != row.path);
+            if let Some(twin) = local {
+                row.asset_id = twin.asset_id;
+                row.version = twin.version;
+                row.synced = true;
+                self.journal.upsert(&row)?;
+                report.linked += 1;
+                return Ok(());
+            }
+            let lookup = self.cloud.lookup(&row.file_hash).await?;
+            if let Some((asset_id, version)) = lookup.asset {
+                row.asset_id = Some(asset_id);
+                row.version = Some(version);
+                row.synced = true;
+                self.journal.upsert(&row)?;
+                report.linked += 1;
+                return Ok(());
+            }
+            if lookup.purged {
+                // Deleted elsewhere for good: never upload it again. The file leaves the
+                // folder for the device's own data, where nothing syncs it.
+                let parked = self
+                    .config
+                    .data_dir
+                    .join("recently-deleted")
+                    .join(format!("purged-{}", hex::encode(&row.file_hash.0[..8])));
+                std::fs::rename(self.config.folder.join(&row.path), parked)?;
+                self.journal.remove(&row.path)?;
+                report.not_resurrected += 1;
+                return Ok(());
+            }
+        }
+        let key = format!(
+            "{}:{}:{}",
+            self.config.device_id,
+            row.asset_id.as_deref().unwrap_or("new"),
+            row.file_hash.to_hex()
+        );
+        let overhead = 64 + 36 * manifest.entries.len() as u64;
+        let session = match self.cloud.begin_upload(row.size + overhead, &key).await {
+            Ok(s) => s,
+            Err(e) if !e.transient => {
+                report.blocked = Some(e.reason.clone());
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let mut offsets = HashMap::new();
+        let mut at = 0usize;
+        for entry in &manifest.entries {
+            offsets
+                .entry(entry.chunk)
+                .or_insert((at, entry.len as usize));
+            at += entry.len as usize;
+        }
+        let ids: Vec<ChunkId> = {
+            let mut unique: Vec<ChunkId> = offsets.keys().copied().collect();
+            unique.sort();
+            unique
+        };
+        let missing = self.cloud.find_missing(&session, &ids).await?;
+        self.send(&session, &row.file_hash, &missing, &offsets, &data, report)
+            .await?;
+        let manifest_id = self.cloud.put_manifest(&session, &manifest).await?;
+        let name = row.path.rsplit('/').next().unwrap_or(&row.path).to_string();
+        let video = ["mp4", "mov", "m4v", "avi", "mkv"]
+            .iter()
+            .any(|ext| name.to_ascii_lowercase().ends_with(&format!(".{ext}")));
+        let commit = NewAsset {
+            request_id: key,
+            manifest: manifest_id,
+            original_name: name,
+            video,
+            capture_time: Some(row.mtime_ns / 1_000_000),
+            reservation_id: session.clone(),
+            asset_id: row.asset_id.clone(),
+            base_version: row.version,
+        };
+        let reply = match self.cloud.commit(commit.clone()).await {
+            Err(e) if e.reason == "MISSING_CHUNKS" => {
+                // Collected since FindMissing said we had them: send just those, once.
+                self.send(
+                    &session,
+                    &row.file_hash,
+                    &e.missing_chunks,
+                    &offsets,
+                    &data,
+                    report,
+                )
+                .await?;
+                self.cloud.commit(commit).await
+            }
+            other => other,
+        };
+        let reply = match reply {
+            Ok(r) => r,
+            Err(e) if !e.transient => {
+                report.blocked = Some(e.reason.clone());
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        row.asset_id = Some(reply.asset_id);
+        row.version = Some(reply.version);
+        row.synced = true;
+        self.journal.upsert(&row)?;
+        self.journal.forget_acked(&row.file_hash)?;
+        if reply.deduplicated {
+            report.linked += 1;
+        } else {
+            report.uploaded += 1;
+        }
+        Ok(())
+    }
+
+    async fn send(
+        &mut self,
+        session: &str,
+        file_hash: &ChunkId,
+        ids: &[ChunkId],
+        offsets: &HashMap<ChunkId, (usize, usize)>,
+        data: &Bytes,
+        report: &mut SyncReport,
+    ) -> Result<(), DeviceError> {
+        let already: HashSet<ChunkId> = self.journal.acked(file_hash)?.into_iter().collect();
+        let chunks: Vec<(ChunkId, Bytes)> = ids
+            .iter()
+            .filter(|id| !already.contains(id))
+            .filter_map(|id| {
+                let (at, len) = offsets.get(id)?;
+                Some((*id, data.slice(*at..*at + *len)))
+            })
+            .collect();
+        if chunks.is_empty() {
+            return Ok(());
+        }
+        let sizes: HashMap<ChunkId, usize> = chunks.iter().map(|(id, b)| (*id, b.len())).collect();
+        let mut acknowledged = Vec::new();
+        let outcome = self
+            .cloud
+            .put_chunks(session, chunks, &mut acknowledged)
+            .await;
+        // Whatever the cloud acknowledged is durable there: remember it even on failure.
+        self.journal.record_acked(file_hash, &acknowledged)?;
+        report.chunks_sent += acknowledged.len();
+        report.bytes_sent += acknowledged
+            .iter()
+            .map(|id| sizes.get(id).copied().unwrap_or(0) as u64)
+            .sum::<u64>();
+        outcome.map_err(DeviceError::from)
+    }
+
+    /// Files gone from the folder go to Recently Deleted everywhere — unless they only
+    /// moved, or so many vanished at once that the folder itself is suspect.
+    async fn local_deletes(
+        &mut self,
+        seen: &HashSet<String>,
+        report: &mut SyncReport,
+    ) -> Result<(), DeviceError> {
+        let rows = self.journal.files()?;
+        let present_assets: HashSet<String> = rows
+            .iter()
+            .filter(|r| seen.contains(&r.path))
+            .filter_map(|r| r.asset_id.clone())
+            .collect();
+        let present_hashes: HashSet<ChunkId> = rows
+            .iter()
+            .filter(|r| seen.contains(&r.path))
+            .map(|r| r.file_hash)
+            .collect();
+        let mut deletes = Vec::new();
+        for row in rows.iter().filter(|r| !seen.contains(&r.path)) {
+            let moved = row
+                .asset_id
+                .as_ref()
+                .is_some_and(|a| present_assets.contains(a))
+                || present_hashes.contains(&row.file_hash);
+            if moved || !row.synced || row.asset_id.is_none() {
+                self.journal.remove(&row.path)?;
+            } else {
+                deletes.push(row.clone());
+            }
+        }
+        let synced = rows.iter().filter(|r| r.synced).count().max(1);
+        let confirmed = self.journal.get("confirm_deletes")?.is_some();
+        if !confirmed
+            && deletes.len() > self.config.mass_delete_min
+            && deletes.len() as f64 > self.config.mass_delete_share * synced as f64
+        {
+            tracing::warn!(
+                count = deletes.len(),
+                "many files vanished at once; deletes wait for confirmation"
+            );
+            report.blocked = Some("DELETES_NEED_CONFIRMATION".into());
+            return Ok(());
+        }
+        for row in deletes {
+            let asset = row.asset_id.clone().unwrap_or_default();
+            match self.cloud.trash(&asset).await {
+                Ok(()) => {}
+                // Already gone in the cloud: nothing left to delete.
+                Err(e) if e.reason == "NOT_FOUND" || e.reason == "ASSET_NOT_LIVE" => {}
+                Err(e) => return Err(e.into()),
+            }
+            self.journal.remove(&row.path)?;
+            report.trashed_remotely += 1;
+        }
+        if confirmed {
+            self.journal.set("confirm_deletes", "")?;
+        }
+        Ok(())
+    }
+
+    async fn pull(&mut self, report: &mut SyncReport) -> Result<(), DeviceError> {
+        let mut cursor: u64 = self
+            .journal
+            .get("cursor")?
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        loop {
+            let page = match self.cloud.changes(cursor).await {
+                Err(e) if e.reason == "CURSOR_EXPIRED" => {
+                    // Tombstones we never saw were compacted: read everything again; every
+                    // step below is idempotent against what the folder already holds.
+                    cursor = 0;
+                    continue;
+                }
+                other => other?,
+            };
+            for asset in &page.assets {
+                self.apply(asset, report).await?;
+            }
+            cursor = page.cursor;
+            self.journal.set("cursor", &cursor.to_string())?;
+            if !page.more {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn apply(&mut self, a: &RemoteAsset, report: &mut SyncReport) -> Result<(), DeviceError> {
+        let local = self.journal.file_of_asset(&a.asset_id)?;
+        let trashed = self.journal.trashed(&a.asset_id)?;
+        let deleted_dir = self.config.data_dir.join("recently-deleted");
+        match a.state {
+            RemoteState::Live => {
+                if let Some(t) = trashed {
+                    self.journal.remove_trashed(&a.asset_id)?;
+                    let stored = deleted_dir.join(&t.stored_as);
+                    if t.file_hash == a.file_hash && stored.exists() && local.is_none() {
+                        let dest = unique_path(&self.config.folder, &t.name);
+                        std::fs::rename(&stored, &dest)?;
+                        self.record_synced(&dest, a)?;
+                        report.restored += 1;
+                        return Ok(());
+                    }
+                    let _ = std::fs::remove_file(stored);
+                }
+                match local {
+                    Some(f) if f.file_hash == a.file_hash => {
+                        if f.version != Some(a.version) {
+                            let mut f = f;
+                            f.version = Some(a.version);
+                            self.journal.upsert(&f)?;
+                        }
+                    }
+                    // A local edit not yet uploaded: never overwritten. The cloud's version
+                    // arrives beside it; the local one commits later as a conflict, both kept.
+                    Some(f) if !f.synced => {
+                        let name = safe_name(&a.original_name, &a.asset_id);
+                        self.download(a, None, &name, report).await?;
+                        tracing::info!(path = %f.path, asset = %a.asset_id, "kept a local edit beside a newer cloud version");
+                    }
+                    Some(f) => {
+                        let dest = self.config.folder.join(&f.path);
+                        self.download(a, Some(dest), &f.path, report).await?;
+                    }
+                    None => {
+                        // The same bytes may already be here (uploaded from this device).
+                        let twin = self
+                            .journal
+                            .files()?
+                            .into_iter()
+                            .find(|f| f.file_hash == a.file_hash);
+                        if let Some(mut twin) = twin {
+                            twin.asset_id = Some(a.asset_id.clone());
+                            twin.version = Some(a.version);
+                            twin.synced = true;
+                            self.journal.upsert(&twin)?;
+                        } else {
+                            let name = safe_name(&a.original_name, &a.asset_id);
+                            self.download(a, None, &name, report).await?;
+                        }
+                    }
+                }
+            }
+            RemoteState::Trashed => {
+                if let Some(f) = local
+                    && f.synced
+                {
+                    let name = f.path.rsplit('/').next().unwrap_or(&f.path).to_string();
+                    let stored_as = format!("{}-{}", a.asset_id, name);
+                    std::fs::rename(
+                        self.config.folder.join(&f.path),
+                        deleted_dir.join(&stored_as),
+                    )?;
+                    self.journal.put_trashed(&TrashedRow {
+                        asset_id: a.asset_id.clone(),
+                        name,
+                        stored_as,
+                        file_hash: f.file_hash,
+                        version: a.version,
+                    })?;
+                    self.journal.remove(&f.path)?;
+                    report.trashed_here += 1;
+                }
+            }
+            RemoteState::Purged => {
+                if let Some(t) = trashed {
+                    let _ = std::fs::remove_file(deleted_dir.join(&t.stored_as));
+                    self.journal.remove_trashed(&a.asset_id)?;
+                    report.purged += 1;
+                }
+                if let Some(f) = local
+                    && f.synced
+                {
+                    let _ = std::fs::remove_file(self.config.folder.join(&f.path));
+                    self.journal.remove(&f.path)?;
+                    report.purged += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Journals a file the device itself wrote, so the scan never mistakes it for a user's.
+    fn record_synced(&self, dest: &Path, a: &RemoteAsset) -> Result<(), DeviceError> {
+        let meta = std::fs::metadata(dest)?;
+        let path = dest
+            .strip_prefix(&self.config.folder)
+            .map_err(|_| std::io::Error::other("written outside the folder"))?
+            .to_string_lossy()
+            .into_owned();
+        self.journal.upsert(&FileRow {
+            path,
+            size: meta.len(),
+            mtime_ns: mtime_ns(&meta),
+            inode: inode(&meta),
+            file_hash: a.file_hash,
+            asset_id: Some(a.asset_id.clone()),
+            version: Some(a.version),
+            synced: true,
+        })?;
+        Ok(())
+    }
+
+    /// Fetches an asset's content, verifies it, and only then puts it at its final path.
+    async fn download(
+        &mut self,
+        a: &RemoteAsset,
+        replace: Option<PathBuf>,
+        name: &str,
+        report: &mut SyncReport,
+    ) -> Result<(), DeviceError> {
+        let manifest = self.cloud.manifest(&a.manifest).await?;
+        let mut ids: Vec<ChunkId> = manifest.entries.iter().map(|e| e.chunk).collect();
+        ids.sort();
+        ids.dedup();
+        let fetched: HashMap<ChunkId, Bytes> = self.cloud.chunks(&ids).await?.into_iter().collect();
+        let temp = self
+            .config
+            .data_dir
+            .join("tmp")
+            .join(format!("{}.part", a.asset_id));
+        let mut hasher = blake3::Hasher::new();
+        let mut size = 0u64;
+        {
+            let mut file = std::fs::File::create(&temp)?;
+            for entry in &manifest.entries {
+                let data = fetched
+                    .get(&entry.chunk)
+                    .ok_or_else(|| DeviceError::Corrupt(a.asset_id.clone()))?;
+                hasher.update(data);
+                file.write_all(data)?;
+                size += data.len() as u64;
+            }
+            if ChunkId(*hasher.finalize().as_bytes()) != a.file_hash {
+                drop(file);
+                let _ = std::fs::remove_file(&temp);
+                return Err(DeviceError::Corrupt(a.asset_id.clone()));
+            }
+            file.sync_all()?;
+        }
+        let dest = replace.unwrap_or_else(|| unique_path(&self.config.folder, name));
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        if std::fs::rename(&temp, &dest).is_err() {
+            // Another file system: copy next to the destination, then rename there.
+            let beside = dest.with_file_name(format!(".keepsake-part-{}", a.asset_id));
+            std::fs::copy(&temp, &beside)?;
+            std::fs::File::open(&beside)?.sync_all()?;
+            std::fs::rename(&beside, &dest)?;
+            let _ = std::fs::remove_file(&temp);
+        }
+        if let Some(parent) = dest.parent() {
+            sync_dir(parent)?;
+        }
+        self.record_synced(&dest, a)?;
+        report.downloaded += 1;
+        report.bytes_received += size;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cloud_names_never_escape_the_folder() {
+        assert_eq!(safe_name("IMG_1.JPG", "a"), "IMG_1.JPG");
+        assert_eq!(safe_name("../../etc/passwd", "a"), "passwd");
+        assert_eq!(safe_name("..\\..\\boot.ini", "a"), "boot.ini");
+        assert_eq!(safe_name(".hidden", "a"), "hidden");
+        assert_eq!(safe_name("..", "a1"), "asset-a1");
+        assert_eq!(safe_name("a\u{0}b\nc.jpg", "a"), "abc.jpg");
+        assert_eq!(safe_name("", "x"), "asset-x");
+    }
+
+    #[test]
+    fn a_taken_name_gets_a_number() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("IMG.JPG"), b"1").unwrap();
+        std::fs::write(dir.path().join("IMG (2).JPG"), b"2").unwrap();
+        assert_eq!(
+            unique_path(dir.path(), "IMG.JPG"),
+            dir.path().join("IMG (3).JPG")
+        );
+        assert_eq!(
+            unique_path(dir.path(), "new.png"),
+            dir.path().join("new.png")
+        );
+    }
+}

@@ -1,0 +1,238 @@
+//! The device's journal: what each file in the folder is, what the cloud acknowledged,
+//! where the feed was read to. SQLite, outside the library folder.
+
+use keepsake_store::ChunkId;
+use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite_migration::{M, Migrations};
+use std::path::Path;
+
+const V1: &str = "
+-- One row per file in the folder, by path relative to it.
+CREATE TABLE files (
+    path      TEXT PRIMARY KEY,
+    size      INTEGER NOT NULL,
+    mtime_ns  INTEGER NOT NULL,
+    inode     INTEGER NOT NULL,
+    file_hash BLOB NOT NULL,
+    asset_id  TEXT,
+    version   INTEGER,
+    -- pending: not yet in the cloud; synced: the cloud holds this exact content.
+    state     TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX files_by_asset ON files(asset_id);
+CREATE INDEX files_by_hash ON files(file_hash);
+-- Chunks the cloud acknowledged as durable, per file content: never sent twice.
+CREATE TABLE acked (
+    file_hash BLOB NOT NULL,
+    chunk     BLOB NOT NULL,
+    PRIMARY KEY (file_hash, chunk)
+) WITHOUT ROWID;
+-- The device's Recently Deleted: files moved out of the folder because their asset was trashed.
+CREATE TABLE trashed (
+    asset_id  TEXT PRIMARY KEY,
+    name      TEXT NOT NULL,
+    stored_as TEXT NOT NULL,
+    file_hash BLOB NOT NULL,
+    version   INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE kv (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+";
+
+/// A file as the journal last saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRow {
+    pub path: String,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub inode: u64,
+    pub file_hash: ChunkId,
+    pub asset_id: Option<String>,
+    pub version: Option<u32>,
+    pub synced: bool,
+}
+
+/// An entry of the device's Recently Deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrashedRow {
+    pub asset_id: String,
+    pub name: String,
+    pub stored_as: String,
+    pub file_hash: ChunkId,
+    pub version: u32,
+}
+
+pub struct Journal {
+    db: Connection,
+}
+
+fn id(bytes: Vec<u8>) -> rusqlite::Result<ChunkId> {
+    ChunkId::from_slice(&bytes).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Blob, Box::new(e))
+    })
+}
+
+fn file_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FileRow> {
+    Ok(FileRow {
+        path: r.get(0)?,
+        size: r.get::<_, i64>(1)? as u64,
+        mtime_ns: r.get(2)?,
+        inode: r.get::<_, i64>(3)? as u64,
+        file_hash: id(r.get(4)?)?,
+        asset_id: r.get(5)?,
+        version: r.get(6)?,
+        synced: r.get::<_, String>(7)? == "synced",
+    })
+}
+
+const FILE_COLUMNS: &str = "path, size, mtime_ns, inode, file_hash, asset_id, version, state";
+
+impl Journal {
+    pub fn open(path: &Path) -> Result<Self, crate::DeviceError> {
+        let mut db = Connection::open(path)?;
+        db.pragma_update(None, "journal_mode", "WAL")?;
+        // A device acknowledges nothing to anyone, but a crash must not lose the record
+        // of what the cloud already holds: FULL keeps each transaction on disk.
+        db.pragma_update(None, "synchronous", "FULL")?;
+        Migrations::new(vec![M::up(V1)])
+            .to_latest(&mut db)
+            .map_err(|e| crate::DeviceError::Migration(e.to_string()))?;
+        Ok(Self { db })
+    }
+
+    pub fn get(&self, key: &str) -> rusqlite::Result<Option<String>> {
+        self.db
+            .query_row("SELECT value FROM kv WHERE key = ?1", [key], |r| r.get(0))
+            .optional()
+    }
+
+    pub fn set(&self, key: &str, value: &str) -> rusqlite::Result<()> {
+        self.db.execute(
+            "INSERT INTO kv (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = ?2",
+            params![key, value],
+        )?;
+        Ok(())
+    }
+
+    pub fn files(&self) -> rusqlite::Result<Vec<FileRow>> {
+        let mut stmt = self
+            .db
+            .prepare_cached(&format!("SELECT {FILE_COLUMNS} FROM files ORDER BY path"))?;
+        stmt.query_map([], file_row)?.collect()
+    }
+
+    pub fn file(&self, path: &str) -> rusqlite::Result<Option<FileRow>> {
+        self.db
+            .query_row(
+                &format!("SELECT {FILE_COLUMNS} FROM files WHERE path = ?1"),
+                [path],
+                file_row,
+            )
+            .optional()
+    }
+
+    pub fn file_of_asset(&self, asset_id: &str) -> rusqlite::Result<Option<FileRow>> {
+        self.db
+            .query_row(
+                &format!(
+                    "SELECT {FILE_COLUMNS} FROM files WHERE asset_id = ?1 ORDER BY path LIMIT 1"
+                ),
+                [asset_id],
+                file_row,
+            )
+            .optional()
+    }
+
+    pub fn upsert(&self, f: &FileRow) -> rusqlite::Result<()> {
+        self.db.execute(
+            "INSERT INTO files (path, size, mtime_ns, inode, file_hash, asset_id, version, state)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+             ON CONFLICT (path) DO UPDATE SET size = ?2, mtime_ns = ?3, inode = ?4, file_hash = ?5,
+                 asset_id = ?6, version = ?7, state = ?8",
+            params![
+                f.path,
+                f.size as i64,
+                f.mtime_ns,
+                f.inode as i64,
+                &f.file_hash.0[..],
+                f.asset_id,
+                f.version,
+                if f.synced { "synced" } else { "pending" }
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn remove(&self, path: &str) -> rusqlite::Result<()> {
+        self.db
+            .execute("DELETE FROM files WHERE path = ?1", [path])?;
+        Ok(())
+    }
+
+    pub fn record_acked(&self, file_hash: &ChunkId, chunks: &[ChunkId]) -> rusqlite::Result<()> {
+        let tx = self.db.unchecked_transaction()?;
+        {
+            let mut stmt = tx
+                .prepare_cached("INSERT OR IGNORE INTO acked (file_hash, chunk) VALUES (?1, ?2)")?;
+            for c in chunks {
+                stmt.execute(params![&file_hash.0[..], &c.0[..]])?;
+            }
+        }
+        tx.commit()
+    }
+
+    pub fn acked(&self, file_hash: &ChunkId) -> rusqlite::Result<Vec<ChunkId>> {
+        let mut stmt = self
+            .db
+            .prepare_cached("SELECT chunk FROM acked WHERE file_hash = ?1")?;
+        stmt.query_map([&file_hash.0[..]], |r| id(r.get(0)?))?
+            .collect()
+    }
+
+    pub fn forget_acked(&self, file_hash: &ChunkId) -> rusqlite::Result<()> {
+        self.db
+            .execute("DELETE FROM acked WHERE file_hash = ?1", [&file_hash.0[..]])?;
+        Ok(())
+    }
+
+    pub fn trashed(&self, asset_id: &str) -> rusqlite::Result<Option<TrashedRow>> {
+        self.db
+            .query_row(
+                "SELECT asset_id, name, stored_as, file_hash, version FROM trashed WHERE asset_id = ?1",
+                [asset_id],
+                |r| {
+                    Ok(TrashedRow {
+                        asset_id: r.get(0)?,
+                        name: r.get(1)?,
+                        stored_as: r.get(2)?,
+                        file_hash: id(r.get(3)?)?,
+                        version: r.get(4)?,
+                    })
+                },
+            )
+            .optional()
+    }
+
+    pub fn put_trashed(&self, t: &TrashedRow) -> rusqlite::Result<()> {
+        self.db.execute(
+            "INSERT INTO trashed (asset_id, name, stored_as, file_hash, version) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (asset_id) DO UPDATE SET name = ?2, stored_as = ?3, file_hash = ?4, version = ?5",
+            params![t.asset_id, t.name, t.stored_as, &t.file_hash.0[..], t.version],
+        )?;
+        Ok(())
+    }
+
+    pub fn remove_trashed(&self, asset_id: &str) -> rusqlite::Result<()> {
+        self.db
+            .execute("DELETE FROM trashed WHERE asset_id = ?1", [asset_id])?;
+        Ok(())
+    }
+
+    pub fn count_trashed(&self) -> rusqlite::Result<u64> {
+        self.db
+            .query_row("SELECT COUNT(*) FROM trashed", [], |r| r.get::<_, i64>(0))
+            .map(|n| n as u64)
+    }
+}

@@ -1,0 +1,30 @@
+//! The device: a library folder (the camera roll) kept in sync with the cloud.
+//!
+//! A [`Device`] scans its folder (size, mtime and inode first; only changed files are
+//! hashed and chunked), uploads what is new — asking the cloud first whether the content
+//! is already an asset or was purged, so nothing is uploaded twice or resurrected — and
+//! follows the change feed, writing new assets into the folder (temp file, verified hash,
+//! fsync, rename), moving deleted ones to a local Recently Deleted and back on restore.
+//! Its SQLite journal lives outside the folder and survives restarts. It talks to the
+//! cloud only through the [`Cloud`] trait: `keepsake-transport` implements it over gRPC,
+//! tests can fake it.
+//!
+//! ```no_run
+//! # async fn demo<C: keepsake_device::Cloud>(cloud: C) -> Result<(), keepsake_device::DeviceError> {
+//! use keepsake_device::{Device, DeviceConfig};
+//! let config = DeviceConfig::new("Pictures/Keepsake".into(), "device-data".into(), "phone-1".into());
+//! let clock = std::sync::Arc::new(keepsake_store::SystemClock);
+//! let mut device = Device::open(config, cloud, clock)?;
+//! let report = device.sync_once().await?;
+//! println!("{} uploaded, {} downloaded", report.uploaded, report.downloaded);
+//! # Ok(()) }
+//! ```
+
+mod cloud;
+mod device;
+mod journal;
+
+pub use cloud::{
+    Cloud, CloudError, CommitReply, ContentLookup, FeedPage, NewAsset, RemoteAsset, RemoteState,
+};
+pub use device::{Device, DeviceConfig, DeviceError, SyncReport};
