@@ -1,5 +1,6 @@
 //! The `keepsake` binary: runs Keepsake's services.
 
+mod device_cli;
 mod doctor;
 
 use anyhow::{Context, Result};
@@ -30,6 +31,47 @@ enum Command {
     Serve(ServeArgs),
     /// Say why this device is or is not syncing, and what fixes it (exit status 1 when blocked).
     Doctor(doctor::DoctorArgs),
+    /// Manage this device's enrolment.
+    #[command(subcommand)]
+    Device(DeviceCommand),
+    /// Keep a folder in sync with the cloud library (foreground; Ctrl-C stops it).
+    Sync {
+        /// The library folder.
+        dir: PathBuf,
+        /// The device's data directory (enrolment, journal, Recently Deleted).
+        #[arg(long, env = "KEEPSAKE_DEVICE_DATA", default_value = "keepsake-device")]
+        data: PathBuf,
+        /// One pass, then exit.
+        #[arg(long)]
+        once: bool,
+        /// Milliseconds between passes.
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+    },
+    /// List the account's devices: last contact, state and reason.
+    Devices {
+        #[command(flatten)]
+        server: device_cli::ServerArgs,
+        #[command(flatten)]
+        credentials: device_cli::Credentials,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeviceCommand {
+    /// Enrol this device in an account; its credentials go to the data directory.
+    Enroll {
+        #[command(flatten)]
+        server: device_cli::ServerArgs,
+        #[command(flatten)]
+        credentials: device_cli::Credentials,
+        /// The device's name, as its owner will see it.
+        #[arg(long, default_value = "this computer")]
+        name: String,
+        /// The device's data directory.
+        #[arg(long, env = "KEEPSAKE_DEVICE_DATA", default_value = "keepsake-device")]
+        data: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -99,6 +141,27 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
+        Command::Device(DeviceCommand::Enroll {
+            server,
+            credentials,
+            name,
+            data,
+        }) => runtime.block_on(device_cli::enroll(server, credentials, name, data)),
+        Command::Sync {
+            dir,
+            data,
+            once,
+            interval_ms,
+        } => runtime.block_on(device_cli::sync(
+            dir,
+            data,
+            once,
+            Duration::from_millis(interval_ms),
+        )),
+        Command::Devices {
+            server,
+            credentials,
+        } => runtime.block_on(device_cli::devices(server, credentials)),
     }
 }
 
@@ -215,7 +278,7 @@ fn read_keys(path: &Path) -> Result<PublicKeys> {
     serde_json::from_str(&text).with_context(|| format!("parsing token keys {}", path.display()))
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     #[cfg(unix)]
     use std::os::unix::fs::OpenOptionsExt;

@@ -1,0 +1,291 @@
+//! The device side of the CLI: enrol, sync a folder, list devices, manage accounts.
+
+use anyhow::{Context, Result, bail};
+use keepsake_device::{Device, DeviceConfig, SyncReport};
+use keepsake_store::SystemClock;
+use keepsake_transport::client::{self, BearerAuth, CallError, pb};
+use keepsake_transport::cloud_client::{ClientConfig, CloudClient};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::transport::Channel;
+
+/// Where and how to reach the server.
+#[derive(clap::Args, Clone)]
+pub struct ServerArgs {
+    /// The Keepsake server.
+    #[arg(
+        long,
+        env = "KEEPSAKE_SERVER",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub server: String,
+    /// The server certificate's fingerprint (printed by `keepsake serve --tls-self-signed`).
+    #[arg(long, env = "KEEPSAKE_FINGERPRINT")]
+    pub fingerprint: Option<String>,
+}
+
+impl ServerArgs {
+    async fn channel(&self) -> Result<Channel> {
+        let channel = match &self.fingerprint {
+            Some(pin) => client::connect_tls(&self.server, pin).await,
+            None => client::connect(&self.server).await,
+        };
+        channel.with_context(|| format!("cannot reach the Keepsake server at {}", self.server))
+    }
+}
+
+/// An account's credentials.
+#[derive(clap::Args, Clone)]
+pub struct Credentials {
+    /// The account.
+    #[arg(long, env = "KEEPSAKE_ACCOUNT", default_value = "me")]
+    pub account: String,
+    /// Its password (or KEEPSAKE_PASSWORD).
+    #[arg(long, env = "KEEPSAKE_PASSWORD", hide_env_values = true)]
+    pub password: String,
+}
+
+/// What an enrolled device keeps in its data directory.
+#[derive(Serialize, Deserialize)]
+struct Enrolled {
+    server: String,
+    fingerprint: Option<String>,
+    account: String,
+    device_id: String,
+    device_token: String,
+}
+
+const ENROLMENT: &str = "device.json";
+
+/// Says an error as a sentence with its fix, not as a debug dump.
+fn plain(e: CallError) -> anyhow::Error {
+    let fix = match e.reason() {
+        "CLIENT_TOO_OLD" => format!(
+            " Install Keepsake {} or later.",
+            e.metadata()
+                .get("required_version")
+                .map_or("a newer version", String::as_str)
+        ),
+        "QUOTA_EXCEEDED" => " Free space (empty Recently Deleted) or choose a bigger plan.".into(),
+        "UNAUTHENTICATED" => " Check the account and password, or enrol the device again.".into(),
+        _ if e.is_transient() => " This clears by itself; Keepsake retries.".into(),
+        _ => String::new(),
+    };
+    anyhow::anyhow!("{} [{}]{fix}", e.message(), e.reason())
+}
+
+/// `keepsake device enroll`.
+pub async fn enroll(
+    server: ServerArgs,
+    credentials: Credentials,
+    name: String,
+    data: PathBuf,
+) -> Result<()> {
+    let channel = server.channel().await?;
+    let mut accounts = client::accounts_client(channel, BearerAuth::anonymous());
+    let reply = accounts
+        .enroll_device(pb::EnrollDeviceRequest {
+            account: credentials.account.clone(),
+            password: credentials.password,
+            device_name: name.clone(),
+            platform: std::env::consts::OS.into(),
+            client_version: env!("CARGO_PKG_VERSION").into(),
+        })
+        .await
+        .map_err(|s| plain(s.into()))?
+        .into_inner();
+    std::fs::create_dir_all(&data)?;
+    let record = Enrolled {
+        server: server.server,
+        fingerprint: server.fingerprint,
+        account: credentials.account,
+        device_id: reply.device_id.clone(),
+        device_token: reply.device_token,
+    };
+    let path = data.join(ENROLMENT);
+    let _ = std::fs::remove_file(&path);
+    crate::write_private(&path, &serde_json::to_vec_pretty(&record)?)?;
+    println!(
+        "enrolled {name:?} as device {} of account {}; its credentials are in {}",
+        reply.device_id,
+        record.account,
+        path.display()
+    );
+    Ok(())
+}
+
+fn load(data: &Path) -> Result<Enrolled> {
+    let path = data.join(ENROLMENT);
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "{} is missing: enrol this device first (`keepsake device enroll --data {}`)",
+            path.display(),
+            data.display()
+        )
+    })?;
+    Ok(serde_json::from_str(&text)?)
+}
+
+async fn signed_in_client(e: &Enrolled) -> Result<CloudClient> {
+    let server = ServerArgs {
+        server: e.server.clone(),
+        fingerprint: e.fingerprint.clone(),
+    };
+    let channel = server.channel().await?;
+    let mut anonymous = client::accounts_client(channel.clone(), BearerAuth::anonymous());
+    let access = anonymous
+        .refresh_token(pb::RefreshTokenRequest {
+            device_id: e.device_id.clone(),
+            device_token: e.device_token.clone(),
+            client_version: env!("CARGO_PKG_VERSION").into(),
+        })
+        .await
+        .map_err(|s| plain(s.into()))?
+        .into_inner()
+        .access
+        .context("the server sent no access token")?;
+    Ok(CloudClient::new(
+        channel,
+        BearerAuth::new(&access.token),
+        ClientConfig::default(),
+    ))
+}
+
+fn say_pass(r: &SyncReport) {
+    let mut parts = Vec::new();
+    for (n, what) in [
+        (r.uploaded, "uploaded"),
+        (r.linked, "already in the cloud"),
+        (r.downloaded, "downloaded"),
+        (r.trashed_here, "moved to Recently Deleted"),
+        (r.trashed_remotely, "deleted everywhere"),
+        (r.restored, "restored"),
+        (r.purged, "purged"),
+        (r.not_resurrected, "deleted elsewhere, not re-uploaded"),
+    ] {
+        if n > 0 {
+            parts.push(format!("{n} {what}"));
+        }
+    }
+    if let Some(reason) = &r.blocked {
+        parts.push(format!("waiting: {reason}"));
+    }
+    if !parts.is_empty() {
+        println!("keepsake sync: {}", parts.join(", "));
+    }
+}
+
+/// `keepsake sync DIR`: keeps the folder in sync until interrupted (or once).
+pub async fn sync(folder: PathBuf, data: PathBuf, once: bool, interval: Duration) -> Result<()> {
+    let enrolled = load(&data)?;
+    let mut config = DeviceConfig::new(
+        folder.clone(),
+        data.join("state"),
+        enrolled.device_id.clone(),
+    );
+    config.stable_ms = 1000;
+    let client = signed_in_client(&enrolled).await?;
+    let mut device = Device::open(config, client, Arc::new(SystemClock))?;
+    println!(
+        "keepsake sync: {} <-> {} as device {}",
+        folder.display(),
+        enrolled.server,
+        enrolled.device_id
+    );
+    let mut backoff = Duration::from_millis(500);
+    // Nothing reported yet: the first pass always tells the ledger.
+    let mut last_state = "\u{0}".to_string();
+    loop {
+        match device.sync_once().await {
+            Ok(report) => {
+                say_pass(&report);
+                backoff = Duration::from_millis(500);
+                let state = report.blocked.clone().unwrap_or_default();
+                if state != last_state {
+                    report_state(device.cloud_mut(), &report).await;
+                    last_state = state;
+                }
+                if once {
+                    return Ok(());
+                }
+                tokio::time::sleep(interval).await;
+            }
+            Err(keepsake_device::DeviceError::Cloud(e)) if e.reason == "UNAUTHENTICATED" => {
+                // Access tokens are short-lived: trade the device token for a new one.
+                *device.cloud_mut() = signed_in_client(&enrolled).await?;
+            }
+            Err(keepsake_device::DeviceError::Cloud(e)) if e.transient && !once => {
+                println!(
+                    "keepsake sync: {} [{}]; retrying in {} ms",
+                    e.message,
+                    e.reason,
+                    backoff.as_millis()
+                );
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(60));
+            }
+            Err(e) => bail!("{e}"),
+        }
+    }
+}
+
+/// Tells the library's device ledger how this device is doing; best effort.
+async fn report_state(cloud: &mut CloudClient, report: &SyncReport) {
+    let (_, _, accounts) = cloud.raw();
+    let state = pb::DeviceState {
+        state: if report.blocked.is_some() {
+            "blocked".into()
+        } else {
+            "idle".into()
+        },
+        reason: report.blocked.clone().unwrap_or_default(),
+        ..Default::default()
+    };
+    let _ = accounts
+        .report_device_state(pb::ReportDeviceStateRequest { state: Some(state) })
+        .await;
+}
+
+/// `keepsake devices`: the account's device ledger.
+pub async fn devices(server: ServerArgs, credentials: Credentials) -> Result<()> {
+    let channel = server.channel().await?;
+    let mut anonymous = client::accounts_client(channel.clone(), BearerAuth::anonymous());
+    let token = anonymous
+        .sign_in(pb::SignInRequest {
+            account: credentials.account,
+            password: credentials.password,
+        })
+        .await
+        .map_err(|s| plain(s.into()))?
+        .into_inner()
+        .access
+        .context("the server sent no access token")?
+        .token;
+    let mut accounts = client::accounts_client(channel, BearerAuth::new(&token));
+    let list = accounts
+        .list_devices(pb::ListDevicesRequest {})
+        .await
+        .map_err(|s| plain(s.into()))?
+        .into_inner()
+        .devices;
+    if list.is_empty() {
+        println!("no devices are enrolled");
+    }
+    for d in list {
+        let state = d.state.unwrap_or_default();
+        let status = if d.revoked_at_ms.is_some() {
+            "revoked".to_string()
+        } else if state.reason.is_empty() {
+            state.state.clone()
+        } else {
+            format!("{} ({})", state.state, state.reason)
+        };
+        println!(
+            "{}  {:<24} {:<8} v{:<8} {}",
+            d.device_id, d.name, d.platform, d.client_version, status
+        );
+    }
+    Ok(())
+}
