@@ -92,6 +92,10 @@ pub fn ci(root: &Path) -> Result<()> {
             }),
         ),
         ("python grpc client", Box::new(|| crate::python::run(root))),
+        (
+            "kill -9 integration (short)",
+            Box::new(|| crate::it::run(root, &["--short".to_string()])),
+        ),
         ("real-media deltas", Box::new(|| crate::media::media(root))),
     ];
     let (mut passed, mut failed) = (0, 0);

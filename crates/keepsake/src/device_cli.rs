@@ -250,19 +250,7 @@ async fn report_state(cloud: &mut CloudClient, report: &SyncReport) {
 
 /// `keepsake devices`: the account's device ledger.
 pub async fn devices(server: ServerArgs, credentials: Credentials) -> Result<()> {
-    let channel = server.channel().await?;
-    let mut anonymous = client::accounts_client(channel.clone(), BearerAuth::anonymous());
-    let token = anonymous
-        .sign_in(pb::SignInRequest {
-            account: credentials.account,
-            password: credentials.password,
-        })
-        .await
-        .map_err(|s| plain(s.into()))?
-        .into_inner()
-        .access
-        .context("the server sent no access token")?
-        .token;
+    let (channel, token) = signed_in(&server, &credentials).await?;
     let mut accounts = client::accounts_client(channel, BearerAuth::new(&token));
     let list = accounts
         .list_devices(pb::ListDevicesRequest {})
@@ -286,6 +274,128 @@ pub async fn devices(server: ServerArgs, credentials: Credentials) -> Result<()>
             "{}  {:<24} {:<8} v{:<8} {}",
             d.device_id, d.name, d.platform, d.client_version, status
         );
+    }
+    Ok(())
+}
+
+/// What `keepsake library` does.
+#[derive(clap::Subcommand, Clone)]
+pub enum LibraryCommand {
+    /// Every asset: id, state, size, name (tombstones included).
+    Ls,
+    /// Move an asset to Recently Deleted on every device.
+    Delete {
+        /// The asset.
+        asset_id: String,
+    },
+    /// Bring an asset back from Recently Deleted.
+    Restore {
+        /// The asset.
+        asset_id: String,
+    },
+    /// Delete an asset for good.
+    Purge {
+        /// The asset.
+        asset_id: String,
+    },
+    /// Mark an asset as a favourite (or not, with --off).
+    Favorite {
+        /// The asset.
+        asset_id: String,
+        /// Remove the mark instead.
+        #[arg(long)]
+        off: bool,
+    },
+}
+
+async fn signed_in(server: &ServerArgs, credentials: &Credentials) -> Result<(Channel, String)> {
+    let channel = server.channel().await?;
+    let mut anonymous = client::accounts_client(channel.clone(), BearerAuth::anonymous());
+    let token = anonymous
+        .sign_in(pb::SignInRequest {
+            account: credentials.account.clone(),
+            password: credentials.password.clone(),
+        })
+        .await
+        .map_err(|s| plain(s.into()))?
+        .into_inner()
+        .access
+        .context("the server sent no access token")?
+        .token;
+    Ok((channel, token))
+}
+
+/// `keepsake library …`.
+pub async fn library(
+    server: ServerArgs,
+    credentials: Credentials,
+    command: LibraryCommand,
+) -> Result<()> {
+    let (channel, token) = signed_in(&server, &credentials).await?;
+    let mut lib = client::library_client(channel, BearerAuth::new(&token));
+    match command {
+        LibraryCommand::Ls => {
+            let mut cursor = 0;
+            loop {
+                let page = lib
+                    .list_changes(pb::ListChangesRequest {
+                        cursor,
+                        page_size: 1000,
+                    })
+                    .await
+                    .map_err(|s| plain(s.into()))?
+                    .into_inner();
+                for change in &page.changes {
+                    if let Some(pb::change::Row::Asset(a)) = &change.row {
+                        let state = match pb::AssetState::try_from(a.state) {
+                            Ok(pb::AssetState::Trashed) => "trashed",
+                            Ok(pb::AssetState::Purged) => "purged",
+                            _ => "live",
+                        };
+                        let star = if a.favorite { "*" } else { " " };
+                        println!(
+                            "{}  {state:<7} {star} v{:<3} {:>12}  {}",
+                            a.asset_id, a.version, a.size, a.original_name
+                        );
+                    }
+                }
+                cursor = page.cursor;
+                if !page.more {
+                    return Ok(());
+                }
+            }
+        }
+        LibraryCommand::Delete { asset_id } => {
+            lib.trash_asset(pb::TrashAssetRequest { asset_id })
+                .await
+                .map_err(|s| plain(s.into()))?;
+        }
+        LibraryCommand::Restore { asset_id } => {
+            lib.restore_asset(pb::RestoreAssetRequest { asset_id })
+                .await
+                .map_err(|s| plain(s.into()))?;
+        }
+        LibraryCommand::Purge { asset_id } => {
+            lib.purge_asset(pb::PurgeAssetRequest { asset_id })
+                .await
+                .map_err(|s| plain(s.into()))?;
+        }
+        LibraryCommand::Favorite { asset_id, off } => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            lib.set_metadata(pb::SetMetadataRequest {
+                asset_id,
+                clock: Some(pb::Clock {
+                    wall_ms: now,
+                    counter: 0,
+                    device: format!("cli:{}", credentials.account),
+                }),
+                field: Some(pb::set_metadata_request::Field::Favorite(!off)),
+            })
+            .await
+            .map_err(|s| plain(s.into()))?;
+        }
     }
     Ok(())
 }

@@ -48,6 +48,15 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         interval_ms: u64,
     },
+    /// Look at and change the cloud library.
+    Library {
+        #[command(flatten)]
+        server: device_cli::ServerArgs,
+        #[command(flatten)]
+        credentials: device_cli::Credentials,
+        #[command(subcommand)]
+        command: device_cli::LibraryCommand,
+    },
     /// List the account's devices: last contact, state and reason.
     Devices {
         #[command(flatten)]
@@ -162,6 +171,11 @@ fn main() -> Result<()> {
             server,
             credentials,
         } => runtime.block_on(device_cli::devices(server, credentials)),
+        Command::Library {
+            server,
+            credentials,
+            command,
+        } => runtime.block_on(device_cli::library(server, credentials, command)),
     }
 }
 

@@ -1,0 +1,262 @@
+//! `cargo xtask it [--short] [--seed N]`: real processes — a server and two syncing
+//! devices — while the device taking photos and the server are killed with SIGKILL at
+//! random moments and restarted. Afterwards the second device must hold every photo,
+//! byte for byte, and the library exactly one asset per photo.
+
+use crate::ci::cargo;
+use anyhow::{Context, Result, bail};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// SplitMix64, so a run replays from its seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// A child process killed (SIGKILL) when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Harness {
+    bin: PathBuf,
+    work: PathBuf,
+    port: u16,
+    password: String,
+}
+
+impl Harness {
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn command(&self) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.env("KEEPSAKE_SERVER", self.url())
+            .env("KEEPSAKE_PASSWORD", &self.password)
+            .env("RUST_LOG", "warn")
+            .current_dir(&self.work);
+        c
+    }
+
+    fn server(&self) -> Result<Proc> {
+        let mut child = Command::new(&self.bin)
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{}", self.port),
+                "--data",
+            ])
+            .arg(self.work.join("server"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting keepsake serve")?;
+        let stdout = child.stdout.take().expect("piped");
+        let mut lines = BufReader::new(stdout).lines();
+        for line in lines.by_ref() {
+            if line?.contains("serving") {
+                std::thread::spawn(move || lines.for_each(drop));
+                return Ok(Proc(child));
+            }
+        }
+        bail!("keepsake serve exited before serving")
+    }
+
+    fn sync(&self, device: &str) -> Result<Proc> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.work.join(format!("{device}.log")))?;
+        let child = self
+            .command()
+            .args([
+                "sync",
+                device,
+                "--data",
+                &format!("{device}-data"),
+                "--interval-ms",
+                "200",
+            ])
+            .stdout(log)
+            .stderr(Stdio::null())
+            .spawn()?;
+        Ok(Proc(child))
+    }
+
+    fn run_ok(&self, args: &[&str]) -> Result<String> {
+        let out = self.command().args(args).output()?;
+        if !out.status.success() {
+            bail!(
+                "keepsake {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn folder(dir: &Path) -> Result<BTreeMap<String, Vec<u8>>> {
+    let mut out = BTreeMap::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with(".keepsake") && entry.metadata()?.is_file() {
+            out.insert(name, std::fs::read(entry.path())?);
+        }
+    }
+    Ok(out)
+}
+
+/// Runs the integration scenario.
+pub fn run(root: &Path, args: &[String]) -> Result<()> {
+    let short = args.iter().any(|a| a == "--short");
+    let seed: u64 = args
+        .iter()
+        .position(|a| a == "--seed")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    println!(
+        "\n==> it: real processes, kill -9 (seed {seed}{})",
+        if short { ", short" } else { "" }
+    );
+    if !cargo()
+        .current_dir(root)
+        .args(["build", "--quiet", "-p", "keepsake"])
+        .status()?
+        .success()
+    {
+        bail!("building keepsake failed");
+    }
+    let tmp = tempfile::tempdir()?;
+    let work = tmp.path().to_path_buf();
+    let mut h = Harness {
+        bin: root.join("target/debug/keepsake"),
+        work: work.clone(),
+        port: free_port()?,
+        password: String::new(),
+    };
+    let mut server = h.server()?;
+    let credentials: serde_json::Value = serde_json::from_slice(&std::fs::read(
+        work.join("server/initial-credentials.json"),
+    )?)?;
+    h.password = credentials["password"]
+        .as_str()
+        .context("credentials hold a password")?
+        .to_string();
+    h.run_ok(&["device", "enroll", "--name", "camera", "--data", "a-data"])?;
+    h.run_ok(&["device", "enroll", "--name", "viewer", "--data", "b-data"])?;
+
+    let mut rng = Rng(seed);
+    let photos = if short { 24 } else { 120 };
+    std::fs::create_dir_all(work.join("a"))?;
+    let mut total = 0u64;
+    for i in 0..photos {
+        let len = 100_000 + rng.below(2_500_000) as usize;
+        let mut data = vec![0u8; len];
+        for chunk in data.chunks_mut(8) {
+            let word = rng.next().to_le_bytes();
+            chunk.copy_from_slice(&word[..chunk.len()]);
+        }
+        std::fs::write(work.join(format!("a/IMG_{i:04}.JPG")), &data)?;
+        total += len as u64;
+    }
+    // Files must be older than the agent's "still being written" window.
+    std::thread::sleep(Duration::from_millis(1100));
+    println!("it: {photos} photos, {} MiB, on the camera", total >> 20);
+
+    let started = Instant::now();
+    let mut camera = h.sync("a")?;
+    let _viewer = h.sync("b")?;
+    let (mut agent_kills, mut server_kills) = (0, 0);
+    let rounds = if short { 3 } else { 8 };
+    for round in 0..rounds {
+        std::thread::sleep(Duration::from_millis(150 + rng.below(600)));
+        if round == rounds / 2 {
+            drop(server);
+            server_kills += 1;
+            std::thread::sleep(Duration::from_millis(rng.below(300)));
+            server = h.server()?;
+        } else {
+            drop(camera);
+            agent_kills += 1;
+            std::thread::sleep(Duration::from_millis(rng.below(300)));
+            camera = h.sync("a")?;
+        }
+    }
+    let want = folder(&work.join("a"))?;
+    let deadline = Instant::now() + Duration::from_secs(if short { 120 } else { 300 });
+    loop {
+        let have = folder(&work.join("b"))?;
+        if have == want {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the viewer has {} of {} photos after the deadline (seed {seed})",
+                have.keys().filter(|k| want.get(*k) == have.get(*k)).count(),
+                want.len()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let converged = started.elapsed();
+    let listing = h.run_ok(&["library", "ls"])?;
+    let live: Vec<&str> = listing.lines().filter(|l| l.contains(" live ")).collect();
+    let mut names: Vec<&str> = live
+        .iter()
+        .filter_map(|l| l.split_whitespace().last())
+        .collect();
+    names.sort();
+    names.dedup();
+    if live.len() != photos || names.len() != photos {
+        bail!(
+            "{} live assets with {} distinct names for {photos} photos: duplicates (seed {seed})",
+            live.len(),
+            names.len()
+        );
+    }
+    let partial = std::fs::read_dir(work.join("b"))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".keepsake-part"))
+        .count();
+    if partial > 0 {
+        bail!("{partial} partial files in the viewer's folder (seed {seed})");
+    }
+    println!(
+        "it: {agent_kills} agent kills, {server_kills} server kills; viewer complete after {:.1} s; \
+         {photos} assets, 0 duplicates, 0 lost, 0 partial files",
+        converged.as_secs_f64()
+    );
+    drop(server);
+    Ok(())
+}
