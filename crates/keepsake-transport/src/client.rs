@@ -298,6 +298,18 @@ impl CallError {
     }
 }
 
+/// `DeadlineExceeded` → `DEADLINE_EXCEEDED`, the style of every other reason.
+fn upper_snake(camel: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in camel.chars().enumerate() {
+        if c.is_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_uppercase());
+    }
+    out
+}
+
 /// Reasons that clear by themselves.
 const TRANSIENT_REASONS: &[&str] = &["RATE_LIMITED", "OVERLOADED", "UNAVAILABLE", "INDEX_IO"];
 
@@ -323,7 +335,7 @@ impl From<tonic::Status> for CallError {
         let reason = info
             .as_ref()
             .map(|i| i.reason.clone())
-            .unwrap_or_else(|| format!("{:?}", status.code()).to_uppercase());
+            .unwrap_or_else(|| upper_snake(&format!("{:?}", status.code())));
         let transient = match status.code() {
             Code::Unavailable | Code::DeadlineExceeded | Code::Aborted | Code::Cancelled => true,
             // Only the server's own shedding is transient; an exhausted quota or disk waits for a person.
@@ -385,6 +397,10 @@ mod tests {
             let err = CallError::from(status.clone());
             assert!(err.is_transient(), "{status:?}");
         }
+        assert_eq!(
+            CallError::from(tonic::Status::deadline_exceeded("slow")).reason(),
+            "DEADLINE_EXCEEDED"
+        );
         let shed = CallError::from(to_status(&ApiError::RateLimited { retry_after_ms: 20 }));
         assert_eq!(
             shed.retry,

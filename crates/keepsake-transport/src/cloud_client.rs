@@ -187,8 +187,33 @@ impl CloudClient {
                 let mut iter = chunks.into_iter().peekable();
                 while let Some((id, data)) = iter.next() {
                     let len = data.len();
-                    let Ok(permit) = window.acquire_many(len.min(bound) as u32).await else {
-                        return;
+                    let need = len.min(bound) as u32;
+                    let permit = match window.try_acquire_many(need) {
+                        Ok(permit) => permit,
+                        Err(_) => {
+                            // The window is full: whatever was sent without a flush must be
+                            // acknowledged before room comes back, so ask for it now (with
+                            // anything still unsent) rather than wait for a batch that the
+                            // server would never complete.
+                            let message = pb::PutChunksRequest {
+                                session_id: if first {
+                                    session.clone()
+                                } else {
+                                    String::new()
+                                },
+                                chunks: std::mem::take(&mut batch),
+                                flush: true,
+                            };
+                            first = false;
+                            (size, since_flush) = (0, 0);
+                            if tx.send(message).await.is_err() {
+                                return;
+                            }
+                            let Ok(permit) = window.acquire_many(need).await else {
+                                return;
+                            };
+                            permit
+                        }
                     };
                     permit.forget();
                     size += len;

@@ -1731,3 +1731,37 @@ async fn the_typed_client_drives_every_service_and_types_its_errors() {
         ("NOT_FOUND", false)
     );
 }
+
+/// Broke once: a chunk that did not fit in the window waited for acknowledgements of
+/// chunks the client had sent without asking for any, so the upload hung until its deadline.
+#[tokio::test]
+async fn an_upload_whose_next_chunk_does_not_fit_the_window_does_not_stall() {
+    use keepsake_transport::cloud_client::{ClientConfig, CloudClient};
+    let server = start().await;
+    let mut cloud = CloudClient::new(
+        client::connect(&server.url).await.unwrap(),
+        client::BearerAuth::new(&server.token("alice-token")),
+        ClientConfig {
+            call_timeout: std::time::Duration::from_secs(3),
+            stream_timeout: std::time::Duration::from_secs(3),
+            max_bytes_in_flight: 256 << 10,
+            message_bytes: 64 << 10,
+        },
+    );
+    let session = server
+        .store
+        .begin_session("alice", 0, 600_000, None)
+        .unwrap()
+        .id;
+    let chunks = vec![
+        chunk(&[1u8; 100 << 10]),
+        chunk(&[2u8; 200 << 10]),
+        chunk(&[3u8; 250 << 10]),
+    ];
+    let mut acknowledged = Vec::new();
+    cloud
+        .put_chunks(&session, chunks.clone(), &mut acknowledged)
+        .await
+        .unwrap();
+    assert_eq!(acknowledged.len(), 3);
+}
