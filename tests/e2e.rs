@@ -404,6 +404,14 @@ mod devices {
 
     /// The whole cloud in this process, over real gRPC on loopback.
     pub async fn cloud() -> Cloudy {
+        cloud_with(keepsake_library::default_plans(), Default::default()).await
+    }
+
+    /// The same with chosen plans and minimum client version.
+    pub async fn cloud_with(
+        plans: Vec<keepsake_library::Plan>,
+        min_version: keepsake_library::ClientVersion,
+    ) -> Cloudy {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(
             Store::open_local(
@@ -423,6 +431,8 @@ mod devices {
                     memory_kib: 64,
                     iterations: 1,
                 },
+                plans,
+                min_client_version: min_version,
                 ..LibraryConfig::default()
             },
         )
@@ -431,11 +441,7 @@ mod devices {
         cloud
             .create_account("alice", "correct horse", None, false)
             .unwrap();
-        let auth = Authenticator::new(
-            cloud.verifier(),
-            Arc::new(SystemClock),
-            keepsake_library::ClientVersion::default(),
-        );
+        let auth = Authenticator::new(cloud.verifier(), Arc::new(SystemClock), min_version);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -462,9 +468,11 @@ mod devices {
 
     /// An enrolled device with its folder and data directory.
     pub async fn device(c: &Cloudy, folder: &Path, data: &Path, name: &str) -> Device<CloudClient> {
+        // Enrolled as the newest client, so a test can raise the minimum past what the
+        // device's calls then say they are.
         let enrolled = c
             .cloud
-            .enroll_device("alice", "correct horse", name, "linux", "0.1.0")
+            .enroll_device("alice", "correct horse", name, "linux", "99.0.0")
             .unwrap();
         let client = CloudClient::new(
             client::connect(&c.url).await.unwrap(),
@@ -951,4 +959,104 @@ async fn through_a_faulty_network_every_photo_arrives_and_no_acknowledged_chunk_
             .stalls
             .load(std::sync::atomic::Ordering::Relaxed)
     );
+}
+
+/// The policy's causes stop the device with the right reason, and clearing the cause
+/// resumes sync on the next pass — no restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_condition_pauses_sync_with_its_reason_and_clearing_it_resumes() {
+    use devices::*;
+    use keepsake_policy::{Network, Snapshot};
+    let c = cloud().await;
+    let root = tempfile::tempdir().unwrap();
+    let fa = root.path().join("A");
+    let mut a = device(&c, &fa, &root.path().join("a-data"), "phone").await;
+    let healthy = Snapshot {
+        account: Some("alice".into()),
+        ..Snapshot::example()
+    };
+    let cases: Vec<(&str, Box<dyn Fn(&mut Snapshot)>)> = vec![
+        ("SYNC_DISABLED", Box::new(|s| s.sync_enabled = false)),
+        ("OFFLINE", Box::new(|s| s.network = Some(Network::Offline))),
+        (
+            "CELLULAR_NOT_ALLOWED",
+            Box::new(|s| {
+                s.network = Some(Network::Cellular);
+                s.cellular.allowed = false;
+            }),
+        ),
+        (
+            "LOW_BATTERY",
+            Box::new(|s| {
+                s.power.battery_percent = Some(5);
+                s.power.charging = false;
+            }),
+        ),
+        (
+            "LOW_POWER_MODE",
+            Box::new(|s| s.power.low_power_mode = true),
+        ),
+        (
+            "DEVICE_STORAGE_LOW",
+            Box::new(|s| s.storage.free_bytes = Some(10_000_000)),
+        ),
+    ];
+    for (i, (reason, make)) in cases.iter().enumerate() {
+        let mut blocked = healthy.clone();
+        make(&mut blocked);
+        a.set_conditions(Some(blocked));
+        std::fs::write(
+            fa.join(format!("IMG_{i}.JPG")),
+            photo(900 + i as u64, 50_000),
+        )
+        .unwrap();
+        let r = sync(&mut a).await;
+        assert_eq!(r.blocked.as_deref(), Some(*reason), "{r:?}");
+        assert_eq!(r.uploaded, 0, "{reason}: nothing may upload");
+        a.set_conditions(Some(healthy.clone()));
+        let r = sync(&mut a).await;
+        assert_eq!(
+            (r.blocked.as_deref(), r.uploaded),
+            (None, 1),
+            "{reason} cleared: {r:?}"
+        );
+    }
+}
+
+/// The cloud's own causes: a full plan and an outdated client each stop the device with
+/// their reason; a bigger plan resumes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_plan_and_an_outdated_client_say_so_and_a_bigger_plan_resumes() {
+    use devices::*;
+    use keepsake_library::{ClientVersion, Plan};
+    let plans = vec![
+        Plan {
+            name: "tiny".into(),
+            limit_bytes: 1_000_000,
+        },
+        Plan {
+            name: "roomy".into(),
+            limit_bytes: 100_000_000,
+        },
+    ];
+    let c = cloud_with(plans, ClientVersion::default()).await;
+    let root = tempfile::tempdir().unwrap();
+    let fa = root.path().join("A");
+    let mut a = device(&c, &fa, &root.path().join("a-data"), "phone").await;
+    std::fs::write(fa.join("BIG.MOV"), photo(1, 2_000_000)).unwrap();
+    let r = sync(&mut a).await;
+    assert_eq!(
+        (r.blocked.as_deref(), r.uploaded, r.bytes_sent),
+        (Some("QUOTA_EXCEEDED"), 0, 0)
+    );
+    c.cloud.library().set_plan("alice", "roomy").unwrap();
+    let r = sync(&mut a).await;
+    assert_eq!((r.blocked.as_deref(), r.uploaded), (None, 1), "{r:?}");
+
+    let old = cloud_with(keepsake_library::default_plans(), ClientVersion(9, 0, 0)).await;
+    let fb = root.path().join("B");
+    let mut b = device(&old, &fb, &root.path().join("b-data"), "old phone").await;
+    std::fs::write(fb.join("IMG.JPG"), photo(2, 10_000)).unwrap();
+    let r = sync(&mut b).await;
+    assert_eq!(r.blocked.as_deref(), Some("CLIENT_TOO_OLD"), "{r:?}");
 }

@@ -4,6 +4,7 @@ use crate::cloud::{Cloud, CloudError, NewAsset, RemoteAsset, RemoteState};
 use crate::journal::{FileRow, Journal, TrashedRow};
 use bytes::Bytes;
 use keepsake_delta::{ChunkParams, DeltaError, manifest_of};
+use keepsake_policy::{PolicyConfig, Snapshot, WorkClass, evaluate};
 use keepsake_store::{ChunkId, Clock, Manifest};
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
@@ -112,6 +113,8 @@ pub struct Device<C: Cloud> {
     /// Per-process record, to prove the engine never re-sends what was acknowledged.
     acknowledged_ever: HashSet<ChunkId>,
     acknowledged_again: u64,
+    conditions: Option<Snapshot>,
+    policy: PolicyConfig,
 }
 
 fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
@@ -224,6 +227,8 @@ impl<C: Cloud> Device<C> {
             chunks_acknowledged: 0,
             acknowledged_ever: HashSet::new(),
             acknowledged_again: 0,
+            conditions: None,
+            policy: PolicyConfig::default(),
         })
     }
 
@@ -236,6 +241,12 @@ impl<C: Cloud> Device<C> {
     pub fn confirm_deletes(&mut self) -> Result<(), DeviceError> {
         self.journal.set("confirm_deletes", "1")?;
         Ok(())
+    }
+
+    /// The device's conditions and settings (network, power, storage, sync switch…); every
+    /// pass asks the policy what may run under them. `None` runs everything.
+    pub fn set_conditions(&mut self, conditions: Option<Snapshot>) {
+        self.conditions = conditions;
     }
 
     /// Chunks the cloud acknowledged to this process, counting passes that failed later.
@@ -263,8 +274,46 @@ impl<C: Cloud> Device<C> {
             report.blocked = Some("FOLDER_MISSING".into());
             return Ok(report);
         }
-        self.push(&mut report).await?;
-        self.pull(&mut report).await?;
+        let (may_upload, may_download) = match &self.conditions {
+            None => (true, true),
+            Some(conditions) => {
+                let mut now = conditions.clone();
+                now.now = self.clock.now_ms();
+                let decision = evaluate(&now, &self.policy);
+                let first_reason = |class: WorkClass| {
+                    decision
+                        .class(class)
+                        .reasons
+                        .first()
+                        .map(|r| r.code.as_str().to_string())
+                };
+                let upload = decision.allows(WorkClass::PhotoUpload);
+                let download = decision.allows(WorkClass::Metadata)
+                    && decision.allows(WorkClass::OriginalDownload);
+                report.blocked = first_reason(WorkClass::PhotoUpload)
+                    .or_else(|| first_reason(WorkClass::OriginalDownload));
+                (upload, download)
+            }
+        };
+        // A permanent refusal (an outdated client, a revoked device…) is a reason to show,
+        // not a crash: the pass ends with it and the next one tries again.
+        let outcome = async {
+            if may_upload {
+                self.push(&mut report).await?;
+            }
+            if may_download {
+                self.pull(&mut report).await?;
+            }
+            Ok::<(), DeviceError>(())
+        }
+        .await;
+        match outcome {
+            Err(DeviceError::Cloud(e)) if !e.transient => {
+                tracing::warn!(reason = %e.reason, message = %e.message, "sync refused");
+                report.blocked = Some(e.reason);
+            }
+            other => other?,
+        }
         tracing::info!(?report, "sync pass done");
         Ok(report)
     }

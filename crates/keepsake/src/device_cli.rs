@@ -58,6 +58,71 @@ struct Enrolled {
 }
 
 const ENROLMENT: &str = "device.json";
+/// Optional simulated conditions, re-read before every pass (demos and tests change them live).
+const CONDITIONS: &str = "conditions.json";
+
+/// A device's conditions and settings as a person writes them; anything left out is read
+/// from the machine where it can be.
+#[derive(Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct Conditions {
+    network: Option<String>,
+    battery_percent: Option<u8>,
+    charging: Option<bool>,
+    low_power: bool,
+    free_bytes: Option<u64>,
+    cellular_allowed: bool,
+    sync_enabled: Option<bool>,
+}
+
+/// The snapshot the policy judges: the conditions file over what the machine says.
+fn snapshot(data: &Path, folder: &Path, account: &str) -> Result<keepsake_policy::Snapshot> {
+    use keepsake_policy::{Cellular, DeviceStorage, Power, Snapshot, Version};
+    let path = data.join(CONDITIONS);
+    let c: Conditions = match std::fs::read_to_string(&path) {
+        Ok(text) => serde_json::from_str(&text)
+            .with_context(|| format!("{} is not valid conditions JSON", path.display()))?,
+        Err(_) => Conditions::default(),
+    };
+    let (battery, charging) = crate::doctor::read_battery();
+    let (free, total) = crate::doctor::read_disk(folder);
+    let network = match &c.network {
+        Some(n) => Some(crate::doctor::parse_network(n).map_err(|e| anyhow::anyhow!(e))?),
+        None => crate::doctor::read_network(),
+    };
+    Ok(Snapshot {
+        now: 0,
+        account: Some(account.to_string()),
+        sync_enabled: c.sync_enabled.unwrap_or(true),
+        paused_until: None,
+        power_override_until: None,
+        network,
+        cellular: Cellular {
+            allowed: c.cellular_allowed,
+            unlimited_updates: false,
+            daily_cap_bytes: None,
+            used_today_bytes: 0,
+        },
+        power: Power {
+            battery_percent: c.battery_percent.or(battery),
+            charging: c.charging.or(charging).unwrap_or(true),
+            low_power_mode: c.low_power,
+        },
+        storage: DeviceStorage {
+            free_bytes: c.free_bytes.or(free),
+            total_bytes: total,
+            optimize: false,
+        },
+        quota: None,
+        client_version: env!("CARGO_PKG_VERSION")
+            .parse::<Version>()
+            .unwrap_or(Version(0, 0, 0)),
+        server_min_version: None,
+        server_reachable: Some(true),
+        clock_skew_ms: None,
+        last_stall_at: None,
+    })
+}
 
 /// Says an error as a sentence with its fix, not as a debug dump.
 fn plain(e: CallError) -> anyhow::Error {
@@ -153,7 +218,7 @@ async fn signed_in_client(e: &Enrolled) -> Result<CloudClient> {
     ))
 }
 
-fn say_pass(r: &SyncReport) {
+fn say_pass(r: &SyncReport, reason_changed: bool) {
     let mut parts = Vec::new();
     for (n, what) in [
         (r.uploaded, "uploaded"),
@@ -169,8 +234,10 @@ fn say_pass(r: &SyncReport) {
             parts.push(format!("{n} {what}"));
         }
     }
-    if let Some(reason) = &r.blocked {
-        parts.push(format!("waiting: {reason}"));
+    match (&r.blocked, reason_changed) {
+        (Some(reason), true) => parts.push(format!("waiting: {reason}")),
+        (None, true) => parts.push("syncing".into()),
+        _ => {}
     }
     if !parts.is_empty() {
         println!("keepsake sync: {}", parts.join(", "));
@@ -198,11 +265,16 @@ pub async fn sync(folder: PathBuf, data: PathBuf, once: bool, interval: Duration
     // Nothing reported yet: the first pass always tells the ledger.
     let mut last_state = "\u{0}".to_string();
     loop {
+        device.set_conditions(Some(snapshot(&data, &folder, &enrolled.account)?));
         match device.sync_once().await {
+            Ok(report) if report.blocked.as_deref() == Some("UNAUTHENTICATED") => {
+                // Access tokens are short-lived: trade the device token for a new one.
+                *device.cloud_mut() = signed_in_client(&enrolled).await?;
+            }
             Ok(report) => {
-                say_pass(&report);
                 backoff = Duration::from_millis(500);
                 let state = report.blocked.clone().unwrap_or_default();
+                say_pass(&report, state != last_state);
                 if state != last_state {
                     report_state(device.cloud_mut(), &report).await;
                     last_state = state;
@@ -211,10 +283,6 @@ pub async fn sync(folder: PathBuf, data: PathBuf, once: bool, interval: Duration
                     return Ok(());
                 }
                 tokio::time::sleep(interval).await;
-            }
-            Err(keepsake_device::DeviceError::Cloud(e)) if e.reason == "UNAUTHENTICATED" => {
-                // Access tokens are short-lived: trade the device token for a new one.
-                *device.cloud_mut() = signed_in_client(&enrolled).await?;
             }
             Err(keepsake_device::DeviceError::Cloud(e)) if e.transient && !once => {
                 println!(

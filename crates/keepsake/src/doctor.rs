@@ -52,7 +52,7 @@ pub struct DoctorArgs {
     cellular_allowed: bool,
 }
 
-fn parse_network(s: &str) -> Result<Network, String> {
+pub(crate) fn parse_network(s: &str) -> Result<Network, String> {
     match s {
         "offline" => Ok(Network::Offline),
         "wifi" => Ok(Network::Wifi),
@@ -173,7 +173,7 @@ async fn ask_server(url: &str, fingerprint: Option<&str>, token: Option<&str>) -
 }
 
 /// Battery percent and charging from /sys/class/power_supply; `None` where unreadable.
-fn read_battery() -> (Option<u8>, Option<bool>) {
+pub(crate) fn read_battery() -> (Option<u8>, Option<bool>) {
     let Ok(entries) = std::fs::read_dir("/sys/class/power_supply") else {
         return (None, None);
     };
@@ -197,7 +197,7 @@ fn read_battery() -> (Option<u8>, Option<bool>) {
 }
 
 /// Free and total bytes of the file system holding `path`, via `df`.
-fn read_disk(path: &Path) -> (Option<u64>, Option<u64>) {
+pub(crate) fn read_disk(path: &Path) -> (Option<u64>, Option<u64>) {
     let out = std::process::Command::new("df")
         .args(["-B1", "--output=avail,size"])
         .arg(path)
@@ -214,7 +214,7 @@ fn read_disk(path: &Path) -> (Option<u64>, Option<u64>) {
 }
 
 /// The connection type from /sys/class/net: Wi-Fi if a wireless link is up, wired if another is.
-fn read_network() -> Option<Network> {
+pub(crate) fn read_network() -> Option<Network> {
     let entries = std::fs::read_dir("/sys/class/net").ok()?;
     let mut found = Network::Offline;
     for entry in entries.flatten() {
