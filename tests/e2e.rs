@@ -975,7 +975,8 @@ async fn each_condition_pauses_sync_with_its_reason_and_clearing_it_resumes() {
         account: Some("alice".into()),
         ..Snapshot::example()
     };
-    let cases: Vec<(&str, Box<dyn Fn(&mut Snapshot)>)> = vec![
+    type Cause = Box<dyn Fn(&mut Snapshot)>;
+    let cases: Vec<(&str, Cause)> = vec![
         ("SYNC_DISABLED", Box::new(|s| s.sync_enabled = false)),
         ("OFFLINE", Box::new(|s| s.network = Some(Network::Offline))),
         (
