@@ -136,6 +136,178 @@ fn folder(dir: &Path) -> Result<BTreeMap<String, Vec<u8>>> {
     Ok(out)
 }
 
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn random_bytes(rng: &mut Rng, len: usize) -> Vec<u8> {
+    let mut data = vec![0u8; len];
+    for chunk in data.chunks_mut(8) {
+        let word = rng.next().to_le_bytes();
+        chunk.copy_from_slice(&word[..chunk.len()]);
+    }
+    data
+}
+
+/// Starts a release server and enrols devices "a" and "b" in a fresh directory.
+fn release_harness(root: &Path, work: &Path) -> Result<(Harness, Proc)> {
+    if !cargo()
+        .current_dir(root)
+        .args(["build", "--quiet", "--release", "-p", "keepsake"])
+        .status()?
+        .success()
+    {
+        bail!("building keepsake failed");
+    }
+    let mut h = Harness {
+        bin: root.join("target/release/keepsake"),
+        work: work.to_path_buf(),
+        port: free_port()?,
+        password: String::new(),
+    };
+    let server = h.server()?;
+    let credentials: serde_json::Value = serde_json::from_slice(&std::fs::read(
+        work.join("server/initial-credentials.json"),
+    )?)?;
+    h.password = credentials["password"]
+        .as_str()
+        .context("credentials hold a password")?
+        .to_string();
+    h.run_ok(&["device", "enroll", "--name", "camera", "--data", "a-data"])?;
+    h.run_ok(&["device", "enroll", "--name", "viewer", "--data", "b-data"])?;
+    std::fs::create_dir_all(work.join("a"))?;
+    Ok((h, server))
+}
+
+/// Waits until `dir/name` holds exactly `data`.
+fn wait_for(dir: &Path, name: &str, data: &[u8], deadline: Instant) -> Result<()> {
+    let path = dir.join(name);
+    loop {
+        if let Ok(meta) = std::fs::metadata(&path)
+            && meta.len() == data.len() as u64
+            && std::fs::read(&path)? == data
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{name} did not arrive");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// `cargo xtask bench sync [--short]`: capture on A → file on B, and a first sync of a
+/// whole library, against `cp` of the same bytes on the same disk.
+pub fn bench_sync(root: &Path, short: bool) -> Result<()> {
+    let tmp_root = root.join("target/bench-tmp");
+    std::fs::create_dir_all(&tmp_root)?;
+    let mut rng = Rng(7);
+
+    // First sync: a library already on A, then both agents start.
+    let (items, mean) = if short {
+        (100, 2 << 20)
+    } else {
+        (1000, 2 << 20)
+    };
+    let tmp = tempfile::tempdir_in(&tmp_root)?;
+    let work = tmp.path();
+    let (h, server) = release_harness(root, work)?;
+    let mut total = 0u64;
+    for i in 0..items {
+        let len = mean / 2 + rng.below(mean as u64) as usize;
+        std::fs::write(
+            work.join(format!("a/IMG_{i:05}.JPG")),
+            random_bytes(&mut rng, len),
+        )?;
+        total += len as u64;
+    }
+    // Baseline: cp of the same bytes on the same disk, made durable like the sync makes them.
+    let t = Instant::now();
+    let status = Command::new("cp")
+        .arg("-r")
+        .arg(work.join("a"))
+        .arg(work.join("copy"))
+        .status()?;
+    if !status.success() {
+        bail!("cp failed");
+    }
+    Command::new("sync").status()?;
+    let cp_s = t.elapsed().as_secs_f64();
+    std::fs::remove_dir_all(work.join("copy"))?;
+    std::thread::sleep(Duration::from_millis(1100));
+    let want = folder(&work.join("a"))?;
+    let t = Instant::now();
+    let camera = h.sync("a")?;
+    let viewer = h.sync("b")?;
+    let deadline = t + Duration::from_secs(1800);
+    loop {
+        let have = std::fs::read_dir(work.join("b"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        if have > want.len() && folder(&work.join("b"))? == want {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("first sync did not finish");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let first_s = t.elapsed().as_secs_f64();
+    drop((camera, viewer, server));
+
+    // Capture latency: one photo at a time appears in A (written beside, renamed in, as a
+    // camera app finishes a file), and the clock stops when B holds the same bytes.
+    let photos = if short { 30 } else { 200 };
+    let tmp = tempfile::tempdir_in(&tmp_root)?;
+    let work = tmp.path();
+    let (h, server) = release_harness(root, work)?;
+    let _camera = h.sync("a")?;
+    let _viewer = h.sync("b")?;
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut latency = Vec::new();
+    let mut copy_latency = Vec::new();
+    for i in 0..photos {
+        let len = 500_000 + rng.below(3_000_000) as usize;
+        let data = random_bytes(&mut rng, len);
+        let name = format!("CAP_{i:04}.JPG");
+        // The floor: the same bytes copied and made durable on the same disk.
+        let t = Instant::now();
+        std::fs::write(work.join("floor.tmp"), &data)?;
+        std::fs::File::open(work.join("floor.tmp"))?.sync_all()?;
+        copy_latency.push(t.elapsed());
+        std::fs::write(work.join("capture.tmp"), &data)?;
+        let t = Instant::now();
+        std::fs::rename(work.join("capture.tmp"), work.join("a").join(&name))?;
+        wait_for(&work.join("b"), &name, &data, t + Duration::from_secs(60))?;
+        latency.push(t.elapsed());
+    }
+    drop(server);
+    latency.sort();
+    copy_latency.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!("bench sync: two `keepsake sync` agents and a server, release build, loopback");
+    println!("| measurement | value |");
+    println!("|---|---|");
+    println!(
+        "| first sync A -> B, {items} items, {} MiB | {first_s:.1} s |",
+        total >> 20
+    );
+    println!("| cp -r + sync of the same bytes (baseline) | {cp_s:.1} s |");
+    println!(
+        "| capture on A -> file on B, p50 / p99 over {photos} photos | {:.0} / {:.0} ms |",
+        ms(percentile(&latency, 0.5)),
+        ms(percentile(&latency, 0.99))
+    );
+    println!(
+        "| write + fsync of the same bytes (floor), p50 / p99 | {:.1} / {:.1} ms |",
+        ms(percentile(&copy_latency, 0.5)),
+        ms(percentile(&copy_latency, 0.99))
+    );
+    println!();
+    println!("first sync / cp = {:.2}", first_s / cp_s);
+    Ok(())
+}
+
 /// Runs the integration scenario.
 pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let short = args.iter().any(|a| a == "--short");
@@ -182,12 +354,10 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let mut total = 0u64;
     for i in 0..photos {
         let len = 100_000 + rng.below(2_500_000) as usize;
-        let mut data = vec![0u8; len];
-        for chunk in data.chunks_mut(8) {
-            let word = rng.next().to_le_bytes();
-            chunk.copy_from_slice(&word[..chunk.len()]);
-        }
-        std::fs::write(work.join(format!("a/IMG_{i:04}.JPG")), &data)?;
+        std::fs::write(
+            work.join(format!("a/IMG_{i:04}.JPG")),
+            random_bytes(&mut rng, len),
+        )?;
         total += len as u64;
     }
     // Files must be older than the agent's "still being written" window.

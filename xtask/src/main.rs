@@ -16,7 +16,7 @@ const USAGE: &str = "usage: cargo xtask <command>
   python                the Python grpcio client against a real server
   it [--short] [--seed N]  real server and devices, kill -9 of both, checks nothing is lost or duplicated
   media                 generate real media (ffmpeg, exiftool) and check delta sizes against rsync
-  bench <store|policy|delta|library> [--short]  measured against same-run baselines (release build)";
+  bench <store|policy|delta|library|sync> [--short]  measured against same-run baselines (release build)";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();

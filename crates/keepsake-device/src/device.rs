@@ -249,6 +249,15 @@ impl<C: Cloud> Device<C> {
         self.conditions = conditions;
     }
 
+    /// Where this device has read the change feed to.
+    pub fn cursor(&self) -> Result<u64, DeviceError> {
+        Ok(self
+            .journal
+            .get("cursor")?
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0))
+    }
+
     /// Chunks the cloud acknowledged to this process, counting passes that failed later.
     pub fn chunks_acknowledged(&self) -> u64 {
         self.chunks_acknowledged

@@ -244,32 +244,84 @@ fn say_pass(r: &SyncReport, reason_changed: bool) {
     }
 }
 
-/// `keepsake sync DIR`: keeps the folder in sync until interrupted (or once).
+/// Wakes the sync loop when the cloud's feed moves: a WatchChanges stream from `cursor`,
+/// re-opened after any break.
+fn watch_feed(
+    mut cloud: CloudClient,
+    cursor: u64,
+    wake: tokio::sync::mpsc::UnboundedSender<()>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut cursor = cursor;
+        loop {
+            let (_, library, _) = cloud.raw();
+            if let Ok(stream) = library
+                .watch_changes(pb::WatchChangesRequest { cursor })
+                .await
+            {
+                let mut stream = stream.into_inner();
+                while let Ok(Some(page)) = stream.message().await {
+                    cursor = page.cursor;
+                    if !page.changes.is_empty() && wake.send(()).is_err() {
+                        return;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    })
+}
+
+/// `keepsake sync DIR`: keeps the folder in sync until interrupted (or once). A pass runs
+/// when a file in the folder changes, when the cloud's feed moves, and every `interval`.
 pub async fn sync(folder: PathBuf, data: PathBuf, once: bool, interval: Duration) -> Result<()> {
+    use notify::Watcher;
     let enrolled = load(&data)?;
     let mut config = DeviceConfig::new(
         folder.clone(),
         data.join("state"),
         enrolled.device_id.clone(),
     );
-    config.stable_ms = 1000;
+    config.stable_ms = 400;
     let client = signed_in_client(&enrolled).await?;
-    let mut device = Device::open(config, client, Arc::new(SystemClock))?;
+    let mut device = Device::open(config, client.clone(), Arc::new(SystemClock))?;
     println!(
         "keepsake sync: {} <-> {} as device {}",
         folder.display(),
         enrolled.server,
         enrolled.device_id
     );
+    let (wake_tx, mut wake) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let fs_wake = wake_tx.clone();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        // The agent's own temp and marker files are not the user's changes.
+        if let Ok(e) = event
+            && e.paths
+                .iter()
+                .any(|p| !p.to_string_lossy().contains(".keepsake"))
+        {
+            let _ = fs_wake.send(());
+        }
+    })?;
+    if let Err(e) = watcher.watch(&folder, notify::RecursiveMode::Recursive) {
+        // Without notifications the periodic pass still finds everything, only later.
+        tracing::warn!(error = %e, "cannot watch the folder; relying on periodic rescans");
+    }
+    let mut feed = watch_feed(client, device.cursor()?, wake_tx.clone());
     let mut backoff = Duration::from_millis(500);
     // Nothing reported yet: the first pass always tells the ledger.
     let mut last_state = "\u{0}".to_string();
     loop {
         device.set_conditions(Some(snapshot(&data, &folder, &enrolled.account)?));
+        let mut pause = interval;
         match device.sync_once().await {
             Ok(report) if report.blocked.as_deref() == Some("UNAUTHENTICATED") => {
                 // Access tokens are short-lived: trade the device token for a new one.
-                *device.cloud_mut() = signed_in_client(&enrolled).await?;
+                let client = signed_in_client(&enrolled).await?;
+                feed.abort();
+                feed = watch_feed(client.clone(), device.cursor()?, wake_tx.clone());
+                *device.cloud_mut() = client;
+                continue;
             }
             Ok(report) => {
                 backoff = Duration::from_millis(500);
@@ -282,7 +334,10 @@ pub async fn sync(folder: PathBuf, data: PathBuf, once: bool, interval: Duration
                 if once {
                     return Ok(());
                 }
-                tokio::time::sleep(interval).await;
+                if report.unstable > 0 {
+                    // A file still being written: look again once it has had time to settle.
+                    pause = pause.min(Duration::from_millis(250));
+                }
             }
             Err(keepsake_device::DeviceError::Cloud(e)) if e.transient && !once => {
                 println!(
@@ -291,10 +346,18 @@ pub async fn sync(folder: PathBuf, data: PathBuf, once: bool, interval: Duration
                     e.reason,
                     backoff.as_millis()
                 );
-                tokio::time::sleep(backoff).await;
+                pause = backoff;
                 backoff = (backoff * 2).min(Duration::from_secs(60));
             }
             Err(e) => bail!("{e}"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            Some(()) = wake.recv() => {
+                // Let a burst of events (a camera writing several files) settle into one pass.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                while wake.try_recv().is_ok() {}
+            }
         }
     }
 }

@@ -44,8 +44,9 @@ enum Command {
         /// One pass, then exit.
         #[arg(long)]
         once: bool,
-        /// Milliseconds between passes.
-        #[arg(long, default_value_t = 1000)]
+        /// Milliseconds between passes when nothing wakes the agent earlier (file system
+        /// events and the cloud's change feed do).
+        #[arg(long, default_value_t = 10_000)]
         interval_ms: u64,
     },
     /// Look at and change the cloud library.
