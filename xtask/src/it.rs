@@ -29,7 +29,7 @@ impl Rng {
 }
 
 /// A child process killed (SIGKILL) when dropped.
-struct Proc(Child);
+pub(crate) struct Proc(pub(crate) Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -38,19 +38,19 @@ impl Drop for Proc {
     }
 }
 
-struct Harness {
-    bin: PathBuf,
-    work: PathBuf,
-    port: u16,
-    password: String,
+pub(crate) struct Harness {
+    pub(crate) bin: PathBuf,
+    pub(crate) work: PathBuf,
+    pub(crate) port: u16,
+    pub(crate) password: String,
 }
 
 impl Harness {
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    fn command(&self) -> Command {
+    pub(crate) fn command(&self) -> Command {
         let mut c = Command::new(&self.bin);
         c.env("KEEPSAKE_SERVER", self.url())
             .env("KEEPSAKE_PASSWORD", &self.password)
@@ -59,7 +59,12 @@ impl Harness {
         c
     }
 
-    fn server(&self) -> Result<Proc> {
+    pub(crate) fn server(&self) -> Result<Proc> {
+        self.server_with(&[])
+    }
+
+    /// The server with extra `keepsake serve` options.
+    pub(crate) fn server_with(&self, extra: &[&str]) -> Result<Proc> {
         let mut child = Command::new(&self.bin)
             .args([
                 "serve",
@@ -68,6 +73,7 @@ impl Harness {
                 "--data",
             ])
             .arg(self.work.join("server"))
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -84,7 +90,7 @@ impl Harness {
         bail!("keepsake serve exited before serving")
     }
 
-    fn sync(&self, device: &str) -> Result<Proc> {
+    pub(crate) fn sync(&self, device: &str) -> Result<Proc> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -105,7 +111,7 @@ impl Harness {
         Ok(Proc(child))
     }
 
-    fn run_ok(&self, args: &[&str]) -> Result<String> {
+    pub(crate) fn run_ok(&self, args: &[&str]) -> Result<String> {
         let out = self.command().args(args).output()?;
         if !out.status.success() {
             bail!(
@@ -118,7 +124,7 @@ impl Harness {
     }
 }
 
-fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
@@ -150,7 +156,16 @@ fn random_bytes(rng: &mut Rng, len: usize) -> Vec<u8> {
 }
 
 /// Starts a release server and enrols devices "a" and "b" in a fresh directory.
-fn release_harness(root: &Path, work: &Path) -> Result<(Harness, Proc)> {
+pub(crate) fn release_harness(root: &Path, work: &Path) -> Result<(Harness, Proc)> {
+    release_harness_with(root, work, &[])
+}
+
+/// The same, with extra `keepsake serve` options.
+pub(crate) fn release_harness_with(
+    root: &Path,
+    work: &Path,
+    serve: &[&str],
+) -> Result<(Harness, Proc)> {
     if !cargo()
         .current_dir(root)
         .args(["build", "--quiet", "--release", "-p", "keepsake"])
@@ -165,7 +180,7 @@ fn release_harness(root: &Path, work: &Path) -> Result<(Harness, Proc)> {
         port: free_port()?,
         password: String::new(),
     };
-    let server = h.server()?;
+    let server = h.server_with(serve)?;
     let credentials: serde_json::Value = serde_json::from_slice(&std::fs::read(
         work.join("server/initial-credentials.json"),
     )?)?;
@@ -180,7 +195,7 @@ fn release_harness(root: &Path, work: &Path) -> Result<(Harness, Proc)> {
 }
 
 /// Waits until `dir/name` holds exactly `data`.
-fn wait_for(dir: &Path, name: &str, data: &[u8], deadline: Instant) -> Result<()> {
+pub(crate) fn wait_for(dir: &Path, name: &str, data: &[u8], deadline: Instant) -> Result<()> {
     let path = dir.join(name);
     loop {
         if let Ok(meta) = std::fs::metadata(&path)

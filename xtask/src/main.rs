@@ -3,6 +3,7 @@
 mod bench;
 mod ci;
 mod codegen;
+mod demo;
 mod it;
 mod media;
 mod python;
@@ -14,6 +15,7 @@ const USAGE: &str = "usage: cargo xtask <command>
   ci                    everything CI runs: fmt, codegen check, architecture, clippy, tests, crash sweep, python client, short bench
   arch                  check the dependency rules of ARCHITECTURE.md
   python                the Python grpcio client against a real server
+  demo                  a server and two devices as processes: the story of sync, step by step
   it [--short] [--seed N]  real server and devices, kill -9 of both, checks nothing is lost or duplicated
   media                 generate real media (ffmpeg, exiftool) and check delta sizes against rsync
   bench <store|policy|delta|library|sync> [--short]  measured against same-run baselines (release build)";
@@ -28,6 +30,7 @@ fn main() -> Result<()> {
         Some("arch") => ci::architecture(&root),
         Some("python") => python::run(&root),
         Some("it") => it::run(&root, rest),
+        Some("demo") => demo::run(&root),
         Some("media") => media::media(&root),
         Some("bench") => bench::run(&root, rest),
         _ => bail!("{USAGE}"),

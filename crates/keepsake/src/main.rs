@@ -112,6 +112,9 @@ struct ServeArgs {
     /// Serve plaintext on a non-loopback address (tokens and photos travel readable).
     #[arg(long)]
     insecure_plaintext: bool,
+    /// Bytes the free plan allows (default 5 GB, as iCloud's); the paid plans are unchanged.
+    #[arg(long, env = "KEEPSAKE_FREE_PLAN_BYTES")]
+    free_plan_bytes: Option<u64>,
     /// Clients older than this get CLIENT_TOO_OLD on every call.
     #[arg(long, env = "KEEPSAKE_MIN_CLIENT_VERSION", default_value = "0.0.0")]
     min_client_version: String,
@@ -287,6 +290,15 @@ fn tls_material(args: &ServeArgs) -> Result<Option<CertifiedKey>> {
     Ok(Some(made))
 }
 
+/// The plans on offer, with the free plan's size as configured.
+fn plans(free_bytes: Option<u64>) -> Vec<keepsake_library::Plan> {
+    let mut plans = keepsake_library::default_plans();
+    if let (Some(bytes), Some(free)) = (free_bytes, plans.first_mut()) {
+        free.limit_bytes = bytes;
+    }
+    plans
+}
+
 fn read_keys(path: &Path) -> Result<PublicKeys> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading token keys {}", path.display()))?;
@@ -350,6 +362,7 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
             Arc::new(OsEntropy),
             LibraryConfig {
                 min_client_version: min_version,
+                plans: plans(args.free_plan_bytes),
                 ..LibraryConfig::default()
             },
         )?;
