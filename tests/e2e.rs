@@ -873,6 +873,7 @@ async fn through_a_faulty_network_every_photo_arrives_and_no_acknowledged_chunk_
         ClientConfig {
             call_timeout: std::time::Duration::from_secs(1),
             stream_timeout: std::time::Duration::from_secs(2),
+            stall_timeout: std::time::Duration::from_secs(1),
             max_bytes_in_flight: 256 << 10,
             message_bytes: 64 << 10,
         },

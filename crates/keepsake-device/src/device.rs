@@ -269,6 +269,11 @@ impl<C: Cloud> Device<C> {
         self.acknowledged_again
     }
 
+    /// Files in the folder not yet in the cloud.
+    pub fn pending_files(&self) -> Result<u64, DeviceError> {
+        Ok(self.journal.count_pending()?)
+    }
+
     /// Files in the device's Recently Deleted.
     pub fn recently_deleted(&self) -> Result<u64, DeviceError> {
         Ok(self.journal.count_trashed()?)
@@ -283,8 +288,8 @@ impl<C: Cloud> Device<C> {
             report.blocked = Some("FOLDER_MISSING".into());
             return Ok(report);
         }
-        let (may_upload, may_download) = match &self.conditions {
-            None => (true, true),
+        let (may_upload, may_metadata, may_download) = match &self.conditions {
+            None => (true, true, true),
             Some(conditions) => {
                 let mut now = conditions.clone();
                 now.now = self.clock.now_ms();
@@ -301,14 +306,19 @@ impl<C: Cloud> Device<C> {
                     && decision.allows(WorkClass::OriginalDownload);
                 report.blocked = first_reason(WorkClass::PhotoUpload)
                     .or_else(|| first_reason(WorkClass::OriginalDownload));
-                (upload, download)
+                (upload, decision.allows(WorkClass::Metadata), download)
             }
         };
         // A permanent refusal (an outdated client, a revoked device…) is a reason to show,
         // not a crash: the pass ends with it and the next one tries again.
         let outcome = async {
+            // The scan is local: it runs whatever the network, so status knows what waits.
+            let seen = self.scan(&mut report).await?;
             if may_upload {
-                self.push(&mut report).await?;
+                self.upload_pending(&seen, &mut report).await?;
+            }
+            if may_metadata {
+                self.local_deletes(&seen, &mut report).await?;
             }
             if may_download {
                 self.pull(&mut report).await?;
@@ -327,7 +337,8 @@ impl<C: Cloud> Device<C> {
         Ok(report)
     }
 
-    async fn push(&mut self, report: &mut SyncReport) -> Result<(), DeviceError> {
+    /// Looks at the folder and journals what changed; no network.
+    async fn scan(&mut self, report: &mut SyncReport) -> Result<HashSet<String>, DeviceError> {
         let mut on_disk = Vec::new();
         walk(&self.config.folder, "", &mut on_disk)?;
         let seen: HashSet<String> = on_disk.iter().map(|(p, _)| p.clone()).collect();
@@ -374,6 +385,15 @@ impl<C: Cloud> Device<C> {
             }
             self.journal.upsert(&row)?;
         }
+        Ok(seen)
+    }
+
+    /// Sends every pending file that is still in the folder.
+    async fn upload_pending(
+        &mut self,
+        seen: &HashSet<String>,
+        report: &mut SyncReport,
+    ) -> Result<(), DeviceError> {
         let rows = self.journal.files()?;
         for row in rows.iter().filter(|r| !r.synced && seen.contains(&r.path)) {
             if report.blocked.is_some() {
@@ -381,7 +401,7 @@ impl<C: Cloud> Device<C> {
             }
             self.upload(row, report).await?;
         }
-        self.local_deletes(&seen, report).await
+        Ok(())
     }
 
     async fn read_and_chunk(&self, path: &str) -> Result<(Manifest, Bytes), DeviceError> {

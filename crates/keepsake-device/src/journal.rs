@@ -230,6 +230,16 @@ impl Journal {
         Ok(())
     }
 
+    pub fn count_pending(&self) -> rusqlite::Result<u64> {
+        self.db
+            .query_row(
+                "SELECT COUNT(*) FROM files WHERE state = 'pending'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)
+    }
+
     pub fn count_trashed(&self) -> rusqlite::Result<u64> {
         self.db
             .query_row("SELECT COUNT(*) FROM trashed", [], |r| r.get::<_, i64>(0))

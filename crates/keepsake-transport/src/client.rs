@@ -311,7 +311,13 @@ fn upper_snake(camel: &str) -> String {
 }
 
 /// Reasons that clear by themselves.
-const TRANSIENT_REASONS: &[&str] = &["RATE_LIMITED", "OVERLOADED", "UNAVAILABLE", "INDEX_IO"];
+const TRANSIENT_REASONS: &[&str] = &[
+    "RATE_LIMITED",
+    "OVERLOADED",
+    "UNAVAILABLE",
+    "INDEX_IO",
+    "TRANSFER_STALLED",
+];
 
 impl From<tonic::Status> for CallError {
     fn from(status: tonic::Status) -> Self {

@@ -27,6 +27,9 @@ pub struct ClientConfig {
     pub call_timeout: Duration,
     /// Deadline of a whole upload or download stream.
     pub stream_timeout: Duration,
+    /// A stream that makes no progress (no acknowledgement, no chunk) for this long is
+    /// abandoned as stalled (TRANSFER_STALLED, transient) and can be restarted at once.
+    pub stall_timeout: Duration,
     /// Bytes sent but not yet acknowledged as durable, at most.
     pub max_bytes_in_flight: usize,
     /// About how many bytes one PutChunks message carries.
@@ -38,6 +41,7 @@ impl Default for ClientConfig {
         Self {
             call_timeout: Duration::from_secs(30),
             stream_timeout: Duration::from_secs(600),
+            stall_timeout: Duration::from_secs(30),
             max_bytes_in_flight: 32 << 20,
             message_bytes: 1 << 20,
         }
@@ -53,6 +57,28 @@ pub struct CloudClient {
     delta: DeltaClient<InterceptedService<Channel, BearerAuth>>,
     policy: PolicyClient<InterceptedService<Channel, BearerAuth>>,
     config: ClientConfig,
+}
+
+/// The next message of a stream, or TRANSFER_STALLED when none comes within `stall`.
+async fn next_or_stall<T>(
+    what: &str,
+    stall: Duration,
+    next: impl Future<Output = Result<Option<T>, tonic::Status>>,
+) -> Result<Option<T>, tonic::Status> {
+    match tokio::time::timeout(stall, next).await {
+        Ok(result) => result,
+        Err(_) => {
+            tracing::warn!(
+                what,
+                stall_ms = stall.as_millis() as u64,
+                "transfer stalled; abandoning it"
+            );
+            Err(crate::to_status(&crate::ApiError::Stalled {
+                what: what.to_string(),
+                after_ms: stall.as_millis() as u64,
+            }))
+        }
+    }
 }
 
 fn deadline_error(what: &str, after: Duration) -> CallError {
@@ -247,13 +273,14 @@ impl CloudClient {
                 }
             })
         };
+        let stall = self.config.stall_timeout;
         let upload = async {
             let mut acks = self
                 .store
                 .put_chunks(tokio_stream::wrappers::ReceiverStream::new(rx))
                 .await?
                 .into_inner();
-            while let Some(ack) = acks.message().await? {
+            while let Some(ack) = next_or_stall("PutChunks", stall, acks.message()).await? {
                 for id in ack.acknowledged_ids {
                     let id = chunk_id("acknowledged_ids", &id)?;
                     let len = sizes.get(&id).copied().unwrap_or(0);
@@ -376,10 +403,11 @@ impl CloudClient {
         let request = pb::GetChunksRequest {
             ids: ids.iter().map(id_bytes).collect(),
         };
+        let stall = self.config.stall_timeout;
         let download = async {
             let mut stream = self.store.get_chunks(request).await?.into_inner();
             let mut out = Vec::with_capacity(ids.len());
-            while let Some(msg) = stream.message().await? {
+            while let Some(msg) = next_or_stall("GetChunks", stall, stream.message()).await? {
                 for chunk in msg.chunks {
                     let id = chunk_id("chunks.id", &chunk.id)?;
                     if ChunkId::of(&chunk.data) != id {

@@ -44,6 +44,14 @@ pub enum ApiError {
         /// When a call will be admitted again.
         retry_after_ms: u64,
     },
+    /// A transfer made no progress for too long (raised by clients, for their callers).
+    #[error("{what} made no progress for {after_ms} ms; restarting it")]
+    Stalled {
+        /// The call.
+        what: String,
+        /// How long it waited.
+        after_ms: u64,
+    },
     /// The server (or this caller's share of it) is at its concurrency limit.
     #[error("the server is busy; retry in {retry_after_ms} ms")]
     Overloaded {
@@ -75,6 +83,10 @@ pub fn to_status(err: &ApiError) -> Status {
             (Code::InvalidArgument, "INVALID_ARGUMENT")
         }
         ApiError::Unavailable(_) => (Code::Unavailable, "UNAVAILABLE"),
+        ApiError::Stalled { after_ms, .. } => {
+            metadata.insert("after_ms".into(), after_ms.to_string());
+            (Code::DeadlineExceeded, "TRANSFER_STALLED")
+        }
         ApiError::RateLimited { retry_after_ms } | ApiError::Overloaded { retry_after_ms } => {
             metadata.insert("retry_after_ms".into(), retry_after_ms.to_string());
             details.set_retry_info(Some(std::time::Duration::from_millis(*retry_after_ms)));

@@ -1379,6 +1379,7 @@ async fn under_100_fault_schedules_every_call_succeeds_or_fails_transiently_and_
     let config = ClientConfig {
         call_timeout: deadline,
         stream_timeout: deadline,
+        stall_timeout: deadline,
         max_bytes_in_flight: 96 << 10,
         message_bytes: 32 << 10,
     };
@@ -1744,6 +1745,7 @@ async fn an_upload_whose_next_chunk_does_not_fit_the_window_does_not_stall() {
         ClientConfig {
             call_timeout: std::time::Duration::from_secs(3),
             stream_timeout: std::time::Duration::from_secs(3),
+            stall_timeout: std::time::Duration::from_secs(3),
             max_bytes_in_flight: 256 << 10,
             message_bytes: 64 << 10,
         },
@@ -1764,4 +1766,69 @@ async fn an_upload_whose_next_chunk_does_not_fit_the_window_does_not_stall() {
         .await
         .unwrap();
     assert_eq!(acknowledged.len(), 3);
+}
+
+/// The watchdog: a stream that stops moving is abandoned as TRANSFER_STALLED (transient)
+/// long before its overall deadline, and the retry completes the upload.
+#[tokio::test]
+async fn a_stalled_upload_is_abandoned_by_the_watchdog_and_the_retry_completes() {
+    use keepsake_transport::cloud_client::{ClientConfig, CloudClient};
+    use keepsake_transport::fault_proxy::{FaultProxy, Schedule};
+    let server = start().await;
+    let mut schedule = Schedule::clean();
+    schedule.stall_percent = 100;
+    schedule.within_bytes = 200 << 10;
+    schedule.stall_for = std::time::Duration::from_secs(5);
+    let proxy = FaultProxy::start(server.addr, schedule).await.unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(proxy.url())
+        .unwrap()
+        .connect_lazy();
+    let mut cloud = CloudClient::new(
+        channel,
+        client::BearerAuth::new(&server.token("alice-token")),
+        ClientConfig {
+            stall_timeout: std::time::Duration::from_millis(500),
+            stream_timeout: std::time::Duration::from_secs(30),
+            ..ClientConfig::default()
+        },
+    );
+    let session = server
+        .store
+        .begin_session("alice", 0, 600_000, None)
+        .unwrap()
+        .id;
+    let chunks: Vec<(ChunkId, Bytes)> = (0..16u8).map(|i| chunk(&[i; 64 << 10])).collect();
+    let started = std::time::Instant::now();
+    let mut acknowledged = Vec::new();
+    let err = cloud
+        .put_chunks(&session, chunks.clone(), &mut acknowledged)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.reason(), err.is_transient()),
+        ("TRANSFER_STALLED", true)
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    // Drop the stalled connection; a direct one sends only what was not acknowledged.
+    proxy.cut_all();
+    let mut fresh = CloudClient::new(
+        client::connect(&server.url).await.unwrap(),
+        client::BearerAuth::new(&server.token("alice-token")),
+        ClientConfig::default(),
+    );
+    let missing = fresh
+        .find_missing(&session, &chunks.iter().map(|c| c.0).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let rest: Vec<_> = chunks
+        .into_iter()
+        .filter(|c| missing.contains(&c.0))
+        .collect();
+    let mut more = Vec::new();
+    fresh.put_chunks(&session, rest, &mut more).await.unwrap();
+    assert_eq!(acknowledged.len() + more.len(), 16);
 }

@@ -58,6 +58,83 @@ struct Enrolled {
 }
 
 const ENROLMENT: &str = "device.json";
+/// What the agent last said about itself, for `keepsake status` and the doctor.
+const STATUS: &str = "status.json";
+
+/// The agent's state between passes.
+#[derive(Serialize, Deserialize, Default, Clone)]
+pub struct AgentStatus {
+    /// The device.
+    pub device_id: String,
+    /// When the last pass ended (Unix ms).
+    pub last_pass_ms: i64,
+    /// Why it is not syncing, if it is not (a reason code).
+    pub reason: Option<String>,
+    /// Since when that reason (or its absence) holds.
+    pub since_ms: i64,
+    /// Files in the folder not yet in the cloud.
+    pub pending_files: u64,
+    /// Files uploaded since the agent started.
+    pub uploaded: u64,
+    /// Files downloaded since the agent started.
+    pub downloaded: u64,
+    /// The last transient failure, if any, and when.
+    pub last_error: Option<String>,
+    /// When a transfer last stalled and was restarted.
+    pub last_stall_ms: Option<i64>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn save_status(data: &Path, status: &AgentStatus) {
+    let tmp = data.join(format!("{STATUS}.tmp"));
+    if let Ok(body) = serde_json::to_vec_pretty(status)
+        && std::fs::write(&tmp, body).is_ok()
+    {
+        let _ = std::fs::rename(&tmp, data.join(STATUS));
+    }
+}
+
+/// The agent's last status, if one is running or ran here.
+pub fn load_status(data: &Path) -> Option<AgentStatus> {
+    serde_json::from_slice(&std::fs::read(data.join(STATUS)).ok()?).ok()
+}
+
+/// `keepsake status`: what the agent last said.
+pub fn status(data: PathBuf) -> Result<()> {
+    let s = load_status(&data).with_context(|| {
+        format!(
+            "no agent has run with data directory {}; start one with `keepsake sync DIR --data {}`",
+            data.display(),
+            data.display()
+        )
+    })?;
+    let age = (now_ms() - s.last_pass_ms) / 1000;
+    let since = (now_ms() - s.since_ms) / 1000;
+    match &s.reason {
+        None => println!("syncing (for {since} s); last pass {age} s ago"),
+        Some(r) => println!("not syncing: {r} (for {since} s); last pass {age} s ago"),
+    }
+    println!(
+        "{} files waiting to upload; {} uploaded and {} downloaded since the agent started",
+        s.pending_files, s.uploaded, s.downloaded
+    );
+    if let Some(e) = &s.last_error {
+        println!("last transient failure: {e}");
+    }
+    if let Some(at) = s.last_stall_ms {
+        println!(
+            "last stalled transfer restarted {} s ago",
+            (now_ms() - at) / 1000
+        );
+    }
+    Ok(())
+}
+
 /// Optional simulated conditions, re-read before every pass (demos and tests change them live).
 const CONDITIONS: &str = "conditions.json";
 
@@ -308,6 +385,11 @@ pub async fn sync(folder: PathBuf, data: PathBuf, once: bool, interval: Duration
         tracing::warn!(error = %e, "cannot watch the folder; relying on periodic rescans");
     }
     let mut feed = watch_feed(client, device.cursor()?, wake_tx.clone());
+    let mut status = AgentStatus {
+        device_id: enrolled.device_id.clone(),
+        since_ms: now_ms(),
+        ..AgentStatus::default()
+    };
     let mut backoff = Duration::from_millis(500);
     // Nothing reported yet: the first pass always tells the ledger.
     let mut last_state = "\u{0}".to_string();
@@ -325,6 +407,15 @@ pub async fn sync(folder: PathBuf, data: PathBuf, once: bool, interval: Duration
             }
             Ok(report) => {
                 backoff = Duration::from_millis(500);
+                if report.blocked != status.reason {
+                    status.since_ms = now_ms();
+                    status.reason = report.blocked.clone();
+                }
+                status.last_pass_ms = now_ms();
+                status.uploaded += report.uploaded as u64;
+                status.downloaded += report.downloaded as u64;
+                status.pending_files = device.pending_files().unwrap_or(0);
+                save_status(&data, &status);
                 let state = report.blocked.clone().unwrap_or_default();
                 say_pass(&report, state != last_state);
                 if state != last_state {
@@ -340,6 +431,12 @@ pub async fn sync(folder: PathBuf, data: PathBuf, once: bool, interval: Duration
                 }
             }
             Err(keepsake_device::DeviceError::Cloud(e)) if e.transient && !once => {
+                status.last_error = Some(format!("{} [{}]", e.message, e.reason));
+                if e.reason == "TRANSFER_STALLED" {
+                    status.last_stall_ms = Some(now_ms());
+                }
+                status.last_pass_ms = now_ms();
+                save_status(&data, &status);
                 println!(
                     "keepsake sync: {} [{}]; retrying in {} ms",
                     e.message,

@@ -29,6 +29,9 @@ pub struct DoctorArgs {
     /// The library folder whose disk is checked for free space.
     #[arg(long, default_value = ".")]
     library: PathBuf,
+    /// The device's data directory: its agent's sync switch and transfer history are read there.
+    #[arg(long, env = "KEEPSAKE_DEVICE_DATA")]
+    device_data: Option<PathBuf>,
     /// Print JSON for programs instead of the checklist.
     #[arg(long)]
     json: bool,
@@ -68,6 +71,20 @@ pub(crate) fn parse_network(s: &str) -> Result<Network, String> {
 pub async fn run(args: DoctorArgs) -> Result<bool> {
     let (battery, charging) = read_battery();
     let (free, total) = read_disk(&args.library);
+    let agent = args
+        .device_data
+        .as_deref()
+        .and_then(crate::device_cli::load_status);
+    // The switch lives in the device's conditions; with an agent and no file, it is on.
+    let sync_switch = args.device_data.as_deref().and_then(|d| {
+        let conditions = std::fs::read_to_string(d.join("conditions.json")).ok();
+        match conditions {
+            Some(text) => serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .map(|v| v["sync_enabled"].as_bool().unwrap_or(true)),
+            None => agent.as_ref().map(|_| true),
+        }
+    });
     let server = ask_server(
         &args.server,
         args.fingerprint.as_deref(),
@@ -81,7 +98,7 @@ pub async fn run(args: DoctorArgs) -> Result<bool> {
     let snapshot = Snapshot {
         now,
         account: server.account.as_ref().map(|a| a.account.clone()),
-        sync_enabled: true,
+        sync_enabled: sync_switch.unwrap_or(true),
         paused_until: None,
         power_override_until: None,
         network: args.network.or_else(read_network),
@@ -115,12 +132,12 @@ pub async fn run(args: DoctorArgs) -> Result<bool> {
         server_min_version: server.min_version,
         server_reachable: Some(server.reachable),
         clock_skew_ms: None,
-        last_stall_at: None,
+        last_stall_at: agent.as_ref().and_then(|a| a.last_stall_ms),
     };
     let decision = evaluate(&snapshot, &PolicyConfig::default());
     let unknown = Unknowns {
-        sync_switch: true,
-        transfer_history: true,
+        sync_switch: sync_switch.is_none(),
+        transfer_history: agent.is_none(),
     };
     let report = diagnose(&snapshot, &decision, &unknown);
     if args.json {

@@ -49,6 +49,12 @@ enum Command {
         #[arg(long, default_value_t = 10_000)]
         interval_ms: u64,
     },
+    /// What this device's agent last said: syncing or why not, since when, what waits.
+    Status {
+        /// The device's data directory.
+        #[arg(long, env = "KEEPSAKE_DEVICE_DATA", default_value = "keepsake-device")]
+        data: PathBuf,
+    },
     /// Look at and change the cloud library.
     Library {
         #[command(flatten)]
@@ -175,6 +181,7 @@ fn main() -> Result<()> {
             server,
             credentials,
         } => runtime.block_on(device_cli::devices(server, credentials)),
+        Command::Status { data } => device_cli::status(data),
         Command::Library {
             server,
             credentials,
