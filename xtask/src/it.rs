@@ -1,6 +1,6 @@
 //! `cargo xtask it [--short] [--seed N]`: real processes — a server and two syncing
-//! devices — while the device taking photos and the server are killed with SIGKILL at
-//! random moments and restarted. Afterwards the second device must hold every photo,
+//! devices — while either device (mid-upload, mid-download) and the server are killed
+//! with SIGKILL at random moments and restarted. Afterwards the second device must hold every photo,
 //! byte for byte, and the library exactly one asset per photo.
 
 use crate::ci::cargo;
@@ -381,9 +381,9 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
 
     let started = Instant::now();
     let mut camera = h.sync("a")?;
-    let _viewer = h.sync("b")?;
+    let mut viewer = h.sync("b")?;
     let (mut agent_kills, mut server_kills) = (0, 0);
-    let rounds = if short { 3 } else { 8 };
+    let rounds = if short { 4 } else { 10 };
     for round in 0..rounds {
         std::thread::sleep(Duration::from_millis(150 + rng.below(600)));
         if round == rounds / 2 {
@@ -391,11 +391,18 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
             server_kills += 1;
             std::thread::sleep(Duration::from_millis(rng.below(300)));
             server = h.server()?;
-        } else {
+        } else if rng.below(2) == 0 {
+            // The camera, mid-upload.
             drop(camera);
             agent_kills += 1;
             std::thread::sleep(Duration::from_millis(rng.below(300)));
             camera = h.sync("a")?;
+        } else {
+            // The viewer, mid-download.
+            drop(viewer);
+            agent_kills += 1;
+            std::thread::sleep(Duration::from_millis(rng.below(300)));
+            viewer = h.sync("b")?;
         }
     }
     let want = folder(&work.join("a"))?;
