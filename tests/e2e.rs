@@ -1062,3 +1062,50 @@ async fn a_full_plan_and_an_outdated_client_say_so_and_a_bigger_plan_resumes() {
     let r = sync(&mut b).await;
     assert_eq!(r.blocked.as_deref(), Some("CLIENT_TOO_OLD"), "{r:?}");
 }
+
+/// Two devices add different photos under the same name: both keep theirs, the other's
+/// arrives under a disambiguated name. Case-only and Unicode-normalisation renames are plain
+/// renames: nothing deleted, nothing sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_names_both_survive_and_case_or_unicode_renames_send_nothing() {
+    use devices::*;
+    let c = cloud().await;
+    let root = tempfile::tempdir().unwrap();
+    let (fa, fb) = (root.path().join("A"), root.path().join("B"));
+    let mut a = device(&c, &fa, &root.path().join("a-data"), "A").await;
+    let mut b = device(&c, &fb, &root.path().join("b-data"), "B").await;
+    std::fs::write(fa.join("IMG_0001.JPG"), photo(31, 80_000)).unwrap();
+    std::fs::write(fb.join("IMG_0001.JPG"), photo(32, 90_000)).unwrap();
+    sync(&mut a).await;
+    sync(&mut b).await;
+    sync(&mut a).await;
+    assert_eq!(folder_contents(&fa), folder_contents(&fb));
+    assert_eq!(folder_contents(&fa).len(), 2);
+    assert!(fa.join("IMG_0001 (2).JPG").exists() && fb.join("IMG_0001 (2).JPG").exists());
+
+    // "café" composed (NFC) and decomposed (NFD) are different byte strings for the same name.
+    std::fs::write(fa.join("caf\u{e9}.jpg"), photo(33, 40_000)).unwrap();
+    sync(&mut a).await;
+    for (from, to) in [
+        ("IMG_0001.JPG", "img_0001.jpg"),
+        ("caf\u{e9}.jpg", "cafe\u{301}.jpg"),
+    ] {
+        std::fs::rename(fa.join(from), fa.join(to)).unwrap();
+        let r = sync(&mut a).await;
+        assert_eq!(
+            (r.uploaded, r.bytes_sent, r.trashed_remotely),
+            (0, 0, 0),
+            "{from} -> {to}: {r:?}"
+        );
+    }
+    sync(&mut b).await;
+    assert_eq!(folder_contents(&fa), folder_contents(&fb));
+    let live = c
+        .cloud
+        .library()
+        .list_changes("alice", 0, 100)
+        .unwrap()
+        .changes
+        .len();
+    assert_eq!(live, 3);
+}

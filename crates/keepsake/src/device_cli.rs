@@ -627,3 +627,53 @@ pub async fn library(
     }
     Ok(())
 }
+
+/// `keepsake account create`: a new account (the signed-in account must be an administrator).
+pub async fn create_account(
+    server: ServerArgs,
+    admin: Credentials,
+    name: String,
+    password: String,
+    plan: Option<String>,
+) -> Result<()> {
+    let (channel, token) = signed_in(&server, &admin).await?;
+    let mut accounts = client::accounts_client(channel, BearerAuth::new(&token));
+    let made = accounts
+        .create_account(pb::CreateAccountRequest {
+            account: name,
+            password,
+            plan: plan.unwrap_or_default(),
+            admin: false,
+        })
+        .await
+        .map_err(|s| plain(s.into()))?
+        .into_inner()
+        .account
+        .context("the server sent no account")?;
+    let plan = made.plan.unwrap_or_default();
+    println!(
+        "created account {} on plan {} ({} bytes)",
+        made.account, plan.name, plan.limit_bytes
+    );
+    Ok(())
+}
+
+/// `keepsake plan set`: moves an account to another plan (administrators only).
+pub async fn set_plan(
+    server: ServerArgs,
+    admin: Credentials,
+    account: String,
+    plan: String,
+) -> Result<()> {
+    let (channel, token) = signed_in(&server, &admin).await?;
+    let mut accounts = client::accounts_client(channel, BearerAuth::new(&token));
+    accounts
+        .set_plan(pb::SetPlanRequest {
+            account: account.clone(),
+            plan: plan.clone(),
+        })
+        .await
+        .map_err(|s| plain(s.into()))?;
+    println!("account {account} is now on plan {plan}");
+    Ok(())
+}

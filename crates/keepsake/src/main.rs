@@ -49,6 +49,12 @@ enum Command {
         #[arg(long, default_value_t = 10_000)]
         interval_ms: u64,
     },
+    /// Manage accounts (as an administrator).
+    #[command(subcommand)]
+    Account(AccountCommand),
+    /// Manage plans (as an administrator).
+    #[command(subcommand)]
+    Plan(PlanCommand),
     /// What this device's agent last said: syncing or why not, since when, what waits.
     Status {
         /// The device's data directory.
@@ -70,6 +76,41 @@ enum Command {
         server: device_cli::ServerArgs,
         #[command(flatten)]
         credentials: device_cli::Credentials,
+    },
+}
+
+#[derive(Subcommand)]
+enum AccountCommand {
+    /// Create an account.
+    Create {
+        #[command(flatten)]
+        server: device_cli::ServerArgs,
+        #[command(flatten)]
+        admin: device_cli::Credentials,
+        /// The new account's name.
+        name: String,
+        /// Its password (or KEEPSAKE_NEW_PASSWORD).
+        #[arg(long, env = "KEEPSAKE_NEW_PASSWORD", hide_env_values = true)]
+        new_password: String,
+        /// Its plan (default: the free plan).
+        #[arg(long)]
+        plan: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum PlanCommand {
+    /// Move an account to a plan (free, 50gb, 200gb, 2tb, 6tb, 12tb).
+    Set {
+        #[command(flatten)]
+        server: device_cli::ServerArgs,
+        #[command(flatten)]
+        admin: device_cli::Credentials,
+        /// The account to move.
+        #[arg(value_name = "ACCOUNT")]
+        target: String,
+        /// The plan.
+        plan: String,
     },
 }
 
@@ -182,6 +223,25 @@ fn main() -> Result<()> {
             credentials,
         } => runtime.block_on(device_cli::devices(server, credentials)),
         Command::Status { data } => device_cli::status(data),
+        Command::Account(AccountCommand::Create {
+            server,
+            admin,
+            name,
+            new_password,
+            plan,
+        }) => runtime.block_on(device_cli::create_account(
+            server,
+            admin,
+            name,
+            new_password,
+            plan,
+        )),
+        Command::Plan(PlanCommand::Set {
+            server,
+            admin,
+            target,
+            plan,
+        }) => runtime.block_on(device_cli::set_plan(server, admin, target, plan)),
         Command::Library {
             server,
             credentials,
