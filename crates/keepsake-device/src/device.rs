@@ -115,6 +115,8 @@ pub struct Device<C: Cloud> {
     acknowledged_again: u64,
     conditions: Option<Snapshot>,
     policy: PolicyConfig,
+    /// This pass's upload reservation, shared by every file the pass sends.
+    reservation: Option<String>,
 }
 
 fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
@@ -229,6 +231,7 @@ impl<C: Cloud> Device<C> {
             acknowledged_again: 0,
             conditions: None,
             policy: PolicyConfig::default(),
+            reservation: None,
         })
     }
 
@@ -311,6 +314,7 @@ impl<C: Cloud> Device<C> {
         };
         // A permanent refusal (an outdated client, a revoked device…) is a reason to show,
         // not a crash: the pass ends with it and the next one tries again.
+        self.reservation = None;
         let outcome = async {
             // The scan is local: it runs whatever the network, so status knows what waits.
             let seen = self.scan(&mut report).await?;
@@ -354,7 +358,7 @@ impl<C: Cloud> Device<C> {
             {
                 continue;
             }
-            if now - mtime < self.config.stable_ms * 1_000_000 {
+            if self.config.stable_ms > 0 && now - mtime < self.config.stable_ms * 1_000_000 {
                 report.unstable += 1;
                 continue;
             }
@@ -471,14 +475,48 @@ impl<C: Cloud> Device<C> {
             &row.file_hash.to_hex()[..32]
         );
         let overhead = 64 + 36 * manifest.entries.len() as u64;
-        let session = match self.cloud.begin_upload(row.size + overhead, &key).await {
-            Ok(s) => s,
-            Err(e) if !e.transient => {
-                tracing::warn!(path = %row.path, reason = %e.reason, message = %e.message, "upload refused");
-                report.blocked = Some(e.reason.clone());
-                return Ok(());
+        let session = match self.reservation.clone() {
+            Some(session) => session,
+            None => {
+                // One reservation for everything this pass will send: one round trip and
+                // one quota check instead of one per file. If it all does not fit, what
+                // fits still goes, one file at a time.
+                let pending: u64 = self
+                    .journal
+                    .files()?
+                    .iter()
+                    .filter(|f| !f.synced)
+                    .map(|f| f.size + 64 + f.size / 1024)
+                    .sum();
+                let pass_key = format!("{}:pass:{}", self.config.device_id, self.clock.now_ms());
+                match self
+                    .cloud
+                    .begin_upload(pending.max(row.size), &pass_key)
+                    .await
+                {
+                    Ok(s) => {
+                        self.reservation = Some(s.clone());
+                        s
+                    }
+                    Err(e) if e.reason == "QUOTA_EXCEEDED" => {
+                        match self.cloud.begin_upload(row.size + overhead, &key).await {
+                            Ok(s) => s,
+                            Err(e) if !e.transient => {
+                                tracing::warn!(path = %row.path, reason = %e.reason, message = %e.message, "upload refused");
+                                report.blocked = Some(e.reason.clone());
+                                return Ok(());
+                            }
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
+                    Err(e) if !e.transient => {
+                        tracing::warn!(path = %row.path, reason = %e.reason, message = %e.message, "upload refused");
+                        report.blocked = Some(e.reason.clone());
+                        return Ok(());
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             }
-            Err(e) => return Err(e.into()),
         };
         let mut offsets = HashMap::new();
         let mut at = 0usize;
