@@ -1109,3 +1109,99 @@ async fn same_names_both_survive_and_case_or_unicode_renames_send_nothing() {
         .len();
     assert_eq!(live, 3);
 }
+
+/// The DeviceControl service drives an agent's folder: a photo imported through it reaches
+/// the other device, a delete through it reaches the cloud, conditions land where the agent
+/// reads them, and bad input is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_control_imports_deletes_and_sets_conditions() {
+    use devices::*;
+    use keepsake_proto::v1::device_control_client::DeviceControlClient;
+    use keepsake_transport::client::pb;
+    let c = cloud().await;
+    let root = tempfile::tempdir().unwrap();
+    let (fa, fb) = (root.path().join("A"), root.path().join("B"));
+    let (da, db) = (root.path().join("a-data"), root.path().join("b-data"));
+    let mut a = device(&c, &fa, &da, "A").await;
+    let mut b = device(&c, &fb, &db, "B").await;
+    let (wake, _woken) = tokio::sync::mpsc::unbounded_channel();
+    let control = std::sync::Arc::new(keepsake_device::FolderControl::new(
+        fa.clone(),
+        da.clone(),
+        wake,
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(keepsake_transport::serve_device(
+        listener,
+        control.clone(),
+        std::future::pending(),
+    ));
+    let mut remote = DeviceControlClient::new(client::connect(&url).await.unwrap());
+    let data = photo(77, 120_000);
+    let stored = remote
+        .import(pb::ImportRequest {
+            name: "../../Camera/IMG_7.JPG".into(),
+            data: data.clone().into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stored_as;
+    assert_eq!(stored, "IMG_7.JPG");
+    assert_eq!(sync(&mut a).await.uploaded, 1);
+    assert_eq!(sync(&mut b).await.downloaded, 1);
+    assert_eq!(std::fs::read(fb.join("IMG_7.JPG")).unwrap(), data);
+    remote
+        .set_conditions(pb::SetConditionsRequest {
+            conditions: Some(pb::Conditions {
+                network: "cellular".into(),
+                battery_percent: Some(40),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    let set = control.conditions().unwrap().unwrap();
+    assert_eq!(
+        (set.network.as_deref(), set.battery_percent),
+        (Some("cellular"), Some(40))
+    );
+    let bad = remote
+        .set_conditions(pb::SetConditionsRequest {
+            conditions: Some(pb::Conditions {
+                network: "carrier pigeon".into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    let escape = remote
+        .delete(pb::DeleteRequest {
+            name: "../B/IMG_7.JPG".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(escape.code(), tonic::Code::InvalidArgument);
+    assert!(fb.join("IMG_7.JPG").exists());
+    remote
+        .delete(pb::DeleteRequest {
+            name: "IMG_7.JPG".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(sync(&mut a).await.trashed_remotely, 1);
+    assert_eq!(sync(&mut b).await.trashed_here, 1);
+    let status = remote
+        .get_status(pb::GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap();
+    assert_eq!(
+        status.reason, "",
+        "no agent loop ran here: the default status"
+    );
+}

@@ -11,6 +11,7 @@ pub const PROTO_FILES: &[&str] = &[
     "keepsake/v1/delta.proto",
     "keepsake/v1/accounts.proto",
     "keepsake/v1/library.proto",
+    "keepsake/v1/device.proto",
 ];
 
 /// Where the generated code is committed, relative to the workspace root.

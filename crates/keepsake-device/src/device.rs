@@ -137,7 +137,7 @@ fn inode(_meta: &std::fs::Metadata) -> u64 {
 }
 
 /// A cloud file name as a safe single path component.
-fn safe_name(name: &str, asset_id: &str) -> String {
+pub(crate) fn safe_name(name: &str, asset_id: &str) -> String {
     let last = name.rsplit(['/', '\\']).next().unwrap_or("");
     let cleaned: String = last
         .chars()
@@ -154,7 +154,7 @@ fn safe_name(name: &str, asset_id: &str) -> String {
 }
 
 /// `name`, or `stem (2).ext`, `stem (3).ext`… whichever does not exist in `dir`.
-fn unique_path(dir: &Path, name: &str) -> PathBuf {
+pub(crate) fn unique_path(dir: &Path, name: &str) -> PathBuf {
     let candidate = dir.join(name);
     if !candidate.exists() {
         return candidate;

@@ -21,10 +21,12 @@
 //! ```
 
 mod cloud;
+mod control;
 mod device;
 mod journal;
 
 pub use cloud::{
     Cloud, CloudError, CommitReply, ContentLookup, FeedPage, NewAsset, RemoteAsset, RemoteState,
 };
+pub use control::{AgentStatus, Conditions, FolderControl, MAX_IMPORT_BYTES};
 pub use device::{Device, DeviceConfig, DeviceError, SyncReport};

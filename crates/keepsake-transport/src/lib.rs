@@ -33,6 +33,7 @@ pub mod cloud_client;
 pub mod convert;
 mod delta_service;
 mod device_port;
+mod device_service;
 mod error;
 pub mod fault_proxy;
 pub mod guard;
@@ -43,6 +44,7 @@ mod store_service;
 pub mod tls;
 
 pub use delta_service::DeltaService;
+pub use device_service::{DeviceService, serve_device};
 pub use error::{ApiError, ERROR_DOMAIN, reason_of, to_status};
 pub use library_service::{AccountsService, ChangeNotifier, LibraryService};
 pub use policy_service::PolicyService;

@@ -61,36 +61,13 @@ const ENROLMENT: &str = "device.json";
 /// What the agent last said about itself, for `keepsake status` and the doctor.
 const STATUS: &str = "status.json";
 
-/// The agent's state between passes.
-#[derive(Serialize, Deserialize, Default, Clone)]
-pub struct AgentStatus {
-    /// The device.
-    pub device_id: String,
-    /// When the last pass ended (Unix ms).
-    pub last_pass_ms: i64,
-    /// Why it is not syncing, if it is not (a reason code).
-    pub reason: Option<String>,
-    /// Since when that reason (or its absence) holds.
-    pub since_ms: i64,
-    /// Files in the folder not yet in the cloud.
-    pub pending_files: u64,
-    /// Files uploaded since the agent started.
-    pub uploaded: u64,
-    /// Files downloaded since the agent started.
-    pub downloaded: u64,
-    /// The last transient failure, if any, and when.
-    pub last_error: Option<String>,
-    /// When a transfer last stalled and was restarted.
-    pub last_stall_ms: Option<i64>,
-}
-
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-fn save_status(data: &Path, status: &AgentStatus) {
+fn save_status(data: &Path, status: &keepsake_device::AgentStatus) {
     let tmp = data.join(format!("{STATUS}.tmp"));
     if let Ok(body) = serde_json::to_vec_pretty(status)
         && std::fs::write(&tmp, body).is_ok()
@@ -100,7 +77,7 @@ fn save_status(data: &Path, status: &AgentStatus) {
 }
 
 /// The agent's last status, if one is running or ran here.
-pub fn load_status(data: &Path) -> Option<AgentStatus> {
+pub fn load_status(data: &Path) -> Option<keepsake_device::AgentStatus> {
     serde_json::from_slice(&std::fs::read(data.join(STATUS)).ok()?).ok()
 }
 
@@ -138,28 +115,14 @@ pub fn status(data: PathBuf) -> Result<()> {
 /// Optional simulated conditions, re-read before every pass (demos and tests change them live).
 const CONDITIONS: &str = "conditions.json";
 
-/// A device's conditions and settings as a person writes them; anything left out is read
-/// from the machine where it can be.
-#[derive(Deserialize, Default)]
-#[serde(default, deny_unknown_fields)]
-struct Conditions {
-    network: Option<String>,
-    battery_percent: Option<u8>,
-    charging: Option<bool>,
-    low_power: bool,
-    free_bytes: Option<u64>,
-    cellular_allowed: bool,
-    sync_enabled: Option<bool>,
-}
-
 /// The snapshot the policy judges: the conditions file over what the machine says.
 fn snapshot(data: &Path, folder: &Path, account: &str) -> Result<keepsake_policy::Snapshot> {
     use keepsake_policy::{Cellular, DeviceStorage, Power, Snapshot, Version};
     let path = data.join(CONDITIONS);
-    let c: Conditions = match std::fs::read_to_string(&path) {
+    let c: keepsake_device::Conditions = match std::fs::read_to_string(&path) {
         Ok(text) => serde_json::from_str(&text)
             .with_context(|| format!("{} is not valid conditions JSON", path.display()))?,
-        Err(_) => Conditions::default(),
+        Err(_) => keepsake_device::Conditions::default(),
     };
     let (battery, charging) = crate::doctor::read_battery();
     let (free, total) = crate::doctor::read_disk(folder);
@@ -351,7 +314,13 @@ fn watch_feed(
 
 /// `keepsake sync DIR`: keeps the folder in sync until interrupted (or once). A pass runs
 /// when a file in the folder changes, when the cloud's feed moves, and every `interval`.
-pub async fn sync(folder: PathBuf, data: PathBuf, once: bool, interval: Duration) -> Result<()> {
+pub async fn sync(
+    folder: PathBuf,
+    data: PathBuf,
+    once: bool,
+    interval: Duration,
+    control: Option<std::net::SocketAddr>,
+) -> Result<()> {
     use notify::Watcher;
     let enrolled = load(&data)?;
     let mut config = DeviceConfig::new(
@@ -385,10 +354,32 @@ pub async fn sync(folder: PathBuf, data: PathBuf, once: bool, interval: Duration
         tracing::warn!(error = %e, "cannot watch the folder; relying on periodic rescans");
     }
     let mut feed = watch_feed(client, device.cursor()?, wake_tx.clone());
-    let mut status = AgentStatus {
+    if let Some(addr) = control {
+        if !addr.ip().is_loopback() {
+            bail!("--control serves without tokens: it must listen on loopback, not {addr}");
+        }
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} for device control"))?;
+        println!(
+            "keepsake sync: device control on http://{}",
+            listener.local_addr()?
+        );
+        let control = Arc::new(keepsake_device::FolderControl::new(
+            folder.clone(),
+            data.clone(),
+            wake_tx.clone(),
+        ));
+        tokio::spawn(keepsake_transport::serve_device(
+            listener,
+            control,
+            std::future::pending(),
+        ));
+    }
+    let mut status = keepsake_device::AgentStatus {
         device_id: enrolled.device_id.clone(),
         since_ms: now_ms(),
-        ..AgentStatus::default()
+        ..keepsake_device::AgentStatus::default()
     };
     let mut backoff = Duration::from_millis(500);
     // Nothing reported yet: the first pass always tells the ledger.

@@ -44,6 +44,10 @@ enum Command {
         /// One pass, then exit.
         #[arg(long)]
         once: bool,
+        /// Serve the DeviceControl service (status, conditions, import, delete) on this
+        /// loopback address.
+        #[arg(long)]
+        control: Option<SocketAddr>,
         /// Milliseconds between passes when nothing wakes the agent earlier (file system
         /// events and the cloud's change feed do).
         #[arg(long, default_value_t = 10_000)]
@@ -211,12 +215,14 @@ fn main() -> Result<()> {
             dir,
             data,
             once,
+            control,
             interval_ms,
         } => runtime.block_on(device_cli::sync(
             dir,
             data,
             once,
             Duration::from_millis(interval_ms),
+            control,
         )),
         Command::Devices {
             server,
