@@ -432,9 +432,8 @@ impl<C: Cloud> Device<C> {
             // Content this device already synced under another path (a move, a copy).
             let local = self
                 .journal
-                .files()?
-                .into_iter()
-                .find(|f| f.synced && f.file_hash == row.file_hash && f.path != row.path);
+                .file_with_hash(&row.file_hash, &row.path)?
+                .filter(|f| f.synced);
             if let Some(twin) = local {
                 row.asset_id = twin.asset_id;
                 row.version = twin.version;
@@ -757,11 +756,7 @@ impl<C: Cloud> Device<C> {
                     }
                     None => {
                         // The same bytes may already be here (uploaded from this device).
-                        let twin = self
-                            .journal
-                            .files()?
-                            .into_iter()
-                            .find(|f| f.file_hash == a.file_hash);
+                        let twin = self.journal.file_with_hash(&a.file_hash, "")?;
                         if let Some(mut twin) = twin {
                             twin.asset_id = Some(a.asset_id.clone());
                             twin.version = Some(a.version);

@@ -147,6 +147,24 @@ impl Journal {
             .optional()
     }
 
+    /// A file with this content at another path, synced ones first (uses `files_by_hash`).
+    pub fn file_with_hash(
+        &self,
+        file_hash: &ChunkId,
+        other_than: &str,
+    ) -> rusqlite::Result<Option<FileRow>> {
+        self.db
+            .query_row(
+                &format!(
+                    "SELECT {FILE_COLUMNS} FROM files WHERE file_hash = ?1 AND path != ?2
+                     ORDER BY state = 'synced' DESC, path LIMIT 1"
+                ),
+                params![&file_hash.0[..], other_than],
+                file_row,
+            )
+            .optional()
+    }
+
     pub fn upsert(&self, f: &FileRow) -> rusqlite::Result<()> {
         self.db.execute(
             "INSERT INTO files (path, size, mtime_ns, inode, file_hash, asset_id, version, state)

@@ -328,7 +328,7 @@ impl Cloud {
     pub fn account_info(&self, account: &str) -> Result<AccountInfo, LibraryError> {
         let (plan, admin) = self.library.account_plan(account)?;
         let used_bytes = self.store.used_bytes(account)?;
-        let reserved_bytes = reserved(&self.library, account)?;
+        let reserved_bytes = held_bytes(&self.library.db(), account, self.library.clock.now_ms())?;
         Ok(AccountInfo {
             account: account.to_string(),
             plan,
@@ -430,12 +430,7 @@ impl Cloud {
                 return Ok(prior);
             }
         }
-        let held: i64 = tx.query_row(
-            "SELECT COALESCE(SUM(bytes), 0) FROM reservations WHERE account = ?1 AND expires_at > ?2",
-            params![account, now],
-            |r| r.get(0),
-        )?;
-        let held = held as u64;
+        let held = held_bytes(&tx, account, now)?;
         if used.saturating_add(held).saturating_add(bytes) > plan.limit_bytes {
             tracing::info!(
                 account,
@@ -661,9 +656,13 @@ impl Cloud {
     }
 }
 
-fn reserved(library: &Library, account: &str) -> Result<u64, LibraryError> {
-    let now = library.clock.now_ms();
-    let held: i64 = library.db().query_row(
+/// Bytes held by the account's unexpired reservations.
+fn held_bytes(
+    conn: &rusqlite::Connection,
+    account: &str,
+    now: UnixMillis,
+) -> Result<u64, LibraryError> {
+    let held: i64 = conn.query_row(
         "SELECT COALESCE(SUM(bytes), 0) FROM reservations WHERE account = ?1 AND expires_at > ?2",
         params![account, now],
         |r| r.get(0),
