@@ -468,6 +468,17 @@ mod devices {
 
     /// An enrolled device with its folder and data directory.
     pub async fn device(c: &Cloudy, folder: &Path, data: &Path, name: &str) -> Device<CloudClient> {
+        device_with(c, folder, data, name, |_| {}).await
+    }
+
+    /// The same, with its configuration adjusted.
+    pub async fn device_with(
+        c: &Cloudy,
+        folder: &Path,
+        data: &Path,
+        name: &str,
+        adjust: impl FnOnce(&mut DeviceConfig),
+    ) -> Device<CloudClient> {
         // Enrolled as the newest client, so a test can raise the minimum past what the
         // device's calls then say they are.
         let enrolled = c
@@ -481,6 +492,7 @@ mod devices {
         );
         let mut config = DeviceConfig::new(folder.into(), data.into(), enrolled.device_id);
         config.stable_ms = 0;
+        adjust(&mut config);
         Device::open(config, client, Arc::new(SystemClock)).unwrap()
     }
 
@@ -647,15 +659,67 @@ async fn a_reinstalled_device_sends_nothing_and_an_unmounted_folder_deletes_noth
     assert_eq!(live.changes.len(), 5);
     assert!(live.changes.iter().all(|ch| matches!(ch,
         keepsake_library::Change::Asset(x) if x.state == keepsake_library::AssetState::Live)));
-    // Deleting most of the library at once waits for confirmation.
+    // The disk comes back: nothing was lost while it was away.
     std::fs::remove_dir_all(&fa).unwrap();
     std::fs::rename(&away, &fa).unwrap();
-    for i in 0..5 {
+    let r = sync(&mut again).await;
+    assert_eq!((r.blocked, r.trashed_remotely, r.uploaded), (None, 0, 0));
+}
+
+/// Most of the library vanishing at once waits for confirmation; a few deletes do not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mass_delete_waits_for_confirmation() {
+    use devices::*;
+    let c = cloud().await;
+    let root = tempfile::tempdir().unwrap();
+    let fa = root.path().join("A");
+    let mut a = device_with(&c, &fa, &root.path().join("a-data"), "phone", |cfg| {
+        cfg.mass_delete_min = 3;
+    })
+    .await;
+    for i in 0..8 {
+        std::fs::write(fa.join(format!("IMG_{i}.JPG")), photo(300 + i, 30_000)).unwrap();
+    }
+    assert_eq!(sync(&mut a).await.uploaded, 8);
+    std::fs::remove_file(fa.join("IMG_0.JPG")).unwrap();
+    assert_eq!(
+        sync(&mut a).await.trashed_remotely,
+        1,
+        "one delete just goes"
+    );
+    for i in 1..7 {
         std::fs::remove_file(fa.join(format!("IMG_{i}.JPG"))).unwrap();
     }
-    let r = sync(&mut again).await;
-    // Five files is under the default minimum of a mass delete: they go.
-    assert_eq!(r.trashed_remotely, 5);
+    let r = sync(&mut a).await;
+    assert_eq!(
+        (r.blocked.as_deref(), r.trashed_remotely),
+        (Some("DELETES_NEED_CONFIRMATION"), 0)
+    );
+    assert_eq!(sync(&mut a).await.trashed_remotely, 0, "still waiting");
+    a.confirm_deletes().unwrap();
+    assert_eq!(sync(&mut a).await.trashed_remotely, 6);
+    // A confirmation covers one pass, not every mass delete after it.
+    for i in 8..16 {
+        std::fs::write(fa.join(format!("IMG_{i}.JPG")), photo(300 + i, 30_000)).unwrap();
+    }
+    assert_eq!(sync(&mut a).await.uploaded, 8);
+    for i in 8..14 {
+        std::fs::remove_file(fa.join(format!("IMG_{i}.JPG"))).unwrap();
+    }
+    let r = sync(&mut a).await;
+    assert_eq!(r.blocked.as_deref(), Some("DELETES_NEED_CONFIRMATION"));
+}
+
+#[test]
+fn plaintext_off_loopback_is_refused_unless_forced() {
+    let out = Command::new(keepsake_binary())
+        .args(["serve", "--listen", "0.0.0.0:0", "--data"])
+        .arg(tempfile::tempdir().unwrap().path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--tls-self-signed"), "{stderr}");
 }
 
 /// Three devices, random interleavings of adds, deletes, renames and syncs, one device

@@ -661,7 +661,7 @@ impl<C: Cloud> Device<C> {
             }
         }
         let synced = rows.iter().filter(|r| r.synced).count().max(1);
-        let confirmed = self.journal.get("confirm_deletes")?.is_some();
+        let confirmed = self.journal.get("confirm_deletes")?.as_deref() == Some("1");
         if !confirmed
             && deletes.len() > self.config.mass_delete_min
             && deletes.len() as f64 > self.config.mass_delete_share * synced as f64
