@@ -596,7 +596,7 @@ async fn photos_deletes_restores_and_purges_reach_the_other_device_and_moves_sen
         .find_by_content("alice", &[ChunkId::of(&photos[2].1)])
         .unwrap()[0]
         .assets[0]
-        .0
+        .asset_id
         .clone();
     c.cloud.purge("alice", &video_id).unwrap();
     assert_eq!(sync(&mut a).await.purged, 1);
@@ -874,7 +874,7 @@ async fn racing_edits_on_two_devices_keep_both_versions() {
         .find_by_content("alice", &[ChunkId::of(&edit_b)])
         .unwrap()[0]
         .assets[0]
-        .0
+        .asset_id
         .clone();
     let versions = c.cloud.library().list_versions("alice", &asset).unwrap();
     let hashes: Vec<ChunkId> = versions.iter().map(|v| v.file_hash).collect();

@@ -267,8 +267,8 @@ pub struct ChangePage {
 pub struct ContentMatch {
     /// The hash asked about.
     pub file_hash: ChunkId,
-    /// Assets whose current version has this content, with their state.
-    pub assets: Vec<(String, AssetState)>,
+    /// Live or trashed assets whose current version has this content.
+    pub assets: Vec<Asset>,
     /// When content with this hash was purged, if it was (a tombstone).
     pub purged_at: Option<UnixMillis>,
 }
@@ -616,7 +616,6 @@ impl Library {
             .map(|h| {
                 let found = assets
                     .query_map(params![account, &h.0[..]], asset_from_row)?
-                    .map(|a| a.map(|a| (a.asset_id, a.state)))
                     .collect::<Result<Vec<_>, _>>()?;
                 let purged_at = purged
                     .query_row(params![account, &h.0[..]], |r| r.get(0))

@@ -184,25 +184,18 @@ impl Library for LibraryService {
         let pb::FindAssetsByContentRequest { file_hashes } = request.into_inner();
         let hashes = chunk_ids("file_hashes", &file_hashes, MAX_CONTENT_HASHES)?;
         let account = who.account.clone();
-        let matches = run(&self.cloud, Some(&who), move |c| {
-            let found = c.library().find_by_content(&account, &hashes)?;
-            found
-                .into_iter()
-                .map(|m| {
-                    let assets = m
-                        .assets
-                        .iter()
-                        .map(|(id, _)| c.library().get_asset(&account, id).map(asset_to_wire))
-                        .collect::<Result<_, _>>()?;
-                    Ok(pb::ContentMatch {
-                        file_hash: id_bytes(&m.file_hash),
-                        assets,
-                        purged_at_ms: m.purged_at,
-                    })
-                })
-                .collect::<Result<Vec<_>, LibraryError>>()
+        let found = run(&self.cloud, Some(&who), move |c| {
+            c.library().find_by_content(&account, &hashes)
         })
         .await?;
+        let matches = found
+            .into_iter()
+            .map(|m| pb::ContentMatch {
+                file_hash: id_bytes(&m.file_hash),
+                assets: m.assets.into_iter().map(asset_to_wire).collect(),
+                purged_at_ms: m.purged_at,
+            })
+            .collect();
         Ok(Response::new(pb::FindAssetsByContentResponse { matches }))
     }
 
