@@ -524,6 +524,50 @@ mod devices {
     pub async fn sync(d: &mut Device<CloudClient>) -> SyncReport {
         d.sync_once().await.unwrap()
     }
+
+    /// A replayable random source: `next(n)` is in `0..n`.
+    pub fn seeded(seed: u64) -> impl FnMut(u64) -> u64 {
+        let mut rng = seed.max(1);
+        move |n| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        }
+    }
+
+    /// The device's process ends and starts again on the same folder and journal.
+    pub async fn restart(c: &Cloudy, d: Device<CloudClient>) -> Device<CloudClient> {
+        let config = d.config().clone();
+        drop(d);
+        let enrolled = c
+            .cloud
+            .enroll_device("alice", "correct horse", "restarted", "linux", "99.0.0")
+            .unwrap();
+        let client = CloudClient::new(
+            client::connect(&c.url).await.unwrap(),
+            client::BearerAuth::new(&enrolled.access.token),
+            ClientConfig::default(),
+        );
+        Device::open(config, client, Arc::new(SystemClock)).unwrap()
+    }
+
+    /// What a device shows of its library: (asset, favourite, hidden, trashed, album
+    /// names) — comparable across devices, whose local file names may differ.
+    pub fn view(d: &Device<CloudClient>) -> Vec<(String, bool, bool, bool, Vec<String>)> {
+        let mut v: Vec<_> = d
+            .assets()
+            .unwrap()
+            .into_iter()
+            .map(|a| {
+                let mut albums = a.albums;
+                albums.sort();
+                (a.asset_id, a.favorite, a.hidden, a.trashed, albums)
+            })
+            .collect();
+        v.sort();
+        v
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -746,13 +790,7 @@ async fn three_devices_converge_after_random_interleavings() {
             );
             folders.push(f);
         }
-        let mut rng = seed;
-        let mut next = move |n: u64| {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng % n
-        };
+        let mut next = seeded(seed);
         let mut made = 0u64;
         let mut deleted: Vec<String> = Vec::new();
         for step in 0..60 {
@@ -1078,12 +1116,18 @@ async fn each_condition_pauses_sync_with_its_reason_and_clearing_it_resumes() {
         .unwrap();
         let r = sync(&mut a).await;
         assert_eq!(r.blocked.as_deref(), Some(*reason), "{r:?}");
-        assert_eq!(r.uploaded, 0, "{reason}: nothing may upload");
+        // A full device still uploads (that is how space is freed); downloads wait.
+        let uploads_go_on = *reason == "DEVICE_STORAGE_LOW";
+        assert_eq!(
+            r.uploaded,
+            usize::from(uploads_go_on),
+            "{reason}: what may upload"
+        );
         a.set_conditions(Some(healthy.clone()));
         let r = sync(&mut a).await;
         assert_eq!(
             (r.blocked.as_deref(), r.uploaded),
-            (None, 1),
+            (None, usize::from(!uploads_go_on)),
             "{reason} cleared: {r:?}"
         );
     }
@@ -1189,11 +1233,10 @@ async fn device_control_imports_deletes_and_sets_conditions() {
     let mut a = device(&c, &fa, &da, "A").await;
     let mut b = device(&c, &fb, &db, "B").await;
     let (wake, _woken) = tokio::sync::mpsc::unbounded_channel();
-    let control = std::sync::Arc::new(keepsake_device::FolderControl::new(
-        fa.clone(),
-        da.clone(),
-        wake,
-    ));
+    let control = std::sync::Arc::new(
+        keepsake_device::FolderControl::open(a.config(), root.path().join("a-control"), wake)
+            .unwrap(),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(keepsake_transport::serve_device(
@@ -1226,6 +1269,125 @@ async fn device_control_imports_deletes_and_sets_conditions() {
         })
         .await
         .unwrap();
+    // Edits through DeviceControl: queued in A's journal, sent by A's next pass.
+    let listed = remote
+        .list_assets(pb::ListAssetsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let asset_id = listed.assets[0].asset_id.clone();
+    assert_eq!(listed.assets[0].name, "IMG_7.JPG");
+    remote
+        .set_favorite(pb::SetFavoriteRequest {
+            asset_id: asset_id.clone(),
+            favorite: true,
+        })
+        .await
+        .unwrap();
+    remote
+        .put_album(pb::LocalPutAlbumRequest {
+            album_id: "best".into(),
+            name: "Best of".into(),
+        })
+        .await
+        .unwrap();
+    remote
+        .set_album_member(pb::LocalSetAlbumMemberRequest {
+            album_id: "best".into(),
+            asset_id: asset_id.clone(),
+            present: true,
+        })
+        .await
+        .unwrap();
+    let unknown = remote
+        .set_favorite(pb::SetFavoriteRequest {
+            asset_id: "someone-elses".into(),
+            favorite: true,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+    let blank = remote
+        .put_album(pb::LocalPutAlbumRequest {
+            album_id: "x".into(),
+            name: " ".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(blank.code(), tonic::Code::InvalidArgument);
+    assert_eq!(sync(&mut a).await.edits_sent, 3);
+    sync(&mut b).await;
+    assert_eq!(view(&b), view(&a));
+    assert_eq!(view(&b)[0].4, ["Best of"], "the album reached B");
+    assert!(view(&b)[0].1, "the favourite reached B");
+
+    // Settings: a pause stops the next pass, the diagnosis says so, resuming clears it.
+    let mut settings = remote
+        .get_settings(pb::GetSettingsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .settings
+        .unwrap();
+    assert!(settings.sync_enabled, "sync is on by default");
+    let hour_from_now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+        + 3_600_000;
+    settings.paused_until_ms = Some(hour_from_now);
+    remote
+        .set_settings(pb::SetSettingsRequest {
+            settings: Some(settings),
+        })
+        .await
+        .unwrap();
+    let mut seen = keepsake_policy::Snapshot {
+        account: Some("alice".into()),
+        ..keepsake_policy::Snapshot::example()
+    };
+    control.settings().unwrap().apply_to(&mut seen);
+    control.save_snapshot(&seen).unwrap();
+    a.set_conditions(Some(seen));
+    assert_eq!(
+        sync(&mut a).await.blocked.as_deref(),
+        Some("PAUSED_BY_USER")
+    );
+    let diagnosis = remote
+        .diagnose(pb::DiagnoseRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!diagnosis.syncing);
+    assert!(
+        diagnosis.json.contains("PAUSED_BY_USER"),
+        "{}",
+        diagnosis.json
+    );
+    settings.paused_until_ms = None;
+    remote
+        .set_settings(pb::SetSettingsRequest {
+            settings: Some(settings),
+        })
+        .await
+        .unwrap();
+    let mut resumed = keepsake_policy::Snapshot {
+        account: Some("alice".into()),
+        ..keepsake_policy::Snapshot::example()
+    };
+    control.settings().unwrap().apply_to(&mut resumed);
+    control.save_snapshot(&resumed).unwrap();
+    a.set_conditions(Some(resumed));
+    assert_eq!(sync(&mut a).await.blocked, None);
+    assert!(
+        remote
+            .diagnose(pb::DiagnoseRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .syncing
+    );
+
     let set = control.conditions().unwrap().unwrap();
     assert_eq!(
         (set.network.as_deref(), set.battery_percent),
@@ -1268,4 +1430,309 @@ async fn device_control_imports_deletes_and_sets_conditions() {
         status.reason, "",
         "no agent loop ran here: the default status"
     );
+}
+
+/// Favourites, hidden flags, albums, deletes and restores made on one device reach the
+/// others; made offline, they wait in the outbox across a restart; an edit of a photo
+/// purged meanwhile is dropped, not retried forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_on_one_device_reach_the_others_and_survive_a_restart() {
+    use devices::*;
+    use keepsake_device::Edit;
+    let c = cloud().await;
+    let root = tempfile::tempdir().unwrap();
+    let (fa, fb) = (root.path().join("A"), root.path().join("B"));
+    let mut a = device(&c, &fa, &root.path().join("a-data"), "A").await;
+    let mut b = device(&c, &fb, &root.path().join("b-data"), "B").await;
+    for i in 1..=3 {
+        std::fs::write(fa.join(format!("IMG_{i}.JPG")), photo(300 + i, 40_000)).unwrap();
+    }
+    assert_eq!(sync(&mut a).await.uploaded, 3);
+    assert_eq!(sync(&mut b).await.downloaded, 3);
+    let id = |d: &keepsake_device::Device<keepsake_transport::cloud_client::CloudClient>,
+              name: &str| {
+        d.assets()
+            .unwrap()
+            .into_iter()
+            .find(|x| x.name == name)
+            .unwrap()
+            .asset_id
+    };
+    let (p1, p2, p3) = (
+        id(&b, "IMG_1.JPG"),
+        id(&b, "IMG_2.JPG"),
+        id(&b, "IMG_3.JPG"),
+    );
+    let unknown = b.edit(Edit::Favorite {
+        asset_id: "no-such-asset".into(),
+        value: true,
+    });
+    assert!(matches!(
+        unknown,
+        Err(keepsake_device::DeviceError::Unknown { .. })
+    ));
+    // Offline on B: shown at once, queued.
+    for edit in [
+        Edit::Favorite {
+            asset_id: p1.clone(),
+            value: true,
+        },
+        Edit::Hidden {
+            asset_id: p2.clone(),
+            value: true,
+        },
+        Edit::PutAlbum {
+            album_id: "trip".into(),
+            name: "Trip".into(),
+        },
+        Edit::AlbumMember {
+            album_id: "trip".into(),
+            asset_id: p1.clone(),
+            present: true,
+        },
+        Edit::AlbumMember {
+            album_id: "trip".into(),
+            asset_id: p3.clone(),
+            present: true,
+        },
+    ] {
+        b.edit(edit).unwrap();
+    }
+    let shown = view(&b);
+    assert!(shown.iter().any(|x| x.0 == p1 && x.1 && x.4 == ["Trip"]));
+    assert_eq!(b.pending_edits().unwrap(), 5);
+    let mut b = restart(&c, b).await;
+    assert_eq!(
+        b.pending_edits().unwrap(),
+        5,
+        "the outbox survives a restart"
+    );
+    assert_eq!(view(&b), shown, "and so does what the device shows");
+    assert_eq!(sync(&mut b).await.edits_sent, 5);
+    assert_eq!(b.pending_edits().unwrap(), 0);
+    sync(&mut a).await;
+    assert_eq!(view(&a), view(&b));
+    assert!(view(&a).iter().any(|x| x.0 == p2 && x.2), "hidden on A");
+    assert_eq!(a.albums().unwrap()[0].members.len(), 2);
+
+    // Both change the same favourite before hearing of each other: they converge.
+    a.edit(Edit::Favorite {
+        asset_id: p1.clone(),
+        value: false,
+    })
+    .unwrap();
+    b.edit(Edit::Favorite {
+        asset_id: p1.clone(),
+        value: true,
+    })
+    .unwrap();
+    sync(&mut a).await;
+    sync(&mut b).await;
+    sync(&mut a).await;
+    assert_eq!(view(&a), view(&b), "racing favourites converge");
+
+    // A delete and a restore made on B move the file on A and back.
+    let original = std::fs::read(fa.join("IMG_3.JPG")).unwrap();
+    b.edit(Edit::Trash {
+        asset_id: p3.clone(),
+    })
+    .unwrap();
+    sync(&mut b).await;
+    assert_eq!(sync(&mut a).await.trashed_here, 1);
+    assert!(!fa.join("IMG_3.JPG").exists());
+    assert!(
+        view(&a).iter().any(|x| x.0 == p3 && x.3),
+        "in A's Recently Deleted"
+    );
+    b.edit(Edit::Restore {
+        asset_id: p3.clone(),
+    })
+    .unwrap();
+    sync(&mut b).await;
+    assert_eq!(sync(&mut a).await.restored, 1);
+    assert_eq!(std::fs::read(fa.join("IMG_3.JPG")).unwrap(), original);
+    assert_eq!(view(&a), view(&b));
+
+    // An edit queued for a photo purged elsewhere is dropped, and the rest still go.
+    b.edit(Edit::Favorite {
+        asset_id: p2.clone(),
+        value: true,
+    })
+    .unwrap();
+    b.edit(Edit::Hidden {
+        asset_id: p1.clone(),
+        value: true,
+    })
+    .unwrap();
+    c.cloud.purge("alice", &p2).unwrap();
+    let report = sync(&mut b).await;
+    assert_eq!((report.edits_dropped, report.edits_sent), (1, 1));
+    sync(&mut a).await;
+    assert_eq!(view(&a), view(&b));
+    assert!(
+        !view(&a).iter().any(|x| x.0 == p2),
+        "purged: gone from every view"
+    );
+}
+
+/// A device that was offline while the others made 1,000 changes catches up to exactly
+/// what they show: files, favourites, hidden flags, albums, Recently Deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_offline_for_1000_changes_converges() {
+    use devices::*;
+    use keepsake_device::Edit;
+    let c = cloud().await;
+    let root = tempfile::tempdir().unwrap();
+    let mut devs = Vec::new();
+    let mut folders = Vec::new();
+    for i in 0..3 {
+        let f = root.path().join(format!("f{i}"));
+        devs.push(
+            device(
+                &c,
+                &f,
+                &root.path().join(format!("d{i}")),
+                &format!("dev {i}"),
+            )
+            .await,
+        );
+        folders.push(f);
+    }
+    for i in 0..12u64 {
+        std::fs::write(folders[0].join(format!("P{i}.JPG")), photo(900 + i, 8_000)).unwrap();
+    }
+    for d in devs.iter_mut() {
+        sync(d).await;
+    }
+    let ids: Vec<String> = devs[0]
+        .assets()
+        .unwrap()
+        .into_iter()
+        .map(|a| a.asset_id)
+        .collect();
+    assert_eq!(ids.len(), 12);
+    let mut next = seeded(0x5eed);
+    for album in ["Trip", "Family"] {
+        devs[0]
+            .edit(Edit::PutAlbum {
+                album_id: album.to_lowercase(),
+                name: album.into(),
+            })
+            .unwrap();
+    }
+    sync(&mut devs[0]).await;
+    sync(&mut devs[1]).await;
+    let mut changes = 2;
+    // Device 2 is offline throughout.
+    while changes < 1000 {
+        let d = next(2) as usize;
+        let asset_id = ids[next(ids.len() as u64) as usize].clone();
+        let edit = match next(5) {
+            0 => Edit::Favorite {
+                asset_id,
+                value: next(2) == 0,
+            },
+            1 => Edit::Hidden {
+                asset_id,
+                value: next(2) == 0,
+            },
+            2 | 3 => Edit::AlbumMember {
+                album_id: if next(2) == 0 { "trip" } else { "family" }.into(),
+                asset_id,
+                present: next(2) == 0,
+            },
+            _ => {
+                let trashed = devs[d]
+                    .assets()
+                    .unwrap()
+                    .iter()
+                    .any(|a| a.asset_id == asset_id && a.trashed);
+                if trashed {
+                    Edit::Restore { asset_id }
+                } else {
+                    Edit::Trash { asset_id }
+                }
+            }
+        };
+        devs[d].edit(edit).unwrap();
+        changes += 1;
+        if next(20) == 0 {
+            sync(&mut devs[d]).await;
+        }
+    }
+    for _ in 0..2 {
+        for d in devs.iter_mut().take(2) {
+            sync(d).await;
+        }
+    }
+    let before = devs[2].cursor().unwrap();
+    sync(&mut devs[2]).await;
+    assert!(devs[2].cursor().unwrap() > before);
+    assert_eq!(view(&devs[0]), view(&devs[1]));
+    assert_eq!(
+        view(&devs[2]),
+        view(&devs[0]),
+        "the offline device caught up"
+    );
+    assert_eq!(devs[2].albums().unwrap(), devs[0].albums().unwrap());
+    let files = folder_contents(&folders[0]);
+    assert_eq!(folder_contents(&folders[1]), files);
+    assert_eq!(folder_contents(&folders[2]), files);
+    let trashed = view(&devs[0]).iter().filter(|v| v.3).count();
+    assert_eq!(
+        files.len() + trashed,
+        12,
+        "every photo in the folder or in Recently Deleted"
+    );
+    println!(
+        "1,000 changes: {} photos in the folders, {trashed} in Recently Deleted",
+        files.len()
+    );
+}
+
+/// On mobile data with a daily cap, a device moves no more than the cap allows, says
+/// CELLULAR_CAP_REACHED, remembers what it used today across passes, and sends the rest
+/// on Wi-Fi.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daily_mobile_cap_is_kept_and_wifi_sends_the_rest() {
+    use devices::*;
+    use keepsake_policy::{Network, Snapshot};
+    let c = cloud().await;
+    let root = tempfile::tempdir().unwrap();
+    let fa = root.path().join("A");
+    let mut a = device(&c, &fa, &root.path().join("a-data"), "phone").await;
+    for i in 0..5u64 {
+        std::fs::write(fa.join(format!("C{i}.JPG")), photo(700 + i, 60_000)).unwrap();
+    }
+    let mut cellular = Snapshot {
+        account: Some("alice".into()),
+        ..Snapshot::example()
+    };
+    cellular.network = Some(Network::Cellular);
+    cellular.cellular.allowed = true;
+    cellular.cellular.daily_cap_bytes = Some(150_000);
+    a.set_conditions(Some(cellular.clone()));
+    let first = sync(&mut a).await;
+    assert_eq!(
+        first.uploaded, 2,
+        "{first:?}: two 60 kB photos fit a 150 kB cap, a third does not"
+    );
+    assert_eq!(
+        first.uploaded, 2,
+        "two 60 kB photos fit a 150 kB cap, a third does not"
+    );
+    assert_eq!(first.blocked.as_deref(), Some("CELLULAR_CAP_REACHED"));
+    assert!(a.cellular_used_today().unwrap() >= 120_000);
+    let second = sync(&mut a).await;
+    assert_eq!(
+        second.uploaded, 0,
+        "today's allowance is remembered across passes"
+    );
+    assert_eq!(second.blocked.as_deref(), Some("CELLULAR_CAP_REACHED"));
+    let mut wifi = cellular;
+    wifi.network = Some(Network::Wifi);
+    a.set_conditions(Some(wifi));
+    let third = sync(&mut a).await;
+    assert_eq!((third.uploaded, third.blocked), (3, None));
+    assert_eq!(a.pending_files().unwrap(), 0);
 }

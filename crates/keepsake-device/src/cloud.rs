@@ -2,6 +2,7 @@
 
 use bytes::Bytes;
 use keepsake_store::{ChunkId, Manifest, ManifestId};
+use serde::{Deserialize, Serialize};
 use std::future::Future;
 
 /// A failed cloud call, as the sync engine needs to see it.
@@ -55,13 +56,112 @@ pub struct RemoteAsset {
     pub original_name: String,
     /// Live, trashed or purged.
     pub state: RemoteState,
+    /// Marked a favourite.
+    pub favorite: bool,
+    /// Hidden from the main views.
+    pub hidden: bool,
+    /// The newest clock among its metadata fields (merged into the device's clock).
+    pub clock: Stamp,
+}
+
+/// An album's latest state, as the feed reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteAlbum {
+    /// Its id.
+    pub album_id: String,
+    /// Its name.
+    pub name: String,
+    /// Deleted (a tombstone).
+    pub deleted: bool,
+    /// Its member assets.
+    pub members: Vec<String>,
+    /// The newest clock of its name, deletion and memberships.
+    pub clock: Stamp,
+}
+
+/// A hybrid logical clock reading: the order of metadata changes across devices.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Stamp {
+    /// The wall clock, never below any stamp the device has seen.
+    pub wall_ms: i64,
+    /// Orders changes within one millisecond.
+    pub counter: u32,
+    /// The device that made the change (breaks exact ties).
+    pub device: String,
+}
+
+/// A change a person makes on a device, queued in its outbox until the cloud has it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "edit", rename_all = "snake_case")]
+pub enum Edit {
+    /// Marks or unmarks a favourite.
+    Favorite {
+        /// The asset.
+        asset_id: String,
+        /// Favourite or not.
+        value: bool,
+    },
+    /// Hides or shows an asset.
+    Hidden {
+        /// The asset.
+        asset_id: String,
+        /// Hidden or not.
+        value: bool,
+    },
+    /// Creates or renames an album.
+    PutAlbum {
+        /// The album, its id chosen by the device that creates it.
+        album_id: String,
+        /// Its name.
+        name: String,
+    },
+    /// Deletes an album (its photos stay).
+    DeleteAlbum {
+        /// The album.
+        album_id: String,
+    },
+    /// Adds an asset to an album, or takes it out.
+    AlbumMember {
+        /// The album.
+        album_id: String,
+        /// The asset.
+        asset_id: String,
+        /// In the album or not.
+        present: bool,
+    },
+    /// Moves an asset to Recently Deleted everywhere.
+    Trash {
+        /// The asset.
+        asset_id: String,
+    },
+    /// Brings an asset back from Recently Deleted everywhere.
+    Restore {
+        /// The asset.
+        asset_id: String,
+    },
+}
+
+impl Edit {
+    /// The asset the edit is about, if any.
+    pub fn asset(&self) -> Option<&str> {
+        match self {
+            Self::Favorite { asset_id, .. }
+            | Self::Hidden { asset_id, .. }
+            | Self::AlbumMember { asset_id, .. }
+            | Self::Trash { asset_id }
+            | Self::Restore { asset_id } => Some(asset_id),
+            Self::PutAlbum { .. } | Self::DeleteAlbum { .. } => None,
+        }
+    }
 }
 
 /// One page of the change feed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FeedPage {
-    /// Assets changed after the cursor (albums are not mirrored into the folder).
+    /// Assets changed after the cursor.
     pub assets: Vec<RemoteAsset>,
+    /// Albums changed after the cursor.
+    pub albums: Vec<RemoteAlbum>,
     /// Where to continue.
     pub cursor: u64,
     /// More changes are waiting.
@@ -150,6 +250,11 @@ pub trait Cloud: Send {
         &mut self,
         ids: &[ChunkId],
     ) -> impl Future<Output = Result<Vec<(ChunkId, Bytes)>, CloudError>> + Send;
-    /// Moves an asset to Recently Deleted everywhere.
-    fn trash(&mut self, asset_id: &str) -> impl Future<Output = Result<(), CloudError>> + Send;
+    /// Applies a person's edit, stamped with the device's clock. Idempotent: the same edit
+    /// with the same stamp changes nothing the second time.
+    fn edit(
+        &mut self,
+        edit: &Edit,
+        stamp: &Stamp,
+    ) -> impl Future<Output = Result<(), CloudError>> + Send;
 }

@@ -1,10 +1,16 @@
-//! What a running agent shares with whoever controls it: its status, its simulated
-//! conditions, and its library folder (to capture or delete a photo as a person would).
+//! What a running agent shares with whoever controls it: its status, its settings, its
+//! simulated conditions, its library folder (to capture or delete a photo as a person
+//! would), its journal (to make edits) and its last view of the world (to diagnose).
 
 use crate::DeviceError;
+use crate::cloud::{Edit, Stamp};
 use crate::device::{safe_name, unique_path};
+use crate::edits::{self, LocalAlbum, LocalAsset};
+use crate::journal::Journal;
+use keepsake_policy::{PolicyConfig, Snapshot, doctor, evaluate};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 /// What the agent last said about itself (kept in `status.json` in its data directory).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,6 +33,70 @@ pub struct AgentStatus {
     pub last_error: Option<String>,
     /// When a transfer last stalled and was restarted.
     pub last_stall_ms: Option<i64>,
+    /// Edits made here that the cloud does not have yet.
+    #[serde(default)]
+    pub pending_edits: u64,
+    /// What the pass under way is doing, if one is.
+    #[serde(default)]
+    pub progress: Option<crate::Progress>,
+}
+
+/// The device's sync settings, as its owner chose them (`settings.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// The "sync this device" switch.
+    pub sync_enabled: bool,
+    /// Mobile data may be used for sync.
+    pub cellular_allowed: bool,
+    /// On mobile data, no daily cap applies.
+    pub unlimited_updates: bool,
+    /// On mobile data, at most this many bytes a day.
+    pub daily_cap_bytes: Option<u64>,
+    /// Sync paused until this moment (Unix ms).
+    pub paused_until_ms: Option<i64>,
+    /// "Sync anyway for an hour" despite low battery, until this moment (Unix ms).
+    pub power_override_until_ms: Option<i64>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            sync_enabled: true,
+            cellular_allowed: false,
+            unlimited_updates: false,
+            daily_cap_bytes: None,
+            paused_until_ms: None,
+            power_override_until_ms: None,
+        }
+    }
+}
+
+impl Settings {
+    /// Puts these settings into a snapshot of the device's conditions.
+    pub fn apply_to(&self, snapshot: &mut Snapshot) {
+        snapshot.sync_enabled = self.sync_enabled;
+        snapshot.paused_until = self.paused_until_ms;
+        snapshot.power_override_until = self.power_override_until_ms;
+        snapshot.cellular.allowed = self.cellular_allowed;
+        snapshot.cellular.unlimited_updates = self.unlimited_updates;
+        snapshot.cellular.daily_cap_bytes = if self.unlimited_updates {
+            None
+        } else {
+            self.daily_cap_bytes
+        };
+    }
+}
+
+/// The doctor's answer for a running agent, from what it last saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnosis {
+    /// Nothing blocks sync.
+    pub syncing: bool,
+    /// The checklist as sentences.
+    pub text: String,
+    /// The same as JSON.
+    pub json: String,
 }
 
 /// A device's conditions as a person (or a test) sets them (`conditions.json`); anything
@@ -44,21 +114,23 @@ pub struct Conditions {
     pub low_power: bool,
     /// Free bytes on the device.
     pub free_bytes: Option<u64>,
-    /// Mobile data allowed for sync.
-    pub cellular_allowed: bool,
-    /// The device's sync switch.
-    pub sync_enabled: Option<bool>,
 }
 
 const STATUS: &str = "status.json";
 const CONDITIONS: &str = "conditions.json";
+const SETTINGS: &str = "settings.json";
+const SNAPSHOT: &str = "snapshot.json";
+/// Touched after every edit or settings change, so an agent in another process wakes.
+pub const WAKE_FILE: &str = "wake";
 /// Largest photo accepted through the control service.
 pub const MAX_IMPORT_BYTES: usize = 64 << 20;
 
-/// The agent's folder and data directory, and a way to wake it.
+/// The agent's folder, data directory and journal, and a way to wake it.
 pub struct FolderControl {
     folder: PathBuf,
     data_dir: PathBuf,
+    device_id: String,
+    journal: Mutex<Journal>,
     wake: tokio::sync::mpsc::UnboundedSender<()>,
 }
 
@@ -69,18 +141,169 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), DeviceError> {
     Ok(())
 }
 
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, DeviceError> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes).map_err(|e| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{} is not valid: {e}", path.display()),
+            )
+        })?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 impl FolderControl {
-    /// Control over the agent syncing `folder` with data in `data_dir`; `wake` starts a pass.
-    pub fn new(
-        folder: PathBuf,
+    /// Control over the agent syncing `config.folder`, keeping its status, settings and
+    /// conditions in `data_dir`; `wake` starts a pass.
+    pub fn open(
+        config: &crate::DeviceConfig,
         data_dir: PathBuf,
         wake: tokio::sync::mpsc::UnboundedSender<()>,
-    ) -> Self {
-        Self {
-            folder,
+    ) -> Result<Self, DeviceError> {
+        std::fs::create_dir_all(&config.data_dir)?;
+        let journal = Journal::open(&config.data_dir.join("journal.sqlite"))?;
+        Ok(Self {
+            folder: config.folder.clone(),
             data_dir,
+            device_id: config.device_id.clone(),
+            journal: Mutex::new(journal),
             wake,
+        })
+    }
+
+    fn journal(&self) -> std::sync::MutexGuard<'_, Journal> {
+        self.journal.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wakes the agent, whether it runs in this process or another.
+    fn wake(&self) {
+        let _ = self.wake.send(());
+        let _ = std::fs::write(self.data_dir.join(WAKE_FILE), b"");
+    }
+
+    /// Makes an edit as a person on the device would; the agent sends it on its next pass.
+    pub fn edit(&self, edit: Edit) -> Result<Stamp, DeviceError> {
+        let stamp = edits::queue(&self.journal(), &edit, now_ms(), &self.device_id)?;
+        self.wake();
+        Ok(stamp)
+    }
+
+    /// Allows the deletes held back by the mass-delete guard, on the agent's next pass.
+    pub fn confirm_deletes(&self) -> Result<(), DeviceError> {
+        self.journal().set("confirm_deletes", "1")?;
+        self.wake();
+        Ok(())
+    }
+
+    /// Finds an asset by id, by its path in the folder, or by its file name when only one
+    /// asset has it.
+    pub fn find_asset(&self, id_or_name: &str) -> Result<LocalAsset, DeviceError> {
+        let assets = self.assets()?;
+        if let Some(a) = assets.iter().find(|a| a.asset_id == id_or_name) {
+            return Ok(a.clone());
         }
+        let matches: Vec<&LocalAsset> = assets
+            .iter()
+            .filter(|a| a.name == id_or_name || a.name.rsplit('/').next() == Some(id_or_name))
+            .collect();
+        match matches.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => Err(DeviceError::Unknown {
+                kind: "asset",
+                id: id_or_name.to_string(),
+            }),
+            many => Err(DeviceError::Invalid(format!(
+                "{id_or_name:?} names {} assets ({}); use an asset id",
+                many.len(),
+                many.iter()
+                    .map(|a| a.asset_id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        }
+    }
+
+    /// Finds an album by id or by its name.
+    pub fn find_album(&self, id_or_name: &str) -> Result<LocalAlbum, DeviceError> {
+        let albums = self.albums()?;
+        albums
+            .iter()
+            .find(|a| a.album_id == id_or_name)
+            .or_else(|| albums.iter().find(|a| a.name == id_or_name))
+            .cloned()
+            .ok_or_else(|| DeviceError::Unknown {
+                kind: "album",
+                id: id_or_name.to_string(),
+            })
+    }
+
+    /// Every asset the device knows, with its metadata and local edits.
+    pub fn assets(&self) -> Result<Vec<LocalAsset>, DeviceError> {
+        edits::assets(&self.journal())
+    }
+
+    /// Every album the device knows.
+    pub fn albums(&self) -> Result<Vec<LocalAlbum>, DeviceError> {
+        edits::albums(&self.journal())
+    }
+
+    /// The owner's settings (defaults until changed).
+    pub fn settings(&self) -> Result<Settings, DeviceError> {
+        Ok(read_json(&self.data_dir.join(SETTINGS))?.unwrap_or_default())
+    }
+
+    /// Replaces the settings and wakes the agent to obey them.
+    pub fn set_settings(&self, settings: &Settings) -> Result<(), DeviceError> {
+        let body = serde_json::to_vec_pretty(settings).map_err(std::io::Error::other)?;
+        write_atomically(&self.data_dir.join(SETTINGS), &body)?;
+        self.wake();
+        Ok(())
+    }
+
+    /// Records the snapshot the agent's last pass was judged on.
+    pub fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), DeviceError> {
+        let body = serde_json::to_vec_pretty(snapshot).map_err(std::io::Error::other)?;
+        write_atomically(&self.data_dir.join(SNAPSHOT), &body)
+    }
+
+    /// The doctor's checklist for this device, judged now on what the agent last saw. A
+    /// refusal from the cloud the conditions do not explain is named too.
+    pub fn diagnose(&self) -> Result<Diagnosis, DeviceError> {
+        let Some(mut snapshot) = read_json::<Snapshot>(&self.data_dir.join(SNAPSHOT))? else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "the agent has not finished a pass yet; ask again in a moment",
+            )
+            .into());
+        };
+        snapshot.now = now_ms();
+        let status = self.status();
+        snapshot.last_stall_at = status.last_stall_ms;
+        let decision = evaluate(&snapshot, &PolicyConfig::default());
+        let report = doctor::diagnose(&snapshot, &decision, &doctor::Unknowns::default());
+        let mut text = doctor::render_text(&report);
+        let explained = decision
+            .reasons()
+            .iter()
+            .any(|r| Some(r.code.as_str()) == status.reason.as_deref());
+        let mut syncing = report.syncing;
+        if let Some(reason) = status.reason.as_deref().filter(|_| !explained) {
+            syncing = false;
+            text.push_str(&format!("\nThe last pass stopped with {reason}.\n"));
+        }
+        Ok(Diagnosis {
+            syncing,
+            text,
+            json: doctor::render_json(&report),
+        })
     }
 
     /// The agent's last status (default before its first pass).
@@ -99,13 +322,7 @@ impl FolderControl {
 
     /// The conditions set for the device, if any were.
     pub fn conditions(&self) -> Result<Option<Conditions>, DeviceError> {
-        match std::fs::read(self.data_dir.join(CONDITIONS)) {
-            Ok(bytes) => Ok(Some(
-                serde_json::from_slice(&bytes).map_err(std::io::Error::other)?,
-            )),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        read_json(&self.data_dir.join(CONDITIONS))
     }
 
     /// Replaces the device's conditions and wakes the agent to obey them.
@@ -166,7 +383,8 @@ mod tests {
         std::fs::create_dir_all(&folder).unwrap();
         std::fs::create_dir_all(&data).unwrap();
         let (wake, mut woken) = tokio::sync::mpsc::unbounded_channel();
-        let control = FolderControl::new(folder.clone(), data, wake);
+        let config = crate::DeviceConfig::new(folder.clone(), data.join("state"), "d".into());
+        let control = FolderControl::open(&config, data, wake).unwrap();
         assert_eq!(control.import("IMG.JPG", b"one").unwrap(), "IMG.JPG");
         assert_eq!(control.import("../IMG.JPG", b"two").unwrap(), "IMG (2).JPG");
         assert_eq!(std::fs::read(folder.join("IMG (2).JPG")).unwrap(), b"two");

@@ -1,7 +1,8 @@
 //! One device's sync engine: scan, upload, follow the feed, apply.
 
-use crate::cloud::{Cloud, CloudError, NewAsset, RemoteAsset, RemoteState};
-use crate::journal::{FileRow, Journal, TrashedRow};
+use crate::cloud::{Cloud, CloudError, Edit, NewAsset, RemoteAsset, RemoteState, Stamp};
+use crate::edits::{self, LocalAlbum, LocalAsset};
+use crate::journal::{FileRow, Journal, MetaRow, TrashedRow};
 use bytes::Bytes;
 use keepsake_delta::{ChunkParams, DeltaError, manifest_of};
 use keepsake_policy::{PolicyConfig, Snapshot, WorkClass, evaluate};
@@ -64,6 +65,8 @@ pub struct SyncReport {
     pub downloaded: usize,
     /// Bytes received.
     pub bytes_received: u64,
+    /// Bytes of new versions taken from the file already here instead of the network.
+    pub bytes_reused: u64,
     /// Files moved to the local Recently Deleted because they were deleted elsewhere.
     pub trashed_here: usize,
     /// Files deleted in the folder, sent to Recently Deleted everywhere.
@@ -76,8 +79,29 @@ pub struct SyncReport {
     pub not_resurrected: usize,
     /// Files skipped because they are still being written.
     pub unstable: usize,
+    /// Edits made on this device that reached the cloud.
+    pub edits_sent: usize,
+    /// Edits the cloud refused for good (the asset or album is gone): dropped, logged.
+    pub edits_dropped: usize,
     /// Why uploads or deletes stopped, if they did (a stable reason code).
     pub blocked: Option<String>,
+}
+
+/// What the pass under way is doing: files and bytes done out of what it set out to move.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Progress {
+    /// "uploading", "downloading" or "idle".
+    pub phase: String,
+    /// Files done in this phase.
+    pub items_done: u64,
+    /// Files this phase set out to move.
+    pub items_total: u64,
+    /// Bytes done in this phase.
+    pub bytes_done: u64,
+    /// Bytes this phase set out to move.
+    pub bytes_total: u64,
+    /// The file being moved now.
+    pub current: Option<String>,
 }
 
 /// Why a pass failed.
@@ -101,6 +125,17 @@ pub enum DeviceError {
     /// Downloaded content did not match its hash: nothing was written.
     #[error("downloaded content of asset {0} does not match its hash; nothing was written")]
     Corrupt(String),
+    /// An edit named something this device does not know.
+    #[error("this device knows no {kind} {id:?}; list them with `keepsake device ls`")]
+    Unknown {
+        /// "asset" or "album".
+        kind: &'static str,
+        /// The id given.
+        id: String,
+    },
+    /// An edit that can never succeed (an empty album name…).
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// A device and its library folder.
@@ -117,6 +152,28 @@ pub struct Device<C: Cloud> {
     policy: PolicyConfig,
     /// This pass's upload reservation, shared by every file the pass sends.
     reservation: Option<String>,
+    /// Bytes this pass may still move (today's mobile-data allowance), if limited.
+    budget: Option<u64>,
+    /// Why videos wait this pass (on mobile data without unlimited updates), if they do.
+    videos_wait: Option<String>,
+    /// Why originals are not downloaded this pass, if they are not.
+    downloads_wait: Option<String>,
+    /// A download was put off this pass: the feed stops there and resumes next time.
+    deferred: bool,
+    progress: tokio::sync::watch::Sender<Progress>,
+}
+
+/// Videos are judged apart from photos (they wait for Wi-Fi on a metered link).
+fn is_video(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    ["mp4", "mov", "m4v", "avi", "mkv"]
+        .iter()
+        .any(|ext| lower.ends_with(&format!(".{ext}")))
+}
+
+/// The UTC day a moment falls in, shifted by the policy's offset (for daily mobile caps).
+fn day_of(now_ms: i64, utc_offset_minutes: i32) -> i64 {
+    (now_ms + i64::from(utc_offset_minutes) * 60_000).div_euclid(86_400_000)
 }
 
 fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
@@ -232,7 +289,57 @@ impl<C: Cloud> Device<C> {
             conditions: None,
             policy: PolicyConfig::default(),
             reservation: None,
+            budget: None,
+            videos_wait: None,
+            downloads_wait: None,
+            deferred: false,
+            progress: tokio::sync::watch::Sender::new(Progress::default()),
         })
+    }
+
+    /// Follows the pass under way: files and bytes done out of the total, and the current file.
+    pub fn progress(&self) -> tokio::sync::watch::Receiver<Progress> {
+        self.progress.subscribe()
+    }
+
+    fn on_cellular(&self) -> bool {
+        self.conditions
+            .as_ref()
+            .is_some_and(|c| c.network == Some(keepsake_policy::Network::Cellular))
+    }
+
+    fn cellular_key(&self) -> String {
+        format!(
+            "cellular_bytes:{}",
+            day_of(self.clock.now_ms(), self.policy.utc_offset_minutes)
+        )
+    }
+
+    /// Bytes moved over mobile data today (by this device's clock and the policy's offset).
+    pub fn cellular_used_today(&self) -> Result<u64, DeviceError> {
+        Ok(self
+            .journal
+            .get(&self.cellular_key())?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0))
+    }
+
+    /// Whether `bytes` more would overrun today's mobile allowance; says so in the report.
+    fn over_budget(&self, bytes: u64, report: &mut SyncReport) -> bool {
+        let Some(budget) = self.budget else {
+            return false;
+        };
+        let spent = report.bytes_sent + report.bytes_received;
+        if spent + bytes > budget {
+            report.blocked = Some("CELLULAR_CAP_REACHED".into());
+            return true;
+        }
+        false
+    }
+
+    /// Where the device keeps its library and its data.
+    pub fn config(&self) -> &DeviceConfig {
+        &self.config
     }
 
     /// The cloud port (to refresh its credentials, say).
@@ -282,6 +389,32 @@ impl<C: Cloud> Device<C> {
         Ok(self.journal.count_trashed()?)
     }
 
+    /// Makes an edit on this device: shown at once, sent by the next pass that may send
+    /// metadata, kept across restarts until the cloud has it.
+    pub fn edit(&mut self, edit: Edit) -> Result<Stamp, DeviceError> {
+        edits::queue(
+            &self.journal,
+            &edit,
+            self.clock.now_ms(),
+            &self.config.device_id,
+        )
+    }
+
+    /// Edits waiting for the cloud.
+    pub fn pending_edits(&self) -> Result<u64, DeviceError> {
+        Ok(self.journal.count_outbox()?)
+    }
+
+    /// Every asset this device knows, with its metadata and local edits.
+    pub fn assets(&self) -> Result<Vec<LocalAsset>, DeviceError> {
+        edits::assets(&self.journal)
+    }
+
+    /// Every album this device knows.
+    pub fn albums(&self) -> Result<Vec<LocalAlbum>, DeviceError> {
+        edits::albums(&self.journal)
+    }
+
     /// One full pass: local changes up, then the feed down. A transient cloud error ends
     /// the pass early (`Err`, retry later); permanent ones stop uploads with a reason.
     pub async fn sync_once(&mut self) -> Result<SyncReport, DeviceError> {
@@ -291,12 +424,20 @@ impl<C: Cloud> Device<C> {
             report.blocked = Some("FOLDER_MISSING".into());
             return Ok(report);
         }
-        let (may_upload, may_metadata, may_download) = match &self.conditions {
-            None => (true, true, true),
+        self.videos_wait = None;
+        self.downloads_wait = None;
+        self.deferred = false;
+        let mut policy_reason = None;
+        let (may_upload, may_metadata) = match &self.conditions {
+            None => (true, true),
             Some(conditions) => {
                 let mut now = conditions.clone();
                 now.now = self.clock.now_ms();
+                now.cellular.used_today_bytes = self.cellular_used_today()?;
                 let decision = evaluate(&now, &self.policy);
+                self.budget = decision
+                    .bandwidth_budget_bytes
+                    .filter(|_| self.on_cellular());
                 let first_reason = |class: WorkClass| {
                     decision
                         .class(class)
@@ -304,12 +445,20 @@ impl<C: Cloud> Device<C> {
                         .first()
                         .map(|r| r.code.as_str().to_string())
                 };
-                let upload = decision.allows(WorkClass::PhotoUpload);
-                let download = decision.allows(WorkClass::Metadata)
-                    && decision.allows(WorkClass::OriginalDownload);
-                report.blocked = first_reason(WorkClass::PhotoUpload)
-                    .or_else(|| first_reason(WorkClass::OriginalDownload));
-                (upload, decision.allows(WorkClass::Metadata), download)
+                self.videos_wait = first_reason(WorkClass::VideoUpload);
+                self.downloads_wait = first_reason(WorkClass::OriginalDownload);
+                policy_reason = [
+                    WorkClass::PhotoUpload,
+                    WorkClass::Metadata,
+                    WorkClass::VideoUpload,
+                    WorkClass::OriginalDownload,
+                ]
+                .into_iter()
+                .find_map(first_reason);
+                (
+                    decision.allows(WorkClass::PhotoUpload),
+                    decision.allows(WorkClass::Metadata),
+                )
             }
         };
         // A permanent refusal (an outdated client, a revoked device…) is a reason to show,
@@ -322,14 +471,30 @@ impl<C: Cloud> Device<C> {
                 self.upload_pending(&seen, &mut report).await?;
             }
             if may_metadata {
+                self.send_edits(&mut report).await?;
                 self.local_deletes(&seen, &mut report).await?;
             }
-            if may_download {
+            if may_metadata {
                 self.pull(&mut report).await?;
+                // The feed may predate edits still waiting: they stay what the device shows.
+                for (_, edit, _, _) in self.journal.outbox()? {
+                    edits::show(&self.journal, &edit)?;
+                }
             }
             Ok::<(), DeviceError>(())
         }
         .await;
+        self.progress.send_replace(Progress::default());
+        // What the pass itself ran into (a refusal, the cap) comes first; else the policy's.
+        if report.blocked.is_none() {
+            report.blocked = policy_reason;
+        }
+        if self.on_cellular() {
+            // Counted even when the pass failed: the bytes moved all the same.
+            let moved = report.bytes_sent + report.bytes_received;
+            let used = self.cellular_used_today()? + moved;
+            self.journal.set(&self.cellular_key(), &used.to_string())?;
+        }
         match outcome {
             Err(DeviceError::Cloud(e)) if !e.transient => {
                 tracing::warn!(reason = %e.reason, message = %e.message, "sync refused");
@@ -398,12 +563,32 @@ impl<C: Cloud> Device<C> {
         seen: &HashSet<String>,
         report: &mut SyncReport,
     ) -> Result<(), DeviceError> {
-        let rows = self.journal.files()?;
-        for row in rows.iter().filter(|r| !r.synced && seen.contains(&r.path)) {
-            if report.blocked.is_some() {
+        let rows: Vec<FileRow> = self
+            .journal
+            .files()?
+            .into_iter()
+            .filter(|r| !r.synced && seen.contains(&r.path))
+            .collect();
+        self.progress.send_replace(Progress {
+            phase: "uploading".into(),
+            items_total: rows.len() as u64,
+            bytes_total: rows.iter().map(|r| r.size).sum(),
+            ..Progress::default()
+        });
+        for row in &rows {
+            if report.blocked.is_some() || self.over_budget(row.size, report) {
                 break;
             }
+            if self.videos_wait.is_some() && is_video(&row.path) {
+                continue;
+            }
+            self.progress
+                .send_modify(|p| p.current = Some(row.path.clone()));
             self.upload(row, report).await?;
+            self.progress.send_modify(|p| {
+                p.items_done += 1;
+                p.bytes_done += row.size;
+            });
         }
         Ok(())
     }
@@ -535,9 +720,7 @@ impl<C: Cloud> Device<C> {
             .await?;
         let manifest_id = self.cloud.put_manifest(&session, &manifest).await?;
         let name = row.path.rsplit('/').next().unwrap_or(&row.path).to_string();
-        let video = ["mp4", "mov", "m4v", "avi", "mkv"]
-            .iter()
-            .any(|ext| name.to_ascii_lowercase().ends_with(&format!(".{ext}")));
+        let video = is_video(&name);
         let commit = NewAsset {
             request_id: key,
             manifest: manifest_id,
@@ -674,8 +857,13 @@ impl<C: Cloud> Device<C> {
             return Ok(());
         }
         for row in deletes {
-            let asset = row.asset_id.clone().unwrap_or_default();
-            match self.cloud.trash(&asset).await {
+            let asset_id = row.asset_id.clone().unwrap_or_default();
+            // Trash ignores clocks: the default stamp is never compared.
+            match self
+                .cloud
+                .edit(&Edit::Trash { asset_id }, &Stamp::default())
+                .await
+            {
                 Ok(()) => {}
                 // Already gone in the cloud: nothing left to delete.
                 Err(e) if e.reason == "NOT_FOUND" || e.reason == "ASSET_NOT_LIVE" => {}
@@ -686,6 +874,65 @@ impl<C: Cloud> Device<C> {
         }
         if confirmed {
             self.journal.set("confirm_deletes", "")?;
+        }
+        Ok(())
+    }
+
+    /// Sends the outbox in order. A transient failure ends the pass (the rest waits); an
+    /// edit refused for good is dropped with a log line, so one stale edit never blocks
+    /// the ones behind it.
+    async fn send_edits(&mut self, report: &mut SyncReport) -> Result<(), DeviceError> {
+        for (seq, edit, wall_ms, counter) in self.journal.outbox()? {
+            let stamp = Stamp {
+                wall_ms,
+                counter,
+                device: self.config.device_id.clone(),
+            };
+            match self.cloud.edit(&edit, &stamp).await {
+                Ok(()) => {
+                    self.journal.outbox_done(seq)?;
+                    report.edits_sent += 1;
+                }
+                Err(e) if e.transient => {
+                    self.journal.outbox_failed(seq, &e.reason)?;
+                    return Err(e.into());
+                }
+                Err(e)
+                    if matches!(
+                        e.reason.as_str(),
+                        "NOT_FOUND" | "ASSET_NOT_LIVE" | "INVALID_ARGUMENT"
+                    ) =>
+                {
+                    tracing::warn!(?edit, reason = %e.reason, message = %e.message, "edit refused for good; dropped");
+                    self.journal.outbox_done(seq)?;
+                    report.edits_dropped += 1;
+                }
+                // CLOCK_SKEW, CLIENT_TOO_OLD…: the device must change, the edit must wait.
+                Err(e) => {
+                    self.journal.outbox_failed(seq, &e.reason)?;
+                    return Err(e.into());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Records what the feed says of an asset's metadata and albums.
+    fn remember_metadata(&self, a: &RemoteAsset) -> Result<(), DeviceError> {
+        self.journal.observe_clock(&a.clock)?;
+        match a.state {
+            RemoteState::Purged => self.journal.remove_meta(&a.asset_id)?,
+            state => self.journal.put_meta(&MetaRow {
+                asset_id: a.asset_id.clone(),
+                name: safe_name(&a.original_name, &a.asset_id),
+                state: if state == RemoteState::Trashed {
+                    "trashed".into()
+                } else {
+                    "live".into()
+                },
+                favorite: a.favorite,
+                hidden: a.hidden,
+            })?,
         }
         Ok(())
     }
@@ -708,6 +955,21 @@ impl<C: Cloud> Device<C> {
             };
             for asset in &page.assets {
                 self.apply(asset, report).await?;
+                if self.deferred {
+                    // A download was put off: the cursor stays before this page (what was
+                    // applied is idempotent), the rest waits for the next pass.
+                    return Ok(());
+                }
+                self.remember_metadata(asset)?;
+            }
+            for album in &page.albums {
+                self.journal.observe_clock(&album.clock)?;
+                if album.deleted {
+                    self.journal.remove_album(&album.album_id)?;
+                } else {
+                    self.journal
+                        .put_album(&album.album_id, &album.name, &album.members)?;
+                }
             }
             cursor = page.cursor;
             self.journal.set("cursor", &cursor.to_string())?;
@@ -829,6 +1091,33 @@ impl<C: Cloud> Device<C> {
         Ok(())
     }
 
+    /// The chunks of a local file that a new version also has (chunked as the new one was).
+    async fn local_chunks(
+        &self,
+        path: &Path,
+        new_len: u64,
+        wanted: &[ChunkId],
+    ) -> Result<HashMap<ChunkId, Bytes>, DeviceError> {
+        let path = path.to_path_buf();
+        let wanted: HashSet<ChunkId> = wanted.iter().copied().collect();
+        tokio::task::spawn_blocking(move || -> Result<_, DeviceError> {
+            let data = Bytes::from(std::fs::read(&path)?);
+            let manifest = manifest_of(&data, ChunkParams::for_len(new_len));
+            let mut found = HashMap::new();
+            let mut at = 0usize;
+            for entry in &manifest.entries {
+                let len = entry.len as usize;
+                if wanted.contains(&entry.chunk) {
+                    found.insert(entry.chunk, data.slice(at..at + len));
+                }
+                at += len;
+            }
+            Ok(found)
+        })
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))?
+    }
+
     /// Fetches an asset's content, verifies it, and only then puts it at its final path.
     async fn download(
         &mut self,
@@ -837,11 +1126,32 @@ impl<C: Cloud> Device<C> {
         name: &str,
         report: &mut SyncReport,
     ) -> Result<(), DeviceError> {
+        if self.downloads_wait.is_some() || self.over_budget(a.size, report) {
+            self.deferred = true;
+            return Ok(());
+        }
+        self.progress.send_modify(|p| {
+            p.phase = "downloading".into();
+            p.items_total += 1;
+            p.bytes_total += a.size;
+            p.current = Some(name.to_string());
+        });
         let manifest = self.cloud.manifest(&a.manifest).await?;
         let mut ids: Vec<ChunkId> = manifest.entries.iter().map(|e| e.chunk).collect();
         ids.sort();
         ids.dedup();
-        let fetched: HashMap<ChunkId, Bytes> = self.cloud.chunks(&ids).await?.into_iter().collect();
+        // A new version of a file already here shares most of its chunks: fetch the rest.
+        let mut fetched = match replace.as_ref().filter(|p| p.exists()) {
+            Some(old) => self.local_chunks(old, a.size, &ids).await?,
+            None => HashMap::new(),
+        };
+        report.bytes_reused += fetched.values().map(|b| b.len() as u64).sum::<u64>();
+        let missing: Vec<ChunkId> = ids
+            .iter()
+            .filter(|id| !fetched.contains_key(id))
+            .copied()
+            .collect();
+        fetched.extend(self.cloud.chunks(&missing).await?);
         let temp = self
             .config
             .data_dir
@@ -884,6 +1194,10 @@ impl<C: Cloud> Device<C> {
         self.record_synced(&dest, a)?;
         report.downloaded += 1;
         report.bytes_received += size;
+        self.progress.send_modify(|p| {
+            p.items_done += 1;
+            p.bytes_done += size;
+        });
         Ok(())
     }
 }

@@ -1,6 +1,7 @@
 //! The device's journal: what each file in the folder is, what the cloud acknowledged,
 //! where the feed was read to. SQLite, outside the library folder.
 
+use crate::cloud::{Edit, Stamp};
 use keepsake_store::ChunkId;
 use rusqlite::{Connection, OptionalExtension, params};
 use rusqlite_migration::{M, Migrations};
@@ -39,6 +40,32 @@ CREATE TABLE kv (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
 ) WITHOUT ROWID;
+";
+
+const V2: &str = "
+-- What the device knows of each asset's metadata (the feed's view, newest first).
+CREATE TABLE meta (
+    asset_id TEXT PRIMARY KEY,
+    name     TEXT NOT NULL,
+    state    TEXT NOT NULL,
+    favorite INTEGER NOT NULL,
+    hidden   INTEGER NOT NULL
+) WITHOUT ROWID;
+-- Live albums and their members (a JSON array of asset ids).
+CREATE TABLE albums (
+    album_id TEXT PRIMARY KEY,
+    name     TEXT NOT NULL,
+    members  TEXT NOT NULL
+) WITHOUT ROWID;
+-- Edits made on this device that the cloud has not acknowledged yet, in order.
+CREATE TABLE outbox (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    edit       TEXT NOT NULL,
+    wall_ms    INTEGER NOT NULL,
+    counter    INTEGER NOT NULL,
+    attempts   INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT
+);
 ";
 
 /// A file as the journal last saw it.
@@ -98,7 +125,9 @@ impl Journal {
         // wrong action, and the device acknowledges nothing to anyone. WAL keeps it
         // consistent; NORMAL spares an fsync per file.
         db.pragma_update(None, "synchronous", "NORMAL")?;
-        Migrations::new(vec![M::up(V1)])
+        // The agent and its control service write from two connections.
+        db.busy_timeout(std::time::Duration::from_secs(10))?;
+        Migrations::new(vec![M::up(V1), M::up(V2)])
             .to_latest(&mut db)
             .map_err(|e| crate::DeviceError::Migration(e.to_string()))?;
         Ok(Self { db })
@@ -265,4 +294,201 @@ impl Journal {
             .query_row("SELECT COUNT(*) FROM trashed", [], |r| r.get::<_, i64>(0))
             .map(|n| n as u64)
     }
+
+    /// A write transaction taken up front: the agent and its control service share the
+    /// clock row, and a deferred transaction could not upgrade while the other writes.
+    fn immediate(&self) -> rusqlite::Result<rusqlite::Transaction<'_>> {
+        rusqlite::Transaction::new_unchecked(&self.db, rusqlite::TransactionBehavior::Immediate)
+    }
+
+    /// Queues an edit, stamped after every stamp this device has issued or seen.
+    pub fn queue_edit(&self, edit: &Edit, now_ms: i64, device: &str) -> rusqlite::Result<Stamp> {
+        let tx = self.immediate()?;
+        let last = read_clock(&tx)?;
+        let stamp = if now_ms > last.0 {
+            Stamp {
+                wall_ms: now_ms,
+                counter: 0,
+                device: device.to_string(),
+            }
+        } else {
+            Stamp {
+                wall_ms: last.0,
+                counter: last.1 + 1,
+                device: device.to_string(),
+            }
+        };
+        write_clock(&tx, stamp.wall_ms, stamp.counter)?;
+        let body = serde_json::to_string(edit)
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+        tx.execute(
+            "INSERT INTO outbox (edit, wall_ms, counter) VALUES (?1, ?2, ?3)",
+            params![body, stamp.wall_ms, stamp.counter],
+        )?;
+        tx.commit()?;
+        Ok(stamp)
+    }
+
+    /// Moves the device's clock past a stamp received from the cloud.
+    pub fn observe_clock(&self, seen: &Stamp) -> rusqlite::Result<()> {
+        let tx = self.immediate()?;
+        let last = read_clock(&tx)?;
+        if (seen.wall_ms, seen.counter) > last {
+            write_clock(&tx, seen.wall_ms, seen.counter)?;
+        }
+        tx.commit()
+    }
+
+    /// Queued edits in the order they were made: (seq, edit, stamp's wall and counter).
+    pub fn outbox(&self) -> rusqlite::Result<Vec<(i64, Edit, i64, u32)>> {
+        let mut stmt = self
+            .db
+            .prepare_cached("SELECT seq, edit, wall_ms, counter FROM outbox ORDER BY seq")?;
+        stmt.query_map([], |r| {
+            let body: String = r.get(1)?;
+            let edit: Edit = serde_json::from_str(&body).map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    1,
+                    rusqlite::types::Type::Text,
+                    Box::new(e),
+                )
+            })?;
+            Ok((r.get(0)?, edit, r.get(2)?, r.get(3)?))
+        })?
+        .collect()
+    }
+
+    pub fn outbox_done(&self, seq: i64) -> rusqlite::Result<()> {
+        self.db
+            .execute("DELETE FROM outbox WHERE seq = ?1", [seq])?;
+        Ok(())
+    }
+
+    pub fn outbox_failed(&self, seq: i64, error: &str) -> rusqlite::Result<()> {
+        self.db.execute(
+            "UPDATE outbox SET attempts = attempts + 1, last_error = ?2 WHERE seq = ?1",
+            params![seq, error],
+        )?;
+        Ok(())
+    }
+
+    pub fn count_outbox(&self) -> rusqlite::Result<u64> {
+        self.db
+            .query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get::<_, i64>(0))
+            .map(|n| n as u64)
+    }
+
+    pub fn put_meta(&self, m: &MetaRow) -> rusqlite::Result<()> {
+        self.db.execute(
+            "INSERT INTO meta (asset_id, name, state, favorite, hidden) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (asset_id) DO UPDATE SET name = ?2, state = ?3, favorite = ?4, hidden = ?5",
+            params![m.asset_id, m.name, m.state, m.favorite, m.hidden],
+        )?;
+        Ok(())
+    }
+
+    pub fn meta(&self, asset_id: &str) -> rusqlite::Result<Option<MetaRow>> {
+        self.db
+            .query_row(
+                "SELECT asset_id, name, state, favorite, hidden FROM meta WHERE asset_id = ?1",
+                [asset_id],
+                meta_row,
+            )
+            .optional()
+    }
+
+    pub fn metas(&self) -> rusqlite::Result<Vec<MetaRow>> {
+        let mut stmt = self.db.prepare_cached(
+            "SELECT asset_id, name, state, favorite, hidden FROM meta ORDER BY name, asset_id",
+        )?;
+        stmt.query_map([], meta_row)?.collect()
+    }
+
+    pub fn remove_meta(&self, asset_id: &str) -> rusqlite::Result<()> {
+        self.db
+            .execute("DELETE FROM meta WHERE asset_id = ?1", [asset_id])?;
+        Ok(())
+    }
+
+    pub fn put_album(
+        &self,
+        album_id: &str,
+        name: &str,
+        members: &[String],
+    ) -> rusqlite::Result<()> {
+        let members = serde_json::to_string(members)
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+        self.db.execute(
+            "INSERT INTO albums (album_id, name, members) VALUES (?1, ?2, ?3)
+             ON CONFLICT (album_id) DO UPDATE SET name = ?2, members = ?3",
+            params![album_id, name, members],
+        )?;
+        Ok(())
+    }
+
+    pub fn remove_album(&self, album_id: &str) -> rusqlite::Result<()> {
+        self.db
+            .execute("DELETE FROM albums WHERE album_id = ?1", [album_id])?;
+        Ok(())
+    }
+
+    /// Live albums: (id, name, members).
+    pub fn albums(&self) -> rusqlite::Result<Vec<(String, String, Vec<String>)>> {
+        let mut stmt = self
+            .db
+            .prepare_cached("SELECT album_id, name, members FROM albums ORDER BY name, album_id")?;
+        stmt.query_map([], |r| {
+            let members: String = r.get(2)?;
+            let members: Vec<String> = serde_json::from_str(&members).map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    2,
+                    rusqlite::types::Type::Text,
+                    Box::new(e),
+                )
+            })?;
+            Ok((r.get(0)?, r.get(1)?, members))
+        })?
+        .collect()
+    }
+}
+
+/// An asset's metadata as this device knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetaRow {
+    pub asset_id: String,
+    pub name: String,
+    /// "live" or "trashed".
+    pub state: String,
+    pub favorite: bool,
+    pub hidden: bool,
+}
+
+fn meta_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MetaRow> {
+    Ok(MetaRow {
+        asset_id: r.get(0)?,
+        name: r.get(1)?,
+        state: r.get(2)?,
+        favorite: r.get(3)?,
+        hidden: r.get(4)?,
+    })
+}
+
+fn read_clock(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<(i64, u32)> {
+    let value: Option<String> = tx
+        .query_row("SELECT value FROM kv WHERE key = 'hlc'", [], |r| r.get(0))
+        .optional()?;
+    Ok(value
+        .and_then(|v| {
+            let (wall, counter) = v.split_once(':')?;
+            Some((wall.parse().ok()?, counter.parse().ok()?))
+        })
+        .unwrap_or((0, 0)))
+}
+
+fn write_clock(tx: &rusqlite::Transaction<'_>, wall: i64, counter: u32) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT INTO kv (key, value) VALUES ('hlc', ?1) ON CONFLICT (key) DO UPDATE SET value = ?1",
+        [format!("{wall}:{counter}")],
+    )?;
+    Ok(())
 }

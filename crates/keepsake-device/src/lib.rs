@@ -23,10 +23,15 @@
 mod cloud;
 mod control;
 mod device;
+mod edits;
 mod journal;
 
 pub use cloud::{
-    Cloud, CloudError, CommitReply, ContentLookup, FeedPage, NewAsset, RemoteAsset, RemoteState,
+    Cloud, CloudError, CommitReply, ContentLookup, Edit, FeedPage, NewAsset, RemoteAlbum,
+    RemoteAsset, RemoteState, Stamp,
 };
-pub use control::{AgentStatus, Conditions, FolderControl, MAX_IMPORT_BYTES};
-pub use device::{Device, DeviceConfig, DeviceError, SyncReport};
+pub use control::{
+    AgentStatus, Conditions, Diagnosis, FolderControl, MAX_IMPORT_BYTES, Settings, WAKE_FILE,
+};
+pub use device::{Device, DeviceConfig, DeviceError, Progress, SyncReport};
+pub use edits::{LocalAlbum, LocalAsset};

@@ -500,6 +500,18 @@ impl CloudClient {
         Ok(reply.into_inner().decision.unwrap_or_default())
     }
 
+    /// One Library call under the client's deadline, its status typed.
+    pub async fn library_call<T>(
+        &mut self,
+        what: &str,
+        call: impl AsyncFnOnce(&mut LibraryApi) -> Result<tonic::Response<T>, tonic::Status>,
+    ) -> Result<T, CallError> {
+        let after = self.config.call_timeout;
+        Ok(within(what, after, call(&mut self.library))
+            .await?
+            .into_inner())
+    }
+
     /// The raw generated clients, for calls this wrapper does not cover.
     pub fn raw(&mut self) -> (&mut StoreClient, &mut LibraryApi, &mut AccountsApi) {
         (&mut self.store, &mut self.library, &mut self.accounts)

@@ -5,7 +5,8 @@ use crate::cloud_client::CloudClient;
 use crate::convert::{WireManifest, chunk_id, id_bytes};
 use bytes::Bytes;
 use keepsake_device::{
-    Cloud, CloudError, CommitReply, ContentLookup, FeedPage, NewAsset, RemoteAsset, RemoteState,
+    Cloud, CloudError, CommitReply, ContentLookup, Edit, FeedPage, NewAsset, RemoteAlbum,
+    RemoteAsset, RemoteState, Stamp,
 };
 use keepsake_store::{ChunkId, Manifest, ManifestId};
 
@@ -29,21 +30,81 @@ fn bad_reply(what: &str, e: impl std::fmt::Display) -> CloudError {
     }
 }
 
+fn stamp(clock: Option<pb::Clock>) -> Stamp {
+    let pb::Clock {
+        wall_ms,
+        counter,
+        device,
+    } = clock.unwrap_or_default();
+    Stamp {
+        wall_ms,
+        counter,
+        device,
+    }
+}
+
+fn wire_clock(stamp: &Stamp) -> Option<pb::Clock> {
+    Some(pb::Clock {
+        wall_ms: stamp.wall_ms,
+        counter: stamp.counter,
+        device: stamp.device.clone(),
+    })
+}
+
 fn remote_asset(a: pb::Asset) -> Result<RemoteAsset, CloudError> {
-    let state = match pb::AssetState::try_from(a.state) {
+    // Every field is named, so a new one in the proto is a compile error here.
+    let pb::Asset {
+        asset_id,
+        kind: _,
+        capture_time_ms: _,
+        width: _,
+        height: _,
+        original_name,
+        version,
+        manifest_id,
+        file_hash,
+        size,
+        favorite,
+        hidden,
+        title: _,
+        state,
+        state_at_ms: _,
+        clock,
+    } = a;
+    let state = match pb::AssetState::try_from(state) {
         Ok(pb::AssetState::Trashed) => RemoteState::Trashed,
         Ok(pb::AssetState::Purged) => RemoteState::Purged,
         _ => RemoteState::Live,
     };
     Ok(RemoteAsset {
-        manifest: chunk_id("manifest_id", &a.manifest_id).map_err(|e| bad_reply("asset", e))?,
-        file_hash: chunk_id("file_hash", &a.file_hash).map_err(|e| bad_reply("asset", e))?,
-        asset_id: a.asset_id,
-        version: a.version,
-        size: a.size,
-        original_name: a.original_name,
+        manifest: chunk_id("manifest_id", &manifest_id).map_err(|e| bad_reply("asset", e))?,
+        file_hash: chunk_id("file_hash", &file_hash).map_err(|e| bad_reply("asset", e))?,
+        asset_id,
+        version,
+        size,
+        original_name,
         state,
+        favorite,
+        hidden,
+        clock: stamp(clock),
     })
+}
+
+fn remote_album(a: pb::Album) -> RemoteAlbum {
+    let pb::Album {
+        album_id,
+        name,
+        deleted,
+        members,
+        clock,
+    } = a;
+    RemoteAlbum {
+        album_id,
+        name,
+        deleted,
+        members,
+        clock: stamp(clock),
+    }
 }
 
 impl Cloud for CloudClient {
@@ -126,14 +187,17 @@ impl Cloud for CloudClient {
 
     async fn changes(&mut self, cursor: u64) -> Result<FeedPage, CloudError> {
         let page = self.list_changes(cursor, 1000).await?;
-        let mut assets = Vec::new();
+        let (mut assets, mut albums) = (Vec::new(), Vec::new());
         for change in page.changes {
-            if let Some(pb::change::Row::Asset(a)) = change.row {
-                assets.push(remote_asset(a)?);
+            match change.row {
+                Some(pb::change::Row::Asset(a)) => assets.push(remote_asset(a)?),
+                Some(pb::change::Row::Album(a)) => albums.push(remote_album(a)),
+                None => {}
             }
         }
         Ok(FeedPage {
             assets,
+            albums,
             cursor: page.cursor,
             more: page.more,
         })
@@ -150,7 +214,65 @@ impl Cloud for CloudClient {
         Ok(self.get_chunks(ids).await?)
     }
 
-    async fn trash(&mut self, asset_id: &str) -> Result<(), CloudError> {
-        Ok(self.trash_asset(asset_id).await?)
+    async fn edit(&mut self, edit: &Edit, stamp: &Stamp) -> Result<(), CloudError> {
+        use pb::set_metadata_request::Field;
+        let clock = wire_clock(stamp);
+        let metadata = |asset_id: &str, field| pb::SetMetadataRequest {
+            asset_id: asset_id.into(),
+            clock: clock.clone(),
+            field: Some(field),
+        };
+        match edit {
+            Edit::Favorite { asset_id, value } => {
+                let req = metadata(asset_id, Field::Favorite(*value));
+                self.library_call("SetMetadata", async |l| l.set_metadata(req).await)
+                    .await?;
+            }
+            Edit::Hidden { asset_id, value } => {
+                let req = metadata(asset_id, Field::Hidden(*value));
+                self.library_call("SetMetadata", async |l| l.set_metadata(req).await)
+                    .await?;
+            }
+            Edit::PutAlbum { album_id, name } => {
+                let req = pb::PutAlbumRequest {
+                    album_id: album_id.clone(),
+                    name: name.clone(),
+                    clock,
+                };
+                self.library_call("PutAlbum", async |l| l.put_album(req).await)
+                    .await?;
+            }
+            Edit::DeleteAlbum { album_id } => {
+                let req = pb::DeleteAlbumRequest {
+                    album_id: album_id.clone(),
+                    clock,
+                };
+                self.library_call("DeleteAlbum", async |l| l.delete_album(req).await)
+                    .await?;
+            }
+            Edit::AlbumMember {
+                album_id,
+                asset_id,
+                present,
+            } => {
+                let req = pb::SetAlbumMemberRequest {
+                    album_id: album_id.clone(),
+                    asset_id: asset_id.clone(),
+                    present: *present,
+                    clock,
+                };
+                self.library_call("SetAlbumMember", async |l| l.set_album_member(req).await)
+                    .await?;
+            }
+            Edit::Trash { asset_id } => self.trash_asset(asset_id).await?,
+            Edit::Restore { asset_id } => {
+                let req = pb::RestoreAssetRequest {
+                    asset_id: asset_id.clone(),
+                };
+                self.library_call("RestoreAsset", async |l| l.restore_asset(req).await)
+                    .await?;
+            }
+        }
+        Ok(())
     }
 }

@@ -3,7 +3,9 @@
 
 use crate::ApiError;
 use crate::client::pb;
-use keepsake_device::{AgentStatus, Conditions, DeviceError, FolderControl, MAX_IMPORT_BYTES};
+use keepsake_device::{
+    AgentStatus, Conditions, Edit, FolderControl, MAX_IMPORT_BYTES, Progress, Settings, Stamp,
+};
 use keepsake_proto::v1::device_control_server::{DeviceControl, DeviceControlServer};
 use std::future::Future;
 use std::sync::Arc;
@@ -15,16 +17,8 @@ pub struct DeviceService {
     control: Arc<FolderControl>,
 }
 
-fn refused(e: DeviceError) -> Status {
-    match e {
-        DeviceError::Io(io) if io.kind() == std::io::ErrorKind::NotFound => {
-            Status::not_found(io.to_string())
-        }
-        DeviceError::Io(io) if io.kind() == std::io::ErrorKind::InvalidInput => {
-            ApiError::field("name", io).into()
-        }
-        other => ApiError::Unavailable(other.to_string()).into(),
-    }
+fn refused(e: keepsake_device::DeviceError) -> Status {
+    ApiError::from(e).into()
 }
 
 fn status_to_wire(s: AgentStatus) -> pb::AgentStatus {
@@ -38,6 +32,8 @@ fn status_to_wire(s: AgentStatus) -> pb::AgentStatus {
         downloaded,
         last_error,
         last_stall_ms,
+        pending_edits,
+        progress,
     } = s;
     pb::AgentStatus {
         device_id,
@@ -49,6 +45,84 @@ fn status_to_wire(s: AgentStatus) -> pb::AgentStatus {
         downloaded,
         last_error: last_error.unwrap_or_default(),
         last_stall_ms,
+        pending_edits,
+        progress: progress.map(progress_to_wire),
+    }
+}
+
+fn progress_to_wire(p: Progress) -> pb::Progress {
+    let Progress {
+        phase,
+        items_done,
+        items_total,
+        bytes_done,
+        bytes_total,
+        current,
+    } = p;
+    pb::Progress {
+        phase,
+        items_done,
+        items_total,
+        bytes_done,
+        bytes_total,
+        current: current.unwrap_or_default(),
+    }
+}
+
+fn settings_to_wire(s: Settings) -> pb::Settings {
+    let Settings {
+        sync_enabled,
+        cellular_allowed,
+        unlimited_updates,
+        daily_cap_bytes,
+        paused_until_ms,
+        power_override_until_ms,
+    } = s;
+    pb::Settings {
+        sync_enabled,
+        cellular_allowed,
+        unlimited_updates,
+        daily_cap_bytes,
+        paused_until_ms,
+        power_override_until_ms,
+    }
+}
+
+fn settings_from_wire(s: Option<pb::Settings>) -> Result<Settings, Status> {
+    let pb::Settings {
+        sync_enabled,
+        cellular_allowed,
+        unlimited_updates,
+        daily_cap_bytes,
+        paused_until_ms,
+        power_override_until_ms,
+    } = s.ok_or_else(|| Status::from(ApiError::field("settings", "is required")))?;
+    Ok(Settings {
+        sync_enabled,
+        cellular_allowed,
+        unlimited_updates,
+        daily_cap_bytes,
+        paused_until_ms,
+        power_override_until_ms,
+    })
+}
+
+fn edited(stamp: Stamp) -> Response<pb::EditResponse> {
+    Response::new(pb::EditResponse {
+        wall_ms: stamp.wall_ms,
+        counter: stamp.counter,
+    })
+}
+
+impl DeviceService {
+    /// Queues an edit on the device (a journal write: off the async threads).
+    async fn edit(&self, edit: Edit) -> Result<Response<pb::EditResponse>, Status> {
+        let control = self.control.clone();
+        tokio::task::spawn_blocking(move || control.edit(edit))
+            .await
+            .map_err(|e| Status::from(ApiError::Unavailable(e.to_string())))?
+            .map(edited)
+            .map_err(refused)
     }
 }
 
@@ -59,8 +133,6 @@ fn conditions_from_wire(c: Option<pb::Conditions>) -> Result<Conditions, Status>
         charging,
         low_power,
         free_bytes,
-        cellular_allowed,
-        sync_enabled,
     } = c.ok_or_else(|| Status::from(ApiError::field("conditions", "is required")))?;
     if !["", "wifi", "wired", "cellular", "offline"].contains(&network.as_str()) {
         return Err(ApiError::field(
@@ -86,8 +158,6 @@ fn conditions_from_wire(c: Option<pb::Conditions>) -> Result<Conditions, Status>
         charging,
         low_power,
         free_bytes,
-        cellular_allowed,
-        sync_enabled,
     })
 }
 
@@ -133,6 +203,143 @@ impl DeviceControl for DeviceService {
         let pb::DeleteRequest { name } = request.into_inner();
         self.control.delete(&name).map_err(refused)?;
         Ok(Response::new(pb::DeleteResponse {}))
+    }
+
+    async fn get_settings(
+        &self,
+        request: Request<pb::GetSettingsRequest>,
+    ) -> Result<Response<pb::GetSettingsResponse>, Status> {
+        let pb::GetSettingsRequest {} = request.into_inner();
+        let settings = self.control.settings().map_err(refused)?;
+        Ok(Response::new(pb::GetSettingsResponse {
+            settings: Some(settings_to_wire(settings)),
+        }))
+    }
+
+    async fn set_settings(
+        &self,
+        request: Request<pb::SetSettingsRequest>,
+    ) -> Result<Response<pb::SetSettingsResponse>, Status> {
+        let pb::SetSettingsRequest { settings } = request.into_inner();
+        let settings = settings_from_wire(settings)?;
+        self.control.set_settings(&settings).map_err(refused)?;
+        Ok(Response::new(pb::SetSettingsResponse {}))
+    }
+
+    async fn list_assets(
+        &self,
+        request: Request<pb::ListAssetsRequest>,
+    ) -> Result<Response<pb::ListAssetsResponse>, Status> {
+        let pb::ListAssetsRequest {} = request.into_inner();
+        let assets = self.control.assets().map_err(refused)?;
+        let albums = self.control.albums().map_err(refused)?;
+        Ok(Response::new(pb::ListAssetsResponse {
+            assets: assets
+                .into_iter()
+                .map(|a| pb::LocalAsset {
+                    asset_id: a.asset_id,
+                    name: a.name,
+                    trashed: a.trashed,
+                    favorite: a.favorite,
+                    hidden: a.hidden,
+                    albums: a.albums,
+                })
+                .collect(),
+            albums: albums
+                .into_iter()
+                .map(|a| pb::LocalAlbum {
+                    album_id: a.album_id,
+                    name: a.name,
+                    members: a.members,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn set_favorite(
+        &self,
+        request: Request<pb::SetFavoriteRequest>,
+    ) -> Result<Response<pb::EditResponse>, Status> {
+        let pb::SetFavoriteRequest { asset_id, favorite } = request.into_inner();
+        self.edit(Edit::Favorite {
+            asset_id,
+            value: favorite,
+        })
+        .await
+    }
+
+    async fn set_hidden(
+        &self,
+        request: Request<pb::SetHiddenRequest>,
+    ) -> Result<Response<pb::EditResponse>, Status> {
+        let pb::SetHiddenRequest { asset_id, hidden } = request.into_inner();
+        self.edit(Edit::Hidden {
+            asset_id,
+            value: hidden,
+        })
+        .await
+    }
+
+    async fn put_album(
+        &self,
+        request: Request<pb::LocalPutAlbumRequest>,
+    ) -> Result<Response<pb::EditResponse>, Status> {
+        let pb::LocalPutAlbumRequest { album_id, name } = request.into_inner();
+        self.edit(Edit::PutAlbum { album_id, name }).await
+    }
+
+    async fn delete_album(
+        &self,
+        request: Request<pb::LocalDeleteAlbumRequest>,
+    ) -> Result<Response<pb::EditResponse>, Status> {
+        let pb::LocalDeleteAlbumRequest { album_id } = request.into_inner();
+        self.edit(Edit::DeleteAlbum { album_id }).await
+    }
+
+    async fn set_album_member(
+        &self,
+        request: Request<pb::LocalSetAlbumMemberRequest>,
+    ) -> Result<Response<pb::EditResponse>, Status> {
+        let pb::LocalSetAlbumMemberRequest {
+            album_id,
+            asset_id,
+            present,
+        } = request.into_inner();
+        self.edit(Edit::AlbumMember {
+            album_id,
+            asset_id,
+            present,
+        })
+        .await
+    }
+
+    async fn trash_asset(
+        &self,
+        request: Request<pb::LocalTrashAssetRequest>,
+    ) -> Result<Response<pb::EditResponse>, Status> {
+        let pb::LocalTrashAssetRequest { asset_id } = request.into_inner();
+        self.edit(Edit::Trash { asset_id }).await
+    }
+
+    async fn restore_asset(
+        &self,
+        request: Request<pb::LocalRestoreAssetRequest>,
+    ) -> Result<Response<pb::EditResponse>, Status> {
+        let pb::LocalRestoreAssetRequest { asset_id } = request.into_inner();
+        self.edit(Edit::Restore { asset_id }).await
+    }
+
+    async fn diagnose(
+        &self,
+        request: Request<pb::DiagnoseRequest>,
+    ) -> Result<Response<pb::DiagnoseResponse>, Status> {
+        let pb::DiagnoseRequest {} = request.into_inner();
+        let d = self.control.diagnose().map_err(refused)?;
+        Ok(Response::new(pb::DiagnoseResponse {
+            syncing: d.syncing,
+            text: d.text,
+            json: d.json,
+        }))
     }
 }
 

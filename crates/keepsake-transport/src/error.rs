@@ -58,6 +58,9 @@ pub enum ApiError {
         /// A hint for when to retry.
         retry_after_ms: u64,
     },
+    /// A device agent refused a control call.
+    #[error(transparent)]
+    Device(#[from] keepsake_device::DeviceError),
 }
 
 impl ApiError {
@@ -160,6 +163,23 @@ pub fn to_status(err: &ApiError) -> Status {
                 LibraryError::Store(_) => unreachable!("matched above"),
             };
             (code, e.reason())
+        }
+        ApiError::Device(e) => {
+            use keepsake_device::DeviceError as D;
+            use std::io::ErrorKind;
+            match e {
+                D::Unknown { .. } => (Code::NotFound, "NOT_FOUND"),
+                D::Io(io) if io.kind() == ErrorKind::NotFound => (Code::NotFound, "NOT_FOUND"),
+                D::Invalid(_) => {
+                    details.add_bad_request_violation("edit", err.to_string());
+                    (Code::InvalidArgument, "INVALID_ARGUMENT")
+                }
+                D::Io(io) if io.kind() == ErrorKind::InvalidInput => {
+                    details.add_bad_request_violation("name", err.to_string());
+                    (Code::InvalidArgument, "INVALID_ARGUMENT")
+                }
+                _ => (Code::Unavailable, "UNAVAILABLE"),
+            }
         }
     };
     if matches!(

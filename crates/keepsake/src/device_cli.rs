@@ -100,6 +100,23 @@ pub fn status(data: PathBuf) -> Result<()> {
         "{} files waiting to upload; {} uploaded and {} downloaded since the agent started",
         s.pending_files, s.uploaded, s.downloaded
     );
+    if s.pending_edits > 0 {
+        println!("{} edits waiting to be sent", s.pending_edits);
+    }
+    if let Some(p) = &s.progress {
+        println!(
+            "{} {}/{} files, {} of {}{}",
+            p.phase,
+            p.items_done,
+            p.items_total,
+            megabytes(p.bytes_done),
+            megabytes(p.bytes_total),
+            p.current
+                .as_ref()
+                .map(|c| format!(" (now {c})"))
+                .unwrap_or_default()
+        );
+    }
     if let Some(e) = &s.last_error {
         println!("last transient failure: {e}");
     }
@@ -114,9 +131,27 @@ pub fn status(data: PathBuf) -> Result<()> {
 
 /// Optional simulated conditions, re-read before every pass (demos and tests change them live).
 const CONDITIONS: &str = "conditions.json";
+/// The owner's settings (sync switch, pause, mobile data), re-read before every pass.
+const SETTINGS: &str = "settings.json";
 
-/// The snapshot the policy judges: the conditions file over what the machine says.
-fn snapshot(data: &Path, folder: &Path, account: &str) -> Result<keepsake_policy::Snapshot> {
+/// The device's settings (defaults when none were saved).
+pub fn load_settings(data: &Path) -> Result<keepsake_device::Settings> {
+    let path = data.join(SETTINGS);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => serde_json::from_str(&text)
+            .with_context(|| format!("{} is not valid settings JSON", path.display())),
+        Err(_) => Ok(keepsake_device::Settings::default()),
+    }
+}
+
+/// The snapshot the policy judges: the conditions file over what the machine says, the
+/// owner's settings, and what the server last said about the plan and the client version.
+fn snapshot(
+    data: &Path,
+    folder: &Path,
+    account: &str,
+    server: &crate::doctor::ServerView,
+) -> Result<keepsake_policy::Snapshot> {
     use keepsake_policy::{Cellular, DeviceStorage, Power, Snapshot, Version};
     let path = data.join(CONDITIONS);
     let c: keepsake_device::Conditions = match std::fs::read_to_string(&path) {
@@ -130,15 +165,15 @@ fn snapshot(data: &Path, folder: &Path, account: &str) -> Result<keepsake_policy
         Some(n) => Some(crate::doctor::parse_network(n).map_err(|e| anyhow::anyhow!(e))?),
         None => crate::doctor::read_network(),
     };
-    Ok(Snapshot {
-        now: 0,
+    let mut snapshot = Snapshot {
+        now: now_ms(),
         account: Some(account.to_string()),
-        sync_enabled: c.sync_enabled.unwrap_or(true),
+        sync_enabled: true,
         paused_until: None,
         power_override_until: None,
         network,
         cellular: Cellular {
-            allowed: c.cellular_allowed,
+            allowed: false,
             unlimited_updates: false,
             daily_cap_bytes: None,
             used_today_bytes: 0,
@@ -153,15 +188,17 @@ fn snapshot(data: &Path, folder: &Path, account: &str) -> Result<keepsake_policy
             total_bytes: total,
             optimize: false,
         },
-        quota: None,
+        quota: server.quota(),
         client_version: env!("CARGO_PKG_VERSION")
             .parse::<Version>()
             .unwrap_or(Version(0, 0, 0)),
-        server_min_version: None,
-        server_reachable: Some(true),
+        server_min_version: server.min_version,
+        server_reachable: Some(server.reachable),
         clock_skew_ms: None,
         last_stall_at: None,
-    })
+    };
+    load_settings(data)?.apply_to(&mut snapshot);
+    Ok(snapshot)
 }
 
 /// Says an error as a sentence with its fix, not as a debug dump.
@@ -269,6 +306,11 @@ fn say_pass(r: &SyncReport, reason_changed: bool) {
         (r.restored, "restored"),
         (r.purged, "purged"),
         (r.not_resurrected, "deleted elsewhere, not re-uploaded"),
+        (r.edits_sent, "edits sent"),
+        (
+            r.edits_dropped,
+            "edits dropped (their photo or album is gone)",
+        ),
     ] {
         if n > 0 {
             parts.push(format!("{n} {what}"));
@@ -282,6 +324,42 @@ fn say_pass(r: &SyncReport, reason_changed: bool) {
     if !parts.is_empty() {
         println!("keepsake sync: {}", parts.join(", "));
     }
+}
+
+fn megabytes(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
+}
+
+/// Shows the pass under way: a progress line at most once a second, and the same in
+/// `status.json` for `keepsake status` and DeviceControl.
+fn follow_progress(
+    mut progress: tokio::sync::watch::Receiver<keepsake_device::Progress>,
+    status: Arc<std::sync::Mutex<keepsake_device::AgentStatus>>,
+    data: PathBuf,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while progress.changed().await.is_ok() {
+            let p = progress.borrow_and_update().clone();
+            let shown = {
+                let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
+                s.progress = (!p.phase.is_empty()).then(|| p.clone());
+                s.clone()
+            };
+            save_status(&data, &shown);
+            if !p.phase.is_empty() && p.items_total > 0 {
+                println!(
+                    "keepsake sync: {} {}/{} files, {} of {}{}",
+                    p.phase,
+                    p.items_done,
+                    p.items_total,
+                    megabytes(p.bytes_done),
+                    megabytes(p.bytes_total),
+                    p.current.map(|c| format!(" ({c})")).unwrap_or_default()
+                );
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    })
 }
 
 /// Wakes the sync loop when the cloud's feed moves: a WatchChanges stream from `cursor`,
@@ -312,8 +390,49 @@ fn watch_feed(
     })
 }
 
+/// Wakes the loop when the owner changes the device's settings or conditions, or another
+/// process (`keepsake device favorite …`) queued an edit.
+fn watch_settings(
+    data: &Path,
+    wake: tokio::sync::mpsc::UnboundedSender<()>,
+) -> Result<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(e) = event
+            && e.paths.iter().any(|p| {
+                p.file_name().is_some_and(|n| {
+                    n == SETTINGS || n == CONDITIONS || n == keepsake_device::WAKE_FILE
+                })
+            })
+        {
+            let _ = wake.send(());
+        }
+    })?;
+    if let Err(e) = watcher.watch(data, notify::RecursiveMode::NonRecursive) {
+        tracing::warn!(error = %e, "cannot watch the settings; they apply at the next pass");
+    }
+    Ok(watcher)
+}
+
+/// A retry schedule: exponential, capped at a minute, spread out (jitter) so devices cut
+/// off together do not return together; seeded by the device id, so a run can be replayed.
+fn retry_schedule(device_id: &str) -> backon::ExponentialBackoff {
+    use backon::BackoffBuilder;
+    let digest = blake3::hash(device_id.as_bytes());
+    let mut seed = [0u8; 8];
+    seed.copy_from_slice(&digest.as_bytes()[..8]);
+    backon::ExponentialBuilder::new()
+        .with_min_delay(Duration::from_millis(500))
+        .with_max_delay(Duration::from_secs(60))
+        .with_jitter()
+        .with_jitter_seed(u64::from_le_bytes(seed))
+        .without_max_times()
+        .build()
+}
+
 /// `keepsake sync DIR`: keeps the folder in sync until interrupted (or once). A pass runs
-/// when a file in the folder changes, when the cloud's feed moves, and every `interval`.
+/// when a file in the folder changes, when the cloud's feed moves, when the settings
+/// change, when an edit is made through DeviceControl, and every `interval`.
 pub async fn sync(
     folder: PathBuf,
     data: PathBuf,
@@ -329,6 +448,12 @@ pub async fn sync(
         enrolled.device_id.clone(),
     );
     config.stable_ms = 400;
+    let (wake_tx, mut wake) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let folder_control = Arc::new(keepsake_device::FolderControl::open(
+        &config,
+        data.clone(),
+        wake_tx.clone(),
+    )?);
     let client = signed_in_client(&enrolled).await?;
     let mut device = Device::open(config, client.clone(), Arc::new(SystemClock))?;
     println!(
@@ -337,7 +462,6 @@ pub async fn sync(
         enrolled.server,
         enrolled.device_id
     );
-    let (wake_tx, mut wake) = tokio::sync::mpsc::unbounded_channel::<()>();
     let fs_wake = wake_tx.clone();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         // The agent's own temp and marker files are not the user's changes.
@@ -353,6 +477,7 @@ pub async fn sync(
         // Without notifications the periodic pass still finds everything, only later.
         tracing::warn!(error = %e, "cannot watch the folder; relying on periodic rescans");
     }
+    let _settings_watcher = watch_settings(&data, wake_tx.clone())?;
     let mut feed = watch_feed(client, device.cursor()?, wake_tx.clone());
     if let Some(addr) = control {
         if !addr.ip().is_loopback() {
@@ -365,27 +490,30 @@ pub async fn sync(
             "keepsake sync: device control on http://{}",
             listener.local_addr()?
         );
-        let control = Arc::new(keepsake_device::FolderControl::new(
-            folder.clone(),
-            data.clone(),
-            wake_tx.clone(),
-        ));
         tokio::spawn(keepsake_transport::serve_device(
             listener,
-            control,
+            folder_control.clone(),
             std::future::pending(),
         ));
     }
-    let mut status = keepsake_device::AgentStatus {
+    let status = Arc::new(std::sync::Mutex::new(keepsake_device::AgentStatus {
         device_id: enrolled.device_id.clone(),
         since_ms: now_ms(),
         ..keepsake_device::AgentStatus::default()
+    }));
+    let _progress = follow_progress(device.progress(), status.clone(), data.clone());
+    let mut backoff = retry_schedule(&enrolled.device_id);
+    let mut server = crate::doctor::ServerView {
+        reachable: true,
+        account: None,
+        min_version: None,
     };
-    let mut backoff = Duration::from_millis(500);
     // Nothing reported yet: the first pass always tells the ledger.
     let mut last_state = "\u{0}".to_string();
     loop {
-        device.set_conditions(Some(snapshot(&data, &folder, &enrolled.account)?));
+        let conditions = snapshot(&data, &folder, &enrolled.account, &server)?;
+        let _ = folder_control.save_snapshot(&conditions);
+        device.set_conditions(Some(conditions));
         let mut pause = interval;
         match device.sync_once().await {
             Ok(report) if report.blocked.as_deref() == Some("UNAUTHENTICATED") => {
@@ -397,16 +525,34 @@ pub async fn sync(
                 continue;
             }
             Ok(report) => {
-                backoff = Duration::from_millis(500);
-                if report.blocked != status.reason {
-                    status.since_ms = now_ms();
-                    status.reason = report.blocked.clone();
+                backoff = retry_schedule(&enrolled.device_id);
+                // While the cloud refuses, read the numbers the doctor shows (the plan and
+                // usage, or the version required); once it stops, forget them.
+                if matches!(
+                    report.blocked.as_deref(),
+                    Some("QUOTA_EXCEEDED" | "CLIENT_TOO_OLD")
+                ) {
+                    let (_, _, accounts) = device.cloud_mut().raw();
+                    server.ask_account(accounts).await;
+                } else {
+                    server.account = None;
+                    server.min_version = None;
                 }
-                status.last_pass_ms = now_ms();
-                status.uploaded += report.uploaded as u64;
-                status.downloaded += report.downloaded as u64;
-                status.pending_files = device.pending_files().unwrap_or(0);
-                save_status(&data, &status);
+                let shown = {
+                    let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
+                    if report.blocked != s.reason {
+                        s.since_ms = now_ms();
+                        s.reason = report.blocked.clone();
+                    }
+                    s.last_pass_ms = now_ms();
+                    s.uploaded += report.uploaded as u64;
+                    s.downloaded += report.downloaded as u64;
+                    s.pending_files = device.pending_files().unwrap_or(0);
+                    s.pending_edits = device.pending_edits().unwrap_or(0);
+                    s.progress = None;
+                    s.clone()
+                };
+                save_status(&data, &shown);
                 let state = report.blocked.clone().unwrap_or_default();
                 say_pass(&report, state != last_state);
                 if state != last_state {
@@ -422,20 +568,31 @@ pub async fn sync(
                 }
             }
             Err(keepsake_device::DeviceError::Cloud(e)) if e.transient && !once => {
-                status.last_error = Some(format!("{} [{}]", e.message, e.reason));
-                if e.reason == "TRANSFER_STALLED" {
-                    status.last_stall_ms = Some(now_ms());
-                }
-                status.last_pass_ms = now_ms();
-                save_status(&data, &status);
+                pause = backoff.next().unwrap_or(Duration::from_secs(60));
+                let shown = {
+                    let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
+                    // The policy cannot see a server that stopped answering: say it here.
+                    let reason = (e.reason == "UNAVAILABLE").then(|| "SERVER_UNREACHABLE".into());
+                    if reason.is_some() && s.reason != reason {
+                        s.since_ms = now_ms();
+                        s.reason = reason;
+                    }
+                    s.last_error = Some(format!("{} [{}]", e.message, e.reason));
+                    if e.reason == "TRANSFER_STALLED" {
+                        s.last_stall_ms = Some(now_ms());
+                    }
+                    s.last_pass_ms = now_ms();
+                    s.pending_edits = device.pending_edits().unwrap_or(0);
+                    s.progress = None;
+                    s.clone()
+                };
+                save_status(&data, &shown);
                 println!(
                     "keepsake sync: {} [{}]; retrying in {} ms",
                     e.message,
                     e.reason,
-                    backoff.as_millis()
+                    pause.as_millis()
                 );
-                pause = backoff;
-                backoff = (backoff * 2).min(Duration::from_secs(60));
             }
             Err(e) => bail!("{e}"),
         }
@@ -525,6 +682,23 @@ pub enum LibraryCommand {
         #[arg(long)]
         off: bool,
     },
+    /// Hide an asset (or show it again, with --off).
+    Hide {
+        /// The asset.
+        asset_id: String,
+        /// Show it again instead.
+        #[arg(long)]
+        off: bool,
+    },
+    /// Create an album holding these assets; prints its id.
+    Album {
+        /// Its name.
+        name: String,
+        /// The assets to put in it.
+        asset_ids: Vec<String>,
+    },
+    /// Every album: id, name, size.
+    Albums,
 }
 
 async fn signed_in(server: &ServerArgs, credentials: &Credentials) -> Result<(Channel, String)> {
@@ -554,33 +728,18 @@ pub async fn library(
     let mut lib = client::library_client(channel, BearerAuth::new(&token));
     match command {
         LibraryCommand::Ls => {
-            let mut cursor = 0;
-            loop {
-                let page = lib
-                    .list_changes(pb::ListChangesRequest {
-                        cursor,
-                        page_size: 1000,
-                    })
-                    .await
-                    .map_err(|s| plain(s.into()))?
-                    .into_inner();
-                for change in &page.changes {
-                    if let Some(pb::change::Row::Asset(a)) = &change.row {
-                        let state = match pb::AssetState::try_from(a.state) {
-                            Ok(pb::AssetState::Trashed) => "trashed",
-                            Ok(pb::AssetState::Purged) => "purged",
-                            _ => "live",
-                        };
-                        let star = if a.favorite { "*" } else { " " };
-                        println!(
-                            "{}  {state:<7} {star} v{:<3} {:>12}  {}",
-                            a.asset_id, a.version, a.size, a.original_name
-                        );
-                    }
-                }
-                cursor = page.cursor;
-                if !page.more {
-                    return Ok(());
+            for change in whole_feed(&mut lib).await? {
+                if let Some(pb::change::Row::Asset(a)) = &change.row {
+                    let state = match pb::AssetState::try_from(a.state) {
+                        Ok(pb::AssetState::Trashed) => "trashed",
+                        Ok(pb::AssetState::Purged) => "purged",
+                        _ => "live",
+                    };
+                    let star = if a.favorite { "*" } else { " " };
+                    println!(
+                        "{}  {state:<7} {star} v{:<3} {:>12}  {}",
+                        a.asset_id, a.version, a.size, a.original_name
+                    );
                 }
             }
         }
@@ -600,23 +759,86 @@ pub async fn library(
                 .map_err(|s| plain(s.into()))?;
         }
         LibraryCommand::Favorite { asset_id, off } => {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as i64);
             lib.set_metadata(pb::SetMetadataRequest {
                 asset_id,
-                clock: Some(pb::Clock {
-                    wall_ms: now,
-                    counter: 0,
-                    device: format!("cli:{}", credentials.account),
-                }),
+                clock: cli_clock(&credentials),
                 field: Some(pb::set_metadata_request::Field::Favorite(!off)),
             })
             .await
             .map_err(|s| plain(s.into()))?;
         }
+        LibraryCommand::Hide { asset_id, off } => {
+            lib.set_metadata(pb::SetMetadataRequest {
+                asset_id,
+                clock: cli_clock(&credentials),
+                field: Some(pb::set_metadata_request::Field::Hidden(!off)),
+            })
+            .await
+            .map_err(|s| plain(s.into()))?;
+        }
+        LibraryCommand::Album { name, asset_ids } => {
+            let album_id =
+                blake3::hash(format!("{name}|{}", now_ms()).as_bytes()).to_hex()[..16].to_string();
+            lib.put_album(pb::PutAlbumRequest {
+                album_id: album_id.clone(),
+                name: name.clone(),
+                clock: cli_clock(&credentials),
+            })
+            .await
+            .map_err(|s| plain(s.into()))?;
+            for asset_id in asset_ids {
+                lib.set_album_member(pb::SetAlbumMemberRequest {
+                    album_id: album_id.clone(),
+                    asset_id,
+                    present: true,
+                    clock: cli_clock(&credentials),
+                })
+                .await
+                .map_err(|s| plain(s.into()))?;
+            }
+            println!("album {name:?} is {album_id}");
+        }
+        LibraryCommand::Albums => {
+            for change in whole_feed(&mut lib).await? {
+                if let Some(pb::change::Row::Album(a)) = &change.row
+                    && !a.deleted
+                {
+                    println!("{}  {:?}: {} items", a.album_id, a.name, a.members.len());
+                }
+            }
+        }
     }
     Ok(())
+}
+
+/// Every row of the account's feed, page by page.
+async fn whole_feed(lib: &mut client::LibraryApi) -> Result<Vec<pb::Change>> {
+    let (mut cursor, mut all) = (0, Vec::new());
+    loop {
+        let page = lib
+            .list_changes(pb::ListChangesRequest {
+                cursor,
+                page_size: 1000,
+            })
+            .await
+            .map_err(|s| plain(s.into()))?
+            .into_inner();
+        all.extend(page.changes);
+        cursor = page.cursor;
+        if !page.more {
+            return Ok(all);
+        }
+    }
+}
+
+/// A clock reading for an edit made from the CLI (one per call: a new millisecond or a
+/// new counter is not needed, the server orders equal readings by device name).
+fn cli_clock(credentials: &Credentials) -> Option<pb::Clock> {
+    Some(pb::Clock {
+        wall_ms: now_ms(),
+        counter: 0,
+        device: format!("cli:{}", credentials.account),
+    })
 }
 
 /// `keepsake account create`: a new account (the signed-in account must be an administrator).

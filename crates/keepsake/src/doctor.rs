@@ -75,16 +75,11 @@ pub async fn run(args: DoctorArgs) -> Result<bool> {
         .device_data
         .as_deref()
         .and_then(crate::device_cli::load_status);
-    // The switch lives in the device's conditions; with an agent and no file, it is on.
-    let sync_switch = args.device_data.as_deref().and_then(|d| {
-        let conditions = std::fs::read_to_string(d.join("conditions.json")).ok();
-        match conditions {
-            Some(text) => serde_json::from_str::<serde_json::Value>(&text)
-                .ok()
-                .map(|v| v["sync_enabled"].as_bool().unwrap_or(true)),
-            None => agent.as_ref().map(|_| true),
-        }
-    });
+    // The switch, pause and mobile-data choices live in the device's settings.
+    let settings = match args.device_data.as_deref() {
+        Some(d) => Some(crate::device_cli::load_settings(d)?),
+        None => None,
+    };
     let server = ask_server(
         &args.server,
         args.fingerprint.as_deref(),
@@ -95,10 +90,10 @@ pub async fn run(args: DoctorArgs) -> Result<bool> {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0);
-    let snapshot = Snapshot {
+    let mut snapshot = Snapshot {
         now,
         account: server.account.as_ref().map(|a| a.account.clone()),
-        sync_enabled: sync_switch.unwrap_or(true),
+        sync_enabled: true,
         paused_until: None,
         power_override_until: None,
         network: args.network.or_else(read_network),
@@ -118,14 +113,7 @@ pub async fn run(args: DoctorArgs) -> Result<bool> {
             total_bytes: total,
             optimize: false,
         },
-        // Reserved bytes are promised to uploads in flight: they count against the plan too.
-        quota: server.account.as_ref().and_then(|a| {
-            Some(Quota {
-                used_bytes: a.used_bytes + a.reserved_bytes,
-                limit_bytes: a.plan.as_ref()?.limit_bytes,
-                pending_bytes: 0,
-            })
-        }),
+        quota: server.quota(),
         client_version: env!("CARGO_PKG_VERSION")
             .parse::<Version>()
             .unwrap_or(Version(0, 0, 0)),
@@ -134,9 +122,14 @@ pub async fn run(args: DoctorArgs) -> Result<bool> {
         clock_skew_ms: None,
         last_stall_at: agent.as_ref().and_then(|a| a.last_stall_ms),
     };
+    if let Some(settings) = &settings {
+        settings.apply_to(&mut snapshot);
+        // A cellular flag given here is a question ("and on mobile data?"), not a setting.
+        snapshot.cellular.allowed |= args.cellular_allowed;
+    }
     let decision = evaluate(&snapshot, &PolicyConfig::default());
     let unknown = Unknowns {
-        sync_switch: sync_switch.is_none(),
+        sync_switch: settings.is_none(),
         transfer_history: agent.is_none(),
     };
     let report = diagnose(&snapshot, &decision, &unknown);
@@ -150,10 +143,36 @@ pub async fn run(args: DoctorArgs) -> Result<bool> {
 
 /// What the server told us: whether it answered, the account (plan and exact usage),
 /// and the minimum client version if it refused ours.
-struct ServerView {
-    reachable: bool,
-    account: Option<client::pb::Account>,
-    min_version: Option<Version>,
+pub(crate) struct ServerView {
+    pub reachable: bool,
+    pub account: Option<client::pb::Account>,
+    pub min_version: Option<Version>,
+}
+
+impl ServerView {
+    /// Asks for the account; a refused client learns the version it must run instead.
+    pub(crate) async fn ask_account(&mut self, accounts: &mut client::AccountsApi) {
+        match accounts.get_account(client::pb::GetAccountRequest {}).await {
+            Ok(reply) => self.account = reply.into_inner().account,
+            Err(status) if reason_of(&status).as_deref() == Some("CLIENT_TOO_OLD") => {
+                self.min_version = status
+                    .get_details_error_info()
+                    .and_then(|info| info.metadata.get("required_version")?.parse().ok());
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// The plan's limit against used and reserved bytes, if the account was read.
+    pub(crate) fn quota(&self) -> Option<Quota> {
+        let a = self.account.as_ref()?;
+        // Reserved bytes are promised to uploads in flight: they count against the plan too.
+        Some(Quota {
+            used_bytes: a.used_bytes + a.reserved_bytes,
+            limit_bytes: a.plan.as_ref()?.limit_bytes,
+            pending_bytes: 0,
+        })
+    }
 }
 
 async fn ask_server(url: &str, fingerprint: Option<&str>, token: Option<&str>) -> ServerView {
@@ -177,15 +196,7 @@ async fn ask_server(url: &str, fingerprint: Option<&str>, token: Option<&str>) -
         return view;
     };
     let mut accounts = client::accounts_client(channel, client::BearerAuth::new(token));
-    match accounts.get_account(client::pb::GetAccountRequest {}).await {
-        Ok(reply) => view.account = reply.into_inner().account,
-        Err(status) if reason_of(&status).as_deref() == Some("CLIENT_TOO_OLD") => {
-            view.min_version = status
-                .get_details_error_info()
-                .and_then(|info| info.metadata.get("required_version")?.parse().ok());
-        }
-        Err(_) => {}
-    }
+    view.ask_account(&mut accounts).await;
     view
 }
 

@@ -2,6 +2,7 @@
 
 mod device_cli;
 mod doctor;
+mod local_cli;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -133,6 +134,20 @@ enum DeviceCommand {
         #[arg(long, env = "KEEPSAKE_DEVICE_DATA", default_value = "keepsake-device")]
         data: PathBuf,
     },
+    /// Run the sync agent with its DeviceControl service (status, settings, edits, doctor)
+    /// on a loopback address: what a phone app would drive.
+    Run {
+        /// The library folder.
+        dir: PathBuf,
+        /// The device's data directory.
+        #[arg(long, env = "KEEPSAKE_DEVICE_DATA", default_value = "keepsake-device")]
+        data: PathBuf,
+        /// Where DeviceControl listens (loopback only).
+        #[arg(long, default_value = "127.0.0.1:50061")]
+        control: SocketAddr,
+    },
+    #[command(flatten)]
+    Local(local_cli::LocalCommand),
 }
 
 #[derive(clap::Args)]
@@ -211,6 +226,10 @@ fn main() -> Result<()> {
             name,
             data,
         }) => runtime.block_on(device_cli::enroll(server, credentials, name, data)),
+        Command::Device(DeviceCommand::Run { dir, data, control }) => runtime.block_on(
+            device_cli::sync(dir, data, false, Duration::from_secs(10), Some(control)),
+        ),
+        Command::Device(DeviceCommand::Local(command)) => local_cli::run(command),
         Command::Sync {
             dir,
             data,

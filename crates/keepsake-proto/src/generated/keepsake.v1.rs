@@ -5644,6 +5644,30 @@ pub struct AgentStatus {
     pub last_error: ::prost::alloc::string::String,
     #[prost(int64, optional, tag = "9")]
     pub last_stall_ms: ::core::option::Option<i64>,
+    /// Edits made on the device that the cloud does not have yet.
+    #[prost(uint64, tag = "10")]
+    pub pending_edits: u64,
+    /// What the pass under way is doing, if one is.
+    #[prost(message, optional, tag = "11")]
+    pub progress: ::core::option::Option<Progress>,
+}
+/// Files and bytes done out of what the pass under way set out to move.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Progress {
+    /// "uploading" or "downloading".
+    #[prost(string, tag = "1")]
+    pub phase: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "2")]
+    pub items_done: u64,
+    #[prost(uint64, tag = "3")]
+    pub items_total: u64,
+    #[prost(uint64, tag = "4")]
+    pub bytes_done: u64,
+    #[prost(uint64, tag = "5")]
+    pub bytes_total: u64,
+    /// The file being moved now.
+    #[prost(string, tag = "6")]
+    pub current: ::prost::alloc::string::String,
 }
 /// Conditions the policy judges; anything absent is read from the machine.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -5659,10 +5683,144 @@ pub struct Conditions {
     pub low_power: bool,
     #[prost(uint64, optional, tag = "5")]
     pub free_bytes: ::core::option::Option<u64>,
-    #[prost(bool, tag = "6")]
+}
+/// The owner's choices.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Settings {
+    #[prost(bool, tag = "1")]
+    pub sync_enabled: bool,
+    #[prost(bool, tag = "2")]
     pub cellular_allowed: bool,
-    #[prost(bool, optional, tag = "7")]
-    pub sync_enabled: ::core::option::Option<bool>,
+    /// On mobile data, no daily cap.
+    #[prost(bool, tag = "3")]
+    pub unlimited_updates: bool,
+    /// On mobile data, at most this many bytes a day.
+    #[prost(uint64, optional, tag = "4")]
+    pub daily_cap_bytes: ::core::option::Option<u64>,
+    /// Sync paused until then (Unix ms).
+    #[prost(int64, optional, tag = "5")]
+    pub paused_until_ms: ::core::option::Option<i64>,
+    /// Sync despite low battery until then (Unix ms).
+    #[prost(int64, optional, tag = "6")]
+    pub power_override_until_ms: ::core::option::Option<i64>,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GetSettingsRequest {}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GetSettingsResponse {
+    #[prost(message, optional, tag = "1")]
+    pub settings: ::core::option::Option<Settings>,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SetSettingsRequest {
+    #[prost(message, optional, tag = "1")]
+    pub settings: ::core::option::Option<Settings>,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SetSettingsResponse {}
+/// An asset as the device shows it.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct LocalAsset {
+    #[prost(string, tag = "1")]
+    pub asset_id: ::prost::alloc::string::String,
+    /// Its path in the library folder, or its name in Recently Deleted.
+    #[prost(string, tag = "2")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(bool, tag = "3")]
+    pub trashed: bool,
+    #[prost(bool, tag = "4")]
+    pub favorite: bool,
+    #[prost(bool, tag = "5")]
+    pub hidden: bool,
+    /// Names of the albums it is in.
+    #[prost(string, repeated, tag = "6")]
+    pub albums: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct LocalAlbum {
+    #[prost(string, tag = "1")]
+    pub album_id: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(string, repeated, tag = "3")]
+    pub members: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListAssetsRequest {}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListAssetsResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub assets: ::prost::alloc::vec::Vec<LocalAsset>,
+    #[prost(message, repeated, tag = "2")]
+    pub albums: ::prost::alloc::vec::Vec<LocalAlbum>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SetFavoriteRequest {
+    #[prost(string, tag = "1")]
+    pub asset_id: ::prost::alloc::string::String,
+    #[prost(bool, tag = "2")]
+    pub favorite: bool,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SetHiddenRequest {
+    #[prost(string, tag = "1")]
+    pub asset_id: ::prost::alloc::string::String,
+    #[prost(bool, tag = "2")]
+    pub hidden: bool,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct LocalPutAlbumRequest {
+    /// Chosen by the caller (1..=64 bytes); the same id renames.
+    #[prost(string, tag = "1")]
+    pub album_id: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub name: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct LocalDeleteAlbumRequest {
+    #[prost(string, tag = "1")]
+    pub album_id: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct LocalSetAlbumMemberRequest {
+    #[prost(string, tag = "1")]
+    pub album_id: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub asset_id: ::prost::alloc::string::String,
+    #[prost(bool, tag = "3")]
+    pub present: bool,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct LocalTrashAssetRequest {
+    #[prost(string, tag = "1")]
+    pub asset_id: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct LocalRestoreAssetRequest {
+    #[prost(string, tag = "1")]
+    pub asset_id: ::prost::alloc::string::String,
+}
+/// An edit was queued on the device.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct EditResponse {
+    /// Its clock: edits merge last-writer-wins by it.
+    #[prost(int64, tag = "1")]
+    pub wall_ms: i64,
+    #[prost(uint32, tag = "2")]
+    pub counter: u32,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DiagnoseRequest {}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DiagnoseResponse {
+    #[prost(bool, tag = "1")]
+    pub syncing: bool,
+    /// The checklist as sentences, with fixes.
+    #[prost(string, tag = "2")]
+    pub text: ::prost::alloc::string::String,
+    /// The same as JSON.
+    #[prost(string, tag = "3")]
+    pub json: ::prost::alloc::string::String,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct GetStatusRequest {}
@@ -5875,6 +6033,260 @@ pub mod device_control_client {
                 .insert(GrpcMethod::new("keepsake.v1.DeviceControl", "Delete"));
             self.inner.unary(req, path, codec).await
         }
+        /// The owner's sync settings.
+        pub async fn get_settings(
+            &mut self,
+            request: impl tonic::IntoRequest<super::GetSettingsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::GetSettingsResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/keepsake.v1.DeviceControl/GetSettings",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("keepsake.v1.DeviceControl", "GetSettings"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Replaces the owner's sync settings; the next pass obeys them.
+        pub async fn set_settings(
+            &mut self,
+            request: impl tonic::IntoRequest<super::SetSettingsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::SetSettingsResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/keepsake.v1.DeviceControl/SetSettings",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("keepsake.v1.DeviceControl", "SetSettings"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Every asset the device knows, with its metadata and the edits not yet sent.
+        pub async fn list_assets(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListAssetsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListAssetsResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/keepsake.v1.DeviceControl/ListAssets",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("keepsake.v1.DeviceControl", "ListAssets"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Marks or unmarks a favourite (queued on the device, sent when sync may run).
+        pub async fn set_favorite(
+            &mut self,
+            request: impl tonic::IntoRequest<super::SetFavoriteRequest>,
+        ) -> std::result::Result<tonic::Response<super::EditResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/keepsake.v1.DeviceControl/SetFavorite",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("keepsake.v1.DeviceControl", "SetFavorite"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Hides or shows an asset.
+        pub async fn set_hidden(
+            &mut self,
+            request: impl tonic::IntoRequest<super::SetHiddenRequest>,
+        ) -> std::result::Result<tonic::Response<super::EditResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/keepsake.v1.DeviceControl/SetHidden",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("keepsake.v1.DeviceControl", "SetHidden"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Creates or renames an album.
+        pub async fn put_album(
+            &mut self,
+            request: impl tonic::IntoRequest<super::LocalPutAlbumRequest>,
+        ) -> std::result::Result<tonic::Response<super::EditResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/keepsake.v1.DeviceControl/PutAlbum",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("keepsake.v1.DeviceControl", "PutAlbum"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Deletes an album (its photos stay).
+        pub async fn delete_album(
+            &mut self,
+            request: impl tonic::IntoRequest<super::LocalDeleteAlbumRequest>,
+        ) -> std::result::Result<tonic::Response<super::EditResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/keepsake.v1.DeviceControl/DeleteAlbum",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("keepsake.v1.DeviceControl", "DeleteAlbum"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Adds an asset to an album or takes it out.
+        pub async fn set_album_member(
+            &mut self,
+            request: impl tonic::IntoRequest<super::LocalSetAlbumMemberRequest>,
+        ) -> std::result::Result<tonic::Response<super::EditResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/keepsake.v1.DeviceControl/SetAlbumMember",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("keepsake.v1.DeviceControl", "SetAlbumMember"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Moves an asset to Recently Deleted everywhere.
+        pub async fn trash_asset(
+            &mut self,
+            request: impl tonic::IntoRequest<super::LocalTrashAssetRequest>,
+        ) -> std::result::Result<tonic::Response<super::EditResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/keepsake.v1.DeviceControl/TrashAsset",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("keepsake.v1.DeviceControl", "TrashAsset"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Brings an asset back from Recently Deleted everywhere.
+        pub async fn restore_asset(
+            &mut self,
+            request: impl tonic::IntoRequest<super::LocalRestoreAssetRequest>,
+        ) -> std::result::Result<tonic::Response<super::EditResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/keepsake.v1.DeviceControl/RestoreAsset",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("keepsake.v1.DeviceControl", "RestoreAsset"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// The doctor's checklist for this device: why it is not syncing and what fixes it.
+        pub async fn diagnose(
+            &mut self,
+            request: impl tonic::IntoRequest<super::DiagnoseRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::DiagnoseResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/keepsake.v1.DeviceControl/Diagnose",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("keepsake.v1.DeviceControl", "Diagnose"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -5916,6 +6328,73 @@ pub mod device_control_server {
             &self,
             request: tonic::Request<super::DeleteRequest>,
         ) -> std::result::Result<tonic::Response<super::DeleteResponse>, tonic::Status>;
+        /// The owner's sync settings.
+        async fn get_settings(
+            &self,
+            request: tonic::Request<super::GetSettingsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::GetSettingsResponse>,
+            tonic::Status,
+        >;
+        /// Replaces the owner's sync settings; the next pass obeys them.
+        async fn set_settings(
+            &self,
+            request: tonic::Request<super::SetSettingsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::SetSettingsResponse>,
+            tonic::Status,
+        >;
+        /// Every asset the device knows, with its metadata and the edits not yet sent.
+        async fn list_assets(
+            &self,
+            request: tonic::Request<super::ListAssetsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListAssetsResponse>,
+            tonic::Status,
+        >;
+        /// Marks or unmarks a favourite (queued on the device, sent when sync may run).
+        async fn set_favorite(
+            &self,
+            request: tonic::Request<super::SetFavoriteRequest>,
+        ) -> std::result::Result<tonic::Response<super::EditResponse>, tonic::Status>;
+        /// Hides or shows an asset.
+        async fn set_hidden(
+            &self,
+            request: tonic::Request<super::SetHiddenRequest>,
+        ) -> std::result::Result<tonic::Response<super::EditResponse>, tonic::Status>;
+        /// Creates or renames an album.
+        async fn put_album(
+            &self,
+            request: tonic::Request<super::LocalPutAlbumRequest>,
+        ) -> std::result::Result<tonic::Response<super::EditResponse>, tonic::Status>;
+        /// Deletes an album (its photos stay).
+        async fn delete_album(
+            &self,
+            request: tonic::Request<super::LocalDeleteAlbumRequest>,
+        ) -> std::result::Result<tonic::Response<super::EditResponse>, tonic::Status>;
+        /// Adds an asset to an album or takes it out.
+        async fn set_album_member(
+            &self,
+            request: tonic::Request<super::LocalSetAlbumMemberRequest>,
+        ) -> std::result::Result<tonic::Response<super::EditResponse>, tonic::Status>;
+        /// Moves an asset to Recently Deleted everywhere.
+        async fn trash_asset(
+            &self,
+            request: tonic::Request<super::LocalTrashAssetRequest>,
+        ) -> std::result::Result<tonic::Response<super::EditResponse>, tonic::Status>;
+        /// Brings an asset back from Recently Deleted everywhere.
+        async fn restore_asset(
+            &self,
+            request: tonic::Request<super::LocalRestoreAssetRequest>,
+        ) -> std::result::Result<tonic::Response<super::EditResponse>, tonic::Status>;
+        /// The doctor's checklist for this device: why it is not syncing and what fixes it.
+        async fn diagnose(
+            &self,
+            request: tonic::Request<super::DiagnoseRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::DiagnoseResponse>,
+            tonic::Status,
+        >;
     }
     /// Drives and inspects one device agent.
     #[derive(Debug)]
@@ -6159,6 +6638,502 @@ pub mod device_control_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = DeleteSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/keepsake.v1.DeviceControl/GetSettings" => {
+                    #[allow(non_camel_case_types)]
+                    struct GetSettingsSvc<T: DeviceControl>(pub Arc<T>);
+                    impl<
+                        T: DeviceControl,
+                    > tonic::server::UnaryService<super::GetSettingsRequest>
+                    for GetSettingsSvc<T> {
+                        type Response = super::GetSettingsResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::GetSettingsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as DeviceControl>::get_settings(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = GetSettingsSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/keepsake.v1.DeviceControl/SetSettings" => {
+                    #[allow(non_camel_case_types)]
+                    struct SetSettingsSvc<T: DeviceControl>(pub Arc<T>);
+                    impl<
+                        T: DeviceControl,
+                    > tonic::server::UnaryService<super::SetSettingsRequest>
+                    for SetSettingsSvc<T> {
+                        type Response = super::SetSettingsResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::SetSettingsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as DeviceControl>::set_settings(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = SetSettingsSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/keepsake.v1.DeviceControl/ListAssets" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListAssetsSvc<T: DeviceControl>(pub Arc<T>);
+                    impl<
+                        T: DeviceControl,
+                    > tonic::server::UnaryService<super::ListAssetsRequest>
+                    for ListAssetsSvc<T> {
+                        type Response = super::ListAssetsResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ListAssetsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as DeviceControl>::list_assets(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListAssetsSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/keepsake.v1.DeviceControl/SetFavorite" => {
+                    #[allow(non_camel_case_types)]
+                    struct SetFavoriteSvc<T: DeviceControl>(pub Arc<T>);
+                    impl<
+                        T: DeviceControl,
+                    > tonic::server::UnaryService<super::SetFavoriteRequest>
+                    for SetFavoriteSvc<T> {
+                        type Response = super::EditResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::SetFavoriteRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as DeviceControl>::set_favorite(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = SetFavoriteSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/keepsake.v1.DeviceControl/SetHidden" => {
+                    #[allow(non_camel_case_types)]
+                    struct SetHiddenSvc<T: DeviceControl>(pub Arc<T>);
+                    impl<
+                        T: DeviceControl,
+                    > tonic::server::UnaryService<super::SetHiddenRequest>
+                    for SetHiddenSvc<T> {
+                        type Response = super::EditResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::SetHiddenRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as DeviceControl>::set_hidden(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = SetHiddenSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/keepsake.v1.DeviceControl/PutAlbum" => {
+                    #[allow(non_camel_case_types)]
+                    struct PutAlbumSvc<T: DeviceControl>(pub Arc<T>);
+                    impl<
+                        T: DeviceControl,
+                    > tonic::server::UnaryService<super::LocalPutAlbumRequest>
+                    for PutAlbumSvc<T> {
+                        type Response = super::EditResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::LocalPutAlbumRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as DeviceControl>::put_album(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = PutAlbumSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/keepsake.v1.DeviceControl/DeleteAlbum" => {
+                    #[allow(non_camel_case_types)]
+                    struct DeleteAlbumSvc<T: DeviceControl>(pub Arc<T>);
+                    impl<
+                        T: DeviceControl,
+                    > tonic::server::UnaryService<super::LocalDeleteAlbumRequest>
+                    for DeleteAlbumSvc<T> {
+                        type Response = super::EditResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::LocalDeleteAlbumRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as DeviceControl>::delete_album(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = DeleteAlbumSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/keepsake.v1.DeviceControl/SetAlbumMember" => {
+                    #[allow(non_camel_case_types)]
+                    struct SetAlbumMemberSvc<T: DeviceControl>(pub Arc<T>);
+                    impl<
+                        T: DeviceControl,
+                    > tonic::server::UnaryService<super::LocalSetAlbumMemberRequest>
+                    for SetAlbumMemberSvc<T> {
+                        type Response = super::EditResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::LocalSetAlbumMemberRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as DeviceControl>::set_album_member(&inner, request)
+                                    .await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = SetAlbumMemberSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/keepsake.v1.DeviceControl/TrashAsset" => {
+                    #[allow(non_camel_case_types)]
+                    struct TrashAssetSvc<T: DeviceControl>(pub Arc<T>);
+                    impl<
+                        T: DeviceControl,
+                    > tonic::server::UnaryService<super::LocalTrashAssetRequest>
+                    for TrashAssetSvc<T> {
+                        type Response = super::EditResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::LocalTrashAssetRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as DeviceControl>::trash_asset(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = TrashAssetSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/keepsake.v1.DeviceControl/RestoreAsset" => {
+                    #[allow(non_camel_case_types)]
+                    struct RestoreAssetSvc<T: DeviceControl>(pub Arc<T>);
+                    impl<
+                        T: DeviceControl,
+                    > tonic::server::UnaryService<super::LocalRestoreAssetRequest>
+                    for RestoreAssetSvc<T> {
+                        type Response = super::EditResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::LocalRestoreAssetRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as DeviceControl>::restore_asset(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RestoreAssetSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/keepsake.v1.DeviceControl/Diagnose" => {
+                    #[allow(non_camel_case_types)]
+                    struct DiagnoseSvc<T: DeviceControl>(pub Arc<T>);
+                    impl<
+                        T: DeviceControl,
+                    > tonic::server::UnaryService<super::DiagnoseRequest>
+                    for DiagnoseSvc<T> {
+                        type Response = super::DiagnoseResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::DiagnoseRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as DeviceControl>::diagnose(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = DiagnoseSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
