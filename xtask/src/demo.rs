@@ -1,7 +1,7 @@
 //! `cargo xtask demo`: a server and two devices as separate processes, and the story of
 //! what sync does and says, one line per step.
 
-use crate::it::{Harness, release_harness_with, wait_for};
+use crate::it::{release_harness_with, wait_for};
 use anyhow::{Context, Result, bail};
 use std::path::Path;
 use std::process::Command;
@@ -65,16 +65,6 @@ fn take_photo(work: &Path, name: &str, seed: u64, len: usize) -> Result<Vec<u8>>
     Ok(data)
 }
 
-fn asset_id(h: &Harness, name: &str) -> Result<String> {
-    let listing = h.run_ok(&["library", "ls"])?;
-    listing
-        .lines()
-        .find(|l| l.ends_with(name))
-        .and_then(|l| l.split_whitespace().next())
-        .map(str::to_string)
-        .with_context(|| format!("{name} is not in the library"))
-}
-
 /// Runs the demo.
 pub fn run(root: &Path) -> Result<()> {
     let tmp = tempfile::tempdir()?;
@@ -117,18 +107,34 @@ pub fn run(root: &Path) -> Result<()> {
     }
     step(&mut n, "4 photos taken on A appear on B, byte for byte");
 
-    let first = asset_id(&h, "IMG_0001.JPG")?;
-    h.run_ok(&["library", "favorite", &first])?;
-    let marked = h.run_ok(&["library", "ls"])?;
-    if !marked
-        .lines()
-        .any(|l| l.starts_with(&first) && l.contains(" * "))
-    {
-        bail!("the favourite did not show in the library");
+    // Made on B, as its owner would, through B's own journal: B's agent sends them.
+    h.run_ok(&["device", "favorite", "IMG_0001.JPG", "--data", "b-data"])?;
+    h.run_ok(&["device", "album", "create", "Holiday", "--data", "b-data"])?;
+    wait_until("B to know its new album", Duration::from_secs(30), || {
+        Ok(h.run_ok(&["device", "ls", "--data", "b-data"])?
+            .contains("\"Holiday\""))
+    })?;
+    for photo in ["IMG_0001.JPG", "IMG_0003.JPG"] {
+        h.run_ok(&[
+            "device", "album", "add", "Holiday", photo, "--data", "b-data",
+        ])?;
     }
+    wait_until(
+        "the favourite and album to reach A",
+        Duration::from_secs(30),
+        || {
+            let on_a = h.run_ok(&["device", "ls", "--data", "a-data"])?;
+            Ok(on_a
+                .lines()
+                .any(|l| l.contains("*-") && l.contains("IMG_0001.JPG") && l.contains("[Holiday]"))
+                && on_a
+                    .lines()
+                    .any(|l| l.contains("IMG_0003.JPG") && l.contains("[Holiday]")))
+        },
+    )?;
     step(
         &mut n,
-        "IMG_0001 marked a favourite from the CLI: every device's feed carries it",
+        "on B, IMG_0001 made a favourite and an album \"Holiday\" of IMG_0001 and IMG_0003: A shows both",
     );
 
     std::fs::remove_file(work.join("a/IMG_0002.JPG"))?;
@@ -142,8 +148,7 @@ pub fn run(root: &Path) -> Result<()> {
             "IMG_0002 deleted on A: gone from B's folder, in B's Recently Deleted ({parked} item)"
         ),
     );
-    let second = asset_id(&h, "IMG_0002.JPG")?;
-    h.run_ok(&["library", "restore", &second])?;
+    h.run_ok(&["device", "restore", "IMG_0002.JPG", "--data", "b-data"])?;
     wait_for(
         &work.join("b"),
         "IMG_0002.JPG",
@@ -156,7 +161,10 @@ pub fn run(root: &Path) -> Result<()> {
         &photos[1].1,
         Instant::now() + Duration::from_secs(30),
     )?;
-    step(&mut n, "restored from Recently Deleted: back on B and on A");
+    step(
+        &mut n,
+        "restored from B's Recently Deleted: back on B and on A, byte for byte",
+    );
 
     set_conditions(work, "a", r#"{"battery_percent": 8, "charging": false}"#)?;
     let low = take_photo(work, "IMG_0005.JPG", 5, 2_000_000)?;
