@@ -1234,8 +1234,13 @@ async fn device_control_imports_deletes_and_sets_conditions() {
     let mut b = device(&c, &fb, &db, "B").await;
     let (wake, _woken) = tokio::sync::mpsc::unbounded_channel();
     let control = std::sync::Arc::new(
-        keepsake_device::FolderControl::open(a.config(), root.path().join("a-control"), wake)
-            .unwrap(),
+        keepsake_device::FolderControl::open(
+            a.config(),
+            root.path().join("a-control"),
+            std::sync::Arc::new(keepsake_store::SystemClock),
+            wake,
+        )
+        .unwrap(),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());

@@ -8,9 +8,10 @@ use crate::device::{safe_name, unique_path};
 use crate::edits::{self, LocalAlbum, LocalAsset};
 use crate::journal::Journal;
 use keepsake_policy::{PolicyConfig, Snapshot, doctor, evaluate};
+use keepsake_store::Clock;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// What the agent last said about itself (kept in `status.json` in its data directory).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,6 +132,7 @@ pub struct FolderControl {
     data_dir: PathBuf,
     device_id: String,
     journal: Mutex<Journal>,
+    clock: Arc<dyn Clock>,
     wake: tokio::sync::mpsc::UnboundedSender<()>,
 }
 
@@ -154,18 +156,13 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, D
     }
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 impl FolderControl {
     /// Control over the agent syncing `config.folder`, keeping its status, settings and
     /// conditions in `data_dir`; `wake` starts a pass.
     pub fn open(
         config: &crate::DeviceConfig,
         data_dir: PathBuf,
+        clock: Arc<dyn Clock>,
         wake: tokio::sync::mpsc::UnboundedSender<()>,
     ) -> Result<Self, DeviceError> {
         std::fs::create_dir_all(&config.data_dir)?;
@@ -175,6 +172,7 @@ impl FolderControl {
             data_dir,
             device_id: config.device_id.clone(),
             journal: Mutex::new(journal),
+            clock,
             wake,
         })
     }
@@ -191,7 +189,7 @@ impl FolderControl {
 
     /// Makes an edit as a person on the device would; the agent sends it on its next pass.
     pub fn edit(&self, edit: Edit) -> Result<Stamp, DeviceError> {
-        let stamp = edits::queue(&self.journal(), &edit, now_ms(), &self.device_id)?;
+        let stamp = edits::queue(&self.journal(), &edit, self.clock.now_ms(), &self.device_id)?;
         self.wake();
         Ok(stamp)
     }
@@ -284,7 +282,7 @@ impl FolderControl {
             )
             .into());
         };
-        snapshot.now = now_ms();
+        snapshot.now = self.clock.now_ms();
         let status = self.status();
         snapshot.last_stall_at = status.last_stall_ms;
         let decision = evaluate(&snapshot, &PolicyConfig::default());
@@ -384,7 +382,8 @@ mod tests {
         std::fs::create_dir_all(&data).unwrap();
         let (wake, mut woken) = tokio::sync::mpsc::unbounded_channel();
         let config = crate::DeviceConfig::new(folder.clone(), data.join("state"), "d".into());
-        let control = FolderControl::open(&config, data, wake).unwrap();
+        let clock = Arc::new(keepsake_store::SystemClock);
+        let control = FolderControl::open(&config, data, clock, wake).unwrap();
         assert_eq!(control.import("IMG.JPG", b"one").unwrap(), "IMG.JPG");
         assert_eq!(control.import("../IMG.JPG", b"two").unwrap(), "IMG (2).JPG");
         assert_eq!(std::fs::read(folder.join("IMG (2).JPG")).unwrap(), b"two");

@@ -452,6 +452,7 @@ pub async fn sync(
     let folder_control = Arc::new(keepsake_device::FolderControl::open(
         &config,
         data.clone(),
+        Arc::new(SystemClock),
         wake_tx.clone(),
     )?);
     let client = signed_in_client(&enrolled).await?;

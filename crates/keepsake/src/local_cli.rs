@@ -179,7 +179,8 @@ fn open(at: &DataArg) -> Result<FolderControl> {
     // The folder is not needed to edit the journal: only the agent touches files.
     let config = DeviceConfig::new(PathBuf::new(), at.data.join("state"), device_id);
     let (wake, _) = tokio::sync::mpsc::unbounded_channel();
-    Ok(FolderControl::open(&config, at.data.clone(), wake)?)
+    let clock = std::sync::Arc::new(keepsake_store::SystemClock);
+    Ok(FolderControl::open(&config, at.data.clone(), clock, wake)?)
 }
 
 fn edit(control: &FolderControl, edit: Edit, done: &str) -> Result<()> {
