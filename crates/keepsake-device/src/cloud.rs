@@ -181,6 +181,10 @@ pub struct NewAsset {
     pub video: bool,
     /// When it was taken, or the file's time.
     pub capture_time: Option<i64>,
+    /// Width as shown, when the file says.
+    pub width: Option<u32>,
+    /// Height as shown, when the file says.
+    pub height: Option<u32>,
     /// The reservation the bytes were sent under.
     pub reservation_id: String,
     /// For a local edit: the asset it is a new version of…

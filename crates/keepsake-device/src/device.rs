@@ -720,13 +720,21 @@ impl<C: Cloud> Device<C> {
             .await?;
         let manifest_id = self.cloud.put_manifest(&session, &manifest).await?;
         let name = row.path.rsplit('/').next().unwrap_or(&row.path).to_string();
-        let video = is_video(&name);
+        // What the file says it is outranks its name; its time outranks the file system's.
+        let media = keepsake_media::probe(&data);
+        let video = match media.kind {
+            keepsake_media::MediaKind::Video => true,
+            keepsake_media::MediaKind::Photo => false,
+            keepsake_media::MediaKind::Unknown => is_video(&name),
+        };
         let commit = NewAsset {
             request_id: key,
             manifest: manifest_id,
             original_name: name,
             video,
-            capture_time: Some(row.mtime_ns / 1_000_000),
+            capture_time: media.capture_time_ms.or(Some(row.mtime_ns / 1_000_000)),
+            width: media.width,
+            height: media.height,
             reservation_id: session.clone(),
             asset_id: row.asset_id.clone(),
             base_version: row.version,

@@ -1,0 +1,142 @@
+//! MP4 and MOV (ISO base media files): capture time and length from `mvhd`, the picture's
+//! size and rotation from the first visual track's `tkhd`. A bounded walk over boxes; a
+//! damaged box ends the walk with what was read so far.
+
+use crate::civil::from_1904;
+use crate::{MediaInfo, MediaKind};
+
+/// At most this many boxes are looked at (a file of empty boxes cannot make us spin).
+const MAX_BOXES: usize = 4096;
+
+struct Atom<'a> {
+    kind: [u8; 4],
+    body: &'a [u8],
+}
+
+/// The boxes directly inside `data`, in order, stopping at the first malformed one.
+fn boxes<'a>(data: &'a [u8], budget: &mut usize) -> Vec<Atom<'a>> {
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    while at + 8 <= data.len() && *budget > 0 {
+        *budget -= 1;
+        let size32 = u32::from_be_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]]);
+        let kind = [data[at + 4], data[at + 5], data[at + 6], data[at + 7]];
+        let (header, size) = match size32 {
+            0 => (8, data.len() - at),
+            1 => {
+                let Some(large) = data.get(at + 8..at + 16) else {
+                    break;
+                };
+                let large = u64::from_be_bytes(large.try_into().unwrap_or_default());
+                match usize::try_from(large) {
+                    Ok(s) => (16, s),
+                    Err(_) => break,
+                }
+            }
+            n => (8, n as usize),
+        };
+        let Some(end) = at
+            .checked_add(size)
+            .filter(|e| *e <= data.len() && size >= header)
+        else {
+            break;
+        };
+        out.push(Atom {
+            kind,
+            body: &data[at + header..end],
+        });
+        at = end;
+    }
+    out
+}
+
+fn be_u32(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_be_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+fn be_u64(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_be_bytes(b.get(at..at + 8)?.try_into().ok()?))
+}
+
+/// (creation time, duration in ms) from a movie header.
+fn mvhd(body: &[u8]) -> (Option<i64>, Option<u64>) {
+    let version = body.first().copied().unwrap_or(0);
+    let (created, timescale, duration) = if version == 1 {
+        (be_u64(body, 4), be_u32(body, 20), be_u64(body, 24))
+    } else {
+        (
+            be_u32(body, 4).map(u64::from),
+            be_u32(body, 12),
+            be_u32(body, 16).map(u64::from),
+        )
+    };
+    let ms = match (timescale, duration) {
+        (Some(scale), Some(d)) if scale > 0 => Some(d.saturating_mul(1000) / u64::from(scale)),
+        _ => None,
+    };
+    (created.and_then(from_1904), ms)
+}
+
+/// (width, height, quarter turns) from a track header, if the track has a picture.
+fn tkhd(body: &[u8]) -> Option<(u32, u32, u8)> {
+    let version = *body.first()?;
+    let matrix_at = if version == 1 { 52 } else { 40 };
+    let m = |i: usize| be_u32(body, matrix_at + 4 * i).map(|v| v as i32);
+    let (a, b, c, d) = (m(0)?, m(1)?, m(3)?, m(4)?);
+    let width = be_u32(body, matrix_at + 36)? >> 16;
+    let height = be_u32(body, matrix_at + 40)? >> 16;
+    if width == 0 || height == 0 {
+        return None;
+    }
+    const ONE: i32 = 0x1_0000;
+    let turns = match (a, b, c, d) {
+        (0, ONE, x, 0) if x == -ONE => 1,
+        (x, 0, 0, y) if x == -ONE && y == -ONE => 2,
+        (0, x, ONE, 0) if x == -ONE => 3,
+        _ => 0,
+    };
+    Some((width, height, turns))
+}
+
+/// What a movie says about itself, or `None` if the bytes are not a movie.
+pub(crate) fn probe(data: &[u8]) -> Option<MediaInfo> {
+    let mut budget = MAX_BOXES;
+    let top = boxes(data, &mut budget);
+    let ftyp = top.first().filter(|b| &b.kind == b"ftyp")?;
+    let brand = ftyp.body.get(..4)?;
+    // HEIF stills share the container: they are photos, read by the still path.
+    if crate::still::sniff(data) == Some("heic") {
+        return None;
+    }
+    let format = if brand == b"qt  " { "mov" } else { "mp4" };
+    let mut info = MediaInfo {
+        kind: MediaKind::Video,
+        format,
+        ..MediaInfo::unknown()
+    };
+    for moov in top.iter().filter(|b| &b.kind == b"moov") {
+        for inner in boxes(moov.body, &mut budget) {
+            match &inner.kind {
+                b"mvhd" => {
+                    let (created, duration) = mvhd(inner.body);
+                    info.capture_time_ms = created;
+                    info.duration_ms = duration;
+                }
+                b"trak" if info.width.is_none() => {
+                    let header = boxes(inner.body, &mut budget)
+                        .into_iter()
+                        .find(|b| &b.kind == b"tkhd")
+                        .and_then(|b| tkhd(b.body));
+                    if let Some((w, h, turns)) = header {
+                        let (w, h) = if turns % 2 == 1 { (h, w) } else { (w, h) };
+                        info.width = Some(w);
+                        info.height = Some(h);
+                        info.orientation = [1, 6, 3, 8][usize::from(turns)];
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    Some(info)
+}
