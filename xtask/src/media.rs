@@ -1,6 +1,7 @@
-//! `cargo xtask media`: generates real media with Debian's ffmpeg and exiftool
-//! (installing them, and rsync, when missing) and runs the delta engine's
-//! real-media test against rsync on the same pairs of files.
+//! `cargo xtask media`: generates real media with Debian's ffmpeg, exiftool and heif-enc
+//! (installing them, and rsync, when missing), runs the delta engine's real-media test
+//! against rsync on the same pairs of files, and keepsake-media's metadata and preview test
+//! on one file per format.
 
 use crate::ci::cargo;
 use anyhow::{Context, Result, bail};
@@ -11,6 +12,7 @@ const TOOLS: &[(&str, &str)] = &[
     ("ffmpeg", "ffmpeg"),
     ("exiftool", "libimage-exiftool-perl"),
     ("rsync", "rsync"),
+    ("heif-enc", "libheif-examples"),
 ];
 
 fn have(tool: &str) -> bool {
@@ -139,6 +141,117 @@ pub fn generate(dir: &Path) -> Result<()> {
         .arg(f("video.mp4")))?;
     std::fs::copy(f("video.mp4"), f("edited-video.mp4"))?;
     rewrite_region(&f("edited-video.mp4"))?;
+    generate_formats(dir)
+}
+
+fn ffmpeg(args: &[&str], out: &Path) -> Result<()> {
+    run(Command::new("ffmpeg")
+        .args(["-v", "error", "-y"])
+        .args(args)
+        .arg(out))
+}
+
+fn exiftool(args: &[&str], file: &Path) -> Result<()> {
+    run(Command::new("exiftool")
+        .args(["-q", "-overwrite_original"])
+        .args(args)
+        .arg(file))
+}
+
+/// One file per format with known metadata, for keepsake-media's real-file test: a turned
+/// JPEG with camera, offset time and GPS; PNG and WebP with EXIF times; HEIC from heif-enc;
+/// MP4 and MOV (turned a quarter) with creation times.
+fn generate_formats(dir: &Path) -> Result<()> {
+    let f = |name: &str| dir.join(name);
+    let still = |size: &str| format!("testsrc2=size={size}:rate=1");
+    ffmpeg(
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            &still("1200x800"),
+            "-frames:v",
+            "1",
+            "-q:v",
+            "3",
+        ],
+        &f("base.jpg"),
+    )?;
+    std::fs::copy(f("base.jpg"), f("rotated.jpg"))?;
+    exiftool(
+        &[
+            "-n",
+            "-Orientation=6",
+            "-Make=KeepsakeCam",
+            "-Model=Two",
+            "-DateTimeOriginal=2023:05:04 10:20:30",
+            "-OffsetTimeOriginal=-05:00",
+            "-GPSLatitude=48.8584",
+            "-GPSLatitudeRef=N",
+            "-GPSLongitude=2.2945",
+            "-GPSLongitudeRef=E",
+        ],
+        &f("rotated.jpg"),
+    )?;
+    let vga = still("640x480");
+    ffmpeg(
+        &["-f", "lavfi", "-i", &vga, "-frames:v", "1"],
+        &f("still.png"),
+    )?;
+    exiftool(&["-DateTimeOriginal=2022:01:02 03:04:05"], &f("still.png"))?;
+    ffmpeg(
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            &vga,
+            "-frames:v",
+            "1",
+            "-c:v",
+            "libwebp",
+        ],
+        &f("still.webp"),
+    )?;
+    exiftool(&["-DateTimeOriginal=2021:03:04 05:06:07"], &f("still.webp"))?;
+    run(Command::new("heif-enc")
+        .args(["-q", "80", "-o"])
+        .arg(f("still.heic"))
+        .arg(f("base.jpg"))
+        .stdout(std::process::Stdio::null()))?;
+    exiftool(&["-DateTimeOriginal=2020:12:24 18:00:00"], &f("still.heic"))?;
+    let created = "creation_time=2019-08-07T06:05:04Z";
+    ffmpeg(
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=640x360:rate=30",
+            "-t",
+            "2",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-metadata",
+            created,
+        ],
+        &f("clip.mp4"),
+    )?;
+    ffmpeg(
+        &[
+            "-i",
+            &f("clip.mp4").to_string_lossy(),
+            "-c",
+            "copy",
+            "-metadata:s:v:0",
+            "rotate=90",
+            "-metadata",
+            created,
+            "-f",
+            "mov",
+        ],
+        &f("clip.mov"),
+    )?;
     Ok(())
 }
 
@@ -164,6 +277,24 @@ pub fn media(root: &Path) -> Result<()> {
         .status()?;
     if !status.success() {
         bail!("the real-media delta test failed");
+    }
+    println!("\n==> real-media metadata and previews");
+    let status = cargo()
+        .current_dir(root)
+        .env("KEEPSAKE_MEDIA_DIR", &dir)
+        .args([
+            "test",
+            "-p",
+            "keepsake-media",
+            "--test",
+            "real_files",
+            "--",
+            "--ignored",
+            "--nocapture",
+        ])
+        .status()?;
+    if !status.success() {
+        bail!("the real-media metadata test failed");
     }
     Ok(())
 }

@@ -98,6 +98,26 @@ fn tkhd(body: &[u8]) -> Option<(u32, u32, u8)> {
     Some((width, height, turns))
 }
 
+/// The size of a HEIF file's largest image (its primary picture; thumbnails are smaller),
+/// from the `ispe` properties under `meta/iprp/ipco`.
+pub(crate) fn heif_size(data: &[u8]) -> Option<(u32, u32)> {
+    let mut budget = MAX_BOXES;
+    let top = boxes(data, &mut budget);
+    let meta = top.iter().find(|b| &b.kind == b"meta")?;
+    // `meta` is a full box: version and flags come before its children.
+    let iprp = boxes(meta.body.get(4..)?, &mut budget)
+        .into_iter()
+        .find(|b| &b.kind == b"iprp")?;
+    let ipco = boxes(iprp.body, &mut budget)
+        .into_iter()
+        .find(|b| &b.kind == b"ipco")?;
+    boxes(ipco.body, &mut budget)
+        .into_iter()
+        .filter(|b| &b.kind == b"ispe")
+        .filter_map(|b| Some((be_u32(b.body, 4)?, be_u32(b.body, 8)?)))
+        .max_by_key(|(w, h)| u64::from(*w) * u64::from(*h))
+}
+
 /// What a movie says about itself, or `None` if the bytes are not a movie.
 pub(crate) fn probe(data: &[u8]) -> Option<MediaInfo> {
     let mut budget = MAX_BOXES;

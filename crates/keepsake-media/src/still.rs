@@ -114,6 +114,13 @@ pub(crate) fn probe(bytes: &[u8]) -> Option<MediaInfo> {
         .with_guessed_format()
         .ok()
         .and_then(|r| r.into_dimensions().ok());
+    let header = header.or_else(|| {
+        if format == "heic" {
+            crate::bmff::heif_size(bytes)
+        } else {
+            None
+        }
+    });
     let (mut width, mut height) = match header {
         Some((w, h)) => (Some(w), Some(h)),
         None => (None, None),
