@@ -1754,3 +1754,88 @@ async fn a_daily_mobile_cap_is_kept_and_wifi_sends_the_rest() {
     assert_eq!((third.uploaded, third.blocked), (3, None));
     assert_eq!(a.pending_files().unwrap(), 0);
 }
+
+/// `keepsake export` takes the whole library out: every original byte-identical, earlier
+/// versions beside it, metadata (favourite, albums, capture time) in a JSON sidecar; a
+/// second run writes nothing and verifies what is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_round_trips_every_original_and_its_metadata() {
+    use devices::*;
+    use keepsake_device::Edit;
+    let c = cloud().await;
+    let root = tempfile::tempdir().unwrap();
+    let fa = root.path().join("A");
+    let mut a = device(&c, &fa, &root.path().join("a-data"), "A").await;
+    let first = photo(41, 90_000);
+    std::fs::write(fa.join("IMG_1.JPG"), &first).unwrap();
+    std::fs::write(fa.join("IMG_2.JPG"), photo(42, 70_000)).unwrap();
+    std::fs::write(fa.join("CLIP.MOV"), photo(43, 300_000)).unwrap();
+    sync(&mut a).await;
+    // An edit: IMG_1 gets a second version; the first must still come out with --versions.
+    let mut edited = first.clone();
+    edited[1000..1100].fill(7);
+    std::fs::write(fa.join("IMG_1.JPG"), &edited).unwrap();
+    sync(&mut a).await;
+    let id = a
+        .assets()
+        .unwrap()
+        .into_iter()
+        .find(|x| x.name == "IMG_2.JPG")
+        .unwrap()
+        .asset_id;
+    a.edit(Edit::Favorite {
+        asset_id: id.clone(),
+        value: true,
+    })
+    .unwrap();
+    a.edit(Edit::PutAlbum {
+        album_id: "best".into(),
+        name: "Best".into(),
+    })
+    .unwrap();
+    a.edit(Edit::AlbumMember {
+        album_id: "best".into(),
+        asset_id: id,
+        present: true,
+    })
+    .unwrap();
+    sync(&mut a).await;
+    let out = root.path().join("export");
+    let export = || {
+        let run = Command::new(keepsake_binary())
+            .args(["export", "--versions", "--server", &c.url])
+            .args(["--account", "alice", "--password", "correct horse"])
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        String::from_utf8_lossy(&run.stdout).into_owned()
+    };
+    let said = export();
+    assert!(said.contains("4 files written"), "{said}");
+    for name in ["IMG_1.JPG", "IMG_2.JPG", "CLIP.MOV"] {
+        assert_eq!(
+            std::fs::read(out.join(name)).unwrap(),
+            std::fs::read(fa.join(name)).unwrap(),
+            "{name} byte for byte"
+        );
+    }
+    assert_eq!(std::fs::read(out.join("IMG_1.v1.JPG")).unwrap(), first);
+    let sidecar: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("IMG_2.JPG.json")).unwrap()).unwrap();
+    assert_eq!(sidecar["favorite"], true);
+    assert_eq!(sidecar["albums"], serde_json::json!(["Best"]));
+    assert!(sidecar["capture_time_ms"].as_i64().is_some());
+    let clip: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("CLIP.MOV.json")).unwrap()).unwrap();
+    assert_eq!(clip["kind"], "video");
+    let again = export();
+    assert!(
+        again.contains("0 files written") && again.contains("3 already there"),
+        "{again}"
+    );
+}

@@ -18,7 +18,7 @@ const USAGE: &str = "usage: cargo xtask <command>
   demo                  a server and two devices as processes: the story of sync, step by step
   it [--short] [--seed N]  real server and devices, kill -9 of both, checks nothing is lost or duplicated
   media                 generate real media (ffmpeg, exiftool) and check delta sizes against rsync
-  bench <store|policy|delta|library|sync> [--short]  measured against same-run baselines (release build)";
+  bench <store|policy|delta|library|media|sync> [--short]  measured against same-run baselines (release build)";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -193,8 +193,9 @@ fn inode(_meta: &std::fs::Metadata) -> u64 {
     0
 }
 
-/// A cloud file name as a safe single path component.
-pub(crate) fn safe_name(name: &str, asset_id: &str) -> String {
+/// A cloud file name as a safe single path component (never `..`, a path, a hidden or
+/// control-character name; `asset-ID` when nothing usable is left).
+pub fn safe_name(name: &str, asset_id: &str) -> String {
     let last = name.rsplit(['/', '\\']).next().unwrap_or("");
     let cleaned: String = last
         .chars()

@@ -14,8 +14,9 @@ fn file(name: &str) -> Vec<u8> {
 #[test]
 #[ignore = "needs files from `cargo xtask media`"]
 fn real_files_say_when_how_big_and_which_way_up() {
-    // name, kind, format, capture time (UTC ms), displayed size, orientation
-    let cases: [(&str, MediaKind, &str, i64, (u32, u32), u8); 6] = [
+    /// name, kind, format, capture time (UTC ms), displayed size, orientation
+    type Case = (&'static str, MediaKind, &'static str, i64, (u32, u32), u8);
+    let cases: [Case; 6] = [
         (
             "rotated.jpg",
             MediaKind::Photo,

@@ -702,7 +702,10 @@ pub enum LibraryCommand {
     Albums,
 }
 
-async fn signed_in(server: &ServerArgs, credentials: &Credentials) -> Result<(Channel, String)> {
+pub(crate) async fn signed_in(
+    server: &ServerArgs,
+    credentials: &Credentials,
+) -> Result<(Channel, String)> {
     let channel = server.channel().await?;
     let mut anonymous = client::accounts_client(channel.clone(), BearerAuth::anonymous());
     let token = anonymous

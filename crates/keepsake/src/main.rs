@@ -2,6 +2,7 @@
 
 mod device_cli;
 mod doctor;
+mod export;
 mod local_cli;
 
 use anyhow::{Context, Result};
@@ -65,6 +66,22 @@ enum Command {
         /// The device's data directory.
         #[arg(long, env = "KEEPSAKE_DEVICE_DATA", default_value = "keepsake-device")]
         data: PathBuf,
+    },
+    /// Copy every original (and with --versions every earlier version) into a folder, each
+    /// with a JSON sidecar of its metadata; verified, resumable.
+    Export {
+        #[command(flatten)]
+        server: device_cli::ServerArgs,
+        #[command(flatten)]
+        credentials: device_cli::Credentials,
+        /// Where to write.
+        dir: PathBuf,
+        /// Earlier versions too, as NAME.vN.EXT.
+        #[arg(long)]
+        versions: bool,
+        /// Assets in Recently Deleted too.
+        #[arg(long)]
+        include_trash: bool,
     },
     /// Look at and change the cloud library.
     Library {
@@ -272,6 +289,19 @@ fn main() -> Result<()> {
             credentials,
             command,
         } => runtime.block_on(device_cli::library(server, credentials, command)),
+        Command::Export {
+            server,
+            credentials,
+            dir,
+            versions,
+            include_trash,
+        } => runtime.block_on(export::run(
+            server,
+            credentials,
+            dir,
+            versions,
+            include_trash,
+        )),
     }
 }
 

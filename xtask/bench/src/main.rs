@@ -7,8 +7,11 @@
 //! - `delta`: chunk + hash throughput against raw FastCDC + BLAKE3.
 //! - `library`: commit rate, a fresh device's ListChanges of the whole library over
 //!   loopback, and WatchChanges latency from commit to notification.
+//! - `media`: thumbnails + previews of 12 MP JPEGs per second, one and two threads,
+//!   against decoding alone.
 
 mod library;
+mod media;
 
 use anyhow::{Result, bail};
 use bytes::Bytes;
@@ -47,7 +50,8 @@ fn main() -> Result<()> {
             .enable_all()
             .build()?
             .block_on(library::run(&root, short)),
-        _ => bail!("usage: cargo xtask bench <store|policy|delta|library> [--short]"),
+        Some("media") => media::run(short),
+        _ => bail!("usage: cargo xtask bench <store|policy|delta|library|media> [--short]"),
     }
 }
 
