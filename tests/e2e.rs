@@ -1839,3 +1839,114 @@ async fn an_export_round_trips_every_original_and_its_metadata() {
         "{again}"
     );
 }
+
+/// The real server makes a thumbnail and a preview of a real JPEG after its commit, lists
+/// them on the asset (readable from the store, decodable, the right size), and reports a
+/// file it cannot read as failed without holding up the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_makes_previews_after_commit_and_reports_what_it_cannot() {
+    use image::ImageEncoder;
+    use keepsake_transport::cloud_client::{ClientConfig, CloudClient};
+    let root = tempfile::tempdir().unwrap();
+    let server = start(&root.path().join("server"), "127.0.0.1:0").await;
+    let cloud = CloudClient::new(
+        client::connect(&server.url).await.unwrap(),
+        client::BearerAuth::new(&server.token),
+        ClientConfig::default(),
+    );
+    let folder = root.path().join("camera");
+    let mut config = keepsake_device::DeviceConfig::new(
+        folder.clone(),
+        root.path().join("camera-data"),
+        "camera".into(),
+    );
+    config.stable_ms = 0;
+    let mut device = keepsake_device::Device::open(
+        config,
+        cloud.clone(),
+        std::sync::Arc::new(keepsake_store::SystemClock),
+    )
+    .unwrap();
+    let (w, h) = (3000u32, 2000u32);
+    let picture =
+        image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x / 12) as u8, (y / 8) as u8, 90]));
+    let mut jpeg = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 85)
+        .write_image(picture.as_raw(), w, h, image::ExtendedColorType::Rgb8)
+        .unwrap();
+    std::fs::write(folder.join("IMG_0001.JPG"), &jpeg).unwrap();
+    std::fs::write(
+        folder.join("BROKEN.JPG"),
+        b"\xFF\xD8\xFF this is not a picture",
+    )
+    .unwrap();
+    assert_eq!(device.sync_once().await.unwrap().uploaded, 2);
+    let mut lib = cloud.clone();
+    let mut settled = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while settled.len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "previews never settled"
+        );
+        let page = lib.list_changes(0, 1000).await.unwrap();
+        settled = page
+            .changes
+            .into_iter()
+            .filter_map(|c| match c.row {
+                Some(keepsake_transport_pb::change::Row::Asset(a)) if a.derivation != "queued" => {
+                    Some(a)
+                }
+                _ => None,
+            })
+            .collect();
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let photo = settled
+        .iter()
+        .find(|a| a.original_name == "IMG_0001.JPG")
+        .unwrap();
+    assert_eq!(photo.derivation, "done");
+    assert_eq!(
+        (photo.width, photo.height),
+        (Some(w), Some(h)),
+        "the size came from the file"
+    );
+    for d in &photo.derivatives {
+        let manifest =
+            keepsake_transport::convert::chunk_id("manifest_id", &d.manifest_id).unwrap();
+        let wire = lib.get_manifest(&manifest).await.unwrap();
+        let manifest = keepsake_transport::convert::WireManifest::try_from(wire)
+            .unwrap()
+            .0;
+        let ids: Vec<ChunkId> = manifest.entries.iter().map(|e| e.chunk).collect();
+        let chunks = lib.get_chunks(&ids).await.unwrap();
+        let bytes: Vec<u8> = chunks.iter().flat_map(|(_, b)| b.iter().copied()).collect();
+        let decoded = image::load_from_memory(&bytes).unwrap();
+        assert_eq!(
+            (decoded.width(), decoded.height()),
+            (d.width, d.height),
+            "{}",
+            d.role
+        );
+    }
+    let sizes: Vec<(&str, u32, u32)> = photo
+        .derivatives
+        .iter()
+        .map(|d| (d.role.as_str(), d.width, d.height))
+        .collect();
+    assert!(
+        sizes.contains(&("thumbnail", 256, 171)) && sizes.contains(&("preview", 2048, 1365)),
+        "{sizes:?}"
+    );
+    let broken = settled
+        .iter()
+        .find(|a| a.original_name == "BROKEN.JPG")
+        .unwrap();
+    assert!(
+        broken.derivation.starts_with("failed"),
+        "{}",
+        broken.derivation
+    );
+    assert!(broken.derivatives.is_empty());
+}

@@ -39,7 +39,19 @@ pub trait ChunkStore: Send + Sync {
     fn reference(&self, account: &str, id: &ManifestId, holder: &str) -> Result<(), StoreError>;
     /// Drops `holder`'s root.
     fn release(&self, account: &str, id: &ManifestId, holder: &str) -> Result<(), StoreError>;
+    /// A whole file the account owns, verified against its hash.
+    fn read_file(&self, account: &str, id: &ManifestId) -> Result<Vec<u8>, StoreError>;
+    /// Stores a small file (a preview) for the account and roots it for `holder`.
+    fn store_file(
+        &self,
+        account: &str,
+        bytes: &[u8],
+        holder: &str,
+    ) -> Result<ManifestId, StoreError>;
 }
+
+/// Pieces a stored preview is cut into (well under the store's chunk limit).
+const PIECE: usize = 4 << 20;
 
 impl ChunkStore for Store {
     fn used_bytes(&self, account: &str) -> Result<u64, StoreError> {
@@ -73,6 +85,43 @@ impl ChunkStore for Store {
     }
     fn release(&self, account: &str, id: &ManifestId, holder: &str) -> Result<(), StoreError> {
         Store::release(self, account, id, holder)
+    }
+    fn read_file(&self, account: &str, id: &ManifestId) -> Result<Vec<u8>, StoreError> {
+        let manifest = self.get_manifest(account, id)?;
+        let mut out = Vec::with_capacity(manifest.total_len as usize);
+        for entry in &manifest.entries {
+            out.extend_from_slice(&self.get_chunk(account, &entry.chunk)?);
+        }
+        if ChunkId(*blake3::hash(&out).as_bytes()) != manifest.file_hash {
+            return Err(StoreError::Corrupt(*id));
+        }
+        Ok(out)
+    }
+    fn store_file(
+        &self,
+        account: &str,
+        bytes: &[u8],
+        holder: &str,
+    ) -> Result<ManifestId, StoreError> {
+        let pieces: Vec<(ChunkId, bytes::Bytes)> = bytes
+            .chunks(PIECE)
+            .map(|p| {
+                (
+                    ChunkId(*blake3::hash(p).as_bytes()),
+                    bytes::Bytes::copy_from_slice(p),
+                )
+            })
+            .collect();
+        let session = self.begin_session(account, bytes.len() as u64 + 4096, 600_000, None)?;
+        let stored = (|| {
+            self.put_chunks(account, &session.id, &pieces)?;
+            let manifest = Manifest::from_chunks(&pieces, ChunkId(*blake3::hash(bytes).as_bytes()));
+            let id = self.put_manifest(account, &session.id, &manifest)?;
+            Store::reference(self, account, &id, holder)?;
+            Ok(id)
+        })();
+        let _ = self.end_session(account, &session.id);
+        stored
     }
 }
 
@@ -150,8 +199,8 @@ pub struct Maintenance {
 
 /// The library joined to its chunk store.
 pub struct Cloud {
-    library: Library,
-    store: Arc<dyn ChunkStore>,
+    pub(crate) library: Library,
+    pub(crate) store: Arc<dyn ChunkStore>,
     verifier: TokenVerifier,
     signer: RwLock<Signer25519>,
 }

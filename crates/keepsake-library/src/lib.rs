@@ -31,6 +31,7 @@
 
 mod accounts;
 mod cloud;
+mod derive;
 mod error;
 mod hlc;
 mod library;
@@ -41,9 +42,10 @@ pub use accounts::{
     AccountInfo, ClientVersion, Device, DeviceReport, KdfCost, Plan, default_plans,
 };
 pub use cloud::{ChunkStore, Cloud, CommitAsset, Enrolment, IssuedToken, Maintenance, Reservation};
+pub use derive::{DeriveJob, DeriveReport, MadeFile, Outcome};
 pub use error::LibraryError;
 pub use hlc::Hlc;
 pub use library::{
     Album, Asset, AssetKind, AssetState, Change, ChangePage, CommitRequest, Committed,
-    ContentMatch, Library, LibraryConfig, MetadataField, VersionInfo,
+    ContentMatch, Derived, Library, LibraryConfig, MetadataField, VersionInfo,
 };

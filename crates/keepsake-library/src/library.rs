@@ -192,6 +192,26 @@ pub struct Asset {
     pub seq: u64,
     /// The newest metadata clock among its fields: devices merge it into their own.
     pub clock: Hlc,
+    /// Thumbnails, previews, posters made from the current version.
+    pub derived: Vec<Derived>,
+    /// Where making them stands: "queued", "done", "failed <why>", "none <why>", or empty
+    /// for content committed before derivatives existed.
+    pub derivation: String,
+}
+
+/// A derivative of an asset's current version, stored content-addressed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Derived {
+    /// "thumbnail", "preview" or "poster".
+    pub role: String,
+    /// Its manifest in the store (owned by the asset's account).
+    pub manifest: ManifestId,
+    /// Width.
+    pub width: u32,
+    /// Height.
+    pub height: u32,
+    /// Size in bytes.
+    pub size: u64,
 }
 
 /// One version of an asset.
@@ -299,7 +319,32 @@ pub struct Library {
 const ASSET_COLUMNS: &str =
     "a.asset_id, a.kind, a.capture_time, a.width, a.height, a.original_name,
     a.current_version, v.manifest, v.file_hash, v.size, a.favorite, a.hidden, a.title, a.state,
-    a.state_at, a.seq, MAX(a.favorite_clock, a.hidden_clock, a.title_clock)";
+    a.state_at, a.seq, MAX(a.favorite_clock, a.hidden_clock, a.title_clock),
+    (SELECT group_concat(d.role || ' ' || hex(d.manifest) || ' ' || d.width || ' ' || d.height
+                         || ' ' || d.bytes, ';')
+       FROM derivatives d WHERE d.account = a.account AND d.asset_id = a.asset_id
+        AND d.version = a.current_version),
+    (SELECT j.state || ' ' || coalesce(j.last_error, '') FROM derive_jobs j
+      WHERE j.account = a.account AND j.asset_id = a.asset_id AND j.version = a.current_version)";
+
+/// `role hexmanifest width height bytes;…` as the asset query spells it.
+fn derived_from_column(text: Option<String>) -> Vec<Derived> {
+    text.unwrap_or_default()
+        .split(';')
+        .filter_map(|one| {
+            let mut parts = one.split(' ');
+            let role = parts.next()?.to_string();
+            let manifest = ChunkId::from_slice(&hex::decode(parts.next()?).ok()?).ok()?;
+            Some(Derived {
+                role,
+                manifest,
+                width: parts.next()?.parse().ok()?,
+                height: parts.next()?.parse().ok()?,
+                size: parts.next()?.parse().ok()?,
+            })
+        })
+        .collect()
+}
 
 fn read_id(bytes: Vec<u8>) -> rusqlite::Result<ChunkId> {
     ChunkId::from_slice(&bytes).map_err(|e| {
@@ -331,6 +376,11 @@ fn asset_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Asset> {
         },
         seq: r.get::<_, i64>(15)? as u64,
         clock: Hlc::decode(&r.get::<_, String>(16)?).unwrap_or_else(Hlc::zero),
+        derived: derived_from_column(r.get(17)?),
+        derivation: r
+            .get::<_, Option<String>>(18)?
+            .map(|s| s.trim_end().to_string())
+            .unwrap_or_default(),
     })
 }
 
@@ -1063,6 +1113,20 @@ impl Library {
 }
 
 /// Queues a store reference for release (drained by the cloud after the transaction).
+/// Gives an asset a new sequence number: the feed shows it again, with what changed.
+pub(crate) fn touch_asset(
+    tx: &Transaction<'_>,
+    account: &str,
+    asset_id: &str,
+) -> Result<(), LibraryError> {
+    let seq = next_seq(tx, account)?;
+    tx.execute(
+        "UPDATE assets SET seq = ?3 WHERE account = ?1 AND asset_id = ?2",
+        params![account, asset_id, seq as i64],
+    )?;
+    Ok(())
+}
+
 pub(crate) fn queue_release(
     tx: &Transaction<'_>,
     account: &str,
@@ -1156,6 +1220,18 @@ fn insert_version(
             holder
         ],
     )?;
+    // Previews are made later, by a worker, from a queue that survives restarts.
+    tx.execute(
+        "INSERT OR IGNORE INTO derive_jobs (account, asset_id, version, manifest, video)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            account,
+            asset_id,
+            version,
+            &req.manifest.0[..],
+            req.kind == AssetKind::Video
+        ],
+    )?;
     Ok(())
 }
 
@@ -1174,6 +1250,24 @@ fn purge_in(
         })?
         .collect::<Result<_, _>>()?
     };
+    let derived: Vec<(Vec<u8>, String)> = {
+        let mut stmt = tx.prepare_cached(
+            "SELECT manifest, holder FROM derivatives WHERE account = ?1 AND asset_id = ?2",
+        )?;
+        stmt.query_map(params![account, asset_id], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?
+    };
+    for (manifest, holder) in &derived {
+        queue_release(tx, account, manifest, holder, now)?;
+    }
+    tx.execute(
+        "DELETE FROM derivatives WHERE account = ?1 AND asset_id = ?2",
+        params![account, asset_id],
+    )?;
+    tx.execute(
+        "DELETE FROM derive_jobs WHERE account = ?1 AND asset_id = ?2",
+        params![account, asset_id],
+    )?;
     let mut released = Vec::new();
     for (manifest, file_hash, holder) in &versions {
         released.push(read_id(manifest.clone())?);

@@ -140,9 +140,40 @@ CREATE TABLE ref_outbox (
 ALTER TABLE versions ADD COLUMN holder TEXT;
 ";
 
+const V3: &str = "
+-- Thumbnails, previews and posters to make, one job per committed version.
+CREATE TABLE derive_jobs (
+    account    TEXT NOT NULL,
+    asset_id   TEXT NOT NULL,
+    version    INTEGER NOT NULL,
+    manifest   BLOB NOT NULL,
+    video      INTEGER NOT NULL,
+    -- queued, done, failed (gave up: see last_error), none (nothing can be made)
+    state      TEXT NOT NULL DEFAULT 'queued',
+    attempts   INTEGER NOT NULL DEFAULT 0,
+    next_at    INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    PRIMARY KEY (account, asset_id, version)
+) WITHOUT ROWID;
+CREATE INDEX derive_jobs_due ON derive_jobs(state, next_at);
+-- What was made: content-addressed in the store, rooted under its own holder.
+CREATE TABLE derivatives (
+    account  TEXT NOT NULL,
+    asset_id TEXT NOT NULL,
+    version  INTEGER NOT NULL,
+    role     TEXT NOT NULL,
+    manifest BLOB NOT NULL,
+    holder   TEXT NOT NULL,
+    width    INTEGER NOT NULL,
+    height   INTEGER NOT NULL,
+    bytes    INTEGER NOT NULL,
+    PRIMARY KEY (account, asset_id, version, role)
+) WITHOUT ROWID;
+";
+
 /// Opens the index with the durability commits rely on.
 pub fn prepare(conn: &mut Connection) -> Result<(), crate::LibraryError> {
     keepsake_store::durable_sqlite(conn)?;
-    Migrations::new(vec![M::up(V1), M::up(V2)]).to_latest(conn)?;
+    Migrations::new(vec![M::up(V1), M::up(V2), M::up(V3)]).to_latest(conn)?;
     Ok(())
 }

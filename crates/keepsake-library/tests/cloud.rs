@@ -570,3 +570,129 @@ fn deleting_an_account_releases_everything_it_owned() {
             .is_empty()
     );
 }
+
+/// The derivative queue: each commit queues a job; a made file is stored, listed on the
+/// asset and announced in the feed; an unreadable file is reported as failed and holds up
+/// nothing; a passing failure is retried later; a purge releases the derivatives too.
+#[test]
+fn derivatives_are_made_after_commit_failures_are_reported_and_purges_release_them() {
+    let f = fixture();
+    f.cloud
+        .create_account("alice", "correct horse", None, false)
+        .unwrap();
+    let mut ids = Vec::new();
+    for seed in 1..=3u8 {
+        let (m, r) = f.upload("alice", seed, 20_000).unwrap();
+        ids.push(
+            f.commit("alice", &format!("c{seed}"), m, Some(&r))
+                .unwrap()
+                .asset_id,
+        );
+    }
+    let before = f.used("alice");
+    let (good, broken, flaky) = (ids[0].clone(), ids[1].clone(), ids[2].clone());
+    assert_eq!(
+        f.cloud
+            .library()
+            .get_asset("alice", &good)
+            .unwrap()
+            .derivation,
+        "queued"
+    );
+    let cursor = f
+        .cloud
+        .library()
+        .list_changes("alice", 0, 1000)
+        .unwrap()
+        .cursor;
+    let tries = std::sync::atomic::AtomicU32::new(0);
+    let maker = |job: &DeriveJob, original: &[u8]| {
+        assert_eq!(
+            original.len(),
+            20_000,
+            "the worker is handed the verified original"
+        );
+        if job.asset_id == broken {
+            Outcome::Unreadable("not an image".into())
+        } else if job.asset_id == flaky
+            && tries.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0
+        {
+            Outcome::Retry("disk busy".into())
+        } else {
+            Outcome::Made(vec![
+                MadeFile {
+                    role: "thumbnail".into(),
+                    bytes: vec![1; 3000],
+                    width: 256,
+                    height: 192,
+                },
+                MadeFile {
+                    role: "preview".into(),
+                    bytes: vec![2; 90_000],
+                    width: 2048,
+                    height: 1536,
+                },
+            ])
+        }
+    };
+    let first = f.cloud.run_derivations(8, &maker).unwrap();
+    assert_eq!((first.done, first.failed, first.retried), (1, 1, 1));
+    let asset = f.cloud.library().get_asset("alice", &good).unwrap();
+    assert_eq!(asset.derivation, "done");
+    let roles: Vec<&str> = asset.derived.iter().map(|d| d.role.as_str()).collect();
+    assert_eq!(roles, ["preview", "thumbnail"]);
+    let preview = asset.derived.iter().find(|d| d.role == "preview").unwrap();
+    assert_eq!(
+        (preview.width, preview.height, preview.size),
+        (2048, 1536, 90_000)
+    );
+    assert_eq!(
+        ChunkStore::read_file(&*f.store, "alice", &preview.manifest).unwrap(),
+        vec![2; 90_000]
+    );
+    let failed = f.cloud.library().get_asset("alice", &broken).unwrap();
+    assert_eq!(failed.derivation, "failed not an image");
+    assert!(failed.derived.is_empty());
+    let announced = f
+        .cloud
+        .library()
+        .list_changes("alice", cursor, 1000)
+        .unwrap();
+    let shown: Vec<String> = announced
+        .changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::Asset(a) => Some(a.asset_id.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        shown.contains(&good) && shown.contains(&broken),
+        "devices hear of both"
+    );
+    // The retry waits its turn, then succeeds.
+    assert_eq!(
+        f.cloud.run_derivations(8, &maker).unwrap(),
+        DeriveReport::default()
+    );
+    f.clock.advance(10_000);
+    assert_eq!(f.cloud.run_derivations(8, &maker).unwrap().done, 1);
+    assert_eq!(
+        f.cloud
+            .library()
+            .get_asset("alice", &flaky)
+            .unwrap()
+            .derivation,
+        "done"
+    );
+    assert!(f.used("alice") > before, "derivatives are stored");
+    for id in &ids {
+        f.cloud.purge("alice", id).unwrap();
+    }
+    f.settle();
+    assert_eq!(
+        f.used("alice"),
+        0,
+        "a purge releases originals and derivatives alike"
+    );
+}

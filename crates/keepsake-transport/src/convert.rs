@@ -361,6 +361,8 @@ pub fn asset_to_wire(asset: keepsake_library::Asset) -> pb::Asset {
         state,
         seq: _,
         clock,
+        derived,
+        derivation,
     } = asset;
     let (state, state_at_ms) = state_to_wire(state);
     pb::Asset {
@@ -380,6 +382,26 @@ pub fn asset_to_wire(asset: keepsake_library::Asset) -> pb::Asset {
         state: state.into(),
         state_at_ms,
         clock: Some(clock_to_wire(clock)),
+        derivatives: derived
+            .into_iter()
+            .map(|d| {
+                let keepsake_library::Derived {
+                    role,
+                    manifest,
+                    width,
+                    height,
+                    size,
+                } = d;
+                pb::Derivative {
+                    role,
+                    manifest_id: id_bytes(&manifest),
+                    width,
+                    height,
+                    size,
+                }
+            })
+            .collect(),
+        derivation,
     }
 }
 

@@ -70,6 +70,8 @@ fn remote_asset(a: pb::Asset) -> Result<RemoteAsset, CloudError> {
         state,
         state_at_ms: _,
         clock,
+        derivatives: _,
+        derivation: _,
     } = a;
     let state = match pb::AssetState::try_from(state) {
         Ok(pb::AssetState::Trashed) => RemoteState::Trashed,

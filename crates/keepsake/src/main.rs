@@ -1,5 +1,6 @@
 //! The `keepsake` binary: runs Keepsake's services.
 
+mod derive_worker;
 mod device_cli;
 mod doctor;
 mod export;
@@ -500,6 +501,9 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
             .context("without the library in this process, pass --token-keys FILE (the library server's token-keys.json) so tokens can be checked")?;
         TokenVerifier::new(&read_keys(&path)?)?
     };
+    if let Some(cloud) = &to_serve.cloud {
+        derive_worker::spawn(cloud.clone(), changes.clone(), Duration::from_millis(500));
+    }
     spawn_maintenance(
         to_serve.cloud.clone(),
         store,

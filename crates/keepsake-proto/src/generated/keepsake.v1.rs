@@ -3835,7 +3835,7 @@ pub struct Clock {
     pub device: ::prost::alloc::string::String,
 }
 /// An asset's latest state.
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Asset {
     #[prost(string, tag = "1")]
     pub asset_id: ::prost::alloc::string::String,
@@ -3875,6 +3875,29 @@ pub struct Asset {
     /// The newest clock among its metadata fields: merge it into the device's clock.
     #[prost(message, optional, tag = "16")]
     pub clock: ::core::option::Option<Clock>,
+    /// Thumbnail, preview (stills) or poster (videos) of the current version, made by the
+    /// server after the commit; each is a manifest in the account's store.
+    #[prost(message, repeated, tag = "17")]
+    pub derivatives: ::prost::alloc::vec::Vec<Derivative>,
+    /// How making them stands: "queued", "done", "failed <why>", "none <why>" (nothing can
+    /// exist, e.g. no ffmpeg for a video poster), or empty for content from before.
+    #[prost(string, tag = "18")]
+    pub derivation: ::prost::alloc::string::String,
+}
+/// A file made from an asset's current version.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Derivative {
+    /// "thumbnail" (256 px long edge), "preview" (2048 px) or "poster" (a video's frame).
+    #[prost(string, tag = "1")]
+    pub role: ::prost::alloc::string::String,
+    #[prost(bytes = "bytes", tag = "2")]
+    pub manifest_id: ::prost::bytes::Bytes,
+    #[prost(uint32, tag = "3")]
+    pub width: u32,
+    #[prost(uint32, tag = "4")]
+    pub height: u32,
+    #[prost(uint64, tag = "5")]
+    pub size: u64,
 }
 /// An album's latest state.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -4014,7 +4037,7 @@ pub struct GetAssetRequest {
     #[prost(string, tag = "1")]
     pub asset_id: ::prost::alloc::string::String,
 }
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct GetAssetResponse {
     #[prost(message, optional, tag = "1")]
     pub asset: ::core::option::Option<Asset>,
@@ -4118,14 +4141,14 @@ pub struct PurgeAssetRequest {
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct PurgeAssetResponse {}
 /// One row of the feed.
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Change {
     #[prost(oneof = "change::Row", tags = "1, 2")]
     pub row: ::core::option::Option<change::Row>,
 }
 /// Nested message and enum types in `Change`.
 pub mod change {
-    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
+    #[derive(Clone, PartialEq, ::prost::Oneof)]
     pub enum Row {
         #[prost(message, tag = "1")]
         Asset(super::Asset),
