@@ -1950,3 +1950,137 @@ async fn the_server_makes_previews_after_commit_and_reports_what_it_cannot() {
     );
     assert!(broken.derivatives.is_empty());
 }
+
+/// Optimize Storage: a device with a budget of 10% of the library keeps previews of
+/// everything and originals within the budget; an original opened on demand arrives
+/// verified; only originals the cloud acknowledged are ever evicted (a photo still waiting
+/// to upload stays), and the device that took the photos frees its space the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn optimize_storage_keeps_previews_of_all_and_originals_within_the_budget() {
+    use devices::*;
+    use keepsake_library::{MadeFile, Outcome};
+    let c = cloud().await;
+    let root = tempfile::tempdir().unwrap();
+    let (fa, fb) = (root.path().join("A"), root.path().join("B"));
+    let mut a = device(&c, &fa, &root.path().join("a-data"), "camera").await;
+    let mut b = device(&c, &fb, &root.path().join("b-data"), "phone").await;
+    let mut originals = std::collections::HashMap::new();
+    for i in 0..30u64 {
+        let bytes = photo(2000 + i, 20_000);
+        std::fs::write(fa.join(format!("P{i:02}.JPG")), &bytes).unwrap();
+        originals.insert(blake3::hash(&bytes).to_hex().to_string(), bytes);
+    }
+    assert_eq!(sync(&mut a).await.uploaded, 30);
+    // The server's worker, with a stand-in maker: a "preview" is the first kilobyte.
+    let report = c
+        .cloud
+        .run_derivations(64, &|_, original| {
+            Outcome::Made(vec![MadeFile {
+                role: "preview".into(),
+                bytes: original[..1000].to_vec(),
+                width: 20,
+                height: 10,
+            }])
+        })
+        .unwrap();
+    assert_eq!(report.done, 30);
+    let budget = 60_000;
+    b.set_optimize(Some(budget));
+    let r = sync(&mut b).await;
+    let (held, previews, cloud_only) = b.storage().unwrap();
+    assert!(
+        held <= budget,
+        "{held} bytes of originals over a {budget} budget"
+    );
+    assert_eq!(r.previews, 30, "a preview of every photo");
+    assert_eq!(previews, 30_000);
+    assert_eq!(cloud_only as usize + r.downloaded, 30);
+    assert!(r.kept_in_cloud >= 27, "{r:?}");
+    // Open one that is in the cloud only: it arrives whole and verified.
+    let asset = b
+        .assets()
+        .unwrap()
+        .into_iter()
+        .find(|x| b.preview_path(&x.asset_id).is_some() && !fb.join(&x.name).exists())
+        .unwrap();
+    let path = b.fetch_original(&asset.asset_id).await.unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    assert_eq!(
+        &originals[&blake3::hash(&bytes).to_hex().to_string()],
+        &bytes
+    );
+    // A photo taken on B and not yet uploaded (B is offline) is never evicted.
+    let waiting = photo(9999, 50_000);
+    std::fs::write(fb.join("NEW.JPG"), &waiting).unwrap();
+    let mut offline = keepsake_policy::Snapshot {
+        account: Some("alice".into()),
+        ..keepsake_policy::Snapshot::example()
+    };
+    offline.network = Some(keepsake_policy::Network::Offline);
+    b.set_conditions(Some(offline));
+    sync(&mut b).await;
+    assert_eq!(std::fs::read(fb.join("NEW.JPG")).unwrap(), waiting);
+    assert!(path.exists(), "the one just opened is the newest: kept");
+    assert!(b.storage().unwrap().0 <= budget);
+    // Opened through DeviceControl: asked for, fetched by the agent's next pass, answered.
+    let (wake, _woken) = tokio::sync::mpsc::unbounded_channel();
+    let control = std::sync::Arc::new(
+        keepsake_device::FolderControl::open(
+            b.config(),
+            root.path().join("b-control"),
+            std::sync::Arc::new(keepsake_store::SystemClock),
+            wake,
+        )
+        .unwrap(),
+    );
+    let wanted = b
+        .assets()
+        .unwrap()
+        .into_iter()
+        .find(|x| !fb.join(&x.name).exists())
+        .unwrap()
+        .asset_id;
+    assert_eq!(
+        control.open_original(&wanted).unwrap(),
+        None,
+        "not here yet"
+    );
+    b.set_conditions(None);
+    sync(&mut b).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(keepsake_transport::serve_device(
+        listener,
+        control.clone(),
+        std::future::pending(),
+    ));
+    let mut remote = keepsake_proto::v1::device_control_client::DeviceControlClient::new(
+        client::connect(&url).await.unwrap(),
+    );
+    let placed = remote
+        .fetch_original(keepsake_transport_pb::FetchOriginalRequest { asset_id: wanted })
+        .await
+        .unwrap()
+        .into_inner()
+        .path;
+    let bytes = std::fs::read(&placed).unwrap();
+    assert_eq!(
+        &originals[&blake3::hash(&bytes).to_hex().to_string()],
+        &bytes
+    );
+    // The camera frees its own space once the cloud holds its photos.
+    a.set_optimize(Some(budget));
+    let freed = sync(&mut a).await;
+    assert!(freed.evicted >= 27, "{freed:?}");
+    assert!(a.storage().unwrap().0 <= budget);
+    assert_eq!(a.pending_files().unwrap(), 0);
+    let live = c
+        .cloud
+        .library()
+        .list_changes("alice", 0, 1000)
+        .unwrap()
+        .changes
+        .len();
+    // All 30 are still in the library, and B's new photo went up once B was back online.
+    assert_eq!(live, 31);
+}

@@ -62,6 +62,8 @@ pub struct RemoteAsset {
     pub hidden: bool,
     /// The newest clock among its metadata fields (merged into the device's clock).
     pub clock: Stamp,
+    /// The server-made preview (or a video's poster) of the current version, once made.
+    pub preview: Option<ManifestId>,
 }
 
 /// An album's latest state, as the feed reports it.

@@ -40,6 +40,18 @@ pub struct AgentStatus {
     /// What the pass under way is doing, if one is.
     #[serde(default)]
     pub progress: Option<crate::Progress>,
+    /// Bytes of originals kept here (all of them the cloud holds too).
+    #[serde(default)]
+    pub originals_bytes: u64,
+    /// Bytes of previews kept here (Optimize Storage).
+    #[serde(default)]
+    pub previews_bytes: u64,
+    /// Originals in the cloud only (Optimize Storage), fetched when opened.
+    #[serde(default)]
+    pub cloud_only: u64,
+    /// The Optimize Storage budget for originals, if it is on.
+    #[serde(default)]
+    pub optimize_budget: Option<u64>,
 }
 
 /// The device's sync settings, as its owner chose them (`settings.json`).
@@ -58,6 +70,9 @@ pub struct Settings {
     pub paused_until_ms: Option<i64>,
     /// "Sync anyway for an hour" despite low battery, until this moment (Unix ms).
     pub power_override_until_ms: Option<i64>,
+    /// Optimize Storage: at most this many bytes of originals on the device (previews of
+    /// everything); `None` downloads and keeps every original.
+    pub optimize_budget_bytes: Option<u64>,
 }
 
 impl Default for Settings {
@@ -69,6 +84,7 @@ impl Default for Settings {
             daily_cap_bytes: None,
             paused_until_ms: None,
             power_override_until_ms: None,
+            optimize_budget_bytes: None,
         }
     }
 }
@@ -79,6 +95,7 @@ impl Settings {
         snapshot.sync_enabled = self.sync_enabled;
         snapshot.paused_until = self.paused_until_ms;
         snapshot.power_override_until = self.power_override_until_ms;
+        snapshot.storage.optimize = self.optimize_budget_bytes.is_some();
         snapshot.cellular.allowed = self.cellular_allowed;
         snapshot.cellular.unlimited_updates = self.unlimited_updates;
         snapshot.cellular.daily_cap_bytes = if self.unlimited_updates {
@@ -192,6 +209,25 @@ impl FolderControl {
         let stamp = edits::queue(&self.journal(), &edit, self.clock.now_ms(), &self.device_id)?;
         self.wake();
         Ok(stamp)
+    }
+
+    /// The original of an asset in the folder, or asks the agent to fetch it (Optimize
+    /// Storage kept it in the cloud): `Ok(Some(path))` when it is here.
+    pub fn open_original(&self, asset_id: &str) -> Result<Option<PathBuf>, DeviceError> {
+        let journal = self.journal();
+        if let Some(f) = journal.file_of_asset(asset_id)? {
+            return Ok(Some(self.folder.join(f.path)));
+        }
+        if journal.cloud_only(asset_id)?.is_none() {
+            return Err(DeviceError::Unknown {
+                kind: "original",
+                id: asset_id.to_string(),
+            });
+        }
+        journal.set(&format!("{}{asset_id}", crate::device::WANT_ORIGINAL), "1")?;
+        drop(journal);
+        self.wake();
+        Ok(None)
     }
 
     /// Allows the deletes held back by the mass-delete guard, on the agent's next pass.

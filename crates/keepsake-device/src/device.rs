@@ -2,7 +2,7 @@
 
 use crate::cloud::{Cloud, CloudError, Edit, NewAsset, RemoteAsset, RemoteState, Stamp};
 use crate::edits::{self, LocalAlbum, LocalAsset};
-use crate::journal::{FileRow, Journal, MetaRow, TrashedRow};
+use crate::journal::{CloudOnlyRow, FileRow, Journal, MetaRow, TrashedRow};
 use bytes::Bytes;
 use keepsake_delta::{ChunkParams, DeltaError, manifest_of};
 use keepsake_policy::{PolicyConfig, Snapshot, WorkClass, evaluate};
@@ -15,6 +15,9 @@ use std::sync::Arc;
 /// The file that marks a folder as a Keepsake library: without it (an unmounted disk, a
 /// moved folder) the device deletes nothing and syncs nothing.
 pub const MARKER: &str = ".keepsake-library";
+
+/// Journal keys naming originals asked for on demand.
+pub(crate) const WANT_ORIGINAL: &str = "want_original:";
 
 /// Files modified this recently are hashed even when their stat looks unchanged.
 const RACY_WINDOW_NS: i64 = 2_000_000_000;
@@ -34,6 +37,10 @@ pub struct DeviceConfig {
     pub mass_delete_share: f64,
     /// …when it is also more than this many files.
     pub mass_delete_min: usize,
+    /// Optimize Storage: keep at most this many bytes of originals here (previews of
+    /// everything, originals of the newest and the recently opened). `None` keeps every
+    /// original.
+    pub optimize_budget: Option<u64>,
 }
 
 impl DeviceConfig {
@@ -46,6 +53,7 @@ impl DeviceConfig {
             stable_ms: 2000,
             mass_delete_share: 0.5,
             mass_delete_min: 20,
+            optimize_budget: None,
         }
     }
 }
@@ -75,6 +83,12 @@ pub struct SyncReport {
     pub restored: usize,
     /// Files removed because they were purged elsewhere.
     pub purged: usize,
+    /// Originals left in the cloud only (Optimize Storage), new this pass.
+    pub kept_in_cloud: usize,
+    /// Originals removed from the device to stay within the budget (the cloud holds them).
+    pub evicted: usize,
+    /// Previews fetched.
+    pub previews: usize,
     /// Local files whose content was purged elsewhere: not uploaded again.
     pub not_resurrected: usize,
     /// Files skipped because they are still being written.
@@ -401,6 +415,161 @@ impl<C: Cloud> Device<C> {
         )
     }
 
+    /// Switches Optimize Storage on (with a budget for originals) or off.
+    pub fn set_optimize(&mut self, budget: Option<u64>) {
+        self.config.optimize_budget = budget;
+    }
+
+    /// Space used here: (bytes of originals the cloud holds, bytes of previews, originals
+    /// in the cloud only).
+    pub fn storage(&self) -> Result<(u64, u64, u64), DeviceError> {
+        let previews = match std::fs::read_dir(self.previews_dir()) {
+            Ok(entries) => entries
+                .filter_map(|e| e.ok()?.metadata().ok())
+                .map(|m| m.len())
+                .sum(),
+            Err(_) => 0,
+        };
+        Ok((
+            self.journal.synced_bytes()?,
+            previews,
+            self.journal.count_cloud_only()?,
+        ))
+    }
+
+    /// Where an asset's preview is kept, if the device has it.
+    pub fn preview_path(&self, asset_id: &str) -> Option<PathBuf> {
+        let path = self.previews_dir().join(format!("{asset_id}.jpg"));
+        path.exists().then_some(path)
+    }
+
+    fn previews_dir(&self) -> PathBuf {
+        self.config.data_dir.join("previews")
+    }
+
+    /// Brings an original kept in the cloud only back into the folder, verified; it counts
+    /// towards the budget like any other and, being the newest, is evicted last.
+    pub async fn fetch_original(&mut self, asset_id: &str) -> Result<PathBuf, DeviceError> {
+        let row = self
+            .journal
+            .cloud_only(asset_id)?
+            .ok_or_else(|| DeviceError::Unknown {
+                kind: "cloud-only original",
+                id: asset_id.to_string(),
+            })?;
+        let meta = self.journal.meta(asset_id)?;
+        let remote = RemoteAsset {
+            asset_id: row.asset_id.clone(),
+            version: row.version,
+            manifest: row.manifest,
+            file_hash: row.file_hash,
+            size: row.size,
+            original_name: row.name.clone(),
+            state: RemoteState::Live,
+            favorite: meta.as_ref().is_some_and(|m| m.favorite),
+            hidden: meta.as_ref().is_some_and(|m| m.hidden),
+            clock: Stamp::default(),
+            preview: None,
+        };
+        let mut report = SyncReport::default();
+        let (budget, waits) = (self.budget.take(), self.downloads_wait.take());
+        let fetched = self
+            .download(&remote, None, &safe_name(&row.name, asset_id), &mut report)
+            .await;
+        (self.budget, self.downloads_wait) = (budget, waits);
+        fetched?;
+        self.journal.remove_cloud_only(asset_id)?;
+        let path = self
+            .journal
+            .file_of_asset(asset_id)?
+            .map(|f| self.config.folder.join(f.path))
+            .ok_or_else(|| std::io::Error::other("the fetched original was not recorded"))?;
+        Ok(path)
+    }
+
+    /// Keeps originals within the budget: the oldest synced ones go first, and only when
+    /// the cloud acknowledged that exact version (never a pending upload or local edit).
+    fn evict(&mut self, report: &mut SyncReport) -> Result<(), DeviceError> {
+        let Some(budget) = self.config.optimize_budget else {
+            return Ok(());
+        };
+        let mut held = self.journal.synced_bytes()?;
+        if held <= budget {
+            return Ok(());
+        }
+        let mut rows: Vec<FileRow> = self
+            .journal
+            .files()?
+            .into_iter()
+            .filter(|f| f.synced)
+            .collect();
+        rows.sort_by_key(|f| f.mtime_ns);
+        for f in rows {
+            if held <= budget {
+                break;
+            }
+            let Some(asset) = f.asset_id.as_deref() else {
+                continue;
+            };
+            let Some((version, manifest, _)) = self.journal.current(asset)? else {
+                continue;
+            };
+            if f.version != Some(version) {
+                continue;
+            }
+            // The file must still be what the cloud holds: a change not yet scanned stays.
+            let path = self.config.folder.join(&f.path);
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
+            if (meta.len(), mtime_ns(&meta), inode(&meta)) != (f.size, f.mtime_ns, f.inode) {
+                continue;
+            }
+            self.journal.evict(&f, &manifest)?;
+            std::fs::remove_file(&path)?;
+            held -= f.size;
+            report.evicted += 1;
+            tracing::info!(path = %f.path, asset, "original evicted; the cloud holds it");
+        }
+        Ok(())
+    }
+
+    /// Under Optimize Storage, every asset's preview is here.
+    async fn fetch_previews(&mut self, report: &mut SyncReport) -> Result<(), DeviceError> {
+        if self.config.optimize_budget.is_none() {
+            return Ok(());
+        }
+        std::fs::create_dir_all(self.previews_dir())?;
+        for (asset_id, preview) in self.journal.previews()? {
+            let dest = self.previews_dir().join(format!("{asset_id}.jpg"));
+            if dest.exists() {
+                continue;
+            }
+            let manifest = self.cloud.manifest(&preview).await?;
+            let ids: Vec<ChunkId> = manifest.entries.iter().map(|e| e.chunk).collect();
+            let got: HashMap<ChunkId, Bytes> = self.cloud.chunks(&ids).await?.into_iter().collect();
+            let mut bytes = Vec::with_capacity(manifest.total_len as usize);
+            for e in &manifest.entries {
+                bytes.extend_from_slice(
+                    got.get(&e.chunk)
+                        .ok_or_else(|| DeviceError::Corrupt(asset_id.clone()))?,
+                );
+            }
+            if ChunkId(*blake3::hash(&bytes).as_bytes()) != manifest.file_hash {
+                return Err(DeviceError::Corrupt(asset_id));
+            }
+            let temp = self
+                .config
+                .data_dir
+                .join("tmp")
+                .join(format!("{asset_id}.preview"));
+            std::fs::write(&temp, &bytes)?;
+            std::fs::rename(&temp, &dest)?;
+            report.previews += 1;
+        }
+        Ok(())
+    }
+
     /// Edits waiting for the cloud.
     pub fn pending_edits(&self) -> Result<u64, DeviceError> {
         Ok(self.journal.count_outbox()?)
@@ -481,7 +650,18 @@ impl<C: Cloud> Device<C> {
                 for (_, edit, _, _) in self.journal.outbox()? {
                     edits::show(&self.journal, &edit)?;
                 }
+                self.fetch_previews(&mut report).await?;
+                // Originals someone opened through DeviceControl or `keepsake open`.
+                for asset in self.journal.keys_with_prefix(WANT_ORIGINAL)? {
+                    match self.fetch_original(&asset).await {
+                        Ok(_) | Err(DeviceError::Unknown { .. }) => {}
+                        Err(e) => return Err(e),
+                    }
+                    self.journal
+                        .remove_key(&format!("{WANT_ORIGINAL}{asset}"))?;
+                }
             }
+            self.evict(&mut report)?;
             Ok::<(), DeviceError>(())
         }
         .await;
@@ -929,6 +1109,14 @@ impl<C: Cloud> Device<C> {
     /// Records what the feed says of an asset's metadata and albums.
     fn remember_metadata(&self, a: &RemoteAsset) -> Result<(), DeviceError> {
         self.journal.observe_clock(&a.clock)?;
+        if a.state == RemoteState::Purged {
+            self.journal.remove_current(&a.asset_id)?;
+            self.journal.remove_cloud_only(&a.asset_id)?;
+            let _ = std::fs::remove_file(self.previews_dir().join(format!("{}.jpg", a.asset_id)));
+        } else {
+            self.journal
+                .set_current(&a.asset_id, a.version, &a.manifest, a.preview.as_ref())?;
+        }
         match a.state {
             RemoteState::Purged => self.journal.remove_meta(&a.asset_id)?,
             state => self.journal.put_meta(&MetaRow {
@@ -992,6 +1180,20 @@ impl<C: Cloud> Device<C> {
         let local = self.journal.file_of_asset(&a.asset_id)?;
         let trashed = self.journal.trashed(&a.asset_id)?;
         let deleted_dir = self.config.data_dir.join("recently-deleted");
+        if local.is_none()
+            && trashed.is_none()
+            && let Some(mut c) = self.journal.cloud_only(&a.asset_id)?
+        {
+            // Not here by choice: follow the cloud's version, fetch nothing.
+            if a.state == RemoteState::Live {
+                (c.version, c.manifest, c.file_hash, c.size) =
+                    (a.version, a.manifest, a.file_hash, a.size);
+                self.journal.put_cloud_only(&c)?;
+            } else {
+                self.journal.remove_cloud_only(&a.asset_id)?;
+            }
+            return Ok(());
+        }
         match a.state {
             RemoteState::Live => {
                 if let Some(t) = trashed {
@@ -1033,6 +1235,19 @@ impl<C: Cloud> Device<C> {
                             twin.version = Some(a.version);
                             twin.synced = true;
                             self.journal.upsert(&twin)?;
+                        } else if self.config.optimize_budget.is_some_and(|budget| {
+                            self.journal.synced_bytes().unwrap_or(u64::MAX) + a.size > budget
+                        }) {
+                            // Optimize Storage: the preview stands in until it is opened.
+                            self.journal.put_cloud_only(&CloudOnlyRow {
+                                asset_id: a.asset_id.clone(),
+                                name: a.original_name.clone(),
+                                version: a.version,
+                                manifest: a.manifest,
+                                file_hash: a.file_hash,
+                                size: a.size,
+                            })?;
+                            report.kept_in_cloud += 1;
                         } else {
                             let name = safe_name(&a.original_name, &a.asset_id);
                             self.download(a, None, &name, report).await?;

@@ -68,6 +68,26 @@ CREATE TABLE outbox (
 );
 ";
 
+const V3: &str = "
+-- Originals the device does not hold (Optimize Storage): in the cloud only, until opened.
+CREATE TABLE cloud_only (
+    asset_id  TEXT PRIMARY KEY,
+    name      TEXT NOT NULL,
+    version   INTEGER NOT NULL,
+    manifest  BLOB NOT NULL,
+    file_hash BLOB NOT NULL,
+    size      INTEGER NOT NULL
+) WITHOUT ROWID;
+-- Each asset's current version as the feed last said: what eviction checks a file
+-- against, and where its preview is.
+CREATE TABLE current (
+    asset_id TEXT PRIMARY KEY,
+    version  INTEGER NOT NULL,
+    manifest BLOB NOT NULL,
+    preview  BLOB
+) WITHOUT ROWID;
+";
+
 /// A file as the journal last saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileRow {
@@ -127,7 +147,7 @@ impl Journal {
         db.pragma_update(None, "synchronous", "NORMAL")?;
         // The agent and its control service write from two connections.
         db.busy_timeout(std::time::Duration::from_secs(10))?;
-        Migrations::new(vec![M::up(V1), M::up(V2)])
+        Migrations::new(vec![M::up(V1), M::up(V2), M::up(V3)])
             .to_latest(&mut db)
             .map_err(|e| crate::DeviceError::Migration(e.to_string()))?;
         Ok(Self { db })
@@ -491,4 +511,168 @@ fn write_clock(tx: &rusqlite::Transaction<'_>, wall: i64, counter: u32) -> rusql
         [format!("{wall}:{counter}")],
     )?;
     Ok(())
+}
+
+/// An original kept in the cloud only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloudOnlyRow {
+    pub asset_id: String,
+    pub name: String,
+    pub version: u32,
+    pub manifest: ChunkId,
+    pub file_hash: ChunkId,
+    pub size: u64,
+}
+
+impl Journal {
+    /// Keys of the small key/value table that start with `prefix`, without it.
+    pub fn keys_with_prefix(&self, prefix: &str) -> rusqlite::Result<Vec<String>> {
+        let mut stmt = self
+            .db
+            .prepare_cached("SELECT key FROM kv WHERE substr(key, 1, length(?1)) = ?1")?;
+        stmt.query_map([prefix], |r| r.get::<_, String>(0))?
+            .map(|k| k.map(|k| k[prefix.len()..].to_string()))
+            .collect()
+    }
+
+    pub fn remove_key(&self, key: &str) -> rusqlite::Result<()> {
+        self.db.execute("DELETE FROM kv WHERE key = ?1", [key])?;
+        Ok(())
+    }
+
+    pub fn set_current(
+        &self,
+        asset_id: &str,
+        version: u32,
+        manifest: &ChunkId,
+        preview: Option<&ChunkId>,
+    ) -> rusqlite::Result<()> {
+        self.db.execute(
+            "INSERT INTO current (asset_id, version, manifest, preview) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (asset_id) DO UPDATE SET version = ?2, manifest = ?3, preview = ?4",
+            params![
+                asset_id,
+                version,
+                &manifest.0[..],
+                preview.map(|p| p.0.to_vec())
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// (version, manifest, preview manifest) of an asset's current version.
+    pub fn current(
+        &self,
+        asset_id: &str,
+    ) -> rusqlite::Result<Option<(u32, ChunkId, Option<ChunkId>)>> {
+        self.db
+            .query_row(
+                "SELECT version, manifest, preview FROM current WHERE asset_id = ?1",
+                [asset_id],
+                |r| {
+                    let preview: Option<Vec<u8>> = r.get(2)?;
+                    Ok((r.get(0)?, id(r.get(1)?)?, preview.map(id).transpose()?))
+                },
+            )
+            .optional()
+    }
+
+    /// Every asset with a preview: (asset, preview manifest).
+    pub fn previews(&self) -> rusqlite::Result<Vec<(String, ChunkId)>> {
+        let mut stmt = self
+            .db
+            .prepare_cached("SELECT asset_id, preview FROM current WHERE preview IS NOT NULL")?;
+        stmt.query_map([], |r| Ok((r.get(0)?, id(r.get(1)?)?)))?
+            .collect()
+    }
+
+    pub fn remove_current(&self, asset_id: &str) -> rusqlite::Result<()> {
+        self.db
+            .execute("DELETE FROM current WHERE asset_id = ?1", [asset_id])?;
+        Ok(())
+    }
+
+    pub fn put_cloud_only(&self, c: &CloudOnlyRow) -> rusqlite::Result<()> {
+        self.db.execute(
+            "INSERT INTO cloud_only (asset_id, name, version, manifest, file_hash, size)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (asset_id) DO UPDATE SET name = ?2, version = ?3, manifest = ?4,
+                 file_hash = ?5, size = ?6",
+            params![
+                c.asset_id,
+                c.name,
+                c.version,
+                &c.manifest.0[..],
+                &c.file_hash.0[..],
+                c.size as i64
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn cloud_only(&self, asset_id: &str) -> rusqlite::Result<Option<CloudOnlyRow>> {
+        self.db
+            .query_row(
+                "SELECT asset_id, name, version, manifest, file_hash, size FROM cloud_only WHERE asset_id = ?1",
+                [asset_id],
+                |r| {
+                    Ok(CloudOnlyRow {
+                        asset_id: r.get(0)?,
+                        name: r.get(1)?,
+                        version: r.get(2)?,
+                        manifest: id(r.get(3)?)?,
+                        file_hash: id(r.get(4)?)?,
+                        size: r.get::<_, i64>(5)? as u64,
+                    })
+                },
+            )
+            .optional()
+    }
+
+    pub fn remove_cloud_only(&self, asset_id: &str) -> rusqlite::Result<()> {
+        self.db
+            .execute("DELETE FROM cloud_only WHERE asset_id = ?1", [asset_id])?;
+        Ok(())
+    }
+
+    pub fn count_cloud_only(&self) -> rusqlite::Result<u64> {
+        self.db
+            .query_row("SELECT COUNT(*) FROM cloud_only", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|n| n as u64)
+    }
+
+    /// Bytes of originals in the folder that the cloud holds (synced).
+    pub fn synced_bytes(&self) -> rusqlite::Result<u64> {
+        self.db
+            .query_row(
+                "SELECT COALESCE(SUM(size), 0) FROM files WHERE state = 'synced'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)
+    }
+
+    /// Evicts a synced original: it becomes cloud-only, in one transaction, before the
+    /// file itself is removed (a crash in between leaves a file the scan links again).
+    pub fn evict(&self, f: &FileRow, manifest: &ChunkId) -> rusqlite::Result<()> {
+        let tx = self.db.unchecked_transaction()?;
+        tx.execute(
+            "INSERT INTO cloud_only (asset_id, name, version, manifest, file_hash, size)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (asset_id) DO UPDATE SET name = ?2, version = ?3, manifest = ?4,
+                 file_hash = ?5, size = ?6",
+            params![
+                f.asset_id,
+                f.path,
+                f.version,
+                &manifest.0[..],
+                &f.file_hash.0[..],
+                f.size as i64
+            ],
+        )?;
+        tx.execute("DELETE FROM files WHERE path = ?1", [&f.path])?;
+        tx.commit()
+    }
 }

@@ -70,9 +70,15 @@ fn remote_asset(a: pb::Asset) -> Result<RemoteAsset, CloudError> {
         state,
         state_at_ms: _,
         clock,
-        derivatives: _,
+        derivatives,
         derivation: _,
     } = a;
+    let preview = derivatives
+        .iter()
+        .find(|d| d.role == "preview" || d.role == "poster")
+        .map(|d| chunk_id("manifest_id", &d.manifest_id))
+        .transpose()
+        .map_err(|e| bad_reply("asset", e))?;
     let state = match pb::AssetState::try_from(state) {
         Ok(pb::AssetState::Trashed) => RemoteState::Trashed,
         Ok(pb::AssetState::Purged) => RemoteState::Purged,
@@ -89,6 +95,7 @@ fn remote_asset(a: pb::Asset) -> Result<RemoteAsset, CloudError> {
         favorite,
         hidden,
         clock: stamp(clock),
+        preview,
     })
 }
 

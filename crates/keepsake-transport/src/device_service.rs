@@ -34,6 +34,10 @@ fn status_to_wire(s: AgentStatus) -> pb::AgentStatus {
         last_stall_ms,
         pending_edits,
         progress,
+        originals_bytes,
+        previews_bytes,
+        cloud_only,
+        optimize_budget,
     } = s;
     pb::AgentStatus {
         device_id,
@@ -47,6 +51,10 @@ fn status_to_wire(s: AgentStatus) -> pb::AgentStatus {
         last_stall_ms,
         pending_edits,
         progress: progress.map(progress_to_wire),
+        originals_bytes,
+        previews_bytes,
+        cloud_only,
+        optimize_budget,
     }
 }
 
@@ -77,6 +85,7 @@ fn settings_to_wire(s: Settings) -> pb::Settings {
         daily_cap_bytes,
         paused_until_ms,
         power_override_until_ms,
+        optimize_budget_bytes,
     } = s;
     pb::Settings {
         sync_enabled,
@@ -85,6 +94,7 @@ fn settings_to_wire(s: Settings) -> pb::Settings {
         daily_cap_bytes,
         paused_until_ms,
         power_override_until_ms,
+        optimize_budget_bytes,
     }
 }
 
@@ -96,6 +106,7 @@ fn settings_from_wire(s: Option<pb::Settings>) -> Result<Settings, Status> {
         daily_cap_bytes,
         paused_until_ms,
         power_override_until_ms,
+        optimize_budget_bytes,
     } = s.ok_or_else(|| Status::from(ApiError::field("settings", "is required")))?;
     Ok(Settings {
         sync_enabled,
@@ -104,6 +115,7 @@ fn settings_from_wire(s: Option<pb::Settings>) -> Result<Settings, Status> {
         daily_cap_bytes,
         paused_until_ms,
         power_override_until_ms,
+        optimize_budget_bytes,
     })
 }
 
@@ -327,6 +339,35 @@ impl DeviceControl for DeviceService {
     ) -> Result<Response<pb::EditResponse>, Status> {
         let pb::LocalRestoreAssetRequest { asset_id } = request.into_inner();
         self.edit(Edit::Restore { asset_id }).await
+    }
+
+    async fn fetch_original(
+        &self,
+        request: Request<pb::FetchOriginalRequest>,
+    ) -> Result<Response<pb::FetchOriginalResponse>, Status> {
+        let pb::FetchOriginalRequest { asset_id } = request.into_inner();
+        // The agent fetches it on its next pass; answer once it is in place.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(120);
+        loop {
+            let control = self.control.clone();
+            let id = asset_id.clone();
+            let here = tokio::task::spawn_blocking(move || control.open_original(&id))
+                .await
+                .map_err(|e| Status::from(ApiError::Unavailable(e.to_string())))?
+                .map_err(refused)?;
+            if let Some(path) = here {
+                return Ok(Response::new(pb::FetchOriginalResponse {
+                    path: path.to_string_lossy().into_owned(),
+                }));
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(ApiError::Unavailable(
+                    "the agent has not fetched it yet; is it syncing? (`keepsake status`)".into(),
+                )
+                .into());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
     }
 
     async fn diagnose(

@@ -103,6 +103,19 @@ pub fn status(data: PathBuf) -> Result<()> {
     if s.pending_edits > 0 {
         println!("{} edits waiting to be sent", s.pending_edits);
     }
+    match s.optimize_budget {
+        Some(budget) => println!(
+            "Optimize Storage: originals {} of a {} budget, previews {}; {} originals in the cloud only",
+            megabytes(s.originals_bytes),
+            megabytes(budget),
+            megabytes(s.previews_bytes),
+            s.cloud_only
+        ),
+        None => println!(
+            "keeping every original here: {}",
+            megabytes(s.originals_bytes)
+        ),
+    }
     if let Some(p) = &s.progress {
         println!(
             "{} {}/{} files, {} of {}{}",
@@ -515,6 +528,8 @@ pub async fn sync(
         let conditions = snapshot(&data, &folder, &enrolled.account, &server)?;
         let _ = folder_control.save_snapshot(&conditions);
         device.set_conditions(Some(conditions));
+        let optimize = load_settings(&data)?.optimize_budget_bytes;
+        device.set_optimize(optimize);
         let mut pause = interval;
         match device.sync_once().await {
             Ok(report) if report.blocked.as_deref() == Some("UNAUTHENTICATED") => {
@@ -551,6 +566,11 @@ pub async fn sync(
                     s.pending_files = device.pending_files().unwrap_or(0);
                     s.pending_edits = device.pending_edits().unwrap_or(0);
                     s.progress = None;
+                    if let Ok((originals, previews, cloud_only)) = device.storage() {
+                        (s.originals_bytes, s.previews_bytes, s.cloud_only) =
+                            (originals, previews, cloud_only);
+                    }
+                    s.optimize_budget = optimize;
                     s.clone()
                 };
                 save_status(&data, &shown);

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 pub struct DataArg {
     /// The device's data directory.
     #[arg(long, env = "KEEPSAKE_DEVICE_DATA", default_value = "keepsake-device")]
-    data: PathBuf,
+    pub data: PathBuf,
 }
 
 /// On or off.
@@ -85,6 +85,10 @@ pub enum LocalCommand {
         /// On mobile data, at most this many megabytes a day (0 removes the cap).
         #[arg(long)]
         daily_cap_mb: Option<u64>,
+        /// Optimize Storage: keep at most this many megabytes of originals here, previews of
+        /// everything (0 downloads and keeps every original).
+        #[arg(long)]
+        optimize_mb: Option<u64>,
         #[command(flatten)]
         at: DataArg,
     },
@@ -207,6 +211,13 @@ fn print_settings(s: &Settings) {
         at.filter(|t| *t > now_ms())
             .map(|t| format!("for {} more minutes", (t - now_ms()) / 60_000 + 1))
     };
+    match s.optimize_budget_bytes {
+        Some(b) => println!(
+            "storage:        Optimize, {} MB of originals",
+            b / 1_000_000
+        ),
+        None => println!("storage:        Download and Keep Originals"),
+    }
     if let Some(left) = until(s.paused_until_ms) {
         println!("paused:         {left}");
     }
@@ -307,6 +318,7 @@ pub fn run(command: LocalCommand) -> Result<()> {
             cellular,
             unlimited,
             daily_cap_mb,
+            optimize_mb,
             at,
         } => {
             let control = open(&at)?;
@@ -314,7 +326,8 @@ pub fn run(command: LocalCommand) -> Result<()> {
             let changed = sync.is_some()
                 || cellular.is_some()
                 || unlimited.is_some()
-                || daily_cap_mb.is_some();
+                || daily_cap_mb.is_some()
+                || optimize_mb.is_some();
             if let Some(v) = sync {
                 s.sync_enabled = v.on();
             }
@@ -326,6 +339,9 @@ pub fn run(command: LocalCommand) -> Result<()> {
             }
             if let Some(mb) = daily_cap_mb {
                 s.daily_cap_bytes = (mb > 0).then(|| mb.saturating_mul(1_000_000));
+            }
+            if let Some(mb) = optimize_mb {
+                s.optimize_budget_bytes = (mb > 0).then(|| mb.saturating_mul(1_000_000));
             }
             if changed {
                 control.set_settings(&s)?;
@@ -418,4 +434,26 @@ fn membership(at: &DataArg, album: &str, asset: &str, present: bool) -> Result<(
         },
         &done,
     )
+}
+
+/// `keepsake open ASSET`: the original's path, fetched first if Optimize Storage kept it in
+/// the cloud (the running agent fetches and verifies it).
+pub fn open_original(asset: &str, at: &DataArg) -> Result<()> {
+    let control = open(at)?;
+    let a = control.find_asset(asset)?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        if let Some(path) = control.open_original(&a.asset_id)? {
+            println!("{}", path.display());
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "the original of {} has not arrived; is the agent running? (`keepsake status --data {}`)",
+                a.name,
+                at.data.display()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }

@@ -84,6 +84,14 @@ enum Command {
         #[arg(long)]
         include_trash: bool,
     },
+    /// Print an asset's original path on this device, fetching it first if Optimize Storage
+    /// kept it in the cloud.
+    Open {
+        /// The asset: its id or file name.
+        asset: String,
+        #[command(flatten)]
+        at: local_cli::DataArg,
+    },
     /// Look at and change the cloud library.
     Library {
         #[command(flatten)]
@@ -290,6 +298,7 @@ fn main() -> Result<()> {
             credentials,
             command,
         } => runtime.block_on(device_cli::library(server, credentials, command)),
+        Command::Open { asset, at } => local_cli::open_original(&asset, &at),
         Command::Export {
             server,
             credentials,

@@ -5673,6 +5673,18 @@ pub struct AgentStatus {
     /// What the pass under way is doing, if one is.
     #[prost(message, optional, tag = "11")]
     pub progress: ::core::option::Option<Progress>,
+    /// Bytes of originals on the device (the cloud holds them all too).
+    #[prost(uint64, tag = "12")]
+    pub originals_bytes: u64,
+    /// Bytes of previews on the device (Optimize Storage).
+    #[prost(uint64, tag = "13")]
+    pub previews_bytes: u64,
+    /// Originals in the cloud only, fetched when opened.
+    #[prost(uint64, tag = "14")]
+    pub cloud_only: u64,
+    /// The Optimize Storage budget for originals, when it is on.
+    #[prost(uint64, optional, tag = "15")]
+    pub optimize_budget: ::core::option::Option<u64>,
 }
 /// Files and bytes done out of what the pass under way set out to move.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -5726,6 +5738,9 @@ pub struct Settings {
     /// Sync despite low battery until then (Unix ms).
     #[prost(int64, optional, tag = "6")]
     pub power_override_until_ms: ::core::option::Option<i64>,
+    /// Optimize Storage: at most this many bytes of originals here; absent keeps them all.
+    #[prost(uint64, optional, tag = "7")]
+    pub optimize_budget_bytes: ::core::option::Option<u64>,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct GetSettingsRequest {}
@@ -5831,6 +5846,17 @@ pub struct EditResponse {
     pub wall_ms: i64,
     #[prost(uint32, tag = "2")]
     pub counter: u32,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct FetchOriginalRequest {
+    #[prost(string, tag = "1")]
+    pub asset_id: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct FetchOriginalResponse {
+    /// Where it is now.
+    #[prost(string, tag = "1")]
+    pub path: ::prost::alloc::string::String,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct DiagnoseRequest {}
@@ -6310,6 +6336,32 @@ pub mod device_control_client {
                 .insert(GrpcMethod::new("keepsake.v1.DeviceControl", "Diagnose"));
             self.inner.unary(req, path, codec).await
         }
+        /// An original kept in the cloud only (Optimize Storage): fetched, verified and placed
+        /// in the folder; answers once it is there (or at once if it already was).
+        pub async fn fetch_original(
+            &mut self,
+            request: impl tonic::IntoRequest<super::FetchOriginalRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::FetchOriginalResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/keepsake.v1.DeviceControl/FetchOriginal",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("keepsake.v1.DeviceControl", "FetchOriginal"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -6416,6 +6468,15 @@ pub mod device_control_server {
             request: tonic::Request<super::DiagnoseRequest>,
         ) -> std::result::Result<
             tonic::Response<super::DiagnoseResponse>,
+            tonic::Status,
+        >;
+        /// An original kept in the cloud only (Optimize Storage): fetched, verified and placed
+        /// in the folder; answers once it is there (or at once if it already was).
+        async fn fetch_original(
+            &self,
+            request: tonic::Request<super::FetchOriginalRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::FetchOriginalResponse>,
             tonic::Status,
         >;
     }
@@ -7157,6 +7218,51 @@ pub mod device_control_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = DiagnoseSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/keepsake.v1.DeviceControl/FetchOriginal" => {
+                    #[allow(non_camel_case_types)]
+                    struct FetchOriginalSvc<T: DeviceControl>(pub Arc<T>);
+                    impl<
+                        T: DeviceControl,
+                    > tonic::server::UnaryService<super::FetchOriginalRequest>
+                    for FetchOriginalSvc<T> {
+                        type Response = super::FetchOriginalResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::FetchOriginalRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as DeviceControl>::fetch_original(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = FetchOriginalSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
