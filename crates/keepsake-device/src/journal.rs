@@ -658,20 +658,15 @@ impl Journal {
     /// file itself is removed (a crash in between leaves a file the scan links again).
     pub fn evict(&self, f: &FileRow, manifest: &ChunkId) -> rusqlite::Result<()> {
         let tx = self.db.unchecked_transaction()?;
-        tx.execute(
-            "INSERT INTO cloud_only (asset_id, name, version, manifest, file_hash, size)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-             ON CONFLICT (asset_id) DO UPDATE SET name = ?2, version = ?3, manifest = ?4,
-                 file_hash = ?5, size = ?6",
-            params![
-                f.asset_id,
-                f.path,
-                f.version,
-                &manifest.0[..],
-                &f.file_hash.0[..],
-                f.size as i64
-            ],
-        )?;
+        // Same connection: these statements are inside the transaction.
+        self.put_cloud_only(&CloudOnlyRow {
+            asset_id: f.asset_id.clone().unwrap_or_default(),
+            name: f.path.clone(),
+            version: f.version.unwrap_or(0),
+            manifest: *manifest,
+            file_hash: f.file_hash,
+            size: f.size,
+        })?;
         tx.execute("DELETE FROM files WHERE path = ?1", [&f.path])?;
         tx.commit()
     }
