@@ -449,6 +449,104 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
          {photos} assets, 0 duplicates, 0 lost, 0 partial files",
         converged.as_secs_f64()
     );
-    drop(server);
+    optimize_phase(&h, &work, &mut rng, &mut camera, short, seed)?;
+    drop((camera, viewer, server));
     Ok(())
+}
+
+/// Names of the library's live assets.
+fn live_names(h: &Harness) -> Result<std::collections::BTreeSet<String>> {
+    Ok(h.run_ok(&["library", "ls"])?
+        .lines()
+        .filter(|l| l.contains(" live "))
+        .filter_map(|l| l.split_whitespace().last().map(str::to_string))
+        .collect())
+}
+
+/// Optimize Storage under kill -9: the camera turns it on with a small budget while it
+/// keeps taking photos and is killed at random moments. Each time it lies dead, every
+/// photo missing from its folder must already be committed in the library (no original
+/// leaves before the cloud acknowledged it); in the end its originals fit the budget and
+/// every photo is in the library.
+fn optimize_phase(
+    h: &Harness,
+    work: &Path,
+    rng: &mut Rng,
+    camera: &mut Proc,
+    short: bool,
+    seed: u64,
+) -> Result<()> {
+    let budget_mb = 8u64;
+    h.run_ok(&[
+        "device",
+        "settings",
+        "--optimize-mb",
+        &budget_mb.to_string(),
+        "--data",
+        "a-data",
+    ])?;
+    let mut taken: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    for entry in std::fs::read_dir(work.join("a"))? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with(".keepsake") {
+            taken.insert(name, std::fs::read(entry.path())?);
+        }
+    }
+    let rounds = if short { 4 } else { 12 };
+    let mut checks = 0;
+    for round in 0..rounds {
+        for i in 0..2 {
+            let name = format!("NEW_{round:02}_{i}.JPG");
+            let len = 200_000 + rng.below(1_500_000) as usize;
+            let data = random_bytes(rng, len);
+            std::fs::write(work.join(format!("capture-{name}")), &data)?;
+            std::fs::rename(
+                work.join(format!("capture-{name}")),
+                work.join("a").join(&name),
+            )?;
+            taken.insert(name, data);
+        }
+        std::thread::sleep(Duration::from_millis(100 + rng.below(700)));
+        // SIGKILL, and reaped: the camera is gone mid-whatever it was doing.
+        let _ = camera.0.kill();
+        let _ = camera.0.wait();
+        // Frozen: nothing moves on the camera while we look.
+        let live = live_names(h)?;
+        for (name, data) in &taken {
+            let here = std::fs::read(work.join("a").join(name)).ok();
+            if here.as_deref() != Some(data.as_slice()) && !live.contains(name) {
+                bail!("{name} left the camera before the cloud had it (seed {seed})");
+            }
+        }
+        checks += 1;
+        *camera = h.sync("a")?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(if short { 120 } else { 300 });
+    loop {
+        let live = live_names(h)?;
+        let held: u64 = std::fs::read_dir(work.join("a"))?
+            .filter_map(|e| e.ok())
+            .filter(|e| !e.file_name().to_string_lossy().starts_with(".keepsake"))
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.len())
+            .sum();
+        if taken.keys().all(|n| live.contains(n)) && held <= budget_mb * 1_000_000 {
+            println!(
+                "it: Optimize Storage: {} photos, {checks} kills checked, 0 originals evicted before \
+                 their commit; camera holds {:.1} MB of a {budget_mb} MB budget",
+                taken.len(),
+                held as f64 / 1e6
+            );
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "Optimize Storage did not settle: {} of {} committed, camera holds {held} bytes (seed {seed})",
+                taken.keys().filter(|n| live.contains(*n)).count(),
+                taken.len()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

@@ -296,5 +296,23 @@ pub fn media(root: &Path) -> Result<()> {
     if !status.success() {
         bail!("the real-media metadata test failed");
     }
+    println!("\n==> the server's HEIC previews and video posters (heif-convert, ffmpeg)");
+    let status = cargo()
+        .current_dir(root)
+        .env("KEEPSAKE_MEDIA_DIR", &dir)
+        .args([
+            "test",
+            "-p",
+            "keepsake",
+            "--bin",
+            "keepsake",
+            "--",
+            "--ignored",
+            "heic_previews_and_video_posters",
+        ])
+        .status()?;
+    if !status.success() {
+        bail!("the server's derivative tools test failed");
+    }
     Ok(())
 }

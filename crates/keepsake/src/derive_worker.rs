@@ -1,6 +1,7 @@
 //! The server's derivative worker: takes due jobs from the library's queue and makes
-//! thumbnails and previews with keepsake-media, and video posters with ffmpeg when the
-//! server has it (otherwise the asset says none exists).
+//! thumbnails and previews with keepsake-media — video posters through ffmpeg and HEIC
+//! stills through heif-convert when the server has them (otherwise the asset says none
+//! exists, and why).
 
 use keepsake_library::{Cloud, DeriveJob, MadeFile, Outcome};
 use keepsake_media::{PREVIEW_EDGE, THUMBNAIL_EDGE, derive};
@@ -12,31 +13,56 @@ use std::time::Duration;
 /// Jobs taken per round.
 const BATCH: usize = 8;
 
-fn have_ffmpeg() -> bool {
-    Command::new("ffmpeg")
-        .arg("-version")
+/// The external tools this server has: ffmpeg for video posters, heif-convert (Debian's
+/// libheif-examples) for HEIC stills, which the default build does not decode itself.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Tools {
+    /// ffmpeg answers.
+    pub ffmpeg: bool,
+    /// heif-convert answers.
+    pub heif_convert: bool,
+}
+
+fn answers(tool: &str, arg: &str) -> bool {
+    Command::new(tool)
+        .arg(arg)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
-        .is_ok_and(|s| s.success())
+        .is_ok()
 }
 
-/// The first frame of a movie as a JPEG, through ffmpeg.
-fn first_frame(movie: &[u8]) -> Result<Vec<u8>, String> {
+impl Tools {
+    /// Looks for the tools on PATH.
+    pub fn find() -> Self {
+        Self {
+            ffmpeg: answers("ffmpeg", "-version"),
+            heif_convert: answers("heif-convert", "--version"),
+        }
+    }
+}
+
+/// Runs `tool` over the bytes written to a temp file; returns the JPEG it wrote.
+fn convert(bytes: &[u8], tool: &str, args: &[&str]) -> Result<Vec<u8>, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let (input, output) = (dir.path().join("movie"), dir.path().join("poster.jpg"));
-    std::fs::write(&input, movie).map_err(|e| e.to_string())?;
-    let status = Command::new("ffmpeg")
-        .args(["-v", "error", "-y", "-i"])
-        .arg(&input)
-        .args(["-frames:v", "1", "-q:v", "3"])
-        .arg(&output)
+    let (input, output) = (dir.path().join("original"), dir.path().join("out.jpg"));
+    std::fs::write(&input, bytes).map_err(|e| e.to_string())?;
+    let mut cmd = Command::new(tool);
+    match tool {
+        "ffmpeg" => cmd
+            .args(["-v", "error", "-y", "-i"])
+            .arg(&input)
+            .args(args)
+            .arg(&output),
+        _ => cmd.args(args).arg(&input).arg(&output),
+    };
+    let status = cmd
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
         .map_err(|e| e.to_string())?;
     if !status.success() {
-        return Err("ffmpeg could not read a frame".into());
+        return Err(format!("{tool} could not read it"));
     }
     std::fs::read(&output).map_err(|e| e.to_string())
 }
@@ -60,30 +86,40 @@ fn made(roles: [&str; 2], still: &[u8]) -> Outcome {
 }
 
 /// Thumbnail and preview of a still; thumbnail and poster of a video.
-pub fn make(job: &DeriveJob, bytes: &[u8], ffmpeg: bool) -> Outcome {
+pub fn make(job: &DeriveJob, bytes: &[u8], tools: Tools) -> Outcome {
     if job.video {
-        if !ffmpeg {
+        if !tools.ffmpeg {
             return Outcome::NoneAvailable("this server has no ffmpeg: no poster".into());
         }
-        return match first_frame(bytes) {
+        return match convert(bytes, "ffmpeg", &["-frames:v", "1", "-q:v", "3"]) {
             Ok(frame) => made(["thumbnail", "poster"], &frame),
             Err(e) => Outcome::Unreadable(e),
         };
     }
     if keepsake_media::probe(bytes).format == "heic" {
-        return Outcome::NoneAvailable("HEIC previews need a build with HEIC decoding".into());
+        if !tools.heif_convert {
+            return Outcome::NoneAvailable(
+                "this server has no heif-convert (libheif-examples): no HEIC preview".into(),
+            );
+        }
+        // heif-convert applies the image's own rotation; the JPEG it writes is upright.
+        return match convert(bytes, "heif-convert", &["-q", "92"]) {
+            Ok(jpeg) => made(["thumbnail", "preview"], &jpeg),
+            Err(e) => Outcome::Unreadable(e),
+        };
     }
     made(["thumbnail", "preview"], bytes)
 }
 
 /// Runs the queue every `every` (sooner after a round that found work).
 pub fn spawn(cloud: Arc<Cloud>, changes: ChangeNotifier, every: Duration) {
-    let ffmpeg = have_ffmpeg();
+    let tools = Tools::find();
+    tracing::info!(?tools, "derivative worker started");
     tokio::spawn(async move {
         loop {
             let worker = cloud.clone();
             let round = tokio::task::spawn_blocking(move || {
-                worker.run_derivations(BATCH, &|job, bytes| make(job, bytes, ffmpeg))
+                worker.run_derivations(BATCH, &|job, bytes| make(job, bytes, tools))
             })
             .await;
             let busy = match round {
@@ -108,4 +144,72 @@ pub fn spawn(cloud: Arc<Cloud>, changes: ChangeNotifier, every: Duration) {
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(video: bool) -> DeriveJob {
+        DeriveJob {
+            account: "a".into(),
+            asset_id: "x".into(),
+            version: 1,
+            manifest: keepsake_store::ChunkId([0; 32]),
+            video,
+            attempts: 0,
+        }
+    }
+
+    fn sizes(outcome: Outcome) -> Vec<(String, u32, u32)> {
+        match outcome {
+            Outcome::Made(files) => files
+                .into_iter()
+                .map(|f| (f.role, f.width, f.height))
+                .collect(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn without_the_tools_the_asset_says_why_nothing_exists() {
+        let none = Tools::default();
+        assert!(matches!(
+            make(&job(true), b"movie", none),
+            Outcome::NoneAvailable(_)
+        ));
+        let heic = b"\0\0\0\x18ftypheic\0\0\0\0mif1heic";
+        assert!(matches!(
+            make(&job(false), heic, none),
+            Outcome::NoneAvailable(_)
+        ));
+        assert!(matches!(
+            make(&job(false), b"garbage", none),
+            Outcome::Unreadable(_)
+        ));
+    }
+
+    /// Real HEIC and MP4 from `cargo xtask media` (which points KEEPSAKE_MEDIA_DIR at them
+    /// after installing ffmpeg and heif-convert).
+    #[test]
+    #[ignore = "needs files and tools from `cargo xtask media`"]
+    fn heic_previews_and_video_posters_through_the_servers_tools() {
+        let dir = std::path::PathBuf::from(std::env::var("KEEPSAKE_MEDIA_DIR").unwrap());
+        let tools = Tools::find();
+        assert!(tools.ffmpeg && tools.heif_convert, "{tools:?}");
+        let heic = std::fs::read(dir.join("still.heic")).unwrap();
+        assert_eq!(
+            sizes(make(&job(false), &heic, tools)),
+            [
+                ("thumbnail".into(), 256, 171),
+                ("preview".into(), 1200, 800)
+            ]
+        );
+        let mov = std::fs::read(dir.join("clip.mov")).unwrap();
+        // ffmpeg turns the frame by the movie's rotation: the poster stands upright.
+        assert_eq!(
+            sizes(make(&job(true), &mov, tools)),
+            [("thumbnail".into(), 144, 256), ("poster".into(), 360, 640)]
+        );
+    }
 }
