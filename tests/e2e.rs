@@ -2101,6 +2101,17 @@ async fn optimize_storage_keeps_previews_of_all_and_originals_within_the_budget(
         None,
         "not here yet"
     );
+    // What `keepsake open` does: a control without a folder of its own, beside the agent.
+    let (cli_wake, _) = tokio::sync::mpsc::unbounded_channel();
+    let mut bare = b.config().clone();
+    bare.folder = PathBuf::new();
+    let cli = keepsake_device::FolderControl::open(
+        &bare,
+        root.path().join("b-control"),
+        std::sync::Arc::new(keepsake_store::SystemClock),
+        cli_wake,
+    )
+    .unwrap();
     b.set_conditions(None);
     sync_through(&mut b).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -2114,7 +2125,9 @@ async fn optimize_storage_keeps_previews_of_all_and_originals_within_the_budget(
         client::connect(&url).await.unwrap(),
     );
     let placed = remote
-        .fetch_original(keepsake_transport_pb::FetchOriginalRequest { asset_id: wanted })
+        .fetch_original(keepsake_transport_pb::FetchOriginalRequest {
+            asset_id: wanted.clone(),
+        })
         .await
         .unwrap()
         .into_inner()
@@ -2123,6 +2136,13 @@ async fn optimize_storage_keeps_previews_of_all_and_originals_within_the_budget(
     assert_eq!(
         &originals[&blake3::hash(&bytes).to_hex().to_string()],
         &bytes
+    );
+    // Regression: `keepsake open` printed a path relative to nothing.
+    let from_cli = cli.open_original(&wanted).unwrap().unwrap();
+    assert!(
+        from_cli.is_absolute() && from_cli.exists(),
+        "{}",
+        from_cli.display()
     );
     // The camera frees its own space once the cloud holds its photos.
     a.set_optimize(Some(budget));

@@ -184,8 +184,13 @@ impl FolderControl {
     ) -> Result<Self, DeviceError> {
         std::fs::create_dir_all(&config.data_dir)?;
         let journal = Journal::open(&config.data_dir.join("journal.sqlite"))?;
+        // Without a folder of its own (a CLI next to the agent), the agent's folder.
+        let folder = match journal.get("folder")? {
+            Some(known) if config.folder.as_os_str().is_empty() => PathBuf::from(known),
+            _ => config.folder.clone(),
+        };
         Ok(Self {
-            folder: config.folder.clone(),
+            folder,
             data_dir,
             device_id: config.device_id.clone(),
             journal: Mutex::new(journal),

@@ -293,6 +293,9 @@ impl<C: Cloud> Device<C> {
             }
             journal.set("folder_marked", "1")?;
         }
+        // Tools that open the journal without the agent (`keepsake open`) learn the folder here.
+        let folder = std::path::absolute(&config.folder)?;
+        journal.set("folder", &folder.to_string_lossy())?;
         Ok(Self {
             config,
             cloud,

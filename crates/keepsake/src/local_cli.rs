@@ -180,7 +180,7 @@ fn open(at: &DataArg) -> Result<FolderControl> {
         .as_str()
         .context("device.json names no device")?
         .to_string();
-    // The folder is not needed to edit the journal: only the agent touches files.
+    // No folder here: FolderControl takes the one the agent recorded in the journal.
     let config = DeviceConfig::new(PathBuf::new(), at.data.join("state"), device_id);
     let (wake, _) = tokio::sync::mpsc::unbounded_channel();
     let clock = std::sync::Arc::new(keepsake_store::SystemClock);
