@@ -563,7 +563,7 @@ mod devices {
                     return total;
                 }
                 Err(keepsake_device::DeviceError::Cloud(e)) if e.transient => {
-                    // The server said when: honour it (this is its rate limit, not a guess).
+                    // A shed or rate-limited call: a short pause, as the agent's backoff would.
                     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                 }
                 Err(e) => panic!("{e}"),

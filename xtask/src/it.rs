@@ -531,7 +531,12 @@ fn optimize_phase(
             .filter_map(|e| e.metadata().ok())
             .map(|m| m.len())
             .sum();
-        if taken.keys().all(|n| live.contains(n)) && held <= budget_mb * 1_000_000 {
+        // The agent's own report says the same (status.json, written every pass).
+        let said = h.run_ok(&["status", "--data", "a-data"])?;
+        if taken.keys().all(|n| live.contains(n))
+            && held <= budget_mb * 1_000_000
+            && said.contains(&format!("of a {budget_mb}.0 MB budget"))
+        {
             println!(
                 "it: Optimize Storage: {} photos, {checks} kills checked, 0 originals evicted before \
                  their commit; camera holds {:.1} MB of a {budget_mb} MB budget",

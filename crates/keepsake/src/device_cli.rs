@@ -67,15 +67,6 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-fn save_status(data: &Path, status: &keepsake_device::AgentStatus) {
-    let tmp = data.join(format!("{STATUS}.tmp"));
-    if let Ok(body) = serde_json::to_vec_pretty(status)
-        && std::fs::write(&tmp, body).is_ok()
-    {
-        let _ = std::fs::rename(&tmp, data.join(STATUS));
-    }
-}
-
 /// The agent's last status, if one is running or ran here.
 pub fn load_status(data: &Path) -> Option<keepsake_device::AgentStatus> {
     serde_json::from_slice(&std::fs::read(data.join(STATUS)).ok()?).ok()
@@ -348,7 +339,7 @@ fn megabytes(bytes: u64) -> String {
 fn follow_progress(
     mut progress: tokio::sync::watch::Receiver<keepsake_device::Progress>,
     status: Arc<std::sync::Mutex<keepsake_device::AgentStatus>>,
-    data: PathBuf,
+    control: Arc<keepsake_device::FolderControl>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         while progress.changed().await.is_ok() {
@@ -358,7 +349,7 @@ fn follow_progress(
                 s.progress = (!p.phase.is_empty()).then(|| p.clone());
                 s.clone()
             };
-            save_status(&data, &shown);
+            let _ = control.save_status(&shown);
             if !p.phase.is_empty() && p.items_total > 0 {
                 println!(
                     "keepsake sync: {} {}/{} files, {} of {}{}",
@@ -515,7 +506,7 @@ pub async fn sync(
         since_ms: now_ms(),
         ..keepsake_device::AgentStatus::default()
     }));
-    let _progress = follow_progress(device.progress(), status.clone(), data.clone());
+    let _progress = follow_progress(device.progress(), status.clone(), folder_control.clone());
     let mut backoff = retry_schedule(&enrolled.device_id);
     let mut server = crate::doctor::ServerView {
         reachable: true,
@@ -573,7 +564,8 @@ pub async fn sync(
                     s.optimize_budget = optimize;
                     s.clone()
                 };
-                save_status(&data, &shown);
+                // Best effort: a full disk must not stop sync over a status file.
+                let _ = folder_control.save_status(&shown);
                 let state = report.blocked.clone().unwrap_or_default();
                 say_pass(&report, state != last_state);
                 if state != last_state {
@@ -607,7 +599,8 @@ pub async fn sync(
                     s.progress = None;
                     s.clone()
                 };
-                save_status(&data, &shown);
+                // Best effort: a full disk must not stop sync over a status file.
+                let _ = folder_control.save_status(&shown);
                 println!(
                     "keepsake sync: {} [{}]; retrying in {} ms",
                     e.message,
@@ -836,7 +829,7 @@ pub async fn library(
 }
 
 /// Every row of the account's feed, page by page.
-async fn whole_feed(lib: &mut client::LibraryApi) -> Result<Vec<pb::Change>> {
+pub(crate) async fn whole_feed(lib: &mut client::LibraryApi) -> Result<Vec<pb::Change>> {
     let (mut cursor, mut all) = (0, Vec::new());
     loop {
         let page = lib

@@ -4,7 +4,7 @@
 //! against their hash before they get their final name; a second run skips what is
 //! already there and correct, so an interrupted export resumes.
 
-use crate::device_cli::{Credentials, ServerArgs, signed_in};
+use crate::device_cli::{Credentials, ServerArgs, signed_in, whole_feed};
 use anyhow::{Context, Result, bail};
 use keepsake_device::safe_name;
 use keepsake_store::{ChunkId, ManifestId};
@@ -85,23 +85,15 @@ pub async fn run(
     let mut cloud = CloudClient::new(channel, BearerAuth::new(&token), ClientConfig::default());
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let (mut assets, mut albums) = (Vec::new(), BTreeMap::<String, Vec<String>>::new());
-    let mut cursor = 0;
-    loop {
-        let page = cloud.list_changes(cursor, 1000).await?;
-        for change in page.changes {
-            match change.row {
-                Some(pb::change::Row::Asset(a)) => assets.push(a),
-                Some(pb::change::Row::Album(album)) if !album.deleted => {
-                    for member in album.members {
-                        albums.entry(member).or_default().push(album.name.clone());
-                    }
+    for change in whole_feed(cloud.raw().1).await? {
+        match change.row {
+            Some(pb::change::Row::Asset(a)) => assets.push(a),
+            Some(pb::change::Row::Album(album)) if !album.deleted => {
+                for member in album.members {
+                    albums.entry(member).or_default().push(album.name.clone());
                 }
-                _ => {}
             }
-        }
-        cursor = page.cursor;
-        if !page.more {
-            break;
+            _ => {}
         }
     }
     let (mut written, mut kept, mut bytes) = (0usize, 0usize, 0u64);
