@@ -21,7 +21,7 @@ pub fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
 
-fn run(root: &Path, what: &str, mut cmd: Command) -> Result<()> {
+pub fn run(root: &Path, what: &str, mut cmd: Command) -> Result<()> {
     println!("\n==> {what}");
     let status = cmd
         .current_dir(root)
@@ -90,6 +90,10 @@ pub fn ci(root: &Path) -> Result<()> {
                 ]);
                 run(root, "fail-point crash sweep", c)
             }),
+        ),
+        (
+            "deterministic simulation",
+            Box::new(|| crate::sim::run(root, &[])),
         ),
         ("python grpc client", Box::new(|| crate::python::run(root))),
         (

@@ -7,6 +7,7 @@ mod demo;
 mod it;
 mod media;
 mod python;
+mod sim;
 
 use anyhow::{Result, bail};
 
@@ -17,6 +18,7 @@ const USAGE: &str = "usage: cargo xtask <command>
   python                the Python grpcio client against a real server
   demo                  a server and two devices as processes: the story of sync, step by step
   it [--short] [--seed N]  real server and devices, kill -9 of both, checks nothing is lost or duplicated
+  sim [--seeds N] [--from S] [--jobs J]  deterministic simulation: cloud and devices under crashes, partitions, lost and repeated calls
   media                 generate real media (ffmpeg, exiftool) and check delta sizes against rsync
   bench <store|policy|delta|library|media|sync> [--short]  measured against same-run baselines (release build)";
 
@@ -32,6 +34,7 @@ fn main() -> Result<()> {
         Some("it") => it::run(&root, rest),
         Some("demo") => demo::run(&root),
         Some("media") => media::media(&root),
+        Some("sim") => sim::run(&root, rest),
         Some("bench") => bench::run(&root, rest),
         _ => bail!("{USAGE}"),
     }

@@ -779,7 +779,7 @@ impl<C: Cloud> Device<C> {
 
     async fn read_and_chunk(&self, path: &str) -> Result<(Manifest, Bytes), DeviceError> {
         let full = self.config.folder.join(path);
-        tokio::task::spawn_blocking(move || -> Result<(Manifest, Bytes), DeviceError> {
+        keepsake_store::offload(move || -> Result<(Manifest, Bytes), DeviceError> {
             let data = std::fs::read(&full)?;
             let manifest = manifest_of(&data, ChunkParams::for_len(data.len() as u64));
             Ok((manifest, Bytes::from(data)))
@@ -1299,6 +1299,14 @@ impl<C: Cloud> Device<C> {
 
     /// Journals a file the device itself wrote, so the scan never mistakes it for a user's.
     fn record_synced(&self, dest: &Path, a: &RemoteAsset) -> Result<(), DeviceError> {
+        // Stamped by the device's own clock, not the file system's: every time the sync
+        // engine compares comes from one injected source, so a simulated run replays.
+        let when = std::time::UNIX_EPOCH
+            + std::time::Duration::from_millis(self.clock.now_ms().max(0) as u64);
+        std::fs::File::options()
+            .write(true)
+            .open(dest)?
+            .set_modified(when)?;
         let meta = std::fs::metadata(dest)?;
         let path = dest
             .strip_prefix(&self.config.folder)
@@ -1327,7 +1335,7 @@ impl<C: Cloud> Device<C> {
     ) -> Result<HashMap<ChunkId, Bytes>, DeviceError> {
         let path = path.to_path_buf();
         let wanted: HashSet<ChunkId> = wanted.iter().copied().collect();
-        tokio::task::spawn_blocking(move || -> Result<_, DeviceError> {
+        keepsake_store::offload(move || -> Result<_, DeviceError> {
             let data = Bytes::from(std::fs::read(&path)?);
             let manifest = manifest_of(&data, ChunkParams::for_len(new_len));
             let mut found = HashMap::new();

@@ -7,7 +7,7 @@
 //! learn about) a chunk after uploading its bytes. Chunks held by a live upload
 //! session or by a referenced manifest are never garbage collected.
 //!
-//! The store does blocking I/O; async callers run it on a blocking thread.
+//! The store does blocking I/O; async callers run it through [`offload`].
 //!
 //! ```
 //! use keepsake_store::{ChunkId, Store, StoreParts, StoreConfig, MemoryBackend, ManualClock, SeededEntropy};
@@ -33,6 +33,7 @@ mod clock;
 mod error;
 mod id;
 mod manifest;
+mod offload;
 pub mod pack;
 mod schema;
 mod store;
@@ -46,6 +47,7 @@ pub use clock::{
 pub use error::StoreError;
 pub use id::{ChunkId, ManifestId};
 pub use manifest::{Manifest, ManifestEntry};
+pub use offload::offload;
 pub use schema::durable_sqlite;
 pub use store::{
     GcReport, PutOutcome, ScrubReport, Session, Store, StoreConfig, StoreParts, Usage,

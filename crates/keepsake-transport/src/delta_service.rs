@@ -70,7 +70,7 @@ fn load_base(
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, Status> + Send + 'static,
 ) -> Result<T, Status> {
-    tokio::task::spawn_blocking(f)
+    keepsake_store::offload(f)
         .await
         .map_err(|e| Status::from(ApiError::Unavailable(format!("delta worker failed: {e}"))))?
 }

@@ -130,7 +130,7 @@ impl DeviceService {
     /// Queues an edit on the device (a journal write: off the async threads).
     async fn edit(&self, edit: Edit) -> Result<Response<pb::EditResponse>, Status> {
         let control = self.control.clone();
-        tokio::task::spawn_blocking(move || control.edit(edit))
+        keepsake_store::offload(move || control.edit(edit))
             .await
             .map_err(|e| Status::from(ApiError::Unavailable(e.to_string())))?
             .map(edited)
@@ -201,7 +201,7 @@ impl DeviceControl for DeviceService {
     ) -> Result<Response<pb::ImportResponse>, Status> {
         let pb::ImportRequest { name, data } = request.into_inner();
         let control = self.control.clone();
-        let stored_as = tokio::task::spawn_blocking(move || control.import(&name, &data))
+        let stored_as = keepsake_store::offload(move || control.import(&name, &data))
             .await
             .map_err(|e| Status::from(ApiError::Unavailable(e.to_string())))?
             .map_err(refused)?;
@@ -351,7 +351,7 @@ impl DeviceControl for DeviceService {
         loop {
             let control = self.control.clone();
             let id = asset_id.clone();
-            let here = tokio::task::spawn_blocking(move || control.open_original(&id))
+            let here = keepsake_store::offload(move || control.open_original(&id))
                 .await
                 .map_err(|e| Status::from(ApiError::Unavailable(e.to_string())))?
                 .map_err(refused)?;

@@ -54,7 +54,7 @@ where
 {
     let cloud = cloud.clone();
     let device = who.and_then(|w| w.device.clone().map(|d| (w.account.clone(), d)));
-    tokio::task::spawn_blocking(move || {
+    keepsake_store::offload(move || {
         // Access tokens outlive a revocation by at most their lifetime; the library
         // itself knows at once, so it refuses revoked devices immediately.
         if let Some((account, device)) = device

@@ -82,6 +82,35 @@ pub async fn serve(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
+    // tonic does not apply tcp_nodelay to sockets from serve_with_incoming; small
+    // messages stall behind Nagle's algorithm without it.
+    let incoming = TcpListenerStream::new(listener).map(|conn| {
+        conn.inspect(|s| {
+            let _ = s.set_nodelay(true);
+        })
+    });
+    serve_connections(incoming, services, tokens, config, shutdown).await
+}
+
+/// Serves `services` on connections from any source — the simulation's network, say —
+/// exactly as [`serve`] does on a TCP listener.
+pub async fn serve_connections<I, IO, IE>(
+    incoming: I,
+    services: Services,
+    tokens: Authenticator,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error>
+where
+    I: tokio_stream::Stream<Item = Result<IO, IE>>,
+    IO: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + tonic::transport::server::Connected
+        + Unpin
+        + Send
+        + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let (reporter, health) = tonic_health::server::health_reporter();
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -161,13 +190,6 @@ pub async fn serve(
             .max_encoding_message_size(SMALL_MESSAGE_BYTES);
         router = router.add_service(accounts);
     }
-    // tonic does not apply tcp_nodelay to sockets from serve_with_incoming; small
-    // messages stall behind Nagle's algorithm without it.
-    let incoming = TcpListenerStream::new(listener).map(|conn| {
-        conn.inspect(|s| {
-            let _ = s.set_nodelay(true);
-        })
-    });
     router
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await

@@ -38,7 +38,7 @@ where
     T: Send + 'static,
 {
     let store = store.clone();
-    tokio::task::spawn_blocking(move || f(&store))
+    keepsake_store::offload(move || f(&store))
         .await
         .map_err(|e| Status::from(ApiError::Unavailable(format!("store worker failed: {e}"))))?
         .map_err(|e| Status::from(ApiError::Store(e)))
@@ -176,7 +176,7 @@ impl ChunkStore for StoreService {
             let read = |group: Vec<ChunkId>| {
                 let store = store.clone();
                 let account = who.account.clone();
-                tokio::task::spawn_blocking(move || {
+                keepsake_store::offload(move || {
                     group
                         .iter()
                         .map(|id| store.get_chunk(&account, id).map(|data| (*id, data)))
@@ -386,7 +386,7 @@ async fn pump_puts(
             let store = store.clone();
             let account = who.account.clone();
             let sid = session.clone().expect("a chunk implies a session");
-            pending = Some(tokio::task::spawn_blocking(move || {
+            pending = Some(keepsake_store::offload(move || {
                 store.put_chunks(&account, &sid, &chunks)
             }));
         }

@@ -1,0 +1,182 @@
+//! Faults between a device and its calls that a network of honest routers still makes:
+//! a reply lost after the server acted, a call delivered twice, a call delivered late —
+//! after newer ones.
+
+use crate::SimRng;
+use bytes::Bytes;
+use keepsake_device::{
+    Cloud, CloudError, CommitReply, ContentLookup, Edit, FeedPage, NewAsset, Stamp,
+};
+use keepsake_store::{ChunkId, Manifest, ManifestId};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// How many faults of each kind were injected.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FaultCounts {
+    /// Replies dropped after the server had acted on the call.
+    pub lost_replies: u64,
+    /// Calls delivered twice in a row.
+    pub duplicated: u64,
+    /// Calls delivered again later, after newer calls.
+    pub late: u64,
+}
+
+/// A call kept back to be delivered again later.
+enum Late {
+    Edit(Edit, Stamp),
+    Commit(NewAsset),
+}
+
+/// A device's cloud with faults injected by a seeded generator.
+pub struct Faulty<C> {
+    inner: C,
+    rng: Arc<Mutex<SimRng>>,
+    counts: Arc<Mutex<FaultCounts>>,
+    enabled: Arc<AtomicBool>,
+    late: Vec<Late>,
+}
+
+impl<C: Cloud> Faulty<C> {
+    /// Wraps `inner`; while `enabled` is false every call passes through untouched.
+    pub fn new(
+        inner: C,
+        rng: Arc<Mutex<SimRng>>,
+        counts: Arc<Mutex<FaultCounts>>,
+        enabled: Arc<AtomicBool>,
+    ) -> Self {
+        Self {
+            inner,
+            rng,
+            counts,
+            enabled,
+            late: Vec::new(),
+        }
+    }
+
+    fn roll(&self, percent: u64) -> bool {
+        self.enabled.load(Ordering::Relaxed) && self.rng.lock().unwrap().chance(percent)
+    }
+
+    fn lost_reply<T>(&self, result: Result<T, CloudError>) -> Result<T, CloudError> {
+        if result.is_ok() && self.roll(6) {
+            self.counts.lock().unwrap().lost_replies += 1;
+            return Err(CloudError {
+                transient: true,
+                reason: "UNAVAILABLE".into(),
+                message: "the connection broke before the reply arrived (simulated)".into(),
+                missing_chunks: Vec::new(),
+            });
+        }
+        result
+    }
+
+    /// Delivers some of the calls kept back: they arrive after newer calls did.
+    async fn deliver_late(&mut self) {
+        // Once the faults heal, whatever was still in flight arrives.
+        let healed = !self.enabled.load(Ordering::Relaxed);
+        if self.late.is_empty() || !(healed || self.roll(30)) {
+            return;
+        }
+        for call in std::mem::take(&mut self.late) {
+            self.counts.lock().unwrap().late += 1;
+            // Whatever a stale copy gets back is not the device's business: it already
+            // had its answer for this call.
+            match call {
+                Late::Edit(edit, stamp) => {
+                    let _ = self.inner.edit(&edit, &stamp).await;
+                }
+                Late::Commit(asset) => {
+                    let _ = self.inner.commit(asset).await;
+                }
+            }
+        }
+    }
+}
+
+impl<C: Cloud> Cloud for Faulty<C> {
+    async fn lookup(&mut self, file_hash: &ChunkId) -> Result<ContentLookup, CloudError> {
+        self.deliver_late().await;
+        self.inner.lookup(file_hash).await
+    }
+
+    async fn begin_upload(&mut self, bytes: u64, request_id: &str) -> Result<String, CloudError> {
+        let result = self.inner.begin_upload(bytes, request_id).await;
+        self.lost_reply(result)
+    }
+
+    async fn find_missing(
+        &mut self,
+        session: &str,
+        ids: &[ChunkId],
+    ) -> Result<Vec<ChunkId>, CloudError> {
+        self.inner.find_missing(session, ids).await
+    }
+
+    async fn put_chunks(
+        &mut self,
+        session: &str,
+        chunks: Vec<(ChunkId, Bytes)>,
+        acknowledged: &mut Vec<ChunkId>,
+    ) -> Result<(), CloudError> {
+        let before = acknowledged.len();
+        let result = self.inner.put_chunks(session, chunks, acknowledged).await;
+        let result = self.lost_reply(result);
+        if result.is_err() && before < acknowledged.len() && self.roll(50) {
+            // The acknowledgements of the last batch were lost with the connection.
+            acknowledged.truncate(before);
+        }
+        result
+    }
+
+    async fn put_manifest(
+        &mut self,
+        session: &str,
+        manifest: &Manifest,
+    ) -> Result<ManifestId, CloudError> {
+        if self.roll(3) {
+            self.counts.lock().unwrap().duplicated += 1;
+            let _ = self.inner.put_manifest(session, manifest).await;
+        }
+        let result = self.inner.put_manifest(session, manifest).await;
+        self.lost_reply(result)
+    }
+
+    async fn commit(&mut self, asset: NewAsset) -> Result<CommitReply, CloudError> {
+        self.deliver_late().await;
+        if self.roll(4) {
+            self.counts.lock().unwrap().duplicated += 1;
+            let _ = self.inner.commit(asset.clone()).await;
+        }
+        if self.roll(4) {
+            self.late.push(Late::Commit(asset.clone()));
+        }
+        let result = self.inner.commit(asset).await;
+        self.lost_reply(result)
+    }
+
+    async fn changes(&mut self, cursor: u64) -> Result<FeedPage, CloudError> {
+        self.inner.changes(cursor).await
+    }
+
+    async fn manifest(&mut self, id: &ManifestId) -> Result<Manifest, CloudError> {
+        self.inner.manifest(id).await
+    }
+
+    async fn chunks(&mut self, ids: &[ChunkId]) -> Result<Vec<(ChunkId, Bytes)>, CloudError> {
+        self.inner.chunks(ids).await
+    }
+
+    async fn edit(&mut self, edit: &Edit, stamp: &Stamp) -> Result<(), CloudError> {
+        self.deliver_late().await;
+        if self.roll(4) {
+            self.counts.lock().unwrap().duplicated += 1;
+            let _ = self.inner.edit(edit, stamp).await;
+        }
+        if self.roll(5) {
+            self.late.push(Late::Edit(edit.clone(), stamp.clone()));
+        }
+        let result = self.inner.edit(edit, stamp).await;
+        self.lost_reply(result)
+    }
+}
