@@ -78,17 +78,24 @@ pub fn ci(root: &Path) -> Result<()> {
         (
             "crash points",
             Box::new(|| {
+                // One build for both sweeps: the library's feature turns on the store's.
                 let mut c = cargo();
                 c.args([
                     "test",
                     "-p",
                     "keepsake-store",
+                    "-p",
+                    "keepsake-library",
                     "--features",
-                    "failpoints",
+                    "keepsake-library/failpoints",
                     "--test",
                     "crash_points",
                 ]);
-                run(root, "fail-point crash sweep", c)
+                run(
+                    root,
+                    "fail-point crash sweep (store writes, cloud commits)",
+                    c,
+                )
             }),
         ),
         (

@@ -582,6 +582,7 @@ impl Cloud {
         }
         let holder = holder_for(account, &commit.request_id);
         let now = self.library.clock.now_ms();
+        fail::fail_point!("cloud-before-ref-outbox");
         // Written before the store is touched: if we crash after referencing, the
         // reconcile pass finds the row and releases what no commit kept.
         self.library.db().execute(
@@ -589,7 +590,9 @@ impl Cloud {
              ON CONFLICT (account, manifest, holder) DO NOTHING",
             params![account, &commit.manifest.0[..], holder, now],
         )?;
+        fail::fail_point!("cloud-before-store-reference");
         let outcome = self.reference_and_commit(account, &req, &holder, commit);
+        fail::fail_point!("cloud-before-release-pending");
         if outcome.as_ref().map_or(true, |c| c.deduplicated) {
             self.release_pending(account, &commit.manifest, &holder)?;
         }
@@ -604,6 +607,7 @@ impl Cloud {
         commit: &CommitAsset,
     ) -> Result<Committed, LibraryError> {
         self.store.reference(account, &req.manifest, holder)?;
+        fail::fail_point!("cloud-after-store-reference");
         let (plan, _) = self.library.account_plan(account)?;
         let used = self.store.used_bytes(account)?;
         if used > plan.limit_bytes {

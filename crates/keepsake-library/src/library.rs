@@ -529,7 +529,9 @@ impl Library {
                 committed.deduplicated
             ],
         )?;
+        fail::fail_point!("library-before-asset-commit");
         tx.commit()?;
+        fail::fail_point!("library-after-asset-commit");
         tracing::debug!(account, asset = %committed.asset_id, version = committed.version, seq = committed.seq, "committed");
         Ok(committed)
     }
