@@ -239,7 +239,8 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
-            let response = inner.call(req).await?;
+            let mut response = inner.call(req).await?;
+            reclassify_undecodable(response.headers_mut());
             // Streams hold their permits until the body ends, so a caller's open streams count.
             Ok(response.map(|body| {
                 Body::new(PermitBody {
@@ -249,6 +250,30 @@ where
             }))
         })
     }
+}
+
+/// tonic answers a request it cannot decode with INTERNAL, as if the server were at fault.
+/// The caller sent bytes that are not the message the method takes, so the answer is
+/// INVALID_ARGUMENT (a bad-request violation on `request`), keeping the decoder's words.
+fn reclassify_undecodable(headers: &mut http::HeaderMap) {
+    let internal = headers.get("grpc-status").is_some_and(|v| v == "13");
+    let decoder_said = headers
+        .get("grpc-message")
+        .and_then(|v| v.to_str().ok())
+        .map(|m| m.replace("%20", " "))
+        .filter(|m| m.starts_with("failed to decode"));
+    let (true, Some(said)) = (internal, decoder_said) else {
+        return;
+    };
+    let status = tonic::Status::from(ApiError::InvalidField {
+        field: "request",
+        why: format!(
+            "the request is not a valid message for this method ({})",
+            said.trim_start_matches("failed to decode Protobuf message: ")
+        ),
+    });
+    headers.remove("grpc-status-details-bin");
+    let _ = status.add_header(headers);
 }
 
 fn err_reason(err: &ApiError) -> &'static str {
@@ -274,7 +299,13 @@ impl HttpBody for PermitBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let mut polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &mut polled
+            && let Some(trailers) = frame.trailers_mut()
+        {
+            reclassify_undecodable(trailers);
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -24,6 +24,7 @@ struct Server {
     tokens: std::collections::HashMap<&'static str, String>,
     clock: Arc<ManualClock>,
     store: Arc<Store>,
+    cloud: Arc<Cloud>,
     addr: std::net::SocketAddr,
     _dir: tempfile::TempDir,
     _shutdown: tokio::sync::oneshot::Sender<()>,
@@ -91,7 +92,7 @@ async fn start_configured(backend: Option<Arc<dyn Backend>>, config: ServerConfi
             store: Some(store.clone()),
             policy: Some(keepsake_policy::PolicyConfig::default()),
             delta: true,
-            cloud: Some(cloud),
+            cloud: Some(cloud.clone()),
             changes: ChangeNotifier::default(),
         },
         auth,
@@ -105,6 +106,7 @@ async fn start_configured(backend: Option<Arc<dyn Backend>>, config: ServerConfi
         tokens,
         clock,
         store,
+        cloud,
         addr,
         _dir: dir,
         _shutdown: tx,
@@ -1831,4 +1833,265 @@ async fn a_stalled_upload_is_abandoned_by_the_watchdog_and_the_retry_completes()
     let mut more = Vec::new();
     fresh.put_chunks(&session, rest, &mut more).await.unwrap();
     assert_eq!(acknowledged.len() + more.len(), 16);
+}
+
+// ---- Bad input over every RPC ----
+
+/// Bytes in, bytes out: lets a test put anything on the wire, whatever the method expects.
+#[derive(Clone, Copy, Default)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+    fn encoder(&mut self) -> Self::Encoder {
+        RawCodec
+    }
+    fn decoder(&mut self) -> Self::Decoder {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use bytes::Buf;
+        Ok(Some(src.copy_to_bytes(src.remaining()).to_vec()))
+    }
+}
+
+/// A protobuf field `number` holding `value` as a length-delimited string or bytes.
+fn field(number: u32, value: &[u8]) -> Vec<u8> {
+    fn varint(mut n: u64, out: &mut Vec<u8>) {
+        while n >= 0x80 {
+            out.push((n as u8) | 0x80);
+            n >>= 7;
+        }
+        out.push(n as u8);
+    }
+    let mut out = Vec::new();
+    varint(u64::from(number << 3 | 2), &mut out);
+    varint(value.len() as u64, &mut out);
+    out.extend_from_slice(value);
+    out
+}
+
+/// Every method of every service this server serves: (path, client streams, server streams).
+fn served_methods() -> Vec<(String, bool, bool)> {
+    use prost::Message;
+    let set = prost_types::FileDescriptorSet::decode(keepsake_proto::FILE_DESCRIPTOR_SET).unwrap();
+    let mut methods = Vec::new();
+    for file in &set.file {
+        for service in &file.service {
+            let name = format!("{}.{}", file.package(), service.name());
+            // DeviceControl is a device agent's, not the cloud's.
+            if name.ends_with("DeviceControl") {
+                continue;
+            }
+            for m in &service.method {
+                methods.push((
+                    format!("/{name}/{}", m.name()),
+                    m.client_streaming(),
+                    m.server_streaming(),
+                ));
+            }
+        }
+    }
+    methods
+}
+
+/// What a bad call may change: both accounts' feeds and usage.
+fn fingerprint(server: &Server) -> String {
+    let feed = |account: &str| {
+        server
+            .cloud
+            .library()
+            .list_changes(account, 0, 1000)
+            .unwrap()
+            .changes
+            .iter()
+            .map(|c| format!("{c:?}"))
+            .collect::<Vec<_>>()
+    };
+    format!(
+        "{:?} {:?} {:?} {:?}",
+        feed("alice"),
+        feed("bob"),
+        server.store.usage("alice").unwrap(),
+        server.store.usage("bob").unwrap()
+    )
+}
+
+#[tokio::test]
+async fn every_rpc_answers_malformed_hostile_or_foreign_input_with_a_clear_error_and_changes_nothing()
+ {
+    // Limits high enough that every call reaches its method rather than the rate limiter.
+    let mut config = ServerConfig::default();
+    config.limits.calls_per_second = 1e6;
+    config.limits.burst = 1e6;
+    let server = start_configured(None, config).await;
+    // Bob has an asset and a session; alice will name them.
+    let (bob_asset, bob_manifest, bob_reservation) =
+        upload_and_commit(&server, "bob-token", b"bob's photo", "bob-1").await;
+    let before = fingerprint(&server);
+    let methods = served_methods();
+    assert!(methods.len() >= 40, "only {} methods found", methods.len());
+
+    let hostile: Vec<Vec<u8>> = vec![
+        b"../../../../etc/passwd".to_vec(),
+        b"..\\..\\windows\\system32".to_vec(),
+        "\u{202e}gpj.exe\u{0}\u{feff}\u{1F4F7}".as_bytes().to_vec(),
+        vec![0xff, 0xfe, 0xc0, 0x80], // not UTF-8
+        bob_asset.as_bytes().to_vec(),
+        bob_manifest.to_vec(),
+        bob_reservation.as_bytes().to_vec(),
+        vec![b'a'; 200_000],
+    ];
+    let mut payloads: Vec<(String, Vec<u8>)> = vec![
+        ("empty".into(), Vec::new()),
+        ("not protobuf".into(), vec![0xff; 9]),
+        ("truncated".into(), vec![0x0a, 0x7f, b'x']),
+        ("a wrong wire type".into(), vec![0x0d, 1, 2, 3, 4]),
+        ("17 MiB".into(), field(1, &vec![7u8; 17 << 20])),
+    ];
+    for (i, value) in hostile.iter().enumerate() {
+        for number in 1..=4 {
+            payloads.push((
+                format!("hostile value {i} in field {number}"),
+                field(number, value),
+            ));
+        }
+    }
+
+    let channel = client::connect(&server.url).await.unwrap();
+    let auth = client::BearerAuth::new(&server.token("alice-token"));
+    let mut grpc = tonic::client::Grpc::new(tonic::service::interceptor::InterceptedService::new(
+        channel, auth,
+    ));
+    let mut unclear = Vec::new();
+    let mut calls = 0;
+    let mut undecodable_named = 0;
+    for (path, client_streams, server_streams) in &methods {
+        for (what, payload) in &payloads {
+            calls += 1;
+            grpc.ready().await.unwrap();
+            let route = || path.parse::<http::uri::PathAndQuery>().unwrap();
+            let result: Result<(), tonic::Status> = match (client_streams, server_streams) {
+                (false, false) => grpc
+                    .unary(tonic::Request::new(payload.clone()), route(), RawCodec)
+                    .await
+                    .map(drop),
+                (false, true) => match grpc
+                    .server_streaming(tonic::Request::new(payload.clone()), route(), RawCodec)
+                    .await
+                {
+                    Ok(response) => {
+                        let mut stream = response.into_inner();
+                        // A watch may stay open: its first answer is enough.
+                        match tokio::time::timeout(
+                            std::time::Duration::from_millis(200),
+                            stream.message(),
+                        )
+                        .await
+                        {
+                            Ok(Err(status)) => Err(status),
+                            _ => Ok(()),
+                        }
+                    }
+                    Err(status) => Err(status),
+                },
+                (true, _) => match grpc
+                    .streaming(
+                        tonic::Request::new(futures::stream::iter(vec![payload.clone()])),
+                        route(),
+                        RawCodec,
+                    )
+                    .await
+                {
+                    Ok(response) => {
+                        let mut stream = response.into_inner();
+                        loop {
+                            match stream.message().await {
+                                Ok(Some(_)) => continue,
+                                Ok(None) => break Ok(()),
+                                Err(status) => break Err(status),
+                            }
+                        }
+                    }
+                    Err(status) => Err(status),
+                },
+            };
+            if what == "not protobuf"
+                && result.as_ref().err().map(tonic::Status::code) == Some(Code::InvalidArgument)
+            {
+                undecodable_named += 1;
+            }
+            if let Err(status) = &result {
+                assert_ne!(
+                    reason_of(status).as_deref(),
+                    Some("RATE_LIMITED"),
+                    "{path} with {what} never reached its method"
+                );
+            }
+            if let Err(status) = result {
+                let clear = !matches!(
+                    status.code(),
+                    Code::Unknown | Code::Internal | Code::DataLoss | Code::Unimplemented
+                ) && !status.message().trim().is_empty();
+                if !clear {
+                    unclear.push(format!(
+                        "{path} with {what}: {:?} {:?}",
+                        status.code(),
+                        status.message()
+                    ));
+                }
+            }
+            let after = fingerprint(&server);
+            assert_eq!(
+                before, after,
+                "{path} with {what} changed the library or the store"
+            );
+        }
+    }
+    assert!(
+        unclear.is_empty(),
+        "{} of {calls} calls got no clear error:\n{}",
+        unclear.len(),
+        unclear.join("\n")
+    );
+    // Bytes that are no message at all are the caller's fault, and said so (a few calls
+    // are refused before their body is read: by role or by the scrub's own limit).
+    assert!(
+        undecodable_named + 3 >= methods.len(),
+        "only {undecodable_named} of {} methods call garbage INVALID_ARGUMENT",
+        methods.len()
+    );
+    // No hostile name became an account.
+    for value in &hostile {
+        let name = String::from_utf8_lossy(value);
+        assert!(
+            server.cloud.account_info(&name).is_err(),
+            "account {name:?} exists"
+        );
+    }
 }
