@@ -398,6 +398,9 @@ mod devices {
     pub struct Cloudy {
         pub url: String,
         pub cloud: Arc<Cloud>,
+        pub store: Arc<Store>,
+        /// Where the store keeps its packs and index.
+        pub store_dir: PathBuf,
         _dir: tempfile::TempDir,
         _stop: tokio::sync::oneshot::Sender<()>,
     }
@@ -470,7 +473,7 @@ mod devices {
         tokio::spawn(serve(
             listener,
             Services {
-                store: Some(store),
+                store: Some(store.clone()),
                 cloud: Some(cloud.clone()),
                 ..Services::default()
             },
@@ -483,6 +486,8 @@ mod devices {
         Cloudy {
             url,
             cloud,
+            store,
+            store_dir: dir.path().join("store"),
             _dir: dir,
             _stop: stop,
         }
@@ -2159,4 +2164,77 @@ async fn optimize_storage_keeps_previews_of_all_and_originals_within_the_budget(
         .len();
     // All are still in the library, and B's new photo went up once B was back online.
     assert_eq!(live as u64, ITEMS + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flipped_bits_are_found_by_scrub_never_served_and_the_device_that_has_the_photo_resends_it()
+{
+    use devices::*;
+    let c = cloud().await;
+    let root = tempfile::tempdir().unwrap();
+    let (fa, fb) = (root.path().join("A"), root.path().join("B"));
+    let mut a = device(&c, &fa, &root.path().join("a-data"), "phone A").await;
+    let photos: Vec<(String, Vec<u8>)> = (0..4)
+        .map(|i| (format!("IMG_{i:04}.JPG"), photo(900 + i, 700_000)))
+        .collect();
+    for (name, data) in &photos {
+        std::fs::write(fa.join(name), data).unwrap();
+    }
+    assert_eq!(sync(&mut a).await.uploaded, 4);
+
+    // One bit flipped in the middle of every stored pack: what a failing disk does.
+    let mut flipped = 0;
+    let mut stack = vec![c.store_dir.join("objects")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let mut bytes = std::fs::read(&path).unwrap();
+            let at = bytes.len() / 2;
+            bytes[at] ^= 0x10;
+            std::fs::write(&path, bytes).unwrap();
+            flipped += 1;
+        }
+    }
+    assert!(flipped > 0);
+    let scrub = c.cloud.scrub().unwrap();
+    assert!(!scrub.store.corrupt_chunks.is_empty(), "{scrub:?}");
+    assert!(!scrub.damaged.is_empty(), "{scrub:?}");
+    assert_eq!(scrub.assets_verified, 4);
+    // Never served: the corrupt chunks are gone from the index.
+    for id in &scrub.store.corrupt_chunks {
+        assert!(c.store.get_chunk("alice", id).is_err());
+    }
+    // A device joining now gets every whole photo and no corrupt byte: the damaged ones
+    // cannot be assembled, so they wait (never written half or wrong).
+    let mut b = device(&c, &fb, &root.path().join("b-data"), "phone B").await;
+    let _ = b.sync_once().await;
+    for name in folder_contents(&fb) {
+        assert!(
+            photos
+                .iter()
+                .any(|(_, d)| blake3::hash(d).to_hex().to_string() == name),
+            "B holds a file no camera took"
+        );
+    }
+
+    // Phone A still has the originals: it sees the flags and sends them again.
+    let repaired = sync(&mut a).await;
+    assert_eq!(repaired.repairs, scrub.damaged.len(), "{repaired:?}");
+    let again = c.cloud.scrub().unwrap();
+    assert!(again.store.corrupt_chunks.is_empty(), "{again:?}");
+    assert!(again.damaged.is_empty(), "{again:?}");
+    let feed = c.cloud.library().list_changes("alice", 0, 100).unwrap();
+    for change in feed.changes {
+        if let keepsake_library::Change::Asset(asset) = change {
+            assert!(!asset.damaged, "{} is still flagged", asset.asset_id);
+            assert_eq!(asset.version, 1, "a repair is no new version");
+        }
+    }
+    // Now B completes, byte for byte.
+    sync(&mut b).await;
+    assert_eq!(folder_contents(&fa), folder_contents(&fb));
 }

@@ -449,6 +449,12 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
          {photos} assets, 0 duplicates, 0 lost, 0 partial files",
         converged.as_secs_f64()
     );
+    // After all those kills, every stored byte still verifies.
+    let scrub = h.run_ok(&["scrub"])?;
+    if !scrub.contains(", 0 corrupt") {
+        bail!("the scrub after the kills found corruption (seed {seed}):\n{scrub}");
+    }
+    println!("it: {}", scrub.lines().next().unwrap_or_default());
     optimize_phase(&h, &work, &mut rng, &mut camera, short, seed)?;
     drop((camera, viewer, server));
     Ok(())

@@ -64,6 +64,8 @@ pub struct RemoteAsset {
     pub clock: Stamp,
     /// The server-made preview (or a video's poster) of the current version, once made.
     pub preview: Option<ManifestId>,
+    /// The cloud lost part of this version's content: a device holding it sends it again.
+    pub damaged: bool,
 }
 
 /// An album's latest state, as the feed reports it.

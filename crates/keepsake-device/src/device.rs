@@ -97,6 +97,8 @@ pub struct SyncReport {
     pub edits_sent: usize,
     /// Edits the cloud refused for good (the asset or album is gone): dropped, logged.
     pub edits_dropped: usize,
+    /// Originals this device sent again because the cloud flagged them damaged.
+    pub repairs: usize,
     /// Why uploads or deletes stopped, if they did (a stable reason code).
     pub blocked: Option<String>,
 }
@@ -473,6 +475,7 @@ impl<C: Cloud> Device<C> {
             hidden: meta.as_ref().is_some_and(|m| m.hidden),
             clock: Stamp::default(),
             preview: None,
+            damaged: false,
         };
         let mut report = SyncReport::default();
         let (budget, waits) = (self.budget.take(), self.downloads_wait.take());
@@ -649,6 +652,10 @@ impl<C: Cloud> Device<C> {
             }
             if may_metadata {
                 self.pull(&mut report).await?;
+                if report.repairs > 0 && may_upload {
+                    // The cloud lost content this device holds: send it now, not next pass.
+                    self.upload_pending(&seen, &mut report).await?;
+                }
                 // The feed may predate edits still waiting: they stay what the device shows.
                 for (_, edit, _, _) in self.journal.outbox()? {
                     edits::show(&self.journal, &edit)?;
@@ -1183,6 +1190,21 @@ impl<C: Cloud> Device<C> {
         let local = self.journal.file_of_asset(&a.asset_id)?;
         let trashed = self.journal.trashed(&a.asset_id)?;
         let deleted_dir = self.config.data_dir.join("recently-deleted");
+        if a.damaged
+            && let Some(f) = &local
+            && f.synced
+            && f.file_hash == a.file_hash
+        {
+            // The cloud lost part of this exact content and this device holds it: upload it
+            // again against the asset; the commit clears the flag everywhere.
+            tracing::warn!(asset = %a.asset_id, path = %f.path, "the cloud lost part of this photo; sending it again");
+            let mut f = f.clone();
+            f.synced = false;
+            f.version = Some(a.version);
+            self.journal.upsert(&f)?;
+            report.repairs += 1;
+            return Ok(());
+        }
         if local.is_none()
             && trashed.is_none()
             && let Some(mut c) = self.journal.cloud_only(&a.asset_id)?

@@ -41,6 +41,8 @@ pub trait ChunkStore: Send + Sync {
     fn release(&self, account: &str, id: &ManifestId, holder: &str) -> Result<(), StoreError>;
     /// A whole file the account owns, verified against its hash.
     fn read_file(&self, account: &str, id: &ManifestId) -> Result<Vec<u8>, StoreError>;
+    /// Verifies every stored byte and drops corrupt chunks from the index.
+    fn scrub(&self) -> Result<keepsake_store::ScrubReport, StoreError>;
     /// Stores a small file (a preview) for the account and roots it for `holder`.
     fn store_file(
         &self,
@@ -50,10 +52,35 @@ pub trait ChunkStore: Send + Sync {
     ) -> Result<ManifestId, StoreError>;
 }
 
+/// What a library scrub verified and flagged.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LibraryScrub {
+    /// The store's report (packs, chunks and bytes verified; corrupt chunks dropped).
+    pub store: keepsake_store::ScrubReport,
+    /// Live or trashed assets in the library when the scrub finished.
+    pub assets_verified: u64,
+    /// Assets this scrub flagged as damaged.
+    pub damaged: Vec<DamagedAsset>,
+}
+
+/// An asset a scrub found damaged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DamagedAsset {
+    /// Its account.
+    pub account: String,
+    /// The asset.
+    pub asset_id: String,
+    /// Its file name, to tell a person which photo.
+    pub original_name: String,
+}
+
 /// Pieces a stored preview is cut into (well under the store's chunk limit).
 const PIECE: usize = 4 << 20;
 
 impl ChunkStore for Store {
+    fn scrub(&self) -> Result<keepsake_store::ScrubReport, StoreError> {
+        Store::scrub(self)
+    }
     fn used_bytes(&self, account: &str) -> Result<u64, StoreError> {
         Ok(self.usage(account)?.bytes)
     }
@@ -554,6 +581,42 @@ impl Cloud {
         })
     }
 
+    /// Verifies every stored byte, drops corrupt chunks from the store's index (never
+    /// served), and flags every asset whose current content lost one as damaged, with a
+    /// feed entry, so a device that still holds the original sends it again.
+    pub fn scrub(&self) -> Result<LibraryScrub, LibraryError> {
+        let store = self.store.scrub()?;
+        let mut by_account: std::collections::BTreeMap<&str, Vec<ManifestId>> =
+            std::collections::BTreeMap::new();
+        for (account, manifest) in &store.damaged {
+            by_account.entry(account).or_default().push(*manifest);
+        }
+        let mut damaged = Vec::new();
+        for (account, manifests) in by_account {
+            for asset_id in self.library.mark_damaged(account, &manifests)? {
+                let original_name = self.library.get_asset(account, &asset_id)?.original_name;
+                damaged.push(DamagedAsset {
+                    account: account.to_string(),
+                    asset_id,
+                    original_name,
+                });
+            }
+        }
+        let assets_verified = self.library.count_assets()?;
+        tracing::info!(
+            chunks = store.chunks_verified,
+            assets = assets_verified,
+            corrupt = store.corrupt_chunks.len(),
+            damaged = damaged.len(),
+            "scrub finished"
+        );
+        Ok(LibraryScrub {
+            store,
+            assets_verified,
+            damaged,
+        })
+    }
+
     /// Commits uploaded content: the store roots the manifest first (refusing, with the
     /// missing chunk ids, if any chunk is not owned), then the library records the asset
     /// or version and its feed entry in one transaction. Idempotent per request id.
@@ -577,6 +640,23 @@ impl Cloud {
             original_name: commit.original_name.clone(),
             device: commit.device.clone(),
         };
+        if let Some((asset_id, version)) = self.library.damaged_with(account, &commit.manifest)? {
+            // A device sent a damaged asset's content again. Rooting the manifest under a
+            // throwaway holder is the store's proof that every chunk is owned again
+            // (MISSING_CHUNKS otherwise); the asset's own reference never went away.
+            let probe = holder_for(account, &format!("repair:{}", commit.request_id));
+            self.store.reference(account, &commit.manifest, &probe)?;
+            self.store.release(account, &commit.manifest, &probe)?;
+            self.library.clear_damaged(account, &asset_id)?;
+            let asset = self.library.get_asset(account, &asset_id)?;
+            return Ok(Committed {
+                asset_id,
+                version,
+                seq: asset.seq,
+                conflict: false,
+                deduplicated: true,
+            });
+        }
         if let Some(answer) = self.library.prior_commit(account, &req)? {
             return Ok(answer);
         }

@@ -41,7 +41,10 @@ pub mod tokens;
 pub use accounts::{
     AccountInfo, ClientVersion, Device, DeviceReport, KdfCost, Plan, default_plans,
 };
-pub use cloud::{ChunkStore, Cloud, CommitAsset, Enrolment, IssuedToken, Maintenance, Reservation};
+pub use cloud::{
+    ChunkStore, Cloud, CommitAsset, DamagedAsset, Enrolment, IssuedToken, LibraryScrub,
+    Maintenance, Reservation,
+};
 pub use derive::{DeriveJob, DeriveReport, MadeFile, Outcome};
 pub use error::LibraryError;
 pub use hlc::Hlc;

@@ -197,6 +197,9 @@ pub struct Asset {
     /// Where making them stands: "queued", "done", "failed <why>", "none <why>", or empty
     /// for content committed before derivatives existed.
     pub derivation: String,
+    /// A scrub found part of the current version's content corrupt: the cloud cannot serve
+    /// it until a device that holds the original sends it again.
+    pub damaged: bool,
 }
 
 /// A derivative of an asset's current version, stored content-addressed.
@@ -325,7 +328,8 @@ const ASSET_COLUMNS: &str =
        FROM derivatives d WHERE d.account = a.account AND d.asset_id = a.asset_id
         AND d.version = a.current_version),
     (SELECT j.state || ' ' || coalesce(j.last_error, '') FROM derive_jobs j
-      WHERE j.account = a.account AND j.asset_id = a.asset_id AND j.version = a.current_version)";
+      WHERE j.account = a.account AND j.asset_id = a.asset_id AND j.version = a.current_version),
+    a.damaged";
 
 /// `role hexmanifest width height bytes;…` as the asset query spells it.
 fn derived_from_column(text: Option<String>) -> Vec<Derived> {
@@ -381,6 +385,7 @@ fn asset_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Asset> {
             .get::<_, Option<String>>(18)?
             .map(|s| s.trim_end().to_string())
             .unwrap_or_default(),
+        damaged: r.get(19)?,
     })
 }
 
@@ -616,6 +621,24 @@ impl Library {
         if state != "live" {
             return Err(LibraryError::NotLive(asset_id.to_string()));
         }
+        // The content the asset already has (a second device re-sending a repaired photo,
+        // an edit saved without a change) is no new version.
+        let (current_hash, seq): (Vec<u8>, i64) = tx.query_row(
+            "SELECT v.file_hash, a.seq FROM assets a JOIN versions v
+               ON v.account = a.account AND v.asset_id = a.asset_id AND v.version = a.current_version
+             WHERE a.account = ?1 AND a.asset_id = ?2",
+            params![account, asset_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        if current_hash == req.file_hash.0 {
+            return Ok(Committed {
+                asset_id: asset_id.to_string(),
+                version: current,
+                seq: seq as u64,
+                conflict: false,
+                deduplicated: true,
+            });
+        }
         let max: u32 = tx.query_row(
             "SELECT MAX(version) FROM versions WHERE account = ?1 AND asset_id = ?2",
             params![account, asset_id],
@@ -777,6 +800,86 @@ impl Library {
         )?;
         tx.commit()?;
         Ok(true)
+    }
+
+    /// Flags the live or trashed assets whose current version is one of `manifests` as
+    /// damaged, each with a new feed entry so devices hear of it; returns them.
+    pub fn mark_damaged(
+        &self,
+        account: &str,
+        manifests: &[ManifestId],
+    ) -> Result<Vec<String>, LibraryError> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        let mut flagged = Vec::new();
+        for manifest in manifests {
+            let ids: Vec<String> = tx
+                .prepare_cached(
+                    "SELECT a.asset_id FROM assets a JOIN versions v
+                       ON v.account = a.account AND v.asset_id = a.asset_id
+                      AND v.version = a.current_version
+                     WHERE a.account = ?1 AND v.manifest = ?2 AND a.state != 'purged'
+                       AND a.damaged = 0",
+                )?
+                .query_map(params![account, &manifest.0[..]], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            for asset_id in ids {
+                let seq = next_seq(&tx, account)?;
+                tx.execute(
+                    "UPDATE assets SET damaged = 1, seq = ?3 WHERE account = ?1 AND asset_id = ?2",
+                    params![account, asset_id, seq as i64],
+                )?;
+                tracing::error!(account, asset = %asset_id, "asset damaged: part of its content failed verification");
+                flagged.push(asset_id);
+            }
+        }
+        tx.commit()?;
+        Ok(flagged)
+    }
+
+    /// Live or trashed assets across all accounts.
+    pub fn count_assets(&self) -> Result<u64, LibraryError> {
+        let n: i64 = self.db().query_row(
+            "SELECT COUNT(*) FROM assets WHERE state != 'purged'",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(n as u64)
+    }
+
+    /// The damaged asset whose current version is `manifest`, if there is one.
+    pub fn damaged_with(
+        &self,
+        account: &str,
+        manifest: &ManifestId,
+    ) -> Result<Option<(String, u32)>, LibraryError> {
+        Ok(self
+            .db()
+            .query_row(
+                "SELECT a.asset_id, a.current_version FROM assets a JOIN versions v
+                   ON v.account = a.account AND v.asset_id = a.asset_id
+                  AND v.version = a.current_version
+                 WHERE a.account = ?1 AND v.manifest = ?2 AND a.damaged = 1 LIMIT 1",
+                params![account, &manifest.0[..]],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?)
+    }
+
+    /// Clears an asset's damaged flag (its content is whole again), with a feed entry.
+    pub fn clear_damaged(&self, account: &str, asset_id: &str) -> Result<(), LibraryError> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        let seq = next_seq(&tx, account)?;
+        let changed = tx.execute(
+            "UPDATE assets SET damaged = 0, seq = ?3 WHERE account = ?1 AND asset_id = ?2 AND damaged = 1",
+            params![account, asset_id, seq as i64],
+        )?;
+        if changed == 1 {
+            tx.commit()?;
+            tracing::info!(account, asset = %asset_id, "damaged asset repaired");
+        }
+        Ok(())
     }
 
     /// Moves an asset to Recently Deleted (idempotent).

@@ -171,9 +171,15 @@ CREATE TABLE derivatives (
 ) WITHOUT ROWID;
 ";
 
+const V4: &str = "
+-- Set by a scrub that found a chunk of the current version corrupt; cleared when a device
+-- that still holds the original sent the missing chunks again.
+ALTER TABLE assets ADD COLUMN damaged INTEGER NOT NULL DEFAULT 0;
+";
+
 /// Opens the index with the durability commits rely on.
 pub fn prepare(conn: &mut Connection) -> Result<(), crate::LibraryError> {
     keepsake_store::durable_sqlite(conn)?;
-    Migrations::new(vec![M::up(V1), M::up(V2), M::up(V3)]).to_latest(conn)?;
+    Migrations::new(vec![M::up(V1), M::up(V2), M::up(V3), M::up(V4)]).to_latest(conn)?;
     Ok(())
 }

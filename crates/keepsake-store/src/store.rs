@@ -93,6 +93,8 @@ pub struct ScrubReport {
     pub corrupt_chunks: Vec<ChunkId>,
     /// Packs that are missing or whose bytes no longer match their recorded hash.
     pub corrupt_packs: Vec<String>,
+    /// Each (account, referenced manifest) that lost a chunk: the content to ask for again.
+    pub damaged: Vec<(String, ManifestId)>,
     /// When the scrub finished.
     pub finished_at: UnixMillis,
 }
@@ -799,7 +801,8 @@ impl Store {
             .unwrap_or_default())
     }
 
-    /// Verifies every indexed byte and every pack's hash.
+    /// Verifies every indexed byte and every pack's hash, and drops corrupt chunks from
+    /// the index (see [`Store::quarantine`]).
     pub fn scrub(&self) -> Result<ScrubReport, StoreError> {
         let packs: Vec<(i64, String, String)> = {
             let db = self.db();
@@ -835,6 +838,7 @@ impl Store {
                 }
             }
         }
+        report.damaged = self.quarantine(&report.corrupt_chunks)?;
         report.finished_at = self.clock.now_ms();
         if !report.corrupt_chunks.is_empty() || !report.corrupt_packs.is_empty() {
             tracing::error!(
@@ -844,6 +848,51 @@ impl Store {
             );
         }
         Ok(report)
+    }
+
+    /// Drops corrupt chunks from the index in one transaction, so they are never served,
+    /// their owners no longer own them (usage goes down, FindMissing lists them again) and
+    /// a commit needing them is refused with MISSING_CHUNKS until someone sends the bytes
+    /// again. The bad bytes stay in their pack until it is repacked. Returns each
+    /// (account, referenced manifest) that lost a chunk, or whose own record was corrupt.
+    pub fn quarantine(&self, corrupt: &[ChunkId]) -> Result<Vec<(String, ManifestId)>, StoreError> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        let mut damaged = std::collections::BTreeSet::new();
+        for id in corrupt {
+            let key = &id.0[..];
+            {
+                let mut stmt = tx.prepare_cached(
+                    "SELECT account, manifest FROM refs WHERE manifest = ?1
+                     UNION SELECT r.account, r.manifest FROM refs r
+                       JOIN manifest_chunks m ON m.manifest = r.manifest WHERE m.chunk = ?1",
+                )?;
+                let rows = stmt.query_map([key], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+                })?;
+                for row in rows {
+                    let (account, manifest) = row?;
+                    damaged.insert((account, ChunkId::from_slice(&manifest)?));
+                }
+            }
+            let len: Option<i64> = tx
+                .query_row("SELECT len FROM chunks WHERE id = ?1", [key], |r| r.get(0))
+                .optional()?;
+            let Some(len) = len else { continue };
+            let owners: Vec<String> = tx
+                .prepare_cached("SELECT account FROM owners WHERE chunk = ?1")?
+                .query_map([key], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            for account in &owners {
+                add_usage(&tx, account, -len, -1)?;
+            }
+            tx.execute("DELETE FROM owners WHERE chunk = ?1", [key])?;
+            tx.execute("DELETE FROM session_pins WHERE chunk = ?1", [key])?;
+            tx.execute("DELETE FROM chunks WHERE id = ?1", [key])?;
+            tracing::error!(chunk = %id.to_hex(), owners = owners.len(), "corrupt chunk dropped from the index");
+        }
+        tx.commit()?;
+        Ok(damaged.into_iter().collect())
     }
 
     fn slots_in(&self, pack_id: i64) -> Result<Vec<(ChunkId, Slot)>, StoreError> {

@@ -89,8 +89,20 @@ proptest! {
         prop_assert_eq!(failing.len(), 1, "exactly the chunk holding the bit fails to read");
         prop_assert!(matches!(f.store.get_chunk("alice", &failing[0]), Err(StoreError::Corrupt(_))));
         let report = f.store.scrub().unwrap();
-        prop_assert_eq!(report.corrupt_chunks, failing);
+        prop_assert_eq!(&report.corrupt_chunks, &failing);
         prop_assert_eq!(report.corrupt_packs, vec![pack.name.clone()]);
+        // The scrub dropped it: never served, and asked for again by FindMissing.
+        let dropped = matches!(f.store.get_chunk("alice", &failing[0]), Err(StoreError::NotFound { .. }));
+        prop_assert!(dropped, "a corrupt chunk is not served after the scrub");
+        let all: Vec<ChunkId> = chunks.iter().map(|(id, _)| *id).collect();
+        prop_assert_eq!(f.store.find_missing("alice", &s.id, &all).unwrap(), failing.clone());
+        for (id, data) in chunks.iter().filter(|(id, _)| !failing.contains(id)) {
+            prop_assert_eq!(&f.store.get_chunk("alice", id).unwrap()[..], &data[..]);
+        }
+        // Sent again, it is whole again.
+        let resent: Vec<_> = chunks.iter().filter(|(id, _)| failing.contains(id)).cloned().collect();
+        f.store.put_chunks("alice", &s.id, &resent).unwrap();
+        prop_assert_eq!(&f.store.get_chunk("alice", &failing[0]).unwrap()[..], &resent[0].1[..]);
     }
 }
 

@@ -95,6 +95,7 @@ pub fn scrub_to_wire(r: ScrubReport) -> pb::ScrubResponse {
             bytes_verified,
             corrupt_chunks,
             corrupt_packs,
+            damaged,
             finished_at,
         } = r;
         pb::ScrubResponse {
@@ -103,6 +104,7 @@ pub fn scrub_to_wire(r: ScrubReport) -> pb::ScrubResponse {
             bytes_verified,
             corrupt_chunk_ids: corrupt_chunks.iter().map(id_bytes).collect(),
             corrupt_packs,
+            damaged_manifests: damaged.len() as u64,
             finished_at_unix_ms: finished_at,
         }
     }
@@ -363,6 +365,7 @@ pub fn asset_to_wire(asset: keepsake_library::Asset) -> pb::Asset {
         clock,
         derived,
         derivation,
+        damaged,
     } = asset;
     let (state, state_at_ms) = state_to_wire(state);
     pb::Asset {
@@ -402,6 +405,7 @@ pub fn asset_to_wire(asset: keepsake_library::Asset) -> pb::Asset {
             })
             .collect(),
         derivation,
+        damaged,
     }
 }
 
@@ -629,5 +633,37 @@ pub fn token_to_wire(t: keepsake_library::IssuedToken) -> pb::AccessToken {
     pb::AccessToken {
         token,
         expires_at_ms: expires_at,
+    }
+}
+
+/// A library scrub's wire form.
+pub fn library_scrub_to_wire(r: keepsake_library::LibraryScrub) -> pb::ScrubLibraryResponse {
+    let keepsake_library::LibraryScrub {
+        store,
+        assets_verified,
+        damaged,
+    } = r;
+    pb::ScrubLibraryResponse {
+        packs_verified: store.packs_verified,
+        chunks_verified: store.chunks_verified,
+        bytes_verified: store.bytes_verified,
+        corrupt_chunks: store.corrupt_chunks.len() as u64,
+        assets_verified,
+        damaged: damaged
+            .into_iter()
+            .map(|d| {
+                let keepsake_library::DamagedAsset {
+                    account,
+                    asset_id,
+                    original_name,
+                } = d;
+                pb::DamagedAsset {
+                    account,
+                    asset_id,
+                    original_name,
+                }
+            })
+            .collect(),
+        finished_at_unix_ms: store.finished_at,
     }
 }

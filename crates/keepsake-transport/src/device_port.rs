@@ -72,6 +72,7 @@ fn remote_asset(a: pb::Asset) -> Result<RemoteAsset, CloudError> {
         clock,
         derivatives,
         derivation: _,
+        damaged,
     } = a;
     let preview = derivatives
         .iter()
@@ -96,6 +97,7 @@ fn remote_asset(a: pb::Asset) -> Result<RemoteAsset, CloudError> {
         hidden,
         clock: stamp(clock),
         preview,
+        damaged,
     })
 }
 

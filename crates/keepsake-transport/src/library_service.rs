@@ -365,6 +365,21 @@ impl Library for LibraryService {
         Ok(Response::new(page_to_wire(page)))
     }
 
+    async fn scrub_library(
+        &self,
+        request: Request<pb::ScrubLibraryRequest>,
+    ) -> Result<Response<pb::ScrubLibraryResponse>, Status> {
+        let who = identity(&request)?;
+        require_admin(&who)?;
+        let pb::ScrubLibraryRequest {} = request.into_inner();
+        let report = run(&self.cloud, Some(&who), |c| c.scrub()).await?;
+        if !report.damaged.is_empty() {
+            // Devices learn of the flags through the feed, at once.
+            self.changes.notify_all();
+        }
+        Ok(Response::new(crate::convert::library_scrub_to_wire(report)))
+    }
+
     type WatchChangesStream = BoxStream<pb::ListChangesResponse>;
 
     async fn watch_changes(

@@ -330,6 +330,27 @@ fn say_pass(r: &SyncReport, reason_changed: bool) {
     }
 }
 
+/// `YYYY-MM-DD HH:MM:SS UTC` for Unix milliseconds (civil-from-days, proleptic Gregorian).
+fn utc(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
 fn megabytes(bytes: u64) -> String {
     format!("{:.1} MB", bytes as f64 / 1e6)
 }
@@ -888,6 +909,33 @@ pub async fn create_account(
     Ok(())
 }
 
+/// `keepsake scrub`: verifies every stored byte and reports what it checked and found.
+pub async fn scrub(server: ServerArgs, admin: Credentials) -> Result<()> {
+    let (channel, token) = signed_in(&server, &admin).await?;
+    let mut lib = client::library_client(channel, BearerAuth::new(&token));
+    let r = lib
+        .scrub_library(pb::ScrubLibraryRequest {})
+        .await
+        .map_err(|s| plain(s.into()))?
+        .into_inner();
+    println!(
+        "{} chunks / {} assets verified at {} ({} packs, {}), {} corrupt",
+        r.chunks_verified,
+        r.assets_verified,
+        utc(r.finished_at_unix_ms),
+        r.packs_verified,
+        megabytes(r.bytes_verified),
+        r.corrupt_chunks
+    );
+    for d in &r.damaged {
+        println!(
+            "damaged: {} ({}, account {}): a device that still has it will send it again",
+            d.original_name, d.asset_id, d.account
+        );
+    }
+    Ok(())
+}
+
 /// `keepsake plan set`: moves an account to another plan (administrators only).
 pub async fn set_plan(
     server: ServerArgs,
@@ -906,4 +954,14 @@ pub async fn set_plan(
         .map_err(|s| plain(s.into()))?;
     println!("account {account} is now on plan {plan}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_spells_known_instants() {
+        assert_eq!(super::utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(super::utc(951_782_400_000), "2000-02-29 00:00:00 UTC");
+        assert_eq!(super::utc(1_767_225_599_000), "2025-12-31 23:59:59 UTC");
+    }
 }

@@ -56,6 +56,14 @@ enum Command {
         #[arg(long, default_value_t = 10_000)]
         interval_ms: u64,
     },
+    /// Verify every stored byte now (as an administrator): prints what was checked, drops
+    /// corrupt chunks, and names the photos flagged damaged (devices holding them re-send).
+    Scrub {
+        #[command(flatten)]
+        server: device_cli::ServerArgs,
+        #[command(flatten)]
+        admin: device_cli::Credentials,
+    },
     /// Manage accounts (as an administrator).
     #[command(subcommand)]
     Account(AccountCommand),
@@ -216,6 +224,10 @@ struct ServeArgs {
     /// Seconds between maintenance passes (trash expiry, reference releases, store GC).
     #[arg(long, default_value_t = 600)]
     gc_interval_secs: u64,
+    /// Hours between scrubs that read and verify every stored byte (corrupt chunks are
+    /// dropped and their photos flagged, so devices that have them send them again).
+    #[arg(long, default_value_t = 168)]
+    scrub_interval_hours: u64,
 }
 
 /// Prints a line for the person running the server; a closed stdout (a supervisor
@@ -293,6 +305,7 @@ fn main() -> Result<()> {
             target,
             plan,
         }) => runtime.block_on(device_cli::set_plan(server, admin, target, plan)),
+        Command::Scrub { server, admin } => runtime.block_on(device_cli::scrub(server, admin)),
         Command::Library {
             server,
             credentials,
@@ -519,6 +532,7 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
         changes,
         args.data.clone(),
         Duration::from_secs(args.gc_interval_secs.max(1)),
+        Duration::from_secs(args.scrub_interval_hours.max(1) * 3600),
     );
     let auth = Authenticator::new(verifier, clock, min_version);
     let tls = tls_material(&args)?;
@@ -603,17 +617,35 @@ fn spawn_maintenance(
     changes: ChangeNotifier,
     data: PathBuf,
     every: Duration,
+    scrub_every: Duration,
 ) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         tick.tick().await;
+        let mut last_scrub = tokio::time::Instant::now();
         loop {
             tick.tick().await;
             let (cloud, store, data) = (cloud.clone(), store.clone(), data.clone());
+            let scrub = last_scrub.elapsed() >= scrub_every;
+            if scrub {
+                last_scrub = tokio::time::Instant::now();
+            }
             let done = tokio::task::spawn_blocking(move || -> Result<()> {
                 if let Some(cloud) = &cloud {
                     cloud.maintain()?;
                     publish_keys(cloud, &data)?;
+                    if scrub {
+                        let r = cloud.scrub()?;
+                        say!(
+                            "scrub: {} chunks / {} assets verified, {} corrupt, {} photos flagged damaged",
+                            r.store.chunks_verified,
+                            r.assets_verified,
+                            r.store.corrupt_chunks.len(),
+                            r.damaged.len()
+                        );
+                    }
+                } else if let (true, Some(store)) = (scrub, &store) {
+                    store.scrub()?;
                 }
                 if let Some(store) = &store {
                     store.collect_garbage()?;

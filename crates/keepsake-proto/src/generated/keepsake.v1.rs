@@ -200,6 +200,9 @@ pub struct ScrubResponse {
     /// When the scrub finished, milliseconds since the Unix epoch.
     #[prost(int64, tag = "6")]
     pub finished_at_unix_ms: i64,
+    /// Referenced manifests that lost a chunk (corrupt chunks are dropped from the index).
+    #[prost(uint64, tag = "7")]
+    pub damaged_manifests: u64,
 }
 /// Request of ChunkStore.CollectGarbage.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
@@ -3820,6 +3823,40 @@ pub mod accounts_server {
         const NAME: &'static str = SERVICE_NAME;
     }
 }
+/// Request of Library.ScrubLibrary.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ScrubLibraryRequest {}
+/// What a scrub verified and what it found damaged.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ScrubLibraryResponse {
+    #[prost(uint64, tag = "1")]
+    pub packs_verified: u64,
+    #[prost(uint64, tag = "2")]
+    pub chunks_verified: u64,
+    #[prost(uint64, tag = "3")]
+    pub bytes_verified: u64,
+    /// Chunks whose bytes no longer matched their id, now dropped from the index.
+    #[prost(uint64, tag = "4")]
+    pub corrupt_chunks: u64,
+    /// Assets whose current content was checked (live or in Recently Deleted).
+    #[prost(uint64, tag = "5")]
+    pub assets_verified: u64,
+    /// Assets newly flagged damaged by this scrub.
+    #[prost(message, repeated, tag = "6")]
+    pub damaged: ::prost::alloc::vec::Vec<DamagedAsset>,
+    #[prost(int64, tag = "7")]
+    pub finished_at_unix_ms: i64,
+}
+/// An asset a scrub flagged.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DamagedAsset {
+    #[prost(string, tag = "1")]
+    pub account: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub asset_id: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub original_name: ::prost::alloc::string::String,
+}
 /// A hybrid logical clock reading carried by every metadata change.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Clock {
@@ -3883,6 +3920,11 @@ pub struct Asset {
     /// exist, e.g. no ffmpeg for a video poster), or empty for content from before.
     #[prost(string, tag = "18")]
     pub derivation: ::prost::alloc::string::String,
+    /// A scrub found part of the current version's content corrupt: the cloud drops those
+    /// chunks rather than serve them. A device that holds this exact original sends it again
+    /// (upload, then CommitAsset naming the asset), which clears the flag.
+    #[prost(bool, tag = "19")]
+    pub damaged: bool,
 }
 /// A file made from an asset's current version.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -4707,6 +4749,32 @@ pub mod library_client {
                 .insert(GrpcMethod::new("keepsake.v1.Library", "WatchChanges"));
             self.inner.server_streaming(req, path, codec).await
         }
+        /// Verifies every stored byte; drops corrupt chunks and flags the assets that lose one
+        /// (administrators only).
+        pub async fn scrub_library(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ScrubLibraryRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ScrubLibraryResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/keepsake.v1.Library/ScrubLibrary",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("keepsake.v1.Library", "ScrubLibrary"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -4851,6 +4919,15 @@ pub mod library_server {
             request: tonic::Request<super::WatchChangesRequest>,
         ) -> std::result::Result<
             tonic::Response<Self::WatchChangesStream>,
+            tonic::Status,
+        >;
+        /// Verifies every stored byte; drops corrupt chunks and flags the assets that lose one
+        /// (administrators only).
+        async fn scrub_library(
+            &self,
+            request: tonic::Request<super::ScrubLibraryRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ScrubLibraryResponse>,
             tonic::Status,
         >;
     }
@@ -5600,6 +5677,51 @@ pub mod library_server {
                                 max_encoding_message_size,
                             );
                         let res = grpc.server_streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/keepsake.v1.Library/ScrubLibrary" => {
+                    #[allow(non_camel_case_types)]
+                    struct ScrubLibrarySvc<T: Library>(pub Arc<T>);
+                    impl<
+                        T: Library,
+                    > tonic::server::UnaryService<super::ScrubLibraryRequest>
+                    for ScrubLibrarySvc<T> {
+                        type Response = super::ScrubLibraryResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ScrubLibraryRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Library>::scrub_library(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ScrubLibrarySvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
                         Ok(res)
                     };
                     Box::pin(fut)
