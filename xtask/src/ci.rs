@@ -102,6 +102,10 @@ pub fn ci(root: &Path) -> Result<()> {
             "deterministic simulation",
             Box::new(|| crate::sim::run(root, &[])),
         ),
+        (
+            "fuzz targets (short)",
+            Box::new(|| crate::fuzz::run(root, &["--seconds".to_string(), "10".to_string()])),
+        ),
         ("python grpc client", Box::new(|| crate::python::run(root))),
         (
             "kill -9 integration (short)",
@@ -110,8 +114,16 @@ pub fn ci(root: &Path) -> Result<()> {
         ("real-media deltas", Box::new(|| crate::media::media(root))),
     ];
     let (mut passed, mut failed) = (0, 0);
+    let started = std::time::Instant::now();
     for (name, step) in &steps {
-        match step() {
+        let t = std::time::Instant::now();
+        let outcome = step();
+        println!(
+            "xtask ci: step `{name}` took {:.0} s ({:.0} s so far)",
+            t.elapsed().as_secs_f64(),
+            started.elapsed().as_secs_f64()
+        );
+        match outcome {
             Ok(()) => passed += 1,
             Err(e) => {
                 failed += 1;

@@ -1,7 +1,8 @@
-//! `cargo xtask it [--short] [--seed N]`: real processes — a server and two syncing
-//! devices — while either device (mid-upload, mid-download) and the server are killed
-//! with SIGKILL at random moments and restarted. Afterwards the second device must hold every photo,
-//! byte for byte, and the library exactly one asset per photo.
+//! `cargo xtask it [--short] [--seed N] [--seconds N]`: real processes — a server and two
+//! syncing devices — while either device (mid-upload, mid-download) and the server are
+//! killed with SIGKILL at random moments and restarted. Afterwards the second device must
+//! hold every photo, byte for byte, and the library exactly one asset per photo. Then
+//! Optimize Storage under kills, then the chaos phase (`chaos.rs`, `--seconds` long).
 
 use crate::ci::cargo;
 use anyhow::{Context, Result, bail};
@@ -12,10 +13,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// SplitMix64, so a run replays from its seed.
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -23,13 +24,21 @@ impl Rng {
         z ^ (z >> 31)
     }
 
-    fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
     }
 }
 
 /// A child process killed (SIGKILL) when dropped.
 pub(crate) struct Proc(pub(crate) Child);
+
+impl Proc {
+    /// SIGKILL, and wait until the process is gone (its port and files are free).
+    pub(crate) fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
 
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -130,7 +139,7 @@ pub(crate) fn free_port() -> Result<u16> {
         .port())
 }
 
-fn folder(dir: &Path) -> Result<BTreeMap<String, Vec<u8>>> {
+pub(crate) fn folder(dir: &Path) -> Result<BTreeMap<String, Vec<u8>>> {
     let mut out = BTreeMap::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
@@ -146,7 +155,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-fn random_bytes(rng: &mut Rng, len: usize) -> Vec<u8> {
+pub(crate) fn random_bytes(rng: &mut Rng, len: usize) -> Vec<u8> {
     let mut data = vec![0u8; len];
     for chunk in data.chunks_mut(8) {
         let word = rng.next().to_le_bytes();
@@ -456,12 +465,20 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     }
     println!("it: {}", scrub.lines().next().unwrap_or_default());
     optimize_phase(&h, &work, &mut rng, &mut camera, short, seed)?;
-    drop((camera, viewer, server));
+    drop((camera, viewer));
+    let chaos_seconds = args
+        .iter()
+        .position(|a| a == "--seconds")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(if short { 60 } else { 300 });
+    crate::chaos::chaos_phase(&h, &work, &mut rng, &mut server, chaos_seconds, seed)?;
+    drop(server);
     Ok(())
 }
 
 /// Names of the library's live assets.
-fn live_names(h: &Harness) -> Result<std::collections::BTreeSet<String>> {
+pub(crate) fn live_names(h: &Harness) -> Result<std::collections::BTreeSet<String>> {
     Ok(h.run_ok(&["library", "ls"])?
         .lines()
         .filter(|l| l.contains(" live "))

@@ -1,9 +1,11 @@
 //! Project automation, run as `cargo xtask <command>`.
 
 mod bench;
+mod chaos;
 mod ci;
 mod codegen;
 mod demo;
+mod fuzz;
 mod it;
 mod media;
 mod python;
@@ -17,7 +19,8 @@ const USAGE: &str = "usage: cargo xtask <command>
   arch                  check the dependency rules of ARCHITECTURE.md
   python                the Python grpcio client against a real server
   demo                  a server and two devices as processes: the story of sync, step by step
-  it [--short] [--seed N]  real server and devices, kill -9 of both, checks nothing is lost or duplicated
+  it [--short] [--seed N] [--seconds N]  real server and devices: kill -9, then a chaos loop (3 agents, proxy cuts, full disk, skewed clocks)
+  fuzz [--seconds N]    every cargo-fuzz target (manifests, deltas, wire messages, file names) for N s each
   sim [--seeds N] [--from S] [--jobs J]  deterministic simulation: cloud and devices under crashes, partitions, lost and repeated calls
   media                 generate real media (ffmpeg, exiftool) and check delta sizes against rsync
   bench <store|policy|delta|library|media|sync> [--short]  measured against same-run baselines (release build)";
@@ -35,6 +38,7 @@ fn main() -> Result<()> {
         Some("demo") => demo::run(&root),
         Some("media") => media::media(&root),
         Some("sim") => sim::run(&root, rest),
+        Some("fuzz") => fuzz::run(&root, rest),
         Some("bench") => bench::run(&root, rest),
         _ => bail!("{USAGE}"),
     }

@@ -714,7 +714,10 @@ impl<C: Cloud> Device<C> {
             {
                 continue;
             }
-            if self.config.stable_ms > 0 && now - mtime < self.config.stable_ms * 1_000_000 {
+            // A file stamped in the future (the clock was set back after it was written)
+            // is not "being written": waiting for the clock to catch up could take hours.
+            let age = now - mtime;
+            if self.config.stable_ms > 0 && (0..self.config.stable_ms * 1_000_000).contains(&age) {
                 report.unstable += 1;
                 continue;
             }

@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result, bail};
 use keepsake_device::{Device, DeviceConfig, SyncReport};
-use keepsake_store::SystemClock;
+use keepsake_store::{Clock, SystemClock};
 use keepsake_transport::client::{self, BearerAuth, CallError, pb};
 use keepsake_transport::cloud_client::{ClientConfig, CloudClient};
 use serde::{Deserialize, Serialize};
@@ -274,12 +274,12 @@ fn load(data: &Path) -> Result<Enrolled> {
     Ok(serde_json::from_str(&text)?)
 }
 
-async fn signed_in_client(e: &Enrolled) -> Result<CloudClient> {
+async fn signed_in_client(e: &Enrolled) -> Result<CloudClient, SignInFailure> {
     let server = ServerArgs {
         server: e.server.clone(),
         fingerprint: e.fingerprint.clone(),
     };
-    let channel = server.channel().await?;
+    let channel = server.channel().await.map_err(SignInFailure::Unreachable)?;
     let mut anonymous = client::accounts_client(channel.clone(), BearerAuth::anonymous());
     let access = anonymous
         .refresh_token(pb::RefreshTokenRequest {
@@ -288,15 +288,53 @@ async fn signed_in_client(e: &Enrolled) -> Result<CloudClient> {
             client_version: env!("CARGO_PKG_VERSION").into(),
         })
         .await
-        .map_err(|s| plain(s.into()))?
+        .map_err(|s| {
+            let e = CallError::from(s);
+            if e.is_transient() {
+                SignInFailure::Unreachable(plain(e))
+            } else {
+                SignInFailure::Refused(plain(e))
+            }
+        })?
         .into_inner()
         .access
-        .context("the server sent no access token")?;
+        .ok_or_else(|| {
+            SignInFailure::Refused(anyhow::anyhow!("the server sent no access token"))
+        })?;
     Ok(CloudClient::new(
         channel,
         BearerAuth::new(&access.token),
         ClientConfig::default(),
     ))
+}
+
+/// Why signing in failed.
+enum SignInFailure {
+    /// The cloud could not be reached or did not answer: try again later.
+    Unreachable(anyhow::Error),
+    /// The cloud said no (device removed, client too old): trying again changes nothing.
+    Refused(anyhow::Error),
+}
+
+/// Signs in, waiting out a cloud that cannot be reached. An agent started offline, or
+/// whose token expired during a cut, must keep trying: exiting would stop sync silently.
+/// Found by `cargo xtask it`'s chaos phase (an agent restarted while its link was cut).
+async fn signed_in_patiently(e: &Enrolled) -> Result<CloudClient> {
+    let mut backoff = retry_schedule(&e.device_id);
+    loop {
+        match signed_in_client(e).await {
+            Ok(client) => return Ok(client),
+            Err(SignInFailure::Refused(err)) => return Err(err),
+            Err(SignInFailure::Unreachable(err)) => {
+                let pause = backoff.next().unwrap_or(Duration::from_secs(30));
+                println!(
+                    "keepsake sync: cannot sign in yet ({err:#}); retrying in {} ms",
+                    pause.as_millis()
+                );
+                tokio::time::sleep(pause).await;
+            }
+        }
+    }
 }
 
 fn say_pass(r: &SyncReport, reason_changed: bool) {
@@ -327,6 +365,27 @@ fn say_pass(r: &SyncReport, reason_changed: bool) {
     }
     if !parts.is_empty() {
         println!("keepsake sync: {}", parts.join(", "));
+    }
+}
+
+/// A clock that is wrong by a fixed amount, as phones' clocks are.
+struct SkewedClock(i64);
+
+impl Clock for SkewedClock {
+    fn now_ms(&self) -> keepsake_store::UnixMillis {
+        SystemClock.now_ms() + self.0
+    }
+}
+
+/// The agent's clock: the system's, moved by `KEEPSAKE_CLOCK_SKEW_MS` when set, so
+/// `cargo xtask it` can show that sync never depends on devices agreeing about the time.
+fn device_clock() -> Result<Arc<dyn Clock>> {
+    match std::env::var("KEEPSAKE_CLOCK_SKEW_MS") {
+        Ok(skew) => Ok(Arc::new(SkewedClock(
+            skew.parse()
+                .context("KEEPSAKE_CLOCK_SKEW_MS is milliseconds")?,
+        ))),
+        Err(_) => Ok(Arc::new(SystemClock)),
     }
 }
 
@@ -396,12 +455,18 @@ fn watch_feed(
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut cursor = cursor;
+        let mut lost = false;
         loop {
             let (_, library, _) = cloud.raw();
             if let Ok(stream) = library
                 .watch_changes(pb::WatchChangesRequest { cursor })
                 .await
             {
+                // The cloud answers again after a cut: a pass waiting out its backoff can
+                // go now instead of minutes later. Found by `cargo xtask it`'s chaos phase.
+                if std::mem::take(&mut lost) && wake.send(()).is_err() {
+                    return;
+                }
                 let mut stream = stream.into_inner();
                 while let Ok(Some(page)) = stream.message().await {
                     cursor = page.cursor;
@@ -410,6 +475,7 @@ fn watch_feed(
                     }
                 }
             }
+            lost = true;
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
     })
@@ -448,7 +514,7 @@ fn retry_schedule(device_id: &str) -> backon::ExponentialBackoff {
     seed.copy_from_slice(&digest.as_bytes()[..8]);
     backon::ExponentialBuilder::new()
         .with_min_delay(Duration::from_millis(500))
-        .with_max_delay(Duration::from_secs(60))
+        .with_max_delay(Duration::from_secs(30))
         .with_jitter()
         .with_jitter_seed(u64::from_le_bytes(seed))
         .without_max_times()
@@ -474,14 +540,15 @@ pub async fn sync(
     );
     config.stable_ms = 400;
     let (wake_tx, mut wake) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let clock = device_clock()?;
     let folder_control = Arc::new(keepsake_device::FolderControl::open(
         &config,
         data.clone(),
-        Arc::new(SystemClock),
+        clock.clone(),
         wake_tx.clone(),
     )?);
-    let client = signed_in_client(&enrolled).await?;
-    let mut device = Device::open(config, client.clone(), Arc::new(SystemClock))?;
+    let client = signed_in_patiently(&enrolled).await?;
+    let mut device = Device::open(config, client.clone(), clock)?;
     println!(
         "keepsake sync: {} <-> {} as device {}",
         folder.display(),
@@ -546,7 +613,7 @@ pub async fn sync(
         match device.sync_once().await {
             Ok(report) if report.blocked.as_deref() == Some("UNAUTHENTICATED") => {
                 // Access tokens are short-lived: trade the device token for a new one.
-                let client = signed_in_client(&enrolled).await?;
+                let client = signed_in_patiently(&enrolled).await?;
                 feed.abort();
                 feed = watch_feed(client.clone(), device.cursor()?, wake_tx.clone());
                 *device.cloud_mut() = client;
@@ -629,7 +696,20 @@ pub async fn sync(
                     pause.as_millis()
                 );
             }
-            Err(e) => bail!("{e}"),
+            Err(e) if once => bail!("{e}"),
+            Err(e) => {
+                // A local failure (the device's disk full, a folder briefly unreadable) is
+                // said and retried; an agent that exited would stop sync without a word.
+                pause = backoff.next().unwrap_or(Duration::from_secs(30));
+                let shown = {
+                    let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
+                    s.last_error = Some(e.to_string());
+                    s.last_pass_ms = now_ms();
+                    s.clone()
+                };
+                let _ = folder_control.save_status(&shown);
+                println!("keepsake sync: {e}; retrying in {} ms", pause.as_millis());
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}

@@ -1,0 +1,294 @@
+//! The chaos phase of `cargo xtask it`: three real device agents — two cameras and a
+//! viewer, each behind its own TCP proxy and each with a clock that is wrong by a different
+//! amount — while a loop, for a given time, takes photos on either camera, kill -9s any
+//! agent or the server and restarts it, cuts a device's connections and restores them, and
+//! restarts the server on a disk that is full. Then the faults heal and every device must
+//! hold every photo, byte for byte, with one asset each in the library.
+
+use crate::it::{Harness, Proc, Rng, folder, random_bytes};
+use anyhow::{Result, bail};
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A loopback TCP proxy whose connections can be cut (reset mid-call) and refused.
+struct Proxy {
+    port: u16,
+    down: Arc<AtomicBool>,
+    open: Arc<Mutex<Vec<TcpStream>>>,
+    bytes: Arc<AtomicU64>,
+}
+
+impl Proxy {
+    fn start(upstream: u16) -> Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let proxy = Proxy {
+            port: listener.local_addr()?.port(),
+            down: Arc::default(),
+            open: Arc::default(),
+            bytes: Arc::default(),
+        };
+        let (down, open, bytes) = (proxy.down.clone(), proxy.open.clone(), proxy.bytes.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                if down.load(Ordering::SeqCst) {
+                    continue; // dropped: the device sees its connection refused or reset
+                }
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                let _ = (client.set_nodelay(true), server.set_nodelay(true));
+                if let (Ok(c), Ok(s)) = (client.try_clone(), server.try_clone()) {
+                    open.lock().unwrap().extend([c, s]);
+                }
+                pump(client.try_clone(), server.try_clone(), bytes.clone());
+                pump(Ok(server), Ok(client), bytes.clone());
+            }
+        });
+        Ok(proxy)
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Resets every connection through the proxy and refuses new ones.
+    fn cut(&self) {
+        self.down.store(true, Ordering::SeqCst);
+        for stream in self.open.lock().unwrap().drain(..) {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+    }
+
+    fn restore(&self) {
+        self.down.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Copies one direction of a connection until either side ends.
+fn pump(from: std::io::Result<TcpStream>, to: std::io::Result<TcpStream>, bytes: Arc<AtomicU64>) {
+    let (Ok(mut from), Ok(mut to)) = (from, to) else {
+        return;
+    };
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if to.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                    bytes.fetch_add(n as u64, Ordering::Relaxed);
+                }
+            }
+        }
+        let _ = to.shutdown(Shutdown::Both);
+        let _ = from.shutdown(Shutdown::Both);
+    });
+}
+
+/// What the chaos loop did.
+#[derive(Default)]
+struct Counts {
+    photos: usize,
+    agent_kills: u32,
+    server_kills: u32,
+    cuts: u32,
+    disk_full: u32,
+}
+
+/// The three devices: (name, clock skew in ms).
+const DEVICES: [(&str, i64); 3] = [("cam1", 95_000), ("cam2", -185_000), ("view", 0)];
+
+pub(crate) fn chaos_phase(
+    h: &Harness,
+    work: &Path,
+    rng: &mut Rng,
+    server: &mut Proc,
+    seconds: u64,
+    seed: u64,
+) -> Result<()> {
+    println!("it: chaos for {seconds} s: 3 agents behind proxies with skewed clocks");
+    let proxies: Vec<Proxy> = DEVICES
+        .iter()
+        .map(|_| Proxy::start(h.port))
+        .collect::<Result<_>>()?;
+    let agent = |i: usize| -> Result<Proc> {
+        let (name, skew) = DEVICES[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(work.join(format!("{name}.log")))?;
+        let child = h
+            .command()
+            .env("KEEPSAKE_CLOCK_SKEW_MS", skew.to_string())
+            .args(["sync", name, "--data", &format!("{name}-data")])
+            .args(["--interval-ms", "300"])
+            .stdout(log)
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        Ok(Proc(child))
+    };
+    for (i, (name, _)) in DEVICES.iter().enumerate() {
+        let out = h
+            .command()
+            .env("KEEPSAKE_SERVER", proxies[i].url())
+            .args(["device", "enroll", "--name", name, "--data"])
+            .arg(format!("{name}-data"))
+            .output()?;
+        if !out.status.success() {
+            bail!("enrolling {name}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        std::fs::create_dir_all(work.join(name))?;
+    }
+    // Photos already in the library (from the earlier phases) arrive everywhere too.
+    let mut agents: Vec<Proc> = (0..DEVICES.len()).map(agent).collect::<Result<_>>()?;
+    let mut counts = Counts::default();
+    let mut cut_until: Vec<Option<Instant>> = vec![None; DEVICES.len()];
+    let mut full_until: Option<Instant> = None;
+    let end = Instant::now() + Duration::from_secs(seconds);
+    while Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(100 + rng.below(400)));
+        let now = Instant::now();
+        for (i, until) in cut_until.iter_mut().enumerate() {
+            if until.is_some_and(|u| u <= now) {
+                proxies[i].restore();
+                *until = None;
+            }
+        }
+        if full_until.is_some_and(|u| u <= now) {
+            server.kill();
+            *server = h.server()?;
+            full_until = None;
+        }
+        match rng.below(100) {
+            0..=39 => {
+                let cam = rng.below(2) as usize;
+                let len = 50_000 + rng.below(1_500_000) as usize;
+                let name = format!("CHAOS_{}_{:04}.JPG", DEVICES[cam].0, counts.photos);
+                let data = random_bytes(rng, len);
+                // Written beside and renamed in, as camera apps finish a file.
+                let part = work.join(format!("{name}.part"));
+                std::fs::write(&part, &data)?;
+                std::fs::rename(&part, work.join(DEVICES[cam].0).join(&name))?;
+                counts.photos += 1;
+            }
+            40..=59 => {
+                let i = rng.below(DEVICES.len() as u64) as usize;
+                agents[i].kill();
+                agents[i] = agent(i)?;
+                counts.agent_kills += 1;
+            }
+            60..=67 => {
+                if full_until.is_none() {
+                    server.kill();
+                    *server = h.server()?;
+                    counts.server_kills += 1;
+                }
+            }
+            68..=84 => {
+                let i = rng.below(DEVICES.len() as u64) as usize;
+                if cut_until[i].is_none() {
+                    proxies[i].cut();
+                    cut_until[i] = Some(now + Duration::from_millis(500 + rng.below(3_000)));
+                    counts.cuts += 1;
+                }
+            }
+            85..=89 => {
+                if full_until.is_none() {
+                    // The server comes back on a disk with no room left: uploads are
+                    // refused (and must not be acknowledged) until space returns.
+                    server.kill();
+                    *server = h.server_with(&["--capacity-bytes", "1"])?;
+                    counts.server_kills += 1;
+                    counts.disk_full += 1;
+                    full_until = Some(now + Duration::from_millis(1_000 + rng.below(3_000)));
+                }
+            }
+            _ => {}
+        }
+    }
+    // Heal: every link up, the server on a disk with room, every agent running.
+    for p in &proxies {
+        p.restore();
+    }
+    if full_until.is_some() {
+        server.kill();
+        *server = h.server()?;
+    }
+    let want = folder(&work.join("cam1"))?
+        .into_iter()
+        .chain(folder(&work.join("cam2"))?)
+        .filter(|(name, _)| name.starts_with("CHAOS_"))
+        .collect::<std::collections::BTreeMap<_, _>>();
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let healed = Instant::now();
+    loop {
+        let mut complete = true;
+        for (name, _) in DEVICES {
+            let have: std::collections::BTreeMap<_, _> = folder(&work.join(name))?
+                .into_iter()
+                .filter(|(n, _)| n.starts_with("CHAOS_"))
+                .collect();
+            complete &= have == want;
+        }
+        if complete {
+            break;
+        }
+        if Instant::now() > deadline {
+            let have = folder(&work.join("view"))?;
+            bail!(
+                "after healing, the viewer has {} of {} chaos photos (seed {seed})",
+                want.keys().filter(|k| have.get(*k) == want.get(*k)).count(),
+                want.len()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let settled = healed.elapsed();
+    let live = crate::it::live_names(h)?;
+    let listing = h.run_ok(&["library", "ls"])?;
+    let chaos_rows = listing
+        .lines()
+        .filter(|l| l.contains(" live ") && l.contains("CHAOS_"))
+        .count();
+    let chaos_live = live.iter().filter(|n| n.starts_with("CHAOS_")).count();
+    if chaos_rows != want.len() || chaos_live != want.len() {
+        bail!(
+            "{chaos_rows} live assets ({chaos_live} names) for {} chaos photos: lost or duplicated (seed {seed})",
+            want.len()
+        );
+    }
+    for (name, _) in DEVICES {
+        let partial = std::fs::read_dir(work.join(name))?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().contains(".keepsake-part"))
+            .count();
+        if partial > 0 {
+            bail!("{partial} partial files in {name}'s folder (seed {seed})");
+        }
+    }
+    let bytes: u64 = proxies
+        .iter()
+        .map(|p| p.bytes.load(Ordering::Relaxed))
+        .sum();
+    drop(agents);
+    println!(
+        "it: chaos: {} photos on 2 cameras; {} agent kills, {} server kills ({} onto a full disk), {} connection cuts; \
+         clocks skewed +95 s / -185 s; {} MiB through the proxies; all 3 devices complete {:.1} s after healing; \
+         {} assets, 0 lost, 0 duplicated, 0 partial files",
+        counts.photos,
+        counts.agent_kills,
+        counts.server_kills,
+        counts.disk_full,
+        counts.cuts,
+        bytes >> 20,
+        settled.as_secs_f64(),
+        want.len()
+    );
+    Ok(())
+}
