@@ -183,12 +183,10 @@ pub(crate) fn chaos_phase(
                 agents[i] = agent(i)?;
                 counts.agent_kills += 1;
             }
-            60..=67 => {
-                if full_until.is_none() {
-                    server.kill();
-                    *server = h.server()?;
-                    counts.server_kills += 1;
-                }
+            60..=67 if full_until.is_none() => {
+                server.kill();
+                *server = h.server()?;
+                counts.server_kills += 1;
             }
             68..=84 => {
                 let i = rng.below(DEVICES.len() as u64) as usize;
@@ -198,16 +196,14 @@ pub(crate) fn chaos_phase(
                     counts.cuts += 1;
                 }
             }
-            85..=89 => {
-                if full_until.is_none() {
-                    // The server comes back on a disk with no room left: uploads are
-                    // refused (and must not be acknowledged) until space returns.
-                    server.kill();
-                    *server = h.server_with(&["--capacity-bytes", "1"])?;
-                    counts.server_kills += 1;
-                    counts.disk_full += 1;
-                    full_until = Some(now + Duration::from_millis(1_000 + rng.below(3_000)));
-                }
+            85..=89 if full_until.is_none() => {
+                // The server comes back on a disk with no room left: uploads are refused
+                // (and must not be acknowledged) until space returns.
+                server.kill();
+                *server = h.server_with(&["--capacity-bytes", "1"])?;
+                counts.server_kills += 1;
+                counts.disk_full += 1;
+                full_until = Some(now + Duration::from_millis(1_000 + rng.below(3_000)));
             }
             _ => {}
         }
