@@ -104,7 +104,10 @@ pub fn ci(root: &Path) -> Result<()> {
         ),
         (
             "fuzz targets (short)",
-            Box::new(|| crate::fuzz::run(root, &["--seconds".to_string(), "10".to_string()])),
+            Box::new(|| {
+                let args = ["--seconds", "10", "--quick"].map(String::from);
+                crate::fuzz::run(root, &args)
+            }),
         ),
         ("python grpc client", Box::new(|| crate::python::run(root))),
         (

@@ -28,6 +28,9 @@ impl Default for RsyncLimits {
     }
 }
 
+/// The smallest block a signature may describe; ours use `RsyncLimits::block_size`.
+const MIN_BLOCK: u32 = 64;
+
 fn check(what: &'static str, len: usize, limit: u64) -> Result<(), DeltaError> {
     if len as u64 > limit {
         return Err(DeltaError::TooLarge {
@@ -53,6 +56,19 @@ pub fn signature(base: &[u8], limits: &RsyncLimits) -> Result<Vec<u8>, DeltaErro
 pub fn delta(signature: &[u8], new: &[u8], limits: &RsyncLimits) -> Result<Vec<u8>, DeltaError> {
     check("new file", new.len(), limits.max_file_bytes)?;
     check("signature", signature.len(), limits.max_file_bytes)?;
+    // fast_rsync trusts the header: a block size of 0 makes `diff` loop forever (found by
+    // the rsync_delta fuzz target), a huge one allocates. Only sane shapes get through.
+    if let Some(header) = signature.get(4..12) {
+        let block = u32::from_be_bytes(header[..4].try_into().expect("4 bytes"));
+        let strong = u32::from_be_bytes(header[4..].try_into().expect("4 bytes"));
+        if !(MIN_BLOCK..=limits.max_file_bytes.min(u64::from(u32::MAX)) as u32).contains(&block)
+            || !(1..=32).contains(&strong)
+        {
+            return Err(DeltaError::BadSignature(format!(
+                "block size {block} or strong hash size {strong} out of range"
+            )));
+        }
+    }
     let signature = Signature::deserialize(signature.to_vec())
         .map_err(|e| DeltaError::BadSignature(e.to_string()))?;
     let mut out = Vec::new();
@@ -156,6 +172,24 @@ mod tests {
     use super::*;
     use crate::test_noise as noise;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_signature_with_zero_byte_blocks_is_refused_instead_of_looping_forever() {
+        // The fuzzer's input: an MD4 signature header claiming 0-byte blocks.
+        let mut evil = b"rs\x01\x36".to_vec();
+        evil.extend(0u32.to_be_bytes());
+        evil.extend(0u32.to_be_bytes());
+        evil.extend([0u8; 24]);
+        let limits = RsyncLimits::default();
+        assert!(matches!(
+            delta(&evil, b"4\x13a", &limits),
+            Err(DeltaError::BadSignature(_))
+        ));
+        // A real signature still works.
+        let base = noise(10_000, 1);
+        let sig = signature(&base, &limits).unwrap();
+        assert!(delta(&sig, &base, &limits).is_ok());
+    }
 
     fn limits() -> RsyncLimits {
         RsyncLimits {

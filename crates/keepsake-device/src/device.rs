@@ -217,8 +217,10 @@ pub fn safe_name(name: &str, asset_id: &str) -> String {
         .chars()
         .filter(|c| !c.is_control())
         .collect::<String>()
-        .trim_start_matches('.')
-        .trim()
+        // Dots and spaces in any order: " . .x" must not become the hidden ".x" (found by
+        // the file_name fuzz target).
+        .trim_start_matches(|c: char| c == '.' || c.is_whitespace())
+        .trim_end()
         .to_string();
     if cleaned.is_empty() || cleaned.len() > 255 {
         format!("asset-{asset_id}")
@@ -1475,6 +1477,13 @@ mod tests {
         assert_eq!(safe_name("..", "a1"), "asset-a1");
         assert_eq!(safe_name("a\u{0}b\nc.jpg", "a"), "abc.jpg");
         assert_eq!(safe_name("", "x"), "asset-x");
+    }
+
+    #[test]
+    fn a_name_of_spaces_and_dots_never_becomes_a_hidden_file() {
+        assert_eq!(safe_name(" . .", "a1"), "asset-a1");
+        assert_eq!(safe_name(" .bashrc", "a"), "bashrc");
+        assert_eq!(safe_name(". . .profile ", "a"), "profile");
     }
 
     #[test]
