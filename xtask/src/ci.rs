@@ -78,7 +78,7 @@ pub fn ci(root: &Path) -> Result<()> {
         (
             "crash points",
             Box::new(|| {
-                // One build for both sweeps: the library's feature turns on the store's.
+                // One build for the three sweeps: each feature also turns on the store's.
                 let mut c = cargo();
                 c.args([
                     "test",
@@ -86,14 +86,16 @@ pub fn ci(root: &Path) -> Result<()> {
                     "keepsake-store",
                     "-p",
                     "keepsake-library",
+                    "-p",
+                    "keepsake-device",
                     "--features",
-                    "keepsake-library/failpoints",
+                    "keepsake-library/failpoints,keepsake-device/failpoints",
                     "--test",
                     "crash_points",
                 ]);
                 run(
                     root,
-                    "fail-point crash sweep (store writes, cloud commits)",
+                    "fail-point crash sweep (store writes, cloud commits, device journal)",
                     c,
                 )
             }),

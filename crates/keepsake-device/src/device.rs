@@ -960,6 +960,7 @@ impl<C: Cloud> Device<C> {
             }
             Err(e) => return Err(e.into()),
         };
+        fail::fail_point!("device-after-commit-before-journal");
         row.asset_id = Some(reply.asset_id);
         row.version = Some(reply.version);
         row.synced = true;
@@ -1000,6 +1001,7 @@ impl<C: Cloud> Device<C> {
             .cloud
             .put_chunks(session, chunks, &mut acknowledged)
             .await;
+        fail::fail_point!("device-after-chunks-before-journal");
         // Whatever the cloud acknowledged is durable there: remember it even on failure.
         self.journal.record_acked(file_hash, &acknowledged)?;
         self.chunks_acknowledged += acknowledged.len() as u64;
@@ -1453,6 +1455,7 @@ impl<C: Cloud> Device<C> {
         if let Some(parent) = dest.parent() {
             sync_dir(parent)?;
         }
+        fail::fail_point!("device-after-place-before-journal");
         self.record_synced(&dest, a)?;
         report.downloaded += 1;
         report.bytes_received += size;

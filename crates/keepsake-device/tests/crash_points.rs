@@ -1,0 +1,352 @@
+//! A device killed between what the cloud made durable and what its journal recorded
+//! loses nothing and duplicates nothing when it starts again.
+//!
+//! Run with `cargo test -p keepsake-device --features failpoints --test crash_points`
+//! (`cargo xtask ci` does). A fail point panics where the process would have died; the
+//! device is then reopened from its folder and journal, as a restarted agent would.
+
+use bytes::Bytes;
+use futures::FutureExt;
+use keepsake_device::{
+    Cloud, CloudError, CommitReply, ContentLookup, Device, DeviceConfig, Edit, FeedPage, NewAsset,
+    RemoteAsset, RemoteState, Stamp,
+};
+use keepsake_library::{
+    AssetKind, AssetState, Change, ChunkStore, CommitAsset, KdfCost, Library, LibraryConfig,
+};
+use keepsake_store::{ChunkId, Manifest, ManifestId, ManualClock, OsEntropy, Store, StoreConfig};
+use std::panic::AssertUnwindSafe;
+use std::path::Path;
+use std::sync::Arc;
+
+const T0: i64 = 1_700_000_000_000;
+
+/// The cloud in this process, called directly: the device's port without a network.
+struct InProcess {
+    cloud: Arc<keepsake_library::Cloud>,
+    store: Arc<Store>,
+    device: String,
+}
+
+fn refused(e: impl std::fmt::Display) -> CloudError {
+    CloudError {
+        transient: false,
+        reason: "REFUSED".into(),
+        message: e.to_string(),
+        missing_chunks: Vec::new(),
+    }
+}
+
+fn remote(a: keepsake_library::Asset) -> RemoteAsset {
+    RemoteAsset {
+        state: match a.state {
+            AssetState::Live => RemoteState::Live,
+            AssetState::Trashed(_) => RemoteState::Trashed,
+            AssetState::Purged(_) => RemoteState::Purged,
+        },
+        clock: Stamp {
+            wall_ms: a.clock.wall_ms,
+            counter: a.clock.counter,
+            device: a.clock.device,
+        },
+        preview: None,
+        asset_id: a.asset_id,
+        version: a.version,
+        manifest: a.manifest,
+        file_hash: a.file_hash,
+        size: a.size,
+        original_name: a.original_name,
+        favorite: a.favorite,
+        hidden: a.hidden,
+        damaged: a.damaged,
+    }
+}
+
+impl Cloud for InProcess {
+    async fn lookup(&mut self, file_hash: &ChunkId) -> Result<ContentLookup, CloudError> {
+        let found = self
+            .cloud
+            .library()
+            .find_by_content("alice", &[*file_hash])
+            .map_err(refused)?;
+        let first = found.into_iter().next();
+        Ok(ContentLookup {
+            asset: first
+                .as_ref()
+                .and_then(|m| m.assets.first())
+                .map(|a| (a.asset_id.clone(), a.version)),
+            purged: first.is_some_and(|m| m.purged_at.is_some()),
+        })
+    }
+
+    async fn begin_upload(&mut self, bytes: u64, request_id: &str) -> Result<String, CloudError> {
+        Ok(self
+            .cloud
+            .begin_upload("alice", bytes, Some(request_id))
+            .map_err(refused)?
+            .reservation_id)
+    }
+
+    async fn find_missing(
+        &mut self,
+        session: &str,
+        ids: &[ChunkId],
+    ) -> Result<Vec<ChunkId>, CloudError> {
+        self.store
+            .find_missing("alice", session, ids)
+            .map_err(refused)
+    }
+
+    async fn put_chunks(
+        &mut self,
+        session: &str,
+        chunks: Vec<(ChunkId, Bytes)>,
+        acknowledged: &mut Vec<ChunkId>,
+    ) -> Result<(), CloudError> {
+        let outcome = self
+            .store
+            .put_chunks("alice", session, &chunks)
+            .map_err(refused)?;
+        acknowledged.extend(outcome.acknowledged);
+        Ok(())
+    }
+
+    async fn put_manifest(
+        &mut self,
+        session: &str,
+        manifest: &Manifest,
+    ) -> Result<ManifestId, CloudError> {
+        self.store
+            .put_manifest("alice", session, manifest)
+            .map_err(refused)
+    }
+
+    async fn commit(&mut self, asset: NewAsset) -> Result<CommitReply, CloudError> {
+        let done = self
+            .cloud
+            .commit_asset(
+                "alice",
+                &CommitAsset {
+                    request_id: asset.request_id,
+                    asset_id: asset.asset_id,
+                    base_version: asset.base_version,
+                    manifest: asset.manifest,
+                    kind: if asset.video {
+                        AssetKind::Video
+                    } else {
+                        AssetKind::Photo
+                    },
+                    capture_time: asset.capture_time,
+                    width: asset.width,
+                    height: asset.height,
+                    original_name: asset.original_name,
+                    device: self.device.clone(),
+                    reservation_id: Some(asset.reservation_id),
+                },
+            )
+            .map_err(refused)?;
+        Ok(CommitReply {
+            asset_id: done.asset_id,
+            version: done.version,
+            deduplicated: done.deduplicated,
+        })
+    }
+
+    async fn changes(&mut self, cursor: u64) -> Result<FeedPage, CloudError> {
+        let page = self
+            .cloud
+            .library()
+            .list_changes("alice", cursor, 500)
+            .map_err(refused)?;
+        Ok(FeedPage {
+            assets: page
+                .changes
+                .into_iter()
+                .filter_map(|c| match c {
+                    Change::Asset(a) => Some(remote(a)),
+                    Change::Album(_) => None,
+                })
+                .collect(),
+            albums: Vec::new(),
+            cursor: page.cursor,
+            more: page.more,
+        })
+    }
+
+    async fn manifest(&mut self, id: &ManifestId) -> Result<Manifest, CloudError> {
+        ChunkStore::manifest(&*self.store, "alice", id).map_err(refused)
+    }
+
+    async fn chunks(&mut self, ids: &[ChunkId]) -> Result<Vec<(ChunkId, Bytes)>, CloudError> {
+        ids.iter()
+            .map(|id| {
+                let data = self.store.get_chunk("alice", id).map_err(refused)?;
+                Ok((*id, Bytes::from(data)))
+            })
+            .collect()
+    }
+
+    async fn edit(&mut self, _edit: &Edit, _stamp: &Stamp) -> Result<(), CloudError> {
+        Err(refused("this test makes no edits"))
+    }
+}
+
+struct World {
+    cloud: Arc<keepsake_library::Cloud>,
+    store: Arc<Store>,
+    _dir: tempfile::TempDir,
+}
+
+fn world() -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let store = Arc::new(
+        Store::open_local(
+            &dir.path().join("store"),
+            clock.clone(),
+            Arc::new(OsEntropy),
+            StoreConfig::default(),
+        )
+        .unwrap(),
+    );
+    let library = Library::open(
+        None,
+        clock,
+        Arc::new(OsEntropy),
+        LibraryConfig {
+            kdf: KdfCost {
+                memory_kib: 64,
+                iterations: 1,
+            },
+            ..LibraryConfig::default()
+        },
+    )
+    .unwrap();
+    let cloud = Arc::new(keepsake_library::Cloud::new(library, store.clone()).unwrap());
+    cloud
+        .create_account("alice", "correct horse", None, false)
+        .unwrap();
+    World {
+        cloud,
+        store,
+        _dir: dir,
+    }
+}
+
+fn device(w: &World, root: &Path, name: &str) -> Device<InProcess> {
+    let mut config = DeviceConfig::new(
+        root.join(name),
+        root.join(format!("{name}-data")),
+        name.into(),
+    );
+    config.stable_ms = 0;
+    let cloud = InProcess {
+        cloud: w.cloud.clone(),
+        store: w.store.clone(),
+        device: name.into(),
+    };
+    Device::open(config, cloud, Arc::new(ManualClock::new(T0))).unwrap()
+}
+
+fn photo(seed: u64) -> Vec<u8> {
+    let mut data = vec![0u8; 300_000];
+    blake3::Hasher::new_derive_key(&format!("keepsake crash photo {seed}"))
+        .finalize_xof()
+        .fill(&mut data);
+    data
+}
+
+/// Sorted content hashes of a folder's photos (the device's marker left out).
+fn held(dir: &Path) -> Vec<String> {
+    let mut hashes: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| !e.file_name().to_string_lossy().starts_with(".keepsake"))
+        .map(|e| {
+            blake3::hash(&std::fs::read(e.path()).unwrap())
+                .to_hex()
+                .to_string()
+        })
+        .collect();
+    hashes.sort();
+    hashes
+}
+
+fn live_assets(w: &World) -> usize {
+    w.cloud
+        .library()
+        .list_changes("alice", 0, 1000)
+        .unwrap()
+        .changes
+        .iter()
+        .filter(|c| matches!(c, Change::Asset(a) if a.state == AssetState::Live))
+        .count()
+}
+
+/// Runs one pass with `point` set to panic; says whether the pass died there.
+async fn pass_dying_at(d: &mut Device<InProcess>, point: &str) -> bool {
+    fail::cfg(point, "panic").unwrap();
+    let died = AssertUnwindSafe(d.sync_once())
+        .catch_unwind()
+        .await
+        .is_err();
+    fail::remove(point);
+    died
+}
+
+#[tokio::test]
+async fn a_device_killed_between_the_cloud_and_its_journal_loses_and_duplicates_nothing() {
+    let scenario = fail::FailScenario::setup();
+    for point in [
+        "device-after-chunks-before-journal",
+        "device-after-commit-before-journal",
+        "device-after-place-before-journal",
+    ] {
+        let w = world();
+        let root = tempfile::tempdir().unwrap();
+        let mut camera = device(&w, root.path(), "camera");
+        let mut viewer = device(&w, root.path(), "viewer");
+        for i in 0..3 {
+            std::fs::write(root.path().join(format!("camera/IMG_{i}.JPG")), photo(i)).unwrap();
+        }
+        let uploading = point != "device-after-place-before-journal";
+        if uploading {
+            assert!(
+                pass_dying_at(&mut camera, point).await,
+                "{point} not reached"
+            );
+            drop(camera);
+            camera = device(&w, root.path(), "camera");
+        }
+        camera.sync_once().await.unwrap();
+        if !uploading {
+            assert!(
+                pass_dying_at(&mut viewer, point).await,
+                "{point} not reached"
+            );
+            drop(viewer);
+            viewer = device(&w, root.path(), "viewer");
+        }
+        viewer.sync_once().await.unwrap();
+        // A second pass on each: nothing left to do, and nothing done twice.
+        let again = camera.sync_once().await.unwrap();
+        assert_eq!(
+            (again.uploaded, again.downloaded),
+            (0, 0),
+            "{point}: {again:?}"
+        );
+        let again = viewer.sync_once().await.unwrap();
+        assert_eq!(
+            (again.uploaded, again.downloaded),
+            (0, 0),
+            "{point}: {again:?}"
+        );
+        assert_eq!(live_assets(&w), 3, "{point}: lost or duplicated");
+        let camera_holds = held(&root.path().join("camera"));
+        assert_eq!(camera_holds.len(), 3, "{point}");
+        assert_eq!(camera_holds, held(&root.path().join("viewer")), "{point}");
+        assert_eq!(camera.pending_files().unwrap(), 0, "{point}");
+        assert_eq!(viewer.pending_files().unwrap(), 0, "{point}");
+    }
+    scenario.teardown();
+}
