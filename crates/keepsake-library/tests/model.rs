@@ -325,6 +325,13 @@ proptest! {
                                 continue;
                             }
                             let c = result.unwrap();
+                            if content == model.content {
+                                // The content it already has: no new version, nothing to
+                                // conflict with (a second device re-sending a repair).
+                                prop_assert_eq!((c.version, c.conflict, c.deduplicated), (model.version, false, true));
+                                requests.insert(req.request_id.clone(), (req, c));
+                                continue;
+                            }
                             prop_assert_eq!(c.conflict, base != model.version);
                             model.version = c.version;
                             model.content = content;
