@@ -256,20 +256,22 @@ where
 /// The caller sent bytes that are not the message the method takes, so the answer is
 /// INVALID_ARGUMENT (a bad-request violation on `request`), keeping the decoder's words.
 fn reclassify_undecodable(headers: &mut http::HeaderMap) {
-    let internal = headers.get("grpc-status").is_some_and(|v| v == "13");
-    let decoder_said = headers
-        .get("grpc-message")
-        .and_then(|v| v.to_str().ok())
-        .map(|m| m.replace("%20", " "))
-        .filter(|m| m.starts_with("failed to decode"));
-    let (true, Some(said)) = (internal, decoder_said) else {
+    // tonic's own parser percent-decodes the message; decoding only spaces by hand left
+    // other escapes in, to be escaped a second time on the way out.
+    let Some(status) = tonic::Status::from_header_map(headers) else {
         return;
     };
+    let Some(said) = status.message().strip_prefix("failed to decode") else {
+        return;
+    };
+    if status.code() != tonic::Code::Internal {
+        return;
+    }
     let status = tonic::Status::from(ApiError::InvalidField {
         field: "request",
         why: format!(
             "the request is not a valid message for this method ({})",
-            said.trim_start_matches("failed to decode Protobuf message: ")
+            said.trim_start_matches(" Protobuf message: ")
         ),
     });
     headers.remove("grpc-status-details-bin");

@@ -2044,6 +2044,12 @@ async fn every_rpc_answers_malformed_hostile_or_foreign_input_with_a_clear_error
             if what == "not protobuf"
                 && result.as_ref().err().map(tonic::Status::code) == Some(Code::InvalidArgument)
             {
+                // Said in words once, not percent-escaped twice.
+                let message = result.as_ref().err().map(tonic::Status::message);
+                assert!(
+                    !message.unwrap_or_default().contains('%'),
+                    "{path}: {message:?}"
+                );
                 undecodable_named += 1;
             }
             if let Err(status) = &result {
