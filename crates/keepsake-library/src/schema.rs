@@ -177,9 +177,15 @@ const V4: &str = "
 ALTER TABLE assets ADD COLUMN damaged INTEGER NOT NULL DEFAULT 0;
 ";
 
+const V5: &str = "
+-- Every commit asks whether its manifest belongs to a damaged asset; without this (nearly
+-- always empty) partial index that question scanned the account's assets.
+CREATE INDEX assets_damaged ON assets(account, asset_id) WHERE damaged = 1;
+";
+
 /// Opens the index with the durability commits rely on.
 pub fn prepare(conn: &mut Connection) -> Result<(), crate::LibraryError> {
     keepsake_store::durable_sqlite(conn)?;
-    Migrations::new(vec![M::up(V1), M::up(V2), M::up(V3), M::up(V4)]).to_latest(conn)?;
+    Migrations::new(vec![M::up(V1), M::up(V2), M::up(V3), M::up(V4), M::up(V5)]).to_latest(conn)?;
     Ok(())
 }
