@@ -38,6 +38,10 @@ type Step<'a> = Box<dyn Fn() -> Result<()> + 'a>;
 
 /// Runs every step; prints a closing `N passed, M failed` line.
 pub fn ci(root: &Path) -> Result<()> {
+    // The fuzzers' sanitizer build shares nothing with the rest: it runs beside the
+    // process-level steps (mostly waiting on processes, the network and ffmpeg) instead of
+    // after them, and its result is collected last.
+    let fuzzing: std::cell::RefCell<Option<std::process::Child>> = Default::default();
     let steps: Vec<(&str, Step<'_>)> = vec![
         (
             "rustfmt",
@@ -72,43 +76,25 @@ pub fn ci(root: &Path) -> Result<()> {
             Box::new(|| {
                 let mut c = cargo();
                 c.args(["test", "--workspace"]);
-                run(root, "cargo test --workspace", c)
-            }),
-        ),
-        (
-            "crash points",
-            Box::new(|| {
-                // One build for the three sweeps: each feature also turns on the store's.
-                let mut c = cargo();
-                c.args([
-                    "test",
-                    "-p",
-                    "keepsake-store",
-                    "-p",
-                    "keepsake-library",
-                    "-p",
-                    "keepsake-device",
-                    "--features",
-                    "keepsake-library/failpoints,keepsake-device/failpoints",
-                    "--test",
-                    "crash_points",
-                ]);
                 run(
                     root,
-                    "fail-point crash sweep (store writes, cloud commits, device journal)",
+                    "cargo test --workspace (with 100 simulated seeds and the crash sweeps)",
                     c,
                 )
             }),
         ),
         (
-            "deterministic simulation",
-            Box::new(|| crate::sim::run(root, &[])),
-        ),
-        (
-            "fuzz targets (short)",
+            "fuzz targets start",
             Box::new(|| {
-                let args = ["--seconds", "10", "--quick"].map(String::from);
-                crate::fuzz::run(root, &args)
+                let log = std::fs::File::create(root.join("target/ci-fuzz.log"))?;
+                let child = Command::new(std::env::current_exe()?)
+                    .current_dir(root)
+                    .args(["fuzz", "--seconds", "10", "--quick"])
+                    .stdout(log.try_clone()?)
+                    .stderr(log)
+                    .spawn()?;
+                *fuzzing.borrow_mut() = Some(child);
+                Ok(())
             }),
         ),
         ("python grpc client", Box::new(|| crate::python::run(root))),
@@ -117,6 +103,23 @@ pub fn ci(root: &Path) -> Result<()> {
             Box::new(|| crate::it::run(root, &["--short".to_string()])),
         ),
         ("real-media deltas", Box::new(|| crate::media::media(root))),
+        (
+            "fuzz targets (short)",
+            Box::new(|| {
+                let child = fuzzing.borrow_mut().take();
+                let status = child.map(|mut c| c.wait()).transpose()?;
+                let log = std::fs::read_to_string(root.join("target/ci-fuzz.log"))?;
+                for line in log.lines().filter(|l| {
+                    l.starts_with("==>") || l.starts_with("Done ") || l.starts_with("fuzz:")
+                }) {
+                    println!("{line}");
+                }
+                if !status.is_some_and(|s| s.success()) {
+                    bail!("fuzzing failed; its log is target/ci-fuzz.log:\n{log}");
+                }
+                Ok(())
+            }),
+        ),
     ];
     let (mut passed, mut failed) = (0, 0);
     let started = std::time::Instant::now();
@@ -136,6 +139,10 @@ pub fn ci(root: &Path) -> Result<()> {
                 break;
             }
         }
+    }
+    if let Some(mut child) = fuzzing.borrow_mut().take() {
+        let _ = child.kill();
+        let _ = child.wait();
     }
     println!("\nxtask ci: {passed} passed, {failed} failed");
     if failed > 0 {
