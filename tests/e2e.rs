@@ -11,14 +11,23 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 /// The `keepsake` binary, rebuilt once per test run so a stale one is never tested
-/// (`cargo test -p keepsake-e2e` alone does not build other packages' binaries).
+/// (`cargo test -p keepsake-e2e` alone does not build other packages' binaries). Built with
+/// the features a test build resolves (`--workspace … --examples`): `-p keepsake` would
+/// resolve without dev-dependencies and rebuild most of the graph a second time.
 fn keepsake_binary() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BUILT
         .get_or_init(|| {
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let ok = Command::new(cargo)
-                .args(["build", "--quiet", "-p", "keepsake"])
+                .args([
+                    "build",
+                    "--quiet",
+                    "--workspace",
+                    "--bin",
+                    "keepsake",
+                    "--examples",
+                ])
                 .status()
                 .unwrap()
                 .success();

@@ -21,6 +21,31 @@ pub fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
 
+/// Builds the debug `keepsake` binary with the features `cargo test --workspace` resolves, so
+/// after the tests it is a relink at most, not a second build of the dependency graph
+/// (`-p keepsake` resolves without dev-dependencies: tokio, syn and all above them differ).
+pub fn build_debug_keepsake(root: &Path) -> Result<std::path::PathBuf> {
+    let status = cargo()
+        .current_dir(root)
+        .args(DEBUG_KEEPSAKE_BUILD)
+        .status()
+        .context("starting cargo build")?;
+    if !status.success() {
+        bail!("building keepsake failed");
+    }
+    Ok(root.join("target/debug/keepsake"))
+}
+
+/// `--examples` makes cargo resolve features as a test build does (there are no examples).
+const DEBUG_KEEPSAKE_BUILD: [&str; 6] = [
+    "build",
+    "--quiet",
+    "--workspace",
+    "--bin",
+    "keepsake",
+    "--examples",
+];
+
 pub fn run(root: &Path, what: &str, mut cmd: Command) -> Result<()> {
     println!("\n==> {what}");
     let status = cmd
@@ -72,37 +97,12 @@ pub fn ci(root: &Path) -> Result<()> {
             Box::new(|| {
                 let mut c = cargo();
                 c.args(["test", "--workspace"]);
-                run(root, "cargo test --workspace", c)
-            }),
-        ),
-        (
-            "crash points",
-            Box::new(|| {
-                // One build for the three sweeps: each feature also turns on the store's.
-                let mut c = cargo();
-                c.args([
-                    "test",
-                    "-p",
-                    "keepsake-store",
-                    "-p",
-                    "keepsake-library",
-                    "-p",
-                    "keepsake-device",
-                    "--features",
-                    "keepsake-library/failpoints,keepsake-device/failpoints",
-                    "--test",
-                    "crash_points",
-                ]);
                 run(
                     root,
-                    "fail-point crash sweep (store writes, cloud commits, device journal)",
+                    "cargo test --workspace (with 100 simulated seeds and the crash sweeps)",
                     c,
                 )
             }),
-        ),
-        (
-            "deterministic simulation",
-            Box::new(|| crate::sim::run(root, &[])),
         ),
         (
             "fuzz targets (short)",

@@ -345,18 +345,11 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         "\n==> it: real processes, kill -9 (seed {seed}{})",
         if short { ", short" } else { "" }
     );
-    if !cargo()
-        .current_dir(root)
-        .args(["build", "--quiet", "-p", "keepsake"])
-        .status()?
-        .success()
-    {
-        bail!("building keepsake failed");
-    }
+    let bin = crate::ci::build_debug_keepsake(root)?;
     let tmp = tempfile::tempdir()?;
     let work = tmp.path().to_path_buf();
     let mut h = Harness {
-        bin: root.join("target/debug/keepsake"),
+        bin,
         work: work.clone(),
         port: free_port()?,
         password: String::new(),

@@ -261,13 +261,14 @@ pub fn media(root: &Path) -> Result<()> {
     ensure_tools()?;
     let dir = root.join("target/media");
     generate(&dir)?;
+    // `--workspace` with a target filter resolves the features `cargo test --workspace` did,
+    // so these runs reuse its build (`-p` would rebuild much of the graph).
     let status = cargo()
         .current_dir(root)
         .env("KEEPSAKE_MEDIA_DIR", &dir)
         .args([
             "test",
-            "-p",
-            "keepsake-delta",
+            "--workspace",
             "--test",
             "real_media",
             "--",
@@ -284,8 +285,7 @@ pub fn media(root: &Path) -> Result<()> {
         .env("KEEPSAKE_MEDIA_DIR", &dir)
         .args([
             "test",
-            "-p",
-            "keepsake-media",
+            "--workspace",
             "--test",
             "real_files",
             "--",
@@ -302,8 +302,7 @@ pub fn media(root: &Path) -> Result<()> {
         .env("KEEPSAKE_MEDIA_DIR", &dir)
         .args([
             "test",
-            "-p",
-            "keepsake",
+            "--workspace",
             "--bin",
             "keepsake",
             "--",

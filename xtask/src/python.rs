@@ -1,7 +1,6 @@
 //! `cargo xtask python`: proof that the contract is plain gRPC. Creates a venv,
 //! generates Python stubs from proto/, starts the real server, runs the client.
 
-use crate::ci::cargo;
 use anyhow::{Context, Result, bail};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -25,15 +24,9 @@ impl Drop for RunningServer {
 
 /// Builds and starts `keepsake serve` on an ephemeral port with a fresh data directory.
 pub fn start_server(root: &Path) -> Result<RunningServer> {
-    let status = cargo()
-        .current_dir(root)
-        .args(["build", "--quiet", "-p", "keepsake"])
-        .status()?;
-    if !status.success() {
-        bail!("building keepsake failed");
-    }
+    let keepsake = crate::ci::build_debug_keepsake(root)?;
     let data = tempfile::tempdir()?;
-    let mut child = Command::new(root.join("target/debug/keepsake"))
+    let mut child = Command::new(keepsake)
         .args(["serve", "--listen", "127.0.0.1:0", "--data"])
         .arg(data.path())
         .stdout(Stdio::piped())
