@@ -15,7 +15,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A loopback TCP proxy whose connections can be cut (reset mid-call) and refused.
-struct Proxy {
+/// A loopback TCP proxy in front of the server that can cut connections and counts the
+/// bytes it carries (both directions).
+pub(crate) struct Proxy {
     port: u16,
     down: Arc<AtomicBool>,
     open: Arc<Mutex<Vec<TcpStream>>>,
@@ -23,7 +25,7 @@ struct Proxy {
 }
 
 impl Proxy {
-    fn start(upstream: u16) -> Result<Self> {
+    pub(crate) fn start(upstream: u16) -> Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0")?;
         let proxy = Proxy {
             port: listener.local_addr()?.port(),
@@ -51,11 +53,16 @@ impl Proxy {
         Ok(proxy)
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
     /// Resets every connection through the proxy and refuses new ones.
+    /// Bytes carried so far, both directions.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
     fn cut(&self) {
         self.down.store(true, Ordering::SeqCst);
         for stream in self.open.lock().unwrap().drain(..) {
@@ -134,15 +141,7 @@ pub(crate) fn chaos_phase(
         Ok(Proc(child))
     };
     for (i, (name, _)) in DEVICES.iter().enumerate() {
-        let out = h
-            .command()
-            .env("KEEPSAKE_SERVER", proxies[i].url())
-            .args(["device", "enroll", "--name", name, "--data"])
-            .arg(format!("{name}-data"))
-            .output()?;
-        if !out.status.success() {
-            bail!("enrolling {name}: {}", String::from_utf8_lossy(&out.stderr));
-        }
+        h.enroll_via(name, &proxies[i].url())?;
         std::fs::create_dir_all(work.join(name))?;
     }
     // Photos already in the library (from the earlier phases) arrive everywhere too.

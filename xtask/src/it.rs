@@ -120,6 +120,20 @@ impl Harness {
         Ok(Proc(child))
     }
 
+    /// Enrols device `name` (data in `name-data`) to reach the server at `url`, a proxy.
+    pub(crate) fn enroll_via(&self, name: &str, url: &str) -> Result<()> {
+        let out = self
+            .command()
+            .env("KEEPSAKE_SERVER", url)
+            .args(["device", "enroll", "--name", name, "--data"])
+            .arg(format!("{name}-data"))
+            .output()?;
+        if !out.status.success() {
+            bail!("enrolling {name}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+
     pub(crate) fn run_ok(&self, args: &[&str]) -> Result<String> {
         let out = self.command().args(args).output()?;
         if !out.status.success() {
@@ -175,6 +189,15 @@ pub(crate) fn release_harness_with(
     work: &Path,
     serve: &[&str],
 ) -> Result<(Harness, Proc)> {
+    let (h, server) = release_server(root, work, serve)?;
+    h.run_ok(&["device", "enroll", "--name", "camera", "--data", "a-data"])?;
+    h.run_ok(&["device", "enroll", "--name", "viewer", "--data", "b-data"])?;
+    std::fs::create_dir_all(work.join("a"))?;
+    Ok((h, server))
+}
+
+/// A release server in `work/server` with the administrator's password; no devices yet.
+pub(crate) fn release_server(root: &Path, work: &Path, serve: &[&str]) -> Result<(Harness, Proc)> {
     if !cargo()
         .current_dir(root)
         .args(["build", "--quiet", "--release", "-p", "keepsake"])
@@ -197,9 +220,6 @@ pub(crate) fn release_harness_with(
         .as_str()
         .context("credentials hold a password")?
         .to_string();
-    h.run_ok(&["device", "enroll", "--name", "camera", "--data", "a-data"])?;
-    h.run_ok(&["device", "enroll", "--name", "viewer", "--data", "b-data"])?;
-    std::fs::create_dir_all(work.join("a"))?;
     Ok((h, server))
 }
 

@@ -8,6 +8,7 @@ mod demo;
 mod fuzz;
 mod it;
 mod media;
+mod peers;
 mod python;
 mod sim;
 

@@ -22,9 +22,14 @@ fn have(tool: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// Installs the Debian packages behind any missing tool (needs root, as on CI).
+/// Installs the Debian packages behind any missing media tool (needs root, as on CI).
 pub fn ensure_tools() -> Result<()> {
-    let missing: Vec<&str> = TOOLS
+    ensure(TOOLS)
+}
+
+/// Installs the Debian package of each (tool, package) whose tool is missing.
+pub fn ensure(tools: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = tools
         .iter()
         .filter(|(tool, _)| !have(tool))
         .map(|(_, package)| *package)

@@ -71,6 +71,8 @@ pub struct SyncReport {
     pub bytes_sent: u64,
     /// Files written into the folder from the cloud.
     pub downloaded: usize,
+    /// Files already here with an asset's exact content, taken as that asset (no download).
+    pub adopted: usize,
     /// Bytes received.
     pub bytes_received: u64,
     /// Bytes of new versions taken from the file already here instead of the network.
@@ -1262,11 +1264,18 @@ impl<C: Cloud> Device<C> {
                     None => {
                         // The same bytes may already be here (uploaded from this device).
                         let twin = self.journal.file_with_hash(&a.file_hash, "")?;
+                        let name = safe_name(&a.original_name, &a.asset_id);
                         if let Some(mut twin) = twin {
                             twin.asset_id = Some(a.asset_id.clone());
                             twin.version = Some(a.version);
                             twin.synced = true;
                             self.journal.upsert(&twin)?;
+                        } else if let Some(here) = self.untracked_twin(&name, a)? {
+                            // The same bytes already sit under the asset's name but the scan
+                            // has not taken them (a reinstall over a restored folder, a copy
+                            // still settling): adopt them rather than download a " (2)" twin.
+                            self.record_synced(&here, a)?;
+                            report.adopted += 1;
                         } else if self.config.optimize_budget.is_some_and(|budget| {
                             self.journal.synced_bytes().unwrap_or(u64::MAX) + a.size > budget
                         }) {
@@ -1281,7 +1290,6 @@ impl<C: Cloud> Device<C> {
                             })?;
                             report.kept_in_cloud += 1;
                         } else {
-                            let name = safe_name(&a.original_name, &a.asset_id);
                             self.download(a, None, &name, report).await?;
                         }
                     }
@@ -1327,6 +1335,21 @@ impl<C: Cloud> Device<C> {
     }
 
     /// Journals a file the device itself wrote, so the scan never mistakes it for a user's.
+    /// `folder/name` when no journal row claims it and it holds exactly `a`'s content.
+    fn untracked_twin(&self, name: &str, a: &RemoteAsset) -> Result<Option<PathBuf>, DeviceError> {
+        let path = self.config.folder.join(name);
+        match std::fs::metadata(&path) {
+            Ok(meta) if meta.is_file() && meta.len() == a.size => {}
+            _ => return Ok(None),
+        }
+        if self.journal.file(name)?.is_some() {
+            return Ok(None);
+        }
+        let mut hasher = blake3::Hasher::new();
+        hasher.update_reader(std::fs::File::open(&path)?)?;
+        Ok((ChunkId(*hasher.finalize().as_bytes()) == a.file_hash).then_some(path))
+    }
+
     fn record_synced(&self, dest: &Path, a: &RemoteAsset) -> Result<(), DeviceError> {
         // Stamped by the device's own clock, not the file system's: every time the sync
         // engine compares comes from one injected source, so a simulated run replays.

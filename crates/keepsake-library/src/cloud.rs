@@ -41,6 +41,14 @@ pub trait ChunkStore: Send + Sync {
     fn release(&self, account: &str, id: &ManifestId, holder: &str) -> Result<(), StoreError>;
     /// A whole file the account owns, verified against its hash.
     fn read_file(&self, account: &str, id: &ManifestId) -> Result<Vec<u8>, StoreError>;
+    /// The same file written to `out` chunk by chunk, so no more than one chunk is held;
+    /// fails after the last byte when the whole does not match its hash.
+    fn copy_file(
+        &self,
+        account: &str,
+        id: &ManifestId,
+        out: &mut dyn std::io::Write,
+    ) -> std::io::Result<u64>;
     /// Verifies every stored byte and drops corrupt chunks from the index.
     fn scrub(&self) -> Result<keepsake_store::ScrubReport, StoreError>;
     /// Stores a small file (a preview) for the account and roots it for `holder`.
@@ -123,6 +131,28 @@ impl ChunkStore for Store {
             return Err(StoreError::Corrupt(*id));
         }
         Ok(out)
+    }
+    fn copy_file(
+        &self,
+        account: &str,
+        id: &ManifestId,
+        out: &mut dyn std::io::Write,
+    ) -> std::io::Result<u64> {
+        let manifest = self
+            .get_manifest(account, id)
+            .map_err(std::io::Error::other)?;
+        let mut whole = blake3::Hasher::new();
+        for entry in &manifest.entries {
+            let chunk = self
+                .get_chunk(account, &entry.chunk)
+                .map_err(std::io::Error::other)?;
+            whole.update(&chunk);
+            out.write_all(&chunk)?;
+        }
+        if ChunkId(*whole.finalize().as_bytes()) != manifest.file_hash {
+            return Err(std::io::Error::other(StoreError::Corrupt(*id)));
+        }
+        Ok(manifest.total_len)
     }
     fn store_file(
         &self,

@@ -34,6 +34,21 @@ pub struct DeriveJob {
 }
 
 /// One file made from an original.
+/// The original a derivation works from. A still is handed over in memory; a video, which
+/// can be hundreds of MB, only as a way to write its verified bytes out (to a file a tool
+/// reads), so the server never holds one whole.
+pub enum Original<'a> {
+    /// A still's verified bytes.
+    Still(&'a [u8]),
+    /// Writes the video's bytes to the writer given, one chunk at a time; fails after the
+    /// last byte when they do not match the file's hash.
+    Video(&'a dyn Fn(&mut dyn std::io::Write) -> std::io::Result<u64>),
+}
+
+/// Stills larger than this get no preview rather than a decode that could exhaust memory.
+pub const MAX_STILL_BYTES: u64 = 256 << 20;
+
+/// A derivative file made from an original.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MadeFile {
     /// "thumbnail", "preview" or "poster".
@@ -112,14 +127,29 @@ impl Cloud {
     pub fn run_derivations(
         &self,
         limit: usize,
-        make: &dyn Fn(&DeriveJob, &[u8]) -> Outcome,
+        make: &dyn Fn(&DeriveJob, Original<'_>) -> Outcome,
     ) -> Result<DeriveReport, LibraryError> {
         let mut report = DeriveReport::default();
         for job in self.due_derivations(limit)? {
-            let outcome = match self.store.read_file(&job.account, &job.manifest) {
-                Ok(bytes) => make(&job, &bytes),
-                // Purged since it was queued, or the store is unwell: decided below.
-                Err(e) => Outcome::Retry(format!("reading the original: {e}")),
+            let outcome = if job.video {
+                let write = |out: &mut dyn std::io::Write| {
+                    self.store.copy_file(&job.account, &job.manifest, out)
+                };
+                make(&job, Original::Video(&write))
+            } else {
+                match self.store.manifest(&job.account, &job.manifest) {
+                    Ok(m) if m.total_len > MAX_STILL_BYTES => Outcome::NoneAvailable(format!(
+                        "a still of {} MiB is over the {} MiB this server decodes: no preview",
+                        m.total_len >> 20,
+                        MAX_STILL_BYTES >> 20
+                    )),
+                    Ok(_) => match self.store.read_file(&job.account, &job.manifest) {
+                        Ok(bytes) => make(&job, Original::Still(&bytes)),
+                        Err(e) => Outcome::Retry(format!("reading the original: {e}")),
+                    },
+                    // Purged since it was queued, or the store is unwell: decided below.
+                    Err(e) => Outcome::Retry(format!("reading the original: {e}")),
+                }
             };
             match outcome {
                 Outcome::Made(files) => {

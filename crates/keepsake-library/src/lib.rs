@@ -45,7 +45,7 @@ pub use cloud::{
     ChunkStore, Cloud, CommitAsset, DamagedAsset, Enrolment, IssuedToken, LibraryScrub,
     Maintenance, Reservation,
 };
-pub use derive::{DeriveJob, DeriveReport, MadeFile, Outcome};
+pub use derive::{DeriveJob, DeriveReport, MAX_STILL_BYTES, MadeFile, Original, Outcome};
 pub use error::LibraryError;
 pub use hlc::Hlc;
 pub use library::{

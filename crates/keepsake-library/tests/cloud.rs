@@ -606,7 +606,10 @@ fn derivatives_are_made_after_commit_failures_are_reported_and_purges_release_th
         .unwrap()
         .cursor;
     let tries = std::sync::atomic::AtomicU32::new(0);
-    let maker = |job: &DeriveJob, original: &[u8]| {
+    let maker = |job: &DeriveJob, original: Original<'_>| {
+        let Original::Still(original) = original else {
+            panic!("a still is handed over in memory");
+        };
         assert_eq!(
             original.len(),
             20_000,
@@ -694,5 +697,58 @@ fn derivatives_are_made_after_commit_failures_are_reported_and_purges_release_th
         f.used("alice"),
         0,
         "a purge releases originals and derivatives alike"
+    );
+}
+
+/// Regression: the derivative worker read every original whole into memory, so one 200 MB
+/// video lifted the server's resident memory by as much (453 MiB peak in `cargo xtask bench
+/// peers`). A video is now handed over only as a writer that streams its verified chunks.
+#[test]
+fn a_video_is_streamed_to_the_deriver_never_handed_over_whole() {
+    let f = fixture();
+    f.cloud
+        .create_account("alice", "correct horse", None, false)
+        .unwrap();
+    // Many chunks (4 KiB each in this fixture), within the test plan's 100 kB.
+    let len = 60_000;
+    let (m, r) = f.upload("alice", 9, len).unwrap();
+    f.cloud
+        .commit_asset(
+            "alice",
+            &CommitAsset {
+                request_id: "v1".into(),
+                asset_id: None,
+                base_version: None,
+                manifest: m,
+                kind: AssetKind::Video,
+                capture_time: Some(T0),
+                width: None,
+                height: None,
+                original_name: "VID_0001.MOV".into(),
+                device: "phone".into(),
+                reservation_id: Some(r.reservation_id.clone()),
+            },
+        )
+        .unwrap();
+    let written = std::sync::Mutex::new(Vec::new());
+    let report = f
+        .cloud
+        .run_derivations(8, &|job, original| {
+            assert!(job.video);
+            let Original::Video(write) = original else {
+                panic!("a video must not be handed over in memory");
+            };
+            let mut out = Vec::new();
+            assert_eq!(write(&mut out).unwrap(), len as u64);
+            *written.lock().unwrap() = out;
+            Outcome::NoneAvailable("no ffmpeg in this test".into())
+        })
+        .unwrap();
+    assert_eq!(report.none, 1);
+    let (_, manifest) = file(9, len);
+    assert_eq!(
+        ChunkId::of(&written.into_inner().unwrap()),
+        manifest.file_hash,
+        "the streamed bytes are the original's"
     );
 }

@@ -3,9 +3,10 @@
 //! stills through heif-convert when the server has them (otherwise the asset says none
 //! exists, and why).
 
-use keepsake_library::{Cloud, DeriveJob, MadeFile, Outcome};
+use keepsake_library::{Cloud, MadeFile, Original, Outcome};
 use keepsake_media::{PREVIEW_EDGE, THUMBNAIL_EDGE, derive};
 use keepsake_transport::ChangeNotifier;
+use std::io::Write;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,9 +45,27 @@ impl Tools {
 
 /// Runs `tool` over the bytes written to a temp file; returns the JPEG it wrote.
 fn convert(bytes: &[u8], tool: &str, args: &[&str]) -> Result<Vec<u8>, String> {
+    convert_written(
+        &|out| out.write_all(bytes).map(|()| bytes.len() as u64),
+        tool,
+        args,
+    )
+}
+
+/// Runs `tool` over what `write` puts in a temp file (a video streams there chunk by chunk,
+/// never whole in memory); returns the JPEG it wrote.
+fn convert_written(
+    write: &dyn Fn(&mut dyn Write) -> std::io::Result<u64>,
+    tool: &str,
+    args: &[&str],
+) -> Result<Vec<u8>, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let (input, output) = (dir.path().join("original"), dir.path().join("out.jpg"));
-    std::fs::write(&input, bytes).map_err(|e| e.to_string())?;
+    let mut file =
+        std::io::BufWriter::new(std::fs::File::create(&input).map_err(|e| e.to_string())?);
+    write(&mut file).map_err(|e| format!("writing the original out: {e}"))?;
+    file.flush().map_err(|e| e.to_string())?;
+    drop(file);
     let mut cmd = Command::new(tool);
     match tool {
         "ffmpeg" => cmd
@@ -86,16 +105,20 @@ fn made(roles: [&str; 2], still: &[u8]) -> Outcome {
 }
 
 /// Thumbnail and preview of a still; thumbnail and poster of a video.
-pub fn make(job: &DeriveJob, bytes: &[u8], tools: Tools) -> Outcome {
-    if job.video {
-        if !tools.ffmpeg {
-            return Outcome::NoneAvailable("this server has no ffmpeg: no poster".into());
+pub fn make(original: Original<'_>, tools: Tools) -> Outcome {
+    let bytes = match original {
+        Original::Video(write) => {
+            if !tools.ffmpeg {
+                return Outcome::NoneAvailable("this server has no ffmpeg: no poster".into());
+            }
+            return match convert_written(write, "ffmpeg", &["-frames:v", "1", "-q:v", "3"]) {
+                Ok(frame) => made(["thumbnail", "poster"], &frame),
+                Err(e) if e.starts_with("writing the original") => Outcome::Retry(e),
+                Err(e) => Outcome::Unreadable(e),
+            };
         }
-        return match convert(bytes, "ffmpeg", &["-frames:v", "1", "-q:v", "3"]) {
-            Ok(frame) => made(["thumbnail", "poster"], &frame),
-            Err(e) => Outcome::Unreadable(e),
-        };
-    }
+        Original::Still(bytes) => bytes,
+    };
     if keepsake_media::probe(bytes).format == "heic" {
         if !tools.heif_convert {
             return Outcome::NoneAvailable(
@@ -119,7 +142,7 @@ pub fn spawn(cloud: Arc<Cloud>, changes: ChangeNotifier, every: Duration) {
         loop {
             let worker = cloud.clone();
             let round = tokio::task::spawn_blocking(move || {
-                worker.run_derivations(BATCH, &|job, bytes| make(job, bytes, tools))
+                worker.run_derivations(BATCH, &|_, original| make(original, tools))
             })
             .await;
             let busy = match round {
@@ -150,17 +173,6 @@ pub fn spawn(cloud: Arc<Cloud>, changes: ChangeNotifier, every: Duration) {
 mod tests {
     use super::*;
 
-    fn job(video: bool) -> DeriveJob {
-        DeriveJob {
-            account: "a".into(),
-            asset_id: "x".into(),
-            version: 1,
-            manifest: keepsake_store::ChunkId([0; 32]),
-            video,
-            attempts: 0,
-        }
-    }
-
     fn sizes(outcome: Outcome) -> Vec<(String, u32, u32)> {
         match outcome {
             Outcome::Made(files) => files
@@ -171,20 +183,25 @@ mod tests {
         }
     }
 
+    /// A video handed over as the library does: written out on request.
+    fn video(bytes: &[u8]) -> impl Fn(&mut dyn Write) -> std::io::Result<u64> + '_ {
+        move |out| out.write_all(bytes).map(|()| bytes.len() as u64)
+    }
+
     #[test]
     fn without_the_tools_the_asset_says_why_nothing_exists() {
         let none = Tools::default();
         assert!(matches!(
-            make(&job(true), b"movie", none),
+            make(Original::Video(&video(b"movie")), none),
             Outcome::NoneAvailable(_)
         ));
         let heic = b"\0\0\0\x18ftypheic\0\0\0\0mif1heic";
         assert!(matches!(
-            make(&job(false), heic, none),
+            make(Original::Still(heic), none),
             Outcome::NoneAvailable(_)
         ));
         assert!(matches!(
-            make(&job(false), b"garbage", none),
+            make(Original::Still(b"garbage"), none),
             Outcome::Unreadable(_)
         ));
     }
@@ -199,7 +216,7 @@ mod tests {
         assert!(tools.ffmpeg && tools.heif_convert, "{tools:?}");
         let heic = std::fs::read(dir.join("still.heic")).unwrap();
         assert_eq!(
-            sizes(make(&job(false), &heic, tools)),
+            sizes(make(Original::Still(&heic), tools)),
             [
                 ("thumbnail".into(), 256, 171),
                 ("preview".into(), 1200, 800)
@@ -208,7 +225,7 @@ mod tests {
         let mov = std::fs::read(dir.join("clip.mov")).unwrap();
         // ffmpeg turns the frame by the movie's rotation: the poster stands upright.
         assert_eq!(
-            sizes(make(&job(true), &mov, tools)),
+            sizes(make(Original::Video(&video(&mov)), tools)),
             [("thumbnail".into(), 144, 256), ("poster".into(), 360, 640)]
         );
     }

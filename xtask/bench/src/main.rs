@@ -10,10 +10,11 @@
 //! - `media`: thumbnails + previews of 12 MP JPEGs per second, one and two threads,
 //!   against decoding alone.
 
+mod helpers;
 mod library;
 mod media;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use keepsake_proto::v1 as pb;
 use keepsake_proto::v1::chunk_store_server::{ChunkStore, ChunkStoreServer};
@@ -40,19 +41,74 @@ fn main() -> Result<()> {
         .to_path_buf();
     let short = args.iter().any(|a| a == "--short");
     match args.first().map(String::as_str) {
-        Some("store") => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?
-            .block_on(store(&root, short)),
+        Some("store") => runtime()?.block_on(store(&root, short)),
         Some("policy") => policy(short),
         Some("delta") => delta(short),
-        Some("library") => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?
-            .block_on(library::run(&root, short)),
+        Some("library") => runtime()?.block_on(library::run(&root, short)),
         Some("media") => media::run(short),
-        _ => bail!("usage: cargo xtask bench <store|policy|delta|library|media> [--short]"),
+        // Helpers of `cargo xtask bench peers`, which drives whole processes.
+        Some("chunk") => helpers::chunk_dir(Path::new(args.get(1).context("bench chunk DIR")?)),
+        Some("discard") => runtime()?.block_on(helpers::discard(
+            args.get(1).context("bench discard MIB")?.parse()?,
+        )),
+        Some("edits") => {
+            let arg = |name: &str| -> Result<String> {
+                let i = args
+                    .iter()
+                    .position(|a| a == name)
+                    .with_context(|| format!("bench edits needs {name}"))?;
+                args.get(i + 1)
+                    .cloned()
+                    .with_context(|| format!("{name} needs a value"))
+            };
+            runtime()?.block_on(helpers::edits(helpers::Edits {
+                url: arg("--url")?,
+                account: arg("--account")?,
+                password: std::env::var("KEEPSAKE_PASSWORD").context("KEEPSAKE_PASSWORD")?,
+                count: arg("--count")?.parse()?,
+                journal: arg("--journal")?.into(),
+                probes: arg("--probes")?.parse()?,
+            }))
+        }
+        _ => bail!(
+            "usage: cargo xtask bench <peers|sync|store|policy|delta|library|media> [--short]"
+        ),
     }
+}
+
+/// Serves a ChunkStore that discards uploads and serves `chunks` from memory, on loopback
+/// with the store's frame and window sizes; its URL.
+async fn spawn_discard_store(chunks: Vec<(ChunkId, Bytes)>) -> Result<String> {
+    let discard = DiscardStore {
+        chunks: Arc::new(chunks),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .max_frame_size(1 << 20)
+            .initial_stream_window_size(8 << 20)
+            .initial_connection_window_size(16 << 20)
+            .add_service(
+                ChunkStoreServer::new(discard)
+                    .max_decoding_message_size(16 << 20)
+                    .max_encoding_message_size(16 << 20),
+            )
+            .serve_with_incoming(
+                tokio_stream::wrappers::TcpListenerStream::new(listener).map(|c| {
+                    c.inspect(|s| {
+                        let _ = s.set_nodelay(true);
+                    })
+                }),
+            ),
+    );
+    Ok(url)
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
 
 fn gib_per_s(bytes: usize, secs: f64) -> f64 {
@@ -126,29 +182,7 @@ async fn store(root: &Path, short: bool) -> Result<()> {
     std::fs::remove_file(tmp.path().join("baseline"))?;
 
     // (b) a tonic stream that discards the bytes (and serves them from memory).
-    let discard = DiscardStore {
-        chunks: Arc::new(chunks.clone()),
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let discard_url = format!("http://{}", listener.local_addr()?);
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .max_frame_size(1 << 20)
-            .initial_stream_window_size(8 << 20)
-            .initial_connection_window_size(16 << 20)
-            .add_service(
-                ChunkStoreServer::new(discard)
-                    .max_decoding_message_size(16 << 20)
-                    .max_encoding_message_size(16 << 20),
-            )
-            .serve_with_incoming(
-                tokio_stream::wrappers::TcpListenerStream::new(listener).map(|c| {
-                    c.inspect(|s| {
-                        let _ = s.set_nodelay(true);
-                    })
-                }),
-            ),
-    );
+    let discard_url = spawn_discard_store(chunks.clone()).await?;
     let mut discard_client = client::store_client(client::connect(&discard_url).await?, "x");
     let t = Instant::now();
     put_all(&mut discard_client, "s", chunks.clone(), MESSAGE_BYTES).await?;
@@ -279,6 +313,27 @@ async fn store(root: &Path, short: bool) -> Result<()> {
 
 /// Chunk + hash throughput of the delta engine against raw FastCDC + BLAKE3 of the
 /// same bytes: one core, both cores across files, and one large file pipelined.
+/// The outputs of a manifest (chunk ids, and the whole-file hash when asked) computed with
+/// no streaming machinery: FastCDC cuts, BLAKE3 per chunk and of the file. The raw baseline.
+pub(crate) fn raw_manifest_outputs(file: &[u8], p: keepsake_delta::ChunkParams, file_hash: bool) {
+    let cdc = fastcdc::v2020::FastCDC::with_level(
+        file,
+        p.min as usize,
+        p.avg as usize,
+        p.max as usize,
+        fastcdc::v2020::Normalization::Level0,
+    );
+    let mut whole = blake3::Hasher::new();
+    for c in cdc {
+        let data = &file[c.offset..c.offset + c.length];
+        std::hint::black_box(blake3::hash(data));
+        if file_hash {
+            whole.update(data);
+        }
+    }
+    std::hint::black_box(whole.finalize());
+}
+
 fn delta(short: bool) -> Result<()> {
     use keepsake_delta::{ChunkParams, chunk_files_parallel, chunk_stream, chunk_stream_pipelined};
     let (files, size) = if short { (8, 4 << 20) } else { (64, 8 << 20) };
@@ -306,22 +361,7 @@ fn delta(short: bool) -> Result<()> {
     // with no streaming machinery: cut, hash each chunk, hash the file.
     let raw_cut = |with_file_hash: bool| {
         for file in &library {
-            let cdc = fastcdc::v2020::FastCDC::with_level(
-                file,
-                p.min as usize,
-                p.avg as usize,
-                p.max as usize,
-                fastcdc::v2020::Normalization::Level0,
-            );
-            let mut whole = blake3::Hasher::new();
-            for c in cdc {
-                let data = &file[c.offset..c.offset + c.length];
-                std::hint::black_box(blake3::hash(data));
-                if with_file_hash {
-                    whole.update(data);
-                }
-            }
-            std::hint::black_box(whole.finalize());
+            raw_manifest_outputs(file, p, with_file_hash);
         }
     };
     let raw = best_of(&|| raw_cut(true));
