@@ -513,14 +513,9 @@ fn optimize_phase(
     seed: u64,
 ) -> Result<()> {
     let budget_mb = 8u64;
-    h.run_ok(&[
-        "device",
-        "settings",
-        "--optimize-mb",
-        &budget_mb.to_string(),
-        "--data",
-        "a-data",
-    ])?;
+    // What the camera holds, read before Optimize Storage is on: once it is, the running agent
+    // evicts originals at once, and a file listed here could be gone before it is read (CI
+    // failed twice on that race with a bare "No such file or directory").
     let mut taken: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     for entry in std::fs::read_dir(work.join("a"))? {
         let entry = entry?;
@@ -529,6 +524,14 @@ fn optimize_phase(
             taken.insert(name, std::fs::read(entry.path())?);
         }
     }
+    h.run_ok(&[
+        "device",
+        "settings",
+        "--optimize-mb",
+        &budget_mb.to_string(),
+        "--data",
+        "a-data",
+    ])?;
     let rounds = if short { 4 } else { 12 };
     let mut checks = 0;
     for round in 0..rounds {
