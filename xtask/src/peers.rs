@@ -94,7 +94,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
 
     let ks = keepsake(root, &dir, &lib, &items, &edited, &bench, short)?;
     let rs = rsync(&dir, &lib, &items, &edited)?;
-    let rt = restic(&dir, &lib, &items, &edited)?;
+    let rt = restic(&dir, &lib, &edited)?;
     let st = syncthing(&dir, &lib, &items, &edited, short)?;
 
     report(&Report {
@@ -726,7 +726,7 @@ struct ResticFigures {
     added_bytes: u64,
 }
 
-fn restic(dir: &Path, lib: &Path, _items: &[Item], edited: &[Item]) -> Result<ResticFigures> {
+fn restic(dir: &Path, lib: &Path, edited: &[Item]) -> Result<ResticFigures> {
     println!("\n==> restic: backups to a local repository");
     let work = dir.join("restic");
     let (src, repo) = (work.join("src"), work.join("repo"));
