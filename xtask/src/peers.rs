@@ -683,6 +683,9 @@ fn rsync(dir: &Path, lib: &Path, items: &[Item], edited: &[Item]) -> Result<Rsyn
     let (first, _) = push("first copy")?;
     let names: Vec<String> = items.iter().map(|i| i.name.clone()).collect();
     wait_same(&src, &dst, &names, Duration::from_secs(5))?;
+    // rsync's quick check compares whole-second mtimes: an edit in the same second as the
+    // copy it was pushed from looks unchanged and is skipped (the short run sent 0 bytes).
+    std::thread::sleep(Duration::from_millis(1100));
     for item in edited {
         edit(&src, item, 1)?;
     }
