@@ -439,19 +439,20 @@ fn children_cpu_s(pid: u32) -> f64 {
 /// Long-running processes whose cost over a step is measured from /proc.
 struct Watch<'a> {
     pids: Vec<u32>,
-    wire: Vec<&'a Proxy>,
+    /// Bytes on the wire so far, by whatever counts them (proxies, a peer's own counters).
+    wire: Box<dyn Fn() -> u64 + 'a>,
     start: Instant,
     cpu0: f64,
     wire0: u64,
 }
 
 impl<'a> Watch<'a> {
-    fn start(pids: Vec<u32>, wire: Vec<&'a Proxy>) -> Self {
+    fn start(pids: Vec<u32>, wire: impl Fn() -> u64 + 'a) -> Self {
         let cpu0 = pids.iter().map(|p| cpu_s(*p)).sum();
-        let wire0 = wire.iter().map(|p| p.bytes()).sum();
+        let wire0 = wire();
         Watch {
             pids,
-            wire,
+            wire: Box::new(wire),
             start: Instant::now(),
             cpu0,
             wire0,
@@ -463,7 +464,7 @@ impl<'a> Watch<'a> {
             wall_s: self.start.elapsed().as_secs_f64(),
             cpu_s: self.pids.iter().map(|p| cpu_s(*p)).sum::<f64>() - self.cpu0,
             peak_kib: self.pids.iter().map(|p| peak_kib(*p)).max().unwrap_or(0),
-            wire: Some(self.wire.iter().map(|p| p.bytes()).sum::<u64>() - self.wire0),
+            wire: Some((self.wire)() - self.wire0),
         }
     }
 }
@@ -507,10 +508,9 @@ fn keepsake(
     // 1. First sync A → cloud → B: from starting both agents until B holds every byte.
     let a = h.sync("a")?;
     let b = h.sync("b")?;
-    let watch = Watch::start(
-        vec![server.0.id(), a.0.id(), b.0.id()],
-        vec![&proxies[0], &proxies[1]],
-    );
+    let watch = Watch::start(vec![server.0.id(), a.0.id(), b.0.id()], || {
+        proxies[0].bytes() + proxies[1].bytes()
+    });
     wait_same(
         &work.join("a"),
         &work.join("b"),
@@ -523,10 +523,9 @@ fn keepsake(
     // 3. Edits of 1% of the files on A, until B holds the new bytes.
     let edit_names: Vec<String> = edited.iter().map(|i| i.name.clone()).collect();
     let up0 = proxies[0].bytes();
-    let watch = Watch::start(
-        vec![server.0.id(), a.0.id(), b.0.id()],
-        vec![&proxies[0], &proxies[1]],
-    );
+    let watch = Watch::start(vec![server.0.id(), a.0.id(), b.0.id()], || {
+        proxies[0].bytes() + proxies[1].bytes()
+    });
     for item in edited {
         edit(&work.join("a"), item, 1)?;
     }
@@ -585,7 +584,7 @@ fn keepsake(
     copy_library(&work.join("a"), &work.join("c"))?;
     let started_ms = now_ms();
     let c = h.sync("c")?;
-    let watch = Watch::start(vec![server.0.id(), c.0.id()], vec![&proxies[2]]);
+    let watch = Watch::start(vec![server.0.id(), c.0.id()], || proxies[2].bytes());
     let deadline = Instant::now() + Duration::from_secs(1800);
     loop {
         if let Ok(bytes) = std::fs::read(work.join("c-data/status.json"))
@@ -923,11 +922,10 @@ fn syncthing(
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let t = Instant::now();
     start(&mut instances[0])?;
-    let pids = [instances[0].pid(), instances[1].pid()];
-    let wire = |insts: &[Instance]| -> u64 {
-        insts[0]
+    let pids = vec![instances[0].pid(), instances[1].pid()];
+    let wire = || -> u64 {
+        instances[0]
             .get("/rest/system/connections")
             .ok()
             .and_then(|v| {
@@ -936,14 +934,9 @@ fn syncthing(
             .unwrap_or(0)
     };
     let names: Vec<String> = items.iter().map(|i| i.name.clone()).collect();
-    let cpu0: f64 = pids.iter().map(|p| cpu_s(*p)).sum();
+    let watch = Watch::start(pids.clone(), wire);
     wait_same(&fa, &fb, &names, Duration::from_secs(3600))?;
-    let first = Cost {
-        wall_s: t.elapsed().as_secs_f64(),
-        cpu_s: pids.iter().map(|p| cpu_s(*p)).sum::<f64>() - cpu0,
-        peak_kib: pids.iter().map(|p| peak_kib(*p)).max().unwrap_or(0),
-        wire: Some(wire(&instances)),
-    };
+    let first = watch.stop();
     println!("syncthing first sync: {:.1} s", first.wall_s);
     // B reports the folder complete only once its database agrees; wait for that too, so
     // the edits below are not mistaken for the tail of the first sync.
@@ -959,21 +952,12 @@ fn syncthing(
     }
 
     let edit_names: Vec<String> = edited.iter().map(|i| i.name.clone()).collect();
-    let (wire0, cpu0, t) = (
-        wire(&instances),
-        pids.iter().map(|p| cpu_s(*p)).sum::<f64>(),
-        Instant::now(),
-    );
+    let watch = Watch::start(pids, wire);
     for item in edited {
         edit(&fa, item, 1)?;
     }
     wait_same(&fa, &fb, &edit_names, Duration::from_secs(600))?;
-    let edits = Cost {
-        wall_s: t.elapsed().as_secs_f64(),
-        cpu_s: pids.iter().map(|p| cpu_s(*p)).sum::<f64>() - cpu0,
-        peak_kib: pids.iter().map(|p| peak_kib(*p)).max().unwrap_or(0),
-        wire: Some(wire(&instances) - wire0),
-    };
+    let edits = watch.stop();
     println!("syncthing 1% edits: {:.1} s", edits.wall_s);
     let still = items
         .iter()
@@ -992,7 +976,6 @@ fn syncthing(
         )?;
         edit_latency_ms.push(t.elapsed().as_secs_f64() * 1000.0);
     }
-    drop(instances);
     Ok(SyncthingFigures {
         first,
         edits,
@@ -1148,4 +1131,44 @@ fn report(r: &Report) {
         mib(r.rt.repo_bytes),
         r.rt.repo_bytes as f64 / r.total as f64
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rsync_stats_are_read_with_their_thousands_separators() {
+        let stats = "Number of files: 3\nLiteral data: 1,234,567 bytes\nTotal bytes sent: 89 \n";
+        assert_eq!(stat_number(stats, "Literal data:"), 1_234_567);
+        assert_eq!(stat_number(stats, "Total bytes sent:"), 89);
+        assert_eq!(stat_number(stats, "Matched data:"), 0);
+    }
+
+    /// The still edit every tool gets is an EXIF date rewrite in place: same length, and only
+    /// the 19 bytes of the date differ (else rsync's literal figure would measure our bug).
+    #[test]
+    fn a_still_edit_rewrites_only_the_exif_date() {
+        let dir = tempfile::tempdir().unwrap();
+        let item = Item {
+            name: "IMG_00007.JPG".into(),
+            video: false,
+        };
+        let before = jpeg_like(&mut Rng(1), 50_000, 7);
+        std::fs::write(dir.path().join(&item.name), &before).unwrap();
+        edit(dir.path(), &item, 1).unwrap();
+        let after = std::fs::read(dir.path().join(&item.name)).unwrap();
+        assert_eq!(before.len(), after.len());
+        let differing: Vec<usize> = (0..before.len())
+            .filter(|&i| before[i] != after[i])
+            .collect();
+        assert!(!differing.is_empty());
+        assert!(
+            differing
+                .iter()
+                .all(|&i| (EXIF_DATE_AT..EXIF_DATE_AT + 19).contains(&i)),
+            "{differing:?}"
+        );
+        assert_eq!(&after[EXIF_DATE_AT..EXIF_DATE_AT + 4], b"2025");
+    }
 }
