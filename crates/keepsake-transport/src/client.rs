@@ -219,6 +219,25 @@ pub async fn put_all(
     Ok(acknowledged)
 }
 
+/// Every row of the account's feed, page by page from the start.
+pub async fn whole_feed(lib: &mut LibraryApi) -> Result<Vec<pb::Change>, Status> {
+    let (mut cursor, mut all) = (0, Vec::new());
+    loop {
+        let page = lib
+            .list_changes(pb::ListChangesRequest {
+                cursor,
+                page_size: 1000,
+            })
+            .await?
+            .into_inner();
+        all.extend(page.changes);
+        cursor = page.cursor;
+        if !page.more {
+            return Ok(all);
+        }
+    }
+}
+
 /// Fetches `ids` and checks each chunk against its id before returning it.
 pub async fn get_all(
     client: &mut StoreClient,

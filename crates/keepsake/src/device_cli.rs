@@ -931,22 +931,7 @@ pub async fn library(
 
 /// Every row of the account's feed, page by page.
 pub(crate) async fn whole_feed(lib: &mut client::LibraryApi) -> Result<Vec<pb::Change>> {
-    let (mut cursor, mut all) = (0, Vec::new());
-    loop {
-        let page = lib
-            .list_changes(pb::ListChangesRequest {
-                cursor,
-                page_size: 1000,
-            })
-            .await
-            .map_err(|s| plain(s.into()))?
-            .into_inner();
-        all.extend(page.changes);
-        cursor = page.cursor;
-        if !page.more {
-            return Ok(all);
-        }
-    }
+    client::whole_feed(lib).await.map_err(|s| plain(s.into()))
 }
 
 /// A clock reading for an edit made from the CLI (one per call: a new millisecond or a

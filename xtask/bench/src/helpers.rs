@@ -252,27 +252,16 @@ enum Edit {
 }
 
 async fn live_assets(lib: &mut client::LibraryApi) -> Result<Vec<String>> {
-    let (mut cursor, mut assets) = (0, Vec::new());
-    loop {
-        let page = lib
-            .list_changes(pb::ListChangesRequest {
-                cursor,
-                page_size: 1000,
-            })
-            .await?
-            .into_inner();
-        for change in page.changes {
-            if let Some(pb::change::Row::Asset(a)) = change.row
-                && a.state == pb::AssetState::Live as i32
-            {
-                assets.push(a.asset_id);
+    let mut assets: Vec<String> = client::whole_feed(lib)
+        .await?
+        .into_iter()
+        .filter_map(|change| match change.row {
+            Some(pb::change::Row::Asset(a)) if a.state == pb::AssetState::Live as i32 => {
+                Some(a.asset_id)
             }
-        }
-        if page.cursor == cursor || !page.more {
-            break;
-        }
-        cursor = page.cursor;
-    }
+            _ => None,
+        })
+        .collect();
     assets.sort();
     assets.dedup();
     Ok(assets)
