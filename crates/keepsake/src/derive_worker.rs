@@ -44,7 +44,7 @@ impl Tools {
 }
 
 /// Runs `tool` over the bytes written to a temp file; returns the JPEG it wrote.
-fn convert(bytes: &[u8], tool: &str, args: &[&str]) -> Result<Vec<u8>, String> {
+fn convert(bytes: &[u8], tool: &str, args: &[&str]) -> Result<Vec<u8>, Outcome> {
     convert_written(
         &|out| out.write_all(bytes).map(|()| bytes.len() as u64),
         tool,
@@ -53,18 +53,24 @@ fn convert(bytes: &[u8], tool: &str, args: &[&str]) -> Result<Vec<u8>, String> {
 }
 
 /// Runs `tool` over what `write` puts in a temp file (a video streams there chunk by chunk,
-/// never whole in memory); returns the JPEG it wrote.
+/// never whole in memory); returns the JPEG it wrote. Only the tool refusing the file makes
+/// it unreadable: a failure on the server's side (temp space, the store, starting the tool)
+/// is retried later.
 fn convert_written(
     write: &dyn Fn(&mut dyn Write) -> std::io::Result<u64>,
     tool: &str,
     args: &[&str],
-) -> Result<Vec<u8>, String> {
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+) -> Result<Vec<u8>, Outcome> {
+    let here = |what: &str| {
+        let what = what.to_string();
+        move |e: std::io::Error| Outcome::Retry(format!("{what}: {e}"))
+    };
+    let dir = tempfile::tempdir().map_err(here("a temporary directory"))?;
     let (input, output) = (dir.path().join("original"), dir.path().join("out.jpg"));
     let mut file =
-        std::io::BufWriter::new(std::fs::File::create(&input).map_err(|e| e.to_string())?);
-    write(&mut file).map_err(|e| format!("writing the original out: {e}"))?;
-    file.flush().map_err(|e| e.to_string())?;
+        std::io::BufWriter::new(std::fs::File::create(&input).map_err(here("a temporary file"))?);
+    write(&mut file).map_err(here("writing the original out"))?;
+    file.flush().map_err(here("writing the original out"))?;
     drop(file);
     let mut cmd = Command::new(tool);
     match tool {
@@ -79,11 +85,11 @@ fn convert_written(
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
-        .map_err(|e| e.to_string())?;
+        .map_err(here(&format!("starting {tool}")))?;
     if !status.success() {
-        return Err(format!("{tool} could not read it"));
+        return Err(Outcome::Unreadable(format!("{tool} could not read it")));
     }
-    std::fs::read(&output).map_err(|e| e.to_string())
+    std::fs::read(&output).map_err(here(&format!("reading what {tool} wrote")))
 }
 
 fn made(roles: [&str; 2], still: &[u8]) -> Outcome {
@@ -113,8 +119,7 @@ pub fn make(original: Original<'_>, tools: Tools) -> Outcome {
             }
             return match convert_written(write, "ffmpeg", &["-frames:v", "1", "-q:v", "3"]) {
                 Ok(frame) => made(["thumbnail", "poster"], &frame),
-                Err(e) if e.starts_with("writing the original") => Outcome::Retry(e),
-                Err(e) => Outcome::Unreadable(e),
+                Err(outcome) => outcome,
             };
         }
         Original::Still(bytes) => bytes,
@@ -128,7 +133,7 @@ pub fn make(original: Original<'_>, tools: Tools) -> Outcome {
         // heif-convert applies the image's own rotation; the JPEG it writes is upright.
         return match convert(bytes, "heif-convert", &["-q", "92"]) {
             Ok(jpeg) => made(["thumbnail", "preview"], &jpeg),
-            Err(e) => Outcome::Unreadable(e),
+            Err(outcome) => outcome,
         };
     }
     made(["thumbnail", "preview"], bytes)
@@ -203,6 +208,22 @@ mod tests {
         assert!(matches!(
             make(Original::Still(b"garbage"), none),
             Outcome::Unreadable(_)
+        ));
+    }
+
+    /// The store failing mid-video is the server's trouble, not the file's: retried later.
+    #[test]
+    fn a_video_the_store_cannot_write_out_is_retried_not_unreadable() {
+        let tools = Tools {
+            ffmpeg: true,
+            ..Tools::default()
+        };
+        let failing = |_: &mut dyn Write| -> std::io::Result<u64> {
+            Err(std::io::Error::other("stored chunk is corrupt"))
+        };
+        assert!(matches!(
+            make(Original::Video(&failing), tools),
+            Outcome::Retry(why) if why.contains("writing the original out")
         ));
     }
 
