@@ -39,14 +39,14 @@ pub trait ChunkStore: Send + Sync {
     fn reference(&self, account: &str, id: &ManifestId, holder: &str) -> Result<(), StoreError>;
     /// Drops `holder`'s root.
     fn release(&self, account: &str, id: &ManifestId, holder: &str) -> Result<(), StoreError>;
-    /// A whole file the account owns, verified against its hash.
-    fn read_file(&self, account: &str, id: &ManifestId) -> Result<Vec<u8>, StoreError>;
-    /// The same file written to `out` chunk by chunk, so no more than one chunk is held;
-    /// fails after the last byte when the whole does not match its hash.
+    /// A file the account owns written to `out` chunk by chunk, so no more than one chunk is
+    /// held; refused with `FileTooLarge` before any byte when it is over `max_len`, and fails
+    /// after the last byte when the whole does not match its hash.
     fn copy_file(
         &self,
         account: &str,
         id: &ManifestId,
+        max_len: u64,
         out: &mut dyn std::io::Write,
     ) -> std::io::Result<u64>;
     /// Verifies every stored byte and drops corrupt chunks from the index.
@@ -121,26 +121,22 @@ impl ChunkStore for Store {
     fn release(&self, account: &str, id: &ManifestId, holder: &str) -> Result<(), StoreError> {
         Store::release(self, account, id, holder)
     }
-    fn read_file(&self, account: &str, id: &ManifestId) -> Result<Vec<u8>, StoreError> {
-        let manifest = self.get_manifest(account, id)?;
-        let mut out = Vec::with_capacity(manifest.total_len as usize);
-        for entry in &manifest.entries {
-            out.extend_from_slice(&self.get_chunk(account, &entry.chunk)?);
-        }
-        if ChunkId(*blake3::hash(&out).as_bytes()) != manifest.file_hash {
-            return Err(StoreError::Corrupt(*id));
-        }
-        Ok(out)
-    }
     fn copy_file(
         &self,
         account: &str,
         id: &ManifestId,
+        max_len: u64,
         out: &mut dyn std::io::Write,
     ) -> std::io::Result<u64> {
         let manifest = self
             .get_manifest(account, id)
             .map_err(std::io::Error::other)?;
+        if manifest.total_len > max_len {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::FileTooLarge,
+                format!("{} bytes, over {max_len}", manifest.total_len),
+            ));
+        }
         let mut whole = blake3::Hasher::new();
         for entry in &manifest.entries {
             let chunk = self

@@ -133,20 +133,22 @@ impl Cloud {
         for job in self.due_derivations(limit)? {
             let outcome = if job.video {
                 let write = |out: &mut dyn std::io::Write| {
-                    self.store.copy_file(&job.account, &job.manifest, out)
+                    self.store
+                        .copy_file(&job.account, &job.manifest, u64::MAX, out)
                 };
                 make(&job, Original::Video(&write))
             } else {
-                match self.store.manifest(&job.account, &job.manifest) {
-                    Ok(m) if m.total_len > MAX_STILL_BYTES => Outcome::NoneAvailable(format!(
-                        "a still of {} MiB is over the {} MiB this server decodes: no preview",
-                        m.total_len >> 20,
-                        MAX_STILL_BYTES >> 20
-                    )),
-                    Ok(_) => match self.store.read_file(&job.account, &job.manifest) {
-                        Ok(bytes) => make(&job, Original::Still(&bytes)),
-                        Err(e) => Outcome::Retry(format!("reading the original: {e}")),
-                    },
+                let mut bytes = Vec::new();
+                match self
+                    .store
+                    .copy_file(&job.account, &job.manifest, MAX_STILL_BYTES, &mut bytes)
+                {
+                    Ok(_) => make(&job, Original::Still(&bytes)),
+                    Err(e) if e.kind() == std::io::ErrorKind::FileTooLarge => {
+                        Outcome::NoneAvailable(format!(
+                            "a still too large to decode here ({e} bytes): no preview"
+                        ))
+                    }
                     // Purged since it was queued, or the store is unwell: decided below.
                     Err(e) => Outcome::Retry(format!("reading the original: {e}")),
                 }

@@ -650,7 +650,12 @@ fn derivatives_are_made_after_commit_failures_are_reported_and_purges_release_th
         (2048, 1536, 90_000)
     );
     assert_eq!(
-        ChunkStore::read_file(&*f.store, "alice", &preview.manifest).unwrap(),
+        {
+            let mut stored = Vec::new();
+            ChunkStore::copy_file(&*f.store, "alice", &preview.manifest, u64::MAX, &mut stored)
+                .unwrap();
+            stored
+        },
         vec![2; 90_000]
     );
     let failed = f.cloud.library().get_asset("alice", &broken).unwrap();
