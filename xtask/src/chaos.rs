@@ -5,8 +5,8 @@
 //! restarts the server on a disk that is full. Then the faults heal and every device must
 //! hold every photo, byte for byte, with one asset each in the library.
 
-use crate::it::{Harness, Proc, Rng, folder, random_bytes};
-use anyhow::{Result, bail};
+use crate::it::{Harness, Proc, Rng, ServerEvents, folder, random_bytes};
+use anyhow::{Context, Result, bail};
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::Path;
@@ -106,6 +106,84 @@ struct Counts {
     server_kills: u32,
     cuts: u32,
     disk_full: u32,
+    /// Agent kills made while the server had that agent's chunk stream open.
+    mid_upload_kills: u32,
+    /// Targeted server kills (the server was committing); how many landed before the
+    /// commit was answered is read from the dead server's log.
+    mid_commit_kills: u32,
+    /// What each photo written holds: (length, fingerprint), by name.
+    written: std::collections::BTreeMap<String, (usize, u64)>,
+}
+
+/// A cheap content fingerprint: enough to tell a photo from any other in the run.
+fn fingerprint(data: &[u8]) -> (usize, u64) {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    data.hash(&mut h);
+    (data.len(), h.finish())
+}
+
+/// Writes a new photo into camera `cam`'s folder, as a camera app does (beside, then renamed).
+fn take_photo(
+    work: &Path,
+    rng: &mut Rng,
+    counts: &mut Counts,
+    cam: usize,
+    len: usize,
+) -> Result<()> {
+    let name = format!("CHAOS_{}_{:04}.JPG", DEVICES[cam].0, counts.photos);
+    let data = random_bytes(rng, len);
+    let part = work.join(format!("{name}.part"));
+    std::fs::write(&part, &data)?;
+    std::fs::rename(&part, work.join(DEVICES[cam].0).join(&name))?;
+    counts.written.insert(name, fingerprint(&data));
+    counts.photos += 1;
+    Ok(())
+}
+
+/// Waits up to `limit` for `ready` to hold of the server's events.
+fn wait_until(h: &Harness, limit: Duration, ready: impl Fn(&ServerEvents) -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if ready(&h.events.lock().unwrap()) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    false
+}
+
+/// Sizes of the chaos photos in `dir`, by name.
+fn chaos_sizes(dir: &Path) -> Result<std::collections::BTreeMap<String, usize>> {
+    let mut sizes = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("CHAOS_") && !name.contains(".keepsake-part") {
+            sizes.insert(name, entry.metadata()?.len() as usize);
+        }
+    }
+    Ok(sizes)
+}
+
+/// Device ids by name, as the server lists them (the server's events name devices by id).
+fn device_ids(h: &Harness) -> Result<Vec<String>> {
+    let listing = h.run_ok(&["devices"])?;
+    DEVICES
+        .iter()
+        .map(|(name, _)| {
+            listing
+                .lines()
+                .filter_map(|l| {
+                    let mut words = l.split_whitespace();
+                    Some((words.next()?, words.next()?))
+                })
+                .filter(|(_, n)| n == name)
+                .map(|(id, _)| id.to_string())
+                .next_back()
+                .with_context(|| format!("{name} is not in `keepsake devices`:\n{listing}"))
+        })
+        .collect()
 }
 
 /// The three devices: (name, clock skew in ms).
@@ -117,6 +195,7 @@ pub(crate) fn chaos_phase(
     rng: &mut Rng,
     server: &mut Proc,
     seconds: u64,
+    targeted: u32,
     seed: u64,
 ) -> Result<()> {
     println!("it: chaos for {seconds} s: 3 agents behind proxies with skewed clocks");
@@ -146,7 +225,37 @@ pub(crate) fn chaos_phase(
     }
     // Photos already in the library (from the earlier phases) arrive everywhere too.
     let mut agents: Vec<Proc> = (0..DEVICES.len()).map(agent).collect::<Result<_>>()?;
+    let ids = device_ids(h)?;
     let mut counts = Counts::default();
+    // Targeted kills first: an agent while its chunks are on the wire, the server while it
+    // is committing. Random kills rarely land in those windows, which are where an
+    // acknowledgement can be lost.
+    let targeted_started = Instant::now();
+    for round in 0..targeted {
+        let cam = (round % 2) as usize;
+        let len = 1_000_000 + rng.below(2_000_000) as usize;
+        take_photo(work, rng, &mut counts, cam, len)?;
+        if wait_until(h, Duration::from_secs(20), |e| e.streaming(&ids[cam])) {
+            agents[cam].kill();
+            counts.mid_upload_kills += 1;
+            agents[cam] = agent(cam)?;
+        }
+        let len = 200_000 + rng.below(1_000_000) as usize;
+        take_photo(work, rng, &mut counts, cam, len)?;
+        if wait_until(h, Duration::from_secs(20), ServerEvents::committing) {
+            server.kill();
+            counts.mid_commit_kills += 1;
+            *server = h.server()?;
+        }
+    }
+    if targeted > 0 {
+        println!(
+            "it: targeted: {} agent kills with their chunk stream open, {} server kills while committing, {:.0} s",
+            counts.mid_upload_kills,
+            counts.mid_commit_kills,
+            targeted_started.elapsed().as_secs_f64()
+        );
+    }
     let mut cut_until: Vec<Option<Instant>> = vec![None; DEVICES.len()];
     let mut full_until: Option<Instant> = None;
     let end = Instant::now() + Duration::from_secs(seconds);
@@ -168,13 +277,7 @@ pub(crate) fn chaos_phase(
             0..=39 => {
                 let cam = rng.below(2) as usize;
                 let len = 50_000 + rng.below(1_500_000) as usize;
-                let name = format!("CHAOS_{}_{:04}.JPG", DEVICES[cam].0, counts.photos);
-                let data = random_bytes(rng, len);
-                // Written beside and renamed in, as camera apps finish a file.
-                let part = work.join(format!("{name}.part"));
-                std::fs::write(&part, &data)?;
-                std::fs::rename(&part, work.join(DEVICES[cam].0).join(&name))?;
-                counts.photos += 1;
+                take_photo(work, rng, &mut counts, cam, len)?;
             }
             40..=59 => {
                 let i = rng.below(DEVICES.len() as u64) as usize;
@@ -215,30 +318,40 @@ pub(crate) fn chaos_phase(
         server.kill();
         *server = h.server()?;
     }
-    let want = folder(&work.join("cam1"))?
-        .into_iter()
-        .chain(folder(&work.join("cam2"))?)
-        .filter(|(name, _)| name.starts_with("CHAOS_"))
-        .collect::<std::collections::BTreeMap<_, _>>();
+    // What the run wrote, not what the cameras' folders hold now: a photo a device lost
+    // from its own folder is missing here too.
+    let want = &counts.written;
     let deadline = Instant::now() + Duration::from_secs(240);
     let healed = Instant::now();
     loop {
+        // Names and sizes first (cheap); contents once those match.
         let mut complete = true;
         for (name, _) in DEVICES {
-            let have: std::collections::BTreeMap<_, _> = folder(&work.join(name))?
-                .into_iter()
-                .filter(|(n, _)| n.starts_with("CHAOS_"))
-                .collect();
-            complete &= have == want;
+            let sizes = chaos_sizes(&work.join(name))?;
+            complete &= sizes.len() == want.len()
+                && want.iter().all(|(n, (len, _))| sizes.get(n) == Some(len));
         }
         if complete {
-            break;
+            for (name, _) in DEVICES {
+                let have: std::collections::BTreeMap<String, (usize, u64)> =
+                    folder(&work.join(name))?
+                        .into_iter()
+                        .filter(|(n, _)| n.starts_with("CHAOS_"))
+                        .map(|(n, data)| (n, fingerprint(&data)))
+                        .collect();
+                complete &= have == *want;
+            }
+            if complete {
+                break;
+            }
         }
         if Instant::now() > deadline {
-            let have = folder(&work.join("view"))?;
+            let have = chaos_sizes(&work.join("view"))?;
             bail!(
                 "after healing, the viewer has {} of {} chaos photos (seed {seed})",
-                want.keys().filter(|k| have.get(*k) == want.get(*k)).count(),
+                want.iter()
+                    .filter(|(k, (len, _))| have.get(*k) == Some(len))
+                    .count(),
                 want.len()
             );
         }
@@ -272,17 +385,35 @@ pub(crate) fn chaos_phase(
         .map(|p| p.bytes.load(Ordering::Relaxed))
         .sum();
     drop(agents);
+    let events = h.events.lock().unwrap();
+    // Every chunk FindMissing reported held stays off the wire, across every kill: the
+    // agent journals acknowledgements before anything else, and asks before it sends.
+    if events.already_held > 0 {
+        bail!(
+            "the server received {} chunks the account already held: acknowledged or stored chunks were sent again (seed {seed})",
+            events.already_held
+        );
+    }
     println!(
-        "it: chaos: {} photos on 2 cameras; {} agent kills, {} server kills ({} onto a full disk), {} connection cuts; \
-         clocks skewed +95 s / -185 s; {} MiB through the proxies; all 3 devices complete {:.1} s after healing; \
-         {} assets, 0 lost, 0 duplicated, 0 partial files",
+        "it: chaos: {} photos on 2 cameras; {} agent kills ({} with their chunk stream open), \
+         {} server kills ({} while committing, {} onto a full disk), {} connection cuts; \
+         clocks skewed +95 s / -185 s; {} MiB through the proxies; all 3 devices complete {:.1} s after healing",
         counts.photos,
-        counts.agent_kills,
-        counts.server_kills,
+        counts.agent_kills + counts.mid_upload_kills,
+        counts.mid_upload_kills,
+        counts.server_kills + counts.mid_commit_kills,
+        counts.mid_commit_kills,
         counts.disk_full,
         counts.cuts,
         bytes >> 20,
         settled.as_secs_f64(),
+    );
+    println!(
+        "it: chaos: server logs: {} commits answered, {} begun and cut off by a kill; {} chunk streams broken by the client; \
+         0 chunks received that the account already held; {} assets, 0 lost, 0 duplicated, 0 partial files",
+        events.answered_commits,
+        events.interrupted_commits,
+        events.broken_streams,
         want.len()
     );
     Ok(())

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// SplitMix64, so a run replays from its seed.
@@ -52,6 +53,104 @@ pub(crate) struct Harness {
     pub(crate) work: PathBuf,
     pub(crate) port: u16,
     pub(crate) password: String,
+    /// What the running server's log says is in flight, and what its logs said in all.
+    pub(crate) events: Arc<Mutex<ServerEvents>>,
+}
+
+/// Read from the server's debug events as they are written, so the harness can kill it (or
+/// an agent) while a commit or a chunk stream is open, and count what the kill interrupted.
+/// Each server process is a generation: a dead server's log may end after its successor
+/// has begun writing.
+#[derive(Default, Debug)]
+pub(crate) struct ServerEvents {
+    /// The generation of the server started last.
+    pub(crate) current: u64,
+    /// Chunk streams open, by server generation and device id.
+    open_streams: BTreeMap<(u64, String), i64>,
+    /// Commits begun and not yet answered, by server generation.
+    open_commits: BTreeMap<u64, i64>,
+    /// Chunk streams that ended because the client went away (killed or cut off).
+    pub(crate) broken_streams: u64,
+    /// Commits a server began and never answered: its log ended first (a kill).
+    pub(crate) interrupted_commits: u64,
+    /// Commits answered, over every server process.
+    pub(crate) answered_commits: u64,
+    /// Data chunks the server received that the account already held.
+    pub(crate) already_held: u64,
+}
+
+impl ServerEvents {
+    /// Whether the running server has a chunk stream open from `device`.
+    pub(crate) fn streaming(&self, device: &str) -> bool {
+        self.open_streams
+            .get(&(self.current, device.to_string()))
+            .is_some_and(|n| *n > 0)
+    }
+
+    /// Whether the running server is in the middle of a commit.
+    pub(crate) fn committing(&self) -> bool {
+        self.open_commits.get(&self.current).is_some_and(|n| *n > 0)
+    }
+
+    /// Applies one line of generation `server`'s log (ANSI colours stripped).
+    fn apply(&mut self, server: u64, line: &str) {
+        let line = strip_ansi(line);
+        let field = |name: &str| -> String {
+            let key = format!(" {name}=");
+            line.split(&key)
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .unwrap_or_default()
+                .trim_matches('"')
+                .to_string()
+        };
+        if line.contains("chunk stream opened") {
+            *self
+                .open_streams
+                .entry((server, field("device")))
+                .or_default() += 1;
+        } else if line.contains("chunk stream ended") || line.contains("chunk stream broken") {
+            *self
+                .open_streams
+                .entry((server, field("device")))
+                .or_default() -= 1;
+            if line.contains("broken") {
+                self.broken_streams += 1;
+            }
+        } else if line.contains("commit begins") {
+            *self.open_commits.entry(server).or_default() += 1;
+        } else if line.contains("commit answered") {
+            *self.open_commits.entry(server).or_default() -= 1;
+            self.answered_commits += 1;
+        } else if line.contains("already held") {
+            self.already_held += field("chunks").parse::<u64>().unwrap_or(1);
+        }
+    }
+
+    /// Generation `server`'s log ended: whatever it had open, it never finished.
+    fn server_gone(&mut self, server: u64) {
+        let open = self.open_commits.remove(&server).unwrap_or(0);
+        self.interrupted_commits += open.max(0) as u64;
+        self.open_streams.retain(|(g, _), _| *g != server);
+    }
+}
+
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ parameters final-byte
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 impl Harness {
@@ -83,11 +182,29 @@ impl Harness {
             ])
             .arg(self.work.join("server"))
             .args(extra)
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                "warn,keepsake_transport::store_service=debug,keepsake_transport::library_service=debug",
+            )
+            .env("NO_COLOR", "1")
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .context("starting keepsake serve")?;
+        let stderr = child.stderr.take().expect("piped");
+        let events = self.events.clone();
+        let generation = {
+            let mut e = events.lock().unwrap();
+            e.current += 1;
+            e.current
+        };
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                events.lock().unwrap().apply(generation, &line);
+            }
+            events.lock().unwrap().server_gone(generation);
+        });
         let stdout = child.stdout.take().expect("piped");
         let mut lines = BufReader::new(stdout).lines();
         for line in lines.by_ref() {
@@ -211,6 +328,7 @@ pub(crate) fn release_server(root: &Path, work: &Path, serve: &[&str]) -> Result
         work: work.to_path_buf(),
         port: free_port()?,
         password: String::new(),
+        events: Arc::default(),
     };
     let server = h.server_with(serve)?;
     let credentials: serde_json::Value = serde_json::from_slice(&std::fs::read(
@@ -373,6 +491,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         work: work.clone(),
         port: free_port()?,
         password: String::new(),
+        events: Arc::default(),
     };
     let mut server = h.server()?;
     let credentials: serde_json::Value = serde_json::from_slice(&std::fs::read(
@@ -485,7 +604,21 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         .and_then(|i| args.get(i + 1))
         .and_then(|s| s.parse().ok())
         .unwrap_or(if short { 60 } else { 300 });
-    crate::chaos::chaos_phase(&h, &work, &mut rng, &mut server, chaos_seconds, seed)?;
+    let targeted = args
+        .iter()
+        .position(|a| a == "--kills")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(if short { 10 } else { 50 });
+    crate::chaos::chaos_phase(
+        &h,
+        &work,
+        &mut rng,
+        &mut server,
+        chaos_seconds,
+        targeted,
+        seed,
+    )?;
     drop(server);
     Ok(())
 }
@@ -592,5 +725,59 @@ fn optimize_phase(
             );
         }
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ServerEvents;
+
+    #[test]
+    fn a_commit_open_when_the_server_log_ends_counts_as_interrupted() {
+        let mut e = ServerEvents {
+            current: 1,
+            ..ServerEvents::default()
+        };
+        let t = "2026-11-25T19:11:25.123456Z DEBUG keepsake_transport::library_service:";
+        e.apply(
+            1,
+            &format!("{t} commit begins account=\"admin\" device=\"d1\" request_id=\"a\""),
+        );
+        e.apply(
+            1,
+            &format!("{t} commit begins account=\"admin\" device=\"d2\" request_id=\"b\""),
+        );
+        e.apply(
+            1,
+            &format!("{t} commit answered account=admin device=\"d1\" request_id=\"a\" ok=true"),
+        );
+        assert!(e.committing());
+        e.server_gone(1);
+        assert_eq!((e.interrupted_commits, e.answered_commits), (1, 1));
+        assert!(!e.committing());
+    }
+
+    #[test]
+    fn a_dead_servers_late_log_does_not_touch_its_successors_state() {
+        let mut e = ServerEvents {
+            current: 2,
+            ..ServerEvents::default()
+        };
+        let t = "\u{1b}[2m2026-11-25T19:11:25Z\u{1b}[0m \u{1b}[34mDEBUG\u{1b}[0m keepsake_transport::store_service:";
+        e.apply(2, &format!("{t} chunk stream opened account=admin \u{1b}[3mdevice\u{1b}[0m\u{1b}[2m=\u{1b}[0m\"cam\""));
+        e.apply(
+            1,
+            &format!("{t} chunk stream opened account=admin device=\"cam\""),
+        );
+        e.server_gone(1);
+        assert!(e.streaming("cam"), "generation 2's stream is still open");
+        e.apply(
+            2,
+            &format!("{t} chunk stream broken account=admin device=\"cam\" code=Cancelled"),
+        );
+        assert!(!e.streaming("cam"));
+        assert_eq!(e.broken_streams, 1);
+        e.apply(2, "2026-11-25T19:11:25Z  INFO keepsake_transport::store_service: chunks received that the account already held account=admin device=\"cam\" chunks=3");
+        assert_eq!(e.already_held, 3);
     }
 }

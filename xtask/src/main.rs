@@ -20,7 +20,7 @@ const USAGE: &str = "usage: cargo xtask <command>
   arch                  check the dependency rules of ARCHITECTURE.md
   python                the Python grpcio client against a real server
   demo                  a server and two devices as processes: the story of sync, step by step
-  it [--short] [--seed N] [--seconds N]  real server and devices: kill -9, then a chaos loop (3 agents, proxy cuts, full disk, skewed clocks)
+  it [--short] [--seed N] [--seconds N] [--kills N]  real server and devices: kill -9, then N targeted kills (agent mid-upload, server mid-commit) and a chaos loop (3 agents, proxy cuts, full disk, skewed clocks)
   fuzz [--seconds N]    every cargo-fuzz target (manifests, deltas, wire messages, file names) for N s each
   sim [--seeds N] [--from S] [--jobs J]  deterministic simulation: cloud and devices under crashes, partitions, lost and repeated calls
   media                 generate real media (ffmpeg, exiftool) and check delta sizes against rsync

@@ -69,6 +69,8 @@ pub struct PutOutcome {
     pub acknowledged: Vec<ChunkId>,
     /// Bytes that were new to the physical store.
     pub new_bytes: u64,
+    /// Data chunks of the batch the account already held before it: sent for nothing.
+    pub already_held: u64,
 }
 
 /// Bytes and chunks one account owns, each counted once.
@@ -541,7 +543,7 @@ impl Store {
                 return Err(StoreError::MissingChunks(missing));
             }
         }
-        let mut new_bytes = 0u64;
+        let (mut new_bytes, mut already_held) = (0u64, 0u64);
         if let Some(((name, hash, size), slots)) = written {
             let pack_id = insert_pack(&tx, name, hash, *size, now)?;
             let mut insert = tx.prepare_cached(
@@ -568,10 +570,12 @@ impl Store {
                 "INSERT OR IGNORE INTO session_pins (session_id, chunk) VALUES (?1, ?2)",
             )?;
             let (mut owned_bytes, mut owned_chunks) = (0i64, 0i64);
-            for (id, data, _) in unique {
+            for (id, data, is_manifest) in unique {
                 if own.execute(params![account, &id.0[..]])? == 1 {
                     owned_bytes += data.len() as i64;
                     owned_chunks += 1;
+                } else if !is_manifest {
+                    already_held += 1;
                 }
                 pin.execute(params![session_id, &id.0[..]])?;
             }
@@ -595,6 +599,7 @@ impl Store {
         Ok(Some(PutOutcome {
             acknowledged: unique.iter().map(|(id, _, _)| *id).collect(),
             new_bytes,
+            already_held,
         }))
     }
 

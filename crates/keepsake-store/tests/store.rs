@@ -59,6 +59,8 @@ proptest! {
         let usage = f.store.usage("alice").unwrap();
         let second = f.store.put_chunks("alice", &s.id, &chunks).unwrap();
         prop_assert_eq!(second.new_bytes, 0, "a repeated put stores nothing new");
+        prop_assert_eq!(first.already_held, 0);
+        prop_assert_eq!(second.already_held as usize, first.acknowledged.len(), "a re-send is counted");
         prop_assert_eq!(f.store.usage("alice").unwrap(), usage, "and bills nothing new");
         prop_assert_eq!(first.acknowledged.len(), ids.iter().collect::<BTreeSet<_>>().len());
         prop_assert!(f.store.find_missing("alice", &s.id, &ids).unwrap().is_empty());
@@ -131,6 +133,10 @@ fn find_missing_reports_unowned_chunks_and_another_accounts_chunks() {
     // Bob uploading the same bytes stores nothing new physically but now owns it.
     let out = f.store.put_chunks("bob", &b.id, &[(id, data)]).unwrap();
     assert_eq!(out.new_bytes, 0);
+    assert_eq!(
+        out.already_held, 0,
+        "new to bob even though the store had it"
+    );
     assert_eq!(f.store.usage("bob").unwrap().bytes, 13);
     assert_eq!(f.store.usage("alice").unwrap().bytes, 13);
     assert_eq!(

@@ -165,9 +165,16 @@ impl Library for LibraryService {
         let who = identity(&request)?;
         let commit = commit_from_wire(request.into_inner(), device_of(&who))?;
         let account = who.account.clone();
-        let c = self
+        // Paired events let an operator (and `cargo xtask it`) see a commit that a crash
+        // interrupted: a begin with no answer.
+        let request_id = commit.request_id.clone();
+        let device = who.device.as_deref().unwrap_or("");
+        tracing::debug!(account, device, request_id, "commit begins");
+        let result = self
             .mutate(&who, move |c| c.commit_asset(&account, &commit))
-            .await?;
+            .await;
+        tracing::debug!(account = %who.account, device, request_id, ok = result.is_ok(), "commit answered");
+        let c = result?;
         Ok(Response::new(pb::CommitAssetResponse {
             asset_id: c.asset_id,
             version: c.version,

@@ -150,9 +150,17 @@ impl ChunkStore for StoreService {
         let (tx, rx) = mpsc::channel(4);
         let store = self.store.clone();
         let batch_bytes = self.batch_bytes;
+        let device = who.device.clone().unwrap_or_default();
+        tracing::debug!(account = %who.account, device, "chunk stream opened");
         tokio::spawn(async move {
-            if let Err(status) = pump_puts(store, who, inbound, batch_bytes, &tx).await {
-                let _ = tx.send(Err(status)).await;
+            let account = who.account.clone();
+            match pump_puts(store, who, inbound, batch_bytes, &tx).await {
+                Ok(()) => tracing::debug!(account, device, "chunk stream ended"),
+                Err(status) => {
+                    // A client that vanished mid-stream (killed, cut off) ends here too.
+                    tracing::debug!(account, device, code = ?status.code(), "chunk stream broken");
+                    let _ = tx.send(Err(status)).await;
+                }
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -379,7 +387,7 @@ async fn pump_puts(
         };
         if !batch.is_empty() && (batch_size >= batch_bytes || batch.len() >= max_ids || flush) {
             if let Some(done) = pending.take() {
-                acknowledge(done, tx).await?;
+                acknowledge(done, &who, tx).await?;
             }
             let chunks = std::mem::take(&mut batch);
             batch_size = 0;
@@ -393,7 +401,7 @@ async fn pump_puts(
         if (flush || end)
             && let Some(done) = pending.take()
         {
-            acknowledge(done, tx).await?;
+            acknowledge(done, &who, tx).await?;
         }
         if end {
             return Ok(());
@@ -403,12 +411,23 @@ async fn pump_puts(
 
 async fn acknowledge(
     done: JoinHandle<Result<PutOutcome, StoreError>>,
+    who: &Identity,
     tx: &mpsc::Sender<Result<pb::PutChunksResponse, Status>>,
 ) -> Result<(), Status> {
     let outcome = done
         .await
         .map_err(|e| Status::from(ApiError::Unavailable(format!("store worker failed: {e}"))))?
         .map_err(|e| Status::from(ApiError::Store(e)))?;
+    if outcome.already_held > 0 {
+        // FindMissing should have kept these off the wire: a client re-sending what it was
+        // told is stored (or two devices racing with the same photo) wastes its upload.
+        tracing::info!(
+            account = %who.account,
+            device = who.device.as_deref().unwrap_or(""),
+            chunks = outcome.already_held,
+            "chunks received that the account already held"
+        );
+    }
     let ack = pb::PutChunksResponse {
         acknowledged_ids: outcome.acknowledged.iter().map(id_bytes).collect(),
         new_bytes: outcome.new_bytes,
