@@ -484,6 +484,7 @@ mod devices {
             Services {
                 store: Some(store.clone()),
                 cloud: Some(cloud.clone()),
+                delta: true,
                 ..Services::default()
             },
             auth,
@@ -1044,6 +1045,40 @@ async fn racing_edits_on_two_devices_keep_both_versions() {
     );
     assert_eq!(std::fs::read(fa.join("IMG.JPG")).unwrap(), edit_b);
     assert_eq!(std::fs::read(fb.join("IMG.JPG")).unwrap(), edit_b);
+}
+
+/// A photo whose date was rewritten in place (19 bytes) reaches the cloud as a delta
+/// against the stretch of the old version it replaced, not as whole 64 KiB chunks, and
+/// the other device gets exactly the new bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exif_date_rewrite_travels_as_a_delta_not_whole_chunks() {
+    use devices::*;
+    let c = cloud().await;
+    let root = tempfile::tempdir().unwrap();
+    let (fa, fb) = (root.path().join("A"), root.path().join("B"));
+    let mut a = device(&c, &fa, &root.path().join("a-data"), "A").await;
+    let mut b = device(&c, &fb, &root.path().join("b-data"), "B").await;
+    let original = photo(21, 3_000_000);
+    std::fs::write(fa.join("IMG_0001.JPG"), &original).unwrap();
+    sync(&mut a).await;
+    sync(&mut a).await; // the feed brings A its own version: the base of the next edit
+    sync(&mut b).await;
+    let mut edited = original.clone();
+    edited[1_500_000..1_500_019].copy_from_slice(b"2025:01:11 08:30:00");
+    std::fs::write(fa.join("IMG_0001.JPG"), &edited).unwrap();
+    let r = sync(&mut a).await;
+    assert_eq!(r.uploaded, 1, "{r:?}");
+    assert!(
+        r.chunks_by_delta >= 1,
+        "the changed chunks went whole: {r:?}"
+    );
+    assert!(
+        r.bytes_sent < 4096,
+        "{} bytes sent for a 19-byte edit: {r:?}",
+        r.bytes_sent
+    );
+    sync(&mut b).await;
+    assert_eq!(std::fs::read(fb.join("IMG_0001.JPG")).unwrap(), edited);
 }
 
 /// Through a proxy that cuts, delays and stalls the connection, a device keeps retrying

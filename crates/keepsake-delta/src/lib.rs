@@ -9,6 +9,8 @@
 //! - [`rsync`] makes and applies rsync-style deltas (fast_rsync) for small in-place
 //!   edits, always checking the result against the declared BLAKE3.
 //! - [`choose`] picks the cheaper of "send new chunks" and "send a delta".
+//! - [`span`] sends only the changed stretch of an edited file as a delta: runs of
+//!   missing chunks matched to the stretch of the old version they replaced.
 //!
 //! Pure: no network and no file-system access of its own — callers hand in readers
 //! and byte slices.
@@ -30,6 +32,7 @@
 mod chunking;
 mod plan;
 pub mod rsync;
+pub mod span;
 
 pub use chunking::{
     ChunkParams, chunk_files_parallel, chunk_stream, chunk_stream_pipelined, manifest_of,

@@ -95,10 +95,21 @@ fn apply_unverified(
     delta: &[u8],
     limits: &RsyncLimits,
 ) -> Result<Vec<u8>, DeltaError> {
+    apply_bounded(base, delta, limits, limits.max_file_bytes)
+}
+
+/// fast_rsync's rebuild, refusing to produce more than `max_out` bytes; no hash check:
+/// callers must verify the result.
+pub(crate) fn apply_bounded(
+    base: &[u8],
+    delta: &[u8],
+    limits: &RsyncLimits,
+    max_out: u64,
+) -> Result<Vec<u8>, DeltaError> {
     check("base", base.len(), limits.max_file_bytes)?;
     check("delta", delta.len(), limits.max_delta_bytes)?;
     let mut out = Vec::new();
-    fast_rsync::apply_limited(base, delta, &mut out, limits.max_file_bytes as usize)
+    fast_rsync::apply_limited(base, delta, &mut out, max_out as usize)
         .map_err(|e| DeltaError::BadDelta(e.to_string()))?;
     Ok(out)
 }

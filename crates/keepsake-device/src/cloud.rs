@@ -265,4 +265,41 @@ pub trait Cloud: Send {
         edit: &Edit,
         stamp: &Stamp,
     ) -> impl Future<Output = Result<(), CloudError>> + Send;
+    /// The rsync signature of a stretch (whole chunks) of a stored version. A cloud that
+    /// cannot make one says so with a permanent error, and the device sends chunks.
+    fn span_signature(
+        &mut self,
+        base: &ManifestId,
+        offset: u64,
+        length: u64,
+    ) -> impl Future<Output = Result<Vec<u8>, CloudError>> + Send {
+        let _ = (base, offset, length);
+        async { Err(CloudError::unsupported("span signatures")) }
+    }
+    /// Stores the chunks `delta` rebuilds from the stretch `span` (offset, length) of
+    /// `base`; returns the ids acknowledged as durable.
+    fn put_chunks_by_delta(
+        &mut self,
+        session: &str,
+        base: &ManifestId,
+        span: (u64, u64),
+        chunks: &[(ChunkId, u32)],
+        delta: Vec<u8>,
+    ) -> impl Future<Output = Result<Vec<ChunkId>, CloudError>> + Send {
+        let _ = (session, base, span, chunks, delta);
+        async { Err(CloudError::unsupported("chunks sent as deltas")) }
+    }
+}
+
+impl CloudError {
+    /// What a cloud without an optional capability answers: permanent, so the caller
+    /// falls back rather than retries.
+    pub fn unsupported(what: &str) -> Self {
+        Self {
+            transient: false,
+            reason: "UNIMPLEMENTED".into(),
+            message: format!("this cloud does not take {what}"),
+            missing_chunks: Vec::new(),
+        }
+    }
 }

@@ -58,6 +58,10 @@ impl DeviceConfig {
     }
 }
 
+/// Runs of changed chunks smaller than this go whole: a delta would save too little to
+/// pay for its round trips.
+const MIN_DELTA_RUN_BYTES: u64 = 16 << 10;
+
 /// What one pass did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SyncReport {
@@ -67,8 +71,10 @@ pub struct SyncReport {
     pub linked: usize,
     /// Chunks sent.
     pub chunks_sent: usize,
-    /// Bytes of chunks sent.
+    /// Bytes of chunks sent (for chunks sent as deltas, the delta's bytes).
     pub bytes_sent: u64,
+    /// Chunks of edited files rebuilt by the cloud from a delta against the old version.
+    pub chunks_by_delta: usize,
     /// Files written into the folder from the cloud.
     pub downloaded: usize,
     /// Files already here with an asset's exact content, taken as that asset (no download).
@@ -913,7 +919,20 @@ impl<C: Cloud> Device<C> {
             unique.sort();
             unique
         };
-        let missing = self.cloud.find_missing(&session, &ids).await?;
+        let mut missing = self.cloud.find_missing(&session, &ids).await?;
+        if let Some(asset_id) = &row.asset_id {
+            missing = self
+                .send_changed_stretches(
+                    &session,
+                    asset_id,
+                    &row.file_hash,
+                    &manifest,
+                    missing,
+                    &data,
+                    report,
+                )
+                .await?;
+        }
         self.send(&session, &row.file_hash, &missing, &offsets, &data, report)
             .await?;
         let manifest_id = self.cloud.put_manifest(&session, &manifest).await?;
@@ -974,6 +993,91 @@ impl<C: Cloud> Device<C> {
             report.uploaded += 1;
         }
         Ok(())
+    }
+
+    /// An edit of a file the cloud has: each run of chunks the cloud lacks goes as an rsync
+    /// delta against the stretch of the current version it replaced, when that is much
+    /// smaller than the chunks. Returns the chunks still to send whole.
+    #[allow(clippy::too_many_arguments)]
+    async fn send_changed_stretches(
+        &mut self,
+        session: &str,
+        asset_id: &str,
+        file_hash: &ChunkId,
+        manifest: &Manifest,
+        missing: Vec<ChunkId>,
+        data: &Bytes,
+        report: &mut SyncReport,
+    ) -> Result<Vec<ChunkId>, DeviceError> {
+        let missing_bytes: u64 = manifest
+            .entries
+            .iter()
+            .filter(|e| missing.contains(&e.chunk))
+            .map(|e| u64::from(e.len))
+            .sum();
+        if missing_bytes < MIN_DELTA_RUN_BYTES {
+            return Ok(missing);
+        }
+        let Some((_, base_id, _)) = self.journal.current(asset_id)? else {
+            return Ok(missing);
+        };
+        let base = match self.cloud.manifest(&base_id).await {
+            Ok(base) => base,
+            Err(e) if !e.transient => return Ok(missing),
+            Err(e) => return Err(e.into()),
+        };
+        let wanted: HashSet<ChunkId> = missing.iter().copied().collect();
+        let mut sent: HashSet<ChunkId> = HashSet::new();
+        for span in keepsake_delta::span::plan_spans(&base, manifest, &wanted) {
+            let run_len = span.new_len();
+            if run_len < MIN_DELTA_RUN_BYTES {
+                continue;
+            }
+            let run = data.slice(span.new_offset as usize..(span.new_offset + run_len) as usize);
+            let stretch = (span.base_offset, span.base_len);
+            let signature = match self
+                .cloud
+                .span_signature(&base_id, stretch.0, stretch.1)
+                .await
+            {
+                Ok(sig) => sig,
+                Err(e) if !e.transient => {
+                    tracing::debug!(reason = %e.reason, "no span signature; sending chunks");
+                    return Ok(missing);
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let Ok(delta) = keepsake_delta::span::span_delta(&signature, &run) else {
+                continue; // a signature we cannot use: the chunks go whole
+            };
+            // Worth it only when clearly smaller: the signature came down for it too.
+            if (delta.len() + signature.len()) as u64 * 2 > run_len {
+                continue;
+            }
+            let delta_len = delta.len() as u64;
+            match self
+                .cloud
+                .put_chunks_by_delta(session, &base_id, stretch, &span.chunks, delta)
+                .await
+            {
+                Ok(acknowledged) => {
+                    self.journal.record_acked(file_hash, &acknowledged)?;
+                    self.chunks_acknowledged += acknowledged.len() as u64;
+                    report.chunks_sent += acknowledged.len();
+                    report.chunks_by_delta += acknowledged.len();
+                    report.bytes_sent += delta_len;
+                    sent.extend(acknowledged);
+                }
+                Err(e) if !e.transient => {
+                    tracing::debug!(reason = %e.reason, message = %e.message, "delta refused; sending chunks");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(missing
+            .into_iter()
+            .filter(|id| !sent.contains(id))
+            .collect())
     }
 
     async fn send(

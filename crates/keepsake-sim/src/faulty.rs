@@ -179,4 +179,36 @@ impl<C: Cloud> Cloud for Faulty<C> {
         let result = self.inner.edit(edit, stamp).await;
         self.lost_reply(result)
     }
+
+    async fn span_signature(
+        &mut self,
+        base: &ManifestId,
+        offset: u64,
+        length: u64,
+    ) -> Result<Vec<u8>, CloudError> {
+        self.inner.span_signature(base, offset, length).await
+    }
+
+    async fn put_chunks_by_delta(
+        &mut self,
+        session: &str,
+        base: &ManifestId,
+        span: (u64, u64),
+        chunks: &[(ChunkId, u32)],
+        delta: Vec<u8>,
+    ) -> Result<Vec<ChunkId>, CloudError> {
+        if self.roll(4) {
+            // Delivered twice: the rebuilt chunks are stored once.
+            self.counts.lock().unwrap().duplicated += 1;
+            let _ = self
+                .inner
+                .put_chunks_by_delta(session, base, span, chunks, delta.clone())
+                .await;
+        }
+        let result = self
+            .inner
+            .put_chunks_by_delta(session, base, span, chunks, delta)
+            .await;
+        self.lost_reply(result)
+    }
 }

@@ -248,6 +248,7 @@ pub(crate) async fn serve_cloud(
     let services = Services {
         store: Some(store),
         cloud: Some(cloud),
+        delta: true,
         ..Services::default()
     };
     tokio::select! {

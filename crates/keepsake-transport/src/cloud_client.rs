@@ -486,6 +486,65 @@ impl CloudClient {
             .map_err(|e| tonic::Status::from(e).into())
     }
 
+    /// The signature of a stretch (whole chunks) of a version this account owns.
+    pub async fn span_signature(
+        &mut self,
+        base: &ManifestId,
+        offset: u64,
+        length: u64,
+    ) -> Result<Vec<u8>, CallError> {
+        let req = self.unary(pb::SpanSignatureRequest {
+            base_manifest_id: id_bytes(base),
+            offset,
+            length,
+        });
+        let reply = within(
+            "SpanSignature",
+            self.config.call_timeout,
+            self.delta.span_signature(req),
+        )
+        .await?;
+        Ok(reply.into_inner().signature.to_vec())
+    }
+
+    /// Stores the chunks `delta` rebuilds from a stretch of `base`; returns the ids the
+    /// server acknowledged as durable.
+    pub async fn put_chunks_by_delta(
+        &mut self,
+        session: &str,
+        base: &ManifestId,
+        (offset, length): (u64, u64),
+        chunks: &[(ChunkId, u32)],
+        delta: Vec<u8>,
+    ) -> Result<Vec<ChunkId>, CallError> {
+        let req = self.unary(pb::PutChunksByDeltaRequest {
+            session_id: session.into(),
+            base_manifest_id: id_bytes(base),
+            offset,
+            length,
+            chunks: chunks
+                .iter()
+                .map(|(id, length)| pb::SpanChunk {
+                    id: id_bytes(id),
+                    length: *length,
+                })
+                .collect(),
+            delta: delta.into(),
+        });
+        let reply = within(
+            "PutChunksByDelta",
+            self.config.call_timeout,
+            self.delta.put_chunks_by_delta(req),
+        )
+        .await?;
+        reply
+            .into_inner()
+            .acknowledged_ids
+            .iter()
+            .map(|id| chunk_id("acknowledged_ids", id).map_err(|e| tonic::Status::from(e).into()))
+            .collect()
+    }
+
     /// The policy's decision for a snapshot of the device's conditions.
     pub async fn evaluate(&mut self, snapshot: pb::Snapshot) -> Result<pb::Decision, CallError> {
         let req = self.unary(pb::EvaluateRequest {

@@ -7,6 +7,7 @@ use crate::convert::{chunk_id, id_bytes};
 use bytes::Bytes;
 use keepsake_delta::DeltaError;
 use keepsake_delta::rsync::{self, RsyncLimits};
+use keepsake_delta::span;
 use keepsake_proto::v1 as pb;
 use keepsake_proto::v1::delta_server::Delta;
 use keepsake_store::{ChunkId, Store, StoreError};
@@ -65,6 +66,49 @@ fn load_base(
         (Err(_), Some(e)) => Err(ApiError::Store(e).into()),
         (Err(e), None) => Err(delta_status(e)),
     }
+}
+
+/// Reads a stretch of an owned version: whole chunks from `offset`, `length` bytes, at
+/// most a span's worth.
+fn load_span(
+    store: &Store,
+    account: &str,
+    manifest_id: &ChunkId,
+    offset: u64,
+    length: u64,
+) -> Result<Vec<u8>, Status> {
+    if length == 0 || length > span::MAX_SPAN_BYTES {
+        return Err(ApiError::field(
+            "length",
+            format!("must be 1 to {} bytes", span::MAX_SPAN_BYTES),
+        )
+        .into());
+    }
+    let manifest = store
+        .get_manifest(account, manifest_id)
+        .map_err(|e| Status::from(ApiError::Store(e)))?;
+    let mut out = Vec::with_capacity(length as usize);
+    let mut at = 0u64;
+    for e in &manifest.entries {
+        let end = at + u64::from(e.len);
+        if at >= offset && end <= offset + length {
+            let data = store
+                .get_chunk(account, &e.chunk)
+                .map_err(|e| Status::from(ApiError::Store(e)))?;
+            out.extend_from_slice(&data);
+        } else if at < offset + length && end > offset {
+            break; // a chunk straddles an end of the stretch
+        }
+        at = end;
+    }
+    if out.len() as u64 != length {
+        return Err(ApiError::field(
+            "offset",
+            "the stretch must start and end on the version's chunk boundaries",
+        )
+        .into());
+    }
+    Ok(out)
 }
 
 async fn blocking<T: Send + 'static>(
@@ -172,6 +216,74 @@ impl Delta for DeltaService {
             manifest_id: id_bytes(&manifest_id),
             total_length,
             new_bytes,
+        }))
+    }
+
+    async fn span_signature(
+        &self,
+        request: Request<pb::SpanSignatureRequest>,
+    ) -> Result<Response<pb::SpanSignatureResponse>, Status> {
+        let who = identity(&request)?;
+        let pb::SpanSignatureRequest {
+            base_manifest_id,
+            offset,
+            length,
+        } = request.into_inner();
+        let id = chunk_id("base_manifest_id", &base_manifest_id)?;
+        let store = self.store.clone();
+        let signature = blocking(move || {
+            let base = load_span(&store, &who.account, &id, offset, length)?;
+            span::span_signature(&base).map_err(delta_status)
+        })
+        .await?;
+        Ok(Response::new(pb::SpanSignatureResponse {
+            signature: signature.into(),
+        }))
+    }
+
+    async fn put_chunks_by_delta(
+        &self,
+        request: Request<pb::PutChunksByDeltaRequest>,
+    ) -> Result<Response<pb::PutChunksByDeltaResponse>, Status> {
+        let who = identity(&request)?;
+        let pb::PutChunksByDeltaRequest {
+            session_id,
+            base_manifest_id,
+            offset,
+            length,
+            chunks,
+            delta,
+        } = request.into_inner();
+        let base_id = chunk_id("base_manifest_id", &base_manifest_id)?;
+        if session_id.is_empty() {
+            return Err(ApiError::field("session_id", "is required").into());
+        }
+        let max_ids = self.store.config().max_ids_per_call;
+        if chunks.is_empty() || chunks.len() > max_ids {
+            return Err(
+                ApiError::field("chunks", format!("must name 1 to {max_ids} chunks")).into(),
+            );
+        }
+        let chunks = chunks
+            .into_iter()
+            .map(|pb::SpanChunk { id, length }| Ok((chunk_id("chunks.id", &id)?, length)))
+            .collect::<Result<Vec<(ChunkId, u32)>, ApiError>>()?;
+        let store = self.store.clone();
+        let outcome = blocking(move || {
+            let base = load_span(&store, &who.account, &base_id, offset, length)?;
+            let rebuilt = span::rebuild_chunks(&base, &delta, &chunks).map_err(delta_status)?;
+            let rebuilt: Vec<(ChunkId, Bytes)> = rebuilt
+                .into_iter()
+                .map(|(id, data)| (id, Bytes::from(data)))
+                .collect();
+            store
+                .put_chunks(&who.account, &session_id, &rebuilt)
+                .map_err(|e| Status::from(ApiError::Store(e)))
+        })
+        .await?;
+        Ok(Response::new(pb::PutChunksByDeltaResponse {
+            acknowledged_ids: outcome.acknowledged.iter().map(id_bytes).collect(),
+            new_bytes: outcome.new_bytes,
         }))
     }
 }

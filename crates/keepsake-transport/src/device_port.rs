@@ -288,4 +288,24 @@ impl Cloud for CloudClient {
         }
         Ok(())
     }
+
+    async fn span_signature(
+        &mut self,
+        base: &ManifestId,
+        offset: u64,
+        length: u64,
+    ) -> Result<Vec<u8>, CloudError> {
+        Ok(CloudClient::span_signature(self, base, offset, length).await?)
+    }
+
+    async fn put_chunks_by_delta(
+        &mut self,
+        session: &str,
+        base: &ManifestId,
+        span: (u64, u64),
+        chunks: &[(ChunkId, u32)],
+        delta: Vec<u8>,
+    ) -> Result<Vec<ChunkId>, CloudError> {
+        Ok(CloudClient::put_chunks_by_delta(self, session, base, span, chunks, delta).await?)
+    }
 }

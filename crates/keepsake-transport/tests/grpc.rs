@@ -824,6 +824,127 @@ async fn deltas_against_foreign_bases_or_with_wrong_hashes_store_nothing() {
     assert_status(&err, Code::NotFound, "NOT_FOUND");
 }
 
+/// The changed stretch of an edited file travels as a delta: the server rebuilds exactly
+/// the chunks named, checks each against its id, and refuses a stretch that is not on
+/// chunk boundaries, a rebuild that is wrong, or another account's version.
+#[tokio::test]
+async fn a_changed_stretch_is_rebuilt_chunk_by_chunk_and_checked() {
+    use keepsake_delta::span;
+    let server = start().await;
+    let mut alice = as_user(&server, "alice-token").await;
+    let mut delta = delta_client(&server, "alice-token").await;
+    let sid = session(&mut alice).await;
+    let base = noise(2 << 20, "span base");
+    let base_id = upload_file(&mut alice, &sid, &base).await;
+    let mut edited = base.clone();
+    edited[1_000_000..1_000_019].copy_from_slice(b"2025:01:11 08:30:00");
+    let params = keepsake_delta::ChunkParams::PHOTO;
+    let (bm, nm) = (
+        keepsake_delta::manifest_of(&base, params),
+        keepsake_delta::manifest_of(&edited, params),
+    );
+    let old: std::collections::HashSet<ChunkId> = bm.entries.iter().map(|e| e.chunk).collect();
+    let missing = nm
+        .entries
+        .iter()
+        .map(|e| e.chunk)
+        .filter(|c| !old.contains(c))
+        .collect();
+    let spans = span::plan_spans(&bm, &nm, &missing);
+    assert_eq!(spans.len(), 1, "one edit, one stretch: {spans:?}");
+    let s = &spans[0];
+    let run = &edited[s.new_offset as usize..(s.new_offset + s.new_len()) as usize];
+    let sig = delta
+        .span_signature(pb::SpanSignatureRequest {
+            base_manifest_id: base_id.clone(),
+            offset: s.base_offset,
+            length: s.base_len,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .signature;
+    let d = span::span_delta(&sig, run).unwrap();
+    let request =
+        |chunks: &[(ChunkId, u32)], offset: u64, delta: Vec<u8>| pb::PutChunksByDeltaRequest {
+            session_id: sid.clone(),
+            base_manifest_id: base_id.clone(),
+            offset,
+            length: s.base_len,
+            chunks: chunks
+                .iter()
+                .map(|(id, length)| pb::SpanChunk {
+                    id: id_bytes(id),
+                    length: *length,
+                })
+                .collect(),
+            delta: delta.into(),
+        };
+    let usage = |c: &mut StoreClient| {
+        let mut c = c.clone();
+        async move {
+            c.get_usage(pb::GetUsageRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    let before = usage(&mut alice).await;
+    // Off the chunk boundaries.
+    let err = delta
+        .put_chunks_by_delta(request(&s.chunks, s.base_offset + 1, d.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    // A chunk id the rebuilt bytes do not have.
+    let mut wrong = s.chunks.clone();
+    wrong[0].0 = ChunkId::of(b"not this chunk");
+    let err = delta
+        .put_chunks_by_delta(request(&wrong, s.base_offset, d.clone()))
+        .await
+        .unwrap_err();
+    assert_status(&err, Code::InvalidArgument, "HASH_MISMATCH");
+    // Another account's version reads as absent.
+    let mut bob = delta_client(&server, "bob-token").await;
+    let err = bob
+        .put_chunks_by_delta(request(&s.chunks, s.base_offset, d.clone()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err.code(),
+            Code::NotFound | Code::FailedPrecondition | Code::PermissionDenied
+        ),
+        "{err:?}"
+    );
+    assert_eq!(usage(&mut alice).await, before, "nothing was stored");
+    let reply = delta
+        .put_chunks_by_delta(request(&s.chunks, s.base_offset, d))
+        .await
+        .unwrap()
+        .into_inner();
+    let acked: Vec<ChunkId> = reply
+        .acknowledged_ids
+        .iter()
+        .map(|id| ChunkId::from_slice(id).unwrap())
+        .collect();
+    assert_eq!(
+        acked,
+        s.chunks.iter().map(|(id, _)| *id).collect::<Vec<_>>()
+    );
+    let all: Vec<ChunkId> = nm.entries.iter().map(|e| e.chunk).collect();
+    let bytes: Vec<u8> = get_all(&mut alice, &all)
+        .await
+        .unwrap()
+        .into_iter()
+        .flat_map(|(_, d)| d.to_vec())
+        .collect();
+    assert_eq!(
+        bytes, edited,
+        "the stored chunks make exactly the edited file"
+    );
+}
+
 // ---- Library and Accounts ----
 
 async fn library(server: &Server, name: &str) -> client::LibraryApi {

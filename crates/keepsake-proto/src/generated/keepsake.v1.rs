@@ -2078,6 +2078,56 @@ pub struct ApplyDeltaResponse {
     #[prost(uint64, tag = "3")]
     pub new_bytes: u64,
 }
+/// Request of Delta.SpanSignature: a stretch of a version, starting and ending on its
+/// chunk boundaries.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SpanSignatureRequest {
+    #[prost(bytes = "bytes", tag = "1")]
+    pub base_manifest_id: ::prost::bytes::Bytes,
+    #[prost(uint64, tag = "2")]
+    pub offset: u64,
+    #[prost(uint64, tag = "3")]
+    pub length: u64,
+}
+/// Response of Delta.SpanSignature.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SpanSignatureResponse {
+    #[prost(bytes = "bytes", tag = "1")]
+    pub signature: ::prost::bytes::Bytes,
+}
+/// A chunk to rebuild: its id (BLAKE3) and length.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SpanChunk {
+    #[prost(bytes = "bytes", tag = "1")]
+    pub id: ::prost::bytes::Bytes,
+    #[prost(uint32, tag = "2")]
+    pub length: u32,
+}
+/// Request of Delta.PutChunksByDelta.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct PutChunksByDeltaRequest {
+    #[prost(string, tag = "1")]
+    pub session_id: ::prost::alloc::string::String,
+    #[prost(bytes = "bytes", tag = "2")]
+    pub base_manifest_id: ::prost::bytes::Bytes,
+    #[prost(uint64, tag = "3")]
+    pub offset: u64,
+    #[prost(uint64, tag = "4")]
+    pub length: u64,
+    /// The run the delta rebuilds, in order; their lengths add up to the rebuilt bytes.
+    #[prost(message, repeated, tag = "5")]
+    pub chunks: ::prost::alloc::vec::Vec<SpanChunk>,
+    #[prost(bytes = "bytes", tag = "6")]
+    pub delta: ::prost::bytes::Bytes,
+}
+/// Response of Delta.PutChunksByDelta: every chunk of the run, now durable.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PutChunksByDeltaResponse {
+    #[prost(bytes = "bytes", repeated, tag = "1")]
+    pub acknowledged_ids: ::prost::alloc::vec::Vec<::prost::bytes::Bytes>,
+    #[prost(uint64, tag = "2")]
+    pub new_bytes: u64,
+}
 /// Generated client implementations.
 pub mod delta_client {
     #![allow(
@@ -2210,6 +2260,58 @@ pub mod delta_client {
                 .insert(GrpcMethod::new("keepsake.v1.Delta", "ApplyDelta"));
             self.inner.client_streaming(req, path, codec).await
         }
+        /// The signature of a stretch of a stored version the caller owns: whole chunks, at
+        /// most 2 MiB. An edited file's client uses it to send only the changed stretch.
+        pub async fn span_signature(
+            &mut self,
+            request: impl tonic::IntoRequest<super::SpanSignatureRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::SpanSignatureResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/keepsake.v1.Delta/SpanSignature",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("keepsake.v1.Delta", "SpanSignature"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Stores chunks the caller lacks, rebuilt from a stretch of an owned version and a
+        /// delta against it; every chunk is checked against its id before any is stored.
+        pub async fn put_chunks_by_delta(
+            &mut self,
+            request: impl tonic::IntoRequest<super::PutChunksByDeltaRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::PutChunksByDeltaResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/keepsake.v1.Delta/PutChunksByDelta",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("keepsake.v1.Delta", "PutChunksByDelta"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -2243,6 +2345,24 @@ pub mod delta_server {
             request: tonic::Request<tonic::Streaming<super::ApplyDeltaRequest>>,
         ) -> std::result::Result<
             tonic::Response<super::ApplyDeltaResponse>,
+            tonic::Status,
+        >;
+        /// The signature of a stretch of a stored version the caller owns: whole chunks, at
+        /// most 2 MiB. An edited file's client uses it to send only the changed stretch.
+        async fn span_signature(
+            &self,
+            request: tonic::Request<super::SpanSignatureRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::SpanSignatureResponse>,
+            tonic::Status,
+        >;
+        /// Stores chunks the caller lacks, rebuilt from a stretch of an owned version and a
+        /// delta against it; every chunk is checked against its id before any is stored.
+        async fn put_chunks_by_delta(
+            &self,
+            request: tonic::Request<super::PutChunksByDeltaRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::PutChunksByDeltaResponse>,
             tonic::Status,
         >;
     }
@@ -2412,6 +2532,96 @@ pub mod delta_server {
                                 max_encoding_message_size,
                             );
                         let res = grpc.client_streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/keepsake.v1.Delta/SpanSignature" => {
+                    #[allow(non_camel_case_types)]
+                    struct SpanSignatureSvc<T: Delta>(pub Arc<T>);
+                    impl<
+                        T: Delta,
+                    > tonic::server::UnaryService<super::SpanSignatureRequest>
+                    for SpanSignatureSvc<T> {
+                        type Response = super::SpanSignatureResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::SpanSignatureRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Delta>::span_signature(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = SpanSignatureSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/keepsake.v1.Delta/PutChunksByDelta" => {
+                    #[allow(non_camel_case_types)]
+                    struct PutChunksByDeltaSvc<T: Delta>(pub Arc<T>);
+                    impl<
+                        T: Delta,
+                    > tonic::server::UnaryService<super::PutChunksByDeltaRequest>
+                    for PutChunksByDeltaSvc<T> {
+                        type Response = super::PutChunksByDeltaResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::PutChunksByDeltaRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Delta>::put_chunks_by_delta(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = PutChunksByDeltaSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
                         Ok(res)
                     };
                     Box::pin(fut)
