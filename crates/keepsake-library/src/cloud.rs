@@ -69,6 +69,8 @@ pub struct LibraryScrub {
     pub assets_verified: u64,
     /// Assets this scrub flagged as damaged.
     pub damaged: Vec<DamagedAsset>,
+    /// Assets whose previews failed verification and were queued to be made again.
+    pub previews_requeued: usize,
 }
 
 /// An asset a scrub found damaged.
@@ -618,7 +620,14 @@ impl Cloud {
             by_account.entry(account).or_default().push(*manifest);
         }
         let mut damaged = Vec::new();
+        let mut previews_requeued = 0;
         for (account, manifests) in by_account {
+            // A damaged preview is made again from the original; a damaged original waits
+            // for a device to send it again (below).
+            previews_requeued += self
+                .library
+                .requeue_derivations(account, &manifests, "a preview failed verification")?
+                .len();
             for asset_id in self.library.mark_damaged(account, &manifests)? {
                 let original_name = self.library.get_asset(account, &asset_id)?.original_name;
                 damaged.push(DamagedAsset {
@@ -640,6 +649,7 @@ impl Cloud {
             store,
             assets_verified,
             damaged,
+            previews_requeued,
         })
     }
 
@@ -674,6 +684,9 @@ impl Cloud {
             self.store.reference(account, &commit.manifest, &probe)?;
             self.store.release(account, &commit.manifest, &probe)?;
             self.library.clear_damaged(account, &asset_id)?;
+            // Previews that could not be made from the damaged original can be now.
+            self.library
+                .retry_failed_derivation(account, &asset_id, version)?;
             let asset = self.library.get_asset(account, &asset_id)?;
             return Ok(Committed {
                 asset_id,

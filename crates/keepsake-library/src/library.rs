@@ -837,6 +837,62 @@ impl Library {
         Ok(flagged)
     }
 
+    /// Queues the current version's previews to be made again where a scrub found one of
+    /// `manifests` (a derivative) corrupt, or after a damaged original was repaired.
+    /// Returns the assets whose derivatives will be remade.
+    pub fn requeue_derivations(
+        &self,
+        account: &str,
+        manifests: &[ManifestId],
+        why: &str,
+    ) -> Result<Vec<String>, LibraryError> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        let mut requeued = Vec::new();
+        for manifest in manifests {
+            let jobs: Vec<(String, u32)> = tx
+                .prepare_cached(
+                    "SELECT d.asset_id, d.version FROM derivatives d JOIN assets a
+                       ON a.account = d.account AND a.asset_id = d.asset_id
+                      AND a.current_version = d.version
+                     WHERE d.account = ?1 AND d.manifest = ?2 AND a.state != 'purged'",
+                )?
+                .query_map(params![account, &manifest.0[..]], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?
+                .collect::<Result<_, _>>()?;
+            for (asset_id, version) in jobs {
+                tx.execute(
+                    "UPDATE derive_jobs SET state = 'queued', attempts = 0, next_at = 0, last_error = ?4
+                      WHERE account = ?1 AND asset_id = ?2 AND version = ?3",
+                    params![account, asset_id, version, why],
+                )?;
+                tracing::warn!(account, asset = %asset_id, version, "a preview failed verification; it will be made again");
+                requeued.push(asset_id);
+            }
+        }
+        tx.commit()?;
+        requeued.sort();
+        requeued.dedup();
+        Ok(requeued)
+    }
+
+    /// Queues again a version's derivation that ended without previews (its original could
+    /// not be read): called when a damaged original has been repaired.
+    pub fn retry_failed_derivation(
+        &self,
+        account: &str,
+        asset_id: &str,
+        version: u32,
+    ) -> Result<bool, LibraryError> {
+        let changed = self.db().execute(
+            "UPDATE derive_jobs SET state = 'queued', attempts = 0, next_at = 0
+              WHERE account = ?1 AND asset_id = ?2 AND version = ?3 AND state = 'failed'",
+            params![account, asset_id, version],
+        )?;
+        Ok(changed > 0)
+    }
+
     /// Live or trashed assets across all accounts.
     pub fn count_assets(&self) -> Result<u64, LibraryError> {
         let n: i64 = self.db().query_row(

@@ -14,6 +14,7 @@ struct Fixture {
     cloud: Cloud,
     store: Arc<Store>,
     clock: Arc<ManualClock>,
+    backend: Arc<MemoryBackend>,
 }
 
 fn config() -> LibraryConfig {
@@ -40,9 +41,10 @@ fn config() -> LibraryConfig {
 
 fn fixture() -> Fixture {
     let clock = Arc::new(ManualClock::new(T0));
+    let backend = Arc::new(MemoryBackend::new());
     let store = Arc::new(
         Store::open(StoreParts {
-            backend: Arc::new(MemoryBackend::new()),
+            backend: backend.clone(),
             index_path: None,
             clock: clock.clone(),
             entropy: Arc::new(SeededEntropy::new(7)),
@@ -62,6 +64,7 @@ fn fixture() -> Fixture {
         cloud,
         store,
         clock,
+        backend,
     }
 }
 
@@ -359,6 +362,7 @@ fn quota_edges_exactly_at_the_limit_one_byte_over_and_dedup_counted_once() {
         .unwrap(),
         store: f.store.clone(),
         clock: f.clock.clone(),
+        backend: f.backend.clone(),
     };
     at_limit
         .cloud
@@ -756,4 +760,60 @@ fn a_video_is_streamed_to_the_deriver_never_handed_over_whole() {
         manifest.file_hash,
         "the streamed bytes are the original's"
     );
+}
+
+/// A preview that fails verification is made again from the original (which is whole, so
+/// the asset is not flagged damaged), and the remade preview reads back whole.
+#[test]
+fn a_corrupt_preview_found_by_scrub_is_made_again_from_the_original() {
+    use keepsake_store::Backend;
+    let f = fixture();
+    f.cloud
+        .create_account("alice", "correct horse", None, false)
+        .unwrap();
+    let (m, r) = f.upload("alice", 9, 20_000).unwrap();
+    let id = f.commit("alice", "c9", m, Some(&r)).unwrap().asset_id;
+    let maker = |_: &DeriveJob, original: Original<'_>| {
+        assert!(matches!(original, Original::Still(b) if b.len() == 20_000));
+        Outcome::Made(vec![MadeFile {
+            role: "preview".into(),
+            bytes: vec![7; 50_000],
+            width: 40,
+            height: 30,
+        }])
+    };
+    assert_eq!(f.cloud.run_derivations(8, &maker).unwrap().done, 1);
+    let mut flipped = 0;
+    for object in f.backend.list("").unwrap() {
+        let bytes = f.backend.get(&object.name).unwrap();
+        if let Some(at) = bytes.windows(1000).position(|w| w.iter().all(|b| *b == 7)) {
+            f.backend.flip_bit(&object.name, (at as u64 + 500) * 8);
+            flipped += 1;
+        }
+    }
+    assert_eq!(flipped, 1, "the preview's bytes are in one pack");
+    let scrub = f.cloud.scrub().unwrap();
+    assert_eq!(scrub.store.corrupt_chunks.len(), 1, "{scrub:?}");
+    assert_eq!(scrub.previews_requeued, 1, "{scrub:?}");
+    assert!(scrub.damaged.is_empty(), "the original is whole: {scrub:?}");
+    assert!(
+        f.cloud
+            .library()
+            .get_asset("alice", &id)
+            .unwrap()
+            .derivation
+            .starts_with("queued"),
+    );
+    assert_eq!(f.cloud.run_derivations(8, &maker).unwrap().done, 1);
+    let asset = f.cloud.library().get_asset("alice", &id).unwrap();
+    assert_eq!(asset.derivation, "done");
+    let preview = &asset.derived[0];
+    let mut stored = Vec::new();
+    ChunkStore::copy_file(&*f.store, "alice", &preview.manifest, u64::MAX, &mut stored).unwrap();
+    assert_eq!(
+        stored,
+        vec![7; 50_000],
+        "the remade preview reads back whole"
+    );
+    assert!(f.cloud.scrub().unwrap().store.corrupt_chunks.is_empty());
 }

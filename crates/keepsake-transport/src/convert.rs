@@ -642,8 +642,10 @@ pub fn library_scrub_to_wire(r: keepsake_library::LibraryScrub) -> pb::ScrubLibr
         store,
         assets_verified,
         damaged,
+        previews_requeued,
     } = r;
     pb::ScrubLibraryResponse {
+        previews_requeued: previews_requeued as u64,
         packs_verified: store.packs_verified,
         chunks_verified: store.chunks_verified,
         bytes_verified: store.bytes_verified,

@@ -998,6 +998,12 @@ pub async fn scrub(server: ServerArgs, admin: Credentials) -> Result<()> {
             d.original_name, d.asset_id, d.account
         );
     }
+    if r.previews_requeued > 0 {
+        println!(
+            "{} photos' previews failed verification: they are being made again from the originals",
+            r.previews_requeued
+        );
+    }
     Ok(())
 }
 

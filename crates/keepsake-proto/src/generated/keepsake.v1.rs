@@ -4056,6 +4056,9 @@ pub struct ScrubLibraryResponse {
     pub damaged: ::prost::alloc::vec::Vec<DamagedAsset>,
     #[prost(int64, tag = "7")]
     pub finished_at_unix_ms: i64,
+    /// Assets whose previews failed verification, queued to be made again from the original.
+    #[prost(uint64, tag = "8")]
+    pub previews_requeued: u64,
 }
 /// An asset a scrub flagged.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
