@@ -226,7 +226,11 @@ pub(crate) fn chaos_phase(
     // Photos already in the library (from the earlier phases) arrive everywhere too.
     let mut agents: Vec<Proc> = (0..DEVICES.len()).map(agent).collect::<Result<_>>()?;
     let ids = device_ids(h)?;
+    // A long run stores more than the free plan's 5 GB; a full account would stop uploads
+    // (QUOTA_EXCEEDED, as it should) and leave nothing in flight to kill.
+    h.run_ok(&["plan", "set", "me", "2tb"])?;
     let mut counts = Counts::default();
+    let mut idle_rounds = 0u32;
     // Targeted kills first: an agent while its chunks are on the wire, the server while it
     // is committing. Random kills rarely land in those windows, which are where an
     // acknowledgement can be lost.
@@ -239,6 +243,8 @@ pub(crate) fn chaos_phase(
             agents[cam].kill();
             counts.mid_upload_kills += 1;
             agents[cam] = agent(cam)?;
+        } else {
+            idle_rounds += 1;
         }
         let len = 200_000 + rng.below(1_000_000) as usize;
         take_photo(work, rng, &mut counts, cam, len)?;
@@ -246,6 +252,17 @@ pub(crate) fn chaos_phase(
             server.kill();
             counts.mid_commit_kills += 1;
             *server = h.server()?;
+        } else {
+            idle_rounds += 1;
+        }
+        if idle_rounds > 5 + targeted / 20 {
+            let status =
+                std::fs::read_to_string(work.join(format!("{}-data/status.json", DEVICES[cam].0)))
+                    .unwrap_or_default();
+            bail!(
+                "{idle_rounds} targeted kills found nothing in flight within 20 s: uploads have stopped (seed {seed}); {} says:\n{status}",
+                DEVICES[cam].0
+            );
         }
     }
     if targeted > 0 {

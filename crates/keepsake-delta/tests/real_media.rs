@@ -101,6 +101,40 @@ fn an_exif_only_edit_of_a_jpeg_resends_under_ten_percent() {
         ours as f64 <= 1.5 * rsync.max(1) as f64,
         "ours {ours} vs rsync {rsync}"
     );
+    // What a device actually sends for the edit: only the changed stretch's signature comes
+    // down and only its delta goes up (keepsake_delta::span).
+    let (signature, delta) = span_wire(&base, &edited, params);
+    println!(
+        "photo span delta: signature {signature} bytes down, delta {delta} bytes up; delta/rsync literal {:.2}, both/rsync {:.2}",
+        delta as f64 / rsync.max(1) as f64,
+        (signature + delta) as f64 / rsync.max(1) as f64
+    );
+    assert!(
+        delta as f64 <= 1.5 * rsync.max(1) as f64,
+        "span delta {delta} vs rsync {rsync}"
+    );
+}
+
+/// Signature and delta bytes of every span of an edit, as the device would send them.
+fn span_wire(base: &[u8], edited: &[u8], params: ChunkParams) -> (u64, u64) {
+    use keepsake_delta::span;
+    let (bm, nm) = (manifest_of(base, params), manifest_of(edited, params));
+    let have: HashSet<ChunkId> = bm.entries.iter().map(|e| e.chunk).collect();
+    let missing = nm
+        .entries
+        .iter()
+        .map(|e| e.chunk)
+        .filter(|c| !have.contains(c))
+        .collect();
+    let (mut signature, mut delta) = (0u64, 0u64);
+    for s in span::plan_spans(&bm, &nm, &missing) {
+        let old = &base[s.base_offset as usize..(s.base_offset + s.base_len) as usize];
+        let run = &edited[s.new_offset as usize..(s.new_offset + s.new_len()) as usize];
+        let sig = span::span_signature(old).unwrap();
+        delta += span::span_delta(&sig, run).unwrap().len() as u64;
+        signature += sig.len() as u64;
+    }
+    (signature, delta)
 }
 
 #[test]
