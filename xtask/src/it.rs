@@ -603,7 +603,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         .position(|a| a == "--seconds")
         .and_then(|i| args.get(i + 1))
         .and_then(|s| s.parse().ok())
-        .unwrap_or(if short { 60 } else { 300 });
+        .unwrap_or(if short { 90 } else { 300 });
     let targeted = args
         .iter()
         .position(|a| a == "--kills")
