@@ -1009,10 +1009,11 @@ impl<C: Cloud> Device<C> {
         data: &Bytes,
         report: &mut SyncReport,
     ) -> Result<Vec<ChunkId>, DeviceError> {
+        let wanted: HashSet<ChunkId> = missing.iter().copied().collect();
         let missing_bytes: u64 = manifest
             .entries
             .iter()
-            .filter(|e| missing.contains(&e.chunk))
+            .filter(|e| wanted.contains(&e.chunk))
             .map(|e| u64::from(e.len))
             .sum();
         if missing_bytes < MIN_DELTA_RUN_BYTES {
@@ -1026,7 +1027,6 @@ impl<C: Cloud> Device<C> {
             Err(e) if !e.transient => return Ok(missing),
             Err(e) => return Err(e.into()),
         };
-        let wanted: HashSet<ChunkId> = missing.iter().copied().collect();
         let mut sent: HashSet<ChunkId> = HashSet::new();
         for span in keepsake_delta::span::plan_spans(&base, manifest, &wanted) {
             let run_len = span.new_len();
