@@ -42,6 +42,16 @@ fn keepsake_binary() -> PathBuf {
         .clone()
 }
 
+/// The stdout of a finished `keepsake` command that must have succeeded.
+fn succeeded(out: std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 struct Server {
     child: Child,
     url: String,
@@ -302,62 +312,75 @@ fn an_unknown_service_is_a_clear_error() {
     assert!(stderr.contains("unknown service \"photos\""), "{stderr}");
 }
 
+/// Uploads `content` to a running server as one photo named `name`, as a device would:
+/// reservation, chunks, manifest, commit. Returns the commit request and its answer.
+async fn upload_photo(
+    server: &Server,
+    name: &str,
+    content: &[u8],
+) -> (
+    keepsake_transport_pb::CommitAssetRequest,
+    keepsake_transport_pb::CommitAssetResponse,
+    keepsake_store::Manifest,
+) {
+    let file_chunks: Vec<(ChunkId, Bytes)> = content
+        .chunks(64 << 10)
+        .map(|c| (ChunkId::of(c), Bytes::copy_from_slice(c)))
+        .collect();
+    let manifest = keepsake_store::Manifest::from_chunks(&file_chunks, ChunkId::of(content));
+    let channel = client::connect(&server.url).await.unwrap();
+    let mut library =
+        client::library_client(channel.clone(), client::BearerAuth::new(&server.token));
+    let mut store = client::store_client(channel, &server.token);
+    let reservation = library
+        .begin_upload(keepsake_transport_pb::BeginUploadRequest {
+            bytes: content.len() as u64 + 4096,
+            request_id: format!("upload-{name}"),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .reservation_id;
+    put_all(&mut store, &reservation, file_chunks, 1 << 20)
+        .await
+        .unwrap();
+    let manifest_id = store
+        .put_manifest(keepsake_transport_pb::PutManifestRequest {
+            session_id: reservation.clone(),
+            manifest: Some(keepsake_transport::convert::manifest_to_wire(&manifest)),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .manifest_id;
+    let request = keepsake_transport_pb::CommitAssetRequest {
+        request_id: format!("photo-{name}"),
+        manifest_id,
+        kind: keepsake_transport_pb::AssetKind::Photo.into(),
+        original_name: name.into(),
+        reservation_id: reservation,
+        ..Default::default()
+    };
+    let answer = library
+        .commit_asset(request.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    (request, answer, manifest)
+}
+
 /// A commit the server acknowledged is in the library after `kill -9`, and the same
 /// commit retried after the restart returns the first answer instead of a duplicate.
 #[tokio::test]
 async fn an_acknowledged_commit_survives_kill_9_and_its_retry_is_no_duplicate() {
     let data = tempfile::tempdir().unwrap();
     let content: Vec<u8> = (0..500_000u32).map(|i| (i * 7 % 253) as u8).collect();
-    let file_chunks: Vec<(ChunkId, Bytes)> = content
-        .chunks(64 << 10)
-        .map(|c| (ChunkId::of(c), Bytes::copy_from_slice(c)))
-        .collect();
-    let manifest = keepsake_store::Manifest::from_chunks(&file_chunks, ChunkId::of(&content));
-    let commit =
-        |manifest_id: Bytes, reservation: String| keepsake_transport_pb::CommitAssetRequest {
-            request_id: "photo-1".into(),
-            manifest_id,
-            kind: keepsake_transport_pb::AssetKind::Photo.into(),
-            original_name: "IMG_0001.JPG".into(),
-            reservation_id: reservation,
-            ..Default::default()
-        };
-    let (first, request) = {
+    let (request, first, manifest) = {
         let mut server = start(data.path(), "127.0.0.1:0").await;
-        let channel = client::connect(&server.url).await.unwrap();
-        let mut library =
-            client::library_client(channel.clone(), client::BearerAuth::new(&server.token));
-        let mut store = client::store_client(channel, &server.token);
-        let reservation = library
-            .begin_upload(keepsake_transport_pb::BeginUploadRequest {
-                bytes: content.len() as u64 + 4096,
-                request_id: "upload-1".into(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .reservation_id;
-        put_all(&mut store, &reservation, file_chunks.clone(), 1 << 20)
-            .await
-            .unwrap();
-        let manifest_id = store
-            .put_manifest(keepsake_transport_pb::PutManifestRequest {
-                session_id: reservation.clone(),
-                manifest: Some(keepsake_transport::convert::manifest_to_wire(&manifest)),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .manifest_id;
-        let request = commit(manifest_id, reservation);
-        let first = library
-            .commit_asset(request.clone())
-            .await
-            .unwrap()
-            .into_inner();
+        let (request, first, manifest) = upload_photo(&server, "IMG_0001.JPG", &content).await;
         server.child.kill().unwrap();
         server.child.wait().unwrap();
-        (first, request)
+        (request, first, manifest)
     };
     let server = start(data.path(), "127.0.0.1:0").await;
     let mut library = client::library_client(
@@ -390,6 +413,62 @@ async fn an_acknowledged_commit_survives_kill_9_and_its_retry_is_no_duplicate() 
     .unwrap();
     let joined: Vec<u8> = back.iter().flat_map(|(_, b)| b.iter().copied()).collect();
     assert_eq!(joined, content);
+}
+
+/// `keepsake scrub`, the command an administrator runs, reports the corruption a failing
+/// disk caused and names the photo that lost content, through the real binary.
+#[tokio::test]
+async fn keepsake_scrub_names_the_photo_a_flipped_bit_damaged() {
+    let data = tempfile::tempdir().unwrap();
+    let server = start(data.path(), "127.0.0.1:0").await;
+    let content: Vec<u8> = (0..300_000u32).map(|i| (i * 13 % 251) as u8).collect();
+    upload_photo(&server, "IMG_4242.JPG", &content).await;
+    let run_scrub = || {
+        let credentials: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(data.path().join("initial-credentials.json")).unwrap(),
+        )
+        .unwrap();
+        let out = Command::new(keepsake_binary())
+            .arg("scrub")
+            .env("KEEPSAKE_SERVER", &server.url)
+            .env("KEEPSAKE_ACCOUNT", credentials["account"].as_str().unwrap())
+            .env(
+                "KEEPSAKE_PASSWORD",
+                credentials["password"].as_str().unwrap(),
+            )
+            .output()
+            .unwrap();
+        succeeded(out)
+    };
+    let clean = run_scrub();
+    assert!(clean.contains(", 0 corrupt"), "{clean}");
+    // One bit flipped in the pack that holds the photo's data: what a failing disk does.
+    let mut stack = vec![data.path().join("store/objects")];
+    let mut flipped = 0;
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let mut bytes = std::fs::read(&path).unwrap();
+            if let Some(at) = bytes.windows(4096).position(|w| w == &content[..4096]) {
+                bytes[at + 100] ^= 0x01;
+                std::fs::write(&path, bytes).unwrap();
+                flipped += 1;
+            }
+        }
+    }
+    assert_eq!(flipped, 1, "the photo's first chunk is in one pack");
+    let report = run_scrub();
+    assert!(report.contains(", 1 corrupt"), "{report}");
+    assert!(
+        report
+            .lines()
+            .any(|l| l.starts_with("damaged: IMG_4242.JPG")),
+        "the damaged photo is named: {report}"
+    );
 }
 
 // ---- Devices: two (and more) library folders kept in sync through a real server ----
@@ -1956,12 +2035,7 @@ async fn an_export_round_trips_every_original_and_its_metadata() {
             .arg(&out)
             .output()
             .unwrap();
-        assert!(
-            run.status.success(),
-            "{}",
-            String::from_utf8_lossy(&run.stderr)
-        );
-        String::from_utf8_lossy(&run.stdout).into_owned()
+        succeeded(run)
     };
     let said = export();
     assert!(said.contains("4 files written"), "{said}");
