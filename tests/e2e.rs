@@ -52,6 +52,23 @@ fn succeeded(out: std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Every file below `dir` (a store's packs live in nested folders).
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files
+}
+
 struct Server {
     child: Child,
     url: String,
@@ -443,21 +460,13 @@ async fn keepsake_scrub_names_the_photo_a_flipped_bit_damaged() {
     let clean = run_scrub();
     assert!(clean.contains(", 0 corrupt"), "{clean}");
     // One bit flipped in the pack that holds the photo's data: what a failing disk does.
-    let mut stack = vec![data.path().join("store/objects")];
     let mut flipped = 0;
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-                continue;
-            }
-            let mut bytes = std::fs::read(&path).unwrap();
-            if let Some(at) = bytes.windows(4096).position(|w| w == &content[..4096]) {
-                bytes[at + 100] ^= 0x01;
-                std::fs::write(&path, bytes).unwrap();
-                flipped += 1;
-            }
+    for path in files_under(&data.path().join("store/objects")) {
+        let mut bytes = std::fs::read(&path).unwrap();
+        if let Some(at) = bytes.windows(4096).position(|w| w == &content[..4096]) {
+            bytes[at + 100] ^= 0x01;
+            std::fs::write(&path, bytes).unwrap();
+            flipped += 1;
         }
     }
     assert_eq!(flipped, 1, "the photo's first chunk is in one pack");
@@ -2358,20 +2367,12 @@ async fn flipped_bits_are_found_by_scrub_never_served_and_the_device_that_has_th
 
     // One bit flipped in the middle of every stored pack: what a failing disk does.
     let mut flipped = 0;
-    let mut stack = vec![c.store_dir.join("objects")];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-                continue;
-            }
-            let mut bytes = std::fs::read(&path).unwrap();
-            let at = bytes.len() / 2;
-            bytes[at] ^= 0x10;
-            std::fs::write(&path, bytes).unwrap();
-            flipped += 1;
-        }
+    for path in files_under(&c.store_dir.join("objects")) {
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = bytes.len() / 2;
+        bytes[at] ^= 0x10;
+        std::fs::write(&path, bytes).unwrap();
+        flipped += 1;
     }
     assert!(flipped > 0);
     let scrub = c.cloud.scrub().unwrap();

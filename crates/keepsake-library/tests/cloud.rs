@@ -817,3 +817,60 @@ fn a_corrupt_preview_found_by_scrub_is_made_again_from_the_original() {
     );
     assert!(f.cloud.scrub().unwrap().store.corrupt_chunks.is_empty());
 }
+
+/// Previews that could not be made because the original was damaged are made once a device
+/// has sent the original again: the repair queues the failed derivation anew.
+#[test]
+fn a_derivation_that_failed_on_a_damaged_original_runs_again_after_the_repair() {
+    use keepsake_store::Backend;
+    let f = fixture();
+    f.cloud
+        .create_account("alice", "correct horse", None, false)
+        .unwrap();
+    let (m, r) = f.upload("alice", 11, 20_000).unwrap();
+    let id = f.commit("alice", "c11", m, Some(&r)).unwrap().asset_id;
+    let original: Vec<u8> = file(11, 20_000)
+        .0
+        .iter()
+        .flat_map(|(_, d)| d.to_vec())
+        .collect();
+    let mut flipped = 0;
+    for object in f.backend.list("").unwrap() {
+        let bytes = f.backend.get(&object.name).unwrap();
+        if let Some(at) = bytes.windows(1000).position(|w| w == &original[..1000]) {
+            f.backend.flip_bit(&object.name, (at as u64 + 10) * 8);
+            flipped += 1;
+        }
+    }
+    assert_eq!(flipped, 1);
+    let maker = |_: &DeriveJob, _: Original<'_>| {
+        Outcome::Made(vec![MadeFile {
+            role: "preview".into(),
+            bytes: vec![3; 10_000],
+            width: 40,
+            height: 30,
+        }])
+    };
+    // The original cannot be read: retried until the queue gives up.
+    for _ in 0..8 {
+        f.cloud.run_derivations(8, &maker).unwrap();
+        f.clock.advance(HOUR);
+    }
+    let derivation = |f: &Fixture| {
+        f.cloud
+            .library()
+            .get_asset("alice", &id)
+            .unwrap()
+            .derivation
+    };
+    assert!(derivation(&f).starts_with("failed"), "{}", derivation(&f));
+    let scrub = f.cloud.scrub().unwrap();
+    assert_eq!(scrub.damaged.len(), 1, "{scrub:?}");
+    // A device that still has the photo sends it again.
+    let (m2, r2) = f.upload("alice", 11, 20_000).unwrap();
+    assert_eq!(m2, m);
+    f.commit("alice", "c11-repair", m2, Some(&r2)).unwrap();
+    assert!(derivation(&f).starts_with("queued"), "{}", derivation(&f));
+    assert_eq!(f.cloud.run_derivations(8, &maker).unwrap().done, 1);
+    assert_eq!(derivation(&f), "done");
+}
