@@ -1042,8 +1042,9 @@ impl<C: Cloud> Device<C> {
             {
                 Ok(sig) => sig,
                 Err(e) if !e.transient => {
+                    // Runs already rebuilt from deltas stay sent; the rest go whole.
                     tracing::debug!(reason = %e.reason, "no span signature; sending chunks");
-                    return Ok(missing);
+                    break;
                 }
                 Err(e) => return Err(e.into()),
             };

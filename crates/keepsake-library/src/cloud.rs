@@ -624,10 +624,11 @@ impl Cloud {
         for (account, manifests) in by_account {
             // A damaged preview is made again from the original; a damaged original waits
             // for a device to send it again (below).
-            previews_requeued += self
-                .library
-                .requeue_derivations(account, &manifests, "a preview failed verification")?
-                .len();
+            previews_requeued += self.library.requeue_derivations(
+                account,
+                &manifests,
+                "a preview failed verification",
+            )?;
             for asset_id in self.library.mark_damaged(account, &manifests)? {
                 let original_name = self.library.get_asset(account, &asset_id)?.original_name;
                 damaged.push(DamagedAsset {

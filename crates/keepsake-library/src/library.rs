@@ -839,16 +839,16 @@ impl Library {
 
     /// Queues the current version's previews to be made again where a scrub found one of
     /// `manifests` (a derivative) corrupt, or after a damaged original was repaired.
-    /// Returns the assets whose derivatives will be remade.
+    /// Returns how many assets' derivations were queued again.
     pub fn requeue_derivations(
         &self,
         account: &str,
         manifests: &[ManifestId],
         why: &str,
-    ) -> Result<Vec<String>, LibraryError> {
+    ) -> Result<usize, LibraryError> {
         let mut db = self.db();
         let tx = db.transaction()?;
-        let mut requeued = Vec::new();
+        let mut requeued = std::collections::HashSet::new();
         for manifest in manifests {
             let jobs: Vec<(String, u32)> = tx
                 .prepare_cached(
@@ -868,13 +868,11 @@ impl Library {
                     params![account, asset_id, version, why],
                 )?;
                 tracing::warn!(account, asset = %asset_id, version, "a preview failed verification; it will be made again");
-                requeued.push(asset_id);
+                requeued.insert(asset_id);
             }
         }
         tx.commit()?;
-        requeued.sort();
-        requeued.dedup();
-        Ok(requeued)
+        Ok(requeued.len())
     }
 
     /// Queues again a version's derivation that ended without previews (its original could
