@@ -93,6 +93,9 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let discard_gib_s = gib(discard["bytes"].as_u64().unwrap_or(0)) / seconds(&discard);
 
     let ks = keepsake(root, &dir, &lib, &items, &edited, &bench, short)?;
+    if args.iter().any(|a| a == "--keepsake-only") {
+        return Ok(()); // a quick look at Keepsake's own figures while working on them
+    }
     let rs = rsync(&dir, &lib, &items, &edited)?;
     let rt = restic(&dir, &lib, &edited)?;
     let st = syncthing(&dir, &lib, &items, &edited, short)?;
@@ -518,7 +521,13 @@ fn keepsake(
         Duration::from_secs(3600),
     )?;
     let first = watch.stop();
-    println!("keepsake first sync: {:.1} s", first.wall_s);
+    println!(
+        "keepsake first sync: {:.1} s; CPU server {:.1} s, A {:.1} s, B {:.1} s",
+        first.wall_s,
+        cpu_s(server.0.id()),
+        cpu_s(a.0.id()),
+        cpu_s(b.0.id())
+    );
 
     // 3. Edits of 1% of the files on A, until B holds the new bytes.
     let edit_names: Vec<String> = edited.iter().map(|i| i.name.clone()).collect();

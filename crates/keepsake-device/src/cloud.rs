@@ -209,7 +209,15 @@ pub struct CommitReply {
 }
 
 /// Everything the device asks of the cloud.
-pub trait Cloud: Send {
+pub trait Cloud: Send + 'static {
+    /// Another connection to the same cloud as the same device, for calls in flight
+    /// beside this one's (several files uploading at once). `None`: one call at a time.
+    fn lane(&self) -> Option<Self>
+    where
+        Self: Sized,
+    {
+        None
+    }
     /// What the cloud knows of a whole-file hash.
     fn lookup(
         &mut self,

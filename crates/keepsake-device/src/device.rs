@@ -1,12 +1,14 @@
 //! One device's sync engine: scan, upload, follow the feed, apply.
 
-use crate::cloud::{Cloud, CloudError, Edit, NewAsset, RemoteAsset, RemoteState, Stamp};
+use crate::cloud::{
+    Cloud, CloudError, CommitReply, Edit, NewAsset, RemoteAsset, RemoteState, Stamp,
+};
 use crate::edits::{self, LocalAlbum, LocalAsset};
 use crate::journal::{CloudOnlyRow, FileRow, Journal, MetaRow, TrashedRow};
 use bytes::Bytes;
 use keepsake_delta::{ChunkParams, DeltaError, manifest_of};
 use keepsake_policy::{PolicyConfig, Snapshot, WorkClass, evaluate};
-use keepsake_store::{ChunkId, Clock, Manifest};
+use keepsake_store::{ChunkId, Clock, Manifest, ManifestId};
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -761,7 +763,8 @@ impl<C: Cloud> Device<C> {
         Ok(seen)
     }
 
-    /// Sends every pending file that is still in the folder.
+    /// Sends every pending file that is still in the folder, several at once when the
+    /// cloud offers lanes: one file's fsyncs on the cloud overlap the next one's transfer.
     async fn upload_pending(
         &mut self,
         seen: &HashSet<String>,
@@ -779,22 +782,124 @@ impl<C: Cloud> Device<C> {
             bytes_total: rows.iter().map(|r| r.size).sum(),
             ..Progress::default()
         });
+        let mut lanes: Vec<C> = (1..UPLOAD_LANES).map_while(|_| self.cloud.lane()).collect();
+        let mut flying = Flying::default();
+        let mut failure = None;
         for row in &rows {
-            if report.blocked.is_some() || self.over_budget(row.size, report) {
+            // Files in flight count in full against a mobile allowance until they land.
+            if report.blocked.is_some() || self.over_budget(row.size + flying.bytes, report) {
                 break;
             }
             if self.videos_wait.is_some() && is_video(&row.path) {
                 continue;
             }
+            // The same content already on its way: once it lands, this file is its twin
+            // and is linked without sending anything.
+            if flying.hashes.contains(&row.file_hash)
+                && let Err(e) = self.land_all(&mut flying, &mut lanes, report).await
+            {
+                failure = Some(e);
+                break;
+            }
             self.progress
                 .send_modify(|p| p.current = Some(row.path.clone()));
-            self.upload(row, report).await?;
-            self.progress.send_modify(|p| {
-                p.items_done += 1;
-                p.bytes_done += row.size;
-            });
+            let shipment = match self.prepare(row, report).await {
+                Ok(Some(s)) => s,
+                Ok(None) => {
+                    self.progress.send_modify(|p| p.items_done += 1);
+                    continue;
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            };
+            // A shared chunk would be sent twice by two lanes; too many bytes in memory
+            // at once would follow the largest videos. Either waits for the lanes.
+            let shares = shipment
+                .manifest
+                .entries
+                .iter()
+                .any(|e| flying.chunks.contains(&e.chunk));
+            if (shares || flying.bytes + shipment.data.len() as u64 > LANE_BYTES)
+                && let Err(e) = self.land_all(&mut flying, &mut lanes, report).await
+            {
+                failure = Some(e);
+                break;
+            }
+            while lanes.is_empty() && !flying.tasks.is_empty() {
+                if let Err(e) = self.land_next(&mut flying, &mut lanes, report).await {
+                    failure = Some(e);
+                    break;
+                }
+            }
+            if failure.is_some() {
+                break;
+            }
+            match lanes.pop() {
+                Some(mut lane) => {
+                    flying.hashes.insert(shipment.row.file_hash);
+                    flying.bytes += shipment.data.len() as u64;
+                    flying
+                        .chunks
+                        .extend(shipment.manifest.entries.iter().map(|e| e.chunk));
+                    flying.tasks.spawn(async move {
+                        let shipped = ship(&mut lane, shipment).await;
+                        (lane, shipped)
+                    });
+                }
+                None => {
+                    let shipped = ship(&mut self.cloud, shipment).await;
+                    if let Err(e) = self.land(shipped, report) {
+                        failure = Some(e);
+                        break;
+                    }
+                }
+            }
         }
-        Ok(())
+        // Whatever is in flight lands (and is journaled) even when one file failed.
+        let landed = self.land_all(&mut flying, &mut lanes, report).await;
+        match failure {
+            Some(e) => Err(e),
+            None => landed,
+        }
+    }
+
+    /// Waits for one file in flight and journals what it did.
+    async fn land_next(
+        &mut self,
+        flying: &mut Flying<C>,
+        lanes: &mut Vec<C>,
+        report: &mut SyncReport,
+    ) -> Result<(), DeviceError> {
+        let Some(joined) = flying.tasks.join_next().await else {
+            return Ok(());
+        };
+        let (lane, shipped) = joined.map_err(|e| std::io::Error::other(e.to_string()))?;
+        lanes.push(lane);
+        flying.hashes.remove(&shipped.row.file_hash);
+        flying.bytes = flying.bytes.saturating_sub(shipped.row.size);
+        if flying.tasks.is_empty() {
+            flying.chunks.clear();
+        }
+        self.land(shipped, report)
+    }
+
+    /// Waits for every file in flight; the first failure is returned after all landed.
+    async fn land_all(
+        &mut self,
+        flying: &mut Flying<C>,
+        lanes: &mut Vec<C>,
+        report: &mut SyncReport,
+    ) -> Result<(), DeviceError> {
+        let mut first = Ok(());
+        while !flying.tasks.is_empty() {
+            let landed = self.land_next(flying, lanes, report).await;
+            if first.is_ok() {
+                first = landed;
+            }
+        }
+        first
     }
 
     async fn read_and_chunk(&self, path: &str) -> Result<(Manifest, Bytes), DeviceError> {
@@ -808,13 +913,17 @@ impl<C: Cloud> Device<C> {
         .map_err(|e| std::io::Error::other(e.to_string()))?
     }
 
-    /// Sends one pending file: linked if the cloud already has it, skipped if it was purged
-    /// elsewhere, else only its missing chunks, then the commit.
-    async fn upload(&mut self, row: &FileRow, report: &mut SyncReport) -> Result<(), DeviceError> {
+    /// Readies one pending file: linked if the cloud already has it, skipped if it was
+    /// purged elsewhere (`None` for both), else everything its upload needs.
+    async fn prepare(
+        &mut self,
+        row: &FileRow,
+        report: &mut SyncReport,
+    ) -> Result<Option<Shipment>, DeviceError> {
         let (manifest, data) = self.read_and_chunk(&row.path).await?;
         if manifest.file_hash != row.file_hash {
             // Changed since it was scanned: the next pass sees the new content.
-            return Ok(());
+            return Ok(None);
         }
         let mut row = row.clone();
         if row.asset_id.is_none() {
@@ -829,7 +938,7 @@ impl<C: Cloud> Device<C> {
                 row.synced = true;
                 self.journal.upsert(&row)?;
                 report.linked += 1;
-                return Ok(());
+                return Ok(None);
             }
             let lookup = self.cloud.lookup(&row.file_hash).await?;
             if let Some((asset_id, version)) = lookup.asset {
@@ -838,7 +947,7 @@ impl<C: Cloud> Device<C> {
                 row.synced = true;
                 self.journal.upsert(&row)?;
                 report.linked += 1;
-                return Ok(());
+                return Ok(None);
             }
             if lookup.purged {
                 // Deleted elsewhere for good: never upload it again. The file leaves the
@@ -851,9 +960,10 @@ impl<C: Cloud> Device<C> {
                 std::fs::rename(self.config.folder.join(&row.path), parked)?;
                 self.journal.remove(&row.path)?;
                 report.not_resurrected += 1;
-                return Ok(());
+                return Ok(None);
             }
         }
+        let overhead = 64 + 36 * manifest.entries.len() as u64;
         // Device, asset and 128 bits of the content: unique per edit, within the
         // cloud's 128-byte bound on request ids.
         let key = format!(
@@ -862,7 +972,6 @@ impl<C: Cloud> Device<C> {
             row.asset_id.as_deref().unwrap_or("new"),
             &row.file_hash.to_hex()[..32]
         );
-        let overhead = 64 + 36 * manifest.entries.len() as u64;
         let session = match self.reservation.clone() {
             Some(session) => session,
             None => {
@@ -877,65 +986,35 @@ impl<C: Cloud> Device<C> {
                     .map(|f| f.size + 64 + f.size / 1024)
                     .sum();
                 let pass_key = format!("{}:pass:{}", self.config.device_id, self.clock.now_ms());
-                match self
+                let reserved = match self
                     .cloud
                     .begin_upload(pending.max(row.size), &pass_key)
                     .await
                 {
                     Ok(s) => {
                         self.reservation = Some(s.clone());
-                        s
+                        Ok(s)
                     }
                     Err(e) if e.reason == "QUOTA_EXCEEDED" => {
-                        match self.cloud.begin_upload(row.size + overhead, &key).await {
-                            Ok(s) => s,
-                            Err(e) if !e.transient => {
-                                tracing::warn!(path = %row.path, reason = %e.reason, message = %e.message, "upload refused");
-                                report.blocked = Some(e.reason.clone());
-                                return Ok(());
-                            }
-                            Err(e) => return Err(e.into()),
-                        }
+                        self.cloud.begin_upload(row.size + overhead, &key).await
                     }
+                    Err(e) => Err(e),
+                };
+                match reserved {
+                    Ok(s) => s,
                     Err(e) if !e.transient => {
                         tracing::warn!(path = %row.path, reason = %e.reason, message = %e.message, "upload refused");
                         report.blocked = Some(e.reason.clone());
-                        return Ok(());
+                        return Ok(None);
                     }
                     Err(e) => return Err(e.into()),
                 }
             }
         };
-        let mut offsets = HashMap::new();
-        let mut at = 0usize;
-        for entry in &manifest.entries {
-            offsets
-                .entry(entry.chunk)
-                .or_insert((at, entry.len as usize));
-            at += entry.len as usize;
-        }
-        let ids: Vec<ChunkId> = {
-            let mut unique: Vec<ChunkId> = offsets.keys().copied().collect();
-            unique.sort();
-            unique
+        let base = match &row.asset_id {
+            Some(asset_id) => self.journal.current(asset_id)?.map(|(_, id, _)| id),
+            None => None,
         };
-        let mut missing = self.cloud.find_missing(&session, &ids).await?;
-        if let Some(asset_id) = &row.asset_id {
-            missing = self
-                .send_changed_stretches(
-                    &session,
-                    asset_id,
-                    &row.file_hash,
-                    &manifest,
-                    missing,
-                    &data,
-                    report,
-                )
-                .await?;
-        }
-        self.send(&session, &row.file_hash, &missing, &offsets, &data, report)
-            .await?;
-        let manifest_id = self.cloud.put_manifest(&session, &manifest).await?;
         let name = row.path.rsplit('/').next().unwrap_or(&row.path).to_string();
         // What the file says it is outranks its name; its time outranks the file system's.
         let media = keepsake_media::probe(&data);
@@ -944,42 +1023,58 @@ impl<C: Cloud> Device<C> {
             keepsake_media::MediaKind::Photo => false,
             keepsake_media::MediaKind::Unknown => is_video(&name),
         };
-        let commit = NewAsset {
-            request_id: key,
-            manifest: manifest_id,
-            original_name: name,
-            video,
-            capture_time: media.capture_time_ms.or(Some(row.mtime_ns / 1_000_000)),
-            width: media.width,
-            height: media.height,
-            reservation_id: session.clone(),
-            asset_id: row.asset_id.clone(),
-            base_version: row.version,
-        };
-        let reply = match self.cloud.commit(commit.clone()).await {
-            Err(e) if e.reason == "MISSING_CHUNKS" => {
-                // Collected since FindMissing said we had them: send just those, once.
-                self.send(
-                    &session,
-                    &row.file_hash,
-                    &e.missing_chunks,
-                    &offsets,
-                    &data,
-                    report,
-                )
-                .await?;
-                self.cloud.commit(commit).await
+        let manifest_id = manifest.id();
+        Ok(Some(Shipment {
+            acked: self.journal.acked(&row.file_hash)?.into_iter().collect(),
+            base,
+            manifest,
+            data,
+            commit: NewAsset {
+                request_id: key,
+                manifest: manifest_id,
+                original_name: name,
+                video,
+                capture_time: media.capture_time_ms.or(Some(row.mtime_ns / 1_000_000)),
+                width: media.width,
+                height: media.height,
+                reservation_id: session,
+                asset_id: row.asset_id.clone(),
+                base_version: row.version,
+            },
+            row,
+        }))
+    }
+
+    /// Journals what one file's upload did: the chunks the cloud acknowledged (even when
+    /// it failed after), then the commit.
+    fn land(&mut self, shipped: Shipped, report: &mut SyncReport) -> Result<(), DeviceError> {
+        let Shipped {
+            mut row,
+            sent,
+            outcome,
+        } = shipped;
+        let acknowledged: Vec<ChunkId> = sent.whole.iter().chain(&sent.by_delta).copied().collect();
+        if !acknowledged.is_empty() {
+            fail::fail_point!("device-after-chunks-before-journal");
+            self.journal.record_acked(&row.file_hash, &acknowledged)?;
+        }
+        self.chunks_acknowledged += acknowledged.len() as u64;
+        for id in &acknowledged {
+            if !self.acknowledged_ever.insert(*id) {
+                self.acknowledged_again += 1;
             }
-            other => other,
-        };
-        let reply = match reply {
-            Ok(r) => r,
-            Err(e) if !e.transient => {
+        }
+        report.chunks_sent += acknowledged.len();
+        report.chunks_by_delta += sent.by_delta.len();
+        report.bytes_sent += sent.bytes;
+        let reply = match outcome {
+            Ok(reply) => reply,
+            Err(Shipping::Committing(e)) if !e.transient => {
                 tracing::warn!(path = %row.path, reason = %e.reason, message = %e.message, "commit refused");
                 report.blocked = Some(e.reason.clone());
                 return Ok(());
             }
-            Err(e) => return Err(e.into()),
+            Err(Shipping::Committing(e) | Shipping::Sending(e)) => return Err(e.into()),
         };
         fail::fail_point!("device-after-commit-before-journal");
         row.asset_id = Some(reply.asset_id);
@@ -992,137 +1087,11 @@ impl<C: Cloud> Device<C> {
         } else {
             report.uploaded += 1;
         }
+        self.progress.send_modify(|p| {
+            p.items_done += 1;
+            p.bytes_done += row.size;
+        });
         Ok(())
-    }
-
-    /// An edit of a file the cloud has: each run of chunks the cloud lacks goes as an rsync
-    /// delta against the stretch of the current version it replaced, when that is much
-    /// smaller than the chunks. Returns the chunks still to send whole.
-    #[allow(clippy::too_many_arguments)]
-    async fn send_changed_stretches(
-        &mut self,
-        session: &str,
-        asset_id: &str,
-        file_hash: &ChunkId,
-        manifest: &Manifest,
-        missing: Vec<ChunkId>,
-        data: &Bytes,
-        report: &mut SyncReport,
-    ) -> Result<Vec<ChunkId>, DeviceError> {
-        let wanted: HashSet<ChunkId> = missing.iter().copied().collect();
-        let missing_bytes: u64 = manifest
-            .entries
-            .iter()
-            .filter(|e| wanted.contains(&e.chunk))
-            .map(|e| u64::from(e.len))
-            .sum();
-        if missing_bytes < MIN_DELTA_RUN_BYTES {
-            return Ok(missing);
-        }
-        let Some((_, base_id, _)) = self.journal.current(asset_id)? else {
-            return Ok(missing);
-        };
-        let base = match self.cloud.manifest(&base_id).await {
-            Ok(base) => base,
-            Err(e) if !e.transient => return Ok(missing),
-            Err(e) => return Err(e.into()),
-        };
-        let mut sent: HashSet<ChunkId> = HashSet::new();
-        for span in keepsake_delta::span::plan_spans(&base, manifest, &wanted) {
-            let run_len = span.new_len();
-            if run_len < MIN_DELTA_RUN_BYTES {
-                continue;
-            }
-            let run = data.slice(span.new_offset as usize..(span.new_offset + run_len) as usize);
-            let stretch = (span.base_offset, span.base_len);
-            let signature = match self
-                .cloud
-                .span_signature(&base_id, stretch.0, stretch.1)
-                .await
-            {
-                Ok(sig) => sig,
-                Err(e) if !e.transient => {
-                    // Runs already rebuilt from deltas stay sent; the rest go whole.
-                    tracing::debug!(reason = %e.reason, "no span signature; sending chunks");
-                    break;
-                }
-                Err(e) => return Err(e.into()),
-            };
-            let Ok(delta) = keepsake_delta::span::span_delta(&signature, &run) else {
-                continue; // a signature we cannot use: the chunks go whole
-            };
-            // Worth it only when clearly smaller: the signature came down for it too.
-            if (delta.len() + signature.len()) as u64 * 2 > run_len {
-                continue;
-            }
-            let delta_len = delta.len() as u64;
-            match self
-                .cloud
-                .put_chunks_by_delta(session, &base_id, stretch, &span.chunks, delta)
-                .await
-            {
-                Ok(acknowledged) => {
-                    self.journal.record_acked(file_hash, &acknowledged)?;
-                    self.chunks_acknowledged += acknowledged.len() as u64;
-                    report.chunks_sent += acknowledged.len();
-                    report.chunks_by_delta += acknowledged.len();
-                    report.bytes_sent += delta_len;
-                    sent.extend(acknowledged);
-                }
-                Err(e) if !e.transient => {
-                    tracing::debug!(reason = %e.reason, message = %e.message, "delta refused; sending chunks");
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(missing
-            .into_iter()
-            .filter(|id| !sent.contains(id))
-            .collect())
-    }
-
-    async fn send(
-        &mut self,
-        session: &str,
-        file_hash: &ChunkId,
-        ids: &[ChunkId],
-        offsets: &HashMap<ChunkId, (usize, usize)>,
-        data: &Bytes,
-        report: &mut SyncReport,
-    ) -> Result<(), DeviceError> {
-        let already: HashSet<ChunkId> = self.journal.acked(file_hash)?.into_iter().collect();
-        let chunks: Vec<(ChunkId, Bytes)> = ids
-            .iter()
-            .filter(|id| !already.contains(id))
-            .filter_map(|id| {
-                let (at, len) = offsets.get(id)?;
-                Some((*id, data.slice(*at..*at + *len)))
-            })
-            .collect();
-        if chunks.is_empty() {
-            return Ok(());
-        }
-        let sizes: HashMap<ChunkId, usize> = chunks.iter().map(|(id, b)| (*id, b.len())).collect();
-        let mut acknowledged = Vec::new();
-        let outcome = self
-            .cloud
-            .put_chunks(session, chunks, &mut acknowledged)
-            .await;
-        fail::fail_point!("device-after-chunks-before-journal");
-        // Whatever the cloud acknowledged is durable there: remember it even on failure.
-        self.journal.record_acked(file_hash, &acknowledged)?;
-        self.chunks_acknowledged += acknowledged.len() as u64;
-        for id in &acknowledged {
-            if !self.acknowledged_ever.insert(*id) {
-                self.acknowledged_again += 1;
-            }
-        }
-        report.chunks_sent += acknowledged.len();
-        report.bytes_sent += acknowledged
-            .iter()
-            .map(|id| sizes.get(id).copied().unwrap_or(0) as u64)
-            .sum::<u64>();
-        outcome.map_err(DeviceError::from)
     }
 
     /// Files gone from the folder go to Recently Deleted everywhere — unless they only
@@ -1458,8 +1427,13 @@ impl<C: Cloud> Device<C> {
     fn record_synced(&self, dest: &Path, a: &RemoteAsset) -> Result<(), DeviceError> {
         // Stamped by the device's own clock, not the file system's: every time the sync
         // engine compares comes from one injected source, so a simulated run replays.
+        // Stamped a racy window in the past: any later write gives the file a newer time
+        // even on a coarse file system, so the stat is trusted at once and the next scans
+        // do not read back and hash every file just downloaded.
         let when = std::time::UNIX_EPOCH
-            + std::time::Duration::from_millis(self.clock.now_ms().max(0) as u64);
+            + std::time::Duration::from_nanos(
+                (self.clock.now_ms() * 1_000_000 - RACY_WINDOW_NS - 1_000_000).max(0) as u64,
+            );
         std::fs::File::options()
             .write(true)
             .open(dest)?
@@ -1593,6 +1567,231 @@ impl<C: Cloud> Device<C> {
         });
         Ok(())
     }
+}
+
+/// Files one upload pass keeps in flight at once.
+const UPLOAD_LANES: usize = 3;
+
+/// File bytes held in memory by the files in flight; a larger file goes alone.
+const LANE_BYTES: u64 = 160 << 20;
+
+/// The files of an upload pass in flight on their own lanes.
+struct Flying<C> {
+    tasks: tokio::task::JoinSet<(C, Shipped)>,
+    hashes: HashSet<ChunkId>,
+    chunks: HashSet<ChunkId>,
+    bytes: u64,
+}
+
+impl<C> Default for Flying<C> {
+    fn default() -> Self {
+        Self {
+            tasks: tokio::task::JoinSet::new(),
+            hashes: HashSet::new(),
+            chunks: HashSet::new(),
+            bytes: 0,
+        }
+    }
+}
+
+/// One file ready to go: everything the network part of its upload needs, owned, so it
+/// can travel on a lane of its own.
+struct Shipment {
+    row: FileRow,
+    manifest: Manifest,
+    data: Bytes,
+    /// Chunks the cloud acknowledged for this content in an earlier, cut-off attempt.
+    acked: HashSet<ChunkId>,
+    /// The manifest of the version this edit replaces, for span deltas.
+    base: Option<ManifestId>,
+    commit: NewAsset,
+}
+
+/// What the network part of one file's upload did.
+struct Shipped {
+    row: FileRow,
+    sent: Sent,
+    outcome: Result<CommitReply, Shipping>,
+}
+
+/// Content a file's upload got the cloud to make durable, whether or not it went on to commit.
+#[derive(Default)]
+struct Sent {
+    /// Chunks sent whole.
+    whole: Vec<ChunkId>,
+    /// Chunks the cloud rebuilt from deltas.
+    by_delta: Vec<ChunkId>,
+    bytes: u64,
+}
+
+/// Where a file's upload stopped.
+enum Shipping {
+    /// Before the commit: finding, sending or storing content.
+    Sending(CloudError),
+    /// The commit itself.
+    Committing(CloudError),
+}
+
+/// The network part of one file's upload: the chunks the cloud lacks (as deltas where an
+/// edit makes that much smaller), the manifest, the commit. No journal: the caller lands it.
+async fn ship<C: Cloud>(cloud: &mut C, shipment: Shipment) -> Shipped {
+    let Shipment {
+        row,
+        manifest,
+        data,
+        acked,
+        base,
+        mut commit,
+    } = shipment;
+    let mut sent = Sent::default();
+    let outcome = async {
+        let session = commit.reservation_id.clone();
+        let mut offsets = HashMap::new();
+        let mut at = 0usize;
+        for entry in &manifest.entries {
+            offsets
+                .entry(entry.chunk)
+                .or_insert((at, entry.len as usize));
+            at += entry.len as usize;
+        }
+        let ids: Vec<ChunkId> = {
+            let mut unique: Vec<ChunkId> = offsets.keys().copied().collect();
+            unique.sort();
+            unique
+        };
+        let mut missing = cloud
+            .find_missing(&session, &ids)
+            .await
+            .map_err(Shipping::Sending)?;
+        if let Some(base) = &base {
+            missing =
+                send_changed_stretches(cloud, &session, base, &manifest, missing, &data, &mut sent)
+                    .await
+                    .map_err(Shipping::Sending)?;
+        }
+        let whole = |ids: &[ChunkId]| -> Vec<(ChunkId, Bytes)> {
+            ids.iter()
+                .filter(|id| !acked.contains(id))
+                .filter_map(|id| {
+                    let (at, len) = offsets.get(id)?;
+                    Some((*id, data.slice(*at..*at + *len)))
+                })
+                .collect()
+        };
+        send_whole(cloud, &session, whole(&missing), &mut sent)
+            .await
+            .map_err(Shipping::Sending)?;
+        commit.manifest = cloud
+            .put_manifest(&session, &manifest)
+            .await
+            .map_err(Shipping::Sending)?;
+        match cloud.commit(commit.clone()).await {
+            Err(e) if e.reason == "MISSING_CHUNKS" => {
+                // Collected since FindMissing said we had them: send just those, once.
+                send_whole(cloud, &session, whole(&e.missing_chunks), &mut sent)
+                    .await
+                    .map_err(Shipping::Sending)?;
+                cloud.commit(commit).await.map_err(Shipping::Committing)
+            }
+            other => other.map_err(Shipping::Committing),
+        }
+    }
+    .await;
+    Shipped { row, sent, outcome }
+}
+
+/// Sends chunks whole; what the cloud acknowledged is kept even when the call failed.
+async fn send_whole<C: Cloud>(
+    cloud: &mut C,
+    session: &str,
+    chunks: Vec<(ChunkId, Bytes)>,
+    sent: &mut Sent,
+) -> Result<(), CloudError> {
+    if chunks.is_empty() {
+        return Ok(());
+    }
+    let sizes: HashMap<ChunkId, u64> = chunks.iter().map(|(id, b)| (*id, b.len() as u64)).collect();
+    let mut acknowledged = Vec::new();
+    let outcome = cloud.put_chunks(session, chunks, &mut acknowledged).await;
+    sent.bytes += acknowledged
+        .iter()
+        .map(|id| sizes.get(id).copied().unwrap_or(0))
+        .sum::<u64>();
+    sent.whole.extend(acknowledged);
+    outcome
+}
+
+/// An edit of a file the cloud has: each run of chunks the cloud lacks goes as an rsync
+/// delta against the stretch of the current version it replaced, when that is much
+/// smaller than the chunks. Returns the chunks still to send whole.
+async fn send_changed_stretches<C: Cloud>(
+    cloud: &mut C,
+    session: &str,
+    base_id: &ManifestId,
+    manifest: &Manifest,
+    missing: Vec<ChunkId>,
+    data: &Bytes,
+    sent_now: &mut Sent,
+) -> Result<Vec<ChunkId>, CloudError> {
+    let wanted: HashSet<ChunkId> = missing.iter().copied().collect();
+    let missing_bytes: u64 = manifest
+        .entries
+        .iter()
+        .filter(|e| wanted.contains(&e.chunk))
+        .map(|e| u64::from(e.len))
+        .sum();
+    if missing_bytes < MIN_DELTA_RUN_BYTES {
+        return Ok(missing);
+    }
+    let base = match cloud.manifest(base_id).await {
+        Ok(base) => base,
+        Err(e) if !e.transient => return Ok(missing),
+        Err(e) => return Err(e),
+    };
+    let mut sent: HashSet<ChunkId> = HashSet::new();
+    for span in keepsake_delta::span::plan_spans(&base, manifest, &wanted) {
+        let run_len = span.new_len();
+        if run_len < MIN_DELTA_RUN_BYTES {
+            continue;
+        }
+        let run = data.slice(span.new_offset as usize..(span.new_offset + run_len) as usize);
+        let stretch = (span.base_offset, span.base_len);
+        let signature = match cloud.span_signature(base_id, stretch.0, stretch.1).await {
+            Ok(sig) => sig,
+            Err(e) if !e.transient => {
+                // Runs already rebuilt from deltas stay sent; the rest go whole.
+                tracing::debug!(reason = %e.reason, "no span signature; sending chunks");
+                break;
+            }
+            Err(e) => return Err(e),
+        };
+        let Ok(delta) = keepsake_delta::span::span_delta(&signature, &run) else {
+            continue; // a signature we cannot use: the chunks go whole
+        };
+        // Worth it only when clearly smaller: the signature came down for it too.
+        if (delta.len() + signature.len()) as u64 * 2 > run_len {
+            continue;
+        }
+        let delta_len = delta.len() as u64;
+        match cloud
+            .put_chunks_by_delta(session, base_id, stretch, &span.chunks, delta)
+            .await
+        {
+            Ok(acknowledged) => {
+                sent_now.bytes += delta_len;
+                sent.extend(acknowledged.iter().copied());
+                sent_now.by_delta.extend(acknowledged);
+            }
+            Err(e) if !e.transient => {
+                tracing::debug!(reason = %e.reason, message = %e.message, "delta refused; sending chunks");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(missing
+        .into_iter()
+        .filter(|id| !sent.contains(id))
+        .collect())
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! A device killed between what the cloud made durable and what its journal recorded
-//! loses nothing and duplicates nothing when it starts again.
+//! loses nothing and duplicates nothing when it starts again; files uploading side by side
+//! on lanes send nothing twice.
 //!
 //! Run with `cargo test -p keepsake-device --features failpoints --test crash_points`
 //! (`cargo xtask ci` does). A fail point panics where the process would have died; the
@@ -15,6 +16,7 @@ use keepsake_library::{
     AssetKind, AssetState, Change, ChunkStore, CommitAsset, KdfCost, Library, LibraryConfig,
 };
 use keepsake_store::{ChunkId, Manifest, ManifestId, ManualClock, OsEntropy, Store, StoreConfig};
+use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::sync::Arc;
@@ -63,6 +65,14 @@ fn remote(a: keepsake_library::Asset) -> RemoteAsset {
 }
 
 impl Cloud for InProcess {
+    fn lane(&self) -> Option<Self> {
+        Some(InProcess {
+            cloud: self.cloud.clone(),
+            store: self.store.clone(),
+            device: self.device.clone(),
+        })
+    }
+
     async fn lookup(&mut self, file_hash: &ChunkId) -> Result<ContentLookup, CloudError> {
         let found = self
             .cloud
@@ -92,6 +102,8 @@ impl Cloud for InProcess {
         session: &str,
         ids: &[ChunkId],
     ) -> Result<Vec<ChunkId>, CloudError> {
+        // A network call would let the other lanes run here: so does this one.
+        tokio::task::yield_now().await;
         self.store
             .find_missing("alice", session, ids)
             .map_err(refused)
@@ -103,6 +115,7 @@ impl Cloud for InProcess {
         chunks: Vec<(ChunkId, Bytes)>,
         acknowledged: &mut Vec<ChunkId>,
     ) -> Result<(), CloudError> {
+        tokio::task::yield_now().await;
         let outcome = self
             .store
             .put_chunks("alice", session, &chunks)
@@ -348,5 +361,43 @@ async fn a_device_killed_between_the_cloud_and_its_journal_loses_and_duplicates_
         assert_eq!(camera.pending_files().unwrap(), 0, "{point}");
         assert_eq!(viewer.pending_files().unwrap(), 0, "{point}");
     }
+    scenario.teardown();
+}
+
+#[tokio::test]
+async fn files_sharing_chunks_in_one_pass_send_each_chunk_once_and_copies_become_one_asset() {
+    // Fail points are global: this waits for the crash test's scenario to end.
+    let scenario = fail::FailScenario::setup();
+    let w = world();
+    let root = tempfile::tempdir().unwrap();
+    let mut camera = device(&w, root.path(), "camera");
+    let (original, second) = (photo(1), photo(2));
+    // A re-save that kept the first two thirds, and a plain copy: several files of one pass
+    // travel on lanes at once, and two lanes must never carry the same chunk.
+    let mut resaved = second[..200_000].to_vec();
+    resaved.extend_from_slice(&photo(3)[..100_000]);
+    // In the order the pass takes them: each right behind the file it shares with.
+    for (name, data) in [
+        ("IMG_1.JPG", &original),
+        ("IMG_1a.JPG", &original),
+        ("IMG_2.JPG", &second),
+        ("IMG_2a.JPG", &resaved),
+    ] {
+        std::fs::write(root.path().join("camera").join(name), data).unwrap();
+    }
+    let report = camera.sync_once().await.unwrap();
+    let unique: HashSet<_> = [&original, &second, &resaved]
+        .iter()
+        .flat_map(|d| {
+            keepsake_delta::manifest_of(d, keepsake_delta::ChunkParams::for_len(d.len() as u64))
+                .entries
+        })
+        .map(|e| e.chunk)
+        .collect();
+    assert_eq!(report.chunks_sent, unique.len(), "{report:?}");
+    assert_eq!(camera.chunks_acknowledged_again(), 0);
+    assert_eq!((report.uploaded, report.linked), (3, 1), "{report:?}");
+    assert_eq!(live_assets(&w), 3);
+    assert_eq!(camera.pending_files().unwrap(), 0);
     scenario.teardown();
 }

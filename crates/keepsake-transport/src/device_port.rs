@@ -119,6 +119,11 @@ fn remote_album(a: pb::Album) -> RemoteAlbum {
 }
 
 impl Cloud for CloudClient {
+    fn lane(&self) -> Option<Self> {
+        // A clone shares the HTTP/2 connection: each lane's calls are streams of their own.
+        Some(self.clone())
+    }
+
     async fn lookup(&mut self, file_hash: &ChunkId) -> Result<ContentLookup, CloudError> {
         let reply = self.find_assets_by_content(&[*file_hash]).await?;
         let Some(m) = reply.into_iter().next() else {
