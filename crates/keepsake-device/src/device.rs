@@ -186,6 +186,8 @@ pub struct Device<C: Cloud> {
     downloads_wait: Option<String>,
     /// A download was put off this pass: the feed stops there and resumes next time.
     deferred: bool,
+    /// Content of the feed's next new assets, fetched on lanes while this one is written.
+    ahead: Ahead,
     progress: tokio::sync::watch::Sender<Progress>,
 }
 
@@ -325,6 +327,7 @@ impl<C: Cloud> Device<C> {
             videos_wait: None,
             downloads_wait: None,
             deferred: false,
+            ahead: Ahead::default(),
             progress: tokio::sync::watch::Sender::new(Progress::default()),
         })
     }
@@ -687,6 +690,7 @@ impl<C: Cloud> Device<C> {
             Ok::<(), DeviceError>(())
         }
         .await;
+        self.ahead = Ahead::default();
         self.progress.send_replace(Progress::default());
         // What the pass itself ran into (a refusal, the cap) comes first; else the policy's.
         if report.blocked.is_none() {
@@ -1243,7 +1247,8 @@ impl<C: Cloud> Device<C> {
                 }
                 other => other?,
             };
-            for asset in &page.assets {
+            for (i, asset) in page.assets.iter().enumerate() {
+                self.fetch_ahead(&page.assets[i..])?;
                 self.apply(asset, report).await?;
                 if self.deferred {
                     // A download was put off: the cursor stays before this page (what was
@@ -1261,6 +1266,8 @@ impl<C: Cloud> Device<C> {
                         .put_album(&album.album_id, &album.name, &album.members)?;
                 }
             }
+            // Whatever was fetched ahead and not used (the page changed its mind) is dropped.
+            self.ahead = Ahead::default();
             cursor = page.cursor;
             self.journal.set("cursor", &cursor.to_string())?;
             if !page.more {
@@ -1484,6 +1491,52 @@ impl<C: Cloud> Device<C> {
         .map_err(|e| std::io::Error::other(e.to_string()))?
     }
 
+    /// Starts fetching the content of the next few assets of the page that will surely be
+    /// downloaded whole (new here, nothing to reuse, no allowance or storage limit to
+    /// weigh), each on a lane of its own, so the network works while the disk writes.
+    fn fetch_ahead(&mut self, next: &[RemoteAsset]) -> Result<(), DeviceError> {
+        if self.budget.is_some()
+            || self.downloads_wait.is_some()
+            || self.config.optimize_budget.is_some()
+        {
+            return Ok(());
+        }
+        for a in next.iter().take(DOWNLOAD_LOOKAHEAD) {
+            if self.ahead.fetching.len() >= UPLOAD_LANES || self.ahead.bytes + a.size > LANE_BYTES {
+                break;
+            }
+            if self.ahead.fetching.contains_key(&a.asset_id)
+                || a.state != RemoteState::Live
+                || a.damaged
+                || self.journal.file_of_asset(&a.asset_id)?.is_some()
+                || self.journal.trashed(&a.asset_id)?.is_some()
+                || self.journal.cloud_only(&a.asset_id)?.is_some()
+                || self.journal.file_with_hash(&a.file_hash, "")?.is_some()
+            {
+                continue;
+            }
+            let Some(mut lane) = self.cloud.lane() else {
+                return Ok(());
+            };
+            let manifest_id = a.manifest;
+            let fetching = tokio::spawn(async move {
+                let manifest = lane.manifest(&manifest_id).await?;
+                let mut ids: Vec<ChunkId> = manifest.entries.iter().map(|e| e.chunk).collect();
+                ids.sort();
+                ids.dedup();
+                let fetched: HashMap<ChunkId, Bytes> =
+                    lane.chunks(&ids).await?.into_iter().collect();
+                Ok((manifest, fetched))
+            });
+            self.ahead.bytes += a.size;
+            self.ahead.fetching.insert(
+                a.asset_id.clone(),
+                (manifest_id, a.size, AbortOnDrop(Some(fetching))),
+            );
+        }
+        Ok(())
+    }
+
     /// Fetches an asset's content, verifies it, and only then puts it at its final path.
     async fn download(
         &mut self,
@@ -1502,22 +1555,31 @@ impl<C: Cloud> Device<C> {
             p.bytes_total += a.size;
             p.current = Some(name.to_string());
         });
-        let manifest = self.cloud.manifest(&a.manifest).await?;
-        let mut ids: Vec<ChunkId> = manifest.entries.iter().map(|e| e.chunk).collect();
-        ids.sort();
-        ids.dedup();
-        // A new version of a file already here shares most of its chunks: fetch the rest.
-        let mut fetched = match replace.as_ref().filter(|p| p.exists()) {
-            Some(old) => self.local_chunks(old, a.size, &ids).await?,
-            None => HashMap::new(),
+        let (manifest, fetched) = match self.ahead.take(&a.asset_id, &a.manifest) {
+            Some(fetching) => fetching
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string()))??,
+            None => {
+                let manifest = self.cloud.manifest(&a.manifest).await?;
+                let mut ids: Vec<ChunkId> = manifest.entries.iter().map(|e| e.chunk).collect();
+                ids.sort();
+                ids.dedup();
+                // A new version of a file already here shares most of its chunks: fetch
+                // the rest.
+                let mut fetched = match replace.as_ref().filter(|p| p.exists()) {
+                    Some(old) => self.local_chunks(old, a.size, &ids).await?,
+                    None => HashMap::new(),
+                };
+                report.bytes_reused += fetched.values().map(|b| b.len() as u64).sum::<u64>();
+                let missing: Vec<ChunkId> = ids
+                    .iter()
+                    .filter(|id| !fetched.contains_key(id))
+                    .copied()
+                    .collect();
+                fetched.extend(self.cloud.chunks(&missing).await?);
+                (manifest, fetched)
+            }
         };
-        report.bytes_reused += fetched.values().map(|b| b.len() as u64).sum::<u64>();
-        let missing: Vec<ChunkId> = ids
-            .iter()
-            .filter(|id| !fetched.contains_key(id))
-            .copied()
-            .collect();
-        fetched.extend(self.cloud.chunks(&missing).await?);
         let temp = self
             .config
             .data_dir
@@ -1566,6 +1628,51 @@ impl<C: Cloud> Device<C> {
             p.bytes_done += size;
         });
         Ok(())
+    }
+}
+
+/// Feed entries looked at for content to fetch ahead.
+const DOWNLOAD_LOOKAHEAD: usize = 8;
+
+/// What fetching one asset's content ahead yields: its manifest and every chunk, verified.
+type Fetched = Result<(Manifest, HashMap<ChunkId, Bytes>), CloudError>;
+
+/// A task that stops when its handle is dropped: content fetched ahead and never used
+/// (the feed page ended, the pass failed) does not keep downloading.
+struct AbortOnDrop<T>(Option<tokio::task::JoinHandle<T>>);
+
+impl<T> AbortOnDrop<T> {
+    fn into_inner(mut self) -> tokio::task::JoinHandle<T> {
+        self.0.take().expect("the handle is held until taken")
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        if let Some(handle) = self.0.take() {
+            handle.abort();
+        }
+    }
+}
+
+/// Downloads under way ahead of the feed's apply loop, by asset.
+#[derive(Default)]
+struct Ahead {
+    fetching: HashMap<String, (ManifestId, u64, AbortOnDrop<Fetched>)>,
+    bytes: u64,
+}
+
+impl Ahead {
+    /// The fetch of `asset`'s content at `manifest`, if one was started.
+    fn take(
+        &mut self,
+        asset: &str,
+        manifest: &ManifestId,
+    ) -> Option<impl Future<Output = Result<Fetched, tokio::task::JoinError>> + use<>> {
+        let (id, size, task) = self.fetching.remove(asset)?;
+        self.bytes = self.bytes.saturating_sub(size);
+        // A fetch of another version than the one applied is dropped, and so stopped.
+        (id == *manifest).then(|| task.into_inner())
     }
 }
 

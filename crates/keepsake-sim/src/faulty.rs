@@ -95,6 +95,17 @@ impl<C: Cloud> Faulty<C> {
 }
 
 impl<C: Cloud> Cloud for Faulty<C> {
+    fn lane(&self) -> Option<Self> {
+        // The same generator and switch: a lane's calls meet the same faults, in an order
+        // the simulation's single thread makes the same on every run of a seed.
+        Some(Self::new(
+            self.inner.lane()?,
+            self.rng.clone(),
+            self.counts.clone(),
+            self.enabled.clone(),
+        ))
+    }
+
     async fn lookup(&mut self, file_hash: &ChunkId) -> Result<ContentLookup, CloudError> {
         self.deliver_late().await;
         self.inner.lookup(file_hash).await
