@@ -524,11 +524,12 @@ fn keepsake(
     )?;
     let first = watch.stop();
     println!(
-        "keepsake first sync: {:.1} s; CPU server {:.1} s, A {:.1} s, B {:.1} s",
+        "keepsake first sync: {:.1} s; CPU server {:.1} s, A {:.1} s, B {:.1} s; server peak so far {} MiB",
         first.wall_s,
         cpu_s(server.0.id()),
         cpu_s(a.0.id()),
-        cpu_s(b.0.id())
+        cpu_s(b.0.id()),
+        peak_kib(server.0.id()) >> 10
     );
 
     // 3. Edits of 1% of the files on A, until B holds the new bytes.

@@ -37,6 +37,11 @@ pub struct ObjectInfo {
 pub trait Backend: Send + Sync {
     /// Stores `bytes` under `name`; returns only once the object is durable.
     fn put(&self, name: &str, bytes: &[u8]) -> Result<(), BackendError>;
+    /// Stores an object made of `parts` in order, exactly as `put` of their concatenation;
+    /// a backend that can write them one after another saves the copy.
+    fn put_parts(&self, name: &str, parts: &[&[u8]]) -> Result<(), BackendError> {
+        self.put(name, &parts.concat())
+    }
     /// Reads `len` bytes at `offset`; a short object is an error, never a short read.
     fn get_range(&self, name: &str, offset: u64, len: u64) -> Result<Vec<u8>, BackendError>;
     /// Reads a whole object.
@@ -107,12 +112,14 @@ impl LocalFsBackend {
         Ok(self.root.join(name))
     }
 
-    fn write_durably(&self, final_path: &Path, bytes: &[u8]) -> io::Result<()> {
+    fn write_durably(&self, final_path: &Path, parts: &[&[u8]]) -> io::Result<()> {
         let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
         let tmp = self.tmp.join(format!("{}-{n}", std::process::id()));
         let result = (|| {
             let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-            file.write_all(bytes)?;
+            for part in parts {
+                file.write_all(part)?;
+            }
             fail::fail_point!("backend-before-fsync", |_| Err(io::Error::other(
                 "fail point backend-before-fsync"
             )));
@@ -142,8 +149,12 @@ impl LocalFsBackend {
 
 impl Backend for LocalFsBackend {
     fn put(&self, name: &str, bytes: &[u8]) -> Result<(), BackendError> {
+        self.put_parts(name, &[bytes])
+    }
+
+    fn put_parts(&self, name: &str, parts: &[&[u8]]) -> Result<(), BackendError> {
         let path = self.path(name)?;
-        self.write_durably(&path, bytes).map_err(|e| {
+        self.write_durably(&path, parts).map_err(|e| {
             if is_full(&e) {
                 BackendError::Full
             } else {
@@ -311,12 +322,17 @@ impl<B: Backend> CappedBackend<B> {
 
 impl<B: Backend> Backend for CappedBackend<B> {
     fn put(&self, name: &str, bytes: &[u8]) -> Result<(), BackendError> {
+        self.put_parts(name, &[bytes])
+    }
+
+    fn put_parts(&self, name: &str, parts: &[&[u8]]) -> Result<(), BackendError> {
+        let size: u64 = parts.iter().map(|p| p.len() as u64).sum();
         let mut used = self.used.lock().expect("capacity lock");
-        if *used + bytes.len() as u64 > self.capacity {
+        if *used + size > self.capacity {
             return Err(BackendError::Full);
         }
-        self.inner.put(name, bytes)?;
-        *used += bytes.len() as u64;
+        self.inner.put_parts(name, parts)?;
+        *used += size;
         Ok(())
     }
 
@@ -349,6 +365,9 @@ impl<B: Backend> Backend for CappedBackend<B> {
 impl<B: Backend> Backend for std::sync::Arc<B> {
     fn put(&self, name: &str, bytes: &[u8]) -> Result<(), BackendError> {
         (**self).put(name, bytes)
+    }
+    fn put_parts(&self, name: &str, parts: &[&[u8]]) -> Result<(), BackendError> {
+        (**self).put_parts(name, parts)
     }
     fn get_range(&self, name: &str, offset: u64, len: u64) -> Result<Vec<u8>, BackendError> {
         (**self).get_range(name, offset, len)

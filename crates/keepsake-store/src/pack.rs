@@ -18,43 +18,49 @@ pub struct Slot {
     pub len: u32,
 }
 
-/// Builds a pack in memory.
+/// Builds a pack as a list of parts: record headers beside the chunks' own buffers, so
+/// a batch is written out without first being copied into one contiguous pack.
 #[derive(Debug, Default)]
 pub struct PackWriter {
-    bytes: Vec<u8>,
+    parts: Vec<bytes::Bytes>,
+    len: usize,
 }
 
 impl PackWriter {
-    /// An empty pack sized for about `capacity` bytes.
-    pub fn with_capacity(capacity: usize) -> Self {
+    /// An empty pack for about `records` records.
+    pub fn with_records(records: usize) -> Self {
         Self {
-            bytes: Vec::with_capacity(capacity),
+            parts: Vec::with_capacity(2 * records),
+            len: 0,
         }
     }
 
     /// Appends one record and says where it went.
-    pub fn push(&mut self, id: &ChunkId, data: &[u8]) -> Slot {
-        let offset = self.bytes.len() as u64;
+    pub fn push(&mut self, id: &ChunkId, data: bytes::Bytes) -> Slot {
+        let offset = self.len as u64;
         let len = u32::try_from(data.len()).expect("chunk lengths are bounded below u32");
-        self.bytes.extend_from_slice(id.as_bytes());
-        self.bytes.extend_from_slice(&len.to_le_bytes());
-        self.bytes.extend_from_slice(data);
+        let mut header = Vec::with_capacity(RECORD_HEADER as usize);
+        header.extend_from_slice(id.as_bytes());
+        header.extend_from_slice(&len.to_le_bytes());
+        self.len += header.len() + data.len();
+        self.parts.push(header.into());
+        self.parts.push(data);
         Slot { offset, len }
     }
 
     /// Bytes so far.
     pub fn len(&self) -> usize {
-        self.bytes.len()
+        self.len
     }
 
     /// True when no record was pushed.
     pub fn is_empty(&self) -> bool {
-        self.bytes.is_empty()
+        self.parts.is_empty()
     }
 
-    /// The finished pack.
-    pub fn finish(self) -> Vec<u8> {
-        self.bytes
+    /// The finished pack, as its parts in order.
+    pub fn finish(self) -> Vec<bytes::Bytes> {
+        self.parts
     }
 }
 

@@ -426,14 +426,12 @@ impl Store {
             let written = if to_write.is_empty() {
                 None
             } else {
-                let size: usize = to_write
-                    .iter()
-                    .map(|(_, d, _)| d.len() + RECORD_HEADER as usize)
-                    .sum();
-                let mut writer = PackWriter::with_capacity(size);
+                let mut writer = PackWriter::with_records(to_write.len());
                 let slots: Vec<(ChunkId, Slot, bool)> = to_write
                     .iter()
-                    .map(|(id, data, is_manifest)| (*id, writer.push(id, data), *is_manifest))
+                    .map(|(id, data, is_manifest)| {
+                        (*id, writer.push(id, data.clone()), *is_manifest)
+                    })
                     .collect();
                 Some((self.write_pack(writer.finish())?, slots))
             };
@@ -489,10 +487,16 @@ impl Store {
     }
 
     /// Writes a pack durably and returns (name, hash, size).
-    fn write_pack(&self, bytes: Vec<u8>) -> Result<(String, String, u64), StoreError> {
+    fn write_pack(&self, parts: Vec<Bytes>) -> Result<(String, String, u64), StoreError> {
         let random = random_hex(self.entropy.as_ref(), 16);
         let name = format!("packs/{}/{}", &random[..2], &random[2..]);
-        let hash = blake3::hash(&bytes).to_hex().to_string();
+        let mut hasher = blake3::Hasher::new();
+        for part in &parts {
+            hasher.update(part);
+        }
+        let hash = hasher.finalize().to_hex().to_string();
+        let size: usize = parts.iter().map(|p| p.len()).sum();
+        let parts: Vec<&[u8]> = parts.iter().map(|p| &p[..]).collect();
         self.in_flight
             .lock()
             .expect("in-flight lock")
@@ -503,12 +507,12 @@ impl Store {
                 std::io::Error::other("fail point store-before-pack-put"),
             )))
         });
-        if let Err(e) = self.backend.put(&name, &bytes) {
+        if let Err(e) = self.backend.put_parts(&name, &parts) {
             self.in_flight.lock().expect("in-flight lock").remove(&name);
             tracing::warn!(pack = %name, error = %e, "pack write failed; nothing acknowledged");
             return Err(e.into());
         }
-        Ok((name, hash, bytes.len() as u64))
+        Ok((name, hash, size as u64))
     }
 
     /// Indexes one batch atomically. `Ok(None)` means a chunk assumed present vanished.
@@ -1075,7 +1079,7 @@ impl Store {
             for (id, slot) in slots {
                 // A corrupt chunk stays where it is, for scrub to report; never copy bad bytes.
                 if let Ok(data) = verify_record(&id, slot, record_in(&bytes, slot)) {
-                    let new_slot = writer.push(&id, &data);
+                    let new_slot = writer.push(&id, data.into());
                     moved.push((id, *pack_id, new_slot));
                 }
             }

@@ -46,7 +46,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             max_message_bytes: 16 << 20,
-            batch_bytes: 16 << 20,
+            batch_bytes: 8 << 20,
             http2_frame_bytes: 1 << 20,
             watch_poll: std::time::Duration::from_secs(5),
             limits: Limits::default(),
