@@ -893,9 +893,16 @@ async fn a_reinstall_over_a_fresh_copy_adopts_it_and_downloads_no_twins() {
     // reads as "from the future" (hashed at once), which is not the case under test.
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     let r = sync(&mut b).await;
+    // Nothing fetched ahead either: the files at the assets' names might be theirs.
     assert_eq!(
-        (r.unstable, r.downloaded, r.bytes_received, r.adopted),
-        (5, 0, 0, 5),
+        (
+            r.unstable,
+            r.downloaded,
+            r.bytes_received,
+            r.adopted,
+            r.fetched_ahead
+        ),
+        (5, 0, 0, 5, 0),
         "{r:?}"
     );
     let r = sync(&mut b).await;
@@ -910,6 +917,32 @@ async fn a_reinstall_over_a_fresh_copy_adopts_it_and_downloads_no_twins() {
         names,
         (0..5).map(|i| format!("IMG_{i}.JPG")).collect::<Vec<_>>()
     );
+}
+
+/// A device following the feed fetches the next photos' content on lanes while it writes
+/// the current one; what it writes is still exactly what was uploaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_photos_are_fetched_ahead_and_arrive_exact() {
+    use devices::*;
+    let c = cloud().await;
+    let root = tempfile::tempdir().unwrap();
+    let fa = root.path().join("A");
+    let mut a = device(&c, &fa, &root.path().join("a-data"), "phone").await;
+    for i in 0..5 {
+        std::fs::write(fa.join(format!("IMG_{i}.JPG")), photo(400 + i, 200_000)).unwrap();
+    }
+    assert_eq!(sync(&mut a).await.uploaded, 5);
+    let fb = root.path().join("B");
+    let mut b = device(&c, &fb, &root.path().join("b-data"), "tablet").await;
+    let r = sync(&mut b).await;
+    assert_eq!((r.downloaded, r.fetched_ahead), (5, 5), "{r:?}");
+    for i in 0..5 {
+        let name = format!("IMG_{i}.JPG");
+        assert_eq!(
+            std::fs::read(fb.join(&name)).unwrap(),
+            std::fs::read(fa.join(&name)).unwrap()
+        );
+    }
 }
 
 /// Most of the library vanishing at once waits for confirmation; a few deletes do not.

@@ -95,7 +95,11 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let ks = keepsake(root, &dir, &lib, &items, &edited, &bench, short)?;
     if args.iter().any(|a| a == "--keepsake-only") {
         // A quick look at Keepsake's own figures while working on them.
-        println!("keepsake server peak: {} MiB", ks.server_peak_kib >> 10);
+        println!(
+            "keepsake server peak: {} MiB; reinstall wire {} KiB",
+            ks.server_peak_kib >> 10,
+            ks.reinstall.wire.unwrap_or(0) >> 10
+        );
         return Ok(());
     }
     let rs = rsync(&dir, &lib, &items, &edited)?;

@@ -85,6 +85,8 @@ pub struct SyncReport {
     pub bytes_received: u64,
     /// Bytes of new versions taken from the file already here instead of the network.
     pub bytes_reused: u64,
+    /// Downloads whose content was fetched ahead, while earlier ones were written.
+    pub fetched_ahead: usize,
     /// Files moved to the local Recently Deleted because they were deleted elsewhere.
     pub trashed_here: usize,
     /// Files deleted in the folder, sent to Recently Deleted everywhere.
@@ -1248,7 +1250,7 @@ impl<C: Cloud> Device<C> {
                 other => other?,
             };
             for (i, asset) in page.assets.iter().enumerate() {
-                self.fetch_ahead(&page.assets[i..])?;
+                self.fetch_ahead(&page.assets[i..], report)?;
                 self.apply(asset, report).await?;
                 if self.deferred {
                     // A download was put off: the cursor stays before this page (what was
@@ -1494,7 +1496,11 @@ impl<C: Cloud> Device<C> {
     /// Starts fetching the content of the next few assets of the page that will surely be
     /// downloaded whole (new here, nothing to reuse, no allowance or storage limit to
     /// weigh), each on a lane of its own, so the network works while the disk writes.
-    fn fetch_ahead(&mut self, next: &[RemoteAsset]) -> Result<(), DeviceError> {
+    fn fetch_ahead(
+        &mut self,
+        next: &[RemoteAsset],
+        report: &mut SyncReport,
+    ) -> Result<(), DeviceError> {
         if self.budget.is_some()
             || self.downloads_wait.is_some()
             || self.config.optimize_budget.is_some()
@@ -1512,6 +1518,13 @@ impl<C: Cloud> Device<C> {
                 || self.journal.trashed(&a.asset_id)?.is_some()
                 || self.journal.cloud_only(&a.asset_id)?.is_some()
                 || self.journal.file_with_hash(&a.file_hash, "")?.is_some()
+                // Something already at the asset's name may be its bytes, to adopt (a
+                // reinstall over a copy): only the apply, which hashes it, can tell.
+                || self
+                    .config
+                    .folder
+                    .join(safe_name(&a.original_name, &a.asset_id))
+                    .exists()
             {
                 continue;
             }
@@ -1529,6 +1542,7 @@ impl<C: Cloud> Device<C> {
                 Ok((manifest, fetched))
             });
             self.ahead.bytes += a.size;
+            report.fetched_ahead += 1;
             self.ahead.fetching.insert(
                 a.asset_id.clone(),
                 (manifest_id, a.size, AbortOnDrop(Some(fetching))),
