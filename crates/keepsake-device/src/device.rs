@@ -788,10 +788,22 @@ impl<C: Cloud> Device<C> {
             bytes_total: rows.iter().map(|r| r.size).sum(),
             ..Progress::default()
         });
-        let mut lanes: Vec<C> = (1..UPLOAD_LANES).map_while(|_| self.cloud.lane()).collect();
-        let mut flying = Flying::default();
-        let mut failure = None;
-        for row in &rows {
+        let mut flying = Flying::new((1..LANES).map_while(|_| self.cloud.lane()).collect());
+        let sent = self.send_each(&rows, &mut flying, report).await;
+        // Whatever is in flight lands (and is journaled) even when one file failed.
+        let landed = self.land_all(&mut flying, report).await;
+        sent.and(landed)
+    }
+
+    /// Prepares each row in turn and sends it on an idle lane, or on the pass's own
+    /// connection when the cloud has no lanes.
+    async fn send_each(
+        &mut self,
+        rows: &[FileRow],
+        flying: &mut Flying<C>,
+        report: &mut SyncReport,
+    ) -> Result<(), DeviceError> {
+        for row in rows {
             // Files in flight count in full against a mobile allowance until they land.
             if report.blocked.is_some() || self.over_budget(row.size + flying.bytes, report) {
                 break;
@@ -801,24 +813,14 @@ impl<C: Cloud> Device<C> {
             }
             // The same content already on its way: once it lands, this file is its twin
             // and is linked without sending anything.
-            if flying.hashes.contains(&row.file_hash)
-                && let Err(e) = self.land_all(&mut flying, &mut lanes, report).await
-            {
-                failure = Some(e);
-                break;
+            if flying.hashes.contains(&row.file_hash) {
+                self.land_all(flying, report).await?;
             }
             self.progress
                 .send_modify(|p| p.current = Some(row.path.clone()));
-            let shipment = match self.prepare(row, report).await {
-                Ok(Some(s)) => s,
-                Ok(None) => {
-                    self.progress.send_modify(|p| p.items_done += 1);
-                    continue;
-                }
-                Err(e) => {
-                    failure = Some(e);
-                    break;
-                }
+            let Some(shipment) = self.prepare(row, report).await? else {
+                self.progress.send_modify(|p| p.items_done += 1);
+                continue;
             };
             // A shared chunk would be sent twice by two lanes; too many bytes in memory
             // at once would follow the largest videos. Either waits for the lanes.
@@ -827,62 +829,34 @@ impl<C: Cloud> Device<C> {
                 .entries
                 .iter()
                 .any(|e| flying.chunks.contains(&e.chunk));
-            if (shares || flying.bytes + shipment.data.len() as u64 > LANE_BYTES)
-                && let Err(e) = self.land_all(&mut flying, &mut lanes, report).await
-            {
-                failure = Some(e);
-                break;
+            if shares || flying.bytes + shipment.data.len() as u64 > LANE_BYTES {
+                self.land_all(flying, report).await?;
             }
-            while lanes.is_empty() && !flying.tasks.is_empty() {
-                if let Err(e) = self.land_next(&mut flying, &mut lanes, report).await {
-                    failure = Some(e);
-                    break;
-                }
+            while flying.idle.is_empty() && !flying.tasks.is_empty() {
+                self.land_next(flying, report).await?;
             }
-            if failure.is_some() {
-                break;
-            }
-            match lanes.pop() {
-                Some(mut lane) => {
-                    flying.hashes.insert(shipment.row.file_hash);
-                    flying.bytes += shipment.data.len() as u64;
-                    flying
-                        .chunks
-                        .extend(shipment.manifest.entries.iter().map(|e| e.chunk));
-                    flying.tasks.spawn(async move {
-                        let shipped = ship(&mut lane, shipment).await;
-                        (lane, shipped)
-                    });
-                }
+            match flying.idle.pop() {
+                Some(lane) => flying.launch(lane, shipment),
                 None => {
                     let shipped = ship(&mut self.cloud, shipment).await;
-                    if let Err(e) = self.land(shipped, report) {
-                        failure = Some(e);
-                        break;
-                    }
+                    self.land(shipped, report)?;
                 }
             }
         }
-        // Whatever is in flight lands (and is journaled) even when one file failed.
-        let landed = self.land_all(&mut flying, &mut lanes, report).await;
-        match failure {
-            Some(e) => Err(e),
-            None => landed,
-        }
+        Ok(())
     }
 
     /// Waits for one file in flight and journals what it did.
     async fn land_next(
         &mut self,
         flying: &mut Flying<C>,
-        lanes: &mut Vec<C>,
         report: &mut SyncReport,
     ) -> Result<(), DeviceError> {
         let Some(joined) = flying.tasks.join_next().await else {
             return Ok(());
         };
         let (lane, shipped) = joined.map_err(|e| std::io::Error::other(e.to_string()))?;
-        lanes.push(lane);
+        flying.idle.push(lane);
         flying.hashes.remove(&shipped.row.file_hash);
         flying.bytes = flying.bytes.saturating_sub(shipped.row.size);
         if flying.tasks.is_empty() {
@@ -895,12 +869,11 @@ impl<C: Cloud> Device<C> {
     async fn land_all(
         &mut self,
         flying: &mut Flying<C>,
-        lanes: &mut Vec<C>,
         report: &mut SyncReport,
     ) -> Result<(), DeviceError> {
         let mut first = Ok(());
         while !flying.tasks.is_empty() {
-            let landed = self.land_next(flying, lanes, report).await;
+            let landed = self.land_next(flying, report).await;
             if first.is_ok() {
                 first = landed;
             }
@@ -1250,7 +1223,7 @@ impl<C: Cloud> Device<C> {
                 other => other?,
             };
             for (i, asset) in page.assets.iter().enumerate() {
-                self.fetch_ahead(&page.assets[i..], report)?;
+                self.fetch_ahead(&page.assets, i, report)?;
                 self.apply(asset, report).await?;
                 if self.deferred {
                     // A download was put off: the cursor stays before this page (what was
@@ -1496,9 +1469,11 @@ impl<C: Cloud> Device<C> {
     /// Starts fetching the content of the next few assets of the page that will surely be
     /// downloaded whole (new here, nothing to reuse, no allowance or storage limit to
     /// weigh), each on a lane of its own, so the network works while the disk writes.
+    /// `page[at]` is the entry about to be applied; each entry is looked at once per page.
     fn fetch_ahead(
         &mut self,
-        next: &[RemoteAsset],
+        page: &[RemoteAsset],
+        at: usize,
         report: &mut SyncReport,
     ) -> Result<(), DeviceError> {
         if self.budget.is_some()
@@ -1507,12 +1482,16 @@ impl<C: Cloud> Device<C> {
         {
             return Ok(());
         }
-        for a in next.iter().take(DOWNLOAD_LOOKAHEAD) {
-            if self.ahead.fetching.len() >= UPLOAD_LANES || self.ahead.bytes + a.size > LANE_BYTES {
+        let end = page.len().min(at + DOWNLOAD_LOOKAHEAD);
+        let mut next = self.ahead.looked.max(at);
+        while next < end {
+            let a = &page[next];
+            if self.ahead.fetching.len() >= LANES || self.ahead.bytes + a.size > LANE_BYTES {
                 break;
             }
-            if self.ahead.fetching.contains_key(&a.asset_id)
-                || a.state != RemoteState::Live
+            next += 1;
+            self.ahead.looked = next;
+            if a.state != RemoteState::Live
                 || a.damaged
                 || self.journal.file_of_asset(&a.asset_id)?.is_some()
                 || self.journal.trashed(&a.asset_id)?.is_some()
@@ -1674,6 +1653,8 @@ impl<T> Drop for AbortOnDrop<T> {
 struct Ahead {
     fetching: HashMap<String, (ManifestId, u64, AbortOnDrop<Fetched>)>,
     bytes: u64,
+    /// Entries of the current page before this index were looked at already.
+    looked: usize,
 }
 
 impl Ahead {
@@ -1690,28 +1671,44 @@ impl Ahead {
     }
 }
 
-/// Files one upload pass keeps in flight at once.
-const UPLOAD_LANES: usize = 3;
+/// Files a pass keeps in flight at once, uploading or fetched ahead.
+const LANES: usize = 3;
 
 /// File bytes held in memory by the files in flight; a larger file goes alone.
 const LANE_BYTES: u64 = 160 << 20;
 
-/// The files of an upload pass in flight on their own lanes.
+/// The files of an upload pass in flight on their own lanes, and the lanes left idle.
 struct Flying<C> {
+    idle: Vec<C>,
     tasks: tokio::task::JoinSet<(C, Shipped)>,
     hashes: HashSet<ChunkId>,
+    /// Chunks of the files in flight; kept until all have landed (an over-estimate is
+    /// only a wait, never a chunk sent twice).
     chunks: HashSet<ChunkId>,
     bytes: u64,
 }
 
-impl<C> Default for Flying<C> {
-    fn default() -> Self {
+impl<C: Cloud> Flying<C> {
+    fn new(idle: Vec<C>) -> Self {
         Self {
+            idle,
             tasks: tokio::task::JoinSet::new(),
             hashes: HashSet::new(),
             chunks: HashSet::new(),
             bytes: 0,
         }
+    }
+
+    /// Sends one file on `lane`, in the background.
+    fn launch(&mut self, mut lane: C, shipment: Shipment) {
+        self.hashes.insert(shipment.row.file_hash);
+        self.bytes += shipment.data.len() as u64;
+        self.chunks
+            .extend(shipment.manifest.entries.iter().map(|e| e.chunk));
+        self.tasks.spawn(async move {
+            let shipped = ship(&mut lane, shipment).await;
+            (lane, shipped)
+        });
     }
 }
 
