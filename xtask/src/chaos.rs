@@ -22,6 +22,8 @@ pub(crate) struct Proxy {
     down: Arc<AtomicBool>,
     open: Arc<Mutex<Vec<TcpStream>>>,
     bytes: Arc<AtomicU64>,
+    /// The device's side only: what it sent towards the cloud.
+    sent: Arc<AtomicU64>,
 }
 
 impl Proxy {
@@ -32,8 +34,14 @@ impl Proxy {
             down: Arc::default(),
             open: Arc::default(),
             bytes: Arc::default(),
+            sent: Arc::default(),
         };
-        let (down, open, bytes) = (proxy.down.clone(), proxy.open.clone(), proxy.bytes.clone());
+        let (down, open, bytes, sent) = (
+            proxy.down.clone(),
+            proxy.open.clone(),
+            proxy.bytes.clone(),
+            proxy.sent.clone(),
+        );
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
                 if down.load(Ordering::SeqCst) {
@@ -46,8 +54,12 @@ impl Proxy {
                 if let (Ok(c), Ok(s)) = (client.try_clone(), server.try_clone()) {
                     open.lock().unwrap().extend([c, s]);
                 }
-                pump(client.try_clone(), server.try_clone(), bytes.clone());
-                pump(Ok(server), Ok(client), bytes.clone());
+                pump(
+                    client.try_clone(),
+                    server.try_clone(),
+                    vec![bytes.clone(), sent.clone()],
+                );
+                pump(Ok(server), Ok(client), vec![bytes.clone()]);
             }
         });
         Ok(proxy)
@@ -57,12 +69,17 @@ impl Proxy {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    /// Resets every connection through the proxy and refuses new ones.
     /// Bytes carried so far, both directions.
     pub(crate) fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
     }
 
+    /// Bytes the device sent towards the cloud.
+    pub(crate) fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    /// Resets every connection through the proxy and refuses new ones.
     fn cut(&self) {
         self.down.store(true, Ordering::SeqCst);
         for stream in self.open.lock().unwrap().drain(..) {
@@ -75,8 +92,13 @@ impl Proxy {
     }
 }
 
-/// Copies one direction of a connection until either side ends.
-fn pump(from: std::io::Result<TcpStream>, to: std::io::Result<TcpStream>, bytes: Arc<AtomicU64>) {
+/// Copies one direction of a connection until either side ends, adding what it carries to
+/// each counter.
+fn pump(
+    from: std::io::Result<TcpStream>,
+    to: std::io::Result<TcpStream>,
+    counters: Vec<Arc<AtomicU64>>,
+) {
     let (Ok(mut from), Ok(mut to)) = (from, to) else {
         return;
     };
@@ -89,7 +111,9 @@ fn pump(from: std::io::Result<TcpStream>, to: std::io::Result<TcpStream>, bytes:
                     if to.write_all(&buf[..n]).is_err() {
                         break;
                     }
-                    bytes.fetch_add(n as u64, Ordering::Relaxed);
+                    for counter in &counters {
+                        counter.fetch_add(n as u64, Ordering::Relaxed);
+                    }
                 }
             }
         }

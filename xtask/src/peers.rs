@@ -484,7 +484,10 @@ struct KeepsakeFigures {
     first: Cost,
     server_peak_kib: u64,
     edits: Cost,
+    /// What A sent towards the cloud while the edits synced.
     edit_upload_wire: u64,
+    /// A's link both ways meanwhile (signatures, the base manifest, the feed).
+    edit_link_wire: u64,
     edit_latency_ms: Vec<f64>,
     reinstall: Cost,
     metadata: serde_json::Value,
@@ -538,7 +541,7 @@ fn keepsake(
 
     // 3. Edits of 1% of the files on A, until B holds the new bytes.
     let edit_names: Vec<String> = edited.iter().map(|i| i.name.clone()).collect();
-    let up0 = proxies[0].bytes();
+    let (up0, link0) = (proxies[0].sent(), proxies[0].bytes());
     let watch = Watch::start(vec![server.0.id(), a.0.id(), b.0.id()], || {
         proxies[0].bytes() + proxies[1].bytes()
     });
@@ -552,8 +555,12 @@ fn keepsake(
         Duration::from_secs(600),
     )?;
     let edits = watch.stop();
-    let edit_upload_wire = proxies[0].bytes() - up0;
-    println!("keepsake 1% edits: {:.1} s", edits.wall_s);
+    let edit_upload_wire = proxies[0].sent() - up0;
+    let edit_link_wire = proxies[0].bytes() - link0;
+    println!(
+        "keepsake 1% edits: {:.1} s; A sent {} B, {} B both ways",
+        edits.wall_s, edit_upload_wire, edit_link_wire
+    );
 
     // One still edited at a time: how long until B has it.
     let still = items
@@ -624,6 +631,7 @@ fn keepsake(
         server_peak_kib,
         edits,
         edit_upload_wire,
+        edit_link_wire,
         edit_latency_ms,
         reinstall,
         metadata,
@@ -1111,7 +1119,12 @@ fn report(r: &Report) {
         mib(r.rs.edit_literal)
     );
     println!(
-        "| 3. 1% edits: rsync on the wire, literal data + checksums + file list | {} | (context) |",
+        "| 3. 1% edits: Keepsake A's link both ways / rsync's whole wire (literal data + checksums + file list) | {:.2} ({} / {}) | (context) |",
+        ratio(
+            ks.edit_link_wire as f64,
+            r.rs.edits.wire.unwrap_or(0) as f64
+        ),
+        mib(ks.edit_link_wire),
         mib(r.rs.edits.wire.unwrap_or(0))
     );
     println!(

@@ -99,11 +99,16 @@ pub fn plan_spans(base: &Manifest, new: &Manifest, missing: &HashSet<ChunkId>) -
     spans
 }
 
-/// The signature block size for a stretch of `len` bytes. A signature costs 12 bytes per
-/// block and a small edit's literal data about one block, so their sum is least near
-/// √(12·len): about 1.3 KiB for a 140 KiB stretch, 2.6 KiB on the wire in all.
+/// How much more a byte the device sends costs than a byte it receives: a phone's uplink is
+/// several times slower than its downlink, and the upload is what a person waits for.
+pub const UPLOAD_WEIGHT: u64 = 4;
+
+/// The signature block size for a stretch of `len` bytes. The signature comes down at 12
+/// bytes per block and a small edit's literal data goes up at about one block, so
+/// `UPLOAD_WEIGHT`·block + 12·len/block is least near √(12·len / UPLOAD_WEIGHT): about
+/// 640 bytes for a 140 KiB stretch (2.6 KiB of signature down, ~0.7 KiB of delta up).
 pub fn block_size_for(len: u64) -> u32 {
-    let root = ((12 * len) as f64).sqrt() as u32;
+    let root = ((12 * len / UPLOAD_WEIGHT) as f64).sqrt() as u32;
     root.next_multiple_of(64).clamp(128, 4096)
 }
 

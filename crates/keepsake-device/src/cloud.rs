@@ -248,6 +248,17 @@ pub trait Cloud: Send + 'static {
         session: &str,
         manifest: &Manifest,
     ) -> impl Future<Output = Result<ManifestId, CloudError>> + Send;
+    /// Stores a manifest that edits `base` (one the account holds, with its id): a cloud may
+    /// send only what differs. Answers exactly as [`Cloud::put_manifest`] would.
+    fn put_manifest_edit(
+        &mut self,
+        session: &str,
+        manifest: &Manifest,
+        base: (&ManifestId, &Manifest),
+    ) -> impl Future<Output = Result<ManifestId, CloudError>> + Send {
+        let _ = base;
+        self.put_manifest(session, manifest)
+    }
     /// Commits uploaded content as a new asset (or finds it already is one).
     fn commit(
         &mut self,

@@ -1772,20 +1772,49 @@ async fn ship<C: Cloud>(cloud: &mut C, shipment: Shipment) -> Shipped {
                 .or_insert((at, entry.len as usize));
             at += entry.len as usize;
         }
+        // An edit: the version it replaces says which chunks the account surely holds, and
+        // the new manifest travels as splices of it. Without it, everything is asked about.
+        let base = match base {
+            Some(id) => match cloud.manifest(&id).await {
+                Ok(manifest) => Some((id, manifest)),
+                Err(e) if !e.transient => None,
+                Err(e) => return Err(Shipping::Sending(e)),
+            },
+            None => None,
+        };
+        let held: HashSet<ChunkId> = base
+            .iter()
+            .flat_map(|(_, m)| m.entries.iter().map(|e| e.chunk))
+            .collect();
         let ids: Vec<ChunkId> = {
-            let mut unique: Vec<ChunkId> = offsets.keys().copied().collect();
+            let mut unique: Vec<ChunkId> = offsets
+                .keys()
+                .filter(|id| !held.contains(id))
+                .copied()
+                .collect();
             unique.sort();
             unique
         };
-        let mut missing = cloud
-            .find_missing(&session, &ids)
+        let mut missing = if ids.is_empty() {
+            Vec::new()
+        } else {
+            cloud
+                .find_missing(&session, &ids)
+                .await
+                .map_err(Shipping::Sending)?
+        };
+        if let Some((id, base)) = &base {
+            missing = send_changed_stretches(
+                cloud,
+                &session,
+                (id, base),
+                &manifest,
+                missing,
+                &data,
+                &mut sent,
+            )
             .await
             .map_err(Shipping::Sending)?;
-        if let Some(base) = &base {
-            missing =
-                send_changed_stretches(cloud, &session, base, &manifest, missing, &data, &mut sent)
-                    .await
-                    .map_err(Shipping::Sending)?;
         }
         let whole = |ids: &[ChunkId]| -> Vec<(ChunkId, Bytes)> {
             ids.iter()
@@ -1799,10 +1828,26 @@ async fn ship<C: Cloud>(cloud: &mut C, shipment: Shipment) -> Shipped {
         send_whole(cloud, &session, whole(&missing), &mut sent)
             .await
             .map_err(Shipping::Sending)?;
-        commit.manifest = cloud
-            .put_manifest(&session, &manifest)
-            .await
-            .map_err(Shipping::Sending)?;
+        let stored = match &base {
+            Some((id, base)) => {
+                cloud
+                    .put_manifest_edit(&session, &manifest, (id, base))
+                    .await
+            }
+            None => cloud.put_manifest(&session, &manifest).await,
+        };
+        commit.manifest = match stored {
+            // A chunk of the base the account no longer holds (scrub found it damaged):
+            // send those, once, as for a commit below.
+            Err(e) if e.reason == "MISSING_CHUNKS" => {
+                send_whole(cloud, &session, whole(&e.missing_chunks), &mut sent)
+                    .await
+                    .map_err(Shipping::Sending)?;
+                cloud.put_manifest(&session, &manifest).await
+            }
+            other => other,
+        }
+        .map_err(Shipping::Sending)?;
         match cloud.commit(commit.clone()).await {
             Err(e) if e.reason == "MISSING_CHUNKS" => {
                 // Collected since FindMissing said we had them: send just those, once.
@@ -1845,7 +1890,7 @@ async fn send_whole<C: Cloud>(
 async fn send_changed_stretches<C: Cloud>(
     cloud: &mut C,
     session: &str,
-    base_id: &ManifestId,
+    (base_id, base): (&ManifestId, &Manifest),
     manifest: &Manifest,
     missing: Vec<ChunkId>,
     data: &Bytes,
@@ -1861,13 +1906,8 @@ async fn send_changed_stretches<C: Cloud>(
     if missing_bytes < MIN_DELTA_RUN_BYTES {
         return Ok(missing);
     }
-    let base = match cloud.manifest(base_id).await {
-        Ok(base) => base,
-        Err(e) if !e.transient => return Ok(missing),
-        Err(e) => return Err(e),
-    };
     let mut sent: HashSet<ChunkId> = HashSet::new();
-    for span in keepsake_delta::span::plan_spans(&base, manifest, &wanted) {
+    for span in keepsake_delta::span::plan_spans(base, manifest, &wanted) {
         let run_len = span.new_len();
         if run_len < MIN_DELTA_RUN_BYTES {
             continue;

@@ -20,6 +20,7 @@ use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 const T0: i64 = 1_700_000_000_000;
 
@@ -28,6 +29,8 @@ struct InProcess {
     cloud: Arc<keepsake_library::Cloud>,
     store: Arc<Store>,
     device: String,
+    /// Manifests that arrived as splices of an earlier version.
+    manifest_edits: Arc<AtomicUsize>,
 }
 
 fn refused(e: impl std::fmt::Display) -> CloudError {
@@ -70,6 +73,7 @@ impl Cloud for InProcess {
             cloud: self.cloud.clone(),
             store: self.store.clone(),
             device: self.device.clone(),
+            manifest_edits: self.manifest_edits.clone(),
         })
     }
 
@@ -131,6 +135,19 @@ impl Cloud for InProcess {
     ) -> Result<ManifestId, CloudError> {
         self.store
             .put_manifest("alice", session, manifest)
+            .map_err(refused)
+    }
+
+    async fn put_manifest_edit(
+        &mut self,
+        session: &str,
+        manifest: &Manifest,
+        (base, base_manifest): (&ManifestId, &Manifest),
+    ) -> Result<ManifestId, CloudError> {
+        let splices = manifest.splices_from(base_manifest);
+        self.manifest_edits.fetch_add(1, Ordering::Relaxed);
+        self.store
+            .put_manifest_edit("alice", session, base, &splices, manifest.file_hash)
             .map_err(refused)
     }
 
@@ -207,6 +224,7 @@ impl Cloud for InProcess {
 struct World {
     cloud: Arc<keepsake_library::Cloud>,
     store: Arc<Store>,
+    manifest_edits: Arc<AtomicUsize>,
     _dir: tempfile::TempDir,
 }
 
@@ -242,6 +260,7 @@ fn world() -> World {
     World {
         cloud,
         store,
+        manifest_edits: Arc::default(),
         _dir: dir,
     }
 }
@@ -257,6 +276,7 @@ fn device(w: &World, root: &Path, name: &str) -> Device<InProcess> {
         cloud: w.cloud.clone(),
         store: w.store.clone(),
         device: name.into(),
+        manifest_edits: w.manifest_edits.clone(),
     };
     Device::open(config, cloud, Arc::new(ManualClock::new(T0))).unwrap()
 }
@@ -360,6 +380,53 @@ async fn a_device_killed_between_the_cloud_and_its_journal_loses_and_duplicates_
         assert_eq!(camera_holds, held(&root.path().join("viewer")), "{point}");
         assert_eq!(camera.pending_files().unwrap(), 0, "{point}");
         assert_eq!(viewer.pending_files().unwrap(), 0, "{point}");
+    }
+    scenario.teardown();
+}
+
+#[tokio::test]
+async fn an_edit_killed_between_the_cloud_and_its_journal_lands_once_as_the_next_version() {
+    // Fail points are global: this waits for any other scenario to end.
+    let scenario = fail::FailScenario::setup();
+    for point in [
+        "device-after-chunks-before-journal",
+        "device-after-commit-before-journal",
+    ] {
+        let w = world();
+        let root = tempfile::tempdir().unwrap();
+        let mut camera = device(&w, root.path(), "camera");
+        let mut viewer = device(&w, root.path(), "viewer");
+        let path = root.path().join("camera/IMG_0.JPG");
+        std::fs::write(&path, photo(7)).unwrap();
+        camera.sync_once().await.unwrap();
+        camera.sync_once().await.unwrap(); // its own version comes back: the edit's base
+        let mut edited = photo(7);
+        edited[150_000..150_019].copy_from_slice(b"2025:01:11 08:30:00");
+        std::fs::write(&path, &edited).unwrap();
+        assert!(
+            pass_dying_at(&mut camera, point).await,
+            "{point} not reached"
+        );
+        drop(camera);
+        camera = device(&w, root.path(), "camera");
+        camera.sync_once().await.unwrap();
+        viewer.sync_once().await.unwrap();
+        let again = camera.sync_once().await.unwrap();
+        assert_eq!(again.uploaded, 0, "{point}: {again:?}");
+        assert_eq!(live_assets(&w), 1, "{point}: the edit became another photo");
+        assert_eq!(
+            held(&root.path().join("viewer")),
+            held(&root.path().join("camera"))
+        );
+        assert_eq!(
+            std::fs::read(root.path().join("viewer/IMG_0.JPG")).unwrap(),
+            edited,
+            "{point}"
+        );
+        assert!(
+            w.manifest_edits.load(Ordering::Relaxed) >= 1,
+            "{point}: the edit's manifest went whole"
+        );
     }
     scenario.teardown();
 }

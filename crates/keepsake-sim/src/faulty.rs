@@ -153,6 +153,20 @@ impl<C: Cloud> Cloud for Faulty<C> {
         self.lost_reply(result)
     }
 
+    async fn put_manifest_edit(
+        &mut self,
+        session: &str,
+        manifest: &Manifest,
+        base: (&ManifestId, &Manifest),
+    ) -> Result<ManifestId, CloudError> {
+        if self.roll(3) {
+            self.counts.lock().unwrap().duplicated += 1;
+            let _ = self.inner.put_manifest_edit(session, manifest, base).await;
+        }
+        let result = self.inner.put_manifest_edit(session, manifest, base).await;
+        self.lost_reply(result)
+    }
+
     async fn commit(&mut self, asset: NewAsset) -> Result<CommitReply, CloudError> {
         self.deliver_late().await;
         if self.roll(4) {

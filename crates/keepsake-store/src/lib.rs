@@ -46,7 +46,7 @@ pub use clock::{
 };
 pub use error::StoreError;
 pub use id::{ChunkId, ManifestId};
-pub use manifest::{Manifest, ManifestEntry};
+pub use manifest::{Manifest, ManifestEntry, Splice};
 pub use offload::offload;
 pub use schema::durable_sqlite;
 pub use store::{

@@ -8,7 +8,7 @@ const HEADER_LEN: usize = 4 + 8 + 32 + 4;
 const ENTRY_LEN: usize = 32 + 4;
 
 /// One chunk of a file and its length.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ManifestEntry {
     /// The chunk's id.
     pub chunk: ChunkId,
@@ -131,6 +131,86 @@ impl Manifest {
     }
 }
 
+/// One step of rebuilding a manifest from an earlier one: copy a run of the earlier
+/// manifest's entries, then add new ones. An edited file shares almost every chunk with its
+/// previous version, so it travels as a few splices rather than an entry per chunk.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Splice {
+    /// First entry of the base to copy.
+    pub base_start: u32,
+    /// How many base entries to copy from there (0: none).
+    pub base_count: u32,
+    /// Entries to add after the copied run.
+    pub entries: Vec<ManifestEntry>,
+}
+
+impl Manifest {
+    /// The splices that rebuild `self` from `base`: each entry either continues a run copied
+    /// from the base, starts a new run where the base holds the same chunk, or is added.
+    pub fn splices_from(&self, base: &Manifest) -> Vec<Splice> {
+        let mut first_at: std::collections::HashMap<ManifestEntry, u32> =
+            std::collections::HashMap::with_capacity(base.entries.len());
+        for (at, entry) in base.entries.iter().enumerate() {
+            first_at.entry(*entry).or_insert(at as u32);
+        }
+        let mut splices: Vec<Splice> = Vec::new();
+        for entry in &self.entries {
+            if let Some(last) = splices.last_mut() {
+                let next = last.base_start + last.base_count;
+                if last.entries.is_empty() && base.entries.get(next as usize) == Some(entry) {
+                    last.base_count += 1;
+                    continue;
+                }
+            }
+            match first_at.get(entry) {
+                Some(&at) => splices.push(Splice {
+                    base_start: at,
+                    base_count: 1,
+                    entries: Vec::new(),
+                }),
+                None => match splices.last_mut() {
+                    Some(last) => last.entries.push(*entry),
+                    None => splices.push(Splice {
+                        entries: vec![*entry],
+                        ..Splice::default()
+                    }),
+                },
+            }
+        }
+        splices
+    }
+
+    /// Rebuilds a manifest from `base` and `splices` (which may come off the network): a
+    /// run outside the base, or more than `max_entries` entries, is refused before anything
+    /// is copied.
+    pub fn from_splices(
+        base: &Manifest,
+        splices: &[Splice],
+        file_hash: ChunkId,
+        max_entries: usize,
+    ) -> Result<Manifest, StoreError> {
+        let mut entries: Vec<ManifestEntry> = Vec::new();
+        for (i, splice) in splices.iter().enumerate() {
+            let start = splice.base_start as usize;
+            let end = start + splice.base_count as usize;
+            if end > base.entries.len() {
+                return Err(StoreError::MalformedManifest(format!(
+                    "splice {i} copies entries {start}..{end} of a base of {}",
+                    base.entries.len()
+                )));
+            }
+            if entries.len() + (end - start) + splice.entries.len() > max_entries {
+                return Err(StoreError::MalformedManifest(format!(
+                    "splices add up to more than {max_entries} entries"
+                )));
+            }
+            entries.extend_from_slice(&base.entries[start..end]);
+            entries.extend_from_slice(&splice.entries);
+        }
+        Ok(Manifest::new(entries, file_hash))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,9 +244,72 @@ mod tests {
         }
 
         #[test]
+        fn splices_rebuild_exactly_the_edited_manifest(
+            base in arb_manifest(),
+            picks in proptest::collection::vec((any::<bool>(), any::<prop::sample::Index>(), any::<[u8; 32]>()), 0..80),
+        ) {
+            // The new manifest mixes base entries (in any order, repeated) with fresh ones.
+            let entries: Vec<ManifestEntry> = picks
+                .iter()
+                .map(|(from_base, at, fresh)| match (from_base, base.entries.is_empty()) {
+                    (true, false) => base.entries[at.index(base.entries.len())],
+                    _ => ManifestEntry { chunk: ChunkId(*fresh), len: 7 },
+                })
+                .collect();
+            let new = Manifest::new(entries, ChunkId([9; 32]));
+            let splices = new.splices_from(&base);
+            let rebuilt = Manifest::from_splices(&base, &splices, new.file_hash, 1 << 18).unwrap();
+            prop_assert_eq!(&rebuilt, &new);
+            let added: usize = splices.iter().map(|s| s.entries.len()).sum();
+            let fresh = new.entries.iter().filter(|e| !base.entries.contains(e)).count();
+            prop_assert_eq!(added, fresh, "an entry the base holds was sent again");
+        }
+
+        #[test]
         fn decode_never_panics_on_garbage(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
             let _ = Manifest::decode(&bytes);
         }
+    }
+
+    #[test]
+    fn one_changed_chunk_is_two_splices_whatever_the_file_size() {
+        let entry = |n: u32| ManifestEntry {
+            chunk: ChunkId::of(&n.to_le_bytes()),
+            len: 65_536,
+        };
+        let base = Manifest::new((0..3000).map(entry).collect(), ChunkId([1; 32]));
+        let mut new = base.clone();
+        new.entries[1500] = entry(99_999);
+        let splices = new.splices_from(&base);
+        assert_eq!(splices.len(), 2, "{splices:?}");
+        assert_eq!(splices.iter().map(|s| s.entries.len()).sum::<usize>(), 1);
+    }
+
+    #[test]
+    fn splices_outside_the_base_or_past_the_bound_are_refused() {
+        let base = Manifest::new(
+            vec![ManifestEntry {
+                chunk: ChunkId([1; 32]),
+                len: 10,
+            }],
+            ChunkId([2; 32]),
+        );
+        let outside = [Splice {
+            base_start: 0,
+            base_count: 2,
+            entries: Vec::new(),
+        }];
+        assert!(Manifest::from_splices(&base, &outside, ChunkId([3; 32]), 100).is_err());
+        // A million copies of the whole base in one small message: refused at the bound.
+        let repeated = vec![
+            Splice {
+                base_start: 0,
+                base_count: 1,
+                entries: Vec::new(),
+            };
+            1_000_000
+        ];
+        assert!(Manifest::from_splices(&base, &repeated, ChunkId([3; 32]), 1000).is_err());
     }
 
     #[test]

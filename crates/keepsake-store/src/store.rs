@@ -2,7 +2,7 @@
 
 use crate::backend::{Backend, BackendError, LocalFsBackend};
 use crate::clock::{Clock, Entropy, UnixMillis, random_hex};
-use crate::manifest::Manifest;
+use crate::manifest::{Manifest, Splice};
 use crate::pack::{PackWriter, RECORD_HEADER, Slot, record_in, verify_record};
 use crate::{ChunkId, ManifestId, StoreError};
 use bytes::Bytes;
@@ -700,6 +700,22 @@ impl Store {
             },
         )?;
         Ok(id)
+    }
+
+    /// Stores the manifest `splices` make of `base` (one the account holds) and returns its
+    /// id; otherwise exactly [`Store::put_manifest`].
+    pub fn put_manifest_edit(
+        &self,
+        account: &str,
+        session_id: &str,
+        base: &ManifestId,
+        splices: &[Splice],
+        file_hash: ChunkId,
+    ) -> Result<ManifestId, StoreError> {
+        let base = self.get_manifest(account, base)?;
+        let manifest =
+            Manifest::from_splices(&base, splices, file_hash, self.config.max_manifest_entries)?;
+        self.put_manifest(account, session_id, &manifest)
     }
 
     /// Reads a manifest `account` owns.

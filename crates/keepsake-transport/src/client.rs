@@ -16,7 +16,7 @@ use tonic::{Request, Status};
 /// The generated message types, for callers that build requests by hand.
 pub use keepsake_proto::v1 as pb;
 
-pub use crate::auth::CLIENT_VERSION_HEADER;
+pub use crate::auth::{CLIENT_VERSION_HEADER, TOKEN_HEADER};
 
 /// Why a channel could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -87,7 +87,8 @@ pub async fn connect_tls(url: &str, fingerprint: &str) -> Result<Channel, Connec
     Ok(crate::tls::connect_pinned(url, fingerprint).await?)
 }
 
-/// Adds `authorization: Bearer <token>` (when there is one) and the client version to every call.
+/// Adds the access token (when there is one, in [`TOKEN_HEADER`]) and the client version
+/// to every call.
 #[derive(Clone)]
 pub struct BearerAuth {
     header: Option<MetadataValue<Ascii>>,
@@ -98,11 +99,7 @@ impl BearerAuth {
     /// Auth for `token`; panics only if the token holds characters HTTP headers cannot carry.
     pub fn new(token: &str) -> Self {
         Self {
-            header: Some(
-                format!("Bearer {token}")
-                    .parse()
-                    .expect("tokens are printable ASCII"),
-            ),
+            header: Some(token.parse().expect("tokens are printable ASCII")),
             ..Self::anonymous()
         }
     }
@@ -124,11 +121,7 @@ impl BearerAuth {
 
     /// This auth with `token` attached.
     pub fn token(mut self, token: &str) -> Self {
-        self.header = Some(
-            format!("Bearer {token}")
-                .parse()
-                .expect("tokens are printable ASCII"),
-        );
+        self.header = Some(token.parse().expect("tokens are printable ASCII"));
         self
     }
 }
@@ -136,7 +129,7 @@ impl BearerAuth {
 impl Interceptor for BearerAuth {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
         if let Some(header) = &self.header {
-            req.metadata_mut().insert("authorization", header.clone());
+            req.metadata_mut().insert(TOKEN_HEADER, header.clone());
         }
         req.metadata_mut()
             .insert(CLIENT_VERSION_HEADER, self.version.clone());

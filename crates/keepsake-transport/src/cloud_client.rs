@@ -6,7 +6,7 @@ use crate::client::{
     AccountsApi, BearerAuth, CallError, LibraryApi, StoreClient, accounts_client, library_client,
     pb,
 };
-use crate::convert::{chunk_id, id_bytes, manifest_to_wire};
+use crate::convert::{chunk_id, id_bytes, manifest_edit_to_wire, manifest_to_wire};
 use bytes::Bytes;
 use keepsake_proto::v1::chunk_store_client::ChunkStoreClient;
 use keepsake_proto::v1::delta_client::DeltaClient;
@@ -301,10 +301,35 @@ impl CloudClient {
         session: &str,
         manifest: &Manifest,
     ) -> Result<ManifestId, CallError> {
-        let req = self.unary(pb::PutManifestRequest {
+        self.store_manifest(pb::PutManifestRequest {
             session_id: session.into(),
             manifest: Some(manifest_to_wire(manifest)),
-        });
+            edit: None,
+        })
+        .await
+    }
+
+    /// Stores `manifest` sent as splices of `base` (a manifest the account holds, here with
+    /// its id): for an edited file, bytes per change instead of per chunk.
+    pub async fn put_manifest_edit(
+        &mut self,
+        session: &str,
+        manifest: &Manifest,
+        base: (&ManifestId, &Manifest),
+    ) -> Result<ManifestId, CallError> {
+        self.store_manifest(pb::PutManifestRequest {
+            session_id: session.into(),
+            manifest: None,
+            edit: Some(manifest_edit_to_wire(base.0, base.1, manifest)),
+        })
+        .await
+    }
+
+    async fn store_manifest(
+        &mut self,
+        request: pb::PutManifestRequest,
+    ) -> Result<ManifestId, CallError> {
+        let req = self.unary(request);
         let reply = within(
             "PutManifest",
             self.config.call_timeout,

@@ -7,7 +7,7 @@ use keepsake_policy::{
     Cellular, Decision, DeviceStorage, Network, Power, Quota, Reason, Snapshot, Version, WorkClass,
 };
 use keepsake_proto::v1 as pb;
-use keepsake_store::{ChunkId, Manifest, ManifestEntry, ScrubReport};
+use keepsake_store::{ChunkId, Manifest, ManifestEntry, ManifestId, ScrubReport, Splice};
 
 /// Parses a 32-byte id field.
 pub fn chunk_id(field: &'static str, bytes: &[u8]) -> Result<ChunkId, ApiError> {
@@ -45,22 +45,98 @@ impl TryFrom<pb::Manifest> for WireManifest {
         } = value;
         let entries = entries
             .into_iter()
-            .map(|e| {
-                let pb::ManifestEntry {
-                    chunk_id: id,
-                    length,
-                } = e;
-                Ok(ManifestEntry {
-                    chunk: chunk_id("manifest.entries.chunk_id", &id)?,
-                    len: length,
-                })
-            })
+            .map(|e| entry_from_wire("manifest.entries.chunk_id", e))
             .collect::<Result<Vec<_>, ApiError>>()?;
         Ok(WireManifest(Manifest {
             entries,
             total_len: total_length,
             file_hash: chunk_id("manifest.file_hash", &file_hash)?,
         }))
+    }
+}
+
+fn entry_from_wire(field: &'static str, e: pb::ManifestEntry) -> Result<ManifestEntry, ApiError> {
+    let pb::ManifestEntry {
+        chunk_id: id,
+        length,
+    } = e;
+    Ok(ManifestEntry {
+        chunk: chunk_id(field, &id)?,
+        len: length,
+    })
+}
+
+fn entry_to_wire(e: &ManifestEntry) -> pb::ManifestEntry {
+    pb::ManifestEntry {
+        chunk_id: id_bytes(&e.chunk),
+        length: e.len,
+    }
+}
+
+/// A manifest given as splices of one the account holds, as it came off the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireManifestEdit {
+    /// The manifest the splices copy from.
+    pub base: ManifestId,
+    /// In order.
+    pub splices: Vec<Splice>,
+    /// BLAKE3 of the whole new file.
+    pub file_hash: ChunkId,
+}
+
+impl TryFrom<pb::ManifestEdit> for WireManifestEdit {
+    type Error = ApiError;
+
+    fn try_from(value: pb::ManifestEdit) -> Result<Self, Self::Error> {
+        let pb::ManifestEdit {
+            base_manifest_id,
+            splices,
+            file_hash,
+        } = value;
+        let splices = splices
+            .into_iter()
+            .map(|s| {
+                let pb::ManifestSplice {
+                    base_start,
+                    base_count,
+                    entries,
+                } = s;
+                Ok(Splice {
+                    base_start,
+                    base_count,
+                    entries: entries
+                        .into_iter()
+                        .map(|e| entry_from_wire("edit.splices.entries.chunk_id", e))
+                        .collect::<Result<_, ApiError>>()?,
+                })
+            })
+            .collect::<Result<_, ApiError>>()?;
+        Ok(Self {
+            base: chunk_id("edit.base_manifest_id", &base_manifest_id)?,
+            splices,
+            file_hash: chunk_id("edit.file_hash", &file_hash)?,
+        })
+    }
+}
+
+/// The wire form of a manifest edit: `new` as splices of `base`.
+pub fn manifest_edit_to_wire(
+    base_id: &ManifestId,
+    base: &Manifest,
+    new: &Manifest,
+) -> pb::ManifestEdit {
+    pb::ManifestEdit {
+        base_manifest_id: id_bytes(base_id),
+        splices: new
+            .splices_from(base)
+            .iter()
+            .map(|s| pb::ManifestSplice {
+                base_start: s.base_start,
+                base_count: s.base_count,
+                entries: s.entries.iter().map(entry_to_wire).collect(),
+            })
+            .collect(),
+        file_hash: id_bytes(&new.file_hash),
     }
 }
 
@@ -72,14 +148,7 @@ pub struct WireManifest(pub Manifest);
 pub fn manifest_to_wire(m: &Manifest) -> pb::Manifest {
     {
         pb::Manifest {
-            entries: m
-                .entries
-                .iter()
-                .map(|e| pb::ManifestEntry {
-                    chunk_id: id_bytes(&e.chunk),
-                    length: e.len,
-                })
-                .collect(),
+            entries: m.entries.iter().map(entry_to_wire).collect(),
             total_length: m.total_len,
             file_hash: id_bytes(&m.file_hash),
         }

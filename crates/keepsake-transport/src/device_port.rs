@@ -164,6 +164,29 @@ impl Cloud for CloudClient {
         Ok(CloudClient::put_manifest(self, session, manifest).await?)
     }
 
+    async fn put_manifest_edit(
+        &mut self,
+        session: &str,
+        manifest: &Manifest,
+        base: (&ManifestId, &Manifest),
+    ) -> Result<ManifestId, CloudError> {
+        match CloudClient::put_manifest_edit(self, session, manifest, base).await {
+            Ok(id) if id == manifest.id() => return Ok(id),
+            Ok(other) => {
+                tracing::warn!(manifest = %other, "the cloud rebuilt another manifest from the splices");
+            }
+            Err(e) => {
+                let e = CloudError::from(e);
+                if e.transient || e.reason == "MISSING_CHUNKS" {
+                    return Err(e);
+                }
+                // A cloud that takes no edits, or no longer holds the base.
+                tracing::debug!(reason = %e.reason, "manifest edit refused; sending it whole");
+            }
+        }
+        Ok(CloudClient::put_manifest(self, session, manifest).await?)
+    }
+
     async fn commit(&mut self, asset: NewAsset) -> Result<CommitReply, CloudError> {
         let NewAsset {
             request_id,

@@ -3,7 +3,7 @@
 use crate::ApiError;
 use crate::auth::{Identity, identity};
 use crate::convert::{
-    WireManifest, chunk_id, chunk_ids, id_bytes, manifest_to_wire, scrub_to_wire,
+    WireManifest, WireManifestEdit, chunk_id, chunk_ids, id_bytes, manifest_to_wire, scrub_to_wire,
 };
 use bytes::Bytes;
 use keepsake_proto::v1 as pb;
@@ -241,14 +241,38 @@ impl ChunkStore for StoreService {
         let pb::PutManifestRequest {
             session_id,
             manifest,
+            edit,
         } = request.into_inner();
-        let WireManifest(manifest) = manifest
-            .ok_or_else(|| ApiError::field("manifest", "is required"))?
-            .try_into()?;
-        let id = blocking(&self.store, move |s| {
-            s.put_manifest(&who.account, &session_id, &manifest)
-        })
-        .await?;
+        let id = match (manifest, edit) {
+            (Some(manifest), None) => {
+                let WireManifest(manifest) = manifest.try_into()?;
+                blocking(&self.store, move |s| {
+                    s.put_manifest(&who.account, &session_id, &manifest)
+                })
+                .await?
+            }
+            (None, Some(edit)) => {
+                let edit = WireManifestEdit::try_from(edit)?;
+                blocking(&self.store, move |s| {
+                    s.put_manifest_edit(
+                        &who.account,
+                        &session_id,
+                        &edit.base,
+                        &edit.splices,
+                        edit.file_hash,
+                    )
+                })
+                .await?
+            }
+            (None, None) => return Err(ApiError::field("manifest", "is required (or edit)").into()),
+            (Some(_), Some(_)) => {
+                return Err(ApiError::field(
+                    "edit",
+                    "give the manifest or an edit of one, not both",
+                )
+                .into());
+            }
+        };
         Ok(Response::new(pb::PutManifestResponse {
             manifest_id: id_bytes(&id),
         }))

@@ -216,6 +216,7 @@ async fn every_rpc_works_over_grpc() {
         .put_manifest(pb::PutManifestRequest {
             session_id: sid.clone(),
             manifest: Some(manifest.clone()),
+            edit: None,
         })
         .await
         .unwrap()
@@ -386,6 +387,7 @@ async fn a_manifest_naming_unowned_chunks_lists_exactly_those() {
         .put_manifest(pb::PutManifestRequest {
             session_id: b_sid,
             manifest: Some(manifest),
+            edit: None,
         })
         .await
         .unwrap_err();
@@ -394,6 +396,121 @@ async fn a_manifest_naming_unowned_chunks_lists_exactly_those() {
     let violations = err.get_details_precondition_failure().unwrap().violations;
     assert_eq!(violations.len(), 1);
     assert_eq!(violations[0].subject, alices.0.to_hex());
+}
+
+#[tokio::test]
+async fn a_manifest_sent_as_an_edit_is_stored_as_if_whole_and_foreign_bases_are_refused() {
+    let server = start().await;
+    let mut alice = as_user(&server, "alice-token").await;
+    let mut bob = as_user(&server, "bob-token").await;
+    let sid = session(&mut alice).await;
+    let original = noise(3 << 20, "edited manifest");
+    let base_id = upload_file(&mut alice, &sid, &original).await;
+    let mut edited = original.clone();
+    edited[1_500_000..1_500_019].copy_from_slice(b"2025:01:11 08:30:00");
+    let manifest = put_chunks_of(&mut alice, &sid, &edited).await;
+    let base = alice
+        .get_manifest(pb::GetManifestRequest {
+            manifest_id: base_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .manifest
+        .unwrap();
+    let base = keepsake_transport::convert::WireManifest::try_from(base)
+        .unwrap()
+        .0;
+    let base_id = ChunkId::from_slice(&base_id).unwrap();
+    let edit = keepsake_transport::convert::manifest_edit_to_wire(&base_id, &base, &manifest);
+    let spliced: usize = edit.splices.iter().map(|s| s.entries.len()).sum();
+    assert!(
+        spliced <= 2 && edit.splices.len() <= 3,
+        "{} splices carrying {spliced} entries for a one-chunk edit",
+        edit.splices.len()
+    );
+    let put =
+        |manifest: Option<pb::Manifest>, edit: Option<pb::ManifestEdit>| pb::PutManifestRequest {
+            session_id: sid.clone(),
+            manifest,
+            edit,
+        };
+    let id = alice
+        .put_manifest(put(None, Some(edit.clone())))
+        .await
+        .unwrap()
+        .into_inner()
+        .manifest_id;
+    assert_eq!(
+        id,
+        id_bytes(&manifest.id()),
+        "the edit rebuilt another manifest"
+    );
+    // Bob cannot build on Alice's manifest: it reads as absent.
+    let bob_sid = session(&mut bob).await;
+    let err = bob
+        .put_manifest(pb::PutManifestRequest {
+            session_id: bob_sid,
+            manifest: None,
+            edit: Some(edit.clone()),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    let whole = keepsake_transport::convert::manifest_to_wire(&manifest);
+    let err = alice
+        .put_manifest(put(Some(whole), Some(edit.clone())))
+        .await
+        .unwrap_err();
+    assert_status(&err, Code::InvalidArgument, "INVALID_ARGUMENT");
+    let mut outside = edit;
+    outside.splices[0].base_count = u32::MAX;
+    let err = alice
+        .put_manifest(put(None, Some(outside)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+}
+
+#[tokio::test]
+async fn the_token_is_taken_from_authorization_or_keepsakes_own_header() {
+    let server = start().await;
+    let token = server.token("alice-token");
+    let bearer = format!("Bearer {token}");
+    let mut standard = keepsake_proto::v1::chunk_store_client::ChunkStoreClient::with_interceptor(
+        client::connect(&server.url).await.unwrap(),
+        move |mut req: tonic::Request<()>| {
+            req.metadata_mut()
+                .insert("authorization", bearer.parse().unwrap());
+            req.metadata_mut()
+                .insert(client::CLIENT_VERSION_HEADER, "1.0.0".parse().unwrap());
+            Ok(req)
+        },
+    );
+    standard.get_usage(pb::GetUsageRequest {}).await.unwrap();
+    let mut own = keepsake_proto::v1::chunk_store_client::ChunkStoreClient::with_interceptor(
+        client::connect(&server.url).await.unwrap(),
+        move |mut req: tonic::Request<()>| {
+            req.metadata_mut()
+                .insert(client::TOKEN_HEADER, token.parse().unwrap());
+            req.metadata_mut()
+                .insert(client::CLIENT_VERSION_HEADER, "1.0.0".parse().unwrap());
+            Ok(req)
+        },
+    );
+    own.get_usage(pb::GetUsageRequest {}).await.unwrap();
+    let mut forged = keepsake_proto::v1::chunk_store_client::ChunkStoreClient::with_interceptor(
+        client::connect(&server.url).await.unwrap(),
+        move |mut req: tonic::Request<()>| {
+            req.metadata_mut()
+                .insert(client::TOKEN_HEADER, "ks1.k1.00.00".parse().unwrap());
+            req.metadata_mut()
+                .insert(client::CLIENT_VERSION_HEADER, "1.0.0".parse().unwrap());
+            Ok(req)
+        },
+    );
+    let err = forged.get_usage(pb::GetUsageRequest {}).await.unwrap_err();
+    assert_status(&err, Code::Unauthenticated, "UNAUTHENTICATED");
 }
 
 #[tokio::test]
@@ -655,8 +772,8 @@ async fn delta_client(server: &Server, token: &str) -> DeltaClient {
     .max_decoding_message_size(16 << 20)
 }
 
-/// Uploads `file` as alice would: chunks, then its manifest. Returns the manifest id.
-async fn upload_file(c: &mut StoreClient, sid: &str, file: &[u8]) -> Bytes {
+/// Sends `file`'s chunks; returns its manifest, not yet stored.
+async fn put_chunks_of(c: &mut StoreClient, sid: &str, file: &[u8]) -> keepsake_store::Manifest {
     let mut chunks = Vec::new();
     let manifest =
         keepsake_delta::chunk_stream(file, keepsake_delta::ChunkParams::PHOTO, |id, d| {
@@ -665,9 +782,16 @@ async fn upload_file(c: &mut StoreClient, sid: &str, file: &[u8]) -> Bytes {
         })
         .unwrap();
     put_all(c, sid, chunks, 1 << 20).await.unwrap();
+    manifest
+}
+
+/// Uploads `file` as alice would: chunks, then its manifest. Returns the manifest id.
+async fn upload_file(c: &mut StoreClient, sid: &str, file: &[u8]) -> Bytes {
+    let manifest = put_chunks_of(c, sid, file).await;
     c.put_manifest(pb::PutManifestRequest {
         session_id: sid.to_string(),
         manifest: Some(keepsake_transport::convert::manifest_to_wire(&manifest)),
+        edit: None,
     })
     .await
     .unwrap()
@@ -994,6 +1118,7 @@ async fn upload_and_commit(
         .put_manifest(pb::PutManifestRequest {
             session_id: reservation.clone(),
             manifest: Some(keepsake_transport::convert::manifest_to_wire(&manifest)),
+            edit: None,
         })
         .await
         .unwrap()

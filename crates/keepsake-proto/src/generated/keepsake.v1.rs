@@ -119,13 +119,40 @@ pub struct GetChunksResponse {
     #[prost(message, repeated, tag = "1")]
     pub chunks: ::prost::alloc::vec::Vec<Chunk>,
 }
-/// Request of ChunkStore.PutManifest.
+/// Request of ChunkStore.PutManifest: the manifest whole, or as an edit of one the account
+/// already holds (exactly one of the two).
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct PutManifestRequest {
     #[prost(string, tag = "1")]
     pub session_id: ::prost::alloc::string::String,
     #[prost(message, optional, tag = "2")]
     pub manifest: ::core::option::Option<Manifest>,
+    #[prost(message, optional, tag = "3")]
+    pub edit: ::core::option::Option<ManifestEdit>,
+}
+/// A manifest given as splices of another the account holds: an edited file shares almost
+/// every chunk with its previous version, so this costs bytes per change, not per chunk.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ManifestEdit {
+    /// The manifest the splices copy from.
+    #[prost(bytes = "bytes", tag = "1")]
+    pub base_manifest_id: ::prost::bytes::Bytes,
+    /// In order; the new manifest is their concatenation.
+    #[prost(message, repeated, tag = "2")]
+    pub splices: ::prost::alloc::vec::Vec<ManifestSplice>,
+    /// BLAKE3 of the whole new file.
+    #[prost(bytes = "bytes", tag = "3")]
+    pub file_hash: ::prost::bytes::Bytes,
+}
+/// Copies base entries \[base_start, base_start + base_count), then appends entries.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ManifestSplice {
+    #[prost(uint32, tag = "1")]
+    pub base_start: u32,
+    #[prost(uint32, tag = "2")]
+    pub base_count: u32,
+    #[prost(message, repeated, tag = "3")]
+    pub entries: ::prost::alloc::vec::Vec<ManifestEntry>,
 }
 /// Response of ChunkStore.PutManifest.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
