@@ -739,20 +739,20 @@ impl<C: Cloud> Device<C> {
                 report.unstable += 1;
                 continue;
             }
-            let (manifest, _) = self.read_and_chunk(path).await?;
+            let file_hash = self.hash_file(path).await?;
             let mut row = FileRow {
                 path: path.clone(),
                 size,
                 mtime_ns: mtime,
                 inode: ino,
-                file_hash: manifest.file_hash,
+                file_hash,
                 asset_id: None,
                 version: None,
                 synced: false,
             };
             match known {
                 // Touched or copied over with the same bytes: only the stat changed.
-                Some(k) if k.file_hash == manifest.file_hash => {
+                Some(k) if k.file_hash == file_hash => {
                     row.asset_id = k.asset_id;
                     row.version = k.version;
                     row.synced = k.synced;
@@ -879,6 +879,28 @@ impl<C: Cloud> Device<C> {
             }
         }
         first
+    }
+
+    /// The file's whole-file hash, streamed: the scan needs only this, and chunking (three
+    /// times the work) waits until the file is uploaded.
+    async fn hash_file(&self, path: &str) -> Result<ChunkId, DeviceError> {
+        let full = self.config.folder.join(path);
+        keepsake_store::offload(move || -> Result<ChunkId, DeviceError> {
+            let mut hasher = blake3::Hasher::new();
+            let mut file = std::fs::File::open(&full)?;
+            let mut buffer = vec![0u8; 1 << 20];
+            loop {
+                match std::io::Read::read(&mut file, &mut buffer)? {
+                    0 => break,
+                    n => {
+                        hasher.update(&buffer[..n]);
+                    }
+                }
+            }
+            Ok(ChunkId(*hasher.finalize().as_bytes()))
+        })
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))?
     }
 
     async fn read_and_chunk(&self, path: &str) -> Result<(Manifest, Bytes), DeviceError> {

@@ -22,6 +22,9 @@ pub struct Tools {
     pub ffmpeg: bool,
     /// heif-convert answers.
     pub heif_convert: bool,
+    /// `nice` answers: the tools run at a lower priority than the server, so decoding a
+    /// 4K frame or a HEIC never slows the uploads and downloads beside it.
+    pub nice: bool,
 }
 
 fn answers(tool: &str, arg: &str) -> bool {
@@ -39,16 +42,18 @@ impl Tools {
         Self {
             ffmpeg: answers("ffmpeg", "-version"),
             heif_convert: answers("heif-convert", "--version"),
+            nice: answers("nice", "--version"),
         }
     }
 }
 
 /// Runs `tool` over the bytes written to a temp file; returns the JPEG it wrote.
-fn convert(bytes: &[u8], tool: &str, args: &[&str]) -> Result<Vec<u8>, Outcome> {
+fn convert(bytes: &[u8], tool: &str, args: &[&str], nice: bool) -> Result<Vec<u8>, Outcome> {
     convert_written(
         &|out| out.write_all(bytes).map(|()| bytes.len() as u64),
         tool,
         args,
+        nice,
     )
 }
 
@@ -60,6 +65,7 @@ fn convert_written(
     write: &dyn Fn(&mut dyn Write) -> std::io::Result<u64>,
     tool: &str,
     args: &[&str],
+    nice: bool,
 ) -> Result<Vec<u8>, Outcome> {
     let here = |what: &str| {
         let what = what.to_string();
@@ -72,7 +78,13 @@ fn convert_written(
     write(&mut file).map_err(here("writing the original out"))?;
     file.flush().map_err(here("writing the original out"))?;
     drop(file);
-    let mut cmd = Command::new(tool);
+    let mut cmd = if nice {
+        let mut nice = Command::new("nice");
+        nice.args(["-n", "10", tool]);
+        nice
+    } else {
+        Command::new(tool)
+    };
     match tool {
         "ffmpeg" => cmd
             .args(["-v", "error", "-y", "-i"])
@@ -117,7 +129,12 @@ pub fn make(original: Original<'_>, tools: Tools) -> Outcome {
             if !tools.ffmpeg {
                 return Outcome::NoneAvailable("this server has no ffmpeg: no poster".into());
             }
-            return match convert_written(write, "ffmpeg", &["-frames:v", "1", "-q:v", "3"]) {
+            return match convert_written(
+                write,
+                "ffmpeg",
+                &["-frames:v", "1", "-q:v", "3"],
+                tools.nice,
+            ) {
                 Ok(frame) => made(["thumbnail", "poster"], &frame),
                 Err(outcome) => outcome,
             };
@@ -131,7 +148,7 @@ pub fn make(original: Original<'_>, tools: Tools) -> Outcome {
             );
         }
         // heif-convert applies the image's own rotation; the JPEG it writes is upright.
-        return match convert(bytes, "heif-convert", &["-q", "92"]) {
+        return match convert(bytes, "heif-convert", &["-q", "92"], tools.nice) {
             Ok(jpeg) => made(["thumbnail", "preview"], &jpeg),
             Err(outcome) => outcome,
         };
