@@ -482,6 +482,8 @@ impl<'a> Watch<'a> {
 
 struct KeepsakeFigures {
     first: Cost,
+    /// Seconds until A's folder was all in the cloud (the first hop alone).
+    ingest_s: f64,
     server_peak_kib: u64,
     edits: Cost,
     /// What A sent towards the cloud while the edits synced.
@@ -523,6 +525,11 @@ fn keepsake(
     let watch = Watch::start(vec![server.0.id(), a.0.id(), b.0.id()], || {
         proxies[0].bytes() + proxies[1].bytes()
     });
+    let ingest = in_the_cloud(
+        work.join("a-data/status.json"),
+        items.len() as u64,
+        watch.start,
+    );
     wait_same(
         &work.join("a"),
         &work.join("b"),
@@ -530,6 +537,11 @@ fn keepsake(
         Duration::from_secs(3600),
     )?;
     let first = watch.stop();
+    let ingest_s = ingest
+        .join()
+        .map_err(|_| anyhow::anyhow!("the status watcher panicked"))?
+        .context("ingest")?;
+    println!("keepsake ingest (A's folder in the cloud): {ingest_s:.1} s");
     println!(
         "keepsake first sync: {:.1} s; CPU server {:.1} s, A {:.1} s, B {:.1} s; server peak so far {} MiB",
         first.wall_s,
@@ -628,6 +640,7 @@ fn keepsake(
     drop((a, c, server));
     Ok(KeepsakeFigures {
         first,
+        ingest_s,
         server_peak_kib,
         edits,
         edit_upload_wire,
@@ -636,6 +649,28 @@ fn keepsake(
         reinstall,
         metadata,
         metadata_wire,
+    })
+}
+
+/// Seconds from `since` until the agent whose status file is `status` ends a pass having
+/// uploaded `files` in all: its folder is in the cloud (the pass also read the feed, a few
+/// milliseconds here). Polled: the agent writes it once a pass.
+fn in_the_cloud(
+    status: PathBuf,
+    files: u64,
+    since: Instant,
+) -> std::thread::JoinHandle<Result<f64>> {
+    std::thread::spawn(move || {
+        while since.elapsed() < Duration::from_secs(3600) {
+            if let Ok(text) = std::fs::read_to_string(&status)
+                && let Ok(s) = serde_json::from_str::<serde_json::Value>(&text)
+                && s["uploaded"].as_u64().unwrap_or(0) >= files
+            {
+                return Ok(since.elapsed().as_secs_f64());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!("A never said its folder was all in the cloud")
     })
 }
 
@@ -1099,9 +1134,10 @@ fn report(r: &Report) {
         "| first sync: Keepsake / restic backup | {:.2} | (context) |",
         ratio(ks.first.wall_s, r.rt.first.wall_s)
     );
-    let ingest_gib_s = lib_gib / ks.first.wall_s;
+    let ingest_gib_s = lib_gib / ks.ingest_s;
     println!(
-        "| ingest: library / first-sync time, against raw chunk+hash on 2 threads | {:.2} ({:.2} GiB/s) | ≥ 0.7 |",
+        "| ingest: library / time until A's folder is all in the cloud ({:.1} s), against raw chunk+hash on 2 threads | {:.2} ({:.2} GiB/s) | ≥ 0.7 |",
+        ks.ingest_s,
         ingest_gib_s / r.chunk_gib_s,
         ingest_gib_s
     );
