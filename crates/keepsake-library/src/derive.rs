@@ -88,6 +88,26 @@ pub struct DeriveReport {
 }
 
 impl Cloud {
+    /// Whether a burst of new versions is over, so previews may take the cores from the
+    /// uploads still arriving: no job was queued for the first time in the last `quiet_ms`,
+    /// or the oldest has waited `max_defer_ms` (previews come late, never starve). Jobs
+    /// queued again (retries, repairs) do not hold the worker back.
+    pub fn uploads_quiet(&self, quiet_ms: i64, max_defer_ms: i64) -> Result<bool, LibraryError> {
+        let now = self.library.clock.now_ms();
+        let (oldest, newest): (Option<i64>, Option<i64>) = self.library.db().query_row(
+            "SELECT MIN(next_at), MAX(next_at) FROM derive_jobs
+              WHERE state = 'queued' AND attempts = 0",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        Ok(match (oldest, newest) {
+            (Some(oldest), Some(newest)) => {
+                newest <= now - quiet_ms || oldest <= now - max_defer_ms
+            }
+            _ => true,
+        })
+    }
+
     /// Due jobs, oldest first.
     pub fn due_derivations(&self, limit: usize) -> Result<Vec<DeriveJob>, LibraryError> {
         let now = self.library.clock.now_ms();

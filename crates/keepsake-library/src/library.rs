@@ -1379,16 +1379,18 @@ fn insert_version(
             holder
         ],
     )?;
-    // Previews are made later, by a worker, from a queue that survives restarts.
+    // Previews are made later, by a worker, from a queue that survives restarts; a job is
+    // due from its commit on (which also tells the worker when uploads are still arriving).
     tx.execute(
-        "INSERT OR IGNORE INTO derive_jobs (account, asset_id, version, manifest, video)
-         VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT OR IGNORE INTO derive_jobs (account, asset_id, version, manifest, video, next_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         params![
             account,
             asset_id,
             version,
             &req.manifest.0[..],
-            req.kind == AssetKind::Video
+            req.kind == AssetKind::Video,
+            now
         ],
     )?;
     Ok(())

@@ -713,6 +713,38 @@ fn derivatives_are_made_after_commit_failures_are_reported_and_purges_release_th
 /// video lifted the server's resident memory by as much (453 MiB peak in `cargo xtask bench
 /// peers`). A video is now handed over only as a writer that streams its verified chunks.
 #[test]
+fn previews_wait_for_a_burst_of_uploads_to_pass_but_never_starve() {
+    let f = fixture();
+    f.cloud
+        .create_account("alice", "correct horse", None, false)
+        .unwrap();
+    f.cloud.library().set_plan("alice", "big").unwrap();
+    assert!(
+        f.cloud.uploads_quiet(2_000, 60_000).unwrap(),
+        "nothing queued"
+    );
+    // A photo a second, for longer than the longest wait.
+    for seed in 1..=70u8 {
+        let (m, r) = f.upload("alice", seed, 5_000).unwrap();
+        f.commit("alice", &format!("c{seed}"), m, Some(&r)).unwrap();
+        let quiet = f.cloud.uploads_quiet(2_000, 60_000).unwrap();
+        assert_eq!(quiet, seed > 60, "after {seed} s of arrivals");
+        f.clock.advance(1_000);
+    }
+    // The worker took the oldest; the burst goes on: it waits again, then catches up.
+    let first = f
+        .cloud
+        .run_derivations(60, &|_, _| Outcome::NoneAvailable("test".into()));
+    assert_eq!(first.unwrap().none, 60);
+    assert!(!f.cloud.uploads_quiet(2_000, 60_000).unwrap());
+    f.clock.advance(1_500);
+    assert!(
+        f.cloud.uploads_quiet(2_000, 60_000).unwrap(),
+        "the burst is over"
+    );
+}
+
+#[test]
 fn a_video_is_streamed_to_the_deriver_never_handed_over_whole() {
     let f = fixture();
     f.cloud

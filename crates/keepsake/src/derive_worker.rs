@@ -156,19 +156,34 @@ pub fn make(original: Original<'_>, tools: Tools) -> Outcome {
     made(["thumbnail", "preview"], bytes)
 }
 
-/// Runs the queue every `every` (sooner after a round that found work).
+/// Previews wait until no new version was committed for this long: during a first sync
+/// the two cores go to the uploads, and previews follow the burst.
+const QUIET_MS: i64 = 2_000;
+
+/// …but never longer than this after a photo arrived.
+const MAX_DEFER_MS: i64 = 60_000;
+
+/// Runs the queue every `every` (sooner after a round that found work), once uploads are
+/// quiet.
 pub fn spawn(cloud: Arc<Cloud>, changes: ChangeNotifier, every: Duration) {
     let tools = Tools::find();
     tracing::info!(?tools, "derivative worker started");
     tokio::spawn(async move {
         loop {
             let worker = cloud.clone();
+            // On a blocking thread: both read the library, which may be busy committing.
             let round = tokio::task::spawn_blocking(move || {
-                worker.run_derivations(BATCH, &|_, original| make(original, tools))
+                if !worker.uploads_quiet(QUIET_MS, MAX_DEFER_MS)? {
+                    return Ok(None);
+                }
+                worker
+                    .run_derivations(BATCH, &|_, original| make(original, tools))
+                    .map(Some)
             })
             .await;
             let busy = match round {
-                Ok(Ok(report)) => {
+                Ok(Ok(None)) => false,
+                Ok(Ok(Some(report))) => {
                     let any = report.done + report.failed + report.none + report.retried > 0;
                     if any {
                         changes.notify_all();
