@@ -2547,3 +2547,103 @@ async fn an_edit_over_a_version_that_lost_a_chunk_sends_that_chunk_and_lands() {
     sync(&mut b).await;
     assert_eq!(std::fs::read(fb.join("IMG_0031.JPG")).unwrap(), edited);
 }
+
+/// Regression (found by the simulation once people could edit photos in place): a photo
+/// edited on one device while another deleted it was refused as a new version on every
+/// pass — the device said ASSET_NOT_LIVE for good and the edit never reached the library.
+/// The edit is now kept as a photo of its own; the original stays in Recently Deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_photo_edited_here_while_deleted_elsewhere_is_kept_as_a_new_photo() {
+    use devices::*;
+    use keepsake_device::Edit;
+    let c = cloud().await;
+    let root = tempfile::tempdir().unwrap();
+    let (fa, fb) = (root.path().join("A"), root.path().join("B"));
+    let mut a = device(&c, &fa, &root.path().join("a-data"), "A").await;
+    let mut b = device(&c, &fb, &root.path().join("b-data"), "B").await;
+    let original = photo(41, 400_000);
+    std::fs::write(fa.join("IMG_0041.JPG"), &original).unwrap();
+    sync(&mut a).await;
+    sync(&mut a).await;
+    sync(&mut b).await;
+    let asset_id = b.assets().unwrap()[0].asset_id.clone();
+    b.edit(Edit::Trash {
+        asset_id: asset_id.clone(),
+    })
+    .unwrap();
+    sync(&mut b).await;
+    let mut edited = original.clone();
+    edited[100..119].copy_from_slice(b"2025:01:11 08:30:00");
+    std::fs::write(fa.join("IMG_0041.JPG"), &edited).unwrap();
+    let first = sync(&mut a).await;
+    assert_eq!(first.kept_apart, 1, "{first:?}");
+    assert_eq!(first.blocked, None, "{first:?}");
+    let second = sync(&mut a).await;
+    assert_eq!(second.uploaded, 1, "{second:?}");
+    assert_eq!(a.pending_files().unwrap(), 0);
+    let library: Vec<_> = c
+        .cloud
+        .library()
+        .list_changes("alice", 0, 100)
+        .unwrap()
+        .changes
+        .into_iter()
+        .filter_map(|ch| match ch {
+            keepsake_library::Change::Asset(a) => Some(a),
+            _ => None,
+        })
+        .collect();
+    let edited_hash = keepsake_store::ChunkId::of(&edited);
+    let kept = library
+        .iter()
+        .find(|x| x.file_hash == edited_hash)
+        .expect("the edit is in the library");
+    assert_eq!(kept.state, keepsake_library::AssetState::Live);
+    assert_ne!(kept.asset_id, asset_id);
+    let trashed = library.iter().find(|x| x.asset_id == asset_id).unwrap();
+    assert!(matches!(
+        trashed.state,
+        keepsake_library::AssetState::Trashed(_)
+    ));
+    sync(&mut b).await;
+    assert_eq!(folder_contents(&fb), folder_contents(&fa));
+}
+
+/// Regression (found by the simulation with edits in place): a photo a person edited and
+/// then deleted before the edit synced was dropped from the device's journal without a
+/// word to the cloud — every other device kept it, this one lost it for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_photo_with_an_unsent_edit_deletes_it_everywhere() {
+    use devices::*;
+    use keepsake_policy::{Network, Snapshot};
+    let c = cloud().await;
+    let root = tempfile::tempdir().unwrap();
+    let (fa, fb) = (root.path().join("A"), root.path().join("B"));
+    let mut a = device(&c, &fa, &root.path().join("a-data"), "A").await;
+    let mut b = device(&c, &fb, &root.path().join("b-data"), "B").await;
+    let original = photo(51, 300_000);
+    std::fs::write(fa.join("IMG_0051.JPG"), &original).unwrap();
+    sync(&mut a).await;
+    sync(&mut a).await;
+    sync(&mut b).await;
+    assert_eq!(folder_contents(&fb).len(), 1);
+    // Offline, A's pass only scans: the edit is known, not sent.
+    let healthy = Snapshot {
+        account: Some("alice".into()),
+        ..Snapshot::example()
+    };
+    let mut offline = healthy.clone();
+    offline.network = Some(Network::Offline);
+    a.set_conditions(Some(offline));
+    let mut edited = original.clone();
+    edited[100..119].copy_from_slice(b"2025:01:11 08:30:00");
+    std::fs::write(fa.join("IMG_0051.JPG"), &edited).unwrap();
+    assert_eq!(sync(&mut a).await.blocked.as_deref(), Some("OFFLINE"));
+    std::fs::remove_file(fa.join("IMG_0051.JPG")).unwrap();
+    a.set_conditions(Some(healthy));
+    let r = sync(&mut a).await;
+    assert_eq!(r.trashed_remotely, 1, "{r:?}");
+    assert_eq!(sync(&mut b).await.trashed_here, 1);
+    assert!(folder_contents(&fb).is_empty());
+    assert!(b.assets().unwrap().iter().all(|x| x.trashed));
+}

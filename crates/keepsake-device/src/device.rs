@@ -107,6 +107,8 @@ pub struct SyncReport {
     pub unstable: usize,
     /// Edits made on this device that reached the cloud.
     pub edits_sent: usize,
+    /// Files edited here whose photo another device deleted meanwhile: kept as new photos.
+    pub kept_apart: usize,
     /// Edits the cloud refused for good (the asset or album is gone): dropped, logged.
     pub edits_dropped: usize,
     /// Originals this device sent again because the cloud flagged them damaged.
@@ -1070,6 +1072,21 @@ impl<C: Cloud> Device<C> {
         report.bytes_sent += sent.bytes;
         let reply = match outcome {
             Ok(reply) => reply,
+            Err(Shipping::Committing(e))
+                if row.asset_id.is_some()
+                    && matches!(e.reason.as_str(), "ASSET_NOT_LIVE" | "NOT_FOUND") =>
+            {
+                // Edited here while another device deleted the photo: the edit becomes a
+                // photo of its own (the original stays in Recently Deleted), sent on the next
+                // pass — refused as a new version, it would block every pass for good.
+                tracing::warn!(path = %row.path, asset = ?row.asset_id, reason = %e.reason, "edited here but deleted elsewhere: kept as a new photo");
+                row.asset_id = None;
+                row.version = None;
+                row.synced = false;
+                self.journal.upsert(&row)?;
+                report.kept_apart += 1;
+                return Ok(());
+            }
             Err(Shipping::Committing(e)) if !e.transient => {
                 tracing::warn!(path = %row.path, reason = %e.reason, message = %e.message, "commit refused");
                 report.blocked = Some(e.reason.clone());
@@ -1120,7 +1137,10 @@ impl<C: Cloud> Device<C> {
                 .as_ref()
                 .is_some_and(|a| present_assets.contains(a))
                 || present_hashes.contains(&row.file_hash);
-            if moved || !row.synced || row.asset_id.is_none() {
+            // A photo the library has goes to Recently Deleted even when this device had
+            // changed it since (an edit not yet sent): the person deleted the photo, and the
+            // edit goes with it. Only content the library never had leaves no trace.
+            if moved || row.asset_id.is_none() {
                 self.journal.remove(&row.path)?;
             } else {
                 deletes.push(row.clone());

@@ -41,8 +41,13 @@ pub(crate) type View = Vec<(String, bool, bool, bool, Vec<String>)>;
 pub(crate) struct Shared {
     pub phase: Phase,
     pub trace: Vec<String>,
-    /// Every photo taken: its content hash and the device that took it.
+    /// Every photo taken or edited: its content hash and the device that made it.
     pub captured: BTreeMap<String, usize>,
+    /// Contents a person edited away in place: the edit's content must reach the library,
+    /// these need not (an edit made before the original synced replaces it).
+    pub replaced: std::collections::BTreeSet<String>,
+    /// Contents made by an edit in place.
+    pub edited: std::collections::BTreeSet<String>,
     /// Photos each device has taken so far (survives the device's restarts).
     pub taken: Vec<u64>,
     /// The newest acknowledged favourite edit of each asset: (stamp, value).
@@ -62,6 +67,8 @@ impl Shared {
             phase: Phase::Use,
             trace: Vec::new(),
             captured: BTreeMap::new(),
+            replaced: Default::default(),
+            edited: Default::default(),
             taken: vec![0; devices],
             favorites: BTreeMap::new(),
             quiet: vec![0; devices],
@@ -422,6 +429,7 @@ impl DeviceHost {
                 if let Some(asset) = self.pick(device, |a| !a.trashed)? {
                     let path = self.folder.join(&asset.name);
                     if path.exists() {
+                        self.throw_away_unsynced_edit(&path);
                         std::fs::remove_file(&path)?;
                         self.trace(format!("deleted {} ({})", asset.name, asset.asset_id));
                     }
@@ -429,6 +437,7 @@ impl DeviceHost {
             }
             84..=87 => {
                 if let Some(asset) = self.pick(device, |a| !a.trashed)? {
+                    self.throw_away_unsynced_edit(&self.folder.join(&asset.name));
                     device.edit(Edit::Trash {
                         asset_id: asset.asset_id.clone(),
                     })?;
@@ -443,9 +452,68 @@ impl DeviceHost {
                     self.trace(format!("restore {}", asset.asset_id));
                 }
             }
+            93..=96 => {
+                // A photo app rewrites the date of a photo this camera took, in place.
+                let mut mine: Vec<String> = std::fs::read_dir(&self.folder)?
+                    .filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with(&format!("IMG_{}_", self.index)))
+                    .collect();
+                mine.sort();
+                if mine.is_empty() {
+                    return Ok(());
+                }
+                let name = mine.swap_remove(self.roll(mine.len() as u64) as usize);
+                let Ok(mut data) = std::fs::read(self.folder.join(&name)) else {
+                    return Ok(()); // the sync just moved it
+                };
+                let before = blake3::hash(&data).to_hex().to_string();
+                if !self.shared.lock().unwrap().captured.contains_key(&before) {
+                    return Ok(());
+                }
+                let at = self.roll((data.len() - 19) as u64) as usize;
+                let stamp = format!(
+                    "2025:{:02}:{:02} 08:30:00",
+                    1 + self.roll(12),
+                    1 + self.roll(28)
+                );
+                data[at..at + 19].copy_from_slice(stamp.as_bytes());
+                let after = blake3::hash(&data).to_hex().to_string();
+                let part = self.data.join(format!("{name}.edit"));
+                std::fs::write(&part, &data)?;
+                let edited = std::time::UNIX_EPOCH
+                    + Duration::from_millis((EPOCH_MS + now_ms() as i64 + self.skew_ms) as u64);
+                std::fs::File::options()
+                    .write(true)
+                    .open(&part)?
+                    .set_modified(edited)?;
+                std::fs::rename(&part, self.folder.join(&name))?;
+                let mut s = self.shared.lock().unwrap();
+                s.replaced.insert(before.clone());
+                s.edited.insert(after.clone());
+                s.captured.insert(after.clone(), self.index);
+                s.trace(
+                    now_ms(),
+                    &self.name,
+                    format!("edited {name} {} -> {}", &before[..8], &after[..8]),
+                );
+            }
             _ => {}
         }
         Ok(())
+    }
+
+    /// A person deleting a photo they edited before the edit synced throws the edit away:
+    /// Recently Deleted keeps the version the library has.
+    fn throw_away_unsynced_edit(&self, path: &std::path::Path) {
+        let Ok(data) = std::fs::read(path) else {
+            return;
+        };
+        let hash = blake3::hash(&data).to_hex().to_string();
+        let mut s = self.shared.lock().unwrap();
+        if s.edited.contains(&hash) {
+            s.replaced.insert(hash);
+        }
     }
 
     fn pick(
@@ -473,7 +541,8 @@ impl DeviceHost {
                     + r.restored
                     + r.purged
                     + r.edits_sent
-                    + r.edits_dropped;
+                    + r.edits_dropped
+                    + r.kept_apart;
                 self.trace(format!(
                     "sync up={} linked={} down={} trashed={}/{} restored={} edits={} blocked={:?}",
                     r.uploaded,

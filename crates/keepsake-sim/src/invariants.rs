@@ -1,6 +1,7 @@
 //! The promise, as code: checked on the disks a run leaves behind.
 //!
-//! - nothing lost: every photo taken is an asset, in the library or its Recently Deleted;
+//! - nothing lost: every photo taken, and every edit of one, is an asset (its current
+//!   version), in the library or its Recently Deleted;
 //! - nothing duplicated: no content is two assets;
 //! - one library: every device shows the same assets, favourites, hidden and deleted
 //!   states and albums as the library, and holds exactly its live photos;
@@ -62,7 +63,7 @@ pub(crate) fn check(root: &Path, shared: &Shared, devices: usize) -> anyhow::Res
             .push(&a.asset_id);
     }
     for (hash, device) in &shared.captured {
-        if !by_content.contains_key(hash) {
+        if !by_content.contains_key(hash) && !shared.replaced.contains(hash) {
             v.push(format!(
                 "lost: photo {} taken on device{device}",
                 &hash[..12]
@@ -142,8 +143,19 @@ pub(crate) fn check(root: &Path, shared: &Shared, devices: usize) -> anyhow::Res
             }
         }
         if held != live {
+            let short = |h: &String| h[..8].to_string();
+            let lacking: Vec<String> = live
+                .iter()
+                .filter(|h| !held.contains(h))
+                .map(short)
+                .collect();
+            let extra: Vec<String> = held
+                .iter()
+                .filter(|h| !live.contains(h))
+                .map(short)
+                .collect();
             v.push(format!(
-                "device{i} holds {} photos but the library has {} live",
+                "device{i} holds {} photos but the library has {} live (lacking {lacking:?}, extra {extra:?})",
                 held.len(),
                 live.len()
             ));

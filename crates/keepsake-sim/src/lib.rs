@@ -76,7 +76,7 @@ pub struct SimOutcome {
     pub trace_hash: String,
     /// Events in the trace.
     pub events: usize,
-    /// Photos taken on all devices.
+    /// Photos taken and edits made in place, on all devices (each a content of its own).
     pub captured: usize,
     /// Assets in the library at the end (live or in Recently Deleted).
     pub assets: usize,
@@ -232,7 +232,19 @@ pub fn run(options: &SimOptions) -> anyhow::Result<SimOutcome> {
     outcome.captured = s.captured.len();
     outcome.events = s.trace.len();
     outcome.trace_hash = s.trace_hash();
-    outcome.tail = s.trace.iter().rev().take(40).rev().cloned().collect();
+    outcome.tail = s
+        .trace
+        .iter()
+        .rev()
+        .take(
+            std::env::var("KEEPSAKE_SIM_TAIL")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(40),
+        )
+        .rev()
+        .cloned()
+        .collect();
     let report = invariants::check(root.path(), &s, options.devices)?;
     outcome.assets = report.assets;
     outcome.violations.extend(report.violations);

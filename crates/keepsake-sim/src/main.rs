@@ -39,7 +39,7 @@ fn main() -> anyhow::Result<()> {
     for (seed, outcome) in results {
         let o = outcome.with_context(|| format!("seed {seed}"))?;
         println!(
-            "seed {seed:>6}: trace {} ({} events), {} photos, {} assets, {} server and {} device crashes, {} cuts, {} lost replies, {} duplicate and {} late calls, settled in {} ms{}",
+            "seed {seed:>6}: trace {} ({} events), {} photos and edits, {} assets, {} server and {} device crashes, {} cuts, {} lost replies, {} duplicate and {} late calls, settled in {} ms{}",
             o.trace_hash,
             o.events,
             o.captured,
@@ -145,7 +145,7 @@ fn in_processes(
 /// The closing line, and the exit status.
 fn summary(seeds: u64, started: Instant, t: [u64; 8], failed: &[u64]) -> anyhow::Result<()> {
     println!(
-        "{seeds} seeds in {:.1} s: {} photos taken, {} assets; {} server crashes, {} device crashes, {} link cuts, {} lost replies, {} duplicate and {} late calls; {} failed {failed:?}; 0 lost and 0 duplicated unless listed above",
+        "{seeds} seeds in {:.1} s: {} photos taken and edits made, {} assets; {} server crashes, {} device crashes, {} link cuts, {} lost replies, {} duplicate and {} late calls; {} failed {failed:?}; 0 lost and 0 duplicated unless listed above",
         started.elapsed().as_secs_f64(),
         t[0],
         t[1],

@@ -350,6 +350,10 @@ fn say_pass(r: &SyncReport, reason_changed: bool) {
         (r.not_resurrected, "deleted elsewhere, not re-uploaded"),
         (r.edits_sent, "edits sent"),
         (
+            r.kept_apart,
+            "edited here but deleted elsewhere: kept as new photos",
+        ),
+        (
             r.edits_dropped,
             "edits dropped (their photo or album is gone)",
         ),
