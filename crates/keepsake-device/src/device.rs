@@ -1073,12 +1073,12 @@ impl<C: Cloud> Device<C> {
         let reply = match outcome {
             Ok(reply) => reply,
             Err(Shipping::Committing(e))
-                if row.asset_id.is_some()
-                    && matches!(e.reason.as_str(), "ASSET_NOT_LIVE" | "NOT_FOUND") =>
+                if row.asset_id.is_some() && e.reason == "ASSET_NOT_LIVE" =>
             {
                 // Edited here while another device deleted the photo: the edit becomes a
                 // photo of its own (the original stays in Recently Deleted), sent on the next
-                // pass — refused as a new version, it would block every pass for good.
+                // pass — refused as a new version, it would block every pass for good. Only
+                // this reason: a NOT_FOUND may name the reservation, which the next pass renews.
                 tracing::warn!(path = %row.path, asset = ?row.asset_id, reason = %e.reason, "edited here but deleted elsewhere: kept as a new photo");
                 row.asset_id = None;
                 row.version = None;
