@@ -888,18 +888,7 @@ impl<C: Cloud> Device<C> {
     async fn hash_file(&self, path: &str) -> Result<ChunkId, DeviceError> {
         let full = self.config.folder.join(path);
         keepsake_store::offload(move || -> Result<ChunkId, DeviceError> {
-            let mut hasher = blake3::Hasher::new();
-            let mut file = std::fs::File::open(&full)?;
-            let mut buffer = vec![0u8; 1 << 20];
-            loop {
-                match std::io::Read::read(&mut file, &mut buffer)? {
-                    0 => break,
-                    n => {
-                        hasher.update(&buffer[..n]);
-                    }
-                }
-            }
-            Ok(ChunkId(*hasher.finalize().as_bytes()))
+            Ok(whole_file_hash(&full)?)
         })
         .await
         .map_err(|e| std::io::Error::other(e.to_string()))?
@@ -1443,9 +1432,7 @@ impl<C: Cloud> Device<C> {
         if self.journal.file(name)?.is_some() {
             return Ok(None);
         }
-        let mut hasher = blake3::Hasher::new();
-        hasher.update_reader(std::fs::File::open(&path)?)?;
-        Ok((ChunkId(*hasher.finalize().as_bytes()) == a.file_hash).then_some(path))
+        Ok((whole_file_hash(&path)? == a.file_hash).then_some(path))
     }
 
     fn record_synced(&self, dest: &Path, a: &RemoteAsset) -> Result<(), DeviceError> {
@@ -1790,6 +1777,13 @@ enum Shipping {
     Sending(CloudError),
     /// The commit itself.
     Committing(CloudError),
+}
+
+/// BLAKE3 of a file's bytes (a manifest's `file_hash`), read as a stream.
+fn whole_file_hash(path: &Path) -> std::io::Result<ChunkId> {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update_reader(std::fs::File::open(path)?)?;
+    Ok(ChunkId(*hasher.finalize().as_bytes()))
 }
 
 /// The network part of one file's upload: the chunks the cloud lacks (as deltas where an

@@ -362,17 +362,7 @@ impl DeviceHost {
                 let data = photo(self.index, n, len);
                 let name = format!("IMG_{}_{n:04}.JPG", self.index);
                 let hash = blake3::hash(&data).to_hex().to_string();
-                // The camera writes beside the folder and renames in, as camera apps do.
-                let part = self.data.join(format!("{name}.part"));
-                std::fs::write(&part, &data)?;
-                // The camera stamps the file with the device's (simulated) clock.
-                let taken = std::time::UNIX_EPOCH
-                    + Duration::from_millis((EPOCH_MS + now_ms() as i64 + self.skew_ms) as u64);
-                std::fs::File::options()
-                    .write(true)
-                    .open(&part)?
-                    .set_modified(taken)?;
-                std::fs::rename(&part, self.folder.join(&name))?;
+                self.write_in(&name, &data)?;
                 let mut s = self.shared.lock().unwrap();
                 s.captured.insert(hash.clone(), self.index);
                 s.trace(now_ms(), &self.name, format!("took {name} {}", &hash[..8]));
@@ -479,15 +469,7 @@ impl DeviceHost {
                 );
                 data[at..at + 19].copy_from_slice(stamp.as_bytes());
                 let after = blake3::hash(&data).to_hex().to_string();
-                let part = self.data.join(format!("{name}.edit"));
-                std::fs::write(&part, &data)?;
-                let edited = std::time::UNIX_EPOCH
-                    + Duration::from_millis((EPOCH_MS + now_ms() as i64 + self.skew_ms) as u64);
-                std::fs::File::options()
-                    .write(true)
-                    .open(&part)?
-                    .set_modified(edited)?;
-                std::fs::rename(&part, self.folder.join(&name))?;
+                self.write_in(&name, &data)?;
                 let mut s = self.shared.lock().unwrap();
                 s.replaced.insert(before.clone());
                 s.edited.insert(after.clone());
@@ -501,6 +483,20 @@ impl DeviceHost {
             _ => {}
         }
         Ok(())
+    }
+
+    /// Writes a photo as camera and photo apps do: beside the folder, stamped with the
+    /// device's (simulated) clock, then renamed in.
+    fn write_in(&self, name: &str, data: &[u8]) -> std::io::Result<()> {
+        let part = self.data.join(format!("{name}.part"));
+        std::fs::write(&part, data)?;
+        let now = std::time::UNIX_EPOCH
+            + Duration::from_millis((EPOCH_MS + now_ms() as i64 + self.skew_ms) as u64);
+        std::fs::File::options()
+            .write(true)
+            .open(&part)?
+            .set_modified(now)?;
+        std::fs::rename(&part, self.folder.join(name))
     }
 
     /// A person deleting a photo they edited before the edit synced throws the edit away:
