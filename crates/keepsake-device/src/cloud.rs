@@ -264,6 +264,27 @@ pub trait Cloud: Send + 'static {
         &mut self,
         asset: NewAsset,
     ) -> impl Future<Output = Result<CommitReply, CloudError>> + Send;
+    /// Stores `manifest` (as an edit of `base` where given: the version it replaces) and
+    /// commits it. A cloud that can does both in one call; this default makes the two.
+    fn commit_with_manifest(
+        &mut self,
+        asset: NewAsset,
+        manifest: &Manifest,
+        base: Option<(&ManifestId, &Manifest)>,
+    ) -> impl Future<Output = Result<CommitReply, CloudError>> + Send {
+        async move {
+            let session = asset.reservation_id.clone();
+            let stored = match base {
+                Some(base) => self.put_manifest_edit(&session, manifest, base).await?,
+                None => self.put_manifest(&session, manifest).await?,
+            };
+            self.commit(NewAsset {
+                manifest: stored,
+                ..asset
+            })
+            .await
+        }
+    }
     /// Assets changed after `cursor`.
     fn changes(&mut self, cursor: u64)
     -> impl Future<Output = Result<FeedPage, CloudError>> + Send;

@@ -956,13 +956,10 @@ impl<C: Cloud> Device<C> {
             }
         }
         let overhead = 64 + 36 * manifest.entries.len() as u64;
-        // Device, asset and 128 bits of the content: unique per edit, within the
-        // cloud's 128-byte bound on request ids.
-        let key = format!(
-            "{}:{}:{}",
-            self.config.device_id,
-            row.asset_id.as_deref().unwrap_or("new"),
-            &row.file_hash.to_hex()[..32]
+        let key = commit_key(
+            &self.config.device_id,
+            row.asset_id.as_deref(),
+            &row.file_hash,
         );
         let session = match self.reservation.clone() {
             Some(session) => session,
@@ -1004,7 +1001,10 @@ impl<C: Cloud> Device<C> {
             }
         };
         let base = match &row.asset_id {
-            Some(asset_id) => self.journal.current(asset_id)?.map(|(_, id, _)| id),
+            Some(asset_id) => match self.journal.current(asset_id)? {
+                Some((_, id, _)) => Some((id, self.journal.kept_manifest(&id)?)),
+                None => None,
+            },
             None => None,
         };
         let name = row.path.rsplit('/').next().unwrap_or(&row.path).to_string();
@@ -1042,6 +1042,7 @@ impl<C: Cloud> Device<C> {
     fn land(&mut self, shipped: Shipped, report: &mut SyncReport) -> Result<(), DeviceError> {
         let Shipped {
             mut row,
+            manifest,
             sent,
             outcome,
         } = shipped;
@@ -1089,6 +1090,7 @@ impl<C: Cloud> Device<C> {
         row.synced = true;
         self.journal.upsert(&row)?;
         self.journal.forget_acked(&row.file_hash)?;
+        self.journal.keep_manifest(&manifest)?;
         if reply.deduplicated {
             report.linked += 1;
         } else {
@@ -1643,6 +1645,8 @@ impl<C: Cloud> Device<C> {
         }
         fail::fail_point!("device-after-place-before-journal");
         self.record_synced(&dest, a)?;
+        // The base of a later edit made here.
+        self.journal.keep_manifest(&manifest)?;
         report.downloaded += 1;
         report.bytes_received += size;
         self.progress.send_modify(|p| {
@@ -1749,14 +1753,16 @@ struct Shipment {
     data: Bytes,
     /// Chunks the cloud acknowledged for this content in an earlier, cut-off attempt.
     acked: HashSet<ChunkId>,
-    /// The manifest of the version this edit replaces, for span deltas.
-    base: Option<ManifestId>,
+    /// The version this edit replaces (for splices and span deltas), with its manifest
+    /// when the journal kept it.
+    base: Option<(ManifestId, Option<Manifest>)>,
     commit: NewAsset,
 }
 
 /// What the network part of one file's upload did.
 struct Shipped {
     row: FileRow,
+    manifest: Manifest,
     sent: Sent,
     outcome: Result<CommitReply, Shipping>,
 }
@@ -1779,6 +1785,19 @@ enum Shipping {
     Committing(CloudError),
 }
 
+/// The commit's request id: the same for every retry of one upload (device, asset, content)
+/// and different for any other. Hashed to 128 bits because it rides on every commit, where
+/// the readable `device:asset:content` was two thirds of an edit's commit message.
+fn commit_key(device_id: &str, asset_id: Option<&str>, content: &ChunkId) -> String {
+    let mut hasher = blake3::Hasher::new();
+    for part in [device_id.as_bytes(), asset_id.unwrap_or("").as_bytes()] {
+        hasher.update(&(part.len() as u64).to_le_bytes());
+        hasher.update(part);
+    }
+    hasher.update(&content.0);
+    hex::encode(&hasher.finalize().as_bytes()[..16])
+}
+
 /// BLAKE3 of a file's bytes (a manifest's `file_hash`), read as a stream.
 fn whole_file_hash(path: &Path) -> std::io::Result<ChunkId> {
     let mut hasher = blake3::Hasher::new();
@@ -1795,7 +1814,7 @@ async fn ship<C: Cloud>(cloud: &mut C, shipment: Shipment) -> Shipped {
         data,
         acked,
         base,
-        mut commit,
+        commit,
     } = shipment;
     let mut sent = Sent::default();
     let outcome = async {
@@ -1811,7 +1830,8 @@ async fn ship<C: Cloud>(cloud: &mut C, shipment: Shipment) -> Shipped {
         // An edit: the version it replaces says which chunks the account surely holds, and
         // the new manifest travels as splices of it. Without it, everything is asked about.
         let base = match base {
-            Some(id) => match cloud.manifest(&id).await {
+            Some((id, Some(kept))) => Some((id, kept)),
+            Some((id, None)) => match cloud.manifest(&id).await {
                 Ok(manifest) => Some((id, manifest)),
                 Err(e) if !e.transient => None,
                 Err(e) => return Err(Shipping::Sending(e)),
@@ -1864,39 +1884,34 @@ async fn ship<C: Cloud>(cloud: &mut C, shipment: Shipment) -> Shipped {
         send_whole(cloud, &session, whole(&missing), &mut sent)
             .await
             .map_err(Shipping::Sending)?;
-        let stored = match &base {
-            Some((id, base)) => {
+        // The manifest rides on the commit (as splices of the base for an edit): one
+        // round trip for both. MISSING_CHUNKS from either — chunks collected since
+        // FindMissing said the account had them, or a base chunk scrub quarantined — come
+        // back listed: send just those, once, and commit again.
+        let base = base.as_ref().map(|(id, base)| (id, base));
+        match cloud
+            .commit_with_manifest(commit.clone(), &manifest, base)
+            .await
+        {
+            Err(e) if e.reason == "MISSING_CHUNKS" => {
+                send_whole(cloud, &session, whole(&e.missing_chunks), &mut sent)
+                    .await
+                    .map_err(Shipping::Sending)?;
                 cloud
-                    .put_manifest_edit(&session, &manifest, (id, base))
+                    .commit_with_manifest(commit, &manifest, base)
                     .await
-            }
-            None => cloud.put_manifest(&session, &manifest).await,
-        };
-        commit.manifest = match stored {
-            // A chunk of the base the account no longer holds (scrub found it damaged):
-            // send those, once, as for a commit below.
-            Err(e) if e.reason == "MISSING_CHUNKS" => {
-                send_whole(cloud, &session, whole(&e.missing_chunks), &mut sent)
-                    .await
-                    .map_err(Shipping::Sending)?;
-                cloud.put_manifest(&session, &manifest).await
-            }
-            other => other,
-        }
-        .map_err(Shipping::Sending)?;
-        match cloud.commit(commit.clone()).await {
-            Err(e) if e.reason == "MISSING_CHUNKS" => {
-                // Collected since FindMissing said we had them: send just those, once.
-                send_whole(cloud, &session, whole(&e.missing_chunks), &mut sent)
-                    .await
-                    .map_err(Shipping::Sending)?;
-                cloud.commit(commit).await.map_err(Shipping::Committing)
+                    .map_err(Shipping::Committing)
             }
             other => other.map_err(Shipping::Committing),
         }
     }
     .await;
-    Shipped { row, sent, outcome }
+    Shipped {
+        row,
+        manifest,
+        sent,
+        outcome,
+    }
 }
 
 /// Sends chunks whole; what the cloud acknowledged is kept even when the call failed.
@@ -2008,6 +2023,25 @@ mod tests {
         assert_eq!(safe_name(" . .", "a1"), "asset-a1");
         assert_eq!(safe_name(" .bashrc", "a"), "bashrc");
         assert_eq!(safe_name(". . .profile ", "a"), "profile");
+    }
+
+    #[test]
+    fn a_commit_key_is_stable_per_upload_and_distinct_across_devices_assets_and_content() {
+        let (x, y) = (ChunkId([1; 32]), ChunkId([2; 32]));
+        let key = commit_key("dev-a", Some("asset-1"), &x);
+        assert_eq!(key, commit_key("dev-a", Some("asset-1"), &x));
+        assert_eq!(key.len(), 32);
+        let others = [
+            commit_key("dev-b", Some("asset-1"), &x),
+            commit_key("dev-a", Some("asset-2"), &x),
+            commit_key("dev-a", None, &x),
+            commit_key("dev-a", Some("asset-1"), &y),
+            // Lengths are hashed too, so moving a boundary is another key.
+            commit_key("dev-aasset-1", Some(""), &x),
+        ];
+        for other in others {
+            assert_ne!(key, other);
+        }
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! where the feed was read to. SQLite, outside the library folder.
 
 use crate::cloud::{Edit, Stamp};
-use keepsake_store::ChunkId;
+use keepsake_store::{ChunkId, Manifest, ManifestId};
 use rusqlite::{Connection, OptionalExtension, params};
 use rusqlite_migration::{M, Migrations};
 use std::path::Path;
@@ -67,6 +67,22 @@ CREATE TABLE outbox (
     last_error TEXT
 );
 ";
+
+const V4: &str = "
+-- Manifests of versions this device recently sent or fetched, newest `used` last: the
+-- base of an edit, so an edit needs no round trip to learn what its previous version was.
+CREATE TABLE manifests (
+    id   BLOB PRIMARY KEY,
+    body BLOB NOT NULL,
+    used INTEGER NOT NULL
+);
+CREATE INDEX manifests_by_use ON manifests (used);
+";
+
+/// How many recent manifests the journal keeps: edits are mostly of recent photos.
+pub const KEPT_MANIFESTS: i64 = 256;
+/// Larger manifests (long videos) are fetched when needed rather than kept.
+pub const KEPT_MANIFEST_MAX_BYTES: usize = 64 << 10;
 
 const V3: &str = "
 -- Originals the device does not hold (Optimize Storage): in the cloud only, until opened.
@@ -147,7 +163,7 @@ impl Journal {
         db.pragma_update(None, "synchronous", "NORMAL")?;
         // The agent and its control service write from two connections.
         db.busy_timeout(std::time::Duration::from_secs(10))?;
-        Migrations::new(vec![M::up(V1), M::up(V2), M::up(V3)])
+        Migrations::new(vec![M::up(V1), M::up(V2), M::up(V3), M::up(V4)])
             .to_latest(&mut db)
             .map_err(|e| crate::DeviceError::Migration(e.to_string()))?;
         Ok(Self { db })
@@ -586,6 +602,40 @@ impl Journal {
             .collect()
     }
 
+    /// Keeps a version's manifest (the most recent [`KEPT_MANIFESTS`] of them).
+    pub fn keep_manifest(&self, manifest: &Manifest) -> rusqlite::Result<()> {
+        let body = manifest.encode();
+        if body.len() > KEPT_MANIFEST_MAX_BYTES {
+            return Ok(());
+        }
+        self.db.execute(
+            "INSERT INTO manifests (id, body, used)
+             VALUES (?1, ?2, (SELECT coalesce(max(used), 0) + 1 FROM manifests))
+             ON CONFLICT (id) DO UPDATE SET used = excluded.used",
+            params![&manifest.id().0[..], body],
+        )?;
+        self.db.execute(
+            "DELETE FROM manifests WHERE used <= (SELECT max(used) FROM manifests) - ?1",
+            [KEPT_MANIFESTS],
+        )?;
+        Ok(())
+    }
+
+    /// A kept manifest, only if its bytes still hash to its id.
+    pub fn kept_manifest(&self, id: &ManifestId) -> rusqlite::Result<Option<Manifest>> {
+        let body: Option<Vec<u8>> = self
+            .db
+            .query_row(
+                "SELECT body FROM manifests WHERE id = ?1",
+                [&id.0[..]],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(body
+            .and_then(|b| Manifest::decode(&b).ok())
+            .filter(|m| m.id() == *id))
+    }
+
     pub fn remove_current(&self, asset_id: &str) -> rusqlite::Result<()> {
         self.db
             .execute("DELETE FROM current WHERE asset_id = ?1", [asset_id])?;
@@ -669,5 +719,69 @@ impl Journal {
         })?;
         tx.execute("DELETE FROM files WHERE path = ?1", [&f.path])?;
         tx.commit()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keepsake_store::ManifestEntry;
+
+    fn manifest(seed: u32, entries: usize) -> Manifest {
+        let entries = (0..entries)
+            .map(|i| ManifestEntry {
+                chunk: ChunkId::of(format!("{seed}:{i}").as_bytes()),
+                len: 1000,
+            })
+            .collect();
+        Manifest::new(entries, ChunkId::of(&seed.to_le_bytes()))
+    }
+
+    #[test]
+    fn the_journal_keeps_the_most_recent_manifests_and_only_small_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(&dir.path().join("j.db")).unwrap();
+        let first = manifest(0, 3);
+        journal.keep_manifest(&first).unwrap();
+        assert_eq!(
+            journal.kept_manifest(&first.id()).unwrap(),
+            Some(first.clone())
+        );
+        for seed in 1..KEPT_MANIFESTS as u32 {
+            journal.keep_manifest(&manifest(seed, 3)).unwrap();
+        }
+        // Kept again: now the newest, so the next one pushes out seed 1, not it.
+        journal.keep_manifest(&first).unwrap();
+        journal.keep_manifest(&manifest(9_999, 3)).unwrap();
+        assert!(journal.kept_manifest(&first.id()).unwrap().is_some());
+        assert_eq!(journal.kept_manifest(&manifest(1, 3).id()).unwrap(), None);
+        assert!(
+            journal
+                .kept_manifest(&manifest(2, 3).id())
+                .unwrap()
+                .is_some()
+        );
+        let count: i64 = journal
+            .db
+            .query_row("SELECT count(*) FROM manifests", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(count, KEPT_MANIFESTS);
+        let video = manifest(7, KEPT_MANIFEST_MAX_BYTES / 36 + 1);
+        journal.keep_manifest(&video).unwrap();
+        assert_eq!(journal.kept_manifest(&video.id()).unwrap(), None);
+    }
+
+    #[test]
+    fn a_kept_manifest_whose_bytes_changed_is_not_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(&dir.path().join("j.db")).unwrap();
+        let kept = manifest(1, 4);
+        journal.keep_manifest(&kept).unwrap();
+        let other = manifest(2, 4).encode();
+        journal
+            .db
+            .execute("UPDATE manifests SET body = ?1", [other])
+            .unwrap();
+        assert_eq!(journal.kept_manifest(&kept.id()).unwrap(), None);
     }
 }

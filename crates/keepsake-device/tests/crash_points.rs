@@ -172,6 +172,7 @@ impl Cloud for InProcess {
                     original_name: asset.original_name,
                     device: self.device.clone(),
                     reservation_id: Some(asset.reservation_id),
+                    manifest_upload: None,
                 },
             )
             .map_err(refused)?;

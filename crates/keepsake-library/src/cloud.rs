@@ -6,7 +6,7 @@ use crate::library::queue_release;
 use crate::tokens::{Claims, PublicKeys, Signer25519, TokenVerifier};
 use crate::{AccountInfo, AssetKind, CommitRequest, Committed, Library, LibraryError};
 use keepsake_store::{
-    ChunkId, Manifest, ManifestId, Session, Store, StoreError, UnixMillis, random_hex,
+    ChunkId, Manifest, ManifestId, Session, Splice, Store, StoreError, UnixMillis, random_hex,
 };
 use rusqlite::{OptionalExtension, params};
 use std::sync::{Arc, RwLock};
@@ -35,6 +35,23 @@ pub trait ChunkStore: Send + Sync {
     fn end_session(&self, account: &str, session_id: &str) -> Result<(), StoreError>;
     /// A manifest the account owns.
     fn manifest(&self, account: &str, id: &ManifestId) -> Result<Manifest, StoreError>;
+    /// Stores a manifest whose chunks the account owns, under a live session.
+    fn put_manifest(
+        &self,
+        account: &str,
+        session_id: &str,
+        manifest: &Manifest,
+    ) -> Result<ManifestId, StoreError>;
+    /// Stores the manifest `splices` make of `base` (one the account owns), as
+    /// [`ChunkStore::put_manifest`] would store it whole.
+    fn put_manifest_edit(
+        &self,
+        account: &str,
+        session_id: &str,
+        base: &ManifestId,
+        splices: &[Splice],
+        file_hash: ChunkId,
+    ) -> Result<ManifestId, StoreError>;
     /// Roots a manifest whose chunks the account owns, for `holder`.
     fn reference(&self, account: &str, id: &ManifestId, holder: &str) -> Result<(), StoreError>;
     /// Drops `holder`'s root.
@@ -116,6 +133,24 @@ impl ChunkStore for Store {
     }
     fn manifest(&self, account: &str, id: &ManifestId) -> Result<Manifest, StoreError> {
         self.get_manifest(account, id)
+    }
+    fn put_manifest(
+        &self,
+        account: &str,
+        session_id: &str,
+        manifest: &Manifest,
+    ) -> Result<ManifestId, StoreError> {
+        Store::put_manifest(self, account, session_id, manifest)
+    }
+    fn put_manifest_edit(
+        &self,
+        account: &str,
+        session_id: &str,
+        base: &ManifestId,
+        splices: &[Splice],
+        file_hash: ChunkId,
+    ) -> Result<ManifestId, StoreError> {
+        Store::put_manifest_edit(self, account, session_id, base, splices, file_hash)
     }
     fn reference(&self, account: &str, id: &ManifestId, holder: &str) -> Result<(), StoreError> {
         Store::reference(self, account, id, holder)
@@ -237,6 +272,24 @@ pub struct CommitAsset {
     pub device: String,
     /// The reservation the upload ran under, if any.
     pub reservation_id: Option<String>,
+    /// The manifest itself, stored under the reservation first when the store lacks it.
+    pub manifest_upload: Option<ManifestUpload>,
+}
+
+/// A manifest sent with its commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ManifestUpload {
+    /// Every entry.
+    Whole(Manifest),
+    /// Splices of a manifest the account holds (an edited file).
+    Edit {
+        /// The manifest the splices copy from.
+        base: ManifestId,
+        /// In order; the new manifest is their concatenation.
+        splices: Vec<Splice>,
+        /// BLAKE3 of the whole new file.
+        file_hash: ChunkId,
+    },
 }
 
 /// What a maintenance pass did.
@@ -662,7 +715,7 @@ impl Cloud {
         account: &str,
         commit: &CommitAsset,
     ) -> Result<Committed, LibraryError> {
-        let manifest = self.store.manifest(account, &commit.manifest)?;
+        let manifest = self.committed_manifest(account, commit)?;
         let req = CommitRequest {
             request_id: commit.request_id.clone(),
             asset_id: commit.asset_id.clone(),
@@ -717,6 +770,47 @@ impl Cloud {
             self.release_pending(account, &commit.manifest, &holder)?;
         }
         outcome
+    }
+
+    /// The manifest a commit names, stored first from the commit itself where the store
+    /// lacks it. A replayed commit finds it stored and never needs the session again.
+    fn committed_manifest(
+        &self,
+        account: &str,
+        commit: &CommitAsset,
+    ) -> Result<Manifest, LibraryError> {
+        let upload = match (
+            self.store.manifest(account, &commit.manifest),
+            &commit.manifest_upload,
+        ) {
+            (Err(StoreError::NotFound { .. }), Some(upload)) => upload,
+            (found, _) => return Ok(found?),
+        };
+        let session = commit.reservation_id.as_deref().ok_or_else(|| {
+            StoreError::InvalidArgument(
+                "a manifest sent with a commit needs its reservation".into(),
+            )
+        })?;
+        let stored = match upload {
+            ManifestUpload::Whole(manifest) => {
+                self.store.put_manifest(account, session, manifest)?
+            }
+            ManifestUpload::Edit {
+                base,
+                splices,
+                file_hash,
+            } => self
+                .store
+                .put_manifest_edit(account, session, base, splices, *file_hash)?,
+        };
+        if stored != commit.manifest {
+            return Err(StoreError::InvalidArgument(format!(
+                "the manifest sent is {stored}, not the manifest_id {} the commit names",
+                commit.manifest
+            ))
+            .into());
+        }
+        Ok(self.store.manifest(account, &stored)?)
     }
 
     fn reference_and_commit(

@@ -43,7 +43,7 @@ pub use accounts::{
 };
 pub use cloud::{
     ChunkStore, Cloud, CommitAsset, DamagedAsset, Enrolment, IssuedToken, LibraryScrub,
-    Maintenance, Reservation,
+    Maintenance, ManifestUpload, Reservation,
 };
 pub use derive::{DeriveJob, DeriveReport, MAX_STILL_BYTES, MadeFile, Original, Outcome};
 pub use error::LibraryError;

@@ -120,6 +120,7 @@ impl Fixture {
                 original_name: "IMG_0001.HEIC".into(),
                 device: "phone".into(),
                 reservation_id: reservation.map(|r| r.reservation_id.clone()),
+                manifest_upload: None,
             },
         )
     }
@@ -421,6 +422,7 @@ fn quota_edges_exactly_at_the_limit_one_byte_over_and_dedup_counted_once() {
                 original_name: "IMG_0001.HEIC".into(),
                 device: "phone".into(),
                 reservation_id: None,
+                manifest_upload: None,
             },
         )
         .unwrap_err();
@@ -522,6 +524,7 @@ fn a_failed_commit_leaves_nothing_rooted() {
                 original_name: "x.jpg".into(),
                 device: "phone".into(),
                 reservation_id: None,
+                manifest_upload: None,
             },
         )
         .unwrap_err();
@@ -768,6 +771,7 @@ fn a_video_is_streamed_to_the_deriver_never_handed_over_whole() {
                 original_name: "VID_0001.MOV".into(),
                 device: "phone".into(),
                 reservation_id: Some(r.reservation_id.clone()),
+                manifest_upload: None,
             },
         )
         .unwrap();

@@ -75,6 +75,7 @@ fn commit(manifest: ManifestId, reservation: &str) -> CommitAsset {
         original_name: "IMG_0001.JPG".into(),
         device: "phone".into(),
         reservation_id: Some(reservation.into()),
+        manifest_upload: None,
     }
 }
 

@@ -26,6 +26,8 @@ pub struct FaultCounts {
 enum Late {
     Edit(Edit, Stamp),
     Commit(NewAsset),
+    /// A commit carrying its manifest, and the base the manifest edits.
+    CommitWithManifest(NewAsset, Manifest, Option<(ManifestId, Manifest)>),
 }
 
 /// A device's cloud with faults injected by a seeded generator.
@@ -88,6 +90,13 @@ impl<C: Cloud> Faulty<C> {
                 }
                 Late::Commit(asset) => {
                     let _ = self.inner.commit(asset).await;
+                }
+                Late::CommitWithManifest(asset, manifest, base) => {
+                    let base = base.as_ref().map(|(id, m)| (id, m));
+                    let _ = self
+                        .inner
+                        .commit_with_manifest(asset, &manifest, base)
+                        .await;
                 }
             }
         }
@@ -177,6 +186,31 @@ impl<C: Cloud> Cloud for Faulty<C> {
             self.late.push(Late::Commit(asset.clone()));
         }
         let result = self.inner.commit(asset).await;
+        self.lost_reply(result)
+    }
+
+    async fn commit_with_manifest(
+        &mut self,
+        asset: NewAsset,
+        manifest: &Manifest,
+        base: Option<(&ManifestId, &Manifest)>,
+    ) -> Result<CommitReply, CloudError> {
+        self.deliver_late().await;
+        if self.roll(4) {
+            self.counts.lock().unwrap().duplicated += 1;
+            let _ = self
+                .inner
+                .commit_with_manifest(asset.clone(), manifest, base)
+                .await;
+        }
+        if self.roll(4) {
+            self.late.push(Late::CommitWithManifest(
+                asset.clone(),
+                manifest.clone(),
+                base.map(|(id, m)| (*id, m.clone())),
+            ));
+        }
+        let result = self.inner.commit_with_manifest(asset, manifest, base).await;
         self.lost_reply(result)
     }
 

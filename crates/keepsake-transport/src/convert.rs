@@ -570,7 +570,34 @@ pub fn commit_from_wire(
         height,
         original_name,
         reservation_id,
+        manifest,
+        manifest_edit,
     } = req;
+    let manifest_upload = match (manifest, manifest_edit) {
+        (None, None) => None,
+        (Some(whole), None) => {
+            let WireManifest(whole) = whole.try_into()?;
+            Some(keepsake_library::ManifestUpload::Whole(whole))
+        }
+        (None, Some(edit)) => {
+            let WireManifestEdit {
+                base,
+                splices,
+                file_hash,
+            } = edit.try_into()?;
+            Some(keepsake_library::ManifestUpload::Edit {
+                base,
+                splices,
+                file_hash,
+            })
+        }
+        (Some(_), Some(_)) => {
+            return Err(ApiError::field(
+                "manifest_edit",
+                "give the manifest or an edit of one, not both",
+            ));
+        }
+    };
     Ok(keepsake_library::CommitAsset {
         request_id,
         asset_id: (!asset_id.is_empty()).then_some(asset_id),
@@ -583,6 +610,7 @@ pub fn commit_from_wire(
         original_name,
         device,
         reservation_id: (!reservation_id.is_empty()).then_some(reservation_id),
+        manifest_upload,
     })
 }
 

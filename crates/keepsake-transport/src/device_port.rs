@@ -2,7 +2,7 @@
 
 use crate::client::{CallError, pb};
 use crate::cloud_client::CloudClient;
-use crate::convert::{WireManifest, chunk_id, id_bytes};
+use crate::convert::{WireManifest, chunk_id, id_bytes, manifest_edit_to_wire, manifest_to_wire};
 use bytes::Bytes;
 use keepsake_device::{
     Cloud, CloudError, CommitReply, ContentLookup, Edit, FeedPage, NewAsset, RemoteAlbum,
@@ -188,42 +188,44 @@ impl Cloud for CloudClient {
     }
 
     async fn commit(&mut self, asset: NewAsset) -> Result<CommitReply, CloudError> {
-        let NewAsset {
-            request_id,
-            manifest,
-            original_name,
-            video,
-            capture_time,
-            width,
-            height,
-            reservation_id,
-            asset_id,
-            base_version,
-        } = asset;
-        let kind = if video {
-            pb::AssetKind::Video
-        } else {
-            pb::AssetKind::Photo
+        commit_carrying(self, asset, None, None).await
+    }
+
+    async fn commit_with_manifest(
+        &mut self,
+        asset: NewAsset,
+        manifest: &Manifest,
+        base: Option<(&ManifestId, &Manifest)>,
+    ) -> Result<CommitReply, CloudError> {
+        let (whole, edit) = match base {
+            Some((id, base)) => (None, Some(manifest_edit_to_wire(id, base, manifest))),
+            None => (Some(manifest_to_wire(manifest)), None),
         };
-        let reply = self
-            .commit_asset(pb::CommitAssetRequest {
-                request_id,
-                asset_id: asset_id.unwrap_or_default(),
-                base_version,
-                manifest_id: id_bytes(&manifest),
-                kind: kind.into(),
-                capture_time_ms: capture_time,
-                width,
-                height,
-                original_name,
-                reservation_id,
-            })
-            .await?;
-        Ok(CommitReply {
-            asset_id: reply.asset_id,
-            version: reply.version,
-            deduplicated: reply.deduplicated,
-        })
+        match commit_carrying(self, asset.clone(), whole, edit).await {
+            Err(e) if !e.transient && e.reason == "NOT_FOUND" => {
+                // A cloud that ignores a manifest sent with the commit (an older server),
+                // or an edit whose base it no longer holds: the manifest goes on its own.
+                tracing::debug!(message = %e.message, "manifest not taken with the commit; sending it first");
+                let stored = match base {
+                    Some(base) => {
+                        Cloud::put_manifest_edit(self, &asset.reservation_id, manifest, base)
+                            .await?
+                    }
+                    None => Cloud::put_manifest(self, &asset.reservation_id, manifest).await?,
+                };
+                commit_carrying(
+                    self,
+                    NewAsset {
+                        manifest: stored,
+                        ..asset
+                    },
+                    None,
+                    None,
+                )
+                .await
+            }
+            other => other,
+        }
     }
 
     async fn changes(&mut self, cursor: u64) -> Result<FeedPage, CloudError> {
@@ -336,4 +338,51 @@ impl Cloud for CloudClient {
     ) -> Result<Vec<ChunkId>, CloudError> {
         Ok(CloudClient::put_chunks_by_delta(self, session, base, span, chunks, delta).await?)
     }
+}
+
+/// A commit on the wire, carrying its manifest when the cloud may lack it.
+async fn commit_carrying(
+    client: &mut CloudClient,
+    asset: NewAsset,
+    manifest: Option<pb::Manifest>,
+    manifest_edit: Option<pb::ManifestEdit>,
+) -> Result<CommitReply, CloudError> {
+    let NewAsset {
+        request_id,
+        manifest: manifest_id,
+        original_name,
+        video,
+        capture_time,
+        width,
+        height,
+        reservation_id,
+        asset_id,
+        base_version,
+    } = asset;
+    let kind = if video {
+        pb::AssetKind::Video
+    } else {
+        pb::AssetKind::Photo
+    };
+    let reply = client
+        .commit_asset(pb::CommitAssetRequest {
+            request_id,
+            asset_id: asset_id.unwrap_or_default(),
+            base_version,
+            manifest_id: id_bytes(&manifest_id),
+            kind: kind.into(),
+            capture_time_ms: capture_time,
+            width,
+            height,
+            original_name,
+            reservation_id,
+            manifest,
+            manifest_edit,
+        })
+        .await?;
+    Ok(CommitReply {
+        asset_id: reply.asset_id,
+        version: reply.version,
+        deduplicated: reply.deduplicated,
+    })
 }

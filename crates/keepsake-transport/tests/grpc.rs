@@ -2347,3 +2347,116 @@ async fn every_rpc_answers_malformed_hostile_or_foreign_input_with_a_clear_error
         );
     }
 }
+
+/// A device's commit carries its manifest — whole for a new photo, as splices for an edit —
+/// so one call stores and commits; where the cloud lacks the edit's base the client sends
+/// the manifest on its own and still commits; a manifest that is not the one the commit
+/// names commits nothing.
+#[tokio::test]
+async fn a_commit_carries_its_manifest_and_falls_back_where_the_cloud_lacks_the_base() {
+    use keepsake_device::{Cloud, NewAsset};
+    use keepsake_store::Manifest;
+    use keepsake_transport::cloud_client::{ClientConfig, CloudClient};
+    let server = start().await;
+    let mut cloud = CloudClient::new(
+        client::connect(&server.url).await.unwrap(),
+        client::BearerAuth::new(&server.token("alice-token")),
+        ClientConfig::default(),
+    );
+    let session = Cloud::begin_upload(&mut cloud, 32 << 20, "carry")
+        .await
+        .unwrap();
+    let mut sender = cloud.clone();
+    let mut send = async |file: &[u8]| -> Manifest {
+        let mut chunks = Vec::new();
+        let manifest =
+            keepsake_delta::chunk_stream(file, keepsake_delta::ChunkParams::PHOTO, |id, d| {
+                chunks.push((id, Bytes::copy_from_slice(d)));
+                Ok(())
+            })
+            .unwrap();
+        let mut acknowledged = Vec::new();
+        Cloud::put_chunks(&mut sender, &session, chunks, &mut acknowledged)
+            .await
+            .unwrap();
+        manifest
+    };
+    let original = noise(3 << 20, "carried manifest");
+    let mut edited = original.clone();
+    edited[1_500_000..1_500_019].copy_from_slice(b"2025:01:11 08:30:00");
+    let mut again = edited.clone();
+    again[2_500_000..2_500_019].copy_from_slice(b"2026:02:12 09:31:01");
+    let (m1, m2, m3) = (
+        send(&original).await,
+        send(&edited).await,
+        send(&again).await,
+    );
+    let asset = |request_id: &str, manifest: &Manifest, base: Option<(&str, u32)>| NewAsset {
+        request_id: request_id.into(),
+        manifest: manifest.id(),
+        original_name: "IMG_0001.JPG".into(),
+        video: false,
+        capture_time: Some(1_700_000_000_000),
+        width: None,
+        height: None,
+        reservation_id: session.clone(),
+        asset_id: base.map(|(a, _)| a.to_string()),
+        base_version: base.map(|(_, v)| v),
+    };
+    let first = cloud
+        .commit_with_manifest(asset("carry-1", &m1, None), &m1, None)
+        .await
+        .unwrap();
+    let second = cloud
+        .commit_with_manifest(
+            asset("carry-2", &m2, Some((&first.asset_id, first.version))),
+            &m2,
+            Some((&m1.id(), &m1)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (second.asset_id.as_str(), second.version),
+        (first.asset_id.as_str(), first.version + 1)
+    );
+    assert_eq!(Cloud::manifest(&mut cloud, &m2.id()).await.unwrap(), m2);
+    // Splices of a base the account never had: refused with the commit, then sent whole.
+    let stranger = ChunkId::of(b"a manifest alice never had");
+    let third = cloud
+        .commit_with_manifest(
+            asset("carry-3", &m3, Some((&first.asset_id, second.version))),
+            &m3,
+            Some((&stranger, &m2)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(third.version, second.version + 1);
+    assert_eq!(Cloud::manifest(&mut cloud, &m3.id()).await.unwrap(), m3);
+    // The manifest sent must be the one named: otherwise nothing is committed.
+    let other = send(&noise(1 << 20, "another photo")).await;
+    let mut lib = library(&server, "alice-token").await;
+    let err = lib
+        .commit_asset(pb::CommitAssetRequest {
+            request_id: "carry-4".into(),
+            manifest_id: id_bytes(&ChunkId::of(b"not that manifest")),
+            kind: pb::AssetKind::Photo.into(),
+            original_name: "IMG_0002.JPG".into(),
+            reservation_id: session.clone(),
+            manifest: Some(keepsake_transport::convert::manifest_to_wire(&other)),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_status(&err, Code::InvalidArgument, "INVALID_ARGUMENT");
+    let found = lib
+        .find_assets_by_content(pb::FindAssetsByContentRequest {
+            file_hashes: vec![id_bytes(&other.file_hash)],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        found.matches.iter().all(|m| m.assets.is_empty()),
+        "{found:?}"
+    );
+}

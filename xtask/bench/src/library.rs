@@ -137,6 +137,7 @@ fn commit_of(i: usize, manifest: ManifestId) -> CommitAsset {
         original_name: format!("IMG_{i:06}.HEIC"),
         device: "bench".into(),
         reservation_id: None,
+        manifest_upload: None,
     }
 }
 

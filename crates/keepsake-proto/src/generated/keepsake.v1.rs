@@ -4249,7 +4249,7 @@ pub struct RenewUploadResponse {
     #[prost(int64, tag = "1")]
     pub expires_at_ms: i64,
 }
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct CommitAssetRequest {
     /// Client-chosen, 1..=128 bytes; a retry with the same request returns the first answer.
     #[prost(string, tag = "1")]
@@ -4277,6 +4277,14 @@ pub struct CommitAssetRequest {
     /// The reservation the upload ran under.
     #[prost(string, tag = "10")]
     pub reservation_id: ::prost::alloc::string::String,
+    /// The manifest itself, for a cloud that lacks it: stored under the reservation before
+    /// the commit (as ChunkStore.PutManifest would), saving that call's round trip. At most
+    /// one of the two; what it stores must be manifest_id, or nothing is committed.
+    #[prost(message, optional, tag = "11")]
+    pub manifest: ::core::option::Option<Manifest>,
+    /// The manifest as splices of one the account holds (an edited file).
+    #[prost(message, optional, tag = "12")]
+    pub manifest_edit: ::core::option::Option<ManifestEdit>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct CommitAssetResponse {
