@@ -1263,6 +1263,48 @@ async fn an_exif_date_rewrite_travels_as_a_delta_not_whole_chunks() {
     assert_eq!(std::fs::read(fb.join("IMG_0001.JPG")).unwrap(), edited);
 }
 
+/// An edit whose changed chunks the account already holds (an attempt cut off after its
+/// delta landed) sends nothing again: the signature call, which now also asks what the
+/// delta would store, answers that everything is held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_whose_changed_chunks_the_cloud_holds_already_sends_nothing_again() {
+    use devices::*;
+    let c = cloud().await;
+    let root = tempfile::tempdir().unwrap();
+    let (fa, fb) = (root.path().join("A"), root.path().join("B"));
+    let mut a = device(&c, &fa, &root.path().join("a-data"), "A").await;
+    let mut b = device(&c, &fb, &root.path().join("b-data"), "B").await;
+    let original = photo(23, 3_000_000);
+    std::fs::write(fa.join("IMG_0001.JPG"), &original).unwrap();
+    sync(&mut a).await;
+    sync(&mut a).await;
+    let mut edited = original.clone();
+    edited[1_500_000..1_500_019].copy_from_slice(b"2025:01:11 08:30:00");
+    // The edited file's chunks reach the account as a delta that landed would leave them.
+    let params = keepsake_delta::ChunkParams::for_len(edited.len() as u64);
+    let mut chunks = Vec::new();
+    keepsake_delta::chunk_stream(&edited[..], params, |id, d| {
+        chunks.push((id, Bytes::copy_from_slice(d)));
+        Ok(())
+    })
+    .unwrap();
+    let session = c
+        .store
+        .begin_session("alice", edited.len() as u64, 600_000, None)
+        .unwrap();
+    c.store.put_chunks("alice", &session.id, &chunks).unwrap();
+    std::fs::write(fa.join("IMG_0001.JPG"), &edited).unwrap();
+    let r = sync(&mut a).await;
+    assert_eq!(r.uploaded, 1, "{r:?}");
+    assert_eq!(
+        (r.bytes_sent, r.chunks_sent, r.chunks_by_delta),
+        (0, 0, 0),
+        "chunks the account held were sent again: {r:?}"
+    );
+    sync(&mut b).await;
+    assert_eq!(std::fs::read(fb.join("IMG_0001.JPG")).unwrap(), edited);
+}
+
 /// Through a proxy that cuts, delays and stalls the connection, a device keeps retrying
 /// until every photo is in the library and on the other device; no acknowledged chunk is
 /// sent twice and no partial file ever appears.

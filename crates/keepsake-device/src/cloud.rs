@@ -305,15 +305,18 @@ pub trait Cloud: Send + 'static {
         edit: &Edit,
         stamp: &Stamp,
     ) -> impl Future<Output = Result<(), CloudError>> + Send;
-    /// The rsync signature of a stretch (whole chunks) of a stored version. A cloud that
-    /// cannot make one says so with a permanent error, and the device sends chunks.
+    /// The rsync signature of a stretch `(offset, length)` (whole chunks) of a stored
+    /// version, for a delta that would store `wanted` (a session and chunk ids): `None`
+    /// when the account holds them all already (pinned to the session, as by
+    /// [`Cloud::find_missing`]). A cloud that cannot make signatures says so with a
+    /// permanent error, and the device sends chunks.
     fn span_signature(
         &mut self,
         base: &ManifestId,
-        offset: u64,
-        length: u64,
-    ) -> impl Future<Output = Result<Vec<u8>, CloudError>> + Send {
-        let _ = (base, offset, length);
+        stretch: (u64, u64),
+        wanted: (&str, &[ChunkId]),
+    ) -> impl Future<Output = Result<Option<Vec<u8>>, CloudError>> + Send {
+        let _ = (base, stretch, wanted);
         async { Err(CloudError::unsupported("span signatures")) }
     }
     /// Stores the chunks `delta` rebuilds from the stretch `span` (offset, length) of

@@ -1851,27 +1851,30 @@ async fn ship<C: Cloud>(cloud: &mut C, shipment: Shipment) -> Shipped {
             unique.sort();
             unique
         };
-        let mut missing = if ids.is_empty() {
-            Vec::new()
-        } else {
-            cloud
-                .find_missing(&session, &ids)
-                .await
-                .map_err(Shipping::Sending)?
-        };
-        if let Some((id, base)) = &base {
-            missing = send_changed_stretches(
+        // An edit asks about its changed chunks with each stretch's signature (and sends
+        // none the cloud already holds); FindMissing is for whatever no delta covered.
+        let unsettled = match &base {
+            Some((id, base)) => send_changed_stretches(
                 cloud,
                 &session,
                 (id, base),
                 &manifest,
-                missing,
+                ids,
                 &data,
                 &mut sent,
             )
             .await
-            .map_err(Shipping::Sending)?;
-        }
+            .map_err(Shipping::Sending)?,
+            None => ids,
+        };
+        let missing = if unsettled.is_empty() {
+            Vec::new()
+        } else {
+            cloud
+                .find_missing(&session, &unsettled)
+                .await
+                .map_err(Shipping::Sending)?
+        };
         let whole = |ids: &[ChunkId]| -> Vec<(ChunkId, Bytes)> {
             ids.iter()
                 .filter(|id| !acked.contains(id))
@@ -1935,29 +1938,31 @@ async fn send_whole<C: Cloud>(
     outcome
 }
 
-/// An edit of a file the cloud has: each run of chunks the cloud lacks goes as an rsync
-/// delta against the stretch of the current version it replaced, when that is much
-/// smaller than the chunks. Returns the chunks still to send whole.
+/// An edit of a file the cloud has: each run of `changed` chunks (those its base lacks)
+/// goes as an rsync delta against the stretch of the current version it replaced, when
+/// that is much smaller than the chunks — unless the signature call answers that the cloud
+/// holds them all already (an attempt cut off after its delta landed). Returns the changed
+/// chunks neither sent nor known to be held.
 async fn send_changed_stretches<C: Cloud>(
     cloud: &mut C,
     session: &str,
     (base_id, base): (&ManifestId, &Manifest),
     manifest: &Manifest,
-    missing: Vec<ChunkId>,
+    changed: Vec<ChunkId>,
     data: &Bytes,
     sent_now: &mut Sent,
 ) -> Result<Vec<ChunkId>, CloudError> {
-    let wanted: HashSet<ChunkId> = missing.iter().copied().collect();
-    let missing_bytes: u64 = manifest
+    let wanted: HashSet<ChunkId> = changed.iter().copied().collect();
+    let changed_bytes: u64 = manifest
         .entries
         .iter()
         .filter(|e| wanted.contains(&e.chunk))
         .map(|e| u64::from(e.len))
         .sum();
-    if missing_bytes < MIN_DELTA_RUN_BYTES {
-        return Ok(missing);
+    if changed_bytes < MIN_DELTA_RUN_BYTES {
+        return Ok(changed);
     }
-    let mut sent: HashSet<ChunkId> = HashSet::new();
+    let mut settled: HashSet<ChunkId> = HashSet::new();
     for span in keepsake_delta::span::plan_spans(base, manifest, &wanted) {
         let run_len = span.new_len();
         if run_len < MIN_DELTA_RUN_BYTES {
@@ -1965,8 +1970,16 @@ async fn send_changed_stretches<C: Cloud>(
         }
         let run = data.slice(span.new_offset as usize..(span.new_offset + run_len) as usize);
         let stretch = (span.base_offset, span.base_len);
-        let signature = match cloud.span_signature(base_id, stretch.0, stretch.1).await {
-            Ok(sig) => sig,
+        let ids: Vec<ChunkId> = span.chunks.iter().map(|(id, _)| *id).collect();
+        let signature = match cloud
+            .span_signature(base_id, stretch, (session, &ids))
+            .await
+        {
+            Ok(Some(sig)) => sig,
+            Ok(None) => {
+                settled.extend(ids);
+                continue;
+            }
             Err(e) if !e.transient => {
                 // Runs already rebuilt from deltas stay sent; the rest go whole.
                 tracing::debug!(reason = %e.reason, "no span signature; sending chunks");
@@ -1988,7 +2001,7 @@ async fn send_changed_stretches<C: Cloud>(
         {
             Ok(acknowledged) => {
                 sent_now.bytes += delta_len;
-                sent.extend(acknowledged.iter().copied());
+                settled.extend(acknowledged.iter().copied());
                 sent_now.by_delta.extend(acknowledged);
             }
             Err(e) if !e.transient => {
@@ -1997,9 +2010,9 @@ async fn send_changed_stretches<C: Cloud>(
             Err(e) => return Err(e),
         }
     }
-    Ok(missing
+    Ok(changed
         .into_iter()
-        .filter(|id| !sent.contains(id))
+        .filter(|id| !settled.contains(id))
         .collect())
 }
 

@@ -242,10 +242,12 @@ impl<C: Cloud> Cloud for Faulty<C> {
     async fn span_signature(
         &mut self,
         base: &ManifestId,
-        offset: u64,
-        length: u64,
-    ) -> Result<Vec<u8>, CloudError> {
-        self.inner.span_signature(base, offset, length).await
+        stretch: (u64, u64),
+        wanted: (&str, &[ChunkId]),
+    ) -> Result<Option<Vec<u8>>, CloudError> {
+        // It pins what is held: a reply lost after that is a case of its own.
+        let result = self.inner.span_signature(base, stretch, wanted).await;
+        self.lost_reply(result)
     }
 
     async fn put_chunks_by_delta(

@@ -511,17 +511,25 @@ impl CloudClient {
             .map_err(|e| tonic::Status::from(e).into())
     }
 
-    /// The signature of a stretch (whole chunks) of a version this account owns.
+    /// The signature of a stretch (whole chunks) of a version this account owns. With
+    /// `wanted` (a session and the chunks a delta would store), `None` when the account
+    /// already holds them all — pinned to the session, as FindMissing pins them.
     pub async fn span_signature(
         &mut self,
         base: &ManifestId,
-        offset: u64,
-        length: u64,
-    ) -> Result<Vec<u8>, CallError> {
+        (offset, length): (u64, u64),
+        wanted: Option<(&str, &[ChunkId])>,
+    ) -> Result<Option<Vec<u8>>, CallError> {
+        let (session_id, wanted_ids) = match wanted {
+            Some((session, ids)) => (session.to_string(), ids.iter().map(id_bytes).collect()),
+            None => (String::new(), Vec::new()),
+        };
         let req = self.unary(pb::SpanSignatureRequest {
             base_manifest_id: id_bytes(base),
             offset,
             length,
+            session_id,
+            wanted_ids,
         });
         let reply = within(
             "SpanSignature",
@@ -529,7 +537,11 @@ impl CloudClient {
             self.delta.span_signature(req),
         )
         .await?;
-        Ok(reply.into_inner().signature.to_vec())
+        let pb::SpanSignatureResponse {
+            signature,
+            all_held,
+        } = reply.into_inner();
+        Ok((!all_held).then(|| signature.to_vec()))
     }
 
     /// Stores the chunks `delta` rebuilds from a stretch of `base`; returns the ids the

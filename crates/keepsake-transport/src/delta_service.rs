@@ -228,16 +228,35 @@ impl Delta for DeltaService {
             base_manifest_id,
             offset,
             length,
+            session_id,
+            wanted_ids,
         } = request.into_inner();
         let id = chunk_id("base_manifest_id", &base_manifest_id)?;
+        let wanted = wanted_ids
+            .iter()
+            .map(|w| chunk_id("wanted_ids", w))
+            .collect::<Result<Vec<ChunkId>, ApiError>>()?;
+        if !wanted.is_empty() && session_id.is_empty() {
+            return Err(ApiError::field("session_id", "is required with wanted_ids").into());
+        }
         let store = self.store.clone();
         let signature = blocking(move || {
+            if !wanted.is_empty() {
+                // Bounded by the store's ids per call, like FindMissing itself.
+                let missing = store
+                    .find_missing(&who.account, &session_id, &wanted)
+                    .map_err(|e| Status::from(ApiError::Store(e)))?;
+                if missing.is_empty() {
+                    return Ok(None);
+                }
+            }
             let base = load_span(&store, &who.account, &id, offset, length)?;
-            span::span_signature(&base).map_err(delta_status)
+            span::span_signature(&base).map(Some).map_err(delta_status)
         })
         .await?;
         Ok(Response::new(pb::SpanSignatureResponse {
-            signature: signature.into(),
+            all_held: signature.is_none(),
+            signature: signature.unwrap_or_default().into(),
         }))
     }
 

@@ -322,10 +322,10 @@ impl Cloud for CloudClient {
     async fn span_signature(
         &mut self,
         base: &ManifestId,
-        offset: u64,
-        length: u64,
-    ) -> Result<Vec<u8>, CloudError> {
-        Ok(CloudClient::span_signature(self, base, offset, length).await?)
+        stretch: (u64, u64),
+        wanted: (&str, &[ChunkId]),
+    ) -> Result<Option<Vec<u8>>, CloudError> {
+        Ok(CloudClient::span_signature(self, base, stretch, Some(wanted)).await?)
     }
 
     async fn put_chunks_by_delta(

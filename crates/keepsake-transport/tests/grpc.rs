@@ -978,16 +978,21 @@ async fn a_changed_stretch_is_rebuilt_chunk_by_chunk_and_checked() {
     assert_eq!(spans.len(), 1, "one edit, one stretch: {spans:?}");
     let s = &spans[0];
     let run = &edited[s.new_offset as usize..(s.new_offset + s.new_len()) as usize];
+    let wanted: Vec<Bytes> = s.chunks.iter().map(|(id, _)| id_bytes(id)).collect();
+    let signature_of = |wanted: Vec<Bytes>| pb::SpanSignatureRequest {
+        base_manifest_id: base_id.clone(),
+        offset: s.base_offset,
+        length: s.base_len,
+        session_id: sid.clone(),
+        wanted_ids: wanted,
+    };
     let sig = delta
-        .span_signature(pb::SpanSignatureRequest {
-            base_manifest_id: base_id.clone(),
-            offset: s.base_offset,
-            length: s.base_len,
-        })
+        .span_signature(signature_of(wanted.clone()))
         .await
         .unwrap()
-        .into_inner()
-        .signature;
+        .into_inner();
+    assert!(!sig.all_held, "the edited chunks are new to the account");
+    let sig = sig.signature;
     let d = span::span_delta(&sig, run).unwrap();
     let request =
         |chunks: &[(ChunkId, u32)], offset: u64, delta: Vec<u8>| pb::PutChunksByDeltaRequest {
@@ -1067,6 +1072,17 @@ async fn a_changed_stretch_is_rebuilt_chunk_by_chunk_and_checked() {
         bytes, edited,
         "the stored chunks make exactly the edited file"
     );
+    // Asked again (an attempt cut off after its delta landed): nothing to send.
+    let again = delta
+        .span_signature(signature_of(wanted))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(again.all_held && again.signature.is_empty(), "{again:?}");
+    let mut no_session = signature_of(vec![id_bytes(&s.chunks[0].0)]);
+    no_session.session_id.clear();
+    let err = delta.span_signature(no_session).await.unwrap_err();
+    assert_status(&err, Code::InvalidArgument, "INVALID_ARGUMENT");
 }
 
 // ---- Library and Accounts ----

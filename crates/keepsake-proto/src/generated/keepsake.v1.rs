@@ -2115,12 +2115,24 @@ pub struct SpanSignatureRequest {
     pub offset: u64,
     #[prost(uint64, tag = "3")]
     pub length: u64,
+    /// The upload session a delta against this stretch would store its chunks under; needed
+    /// with wanted_ids. Those the account already holds are pinned to it, as
+    /// ChunkStore.FindMissing pins them, so the question need not be asked twice.
+    #[prost(string, tag = "4")]
+    pub session_id: ::prost::alloc::string::String,
+    /// The chunks such a delta would store. When the account holds every one, no signature
+    /// is made and all_held is set: there is nothing to send.
+    #[prost(bytes = "bytes", repeated, tag = "5")]
+    pub wanted_ids: ::prost::alloc::vec::Vec<::prost::bytes::Bytes>,
 }
 /// Response of Delta.SpanSignature.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct SpanSignatureResponse {
     #[prost(bytes = "bytes", tag = "1")]
     pub signature: ::prost::bytes::Bytes,
+    /// Every wanted chunk is already held (and now pinned); signature is empty.
+    #[prost(bool, tag = "2")]
+    pub all_held: bool,
 }
 /// A chunk to rebuild: its id (BLAKE3) and length.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
