@@ -305,6 +305,16 @@ pub trait Cloud: Send + 'static {
         edit: &Edit,
         stamp: &Stamp,
     ) -> impl Future<Output = Result<(), CloudError>> + Send;
+    /// Applies edits in order, each answered on its own: `Ok(())` (applied, or a newer
+    /// change won) or its refusal. The answers stop after the first transient failure;
+    /// `Err` means the call failed before any answer. A cloud that can takes them all in
+    /// one call (one round trip, one durable write); this default sends them one by one.
+    fn edits(
+        &mut self,
+        edits: &[(Edit, Stamp)],
+    ) -> impl Future<Output = Result<Vec<Result<(), CloudError>>, CloudError>> + Send {
+        edits_one_by_one(self, edits)
+    }
     /// The rsync signature of a stretch `(offset, length)` (whole chunks) of a stored
     /// version, for a delta that would store `wanted` (a session and chunk ids): `None`
     /// when the account holds them all already (pinned to the session, as by
@@ -332,6 +342,25 @@ pub trait Cloud: Send + 'static {
         let _ = (session, base, span, chunks, delta);
         async { Err(CloudError::unsupported("chunks sent as deltas")) }
     }
+}
+
+/// [`Cloud::edits`] as one [`Cloud::edit`] call each, for clouds that take no batches.
+pub async fn edits_one_by_one<C: Cloud + ?Sized>(
+    cloud: &mut C,
+    edits: &[(Edit, Stamp)],
+) -> Result<Vec<Result<(), CloudError>>, CloudError> {
+    let mut answers = Vec::with_capacity(edits.len());
+    for (edit, stamp) in edits {
+        match cloud.edit(edit, stamp).await {
+            Err(e) if e.transient && answers.is_empty() => return Err(e),
+            Err(e) if e.transient => {
+                answers.push(Err(e));
+                break;
+            }
+            answer => answers.push(answer),
+        }
+    }
+    Ok(answers)
 }
 
 impl CloudError {

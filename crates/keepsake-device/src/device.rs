@@ -1172,40 +1172,59 @@ impl<C: Cloud> Device<C> {
         Ok(())
     }
 
-    /// Sends the outbox in order. A transient failure ends the pass (the rest waits); an
-    /// edit refused for good is dropped with a log line, so one stale edit never blocks
-    /// the ones behind it.
+    /// Sends the outbox in order, up to [`EDITS_PER_CALL`] edits a call. A transient failure
+    /// ends the pass (the rest waits); an edit refused for good is dropped with a log line,
+    /// so one stale edit never blocks the ones behind it.
     async fn send_edits(&mut self, report: &mut SyncReport) -> Result<(), DeviceError> {
-        for (seq, edit, wall_ms, counter) in self.journal.outbox()? {
-            let stamp = Stamp {
-                wall_ms,
-                counter,
-                device: self.config.device_id.clone(),
-            };
-            match self.cloud.edit(&edit, &stamp).await {
-                Ok(()) => {
-                    self.journal.outbox_done(seq)?;
-                    report.edits_sent += 1;
-                }
-                Err(e) if e.transient => {
-                    self.journal.outbox_failed(seq, &e.reason)?;
-                    return Err(e.into());
-                }
-                Err(e)
-                    if matches!(
-                        e.reason.as_str(),
-                        "NOT_FOUND" | "ASSET_NOT_LIVE" | "INVALID_ARGUMENT"
-                    ) =>
-                {
-                    tracing::warn!(?edit, reason = %e.reason, message = %e.message, "edit refused for good; dropped");
-                    self.journal.outbox_done(seq)?;
-                    report.edits_dropped += 1;
-                }
-                // CLOCK_SKEW, CLIENT_TOO_OLD…: the device must change, the edit must wait.
+        let outbox = self.journal.outbox()?;
+        for batch in outbox.chunks(EDITS_PER_CALL) {
+            let edits: Vec<(Edit, Stamp)> = batch
+                .iter()
+                .map(|(_, edit, wall_ms, counter)| {
+                    let stamp = Stamp {
+                        wall_ms: *wall_ms,
+                        counter: *counter,
+                        device: self.config.device_id.clone(),
+                    };
+                    (edit.clone(), stamp)
+                })
+                .collect();
+            let answers = match self.cloud.edits(&edits).await {
+                Ok(answers) => answers,
                 Err(e) => {
-                    self.journal.outbox_failed(seq, &e.reason)?;
+                    self.journal.outbox_failed(batch[0].0, &e.reason)?;
                     return Err(e.into());
                 }
+            };
+            let mut stopped = None;
+            for ((seq, edit, _, _), answer) in batch.iter().zip(answers) {
+                match answer {
+                    Ok(()) => {
+                        self.journal.outbox_done(*seq)?;
+                        report.edits_sent += 1;
+                    }
+                    Err(e)
+                        if !e.transient
+                            && matches!(
+                                e.reason.as_str(),
+                                "NOT_FOUND" | "ASSET_NOT_LIVE" | "INVALID_ARGUMENT"
+                            ) =>
+                    {
+                        tracing::warn!(?edit, reason = %e.reason, message = %e.message, "edit refused for good; dropped");
+                        self.journal.outbox_done(*seq)?;
+                        report.edits_dropped += 1;
+                    }
+                    // Transient, or CLOCK_SKEW, CLIENT_TOO_OLD…: the device must change, the
+                    // edit must wait. Those after it that the cloud applied are done all the
+                    // same — sent again, a trash could undo a restore made elsewhere since.
+                    Err(e) => {
+                        self.journal.outbox_failed(*seq, &e.reason)?;
+                        stopped.get_or_insert(e);
+                    }
+                }
+            }
+            if let Some(e) = stopped {
+                return Err(e.into());
             }
         }
         Ok(())
@@ -1656,6 +1675,10 @@ impl<C: Cloud> Device<C> {
         Ok(())
     }
 }
+
+/// Queued edits sent in one call: one round trip and one durable write on the server for
+/// a person's "add these 500 photos to an album".
+const EDITS_PER_CALL: usize = 500;
 
 /// Feed entries looked at for content to fetch ahead.
 const DOWNLOAD_LOOKAHEAD: usize = 8;

@@ -50,5 +50,6 @@ pub use error::LibraryError;
 pub use hlc::Hlc;
 pub use library::{
     Album, Asset, AssetKind, AssetState, Change, ChangePage, CommitRequest, Committed,
-    ContentMatch, Derived, Library, LibraryConfig, MetadataField, VersionInfo,
+    ContentMatch, Derived, Library, LibraryConfig, LibraryEdit, MAX_EDITS_PER_CALL, MetadataField,
+    VersionInfo,
 };

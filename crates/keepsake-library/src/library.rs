@@ -398,9 +398,63 @@ const SAME_CONTENT_SQL: &str =
      WHERE a.account = ?1 AND v.file_hash = ?2 AND a.state != 'purged'
      ORDER BY +a.seq LIMIT 1";
 
+/// The most edits one [`Library::apply_edits`] call takes.
+pub const MAX_EDITS_PER_CALL: usize = 1000;
+
+/// One edit a person made on a device, as [`Library::apply_edits`] takes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LibraryEdit {
+    /// A metadata field, merged by clock.
+    Metadata {
+        /// The asset.
+        asset_id: String,
+        /// The field and its new value.
+        field: MetadataField,
+        /// When it was made.
+        clock: Hlc,
+    },
+    /// Creates or renames an album.
+    PutAlbum {
+        /// The album.
+        album_id: String,
+        /// Its name.
+        name: String,
+        /// When it was made.
+        clock: Hlc,
+    },
+    /// Deletes an album.
+    DeleteAlbum {
+        /// The album.
+        album_id: String,
+        /// When it was made.
+        clock: Hlc,
+    },
+    /// Adds an asset to an album or takes it out.
+    Member {
+        /// The album.
+        album_id: String,
+        /// The asset.
+        asset_id: String,
+        /// In the album.
+        present: bool,
+        /// When it was made.
+        clock: Hlc,
+    },
+    /// Moves an asset to Recently Deleted.
+    Trash {
+        /// The asset.
+        asset_id: String,
+    },
+    /// Brings an asset back from Recently Deleted.
+    Restore {
+        /// The asset.
+        asset_id: String,
+    },
+}
+
 /// Hands out the account's next sequence number; callers hold the one write lock,
 /// so numbers are assigned in commit order and a reader never skips one.
-fn next_seq(tx: &Transaction<'_>, account: &str) -> Result<u64, LibraryError> {
+fn next_seq(tx: &Connection, account: &str) -> Result<u64, LibraryError> {
     tx.execute(
         "INSERT INTO feed (account, seq) VALUES (?1, 0) ON CONFLICT (account) DO NOTHING",
         [account],
@@ -436,6 +490,87 @@ impl Library {
 
     pub(crate) fn db(&self) -> MutexGuard<'_, Connection> {
         self.db.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` in one transaction of its own, committed if it succeeds.
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, LibraryError>,
+    ) -> Result<T, LibraryError> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Applies a device's edits in order in one transaction — one durable write for all
+    /// of them instead of one each. Each is applied as its own call would apply it and
+    /// answered on its own (`true`: it changed something); one refused leaves no trace and
+    /// stops none after it. A failure of the index itself undoes them all.
+    pub fn apply_edits(
+        &self,
+        account: &str,
+        edits: &[LibraryEdit],
+    ) -> Result<Vec<Result<bool, LibraryError>>, LibraryError> {
+        if edits.len() > MAX_EDITS_PER_CALL {
+            return Err(LibraryError::InvalidArgument(format!(
+                "{} edits in one call; at most {MAX_EDITS_PER_CALL}",
+                edits.len()
+            )));
+        }
+        let mut db = self.db();
+        let mut tx = db.transaction()?;
+        let mut answers = Vec::with_capacity(edits.len());
+        for edit in edits {
+            let savepoint = tx.savepoint()?;
+            match self.apply_edit_in(&savepoint, account, edit) {
+                Ok(applied) => {
+                    savepoint.commit()?;
+                    answers.push(Ok(applied));
+                }
+                Err(e @ LibraryError::Index(_)) => return Err(e),
+                // Dropping the savepoint rolls back whatever the refused edit wrote.
+                Err(refused) => answers.push(Err(refused)),
+            }
+        }
+        tx.commit()?;
+        Ok(answers)
+    }
+
+    fn apply_edit_in(
+        &self,
+        tx: &Connection,
+        account: &str,
+        edit: &LibraryEdit,
+    ) -> Result<bool, LibraryError> {
+        match edit {
+            LibraryEdit::Metadata {
+                asset_id,
+                field,
+                clock,
+            } => self.set_metadata_in(tx, account, asset_id, field, clock),
+            LibraryEdit::PutAlbum {
+                album_id,
+                name,
+                clock,
+            } => self.put_album_in(tx, account, album_id, name, clock),
+            LibraryEdit::DeleteAlbum { album_id, clock } => {
+                self.delete_album_in(tx, account, album_id, clock)
+            }
+            LibraryEdit::Member {
+                album_id,
+                asset_id,
+                present,
+                clock,
+            } => self.set_member_in(tx, account, album_id, asset_id, *present, clock),
+            LibraryEdit::Trash { asset_id } => {
+                self.set_state_in(tx, account, asset_id, "trashed", &["live"])
+            }
+            LibraryEdit::Restore { asset_id } => {
+                self.set_state_in(tx, account, asset_id, "live", &["trashed"])
+            }
+        }
     }
 
     pub(crate) fn check_text(&self, what: &str, text: &str) -> Result<(), LibraryError> {
@@ -765,6 +900,17 @@ impl Library {
         field: &MetadataField,
         hlc: &Hlc,
     ) -> Result<bool, LibraryError> {
+        self.write(|tx| self.set_metadata_in(tx, account, asset_id, field, hlc))
+    }
+
+    fn set_metadata_in(
+        &self,
+        tx: &Connection,
+        account: &str,
+        asset_id: &str,
+        field: &MetadataField,
+        hlc: &Hlc,
+    ) -> Result<bool, LibraryError> {
         self.check_clock(hlc)?;
         let (column, clock_column, value): (&str, &str, rusqlite::types::Value) = match field {
             MetadataField::Favorite(v) => ("favorite", "favorite_clock", i64::from(*v).into()),
@@ -774,8 +920,6 @@ impl Library {
                 ("title", "title_clock", t.clone().into())
             }
         };
-        let mut db = self.db();
-        let tx = db.transaction()?;
         let stored: String = tx
             .query_row(
                 &format!("SELECT {clock_column} FROM assets WHERE account = ?1 AND asset_id = ?2 AND state != 'purged'"),
@@ -791,14 +935,13 @@ impl Library {
         if encoded <= stored {
             return Ok(false);
         }
-        let seq = next_seq(&tx, account)?;
+        let seq = next_seq(tx, account)?;
         tx.execute(
             &format!(
                 "UPDATE assets SET {column} = ?3, {clock_column} = ?4, seq = ?5 WHERE account = ?1 AND asset_id = ?2"
             ),
             params![account, asset_id, value, encoded, seq as i64],
         )?;
-        tx.commit()?;
         Ok(true)
     }
 
@@ -938,38 +1081,38 @@ impl Library {
 
     /// Moves an asset to Recently Deleted (idempotent).
     pub fn trash(&self, account: &str, asset_id: &str) -> Result<(), LibraryError> {
-        self.set_state(account, asset_id, "trashed", &["live"])
+        self.write(|tx| self.set_state_in(tx, account, asset_id, "trashed", &["live"]))
+            .map(|_| ())
     }
 
     /// Brings an asset back from Recently Deleted (idempotent).
     pub fn restore(&self, account: &str, asset_id: &str) -> Result<(), LibraryError> {
-        self.set_state(account, asset_id, "live", &["trashed"])
+        self.write(|tx| self.set_state_in(tx, account, asset_id, "live", &["trashed"]))
+            .map(|_| ())
     }
 
-    fn set_state(
+    fn set_state_in(
         &self,
+        tx: &Connection,
         account: &str,
         asset_id: &str,
         to: &str,
         from: &[&str],
-    ) -> Result<(), LibraryError> {
+    ) -> Result<bool, LibraryError> {
         let now = self.clock.now_ms();
-        let mut db = self.db();
-        let tx = db.transaction()?;
-        let state = asset_state(&tx, account, asset_id)?;
+        let state = asset_state(tx, account, asset_id)?;
         if state == to {
-            return Ok(());
+            return Ok(false);
         }
         if !from.contains(&state.as_str()) {
             return Err(LibraryError::NotLive(asset_id.to_string()));
         }
-        let seq = next_seq(&tx, account)?;
+        let seq = next_seq(tx, account)?;
         tx.execute(
             "UPDATE assets SET state = ?3, state_at = ?4, seq = ?5 WHERE account = ?1 AND asset_id = ?2",
             params![account, asset_id, to, now, seq as i64],
         )?;
-        tx.commit()?;
-        Ok(())
+        Ok(true)
     }
 
     /// Purges an asset (from anywhere in its life): it becomes a tombstone, its content
@@ -1054,6 +1197,17 @@ impl Library {
         name: &str,
         hlc: &Hlc,
     ) -> Result<bool, LibraryError> {
+        self.write(|tx| self.put_album_in(tx, account, album_id, name, hlc))
+    }
+
+    fn put_album_in(
+        &self,
+        tx: &Connection,
+        account: &str,
+        album_id: &str,
+        name: &str,
+        hlc: &Hlc,
+    ) -> Result<bool, LibraryError> {
         self.check_clock(hlc)?;
         self.check_text("album name", name)?;
         if album_id.is_empty() || album_id.len() > 64 {
@@ -1061,8 +1215,6 @@ impl Library {
                 "album_id must be 1..=64 bytes".into(),
             ));
         }
-        let mut db = self.db();
-        let tx = db.transaction()?;
         let stored: Option<(String, bool)> = tx
             .query_row(
                 "SELECT name_clock, deleted FROM albums WHERE account = ?1 AND album_id = ?2",
@@ -1076,13 +1228,12 @@ impl Library {
         {
             return Ok(false);
         }
-        let seq = next_seq(&tx, account)?;
+        let seq = next_seq(tx, account)?;
         tx.execute(
             "INSERT INTO albums (account, album_id, name, name_clock, seq) VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT (account, album_id) DO UPDATE SET name = ?3, name_clock = ?4, seq = ?5",
             params![account, album_id, name, encoded, seq as i64],
         )?;
-        tx.commit()?;
         Ok(true)
     }
 
@@ -1093,9 +1244,18 @@ impl Library {
         album_id: &str,
         hlc: &Hlc,
     ) -> Result<(), LibraryError> {
+        self.write(|tx| self.delete_album_in(tx, account, album_id, hlc))
+            .map(|_| ())
+    }
+
+    fn delete_album_in(
+        &self,
+        tx: &Connection,
+        account: &str,
+        album_id: &str,
+        hlc: &Hlc,
+    ) -> Result<bool, LibraryError> {
         self.check_clock(hlc)?;
-        let mut db = self.db();
-        let tx = db.transaction()?;
         let deleted: bool = tx
             .query_row(
                 "SELECT deleted FROM albums WHERE account = ?1 AND album_id = ?2",
@@ -1108,15 +1268,14 @@ impl Library {
                 id: album_id.to_string(),
             })?;
         if deleted {
-            return Ok(());
+            return Ok(false);
         }
-        let seq = next_seq(&tx, account)?;
+        let seq = next_seq(tx, account)?;
         tx.execute(
             "UPDATE albums SET deleted = 1, deleted_clock = ?3, seq = ?4 WHERE account = ?1 AND album_id = ?2",
             params![account, album_id, hlc.encode(), seq as i64],
         )?;
-        tx.commit()?;
-        Ok(())
+        Ok(true)
     }
 
     /// Adds or removes an asset in an album; each (album, asset) pair merges on its own clock.
@@ -1128,9 +1287,19 @@ impl Library {
         present: bool,
         hlc: &Hlc,
     ) -> Result<bool, LibraryError> {
+        self.write(|tx| self.set_member_in(tx, account, album_id, asset_id, present, hlc))
+    }
+
+    fn set_member_in(
+        &self,
+        tx: &Connection,
+        account: &str,
+        album_id: &str,
+        asset_id: &str,
+        present: bool,
+        hlc: &Hlc,
+    ) -> Result<bool, LibraryError> {
         self.check_clock(hlc)?;
-        let mut db = self.db();
-        let tx = db.transaction()?;
         let live_album: bool = tx
             .query_row(
                 "SELECT deleted = 0 FROM albums WHERE account = ?1 AND album_id = ?2",
@@ -1175,12 +1344,11 @@ impl Library {
              ON CONFLICT (account, album_id, asset_id) DO UPDATE SET present = ?4, clock = ?5",
             params![account, album_id, asset_id, present, encoded],
         )?;
-        let seq = next_seq(&tx, account)?;
+        let seq = next_seq(tx, account)?;
         tx.execute(
             "UPDATE albums SET seq = ?3 WHERE account = ?1 AND album_id = ?2",
             params![account, album_id, seq as i64],
         )?;
-        tx.commit()?;
         Ok(true)
     }
 
@@ -1335,11 +1503,7 @@ fn prior_commit(
 }
 
 /// An asset's life state ("live", "trashed", "purged"); NOT_FOUND for other accounts' ids too.
-fn asset_state(
-    tx: &Transaction<'_>,
-    account: &str,
-    asset_id: &str,
-) -> Result<String, LibraryError> {
+fn asset_state(tx: &Connection, account: &str, asset_id: &str) -> Result<String, LibraryError> {
     tx.query_row(
         "SELECT state FROM assets WHERE account = ?1 AND asset_id = ?2",
         params![account, asset_id],

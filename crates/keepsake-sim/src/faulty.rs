@@ -25,6 +25,7 @@ pub struct FaultCounts {
 /// A call kept back to be delivered again later.
 enum Late {
     Edit(Edit, Stamp),
+    Edits(Vec<(Edit, Stamp)>),
     Commit(NewAsset),
     /// A commit carrying its manifest, and the base the manifest edits.
     CommitWithManifest(NewAsset, Manifest, Option<(ManifestId, Manifest)>),
@@ -87,6 +88,9 @@ impl<C: Cloud> Faulty<C> {
             match call {
                 Late::Edit(edit, stamp) => {
                     let _ = self.inner.edit(&edit, &stamp).await;
+                }
+                Late::Edits(edits) => {
+                    let _ = self.inner.edits(&edits).await;
                 }
                 Late::Commit(asset) => {
                     let _ = self.inner.commit(asset).await;
@@ -224,6 +228,22 @@ impl<C: Cloud> Cloud for Faulty<C> {
 
     async fn chunks(&mut self, ids: &[ChunkId]) -> Result<Vec<(ChunkId, Bytes)>, CloudError> {
         self.inner.chunks(ids).await
+    }
+
+    async fn edits(
+        &mut self,
+        edits: &[(Edit, Stamp)],
+    ) -> Result<Vec<Result<(), CloudError>>, CloudError> {
+        self.deliver_late().await;
+        if self.roll(4) {
+            self.counts.lock().unwrap().duplicated += 1;
+            let _ = self.inner.edits(edits).await;
+        }
+        if self.roll(5) {
+            self.late.push(Late::Edits(edits.to_vec()));
+        }
+        let result = self.inner.edits(edits).await;
+        self.lost_reply(result)
     }
 
     async fn edit(&mut self, edit: &Edit, stamp: &Stamp) -> Result<(), CloudError> {

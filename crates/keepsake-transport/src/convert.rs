@@ -766,3 +766,68 @@ pub fn library_scrub_to_wire(r: keepsake_library::LibraryScrub) -> pb::ScrubLibr
         finished_at_unix_ms: store.finished_at,
     }
 }
+
+/// A metadata field from the wire.
+pub fn metadata_field_from_wire(
+    field: Option<pb::set_metadata_request::Field>,
+) -> Result<keepsake_library::MetadataField, ApiError> {
+    use keepsake_library::MetadataField;
+    use pb::set_metadata_request::Field;
+    Ok(
+        match field.ok_or_else(|| ApiError::field("field", "is required"))? {
+            Field::Favorite(v) => MetadataField::Favorite(v),
+            Field::Hidden(v) => MetadataField::Hidden(v),
+            Field::Title(t) => MetadataField::Title(t),
+        },
+    )
+}
+
+/// One edit of an ApplyEdits call from the wire.
+pub fn edit_from_wire(edit: pb::LibraryEdit) -> Result<keepsake_library::LibraryEdit, ApiError> {
+    use keepsake_library::LibraryEdit;
+    use pb::library_edit::Edit;
+    let pb::LibraryEdit { edit } = edit;
+    Ok(
+        match edit.ok_or_else(|| ApiError::field("edits.edit", "is required"))? {
+            Edit::SetMetadata(pb::SetMetadataRequest {
+                asset_id,
+                clock,
+                field,
+            }) => LibraryEdit::Metadata {
+                asset_id,
+                field: metadata_field_from_wire(field)?,
+                clock: clock_from_wire(clock)?,
+            },
+            Edit::PutAlbum(pb::PutAlbumRequest {
+                album_id,
+                name,
+                clock,
+            }) => LibraryEdit::PutAlbum {
+                album_id,
+                name,
+                clock: clock_from_wire(clock)?,
+            },
+            Edit::DeleteAlbum(pb::DeleteAlbumRequest { album_id, clock }) => {
+                LibraryEdit::DeleteAlbum {
+                    album_id,
+                    clock: clock_from_wire(clock)?,
+                }
+            }
+            Edit::SetAlbumMember(pb::SetAlbumMemberRequest {
+                album_id,
+                asset_id,
+                present,
+                clock,
+            }) => LibraryEdit::Member {
+                album_id,
+                asset_id,
+                present,
+                clock: clock_from_wire(clock)?,
+            },
+            Edit::TrashAsset(pb::TrashAssetRequest { asset_id }) => LibraryEdit::Trash { asset_id },
+            Edit::RestoreAsset(pb::RestoreAssetRequest { asset_id }) => {
+                LibraryEdit::Restore { asset_id }
+            }
+        },
+    )
+}

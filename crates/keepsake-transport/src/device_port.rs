@@ -257,61 +257,84 @@ impl Cloud for CloudClient {
         Ok(self.get_chunks(ids).await?)
     }
 
-    async fn edit(&mut self, edit: &Edit, stamp: &Stamp) -> Result<(), CloudError> {
-        use pb::set_metadata_request::Field;
-        let clock = wire_clock(stamp);
-        let metadata = |asset_id: &str, field| pb::SetMetadataRequest {
-            asset_id: asset_id.into(),
-            clock: clock.clone(),
-            field: Some(field),
+    async fn edits(
+        &mut self,
+        edits: &[(Edit, Stamp)],
+    ) -> Result<Vec<Result<(), CloudError>>, CloudError> {
+        let req = pb::ApplyEditsRequest {
+            edits: edits
+                .iter()
+                .map(|(edit, stamp)| pb::LibraryEdit {
+                    edit: Some(edit_to_wire(edit, stamp)),
+                })
+                .collect(),
         };
-        match edit {
-            Edit::Favorite { asset_id, value } => {
-                let req = metadata(asset_id, Field::Favorite(*value));
+        let reply = match self
+            .library_call("ApplyEdits", async |l| l.apply_edits(req).await)
+            .await
+        {
+            Ok(reply) => reply,
+            // An older server: one call per edit.
+            Err(e) if e.reason() == "UNIMPLEMENTED" => {
+                return keepsake_device::edits_one_by_one(self, edits).await;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if reply.outcomes.len() != edits.len() {
+            return Err(bad_reply(
+                "ApplyEdits answer",
+                format!(
+                    "{} outcomes for {} edits",
+                    reply.outcomes.len(),
+                    edits.len()
+                ),
+            ));
+        }
+        Ok(reply
+            .outcomes
+            .into_iter()
+            .map(
+                |pb::EditOutcome {
+                     applied: _,
+                     reason,
+                     message,
+                 }| {
+                    if reason.is_empty() {
+                        Ok(())
+                    } else {
+                        Err(CloudError {
+                            transient: false,
+                            reason,
+                            message,
+                            missing_chunks: Vec::new(),
+                        })
+                    }
+                },
+            )
+            .collect())
+    }
+
+    async fn edit(&mut self, edit: &Edit, stamp: &Stamp) -> Result<(), CloudError> {
+        use pb::library_edit::Edit as Wire;
+        match edit_to_wire(edit, stamp) {
+            Wire::SetMetadata(req) => {
                 self.library_call("SetMetadata", async |l| l.set_metadata(req).await)
                     .await?;
             }
-            Edit::Hidden { asset_id, value } => {
-                let req = metadata(asset_id, Field::Hidden(*value));
-                self.library_call("SetMetadata", async |l| l.set_metadata(req).await)
-                    .await?;
-            }
-            Edit::PutAlbum { album_id, name } => {
-                let req = pb::PutAlbumRequest {
-                    album_id: album_id.clone(),
-                    name: name.clone(),
-                    clock,
-                };
+            Wire::PutAlbum(req) => {
                 self.library_call("PutAlbum", async |l| l.put_album(req).await)
                     .await?;
             }
-            Edit::DeleteAlbum { album_id } => {
-                let req = pb::DeleteAlbumRequest {
-                    album_id: album_id.clone(),
-                    clock,
-                };
+            Wire::DeleteAlbum(req) => {
                 self.library_call("DeleteAlbum", async |l| l.delete_album(req).await)
                     .await?;
             }
-            Edit::AlbumMember {
-                album_id,
-                asset_id,
-                present,
-            } => {
-                let req = pb::SetAlbumMemberRequest {
-                    album_id: album_id.clone(),
-                    asset_id: asset_id.clone(),
-                    present: *present,
-                    clock,
-                };
+            Wire::SetAlbumMember(req) => {
                 self.library_call("SetAlbumMember", async |l| l.set_album_member(req).await)
                     .await?;
             }
-            Edit::Trash { asset_id } => self.trash_asset(asset_id).await?,
-            Edit::Restore { asset_id } => {
-                let req = pb::RestoreAssetRequest {
-                    asset_id: asset_id.clone(),
-                };
+            Wire::TrashAsset(req) => self.trash_asset(&req.asset_id).await?,
+            Wire::RestoreAsset(req) => {
                 self.library_call("RestoreAsset", async |l| l.restore_asset(req).await)
                     .await?;
             }
@@ -385,4 +408,47 @@ async fn commit_carrying(
         version: reply.version,
         deduplicated: reply.deduplicated,
     })
+}
+
+/// An edit as the request its own call takes (and one entry of an ApplyEdits call).
+fn edit_to_wire(edit: &Edit, stamp: &Stamp) -> pb::library_edit::Edit {
+    use pb::library_edit::Edit as Wire;
+    use pb::set_metadata_request::Field;
+    let clock = wire_clock(stamp);
+    let metadata = |asset_id: &str, field| {
+        Wire::SetMetadata(pb::SetMetadataRequest {
+            asset_id: asset_id.into(),
+            clock: clock.clone(),
+            field: Some(field),
+        })
+    };
+    match edit {
+        Edit::Favorite { asset_id, value } => metadata(asset_id, Field::Favorite(*value)),
+        Edit::Hidden { asset_id, value } => metadata(asset_id, Field::Hidden(*value)),
+        Edit::PutAlbum { album_id, name } => Wire::PutAlbum(pb::PutAlbumRequest {
+            album_id: album_id.clone(),
+            name: name.clone(),
+            clock,
+        }),
+        Edit::DeleteAlbum { album_id } => Wire::DeleteAlbum(pb::DeleteAlbumRequest {
+            album_id: album_id.clone(),
+            clock,
+        }),
+        Edit::AlbumMember {
+            album_id,
+            asset_id,
+            present,
+        } => Wire::SetAlbumMember(pb::SetAlbumMemberRequest {
+            album_id: album_id.clone(),
+            asset_id: asset_id.clone(),
+            present: *present,
+            clock,
+        }),
+        Edit::Trash { asset_id } => Wire::TrashAsset(pb::TrashAssetRequest {
+            asset_id: asset_id.clone(),
+        }),
+        Edit::Restore { asset_id } => Wire::RestoreAsset(pb::RestoreAssetRequest {
+            asset_id: asset_id.clone(),
+        }),
+    }
 }

@@ -7,7 +7,7 @@ use crate::convert::{
     commit_from_wire, device_to_wire, id_bytes, page_to_wire, plan_to_wire, report_from_wire,
     token_to_wire, version_to_wire,
 };
-use keepsake_library::{Cloud, LibraryError, MetadataField};
+use keepsake_library::{Cloud, LibraryError};
 use keepsake_proto::v1 as pb;
 use keepsake_proto::v1::accounts_server::Accounts;
 use keepsake_proto::v1::library_server::Library;
@@ -249,11 +249,7 @@ impl Library for LibraryService {
             field,
         } = request.into_inner();
         let clock = clock_from_wire(clock)?;
-        let field = match field.ok_or_else(|| ApiError::field("field", "is required"))? {
-            pb::set_metadata_request::Field::Favorite(v) => MetadataField::Favorite(v),
-            pb::set_metadata_request::Field::Hidden(v) => MetadataField::Hidden(v),
-            pb::set_metadata_request::Field::Title(t) => MetadataField::Title(t),
-        };
+        let field = crate::convert::metadata_field_from_wire(field)?;
         let account = who.account.clone();
         let applied = self
             .mutate(&who, move |c| {
@@ -262,6 +258,68 @@ impl Library for LibraryService {
             })
             .await?;
         Ok(Response::new(pb::SetMetadataResponse { applied }))
+    }
+
+    async fn apply_edits(
+        &self,
+        request: Request<pb::ApplyEditsRequest>,
+    ) -> Result<Response<pb::ApplyEditsResponse>, Status> {
+        let who = identity(&request)?;
+        let pb::ApplyEditsRequest { edits } = request.into_inner();
+        if edits.len() > keepsake_library::MAX_EDITS_PER_CALL {
+            return Err(ApiError::field(
+                "edits",
+                format!(
+                    "at most {} edits in one call",
+                    keepsake_library::MAX_EDITS_PER_CALL
+                ),
+            )
+            .into());
+        }
+        // A malformed edit is refused on its own, like a refused one; the rest still go.
+        let mut malformed: Vec<Option<ApiError>> = Vec::with_capacity(edits.len());
+        let mut valid = Vec::with_capacity(edits.len());
+        for edit in edits {
+            match crate::convert::edit_from_wire(edit) {
+                Ok(edit) => {
+                    valid.push(edit);
+                    malformed.push(None);
+                }
+                Err(e) => malformed.push(Some(e)),
+            }
+        }
+        let account = who.account.clone();
+        let mut answers = self
+            .mutate(&who, move |c| c.library().apply_edits(&account, &valid))
+            .await?
+            .into_iter();
+        let outcomes = malformed
+            .into_iter()
+            .map(|bad| {
+                let answer = match bad {
+                    Some(e) => Err(e),
+                    None => match answers.next() {
+                        Some(answer) => answer.map_err(ApiError::from),
+                        None => Err(ApiError::Unavailable("an edit went unanswered".into())),
+                    },
+                };
+                match answer {
+                    Ok(applied) => pb::EditOutcome {
+                        applied,
+                        ..Default::default()
+                    },
+                    Err(e) => {
+                        let status = crate::error::to_status(&e);
+                        pb::EditOutcome {
+                            applied: false,
+                            reason: crate::error::reason_of(&status).unwrap_or_default(),
+                            message: status.message().to_string(),
+                        }
+                    }
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::ApplyEditsResponse { outcomes }))
     }
 
     async fn put_album(

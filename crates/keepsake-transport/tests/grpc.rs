@@ -2476,3 +2476,92 @@ async fn a_commit_carries_its_manifest_and_falls_back_where_the_cloud_lacks_the_
         "{found:?}"
     );
 }
+
+/// ApplyEdits answers each edit in place — applied, lost to a newer clock, refused for its
+/// own reason, or malformed — and a call over the limit is refused before anything is done.
+#[tokio::test]
+async fn apply_edits_answers_each_edit_in_place_and_a_malformed_one_stops_nothing() {
+    let server = start().await;
+    let mut lib = library(&server, "alice-token").await;
+    let data = noise(100_000, "batched edits");
+    let (asset_id, _, _) = upload_and_commit(&server, "alice-token", &data, "b1").await;
+    use pb::library_edit::Edit as E;
+    let favorite = |value: bool, wall_ms: i64| pb::LibraryEdit {
+        edit: Some(E::SetMetadata(pb::SetMetadataRequest {
+            asset_id: asset_id.clone(),
+            clock: clock(wall_ms),
+            field: Some(pb::set_metadata_request::Field::Favorite(value)),
+        })),
+    };
+    let edits = vec![
+        favorite(true, 1_700_000_000_000),
+        // No clock: malformed, answered on its own.
+        pb::LibraryEdit {
+            edit: Some(E::SetMetadata(pb::SetMetadataRequest {
+                asset_id: asset_id.clone(),
+                clock: None,
+                field: Some(pb::set_metadata_request::Field::Hidden(true)),
+            })),
+        },
+        // Older than the first: loses, not an error.
+        favorite(false, 1_600_000_000_000),
+        pb::LibraryEdit {
+            edit: Some(E::TrashAsset(pb::TrashAssetRequest {
+                asset_id: "no-such-asset".into(),
+            })),
+        },
+        pb::LibraryEdit {
+            edit: Some(E::PutAlbum(pb::PutAlbumRequest {
+                album_id: "trip".into(),
+                name: "Trip".into(),
+                clock: clock(1_700_000_000_001),
+            })),
+        },
+        pb::LibraryEdit {
+            edit: Some(E::SetAlbumMember(pb::SetAlbumMemberRequest {
+                album_id: "trip".into(),
+                asset_id: asset_id.clone(),
+                present: true,
+                clock: clock(1_700_000_000_002),
+            })),
+        },
+    ];
+    let outcomes = lib
+        .apply_edits(pb::ApplyEditsRequest { edits })
+        .await
+        .unwrap()
+        .into_inner()
+        .outcomes;
+    let got: Vec<(bool, &str)> = outcomes
+        .iter()
+        .map(|o| (o.applied, o.reason.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (true, ""),
+            (false, "INVALID_ARGUMENT"),
+            (false, ""),
+            (false, "NOT_FOUND"),
+            (true, ""),
+            (true, ""),
+        ]
+    );
+    assert!(outcomes[1].message.contains("clock"), "{outcomes:?}");
+    let asset = lib
+        .get_asset(pb::GetAssetRequest {
+            asset_id: asset_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .asset
+        .unwrap();
+    assert!(asset.favorite && !asset.hidden, "{asset:?}");
+    let too_many = vec![favorite(true, 1_700_000_000_000); 1001];
+    let err = lib
+        .apply_edits(pb::ApplyEditsRequest { edits: too_many })
+        .await
+        .unwrap_err();
+    assert_status(&err, Code::InvalidArgument, "INVALID_ARGUMENT");
+}

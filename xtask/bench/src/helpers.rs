@@ -143,52 +143,55 @@ pub async fn edits(e: Edits) -> Result<()> {
             })
             .await?;
     }
-    // Eight calls in flight, as an app pushing a queue would; each carries a newer clock
-    // than every earlier one, so the last edit of a field wins whatever the arrival order.
-    let mut pending = futures::stream::FuturesUnordered::new();
-    for (i, edit) in requests.into_iter().enumerate() {
-        let mut lib = lib.clone();
-        let c = clock(albums.len() + i);
-        pending.push(async move {
-            // The server allows each device 200 calls a second (burst 400) and says how long
-            // to wait when a call is over; an app obeys, and so does this.
-            loop {
-                let answer = match &edit {
-                    Edit::Favorite(asset_id, on) => lib
-                        .set_metadata(pb::SetMetadataRequest {
-                            asset_id: asset_id.clone(),
-                            clock: c.clone(),
-                            field: Some(pb::set_metadata_request::Field::Favorite(*on)),
-                        })
-                        .await
-                        .map(|_| ()),
-                    Edit::Member(album_id, asset_id, present) => lib
-                        .set_album_member(pb::SetAlbumMemberRequest {
-                            album_id: album_id.clone(),
-                            asset_id: asset_id.clone(),
-                            present: *present,
-                            clock: c.clone(),
-                        })
-                        .await
-                        .map(|_| ()),
-                };
-                match answer {
-                    Err(s) if s.code() == tonic::Code::ResourceExhausted => {
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                    }
-                    other => break other,
+    // Sent as a device sends its queue of edits: ApplyEdits calls of 500, in order (each
+    // carries a newer clock than every earlier one, so the last edit of a field wins).
+    use pb::library_edit::Edit as Wire;
+    let wire: Vec<pb::LibraryEdit> = requests
+        .into_iter()
+        .enumerate()
+        .map(|(i, edit)| {
+            let c = clock(albums.len() + i);
+            let edit = match edit {
+                Edit::Favorite(asset_id, on) => Wire::SetMetadata(pb::SetMetadataRequest {
+                    asset_id,
+                    clock: c,
+                    field: Some(pb::set_metadata_request::Field::Favorite(on)),
+                }),
+                Edit::Member(album_id, asset_id, present) => {
+                    Wire::SetAlbumMember(pb::SetAlbumMemberRequest {
+                        album_id,
+                        asset_id,
+                        present,
+                        clock: c,
+                    })
                 }
+            };
+            pb::LibraryEdit { edit: Some(edit) }
+        })
+        .collect();
+    for batch in wire.chunks(500) {
+        let outcomes = loop {
+            // The server allows each device 200 calls a second (burst 400) and says how
+            // long to wait when a call is over; a device obeys, and so does this.
+            match lib
+                .clone()
+                .apply_edits(pb::ApplyEditsRequest {
+                    edits: batch.to_vec(),
+                })
+                .await
+            {
+                Err(s) if s.code() == tonic::Code::ResourceExhausted => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                other => break other?.into_inner().outcomes,
             }
-        });
-        if pending.len() >= 8 {
-            use futures::StreamExt;
-            pending.next().await.transpose()?;
-        }
-    }
-    {
-        use futures::StreamExt;
-        while let Some(r) = pending.next().await {
-            r?;
+        };
+        if let Some(refused) = outcomes.iter().find(|o| !o.reason.is_empty()) {
+            bail!(
+                "an edit was refused: {} {}",
+                refused.reason,
+                refused.message
+            );
         }
     }
     let sent_s = t.elapsed().as_secs_f64();

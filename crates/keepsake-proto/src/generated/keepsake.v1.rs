@@ -4435,6 +4435,55 @@ pub struct RestoreAssetRequest {
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct RestoreAssetResponse {}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ApplyEditsRequest {
+    /// In the order they were made.
+    #[prost(message, repeated, tag = "1")]
+    pub edits: ::prost::alloc::vec::Vec<LibraryEdit>,
+}
+/// One edit: the request its own call would take.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct LibraryEdit {
+    #[prost(oneof = "library_edit::Edit", tags = "1, 2, 3, 4, 5, 6")]
+    pub edit: ::core::option::Option<library_edit::Edit>,
+}
+/// Nested message and enum types in `LibraryEdit`.
+pub mod library_edit {
+    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
+    pub enum Edit {
+        #[prost(message, tag = "1")]
+        SetMetadata(super::SetMetadataRequest),
+        #[prost(message, tag = "2")]
+        PutAlbum(super::PutAlbumRequest),
+        #[prost(message, tag = "3")]
+        DeleteAlbum(super::DeleteAlbumRequest),
+        #[prost(message, tag = "4")]
+        SetAlbumMember(super::SetAlbumMemberRequest),
+        #[prost(message, tag = "5")]
+        TrashAsset(super::TrashAssetRequest),
+        #[prost(message, tag = "6")]
+        RestoreAsset(super::RestoreAssetRequest),
+    }
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ApplyEditsResponse {
+    /// One per edit, in order.
+    #[prost(message, repeated, tag = "1")]
+    pub outcomes: ::prost::alloc::vec::Vec<EditOutcome>,
+}
+/// How one edit went.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct EditOutcome {
+    /// It changed something (false: a newer change, or the same state, was already there).
+    #[prost(bool, tag = "1")]
+    pub applied: bool,
+    /// Empty unless it was refused: the reason its own call would have failed with
+    /// (NOT_FOUND, ASSET_NOT_LIVE, INVALID_ARGUMENT, CLOCK_SKEW…) and words for a person.
+    #[prost(string, tag = "2")]
+    pub reason: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub message: ::prost::alloc::string::String,
+}
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct PurgeAssetRequest {
     #[prost(string, tag = "1")]
@@ -4957,6 +5006,33 @@ pub mod library_client {
                 .insert(GrpcMethod::new("keepsake.v1.Library", "PurgeAsset"));
             self.inner.unary(req, path, codec).await
         }
+        /// Applies up to 1000 of the edits above (metadata, albums, trash, restore) in order,
+        /// in one transaction: each exactly as its own call would, each answered on its own —
+        /// one refused never stops those after it. A device sends its queued edits this way.
+        pub async fn apply_edits(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ApplyEditsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ApplyEditsResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/keepsake.v1.Library/ApplyEdits",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("keepsake.v1.Library", "ApplyEdits"));
+            self.inner.unary(req, path, codec).await
+        }
         /// Rows changed after a cursor: each asset's and album's latest state, tombstones
         /// included. A cursor older than the compaction horizon gets FAILED_PRECONDITION,
         /// reason CURSOR_EXPIRED: start again from 0.
@@ -5155,6 +5231,16 @@ pub mod library_server {
             request: tonic::Request<super::PurgeAssetRequest>,
         ) -> std::result::Result<
             tonic::Response<super::PurgeAssetResponse>,
+            tonic::Status,
+        >;
+        /// Applies up to 1000 of the edits above (metadata, albums, trash, restore) in order,
+        /// in one transaction: each exactly as its own call would, each answered on its own —
+        /// one refused never stops those after it. A device sends its queued edits this way.
+        async fn apply_edits(
+            &self,
+            request: tonic::Request<super::ApplyEditsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ApplyEditsResponse>,
             tonic::Status,
         >;
         /// Rows changed after a cursor: each asset's and album's latest state, tombstones
@@ -5835,6 +5921,51 @@ pub mod library_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = PurgeAssetSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/keepsake.v1.Library/ApplyEdits" => {
+                    #[allow(non_camel_case_types)]
+                    struct ApplyEditsSvc<T: Library>(pub Arc<T>);
+                    impl<
+                        T: Library,
+                    > tonic::server::UnaryService<super::ApplyEditsRequest>
+                    for ApplyEditsSvc<T> {
+                        type Response = super::ApplyEditsResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ApplyEditsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Library>::apply_edits(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ApplyEditsSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
