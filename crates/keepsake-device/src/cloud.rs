@@ -223,6 +223,20 @@ pub trait Cloud: Send + 'static {
         &mut self,
         file_hash: &ChunkId,
     ) -> impl Future<Output = Result<ContentLookup, CloudError>> + Send;
+    /// What the cloud knows of each of many whole-file hashes, in order. A cloud that can
+    /// answers them in one call; this default asks one by one.
+    fn lookups(
+        &mut self,
+        file_hashes: &[ChunkId],
+    ) -> impl Future<Output = Result<Vec<ContentLookup>, CloudError>> + Send {
+        async move {
+            let mut found = Vec::with_capacity(file_hashes.len());
+            for hash in file_hashes {
+                found.push(self.lookup(hash).await?);
+            }
+            Ok(found)
+        }
+    }
     /// Reserves quota for `bytes`; returns the reservation (the upload session).
     fn begin_upload(
         &mut self,

@@ -1,7 +1,7 @@
 //! One device's sync engine: scan, upload, follow the feed, apply.
 
 use crate::cloud::{
-    Cloud, CloudError, CommitReply, Edit, NewAsset, RemoteAsset, RemoteState, Stamp,
+    Cloud, CloudError, CommitReply, ContentLookup, Edit, NewAsset, RemoteAsset, RemoteState, Stamp,
 };
 use crate::edits::{self, LocalAlbum, LocalAsset};
 use crate::journal::{CloudOnlyRow, FileRow, Journal, MetaRow, TrashedRow};
@@ -182,6 +182,8 @@ pub struct Device<C: Cloud> {
     policy: PolicyConfig,
     /// This pass's upload reservation, shared by every file the pass sends.
     reservation: Option<String>,
+    /// What the cloud said this pass of new files' contents, asked for all at once.
+    looked_up: HashMap<ChunkId, ContentLookup>,
     /// Bytes this pass may still move (today's mobile-data allowance), if limited.
     budget: Option<u64>,
     /// Why videos wait this pass (on mobile data without unlimited updates), if they do.
@@ -327,6 +329,7 @@ impl<C: Cloud> Device<C> {
             conditions: None,
             policy: PolicyConfig::default(),
             reservation: None,
+            looked_up: HashMap::new(),
             budget: None,
             videos_wait: None,
             downloads_wait: None,
@@ -790,8 +793,23 @@ impl<C: Cloud> Device<C> {
             bytes_total: rows.iter().map(|r| r.size).sum(),
             ..Progress::default()
         });
+        // One question for every new file's content instead of one round trip each.
+        let mut new: Vec<ChunkId> = rows
+            .iter()
+            .filter(|r| r.asset_id.is_none())
+            .map(|r| r.file_hash)
+            .collect();
+        new.sort();
+        new.dedup();
+        self.looked_up = if new.is_empty() {
+            HashMap::new()
+        } else {
+            let found = self.cloud.lookups(&new).await?;
+            new.into_iter().zip(found).collect()
+        };
         let mut flying = Flying::new((1..LANES).map_while(|_| self.cloud.lane()).collect());
         let sent = self.send_each(&rows, &mut flying, report).await;
+        self.looked_up.clear();
         // Whatever is in flight lands (and is journaled) even when one file failed.
         let landed = self.land_all(&mut flying, report).await;
         sent.and(landed)
@@ -932,7 +950,10 @@ impl<C: Cloud> Device<C> {
                 report.linked += 1;
                 return Ok(None);
             }
-            let lookup = self.cloud.lookup(&row.file_hash).await?;
+            let lookup = match self.looked_up.remove(&row.file_hash) {
+                Some(lookup) => lookup,
+                None => self.cloud.lookup(&row.file_hash).await?,
+            };
             if let Some((asset_id, version)) = lookup.asset {
                 row.asset_id = Some(asset_id);
                 row.version = Some(version);

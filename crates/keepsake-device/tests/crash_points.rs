@@ -31,6 +31,8 @@ struct InProcess {
     device: String,
     /// Manifests that arrived as splices of an earlier version.
     manifest_edits: Arc<AtomicUsize>,
+    /// Calls asking what the cloud knows of contents (one hash or many).
+    content_questions: Arc<AtomicUsize>,
 }
 
 fn refused(e: impl std::fmt::Display) -> CloudError {
@@ -74,23 +76,34 @@ impl Cloud for InProcess {
             store: self.store.clone(),
             device: self.device.clone(),
             manifest_edits: self.manifest_edits.clone(),
+            content_questions: self.content_questions.clone(),
         })
     }
 
     async fn lookup(&mut self, file_hash: &ChunkId) -> Result<ContentLookup, CloudError> {
+        let mut found = self.lookups(std::slice::from_ref(file_hash)).await?;
+        Ok(found.pop().unwrap_or_default())
+    }
+
+    async fn lookups(&mut self, file_hashes: &[ChunkId]) -> Result<Vec<ContentLookup>, CloudError> {
+        self.content_questions.fetch_add(1, Ordering::Relaxed);
         let found = self
             .cloud
             .library()
-            .find_by_content("alice", &[*file_hash])
+            .find_by_content("alice", file_hashes)
             .map_err(refused)?;
-        let first = found.into_iter().next();
-        Ok(ContentLookup {
-            asset: first
-                .as_ref()
-                .and_then(|m| m.assets.first())
-                .map(|a| (a.asset_id.clone(), a.version)),
-            purged: first.is_some_and(|m| m.purged_at.is_some()),
-        })
+        Ok(file_hashes
+            .iter()
+            .map(|hash| {
+                let m = found.iter().find(|m| m.file_hash == *hash);
+                ContentLookup {
+                    asset: m
+                        .and_then(|m| m.assets.first())
+                        .map(|a| (a.asset_id.clone(), a.version)),
+                    purged: m.is_some_and(|m| m.purged_at.is_some()),
+                }
+            })
+            .collect())
     }
 
     async fn begin_upload(&mut self, bytes: u64, request_id: &str) -> Result<String, CloudError> {
@@ -226,6 +239,7 @@ struct World {
     cloud: Arc<keepsake_library::Cloud>,
     store: Arc<Store>,
     manifest_edits: Arc<AtomicUsize>,
+    content_questions: Arc<AtomicUsize>,
     _dir: tempfile::TempDir,
 }
 
@@ -262,6 +276,7 @@ fn world() -> World {
         cloud,
         store,
         manifest_edits: Arc::default(),
+        content_questions: Arc::default(),
         _dir: dir,
     }
 }
@@ -278,6 +293,7 @@ fn device(w: &World, root: &Path, name: &str) -> Device<InProcess> {
         store: w.store.clone(),
         device: name.into(),
         manifest_edits: w.manifest_edits.clone(),
+        content_questions: w.content_questions.clone(),
     };
     Device::open(config, cloud, Arc::new(ManualClock::new(T0))).unwrap()
 }
@@ -465,6 +481,11 @@ async fn files_sharing_chunks_in_one_pass_send_each_chunk_once_and_copies_become
     assert_eq!(report.chunks_sent, unique.len(), "{report:?}");
     assert_eq!(camera.chunks_acknowledged_again(), 0);
     assert_eq!((report.uploaded, report.linked), (3, 1), "{report:?}");
+    assert_eq!(
+        w.content_questions.load(Ordering::Relaxed),
+        1,
+        "one question for every new file's content, not one each"
+    );
     assert_eq!(live_assets(&w), 3);
     assert_eq!(camera.pending_files().unwrap(), 0);
     scenario.teardown();

@@ -124,6 +124,11 @@ impl<C: Cloud> Cloud for Faulty<C> {
         self.inner.lookup(file_hash).await
     }
 
+    async fn lookups(&mut self, file_hashes: &[ChunkId]) -> Result<Vec<ContentLookup>, CloudError> {
+        self.deliver_late().await;
+        self.inner.lookups(file_hashes).await
+    }
+
     async fn begin_upload(&mut self, bytes: u64, request_id: &str) -> Result<String, CloudError> {
         let result = self.inner.begin_upload(bytes, request_id).await;
         self.lost_reply(result)

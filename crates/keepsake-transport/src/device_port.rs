@@ -2,7 +2,9 @@
 
 use crate::client::{CallError, pb};
 use crate::cloud_client::CloudClient;
-use crate::convert::{WireManifest, chunk_id, id_bytes, manifest_edit_to_wire, manifest_to_wire};
+use crate::convert::{
+    MAX_CONTENT_HASHES, WireManifest, chunk_id, id_bytes, manifest_edit_to_wire, manifest_to_wire,
+};
 use bytes::Bytes;
 use keepsake_device::{
     Cloud, CloudError, CommitReply, ContentLookup, Edit, FeedPage, NewAsset, RemoteAlbum,
@@ -125,14 +127,32 @@ impl Cloud for CloudClient {
     }
 
     async fn lookup(&mut self, file_hash: &ChunkId) -> Result<ContentLookup, CloudError> {
-        let reply = self.find_assets_by_content(&[*file_hash]).await?;
-        let Some(m) = reply.into_iter().next() else {
-            return Ok(ContentLookup::default());
-        };
-        Ok(ContentLookup {
-            asset: m.assets.first().map(|a| (a.asset_id.clone(), a.version)),
-            purged: m.purged_at_ms.is_some(),
-        })
+        let mut found = Cloud::lookups(self, std::slice::from_ref(file_hash)).await?;
+        Ok(found.pop().unwrap_or_default())
+    }
+
+    async fn lookups(&mut self, file_hashes: &[ChunkId]) -> Result<Vec<ContentLookup>, CloudError> {
+        let mut found = Vec::with_capacity(file_hashes.len());
+        for hashes in file_hashes.chunks(MAX_CONTENT_HASHES) {
+            let mut matches: std::collections::HashMap<Vec<u8>, ContentLookup> = self
+                .find_assets_by_content(hashes)
+                .await?
+                .into_iter()
+                .map(|m| {
+                    let lookup = ContentLookup {
+                        asset: m.assets.first().map(|a| (a.asset_id.clone(), a.version)),
+                        purged: m.purged_at_ms.is_some(),
+                    };
+                    (m.file_hash.to_vec(), lookup)
+                })
+                .collect();
+            found.extend(
+                hashes
+                    .iter()
+                    .map(|h| matches.remove(&h.0[..]).unwrap_or_default()),
+            );
+        }
+        Ok(found)
     }
 
     async fn begin_upload(&mut self, bytes: u64, request_id: &str) -> Result<String, CloudError> {
