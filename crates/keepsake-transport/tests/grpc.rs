@@ -2565,3 +2565,42 @@ async fn apply_edits_answers_each_edit_in_place_and_a_malformed_one_stops_nothin
         .unwrap_err();
     assert_status(&err, Code::InvalidArgument, "INVALID_ARGUMENT");
 }
+
+/// A batch of edits is worth many calls of server time, so it costs ten from the caller's
+/// bucket: a device cannot apply 200,000 edits a second by batching 1000 into each call.
+#[tokio::test]
+async fn an_apply_edits_call_costs_ten_calls_from_the_rate_limit() {
+    let server = start_configured(
+        None,
+        ServerConfig {
+            limits: keepsake_transport::guard::Limits {
+                calls_per_second: 20.0,
+                burst: 40.0,
+                concurrent_per_caller: 4,
+                concurrent_total: 1024,
+            },
+            ..ServerConfig::default()
+        },
+    )
+    .await;
+    // The server's clock stands still here, so the bucket never refills.
+    let mut lib = library(&server, "alice-token").await;
+    for n in 0..4 {
+        lib.apply_edits(pb::ApplyEditsRequest { edits: Vec::new() })
+            .await
+            .unwrap_or_else(|e| panic!("batch {n} of the burst refused: {e:?}"));
+    }
+    let err = lib
+        .apply_edits(pb::ApplyEditsRequest { edits: Vec::new() })
+        .await
+        .unwrap_err();
+    assert_status(&err, Code::ResourceExhausted, "RATE_LIMITED");
+    let retry = err
+        .get_details_error_info()
+        .and_then(|info| info.metadata.get("retry_after_ms").cloned());
+    assert_eq!(
+        retry.as_deref(),
+        Some("500"),
+        "ten calls at 20 a second: {err:?}"
+    );
+}
