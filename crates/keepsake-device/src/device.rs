@@ -182,8 +182,9 @@ pub struct Device<C: Cloud> {
     policy: PolicyConfig,
     /// This pass's upload reservation, shared by every file the pass sends.
     reservation: Option<String>,
-    /// What the cloud said this pass of new files' contents, asked for all at once.
-    looked_up: HashMap<ChunkId, ContentLookup>,
+    /// What the cloud said of the next new files' contents, asked for all at once, and
+    /// when: an answer older than [`LOOKUP_FRESH_MS`] is asked again.
+    looked_up: (HashMap<ChunkId, ContentLookup>, i64),
     /// Bytes this pass may still move (today's mobile-data allowance), if limited.
     budget: Option<u64>,
     /// Why videos wait this pass (on mobile data without unlimited updates), if they do.
@@ -329,7 +330,7 @@ impl<C: Cloud> Device<C> {
             conditions: None,
             policy: PolicyConfig::default(),
             reservation: None,
-            looked_up: HashMap::new(),
+            looked_up: (HashMap::new(), 0),
             budget: None,
             videos_wait: None,
             downloads_wait: None,
@@ -793,23 +794,9 @@ impl<C: Cloud> Device<C> {
             bytes_total: rows.iter().map(|r| r.size).sum(),
             ..Progress::default()
         });
-        // One question for every new file's content instead of one round trip each.
-        let mut new: Vec<ChunkId> = rows
-            .iter()
-            .filter(|r| r.asset_id.is_none())
-            .map(|r| r.file_hash)
-            .collect();
-        new.sort();
-        new.dedup();
-        self.looked_up = if new.is_empty() {
-            HashMap::new()
-        } else {
-            let found = self.cloud.lookups(&new).await?;
-            new.into_iter().zip(found).collect()
-        };
         let mut flying = Flying::new((1..LANES).map_while(|_| self.cloud.lane()).collect());
         let sent = self.send_each(&rows, &mut flying, report).await;
-        self.looked_up.clear();
+        self.looked_up.0.clear();
         // Whatever is in flight lands (and is journaled) even when one file failed.
         let landed = self.land_all(&mut flying, report).await;
         sent.and(landed)
@@ -823,7 +810,11 @@ impl<C: Cloud> Device<C> {
         flying: &mut Flying<C>,
         report: &mut SyncReport,
     ) -> Result<(), DeviceError> {
-        for row in rows {
+        for (at, row) in rows.iter().enumerate() {
+            let fresh = self.clock.now_ms() - self.looked_up.1 < LOOKUP_FRESH_MS;
+            if row.asset_id.is_none() && !(fresh && self.looked_up.0.contains_key(&row.file_hash)) {
+                self.look_up_ahead(&rows[at..]).await?;
+            }
             // Files in flight count in full against a mobile allowance until they land.
             if report.blocked.is_some() || self.over_budget(row.size + flying.bytes, report) {
                 break;
@@ -863,6 +854,24 @@ impl<C: Cloud> Device<C> {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Asks the cloud at once about the contents of the next new files (up to
+    /// [`LOOKUPS_AHEAD`]): one round trip for them all instead of one each. Kept no longer
+    /// than [`LOOKUP_FRESH_MS`], so "deleted elsewhere for good" is never learnt late.
+    async fn look_up_ahead(&mut self, rows: &[FileRow]) -> Result<(), DeviceError> {
+        let mut seen = HashSet::new();
+        let next: Vec<ChunkId> = rows
+            .iter()
+            .filter(|r| r.asset_id.is_none() && seen.insert(r.file_hash))
+            .map(|r| r.file_hash)
+            .take(LOOKUPS_AHEAD)
+            .collect();
+        // An answer is as old as its question.
+        let asked_at = self.clock.now_ms();
+        let found = self.cloud.lookups(&next).await?;
+        self.looked_up = (next.into_iter().zip(found).collect(), asked_at);
         Ok(())
     }
 
@@ -950,8 +959,8 @@ impl<C: Cloud> Device<C> {
                 report.linked += 1;
                 return Ok(None);
             }
-            let lookup = match self.looked_up.remove(&row.file_hash) {
-                Some(lookup) => lookup,
+            let lookup = match self.looked_up.0.get(&row.file_hash) {
+                Some(lookup) => lookup.clone(),
                 None => self.cloud.lookup(&row.file_hash).await?,
             };
             if let Some((asset_id, version)) = lookup.asset {
@@ -1696,6 +1705,13 @@ impl<C: Cloud> Device<C> {
         Ok(())
     }
 }
+
+/// New files whose contents one lookup call asks about.
+const LOOKUPS_AHEAD: usize = 1000;
+
+/// How long a content lookup's answer is used: a photo purged elsewhere meanwhile must not
+/// be uploaded again (a commit of purged content is a deliberate re-import).
+const LOOKUP_FRESH_MS: i64 = 60_000;
 
 /// Queued edits sent in one call: one round trip and one durable write on the server for
 /// a person's "add these 500 photos to an album".

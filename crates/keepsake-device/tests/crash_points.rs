@@ -20,7 +20,7 @@ use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 const T0: i64 = 1_700_000_000_000;
 
@@ -33,6 +33,9 @@ struct InProcess {
     manifest_edits: Arc<AtomicUsize>,
     /// Calls asking what the cloud knows of contents (one hash or many).
     content_questions: Arc<AtomicUsize>,
+    /// The devices' clock, and whether each content question takes a minute and more.
+    clock: Arc<ManualClock>,
+    slow_questions: Arc<AtomicBool>,
 }
 
 fn refused(e: impl std::fmt::Display) -> CloudError {
@@ -77,6 +80,8 @@ impl Cloud for InProcess {
             device: self.device.clone(),
             manifest_edits: self.manifest_edits.clone(),
             content_questions: self.content_questions.clone(),
+            clock: self.clock.clone(),
+            slow_questions: self.slow_questions.clone(),
         })
     }
 
@@ -87,6 +92,9 @@ impl Cloud for InProcess {
 
     async fn lookups(&mut self, file_hashes: &[ChunkId]) -> Result<Vec<ContentLookup>, CloudError> {
         self.content_questions.fetch_add(1, Ordering::Relaxed);
+        if self.slow_questions.load(Ordering::Relaxed) {
+            self.clock.advance(61_000);
+        }
         let found = self
             .cloud
             .library()
@@ -240,6 +248,8 @@ struct World {
     store: Arc<Store>,
     manifest_edits: Arc<AtomicUsize>,
     content_questions: Arc<AtomicUsize>,
+    clock: Arc<ManualClock>,
+    slow_questions: Arc<AtomicBool>,
     _dir: tempfile::TempDir,
 }
 
@@ -277,6 +287,8 @@ fn world() -> World {
         store,
         manifest_edits: Arc::default(),
         content_questions: Arc::default(),
+        clock: Arc::new(ManualClock::new(T0)),
+        slow_questions: Arc::default(),
         _dir: dir,
     }
 }
@@ -294,8 +306,10 @@ fn device(w: &World, root: &Path, name: &str) -> Device<InProcess> {
         device: name.into(),
         manifest_edits: w.manifest_edits.clone(),
         content_questions: w.content_questions.clone(),
+        clock: w.clock.clone(),
+        slow_questions: w.slow_questions.clone(),
     };
-    Device::open(config, cloud, Arc::new(ManualClock::new(T0))).unwrap()
+    Device::open(config, cloud, w.clock.clone()).unwrap()
 }
 
 fn photo(seed: u64) -> Vec<u8> {
@@ -488,5 +502,28 @@ async fn files_sharing_chunks_in_one_pass_send_each_chunk_once_and_copies_become
     );
     assert_eq!(live_assets(&w), 3);
     assert_eq!(camera.pending_files().unwrap(), 0);
+    scenario.teardown();
+}
+
+/// A content lookup's answer is used for at most a minute: a long pass asks again, so a
+/// photo deleted for good elsewhere meanwhile is not uploaded again as if new.
+#[tokio::test]
+async fn a_content_lookup_older_than_a_minute_is_asked_again() {
+    let scenario = fail::FailScenario::setup();
+    let w = world();
+    let root = tempfile::tempdir().unwrap();
+    let mut camera = device(&w, root.path(), "camera");
+    for n in 0..3u8 {
+        std::fs::write(
+            root.path().join("camera").join(format!("IMG_{n}.JPG")),
+            photo(10 + u64::from(n)),
+        )
+        .unwrap();
+    }
+    // Each question takes a minute of the devices' clock: the next file's answer is stale.
+    w.slow_questions.store(true, Ordering::Relaxed);
+    let report = camera.sync_once().await.unwrap();
+    assert_eq!(report.uploaded, 3, "{report:?}");
+    assert_eq!(w.content_questions.load(Ordering::Relaxed), 3);
     scenario.teardown();
 }
