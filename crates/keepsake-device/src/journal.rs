@@ -602,7 +602,8 @@ impl Journal {
             .collect()
     }
 
-    /// Keeps a version's manifest (the most recent [`KEPT_MANIFESTS`] of them).
+    /// Keeps a version's manifest (the most recent [`KEPT_MANIFESTS`] of them), encoded and
+    /// hashed once: its id is the BLAKE3 of the encoding.
     pub fn keep_manifest(&self, manifest: &Manifest) -> rusqlite::Result<()> {
         let body = manifest.encode();
         if body.len() > KEPT_MANIFEST_MAX_BYTES {
@@ -612,7 +613,7 @@ impl Journal {
             "INSERT INTO manifests (id, body, used)
              VALUES (?1, ?2, (SELECT coalesce(max(used), 0) + 1 FROM manifests))
              ON CONFLICT (id) DO UPDATE SET used = excluded.used",
-            params![&manifest.id().0[..], body],
+            params![&ChunkId::of(&body).0[..], body],
         )?;
         self.db.execute(
             "DELETE FROM manifests WHERE used <= (SELECT max(used) FROM manifests) - ?1",
@@ -631,9 +632,10 @@ impl Journal {
                 |r| r.get(0),
             )
             .optional()?;
+        // The id is the BLAKE3 of these very bytes: check them before decoding.
         Ok(body
-            .and_then(|b| Manifest::decode(&b).ok())
-            .filter(|m| m.id() == *id))
+            .filter(|b| ChunkId::of(b) == *id)
+            .and_then(|b| Manifest::decode(&b).ok()))
     }
 
     pub fn remove_current(&self, asset_id: &str) -> rusqlite::Result<()> {
