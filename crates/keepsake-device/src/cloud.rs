@@ -218,25 +218,12 @@ pub trait Cloud: Send + 'static {
     {
         None
     }
-    /// What the cloud knows of a whole-file hash.
-    fn lookup(
-        &mut self,
-        file_hash: &ChunkId,
-    ) -> impl Future<Output = Result<ContentLookup, CloudError>> + Send;
-    /// What the cloud knows of each of many whole-file hashes, in order. A cloud that can
-    /// answers them in one call; this default asks one by one.
+    /// What the cloud knows of each of these whole-file hashes, in order: one question for
+    /// many files.
     fn lookups(
         &mut self,
         file_hashes: &[ChunkId],
-    ) -> impl Future<Output = Result<Vec<ContentLookup>, CloudError>> + Send {
-        async move {
-            let mut found = Vec::with_capacity(file_hashes.len());
-            for hash in file_hashes {
-                found.push(self.lookup(hash).await?);
-            }
-            Ok(found)
-        }
-    }
+    ) -> impl Future<Output = Result<Vec<ContentLookup>, CloudError>> + Send;
     /// Reserves quota for `bytes`; returns the reservation (the upload session).
     fn begin_upload(
         &mut self,
@@ -312,23 +299,14 @@ pub trait Cloud: Send + 'static {
         &mut self,
         ids: &[ChunkId],
     ) -> impl Future<Output = Result<Vec<(ChunkId, Bytes)>, CloudError>> + Send;
-    /// Applies a person's edit, stamped with the device's clock. Idempotent: the same edit
-    /// with the same stamp changes nothing the second time.
-    fn edit(
-        &mut self,
-        edit: &Edit,
-        stamp: &Stamp,
-    ) -> impl Future<Output = Result<(), CloudError>> + Send;
-    /// Applies edits in order, each answered on its own: `Ok(())` (applied, or a newer
-    /// change won) or its refusal. The answers stop after the first transient failure;
-    /// `Err` means the call failed before any answer. A cloud that can takes them all in
-    /// one call (one round trip, one durable write); this default sends them one by one.
+    /// Applies edits (each stamped with the device's clock) in order, each answered on its
+    /// own: `Ok(())` (applied, or a newer change won) or its refusal. The answers stop after
+    /// the first transient failure; `Err` means the call failed before any answer.
+    /// Idempotent: the same edit with the same stamp changes nothing the second time.
     fn edits(
         &mut self,
         edits: &[(Edit, Stamp)],
-    ) -> impl Future<Output = Result<Vec<Result<(), CloudError>>, CloudError>> + Send {
-        edits_one_by_one(self, edits)
-    }
+    ) -> impl Future<Output = Result<Vec<Result<(), CloudError>>, CloudError>> + Send;
     /// The rsync signature of a stretch `(offset, length)` (whole chunks) of a stored
     /// version, for a delta that would store `wanted` (a session and chunk ids): `None`
     /// when the account holds them all already (pinned to the session, as by
@@ -356,25 +334,6 @@ pub trait Cloud: Send + 'static {
         let _ = (session, base, span, chunks, delta);
         async { Err(CloudError::unsupported("chunks sent as deltas")) }
     }
-}
-
-/// [`Cloud::edits`] as one [`Cloud::edit`] call each, for clouds that take no batches.
-pub async fn edits_one_by_one<C: Cloud + ?Sized>(
-    cloud: &mut C,
-    edits: &[(Edit, Stamp)],
-) -> Result<Vec<Result<(), CloudError>>, CloudError> {
-    let mut answers = Vec::with_capacity(edits.len());
-    for (edit, stamp) in edits {
-        match cloud.edit(edit, stamp).await {
-            Err(e) if e.transient && answers.is_empty() => return Err(e),
-            Err(e) if e.transient => {
-                answers.push(Err(e));
-                break;
-            }
-            answer => answers.push(answer),
-        }
-    }
-    Ok(answers)
 }
 
 impl CloudError {

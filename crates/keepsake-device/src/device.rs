@@ -811,10 +811,6 @@ impl<C: Cloud> Device<C> {
         report: &mut SyncReport,
     ) -> Result<(), DeviceError> {
         for (at, row) in rows.iter().enumerate() {
-            let fresh = self.clock.now_ms() - self.looked_up.1 < LOOKUP_FRESH_MS;
-            if row.asset_id.is_none() && !(fresh && self.looked_up.0.contains_key(&row.file_hash)) {
-                self.look_up_ahead(&rows[at..]).await?;
-            }
             // Files in flight count in full against a mobile allowance until they land.
             if report.blocked.is_some() || self.over_budget(row.size + flying.bytes, report) {
                 break;
@@ -829,7 +825,11 @@ impl<C: Cloud> Device<C> {
             }
             self.progress
                 .send_modify(|p| p.current = Some(row.path.clone()));
-            let Some(shipment) = self.prepare(row, report).await? else {
+            let lookup = match row.asset_id {
+                Some(_) => None,
+                None => Some(self.looked_up(&rows[at..]).await?),
+            };
+            let Some(shipment) = self.prepare(row, lookup, report).await? else {
                 self.progress.send_modify(|p| p.items_done += 1);
                 continue;
             };
@@ -857,10 +857,16 @@ impl<C: Cloud> Device<C> {
         Ok(())
     }
 
-    /// Asks the cloud at once about the contents of the next new files (up to
-    /// [`LOOKUPS_AHEAD`]): one round trip for them all instead of one each. Kept no longer
-    /// than [`LOOKUP_FRESH_MS`], so "deleted elsewhere for good" is never learnt late.
-    async fn look_up_ahead(&mut self, rows: &[FileRow]) -> Result<(), DeviceError> {
+    /// What the cloud knows of the first row's content. Asked about with the contents of
+    /// the next new files (up to [`LOOKUPS_AHEAD`]): one round trip for them all instead of
+    /// one each. An answer is used no longer than [`LOOKUP_FRESH_MS`], so "deleted elsewhere
+    /// for good" is never learnt late.
+    async fn looked_up(&mut self, rows: &[FileRow]) -> Result<ContentLookup, DeviceError> {
+        let hash = rows[0].file_hash;
+        let fresh = self.clock.now_ms() - self.looked_up.1 < LOOKUP_FRESH_MS;
+        if let Some(lookup) = self.looked_up.0.get(&hash).filter(|_| fresh) {
+            return Ok(lookup.clone());
+        }
         let mut seen = HashSet::new();
         let next: Vec<ChunkId> = rows
             .iter()
@@ -872,7 +878,7 @@ impl<C: Cloud> Device<C> {
         let asked_at = self.clock.now_ms();
         let found = self.cloud.lookups(&next).await?;
         self.looked_up = (next.into_iter().zip(found).collect(), asked_at);
-        Ok(())
+        Ok(self.looked_up.0.get(&hash).cloned().unwrap_or_default())
     }
 
     /// Waits for one file in flight and journals what it did.
@@ -937,6 +943,7 @@ impl<C: Cloud> Device<C> {
     async fn prepare(
         &mut self,
         row: &FileRow,
+        lookup: Option<ContentLookup>,
         report: &mut SyncReport,
     ) -> Result<Option<Shipment>, DeviceError> {
         let (manifest, data) = self.read_and_chunk(&row.path).await?;
@@ -959,10 +966,7 @@ impl<C: Cloud> Device<C> {
                 report.linked += 1;
                 return Ok(None);
             }
-            let lookup = match self.looked_up.0.get(&row.file_hash) {
-                Some(lookup) => lookup.clone(),
-                None => self.cloud.lookup(&row.file_hash).await?,
-            };
+            let lookup = lookup.unwrap_or_default();
             if let Some((asset_id, version)) = lookup.asset {
                 row.asset_id = Some(asset_id);
                 row.version = Some(version);
@@ -1180,21 +1184,26 @@ impl<C: Cloud> Device<C> {
             report.blocked = Some("DELETES_NEED_CONFIRMATION".into());
             return Ok(());
         }
-        for row in deletes {
-            let asset_id = row.asset_id.clone().unwrap_or_default();
-            // Trash ignores clocks: the default stamp is never compared.
-            match self
-                .cloud
-                .edit(&Edit::Trash { asset_id }, &Stamp::default())
-                .await
-            {
-                Ok(()) => {}
-                // Already gone in the cloud: nothing left to delete.
-                Err(e) if e.reason == "NOT_FOUND" || e.reason == "ASSET_NOT_LIVE" => {}
-                Err(e) => return Err(e.into()),
+        // Sent as edits are, many a call: deleting 300 photos is one round trip, not 300.
+        // Trash ignores clocks: the default stamp is never compared.
+        for batch in deletes.chunks(EDITS_PER_CALL) {
+            let trashes: Vec<(Edit, Stamp)> = batch
+                .iter()
+                .map(|row| {
+                    let asset_id = row.asset_id.clone().unwrap_or_default();
+                    (Edit::Trash { asset_id }, Stamp::default())
+                })
+                .collect();
+            for (row, answer) in batch.iter().zip(self.cloud.edits(&trashes).await?) {
+                match answer {
+                    Ok(()) => {}
+                    // Already gone in the cloud: nothing left to delete.
+                    Err(e) if e.reason == "NOT_FOUND" || e.reason == "ASSET_NOT_LIVE" => {}
+                    Err(e) => return Err(e.into()),
+                }
+                self.journal.remove(&row.path)?;
+                report.trashed_remotely += 1;
             }
-            self.journal.remove(&row.path)?;
-            report.trashed_remotely += 1;
         }
         if confirmed {
             self.journal.set("confirm_deletes", "")?;

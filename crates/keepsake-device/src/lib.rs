@@ -28,7 +28,7 @@ mod journal;
 
 pub use cloud::{
     Cloud, CloudError, CommitReply, ContentLookup, Edit, FeedPage, NewAsset, RemoteAlbum,
-    RemoteAsset, RemoteState, Stamp, edits_one_by_one,
+    RemoteAsset, RemoteState, Stamp,
 };
 pub use control::{
     AgentStatus, Conditions, Diagnosis, FolderControl, MAX_IMPORT_BYTES, Settings, WAKE_FILE,

@@ -85,11 +85,6 @@ impl Cloud for InProcess {
         })
     }
 
-    async fn lookup(&mut self, file_hash: &ChunkId) -> Result<ContentLookup, CloudError> {
-        let mut found = self.lookups(std::slice::from_ref(file_hash)).await?;
-        Ok(found.pop().unwrap_or_default())
-    }
-
     async fn lookups(&mut self, file_hashes: &[ChunkId]) -> Result<Vec<ContentLookup>, CloudError> {
         self.content_questions.fetch_add(1, Ordering::Relaxed);
         if self.slow_questions.load(Ordering::Relaxed) {
@@ -238,7 +233,10 @@ impl Cloud for InProcess {
             .collect()
     }
 
-    async fn edit(&mut self, _edit: &Edit, _stamp: &Stamp) -> Result<(), CloudError> {
+    async fn edits(
+        &mut self,
+        _edits: &[(Edit, Stamp)],
+    ) -> Result<Vec<Result<(), CloudError>>, CloudError> {
         Err(refused("this test makes no edits"))
     }
 }

@@ -24,7 +24,6 @@ pub struct FaultCounts {
 
 /// A call kept back to be delivered again later.
 enum Late {
-    Edit(Edit, Stamp),
     Edits(Vec<(Edit, Stamp)>),
     Commit(NewAsset),
     /// A commit carrying its manifest, and the base the manifest edits.
@@ -86,9 +85,6 @@ impl<C: Cloud> Faulty<C> {
             // Whatever a stale copy gets back is not the device's business: it already
             // had its answer for this call.
             match call {
-                Late::Edit(edit, stamp) => {
-                    let _ = self.inner.edit(&edit, &stamp).await;
-                }
                 Late::Edits(edits) => {
                     let _ = self.inner.edits(&edits).await;
                 }
@@ -117,11 +113,6 @@ impl<C: Cloud> Cloud for Faulty<C> {
             self.counts.clone(),
             self.enabled.clone(),
         ))
-    }
-
-    async fn lookup(&mut self, file_hash: &ChunkId) -> Result<ContentLookup, CloudError> {
-        self.deliver_late().await;
-        self.inner.lookup(file_hash).await
     }
 
     async fn lookups(&mut self, file_hashes: &[ChunkId]) -> Result<Vec<ContentLookup>, CloudError> {
@@ -248,19 +239,6 @@ impl<C: Cloud> Cloud for Faulty<C> {
             self.late.push(Late::Edits(edits.to_vec()));
         }
         let result = self.inner.edits(edits).await;
-        self.lost_reply(result)
-    }
-
-    async fn edit(&mut self, edit: &Edit, stamp: &Stamp) -> Result<(), CloudError> {
-        self.deliver_late().await;
-        if self.roll(4) {
-            self.counts.lock().unwrap().duplicated += 1;
-            let _ = self.inner.edit(edit, stamp).await;
-        }
-        if self.roll(5) {
-            self.late.push(Late::Edit(edit.clone(), stamp.clone()));
-        }
-        let result = self.inner.edit(edit, stamp).await;
         self.lost_reply(result)
     }
 

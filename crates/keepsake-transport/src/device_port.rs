@@ -126,11 +126,6 @@ impl Cloud for CloudClient {
         Some(self.clone())
     }
 
-    async fn lookup(&mut self, file_hash: &ChunkId) -> Result<ContentLookup, CloudError> {
-        let mut found = Cloud::lookups(self, std::slice::from_ref(file_hash)).await?;
-        Ok(found.pop().unwrap_or_default())
-    }
-
     async fn lookups(&mut self, file_hashes: &[ChunkId]) -> Result<Vec<ContentLookup>, CloudError> {
         let mut found = Vec::with_capacity(file_hashes.len());
         for hashes in file_hashes.chunks(MAX_CONTENT_HASHES) {
@@ -296,7 +291,7 @@ impl Cloud for CloudClient {
             Ok(reply) => reply,
             // An older server: one call per edit.
             Err(e) if e.reason() == "UNIMPLEMENTED" => {
-                return keepsake_device::edits_one_by_one(self, edits).await;
+                return edits_one_by_one(self, edits).await;
             }
             Err(e) => return Err(e.into()),
         };
@@ -332,34 +327,6 @@ impl Cloud for CloudClient {
                 },
             )
             .collect())
-    }
-
-    async fn edit(&mut self, edit: &Edit, stamp: &Stamp) -> Result<(), CloudError> {
-        use pb::library_edit::Edit as Wire;
-        match edit_to_wire(edit, stamp) {
-            Wire::SetMetadata(req) => {
-                self.library_call("SetMetadata", async |l| l.set_metadata(req).await)
-                    .await?;
-            }
-            Wire::PutAlbum(req) => {
-                self.library_call("PutAlbum", async |l| l.put_album(req).await)
-                    .await?;
-            }
-            Wire::DeleteAlbum(req) => {
-                self.library_call("DeleteAlbum", async |l| l.delete_album(req).await)
-                    .await?;
-            }
-            Wire::SetAlbumMember(req) => {
-                self.library_call("SetAlbumMember", async |l| l.set_album_member(req).await)
-                    .await?;
-            }
-            Wire::TrashAsset(req) => self.trash_asset(&req.asset_id).await?,
-            Wire::RestoreAsset(req) => {
-                self.library_call("RestoreAsset", async |l| l.restore_asset(req).await)
-                    .await?;
-            }
-        }
-        Ok(())
     }
 
     async fn span_signature(
@@ -471,4 +438,58 @@ fn edit_to_wire(edit: &Edit, stamp: &Stamp) -> pb::library_edit::Edit {
             asset_id: asset_id.clone(),
         }),
     }
+}
+
+/// ApplyEdits as one call per edit, for a server that predates it; the answers stop after
+/// the first transient failure, as [`Cloud::edits`] says.
+async fn edits_one_by_one(
+    client: &mut CloudClient,
+    edits: &[(Edit, Stamp)],
+) -> Result<Vec<Result<(), CloudError>>, CloudError> {
+    let mut answers = Vec::with_capacity(edits.len());
+    for (edit, stamp) in edits {
+        match edit_one(client, edit, stamp).await {
+            Err(e) if e.transient && answers.is_empty() => return Err(e),
+            Err(e) if e.transient => {
+                answers.push(Err(e));
+                break;
+            }
+            answer => answers.push(answer),
+        }
+    }
+    Ok(answers)
+}
+
+/// One edit as the call of its own it was before ApplyEdits.
+async fn edit_one(client: &mut CloudClient, edit: &Edit, stamp: &Stamp) -> Result<(), CloudError> {
+    use pb::library_edit::Edit as Wire;
+    match edit_to_wire(edit, stamp) {
+        Wire::SetMetadata(req) => {
+            client
+                .library_call("SetMetadata", async |l| l.set_metadata(req).await)
+                .await?;
+        }
+        Wire::PutAlbum(req) => {
+            client
+                .library_call("PutAlbum", async |l| l.put_album(req).await)
+                .await?;
+        }
+        Wire::DeleteAlbum(req) => {
+            client
+                .library_call("DeleteAlbum", async |l| l.delete_album(req).await)
+                .await?;
+        }
+        Wire::SetAlbumMember(req) => {
+            client
+                .library_call("SetAlbumMember", async |l| l.set_album_member(req).await)
+                .await?;
+        }
+        Wire::TrashAsset(req) => client.trash_asset(&req.asset_id).await?,
+        Wire::RestoreAsset(req) => {
+            client
+                .library_call("RestoreAsset", async |l| l.restore_asset(req).await)
+                .await?;
+        }
+    }
+    Ok(())
 }
