@@ -167,8 +167,13 @@ impl Backend for LocalFsBackend {
         let path = self.path(name)?;
         let mut file = File::open(&path).map_err(|e| not_found_or(e, name))?;
         file.seek(SeekFrom::Start(offset))?;
-        let mut buf = vec![0u8; usize::try_from(len).map_err(io::Error::other)?];
-        file.read_exact(&mut buf)?;
+        // Read into spare capacity: zeroing the buffer first costs as much as the read
+        // (a GetChunks reply is megabytes of fresh pages).
+        let mut buf = Vec::with_capacity(usize::try_from(len).map_err(io::Error::other)?);
+        file.take(len).read_to_end(&mut buf)?;
+        if buf.len() as u64 != len {
+            return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
+        }
         Ok(buf)
     }
 

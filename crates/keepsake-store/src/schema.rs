@@ -72,6 +72,15 @@ pub fn durable_sqlite(conn: &Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(std::time::Duration::from_secs(10))
 }
 
+/// Opens another connection to the index at `path` that may only read (`query_only`): in
+/// WAL mode it sees every committed write without waiting for the writer.
+pub fn reader(path: &std::path::Path) -> Result<Connection, crate::StoreError> {
+    let conn = Connection::open(path)?;
+    conn.pragma_update(None, "query_only", "ON")?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    Ok(conn)
+}
+
 /// Opens the index with the durability the store's acknowledgements rely on.
 pub fn prepare(conn: &mut Connection) -> Result<(), crate::StoreError> {
     durable_sqlite(conn)?;

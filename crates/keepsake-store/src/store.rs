@@ -11,6 +11,9 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+/// Connections that only look things up, beside the one that writes.
+const READERS: usize = 2;
+
 /// Limits and timings; every bound on network input lives here.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
@@ -134,6 +137,10 @@ pub struct StoreParts {
 pub struct Store {
     backend: Arc<dyn Backend>,
     db: Mutex<Connection>,
+    // Lookups on connections of their own, so a download never waits behind an upload's
+    // commit (its fsync holds the writer); empty for an in-memory index.
+    readers: Vec<Mutex<Connection>>,
+    next_reader: std::sync::atomic::AtomicUsize,
     clock: Arc<dyn Clock>,
     entropy: Arc<dyn Entropy>,
     config: StoreConfig,
@@ -162,9 +169,17 @@ impl Store {
             None => Connection::open_in_memory()?,
         };
         crate::schema::prepare(&mut conn)?;
+        let readers = match &parts.index_path {
+            Some(path) => (0..READERS)
+                .map(|_| crate::schema::reader(path).map(Mutex::new))
+                .collect::<Result<_, _>>()?,
+            None => Vec::new(),
+        };
         Ok(Self {
             backend: parts.backend,
             db: Mutex::new(conn),
+            readers,
+            next_reader: std::sync::atomic::AtomicUsize::new(0),
             clock: parts.clock,
             entropy: parts.entropy,
             config: parts.config,
@@ -200,6 +215,25 @@ impl Store {
     fn db(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock leaves SQLite consistent (transactions roll back).
         self.db.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A connection for lookups only: a free reader, else the next one in turn, else (an
+    /// in-memory index) the writer.
+    fn reader(&self) -> MutexGuard<'_, Connection> {
+        if self.readers.is_empty() {
+            return self.db();
+        }
+        for reader in &self.readers {
+            if let Ok(conn) = reader.try_lock() {
+                return conn;
+            }
+        }
+        let turn = self
+            .next_reader
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.readers[turn % self.readers.len()]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     fn check_count(&self, count: usize) -> Result<(), StoreError> {
@@ -406,7 +440,7 @@ impl Store {
         };
         let now = self.clock.now_ms();
         let mut present: HashSet<ChunkId> = {
-            let db = self.db();
+            let db = self.reader();
             check_live_session(&db, account, session_id, now)?;
             let mut stmt = db.prepare_cached("SELECT 1 FROM chunks WHERE id = ?1")?;
             let mut present = HashSet::new();
@@ -475,7 +509,7 @@ impl Store {
     }
 
     fn still_present(&self, ids: &HashSet<ChunkId>) -> Result<HashSet<ChunkId>, StoreError> {
-        let db = self.db();
+        let db = self.reader();
         let mut stmt = db.prepare_cached("SELECT 1 FROM chunks WHERE id = ?1")?;
         let mut out = HashSet::new();
         for id in ids {
@@ -619,7 +653,7 @@ impl Store {
         id: &ChunkId,
         kind: &'static str,
     ) -> Result<(String, Slot, bool), StoreError> {
-        let db = self.db();
+        let db = self.reader();
         let mut stmt = db.prepare_cached(
             "SELECT p.name, c.offset, c.len, c.is_manifest
              FROM owners o JOIN chunks c ON c.id = o.chunk JOIN packs p ON p.pack_id = c.pack_id
@@ -811,7 +845,7 @@ impl Store {
     /// Bytes and chunks `account` owns.
     pub fn usage(&self, account: &str) -> Result<Usage, StoreError> {
         Ok(self
-            .db()
+            .reader()
             .query_row(
                 "SELECT bytes, chunks FROM usage WHERE account = ?1",
                 [account],
@@ -1248,4 +1282,45 @@ fn add_usage(
         params![account, bytes, chunks],
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ManualClock, MemoryBackend, SeededEntropy};
+
+    #[test]
+    fn a_download_does_not_wait_for_an_upload_holding_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(
+            Store::open(StoreParts {
+                backend: Arc::new(MemoryBackend::new()),
+                index_path: Some(dir.path().join("index.sqlite")),
+                clock: Arc::new(ManualClock::new(1_700_000_000_000)),
+                entropy: Arc::new(SeededEntropy::new(7)),
+                config: StoreConfig::default(),
+            })
+            .unwrap(),
+        );
+        let data = Bytes::from_static(b"a photo's first chunk");
+        let id = ChunkId::of(&data);
+        let session = store.begin_session("alice", 0, 60_000, None).unwrap();
+        store
+            .put_chunks("alice", &session.id, &[(id, data.clone())])
+            .unwrap();
+
+        // An upload's commit holds the writer through its fsync; here it holds it for good.
+        let writer = store.db();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reading = store.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send((reading.get_chunk("alice", &id), reading.usage("alice")));
+        });
+        let (chunk, usage) = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("the lookup waited for the writer");
+        drop(writer);
+        assert_eq!(chunk.unwrap(), data.to_vec());
+        assert_eq!(usage.unwrap().bytes, data.len() as u64);
+    }
 }

@@ -16,11 +16,16 @@ struct Fixture {
 }
 
 fn fixture_with(config: StoreConfig) -> Fixture {
+    fixture_indexed_at(config, None)
+}
+
+/// A store whose index is a file, so lookups go through its reader connections.
+fn fixture_indexed_at(config: StoreConfig, index_path: Option<std::path::PathBuf>) -> Fixture {
     let backend = Arc::new(MemoryBackend::new());
     let clock = Arc::new(ManualClock::new(T0));
     let store = Store::open(StoreParts {
         backend: backend.clone(),
-        index_path: None,
+        index_path,
         clock: clock.clone(),
         entropy: Arc::new(SeededEntropy::new(42)),
         config,
@@ -422,14 +427,19 @@ proptest! {
     /// GC never removes a chunk that a live session or a referenced manifest holds,
     /// under random interleavings of uploads, GC and repacking.
     #[test]
-    fn gc_never_collects_a_held_chunk(ops in proptest::collection::vec(arb_op(), 1..60)) {
-        let f = fixture_with(StoreConfig {
+    fn gc_never_collects_a_held_chunk(
+        ops in proptest::collection::vec(arb_op(), 1..60),
+        on_disk in any::<bool>(),
+    ) {
+        // Half the cases index on disk: there lookups read on connections of their own.
+        let dir = tempfile::tempdir().unwrap();
+        let f = fixture_indexed_at(StoreConfig {
             grace_ms: 5_000,
             min_session_ttl_ms: 10_000,
             small_pack_bytes: 3_000,
             pack_target_bytes: 6_000,
             ..StoreConfig::default()
-        });
+        }, on_disk.then(|| dir.path().join("index.sqlite")));
         // Model: per session, its pins and the time its hold lapses; per holder, the manifest's chunks.
         let mut sessions: Vec<(String, BTreeSet<u8>)> = Vec::new();
         let mut refs: BTreeMap<u8, (ManifestId, BTreeSet<u8>)> = BTreeMap::new();
