@@ -243,49 +243,15 @@ pub trait Cloud: Send + 'static {
         chunks: Vec<(ChunkId, Bytes)>,
         acknowledged: &mut Vec<ChunkId>,
     ) -> impl Future<Output = Result<(), CloudError>> + Send;
-    /// Stores a manifest.
-    fn put_manifest(
-        &mut self,
-        session: &str,
-        manifest: &Manifest,
-    ) -> impl Future<Output = Result<ManifestId, CloudError>> + Send;
-    /// Stores a manifest that edits `base` (one the account holds, with its id): a cloud may
-    /// send only what differs. Answers exactly as [`Cloud::put_manifest`] would.
-    fn put_manifest_edit(
-        &mut self,
-        session: &str,
-        manifest: &Manifest,
-        base: (&ManifestId, &Manifest),
-    ) -> impl Future<Output = Result<ManifestId, CloudError>> + Send {
-        let _ = base;
-        self.put_manifest(session, manifest)
-    }
-    /// Commits uploaded content as a new asset (or finds it already is one).
+    /// Stores `manifest` — as splices of `base`, the version it replaces, where given — and
+    /// commits it as `asset` (or finds it already is one). MISSING_CHUNKS comes back with
+    /// the chunks to send before committing again.
     fn commit(
-        &mut self,
-        asset: NewAsset,
-    ) -> impl Future<Output = Result<CommitReply, CloudError>> + Send;
-    /// Stores `manifest` (as an edit of `base` where given: the version it replaces) and
-    /// commits it. A cloud that can does both in one call; this default makes the two.
-    fn commit_with_manifest(
         &mut self,
         asset: NewAsset,
         manifest: &Manifest,
         base: Option<(&ManifestId, &Manifest)>,
-    ) -> impl Future<Output = Result<CommitReply, CloudError>> + Send {
-        async move {
-            let session = asset.reservation_id.clone();
-            let stored = match base {
-                Some(base) => self.put_manifest_edit(&session, manifest, base).await?,
-                None => self.put_manifest(&session, manifest).await?,
-            };
-            self.commit(NewAsset {
-                manifest: stored,
-                ..asset
-            })
-            .await
-        }
-    }
+    ) -> impl Future<Output = Result<CommitReply, CloudError>> + Send;
     /// Assets changed after `cursor`.
     fn changes(&mut self, cursor: u64)
     -> impl Future<Output = Result<FeedPage, CloudError>> + Send;

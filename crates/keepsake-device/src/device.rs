@@ -168,6 +168,13 @@ pub enum DeviceError {
     Invalid(String),
 }
 
+/// One question's answers about contents, and when it was asked.
+#[derive(Default)]
+struct LookedUp {
+    answers: HashMap<ChunkId, ContentLookup>,
+    asked_at: i64,
+}
+
 /// A device and its library folder.
 pub struct Device<C: Cloud> {
     config: DeviceConfig,
@@ -184,7 +191,7 @@ pub struct Device<C: Cloud> {
     reservation: Option<String>,
     /// What the cloud said of the next new files' contents, asked for all at once, and
     /// when: an answer older than [`LOOKUP_FRESH_MS`] is asked again.
-    looked_up: (HashMap<ChunkId, ContentLookup>, i64),
+    looked_up: LookedUp,
     /// Bytes this pass may still move (today's mobile-data allowance), if limited.
     budget: Option<u64>,
     /// Why videos wait this pass (on mobile data without unlimited updates), if they do.
@@ -330,7 +337,7 @@ impl<C: Cloud> Device<C> {
             conditions: None,
             policy: PolicyConfig::default(),
             reservation: None,
-            looked_up: (HashMap::new(), 0),
+            looked_up: LookedUp::default(),
             budget: None,
             videos_wait: None,
             downloads_wait: None,
@@ -796,7 +803,7 @@ impl<C: Cloud> Device<C> {
         });
         let mut flying = Flying::new((1..LANES).map_while(|_| self.cloud.lane()).collect());
         let sent = self.send_each(&rows, &mut flying, report).await;
-        self.looked_up.0.clear();
+        self.looked_up.answers.clear();
         // Whatever is in flight lands (and is journaled) even when one file failed.
         let landed = self.land_all(&mut flying, report).await;
         sent.and(landed)
@@ -863,8 +870,8 @@ impl<C: Cloud> Device<C> {
     /// for good" is never learnt late.
     async fn looked_up(&mut self, rows: &[FileRow]) -> Result<ContentLookup, DeviceError> {
         let hash = rows[0].file_hash;
-        let fresh = self.clock.now_ms() - self.looked_up.1 < LOOKUP_FRESH_MS;
-        if let Some(lookup) = self.looked_up.0.get(&hash).filter(|_| fresh) {
+        let fresh = self.clock.now_ms() - self.looked_up.asked_at < LOOKUP_FRESH_MS;
+        if let Some(lookup) = self.looked_up.answers.get(&hash).filter(|_| fresh) {
             return Ok(lookup.clone());
         }
         let mut seen = HashSet::new();
@@ -877,8 +884,16 @@ impl<C: Cloud> Device<C> {
         // An answer is as old as its question.
         let asked_at = self.clock.now_ms();
         let found = self.cloud.lookups(&next).await?;
-        self.looked_up = (next.into_iter().zip(found).collect(), asked_at);
-        Ok(self.looked_up.0.get(&hash).cloned().unwrap_or_default())
+        self.looked_up = LookedUp {
+            answers: next.into_iter().zip(found).collect(),
+            asked_at,
+        };
+        Ok(self
+            .looked_up
+            .answers
+            .get(&hash)
+            .cloned()
+            .unwrap_or_default())
     }
 
     /// Waits for one file in flight and journals what it did.
@@ -1961,16 +1976,13 @@ async fn ship<C: Cloud>(cloud: &mut C, shipment: Shipment) -> Shipped {
         // FindMissing said the account had them, or a base chunk scrub quarantined — come
         // back listed: send just those, once, and commit again.
         let base = base.as_ref().map(|(id, base)| (id, base));
-        match cloud
-            .commit_with_manifest(commit.clone(), &manifest, base)
-            .await
-        {
+        match cloud.commit(commit.clone(), &manifest, base).await {
             Err(e) if e.reason == "MISSING_CHUNKS" => {
                 send_whole(cloud, &session, whole(&e.missing_chunks), &mut sent)
                     .await
                     .map_err(Shipping::Sending)?;
                 cloud
-                    .commit_with_manifest(commit, &manifest, base)
+                    .commit(commit, &manifest, base)
                     .await
                     .map_err(Shipping::Committing)
             }

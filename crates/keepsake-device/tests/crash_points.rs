@@ -14,6 +14,7 @@ use keepsake_device::{
 };
 use keepsake_library::{
     AssetKind, AssetState, Change, ChunkStore, CommitAsset, KdfCost, Library, LibraryConfig,
+    LibraryEdit, ManifestUpload,
 };
 use keepsake_store::{ChunkId, Manifest, ManifestId, ManualClock, OsEntropy, Store, StoreConfig};
 use std::collections::HashSet;
@@ -33,6 +34,8 @@ struct InProcess {
     manifest_edits: Arc<AtomicUsize>,
     /// Calls asking what the cloud knows of contents (one hash or many).
     content_questions: Arc<AtomicUsize>,
+    /// Calls sending edits (one edit or many).
+    edit_calls: Arc<AtomicUsize>,
     /// The devices' clock, and whether each content question takes a minute and more.
     clock: Arc<ManualClock>,
     slow_questions: Arc<AtomicBool>,
@@ -80,6 +83,7 @@ impl Cloud for InProcess {
             device: self.device.clone(),
             manifest_edits: self.manifest_edits.clone(),
             content_questions: self.content_questions.clone(),
+            edit_calls: self.edit_calls.clone(),
             clock: self.clock.clone(),
             slow_questions: self.slow_questions.clone(),
         })
@@ -144,30 +148,23 @@ impl Cloud for InProcess {
         Ok(())
     }
 
-    async fn put_manifest(
+    async fn commit(
         &mut self,
-        session: &str,
+        asset: NewAsset,
         manifest: &Manifest,
-    ) -> Result<ManifestId, CloudError> {
-        self.store
-            .put_manifest("alice", session, manifest)
-            .map_err(refused)
-    }
-
-    async fn put_manifest_edit(
-        &mut self,
-        session: &str,
-        manifest: &Manifest,
-        (base, base_manifest): (&ManifestId, &Manifest),
-    ) -> Result<ManifestId, CloudError> {
-        let splices = manifest.splices_from(base_manifest);
-        self.manifest_edits.fetch_add(1, Ordering::Relaxed);
-        self.store
-            .put_manifest_edit("alice", session, base, &splices, manifest.file_hash)
-            .map_err(refused)
-    }
-
-    async fn commit(&mut self, asset: NewAsset) -> Result<CommitReply, CloudError> {
+        base: Option<(&ManifestId, &Manifest)>,
+    ) -> Result<CommitReply, CloudError> {
+        let manifest_upload = match base {
+            Some((base, base_manifest)) => {
+                self.manifest_edits.fetch_add(1, Ordering::Relaxed);
+                ManifestUpload::Edit {
+                    base: *base,
+                    splices: manifest.splices_from(base_manifest),
+                    file_hash: manifest.file_hash,
+                }
+            }
+            None => ManifestUpload::Whole(manifest.clone()),
+        };
         let done = self
             .cloud
             .commit_asset(
@@ -188,7 +185,7 @@ impl Cloud for InProcess {
                     original_name: asset.original_name,
                     device: self.device.clone(),
                     reservation_id: Some(asset.reservation_id),
-                    manifest_upload: None,
+                    manifest_upload: Some(manifest_upload),
                 },
             )
             .map_err(refused)?;
@@ -235,9 +232,29 @@ impl Cloud for InProcess {
 
     async fn edits(
         &mut self,
-        _edits: &[(Edit, Stamp)],
+        edits: &[(Edit, Stamp)],
     ) -> Result<Vec<Result<(), CloudError>>, CloudError> {
-        Err(refused("this test makes no edits"))
+        self.edit_calls.fetch_add(1, Ordering::Relaxed);
+        let edits: Vec<LibraryEdit> = edits
+            .iter()
+            .map(|(edit, _)| match edit {
+                Edit::Trash { asset_id } => Ok(LibraryEdit::Trash {
+                    asset_id: asset_id.clone(),
+                }),
+                Edit::Restore { asset_id } => Ok(LibraryEdit::Restore {
+                    asset_id: asset_id.clone(),
+                }),
+                other => Err(refused(format!("these tests send no {other:?}"))),
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(self
+            .cloud
+            .library()
+            .apply_edits("alice", &edits)
+            .map_err(refused)?
+            .into_iter()
+            .map(|answer| answer.map(drop).map_err(refused))
+            .collect())
     }
 }
 
@@ -246,6 +263,7 @@ struct World {
     store: Arc<Store>,
     manifest_edits: Arc<AtomicUsize>,
     content_questions: Arc<AtomicUsize>,
+    edit_calls: Arc<AtomicUsize>,
     clock: Arc<ManualClock>,
     slow_questions: Arc<AtomicBool>,
     _dir: tempfile::TempDir,
@@ -285,6 +303,7 @@ fn world() -> World {
         store,
         manifest_edits: Arc::default(),
         content_questions: Arc::default(),
+        edit_calls: Arc::default(),
         clock: Arc::new(ManualClock::new(T0)),
         slow_questions: Arc::default(),
         _dir: dir,
@@ -304,6 +323,7 @@ fn device(w: &World, root: &Path, name: &str) -> Device<InProcess> {
         device: name.into(),
         manifest_edits: w.manifest_edits.clone(),
         content_questions: w.content_questions.clone(),
+        edit_calls: w.edit_calls.clone(),
         clock: w.clock.clone(),
         slow_questions: w.slow_questions.clone(),
     };
@@ -335,13 +355,18 @@ fn held(dir: &Path) -> Vec<String> {
 }
 
 fn live_assets(w: &World) -> usize {
+    assets_where(w, |state| *state == AssetState::Live)
+}
+
+/// How many of the library's assets are in a state `wanted` accepts.
+fn assets_where(w: &World, wanted: impl Fn(&AssetState) -> bool) -> usize {
     w.cloud
         .library()
         .list_changes("alice", 0, 1000)
         .unwrap()
         .changes
         .iter()
-        .filter(|c| matches!(c, Change::Asset(a) if a.state == AssetState::Live))
+        .filter(|c| matches!(c, Change::Asset(a) if wanted(&a.state)))
         .count()
 }
 
@@ -523,5 +548,44 @@ async fn a_content_lookup_older_than_a_minute_is_asked_again() {
     let report = camera.sync_once().await.unwrap();
     assert_eq!(report.uploaded, 3, "{report:?}");
     assert_eq!(w.content_questions.load(Ordering::Relaxed), 3);
+    scenario.teardown();
+}
+
+/// Photos deleted from the folder go to Recently Deleted as one batch of edits: seven
+/// deletes are one call, not seven round trips.
+#[tokio::test]
+async fn files_deleted_from_the_folder_go_to_recently_deleted_in_one_call() {
+    // Fail points are global: this waits for the crash test's scenario to end.
+    let scenario = fail::FailScenario::setup();
+    let w = world();
+    let root = tempfile::tempdir().unwrap();
+    let mut camera = device(&w, root.path(), "camera");
+    let folder = root.path().join("camera");
+    for seed in 0..10 {
+        std::fs::write(folder.join(format!("IMG_{seed}.JPG")), photo(100 + seed)).unwrap();
+    }
+    camera.sync_once().await.unwrap();
+    assert_eq!(live_assets(&w), 10);
+    assert_eq!(w.edit_calls.load(Ordering::Relaxed), 0);
+
+    for seed in 0..7 {
+        std::fs::remove_file(folder.join(format!("IMG_{seed}.JPG"))).unwrap();
+    }
+    let report = camera.sync_once().await.unwrap();
+    assert_eq!(report.trashed_remotely, 7, "{report:?}");
+    assert_eq!(
+        w.edit_calls.load(Ordering::Relaxed),
+        1,
+        "one call for all seven"
+    );
+    assert_eq!(live_assets(&w), 3);
+    assert_eq!(
+        assets_where(&w, |state| matches!(state, AssetState::Trashed(_))),
+        7
+    );
+
+    // Nothing is sent again on the next pass.
+    camera.sync_once().await.unwrap();
+    assert_eq!(w.edit_calls.load(Ordering::Relaxed), 1);
     scenario.teardown();
 }

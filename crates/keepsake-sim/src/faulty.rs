@@ -25,9 +25,15 @@ pub struct FaultCounts {
 /// A call kept back to be delivered again later.
 enum Late {
     Edits(Vec<(Edit, Stamp)>),
-    Commit(NewAsset),
-    /// A commit carrying its manifest, and the base the manifest edits.
-    CommitWithManifest(NewAsset, Manifest, Option<(ManifestId, Manifest)>),
+    /// A commit, its manifest, and the base the manifest edits.
+    Commit(Box<LateCommit>),
+}
+
+/// A commit kept back, with the manifest it carries and the base that manifest edits.
+struct LateCommit {
+    asset: NewAsset,
+    manifest: Manifest,
+    base: Option<(ManifestId, Manifest)>,
 }
 
 /// A device's cloud with faults injected by a seeded generator.
@@ -88,15 +94,14 @@ impl<C: Cloud> Faulty<C> {
                 Late::Edits(edits) => {
                     let _ = self.inner.edits(&edits).await;
                 }
-                Late::Commit(asset) => {
-                    let _ = self.inner.commit(asset).await;
-                }
-                Late::CommitWithManifest(asset, manifest, base) => {
+                Late::Commit(commit) => {
+                    let LateCommit {
+                        asset,
+                        manifest,
+                        base,
+                    } = *commit;
                     let base = base.as_ref().map(|(id, m)| (id, m));
-                    let _ = self
-                        .inner
-                        .commit_with_manifest(asset, &manifest, base)
-                        .await;
+                    let _ = self.inner.commit(asset, &manifest, base).await;
                 }
             }
         }
@@ -149,47 +154,7 @@ impl<C: Cloud> Cloud for Faulty<C> {
         result
     }
 
-    async fn put_manifest(
-        &mut self,
-        session: &str,
-        manifest: &Manifest,
-    ) -> Result<ManifestId, CloudError> {
-        if self.roll(3) {
-            self.counts.lock().unwrap().duplicated += 1;
-            let _ = self.inner.put_manifest(session, manifest).await;
-        }
-        let result = self.inner.put_manifest(session, manifest).await;
-        self.lost_reply(result)
-    }
-
-    async fn put_manifest_edit(
-        &mut self,
-        session: &str,
-        manifest: &Manifest,
-        base: (&ManifestId, &Manifest),
-    ) -> Result<ManifestId, CloudError> {
-        if self.roll(3) {
-            self.counts.lock().unwrap().duplicated += 1;
-            let _ = self.inner.put_manifest_edit(session, manifest, base).await;
-        }
-        let result = self.inner.put_manifest_edit(session, manifest, base).await;
-        self.lost_reply(result)
-    }
-
-    async fn commit(&mut self, asset: NewAsset) -> Result<CommitReply, CloudError> {
-        self.deliver_late().await;
-        if self.roll(4) {
-            self.counts.lock().unwrap().duplicated += 1;
-            let _ = self.inner.commit(asset.clone()).await;
-        }
-        if self.roll(4) {
-            self.late.push(Late::Commit(asset.clone()));
-        }
-        let result = self.inner.commit(asset).await;
-        self.lost_reply(result)
-    }
-
-    async fn commit_with_manifest(
+    async fn commit(
         &mut self,
         asset: NewAsset,
         manifest: &Manifest,
@@ -198,19 +163,16 @@ impl<C: Cloud> Cloud for Faulty<C> {
         self.deliver_late().await;
         if self.roll(4) {
             self.counts.lock().unwrap().duplicated += 1;
-            let _ = self
-                .inner
-                .commit_with_manifest(asset.clone(), manifest, base)
-                .await;
+            let _ = self.inner.commit(asset.clone(), manifest, base).await;
         }
         if self.roll(4) {
-            self.late.push(Late::CommitWithManifest(
-                asset.clone(),
-                manifest.clone(),
-                base.map(|(id, m)| (*id, m.clone())),
-            ));
+            self.late.push(Late::Commit(Box::new(LateCommit {
+                asset: asset.clone(),
+                manifest: manifest.clone(),
+                base: base.map(|(id, m)| (*id, m.clone())),
+            })));
         }
-        let result = self.inner.commit_with_manifest(asset, manifest, base).await;
+        let result = self.inner.commit(asset, manifest, base).await;
         self.lost_reply(result)
     }
 

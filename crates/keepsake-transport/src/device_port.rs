@@ -171,42 +171,7 @@ impl Cloud for CloudClient {
         Ok(CloudClient::put_chunks(self, session, chunks, acknowledged).await?)
     }
 
-    async fn put_manifest(
-        &mut self,
-        session: &str,
-        manifest: &Manifest,
-    ) -> Result<ManifestId, CloudError> {
-        Ok(CloudClient::put_manifest(self, session, manifest).await?)
-    }
-
-    async fn put_manifest_edit(
-        &mut self,
-        session: &str,
-        manifest: &Manifest,
-        base: (&ManifestId, &Manifest),
-    ) -> Result<ManifestId, CloudError> {
-        match CloudClient::put_manifest_edit(self, session, manifest, base).await {
-            Ok(id) if id == manifest.id() => return Ok(id),
-            Ok(other) => {
-                tracing::warn!(manifest = %other, "the cloud rebuilt another manifest from the splices");
-            }
-            Err(e) => {
-                let e = CloudError::from(e);
-                if e.transient || e.reason == "MISSING_CHUNKS" {
-                    return Err(e);
-                }
-                // A cloud that takes no edits, or no longer holds the base.
-                tracing::debug!(reason = %e.reason, "manifest edit refused; sending it whole");
-            }
-        }
-        Ok(CloudClient::put_manifest(self, session, manifest).await?)
-    }
-
-    async fn commit(&mut self, asset: NewAsset) -> Result<CommitReply, CloudError> {
-        commit_carrying(self, asset, None, None).await
-    }
-
-    async fn commit_with_manifest(
+    async fn commit(
         &mut self,
         asset: NewAsset,
         manifest: &Manifest,
@@ -221,13 +186,8 @@ impl Cloud for CloudClient {
                 // A cloud that ignores a manifest sent with the commit (an older server),
                 // or an edit whose base it no longer holds: the manifest goes on its own.
                 tracing::debug!(message = %e.message, "manifest not taken with the commit; sending it first");
-                let stored = match base {
-                    Some(base) => {
-                        Cloud::put_manifest_edit(self, &asset.reservation_id, manifest, base)
-                            .await?
-                    }
-                    None => Cloud::put_manifest(self, &asset.reservation_id, manifest).await?,
-                };
+                let stored =
+                    put_manifest_alone(self, &asset.reservation_id, manifest, base).await?;
                 commit_carrying(
                     self,
                     NewAsset {
@@ -351,6 +311,32 @@ impl Cloud for CloudClient {
 }
 
 /// A commit on the wire, carrying its manifest when the cloud may lack it.
+/// PutManifest on its own: as splices of `base` where given, whole when the cloud refuses
+/// the splices for good (it takes no edits, or no longer holds the base).
+async fn put_manifest_alone(
+    client: &mut CloudClient,
+    session: &str,
+    manifest: &Manifest,
+    base: Option<(&ManifestId, &Manifest)>,
+) -> Result<ManifestId, CloudError> {
+    if let Some(base) = base {
+        match client.put_manifest_edit(session, manifest, base).await {
+            Ok(id) if id == manifest.id() => return Ok(id),
+            Ok(other) => {
+                tracing::warn!(manifest = %other, "the cloud rebuilt another manifest from the splices");
+            }
+            Err(e) => {
+                let e = CloudError::from(e);
+                if e.transient || e.reason == "MISSING_CHUNKS" {
+                    return Err(e);
+                }
+                tracing::debug!(reason = %e.reason, "manifest edit refused; sending it whole");
+            }
+        }
+    }
+    Ok(client.put_manifest(session, manifest).await?)
+}
+
 async fn commit_carrying(
     client: &mut CloudClient,
     asset: NewAsset,

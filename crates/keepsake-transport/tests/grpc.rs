@@ -2420,11 +2420,11 @@ async fn a_commit_carries_its_manifest_and_falls_back_where_the_cloud_lacks_the_
         base_version: base.map(|(_, v)| v),
     };
     let first = cloud
-        .commit_with_manifest(asset("carry-1", &m1, None), &m1, None)
+        .commit(asset("carry-1", &m1, None), &m1, None)
         .await
         .unwrap();
     let second = cloud
-        .commit_with_manifest(
+        .commit(
             asset("carry-2", &m2, Some((&first.asset_id, first.version))),
             &m2,
             Some((&m1.id(), &m1)),
@@ -2439,7 +2439,7 @@ async fn a_commit_carries_its_manifest_and_falls_back_where_the_cloud_lacks_the_
     // Splices of a base the account never had: refused with the commit, then sent whole.
     let stranger = ChunkId::of(b"a manifest alice never had");
     let third = cloud
-        .commit_with_manifest(
+        .commit(
             asset("carry-3", &m3, Some((&first.asset_id, second.version))),
             &m3,
             Some((&stranger, &m2)),
