@@ -554,13 +554,10 @@ impl<C: Cloud> Device<C> {
                 continue;
             }
             // The file must still be what the cloud holds: a change not yet scanned stays.
-            let path = self.config.folder.join(&f.path);
-            let Ok(meta) = std::fs::metadata(&path) else {
-                continue;
-            };
-            if (meta.len(), mtime_ns(&meta), inode(&meta)) != (f.size, f.mtime_ns, f.inode) {
+            if !self.unchanged_since_scan(&f) {
                 continue;
             }
+            let path = self.config.folder.join(&f.path);
             self.journal.evict(&f, &manifest)?;
             std::fs::remove_file(&path)?;
             held -= f.size;
@@ -1312,7 +1309,16 @@ impl<C: Cloud> Device<C> {
         Ok(())
     }
 
+    /// Whether `f` on disk is still what the journal last saw (size, time, inode): a file
+    /// changed since the scan holds an edit the cloud has not seen, and stays where it is.
+    fn unchanged_since_scan(&self, f: &FileRow) -> bool {
+        std::fs::metadata(self.config.folder.join(&f.path)).is_ok_and(|meta| {
+            (meta.len(), mtime_ns(&meta), inode(&meta)) == (f.size, f.mtime_ns, f.inode)
+        })
+    }
+
     async fn pull(&mut self, report: &mut SyncReport) -> Result<(), DeviceError> {
+        fail::fail_point!("device-before-feed");
         let mut cursor: u64 = self
             .journal
             .get("cursor")?
@@ -1458,8 +1464,11 @@ impl<C: Cloud> Device<C> {
                 }
             }
             RemoteState::Trashed => {
+                // A file edited since the scan stays: the next pass uploads the edit, which
+                // becomes a photo of its own (the commit answers ASSET_NOT_LIVE).
                 if let Some(f) = local
                     && f.synced
+                    && self.unchanged_since_scan(&f)
                 {
                     let name = f.path.rsplit('/').next().unwrap_or(&f.path).to_string();
                     let stored_as = format!("{}-{}", a.asset_id, name);
@@ -1486,6 +1495,7 @@ impl<C: Cloud> Device<C> {
                 }
                 if let Some(f) = local
                     && f.synced
+                    && self.unchanged_since_scan(&f)
                 {
                     let _ = std::fs::remove_file(self.config.folder.join(&f.path));
                     self.journal.remove(&f.path)?;

@@ -50,6 +50,17 @@ fn refused(e: impl std::fmt::Display) -> CloudError {
     }
 }
 
+/// The library's refusal with its own reason (ASSET_NOT_LIVE, NOT_FOUND…), as the gRPC
+/// boundary would answer it.
+fn answered(e: keepsake_library::LibraryError) -> CloudError {
+    CloudError {
+        transient: false,
+        reason: e.reason().into(),
+        message: e.to_string(),
+        missing_chunks: Vec::new(),
+    }
+}
+
 fn remote(a: keepsake_library::Asset) -> RemoteAsset {
     RemoteAsset {
         state: match a.state {
@@ -188,7 +199,7 @@ impl Cloud for InProcess {
                     manifest_upload: Some(manifest_upload),
                 },
             )
-            .map_err(refused)?;
+            .map_err(answered)?;
         Ok(CommitReply {
             asset_id: done.asset_id,
             version: done.version,
@@ -253,7 +264,7 @@ impl Cloud for InProcess {
             .apply_edits("alice", &edits)
             .map_err(refused)?
             .into_iter()
-            .map(|answer| answer.map(drop).map_err(refused))
+            .map(|answer| answer.map(drop).map_err(answered))
             .collect())
     }
 }
@@ -587,5 +598,67 @@ async fn files_deleted_from_the_folder_go_to_recently_deleted_in_one_call() {
     // Nothing is sent again on the next pass.
     camera.sync_once().await.unwrap();
     assert_eq!(w.edit_calls.load(Ordering::Relaxed), 1);
+    scenario.teardown();
+}
+
+/// A photo edited here while another device deleted it: when the edit lands between this
+/// pass's scan and its reading of the feed, the trash step must leave the file where it is
+/// (it is not the version the cloud trashed); the next pass keeps the edit as a photo of
+/// its own.
+#[tokio::test]
+async fn a_file_edited_after_the_scan_is_not_moved_to_recently_deleted_with_the_old_version() {
+    // Fail points are global: this waits for the crash test's scenario to end.
+    let scenario = fail::FailScenario::setup();
+    let w = world();
+    let root = tempfile::tempdir().unwrap();
+    let mut camera = device(&w, root.path(), "camera");
+    let path = root.path().join("camera").join("IMG_1.JPG");
+    std::fs::write(&path, photo(200)).unwrap();
+    camera.sync_once().await.unwrap();
+    let asset_id = w
+        .cloud
+        .library()
+        .find_by_content("alice", &[ChunkId::of(&photo(200))])
+        .unwrap()[0]
+        .assets[0]
+        .asset_id
+        .clone();
+    // Another device deletes the photo.
+    let answers = w
+        .cloud
+        .library()
+        .apply_edits("alice", &[LibraryEdit::Trash { asset_id }])
+        .unwrap();
+    assert!(answers[0].is_ok());
+
+    // The person edits it here after this pass scanned the folder.
+    let mut edited = photo(200);
+    edited.extend_from_slice(b" cropped");
+    let (at, bytes) = (path.clone(), edited.clone());
+    fail::cfg_callback("device-before-feed", move || {
+        std::fs::write(&at, &bytes).unwrap();
+    })
+    .unwrap();
+    let report = camera.sync_once().await.unwrap();
+    fail::remove("device-before-feed");
+    assert_eq!(report.trashed_here, 0, "{report:?}");
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        edited,
+        "the edit stays in the folder"
+    );
+
+    let report = camera.sync_once().await.unwrap();
+    assert_eq!(report.kept_apart, 1, "{report:?}");
+    // Kept apart, it goes as a new photo on the pass after.
+    let report = camera.sync_once().await.unwrap();
+    assert_eq!(report.uploaded, 1, "{report:?}");
+    assert_eq!(live_assets(&w), 1);
+    let kept = w
+        .cloud
+        .library()
+        .find_by_content("alice", &[ChunkId::of(&edited)])
+        .unwrap();
+    assert_eq!(kept.len(), 1, "the edit is a photo in the library");
     scenario.teardown();
 }
