@@ -1364,7 +1364,13 @@ impl<C: Cloud> Device<C> {
     }
 
     async fn apply(&mut self, a: &RemoteAsset, report: &mut SyncReport) -> Result<(), DeviceError> {
-        let local = self.journal.file_of_asset(&a.asset_id)?;
+        // The scan decided what is synced; a file changed since holds an edit the cloud has
+        // not seen, so every step below treats it as unsynced: it is never overwritten by a
+        // newer version, moved to Recently Deleted, removed on a purge or sent as a repair.
+        let local = self.journal.file_of_asset(&a.asset_id)?.map(|mut f| {
+            f.synced = f.synced && self.unchanged_since_scan(&f);
+            f
+        });
         let trashed = self.journal.trashed(&a.asset_id)?;
         let deleted_dir = self.config.data_dir.join("recently-deleted");
         if a.damaged
@@ -1464,11 +1470,11 @@ impl<C: Cloud> Device<C> {
                 }
             }
             RemoteState::Trashed => {
-                // A file edited since the scan stays: the next pass uploads the edit, which
-                // becomes a photo of its own (the commit answers ASSET_NOT_LIVE).
+                // A file edited here stays (a file edited since the scan too, see above): the
+                // next pass uploads the edit, which becomes a photo of its own (the commit
+                // answers ASSET_NOT_LIVE).
                 if let Some(f) = local
                     && f.synced
-                    && self.unchanged_since_scan(&f)
                 {
                     let name = f.path.rsplit('/').next().unwrap_or(&f.path).to_string();
                     let stored_as = format!("{}-{}", a.asset_id, name);
@@ -1495,7 +1501,6 @@ impl<C: Cloud> Device<C> {
                 }
                 if let Some(f) = local
                     && f.synced
-                    && self.unchanged_since_scan(&f)
                 {
                     let _ = std::fs::remove_file(self.config.folder.join(&f.path));
                     self.journal.remove(&f.path)?;

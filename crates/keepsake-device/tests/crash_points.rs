@@ -662,3 +662,60 @@ async fn a_file_edited_after_the_scan_is_not_moved_to_recently_deleted_with_the_
     assert_eq!(kept.len(), 1, "the edit is a photo in the library");
     scenario.teardown();
 }
+
+/// The same race with a newer version instead of a deletion: another device's edit arrives
+/// while this device's own edit, written after the scan, is not sent yet. The cloud's
+/// version must land beside the file, not over it; both edits end in the library.
+#[tokio::test]
+async fn a_file_edited_after_the_scan_is_not_overwritten_by_a_newer_version_from_elsewhere() {
+    // Fail points are global: this waits for the crash test's scenario to end.
+    let scenario = fail::FailScenario::setup();
+    let w = world();
+    let root = tempfile::tempdir().unwrap();
+    let mut camera = device(&w, root.path(), "camera");
+    let mut viewer = device(&w, root.path(), "viewer");
+    let here = root.path().join("camera").join("IMG_1.JPG");
+    std::fs::write(&here, photo(300)).unwrap();
+    camera.sync_once().await.unwrap();
+    viewer.sync_once().await.unwrap();
+    // The viewer edits the photo and sends it: version 2.
+    let mut theirs = photo(300);
+    theirs[1000..1019].copy_from_slice(b"2025:01:11 08:30:00");
+    std::fs::write(root.path().join("viewer").join("IMG_1.JPG"), &theirs).unwrap();
+    viewer.sync_once().await.unwrap();
+
+    // The camera's person edits it too, after this pass scanned the folder.
+    let mut ours = photo(300);
+    ours.extend_from_slice(b" cropped");
+    let (at, bytes) = (here.clone(), ours.clone());
+    fail::cfg_callback("device-before-feed", move || {
+        std::fs::write(&at, &bytes).unwrap();
+    })
+    .unwrap();
+    camera.sync_once().await.unwrap();
+    fail::remove("device-before-feed");
+    assert_eq!(
+        std::fs::read(&here).unwrap(),
+        ours,
+        "the local edit was overwritten"
+    );
+    let held_here = held(&root.path().join("camera"));
+    let hex = |data: &[u8]| blake3::hash(data).to_hex().to_string();
+    assert!(
+        held_here.contains(&hex(&theirs)),
+        "the cloud's version lands beside"
+    );
+
+    // The next passes send the local edit: both edits are in the library.
+    camera.sync_once().await.unwrap();
+    camera.sync_once().await.unwrap();
+    for edit in [&ours, &theirs] {
+        let found = w
+            .cloud
+            .library()
+            .find_by_content("alice", &[ChunkId::of(edit)])
+            .unwrap();
+        assert_eq!(found.len(), 1, "an edit is missing from the library");
+    }
+    scenario.teardown();
+}

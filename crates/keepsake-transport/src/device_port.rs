@@ -310,7 +310,6 @@ impl Cloud for CloudClient {
     }
 }
 
-/// A commit on the wire, carrying its manifest when the cloud may lack it.
 /// PutManifest on its own: as splices of `base` where given, whole when the cloud refuses
 /// the splices for good (it takes no edits, or no longer holds the base).
 async fn put_manifest_alone(
@@ -337,6 +336,7 @@ async fn put_manifest_alone(
     Ok(client.put_manifest(session, manifest).await?)
 }
 
+/// A commit on the wire, carrying its manifest when the cloud may lack it.
 async fn commit_carrying(
     client: &mut CloudClient,
     asset: NewAsset,
