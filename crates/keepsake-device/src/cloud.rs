@@ -15,8 +15,6 @@ pub struct CloudError {
     pub reason: String,
     /// The sentence to show.
     pub message: String,
-    /// For MISSING_CHUNKS: the chunks to send before committing again.
-    pub missing_chunks: Vec<ChunkId>,
 }
 
 /// What the cloud knows of one whole-file hash.
@@ -310,7 +308,6 @@ impl CloudError {
             transient: false,
             reason: "UNIMPLEMENTED".into(),
             message: format!("this cloud does not take {what}"),
-            missing_chunks: Vec::new(),
         }
     }
 }

@@ -87,6 +87,8 @@ pub struct SyncReport {
     pub bytes_reused: u64,
     /// Downloads whose content was fetched ahead, while earlier ones were written.
     pub fetched_ahead: usize,
+    /// Uploads whose file was read and chunked ahead, while earlier ones travelled.
+    pub read_ahead: usize,
     /// Files moved to the local Recently Deleted because they were deleted elsewhere.
     pub trashed_here: usize,
     /// Files deleted in the folder, sent to Recently Deleted everywhere.
@@ -870,8 +872,7 @@ impl<C: Cloud> Device<C> {
     /// for good" is never learnt late.
     async fn looked_up(&mut self, rows: &[FileRow]) -> Result<ContentLookup, DeviceError> {
         let hash = rows[0].file_hash;
-        let fresh = self.clock.now_ms() - self.looked_up.asked_at < LOOKUP_FRESH_MS;
-        if let Some(lookup) = self.looked_up.answers.get(&hash).filter(|_| fresh) {
+        if let Some(lookup) = self.fresh_lookup(&hash) {
             return Ok(lookup.clone());
         }
         let mut seen = HashSet::new();
@@ -894,6 +895,33 @@ impl<C: Cloud> Device<C> {
             .get(&hash)
             .cloned()
             .unwrap_or_default())
+    }
+
+    /// The answer about `hash` from the last content question, if it is fresh enough.
+    fn fresh_lookup(&self, hash: &ChunkId) -> Option<&ContentLookup> {
+        let fresh = self.clock.now_ms() - self.looked_up.asked_at < LOOKUP_FRESH_MS;
+        self.looked_up.answers.get(hash).filter(|_| fresh)
+    }
+
+    /// What makes a new file's upload unnecessary, if anything: a synced file here with
+    /// the same content (a move, a copy), the cloud holding it, or the cloud having purged it.
+    fn no_upload_needed(
+        &self,
+        row: &FileRow,
+        lookup: &ContentLookup,
+    ) -> Result<Option<NoUpload>, DeviceError> {
+        if let Some(twin) = self
+            .journal
+            .file_with_hash(&row.file_hash, &row.path)?
+            .filter(|f| f.synced)
+        {
+            return Ok(Some(NoUpload::Twin(twin)));
+        }
+        Ok(match &lookup.asset {
+            Some((asset_id, version)) => Some(NoUpload::InCloud(asset_id.clone(), *version)),
+            None if lookup.purged => Some(NoUpload::Purged),
+            None => None,
+        })
     }
 
     /// Waits for one file in flight and journals what it did.
@@ -961,18 +989,10 @@ impl<C: Cloud> Device<C> {
         if flying.contains(&row.file_hash) || (self.videos_wait.is_some() && is_video(&row.path)) {
             return Ok(false);
         }
-        let fresh = self.clock.now_ms() - self.looked_up.asked_at < LOOKUP_FRESH_MS;
-        let Some(lookup) = self.looked_up.answers.get(&row.file_hash).filter(|_| fresh) else {
-            return Ok(false);
-        };
-        if lookup.asset.is_some() || lookup.purged {
-            return Ok(false);
+        match self.fresh_lookup(&row.file_hash) {
+            Some(lookup) => Ok(self.no_upload_needed(row, lookup)?.is_none()),
+            None => Ok(false),
         }
-        let twin = self
-            .journal
-            .file_with_hash(&row.file_hash, &row.path)?
-            .is_some_and(|f| f.synced);
-        Ok(!twin)
     }
 
     /// Starts reading the files after row `at` that will be sent, within the read-ahead's
@@ -1011,30 +1031,27 @@ impl<C: Cloud> Device<C> {
         report: &mut SyncReport,
     ) -> Result<Option<Shipment>, DeviceError> {
         let mut row = row.clone();
-        if row.asset_id.is_none() {
-            // Content this device already synced under another path (a move, a copy).
-            let local = self
-                .journal
-                .file_with_hash(&row.file_hash, &row.path)?
-                .filter(|f| f.synced);
-            if let Some(twin) = local {
-                row.asset_id = twin.asset_id;
-                row.version = twin.version;
-                row.synced = true;
+        let no_upload = match &row.asset_id {
+            Some(_) => None,
+            None => self.no_upload_needed(&row, &lookup.unwrap_or_default())?,
+        };
+        match no_upload {
+            None => {}
+            Some(NoUpload::Twin(FileRow {
+                asset_id, version, ..
+            })) => {
+                (row.asset_id, row.version, row.synced) = (asset_id, version, true);
                 self.journal.upsert(&row)?;
                 report.linked += 1;
                 return Ok(None);
             }
-            let lookup = lookup.unwrap_or_default();
-            if let Some((asset_id, version)) = lookup.asset {
-                row.asset_id = Some(asset_id);
-                row.version = Some(version);
-                row.synced = true;
+            Some(NoUpload::InCloud(asset_id, version)) => {
+                (row.asset_id, row.version, row.synced) = (Some(asset_id), Some(version), true);
                 self.journal.upsert(&row)?;
                 report.linked += 1;
                 return Ok(None);
             }
-            if lookup.purged {
+            Some(NoUpload::Purged) => {
                 // Deleted elsewhere for good: never upload it again. The file leaves the
                 // folder for the device's own data, where nothing syncs it.
                 let parked = self
@@ -1050,6 +1067,9 @@ impl<C: Cloud> Device<C> {
         }
         // Linking needs only the scan's hash: a file changed since is linked as it was
         // scanned, and the next scan sends the change as a new version.
+        if read.is_some() {
+            report.read_ahead += 1;
+        }
         let read = read.unwrap_or_else(|| self.read_and_chunk(&row.path));
         let (manifest, data) = read
             .await
@@ -1879,6 +1899,16 @@ const READ_AHEAD_FILES: usize = 3;
 /// when its turn comes.
 const READ_AHEAD_BYTES: u64 = 64 << 20;
 
+/// Why a new file needs no upload.
+enum NoUpload {
+    /// A synced file here has the same content (a move, a copy): this one is its twin.
+    Twin(FileRow),
+    /// The cloud holds the content as this asset and version.
+    InCloud(String, u32),
+    /// The cloud purged the content: deleted elsewhere for good.
+    Purged,
+}
+
 /// A file being read and chunked in the background.
 type Reading = tokio::task::JoinHandle<Result<(Manifest, Bytes), DeviceError>>;
 
@@ -2075,16 +2105,17 @@ async fn ship<C: Cloud>(cloud: &mut C, shipment: Shipment) -> Shipped {
                 .await
                 .map_err(Shipping::Sending)?
         };
-        let whole = |ids: &[ChunkId]| -> Vec<(ChunkId, Bytes)> {
+        // The bytes of chunks `ids`, leaving out those `skip` names.
+        let whole = |ids: &[ChunkId], skip: &HashSet<ChunkId>| -> Vec<(ChunkId, Bytes)> {
             ids.iter()
-                .filter(|id| !acked.contains(id))
+                .filter(|id| !skip.contains(id))
                 .filter_map(|id| {
                     let (at, len) = offsets.get(id)?;
                     Some((*id, data.slice(*at..*at + *len)))
                 })
                 .collect()
         };
-        send_whole(cloud, &session, whole(&missing), &mut sent)
+        send_whole(cloud, &session, whole(&missing, &acked), &mut sent)
             .await
             .map_err(Shipping::Sending)?;
         // The manifest rides on the commit (as splices of the base for an edit): one
@@ -2100,14 +2131,7 @@ async fn ship<C: Cloud>(cloud: &mut C, shipment: Shipment) -> Shipped {
                     .await
                     .map_err(Shipping::Sending)?;
                 // Acknowledged in an earlier attempt or not, the cloud has lost them.
-                let lost: Vec<(ChunkId, Bytes)> = missing
-                    .iter()
-                    .filter_map(|id| {
-                        let (at, len) = offsets.get(id)?;
-                        Some((*id, data.slice(*at..*at + *len)))
-                    })
-                    .collect();
-                send_whole(cloud, &session, lost, &mut sent)
+                send_whole(cloud, &session, whole(&missing, &HashSet::new()), &mut sent)
                     .await
                     .map_err(Shipping::Sending)?;
                 cloud
@@ -2159,19 +2183,8 @@ async fn send_whole<C: Cloud>(
     let mut acknowledged = Vec::new();
     let mut outcome = cloud.put_chunks(session, first, &mut acknowledged).await;
     while let Some(joined) = others.join_next().await {
-        let (acked, other) = match joined {
-            Ok(done) => done,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(e) => (
-                Vec::new(),
-                Err(CloudError {
-                    transient: true,
-                    reason: "CANCELLED".into(),
-                    message: e.to_string(),
-                    missing_chunks: Vec::new(),
-                }),
-            ),
-        };
+        // The set is never aborted, so a task's error is its panic.
+        let (acked, other) = joined.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
         acknowledged.extend(acked);
         outcome = outcome.and(other);
     }

@@ -38,6 +38,8 @@ struct InProcess {
     edit_calls: Arc<AtomicUsize>,
     /// Chunk streams open now, and the most ever open at once.
     streams: Arc<(AtomicUsize, AtomicUsize)>,
+    /// The next FindMissing answers "nothing missing", as if GC then collected them.
+    hide_missing: Arc<AtomicBool>,
     /// The devices' clock, and whether each content question takes a minute and more.
     clock: Arc<ManualClock>,
     slow_questions: Arc<AtomicBool>,
@@ -48,7 +50,6 @@ fn refused(e: impl std::fmt::Display) -> CloudError {
         transient: false,
         reason: "REFUSED".into(),
         message: e.to_string(),
-        missing_chunks: Vec::new(),
     }
 }
 
@@ -59,7 +60,6 @@ fn answered(e: keepsake_library::LibraryError) -> CloudError {
         transient: false,
         reason: e.reason().into(),
         message: e.to_string(),
-        missing_chunks: Vec::new(),
     }
 }
 
@@ -98,6 +98,7 @@ impl Cloud for InProcess {
             content_questions: self.content_questions.clone(),
             edit_calls: self.edit_calls.clone(),
             streams: self.streams.clone(),
+            hide_missing: self.hide_missing.clone(),
             clock: self.clock.clone(),
             slow_questions: self.slow_questions.clone(),
         })
@@ -142,6 +143,9 @@ impl Cloud for InProcess {
     ) -> Result<Vec<ChunkId>, CloudError> {
         // A network call would let the other lanes run here: so does this one.
         tokio::task::yield_now().await;
+        if self.hide_missing.swap(false, Ordering::SeqCst) {
+            return Ok(Vec::new());
+        }
         self.store
             .find_missing("alice", session, ids)
             .map_err(refused)
@@ -282,6 +286,7 @@ struct World {
     content_questions: Arc<AtomicUsize>,
     edit_calls: Arc<AtomicUsize>,
     streams: Arc<(AtomicUsize, AtomicUsize)>,
+    hide_missing: Arc<AtomicBool>,
     clock: Arc<ManualClock>,
     slow_questions: Arc<AtomicBool>,
     _dir: tempfile::TempDir,
@@ -323,6 +328,7 @@ fn world() -> World {
         content_questions: Arc::default(),
         edit_calls: Arc::default(),
         streams: Arc::default(),
+        hide_missing: Arc::default(),
         clock: Arc::new(ManualClock::new(T0)),
         slow_questions: Arc::default(),
         _dir: dir,
@@ -344,6 +350,7 @@ fn device(w: &World, root: &Path, name: &str) -> Device<InProcess> {
         content_questions: w.content_questions.clone(),
         edit_calls: w.edit_calls.clone(),
         streams: w.streams.clone(),
+        hide_missing: w.hide_missing.clone(),
         clock: w.clock.clone(),
         slow_questions: w.slow_questions.clone(),
     };
@@ -360,6 +367,13 @@ fn bytes_of(seed: u64, len: usize) -> Vec<u8> {
         .finalize_xof()
         .fill(&mut data);
     data
+}
+
+/// A device enrolled now ends its first pass with exactly the camera's photos.
+async fn a_new_viewer_gets_what_the_camera_holds(w: &World, root: &Path) {
+    let mut viewer = device(w, root, "viewer");
+    viewer.sync_once().await.unwrap();
+    assert_eq!(held(&root.join("viewer")), held(&root.join("camera")));
 }
 
 /// Sorted content hashes of a folder's photos (the device's marker left out).
@@ -758,6 +772,8 @@ async fn a_large_file_travels_on_several_streams_and_files_read_ahead_land_once(
     }
     let report = camera.sync_once().await.unwrap();
     assert_eq!(report.uploaded, 6, "{report:?}");
+    // Every photo after the first was read while the ones before it travelled.
+    assert_eq!(report.read_ahead, 5, "{report:?}");
     assert_eq!(live_assets(&w), 7);
     let sent_again = camera.sync_once().await.unwrap();
     assert_eq!(
@@ -765,11 +781,32 @@ async fn a_large_file_travels_on_several_streams_and_files_read_ahead_land_once(
         (0, 0),
         "{sent_again:?}"
     );
-    let mut viewer = device(&w, root.path(), "viewer");
-    viewer.sync_once().await.unwrap();
-    assert_eq!(
-        held(&root.path().join("viewer")),
-        held(&root.path().join("camera"))
+    a_new_viewer_gets_what_the_camera_holds(&w, root.path()).await;
+    scenario.teardown();
+}
+
+/// A commit refused with MISSING_CHUNKS — chunks gone between FindMissing and the commit —
+/// is followed by a FindMissing over the whole file, whatever the refusal named (the cloud
+/// names at most 48; this one names none), and the file lands in the same pass.
+#[tokio::test]
+async fn a_commit_refused_for_missing_chunks_sends_every_missing_chunk_whatever_it_named() {
+    let scenario = fail::FailScenario::setup();
+    let w = world();
+    let root = tempfile::tempdir().unwrap();
+    let mut camera = device(&w, root.path(), "camera");
+    std::fs::write(root.path().join("camera").join("IMG_1.JPG"), photo(400)).unwrap();
+    w.hide_missing.store(true, Ordering::SeqCst);
+    let report = camera.sync_once().await.unwrap();
+    assert!(
+        !w.hide_missing.load(Ordering::SeqCst),
+        "FindMissing was asked"
     );
+    assert_eq!(
+        (report.uploaded, report.blocked.clone()),
+        (1, None),
+        "{report:?}"
+    );
+    assert!(report.chunks_sent > 1, "{report:?}");
+    a_new_viewer_gets_what_the_camera_holds(&w, root.path()).await;
     scenario.teardown();
 }

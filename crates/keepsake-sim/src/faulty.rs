@@ -73,7 +73,6 @@ impl<C: Cloud> Faulty<C> {
                 transient: true,
                 reason: "UNAVAILABLE".into(),
                 message: "the connection broke before the reply arrived (simulated)".into(),
-                missing_chunks: Vec::new(),
             });
         }
         result

@@ -18,7 +18,6 @@ impl From<CallError> for CloudError {
             transient: e.is_transient(),
             reason: e.reason().to_string(),
             message: e.message().to_string(),
-            missing_chunks: e.missing_chunks().to_vec(),
         }
     }
 }
@@ -28,7 +27,6 @@ fn bad_reply(what: &str, e: impl std::fmt::Display) -> CloudError {
         transient: false,
         reason: "BAD_REPLY".into(),
         message: format!("the server sent a malformed {what}: {e}"),
-        missing_chunks: Vec::new(),
     }
 }
 
@@ -281,7 +279,6 @@ impl Cloud for CloudClient {
                             transient: false,
                             reason,
                             message,
-                            missing_chunks: Vec::new(),
                         })
                     }
                 },
