@@ -126,9 +126,9 @@ fn verify(actual: ChunkId, declared: &ChunkId) -> Result<(), DeltaError> {
 
 /// Reassembles a stored file from its manifest, fetching each chunk through `fetch`,
 /// and checks the whole-file hash. Refuses files over `limits.max_file_bytes`.
-pub fn assemble(
+pub fn assemble<Chunk: AsRef<[u8]>>(
     manifest: &keepsake_store::Manifest,
-    mut fetch: impl FnMut(&ChunkId) -> Result<Vec<u8>, DeltaError>,
+    mut fetch: impl FnMut(&ChunkId) -> Result<Chunk, DeltaError>,
     limits: &RsyncLimits,
 ) -> Result<Vec<u8>, DeltaError> {
     if manifest.total_len > limits.max_file_bytes {
@@ -141,13 +141,14 @@ pub fn assemble(
     let mut out = Vec::with_capacity(manifest.total_len as usize);
     for e in &manifest.entries {
         let data = fetch(&e.chunk)?;
+        let data = data.as_ref();
         if data.len() != e.len as usize {
             return Err(DeltaError::Sink(format!(
                 "chunk {} came back wrong",
                 e.chunk
             )));
         }
-        out.extend_from_slice(&data);
+        out.extend_from_slice(data);
     }
     // One hash of the whole file catches any wrong chunk; hashing each chunk again
     // would repeat what the store's verified reads already did.

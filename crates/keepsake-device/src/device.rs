@@ -1776,6 +1776,7 @@ impl<C: Cloud> Device<C> {
             .join(format!("{}.part", a.asset_id));
         let mut hasher = blake3::Hasher::new();
         let mut size = 0u64;
+        let mut released = 0u64;
         {
             let mut file = std::fs::File::create(&temp)?;
             for entry in &manifest.entries {
@@ -1785,6 +1786,11 @@ impl<C: Cloud> Device<C> {
                 hasher.update(data);
                 file.write_all(data)?;
                 size += data.len() as u64;
+                if size - released >= RELEASE_EVERY_BYTES {
+                    file.sync_data()?;
+                    keepsake_store::release_written_pages(&file);
+                    released = size;
+                }
             }
             if ChunkId(*hasher.finalize().as_bytes()) != a.file_hash {
                 drop(file);
@@ -1792,6 +1798,7 @@ impl<C: Cloud> Device<C> {
                 return Err(DeviceError::Corrupt(a.asset_id.clone()));
             }
             file.sync_all()?;
+            keepsake_store::release_written_pages(&file);
         }
         let dest = replace.unwrap_or_else(|| unique_path(&self.config.folder, name));
         if let Some(parent) = dest.parent() {
@@ -1821,6 +1828,10 @@ impl<C: Cloud> Device<C> {
         Ok(())
     }
 }
+
+/// How much of a download is written before it is flushed and its pages released, so a
+/// long video's next pages reuse memory its first ones held.
+const RELEASE_EVERY_BYTES: u64 = 32 << 20;
 
 /// New files whose contents one lookup call asks about.
 const LOOKUPS_AHEAD: usize = 1000;

@@ -23,7 +23,7 @@
 //! let session = store.begin_session("alice", 5, 60_000, None)?;
 //! let id = ChunkId::of(b"hello");
 //! store.put_chunks("alice", &session.id, &[(id, bytes::Bytes::from_static(b"hello"))])?;
-//! assert_eq!(store.get_chunk("alice", &id)?, b"hello");
+//! assert_eq!(store.get_chunk("alice", &id)?, &b"hello"[..]);
 //! assert!(store.get_chunk("bob", &id).is_err()); // bob never uploaded it
 //! # Ok::<(), keepsake_store::StoreError>(())
 //! ```
@@ -40,6 +40,7 @@ mod store;
 
 pub use backend::{
     Backend, BackendError, CappedBackend, LocalFsBackend, MemoryBackend, ObjectInfo,
+    release_written_pages,
 };
 pub use clock::{
     Clock, Entropy, ManualClock, OsEntropy, SeededEntropy, SystemClock, UnixMillis, random_hex,

@@ -64,8 +64,12 @@ impl PackWriter {
     }
 }
 
-/// Checks one record read back from a pack and returns the chunk's bytes.
-pub fn verify_record(id: &ChunkId, slot: Slot, record: &[u8]) -> Result<Vec<u8>, StoreError> {
+/// Checks one record read back from a pack and returns the chunk's bytes within it.
+pub fn verify_record<'a>(
+    id: &ChunkId,
+    slot: Slot,
+    record: &'a [u8],
+) -> Result<&'a [u8], StoreError> {
     let header = RECORD_HEADER as usize;
     if record.len() != header + slot.len as usize
         || record[..32] != id.0
@@ -77,7 +81,7 @@ pub fn verify_record(id: &ChunkId, slot: Slot, record: &[u8]) -> Result<Vec<u8>,
     if ChunkId::of(data) != *id {
         return Err(StoreError::Corrupt(*id));
     }
-    Ok(data.to_vec())
+    Ok(data)
 }
 
 /// The record of `slot` inside a whole pack, if it lies within it.

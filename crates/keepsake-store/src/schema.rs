@@ -81,9 +81,48 @@ pub fn reader(path: &std::path::Path) -> Result<Connection, crate::StoreError> {
     Ok(conn)
 }
 
+/// Packs carry no whole-pack hash: every record is the BLAKE3 of its bytes already, so
+/// scrub verifies records, and hashing each pack again on write cost a pass over every
+/// byte uploaded.
+const V2: &str = "ALTER TABLE packs DROP COLUMN hash;";
+
 /// Opens the index with the durability the store's acknowledgements rely on.
 pub fn prepare(conn: &mut Connection) -> Result<(), crate::StoreError> {
     durable_sqlite(conn)?;
-    Migrations::new(vec![M::up(V1)]).to_latest(conn)?;
+    Migrations::new(vec![M::up(V1), M::up(V2)]).to_latest(conn)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_index_from_before_v2_keeps_its_packs_and_loses_only_their_hashes() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        Migrations::new(vec![M::up(V1)])
+            .to_latest(&mut conn)
+            .unwrap();
+        conn.execute(
+            "INSERT INTO packs (name, hash, size, created_at) VALUES ('packs/ab/old', 'h', 7, 1)",
+            [],
+        )
+        .unwrap();
+        prepare(&mut conn).unwrap();
+        let old: (String, i64) = conn
+            .query_row("SELECT name, size FROM packs", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!(old, ("packs/ab/old".to_string(), 7));
+        conn.execute(
+            "INSERT INTO packs (name, size, created_at) VALUES ('packs/cd/new', 9, 2)",
+            [],
+        )
+        .unwrap();
+        assert!(
+            conn.prepare("SELECT hash FROM packs").is_err(),
+            "the column is gone"
+        );
+    }
 }

@@ -96,7 +96,7 @@ pub struct ScrubReport {
     pub bytes_verified: u64,
     /// Chunks whose bytes no longer match their id.
     pub corrupt_chunks: Vec<ChunkId>,
-    /// Packs that are missing or whose bytes no longer match their recorded hash.
+    /// Packs that are missing or hold a corrupt chunk.
     pub corrupt_packs: Vec<String>,
     /// Each (account, referenced manifest) that lost a chunk: the content to ask for again.
     pub damaged: Vec<(String, ManifestId)>,
@@ -149,8 +149,8 @@ pub struct Store {
     gc_lock: Mutex<()>,
 }
 
-/// A pack on disk, (name, hash, size), and where each of its chunks sits.
-type WrittenPack = ((String, String, u64), Vec<(ChunkId, Slot, bool)>);
+/// A pack on disk, (name, size), and where each of its chunks sits.
+type WrittenPack = ((String, u64), Vec<(ChunkId, Slot, bool)>);
 
 enum Blob<'a> {
     Chunks(&'a [(ChunkId, Bytes)]),
@@ -520,15 +520,10 @@ impl Store {
         Ok(out)
     }
 
-    /// Writes a pack durably and returns (name, hash, size).
-    fn write_pack(&self, parts: Vec<Bytes>) -> Result<(String, String, u64), StoreError> {
+    /// Writes a pack durably and returns (name, size).
+    fn write_pack(&self, parts: Vec<Bytes>) -> Result<(String, u64), StoreError> {
         let random = random_hex(self.entropy.as_ref(), 16);
         let name = format!("packs/{}/{}", &random[..2], &random[2..]);
-        let mut hasher = blake3::Hasher::new();
-        for part in &parts {
-            hasher.update(part);
-        }
-        let hash = hasher.finalize().to_hex().to_string();
         let size: usize = parts.iter().map(|p| p.len()).sum();
         let parts: Vec<&[u8]> = parts.iter().map(|p| &p[..]).collect();
         self.in_flight
@@ -546,7 +541,7 @@ impl Store {
             tracing::warn!(pack = %name, error = %e, "pack write failed; nothing acknowledged");
             return Err(e.into());
         }
-        Ok((name, hash, size as u64))
+        Ok((name, size as u64))
     }
 
     /// Indexes one batch atomically. `Ok(None)` means a chunk assumed present vanished.
@@ -582,8 +577,8 @@ impl Store {
             }
         }
         let (mut new_bytes, mut already_held) = (0u64, 0u64);
-        if let Some(((name, hash, size), slots)) = written {
-            let pack_id = insert_pack(&tx, name, hash, *size, now)?;
+        if let Some(((name, size), slots)) = written {
+            let pack_id = insert_pack(&tx, name, *size, now)?;
             let mut insert = tx.prepare_cached(
                 "INSERT OR IGNORE INTO chunks (id, pack_id, offset, len, is_manifest)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -642,7 +637,7 @@ impl Store {
     }
 
     /// Reads one chunk `account` owns, verified against its id.
-    pub fn get_chunk(&self, account: &str, id: &ChunkId) -> Result<Vec<u8>, StoreError> {
+    pub fn get_chunk(&self, account: &str, id: &ChunkId) -> Result<Bytes, StoreError> {
         let (name, slot, _) = self.locate(account, id, "chunk")?;
         self.read_slot(id, &name, slot)
     }
@@ -673,7 +668,7 @@ impl Store {
         .ok_or(StoreError::NotFound { kind, id: *id })
     }
 
-    fn read_slot(&self, id: &ChunkId, pack: &str, slot: Slot) -> Result<Vec<u8>, StoreError> {
+    fn read_slot(&self, id: &ChunkId, pack: &str, slot: Slot) -> Result<Bytes, StoreError> {
         let record =
             match self
                 .backend
@@ -686,9 +681,13 @@ impl Store {
                 }
                 Err(e) => return Err(e.into()),
             };
-        verify_record(id, slot, &record).inspect_err(|_| {
+        if let Err(e) = verify_record(id, slot, &record) {
             tracing::error!(chunk = %id, pack, "corrupt chunk refused");
-        })
+            return Err(e);
+        }
+        // The chunk is the record past its header; slicing shares the buffer just read
+        // rather than copying megabytes per chunk served.
+        Ok(Bytes::from(record).slice(RECORD_HEADER as usize..))
     }
 
     /// Stores a manifest whose chunks `account` owns; returns its id.
@@ -860,19 +859,19 @@ impl Store {
             .unwrap_or_default())
     }
 
-    /// Verifies every indexed byte and every pack's hash, and drops corrupt chunks from
-    /// the index (see [`Store::quarantine`]).
+    /// Verifies every indexed byte, and drops corrupt chunks from the index (see
+    /// [`Store::quarantine`]).
     pub fn scrub(&self) -> Result<ScrubReport, StoreError> {
-        let packs: Vec<(i64, String, String)> = {
+        let packs: Vec<(i64, String)> = {
             let db = self.db();
             let mut stmt = db.prepare(
-                "SELECT pack_id, name, hash FROM packs WHERE retired_at IS NULL ORDER BY pack_id",
+                "SELECT pack_id, name FROM packs WHERE retired_at IS NULL ORDER BY pack_id",
             )?;
-            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<Result<_, _>>()?
         };
         let mut report = ScrubReport::default();
-        for (pack_id, name, hash) in packs {
+        for (pack_id, name) in packs {
             let slots = self.slots_in(pack_id)?;
             let bytes = match self.backend.get(&name) {
                 Ok(bytes) => bytes,
@@ -886,15 +885,17 @@ impl Store {
                 Err(e) => return Err(e.into()),
             };
             report.packs_verified += 1;
-            if blake3::hash(&bytes).to_hex().as_str() != hash {
-                report.corrupt_packs.push(name.clone());
-            }
+            let mut pack_is_corrupt = false;
             for (id, slot) in slots {
                 report.chunks_verified += 1;
                 report.bytes_verified += u64::from(slot.len);
                 if verify_record(&id, slot, record_in(&bytes, slot)).is_err() {
                     report.corrupt_chunks.push(id);
+                    pack_is_corrupt = true;
                 }
+            }
+            if pack_is_corrupt {
+                report.corrupt_packs.push(name);
             }
         }
         report.damaged = self.quarantine(&report.corrupt_chunks)?;
@@ -1122,14 +1123,14 @@ impl Store {
                 continue;
             }
             let bytes = match self.backend.get(name) {
-                Ok(bytes) => bytes,
+                Ok(bytes) => Bytes::from(bytes),
                 Err(BackendError::NotFound(_)) => continue, // scrub reports it
                 Err(e) => return Err(e.into()),
             };
             for (id, slot) in slots {
                 // A corrupt chunk stays where it is, for scrub to report; never copy bad bytes.
                 if let Ok(data) = verify_record(&id, slot, record_in(&bytes, slot)) {
-                    let new_slot = writer.push(&id, data.into());
+                    let new_slot = writer.push(&id, bytes.slice_ref(data));
                     moved.push((id, *pack_id, new_slot));
                 }
             }
@@ -1142,8 +1143,8 @@ impl Store {
         let result = (|| -> Result<(), StoreError> {
             let mut db = self.db();
             let tx = db.transaction()?;
-            if let Some((name, hash, size)) = &written {
-                let new_pack = insert_pack(&tx, name, hash, *size, now)?;
+            if let Some((name, size)) = &written {
+                let new_pack = insert_pack(&tx, name, *size, now)?;
                 let mut update = tx.prepare_cached(
                     "UPDATE chunks SET pack_id = ?1, offset = ?2 WHERE id = ?3 AND pack_id = ?4",
                 )?;
@@ -1256,13 +1257,12 @@ fn missing_for(
 fn insert_pack(
     tx: &Transaction<'_>,
     name: &str,
-    hash: &str,
     size: u64,
     now: UnixMillis,
 ) -> Result<i64, StoreError> {
     tx.execute(
-        "INSERT INTO packs (name, hash, size, created_at) VALUES (?1, ?2, ?3, ?4)",
-        params![name, hash, size as i64, now],
+        "INSERT INTO packs (name, size, created_at) VALUES (?1, ?2, ?3)",
+        params![name, size as i64, now],
     )?;
     Ok(tx.last_insert_rowid())
 }

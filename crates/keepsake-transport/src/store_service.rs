@@ -216,7 +216,7 @@ impl ChunkStore for StoreService {
                     size += data.len();
                     message.push(pb::Chunk {
                         id: id_bytes(&id),
-                        data: Bytes::from(data),
+                        data,
                     });
                     if size >= GET_MESSAGE_BYTES || i + 1 == last {
                         let msg = pb::GetChunksResponse {

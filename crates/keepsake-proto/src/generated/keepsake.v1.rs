@@ -221,7 +221,7 @@ pub struct ScrubResponse {
     /// Chunks whose stored bytes no longer match their id.
     #[prost(bytes = "bytes", repeated, tag = "4")]
     pub corrupt_chunk_ids: ::prost::alloc::vec::Vec<::prost::bytes::Bytes>,
-    /// Packs whose name (the BLAKE3 of their bytes) no longer matches, or that are missing.
+    /// Packs that are missing or hold a corrupt chunk.
     #[prost(string, repeated, tag = "5")]
     pub corrupt_packs: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
     /// When the scrub finished, milliseconds since the Unix epoch.
