@@ -1790,6 +1790,7 @@ impl<C: Cloud> Device<C> {
                     file.sync_data()?;
                     keepsake_store::release_written_pages(&file);
                     released = size;
+                    fail::fail_point!("device-while-writing-a-download");
                 }
             }
             if ChunkId(*hasher.finalize().as_bytes()) != a.file_hash {

@@ -785,9 +785,25 @@ async fn a_large_file_travels_on_several_streams_and_files_read_ahead_land_once(
     scenario.teardown();
 }
 
-/// A downloaded photo or video is flushed and its page cache released as it is written
-/// (a long video every 32 MiB), so the next download reuses that memory instead of
-/// taking fresh pages (docs/benchmarks.md: fresh ones cost this machine ~4x the time).
+/// Bytes of each named file in `dir` that sit in the page cache, as util-linux's `fincore`
+/// prints them ("RES NAME").
+fn cached_in(dir: &Path, names: &[String]) -> Vec<String> {
+    let out = std::process::Command::new("fincore")
+        .args(["--bytes", "--noheadings", "--output", "RES,FILE"])
+        .args(names)
+        .current_dir(dir)
+        .output()
+        .expect("fincore (util-linux) runs");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim().to_string())
+        .collect()
+}
+
+/// A download's page cache is released as it is written — a long video's every 32 MiB,
+/// and the whole file once in place — so the next pages written reuse that memory instead
+/// of taking fresh ones (docs/benchmarks.md: fresh ones cost this machine ~4x the time).
 #[cfg(target_os = "linux")]
 #[tokio::test]
 async fn a_downloaded_file_leaves_none_of_its_pages_cached() {
@@ -800,19 +816,24 @@ async fn a_downloaded_file_leaves_none_of_its_pages_cached() {
     std::fs::write(folder.join("IMG_1.JPG"), photo(500)).unwrap();
     assert_eq!(camera.sync_once().await.unwrap().uploaded, 2);
     let mut viewer = device(&w, root.path(), "viewer");
-    assert_eq!(viewer.sync_once().await.unwrap().downloaded, 2);
-    let cached = std::process::Command::new("fincore")
-        .args(["--bytes", "--noheadings", "--output", "RES,FILE"])
-        .args(["VID_1.MP4", "IMG_1.JPG"])
-        .current_dir(root.path().join("viewer"))
-        .output()
-        .expect("fincore (util-linux) runs");
-    assert!(cached.status.success(), "{cached:?}");
-    let counts: Vec<String> = String::from_utf8_lossy(&cached.stdout)
-        .lines()
-        .map(|l| l.trim().to_string())
+    // Stopped just after the video's first 32 MiB were flushed: none of them is cached.
+    assert!(pass_dying_at(&mut viewer, "device-while-writing-a-download").await);
+    let tmp = root.path().join("viewer-data").join("tmp");
+    let parts: Vec<String> = std::fs::read_dir(&tmp)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".part"))
         .collect();
-    assert_eq!(counts, ["0 VID_1.MP4", "0 IMG_1.JPG"]);
+    assert_eq!(parts.len(), 1, "{parts:?}");
+    assert!(std::fs::metadata(tmp.join(&parts[0])).unwrap().len() >= 32 << 20);
+    assert_eq!(cached_in(&tmp, &parts), [format!("0 {}", parts[0])]);
+    let mut viewer = device(&w, root.path(), "viewer");
+    viewer.sync_once().await.unwrap();
+    let names = ["VID_1.MP4".to_string(), "IMG_1.JPG".to_string()];
+    assert_eq!(
+        cached_in(&root.path().join("viewer"), &names),
+        ["0 VID_1.MP4", "0 IMG_1.JPG"]
+    );
     assert_eq!(held(&root.path().join("viewer")), held(&folder));
     scenario.teardown();
 }
