@@ -842,14 +842,21 @@ impl<C: Cloud> Device<C> {
                 self.progress.send_modify(|p| p.items_done += 1);
                 continue;
             };
+            let Content::Held { manifest, data } = &shipment.content else {
+                // Its chunks are known only as they are read: it goes alone, on streams
+                // of its own, so none of them can be on another lane.
+                self.land_all(flying, report).await?;
+                let shipped = ship(&mut self.cloud, shipment).await;
+                self.land(shipped, report)?;
+                continue;
+            };
             // A shared chunk would be sent twice by two lanes; too many bytes in memory
             // at once would follow the largest videos. Either waits for the lanes.
-            let shares = shipment
-                .manifest
+            let shares = manifest
                 .entries
                 .iter()
                 .any(|e| flying.chunks.contains(&e.chunk));
-            if shares || flying.bytes + shipment.data.len() as u64 > LANE_BYTES {
+            if shares || flying.bytes + data.len() as u64 > LANE_BYTES {
                 self.land_all(flying, report).await?;
             }
             while flying.idle.is_empty() && !flying.tasks.is_empty() {
@@ -1007,7 +1014,7 @@ impl<C: Cloud> Device<C> {
         ahead.next = ahead.next.max(at + 1);
         while ahead.reads.len() < READ_AHEAD_FILES && ahead.next < rows.len() {
             let row = &rows[ahead.next];
-            if !self.will_send(row, flying)? || row.size > READ_AHEAD_BYTES {
+            if !self.will_send(row, flying)? || row.size >= STREAMED_FROM {
                 ahead.next += 1;
                 continue;
             }
@@ -1067,18 +1074,28 @@ impl<C: Cloud> Device<C> {
         }
         // Linking needs only the scan's hash: a file changed since is linked as it was
         // scanned, and the next scan sends the change as a new version.
-        if read.is_some() {
-            report.read_ahead += 1;
-        }
-        let read = read.unwrap_or_else(|| self.read_and_chunk(&row.path));
-        let (manifest, data) = read
-            .await
-            .map_err(|e| std::io::Error::other(e.to_string()))??;
-        if manifest.file_hash != row.file_hash {
-            // Changed since it was scanned: the next pass sees the new content.
-            return Ok(None);
-        }
-        let overhead = 64 + 36 * manifest.entries.len() as u64;
+        let content = if row.asset_id.is_none() && row.size >= STREAMED_FROM {
+            Content::Streamed(self.config.folder.join(&row.path))
+        } else {
+            if read.is_some() {
+                report.read_ahead += 1;
+            }
+            let read = read.unwrap_or_else(|| self.read_and_chunk(&row.path));
+            let (manifest, data) = read
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string()))??;
+            if manifest.file_hash != row.file_hash {
+                // Changed since it was scanned: the next pass sees the new content.
+                return Ok(None);
+            }
+            Content::Held { manifest, data }
+        };
+        let entries = match &content {
+            Content::Held { manifest, .. } => manifest.entries.len() as u64,
+            // At most one entry per smallest chunk.
+            Content::Streamed(_) => row.size / u64::from(ChunkParams::for_len(row.size).min) + 1,
+        };
+        let overhead = 64 + 36 * entries;
         let key = commit_key(
             &self.config.device_id,
             row.asset_id.as_deref(),
@@ -1130,28 +1147,14 @@ impl<C: Cloud> Device<C> {
             },
             None => None,
         };
-        let name = row.path.rsplit('/').next().unwrap_or(&row.path).to_string();
-        // What the file says it is outranks its name; its time outranks the file system's.
-        let media = keepsake_media::probe(&data);
-        let video = match media.kind {
-            keepsake_media::MediaKind::Video => true,
-            keepsake_media::MediaKind::Photo => false,
-            keepsake_media::MediaKind::Unknown => is_video(&name),
-        };
-        let manifest_id = manifest.id();
         Ok(Some(Shipment {
             acked: self.journal.acked(&row.file_hash)?.into_iter().collect(),
             base,
-            manifest,
-            data,
-            commit: NewAsset {
+            content,
+            draft: Draft {
                 request_id: key,
-                manifest: manifest_id,
-                original_name: name,
-                video,
-                capture_time: media.capture_time_ms.or(Some(row.mtime_ns / 1_000_000)),
-                width: media.width,
-                height: media.height,
+                original_name: row.path.rsplit('/').next().unwrap_or(&row.path).to_string(),
+                file_time_ms: row.mtime_ns / 1_000_000,
                 reservation_id: session,
                 asset_id: row.asset_id.clone(),
                 base_version: row.version,
@@ -1165,7 +1168,6 @@ impl<C: Cloud> Device<C> {
     fn land(&mut self, shipped: Shipped, report: &mut SyncReport) -> Result<(), DeviceError> {
         let Shipped {
             mut row,
-            manifest,
             sent,
             outcome,
         } = shipped;
@@ -1183,8 +1185,15 @@ impl<C: Cloud> Device<C> {
         report.chunks_sent += acknowledged.len();
         report.chunks_by_delta += sent.by_delta.len();
         report.bytes_sent += sent.bytes;
-        let reply = match outcome {
-            Ok(reply) => reply,
+        let (reply, manifest) = match outcome {
+            Ok(landed) => landed,
+            Err(Shipping::Changed) => {
+                // Changed since it was scanned, found while it streamed: the next pass
+                // sends what it became; chunks already sent are the cloud's to collect.
+                tracing::debug!(path = %row.path, "changed while it was sent");
+                return Ok(());
+            }
+            Err(Shipping::Reading(e)) => return Err(e),
             Err(Shipping::Committing(e))
                 if row.asset_id.is_some() && e.reason == "ASSET_NOT_LIVE" =>
             {
@@ -1635,27 +1644,27 @@ impl<C: Cloud> Device<C> {
         Ok(())
     }
 
-    /// The chunks of a local file that a new version also has (chunked as the new one was).
+    /// Where in a local file the chunks a new version also has are (chunked as the new one
+    /// was, read as a stream): read from there as the new version is written.
     async fn local_chunks(
         &self,
         path: &Path,
         new_len: u64,
         wanted: &[ChunkId],
-    ) -> Result<HashMap<ChunkId, Bytes>, DeviceError> {
+    ) -> Result<HashMap<ChunkId, (u64, usize)>, DeviceError> {
         let path = path.to_path_buf();
         let wanted: HashSet<ChunkId> = wanted.iter().copied().collect();
         keepsake_store::offload(move || -> Result<_, DeviceError> {
-            let data = Bytes::from(std::fs::read(&path)?);
-            let manifest = manifest_of(&data, ChunkParams::for_len(new_len));
             let mut found = HashMap::new();
-            let mut at = 0usize;
-            for entry in &manifest.entries {
-                let len = entry.len as usize;
-                if wanted.contains(&entry.chunk) {
-                    found.insert(entry.chunk, data.slice(at..at + len));
+            let mut at = 0u64;
+            let file = std::fs::File::open(&path)?;
+            keepsake_delta::chunk_stream(file, ChunkParams::for_len(new_len), |id, data| {
+                if wanted.contains(&id) {
+                    found.entry(id).or_insert((at, data.len()));
                 }
-                at += len;
-            }
+                at += data.len() as u64;
+                Ok(())
+            })?;
             Ok(found)
         })
         .await
@@ -1682,12 +1691,17 @@ impl<C: Cloud> Device<C> {
         let mut next = self.ahead.looked.max(at);
         while next < end {
             let a = &page[next];
-            if self.ahead.fetching.len() >= LANES || self.ahead.bytes + a.size > LANE_BYTES {
+            // A file this large is fetched a batch at a time when its turn comes.
+            let streamed = a.size >= STREAMED_FROM;
+            if !streamed
+                && (self.ahead.fetching.len() >= LANES || self.ahead.bytes + a.size > LANE_BYTES)
+            {
                 break;
             }
             next += 1;
             self.ahead.looked = next;
-            if a.state != RemoteState::Live
+            if streamed
+                || a.state != RemoteState::Live
                 || a.damaged
                 || self.journal.file_of_asset(&a.asset_id)?.is_some()
                 || self.journal.trashed(&a.asset_id)?.is_some()
@@ -1726,6 +1740,27 @@ impl<C: Cloud> Device<C> {
         Ok(())
     }
 
+    /// Starts fetching `batches` (one waiting at most) on a lane, if the cloud has one.
+    fn feed(&self, batches: Vec<Vec<ChunkId>>) -> Feed {
+        let Some(mut lane) = self.cloud.lane() else {
+            return Feed::Inline(batches.into_iter());
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let fetching = tokio::spawn(async move {
+            for ids in batches {
+                let batch = lane.chunks(&ids).await;
+                let failed = batch.is_err();
+                if tx.send(batch).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Feed::Ahead {
+            batches: rx,
+            _fetching: AbortOnDrop(Some(fetching)),
+        }
+    }
+
     /// Fetches an asset's content, verifies it, and only then puts it at its final path.
     async fn download(
         &mut self,
@@ -1744,31 +1779,34 @@ impl<C: Cloud> Device<C> {
             p.bytes_total += a.size;
             p.current = Some(name.to_string());
         });
-        let (manifest, fetched) = match self.ahead.take(&a.asset_id, &a.manifest) {
+        let (manifest, mut fetched) = match self.ahead.take(&a.asset_id, &a.manifest) {
             Some(fetching) => fetching
                 .await
                 .map_err(|e| std::io::Error::other(e.to_string()))??,
-            None => {
-                let manifest = self.cloud.manifest(&a.manifest).await?;
-                let mut ids: Vec<ChunkId> = manifest.entries.iter().map(|e| e.chunk).collect();
-                ids.sort();
-                ids.dedup();
-                // A new version of a file already here shares most of its chunks: fetch
-                // the rest.
-                let mut fetched = match replace.as_ref().filter(|p| p.exists()) {
-                    Some(old) => self.local_chunks(old, a.size, &ids).await?,
-                    None => HashMap::new(),
-                };
-                report.bytes_reused += fetched.values().map(|b| b.len() as u64).sum::<u64>();
-                let missing: Vec<ChunkId> = ids
-                    .iter()
-                    .filter(|id| !fetched.contains_key(id))
-                    .copied()
-                    .collect();
-                fetched.extend(self.cloud.chunks(&missing).await?);
-                (manifest, fetched)
-            }
+            None => (self.cloud.manifest(&a.manifest).await?, HashMap::new()),
         };
+        // A new version of a file already here shares most of its chunks: those are read
+        // from it, the rest fetched.
+        let (local, old) = match replace
+            .as_ref()
+            .filter(|p| p.exists() && fetched.is_empty())
+        {
+            Some(old) => {
+                let ids: Vec<ChunkId> = manifest.entries.iter().map(|e| e.chunk).collect();
+                let local = self.local_chunks(old, a.size, &ids).await?;
+                (local, Some(std::fs::File::open(old)?))
+            }
+            None => (HashMap::new(), None),
+        };
+        report.bytes_reused += local.values().map(|(_, len)| *len as u64).sum::<u64>();
+        let mut feed = self.feed(batches_to_fetch(&manifest, |id| {
+            fetched.contains_key(id) || local.contains_key(id)
+        }));
+        // Chunks fetched are dropped once written for the last time.
+        let mut uses: HashMap<ChunkId, usize> = HashMap::new();
+        for entry in &manifest.entries {
+            *uses.entry(entry.chunk).or_default() += 1;
+        }
         let temp = self
             .config
             .data_dir
@@ -1777,15 +1815,33 @@ impl<C: Cloud> Device<C> {
         let mut hasher = blake3::Hasher::new();
         let mut size = 0u64;
         let mut released = 0u64;
+        let mut reused = Vec::new();
         {
             let mut file = std::fs::File::create(&temp)?;
             for entry in &manifest.entries {
-                let data = fetched
-                    .get(&entry.chunk)
-                    .ok_or_else(|| DeviceError::Corrupt(a.asset_id.clone()))?;
+                let data: &[u8] = match (local.get(&entry.chunk), &old) {
+                    (Some(&(at, len)), Some(old)) => {
+                        read_at(old, at, len, &mut reused)?;
+                        &reused
+                    }
+                    _ => {
+                        while !fetched.contains_key(&entry.chunk) {
+                            match feed.next(&mut self.cloud).await? {
+                                Some(batch) => fetched.extend(batch),
+                                None => return Err(DeviceError::Corrupt(a.asset_id.clone())),
+                            }
+                        }
+                        &fetched[&entry.chunk]
+                    }
+                };
                 hasher.update(data);
                 file.write_all(data)?;
                 size += data.len() as u64;
+                let left = uses.get_mut(&entry.chunk).expect("counted above");
+                *left -= 1;
+                if *left == 0 {
+                    fetched.remove(&entry.chunk);
+                }
                 if size - released >= RELEASE_EVERY_BYTES {
                     file.sync_data()?;
                     keepsake_store::release_written_pages(&file);
@@ -1827,6 +1883,63 @@ impl<C: Cloud> Device<C> {
             p.bytes_done += size;
         });
         Ok(())
+    }
+}
+
+/// The chunks of `manifest` that `have` does not cover, once each, in the order the file
+/// needs them, cut into batches of about [`STREAM_BATCH_BYTES`].
+fn batches_to_fetch(manifest: &Manifest, have: impl Fn(&ChunkId) -> bool) -> Vec<Vec<ChunkId>> {
+    let mut seen = HashSet::new();
+    let mut batches = vec![Vec::new()];
+    let mut bytes = 0usize;
+    for entry in &manifest.entries {
+        if have(&entry.chunk) || !seen.insert(entry.chunk) {
+            continue;
+        }
+        if bytes >= STREAM_BATCH_BYTES {
+            batches.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += entry.len as usize;
+        batches.last_mut().expect("never empty").push(entry.chunk);
+    }
+    batches.retain(|b| !b.is_empty());
+    batches
+}
+
+/// `len` bytes of `file` from `at` into `buf`.
+fn read_at(file: &std::fs::File, at: u64, len: usize, buf: &mut Vec<u8>) -> std::io::Result<()> {
+    use std::io::{Read, Seek};
+    let mut file = file;
+    file.seek(std::io::SeekFrom::Start(at))?;
+    buf.resize(len, 0);
+    file.read_exact(buf)
+}
+
+/// A download's chunks, a batch at a time: fetched on a lane of their own one batch ahead
+/// of the writing, or on the pass's connection when the cloud offers no lanes.
+enum Feed {
+    Ahead {
+        batches: tokio::sync::mpsc::Receiver<Result<Vec<(ChunkId, Bytes)>, CloudError>>,
+        /// Held so the fetching stops when the download does.
+        _fetching: AbortOnDrop<()>,
+    },
+    Inline(std::vec::IntoIter<Vec<ChunkId>>),
+}
+
+impl Feed {
+    /// The next batch, verified; `None` when all were fetched.
+    async fn next<C: Cloud>(
+        &mut self,
+        cloud: &mut C,
+    ) -> Result<Option<Vec<(ChunkId, Bytes)>>, CloudError> {
+        match self {
+            Feed::Ahead { batches, .. } => batches.recv().await.transpose(),
+            Feed::Inline(batches) => match batches.next() {
+                Some(ids) => cloud.chunks(&ids).await.map(Some),
+                None => Ok(None),
+            },
+        }
     }
 }
 
@@ -1977,9 +2090,10 @@ impl<C: Cloud> Flying<C> {
     /// Sends one file on `lane`, in the background.
     fn launch(&mut self, mut lane: C, shipment: Shipment) {
         self.hashes.insert(shipment.row.file_hash);
-        self.bytes += shipment.data.len() as u64;
-        self.chunks
-            .extend(shipment.manifest.entries.iter().map(|e| e.chunk));
+        self.bytes += shipment.row.size;
+        if let Content::Held { manifest, .. } = &shipment.content {
+            self.chunks.extend(manifest.entries.iter().map(|e| e.chunk));
+        }
         self.tasks.spawn(async move {
             let shipped = ship(&mut lane, shipment).await;
             (lane, shipped)
@@ -1991,22 +2105,65 @@ impl<C: Cloud> Flying<C> {
 /// can travel on a lane of its own.
 struct Shipment {
     row: FileRow,
-    manifest: Manifest,
-    data: Bytes,
+    content: Content,
     /// Chunks the cloud acknowledged for this content in an earlier, cut-off attempt.
     acked: HashSet<ChunkId>,
     /// The version this edit replaces (for splices and span deltas), with its manifest
     /// when the journal kept it.
     base: Option<(ManifestId, Option<Manifest>)>,
-    commit: NewAsset,
+    draft: Draft,
+}
+
+/// A file's bytes, as an upload has them.
+enum Content {
+    /// Read and chunked already.
+    Held { manifest: Manifest, data: Bytes },
+    /// Too large to hold (a new file of [`STREAMED_FROM`] and more): read, chunked and
+    /// sent a batch at a time from this path, its manifest known once all is read.
+    Streamed(PathBuf),
+}
+
+/// What a commit says besides its content, known before the file is read.
+struct Draft {
+    request_id: String,
+    original_name: String,
+    /// The file's modification time: its capture time when the file names none.
+    file_time_ms: i64,
+    reservation_id: String,
+    asset_id: Option<String>,
+    base_version: Option<u32>,
+}
+
+impl Draft {
+    /// The commit of `manifest`, described by what the file says of itself.
+    fn commit(&self, manifest: &Manifest, media: &keepsake_media::MediaInfo) -> NewAsset {
+        // What the file says it is outranks its name; its time outranks the file system's.
+        let video = match media.kind {
+            keepsake_media::MediaKind::Video => true,
+            keepsake_media::MediaKind::Photo => false,
+            keepsake_media::MediaKind::Unknown => is_video(&self.original_name),
+        };
+        NewAsset {
+            request_id: self.request_id.clone(),
+            manifest: manifest.id(),
+            original_name: self.original_name.clone(),
+            video,
+            capture_time: media.capture_time_ms.or(Some(self.file_time_ms)),
+            width: media.width,
+            height: media.height,
+            reservation_id: self.reservation_id.clone(),
+            asset_id: self.asset_id.clone(),
+            base_version: self.base_version,
+        }
+    }
 }
 
 /// What the network part of one file's upload did.
 struct Shipped {
     row: FileRow,
-    manifest: Manifest,
     sent: Sent,
-    outcome: Result<CommitReply, Shipping>,
+    /// The commit's reply and the manifest committed.
+    outcome: Result<(CommitReply, Manifest), Shipping>,
 }
 
 /// Content a file's upload got the cloud to make durable, whether or not it went on to commit.
@@ -2025,6 +2182,10 @@ enum Shipping {
     Sending(CloudError),
     /// The commit itself.
     Committing(CloudError),
+    /// Reading a streamed file failed.
+    Reading(DeviceError),
+    /// A streamed file's bytes were no longer those the scan hashed: nothing was committed.
+    Changed,
 }
 
 /// The commit's request id: the same for every retry of one upload (device, asset, content)
@@ -2052,114 +2213,320 @@ fn whole_file_hash(path: &Path) -> std::io::Result<ChunkId> {
 async fn ship<C: Cloud>(cloud: &mut C, shipment: Shipment) -> Shipped {
     let Shipment {
         row,
-        manifest,
-        data,
+        content,
         acked,
         base,
-        commit,
+        draft,
     } = shipment;
     let mut sent = Sent::default();
-    let outcome = async {
-        let session = commit.reservation_id.clone();
-        let mut offsets = HashMap::new();
-        let mut at = 0usize;
-        for entry in &manifest.entries {
-            offsets
-                .entry(entry.chunk)
-                .or_insert((at, entry.len as usize));
-            at += entry.len as usize;
+    let outcome = match content {
+        Content::Held { manifest, data } => {
+            ship_held(cloud, (manifest, data), &acked, base, &draft, &mut sent).await
         }
-        // An edit: the version it replaces says which chunks the account surely holds, and
-        // the new manifest travels as splices of it. Without it, everything is asked about.
-        let base = match base {
-            Some((id, Some(kept))) => Some((id, kept)),
-            Some((id, None)) => match cloud.manifest(&id).await {
-                Ok(manifest) => Some((id, manifest)),
-                Err(e) if !e.transient => None,
-                Err(e) => return Err(Shipping::Sending(e)),
-            },
-            None => None,
-        };
-        let held: HashSet<ChunkId> = base
-            .iter()
-            .flat_map(|(_, m)| m.entries.iter().map(|e| e.chunk))
+        Content::Streamed(path) => {
+            let session = draft.reservation_id.clone();
+            let wanted = Wanted::Lacking { acked };
+            match stream_file(cloud, &session, &path, row.size, wanted, &mut sent).await {
+                Ok((manifest, _)) if manifest.file_hash != row.file_hash => Err(Shipping::Changed),
+                Ok((manifest, media)) => {
+                    let source = Source::File(&path, row.size);
+                    commit_mending(cloud, &draft, manifest, None, &media, source, &mut sent).await
+                }
+                Err(e) => Err(e),
+            }
+        }
+    };
+    Shipped { row, sent, outcome }
+}
+
+/// [`ship`] for a file read whole already.
+async fn ship_held<C: Cloud>(
+    cloud: &mut C,
+    (manifest, data): (Manifest, Bytes),
+    acked: &HashSet<ChunkId>,
+    base: Option<(ManifestId, Option<Manifest>)>,
+    draft: &Draft,
+    sent: &mut Sent,
+) -> Result<(CommitReply, Manifest), Shipping> {
+    let session = draft.reservation_id.clone();
+    let mut offsets = HashMap::new();
+    let mut at = 0usize;
+    for entry in &manifest.entries {
+        offsets
+            .entry(entry.chunk)
+            .or_insert((at, entry.len as usize));
+        at += entry.len as usize;
+    }
+    // An edit: the version it replaces says which chunks the account surely holds, and
+    // the new manifest travels as splices of it. Without it, everything is asked about.
+    let base = match base {
+        Some((id, Some(kept))) => Some((id, kept)),
+        Some((id, None)) => match cloud.manifest(&id).await {
+            Ok(manifest) => Some((id, manifest)),
+            Err(e) if !e.transient => None,
+            Err(e) => return Err(Shipping::Sending(e)),
+        },
+        None => None,
+    };
+    let held: HashSet<ChunkId> = base
+        .iter()
+        .flat_map(|(_, m)| m.entries.iter().map(|e| e.chunk))
+        .collect();
+    let ids: Vec<ChunkId> = {
+        let mut unique: Vec<ChunkId> = offsets
+            .keys()
+            .filter(|id| !held.contains(id))
+            .copied()
             .collect();
-        let ids: Vec<ChunkId> = {
-            let mut unique: Vec<ChunkId> = offsets
-                .keys()
-                .filter(|id| !held.contains(id))
-                .copied()
-                .collect();
-            unique.sort();
-            unique
-        };
-        // An edit asks about its changed chunks with each stretch's signature (and sends
-        // none the cloud already holds); FindMissing is for whatever no delta covered.
-        let unsettled = match &base {
-            Some((id, base)) => send_changed_stretches(
-                cloud,
-                &session,
-                (id, base),
-                &manifest,
-                ids,
-                &data,
-                &mut sent,
-            )
-            .await
-            .map_err(Shipping::Sending)?,
-            None => ids,
-        };
-        let missing = if unsettled.is_empty() {
-            Vec::new()
-        } else {
-            cloud
-                .find_missing(&session, &unsettled)
+        unique.sort();
+        unique
+    };
+    // An edit asks about its changed chunks with each stretch's signature (and sends
+    // none the cloud already holds); FindMissing is for whatever no delta covered.
+    let unsettled = match &base {
+        Some((id, base)) => {
+            send_changed_stretches(cloud, &session, (id, base), &manifest, ids, &data, sent)
                 .await
                 .map_err(Shipping::Sending)?
-        };
-        // The bytes of chunks `ids`, leaving out those `skip` names.
-        let whole = |ids: &[ChunkId], skip: &HashSet<ChunkId>| -> Vec<(ChunkId, Bytes)> {
-            ids.iter()
-                .filter(|id| !skip.contains(id))
-                .filter_map(|id| {
-                    let (at, len) = offsets.get(id)?;
-                    Some((*id, data.slice(*at..*at + *len)))
-                })
-                .collect()
-        };
-        send_whole(cloud, &session, whole(&missing, &acked), &mut sent)
+        }
+        None => ids,
+    };
+    let missing = if unsettled.is_empty() {
+        Vec::new()
+    } else {
+        cloud
+            .find_missing(&session, &unsettled)
             .await
-            .map_err(Shipping::Sending)?;
-        // The manifest rides on the commit (as splices of the base for an edit): one
-        // round trip for both. MISSING_CHUNKS — chunks collected since FindMissing said the
-        // account had them, or a base chunk scrub quarantined — names only the first few:
-        // ask which of all the file's chunks are missing, send those, once, and commit again.
-        let base = base.as_ref().map(|(id, base)| (id, base));
-        match cloud.commit(commit.clone(), &manifest, base).await {
-            Err(e) if e.reason == "MISSING_CHUNKS" => {
-                let all: Vec<ChunkId> = offsets.keys().copied().collect();
-                let missing = cloud
-                    .find_missing(&session, &all)
-                    .await
-                    .map_err(Shipping::Sending)?;
-                // Acknowledged in an earlier attempt or not, the cloud has lost them.
-                send_whole(cloud, &session, whole(&missing, &HashSet::new()), &mut sent)
-                    .await
-                    .map_err(Shipping::Sending)?;
-                cloud
-                    .commit(commit, &manifest, base)
-                    .await
-                    .map_err(Shipping::Committing)
+            .map_err(Shipping::Sending)?
+    };
+    let chunks = held_chunks((&offsets, &data), &missing, acked);
+    send_whole(cloud, &session, chunks, sent)
+        .await
+        .map_err(Shipping::Sending)?;
+    let media = keepsake_media::probe(&data);
+    let base = base.as_ref().map(|(id, base)| (id, base));
+    let source = Source::Held(&offsets, &data);
+    commit_mending(cloud, draft, manifest, base, &media, source, sent).await
+}
+
+/// The bytes of chunks `ids` of a file held in memory (`offsets` of each chunk in `data`),
+/// leaving out those `skip` names.
+fn held_chunks(
+    (offsets, data): (&HashMap<ChunkId, (usize, usize)>, &Bytes),
+    ids: &[ChunkId],
+    skip: &HashSet<ChunkId>,
+) -> Vec<(ChunkId, Bytes)> {
+    ids.iter()
+        .filter(|id| !skip.contains(id))
+        .filter_map(|id| {
+            let (at, len) = offsets.get(id)?;
+            Some((*id, data.slice(*at..*at + *len)))
+        })
+        .collect()
+}
+
+/// Where a file's chunks can be had again.
+enum Source<'a> {
+    /// In memory: each chunk's offset and length in the bytes.
+    Held(&'a HashMap<ChunkId, (usize, usize)>, &'a Bytes),
+    /// Streamed from this file of this size.
+    File(&'a Path, u64),
+}
+
+/// Commits `manifest`. The manifest rides on the commit (as splices of the base for an
+/// edit): one round trip for both. MISSING_CHUNKS — chunks collected since FindMissing said
+/// the account had them, or a base chunk scrub quarantined — names only the first few: ask
+/// which of all the file's chunks are missing, send those from `source`, once, and commit
+/// again.
+async fn commit_mending<C: Cloud>(
+    cloud: &mut C,
+    draft: &Draft,
+    manifest: Manifest,
+    base: Option<(&ManifestId, &Manifest)>,
+    media: &keepsake_media::MediaInfo,
+    source: Source<'_>,
+    sent: &mut Sent,
+) -> Result<(CommitReply, Manifest), Shipping> {
+    let commit = draft.commit(&manifest, media);
+    match cloud.commit(commit.clone(), &manifest, base).await {
+        Err(e) if e.reason == "MISSING_CHUNKS" => {
+            let session = &draft.reservation_id;
+            let all: Vec<ChunkId> = manifest
+                .entries
+                .iter()
+                .map(|e| e.chunk)
+                .collect::<HashSet<_>>()
+                .into_iter()
+                .collect();
+            let missing = cloud
+                .find_missing(session, &all)
+                .await
+                .map_err(Shipping::Sending)?;
+            // Acknowledged in an earlier attempt or not, the cloud has lost them.
+            match source {
+                Source::Held(offsets, data) => {
+                    let chunks = held_chunks((offsets, data), &missing, &HashSet::new());
+                    send_whole(cloud, session, chunks, sent)
+                        .await
+                        .map_err(Shipping::Sending)?;
+                }
+                Source::File(path, size) => {
+                    let only = Wanted::Only(missing.into_iter().collect());
+                    let (again, _) = stream_file(cloud, session, path, size, only, sent).await?;
+                    if again.file_hash != manifest.file_hash {
+                        return Err(Shipping::Changed);
+                    }
+                }
             }
-            other => other.map_err(Shipping::Committing),
+            cloud
+                .commit(commit, &manifest, base)
+                .await
+                .map(|reply| (reply, manifest))
+                .map_err(Shipping::Committing)
+        }
+        other => other
+            .map(|reply| (reply, manifest))
+            .map_err(Shipping::Committing),
+    }
+}
+
+/// Which of a streamed file's chunks go to the cloud.
+enum Wanted {
+    /// Those the cloud lacks, asked about a batch at a time, but for those an earlier,
+    /// cut-off attempt got acknowledged.
+    Lacking { acked: HashSet<ChunkId> },
+    /// Just these.
+    Only(HashSet<ChunkId>),
+}
+
+impl Wanted {
+    /// Whether chunk `id` might be sent (the cloud may still hold it).
+    fn keeps(&self, id: &ChunkId) -> bool {
+        match self {
+            Wanted::Lacking { acked } => !acked.contains(id),
+            Wanted::Only(ids) => ids.contains(id),
         }
     }
-    .await;
-    Shipped {
-        row,
-        manifest,
-        sent,
-        outcome,
+}
+
+/// What the thread reading a streamed file hands over: a batch of chunks to send, then
+/// the file's manifest and what it says of itself.
+enum Piece {
+    Batch(Vec<(ChunkId, Bytes)>),
+    Done(Result<(Manifest, keepsake_media::MediaInfo), DeviceError>),
+}
+
+/// Bytes of chunks read into one batch of a streamed file. Three batches are in memory at
+/// most (one read, one waiting, one travelling), whatever the file's size.
+const STREAM_BATCH_BYTES: usize = 32 << 20;
+
+/// New files this large and larger are streamed (read, chunked and sent a batch at a
+/// time) rather than read whole, and go alone.
+const STREAMED_FROM: u64 = 64 << 20;
+
+/// Reads, chunks and sends a file too large to hold, a batch at a time: a thread of its own
+/// reads and cuts the next batch while this one travels. Returns the manifest of what was
+/// read (the caller compares it with what the scan hashed) and what the file says of itself.
+async fn stream_file<C: Cloud>(
+    cloud: &mut C,
+    session: &str,
+    path: &Path,
+    size: u64,
+    wanted: Wanted,
+    sent: &mut Sent,
+) -> Result<(Manifest, keepsake_media::MediaInfo), Shipping> {
+    let asks = matches!(wanted, Wanted::Lacking { .. });
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+    let path_owned = path.to_path_buf();
+    // A thread, not the runtime's blocking pool: it blocks on the channel, which would
+    // stall a single-threaded runtime.
+    std::thread::spawn(move || {
+        let done = read_in_batches(&path_owned, size, &wanted, &tx);
+        let _ = tx.blocking_send(Piece::Done(done));
+    });
+    while let Some(piece) = rx.recv().await {
+        let batch = match piece {
+            Piece::Batch(batch) => batch,
+            Piece::Done(done) => return done.map_err(Shipping::Reading),
+        };
+        let batch = if asks {
+            let ids: Vec<ChunkId> = batch.iter().map(|(id, _)| *id).collect();
+            let missing: HashSet<ChunkId> = cloud
+                .find_missing(session, &ids)
+                .await
+                .map_err(Shipping::Sending)?
+                .into_iter()
+                .collect();
+            batch
+                .into_iter()
+                .filter(|(id, _)| missing.contains(id))
+                .collect()
+        } else {
+            batch
+        };
+        send_whole(cloud, session, batch, sent)
+            .await
+            .map_err(Shipping::Sending)?;
+    }
+    let stopped = std::io::Error::other("the thread reading the file stopped");
+    Err(Shipping::Reading(stopped.into()))
+}
+
+/// The reading half of [`stream_file`]: each chunk `wanted` keeps, once, copied into
+/// batches of [`STREAM_BATCH_BYTES`] handed to `tx`.
+fn read_in_batches(
+    path: &Path,
+    size: u64,
+    wanted: &Wanted,
+    tx: &tokio::sync::mpsc::Sender<Piece>,
+) -> Result<(Manifest, keepsake_media::MediaInfo), DeviceError> {
+    use std::io::Seek;
+    let mut file = std::fs::File::open(path)?;
+    let media = keepsake_media::probe_reader(&mut file)?;
+    file.rewind()?;
+    let params = ChunkParams::for_len(size);
+    let mut seen = HashSet::new();
+    let mut batch = Batch::default();
+    let manifest = keepsake_delta::chunk_stream(&mut file, params, |id, data| {
+        if seen.insert(id) && wanted.keeps(&id) {
+            batch.add(id, data);
+            if batch.bytes.len() >= STREAM_BATCH_BYTES {
+                batch.hand_over(tx)?;
+                fail::fail_point!("device-while-streaming-a-file");
+            }
+        }
+        Ok(())
+    })?;
+    batch.hand_over(tx)?;
+    Ok((manifest, media))
+}
+
+/// Chunks gathered in one buffer, sent as slices of it.
+#[derive(Default)]
+struct Batch {
+    bytes: Vec<u8>,
+    chunks: Vec<(ChunkId, std::ops::Range<usize>)>,
+}
+
+impl Batch {
+    fn add(&mut self, id: ChunkId, data: &[u8]) {
+        let at = self.bytes.len();
+        self.bytes.extend_from_slice(data);
+        self.chunks.push((id, at..self.bytes.len()));
+    }
+
+    /// Sends what was gathered, if anything, and starts afresh.
+    fn hand_over(&mut self, tx: &tokio::sync::mpsc::Sender<Piece>) -> Result<(), DeltaError> {
+        if self.chunks.is_empty() {
+            return Ok(());
+        }
+        let bytes = Bytes::from(std::mem::take(&mut self.bytes));
+        let chunks = std::mem::take(&mut self.chunks)
+            .into_iter()
+            .map(|(id, range)| (id, bytes.slice(range)))
+            .collect();
+        tx.blocking_send(Piece::Batch(chunks))
+            .map_err(|_| DeltaError::Read(std::io::Error::other("the upload stopped")))
     }
 }
 

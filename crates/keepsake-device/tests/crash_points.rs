@@ -38,6 +38,8 @@ struct InProcess {
     edit_calls: Arc<AtomicUsize>,
     /// Chunk streams open now, and the most ever open at once.
     streams: Arc<(AtomicUsize, AtomicUsize)>,
+    /// The most chunk bytes one call ever sent, and one call ever fetched.
+    largest_calls: Arc<(AtomicUsize, AtomicUsize)>,
     /// The next FindMissing answers "nothing missing", as if GC then collected them.
     hide_missing: Arc<AtomicBool>,
     /// The devices' clock, and whether each content question takes a minute and more.
@@ -98,6 +100,7 @@ impl Cloud for InProcess {
             content_questions: self.content_questions.clone(),
             edit_calls: self.edit_calls.clone(),
             streams: self.streams.clone(),
+            largest_calls: self.largest_calls.clone(),
             hide_missing: self.hide_missing.clone(),
             clock: self.clock.clone(),
             slow_questions: self.slow_questions.clone(),
@@ -157,6 +160,8 @@ impl Cloud for InProcess {
         chunks: Vec<(ChunkId, Bytes)>,
         acknowledged: &mut Vec<ChunkId>,
     ) -> Result<(), CloudError> {
+        let bytes = chunks.iter().map(|(_, b)| b.len()).sum();
+        self.largest_calls.0.fetch_max(bytes, Ordering::SeqCst);
         let (open, most) = &*self.streams;
         most.fetch_max(open.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
         // A stream stays open while its bytes travel: the other lanes run meanwhile.
@@ -243,12 +248,16 @@ impl Cloud for InProcess {
     }
 
     async fn chunks(&mut self, ids: &[ChunkId]) -> Result<Vec<(ChunkId, Bytes)>, CloudError> {
-        ids.iter()
+        let chunks: Vec<(ChunkId, Bytes)> = ids
+            .iter()
             .map(|id| {
                 let data = self.store.get_chunk("alice", id).map_err(refused)?;
                 Ok((*id, data))
             })
-            .collect()
+            .collect::<Result<_, CloudError>>()?;
+        let bytes = chunks.iter().map(|(_, b)| b.len()).sum();
+        self.largest_calls.1.fetch_max(bytes, Ordering::SeqCst);
+        Ok(chunks)
     }
 
     async fn edits(
@@ -286,6 +295,7 @@ struct World {
     content_questions: Arc<AtomicUsize>,
     edit_calls: Arc<AtomicUsize>,
     streams: Arc<(AtomicUsize, AtomicUsize)>,
+    largest_calls: Arc<(AtomicUsize, AtomicUsize)>,
     hide_missing: Arc<AtomicBool>,
     clock: Arc<ManualClock>,
     slow_questions: Arc<AtomicBool>,
@@ -328,6 +338,7 @@ fn world() -> World {
         content_questions: Arc::default(),
         edit_calls: Arc::default(),
         streams: Arc::default(),
+        largest_calls: Arc::default(),
         hide_missing: Arc::default(),
         clock: Arc::new(ManualClock::new(T0)),
         slow_questions: Arc::default(),
@@ -350,6 +361,7 @@ fn device(w: &World, root: &Path, name: &str) -> Device<InProcess> {
         content_questions: w.content_questions.clone(),
         edit_calls: w.edit_calls.clone(),
         streams: w.streams.clone(),
+        largest_calls: w.largest_calls.clone(),
         hide_missing: w.hide_missing.clone(),
         clock: w.clock.clone(),
         slow_questions: w.slow_questions.clone(),
@@ -861,5 +873,82 @@ async fn a_commit_refused_for_missing_chunks_sends_every_missing_chunk_whatever_
     );
     assert!(report.chunks_sent > 1, "{report:?}");
     a_new_viewer_gets_what_the_camera_holds(&w, root.path()).await;
+    scenario.teardown();
+}
+
+/// The most chunk bytes one call may carry for a file streamed a batch at a time: a batch
+/// (32 MiB) and the largest chunk that may end it.
+const BATCH_BOUND: usize = (32 << 20) + (256 << 10);
+
+/// A video too large to hold is read, sent and written a batch at a time: no call carries
+/// more than a batch either way, whatever the video's size, and it arrives whole.
+#[tokio::test]
+async fn a_video_too_large_to_hold_travels_and_lands_a_batch_at_a_time() {
+    let scenario = fail::FailScenario::setup();
+    let w = world();
+    let root = tempfile::tempdir().unwrap();
+    let mut camera = device(&w, root.path(), "camera");
+    let folder = root.path().join("camera");
+    // Chunks repeated far apart: fetched once, kept until written the second time.
+    let mut video = bytes_of(9, 150 << 20);
+    let (early, late) = video.split_at_mut(100 << 20);
+    late[..4 << 20].copy_from_slice(&early[10 << 20..14 << 20]);
+    std::fs::write(folder.join("VID_1.MP4"), &video).unwrap();
+    std::fs::write(folder.join("IMG_1.JPG"), photo(600)).unwrap();
+    let report = camera.sync_once().await.unwrap();
+    assert_eq!(
+        (report.uploaded, report.blocked.clone()),
+        (2, None),
+        "{report:?}"
+    );
+    let sent = w.largest_calls.0.load(Ordering::SeqCst);
+    assert!(sent <= BATCH_BOUND, "one call sent {sent} bytes");
+    let mut viewer = device(&w, root.path(), "viewer");
+    let report = viewer.sync_once().await.unwrap();
+    assert_eq!(report.downloaded, 2, "{report:?}");
+    let fetched = w.largest_calls.1.load(Ordering::SeqCst);
+    assert!(fetched <= BATCH_BOUND, "one call fetched {fetched} bytes");
+    assert_eq!(held(&root.path().join("viewer")), held(&folder));
+    let again = camera.sync_once().await.unwrap();
+    assert_eq!((again.uploaded, again.chunks_sent), (0, 0), "{again:?}");
+    scenario.teardown();
+}
+
+/// A video whose bytes change after the scan, while it streams, commits as neither
+/// version; the next pass sends what it became.
+#[tokio::test]
+async fn a_video_changed_while_it_streams_is_committed_only_as_it_became() {
+    let scenario = fail::FailScenario::setup();
+    let w = world();
+    let root = tempfile::tempdir().unwrap();
+    let mut camera = device(&w, root.path(), "camera");
+    let path = root.path().join("camera").join("VID_1.MP4");
+    std::fs::write(&path, bytes_of(10, 80 << 20)).unwrap();
+    let changing = path.clone();
+    fail::cfg_callback("device-while-streaming-a-file", move || {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&changing)
+            .unwrap();
+        std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(70 << 20)).unwrap();
+        std::io::Write::write_all(&mut file, &bytes_of(11, 1 << 20)).unwrap();
+    })
+    .unwrap();
+    let report = camera.sync_once().await.unwrap();
+    fail::remove("device-while-streaming-a-file");
+    assert_eq!(
+        (report.uploaded, report.blocked.clone()),
+        (0, None),
+        "{report:?}"
+    );
+    assert_eq!(live_assets(&w), 0);
+    let report = camera.sync_once().await.unwrap();
+    assert_eq!(report.uploaded, 1, "{report:?}");
+    let mut viewer = device(&w, root.path(), "viewer");
+    viewer.sync_once().await.unwrap();
+    assert_eq!(
+        std::fs::read(root.path().join("viewer").join("VID_1.MP4")).unwrap(),
+        std::fs::read(&path).unwrap()
+    );
     scenario.teardown();
 }

@@ -6,7 +6,7 @@ use crate::civil::from_1904;
 use crate::{MediaInfo, MediaKind};
 
 /// At most this many boxes are looked at (a file of empty boxes cannot make us spin).
-const MAX_BOXES: usize = 4096;
+pub(crate) const MAX_BOXES: usize = 4096;
 
 struct Atom<'a> {
     kind: [u8; 4],
@@ -48,6 +48,37 @@ fn boxes<'a>(data: &'a [u8], budget: &mut usize) -> Vec<Atom<'a>> {
         at = end;
     }
     out
+}
+
+/// The kind and whole size of the top-level box at `at` in a file of `len` bytes, read
+/// from `reader`; `None` past the end or for a box that does not fit.
+pub(crate) fn box_header<R: std::io::Read + std::io::Seek>(
+    reader: &mut R,
+    at: u64,
+    len: u64,
+) -> std::io::Result<Option<([u8; 4], u64)>> {
+    if at.saturating_add(8) > len {
+        return Ok(None);
+    }
+    reader.seek(std::io::SeekFrom::Start(at))?;
+    let mut header = [0u8; 8];
+    reader.read_exact(&mut header)?;
+    let kind = [header[4], header[5], header[6], header[7]];
+    let (header_len, size) = match u32::from_be_bytes([header[0], header[1], header[2], header[3]])
+    {
+        0 => (8, len - at),
+        1 => {
+            if at + 16 > len {
+                return Ok(None);
+            }
+            let mut large = [0u8; 8];
+            reader.read_exact(&mut large)?;
+            (16, u64::from_be_bytes(large))
+        }
+        n => (8, u64::from(n)),
+    };
+    let fits = size >= header_len && at.checked_add(size).is_some_and(|end| end <= len);
+    Ok(fits.then_some((kind, size)))
 }
 
 fn be_u32(b: &[u8], at: usize) -> Option<u32> {

@@ -21,6 +21,8 @@ mod still;
 
 pub use derive::{Derivative, PREVIEW_EDGE, THUMBNAIL_EDGE, derive};
 
+use std::io::{Read, Seek, SeekFrom};
+
 /// Photo, video, or something this crate does not know.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MediaKind {
@@ -91,6 +93,43 @@ pub enum MediaError {
         /// The pixel limit.
         limit: u64,
     },
+}
+
+/// Bytes from a file's start that [`probe_reader`] reads of anything not a movie (EXIF
+/// lives in a still's first 64 KiB).
+const HEAD_BYTES: u64 = 4 << 20;
+
+/// The largest movie box [`probe_reader`] reads into memory: a phone's `moov` is a few MiB
+/// even for an hour of video.
+const MAX_HEADER_BOX: u64 = 64 << 20;
+
+/// Like [`probe`], for a file too large to hold in memory: of a movie only its `ftyp`,
+/// `moov` and `meta` boxes are read — a phone writes `moov` after gigabytes of frames —
+/// and of anything else its first 4 MiB. Fails only when reading does.
+pub fn probe_reader<R: Read + Seek>(reader: &mut R) -> std::io::Result<MediaInfo> {
+    let len = reader.seek(SeekFrom::End(0))?;
+    let mut head = Vec::new();
+    reader.seek(SeekFrom::Start(0))?;
+    reader.by_ref().take(HEAD_BYTES).read_to_end(&mut head)?;
+    if len <= HEAD_BYTES || head.get(4..8) != Some(b"ftyp") {
+        return Ok(probe(&head));
+    }
+    let mut kept = Vec::new();
+    let mut at = 0u64;
+    for _ in 0..bmff::MAX_BOXES {
+        let Some((kind, size)) = bmff::box_header(reader, at, len)? else {
+            break;
+        };
+        if [b"ftyp", b"moov", b"meta"].contains(&&kind) {
+            if size > MAX_HEADER_BOX {
+                break;
+            }
+            reader.seek(SeekFrom::Start(at))?;
+            reader.by_ref().take(size).read_to_end(&mut kept)?;
+        }
+        at += size;
+    }
+    Ok(probe(&kept))
 }
 
 /// Reads what the bytes say about themselves. Never fails: what cannot be read is `None`.

@@ -4,8 +4,9 @@
 use exif::experimental::Writer;
 use exif::{Field, In, Rational, Tag, Value};
 use image::{ImageEncoder, Rgb, RgbImage};
-use keepsake_media::{MediaKind, PREVIEW_EDGE, THUMBNAIL_EDGE, derive, probe};
+use keepsake_media::{MediaKind, PREVIEW_EDGE, THUMBNAIL_EDGE, derive, probe, probe_reader};
 use proptest::prelude::*;
+use std::io::{Read, Seek, SeekFrom};
 
 /// A picture whose top-left quarter is red and the rest blue, so orientation shows.
 fn picture(width: u32, height: u32) -> RgbImage {
@@ -193,6 +194,83 @@ fn a_movie_says_when_it_was_made_how_long_and_which_way_up() {
     );
 }
 
+/// A file of `len` bytes, zeros except where `parts` say, that counts the bytes read from
+/// it: a 5 GiB movie without 5 GiB.
+struct Sparse {
+    parts: Vec<(u64, Vec<u8>)>,
+    len: u64,
+    pos: u64,
+    read: u64,
+}
+
+impl Read for Sparse {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = (buf.len() as u64).min(self.len.saturating_sub(self.pos)) as usize;
+        buf[..n].fill(0);
+        for (at, bytes) in &self.parts {
+            let end = at + bytes.len() as u64;
+            let (from, to) = (self.pos.max(*at), (self.pos + n as u64).min(end));
+            if from < to {
+                buf[(from - self.pos) as usize..(to - self.pos) as usize]
+                    .copy_from_slice(&bytes[(from - at) as usize..(to - at) as usize]);
+            }
+        }
+        self.pos += n as u64;
+        self.read += n as u64;
+        Ok(n)
+    }
+}
+
+impl Seek for Sparse {
+    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+        self.pos = match to {
+            SeekFrom::Start(at) => at,
+            SeekFrom::End(back) => self.len.saturating_add_signed(back),
+            SeekFrom::Current(by) => self.pos.saturating_add_signed(by),
+        };
+        Ok(self.pos)
+    }
+}
+
+/// `movie`'s layout (ftyp, free, moov, mdat) rewritten as a phone's: ftyp, free, an
+/// mdat of `frames` zero bytes, then the moov (damaged or not) — sparse.
+fn behind_frames(movie: &[u8], frames: u64) -> Sparse {
+    let moov_len = u32::from_be_bytes(movie[24..28].try_into().unwrap()) as usize;
+    let moov = movie[24..(24 + moov_len).min(movie.len())].to_vec();
+    let mut mdat = 1u32.to_be_bytes().to_vec();
+    mdat.extend_from_slice(b"mdat");
+    mdat.extend_from_slice(&(frames + 16).to_be_bytes());
+    let moov_at = 24 + frames + 16;
+    Sparse {
+        len: moov_at + moov.len() as u64,
+        parts: vec![(0, movie[..24].to_vec()), (24, mdat), (moov_at, moov)],
+        pos: 0,
+        read: 0,
+    }
+}
+
+/// A phone writes a movie's header after its frames: reading it from a file must not read
+/// the frames (the device probes videos too large to hold in memory this way).
+#[test]
+fn a_movie_whose_header_follows_gigabytes_of_frames_is_read_without_them() {
+    let created = 2_082_844_800u32 + 1_577_836_800;
+    let header = movie(b"isom", created, true);
+    // The test movie is ftyp, free, moov, then a small mdat: move its moov after 5 GiB of mdat.
+    let frames: u64 = 5 << 30;
+    let mut file = behind_frames(&header, frames);
+    let info = probe_reader(&mut file).unwrap();
+    assert_eq!((info.kind, info.format), (MediaKind::Video, "mp4"));
+    assert_eq!(info.capture_time_ms, Some(1_577_836_800_000));
+    assert_eq!(
+        (info.width, info.height, info.orientation),
+        (Some(1080), Some(1920), 6)
+    );
+    assert!(file.read < 5 << 20, "read {} bytes", file.read);
+    // A small file is probed whole, as `probe` would.
+    let mut small = std::io::Cursor::new(header.clone());
+    assert_eq!(probe_reader(&mut small).unwrap(), probe(&header));
+}
+
 #[test]
 fn previews_and_thumbnails_are_upright_and_the_right_size() {
     let photo = jpeg_with_exif(
@@ -259,5 +337,25 @@ proptest! {
         let info = probe(&bytes);
         prop_assert!((1..=8).contains(&info.orientation));
         let _ = derive(&bytes, &[THUMBNAIL_EDGE]);
+    }
+
+    /// A movie's header behind any length of frames, damaged or not, is read from the file
+    /// without panicking, and undamaged says what the header alone says.
+    #[test]
+    fn a_header_behind_frames_reads_as_the_header_alone(
+        frames in 0u64..(8 << 30),
+        flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+    ) {
+        let mut header = movie(b"isom", 2_082_844_800 + 1_577_836_800, true);
+        let alone = probe(&header);
+        let damaged = !flips.is_empty();
+        for (at, value) in flips {
+            let i = at.index(header.len());
+            header[i] = value;
+        }
+        let info = probe_reader(&mut behind_frames(&header, frames)).unwrap();
+        if !damaged {
+            prop_assert_eq!(info, alone);
+        }
     }
 }
