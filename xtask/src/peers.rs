@@ -543,12 +543,14 @@ fn keepsake(
         .context("ingest")?;
     println!("keepsake ingest (A's folder in the cloud): {ingest_s:.1} s");
     println!(
-        "keepsake first sync: {:.1} s; CPU server {:.1} s, A {:.1} s, B {:.1} s; server peak so far {} MiB",
+        "keepsake first sync: {:.1} s; CPU server {:.1} s, A {:.1} s, B {:.1} s; peak memory server {} MiB (so far), A {} MiB, B {} MiB",
         first.wall_s,
         cpu_s(server.0.id()),
         cpu_s(a.0.id()),
         cpu_s(b.0.id()),
-        peak_kib(server.0.id()) >> 10
+        peak_kib(server.0.id()) >> 10,
+        peak_kib(a.0.id()) >> 10,
+        peak_kib(b.0.id()) >> 10
     );
 
     // 3. Edits of 1% of the files on A, until B holds the new bytes.

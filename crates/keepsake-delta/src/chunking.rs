@@ -1,6 +1,7 @@
 //! Content-defined chunking into manifests, on one core or two.
 
 use crate::DeltaError;
+use bytes::Bytes;
 use fastcdc::v2020::StreamCDC;
 use keepsake_store::{ChunkId, Manifest, ManifestEntry};
 use std::io::Read;
@@ -171,6 +172,70 @@ fn joined<T>(handle: std::thread::ScopedJoinHandle<'_, T>) -> T {
         .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
 
+/// Chunks `reader` into batches of about `batch_bytes` (at least two maximum-size chunks),
+/// handed to `sink` in file order: each batch is one buffer read straight from `reader`,
+/// and its chunks are slices of it, never copies. The whole-file hash runs on a second
+/// thread. Boundaries are those of [`chunk_stream`]; memory is a batch and a chunk, plus
+/// what `sink` keeps.
+pub fn chunk_batches<R: Read>(
+    mut reader: R,
+    params: ChunkParams,
+    batch_bytes: usize,
+    mut sink: impl FnMut(Vec<(ChunkId, Bytes)>) -> Result<(), DeltaError>,
+) -> Result<Manifest, DeltaError> {
+    let max = params.max as usize;
+    let batch_bytes = batch_bytes.max(2 * max);
+    std::thread::scope(|scope| {
+        let (to_hasher, fresh) = std::sync::mpsc::sync_channel::<Bytes>(2);
+        let whole = scope.spawn(move || {
+            let mut whole = blake3::Hasher::new();
+            for bytes in fresh {
+                whole.update(&bytes);
+            }
+            ChunkId(*whole.finalize().as_bytes())
+        });
+        let mut entries = Vec::new();
+        // The bytes after the last cut, carried into the next buffer.
+        let mut carry = Bytes::new();
+        loop {
+            let mut buf = Vec::with_capacity(carry.len() + batch_bytes);
+            buf.extend_from_slice(&carry);
+            let read = (&mut reader)
+                .take(batch_bytes as u64)
+                .read_to_end(&mut buf)?;
+            let eof = read < batch_bytes;
+            let buf = Bytes::from(buf);
+            if read > 0 {
+                // The hasher stops only if it panicked, which joining it resumes.
+                let _ = to_hasher.send(buf.slice(carry.len()..));
+            }
+            let mut batch = Vec::new();
+            let mut consumed = 0;
+            for c in params.cut(&buf) {
+                // As in `chunk_stream`: a cut is final only with a whole maximum-size
+                // chunk after its start in view.
+                if !eof && c.offset + max > buf.len() {
+                    break;
+                }
+                let data = buf.slice(c.offset..c.offset + c.length);
+                let (id, e) = entry(&data);
+                entries.push(e);
+                batch.push((id, data));
+                consumed = c.offset + c.length;
+            }
+            carry = buf.slice(consumed..);
+            if !batch.is_empty() {
+                sink(batch)?;
+            }
+            if eof {
+                break;
+            }
+        }
+        drop(to_hasher);
+        Ok(Manifest::new(entries, joined(whole)))
+    })
+}
+
 /// Like [`chunk_stream`], but cuts on a second thread while this one hashes, for
 /// one large file. Boundaries and order are exactly those of [`chunk_stream`].
 pub fn chunk_stream_pipelined<R: Read + Send>(
@@ -285,11 +350,22 @@ mod tests {
         }
 
         #[test]
-        fn how_the_work_is_split_never_changes_the_boundaries(data in proptest::collection::vec(any::<u8>(), 0..20_000)) {
+        fn how_the_work_is_split_never_changes_the_boundaries(
+            data in proptest::collection::vec(any::<u8>(), 0..20_000),
+            batch in 0usize..6000,
+        ) {
             let (m1, _) = chunks_of(&data, SMALL);
             prop_assert_eq!(&manifest_of(&data, SMALL), &m1);
             let m2 = chunk_stream_pipelined(&data[..], SMALL, |_, _| Ok(())).unwrap();
             prop_assert_eq!(&m1, &m2);
+            let mut batched = Vec::new();
+            let m3 = chunk_batches(&data[..], SMALL, batch, |b| {
+                batched.extend(b.into_iter().map(|(_, bytes)| bytes));
+                Ok(())
+            })
+            .unwrap();
+            prop_assert_eq!(&m1, &m3);
+            prop_assert_eq!(batched.concat(), data.clone());
             let halves = vec![&data[..data.len() / 2], &data[data.len() / 2..]];
             let par = chunk_files_parallel(halves.clone(), |_| SMALL, 2, |_, _| Ok(()));
             for (half, got) in halves.iter().zip(par) {
@@ -320,7 +396,9 @@ mod tests {
             step in 1usize..3000,
         ) {
             let trickled = chunk_stream(Trickle { data: &data, step }, SMALL, |_, _| Ok(())).unwrap();
-            prop_assert_eq!(trickled, manifest_of(&data, SMALL));
+            prop_assert_eq!(&trickled, &manifest_of(&data, SMALL));
+            let batched = chunk_batches(Trickle { data: &data, step }, SMALL, 2500, |_| Ok(())).unwrap();
+            prop_assert_eq!(trickled, batched);
         }
     }
 

@@ -35,7 +35,8 @@ pub mod rsync;
 pub mod span;
 
 pub use chunking::{
-    ChunkParams, chunk_files_parallel, chunk_stream, chunk_stream_pipelined, manifest_of,
+    ChunkParams, chunk_batches, chunk_files_parallel, chunk_stream, chunk_stream_pipelined,
+    manifest_of,
 };
 pub use plan::{Choice, UploadPlan, choose, plan_upload};
 

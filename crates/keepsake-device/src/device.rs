@@ -2416,8 +2416,9 @@ enum Piece {
     Done(Result<(Manifest, keepsake_media::MediaInfo), DeviceError>),
 }
 
-/// Bytes of chunks read into one batch of a streamed file. Three batches are in memory at
-/// most (one read, one waiting, one travelling), whatever the file's size.
+/// Bytes of chunks read into one batch of a streamed file. Four batches are in memory at
+/// most (one being read, one waiting, [`BATCHES_IN_FLIGHT`] travelling), whatever the
+/// file's size.
 const STREAM_BATCH_BYTES: usize = 32 << 20;
 
 /// New files this large and larger are streamed (read, chunked and sent a batch at a
@@ -2444,19 +2445,26 @@ async fn stream_file<C: Cloud>(
         let done = read_in_batches(&path_owned, size, &wanted, &tx);
         let _ = tx.blocking_send(Piece::Done(done));
     });
-    while let Some(piece) = rx.recv().await {
+    let mut travelling = tokio::task::JoinSet::new();
+    let mut failed = None;
+    let mut done = None;
+    'reading: while let Some(piece) = rx.recv().await {
         let batch = match piece {
             Piece::Batch(batch) => batch,
-            Piece::Done(done) => return done.map_err(Shipping::Reading),
+            Piece::Done(result) => {
+                done = Some(result);
+                break;
+            }
         };
         let batch = if asks {
             let ids: Vec<ChunkId> = batch.iter().map(|(id, _)| *id).collect();
-            let missing: HashSet<ChunkId> = cloud
-                .find_missing(session, &ids)
-                .await
-                .map_err(Shipping::Sending)?
-                .into_iter()
-                .collect();
+            let missing: HashSet<ChunkId> = match cloud.find_missing(session, &ids).await {
+                Ok(missing) => missing.into_iter().collect(),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            };
             batch
                 .into_iter()
                 .filter(|(id, _)| missing.contains(id))
@@ -2464,16 +2472,71 @@ async fn stream_file<C: Cloud>(
         } else {
             batch
         };
-        send_whole(cloud, session, batch, sent)
-            .await
-            .map_err(Shipping::Sending)?;
+        // Batches travel side by side on lanes: one batch's fsyncs on the cloud overlap
+        // the next one's transfer.
+        while travelling.len() >= BATCHES_IN_FLIGHT {
+            if let Err(e) = land_batch(&mut travelling, sent).await {
+                failed = Some(e);
+                break 'reading;
+            }
+        }
+        match cloud.lane() {
+            Some(mut lane) => {
+                let session = session.to_string();
+                travelling.spawn(async move {
+                    let mut sent = Sent::default();
+                    let outcome = send_whole(&mut lane, &session, batch, &mut sent).await;
+                    (sent, outcome)
+                });
+            }
+            None => {
+                if let Err(e) = send_whole(cloud, session, batch, sent).await {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
     }
-    let stopped = std::io::Error::other("the thread reading the file stopped");
-    Err(Shipping::Reading(stopped.into()))
+    // Stops the reading; whatever travels lands, its acknowledgements kept.
+    drop(rx);
+    while !travelling.is_empty() {
+        if let Err(e) = land_batch(&mut travelling, sent).await {
+            failed.get_or_insert(e);
+        }
+    }
+    if let Some(e) = failed {
+        return Err(Shipping::Sending(e));
+    }
+    match done {
+        Some(result) => result.map_err(Shipping::Reading),
+        None => {
+            let stopped = std::io::Error::other("the thread reading the file stopped");
+            Err(Shipping::Reading(stopped.into()))
+        }
+    }
 }
 
-/// The reading half of [`stream_file`]: each chunk `wanted` keeps, once, copied into
-/// batches of [`STREAM_BATCH_BYTES`] handed to `tx`.
+/// Batches of a streamed file on their way at once.
+const BATCHES_IN_FLIGHT: usize = 2;
+
+/// Waits for one batch of a streamed file to land, adding what it sent to `sent`.
+async fn land_batch(
+    travelling: &mut tokio::task::JoinSet<(Sent, Result<(), CloudError>)>,
+    sent: &mut Sent,
+) -> Result<(), CloudError> {
+    let Some(joined) = travelling.join_next().await else {
+        return Ok(());
+    };
+    // The set is aborted only when dropped, so a task's error is its panic.
+    let (batch, outcome) = joined.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+    sent.whole.extend(batch.whole);
+    sent.by_delta.extend(batch.by_delta);
+    sent.bytes += batch.bytes;
+    outcome
+}
+
+/// The reading half of [`stream_file`]: each chunk `wanted` keeps, once, in batches of
+/// about [`STREAM_BATCH_BYTES`] handed to `tx`.
 fn read_in_batches(
     path: &Path,
     size: u64,
@@ -2486,48 +2549,19 @@ fn read_in_batches(
     file.rewind()?;
     let params = ChunkParams::for_len(size);
     let mut seen = HashSet::new();
-    let mut batch = Batch::default();
-    let manifest = keepsake_delta::chunk_stream(&mut file, params, |id, data| {
-        if seen.insert(id) && wanted.keeps(&id) {
-            batch.add(id, data);
-            if batch.bytes.len() >= STREAM_BATCH_BYTES {
-                batch.hand_over(tx)?;
-                fail::fail_point!("device-while-streaming-a-file");
-            }
+    let manifest = keepsake_delta::chunk_batches(file, params, STREAM_BATCH_BYTES, |batch| {
+        let batch: Vec<(ChunkId, Bytes)> = batch
+            .into_iter()
+            .filter(|(id, _)| seen.insert(*id) && wanted.keeps(id))
+            .collect();
+        if !batch.is_empty() {
+            tx.blocking_send(Piece::Batch(batch))
+                .map_err(|_| DeltaError::Read(std::io::Error::other("the upload stopped")))?;
         }
+        fail::fail_point!("device-while-streaming-a-file");
         Ok(())
     })?;
-    batch.hand_over(tx)?;
     Ok((manifest, media))
-}
-
-/// Chunks gathered in one buffer, sent as slices of it.
-#[derive(Default)]
-struct Batch {
-    bytes: Vec<u8>,
-    chunks: Vec<(ChunkId, std::ops::Range<usize>)>,
-}
-
-impl Batch {
-    fn add(&mut self, id: ChunkId, data: &[u8]) {
-        let at = self.bytes.len();
-        self.bytes.extend_from_slice(data);
-        self.chunks.push((id, at..self.bytes.len()));
-    }
-
-    /// Sends what was gathered, if anything, and starts afresh.
-    fn hand_over(&mut self, tx: &tokio::sync::mpsc::Sender<Piece>) -> Result<(), DeltaError> {
-        if self.chunks.is_empty() {
-            return Ok(());
-        }
-        let bytes = Bytes::from(std::mem::take(&mut self.bytes));
-        let chunks = std::mem::take(&mut self.chunks)
-            .into_iter()
-            .map(|(id, range)| (id, bytes.slice(range)))
-            .collect();
-        tx.blocking_send(Piece::Batch(chunks))
-            .map_err(|_| DeltaError::Read(std::io::Error::other("the upload stopped")))
-    }
 }
 
 /// Sends chunks whole; what the cloud acknowledged is kept even when the call failed.
