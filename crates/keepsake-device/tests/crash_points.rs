@@ -852,27 +852,35 @@ async fn a_downloaded_file_leaves_none_of_its_pages_cached() {
 
 /// A commit refused with MISSING_CHUNKS — chunks gone between FindMissing and the commit —
 /// is followed by a FindMissing over the whole file, whatever the refusal named (the cloud
-/// names at most 48; this one names none), and the file lands in the same pass.
+/// names at most 48; this one names none), and the file lands in the same pass, each chunk
+/// sent once: a photo held in memory, and a video streamed, read again for those chunks.
 #[tokio::test]
 async fn a_commit_refused_for_missing_chunks_sends_every_missing_chunk_whatever_it_named() {
     let scenario = fail::FailScenario::setup();
-    let w = world();
-    let root = tempfile::tempdir().unwrap();
-    let mut camera = device(&w, root.path(), "camera");
-    std::fs::write(root.path().join("camera").join("IMG_1.JPG"), photo(400)).unwrap();
-    w.hide_missing.store(true, Ordering::SeqCst);
-    let report = camera.sync_once().await.unwrap();
-    assert!(
-        !w.hide_missing.load(Ordering::SeqCst),
-        "FindMissing was asked"
-    );
-    assert_eq!(
-        (report.uploaded, report.blocked.clone()),
-        (1, None),
-        "{report:?}"
-    );
-    assert!(report.chunks_sent > 1, "{report:?}");
-    a_new_viewer_gets_what_the_camera_holds(&w, root.path()).await;
+    for (name, content) in [
+        ("IMG_1.JPG", photo(400)),
+        ("VID_1.MP4", bytes_of(12, 80 << 20)),
+    ] {
+        let w = world();
+        let root = tempfile::tempdir().unwrap();
+        let mut camera = device(&w, root.path(), "camera");
+        std::fs::write(root.path().join("camera").join(name), &content).unwrap();
+        w.hide_missing.store(true, Ordering::SeqCst);
+        let report = camera.sync_once().await.unwrap();
+        assert!(
+            !w.hide_missing.load(Ordering::SeqCst),
+            "FindMissing was asked"
+        );
+        assert_eq!(
+            (report.uploaded, report.blocked.clone()),
+            (1, None),
+            "{name}: {report:?}"
+        );
+        let manifest = keepsake_delta::manifest_of(&content, keepsake_delta::ChunkParams::PHOTO);
+        let unique: HashSet<ChunkId> = manifest.entries.iter().map(|e| e.chunk).collect();
+        assert_eq!(report.chunks_sent, unique.len(), "{name}: {report:?}");
+        a_new_viewer_gets_what_the_camera_holds(&w, root.path()).await;
+    }
     scenario.teardown();
 }
 
