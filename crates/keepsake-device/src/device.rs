@@ -1740,9 +1740,16 @@ impl<C: Cloud> Device<C> {
         Ok(())
     }
 
-    /// Starts fetching `batches` (one waiting at most) on a lane, if the cloud has one.
+    /// Starts fetching `batches` (one waiting at most) on a lane, if there are any and the
+    /// cloud has a lane.
     fn feed(&self, batches: Vec<Vec<ChunkId>>) -> Feed {
-        let Some(mut lane) = self.cloud.lane() else {
+        // Nothing to fetch (content fetched ahead, or all found in the old file): no task.
+        let lane = if batches.is_empty() {
+            None
+        } else {
+            self.cloud.lane()
+        };
+        let Some(mut lane) = lane else {
             return Feed::Inline(batches.into_iter());
         };
         let (tx, rx) = tokio::sync::mpsc::channel(1);

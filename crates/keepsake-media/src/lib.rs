@@ -108,10 +108,13 @@ const MAX_HEADER_BOX: u64 = 64 << 20;
 /// and of anything else its first 4 MiB. Fails only when reading does.
 pub fn probe_reader<R: Read + Seek>(reader: &mut R) -> std::io::Result<MediaInfo> {
     let len = reader.seek(SeekFrom::End(0))?;
-    let mut head = Vec::new();
+    let mut start = Vec::new();
     reader.seek(SeekFrom::Start(0))?;
-    reader.by_ref().take(HEAD_BYTES).read_to_end(&mut head)?;
-    if len <= HEAD_BYTES || head.get(4..8) != Some(b"ftyp") {
+    reader.by_ref().take(8).read_to_end(&mut start)?;
+    if len <= HEAD_BYTES || start.get(4..8) != Some(b"ftyp") {
+        let mut head = Vec::new();
+        reader.seek(SeekFrom::Start(0))?;
+        reader.by_ref().take(HEAD_BYTES).read_to_end(&mut head)?;
         return Ok(probe(&head));
     }
     let mut kept = Vec::new();
