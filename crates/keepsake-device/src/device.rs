@@ -1073,8 +1073,10 @@ impl<C: Cloud> Device<C> {
             }
         }
         // Linking needs only the scan's hash: a file changed since is linked as it was
-        // scanned, and the next scan sends the change as a new version.
-        let content = if row.asset_id.is_none() && row.size >= STREAMED_FROM {
+        // scanned, and the next scan sends the change as a new version. An edit of a
+        // large video streams too: FindMissing, batch by batch, keeps what the cloud holds
+        // off the wire — chunks rather than span deltas, which need the new file whole.
+        let content = if row.size >= STREAMED_FROM {
             Content::Streamed(self.config.folder.join(&row.path))
         } else {
             if read.is_some() {
@@ -2125,7 +2127,7 @@ struct Shipment {
 enum Content {
     /// Read and chunked already.
     Held { manifest: Manifest, data: Bytes },
-    /// Too large to hold (a new file of [`STREAMED_FROM`] and more): read, chunked and
+    /// Too large to hold (a file of [`STREAMED_FROM`] and more): read, chunked and
     /// sent a batch at a time from this path, its manifest known once all is read.
     Streamed(PathBuf),
 }
@@ -2428,8 +2430,8 @@ enum Piece {
 /// file's size.
 const STREAM_BATCH_BYTES: usize = 32 << 20;
 
-/// New files this large and larger are streamed (read, chunked and sent a batch at a
-/// time) rather than read whole, and go alone.
+/// Files this large and larger, new or edited, are streamed (read, chunked and sent a
+/// batch at a time) rather than read whole, and go alone.
 const STREAMED_FROM: u64 = 64 << 20;
 
 /// Reads, chunks and sends a file too large to hold, a batch at a time: a thread of its own

@@ -888,8 +888,9 @@ async fn a_commit_refused_for_missing_chunks_sends_every_missing_chunk_whatever_
 /// (32 MiB) and the largest chunk that may end it.
 const BATCH_BOUND: usize = (32 << 20) + (256 << 10);
 
-/// A video too large to hold is read, sent and written a batch at a time: no call carries
-/// more than a batch either way, whatever the video's size, and it arrives whole.
+/// A video too large to hold is read, sent and written a batch at a time, new or edited: no
+/// call carries more than a batch either way, whatever the video's size, and it arrives
+/// whole; an edit sends only the chunks it changed.
 #[tokio::test]
 async fn a_video_too_large_to_hold_travels_and_lands_a_batch_at_a_time() {
     let scenario = fail::FailScenario::setup();
@@ -919,6 +920,33 @@ async fn a_video_too_large_to_hold_travels_and_lands_a_batch_at_a_time() {
     assert_eq!(held(&root.path().join("viewer")), held(&folder));
     let again = camera.sync_once().await.unwrap();
     assert_eq!((again.uploaded, again.chunks_sent), (0, 0), "{again:?}");
+
+    // 110 MiB rewritten in place: held whole, it would go as three calls of ~37 MiB.
+    let region = 20 << 20..130 << 20;
+    video[region.clone()].copy_from_slice(&bytes_of(13, region.len()));
+    std::fs::write(folder.join("VID_1.MP4"), &video).unwrap();
+    w.largest_calls.0.store(0, Ordering::SeqCst);
+    let edit = camera.sync_once().await.unwrap();
+    assert_eq!((edit.uploaded, edit.blocked.clone()), (1, None), "{edit:?}");
+    let sent = w.largest_calls.0.load(Ordering::SeqCst);
+    assert!(
+        sent <= BATCH_BOUND,
+        "one call of the edit sent {sent} bytes"
+    );
+    // The chunks that straddle the region's two edges change too.
+    let bound = region.len() as u64 + 2 * (256 << 10);
+    assert!(
+        edit.bytes_sent <= bound,
+        "the edit sent {} bytes",
+        edit.bytes_sent
+    );
+    let report = viewer.sync_once().await.unwrap();
+    assert_eq!(report.downloaded, 1, "{report:?}");
+    assert_eq!(live_assets(&w), 2, "an edit, not another video");
+    assert_eq!(
+        std::fs::read(root.path().join("viewer").join("VID_1.MP4")).unwrap(),
+        video
+    );
     scenario.teardown();
 }
 
