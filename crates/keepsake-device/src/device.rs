@@ -43,6 +43,11 @@ pub struct DeviceConfig {
     /// everything, originals of the newest and the recently opened). `None` keeps every
     /// original.
     pub optimize_budget: Option<u64>,
+    /// Files this large and larger, new or edited, are read, sent and fetched a batch at a
+    /// time, never held whole.
+    pub streamed_from: u64,
+    /// Bytes of chunks in one such batch (at least two of the largest chunks).
+    pub stream_batch_bytes: usize,
 }
 
 impl DeviceConfig {
@@ -56,6 +61,8 @@ impl DeviceConfig {
             mass_delete_share: 0.5,
             mass_delete_min: 20,
             optimize_budget: None,
+            streamed_from: STREAMED_FROM,
+            stream_batch_bytes: STREAM_BATCH_BYTES,
         }
     }
 }
@@ -1014,7 +1021,7 @@ impl<C: Cloud> Device<C> {
         ahead.next = ahead.next.max(at + 1);
         while ahead.reads.len() < READ_AHEAD_FILES && ahead.next < rows.len() {
             let row = &rows[ahead.next];
-            if !self.will_send(row, flying)? || row.size >= STREAMED_FROM {
+            if !self.will_send(row, flying)? || row.size >= self.config.streamed_from {
                 ahead.next += 1;
                 continue;
             }
@@ -1076,8 +1083,11 @@ impl<C: Cloud> Device<C> {
         // scanned, and the next scan sends the change as a new version. An edit of a
         // large video streams too: FindMissing, batch by batch, keeps what the cloud holds
         // off the wire — chunks rather than span deltas, which need the new file whole.
-        let content = if row.size >= STREAMED_FROM {
-            Content::Streamed(self.config.folder.join(&row.path))
+        let content = if row.size >= self.config.streamed_from {
+            Content::Streamed {
+                path: self.config.folder.join(&row.path),
+                batch_bytes: self.config.stream_batch_bytes,
+            }
         } else {
             if read.is_some() {
                 report.read_ahead += 1;
@@ -1095,7 +1105,9 @@ impl<C: Cloud> Device<C> {
         let entries = match &content {
             Content::Held { manifest, .. } => manifest.entries.len() as u64,
             // At most one entry per smallest chunk.
-            Content::Streamed(_) => row.size / u64::from(ChunkParams::for_len(row.size).min) + 1,
+            Content::Streamed { .. } => {
+                row.size / u64::from(ChunkParams::for_len(row.size).min) + 1
+            }
         };
         let overhead = 64 + 36 * entries;
         let key = commit_key(
@@ -1694,7 +1706,7 @@ impl<C: Cloud> Device<C> {
         while next < end {
             let a = &page[next];
             // A file this large is fetched a batch at a time when its turn comes.
-            let streamed = a.size >= STREAMED_FROM;
+            let streamed = a.size >= self.config.streamed_from;
             if !streamed
                 && (self.ahead.fetching.len() >= LANES || self.ahead.bytes + a.size > LANE_BYTES)
             {
@@ -1808,9 +1820,11 @@ impl<C: Cloud> Device<C> {
             None => (HashMap::new(), None),
         };
         report.bytes_reused += local.values().map(|(_, len)| *len as u64).sum::<u64>();
-        let mut feed = self.feed(batches_to_fetch(&manifest, |id| {
-            fetched.contains_key(id) || local.contains_key(id)
-        }));
+        let mut feed = self.feed(batches_to_fetch(
+            &manifest,
+            self.config.stream_batch_bytes,
+            |id| fetched.contains_key(id) || local.contains_key(id),
+        ));
         // Chunks fetched are dropped once written for the last time.
         let mut uses: HashMap<ChunkId, usize> = HashMap::new();
         for entry in &manifest.entries {
@@ -1896,8 +1910,12 @@ impl<C: Cloud> Device<C> {
 }
 
 /// The chunks of `manifest` that `have` does not cover, once each, in the order the file
-/// needs them, cut into batches of about [`STREAM_BATCH_BYTES`].
-fn batches_to_fetch(manifest: &Manifest, have: impl Fn(&ChunkId) -> bool) -> Vec<Vec<ChunkId>> {
+/// needs them, cut into batches of about `batch_bytes`.
+fn batches_to_fetch(
+    manifest: &Manifest,
+    batch_bytes: usize,
+    have: impl Fn(&ChunkId) -> bool,
+) -> Vec<Vec<ChunkId>> {
     let mut seen = HashSet::new();
     let mut batches = vec![Vec::new()];
     let mut bytes = 0usize;
@@ -1905,7 +1923,7 @@ fn batches_to_fetch(manifest: &Manifest, have: impl Fn(&ChunkId) -> bool) -> Vec
         if have(&entry.chunk) || !seen.insert(entry.chunk) {
             continue;
         }
-        if bytes >= STREAM_BATCH_BYTES {
+        if bytes >= batch_bytes {
             batches.push(Vec::new());
             bytes = 0;
         }
@@ -2127,9 +2145,9 @@ struct Shipment {
 enum Content {
     /// Read and chunked already.
     Held { manifest: Manifest, data: Bytes },
-    /// Too large to hold (a file of [`STREAMED_FROM`] and more): read, chunked and
-    /// sent a batch at a time from this path, its manifest known once all is read.
-    Streamed(PathBuf),
+    /// Too large to hold (a file of `streamed_from` and more): read, chunked and sent a
+    /// batch at a time from this path, its manifest known once all is read.
+    Streamed { path: PathBuf, batch_bytes: usize },
 }
 
 /// What a commit says besides its content, known before the file is read.
@@ -2232,13 +2250,18 @@ async fn ship<C: Cloud>(cloud: &mut C, shipment: Shipment) -> Shipped {
         Content::Held { manifest, data } => {
             ship_held(cloud, (manifest, data), &acked, base, &draft, &mut sent).await
         }
-        Content::Streamed(path) => {
+        Content::Streamed { path, batch_bytes } => {
             let session = draft.reservation_id.clone();
             let wanted = Wanted::Lacking { acked };
-            match stream_file(cloud, &session, &path, row.size, wanted, &mut sent).await {
+            let file = StreamedFile {
+                path: &path,
+                size: row.size,
+                batch_bytes,
+            };
+            match stream_file(cloud, &session, file, wanted, &mut sent).await {
                 Ok((manifest, _)) if manifest.file_hash != row.file_hash => Err(Shipping::Changed),
                 Ok((manifest, media)) => {
-                    let source = Source::File(&path, row.size);
+                    let source = Source::File(file);
                     commit_mending(cloud, &draft, manifest, None, &media, source, &mut sent).await
                 }
                 Err(e) => Err(e),
@@ -2338,8 +2361,16 @@ fn held_chunks(
 enum Source<'a> {
     /// In memory: each chunk's offset and length in the bytes.
     Held(&'a HashMap<ChunkId, (usize, usize)>, &'a Bytes),
-    /// Streamed from this file of this size.
-    File(&'a Path, u64),
+    /// Streamed from a file.
+    File(StreamedFile<'a>),
+}
+
+/// A file too large to hold, as [`stream_file`] reads it.
+#[derive(Clone, Copy)]
+struct StreamedFile<'a> {
+    path: &'a Path,
+    size: u64,
+    batch_bytes: usize,
 }
 
 /// Commits `manifest`. The manifest rides on the commit (as splices of the base for an
@@ -2379,9 +2410,9 @@ async fn commit_mending<C: Cloud>(
                         .await
                         .map_err(Shipping::Sending)?;
                 }
-                Source::File(path, size) => {
+                Source::File(file) => {
                     let only = Wanted::Only(missing.into_iter().collect());
-                    let (again, _) = stream_file(cloud, session, path, size, only, sent).await?;
+                    let (again, _) = stream_file(cloud, session, file, only, sent).await?;
                     if again.file_hash != manifest.file_hash {
                         return Err(Shipping::Changed);
                     }
@@ -2425,13 +2456,13 @@ enum Piece {
     Done(Result<(Manifest, keepsake_media::MediaInfo), DeviceError>),
 }
 
-/// Bytes of chunks read into one batch of a streamed file. Four batches are in memory at
-/// most (one being read, one waiting, [`BATCHES_IN_FLIGHT`] travelling), whatever the
+/// The default bytes of chunks in one batch of a streamed file. Four batches are in memory
+/// at most (one being read, one waiting, [`BATCHES_IN_FLIGHT`] travelling), whatever the
 /// file's size.
 const STREAM_BATCH_BYTES: usize = 32 << 20;
 
-/// Files this large and larger, new or edited, are streamed (read, chunked and sent a
-/// batch at a time) rather than read whole, and go alone.
+/// By default, files this large and larger, new or edited, are streamed (read, chunked and
+/// sent a batch at a time) rather than read whole, and go alone.
 const STREAMED_FROM: u64 = 64 << 20;
 
 /// Reads, chunks and sends a file too large to hold, a batch at a time: a thread of its own
@@ -2440,18 +2471,17 @@ const STREAMED_FROM: u64 = 64 << 20;
 async fn stream_file<C: Cloud>(
     cloud: &mut C,
     session: &str,
-    path: &Path,
-    size: u64,
+    file: StreamedFile<'_>,
     wanted: Wanted,
     sent: &mut Sent,
 ) -> Result<(Manifest, keepsake_media::MediaInfo), Shipping> {
     let asks = matches!(wanted, Wanted::Lacking { .. });
     let (tx, mut rx) = tokio::sync::mpsc::channel(1);
-    let path_owned = path.to_path_buf();
+    let (path_owned, size, batch_bytes) = (file.path.to_path_buf(), file.size, file.batch_bytes);
     // A thread, not the runtime's blocking pool: it blocks on the channel, which would
     // stall a single-threaded runtime.
     std::thread::spawn(move || {
-        let done = read_in_batches(&path_owned, size, &wanted, &tx);
+        let done = read_in_batches(&path_owned, (size, batch_bytes), &wanted, &tx);
         let _ = tx.blocking_send(Piece::Done(done));
     });
     let mut travelling = tokio::task::JoinSet::new();
@@ -2545,10 +2575,10 @@ async fn land_batch(
 }
 
 /// The reading half of [`stream_file`]: each chunk `wanted` keeps, once, in batches of
-/// about [`STREAM_BATCH_BYTES`] handed to `tx`.
+/// about `batch_bytes` handed to `tx`.
 fn read_in_batches(
     path: &Path,
-    size: u64,
+    (size, batch_bytes): (u64, usize),
     wanted: &Wanted,
     tx: &tokio::sync::mpsc::Sender<Piece>,
 ) -> Result<(Manifest, keepsake_media::MediaInfo), DeviceError> {
@@ -2558,7 +2588,7 @@ fn read_in_batches(
     file.rewind()?;
     let params = ChunkParams::for_len(size);
     let mut seen = HashSet::new();
-    let manifest = keepsake_delta::chunk_batches(file, params, STREAM_BATCH_BYTES, |batch| {
+    let manifest = keepsake_delta::chunk_batches(file, params, batch_bytes, |batch| {
         let batch: Vec<(ChunkId, Bytes)> = batch
             .into_iter()
             .filter(|(id, _)| seen.insert(*id) && wanted.keeps(id))

@@ -332,6 +332,11 @@ impl DeviceHost {
             self.device_id.clone(),
         );
         config.stable_ms = 0;
+        // The simulation's photos are 1–201 KB: streaming the larger half (as a phone
+        // streams its videos) puts that path under the same crashes and faults, and
+        // downloads of them come in batches of a chunk or two.
+        config.streamed_from = 100_000;
+        config.stream_batch_bytes = 64 << 10;
         let clock = Arc::new(SimClock {
             skew_ms: self.skew_ms,
         });
