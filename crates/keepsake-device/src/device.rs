@@ -2466,7 +2466,7 @@ const STREAM_BATCH_BYTES: usize = 32 << 20;
 const STREAMED_FROM: u64 = 64 << 20;
 
 /// Reads, chunks and sends a file too large to hold, a batch at a time: a thread of its own
-/// reads and cuts the next batch while this one travels. Returns the manifest of what was
+/// reads and cuts the next batch while this one travels (on a multi-threaded runtime). Returns the manifest of what was
 /// read (the caller compares it with what the scan hashed) and what the file says of itself.
 async fn stream_file<C: Cloud>(
     cloud: &mut C,
@@ -2476,14 +2476,29 @@ async fn stream_file<C: Cloud>(
     sent: &mut Sent,
 ) -> Result<(Manifest, keepsake_media::MediaInfo), Shipping> {
     let asks = matches!(wanted, Wanted::Lacking { .. });
-    let (tx, mut rx) = tokio::sync::mpsc::channel(1);
     let (path_owned, size, batch_bytes) = (file.path.to_path_buf(), file.size, file.batch_bytes);
-    // A thread, not the runtime's blocking pool: it blocks on the channel, which would
-    // stall a single-threaded runtime.
-    std::thread::spawn(move || {
-        let done = read_in_batches(&path_owned, (size, batch_bytes), &wanted, &tx);
-        let _ = tx.blocking_send(Piece::Done(done));
-    });
+    let single = tokio::runtime::Handle::current().runtime_flavor()
+        == tokio::runtime::RuntimeFlavor::CurrentThread;
+    let mut rx = if single {
+        // A single-threaded runtime is the simulation's (or a test's): a reading thread
+        // would make what it reads, and when, depend on the OS scheduler, and a run could
+        // no longer be replayed from its seed. The file is read here, in one go, as
+        // `offload` runs blocking work in place there.
+        let (tx, rx) = tokio::sync::mpsc::channel(batches_at_most(size, batch_bytes) + 1);
+        let mut queue = |batch| tx.try_send(Piece::Batch(batch)).is_ok();
+        let done = read_in_batches(&path_owned, (size, batch_bytes), &wanted, &mut queue);
+        let _ = tx.try_send(Piece::Done(done));
+        rx
+    } else {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        // A thread, not the runtime's blocking pool: it blocks on the channel.
+        std::thread::spawn(move || {
+            let mut send = |batch| tx.blocking_send(Piece::Batch(batch)).is_ok();
+            let done = read_in_batches(&path_owned, (size, batch_bytes), &wanted, &mut send);
+            let _ = tx.blocking_send(Piece::Done(done));
+        });
+        rx
+    };
     let mut travelling = tokio::task::JoinSet::new();
     let mut failed = None;
     let mut done = None;
@@ -2555,6 +2570,13 @@ async fn stream_file<C: Cloud>(
     }
 }
 
+/// How many batches [`keepsake_delta::chunk_batches`] can cut a file of `size` into: each
+/// holds at least `batch_bytes` (or two of the largest chunks), but the last.
+fn batches_at_most(size: u64, batch_bytes: usize) -> usize {
+    let least = batch_bytes.max(2 * ChunkParams::for_len(size).max as usize) as u64;
+    usize::try_from(size / least).unwrap_or(usize::MAX - 2) + 2
+}
+
 /// Batches of a streamed file on their way at once.
 const BATCHES_IN_FLIGHT: usize = 2;
 
@@ -2580,7 +2602,7 @@ fn read_in_batches(
     path: &Path,
     (size, batch_bytes): (u64, usize),
     wanted: &Wanted,
-    tx: &tokio::sync::mpsc::Sender<Piece>,
+    send: &mut dyn FnMut(Vec<(ChunkId, Bytes)>) -> bool,
 ) -> Result<(Manifest, keepsake_media::MediaInfo), DeviceError> {
     use std::io::Seek;
     let mut file = std::fs::File::open(path)?;
@@ -2593,9 +2615,10 @@ fn read_in_batches(
             .into_iter()
             .filter(|(id, _)| seen.insert(*id) && wanted.keeps(id))
             .collect();
-        if !batch.is_empty() {
-            tx.blocking_send(Piece::Batch(batch))
-                .map_err(|_| DeltaError::Read(std::io::Error::other("the upload stopped")))?;
+        if !batch.is_empty() && !send(batch) {
+            return Err(DeltaError::Read(std::io::Error::other(
+                "the upload stopped",
+            )));
         }
         fail::fail_point!("device-while-streaming-a-file");
         Ok(())

@@ -890,8 +890,9 @@ const BATCH_BOUND: usize = (32 << 20) + (256 << 10);
 
 /// A video too large to hold is read, sent and written a batch at a time, new or edited: no
 /// call carries more than a batch either way, whatever the video's size, and it arrives
-/// whole; an edit sends only the chunks it changed.
-#[tokio::test]
+/// whole; an edit sends only the chunks it changed. On several threads, as the agent runs:
+/// there a thread of its own reads the file (a single-threaded runtime reads it in place).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_video_too_large_to_hold_travels_and_lands_a_batch_at_a_time() {
     let scenario = fail::FailScenario::setup();
     let w = world();
