@@ -2477,9 +2477,7 @@ async fn stream_file<C: Cloud>(
 ) -> Result<(Manifest, keepsake_media::MediaInfo), Shipping> {
     let asks = matches!(wanted, Wanted::Lacking { .. });
     let (path_owned, size, batch_bytes) = (file.path.to_path_buf(), file.size, file.batch_bytes);
-    let single = tokio::runtime::Handle::current().runtime_flavor()
-        == tokio::runtime::RuntimeFlavor::CurrentThread;
-    let mut rx = if single {
+    let mut rx = if keepsake_store::on_one_thread() {
         // A single-threaded runtime is the simulation's (or a test's): a reading thread
         // would make what it reads, and when, depend on the OS scheduler, and a run could
         // no longer be replayed from its seed. The file is read here, in one go, as

@@ -48,7 +48,7 @@ pub use clock::{
 pub use error::StoreError;
 pub use id::{ChunkId, ManifestId};
 pub use manifest::{Manifest, ManifestEntry, Splice};
-pub use offload::offload;
+pub use offload::{offload, on_one_thread};
 pub use schema::durable_sqlite;
 pub use store::{
     GcReport, PutOutcome, ScrubReport, Session, Store, StoreConfig, StoreParts, Usage,

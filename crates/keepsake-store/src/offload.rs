@@ -11,9 +11,16 @@ where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
-    use tokio::runtime::{Handle, RuntimeFlavor};
-    match Handle::current().runtime_flavor() {
-        RuntimeFlavor::CurrentThread => tokio::task::spawn(async move { work() }),
-        _ => tokio::task::spawn_blocking(work),
+    if on_one_thread() {
+        tokio::task::spawn(async move { work() })
+    } else {
+        tokio::task::spawn_blocking(work)
     }
+}
+
+/// Whether the current runtime is single-threaded (the simulation's, or a plain test's):
+/// there no work may run on a thread of its own, or a run could not be replayed.
+pub fn on_one_thread() -> bool {
+    tokio::runtime::Handle::current().runtime_flavor()
+        == tokio::runtime::RuntimeFlavor::CurrentThread
 }
