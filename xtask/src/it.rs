@@ -55,6 +55,8 @@ pub(crate) struct Harness {
     pub(crate) password: String,
     /// What the running server's log says is in flight, and what its logs said in all.
     pub(crate) events: Arc<Mutex<ServerEvents>>,
+    /// Extra `keepsake sync` options for every agent this harness starts.
+    pub(crate) sync_args: Vec<String>,
 }
 
 /// Read from the server's debug events as they are written, so the harness can kill it (or
@@ -231,6 +233,7 @@ impl Harness {
                 "--interval-ms",
                 "200",
             ])
+            .args(&self.sync_args)
             .stdout(log)
             .stderr(Stdio::null())
             .spawn()?;
@@ -329,6 +332,7 @@ pub(crate) fn release_server(root: &Path, work: &Path, serve: &[&str]) -> Result
         port: free_port()?,
         password: String::new(),
         events: Arc::default(),
+        sync_args: Vec::new(),
     };
     let server = h.server_with(serve)?;
     let credentials: serde_json::Value = serde_json::from_slice(&std::fs::read(
@@ -492,6 +496,11 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         port: free_port()?,
         password: String::new(),
         events: Arc::default(),
+        // The photos here are 0.1–2.6 MB: from 1 MiB on they take the path a phone's large
+        // videos take (read, sent and fetched 256 KiB at a time), so the kills land in it.
+        sync_args: ["--stream-from-kib", "1024", "--stream-batch-kib", "256"]
+            .map(String::from)
+            .to_vec(),
     };
     let mut server = h.server()?;
     let credentials: serde_json::Value = serde_json::from_slice(&std::fs::read(
@@ -585,9 +594,20 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     if partial > 0 {
         bail!("{partial} partial files in the viewer's folder (seed {seed})");
     }
+    let (sent, fetched) = (
+        streamed(&work.join("a.log"))?,
+        streamed(&work.join("b.log"))?,
+    );
+    if sent == 0 || fetched == 0 {
+        bail!(
+            "the agents streamed {sent} uploads and {fetched} downloads: the kills never met the \
+             streamed path (seed {seed})"
+        );
+    }
     println!(
         "it: {agent_kills} agent kills, {server_kills} server kills; viewer complete after {:.1} s; \
-         {photos} assets, 0 duplicates, 0 lost, 0 partial files",
+         {photos} assets ({sent} sent and {fetched} fetched in batches), 0 duplicates, 0 lost, \
+         0 partial files",
         converged.as_secs_f64()
     );
     // After all those kills, every stored byte still verifies.
@@ -621,6 +641,17 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     )?;
     drop(server);
     Ok(())
+}
+
+/// Files an agent's log says it sent or fetched a batch at a time, over all its runs.
+fn streamed(log: &Path) -> Result<usize> {
+    Ok(std::fs::read_to_string(log)?
+        .lines()
+        .filter_map(|line| {
+            let (before, _) = line.split_once(" streamed in batches")?;
+            before.rsplit([' ', ',']).next()?.parse::<usize>().ok()
+        })
+        .sum())
 }
 
 /// Names of the library's live assets.
@@ -731,6 +762,21 @@ fn optimize_phase(
 #[cfg(test)]
 mod tests {
     use super::ServerEvents;
+
+    #[test]
+    fn streamed_files_are_summed_over_every_pass_an_agent_printed() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("a.log");
+        std::fs::write(
+            &log,
+            "keepsake sync: a <-> http://127.0.0.1:1 as device d\n\
+             keepsake sync: 3 uploaded, 2 streamed in batches, syncing\n\
+             keepsake sync: 4 downloaded\n\
+             keepsake sync: 12 streamed in batches\n",
+        )
+        .unwrap();
+        assert_eq!(super::streamed(&log).unwrap(), 14);
+    }
 
     #[test]
     fn a_commit_open_when_the_server_log_ends_counts_as_interrupted() {

@@ -96,6 +96,8 @@ pub struct SyncReport {
     pub fetched_ahead: usize,
     /// Uploads whose file was read and chunked ahead, while earlier ones travelled.
     pub read_ahead: usize,
+    /// Files sent or fetched a batch at a time (`streamed_from` and larger), never held whole.
+    pub streamed: usize,
     /// Files moved to the local Recently Deleted because they were deleted elsewhere.
     pub trashed_here: usize,
     /// Files deleted in the folder, sent to Recently Deleted everywhere.
@@ -1241,6 +1243,9 @@ impl<C: Cloud> Device<C> {
             report.linked += 1;
         } else {
             report.uploaded += 1;
+            if row.size >= self.config.streamed_from {
+                report.streamed += 1;
+            }
         }
         self.progress.send_modify(|p| {
             p.items_done += 1;
@@ -1901,6 +1906,9 @@ impl<C: Cloud> Device<C> {
         self.journal.keep_manifest(&manifest)?;
         report.downloaded += 1;
         report.bytes_received += size;
+        if size >= self.config.streamed_from {
+            report.streamed += 1;
+        }
         self.progress.send_modify(|p| {
             p.items_done += 1;
             p.bytes_done += size;

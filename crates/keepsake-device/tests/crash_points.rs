@@ -907,15 +907,15 @@ async fn a_video_too_large_to_hold_travels_and_lands_a_batch_at_a_time() {
     std::fs::write(folder.join("IMG_1.JPG"), photo(600)).unwrap();
     let report = camera.sync_once().await.unwrap();
     assert_eq!(
-        (report.uploaded, report.blocked.clone()),
-        (2, None),
-        "{report:?}"
+        (report.uploaded, report.streamed, report.blocked.clone()),
+        (2, 1, None),
+        "the video streamed, the photo held: {report:?}"
     );
     let sent = w.largest_calls.0.load(Ordering::SeqCst);
     assert!(sent <= BATCH_BOUND, "one call sent {sent} bytes");
     let mut viewer = device(&w, root.path(), "viewer");
     let report = viewer.sync_once().await.unwrap();
-    assert_eq!(report.downloaded, 2, "{report:?}");
+    assert_eq!((report.downloaded, report.streamed), (2, 1), "{report:?}");
     let fetched = w.largest_calls.1.load(Ordering::SeqCst);
     assert!(fetched <= BATCH_BOUND, "one call fetched {fetched} bytes");
     assert_eq!(held(&root.path().join("viewer")), held(&folder));
@@ -928,7 +928,11 @@ async fn a_video_too_large_to_hold_travels_and_lands_a_batch_at_a_time() {
     std::fs::write(folder.join("VID_1.MP4"), &video).unwrap();
     w.largest_calls.0.store(0, Ordering::SeqCst);
     let edit = camera.sync_once().await.unwrap();
-    assert_eq!((edit.uploaded, edit.blocked.clone()), (1, None), "{edit:?}");
+    assert_eq!(
+        (edit.uploaded, edit.streamed, edit.blocked.clone()),
+        (1, 1, None),
+        "{edit:?}"
+    );
     let sent = w.largest_calls.0.load(Ordering::SeqCst);
     assert!(
         sent <= BATCH_BOUND,

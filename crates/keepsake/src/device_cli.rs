@@ -343,6 +343,7 @@ fn say_pass(r: &SyncReport, reason_changed: bool) {
         (r.uploaded, "uploaded"),
         (r.linked, "already in the cloud"),
         (r.downloaded, "downloaded"),
+        (r.streamed, "streamed in batches"),
         (r.trashed_here, "moved to Recently Deleted"),
         (r.trashed_remotely, "deleted everywhere"),
         (r.restored, "restored"),
@@ -525,6 +526,31 @@ fn retry_schedule(device_id: &str) -> backon::ExponentialBackoff {
         .build()
 }
 
+/// How `keepsake sync` moves files too large to hold in memory.
+#[derive(clap::Args, Debug, Clone, Copy, Default)]
+pub struct StreamArgs {
+    /// Files of this many KiB and more, new or edited, are read, sent and fetched a batch at
+    /// a time, never held whole (default 65536: 64 MiB). Lower it on a device short of memory.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(64..))]
+    pub stream_from_kib: Option<u64>,
+    /// KiB of chunks in one such batch: what one batch holds in memory (default 32768).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(64..=1_048_576))]
+    pub stream_batch_kib: Option<u64>,
+}
+
+impl StreamArgs {
+    /// Overrides the device's defaults with what was given.
+    fn apply(self, config: &mut DeviceConfig) {
+        if let Some(kib) = self.stream_from_kib {
+            config.streamed_from = kib << 10;
+        }
+        if let Some(kib) = self.stream_batch_kib {
+            // The parser bounds it to 1 GiB, which fits any usize this builds for.
+            config.stream_batch_bytes = usize::try_from(kib << 10).unwrap_or(usize::MAX);
+        }
+    }
+}
+
 /// `keepsake sync DIR`: keeps the folder in sync until interrupted (or once). A pass runs
 /// when a file in the folder changes, when the cloud's feed moves, when the settings
 /// change, when an edit is made through DeviceControl, and every `interval`.
@@ -534,6 +560,7 @@ pub async fn sync(
     once: bool,
     interval: Duration,
     control: Option<std::net::SocketAddr>,
+    streaming: StreamArgs,
 ) -> Result<()> {
     use notify::Watcher;
     let enrolled = load(&data)?;
@@ -543,6 +570,7 @@ pub async fn sync(
         enrolled.device_id.clone(),
     );
     config.stable_ms = 400;
+    streaming.apply(&mut config);
     let (wake_tx, mut wake) = tokio::sync::mpsc::unbounded_channel::<()>();
     let clock = device_clock()?;
     let folder_control = Arc::new(keepsake_device::FolderControl::open(

@@ -55,6 +55,8 @@ enum Command {
         /// events and the cloud's change feed do).
         #[arg(long, default_value_t = 10_000)]
         interval_ms: u64,
+        #[command(flatten)]
+        streaming: device_cli::StreamArgs,
     },
     /// Verify every stored byte now (as an administrator): prints what was checked, drops
     /// corrupt chunks, and names the photos flagged damaged (devices holding them re-send).
@@ -179,6 +181,8 @@ enum DeviceCommand {
         /// Where DeviceControl listens (loopback only).
         #[arg(long, default_value = "127.0.0.1:50061")]
         control: SocketAddr,
+        #[command(flatten)]
+        streaming: device_cli::StreamArgs,
     },
     #[command(flatten)]
     Local(local_cli::LocalCommand),
@@ -289,9 +293,19 @@ fn main() -> Result<()> {
             name,
             data,
         }) => runtime.block_on(device_cli::enroll(server, credentials, name, data)),
-        Command::Device(DeviceCommand::Run { dir, data, control }) => runtime.block_on(
-            device_cli::sync(dir, data, false, Duration::from_secs(10), Some(control)),
-        ),
+        Command::Device(DeviceCommand::Run {
+            dir,
+            data,
+            control,
+            streaming,
+        }) => runtime.block_on(device_cli::sync(
+            dir,
+            data,
+            false,
+            Duration::from_secs(10),
+            Some(control),
+            streaming,
+        )),
         Command::Device(DeviceCommand::Local(command)) => local_cli::run(command),
         Command::Sync {
             dir,
@@ -299,12 +313,14 @@ fn main() -> Result<()> {
             once,
             control,
             interval_ms,
+            streaming,
         } => runtime.block_on(device_cli::sync(
             dir,
             data,
             once,
             Duration::from_millis(interval_ms),
             control,
+            streaming,
         )),
         Command::Devices {
             server,
