@@ -391,12 +391,22 @@ fn clock_ticks() -> f64 {
 }
 
 /// Peak resident memory (VmHWM) of a live process, KiB.
+/// Bytes a process has had read from the disk so far (page cache hits not counted).
+fn disk_read_bytes(pid: u32) -> u64 {
+    proc_number(pid, "io", "read_bytes:")
+}
+
 fn peak_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
+    proc_number(pid, "status", "VmHWM:")
+}
+
+/// The number after `key` in `/proc/PID/FILE` (units dropped), 0 if the process is gone.
+fn proc_number(pid: u32, file: &str, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/{file}"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .find_map(|l| l.strip_prefix(key))
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         })
         .unwrap_or(0)
@@ -569,14 +579,15 @@ fn keepsake(
         .context("ingest")?;
     println!("keepsake ingest (A's folder in the cloud): {ingest_s:.1} s");
     println!(
-        "keepsake first sync: {:.1} s; CPU server {:.1} s, A {:.1} s, B {:.1} s; peak memory server {} MiB (so far), A {} MiB, B {} MiB",
+        "keepsake first sync: {:.1} s; CPU server {:.1} s, A {:.1} s, B {:.1} s; peak memory server {} MiB (so far), A {} MiB, B {} MiB; server read {} MiB from the disk",
         first.wall_s,
         cpu_s(server.0.id()),
         cpu_s(a.0.id()),
         cpu_s(b.0.id()),
         peak_kib(server.0.id()) >> 10,
         peak_kib(a.0.id()) >> 10,
-        peak_kib(b.0.id()) >> 10
+        peak_kib(b.0.id()) >> 10,
+        disk_read_bytes(server.0.id()) >> 20
     );
 
     // 3. Edits of 1% of the files on A, until B holds the new bytes.

@@ -100,12 +100,20 @@ fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Bytes of the newest objects whose pages stay cached after they are durable: a device
+/// downloading what another just uploaded reads them from memory, not from the disk.
+const RECENT_PAGES_KEPT: u64 = 128 << 20;
+
 /// Objects as files under one directory, written temp + fsync + rename + fsync dir.
 #[derive(Debug)]
 pub struct LocalFsBackend {
     root: PathBuf,
     tmp: PathBuf,
     tmp_counter: AtomicU64,
+    /// The newest durable objects, oldest first, with their sizes and the sizes' sum; an
+    /// object's pages are released when it falls out of the newest [`RECENT_PAGES_KEPT`].
+    recent: Mutex<(std::collections::VecDeque<(PathBuf, u64)>, u64)>,
+    recent_pages_kept: u64,
 }
 
 impl LocalFsBackend {
@@ -121,7 +129,40 @@ impl LocalFsBackend {
             root,
             tmp,
             tmp_counter: AtomicU64::new(0),
+            recent: Mutex::default(),
+            recent_pages_kept: RECENT_PAGES_KEPT,
         })
+    }
+
+    /// Keeps the page cache of the newest `bytes` of objects once durable (128 MiB unless
+    /// set); older objects' pages are released for the next writes to reuse.
+    pub fn keeping_recent_pages(mut self, bytes: u64) -> Self {
+        self.recent_pages_kept = bytes;
+        self
+    }
+
+    /// Keeps the pages of the object just made durable, and releases those of the objects
+    /// that are no longer among the newest.
+    fn written(&self, path: &Path, size: u64) {
+        let mut stale = Vec::new();
+        {
+            let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+            let (queue, bytes) = &mut *recent;
+            queue.push_back((path.to_path_buf(), size));
+            *bytes += size;
+            while *bytes > self.recent_pages_kept
+                && let Some((old, old_size)) = queue.pop_front()
+            {
+                *bytes -= old_size;
+                stale.push(old);
+            }
+        }
+        for old in stale {
+            // Deleted since (collected garbage): nothing left to release.
+            if let Ok(file) = File::open(&old) {
+                release_written_pages(&file);
+            }
+        }
     }
 
     fn path(&self, name: &str) -> io::Result<PathBuf> {
@@ -141,9 +182,6 @@ impl LocalFsBackend {
                 "fail point backend-before-fsync"
             )));
             file.sync_all()?;
-            // A pack is read back rarely and in ranges; its pages are better reused by
-            // the next pack than kept (a download reads them again from the disk).
-            release_written_pages(&file);
             drop(file);
             let parent = final_path.parent().expect("object paths have a parent");
             if !parent.exists() {
@@ -157,7 +195,11 @@ impl LocalFsBackend {
             fail::fail_point!("backend-before-dir-fsync", |_| Err(io::Error::other(
                 "fail point backend-before-dir-fsync"
             )));
-            fsync_dir(parent)
+            fsync_dir(parent)?;
+            // A pack is read back rarely, except by the devices downloading it right after
+            // it was uploaded; its pages are then better reused by later packs than kept.
+            self.written(final_path, parts.iter().map(|p| p.len() as u64).sum());
+            Ok(())
         })();
         if result.is_err() {
             // A failed write leaves nothing behind; a failed fsync is never retried as success.
@@ -452,13 +494,25 @@ mod tests {
 
     #[cfg(target_os = "linux")]
     #[test]
-    fn a_durable_pack_leaves_no_pages_cached_and_reads_back_whole() {
+    fn a_durable_pack_keeps_its_pages_only_while_among_the_newest_and_reads_back_whole() {
         let dir = tempfile::tempdir().unwrap();
-        let backend = LocalFsBackend::open(dir.path()).unwrap();
+        let backend = LocalFsBackend::open(dir.path())
+            .unwrap()
+            .keeping_recent_pages(12 << 20);
         let part: Vec<u8> = (0..4u32 << 20).map(|i| (i * 7 + i / 4096) as u8).collect();
         backend.put_parts("packs/ab/big", &[&part, &part]).unwrap();
         let path = dir.path().join("packs/ab/big");
-        assert_eq!(cached_bytes(&path), 0, "the written pages were released");
+        assert!(
+            cached_bytes(&path) > 0,
+            "the newest pack stays cached for the devices about to download it"
+        );
+        backend.put_parts("packs/cd/next", &[&part, &part]).unwrap();
+        assert_eq!(
+            cached_bytes(&path),
+            0,
+            "out of the newest 12 MiB, its written pages were released"
+        );
+        assert!(cached_bytes(&dir.path().join("packs/cd/next")) > 0);
         let back = backend.get("packs/ab/big").unwrap();
         assert!(
             back.len() == 8 << 20 && back[..4 << 20] == part[..] && back[4 << 20..] == part[..]
