@@ -1,5 +1,6 @@
 //! `cargo xtask bench library`: commit rate, a fresh device's ListChanges of the whole
-//! library over loopback, and WatchChanges latency from commit to notification.
+//! library over loopback, a fresh device (the real sync engine) following the whole feed, and
+//! WatchChanges latency from commit to notification.
 
 use anyhow::{Result, bail};
 use bytes::Bytes;
@@ -20,6 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const ACCOUNT: &str = "bench";
+const PASSWORD: &str = "bench password";
 
 /// A loopback server for benchmarks.
 pub struct BenchServer {
@@ -50,8 +52,8 @@ pub async fn serve_cloud(dir: &Path, store: Arc<Store>) -> Result<BenchServer> {
         },
     )?;
     let cloud = Arc::new(Cloud::new(library, store.clone())?);
-    cloud.create_account(ACCOUNT, "bench password", None, true)?;
-    let token = cloud.sign_in(ACCOUNT, "bench password")?.token;
+    cloud.create_account(ACCOUNT, PASSWORD, None, true)?;
+    let token = cloud.sign_in(ACCOUNT, PASSWORD)?.token;
     let auth = Authenticator::new(
         cloud.verifier(),
         Arc::new(SystemClock),
@@ -155,6 +157,64 @@ fn raw_durable_txn_rate(dir: &Path) -> Result<f64> {
         )?;
     }
     Ok(f64::from(n) / t.elapsed().as_secs_f64())
+}
+
+/// What following the whole feed cost a fresh device.
+struct Followed {
+    seconds: f64,
+    passes: usize,
+    rss_growth_kib: u64,
+}
+
+/// A fresh device — the real sync engine over loopback gRPC — follows the whole feed with
+/// Optimize Storage on and no room for originals: it learns every asset (metadata, versions,
+/// what is kept in the cloud) and downloads no file, so this times the feed as a device
+/// applies it, not the disk writing files.
+async fn follow_feed(cloud: &Cloud, url: &str, dir: &Path, n: u64) -> Result<Followed> {
+    use keepsake_device::{Device, DeviceConfig};
+    use keepsake_transport::cloud_client::{ClientConfig, CloudClient};
+    let enrolled = cloud.enroll_device(
+        ACCOUNT,
+        PASSWORD,
+        "follower",
+        "linux",
+        env!("CARGO_PKG_VERSION"),
+    )?;
+    let client = CloudClient::new(
+        client::connect(url).await?,
+        client::BearerAuth::new(&enrolled.access.token),
+        ClientConfig::default(),
+    );
+    let mut config = DeviceConfig::new(
+        dir.join("follower"),
+        dir.join("follower-data"),
+        enrolled.device_id,
+    );
+    config.optimize_budget = Some(0);
+    std::fs::create_dir_all(&config.folder)?;
+    let mut device = Device::open(config, client, Arc::new(SystemClock))?;
+    let rss_before = rss_kib();
+    let t = Instant::now();
+    let (mut kept, mut passes) = (0u64, 0usize);
+    while kept < n && passes < 10 {
+        let report = device.sync_once().await?;
+        if let Some(reason) = report.blocked {
+            bail!("the follower stopped: {reason}");
+        }
+        kept += report.kept_in_cloud as u64;
+        passes += 1;
+    }
+    let seconds = t.elapsed().as_secs_f64();
+    let rss_growth_kib = rss_kib().saturating_sub(rss_before);
+    let known = device.assets()?.len() as u64;
+    if kept != n || known != n {
+        bail!("the follower kept {kept} assets in the cloud and knows {known}, of {n}");
+    }
+    Ok(Followed {
+        seconds,
+        passes,
+        rss_growth_kib,
+    })
 }
 
 fn rss_kib() -> u64 {
@@ -267,6 +327,8 @@ pub async fn run(root: &Path, short: bool) -> Result<()> {
         bail!("ListChanges saw {rows} rows, expected {n}");
     }
 
+    let follow = follow_feed(&cloud, &url, tmp.path(), n).await?;
+
     // WatchChanges: time from the start of a commit to its row arriving at a watcher.
     let more = {
         let store = store.clone();
@@ -336,6 +398,13 @@ pub async fn run(root: &Path, short: bool) -> Result<()> {
         in_process_s * 1000.0
     );
     println!("| RSS growth while listing | {} MiB |", rss_growth >> 10);
+    println!(
+        "| a fresh device (sync engine, Optimize Storage) follows the feed of {n} assets | {:.1} s in {} passes ({:.0} assets/s; RSS growth {} MiB) |",
+        follow.seconds,
+        follow.passes,
+        n as f64 / follow.seconds,
+        follow.rss_growth_kib >> 10
+    );
     println!(
         "| CommitAsset over loopback, p50 / p99 | {:.2} / {:.2} ms |",
         percentile(&commit_latency, 0.5).as_secs_f64() * 1000.0,
