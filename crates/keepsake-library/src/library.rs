@@ -392,6 +392,14 @@ fn asset_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Asset> {
 /// The live or trashed asset whose current content has a hash. `+a.seq` keeps SQLite
 /// from walking the whole feed in seq order to satisfy ORDER BY … LIMIT 1 instead of
 /// looking the hash up: that plan made every commit O(library size).
+/// Which damaged asset's current version has a manifest. Every commit asks, so it starts
+/// from the (nearly always empty) partial index of damaged assets: left to itself, SQLite
+/// walked every version of the account, and commits slowed as the library grew.
+const DAMAGED_WITH_SQL: &str = "SELECT a.asset_id, a.current_version
+    FROM assets a INDEXED BY assets_damaged CROSS JOIN versions v
+      ON v.account = a.account AND v.asset_id = a.asset_id AND v.version = a.current_version
+    WHERE a.account = ?1 AND v.manifest = ?2 AND a.damaged = 1 LIMIT 1";
+
 const SAME_CONTENT_SQL: &str =
     "SELECT a.asset_id, a.current_version, a.seq FROM assets a JOIN versions v
        ON v.account = a.account AND v.asset_id = a.asset_id AND v.version = a.current_version
@@ -1052,14 +1060,9 @@ impl Library {
     ) -> Result<Option<(String, u32)>, LibraryError> {
         Ok(self
             .db()
-            .query_row(
-                "SELECT a.asset_id, a.current_version FROM assets a JOIN versions v
-                   ON v.account = a.account AND v.asset_id = a.asset_id
-                  AND v.version = a.current_version
-                 WHERE a.account = ?1 AND v.manifest = ?2 AND a.damaged = 1 LIMIT 1",
-                params![account, &manifest.0[..]],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
+            .query_row(DAMAGED_WITH_SQL, params![account, &manifest.0[..]], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .optional()?)
     }
 
@@ -1657,5 +1660,33 @@ mod tests {
         let plan = plan.join("\n");
         assert!(plan.contains("versions_by_hash"), "{plan}");
         assert!(!plan.contains("assets_by_seq"), "{plan}");
+    }
+
+    /// Broke once: the damaged-asset check walked every version of the account, so the
+    /// 100,000-commit benchmark had not finished after 16 minutes.
+    #[test]
+    fn commit_damaged_check_starts_from_the_damaged_index_not_a_walk_of_the_versions() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        schema::prepare(&mut conn).unwrap();
+        conn.execute_batch("ANALYZE").unwrap();
+        let plan: Vec<String> = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {DAMAGED_WITH_SQL}"))
+            .unwrap()
+            .query_map(params!["a", [0u8; 32]], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let plan = plan.join("\n");
+        assert!(
+            plan.lines()
+                .next()
+                .unwrap_or_default()
+                .contains("assets_damaged"),
+            "{plan}"
+        );
+        assert!(
+            plan.contains("SEARCH v USING PRIMARY KEY (account=? AND asset_id=? AND version=?)"),
+            "{plan}"
+        );
     }
 }
