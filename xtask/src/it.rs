@@ -234,8 +234,12 @@ impl Harness {
                 "200",
             ])
             .args(&self.sync_args)
-            .stdout(log)
-            .stderr(Stdio::null())
+            // One line per file sent or fetched a batch at a time, as it starts: a kill
+            // cannot swallow it the way it swallows the pass's summary.
+            .env("RUST_LOG", "warn,keepsake_device::streamed=info")
+            .env("NO_COLOR", "1")
+            .stdout(log.try_clone()?)
+            .stderr(log)
             .spawn()?;
         Ok(Proc(child))
     }
@@ -595,8 +599,8 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         bail!("{partial} partial files in the viewer's folder (seed {seed})");
     }
     let (sent, fetched) = (
-        streamed(&work.join("a.log"))?,
-        streamed(&work.join("b.log"))?,
+        streamed(&work.join("a.log"), "sending in batches")?,
+        streamed(&work.join("b.log"), "fetching in batches")?,
     );
     if sent == 0 || fetched == 0 {
         bail!(
@@ -643,15 +647,13 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Files an agent's log says it sent or fetched a batch at a time, over all its runs.
-fn streamed(log: &Path) -> Result<usize> {
+/// Files an agent's log says it began to send or fetch a batch at a time (`what`), over
+/// all its runs, those a kill cut short included.
+fn streamed(log: &Path, what: &str) -> Result<usize> {
     Ok(std::fs::read_to_string(log)?
         .lines()
-        .filter_map(|line| {
-            let (before, _) = line.split_once(" streamed in batches")?;
-            before.rsplit([' ', ',']).next()?.parse::<usize>().ok()
-        })
-        .sum())
+        .filter(|line| line.contains("keepsake_device::streamed") && line.contains(what))
+        .count())
 }
 
 /// Names of the library's live assets.
@@ -763,19 +765,24 @@ fn optimize_phase(
 mod tests {
     use super::ServerEvents;
 
+    /// The short CI run of 2026-11-27 failed "0 streamed uploads": the camera's streamed
+    /// files were sent by passes that a kill ended before they printed their summary.
     #[test]
-    fn streamed_files_are_summed_over_every_pass_an_agent_printed() {
+    fn streamed_files_count_from_passes_a_kill_cut_short() {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("a.log");
         std::fs::write(
             &log,
             "keepsake sync: a <-> http://127.0.0.1:1 as device d\n\
-             keepsake sync: 3 uploaded, 2 streamed in batches, syncing\n\
-             keepsake sync: 4 downloaded\n\
-             keepsake sync: 12 streamed in batches\n",
+             2026-11-27T02:50:00.1Z  INFO keepsake_device::streamed: sending in batches path=p1.jpg size=2000000\n\
+             2026-11-27T02:50:00.2Z  INFO keepsake_device::streamed: sending in batches path=p2.jpg size=3000000\n\
+             keepsake sync: a <-> http://127.0.0.1:1 as device d\n\
+             2026-11-27T02:50:01.0Z  INFO keepsake_device::streamed: fetching in batches asset=x name=v.mp4 size=9\n\
+             keepsake sync: 3 uploaded, 7 streamed in batches\n",
         )
         .unwrap();
-        assert_eq!(super::streamed(&log).unwrap(), 14);
+        assert_eq!(super::streamed(&log, "sending in batches").unwrap(), 2);
+        assert_eq!(super::streamed(&log, "fetching in batches").unwrap(), 1);
     }
 
     #[test]

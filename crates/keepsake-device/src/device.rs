@@ -1086,6 +1086,7 @@ impl<C: Cloud> Device<C> {
         // large video streams too: FindMissing, batch by batch, keeps what the cloud holds
         // off the wire — chunks rather than span deltas, which need the new file whole.
         let content = if row.size >= self.config.streamed_from {
+            tracing::info!(target: STREAMED_EVENTS, path = %row.path, size = row.size, "sending in batches");
             Content::Streamed {
                 path: self.config.folder.join(&row.path),
                 batch_bytes: self.config.stream_batch_bytes,
@@ -1811,6 +1812,9 @@ impl<C: Cloud> Device<C> {
                 .map_err(|e| std::io::Error::other(e.to_string()))??,
             None => (self.cloud.manifest(&a.manifest).await?, HashMap::new()),
         };
+        if a.size >= self.config.streamed_from {
+            tracing::info!(target: STREAMED_EVENTS, asset = %a.asset_id, name, size = a.size, "fetching in batches");
+        }
         // A new version of a file already here shares most of its chunks: those are read
         // from it, the rest fetched.
         let (local, old) = match replace
@@ -2463,6 +2467,11 @@ enum Piece {
     Batch(Vec<(ChunkId, Bytes)>),
     Done(Result<(Manifest, keepsake_media::MediaInfo), DeviceError>),
 }
+
+/// The target of the events saying a file is sent or fetched a batch at a time, one per
+/// file as it starts: so `RUST_LOG=keepsake_device::streamed=info` shows just those, even
+/// from passes a kill cuts short.
+pub const STREAMED_EVENTS: &str = "keepsake_device::streamed";
 
 /// The default bytes of chunks in one batch of a streamed file. Four batches are in memory
 /// at most (one being read, one waiting, [`BATCHES_IN_FLIGHT`] travelling), whatever the

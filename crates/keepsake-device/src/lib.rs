@@ -33,5 +33,7 @@ pub use cloud::{
 pub use control::{
     AgentStatus, Conditions, Diagnosis, FolderControl, MAX_IMPORT_BYTES, Settings, WAKE_FILE,
 };
-pub use device::{Device, DeviceConfig, DeviceError, Progress, SyncReport, safe_name};
+pub use device::{
+    Device, DeviceConfig, DeviceError, Progress, STREAMED_EVENTS, SyncReport, safe_name,
+};
 pub use edits::{LocalAlbum, LocalAsset};
