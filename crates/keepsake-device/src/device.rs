@@ -1897,7 +1897,11 @@ impl<C: Cloud> Device<C> {
             // Another file system: copy next to the destination, then rename there.
             let beside = dest.with_file_name(format!(".keepsake-part-{}", a.asset_id));
             std::fs::copy(&temp, &beside)?;
-            std::fs::File::open(&beside)?.sync_all()?;
+            let copied = std::fs::File::open(&beside)?;
+            copied.sync_all()?;
+            // The same reason as for the temporary file: a big library copied across
+            // file systems should not leave every page it wrote held.
+            keepsake_store::release_written_pages(&copied);
             std::fs::rename(&beside, &dest)?;
             let _ = std::fs::remove_file(&temp);
         }
