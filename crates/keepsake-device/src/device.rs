@@ -1812,7 +1812,8 @@ impl<C: Cloud> Device<C> {
                 .map_err(|e| std::io::Error::other(e.to_string()))??,
             None => (self.cloud.manifest(&a.manifest).await?, HashMap::new()),
         };
-        if a.size >= self.config.streamed_from {
+        let streamed = a.size >= self.config.streamed_from;
+        if streamed {
             tracing::info!(target: STREAMED_EVENTS, asset = %a.asset_id, name, size = a.size, "fetching in batches");
         }
         // A new version of a file already here shares most of its chunks: those are read
@@ -1914,9 +1915,7 @@ impl<C: Cloud> Device<C> {
         self.journal.keep_manifest(&manifest)?;
         report.downloaded += 1;
         report.bytes_received += size;
-        if size >= self.config.streamed_from {
-            report.streamed += 1;
-        }
+        report.streamed += usize::from(streamed);
         self.progress.send_modify(|p| {
             p.items_done += 1;
             p.bytes_done += size;

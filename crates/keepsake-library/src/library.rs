@@ -400,9 +400,6 @@ fn asset_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Asset> {
     })
 }
 
-/// The live or trashed asset whose current content has a hash. `+a.seq` keeps SQLite
-/// from walking the whole feed in seq order to satisfy ORDER BY … LIMIT 1 instead of
-/// looking the hash up: that plan made every commit O(library size).
 /// Which damaged asset's current version has a manifest. Every commit asks, so it starts
 /// from the (nearly always empty) partial index of damaged assets: left to itself, SQLite
 /// walked every version of the account, and commits slowed as the library grew.
@@ -411,6 +408,9 @@ const DAMAGED_WITH_SQL: &str = "SELECT a.asset_id, a.current_version
       ON v.account = a.account AND v.asset_id = a.asset_id AND v.version = a.current_version
     WHERE a.account = ?1 AND v.manifest = ?2 AND a.damaged = 1 LIMIT 1";
 
+/// The live or trashed asset whose current content has a hash. `+a.seq` keeps SQLite
+/// from walking the whole feed in seq order to satisfy ORDER BY … LIMIT 1 instead of
+/// looking the hash up: that plan made every commit O(library size).
 const SAME_CONTENT_SQL: &str =
     "SELECT a.asset_id, a.current_version, a.seq FROM assets a JOIN versions v
        ON v.account = a.account AND v.asset_id = a.asset_id AND v.version = a.current_version
@@ -1678,11 +1678,12 @@ mod tests {
         let ids: Vec<String> = (0..200)
             .map(|i| new_asset_id(t0 + i / 3, &entropy))
             .collect();
-        for pair in ids.windows(2) {
-            assert_eq!(pair[0].len(), 32, "{}", pair[0]);
-            assert!(pair[0].bytes().all(|b| b.is_ascii_hexdigit()));
-            assert_ne!(pair[0], pair[1]);
+        for id in &ids {
+            assert_eq!(id.len(), 32, "{id}");
+            assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
         }
+        let distinct: std::collections::HashSet<&String> = ids.iter().collect();
+        assert_eq!(distinct.len(), ids.len());
         // Later commits sort after earlier ones (same millisecond: any order).
         for (i, id) in ids.iter().enumerate() {
             for (j, later) in ids.iter().enumerate().skip(i + 1) {
