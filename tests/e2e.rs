@@ -748,12 +748,37 @@ mod devices {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn photos_deletes_restores_and_purges_reach_the_other_device_and_moves_send_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    deletes_restores_purges_and_moves(root.path(), root.path()).await;
+}
+
+/// The agent's data directory defaults to the working directory, so a folder on a memory
+/// card or another disk is on another file system than the Recently Deleted, the
+/// temporary files and the imports: every move between them was a rename, refused with
+/// EXDEV, and a trash, restore or purge on such a device failed its pass again and again —
+/// sync stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_folder_on_another_file_system_than_the_data_directory_still_trashes_restores_and_purges()
+{
+    let folders = tempfile::tempdir().unwrap();
+    let Ok(data) = tempfile::tempdir_in("/dev/shm") else {
+        eprintln!("no /dev/shm here: the same run as the test above, on one file system");
+        return;
+    };
+    let device_of = |p: &Path| std::os::unix::fs::MetadataExt::dev(&std::fs::metadata(p).unwrap());
+    if device_of(folders.path()) == device_of(data.path()) {
+        eprintln!("/dev/shm is on the same file system as the temporary directory here");
+    }
+    deletes_restores_purges_and_moves(folders.path(), data.path()).await;
+}
+
+/// Two devices, the folders under `folders` and their data directories under `data`.
+async fn deletes_restores_purges_and_moves(folders: &Path, data: &Path) {
     use devices::*;
     let c = cloud().await;
-    let root = tempfile::tempdir().unwrap();
-    let (fa, fb) = (root.path().join("A"), root.path().join("B"));
-    let mut a = device(&c, &fa, &root.path().join("a-data"), "phone A").await;
-    let mut b = device(&c, &fb, &root.path().join("b-data"), "phone B").await;
+    let (fa, fb) = (folders.join("A"), folders.join("B"));
+    let mut a = device(&c, &fa, &data.join("a-data"), "phone A").await;
+    let mut b = device(&c, &fb, &data.join("b-data"), "phone B").await;
     let photos = [
         ("IMG_0001.JPG", photo(1, 150_000)),
         ("IMG_0002.JPG", photo(2, 1_200_000)),
@@ -822,10 +847,10 @@ async fn photos_deletes_restores_and_purges_reach_the_other_device_and_moves_sen
     assert_eq!(sync(&mut a).await.purged, 1);
     assert_eq!(sync(&mut b).await.purged, 1);
     assert!(!fa.join("VID_0003.MP4").exists() && !fb.join("VID_0003.MP4").exists());
-    let fc = root.path().join("C");
+    let fc = folders.join("C");
     std::fs::create_dir_all(&fc).unwrap();
     std::fs::write(fc.join("old copy.mp4"), &photos[2].1).unwrap();
-    let mut old = device(&c, &fc, &root.path().join("c-data"), "old laptop").await;
+    let mut old = device(&c, &fc, &data.join("c-data"), "old laptop").await;
     let c_report = sync(&mut old).await;
     assert_eq!(
         (
@@ -846,6 +871,12 @@ async fn photos_deletes_restores_and_purges_reach_the_other_device_and_moves_sen
     );
     assert_eq!(folder_contents(&fa), folder_contents(&fb));
     assert_eq!(folder_contents(&fa), folder_contents(&fc));
+    let halfway: Vec<PathBuf> = [folders, data]
+        .into_iter()
+        .flat_map(files_under)
+        .filter(|p| p.to_string_lossy().contains(".keepsake-part-"))
+        .collect();
+    assert!(halfway.is_empty(), "copies left halfway: {halfway:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,7 @@
 
 use crate::DeviceError;
 use crate::cloud::{Edit, Stamp};
-use crate::device::{safe_name, unique_path};
+use crate::device::{move_file, safe_name, unique_path};
 use crate::edits::{self, LocalAlbum, LocalAsset};
 use crate::journal::Journal;
 use keepsake_policy::{PolicyConfig, Snapshot, doctor, evaluate};
@@ -387,7 +387,7 @@ impl FolderControl {
         std::fs::write(&tmp, data)?;
         std::fs::File::open(&tmp)?.sync_all()?;
         let dest = unique_path(&self.folder, &name);
-        std::fs::rename(&tmp, &dest)?;
+        move_file(&tmp, &dest)?;
         let _ = self.wake.send(());
         Ok(dest
             .file_name()
@@ -438,5 +438,32 @@ mod tests {
         };
         control.set_conditions(&c).unwrap();
         assert_eq!(control.conditions().unwrap(), Some(c));
+    }
+
+    /// An import is written in the data directory and renamed into the folder: with the
+    /// folder on another file system the rename was refused (EXDEV) and nothing arrived.
+    #[test]
+    fn an_import_reaches_a_folder_on_another_file_system() {
+        let folders = tempfile::tempdir().unwrap();
+        let Ok(data) = tempfile::tempdir_in("/dev/shm") else {
+            eprintln!("no /dev/shm here: nothing crosses a file system");
+            return;
+        };
+        let folder = folders.path().join("f");
+        std::fs::create_dir_all(&folder).unwrap();
+        let (wake, _woken) = tokio::sync::mpsc::unbounded_channel();
+        let config =
+            crate::DeviceConfig::new(folder.clone(), data.path().join("state"), "d".into());
+        let clock = Arc::new(keepsake_store::SystemClock);
+        let control = FolderControl::open(&config, data.path().into(), clock, wake).unwrap();
+        assert_eq!(control.import("IMG.JPG", b"one").unwrap(), "IMG.JPG");
+        assert_eq!(std::fs::read(folder.join("IMG.JPG")).unwrap(), b"one");
+        let left: Vec<_> = std::fs::read_dir(data.path().join("tmp"))
+            .unwrap()
+            .chain(std::fs::read_dir(&folder).unwrap())
+            .map(|e| e.unwrap().file_name())
+            .filter(|n| n != "IMG.JPG")
+            .collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
     }
 }

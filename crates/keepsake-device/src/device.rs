@@ -314,6 +314,32 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Moves a file to `to`, also onto another file system (the data directory on the disk,
+/// the folder on a memory card): there it is copied beside `to` under a name the scan
+/// skips, made durable and renamed in, and only then is `from` removed — a crash between
+/// leaves two copies, never none.
+pub(crate) fn move_file(from: &Path, to: &Path) -> std::io::Result<()> {
+    match std::fs::rename(from, to) {
+        Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => {
+            let name = to.file_name().unwrap_or_default().to_string_lossy();
+            let beside = to.with_file_name(format!(".keepsake-part-{name}"));
+            std::fs::copy(from, &beside)?;
+            let copied = std::fs::File::open(&beside)?;
+            copied.sync_all()?;
+            // A large library moved across should not leave every page it wrote held,
+            // for the same reason a download releases its own.
+            keepsake_store::release_written_pages(&copied);
+            std::fs::rename(&beside, to)?;
+            if let Some(parent) = to.parent() {
+                sync_dir(parent)?;
+            }
+            tracing::debug!(from = %from.display(), to = %to.display(), "copied across file systems");
+            std::fs::remove_file(from)
+        }
+        moved => moved,
+    }
+}
+
 impl<C: Cloud> Device<C> {
     /// Opens (or starts) the device's journal and marks a new library folder.
     pub fn open(
@@ -1075,7 +1101,7 @@ impl<C: Cloud> Device<C> {
                     .data_dir
                     .join("recently-deleted")
                     .join(format!("purged-{}", hex::encode(&row.file_hash.0[..8])));
-                std::fs::rename(self.config.folder.join(&row.path), parked)?;
+                move_file(&self.config.folder.join(&row.path), &parked)?;
                 self.journal.remove(&row.path)?;
                 report.not_resurrected += 1;
                 return Ok(None);
@@ -1515,7 +1541,7 @@ impl<C: Cloud> Device<C> {
                     let stored = deleted_dir.join(&t.stored_as);
                     if t.file_hash == a.file_hash && stored.exists() && local.is_none() {
                         let dest = unique_path(&self.config.folder, &t.name);
-                        std::fs::rename(&stored, &dest)?;
+                        move_file(&stored, &dest)?;
                         self.record_synced(&dest, a)?;
                         report.restored += 1;
                         return Ok(());
@@ -1584,9 +1610,9 @@ impl<C: Cloud> Device<C> {
                 {
                     let name = f.path.rsplit('/').next().unwrap_or(&f.path).to_string();
                     let stored_as = format!("{}-{}", a.asset_id, name);
-                    std::fs::rename(
-                        self.config.folder.join(&f.path),
-                        deleted_dir.join(&stored_as),
+                    move_file(
+                        &self.config.folder.join(&f.path),
+                        &deleted_dir.join(&stored_as),
                     )?;
                     self.journal.put_trashed(&TrashedRow {
                         asset_id: a.asset_id.clone(),
@@ -1894,18 +1920,7 @@ impl<C: Cloud> Device<C> {
         if let Some(parent) = dest.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        if std::fs::rename(&temp, &dest).is_err() {
-            // Another file system: copy next to the destination, then rename there.
-            let beside = dest.with_file_name(format!(".keepsake-part-{}", a.asset_id));
-            std::fs::copy(&temp, &beside)?;
-            let copied = std::fs::File::open(&beside)?;
-            copied.sync_all()?;
-            // The same reason as for the temporary file: a big library copied across
-            // file systems should not leave every page it wrote held.
-            keepsake_store::release_written_pages(&copied);
-            std::fs::rename(&beside, &dest)?;
-            let _ = std::fs::remove_file(&temp);
-        }
+        move_file(&temp, &dest)?;
         if let Some(parent) = dest.parent() {
             sync_dir(parent)?;
         }
