@@ -1827,6 +1827,17 @@ async fn device_control_imports_deletes_and_sets_conditions() {
         .unwrap();
     assert_eq!(sync(&mut a).await.trashed_remotely, 1);
     assert_eq!(sync(&mut b).await.trashed_here, 1);
+    // What an agent's pass left out reaches a controller with its reason and fix.
+    control
+        .save_status(&keepsake_device::AgentStatus {
+            skipped: vec![keepsake_device::SkippedFile {
+                path: "Caf\u{FFFD}.jpg".into(),
+                reason: "NAME_NOT_UTF8".into(),
+                message: "rename it".into(),
+            }],
+            ..Default::default()
+        })
+        .unwrap();
     let status = remote
         .get_status(pb::GetStatusRequest {})
         .await
@@ -1834,9 +1845,14 @@ async fn device_control_imports_deletes_and_sets_conditions() {
         .into_inner()
         .status
         .unwrap();
+    assert_eq!(status.reason, "", "no reason saved: syncing");
     assert_eq!(
-        status.reason, "",
-        "no agent loop ran here: the default status"
+        status.skipped,
+        [pb::SkippedFile {
+            path: "Caf\u{FFFD}.jpg".into(),
+            reason: "NAME_NOT_UTF8".into(),
+            message: "rename it".into(),
+        }]
     );
 }
 
@@ -2720,4 +2736,38 @@ async fn deleting_a_photo_with_an_unsent_edit_deletes_it_everywhere() {
     assert_eq!(sync(&mut b).await.trashed_here, 1);
     assert!(folder_contents(&fb).is_empty());
     assert!(b.assets().unwrap().iter().all(|x| x.trashed));
+}
+
+/// One file the device cannot read — a name that is not UTF-8 (copied from an old
+/// camera), or bytes the disk no longer gives back — failed the scan, so every pass
+/// failed and no other photo synced. Such a file is now left out and named, with why and
+/// what fixes it, and everything else syncs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_the_device_cannot_read_is_named_and_the_rest_still_syncs() {
+    use devices::*;
+    use std::os::unix::ffi::OsStrExt;
+    let c = cloud().await;
+    let root = tempfile::tempdir().unwrap();
+    let fa = root.path().join("A");
+    let mut a = device(&c, &fa, &root.path().join("a-data"), "phone").await;
+    std::fs::write(fa.join("IMG_0001.JPG"), photo(900, 100_000)).unwrap();
+    let latin1 = std::ffi::OsStr::from_bytes(b"Caf\xe9.jpg");
+    std::fs::write(fa.join(latin1), photo(901, 100_000)).unwrap();
+    let r = sync(&mut a).await;
+    assert_eq!(r.uploaded, 1, "{r:?}");
+    assert_eq!(r.skipped.len(), 1, "{r:?}");
+    assert_eq!(
+        (r.skipped[0].path.as_str(), r.skipped[0].reason.as_str()),
+        ("Caf\u{FFFD}.jpg", "NAME_NOT_UTF8")
+    );
+    assert!(r.skipped[0].message.contains("rename it"), "{r:?}");
+    // Said again on every pass until it is fixed; then it syncs like any other.
+    assert_eq!(sync(&mut a).await.skipped, r.skipped);
+    std::fs::rename(fa.join(latin1), fa.join("Café.jpg")).unwrap();
+    let fixed = sync(&mut a).await;
+    assert_eq!((fixed.uploaded, fixed.skipped.len()), (1, 0), "{fixed:?}");
+    let fb = root.path().join("B");
+    let mut b = device(&c, &fb, &root.path().join("b-data"), "tablet").await;
+    assert_eq!(sync(&mut b).await.downloaded, 2);
+    assert_eq!(folder_contents(&fa), folder_contents(&fb));
 }

@@ -52,6 +52,10 @@ pub struct AgentStatus {
     /// The Optimize Storage budget for originals, if it is on.
     #[serde(default)]
     pub optimize_budget: Option<u64>,
+    /// Files the last pass left out of sync (unreadable, or a name the library cannot
+    /// keep), each with why and what fixes it.
+    #[serde(default)]
+    pub skipped: Vec<crate::SkippedFile>,
 }
 
 /// The device's sync settings, as its owner chose them (`settings.json`).

@@ -126,6 +126,9 @@ pub struct SyncReport {
     pub repairs: usize,
     /// Why uploads or deletes stopped, if they did (a stable reason code).
     pub blocked: Option<String>,
+    /// Files in the folder this pass left out (unreadable, or a name the library cannot
+    /// keep), each with why and what fixes it.
+    pub skipped: Vec<SkippedFile>,
 }
 
 /// What the pass under way is doing: files and bytes done out of what it set out to move.
@@ -282,27 +285,108 @@ pub(crate) fn unique_path(dir: &Path, name: &str) -> PathBuf {
         .expect("some name is free")
 }
 
-fn walk(
-    dir: &Path,
-    prefix: &str,
-    out: &mut Vec<(String, std::fs::Metadata)>,
-) -> std::io::Result<()> {
+/// A file the device leaves out of sync, and why: shown in the agent's status and by
+/// `keepsake doctor` until it is fixed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SkippedFile {
+    /// Its path in the folder (a name that is not UTF-8 shown with replacement characters).
+    pub path: String,
+    /// A stable reason code: `NAME_NOT_UTF8` or `FILE_UNREADABLE`.
+    pub reason: String,
+    /// What is wrong and what fixes it, for a person.
+    pub message: String,
+}
+
+impl SkippedFile {
+    fn name_not_utf8(path: String) -> Self {
+        SkippedFile {
+            path,
+            reason: "NAME_NOT_UTF8".into(),
+            message: "its name is not UTF-8 text, which the library cannot keep: rename it \
+                      and it syncs on the next pass"
+                .into(),
+        }
+    }
+
+    fn unreadable(path: String, error: &std::io::Error) -> Self {
+        SkippedFile {
+            path,
+            reason: "FILE_UNREADABLE".into(),
+            message: format!(
+                "the device cannot read it ({error}): check its permissions and the disk; \
+                 it syncs on the pass after it can be read"
+            ),
+        }
+    }
+}
+
+/// What a scan found in the folder.
+#[derive(Default)]
+struct Listing {
+    /// Files, by path relative to the folder.
+    files: Vec<(String, std::fs::Metadata)>,
+    /// Files and directories left out, and why.
+    skipped: Vec<SkippedFile>,
+    /// Directories that could not be listed: the files the journal has under them are
+    /// still there as far as the device knows, never taken for deleted.
+    unlisted: Vec<String>,
+}
+
+/// Whether `path` is the entry `dir` of the folder or below it (`a/b` is under `a`, `ab/c`
+/// is not).
+fn is_under(path: &str, dir: &str) -> bool {
+    path.strip_prefix(dir)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// Lists `dir` into `listing`. Only the folder itself failing to list fails the scan: one
+/// odd entry below it must not stop every photo syncing.
+fn walk(dir: &Path, prefix: &str, listing: &mut Listing) -> std::io::Result<()> {
+    let below = |name: &str| {
+        if prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{prefix}/{name}")
+        }
+    };
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
-        let name = entry.file_name().to_string_lossy().into_owned();
+        let name = match entry.file_name().into_string() {
+            Ok(name) => name,
+            Err(odd) => {
+                let shown = below(&odd.to_string_lossy());
+                listing.skipped.push(SkippedFile::name_not_utf8(shown));
+                continue;
+            }
+        };
         if name.starts_with(".keepsake") {
             continue;
         }
-        let meta = entry.metadata()?;
-        let rel = if prefix.is_empty() {
-            name
-        } else {
-            format!("{prefix}/{name}")
+        let rel = below(&name);
+        let meta = match entry.metadata() {
+            Ok(meta) => meta,
+            // Gone since the directory was read: the next scan sees it gone.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                listing
+                    .skipped
+                    .push(SkippedFile::unreadable(rel.clone(), &e));
+                listing.unlisted.push(rel);
+                continue;
+            }
         };
         if meta.is_dir() {
-            walk(&entry.path(), &rel, out)?;
+            if let Err(e) = walk(&entry.path(), &rel, listing) {
+                // A directory gone meanwhile is no problem to show, only one to list again.
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    listing
+                        .skipped
+                        .push(SkippedFile::unreadable(rel.clone(), &e));
+                }
+                listing.unlisted.push(rel);
+            }
         } else if meta.is_file() {
-            out.push((rel, meta));
+            listing.files.push((rel, meta));
         }
     }
     Ok(())
@@ -764,9 +848,18 @@ impl<C: Cloud> Device<C> {
 
     /// Looks at the folder and journals what changed; no network.
     async fn scan(&mut self, report: &mut SyncReport) -> Result<HashSet<String>, DeviceError> {
-        let mut on_disk = Vec::new();
-        walk(&self.config.folder, "", &mut on_disk)?;
-        let seen: HashSet<String> = on_disk.iter().map(|(p, _)| p.clone()).collect();
+        let mut listing = Listing::default();
+        walk(&self.config.folder, "", &mut listing)?;
+        let on_disk = listing.files;
+        let mut seen: HashSet<String> = on_disk.iter().map(|(p, _)| p.clone()).collect();
+        if !listing.unlisted.is_empty() {
+            for row in self.journal.files()? {
+                if listing.unlisted.iter().any(|dir| is_under(&row.path, dir)) {
+                    seen.insert(row.path);
+                }
+            }
+        }
+        report.skipped = listing.skipped;
         let now = self.clock.now_ms() * 1_000_000;
         for (path, meta) in &on_disk {
             let known = self.journal.file(path)?;
@@ -786,7 +879,19 @@ impl<C: Cloud> Device<C> {
                 report.unstable += 1;
                 continue;
             }
-            let file_hash = self.hash_file(path).await?;
+            let file_hash = match self.hash_file(path).await {
+                Ok(hash) => hash,
+                Err(DeviceError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                // Left as the journal has it (a synced file stays synced, not deleted).
+                Err(DeviceError::Io(e)) => {
+                    tracing::warn!(path, error = %e, "a file in the folder cannot be read");
+                    report
+                        .skipped
+                        .push(SkippedFile::unreadable(path.clone(), &e));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let mut row = FileRow {
                 path: path.clone(),
                 size,
@@ -2808,6 +2913,15 @@ async fn send_changed_stretches<C: Cloud>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn files_under_a_directory_that_cannot_be_listed_are_not_taken_for_deleted() {
+        assert!(is_under("2019/Summer/a.jpg", "2019/Summer"));
+        assert!(is_under("2019/Summer", "2019/Summer"));
+        assert!(!is_under("2019/Summer 2/a.jpg", "2019/Summer"));
+        assert!(!is_under("2019/Summers/a.jpg", "2019/Summer"));
+        assert!(!is_under("2019", "2019/Summer"));
+    }
 
     #[test]
     fn cloud_names_never_escape_the_folder() {

@@ -34,6 +34,7 @@ pub use control::{
     AgentStatus, Conditions, Diagnosis, FolderControl, MAX_IMPORT_BYTES, Settings, WAKE_FILE,
 };
 pub use device::{
-    Device, DeviceConfig, DeviceError, Progress, STREAMED_EVENTS, SyncReport, safe_name,
+    Device, DeviceConfig, DeviceError, Progress, STREAMED_EVENTS, SkippedFile, SyncReport,
+    safe_name,
 };
 pub use edits::{LocalAlbum, LocalAsset};

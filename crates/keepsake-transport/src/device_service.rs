@@ -4,7 +4,8 @@
 use crate::ApiError;
 use crate::client::pb;
 use keepsake_device::{
-    AgentStatus, Conditions, Edit, FolderControl, MAX_IMPORT_BYTES, Progress, Settings, Stamp,
+    AgentStatus, Conditions, Edit, FolderControl, MAX_IMPORT_BYTES, Progress, Settings,
+    SkippedFile, Stamp,
 };
 use keepsake_proto::v1::device_control_server::{DeviceControl, DeviceControlServer};
 use std::future::Future;
@@ -38,6 +39,7 @@ fn status_to_wire(s: AgentStatus) -> pb::AgentStatus {
         previews_bytes,
         cloud_only,
         optimize_budget,
+        skipped,
     } = s;
     pb::AgentStatus {
         device_id,
@@ -55,6 +57,20 @@ fn status_to_wire(s: AgentStatus) -> pb::AgentStatus {
         previews_bytes,
         cloud_only,
         optimize_budget,
+        skipped: skipped.into_iter().map(skipped_to_wire).collect(),
+    }
+}
+
+fn skipped_to_wire(f: SkippedFile) -> pb::SkippedFile {
+    let SkippedFile {
+        path,
+        reason,
+        message,
+    } = f;
+    pb::SkippedFile {
+        path,
+        reason,
+        message,
     }
 }
 

@@ -121,6 +121,17 @@ pub fn status(data: PathBuf) -> Result<()> {
                 .unwrap_or_default()
         );
     }
+    if !s.skipped.is_empty() {
+        let files = if s.skipped.len() == 1 {
+            "file"
+        } else {
+            "files"
+        };
+        println!("{} {files} left out of sync:", s.skipped.len());
+        for f in &s.skipped {
+            println!("  {}: {} [{}]", f.path, f.message, f.reason);
+        }
+    }
     if let Some(e) = &s.last_error {
         println!("last transient failure: {e}");
     }
@@ -682,6 +693,15 @@ pub async fn sync(
                             (originals, previews, cloud_only);
                     }
                     s.optimize_budget = optimize;
+                    if s.skipped != report.skipped {
+                        for f in &report.skipped {
+                            println!(
+                                "keepsake sync: left out {}: {} [{}]",
+                                f.path, f.message, f.reason
+                            );
+                        }
+                        s.skipped = report.skipped.clone();
+                    }
                     s.clone()
                 };
                 // Best effort: a full disk must not stop sync over a status file.

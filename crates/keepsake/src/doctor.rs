@@ -133,10 +133,18 @@ pub async fn run(args: DoctorArgs) -> Result<bool> {
         transfer_history: agent.is_none(),
     };
     let report = diagnose(&snapshot, &decision, &unknown);
+    // Files left out block nothing else, so they are not one of the seven causes; they
+    // are said after them, each with its fix.
+    let skipped = agent.map(|a| a.skipped).unwrap_or_default();
     if args.json {
-        println!("{}", render_json(&report));
+        let mut json: serde_json::Value = serde_json::from_str(&render_json(&report))?;
+        json["skipped_files"] = serde_json::to_value(&skipped)?;
+        println!("{}", serde_json::to_string_pretty(&json)?);
     } else {
         print!("{}", render_text(&report));
+        for f in &skipped {
+            println!("left out: {} [{}] {}", f.path, f.reason, f.message);
+        }
     }
     Ok(!report.syncing)
 }

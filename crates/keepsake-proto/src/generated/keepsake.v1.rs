@@ -6158,7 +6158,7 @@ pub mod library_server {
     }
 }
 /// The agent's state between passes.
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct AgentStatus {
     #[prost(string, tag = "1")]
     pub device_id: ::prost::alloc::string::String,
@@ -6198,6 +6198,22 @@ pub struct AgentStatus {
     /// The Optimize Storage budget for originals, when it is on.
     #[prost(uint64, optional, tag = "15")]
     pub optimize_budget: ::core::option::Option<u64>,
+    /// Files the last pass left out of sync, each with why and what fixes it.
+    #[prost(message, repeated, tag = "16")]
+    pub skipped: ::prost::alloc::vec::Vec<SkippedFile>,
+}
+/// A file in the folder the device leaves out of sync until it is fixed.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SkippedFile {
+    /// Its path in the folder.
+    #[prost(string, tag = "1")]
+    pub path: ::prost::alloc::string::String,
+    /// NAME_NOT_UTF8 or FILE_UNREADABLE.
+    #[prost(string, tag = "2")]
+    pub reason: ::prost::alloc::string::String,
+    /// What is wrong and what fixes it, for a person.
+    #[prost(string, tag = "3")]
+    pub message: ::prost::alloc::string::String,
 }
 /// Files and bytes done out of what the pass under way set out to move.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -6386,7 +6402,7 @@ pub struct DiagnoseResponse {
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct GetStatusRequest {}
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct GetStatusResponse {
     #[prost(message, optional, tag = "1")]
     pub status: ::core::option::Option<AgentStatus>,
