@@ -2771,3 +2771,26 @@ async fn a_file_the_device_cannot_read_is_named_and_the_rest_still_syncs() {
     assert_eq!(sync(&mut b).await.downloaded, 2);
     assert_eq!(folder_contents(&fa), folder_contents(&fb));
 }
+
+/// A photo named `12:30.jpg` on one device is written as `12_30.jpg` on the others: an
+/// exFAT memory card refuses the colon, and the download failed on every pass. The library
+/// keeps the original name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_photo_named_with_a_colon_arrives_under_a_name_a_memory_card_accepts() {
+    use devices::*;
+    let c = cloud().await;
+    let root = tempfile::tempdir().unwrap();
+    let (fa, fb) = (root.path().join("A"), root.path().join("B"));
+    let mut a = device(&c, &fa, &root.path().join("a-data"), "laptop").await;
+    std::fs::write(fa.join("12:30 lunch?.jpg"), photo(950, 50_000)).unwrap();
+    assert_eq!(sync(&mut a).await.uploaded, 1);
+    let mut b = device(&c, &fb, &root.path().join("b-data"), "camera card").await;
+    assert_eq!(sync(&mut b).await.downloaded, 1);
+    assert!(fb.join("12_30 lunch_.jpg").exists());
+    assert_eq!(folder_contents(&fa), folder_contents(&fb));
+    let page = c.cloud.library().list_changes("alice", 0, 10).unwrap();
+    assert!(page.changes.iter().any(|ch| matches!(
+        ch,
+        keepsake_library::Change::Asset(x) if x.original_name == "12:30 lunch?.jpg"
+    )));
+}

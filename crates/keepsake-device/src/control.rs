@@ -4,7 +4,7 @@
 
 use crate::DeviceError;
 use crate::cloud::{Edit, Stamp};
-use crate::device::{move_file, safe_name, unique_path};
+use crate::device::{local_name, move_file, safe_name, unique_path};
 use crate::edits::{self, LocalAlbum, LocalAsset};
 use crate::journal::Journal;
 use keepsake_policy::{PolicyConfig, Snapshot, doctor, evaluate};
@@ -385,7 +385,7 @@ impl FolderControl {
             )
             .into());
         }
-        let name = safe_name(name, "import");
+        let name = local_name(name, "import");
         let tmp = self.data_dir.join("tmp").join(format!("import-{name}"));
         std::fs::create_dir_all(self.data_dir.join("tmp"))?;
         std::fs::write(&tmp, data)?;

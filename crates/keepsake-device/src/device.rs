@@ -269,6 +269,25 @@ pub fn safe_name(name: &str, asset_id: &str) -> String {
     }
 }
 
+/// The name an asset's file gets in the folder: [`safe_name`], kept to what every file
+/// system a library folder may live on accepts. A memory card or a disk shared with
+/// another computer is often exFAT or FAT32, which refuse `<>:"|?*` and a name ending in a
+/// dot or a space: a photo named `12:30.jpg` on one device would otherwise fail its
+/// download on such a folder on every pass. Names are local, so the library keeps the
+/// original one.
+pub(crate) fn local_name(name: &str, asset_id: &str) -> String {
+    let portable: String = safe_name(name, asset_id)
+        .chars()
+        .map(|c| if "<>:\"|?*".contains(c) { '_' } else { c })
+        .collect();
+    let trimmed = portable.trim_end_matches(['.', ' ']);
+    if trimmed.is_empty() {
+        format!("asset-{asset_id}")
+    } else {
+        trimmed.to_string()
+    }
+}
+
 /// `name`, or `stem (2).ext`, `stem (3).ext`… whichever does not exist in `dir`.
 pub(crate) fn unique_path(dir: &Path, name: &str) -> PathBuf {
     let candidate = dir.join(name);
@@ -631,7 +650,7 @@ impl<C: Cloud> Device<C> {
         let mut report = SyncReport::default();
         let (budget, waits) = (self.budget.take(), self.downloads_wait.take());
         let fetched = self
-            .download(&remote, None, &safe_name(&row.name, asset_id), &mut report)
+            .download(&remote, None, &local_name(&row.name, asset_id), &mut report)
             .await;
         (self.budget, self.downloads_wait) = (budget, waits);
         fetched?;
@@ -1533,7 +1552,7 @@ impl<C: Cloud> Device<C> {
             RemoteState::Purged => self.journal.remove_meta(&a.asset_id)?,
             state => self.journal.put_meta(&MetaRow {
                 asset_id: a.asset_id.clone(),
-                name: safe_name(&a.original_name, &a.asset_id),
+                name: local_name(&a.original_name, &a.asset_id),
                 state: if state == RemoteState::Trashed {
                     "trashed".into()
                 } else {
@@ -1664,7 +1683,7 @@ impl<C: Cloud> Device<C> {
                     // A local edit not yet uploaded: never overwritten. The cloud's version
                     // arrives beside it; the local one commits later as a conflict, both kept.
                     Some(f) if !f.synced => {
-                        let name = safe_name(&a.original_name, &a.asset_id);
+                        let name = local_name(&a.original_name, &a.asset_id);
                         self.download(a, None, &name, report).await?;
                         tracing::info!(path = %f.path, asset = %a.asset_id, "kept a local edit beside a newer cloud version");
                     }
@@ -1675,7 +1694,7 @@ impl<C: Cloud> Device<C> {
                     None => {
                         // The same bytes may already be here (uploaded from this device).
                         let twin = self.journal.file_with_hash(&a.file_hash, "")?;
-                        let name = safe_name(&a.original_name, &a.asset_id);
+                        let name = local_name(&a.original_name, &a.asset_id);
                         if let Some(mut twin) = twin {
                             twin.asset_id = Some(a.asset_id.clone());
                             twin.version = Some(a.version);
@@ -1863,7 +1882,7 @@ impl<C: Cloud> Device<C> {
                 || self
                     .config
                     .folder
-                    .join(safe_name(&a.original_name, &a.asset_id))
+                    .join(local_name(&a.original_name, &a.asset_id))
                     .exists()
             {
                 continue;
@@ -2932,6 +2951,16 @@ mod tests {
         assert_eq!(safe_name("..", "a1"), "asset-a1");
         assert_eq!(safe_name("a\u{0}b\nc.jpg", "a"), "abc.jpg");
         assert_eq!(safe_name("", "x"), "asset-x");
+    }
+
+    #[test]
+    fn names_written_into_the_folder_suit_a_memory_card() {
+        assert_eq!(local_name("12:30 \"best\"?.jpg", "a"), "12_30 _best__.jpg");
+        assert_eq!(local_name("a<b>c|d*e.heic", "a"), "a_b_c_d_e.heic");
+        assert_eq!(local_name("IMG_1.JPG. . ", "a"), "IMG_1.JPG");
+        assert_eq!(local_name("...", "a1"), "asset-a1");
+        assert_eq!(local_name("..\\x.jpg", "a"), "x.jpg");
+        assert_eq!(local_name("Café 😀.jpg", "a"), "Café 😀.jpg");
     }
 
     #[test]
