@@ -2567,13 +2567,36 @@ async fn flipped_bits_are_found_by_scrub_never_served_and_the_device_that_has_th
         assert!(c.store.get_chunk("alice", id).is_err());
     }
     // A device joining now gets every whole photo and no corrupt byte: the damaged ones
-    // cannot be assembled, so they wait (never written half or wrong).
+    // cannot be assembled, so they wait (never written half or wrong). Its pass succeeds:
+    // until 2026-11-27 the first damaged photo failed it, every pass, and stopped the feed
+    // there — a photo taken after it never reached B.
+    let later = photo(999, 200_000);
+    let fc = root.path().join("C");
+    let mut camera = device(&c, &fc, &root.path().join("c-data"), "camera C").await;
+    std::fs::write(fc.join("IMG_LATER.JPG"), &later).unwrap();
+    let taken = sync(&mut camera).await;
+    assert_eq!(
+        (taken.uploaded, taken.damaged_waiting),
+        (1, scrub.damaged.len()),
+        "{taken:?}"
+    );
     let mut b = device(&c, &fb, &root.path().join("b-data"), "phone B").await;
-    let _ = b.sync_once().await;
+    let waiting = sync(&mut b).await;
+    assert_eq!(waiting.damaged_waiting, scrub.damaged.len(), "{waiting:?}");
+    assert_eq!(
+        waiting.downloaded,
+        photos.len() + 1 - scrub.damaged.len(),
+        "{waiting:?}"
+    );
+    assert_eq!(std::fs::read(fb.join("IMG_LATER.JPG")).unwrap(), later);
+    // The feed has moved past them; the device still says what it waits for.
+    assert_eq!(sync(&mut b).await.damaged_waiting, 0);
+    assert_eq!(b.damaged_waiting().unwrap(), scrub.damaged.len() as u64);
     for name in folder_contents(&fb) {
         assert!(
             photos
                 .iter()
+                .chain([&("".to_string(), later.clone())])
                 .any(|(_, d)| blake3::hash(d).to_hex().to_string() == name),
             "B holds a file no camera took"
         );
@@ -2592,8 +2615,15 @@ async fn flipped_bits_are_found_by_scrub_never_served_and_the_device_that_has_th
             assert_eq!(asset.version, 1, "a repair is no new version");
         }
     }
-    // Now B completes, byte for byte.
-    sync(&mut b).await;
+    // Now B completes, byte for byte: the repairs came to it through the feed.
+    let completed = sync(&mut b).await;
+    assert_eq!(
+        (completed.downloaded, completed.damaged_waiting),
+        (scrub.damaged.len(), 0),
+        "{completed:?}"
+    );
+    assert_eq!(b.damaged_waiting().unwrap(), 0);
+    sync(&mut a).await;
     assert_eq!(folder_contents(&fa), folder_contents(&fb));
 }
 

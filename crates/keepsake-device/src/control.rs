@@ -56,6 +56,10 @@ pub struct AgentStatus {
     /// keep), each with why and what fixes it.
     #[serde(default)]
     pub skipped: Vec<crate::SkippedFile>,
+    /// Photos the cloud flagged damaged that this device has no copy of: they arrive once
+    /// a device that has them sends them again.
+    #[serde(default)]
+    pub damaged_waiting: u64,
 }
 
 /// The device's sync settings, as its owner chose them (`settings.json`).

@@ -20,6 +20,8 @@ pub const MARKER: &str = ".keepsake-library";
 
 /// Journal keys naming originals asked for on demand.
 pub(crate) const WANT_ORIGINAL: &str = "want_original:";
+/// Journal keys of the photos the cloud flagged damaged that this device waits for.
+const DAMAGED_WAITING: &str = "damaged_waiting:";
 
 /// Files modified this recently are hashed even when their stat looks unchanged.
 const RACY_WINDOW_NS: i64 = 2_000_000_000;
@@ -124,6 +126,10 @@ pub struct SyncReport {
     pub edits_dropped: usize,
     /// Originals this device sent again because the cloud flagged them damaged.
     pub repairs: usize,
+    /// Photos the cloud flagged damaged that this device has no copy of: not fetched (they
+    /// cannot be assembled) until a device that has them sends them again — the repair
+    /// announces them anew in the feed.
+    pub damaged_waiting: usize,
     /// Why uploads or deletes stopped, if they did (a stable reason code).
     pub blocked: Option<String>,
     /// Files in the folder this pass left out (unreadable, or a name the library cannot
@@ -741,6 +747,11 @@ impl<C: Cloud> Device<C> {
             report.previews += 1;
         }
         Ok(())
+    }
+
+    /// Photos the cloud flagged damaged that this device has no copy of and waits for.
+    pub fn damaged_waiting(&self) -> Result<u64, DeviceError> {
+        Ok(self.journal.keys_with_prefix(DAMAGED_WAITING)?.len() as u64)
     }
 
     /// Edits waiting for the cloud.
@@ -1629,6 +1640,11 @@ impl<C: Cloud> Device<C> {
         });
         let trashed = self.journal.trashed(&a.asset_id)?;
         let deleted_dir = self.config.data_dir.join("recently-deleted");
+        let waited = format!("{DAMAGED_WAITING}{}", a.asset_id);
+        if !(a.damaged && a.state == RemoteState::Live) && self.journal.get(&waited)?.is_some() {
+            // Repaired, deleted or purged since: no longer waited for.
+            self.journal.remove_key(&waited)?;
+        }
         if a.damaged
             && let Some(f) = &local
             && f.synced
@@ -1946,6 +1962,15 @@ impl<C: Cloud> Device<C> {
         name: &str,
         report: &mut SyncReport,
     ) -> Result<(), DeviceError> {
+        if a.damaged {
+            // Failing here would stop the feed at this photo on every pass, and every photo
+            // after it with it; the cursor moves on and the repair's feed entry brings it.
+            tracing::warn!(asset = %a.asset_id, name, "damaged in the cloud; waiting for a device that has it");
+            self.journal
+                .set(&format!("{DAMAGED_WAITING}{}", a.asset_id), "1")?;
+            report.damaged_waiting += 1;
+            return Ok(());
+        }
         if self.downloads_wait.is_some() || self.over_budget(a.size, report) {
             self.deferred = true;
             return Ok(());

@@ -40,6 +40,7 @@ fn status_to_wire(s: AgentStatus) -> pb::AgentStatus {
         cloud_only,
         optimize_budget,
         skipped,
+        damaged_waiting,
     } = s;
     pb::AgentStatus {
         device_id,
@@ -58,6 +59,7 @@ fn status_to_wire(s: AgentStatus) -> pb::AgentStatus {
         cloud_only,
         optimize_budget,
         skipped: skipped.into_iter().map(skipped_to_wire).collect(),
+        damaged_waiting,
     }
 }
 

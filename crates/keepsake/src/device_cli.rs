@@ -132,6 +132,13 @@ pub fn status(data: PathBuf) -> Result<()> {
             println!("  {}: {} [{}]", f.path, f.message, f.reason);
         }
     }
+    if s.damaged_waiting > 0 {
+        println!(
+            "{} photos are damaged in the cloud and wait for a device that has them to send them again \
+             (`keepsake scrub` on the server names them)",
+            s.damaged_waiting
+        );
+    }
     if let Some(e) = &s.last_error {
         println!("last transient failure: {e}");
     }
@@ -702,6 +709,7 @@ pub async fn sync(
                         }
                         s.skipped = report.skipped.clone();
                     }
+                    s.damaged_waiting = device.damaged_waiting().unwrap_or(0);
                     s.clone()
                 };
                 // Best effort: a full disk must not stop sync over a status file.

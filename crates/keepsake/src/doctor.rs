@@ -135,15 +135,24 @@ pub async fn run(args: DoctorArgs) -> Result<bool> {
     let report = diagnose(&snapshot, &decision, &unknown);
     // Files left out block nothing else, so they are not one of the seven causes; they
     // are said after them, each with its fix.
-    let skipped = agent.map(|a| a.skipped).unwrap_or_default();
+    let (skipped, damaged_waiting) = agent
+        .map(|a| (a.skipped, a.damaged_waiting))
+        .unwrap_or_default();
     if args.json {
         let mut json: serde_json::Value = serde_json::from_str(&render_json(&report))?;
         json["skipped_files"] = serde_json::to_value(&skipped)?;
+        json["damaged_waiting"] = damaged_waiting.into();
         println!("{}", serde_json::to_string_pretty(&json)?);
     } else {
         print!("{}", render_text(&report));
         for f in &skipped {
             println!("left out: {} [{}] {}", f.path, f.reason, f.message);
+        }
+        if damaged_waiting > 0 {
+            println!(
+                "waiting: {damaged_waiting} photos the cloud lost part of; they arrive once a device \
+                 that has them syncs (`keepsake scrub` on the server names them)"
+            );
         }
     }
     Ok(!report.syncing)

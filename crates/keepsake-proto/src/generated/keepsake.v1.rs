@@ -6201,6 +6201,10 @@ pub struct AgentStatus {
     /// Files the last pass left out of sync, each with why and what fixes it.
     #[prost(message, repeated, tag = "16")]
     pub skipped: ::prost::alloc::vec::Vec<SkippedFile>,
+    /// Photos the cloud flagged damaged that this device has no copy of: they arrive once a
+    /// device that has them sends them again.
+    #[prost(uint64, tag = "17")]
+    pub damaged_waiting: u64,
 }
 /// A file in the folder the device leaves out of sync until it is fixed.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
