@@ -2783,17 +2783,38 @@ async fn a_file_the_device_cannot_read_is_named_and_the_rest_still_syncs() {
     std::fs::write(fa.join("IMG_0001.JPG"), photo(900, 100_000)).unwrap();
     let latin1 = std::ffi::OsStr::from_bytes(b"Caf\xe9.jpg");
     std::fs::write(fa.join(latin1), photo(901, 100_000)).unwrap();
+    // A link is not followed (it could lead out of the folder, or in a circle), but said.
+    let elsewhere = root.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, fa.join("Card")).unwrap();
     let r = sync(&mut a).await;
     assert_eq!(r.uploaded, 1, "{r:?}");
-    assert_eq!(r.skipped.len(), 1, "{r:?}");
+    let mut said: Vec<(&str, &str)> = r
+        .skipped
+        .iter()
+        .map(|f| (f.path.as_str(), f.reason.as_str()))
+        .collect();
+    said.sort();
     assert_eq!(
-        (r.skipped[0].path.as_str(), r.skipped[0].reason.as_str()),
-        ("Caf\u{FFFD}.jpg", "NAME_NOT_UTF8")
+        said,
+        [
+            ("Caf\u{FFFD}.jpg", "NAME_NOT_UTF8"),
+            ("Card", "SYMLINK_NOT_FOLLOWED")
+        ],
+        "{r:?}"
     );
-    assert!(r.skipped[0].message.contains("rename it"), "{r:?}");
+    for f in &r.skipped {
+        let fix = if f.reason == "NAME_NOT_UTF8" {
+            "rename it"
+        } else {
+            "move or copy"
+        };
+        assert!(f.message.contains(fix), "{f:?}");
+    }
     // Said again on every pass until it is fixed; then it syncs like any other.
     assert_eq!(sync(&mut a).await.skipped, r.skipped);
     std::fs::rename(fa.join(latin1), fa.join("Café.jpg")).unwrap();
+    std::fs::remove_file(fa.join("Card")).unwrap();
     let fixed = sync(&mut a).await;
     assert_eq!((fixed.uploaded, fixed.skipped.len()), (1, 0), "{fixed:?}");
     let fb = root.path().join("B");
@@ -2823,4 +2844,40 @@ async fn a_photo_named_with_a_colon_arrives_under_a_name_a_memory_card_accepts()
         ch,
         keepsake_library::Change::Asset(x) if x.original_name == "12:30 lunch?.jpg"
     )));
+}
+
+/// A photo edited on one device while another purged it for good: the edit is kept as a
+/// photo of its own, as for a photo only trashed, and nothing blocks the passes after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_photo_edited_here_while_purged_elsewhere_is_kept_and_sync_goes_on() {
+    use devices::*;
+    let c = cloud().await;
+    let root = tempfile::tempdir().unwrap();
+    let (fa, fb) = (root.path().join("A"), root.path().join("B"));
+    let mut a = device(&c, &fa, &root.path().join("a-data"), "A").await;
+    let original = photo(960, 300_000);
+    std::fs::write(fa.join("IMG_0960.JPG"), &original).unwrap();
+    assert_eq!(sync(&mut a).await.uploaded, 1);
+    let mut b = device(&c, &fb, &root.path().join("b-data"), "B").await;
+    assert_eq!(sync(&mut b).await.downloaded, 1);
+    let asset_id = c
+        .cloud
+        .library()
+        .find_by_content("alice", &[ChunkId::of(&original)])
+        .unwrap()[0]
+        .assets[0]
+        .asset_id
+        .clone();
+    c.cloud.purge("alice", &asset_id).unwrap();
+    let mut edited = original.clone();
+    edited[10..20].copy_from_slice(b"edited on ");
+    std::fs::write(fb.join("IMG_0960.JPG"), &edited).unwrap();
+    let first = sync_through(&mut b).await;
+    assert_eq!(first.blocked, None, "{first:?}");
+    let second = sync_through(&mut b).await;
+    assert_eq!(second.blocked, None, "{second:?}");
+    assert_eq!(first.uploaded + second.uploaded, 1, "{first:?} {second:?}");
+    sync(&mut a).await;
+    assert_eq!(std::fs::read(fb.join("IMG_0960.JPG")).unwrap(), edited);
+    assert_eq!(folder_contents(&fa), folder_contents(&fb));
 }

@@ -316,7 +316,7 @@ pub(crate) fn unique_path(dir: &Path, name: &str) -> PathBuf {
 pub struct SkippedFile {
     /// Its path in the folder (a name that is not UTF-8 shown with replacement characters).
     pub path: String,
-    /// A stable reason code: `NAME_NOT_UTF8` or `FILE_UNREADABLE`.
+    /// A stable reason code: `NAME_NOT_UTF8`, `FILE_UNREADABLE` or `SYMLINK_NOT_FOLLOWED`.
     pub reason: String,
     /// What is wrong and what fixes it, for a person.
     pub message: String,
@@ -329,6 +329,16 @@ impl SkippedFile {
             reason: "NAME_NOT_UTF8".into(),
             message: "its name is not UTF-8 text, which the library cannot keep: rename it \
                       and it syncs on the next pass"
+                .into(),
+        }
+    }
+
+    fn symlink(path: String) -> Self {
+        SkippedFile {
+            path,
+            reason: "SYMLINK_NOT_FOLLOWED".into(),
+            message: "it is a symbolic link, and only what is in the folder itself syncs (a link \
+                      could lead out of it, or in a circle): move or copy the photos in"
                 .into(),
         }
     }
@@ -412,6 +422,8 @@ fn walk(dir: &Path, prefix: &str, listing: &mut Listing) -> std::io::Result<()> 
             }
         } else if meta.is_file() {
             listing.files.push((rel, meta));
+        } else if meta.file_type().is_symlink() {
+            listing.skipped.push(SkippedFile::symlink(rel));
         }
     }
     Ok(())
