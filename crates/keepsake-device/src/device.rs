@@ -288,11 +288,25 @@ pub(crate) fn local_name(name: &str, asset_id: &str) -> String {
         .collect();
     let trimmed = portable.trim_end_matches(['.', ' ']);
     if trimmed.is_empty() {
-        format!("asset-{asset_id}")
-    } else {
-        trimmed.to_string()
+        return format!("asset-{asset_id}");
     }
+    // Room for `unique_path`'s " (NNNN)" within a file system's 255 bytes: the stem gives
+    // way, the extension stays.
+    let (stem, ext) = match trimmed.rsplit_once('.') {
+        Some((stem, ext)) if !stem.is_empty() && ext.len() <= 16 => (stem, &trimmed[stem.len()..]),
+        _ => (trimmed, ""),
+    };
+    let mut cut = LOCAL_NAME_MAX_BYTES
+        .saturating_sub(ext.len())
+        .min(stem.len());
+    while !stem.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}{ext}", stem[..cut].trim_end_matches(['.', ' ']))
 }
+
+/// The longest name [`local_name`] gives, in bytes.
+const LOCAL_NAME_MAX_BYTES: usize = 240;
 
 /// `name`, or `stem (2).ext`, `stem (3).ext`… whichever does not exist in `dir`.
 pub(crate) fn unique_path(dir: &Path, name: &str) -> PathBuf {
@@ -2998,6 +3012,16 @@ mod tests {
         assert_eq!(local_name("...", "a1"), "asset-a1");
         assert_eq!(local_name("..\\x.jpg", "a"), "x.jpg");
         assert_eq!(local_name("Café 😀.jpg", "a"), "Café 😀.jpg");
+        // A long name leaves room for " (2)" and keeps its extension and whole characters.
+        let long = format!("{}.jpeg", "é".repeat(124));
+        let local = local_name(&long, "a");
+        assert!(local.len() <= LOCAL_NAME_MAX_BYTES, "{}", local.len());
+        assert!(local.ends_with("é.jpeg"), "{local}");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(&local), b"one").unwrap();
+        let second = unique_path(dir.path(), &local);
+        std::fs::write(&second, b"two").unwrap();
+        assert_eq!(std::fs::read(dir.path().join(&local)).unwrap(), b"one");
     }
 
     #[test]
