@@ -369,6 +369,18 @@ impl SkippedFile {
     }
 }
 
+/// A file of the folder that could not be read just now is left for this pass — named,
+/// unless it only vanished (the next scan sees it gone) — so that it stops neither the
+/// other files nor the feed; each pass tries it again.
+fn left_unread(path: &str, error: &std::io::Error, report: &mut SyncReport) {
+    if error.kind() != std::io::ErrorKind::NotFound {
+        tracing::warn!(path, %error, "a file in the folder cannot be read");
+        report
+            .skipped
+            .push(SkippedFile::unreadable(path.to_string(), error));
+    }
+}
+
 /// What a scan found in the folder.
 #[derive(Default)]
 struct Listing {
@@ -937,13 +949,9 @@ impl<C: Cloud> Device<C> {
             }
             let file_hash = match self.hash_file(path).await {
                 Ok(hash) => hash,
-                Err(DeviceError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 // Left as the journal has it (a synced file stays synced, not deleted).
                 Err(DeviceError::Io(e)) => {
-                    tracing::warn!(path, error = %e, "a file in the folder cannot be read");
-                    report
-                        .skipped
-                        .push(SkippedFile::unreadable(path.clone(), &e));
+                    left_unread(path, &e, report);
                     continue;
                 }
                 Err(e) => return Err(e),
@@ -1177,6 +1185,9 @@ impl<C: Cloud> Device<C> {
     fn read_and_chunk(&self, path: &str) -> Reading {
         let full = self.config.folder.join(path);
         keepsake_store::offload(move || -> Result<(Manifest, Bytes), DeviceError> {
+            fail::fail_point!("device-reading-a-file", |_| Err(
+                std::io::Error::from_raw_os_error(5).into()
+            ));
             let data = std::fs::read(&full)?;
             let manifest = manifest_of(&data, ChunkParams::for_len(data.len() as u64));
             Ok((manifest, Bytes::from(data)))
@@ -1283,9 +1294,17 @@ impl<C: Cloud> Device<C> {
                 report.read_ahead += 1;
             }
             let read = read.unwrap_or_else(|| self.read_and_chunk(&row.path));
-            let (manifest, data) = read
+            let (manifest, data) = match read
                 .await
-                .map_err(|e| std::io::Error::other(e.to_string()))??;
+                .map_err(|e| std::io::Error::other(e.to_string()))?
+            {
+                Ok(read) => read,
+                Err(DeviceError::Io(e)) => {
+                    left_unread(&row.path, &e, report);
+                    return Ok(None);
+                }
+                Err(e) => return Err(e),
+            };
             if manifest.file_hash != row.file_hash {
                 // Changed since it was scanned: the next pass sees the new content.
                 return Ok(None);
@@ -1395,6 +1414,10 @@ impl<C: Cloud> Device<C> {
                 // Changed since it was scanned, found while it streamed: the next pass
                 // sends what it became; chunks already sent are the cloud's to collect.
                 tracing::debug!(path = %row.path, "changed while it was sent");
+                return Ok(());
+            }
+            Err(Shipping::Reading(DeviceError::Io(e))) => {
+                left_unread(&row.path, &e, report);
                 return Ok(());
             }
             Err(Shipping::Reading(e)) => return Err(e),

@@ -993,3 +993,45 @@ async fn a_video_changed_while_it_streams_is_committed_only_as_it_became() {
     );
     scenario.teardown();
 }
+
+/// A file the scan read but the upload could not (a sector gone bad since, a disk that
+/// came and went) failed the pass, before the feed: with its stat unchanged, every later
+/// pass tried it first and failed again — nothing else went up and nothing came down. It
+/// is now left for the pass and named, and the rest of the pass goes on.
+#[tokio::test]
+async fn a_file_that_cannot_be_read_for_upload_stops_neither_the_others_nor_the_feed() {
+    let scenario = fail::FailScenario::setup();
+    let w = world();
+    let root = tempfile::tempdir().unwrap();
+    let mut other = device(&w, root.path(), "other");
+    std::fs::write(root.path().join("other").join("IMG_9.JPG"), photo(9)).unwrap();
+    assert_eq!(other.sync_once().await.unwrap().uploaded, 1);
+    let mut camera = device(&w, root.path(), "camera");
+    for i in 0..3 {
+        std::fs::write(
+            root.path().join("camera").join(format!("IMG_{i}.JPG")),
+            photo(20 + i),
+        )
+        .unwrap();
+    }
+    // The first file read for upload fails with EIO; the disk then recovers.
+    fail::cfg("device-reading-a-file", "1*return->off").unwrap();
+    let report = camera.sync_once().await.unwrap();
+    fail::remove("device-reading-a-file");
+    assert_eq!(
+        (report.uploaded, report.downloaded, report.blocked.clone()),
+        (2, 1, None),
+        "{report:?}"
+    );
+    assert_eq!(report.skipped.len(), 1, "{report:?}");
+    assert_eq!(report.skipped[0].reason, "FILE_UNREADABLE");
+    assert!(
+        report.skipped[0].message.contains("os error 5"),
+        "{report:?}"
+    );
+    let again = camera.sync_once().await.unwrap();
+    assert_eq!((again.uploaded, again.skipped.len()), (1, 0), "{again:?}");
+    assert_eq!(live_assets(&w), 4);
+    a_new_viewer_gets_what_the_camera_holds(&w, root.path()).await;
+    scenario.teardown();
+}
