@@ -631,8 +631,17 @@ mod devices {
         name: &str,
         adjust: impl FnOnce(&mut DeviceConfig),
     ) -> Device<CloudClient> {
-        // Enrolled as the newest client, so a test can raise the minimum past what the
-        // device's calls then say they are.
+        let (client, device_id) = enrolled_client(c, url, name).await;
+        let mut config = DeviceConfig::new(folder.into(), data.into(), device_id);
+        config.stable_ms = 0;
+        adjust(&mut config);
+        Device::open(config, client, Arc::new(SystemClock)).unwrap()
+    }
+
+    /// A client for a device newly enrolled as `name`, reaching the cloud at `url`, and
+    /// the device's id. Enrolled as the newest client, so a test can raise the minimum
+    /// past what the device's calls then say they are.
+    pub async fn enrolled_client(c: &Cloudy, url: &str, name: &str) -> (CloudClient, String) {
         let enrolled = c
             .cloud
             .enroll_device("alice", "correct horse", name, "linux", "99.0.0")
@@ -642,10 +651,7 @@ mod devices {
             client::BearerAuth::new(&enrolled.access.token),
             ClientConfig::default(),
         );
-        let mut config = DeviceConfig::new(folder.into(), data.into(), enrolled.device_id);
-        config.stable_ms = 0;
-        adjust(&mut config);
-        Device::open(config, client, Arc::new(SystemClock)).unwrap()
+        (client, enrolled.device_id)
     }
 
     pub fn photo(seed: u64, len: usize) -> Vec<u8> {
@@ -716,15 +722,7 @@ mod devices {
     pub async fn restart(c: &Cloudy, d: Device<CloudClient>) -> Device<CloudClient> {
         let config = d.config().clone();
         drop(d);
-        let enrolled = c
-            .cloud
-            .enroll_device("alice", "correct horse", "restarted", "linux", "99.0.0")
-            .unwrap();
-        let client = CloudClient::new(
-            client::connect(&c.url).await.unwrap(),
-            client::BearerAuth::new(&enrolled.access.token),
-            ClientConfig::default(),
-        );
+        let (client, _) = enrolled_client(c, &c.url, "restarted").await;
         Device::open(config, client, Arc::new(SystemClock)).unwrap()
     }
 
@@ -2880,4 +2878,37 @@ async fn a_photo_edited_here_while_purged_elsewhere_is_kept_and_sync_goes_on() {
     sync(&mut a).await;
     assert_eq!(std::fs::read(fb.join("IMG_0960.JPG")).unwrap(), edited);
     assert_eq!(folder_contents(&fa), folder_contents(&fb));
+}
+
+/// Two agents started on one data directory (a service and a manual run) each downloaded
+/// every new photo into the folder: " (2)" twins of everything. The second now refuses to
+/// start and says why; once the first stops, it starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_agent_on_the_same_data_directory_refuses_to_start() {
+    use devices::*;
+    let c = cloud().await;
+    let root = tempfile::tempdir().unwrap();
+    let (folder, data) = (root.path().join("A"), root.path().join("a-data"));
+    let first = device(&c, &folder, &data, "service").await;
+    let (client, _) = enrolled_client(&c, &c.url, "manual run").await;
+    let config = first.config().clone();
+    let second = keepsake_device::Device::open(
+        config.clone(),
+        client.clone(),
+        std::sync::Arc::new(keepsake_store::SystemClock),
+    );
+    match second {
+        Err(e @ keepsake_device::DeviceError::AlreadyRunning(_)) => {
+            assert!(e.to_string().contains("stop it first"), "{e}");
+        }
+        Err(e) => panic!("refused for another reason: {e}"),
+        Ok(_) => panic!("two agents on one data directory"),
+    }
+    drop(first);
+    keepsake_device::Device::open(
+        config,
+        client,
+        std::sync::Arc::new(keepsake_store::SystemClock),
+    )
+    .unwrap();
 }

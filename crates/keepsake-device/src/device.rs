@@ -20,6 +20,8 @@ pub const MARKER: &str = ".keepsake-library";
 
 /// Journal keys naming originals asked for on demand.
 pub(crate) const WANT_ORIGINAL: &str = "want_original:";
+/// The file in the data directory an open device holds locked.
+const AGENT_LOCK: &str = "agent.lock";
 /// Journal keys of the photos the cloud flagged damaged that this device waits for.
 const DAMAGED_WAITING: &str = "damaged_waiting:";
 
@@ -186,6 +188,12 @@ pub enum DeviceError {
     /// An edit that can never succeed (an empty album name…).
     #[error("{0}")]
     Invalid(String),
+    /// Another agent already syncs with this data directory.
+    #[error(
+        "another agent is already syncing with the data directory {0}: stop it first — two \
+         would each download every new photo into the folder"
+    )]
+    AlreadyRunning(PathBuf),
 }
 
 /// One question's answers about contents, and when it was asked.
@@ -198,6 +206,8 @@ struct LookedUp {
 /// A device and its library folder.
 pub struct Device<C: Cloud> {
     config: DeviceConfig,
+    /// Held while the device is open: one agent per data directory.
+    _lock: std::fs::File,
     cloud: C,
     journal: Journal,
     clock: Arc<dyn Clock>,
@@ -496,6 +506,17 @@ impl<C: Cloud> Device<C> {
     ) -> Result<Self, DeviceError> {
         std::fs::create_dir_all(config.data_dir.join("tmp"))?;
         std::fs::create_dir_all(config.data_dir.join("recently-deleted"))?;
+        let lock = std::fs::File::create(config.data_dir.join(AGENT_LOCK))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(DeviceError::AlreadyRunning(config.data_dir.clone()));
+            }
+            // A file system without locks (some network mounts): run unguarded, as before.
+            Err(std::fs::TryLockError::Error(e)) => {
+                tracing::warn!(error = %e, "the data directory cannot be locked; make sure one agent runs");
+            }
+        }
         let journal = Journal::open(&config.data_dir.join("journal.sqlite"))?;
         if journal.get("folder_marked")?.is_none() {
             // Only a brand-new device claims its folder; after that a missing marker
@@ -514,6 +535,7 @@ impl<C: Cloud> Device<C> {
             config,
             cloud,
             journal,
+            _lock: lock,
             clock,
             chunks_acknowledged: 0,
             acknowledged_ever: HashSet::new(),
