@@ -18,7 +18,14 @@ const DOMAIN_CRATES: &[&str] = &[
 const PROTO_USERS: &[&str] = &["keepsake-transport", "keepsake"];
 
 pub fn cargo() -> Command {
-    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    // A CI machine builds from a clean clone once: incremental compilation's bookkeeping
+    // only costs it time. Cargo passes the setting on, so the binaries tests build inside
+    // `cargo test` share the same artifacts.
+    if std::env::var_os("CI").is_some() {
+        cargo.env("CARGO_INCREMENTAL", "0");
+    }
+    cargo
 }
 
 /// Builds the debug `keepsake` binary with the features `cargo test --workspace` resolves, so
