@@ -839,6 +839,7 @@ async fn a_downloaded_file_leaves_none_of_its_pages_cached() {
     assert_eq!(parts.len(), 1, "{parts:?}");
     assert!(std::fs::metadata(tmp.join(&parts[0])).unwrap().len() >= 32 << 20);
     assert_eq!(cached_in(&tmp, &parts), [format!("0 {}", parts[0])]);
+    drop(viewer);
     let mut viewer = device(&w, root.path(), "viewer");
     viewer.sync_once().await.unwrap();
     let names = ["VID_1.MP4".to_string(), "IMG_1.JPG".to_string()];
