@@ -2589,7 +2589,10 @@ async fn flipped_bits_are_found_by_scrub_never_served_and_the_device_that_has_th
     assert_eq!(std::fs::read(fb.join("IMG_LATER.JPG")).unwrap(), later);
     // The feed has moved past them; the device still says what it waits for.
     assert_eq!(sync(&mut b).await.damaged_waiting, 0);
-    assert_eq!(b.damaged_waiting().unwrap(), scrub.damaged.len() as u64);
+    assert_eq!(b.damaged_waiting(), scrub.damaged.len() as u64);
+    // And still after a restart: the journal keeps what is waited for.
+    let mut b = restart(&c, b).await;
+    assert_eq!(b.damaged_waiting(), scrub.damaged.len() as u64);
     for name in folder_contents(&fb) {
         assert!(
             photos
@@ -2620,7 +2623,7 @@ async fn flipped_bits_are_found_by_scrub_never_served_and_the_device_that_has_th
         (scrub.damaged.len(), 0),
         "{completed:?}"
     );
-    assert_eq!(b.damaged_waiting().unwrap(), 0);
+    assert_eq!(b.damaged_waiting(), 0);
     sync(&mut a).await;
     assert_eq!(folder_contents(&fa), folder_contents(&fb));
 }
@@ -2911,4 +2914,58 @@ async fn a_second_agent_on_the_same_data_directory_refuses_to_start() {
         std::sync::Arc::new(keepsake_store::SystemClock),
     )
     .unwrap();
+}
+
+/// What README promises `keepsake status` and `keepsake doctor` say: the files an agent
+/// left out, each with its fix, and the photos it waits for.
+#[test]
+fn status_and_doctor_name_the_files_left_out_and_the_photos_waited_for() {
+    let data = tempfile::tempdir().unwrap();
+    let status = keepsake_device::AgentStatus {
+        skipped: vec![keepsake_device::SkippedFile {
+            path: "Card".into(),
+            reason: "SYMLINK_NOT_FOLLOWED".into(),
+            message: "move or copy the photos in".into(),
+        }],
+        damaged_waiting: 2,
+        ..Default::default()
+    };
+    std::fs::write(
+        data.path().join("status.json"),
+        serde_json::to_vec(&status).unwrap(),
+    )
+    .unwrap();
+    let said = succeeded(
+        Command::new(keepsake_binary())
+            .args(["status", "--data"])
+            .arg(data.path())
+            .output()
+            .unwrap(),
+    );
+    assert!(
+        said.contains("1 file left out of sync:")
+            && said.contains("Card: move or copy the photos in [SYMLINK_NOT_FOLLOWED]")
+            && said.contains("2 photos are damaged in the cloud"),
+        "{said}"
+    );
+    // Nothing listens there: the doctor says so and still reads the agent's status.
+    let doctor = Command::new(keepsake_binary())
+        .args([
+            "doctor",
+            "--json",
+            "--server",
+            "http://127.0.0.1:9",
+            "--library",
+        ])
+        .arg(data.path())
+        .arg("--device-data")
+        .arg(data.path())
+        .output()
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&doctor.stdout).unwrap();
+    assert_eq!(
+        json["skipped_files"][0]["reason"], "SYMLINK_NOT_FOLLOWED",
+        "{json}"
+    );
+    assert_eq!(json["damaged_waiting"], 2, "{json}");
 }

@@ -208,6 +208,9 @@ pub struct Device<C: Cloud> {
     config: DeviceConfig,
     /// Held while the device is open: one agent per data directory.
     _lock: std::fs::File,
+    /// The damaged photos the journal says this device waits for (read once at open, so
+    /// following a feed of thousands asks the journal nothing per asset).
+    waited_for: HashSet<String>,
     cloud: C,
     journal: Journal,
     clock: Arc<dyn Clock>,
@@ -471,12 +474,14 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Moves a file to `to`, also onto another file system (the data directory on the disk,
-/// the folder on a memory card): there it is copied beside `to` under a name the scan
-/// skips, made durable and renamed in, and only then is `from` removed — a crash between
-/// leaves two copies, never none.
+/// Moves a file to `to` durably (its directory synced after), also onto another file
+/// system (the data directory on the disk, the folder on a memory card): there it is
+/// copied beside `to` under a name the scan skips, made durable and renamed in, and only
+/// then is `from` removed — a crash between leaves two copies, never none.
 pub(crate) fn move_file(from: &Path, to: &Path) -> std::io::Result<()> {
+    let sync_parent = || to.parent().map_or(Ok(()), sync_dir);
     match std::fs::rename(from, to) {
+        Ok(()) => sync_parent(),
         Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => {
             let name = to.file_name().unwrap_or_default().to_string_lossy();
             let beside = to.with_file_name(format!(".keepsake-part-{name}"));
@@ -487,13 +492,11 @@ pub(crate) fn move_file(from: &Path, to: &Path) -> std::io::Result<()> {
             // for the same reason a download releases its own.
             keepsake_store::release_written_pages(&copied);
             std::fs::rename(&beside, to)?;
-            if let Some(parent) = to.parent() {
-                sync_dir(parent)?;
-            }
+            sync_parent()?;
             tracing::debug!(from = %from.display(), to = %to.display(), "copied across file systems");
             std::fs::remove_file(from)
         }
-        moved => moved,
+        Err(e) => Err(e),
     }
 }
 
@@ -531,11 +534,16 @@ impl<C: Cloud> Device<C> {
         // Tools that open the journal without the agent (`keepsake open`) learn the folder here.
         let folder = std::path::absolute(&config.folder)?;
         journal.set("folder", &folder.to_string_lossy())?;
+        let waited_for = journal
+            .keys_with_prefix(DAMAGED_WAITING)?
+            .into_iter()
+            .collect();
         Ok(Self {
             config,
             cloud,
             journal,
             _lock: lock,
+            waited_for,
             clock,
             chunks_acknowledged: 0,
             acknowledged_ever: HashSet::new(),
@@ -810,8 +818,8 @@ impl<C: Cloud> Device<C> {
     }
 
     /// Photos the cloud flagged damaged that this device has no copy of and waits for.
-    pub fn damaged_waiting(&self) -> Result<u64, DeviceError> {
-        Ok(self.journal.keys_with_prefix(DAMAGED_WAITING)?.len() as u64)
+    pub fn damaged_waiting(&self) -> u64 {
+        self.waited_for.len() as u64
     }
 
     /// Edits waiting for the cloud.
@@ -1711,10 +1719,11 @@ impl<C: Cloud> Device<C> {
         });
         let trashed = self.journal.trashed(&a.asset_id)?;
         let deleted_dir = self.config.data_dir.join("recently-deleted");
-        let waited = format!("{DAMAGED_WAITING}{}", a.asset_id);
-        if !(a.damaged && a.state == RemoteState::Live) && self.journal.get(&waited)?.is_some() {
-            // Repaired, deleted or purged since: no longer waited for.
-            self.journal.remove_key(&waited)?;
+        let still_damaged = a.damaged && a.state == RemoteState::Live;
+        // Repaired, deleted or purged since: no longer waited for.
+        if !still_damaged && self.waited_for.remove(&a.asset_id) {
+            self.journal
+                .remove_key(&format!("{DAMAGED_WAITING}{}", a.asset_id))?;
         }
         if a.damaged
             && let Some(f) = &local
@@ -2039,6 +2048,7 @@ impl<C: Cloud> Device<C> {
             tracing::warn!(asset = %a.asset_id, name, "damaged in the cloud; waiting for a device that has it");
             self.journal
                 .set(&format!("{DAMAGED_WAITING}{}", a.asset_id), "1")?;
+            self.waited_for.insert(a.asset_id.clone());
             report.damaged_waiting += 1;
             return Ok(());
         }
@@ -2141,9 +2151,6 @@ impl<C: Cloud> Device<C> {
             std::fs::create_dir_all(parent)?;
         }
         move_file(&temp, &dest)?;
-        if let Some(parent) = dest.parent() {
-            sync_dir(parent)?;
-        }
         fail::fail_point!("device-after-place-before-journal");
         self.record_synced(&dest, a)?;
         // The base of a later edit made here.

@@ -709,7 +709,7 @@ pub async fn sync(
                         }
                         s.skipped = report.skipped.clone();
                     }
-                    s.damaged_waiting = device.damaged_waiting().unwrap_or(0);
+                    s.damaged_waiting = device.damaged_waiting();
                     s.clone()
                 };
                 // Best effort: a full disk must not stop sync over a status file.
