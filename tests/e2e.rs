@@ -847,7 +847,9 @@ async fn deletes_restores_purges_and_moves(folders: &Path, data: &Path) {
     assert!(!fa.join("VID_0003.MP4").exists() && !fb.join("VID_0003.MP4").exists());
     let fc = folders.join("C");
     std::fs::create_dir_all(&fc).unwrap();
-    std::fs::write(fc.join("old copy.mp4"), &photos[2].1).unwrap();
+    // The purged photo's own file, at its path, on a device that never synced: the photo
+    // purged elsewhere, not a new one (a copy under another name would be a new photo).
+    std::fs::write(fc.join("VID_0003.MP4"), &photos[2].1).unwrap();
     let mut old = device(&c, &fc, &data.join("c-data"), "old laptop").await;
     let c_report = sync(&mut old).await;
     assert_eq!(
@@ -2824,9 +2826,9 @@ async fn a_file_the_device_cannot_read_is_named_and_the_rest_still_syncs() {
     assert_eq!(folder_contents(&fa), folder_contents(&fb));
 }
 
-/// A photo named `12:30.jpg` on one device is written as `12_30.jpg` on the others: an
-/// exFAT memory card refuses the colon, and the download failed on every pass. The library
-/// keeps the original name.
+/// A photo named `12:30.jpg` on one device is written as `12_30.jpg` on a device whose
+/// folder is an exFAT memory card, which refuses the colon (the download failed there on
+/// every pass), and as written everywhere else. The library keeps the original name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_photo_named_with_a_colon_arrives_under_a_name_a_memory_card_accepts() {
     use devices::*;
@@ -2836,9 +2838,19 @@ async fn a_photo_named_with_a_colon_arrives_under_a_name_a_memory_card_accepts()
     let mut a = device(&c, &fa, &root.path().join("a-data"), "laptop").await;
     std::fs::write(fa.join("12:30 lunch?.jpg"), photo(950, 50_000)).unwrap();
     assert_eq!(sync(&mut a).await.uploaded, 1);
-    let mut b = device(&c, &fb, &root.path().join("b-data"), "camera card").await;
+    let mut b = device_with(&c, &fb, &root.path().join("b-data"), "camera card", |cfg| {
+        cfg.fs = keepsake_device::FsRules::memory_card();
+    })
+    .await;
     assert_eq!(sync(&mut b).await.downloaded, 1);
     assert!(fb.join("12_30 lunch_.jpg").exists());
+    let fc = root.path().join("C");
+    let mut laptop = device(&c, &fc, &root.path().join("c-data"), "laptop 2").await;
+    assert_eq!(sync(&mut laptop).await.downloaded, 1);
+    assert!(
+        fc.join("12:30 lunch?.jpg").exists(),
+        "ext4 takes the name as written"
+    );
     assert_eq!(folder_contents(&fa), folder_contents(&fb));
     let page = c.cloud.library().list_changes("alice", 0, 10).unwrap();
     assert!(page.changes.iter().any(|ch| matches!(
@@ -2968,4 +2980,436 @@ fn status_and_doctor_name_the_files_left_out_and_the_photos_waited_for() {
         "{json}"
     );
     assert_eq!(json["damaged_waiting"], 2, "{json}");
+}
+
+// ---- A camera roll as people have them: twins, folders, odd names, renames ----
+
+mod camera_roll {
+    use super::devices::*;
+    use keepsake_device::{Device, Edit, FsRules};
+    use keepsake_library::{Asset, AssetState, Change};
+    use keepsake_transport::cloud_client::CloudClient;
+    use std::collections::BTreeMap;
+    use std::path::Path;
+
+    /// A roll of 24 files as a new user's camera roll and downloads folder have them:
+    /// copies under other names, case and Unicode siblings, spaces at either end, emoji,
+    /// the same name in two folders, deep folders. Bytes repeat on purpose.
+    pub fn roll() -> Vec<(String, Vec<u8>)> {
+        let p = |seed| photo(seed, 40_000 + (seed as usize % 7) * 3_001);
+        vec![
+            ("IMG_0001.JPG".into(), p(1)),
+            ("copy of IMG_0001.JPG".into(), p(1)),
+            ("IMG_0002.JPG".into(), p(2)),
+            ("img_0002.jpg".into(), p(2)),
+            ("😀 party.heic".into(), p(3)),
+            ("party again 🎉.heic".into(), p(3)),
+            (" leading space.jpg".into(), p(4)),
+            ("trailing space .jpg".into(), p(5)),
+            ("Caf\u{e9}.jpg".into(), p(6)),
+            ("Cafe\u{301}.jpg".into(), p(7)),
+            ("a/dup.jpg".into(), p(8)),
+            ("b/dup.jpg".into(), p(8)),
+            ("IMG_0003.JPG".into(), p(9)),
+            ("sub/IMG_0003.JPG".into(), p(10)),
+            ("deep/a/b/c/d/e/nested.jpg".into(), p(2)),
+            ("IMG_0009.JPG".into(), p(11)),
+            ("IMG_0009 copy.JPG".into(), p(11)),
+            ("IMG_0016.JPG".into(), p(12)),
+            ("IMG_0017.JPG".into(), p(13)),
+            ("2024/summer/IMG_0100.JPG".into(), p(14)),
+            ("2024/summer/IMG_0101.JPG".into(), p(15)),
+            ("2024/summer/IMG_0102.JPG".into(), p(16)),
+            ("VID_0001.MOV".into(), p(17)),
+            ("12:30 lunch.jpg".into(), p(18)),
+        ]
+    }
+
+    pub fn write_roll(folder: &Path, roll: &[(String, Vec<u8>)]) {
+        for (path, bytes) in roll {
+            let at = folder.join(path);
+            std::fs::create_dir_all(at.parent().unwrap()).unwrap();
+            std::fs::write(at, bytes).unwrap();
+        }
+    }
+
+    /// Every file under `dir` by relative path, with its whole-file hash.
+    pub fn tree(dir: &Path) -> BTreeMap<String, String> {
+        fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
+            for e in std::fs::read_dir(dir).unwrap() {
+                let e = e.unwrap();
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with(".keepsake") {
+                    continue;
+                }
+                let path = e.path();
+                if e.file_type().unwrap().is_dir() {
+                    walk(root, &path, out);
+                } else {
+                    let rel = path
+                        .strip_prefix(root)
+                        .unwrap()
+                        .to_string_lossy()
+                        .into_owned();
+                    let hash = blake3::hash(&std::fs::read(&path).unwrap())
+                        .to_hex()
+                        .to_string();
+                    out.insert(rel, hash);
+                }
+            }
+        }
+        let mut out = BTreeMap::new();
+        walk(dir, dir, &mut out);
+        out
+    }
+
+    /// The library's live assets by path, with their content hash.
+    pub fn library_tree(c: &Cloudy) -> BTreeMap<String, String> {
+        live(c)
+            .into_iter()
+            .map(|a| {
+                (
+                    a.path,
+                    blake3::Hash::from_bytes(a.file_hash.0).to_hex().to_string(),
+                )
+            })
+            .collect()
+    }
+
+    pub fn live(c: &Cloudy) -> Vec<Asset> {
+        assets(c)
+            .into_iter()
+            .filter(|a| a.state == AssetState::Live)
+            .collect()
+    }
+
+    pub fn assets(c: &Cloudy) -> Vec<Asset> {
+        let page = c.cloud.library().list_changes("alice", 0, 1000).unwrap();
+        page.changes
+            .into_iter()
+            .filter_map(|ch| match ch {
+                Change::Asset(a) => Some(a),
+                Change::Album(_) => None,
+            })
+            .collect()
+    }
+
+    pub fn id_at(c: &Cloudy, path: &str) -> String {
+        live(c)
+            .into_iter()
+            .find(|a| a.path == path)
+            .unwrap_or_else(|| panic!("no live asset at {path}"))
+            .asset_id
+    }
+
+    /// A and B, A holding the roll and both synced.
+    pub async fn two_devices(
+        c: &Cloudy,
+        root: &Path,
+    ) -> (Device<CloudClient>, Device<CloudClient>) {
+        let (fa, fb) = (root.join("A"), root.join("B"));
+        std::fs::create_dir_all(&fa).unwrap();
+        write_roll(&fa, &roll());
+        let mut a = device(c, &fa, &root.join("a-data"), "phone A").await;
+        let mut b = device(c, &fb, &root.join("b-data"), "phone B").await;
+        sync(&mut a).await;
+        sync(&mut b).await;
+        (a, b)
+    }
+
+    /// Broke once: 8 of 37 files with another file's bytes never reached the cloud or
+    /// the other device ("8 already in the cloud"), the rest arrived flattened.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn files_with_the_same_bytes_folders_and_odd_names_all_reach_an_empty_device() {
+        let root = tempfile::tempdir().unwrap();
+        let c = cloud().await;
+        let (fa, fb) = (root.path().join("A"), root.path().join("B"));
+        std::fs::create_dir_all(&fa).unwrap();
+        let roll = roll();
+        write_roll(&fa, &roll);
+        let mut a = device(&c, &fa, &root.path().join("a-data"), "phone A").await;
+        let up = sync(&mut a).await;
+        assert_eq!((up.uploaded, up.linked), (roll.len(), 0), "{up:?}");
+        // Twins are assets of their own, but their bytes went once.
+        let distinct: std::collections::HashSet<&Vec<u8>> = roll.iter().map(|(_, b)| b).collect();
+        let distinct_bytes: u64 = distinct.iter().map(|b| b.len() as u64).sum();
+        assert!(
+            up.bytes_sent <= distinct_bytes,
+            "{} > {distinct_bytes}",
+            up.bytes_sent
+        );
+        let library = library_tree(&c);
+        assert_eq!(library.len(), roll.len(), "{library:#?}");
+        // The later of two names a case-insensitive file system takes for one is numbered
+        // in the library, and A was told; A's own files keep their names.
+        let numbered: Vec<&str> = up.numbered.iter().map(|(_, lib)| lib.as_str()).collect();
+        assert_eq!(numbered.len(), 2, "{:?}", up.numbered);
+        assert!(numbered.iter().all(|p| p.contains(" (2).")), "{numbered:?}");
+        let written: BTreeMap<String, String> = roll
+            .iter()
+            .map(|(p, b)| (p.clone(), blake3::hash(b).to_hex().to_string()))
+            .collect();
+        assert_eq!(tree(&fa), written, "A's folder was changed by its own sync");
+
+        let mut b = device(&c, &fb, &root.path().join("b-data"), "phone B").await;
+        let down = sync(&mut b).await;
+        assert_eq!(down.downloaded, roll.len(), "{down:?}");
+        // B holds exactly the library: every path, folder and exact name (spaces, emoji,
+        // colon on this file system), every byte.
+        assert_eq!(tree(&fb), library);
+        assert!(fb.join(" leading space.jpg").is_file());
+        assert!(fb.join("deep/a/b/c/d/e/nested.jpg").is_file());
+        assert!(fb.join("a/dup.jpg").is_file() && fb.join("b/dup.jpg").is_file());
+        assert!(fb.join("sub/IMG_0003.JPG").is_file() && fb.join("IMG_0003.JPG").is_file());
+        // A second pass on either side does nothing.
+        assert_eq!(sync(&mut a).await, Default::default());
+        assert_eq!(sync(&mut b).await, Default::default());
+    }
+
+    /// Broke once: purging IMG_0001.JPG on B removed "copy of IMG_0001.JPG" from A's folder
+    /// — a file nobody deleted, not even in A's Recently Deleted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn purging_one_of_two_twins_leaves_the_other_on_every_device() {
+        let root = tempfile::tempdir().unwrap();
+        let c = cloud().await;
+        let (mut a, mut b) = two_devices(&c, root.path()).await;
+        let original = id_at(&c, "IMG_0001.JPG");
+        b.edit(Edit::Trash {
+            asset_id: original.clone(),
+        })
+        .unwrap();
+        sync(&mut b).await;
+        c.cloud.purge("alice", &original).unwrap();
+        sync(&mut a).await;
+        sync(&mut b).await;
+        let (fa, fb) = (root.path().join("A"), root.path().join("B"));
+        assert!(!fa.join("IMG_0001.JPG").exists() && !fb.join("IMG_0001.JPG").exists());
+        for folder in [&fa, &fb] {
+            assert_eq!(
+                std::fs::read(folder.join("copy of IMG_0001.JPG")).unwrap(),
+                roll()[1].1
+            );
+        }
+        assert!(library_tree(&c).contains_key("copy of IMG_0001.JPG"));
+        // Trash expiry takes the same path as a purge; a new copy of purged bytes is a
+        // new photo, not a resurrection.
+        std::fs::write(fa.join("IMG_0001 again.JPG"), &roll()[0].1).unwrap();
+        let again = sync(&mut a).await;
+        assert_eq!((again.uploaded, again.not_resurrected), (1, 0), "{again:?}");
+    }
+
+    /// Broke once: `rm IMG_0009.JPG` on A while "IMG_0009 copy.JPG" had the same bytes
+    /// left B's IMG_0009.JPG live (the delete was taken for a move to the copy).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn deleting_one_twin_deletes_that_photo_everywhere_and_only_it() {
+        let root = tempfile::tempdir().unwrap();
+        let c = cloud().await;
+        let (mut a, mut b) = two_devices(&c, root.path()).await;
+        let (fa, fb) = (root.path().join("A"), root.path().join("B"));
+        std::fs::remove_file(fa.join("IMG_0009.JPG")).unwrap();
+        assert_eq!(sync(&mut a).await.trashed_remotely, 1);
+        assert_eq!(sync(&mut b).await.trashed_here, 1);
+        assert!(!fb.join("IMG_0009.JPG").exists());
+        assert!(fb.join("IMG_0009 copy.JPG").is_file());
+        assert!(!library_tree(&c).contains_key("IMG_0009.JPG"));
+        // Moving a file out of the folder is a delete; bringing it back to its old path
+        // while it is in Recently Deleted restores that photo, on every device.
+        std::fs::write(fa.join("IMG_0009.JPG"), &roll()[15].1).unwrap();
+        let back = sync(&mut a).await;
+        assert_eq!((back.restored_by_return, back.uploaded), (1, 0), "{back:?}");
+        assert_eq!(sync(&mut b).await.restored, 1);
+        assert!(fb.join("IMG_0009.JPG").is_file());
+        assert_eq!(live(&c).len(), roll().len());
+    }
+
+    /// Broke once: `mv IMG_0016.JPG renamed16.jpg` and a move into `trip/` on A left B
+    /// with the old names.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn renames_and_moves_reach_every_device_and_send_no_byte() {
+        let root = tempfile::tempdir().unwrap();
+        let c = cloud().await;
+        let (mut a, mut b) = two_devices(&c, root.path()).await;
+        let (fa, fb) = (root.path().join("A"), root.path().join("B"));
+        let before = assets(&c).len();
+        std::fs::rename(fa.join("IMG_0016.JPG"), fa.join("renamed16.jpg")).unwrap();
+        std::fs::create_dir_all(fa.join("trip")).unwrap();
+        std::fs::rename(fa.join("IMG_0017.JPG"), fa.join("trip/IMG_0017.JPG")).unwrap();
+        // A whole folder renamed: each photo in it moves.
+        std::fs::rename(fa.join("2024/summer"), fa.join("2024/Summer in Rome")).unwrap();
+        let moved = sync(&mut a).await;
+        assert_eq!(
+            (
+                moved.uploaded,
+                moved.bytes_sent,
+                moved.trashed_remotely,
+                moved.renames_sent
+            ),
+            (0, 0, 0, 5),
+            "{moved:?}"
+        );
+        let seen = sync(&mut b).await;
+        assert_eq!(
+            (seen.renamed_here, seen.downloaded, seen.bytes_received),
+            (5, 0, 0),
+            "{seen:?}"
+        );
+        assert!(fb.join("renamed16.jpg").is_file() && !fb.join("IMG_0016.JPG").exists());
+        assert!(fb.join("trip/IMG_0017.JPG").is_file());
+        assert!(fb.join("2024/Summer in Rome/IMG_0101.JPG").is_file());
+        assert!(
+            !fb.join("2024/summer").exists(),
+            "the emptied folder stays behind"
+        );
+        assert_eq!(
+            assets(&c).len(),
+            before,
+            "a rename made or dropped an asset"
+        );
+        assert_eq!(tree(&fb), library_tree(&c));
+        // A rename made on B travels back the same way.
+        std::fs::rename(fb.join("renamed16.jpg"), fb.join("trip/sixteen.jpg")).unwrap();
+        assert_eq!(sync(&mut b).await.renames_sent, 1);
+        assert_eq!(sync(&mut a).await.renamed_here, 1);
+        assert!(fa.join("trip/sixteen.jpg").is_file());
+    }
+
+    /// A folder on a memory card (or macOS, or Windows) takes `Café` written two ways,
+    /// or `IMG.JPG` and `img.jpg`, for one name: the library numbered the later, so such a
+    /// device holds both photos, and a name the card refuses (`12:30`) is changed there
+    /// only.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_folding_file_system_holds_every_sibling_under_its_own_name() {
+        let root = tempfile::tempdir().unwrap();
+        let c = cloud().await;
+        let fa = root.path().join("A");
+        std::fs::create_dir_all(&fa).unwrap();
+        write_roll(&fa, &roll());
+        let mut a = device(&c, &fa, &root.path().join("a-data"), "phone A").await;
+        sync(&mut a).await;
+        let card = root.path().join("card");
+        let mut b = device_with(&c, &card, &root.path().join("card-data"), "camera", |cfg| {
+            cfg.fs = FsRules::memory_card();
+        })
+        .await;
+        let down = sync(&mut b).await;
+        assert_eq!(down.downloaded, roll().len(), "{down:?}");
+        let on_card = tree(&card);
+        assert_eq!(on_card.len(), roll().len());
+        let keys: std::collections::HashSet<String> =
+            on_card.keys().map(|p| keepsake_path::fold(p)).collect();
+        assert_eq!(
+            keys.len(),
+            on_card.len(),
+            "two names one file on a card: {on_card:#?}"
+        );
+        assert!(card.join("12_30 lunch.jpg").is_file());
+        assert_eq!(sync(&mut b).await, Default::default());
+    }
+
+    /// A path with `..` (or absolute, or with a backslash) from a hostile client is refused
+    /// by the server, and nothing is written outside any folder.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hostile_path_is_refused_and_writes_nothing() {
+        use keepsake_transport::client::pb as wire;
+        let root = tempfile::tempdir().unwrap();
+        let c = cloud().await;
+        let (mut a, mut b) = two_devices(&c, root.path()).await;
+        let enrolled = c
+            .cloud
+            .enroll_device("alice", "correct horse", "mallory", "linux", "99.0.0")
+            .unwrap();
+        let channel = keepsake_transport::client::connect(&c.url).await.unwrap();
+        let mut library = keepsake_transport::client::library_client(
+            channel,
+            keepsake_transport::client::BearerAuth::new(&enrolled.access.token),
+        );
+        let target = id_at(&c, "IMG_0002.JPG");
+        for evil in [
+            "../escaped.jpg",
+            "/tmp/escaped.jpg",
+            "a/../../escaped.jpg",
+            "a\\..\\x.jpg",
+            ".keepsake-library",
+            "x\u{202e}gpj.exe",
+        ] {
+            let renamed = library
+                .rename_asset(wire::RenameAssetRequest {
+                    asset_id: target.clone(),
+                    path: evil.into(),
+                    clock: Some(wire::Clock {
+                        wall_ms: 1,
+                        counter: 0,
+                        device: "mallory".into(),
+                    }),
+                })
+                .await;
+            assert_eq!(
+                renamed.unwrap_err().code(),
+                tonic::Code::InvalidArgument,
+                "{evil:?} was accepted"
+            );
+            let committed = library
+                .commit_asset(wire::CommitAssetRequest {
+                    request_id: format!("evil {evil}"),
+                    manifest_id: vec![0u8; 32].into(),
+                    kind: wire::AssetKind::Photo.into(),
+                    original_name: "x.jpg".into(),
+                    path: evil.into(),
+                    ..Default::default()
+                })
+                .await;
+            assert_eq!(
+                committed.unwrap_err().code(),
+                tonic::Code::InvalidArgument,
+                "{evil:?}"
+            );
+        }
+        sync(&mut a).await;
+        sync(&mut b).await;
+        assert!(!root.path().join("escaped.jpg").exists());
+        assert_eq!(tree(&root.path().join("B")), library_tree(&c));
+    }
+
+    /// Litter no one means to keep (`.DS_Store`, `Thumbs.db`, `._IMG`, partial downloads)
+    /// and what `.keepsakeignore` names stay out of the library, and status lists them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn litter_and_ignored_files_stay_out_and_are_listed() {
+        let root = tempfile::tempdir().unwrap();
+        let c = cloud().await;
+        let fa = root.path().join("A");
+        std::fs::create_dir_all(fa.join("drafts")).unwrap();
+        for name in [
+            ".DS_Store",
+            "Thumbs.db",
+            "._IMG_0001.JPG",
+            "video.mp4.part",
+            "drafts/x.jpg",
+            "edit.psd",
+        ] {
+            std::fs::write(fa.join(name), b"litter").unwrap();
+        }
+        std::fs::write(fa.join(".keepsakeignore"), "drafts/\n*.psd\n").unwrap();
+        std::fs::write(fa.join("IMG_0001.JPG"), photo(1, 30_000)).unwrap();
+        let mut a = device(&c, &fa, &root.path().join("a-data"), "phone A").await;
+        let up = sync(&mut a).await;
+        assert_eq!(up.uploaded, 1, "{up:?}");
+        assert_eq!(
+            library_tree(&c).keys().collect::<Vec<_>>(),
+            ["IMG_0001.JPG"]
+        );
+        for name in [
+            ".DS_Store",
+            "Thumbs.db",
+            "._IMG_0001.JPG",
+            "video.mp4.part",
+            "drafts",
+            "edit.psd",
+        ] {
+            assert!(
+                up.ignored.iter().any(|i| i == name),
+                "{name} not listed: {:?}",
+                up.ignored
+            );
+        }
+    }
 }

@@ -20,10 +20,23 @@ pub struct CloudError {
 /// What the cloud knows of one whole-file hash.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ContentLookup {
-    /// A live or trashed asset with this content, and its version.
-    pub asset: Option<(String, u32)>,
-    /// Content with this hash was purged: the photo was deleted elsewhere.
-    pub purged: bool,
+    /// Live or trashed assets with this content: each its own file, perhaps elsewhere.
+    pub assets: Vec<ContentHolder>,
+    /// The paths of purged assets with this content (tombstones are per asset and path).
+    pub purged_paths: Vec<String>,
+}
+
+/// An asset whose current version has the content looked up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContentHolder {
+    /// Its id.
+    pub asset_id: String,
+    /// Its current version.
+    pub version: u32,
+    /// Its path in the library.
+    pub path: String,
+    /// In Recently Deleted.
+    pub trashed: bool,
 }
 
 /// Where an asset is in its life.
@@ -52,6 +65,8 @@ pub struct RemoteAsset {
     pub size: u64,
     /// The original file name (data: sanitised before it becomes a path).
     pub original_name: String,
+    /// Its path in the library: untrusted, checked before the device writes there.
+    pub path: String,
     /// Live, trashed or purged.
     pub state: RemoteState,
     /// Marked a favourite.
@@ -141,6 +156,13 @@ pub enum Edit {
         /// The asset.
         asset_id: String,
     },
+    /// Moves an asset to another path (renamed or moved between folders) everywhere.
+    Rename {
+        /// The asset.
+        asset_id: String,
+        /// Its new path in the library.
+        path: String,
+    },
 }
 
 impl Edit {
@@ -151,7 +173,8 @@ impl Edit {
             | Self::Hidden { asset_id, .. }
             | Self::AlbumMember { asset_id, .. }
             | Self::Trash { asset_id }
-            | Self::Restore { asset_id } => Some(asset_id),
+            | Self::Restore { asset_id }
+            | Self::Rename { asset_id, .. } => Some(asset_id),
             Self::PutAlbum { .. } | Self::DeleteAlbum { .. } => None,
         }
     }
@@ -179,6 +202,8 @@ pub struct NewAsset {
     pub manifest: ManifestId,
     /// The file's name.
     pub original_name: String,
+    /// Where it is in the folder (a new asset's path; the library may number it).
+    pub path: String,
     /// A video rather than a photo.
     pub video: bool,
     /// When it was taken, or the file's time.
@@ -202,8 +227,10 @@ pub struct CommitReply {
     pub asset_id: String,
     /// Its version.
     pub version: u32,
-    /// Identical content was already an asset.
+    /// The asset already had this content: no version was made.
     pub deduplicated: bool,
+    /// The asset's path in the library (numbered where the one asked for was taken).
+    pub path: String,
 }
 
 /// Everything the device asks of the cloud.

@@ -1,10 +1,12 @@
 //! One device's sync engine: scan, upload, follow the feed, apply.
 
 use crate::cloud::{
-    Cloud, CloudError, CommitReply, ContentLookup, Edit, NewAsset, RemoteAsset, RemoteState, Stamp,
+    Cloud, CloudError, CommitReply, ContentHolder, ContentLookup, Edit, NewAsset, RemoteAsset,
+    RemoteState, Stamp,
 };
 use crate::edits::{self, LocalAlbum, LocalAsset};
 use crate::journal::{CloudOnlyRow, FileRow, Journal, MetaRow, TrashedRow};
+use crate::paths::{self, FsRules, Ignore};
 use bytes::Bytes;
 use keepsake_delta::{ChunkParams, DeltaError, manifest_of};
 use keepsake_policy::{PolicyConfig, Snapshot, WorkClass, evaluate};
@@ -52,6 +54,8 @@ pub struct DeviceConfig {
     pub streamed_from: u64,
     /// Bytes of chunks in one such batch (at least two of the largest chunks).
     pub stream_batch_bytes: usize,
+    /// What the folder's file system folds or refuses (tests emulate a memory card).
+    pub fs: FsRules,
 }
 
 impl DeviceConfig {
@@ -67,6 +71,7 @@ impl DeviceConfig {
             optimize_budget: None,
             streamed_from: STREAMED_FROM,
             stream_batch_bytes: STREAM_BATCH_BYTES,
+            fs: FsRules::default(),
         }
     }
 }
@@ -137,6 +142,21 @@ pub struct SyncReport {
     /// Files in the folder this pass left out (unreadable, or a name the library cannot
     /// keep), each with why and what fixes it.
     pub skipped: Vec<SkippedFile>,
+    /// Files and folders left out on purpose: system litter (`.DS_Store`, `Thumbs.db`…)
+    /// and what `.keepsakeignore` names.
+    pub ignored: Vec<String>,
+    /// Renames and moves made in the folder, sent as metadata (nothing uploaded).
+    pub renames_sent: usize,
+    /// Files moved in the folder because they were renamed or moved elsewhere.
+    pub renamed_here: usize,
+    /// New files whose path another photo already held: the library keeps them under a
+    /// numbered name, `(path here, path in the library)`; the file keeps its name here.
+    pub numbered: Vec<(String, String)>,
+    /// Photos written from a file already here with the same bytes (a copy made
+    /// elsewhere): nothing fetched.
+    pub copied_here: usize,
+    /// Photos brought back from Recently Deleted because their file reappeared at its path.
+    pub restored_by_return: usize,
 }
 
 /// What the pass under way is doing: files and bytes done out of what it set out to move.
@@ -295,31 +315,12 @@ pub fn safe_name(name: &str, asset_id: &str) -> String {
 /// download on such a folder on every pass. Names are local, so the library keeps the
 /// original one.
 pub(crate) fn local_name(name: &str, asset_id: &str) -> String {
-    let portable: String = safe_name(name, asset_id)
-        .chars()
-        .map(|c| if "<>:\"|?*".contains(c) { '_' } else { c })
-        .collect();
-    let trimmed = portable.trim_end_matches(['.', ' ']);
-    if trimmed.is_empty() {
+    let safe = safe_name(name, asset_id);
+    if safe.trim_end_matches(['.', ' ']).is_empty() {
         return format!("asset-{asset_id}");
     }
-    // Room for `unique_path`'s " (NNNN)" within a file system's 255 bytes: the stem gives
-    // way, the extension stays.
-    let (stem, ext) = match trimmed.rsplit_once('.') {
-        Some((stem, ext)) if !stem.is_empty() && ext.len() <= 16 => (stem, &trimmed[stem.len()..]),
-        _ => (trimmed, ""),
-    };
-    let mut cut = LOCAL_NAME_MAX_BYTES
-        .saturating_sub(ext.len())
-        .min(stem.len());
-    while !stem.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    format!("{}{ext}", stem[..cut].trim_end_matches(['.', ' ']))
+    paths::portable_component(&safe)
 }
-
-/// The longest name [`local_name`] gives, in bytes.
-const LOCAL_NAME_MAX_BYTES: usize = 240;
 
 /// `name`, or `stem (2).ext`, `stem (3).ext`… whichever does not exist in `dir`.
 pub(crate) fn unique_path(dir: &Path, name: &str) -> PathBuf {
@@ -370,6 +371,17 @@ impl SkippedFile {
         }
     }
 
+    fn path_refused(path: String, why: &str) -> Self {
+        SkippedFile {
+            path,
+            reason: "PATH_REFUSED".into(),
+            message: format!(
+                "the library cannot keep this path ({why}): rename it and it syncs on the \
+                 next pass"
+            ),
+        }
+    }
+
     fn unreadable(path: String, error: &std::io::Error) -> Self {
         SkippedFile {
             path,
@@ -404,6 +416,9 @@ struct Listing {
     /// Directories that could not be listed: the files the journal has under them are
     /// still there as far as the device knows, never taken for deleted.
     unlisted: Vec<String>,
+    /// Files and folders left out on purpose (litter, `.keepsakeignore`): never synced,
+    /// never taken for deleted either.
+    ignored: Vec<String>,
 }
 
 /// Whether `path` is the entry `dir` of the folder or below it (`a/b` is under `a`, `ab/c`
@@ -415,7 +430,7 @@ fn is_under(path: &str, dir: &str) -> bool {
 
 /// Lists `dir` into `listing`. Only the folder itself failing to list fails the scan: one
 /// odd entry below it must not stop every photo syncing.
-fn walk(dir: &Path, prefix: &str, listing: &mut Listing) -> std::io::Result<()> {
+fn walk(dir: &Path, prefix: &str, ignore: &Ignore, listing: &mut Listing) -> std::io::Result<()> {
     let below = |name: &str| {
         if prefix.is_empty() {
             name.to_string()
@@ -449,8 +464,23 @@ fn walk(dir: &Path, prefix: &str, listing: &mut Listing) -> std::io::Result<()> 
                 continue;
             }
         };
+        if ignore.ignores(&rel, &name, meta.is_dir()) {
+            listing.ignored.push(rel);
+            continue;
+        }
+        if (meta.is_dir() || meta.is_file())
+            && let Err(e) = keepsake_path::check(&rel)
+        {
+            listing
+                .skipped
+                .push(SkippedFile::path_refused(rel.clone(), e.why));
+            if meta.is_dir() {
+                listing.unlisted.push(rel);
+            }
+            continue;
+        }
         if meta.is_dir() {
-            if let Err(e) = walk(&entry.path(), &rel, listing) {
+            if let Err(e) = walk(&entry.path(), &rel, ignore, listing) {
                 // A directory gone meanwhile is no problem to show, only one to list again.
                 if e.kind() != std::io::ErrorKind::NotFound {
                     listing
@@ -468,7 +498,7 @@ fn walk(dir: &Path, prefix: &str, listing: &mut Listing) -> std::io::Result<()> 
     Ok(())
 }
 
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
     #[cfg(unix)]
     std::fs::File::open(dir)?.sync_all()?;
     Ok(())
@@ -713,7 +743,8 @@ impl<C: Cloud> Device<C> {
             manifest: row.manifest,
             file_hash: row.file_hash,
             size: row.size,
-            original_name: row.name.clone(),
+            original_name: keepsake_path::file_name(&row.name).to_string(),
+            path: row.name.clone(),
             state: RemoteState::Live,
             favorite: meta.as_ref().is_some_and(|m| m.favorite),
             hidden: meta.as_ref().is_some_and(|m| m.hidden),
@@ -723,9 +754,7 @@ impl<C: Cloud> Device<C> {
         };
         let mut report = SyncReport::default();
         let (budget, waits) = (self.budget.take(), self.downloads_wait.take());
-        let fetched = self
-            .download(&remote, None, &local_name(&row.name, asset_id), &mut report)
-            .await;
+        let fetched = self.download(&remote, None, None, &mut report).await;
         (self.budget, self.downloads_wait) = (budget, waits);
         fetched?;
         self.journal.remove_cloud_only(asset_id)?;
@@ -947,17 +976,50 @@ impl<C: Cloud> Device<C> {
     /// Looks at the folder and journals what changed; no network.
     async fn scan(&mut self, report: &mut SyncReport) -> Result<HashSet<String>, DeviceError> {
         let mut listing = Listing::default();
-        walk(&self.config.folder, "", &mut listing)?;
+        let ignore = Ignore::of(&self.config.folder);
+        walk(&self.config.folder, "", &ignore, &mut listing)?;
         let on_disk = listing.files;
         let mut seen: HashSet<String> = on_disk.iter().map(|(p, _)| p.clone()).collect();
-        if !listing.unlisted.is_empty() {
+        let kept_out: Vec<&String> = listing.unlisted.iter().chain(&listing.ignored).collect();
+        if !kept_out.is_empty() {
             for row in self.journal.files()? {
-                if listing.unlisted.iter().any(|dir| is_under(&row.path, dir)) {
+                if kept_out.iter().any(|dir| is_under(&row.path, dir)) {
                     seen.insert(row.path);
                 }
             }
         }
         report.skipped = listing.skipped;
+        report.ignored = listing.ignored;
+        // Rows whose file is gone from its path: moved (paired below, by inode, then by
+        // content), or deleted (the rest, once the pass gets to deletes).
+        let mut vanished: Vec<FileRow> = self
+            .journal
+            .files()?
+            .into_iter()
+            .filter(|r| !seen.contains(&r.path))
+            .collect();
+        let mut moves: Vec<(FileRow, String)> = Vec::new();
+        for (path, meta) in &on_disk {
+            if vanished.is_empty() {
+                break;
+            }
+            let ino = inode(meta);
+            if ino == 0 || self.journal.file(path)?.is_some() {
+                continue;
+            }
+            if let Some(at) = vanished
+                .iter()
+                .position(|v| v.inode == ino && v.size == meta.len())
+            {
+                let from = vanished.swap_remove(at);
+                let mut row = from.clone();
+                row.path = path.clone();
+                // The stat check below hashes it again if it changed on the way.
+                self.journal.relocate(&from.path, &row)?;
+                moves.push((from, path.clone()));
+            }
+        }
+        let mut fresh: Vec<String> = Vec::new();
         let now = self.clock.now_ms() * 1_000_000;
         for (path, meta) in &on_disk {
             let known = self.journal.file(path)?;
@@ -995,7 +1057,16 @@ impl<C: Cloud> Device<C> {
                 asset_id: None,
                 version: None,
                 synced: false,
+                lib_path: None,
+                nonce: 0,
             };
+            match &known {
+                Some(k) => (row.lib_path, row.nonce) = (k.lib_path.clone(), k.nonce),
+                None => {
+                    row.nonce = self.journal.next_nonce()?;
+                    fresh.push(path.clone());
+                }
+            }
             match known {
                 // Touched or copied over with the same bytes: only the stat changed.
                 Some(k) if k.file_hash == file_hash => {
@@ -1012,7 +1083,60 @@ impl<C: Cloud> Device<C> {
             }
             self.journal.upsert(&row)?;
         }
+        // A file gone from one path while a new one has its exact bytes moved there (a
+        // rename across file systems, a copy then a delete): one to one, in path order.
+        for path in fresh {
+            if vanished.is_empty() {
+                break;
+            }
+            let Some(new) = self.journal.file(&path)? else {
+                continue;
+            };
+            if let Some(at) = vanished.iter().position(|v| v.file_hash == new.file_hash) {
+                let from = vanished.swap_remove(at);
+                let row = FileRow {
+                    path: new.path.clone(),
+                    size: new.size,
+                    mtime_ns: new.mtime_ns,
+                    inode: new.inode,
+                    ..from.clone()
+                };
+                self.journal.relocate(&from.path, &row)?;
+                moves.push((from, new.path));
+            }
+        }
+        for (from, to) in moves {
+            self.moved_here(&from, &to, report)?;
+        }
         Ok(seen)
+    }
+
+    /// Journals a rename or move a person made in the folder as an edit for every other
+    /// device (nothing is uploaded). A file not yet in the library just commits at its
+    /// new path.
+    fn moved_here(
+        &mut self,
+        from: &FileRow,
+        to: &str,
+        report: &mut SyncReport,
+    ) -> Result<(), DeviceError> {
+        tracing::info!(from = %from.path, to, asset = ?from.asset_id, "moved in the folder");
+        let Some(asset_id) = from.asset_id.clone() else {
+            return Ok(());
+        };
+        let edit = Edit::Rename {
+            asset_id,
+            path: to.to_string(),
+        };
+        self.journal
+            .queue_edit(&edit, self.clock.now_ms(), &self.config.device_id)?;
+        edits::show(&self.journal, &edit)?;
+        if let Some(mut row) = self.journal.file(to)? {
+            row.lib_path = Some(to.to_string());
+            self.journal.upsert(&row)?;
+        }
+        report.renames_sent += 1;
+        Ok(())
     }
 
     /// Sends every pending file that is still in the folder, several at once when the
@@ -1144,25 +1268,51 @@ impl<C: Cloud> Device<C> {
         self.looked_up.answers.get(hash).filter(|_| fresh)
     }
 
-    /// What makes a new file's upload unnecessary, if anything: a synced file here with
-    /// the same content (a move, a copy), the cloud holding it, or the cloud having purged it.
+    /// What makes a new file's upload unnecessary, if anything. A file is an asset: a
+    /// copy of a photo under another name is a photo of its own (its chunks are the cloud's
+    /// already, so nothing but its manifest travels). Only the same file is linked: an
+    /// asset with this content at this very path that no file here claims (another
+    /// device's photo put here by hand, or a photo brought back to its place while in
+    /// Recently Deleted) — and, on a device that lost its journal (a reinstall over a full
+    /// folder), any unclaimed asset with this content, path and content first.
     fn no_upload_needed(
         &self,
         row: &FileRow,
         lookup: &ContentLookup,
     ) -> Result<Option<NoUpload>, DeviceError> {
-        if let Some(twin) = self
-            .journal
-            .file_with_hash(&row.file_hash, &row.path)?
-            .filter(|f| f.synced)
-        {
-            return Ok(Some(NoUpload::Twin(twin)));
+        let key = keepsake_path::fold(&row.path);
+        let mut unclaimed = Vec::new();
+        for holder in &lookup.assets {
+            if self.journal.file_of_asset(&holder.asset_id)?.is_none()
+                && self.journal.trashed(&holder.asset_id)?.is_none()
+            {
+                unclaimed.push(holder);
+            }
         }
-        Ok(match &lookup.asset {
-            Some((asset_id, version)) => Some(NoUpload::InCloud(asset_id.clone(), *version)),
-            None if lookup.purged => Some(NoUpload::Purged),
-            None => None,
-        })
+        if let Some(at_path) = unclaimed
+            .iter()
+            .find(|h| keepsake_path::fold(&h.path) == key)
+        {
+            return Ok(Some(NoUpload::InCloud((*at_path).clone())));
+        }
+        if !self.reinstalling()? {
+            return Ok(None);
+        }
+        if let Some(live) = unclaimed.iter().find(|h| !h.trashed) {
+            return Ok(Some(NoUpload::InCloud((*live).clone())));
+        }
+        let purged_here = lookup
+            .purged_paths
+            .iter()
+            .any(|p| keepsake_path::fold(p) == key);
+        Ok(purged_here.then_some(NoUpload::Purged))
+    }
+
+    /// Whether this device has never read the feed: its journal is new (a reinstall, or
+    /// a device joining with its folder already full), so files here may be the
+    /// library's own under other names.
+    fn reinstalling(&self) -> Result<bool, DeviceError> {
+        Ok(self.journal.get("cursor")?.is_none())
     }
 
     /// Waits for one file in flight and journals what it did.
@@ -1281,18 +1431,23 @@ impl<C: Cloud> Device<C> {
         };
         match no_upload {
             None => {}
-            Some(NoUpload::Twin(FileRow {
-                asset_id, version, ..
-            })) => {
-                (row.asset_id, row.version, row.synced) = (asset_id, version, true);
+            Some(NoUpload::InCloud(holder)) => {
+                (row.asset_id, row.version, row.synced) =
+                    (Some(holder.asset_id.clone()), Some(holder.version), true);
+                // The file keeps its name here; the library's path is what it agreed with.
+                row.lib_path = Some(holder.path.clone());
                 self.journal.upsert(&row)?;
-                report.linked += 1;
-                return Ok(None);
-            }
-            Some(NoUpload::InCloud(asset_id, version)) => {
-                (row.asset_id, row.version, row.synced) = (Some(asset_id), Some(version), true);
-                self.journal.upsert(&row)?;
-                report.linked += 1;
+                if holder.trashed {
+                    let edit = Edit::Restore {
+                        asset_id: holder.asset_id,
+                    };
+                    self.journal
+                        .queue_edit(&edit, self.clock.now_ms(), &self.config.device_id)?;
+                    edits::show(&self.journal, &edit)?;
+                    report.restored_by_return += 1;
+                } else {
+                    report.linked += 1;
+                }
                 return Ok(None);
             }
             Some(NoUpload::Purged) => {
@@ -1349,9 +1504,15 @@ impl<C: Cloud> Device<C> {
             }
         };
         let overhead = 64 + 36 * entries;
+        // A new file's own number keeps two new files with the same bytes two commits.
+        let new_file = format!("new:{}", row.nonce);
         let key = commit_key(
             &self.config.device_id,
-            row.asset_id.as_deref(),
+            match (&row.asset_id, row.nonce) {
+                (Some(asset_id), _) => Some(asset_id.as_str()),
+                (None, 0) => None,
+                (None, _) => Some(new_file.as_str()),
+            },
             &row.file_hash,
         );
         let session = match self.reservation.clone() {
@@ -1406,6 +1567,7 @@ impl<C: Cloud> Device<C> {
             content,
             draft: Draft {
                 request_id: key,
+                path: row.path.clone(),
                 original_name: row.path.rsplit('/').next().unwrap_or(&row.path).to_string(),
                 file_time_ms: row.mtime_ns / 1_000_000,
                 reservation_id: session,
@@ -1474,6 +1636,15 @@ impl<C: Cloud> Device<C> {
             Err(Shipping::Committing(e) | Shipping::Sending(e)) => return Err(e.into()),
         };
         fail::fail_point!("device-after-commit-before-journal");
+        if row.asset_id.is_none() && reply.path != row.path {
+            // Another photo held the name (every phone names its files IMG_0001…): the
+            // library numbered this one. The file keeps its name here.
+            tracing::info!(path = %row.path, library = %reply.path, "the library numbered a taken name");
+            report.numbered.push((row.path.clone(), reply.path.clone()));
+        }
+        if row.lib_path.is_none() {
+            row.lib_path = Some(reply.path.clone());
+        }
         row.asset_id = Some(reply.asset_id);
         row.version = Some(reply.version);
         row.synced = true;
@@ -1508,18 +1679,15 @@ impl<C: Cloud> Device<C> {
             .filter(|r| seen.contains(&r.path))
             .filter_map(|r| r.asset_id.clone())
             .collect();
-        let present_hashes: HashSet<ChunkId> = rows
-            .iter()
-            .filter(|r| seen.contains(&r.path))
-            .map(|r| r.file_hash)
-            .collect();
         let mut deletes = Vec::new();
         for row in rows.iter().filter(|r| !seen.contains(&r.path)) {
+            // Moves were paired by the scan. A file whose asset another file here still
+            // shows is one of two files an older version of the device linked to one asset:
+            // the asset stays while any of its files does.
             let moved = row
                 .asset_id
                 .as_ref()
-                .is_some_and(|a| present_assets.contains(a))
-                || present_hashes.contains(&row.file_hash);
+                .is_some_and(|a| present_assets.contains(a));
             // A photo the library has goes to Recently Deleted even when this device had
             // changed it since (an edit not yet sent): the person deleted the photo, and the
             // edit goes with it. Only content the library never had leaves no trace.
@@ -1642,7 +1810,7 @@ impl<C: Cloud> Device<C> {
             RemoteState::Purged => self.journal.remove_meta(&a.asset_id)?,
             state => self.journal.put_meta(&MetaRow {
                 asset_id: a.asset_id.clone(),
-                name: local_name(&a.original_name, &a.asset_id),
+                name: a.path.clone(),
                 state: if state == RemoteState::Trashed {
                     "trashed".into()
                 } else {
@@ -1754,13 +1922,22 @@ impl<C: Cloud> Device<C> {
             }
             return Ok(());
         }
+        if a.state != RemoteState::Purged && keepsake_path::check(&a.path).is_err() {
+            // The cloud checks every path; one that is not plain anyway is never written.
+            tracing::warn!(asset = %a.asset_id, path = %a.path, "a path from the cloud refused");
+            report.skipped.push(SkippedFile::path_refused(
+                a.path.clone(),
+                "the cloud sent a path that could lead out of the folder",
+            ));
+            return Ok(());
+        }
         match a.state {
             RemoteState::Live => {
                 if let Some(t) = trashed {
                     self.journal.remove_trashed(&a.asset_id)?;
                     let stored = deleted_dir.join(&t.stored_as);
                     if t.file_hash == a.file_hash && stored.exists() && local.is_none() {
-                        let dest = unique_path(&self.config.folder, &t.name);
+                        let dest = self.place_new(&a.path)?;
                         move_file(&stored, &dest)?;
                         self.record_synced(&dest, a)?;
                         report.restored += 1;
@@ -1770,6 +1947,7 @@ impl<C: Cloud> Device<C> {
                 }
                 match local {
                     Some(f) if f.file_hash == a.file_hash => {
+                        let f = self.follow_rename(f, a, report)?;
                         if f.version != Some(a.version) {
                             let mut f = f;
                             f.version = Some(a.version);
@@ -1779,25 +1957,25 @@ impl<C: Cloud> Device<C> {
                     // A local edit not yet uploaded: never overwritten. The cloud's version
                     // arrives beside it; the local one commits later as a conflict, both kept.
                     Some(f) if !f.synced => {
-                        let name = local_name(&a.original_name, &a.asset_id);
-                        self.download(a, None, &name, report).await?;
+                        self.download(a, None, None, report).await?;
                         tracing::info!(path = %f.path, asset = %a.asset_id, "kept a local edit beside a newer cloud version");
                     }
                     Some(f) => {
+                        let f = self.follow_rename(f, a, report)?;
                         let dest = self.config.folder.join(&f.path);
-                        self.download(a, Some(dest), &f.path, report).await?;
+                        self.download(a, Some(dest), None, report).await?;
                     }
                     None => {
-                        // The same bytes may already be here (uploaded from this device).
-                        let twin = self.journal.file_with_hash(&a.file_hash, "")?;
-                        let name = local_name(&a.original_name, &a.asset_id);
-                        if let Some(mut twin) = twin {
-                            twin.asset_id = Some(a.asset_id.clone());
-                            twin.version = Some(a.version);
-                            twin.synced = true;
-                            self.journal.upsert(&twin)?;
-                        } else if let Some(here) = self.untracked_twin(&name, a)? {
-                            // The same bytes already sit under the asset's name but the scan
+                        let target = paths::local_path(&a.path, self.config.fs);
+                        // A file here with the same bytes, another photo's (a copy made on
+                        // another device): written from it, nothing fetched.
+                        let copy_from = self
+                            .journal
+                            .file_with_hash(&a.file_hash, "")?
+                            .filter(|f| f.synced && self.unchanged_since_scan(f))
+                            .map(|f| self.config.folder.join(f.path));
+                        if let Some(here) = self.untracked_twin(&target, a)? {
+                            // The same bytes already sit at the asset's path but the scan
                             // has not taken them (a reinstall over a restored folder, a copy
                             // still settling): adopt them rather than download a " (2)" twin.
                             self.record_synced(&here, a)?;
@@ -1808,7 +1986,7 @@ impl<C: Cloud> Device<C> {
                             // Optimize Storage: the preview stands in until it is opened.
                             self.journal.put_cloud_only(&CloudOnlyRow {
                                 asset_id: a.asset_id.clone(),
-                                name: a.original_name.clone(),
+                                name: a.path.clone(),
                                 version: a.version,
                                 manifest: a.manifest,
                                 file_hash: a.file_hash,
@@ -1816,7 +1994,10 @@ impl<C: Cloud> Device<C> {
                             })?;
                             report.kept_in_cloud += 1;
                         } else {
-                            self.download(a, None, &name, report).await?;
+                            if copy_from.is_some() {
+                                report.copied_here += 1;
+                            }
+                            self.download(a, None, copy_from, report).await?;
                         }
                     }
                 }
@@ -1824,11 +2005,12 @@ impl<C: Cloud> Device<C> {
             RemoteState::Trashed => {
                 // A file edited here stays (a file edited since the scan too, see above): the
                 // next pass uploads the edit, which becomes a photo of its own (the commit
-                // answers ASSET_NOT_LIVE).
+                // answers ASSET_NOT_LIVE). Only this asset's own file moves: another file
+                // with the same bytes is another photo.
                 if let Some(f) = local
                     && f.synced
                 {
-                    let name = f.path.rsplit('/').next().unwrap_or(&f.path).to_string();
+                    let name = keepsake_path::file_name(&f.path).to_string();
                     let stored_as = format!("{}-{}", a.asset_id, name);
                     move_file(
                         &self.config.folder.join(&f.path),
@@ -1836,7 +2018,7 @@ impl<C: Cloud> Device<C> {
                     )?;
                     self.journal.put_trashed(&TrashedRow {
                         asset_id: a.asset_id.clone(),
-                        name,
+                        name: a.path.clone(),
                         stored_as,
                         file_hash: f.file_hash,
                         version: a.version,
@@ -1863,11 +2045,90 @@ impl<C: Cloud> Device<C> {
         Ok(())
     }
 
+    /// Moves this asset's file to the path the library now gives it, when the library's
+    /// path changed since this device last agreed with it (a rename or move made
+    /// elsewhere). Not when the only change is the library's number on a name this
+    /// device asked for (the file keeps its own name here), and never a file changed since
+    /// the scan (it holds an edit; the next pass looks again).
+    fn follow_rename(
+        &mut self,
+        f: FileRow,
+        a: &RemoteAsset,
+        report: &mut SyncReport,
+    ) -> Result<FileRow, DeviceError> {
+        // A file from before paths were kept (or the library numbering a name this device
+        // asked for) stays where it is: the library's path is only noted. An older device's
+        // flattened names are never shuffled about, nor sent back as renames.
+        let keep_name = match &f.lib_path {
+            None => true,
+            Some(agreed) if *agreed == a.path => return Ok(f),
+            Some(agreed) => paths::unnumbered(&a.path) == *agreed,
+        };
+        if keep_name {
+            let mut f = f;
+            f.lib_path = Some(a.path.clone());
+            self.journal.upsert(&f)?;
+            return Ok(f);
+        }
+        if !self.unchanged_since_scan(&f) {
+            return Ok(f);
+        }
+        let from = self.config.folder.join(&f.path);
+        let to = self.place_new(&a.path)?;
+        fail::fail_point!("device-before-rename");
+        std::fs::rename(&from, &to)?;
+        if let Some(parent) = to.parent() {
+            sync_dir(parent)?;
+        }
+        let path = to
+            .strip_prefix(&self.config.folder)
+            .map_err(|_| std::io::Error::other("renamed outside the folder"))?
+            .to_string_lossy()
+            .into_owned();
+        let row = FileRow {
+            path,
+            lib_path: Some(a.path.clone()),
+            ..f.clone()
+        };
+        self.journal.relocate(&f.path, &row)?;
+        self.remove_empty_dirs(keepsake_path::parent(&f.path));
+        tracing::info!(from = %f.path, to = %row.path, asset = %a.asset_id, "renamed here as elsewhere");
+        report.renamed_here += 1;
+        Ok(row)
+    }
+
+    /// Where a file new to this folder goes for library path `lib_path`: its folders made
+    /// (never through a link), its name as this file system takes it, numbered where the
+    /// name is taken here.
+    fn place_new(&self, lib_path: &str) -> Result<PathBuf, DeviceError> {
+        self.place_new_as(lib_path, self.config.fs)
+    }
+
+    fn place_new_as(&self, lib_path: &str, rules: FsRules) -> Result<PathBuf, DeviceError> {
+        let local = paths::local_path(lib_path, rules);
+        let dir = paths::make_dirs(&self.config.folder, keepsake_path::parent(&local))?;
+        let name = paths::unique_in(&dir, keepsake_path::file_name(&local), rules);
+        Ok(dir.join(name))
+    }
+
+    /// Removes the folders a move left empty, from `rel_dir` up (a folder renamed
+    /// elsewhere leaves none behind here).
+    fn remove_empty_dirs(&self, rel_dir: &str) {
+        let mut dir = rel_dir.to_string();
+        while !dir.is_empty() {
+            // Fails, as it should, on a folder that still holds anything.
+            if std::fs::remove_dir(self.config.folder.join(&dir)).is_err() {
+                return;
+            }
+            dir = keepsake_path::parent(&dir).to_string();
+        }
+    }
+
     /// Journals a file the device itself wrote, so the scan never mistakes it for a user's.
     /// `folder/name` when no journal row claims it and it holds exactly `a`'s content.
     fn untracked_twin(&self, name: &str, a: &RemoteAsset) -> Result<Option<PathBuf>, DeviceError> {
         let path = self.config.folder.join(name);
-        match std::fs::metadata(&path) {
+        match std::fs::symlink_metadata(&path) {
             Ok(meta) if meta.is_file() && meta.len() == a.size => {}
             _ => return Ok(None),
         }
@@ -1906,6 +2167,8 @@ impl<C: Cloud> Device<C> {
             asset_id: Some(a.asset_id.clone()),
             version: Some(a.version),
             synced: true,
+            lib_path: Some(a.path.clone()),
+            nonce: 0,
         })?;
         Ok(())
     }
@@ -1973,12 +2236,12 @@ impl<C: Cloud> Device<C> {
                 || self.journal.trashed(&a.asset_id)?.is_some()
                 || self.journal.cloud_only(&a.asset_id)?.is_some()
                 || self.journal.file_with_hash(&a.file_hash, "")?.is_some()
-                // Something already at the asset's name may be its bytes, to adopt (a
+                // Something already at the asset's path may be its bytes, to adopt (a
                 // reinstall over a copy): only the apply, which hashes it, can tell.
                 || self
                     .config
                     .folder
-                    .join(local_name(&a.original_name, &a.asset_id))
+                    .join(paths::local_path(&a.path, self.config.fs))
                     .exists()
             {
                 continue;
@@ -2035,13 +2298,17 @@ impl<C: Cloud> Device<C> {
     }
 
     /// Fetches an asset's content, verifies it, and only then puts it at its final path.
+    /// Writes `a` into the folder: over `replace` (a new version of the file here), or at
+    /// its library path. Chunks `replace` or `reuse` (a file here with the same bytes)
+    /// already hold are read from there, not fetched.
     async fn download(
         &mut self,
         a: &RemoteAsset,
         replace: Option<PathBuf>,
-        name: &str,
+        reuse: Option<PathBuf>,
         report: &mut SyncReport,
     ) -> Result<(), DeviceError> {
+        let name = a.path.as_str();
         if a.damaged {
             // Failing here would stop the feed at this photo on every pass, and every photo
             // after it with it; the cursor moves on and the repair's feed entry brings it.
@@ -2076,6 +2343,7 @@ impl<C: Cloud> Device<C> {
         // from it, the rest fetched.
         let (local, old) = match replace
             .as_ref()
+            .or(reuse.as_ref())
             .filter(|p| p.exists() && fetched.is_empty())
         {
             Some(old) => {
@@ -2146,11 +2414,31 @@ impl<C: Cloud> Device<C> {
             file.sync_all()?;
             keepsake_store::release_written_pages(&file);
         }
-        let dest = replace.unwrap_or_else(|| unique_path(&self.config.folder, name));
-        if let Some(parent) = dest.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        move_file(&temp, &dest)?;
+        let dest = match replace {
+            Some(dest) => {
+                move_file(&temp, &dest)?;
+                dest
+            }
+            None => {
+                let dest = self.place_new(&a.path)?;
+                match move_file(&temp, &dest) {
+                    Ok(()) => dest,
+                    // The folder's file system refuses the name (a `:` on a memory card):
+                    // the name changes here, the library keeps it as written.
+                    Err(e) if refused_name(&e) => {
+                        let portable = FsRules {
+                            portable_names: true,
+                            ..self.config.fs
+                        };
+                        let dest = self.place_new_as(&a.path, portable)?;
+                        tracing::info!(path = %a.path, here = %dest.display(), "the file system refused the name");
+                        move_file(&temp, &dest)?;
+                        dest
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        };
         fail::fail_point!("device-after-place-before-journal");
         self.record_synced(&dest, a)?;
         // The base of a later edit made here.
@@ -2164,6 +2452,14 @@ impl<C: Cloud> Device<C> {
         });
         Ok(())
     }
+}
+
+/// Whether a write failed because the file system refuses the name itself.
+fn refused_name(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidFilename
+    ) || e.raw_os_error() == Some(84) // EILSEQ: not valid on this file system's encoding
 }
 
 /// The chunks of `manifest` that `have` does not cover, once each, in the order the file
@@ -2310,11 +2606,12 @@ const READ_AHEAD_BYTES: u64 = 64 << 20;
 
 /// Why a new file needs no upload.
 enum NoUpload {
-    /// A synced file here has the same content (a move, a copy): this one is its twin.
-    Twin(FileRow),
-    /// The cloud holds the content as this asset and version.
-    InCloud(String, u32),
-    /// The cloud purged the content: deleted elsewhere for good.
+    /// The library has this file: an asset with its content that no file here claims,
+    /// at its path (or anywhere, for a device that lost its journal). Restored from
+    /// Recently Deleted where it was there.
+    InCloud(ContentHolder),
+    /// A device that lost its journal finds the file of a photo purged elsewhere, at that
+    /// photo's path: deleted for good, not uploaded again.
     Purged,
 }
 
@@ -2410,6 +2707,8 @@ enum Content {
 /// What a commit says besides its content, known before the file is read.
 struct Draft {
     request_id: String,
+    /// The file's path in the folder: a new asset's path in the library.
+    path: String,
     original_name: String,
     /// The file's modification time: its capture time when the file names none.
     file_time_ms: i64,
@@ -2431,6 +2730,7 @@ impl Draft {
             request_id: self.request_id.clone(),
             manifest: manifest.id(),
             original_name: self.original_name.clone(),
+            path: self.path.clone(),
             video,
             capture_time: media.capture_time_ms.or(Some(self.file_time_ms)),
             width: media.width,
@@ -3067,7 +3367,7 @@ mod tests {
         // A long name leaves room for " (2)" and keeps its extension and whole characters.
         let long = format!("{}.jpeg", "é".repeat(124));
         let local = local_name(&long, "a");
-        assert!(local.len() <= LOCAL_NAME_MAX_BYTES, "{}", local.len());
+        assert!(local.len() <= paths::LOCAL_NAME_MAX_BYTES, "{}", local.len());
         assert!(local.ends_with("é.jpeg"), "{local}");
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(&local), b"one").unwrap();

@@ -74,6 +74,9 @@ fn check(journal: &Journal, edit: &Edit) -> Result<(), DeviceError> {
         {
             return Err(unknown("album", album_id));
         }
+        Edit::Rename { path, .. } => {
+            keepsake_path::check(path).map_err(|e| DeviceError::Invalid(e.to_string()))?;
+        }
         _ => {}
     }
     Ok(())
@@ -108,6 +111,7 @@ pub(crate) fn show(journal: &Journal, edit: &Edit) -> Result<(), DeviceError> {
         Edit::Hidden { asset_id, value } => with_meta(asset_id, &|m| m.hidden = *value)?,
         Edit::Trash { asset_id } => with_meta(asset_id, &|m| m.state = "trashed".into())?,
         Edit::Restore { asset_id } => with_meta(asset_id, &|m| m.state = "live".into())?,
+        Edit::Rename { asset_id, path } => with_meta(asset_id, &|m| m.name = path.clone())?,
         Edit::PutAlbum { album_id, name } => {
             let members = journal
                 .albums()?

@@ -79,6 +79,16 @@ CREATE TABLE manifests (
 CREATE INDEX manifests_by_use ON manifests (used);
 ";
 
+const V5: &str = "
+-- A file is an asset, at its own path. `lib_path`: the asset's path in the library as
+-- this device last agreed with it (NULL until committed or downloaded); the file may sit
+-- under another name here (the library numbered a camera's IMG_0001, or this file system
+-- refused a character). `nonce`: this file's own identity in its first commit's request
+-- id, so two new files with the same bytes are two commits, not one.
+ALTER TABLE files ADD COLUMN lib_path TEXT;
+ALTER TABLE files ADD COLUMN nonce INTEGER NOT NULL DEFAULT 0;
+";
+
 /// How many recent manifests the journal keeps: edits are mostly of recent photos.
 pub const KEPT_MANIFESTS: i64 = 256;
 /// Larger manifests (long videos) are fetched when needed rather than kept.
@@ -115,6 +125,10 @@ pub struct FileRow {
     pub asset_id: Option<String>,
     pub version: Option<u32>,
     pub synced: bool,
+    /// The asset's library path as this device last agreed with it.
+    pub lib_path: Option<String>,
+    /// This file's identity in the request id of its first commit.
+    pub nonce: i64,
 }
 
 /// An entry of the device's Recently Deleted.
@@ -147,10 +161,13 @@ fn file_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FileRow> {
         asset_id: r.get(5)?,
         version: r.get(6)?,
         synced: r.get::<_, String>(7)? == "synced",
+        lib_path: r.get(8)?,
+        nonce: r.get(9)?,
     })
 }
 
-const FILE_COLUMNS: &str = "path, size, mtime_ns, inode, file_hash, asset_id, version, state";
+const FILE_COLUMNS: &str =
+    "path, size, mtime_ns, inode, file_hash, asset_id, version, state, lib_path, nonce";
 
 impl Journal {
     pub fn open(path: &Path) -> Result<Self, crate::DeviceError> {
@@ -163,7 +180,7 @@ impl Journal {
         db.pragma_update(None, "synchronous", "NORMAL")?;
         // The agent and its control service write from two connections.
         db.busy_timeout(std::time::Duration::from_secs(10))?;
-        Migrations::new(vec![M::up(V1), M::up(V2), M::up(V3), M::up(V4)])
+        Migrations::new(vec![M::up(V1), M::up(V2), M::up(V3), M::up(V4), M::up(V5)])
             .to_latest(&mut db)
             .map_err(|e| crate::DeviceError::Migration(e.to_string()))?;
         Ok(Self { db })
@@ -232,10 +249,11 @@ impl Journal {
 
     pub fn upsert(&self, f: &FileRow) -> rusqlite::Result<()> {
         self.db.execute(
-            "INSERT INTO files (path, size, mtime_ns, inode, file_hash, asset_id, version, state)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+            "INSERT INTO files (path, size, mtime_ns, inode, file_hash, asset_id, version, state,
+                                lib_path, nonce)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
              ON CONFLICT (path) DO UPDATE SET size = ?2, mtime_ns = ?3, inode = ?4, file_hash = ?5,
-                 asset_id = ?6, version = ?7, state = ?8",
+                 asset_id = ?6, version = ?7, state = ?8, lib_path = ?9, nonce = ?10",
             params![
                 f.path,
                 f.size as i64,
@@ -244,10 +262,42 @@ impl Journal {
                 &f.file_hash.0[..],
                 f.asset_id,
                 f.version,
-                if f.synced { "synced" } else { "pending" }
+                if f.synced { "synced" } else { "pending" },
+                f.lib_path,
+                f.nonce
             ],
         )?;
         Ok(())
+    }
+
+    /// A new number for a file first seen: its identity in its first commit.
+    pub fn next_nonce(&self) -> rusqlite::Result<i64> {
+        let tx = self.immediate()?;
+        let n: i64 = tx
+            .query_row("SELECT value FROM kv WHERE key = 'file_nonce'", [], |r| {
+                r.get::<_, String>(0)
+            })
+            .optional()?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+            + 1;
+        tx.execute(
+            "INSERT INTO kv (key, value) VALUES ('file_nonce', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = ?1",
+            [n.to_string()],
+        )?;
+        tx.commit()?;
+        Ok(n)
+    }
+
+    /// Moves a file's row to another path in one transaction (a rename seen by the scan,
+    /// or made by the device for a rename elsewhere).
+    pub fn relocate(&self, from: &str, to: &FileRow) -> rusqlite::Result<()> {
+        let tx = self.db.unchecked_transaction()?;
+        tx.execute("DELETE FROM files WHERE path = ?1", [from])?;
+        // Same connection: the upsert is part of the transaction.
+        self.upsert(to)?;
+        tx.commit()
     }
 
     pub fn remove(&self, path: &str) -> rusqlite::Result<()> {

@@ -25,10 +25,11 @@ mod control;
 mod device;
 mod edits;
 mod journal;
+mod paths;
 
 pub use cloud::{
-    Cloud, CloudError, CommitReply, ContentLookup, Edit, FeedPage, NewAsset, RemoteAlbum,
-    RemoteAsset, RemoteState, Stamp,
+    Cloud, CloudError, CommitReply, ContentHolder, ContentLookup, Edit, FeedPage, NewAsset,
+    RemoteAlbum, RemoteAsset, RemoteState, Stamp,
 };
 pub use control::{
     AgentStatus, Conditions, Diagnosis, FolderControl, MAX_IMPORT_BYTES, Settings, WAKE_FILE,
@@ -38,3 +39,4 @@ pub use device::{
     safe_name,
 };
 pub use edits::{LocalAlbum, LocalAsset};
+pub use paths::{FsRules, IGNORE_FILE};

@@ -84,6 +84,7 @@ fn remote(a: keepsake_library::Asset) -> RemoteAsset {
         file_hash: a.file_hash,
         size: a.size,
         original_name: a.original_name,
+        path: a.path,
         favorite: a.favorite,
         hidden: a.hidden,
         damaged: a.damaged,
@@ -122,10 +123,20 @@ impl Cloud for InProcess {
             .map(|hash| {
                 let m = found.iter().find(|m| m.file_hash == *hash);
                 ContentLookup {
-                    asset: m
-                        .and_then(|m| m.assets.first())
-                        .map(|a| (a.asset_id.clone(), a.version)),
-                    purged: m.is_some_and(|m| m.purged_at.is_some()),
+                    assets: m
+                        .map(|m| {
+                            m.assets
+                                .iter()
+                                .map(|a| keepsake_device::ContentHolder {
+                                    asset_id: a.asset_id.clone(),
+                                    version: a.version,
+                                    path: a.path.clone(),
+                                    trashed: matches!(a.state, AssetState::Trashed(_)),
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                    purged_paths: m.map(|m| m.purged_paths.clone()).unwrap_or_default(),
                 }
             })
             .collect())
@@ -209,6 +220,7 @@ impl Cloud for InProcess {
                     width: asset.width,
                     height: asset.height,
                     original_name: asset.original_name,
+                    path: asset.path,
                     device: self.device.clone(),
                     reservation_id: Some(asset.reservation_id),
                     manifest_upload: Some(manifest_upload),
@@ -219,6 +231,7 @@ impl Cloud for InProcess {
             asset_id: done.asset_id,
             version: done.version,
             deduplicated: done.deduplicated,
+            path: done.path,
         })
     }
 
@@ -536,7 +549,8 @@ async fn an_edit_killed_between_the_cloud_and_its_journal_lands_once_as_the_next
 }
 
 #[tokio::test]
-async fn files_sharing_chunks_in_one_pass_send_each_chunk_once_and_copies_become_one_asset() {
+async fn files_sharing_chunks_in_one_pass_send_each_chunk_once_and_copies_stay_photos_of_their_own()
+{
     // Fail points are global: this waits for the crash test's scenario to end.
     let scenario = fail::FailScenario::setup();
     let w = world();
@@ -567,13 +581,14 @@ async fn files_sharing_chunks_in_one_pass_send_each_chunk_once_and_copies_become
         .collect();
     assert_eq!(report.chunks_sent, unique.len(), "{report:?}");
     assert_eq!(camera.chunks_acknowledged_again(), 0);
-    assert_eq!((report.uploaded, report.linked), (3, 1), "{report:?}");
+    // A copy is a photo of its own (each file is one), its chunks sent once all the same.
+    assert_eq!((report.uploaded, report.linked), (4, 0), "{report:?}");
     assert_eq!(
         w.content_questions.load(Ordering::Relaxed),
         1,
         "one question for every new file's content, not one each"
     );
-    assert_eq!(live_assets(&w), 3);
+    assert_eq!(live_assets(&w), 4);
     assert_eq!(camera.pending_files().unwrap(), 0);
     scenario.teardown();
 }

@@ -268,6 +268,8 @@ pub struct CommitAsset {
     pub height: Option<u32>,
     /// The original file name (data, never a path).
     pub original_name: String,
+    /// Where it is in the library folder (untrusted; empty: `original_name` at the top).
+    pub path: String,
     /// The committing device.
     pub device: String,
     /// The reservation the upload ran under, if any.
@@ -728,9 +730,16 @@ impl Cloud {
             width: commit.width,
             height: commit.height,
             original_name: commit.original_name.clone(),
+            path: commit.path.clone(),
             device: commit.device.clone(),
         };
-        if let Some((asset_id, version)) = self.library.damaged_with(account, &commit.manifest)? {
+        // Only a commit naming the damaged asset repairs it: a new file with the same bytes
+        // is a photo of its own (its chunks mend the store all the same).
+        let repaired = self
+            .library
+            .damaged_with(account, &commit.manifest)?
+            .filter(|(asset_id, _)| commit.asset_id.as_deref() == Some(asset_id.as_str()));
+        if let Some((asset_id, version)) = repaired {
             // A device sent a damaged asset's content again. Rooting the manifest under a
             // throwaway holder is the store's proof that every chunk is owned again
             // (MISSING_CHUNKS otherwise); the asset's own reference never went away.
@@ -748,6 +757,7 @@ impl Cloud {
                 seq: asset.seq,
                 conflict: false,
                 deduplicated: true,
+                path: asset.path,
             });
         }
         if let Some(answer) = self.library.prior_commit(account, &req)? {

@@ -20,7 +20,8 @@
 //!     request_id: "r1".into(), asset_id: None, base_version: None,
 //!     manifest: ChunkId::of(b"m"), file_hash: ChunkId::of(b"f"), size: 1,
 //!     kind: AssetKind::Photo, capture_time: None, width: None, height: None,
-//!     original_name: "IMG_0001.JPG".into(), device: "phone".into(),
+//!     original_name: "IMG_0001.JPG".into(), path: "2026/IMG_0001.JPG".into(),
+//!     device: "phone".into(),
 //! };
 //! let first = lib.commit("alice", &req)?;
 //! assert_eq!(lib.commit("alice", &req)?, first); // a retry changes nothing

@@ -114,6 +114,10 @@ pub struct CommitRequest {
     pub height: Option<u32>,
     /// The original file name: data only, never a path.
     pub original_name: String,
+    /// Where the file is in the library folder (`trip/IMG_0001.JPG`), as the device has
+    /// it; untrusted. Empty: `original_name`, at the top. A new asset whose path another
+    /// live asset holds (case and Unicode normalization folded) is numbered.
+    pub path: String,
     /// The device committing.
     pub device: String,
 }
@@ -137,6 +141,7 @@ impl CommitRequest {
         field(&self.width.map_or(-1, i64::from).to_le_bytes());
         field(&self.height.map_or(-1, i64::from).to_le_bytes());
         field(self.original_name.as_bytes());
+        field(self.path.as_bytes());
         field(self.device.as_bytes());
         *h.finalize().as_bytes()
     }
@@ -153,8 +158,11 @@ pub struct Committed {
     pub seq: u64,
     /// The edit started from a stale base: both versions are kept, this one is current.
     pub conflict: bool,
-    /// Identical content was already a live asset: no new asset was made.
+    /// The asset already had this content as its current version: no version was made.
+    /// A new asset is never merged with another of the same content.
     pub deduplicated: bool,
+    /// The asset's path in the library: the one asked for, or numbered where it was taken.
+    pub path: String,
 }
 
 /// An asset as the feed shows it: its latest state.
@@ -172,6 +180,8 @@ pub struct Asset {
     pub height: Option<u32>,
     /// The original file name.
     pub original_name: String,
+    /// Where it is in the library folder: folders and exact name.
+    pub path: String,
     /// The current version.
     pub version: u32,
     /// The current version's manifest.
@@ -292,8 +302,11 @@ pub struct ContentMatch {
     pub file_hash: ChunkId,
     /// Live or trashed assets whose current version has this content.
     pub assets: Vec<Asset>,
-    /// When content with this hash was purged, if it was (a tombstone).
+    /// When an asset with this content was last purged, if one was (a tombstone).
     pub purged_at: Option<UnixMillis>,
+    /// The paths of purged assets with this content: a tombstone is per asset and path, so
+    /// only a file at one of these (a device that lost its journal) is the purged photo.
+    pub purged_paths: Vec<String>,
 }
 
 /// A metadata field that merges last-writer-wins by HLC.
@@ -329,7 +342,7 @@ const ASSET_COLUMNS: &str =
         AND d.version = a.current_version),
     (SELECT j.state || ' ' || coalesce(j.last_error, '') FROM derive_jobs j
       WHERE j.account = a.account AND j.asset_id = a.asset_id AND j.version = a.current_version),
-    a.damaged";
+    a.damaged, coalesce(a.path, a.original_name)";
 
 /// A new asset's id: 48 bits of commit time, then 80 random bits, in hex (32 digits).
 ///
@@ -397,6 +410,7 @@ fn asset_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Asset> {
             .map(|s| s.trim_end().to_string())
             .unwrap_or_default(),
         damaged: r.get(19)?,
+        path: r.get(20)?,
     })
 }
 
@@ -408,14 +422,13 @@ const DAMAGED_WITH_SQL: &str = "SELECT a.asset_id, a.current_version
       ON v.account = a.account AND v.asset_id = a.asset_id AND v.version = a.current_version
     WHERE a.account = ?1 AND v.manifest = ?2 AND a.damaged = 1 LIMIT 1";
 
-/// The live or trashed asset whose current content has a hash. `+a.seq` keeps SQLite
-/// from walking the whole feed in seq order to satisfy ORDER BY … LIMIT 1 instead of
-/// looking the hash up: that plan made every commit O(library size).
-const SAME_CONTENT_SQL: &str =
-    "SELECT a.asset_id, a.current_version, a.seq FROM assets a JOIN versions v
-       ON v.account = a.account AND v.asset_id = a.asset_id AND v.version = a.current_version
-     WHERE a.account = ?1 AND v.file_hash = ?2 AND a.state != 'purged'
-     ORDER BY +a.seq LIMIT 1";
+/// The live or trashed assets whose current content has a hash. `+a.seq` keeps SQLite
+/// from walking the whole feed in seq order to satisfy ORDER BY instead of looking the
+/// hash up: that plan made every lookup O(library size).
+const SAME_CONTENT_SQL: &str = "SELECT {ASSET_COLUMNS}
+     FROM versions v INDEXED BY versions_by_hash CROSS JOIN assets a
+       ON a.account = v.account AND a.asset_id = v.asset_id AND a.current_version = v.version
+     WHERE v.account = ?1 AND v.file_hash = ?2 AND a.state != 'purged' ORDER BY +a.seq";
 
 /// The most edits one [`Library::apply_edits`] call takes.
 pub const MAX_EDITS_PER_CALL: usize = 1000;
@@ -468,6 +481,15 @@ pub enum LibraryEdit {
     Restore {
         /// The asset.
         asset_id: String,
+    },
+    /// Moves an asset to another path (a rename, a move between folders), merged by clock.
+    Rename {
+        /// The asset.
+        asset_id: String,
+        /// Its new path (untrusted: checked, and numbered where another asset holds it).
+        path: String,
+        /// When it was made.
+        clock: Hlc,
     },
 }
 
@@ -589,6 +611,11 @@ impl Library {
             LibraryEdit::Restore { asset_id } => {
                 self.set_state_in(tx, account, asset_id, "live", &["trashed"])
             }
+            LibraryEdit::Rename {
+                asset_id,
+                path,
+                clock,
+            } => self.rename_in(tx, account, asset_id, path, clock),
         }
     }
 
@@ -642,6 +669,10 @@ impl Library {
         }
         self.check_text("original_name", &req.original_name)?;
         self.check_text("device", &req.device)?;
+        if !req.path.is_empty() {
+            keepsake_path::check(&req.path)
+                .map_err(|e| LibraryError::InvalidArgument(e.to_string()))?;
+        }
         let fingerprint = req.fingerprint();
         let now = self.clock.now_ms();
         let mut db = self.db();
@@ -703,29 +734,20 @@ impl Library {
         now: UnixMillis,
         holder: Option<&str>,
     ) -> Result<Committed, LibraryError> {
-        // Identical content already in the library (live or in Recently Deleted) is no new asset.
-        let existing: Option<(String, u32, i64)> = tx
-            .query_row(
-                SAME_CONTENT_SQL,
-                params![account, &req.file_hash.0[..]],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()?;
-        if let Some((asset_id, version, seq)) = existing {
-            return Ok(Committed {
-                asset_id,
-                version,
-                seq: seq as u64,
-                conflict: false,
-                deduplicated: true,
-            });
-        }
+        // A file is an asset: the same bytes under another name (a copy, a twin in another
+        // folder) are another asset, sharing chunks in the store, never merged.
+        let asked = if req.path.is_empty() {
+            req.original_name.as_str()
+        } else {
+            req.path.as_str()
+        };
+        let path = free_path(tx, account, asked, None)?;
         let asset_id = new_asset_id(now, self.entropy.as_ref());
         let seq = next_seq(tx, account)?;
         tx.execute(
             "INSERT INTO assets (account, asset_id, kind, capture_time, width, height, original_name,
-                                 current_version, state, seq)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 1, 'live', ?8)",
+                                 current_version, state, seq, path, path_key)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 1, 'live', ?8, ?9, ?10)",
             params![
                 account,
                 asset_id,
@@ -734,21 +756,19 @@ impl Library {
                 req.width,
                 req.height,
                 req.original_name,
-                seq as i64
+                seq as i64,
+                path,
+                keepsake_path::fold(&path)
             ],
         )?;
         insert_version(tx, account, &asset_id, 1, req, now, (None, holder))?;
-        // Re-importing purged content is a deliberate act; its tombstone no longer applies.
-        tx.execute(
-            "DELETE FROM purged_content WHERE account = ?1 AND file_hash = ?2",
-            params![account, &req.file_hash.0[..]],
-        )?;
         Ok(Committed {
             asset_id,
             version: 1,
             seq,
             conflict: false,
             deduplicated: false,
+            path,
         })
     }
 
@@ -784,6 +804,7 @@ impl Library {
             params![account, asset_id],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
+        let path = asset_path(tx, account, asset_id)?;
         if current_hash == req.file_hash.0 {
             return Ok(Committed {
                 asset_id: asset_id.to_string(),
@@ -791,6 +812,7 @@ impl Library {
                 seq: seq as u64,
                 conflict: false,
                 deduplicated: true,
+                path,
             });
         }
         let max: u32 = tx.query_row(
@@ -811,9 +833,23 @@ impl Library {
             (conflict.then_some(current), holder),
         )?;
         let seq = next_seq(tx, account)?;
+        // What the new bytes say of themselves (an edited capture date, a crop) is the
+        // asset's now: it describes the version everyone will see.
         tx.execute(
-            "UPDATE assets SET current_version = ?3, seq = ?4 WHERE account = ?1 AND asset_id = ?2",
-            params![account, asset_id, version, seq as i64],
+            "UPDATE assets SET current_version = ?3, seq = ?4, kind = ?5,
+                    capture_time = coalesce(?6, capture_time), width = coalesce(?7, width),
+                    height = coalesce(?8, height)
+             WHERE account = ?1 AND asset_id = ?2",
+            params![
+                account,
+                asset_id,
+                version,
+                seq as i64,
+                req.kind.as_str(),
+                req.capture_time,
+                req.width,
+                req.height
+            ],
         )?;
         Ok(Committed {
             asset_id: asset_id.to_string(),
@@ -821,6 +857,7 @@ impl Library {
             seq,
             conflict,
             deduplicated: false,
+            path,
         })
     }
 
@@ -832,13 +869,11 @@ impl Library {
         hashes: &[ChunkId],
     ) -> Result<Vec<ContentMatch>, LibraryError> {
         let db = self.db();
-        let mut assets = db.prepare_cached(&format!(
-            "SELECT {ASSET_COLUMNS} FROM assets a JOIN versions v
-               ON v.account = a.account AND v.asset_id = a.asset_id AND v.version = a.current_version
-             WHERE a.account = ?1 AND v.file_hash = ?2 AND a.state != 'purged' ORDER BY +a.seq"
-        ))?;
+        let mut assets =
+            db.prepare_cached(&SAME_CONTENT_SQL.replace("{ASSET_COLUMNS}", ASSET_COLUMNS))?;
         let mut purged = db.prepare_cached(
-            "SELECT purged_at FROM purged_content WHERE account = ?1 AND file_hash = ?2",
+            "SELECT path, purged_at FROM purged_files WHERE account = ?1 AND file_hash = ?2
+             ORDER BY purged_at DESC LIMIT 64",
         )?;
         hashes
             .iter()
@@ -846,13 +881,16 @@ impl Library {
                 let found = assets
                     .query_map(params![account, &h.0[..]], asset_from_row)?
                     .collect::<Result<Vec<_>, _>>()?;
-                let purged_at = purged
-                    .query_row(params![account, &h.0[..]], |r| r.get(0))
-                    .optional()?;
+                let tombstones = purged
+                    .query_map(params![account, &h.0[..]], |r| {
+                        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?;
                 Ok(ContentMatch {
                     file_hash: *h,
                     assets: found,
-                    purged_at,
+                    purged_at: tombstones.iter().map(|(_, at)| *at).max(),
+                    purged_paths: tombstones.into_iter().map(|(path, _)| path).collect(),
                 })
             })
             .collect()
@@ -1121,12 +1159,117 @@ impl Library {
         if !from.contains(&state.as_str()) {
             return Err(LibraryError::NotLive(asset_id.to_string()));
         }
+        if to == "live" {
+            // Another file may have taken its name while it was in Recently Deleted.
+            let path = asset_path(tx, account, asset_id)?;
+            let free = free_path(tx, account, &path, Some(asset_id))?;
+            if free != path {
+                tx.execute(
+                    "UPDATE assets SET path = ?3, path_key = ?4 WHERE account = ?1 AND asset_id = ?2",
+                    params![account, asset_id, free, keepsake_path::fold(&free)],
+                )?;
+            }
+        }
         let seq = next_seq(tx, account)?;
         tx.execute(
             "UPDATE assets SET state = ?3, state_at = ?4, seq = ?5 WHERE account = ?1 AND asset_id = ?2",
             params![account, asset_id, to, now, seq as i64],
         )?;
         Ok(true)
+    }
+
+    /// Moves an asset to another path (idempotent; last writer by clock wins). A path
+    /// another live asset holds is numbered, decided here, once, for every device.
+    pub fn rename(
+        &self,
+        account: &str,
+        asset_id: &str,
+        path: &str,
+        clock: &Hlc,
+    ) -> Result<bool, LibraryError> {
+        self.write(|tx| self.rename_in(tx, account, asset_id, path, clock))
+    }
+
+    fn rename_in(
+        &self,
+        tx: &Connection,
+        account: &str,
+        asset_id: &str,
+        path: &str,
+        clock: &Hlc,
+    ) -> Result<bool, LibraryError> {
+        keepsake_path::check(path).map_err(|e| LibraryError::InvalidArgument(e.to_string()))?;
+        self.check_clock(clock)?;
+        let (state, current, current_clock): (String, Option<String>, String) = tx
+            .query_row(
+                "SELECT state, path, path_clock FROM assets WHERE account = ?1 AND asset_id = ?2",
+                params![account, asset_id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?
+            .ok_or_else(|| LibraryError::NotFound {
+                kind: "asset",
+                id: asset_id.to_string(),
+            })?;
+        if state == "purged" {
+            return Err(LibraryError::NotLive(asset_id.to_string()));
+        }
+        let newer = Hlc::decode(&current_clock).is_none_or(|seen| *clock > seen);
+        if !newer || current.as_deref() == Some(path) {
+            return Ok(false);
+        }
+        let free = if state == "live" {
+            free_path(tx, account, path, Some(asset_id))?
+        } else {
+            path.to_string()
+        };
+        let seq = next_seq(tx, account)?;
+        tx.execute(
+            "UPDATE assets SET path = ?3, path_key = ?4, path_clock = ?5, seq = ?6
+             WHERE account = ?1 AND asset_id = ?2",
+            params![
+                account,
+                asset_id,
+                free,
+                keepsake_path::fold(&free),
+                clock.encode(),
+                seq as i64
+            ],
+        )?;
+        Ok(true)
+    }
+
+    /// Live assets whose current content is identical, grouped: a person decides which to
+    /// keep (nothing is merged on its own). At most `limit` groups, largest files first.
+    pub fn duplicates(
+        &self,
+        account: &str,
+        limit: usize,
+    ) -> Result<Vec<(ChunkId, Vec<Asset>)>, LibraryError> {
+        let hashes: Vec<ChunkId> = {
+            let db = self.db();
+            let mut stmt = db.prepare_cached(
+                "SELECT v.file_hash FROM assets a JOIN versions v
+                   ON v.account = a.account AND v.asset_id = a.asset_id AND v.version = a.current_version
+                 WHERE a.account = ?1 AND a.state = 'live'
+                 GROUP BY v.file_hash HAVING COUNT(*) > 1
+                 ORDER BY MAX(v.size) DESC, v.file_hash LIMIT ?2",
+            )?;
+            stmt.query_map(params![account, limit as i64], |r| read_id(r.get(0)?))?
+                .collect::<Result<_, _>>()?
+        };
+        Ok(self
+            .find_by_content(account, &hashes)?
+            .into_iter()
+            .map(|m| {
+                let live = m
+                    .assets
+                    .into_iter()
+                    .filter(|a| a.state == AssetState::Live)
+                    .collect();
+                (m.file_hash, live)
+            })
+            .collect())
     }
 
     /// Purges an asset (from anywhere in its life): it becomes a tombstone, its content
@@ -1199,6 +1342,7 @@ impl Library {
         )?;
         tx.execute("DELETE FROM albums WHERE deleted = 1", [])?;
         tx.execute("DELETE FROM purged_content WHERE purged_at <= ?1", [cutoff])?;
+        tx.execute("DELETE FROM purged_files WHERE purged_at <= ?1", [cutoff])?;
         tx.commit()?;
         Ok(removed)
     }
@@ -1490,8 +1634,10 @@ fn prior_commit(
 ) -> Result<Option<Committed>, LibraryError> {
     let prior = conn
         .query_row(
-            "SELECT fingerprint, asset_id, version, seq, conflict, deduplicated FROM requests
-             WHERE account = ?1 AND request_id = ?2",
+            "SELECT r.fingerprint, r.asset_id, r.version, r.seq, r.conflict, r.deduplicated,
+                    coalesce(a.path, a.original_name, '')
+             FROM requests r LEFT JOIN assets a ON a.account = r.account AND a.asset_id = r.asset_id
+             WHERE r.account = ?1 AND r.request_id = ?2",
             params![account, req.request_id],
             |r| {
                 Ok((
@@ -1502,6 +1648,7 @@ fn prior_commit(
                         seq: r.get::<_, i64>(3)? as u64,
                         conflict: r.get(4)?,
                         deduplicated: r.get(5)?,
+                        path: r.get(6)?,
                     },
                 ))
             },
@@ -1514,6 +1661,42 @@ fn prior_commit(
         Some((_, answer)) => Ok(Some(answer)),
         None => Ok(None),
     }
+}
+
+/// An asset's path in the library.
+fn asset_path(tx: &Connection, account: &str, asset_id: &str) -> Result<String, LibraryError> {
+    Ok(tx.query_row(
+        "SELECT coalesce(path, original_name) FROM assets WHERE account = ?1 AND asset_id = ?2",
+        params![account, asset_id],
+        |r| r.get(0),
+    )?)
+}
+
+/// `path`, or the first of `stem (2).ext`, `stem (3).ext`… that no other live asset holds,
+/// case and Unicode normalization folded: every phone names its files `IMG_0001…`, so two
+/// devices' photos meeting at one name is routine, and a case-insensitive file system
+/// must never be asked to hold two of them.
+fn free_path(
+    tx: &Connection,
+    account: &str,
+    path: &str,
+    except: Option<&str>,
+) -> Result<String, LibraryError> {
+    let mut taken = tx.prepare_cached(
+        "SELECT 1 FROM assets WHERE account = ?1 AND path_key = ?2 AND state = 'live'
+           AND asset_id != ?3",
+    )?;
+    let mut candidate = path.to_string();
+    for n in 2..=u32::MAX {
+        let key = keepsake_path::fold(&candidate);
+        if !taken.exists(params![account, key, except.unwrap_or("")])? {
+            return Ok(candidate);
+        }
+        candidate = keepsake_path::numbered(path, n);
+    }
+    Err(LibraryError::InvalidArgument(format!(
+        "no free name near {path:?}"
+    )))
 }
 
 /// An asset's life state ("live", "trashed", "purged"); NOT_FOUND for other accounts' ids too.
@@ -1614,9 +1797,11 @@ fn purge_in(
             queue_release(tx, account, manifest, holder, now)?;
         }
         tx.execute(
-            "INSERT INTO purged_content (account, file_hash, purged_at) VALUES (?1, ?2, ?3)
-             ON CONFLICT (account, file_hash) DO UPDATE SET purged_at = ?3",
-            params![account, file_hash, now],
+            "INSERT INTO purged_files (account, file_hash, path, asset_id, purged_at)
+             VALUES (?1, ?2, (SELECT coalesce(path, original_name) FROM assets
+                              WHERE account = ?1 AND asset_id = ?3), ?3, ?4)
+             ON CONFLICT (account, file_hash, asset_id) DO UPDATE SET purged_at = ?4",
+            params![account, file_hash, asset_id, now],
         )?;
     }
     let seq = next_seq(tx, account)?;
@@ -1694,11 +1879,11 @@ mod tests {
         }
     }
 
-    /// Broke once: the dedup lookup walked the feed index, so commits slowed as the
+    /// Broke once: the content lookup walked the feed index, so commits slowed as the
     /// library grew (246 commits/s at 5,000 assets instead of 1,233).
     #[test]
-    fn commit_dedup_lookup_uses_the_hash_index_not_a_walk_of_the_feed() {
-        let plan = plan_of(SAME_CONTENT_SQL);
+    fn content_lookup_uses_the_hash_index_not_a_walk_of_the_feed() {
+        let plan = plan_of(&SAME_CONTENT_SQL.replace("{ASSET_COLUMNS}", ASSET_COLUMNS));
         assert!(plan.contains("versions_by_hash"), "{plan}");
         assert!(!plan.contains("assets_by_seq"), "{plan}");
     }
@@ -1719,5 +1904,103 @@ mod tests {
             plan.contains("SEARCH v USING PRIMARY KEY (account=? AND asset_id=? AND version=?)"),
             "{plan}"
         );
+    }
+}
+
+#[cfg(test)]
+mod path_tests {
+    use super::*;
+    use keepsake_store::{ManualClock, SeededEntropy};
+
+    fn lib() -> Library {
+        Library::open(
+            None,
+            Arc::new(ManualClock::new(1_700_000_000_000)),
+            Arc::new(SeededEntropy::new(1)),
+            LibraryConfig::default(),
+        )
+        .unwrap()
+    }
+
+    fn req(id: &str, content: &[u8], path: &str) -> CommitRequest {
+        CommitRequest {
+            request_id: id.into(),
+            asset_id: None,
+            base_version: None,
+            manifest: ChunkId::of(&[b"m", content].concat()),
+            file_hash: ChunkId::of(content),
+            size: content.len() as u64,
+            kind: AssetKind::Photo,
+            capture_time: Some(1),
+            width: None,
+            height: None,
+            original_name: keepsake_path::file_name(path).into(),
+            path: path.into(),
+            device: "phone".into(),
+        }
+    }
+
+    /// Broke once: a purge's tombstone was per content, so a new copy of the bytes was
+    /// taken for the purged photo; now it names the purged asset's path.
+    #[test]
+    fn a_purge_leaves_a_tombstone_per_asset_and_path() {
+        let lib = lib();
+        let a = lib
+            .commit("u", &req("1", b"x", "trip/VID_0003.MP4"))
+            .unwrap();
+        let b = lib.commit("u", &req("2", b"x", "copy.mp4")).unwrap();
+        lib.purge("u", &a.asset_id).unwrap();
+        let found = lib.find_by_content("u", &[ChunkId::of(b"x")]).unwrap();
+        assert_eq!(found[0].purged_paths, ["trip/VID_0003.MP4"]);
+        assert_eq!(found[0].assets.len(), 1);
+        assert_eq!(found[0].assets[0].asset_id, b.asset_id);
+    }
+
+    /// Broke once: an edit that rewrote the capture date kept the old date on the asset.
+    #[test]
+    fn a_new_version_brings_its_own_capture_time() {
+        let lib = lib();
+        let a = lib.commit("u", &req("1", b"x", "IMG_1.JPG")).unwrap();
+        let mut edit = req("2", b"y", "IMG_1.JPG");
+        edit.asset_id = Some(a.asset_id.clone());
+        edit.base_version = Some(1);
+        edit.capture_time = Some(42);
+        lib.commit("u", &edit).unwrap();
+        assert_eq!(
+            lib.get_asset("u", &a.asset_id).unwrap().capture_time,
+            Some(42)
+        );
+    }
+
+    /// Two names a case-insensitive file system takes for one, and a restore onto a name
+    /// taken meanwhile, are numbered by the library.
+    #[test]
+    fn collisions_are_numbered_on_the_folded_key() {
+        let lib = lib();
+        let first = lib.commit("u", &req("1", b"x", "Caf\u{e9}.jpg")).unwrap();
+        let second = lib.commit("u", &req("2", b"y", "CAFE\u{301}.JPG")).unwrap();
+        assert_eq!(second.path, "CAFE\u{301} (2).JPG");
+        lib.trash("u", &first.asset_id).unwrap();
+        let third = lib.commit("u", &req("3", b"z", "café.jpg")).unwrap();
+        assert_eq!(third.path, "café.jpg");
+        lib.restore("u", &first.asset_id).unwrap();
+        assert_eq!(
+            lib.get_asset("u", &first.asset_id).unwrap().path,
+            "Caf\u{e9} (3).jpg"
+        );
+        let clock = Hlc {
+            wall_ms: 1_700_000_000_000,
+            counter: 0,
+            device: "phone".into(),
+        };
+        assert!(
+            lib.rename("u", &third.asset_id, "trip/café.jpg", &clock)
+                .unwrap()
+        );
+        assert!(
+            lib.rename("u", &third.asset_id, "../x.jpg", &clock)
+                .is_err()
+        );
+        assert_eq!(lib.duplicates("u", 10).unwrap().len(), 0);
     }
 }

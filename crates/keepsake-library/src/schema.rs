@@ -1,6 +1,6 @@
 //! The library's SQLite schema.
 
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 use rusqlite_migration::{M, Migrations};
 
 const V1: &str = "
@@ -183,9 +183,85 @@ const V5: &str = "
 CREATE INDEX assets_damaged ON assets(account, asset_id) WHERE damaged = 1;
 ";
 
+const V6: &str = "
+-- A file is an asset: its place in the folder (folders and exact name) is part of the
+-- library. `path_key` folds case and Unicode normalization, so no two live assets share a
+-- name on a case-insensitive or normalizing file system; the later one was numbered.
+-- A rename is a metadata change, merged last-writer-wins by `path_clock`.
+ALTER TABLE assets ADD COLUMN path TEXT;
+ALTER TABLE assets ADD COLUMN path_key TEXT;
+ALTER TABLE assets ADD COLUMN path_clock TEXT NOT NULL DEFAULT '';
+-- Purge tombstones per asset and path, never per content: a new copy of a purged photo's
+-- bytes is a new photo, and only a file at the purged asset's path is taken for it.
+CREATE TABLE purged_files (
+    account   TEXT NOT NULL,
+    file_hash BLOB NOT NULL,
+    path      TEXT NOT NULL,
+    asset_id  TEXT NOT NULL,
+    purged_at INTEGER NOT NULL,
+    PRIMARY KEY (account, file_hash, asset_id)
+) WITHOUT ROWID;
+";
+
+/// Gives assets committed before paths existed a path: their name at the top of the
+/// folder, numbered in commit order where two fold to one key (a downloader's flattened
+/// " (2)" twins were already apart). Then no two live assets share a key, and the index
+/// can say so.
+fn give_old_assets_paths(conn: &mut Connection) -> Result<(), crate::LibraryError> {
+    let tx = conn.transaction()?;
+    let old: Vec<(String, String, String, String)> = {
+        let mut stmt = tx.prepare(
+            "SELECT account, asset_id, original_name, state FROM assets
+             WHERE path IS NULL ORDER BY account, seq",
+        )?;
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+            .collect::<Result<_, _>>()?
+    };
+    for (account, asset_id, name, state) in old {
+        let mut path = if keepsake_path::check(&name).is_ok() {
+            name
+        } else {
+            format!("asset-{asset_id}")
+        };
+        let mut n = 1;
+        while state == "live"
+            && tx
+                .query_row(
+                    "SELECT 1 FROM assets WHERE account = ?1 AND path_key = ?2 AND state = 'live'",
+                    rusqlite::params![account, keepsake_path::fold(&path)],
+                    |_| Ok(()),
+                )
+                .optional()?
+                .is_some()
+        {
+            n += 1;
+            path = keepsake_path::numbered(&path, n);
+        }
+        tx.execute(
+            "UPDATE assets SET path = ?3, path_key = ?4 WHERE account = ?1 AND asset_id = ?2",
+            rusqlite::params![account, asset_id, path, keepsake_path::fold(&path)],
+        )?;
+    }
+    tx.execute_batch(
+        "CREATE UNIQUE INDEX IF NOT EXISTS assets_by_path ON assets(account, path_key)
+             WHERE state = 'live';",
+    )?;
+    tx.commit()?;
+    Ok(())
+}
+
 /// Opens the index with the durability commits rely on.
 pub fn prepare(conn: &mut Connection) -> Result<(), crate::LibraryError> {
     keepsake_store::durable_sqlite(conn)?;
-    Migrations::new(vec![M::up(V1), M::up(V2), M::up(V3), M::up(V4), M::up(V5)]).to_latest(conn)?;
+    Migrations::new(vec![
+        M::up(V1),
+        M::up(V2),
+        M::up(V3),
+        M::up(V4),
+        M::up(V5),
+        M::up(V6),
+    ])
+    .to_latest(conn)?;
+    give_old_assets_paths(conn)?;
     Ok(())
 }

@@ -43,6 +43,11 @@ enum Pick {
     Restore {
         asset: usize,
     },
+    Rename {
+        asset: usize,
+        name: u8,
+        skew: i64,
+    },
 }
 
 fn arb_pick() -> impl Strategy<Value = Pick> {
@@ -52,9 +57,11 @@ fn arb_pick() -> impl Strategy<Value = Pick> {
         1 => (0usize..6, 0u8..4, skew.clone()).prop_map(|(asset, text, skew)| Pick::Title { asset, text, skew }),
         1 => (0u8..3, 0u8..3, skew.clone()).prop_map(|(album, name, skew)| Pick::PutAlbum { album, name, skew }),
         1 => (0u8..3).prop_map(|album| Pick::DeleteAlbum { album }),
-        3 => (0u8..3, 0usize..6, any::<bool>(), skew).prop_map(|(album, asset, present, skew)| Pick::Member { album, asset, present, skew }),
+        3 => (0u8..3, 0usize..6, any::<bool>(), skew.clone()).prop_map(|(album, asset, present, skew)| Pick::Member { album, asset, present, skew }),
         1 => (0usize..6).prop_map(|asset| Pick::Trash { asset }),
         1 => (0usize..6).prop_map(|asset| Pick::Restore { asset }),
+        // Few names, in two cases: renames collide and get numbered.
+        2 => (0usize..6, 0u8..6, skew).prop_map(|(asset, name, skew)| Pick::Rename { asset, name, skew }),
     ]
 }
 
@@ -85,6 +92,7 @@ fn library() -> (Library, Vec<String>) {
                     width: None,
                     height: None,
                     original_name: format!("IMG_{i}.JPG"),
+                    path: String::new(),
                     device: "phone".into(),
                 },
             )
@@ -139,6 +147,15 @@ fn edit(pick: &Pick, ids: &[String], n: u32) -> LibraryEdit {
         Pick::Restore { asset } => LibraryEdit::Restore {
             asset_id: ids[asset].clone(),
         },
+        Pick::Rename { asset, name, skew } => LibraryEdit::Rename {
+            asset_id: ids[asset].clone(),
+            path: if name % 2 == 0 {
+                format!("trip/IMG_{}.JPG", name / 2)
+            } else {
+                format!("Trip/img_{}.jpg", name / 2)
+            },
+            clock: clock(skew),
+        },
     }
 }
 
@@ -174,6 +191,11 @@ fn one_by_one(lib: &Library, e: &LibraryEdit) -> Result<bool, LibraryError> {
             }
             Ok(lib.get_asset("alice", asset_id)?.state != before)
         }
+        LibraryEdit::Rename {
+            asset_id,
+            path,
+            clock,
+        } => lib.rename("alice", asset_id, path, clock),
     }
 }
 

@@ -106,11 +106,23 @@ impl Fixture {
         manifest: ManifestId,
         reservation: Option<&Reservation>,
     ) -> Result<Committed, LibraryError> {
+        self.commit_to(account, request_id, manifest, reservation, None)
+    }
+
+    /// A commit naming `asset` (a new version, or a repair), or a new asset.
+    fn commit_to(
+        &self,
+        account: &str,
+        request_id: &str,
+        manifest: ManifestId,
+        reservation: Option<&Reservation>,
+        asset: Option<&str>,
+    ) -> Result<Committed, LibraryError> {
         self.cloud.commit_asset(
             account,
             &CommitAsset {
                 request_id: request_id.into(),
-                asset_id: None,
+                asset_id: asset.map(str::to_string),
                 base_version: None,
                 manifest,
                 kind: AssetKind::Photo,
@@ -118,6 +130,7 @@ impl Fixture {
                 width: Some(4032),
                 height: Some(3024),
                 original_name: "IMG_0001.HEIC".into(),
+                path: String::new(),
                 device: "phone".into(),
                 reservation_id: reservation.map(|r| r.reservation_id.clone()),
                 manifest_upload: None,
@@ -369,10 +382,11 @@ fn quota_edges_exactly_at_the_limit_one_byte_over_and_dedup_counted_once() {
         .cloud
         .create_account("alice", "correct horse", Some("tiny"), false)
         .unwrap();
-    at_limit
+    let first = at_limit
         .commit("alice", "c1", manifest, Some(&reservation))
         .unwrap();
-    // Dedup within the account: the same content again is no new asset and no new bytes.
+    // Dedup within the account: the same content again (a copy of the photo) is an asset
+    // of its own, but no new bytes.
     let (again, _) = f.upload("alice", 1, 50_000).unwrap_or_else(|_| {
         // At the limit BeginUpload refuses, so send under the old reservation instead.
         let (chunks, m) = file(1, 50_000);
@@ -388,7 +402,9 @@ fn quota_edges_exactly_at_the_limit_one_byte_over_and_dedup_counted_once() {
     });
     assert_eq!(f.used("alice"), used);
     let second = at_limit.commit("alice", "c2", again, None).unwrap();
-    assert!(second.deduplicated);
+    assert!(!second.deduplicated);
+    assert_ne!(second.asset_id, first.asset_id);
+    assert_eq!(second.path, "IMG_0001 (2).HEIC");
     assert_eq!(f.used("alice"), used);
 
     // One byte over: the same upload against a limit one byte smaller is refused, and
@@ -420,6 +436,7 @@ fn quota_edges_exactly_at_the_limit_one_byte_over_and_dedup_counted_once() {
                 width: None,
                 height: None,
                 original_name: "IMG_0001.HEIC".into(),
+                path: String::new(),
                 device: "phone".into(),
                 reservation_id: None,
                 manifest_upload: None,
@@ -522,6 +539,7 @@ fn a_failed_commit_leaves_nothing_rooted() {
                 width: None,
                 height: None,
                 original_name: "x.jpg".into(),
+                path: String::new(),
                 device: "phone".into(),
                 reservation_id: None,
                 manifest_upload: None,
@@ -769,6 +787,7 @@ fn a_video_is_streamed_to_the_deriver_never_handed_over_whole() {
                 width: None,
                 height: None,
                 original_name: "VID_0001.MOV".into(),
+                path: String::new(),
                 device: "phone".into(),
                 reservation_id: Some(r.reservation_id.clone()),
                 manifest_upload: None,
@@ -905,7 +924,10 @@ fn a_derivation_that_failed_on_a_damaged_original_runs_again_after_the_repair() 
     // A device that still has the photo sends it again.
     let (m2, r2) = f.upload("alice", 11, 20_000).unwrap();
     assert_eq!(m2, m);
-    f.commit("alice", "c11-repair", m2, Some(&r2)).unwrap();
+    let repair = f
+        .commit_to("alice", "c11-repair", m2, Some(&r2), Some(&id))
+        .unwrap();
+    assert_eq!(repair.asset_id, id);
     assert!(derivation(&f).starts_with("queued"), "{}", derivation(&f));
     assert_eq!(f.cloud.run_derivations(8, &maker).unwrap().done, 1);
     assert_eq!(derivation(&f), "done");

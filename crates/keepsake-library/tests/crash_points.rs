@@ -73,6 +73,7 @@ fn commit(manifest: ManifestId, reservation: &str) -> CommitAsset {
         width: None,
         height: None,
         original_name: "IMG_0001.JPG".into(),
+        path: String::new(),
         device: "phone".into(),
         reservation_id: Some(reservation.into()),
         manifest_upload: None,

@@ -1,6 +1,7 @@
 //! State-machine test against a simple in-memory model: random commits (with
 //! retries and replays), edits, metadata from several devices with skewed clocks,
-//! albums, deletes, restores, purges, expiry and compaction. After every step the
+//! albums, renames (colliding, in other cases), deletes, restores, purges, expiry and
+//! compaction. Every import is an asset of its own, whatever its content. After every step the
 //! library equals the model, and a device following the feed from its cursor
 //! (resyncing when told its cursor expired) ends equal to it.
 
@@ -33,6 +34,12 @@ enum Op {
         device: usize,
         skew: i64,
         counter: u32,
+    },
+    Rename {
+        asset: usize,
+        name: u8,
+        device: usize,
+        skew: i64,
     },
     Trash {
         asset: usize,
@@ -76,6 +83,7 @@ fn arb_op() -> impl Strategy<Value = Op> {
         4 => (0u8..12, 0u8..20, 0usize..3).prop_map(|(content, request, device)| Op::Import { content, request, device }),
         2 => (0usize..8, 12u8..24, any::<bool>(), 20u8..40).prop_map(|(asset, content, stale, request)| Op::Edit { asset, content, stale, request }),
         3 => (0usize..8, 0u8..3, any::<bool>(), 0usize..3, skew.clone(), 0u32..3).prop_map(|(asset, field, value, device, skew, counter)| Op::Meta { asset, field, value, device, skew, counter }),
+        2 => (0usize..8, 0u8..4, 0usize..3, skew.clone()).prop_map(|(asset, name, device, skew)| Op::Rename { asset, name, device, skew }),
         1 => (0usize..8).prop_map(|asset| Op::Trash { asset }),
         1 => (0usize..8).prop_map(|asset| Op::Restore { asset }),
         1 => (0usize..8).prop_map(|asset| Op::Purge { asset }),
@@ -99,6 +107,48 @@ struct ModelAsset {
     title: (String, Hlc),
     state: &'static str,
     state_at: i64,
+    path: String,
+    path_clock: Hlc,
+}
+
+/// Paths renames pick from: two of them one name to a case-insensitive file system.
+const RENAMES: [&str; 4] = [
+    "trip/IMG_0001.JPG",
+    "Trip/img_0001.jpg",
+    "IMG_0002.JPG",
+    "b.jpg",
+];
+
+/// The model's numbering: `stem (n).ext`, case folded (every name here is ASCII).
+fn model_free(assets: &BTreeMap<String, ModelAsset>, path: &str, except: Option<&str>) -> String {
+    let taken = |candidate: &str| {
+        assets.iter().any(|(id, a)| {
+            a.state == "live"
+                && Some(id.as_str()) != except
+                && a.path.to_lowercase() == candidate.to_lowercase()
+        })
+    };
+    let mut candidate = path.to_string();
+    let mut n = 2;
+    while taken(&candidate) {
+        candidate = match path.rsplit_once('.') {
+            Some((stem, ext)) => format!("{stem} ({n}).{ext}"),
+            None => format!("{path} ({n})"),
+        };
+        n += 1;
+    }
+    candidate
+}
+
+/// A commit's answer without its path, which is where the asset is now.
+fn answer_of(c: &Committed) -> (String, u32, u64, bool, bool) {
+    (
+        c.asset_id.clone(),
+        c.version,
+        c.seq,
+        c.conflict,
+        c.deduplicated,
+    )
 }
 
 #[derive(Debug, Clone, Default)]
@@ -131,6 +181,7 @@ fn request(
         width: None,
         height: None,
         original_name: format!("IMG_{content:04}.JPG"),
+        path: String::new(),
         device: device.to_string(),
     }
 }
@@ -143,12 +194,13 @@ fn project(change: &Change) -> Row {
         Change::Asset(a) => (
             format!("asset {}", a.asset_id),
             format!(
-                "v{} {:?} fav={} hid={} title={:?} state={}",
+                "v{} {:?} fav={} hid={} title={:?} path={:?} state={}",
                 a.version,
                 a.file_hash,
                 a.favorite,
                 a.hidden,
                 a.title,
+                a.path,
                 match a.state {
                     AssetState::Live => "live",
                     AssetState::Trashed(_) => "trashed",
@@ -191,12 +243,13 @@ fn expected(
         out.insert(
             format!("asset {id}"),
             format!(
-                "v{} {:?} fav={} hid={} title={:?} state={}",
+                "v{} {:?} fav={} hid={} title={:?} path={:?} state={}",
                 a.version,
                 hash_of(a.content),
                 a.favorite.0,
                 a.hidden.0,
                 a.title.0,
+                a.path,
                 a.state
             ),
         );
@@ -285,26 +338,22 @@ proptest! {
                     let req = request(format!("r{r}"), None, None, content, DEVICES[device]);
                     let result = lib.commit("alice", &req);
                     match requests.get(&req.request_id) {
-                        Some((first, answer)) if *first == req => prop_assert_eq!(result.unwrap(), answer.clone()),
+                        Some((first, answer)) if *first == req => prop_assert_eq!(answer_of(&result.unwrap()), answer_of(answer)),
                         Some(_) => prop_assert!(matches!(result, Err(LibraryError::RequestIdReused(_))), "{:?}", result),
                         None => {
+                            // A file is an asset: the same bytes again are another photo.
                             let c = result.unwrap();
-                            let existing = assets.iter().find(|(_, a)| a.content == content && a.state != "purged").map(|(id, _)| id.clone());
-                            match existing {
-                                Some(id) => {
-                                    prop_assert!(c.deduplicated);
-                                    prop_assert_eq!(&c.asset_id, &id);
-                                }
-                                None => {
-                                    prop_assert!(!c.deduplicated);
-                                    let zero = Hlc::zero();
-                                    assets.insert(c.asset_id.clone(), ModelAsset {
-                                        version: 1, content, favorite: (false, zero.clone()), hidden: (false, zero.clone()),
-                                        title: (String::new(), zero), state: "live", state_at: now,
-                                    });
-                                    order.push(c.asset_id.clone());
-                                }
-                            }
+                            prop_assert!(!c.deduplicated);
+                            prop_assert!(!assets.contains_key(&c.asset_id));
+                            let path = model_free(&assets, &req.original_name, None);
+                            prop_assert_eq!(&c.path, &path);
+                            let zero = Hlc::zero();
+                            assets.insert(c.asset_id.clone(), ModelAsset {
+                                version: 1, content, favorite: (false, zero.clone()), hidden: (false, zero.clone()),
+                                title: (String::new(), zero.clone()), state: "live", state_at: now,
+                                path, path_clock: zero,
+                            });
+                            order.push(c.asset_id.clone());
                             requests.insert(req.request_id.clone(), (req, c));
                         }
                     }
@@ -316,7 +365,7 @@ proptest! {
                     let req = request(format!("e{r}"), Some(id.clone()), Some(base), content, "tablet");
                     let result = lib.commit("alice", &req);
                     match requests.get(&req.request_id) {
-                        Some((first, answer)) if *first == req => prop_assert_eq!(result.unwrap(), answer.clone()),
+                        Some((first, answer)) if *first == req => prop_assert_eq!(answer_of(&result.unwrap()), answer_of(answer)),
                         Some(_) => prop_assert!(matches!(result, Err(LibraryError::RequestIdReused(_))), "{:?}", result),
                         None => {
                             let model = assets.get_mut(&id).unwrap();
@@ -365,7 +414,34 @@ proptest! {
                         MetadataField::Title(t) => { prop_assert_eq!(applied, wins(&model.title.1)); if applied { model.title = (t, hlc); } }
                     }
                 }
+                Op::Rename { asset, name, device, skew } => {
+                    let Some(id) = pick(&order, asset) else { continue };
+                    let Some(model) = assets.get(&id).cloned() else { continue };
+                    let hlc = Hlc { wall_ms: now + skew, counter: 0, device: DEVICES[device].into() };
+                    let asked = RENAMES[usize::from(name)];
+                    let result = lib.rename("alice", &id, asked, &hlc);
+                    if skew > 300_000 {
+                        prop_assert!(matches!(result, Err(LibraryError::ClockSkew { .. })), "{:?}", result);
+                        continue;
+                    }
+                    if model.state == "purged" {
+                        prop_assert!(result.is_err());
+                        continue;
+                    }
+                    let applied = result.unwrap();
+                    let wins = hlc > model.path_clock && model.path != asked;
+                    prop_assert_eq!(applied, wins);
+                    if wins {
+                        let path = if model.state == "live" { model_free(&assets, asked, Some(&id)) } else { asked.to_string() };
+                        let m = assets.get_mut(&id).unwrap();
+                        (m.path, m.path_clock) = (path, hlc);
+                    }
+                }
                 Op::Trash { asset } | Op::Restore { asset } | Op::Purge { asset } => {
+                    let free_if_restored = match pick(&order, asset).and_then(|id| assets.get(&id).map(|a| (id, a))) {
+                        Some((id, a)) => model_free(&assets, &a.path, Some(&id)),
+                        None => String::new(),
+                    };
                     let Some(id) = pick(&order, asset) else { continue };
                     let Some(model) = assets.get_mut(&id) else { continue };
                     let result = match op {
@@ -381,6 +457,10 @@ proptest! {
                     if from.contains(&model.state) {
                         prop_assert!(result.is_ok(), "{:?} {:?}", op, result);
                         if model.state != to {
+                            if to == "live" {
+                                // Its name was taken while it was in Recently Deleted.
+                                model.path = free_if_restored;
+                            }
                             model.state = to;
                             model.state_at = now;
                             if to == "purged" {

@@ -435,6 +435,7 @@ pub fn asset_to_wire(asset: keepsake_library::Asset) -> pb::Asset {
         derived,
         derivation,
         damaged,
+        path,
     } = asset;
     let (state, state_at_ms) = state_to_wire(state);
     pb::Asset {
@@ -475,6 +476,7 @@ pub fn asset_to_wire(asset: keepsake_library::Asset) -> pb::Asset {
             .collect(),
         derivation,
         damaged,
+        path,
     }
 }
 
@@ -572,7 +574,11 @@ pub fn commit_from_wire(
         reservation_id,
         manifest,
         manifest_edit,
+        path,
     } = req;
+    if !path.is_empty() {
+        keepsake_path::check(&path).map_err(|e| ApiError::field("path", e.why))?;
+    }
     let manifest_upload = match (manifest, manifest_edit) {
         (None, None) => None,
         (Some(whole), None) => {
@@ -608,6 +614,7 @@ pub fn commit_from_wire(
         width,
         height,
         original_name,
+        path,
         device,
         reservation_id: (!reservation_id.is_empty()).then_some(reservation_id),
         manifest_upload,
@@ -782,6 +789,12 @@ pub fn metadata_field_from_wire(
     )
 }
 
+/// A library path from the wire: refused unless it is a plain relative path.
+pub fn path_from_wire(path: String) -> Result<String, ApiError> {
+    keepsake_path::check(&path).map_err(|e| ApiError::field("path", e.why))?;
+    Ok(path)
+}
+
 /// One edit of an ApplyEdits call from the wire.
 pub fn edit_from_wire(edit: pb::LibraryEdit) -> Result<keepsake_library::LibraryEdit, ApiError> {
     use keepsake_library::LibraryEdit;
@@ -828,6 +841,15 @@ pub fn edit_from_wire(edit: pb::LibraryEdit) -> Result<keepsake_library::Library
             Edit::RestoreAsset(pb::RestoreAssetRequest { asset_id }) => {
                 LibraryEdit::Restore { asset_id }
             }
+            Edit::RenameAsset(pb::RenameAssetRequest {
+                asset_id,
+                path,
+                clock,
+            }) => LibraryEdit::Rename {
+                asset_id,
+                path: path_from_wire(path)?,
+                clock: clock_from_wire(clock)?,
+            },
         },
     )
 }

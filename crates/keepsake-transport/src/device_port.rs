@@ -7,8 +7,8 @@ use crate::convert::{
 };
 use bytes::Bytes;
 use keepsake_device::{
-    Cloud, CloudError, CommitReply, ContentLookup, Edit, FeedPage, NewAsset, RemoteAlbum,
-    RemoteAsset, RemoteState, Stamp,
+    Cloud, CloudError, CommitReply, ContentHolder, ContentLookup, Edit, FeedPage, NewAsset,
+    RemoteAlbum, RemoteAsset, RemoteState, Stamp,
 };
 use keepsake_store::{ChunkId, Manifest, ManifestId};
 
@@ -73,7 +73,14 @@ fn remote_asset(a: pb::Asset) -> Result<RemoteAsset, CloudError> {
         derivatives,
         derivation: _,
         damaged,
+        path,
     } = a;
+    // An empty path is an asset from before paths: its name, at the top.
+    let path = if path.is_empty() {
+        original_name.clone()
+    } else {
+        path
+    };
     let preview = derivatives
         .iter()
         .find(|d| d.role == "preview" || d.role == "poster")
@@ -92,6 +99,7 @@ fn remote_asset(a: pb::Asset) -> Result<RemoteAsset, CloudError> {
         version,
         size,
         original_name,
+        path,
         state,
         favorite,
         hidden,
@@ -133,8 +141,21 @@ impl Cloud for CloudClient {
                 .into_iter()
                 .map(|m| {
                     let lookup = ContentLookup {
-                        asset: m.assets.first().map(|a| (a.asset_id.clone(), a.version)),
-                        purged: m.purged_at_ms.is_some(),
+                        assets: m
+                            .assets
+                            .iter()
+                            .map(|a| ContentHolder {
+                                asset_id: a.asset_id.clone(),
+                                version: a.version,
+                                path: if a.path.is_empty() {
+                                    a.original_name.clone()
+                                } else {
+                                    a.path.clone()
+                                },
+                                trashed: a.state == i32::from(pb::AssetState::Trashed),
+                            })
+                            .collect(),
+                        purged_paths: m.purged_paths,
                     };
                     (m.file_hash.to_vec(), lookup)
                 })
@@ -344,6 +365,7 @@ async fn commit_carrying(
         request_id,
         manifest: manifest_id,
         original_name,
+        path,
         video,
         capture_time,
         width,
@@ -371,12 +393,14 @@ async fn commit_carrying(
             reservation_id,
             manifest,
             manifest_edit,
+            path,
         })
         .await?;
     Ok(CommitReply {
         asset_id: reply.asset_id,
         version: reply.version,
         deduplicated: reply.deduplicated,
+        path: reply.path,
     })
 }
 
@@ -419,6 +443,11 @@ fn edit_to_wire(edit: &Edit, stamp: &Stamp) -> pb::library_edit::Edit {
         }),
         Edit::Restore { asset_id } => Wire::RestoreAsset(pb::RestoreAssetRequest {
             asset_id: asset_id.clone(),
+        }),
+        Edit::Rename { asset_id, path } => Wire::RenameAsset(pb::RenameAssetRequest {
+            asset_id: asset_id.clone(),
+            path: path.clone(),
+            clock,
         }),
     }
 }
@@ -471,6 +500,11 @@ async fn edit_one(client: &mut CloudClient, edit: &Edit, stamp: &Stamp) -> Resul
         Wire::RestoreAsset(req) => {
             client
                 .library_call("RestoreAsset", async |l| l.restore_asset(req).await)
+                .await?;
+        }
+        Wire::RenameAsset(req) => {
+            client
+                .library_call("RenameAsset", async |l| l.rename_asset(req).await)
                 .await?;
         }
     }

@@ -180,6 +180,7 @@ impl Library for LibraryService {
             version: c.version,
             conflict: c.conflict,
             deduplicated: c.deduplicated,
+            path: c.path,
         }))
     }
 
@@ -201,6 +202,7 @@ impl Library for LibraryService {
                 file_hash: id_bytes(&m.file_hash),
                 assets: m.assets.into_iter().map(asset_to_wire).collect(),
                 purged_at_ms: m.purged_at,
+                purged_paths: m.purged_paths,
             })
             .collect();
         Ok(Response::new(pb::FindAssetsByContentResponse { matches }))
@@ -401,6 +403,54 @@ impl Library for LibraryService {
         self.mutate(&who, move |c| c.library().restore(&account, &asset_id))
             .await?;
         Ok(Response::new(pb::RestoreAssetResponse {}))
+    }
+
+    async fn rename_asset(
+        &self,
+        request: Request<pb::RenameAssetRequest>,
+    ) -> Result<Response<pb::RenameAssetResponse>, Status> {
+        let who = identity(&request)?;
+        let pb::RenameAssetRequest {
+            asset_id,
+            path,
+            clock,
+        } = request.into_inner();
+        let path = crate::convert::path_from_wire(path)?;
+        let clock = clock_from_wire(clock)?;
+        let account = who.account.clone();
+        let applied = self
+            .mutate(&who, move |c| {
+                c.library().rename(&account, &asset_id, &path, &clock)
+            })
+            .await?;
+        Ok(Response::new(pb::RenameAssetResponse { applied }))
+    }
+
+    async fn list_duplicates(
+        &self,
+        request: Request<pb::ListDuplicatesRequest>,
+    ) -> Result<Response<pb::ListDuplicatesResponse>, Status> {
+        let who = identity(&request)?;
+        let pb::ListDuplicatesRequest { limit } = request.into_inner();
+        let limit = match limit {
+            0 => 100,
+            n if n > 1000 => return Err(ApiError::field("limit", "must be at most 1000").into()),
+            n => n as usize,
+        };
+        let account = who.account.clone();
+        let groups = run(&self.cloud, Some(&who), move |c| {
+            c.library().duplicates(&account, limit)
+        })
+        .await?;
+        Ok(Response::new(pb::ListDuplicatesResponse {
+            groups: groups
+                .into_iter()
+                .map(|(hash, assets)| pb::DuplicateGroup {
+                    file_hash: id_bytes(&hash),
+                    assets: assets.into_iter().map(asset_to_wire).collect(),
+                })
+                .collect(),
+        }))
     }
 
     async fn purge_asset(

@@ -1183,7 +1183,8 @@ async fn upload_commit_and_the_feed_over_grpc_with_a_watcher_told_at_once() {
     assert_eq!(asset.manifest_id, manifest_id);
     assert_eq!(asset.size, data.len() as u64);
     assert_eq!(asset.file_hash, id_bytes(&ChunkId::of(&data)));
-    // A retried commit is the same asset; identical content under a new id is deduplicated.
+    // A retried commit is the same asset; identical content under a new id (a copy under
+    // another name) is a photo of its own, found by its content beside the first.
     let (again, _, _) = upload_and_commit(&server, "alice-token", &data, "c1").await;
     assert_eq!(again, asset_id);
     let dedup = lib
@@ -1197,8 +1198,9 @@ async fn upload_commit_and_the_feed_over_grpc_with_a_watcher_told_at_once() {
         .await
         .unwrap()
         .into_inner();
-    assert!(dedup.deduplicated);
-    assert_eq!(dedup.asset_id, asset_id);
+    assert!(!dedup.deduplicated);
+    assert_ne!(dedup.asset_id, asset_id);
+    assert_eq!(dedup.path, "copy.jpg");
     let found = lib
         .find_assets_by_content(pb::FindAssetsByContentRequest {
             file_hashes: vec![id_bytes(&ChunkId::of(&data))],
@@ -1207,6 +1209,14 @@ async fn upload_commit_and_the_feed_over_grpc_with_a_watcher_told_at_once() {
         .unwrap()
         .into_inner();
     assert_eq!(found.matches[0].assets[0].asset_id, asset_id);
+    assert_eq!(found.matches[0].assets[1].asset_id, dedup.asset_id);
+    let twins = lib
+        .list_duplicates(pb::ListDuplicatesRequest { limit: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(twins.groups.len(), 1);
+    assert_eq!(twins.groups[0].assets.len(), 2);
     lib.set_metadata(pb::SetMetadataRequest {
         asset_id: asset_id.clone(),
         clock: clock(1_700_000_000_000),
@@ -1222,9 +1232,12 @@ async fn upload_commit_and_the_feed_over_grpc_with_a_watcher_told_at_once() {
         .await
         .unwrap()
         .into_inner();
-    let Some(pb::change::Row::Asset(asset)) = &page.changes[0].row else {
+    // The copy's row comes first, then the favourite's.
+    let Some(pb::change::Row::Asset(asset)) = &page.changes.last().and_then(|c| c.row.clone())
+    else {
         panic!("expected an asset row");
     };
+    assert_eq!(asset.asset_id, asset_id);
     assert!(asset.favorite);
     // The row carries the newest field clock, for devices to merge into their own.
     assert_eq!(asset.clock, clock(1_700_000_000_000));
@@ -1260,8 +1273,11 @@ async fn upload_commit_and_the_feed_over_grpc_with_a_watcher_told_at_once() {
         .await
         .unwrap()
         .into_inner();
-    assert!(found.matches[0].assets.is_empty());
+    // The copy is a photo of its own and stays; the tombstone names the purged path.
+    assert_eq!(found.matches[0].assets.len(), 1);
+    assert_eq!(found.matches[0].assets[0].asset_id, dedup.asset_id);
     assert!(found.matches[0].purged_at_ms.is_some());
+    assert_eq!(found.matches[0].purged_paths.len(), 1);
 }
 
 #[tokio::test]
@@ -2411,6 +2427,7 @@ async fn a_commit_carries_its_manifest_and_falls_back_where_the_cloud_lacks_the_
         request_id: request_id.into(),
         manifest: manifest.id(),
         original_name: "IMG_0001.JPG".into(),
+        path: "IMG_0001.JPG".into(),
         video: false,
         capture_time: Some(1_700_000_000_000),
         width: None,

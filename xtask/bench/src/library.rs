@@ -138,6 +138,7 @@ fn commit_of(i: usize, manifest: ManifestId) -> CommitAsset {
         width: Some(4032),
         height: Some(3024),
         original_name: format!("IMG_{i:06}.HEIC"),
+        path: String::new(),
         device: "bench".into(),
         reservation_id: None,
         manifest_upload: None,
@@ -367,6 +368,7 @@ pub async fn run(root: &Path, short: bool) -> Result<()> {
                 manifest_id: Bytes::copy_from_slice(m.as_bytes()),
                 kind: pb::AssetKind::Photo.into(),
                 original_name: format!("IMG_W{i:05}.HEIC"),
+                path: String::new(),
                 ..Default::default()
             })
             .await?

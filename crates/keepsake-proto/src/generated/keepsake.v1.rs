@@ -4177,6 +4177,10 @@ pub struct Asset {
     /// (upload, then CommitAsset naming the asset), which clears the flag.
     #[prost(bool, tag = "19")]
     pub damaged: bool,
+    /// Where it is in the library folder, folders and exact name (`trip/IMG_0001.JPG`):
+    /// every device puts its file there.
+    #[prost(string, tag = "20")]
+    pub path: ::prost::alloc::string::String,
 }
 /// A file made from an asset's current version.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -4297,6 +4301,11 @@ pub struct CommitAssetRequest {
     /// The manifest as splices of one the account holds (an edited file).
     #[prost(message, optional, tag = "12")]
     pub manifest_edit: ::core::option::Option<ManifestEdit>,
+    /// Where the file is in the library folder, relative, `/`-separated; refused with
+    /// INVALID_ARGUMENT if it has `..`, empty components, backslashes, control characters…
+    /// Empty: original_name at the top. Only a new asset takes it (a rename is RenameAsset).
+    #[prost(string, tag = "13")]
+    pub path: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct CommitAssetResponse {
@@ -4307,9 +4316,13 @@ pub struct CommitAssetResponse {
     /// The edit started from a stale base: both versions kept, this one current.
     #[prost(bool, tag = "3")]
     pub conflict: bool,
-    /// Identical content was already an asset: no new asset was made.
+    /// The asset already had this content as its current version: no version was made.
+    /// (A new file is always a new asset, whatever other asset has the same bytes.)
     #[prost(bool, tag = "4")]
     pub deduplicated: bool,
+    /// The asset's path: the one asked for, or numbered where another asset holds it.
+    #[prost(string, tag = "5")]
+    pub path: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct FindAssetsByContentRequest {
@@ -4325,9 +4338,14 @@ pub struct ContentMatch {
     /// Live or trashed assets with this content.
     #[prost(message, repeated, tag = "2")]
     pub assets: ::prost::alloc::vec::Vec<Asset>,
-    /// Content with this hash was purged at this time: do not upload it again.
+    /// An asset with this content was last purged at this time.
     #[prost(int64, optional, tag = "3")]
     pub purged_at_ms: ::core::option::Option<i64>,
+    /// The paths of purged assets with this content. A tombstone is per asset and path: a
+    /// new copy of the bytes is a new photo; only a device that lost its journal and finds
+    /// the file at one of these paths takes it for the purged one.
+    #[prost(string, repeated, tag = "4")]
+    pub purged_paths: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct FindAssetsByContentResponse {
@@ -4435,6 +4453,42 @@ pub struct RestoreAssetRequest {
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct RestoreAssetResponse {}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RenameAssetRequest {
+    #[prost(string, tag = "1")]
+    pub asset_id: ::prost::alloc::string::String,
+    /// The new path, with the rules of CommitAssetRequest.path.
+    #[prost(string, tag = "2")]
+    pub path: ::prost::alloc::string::String,
+    #[prost(message, optional, tag = "3")]
+    pub clock: ::core::option::Option<Clock>,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RenameAssetResponse {
+    /// False when a newer rename had already won, or it was already there.
+    #[prost(bool, tag = "1")]
+    pub applied: bool,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListDuplicatesRequest {
+    /// Groups wanted, at most 1000 (0: 100).
+    #[prost(uint32, tag = "1")]
+    pub limit: u32,
+}
+/// Live assets with identical content.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct DuplicateGroup {
+    #[prost(bytes = "bytes", tag = "1")]
+    pub file_hash: ::prost::bytes::Bytes,
+    #[prost(message, repeated, tag = "2")]
+    pub assets: ::prost::alloc::vec::Vec<Asset>,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListDuplicatesResponse {
+    /// Largest files first.
+    #[prost(message, repeated, tag = "1")]
+    pub groups: ::prost::alloc::vec::Vec<DuplicateGroup>,
+}
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ApplyEditsRequest {
     /// In the order they were made.
@@ -4444,7 +4498,7 @@ pub struct ApplyEditsRequest {
 /// One edit: the request its own call would take.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct LibraryEdit {
-    #[prost(oneof = "library_edit::Edit", tags = "1, 2, 3, 4, 5, 6")]
+    #[prost(oneof = "library_edit::Edit", tags = "1, 2, 3, 4, 5, 6, 7")]
     pub edit: ::core::option::Option<library_edit::Edit>,
 }
 /// Nested message and enum types in `LibraryEdit`.
@@ -4463,6 +4517,8 @@ pub mod library_edit {
         TrashAsset(super::TrashAssetRequest),
         #[prost(message, tag = "6")]
         RestoreAsset(super::RestoreAssetRequest),
+        #[prost(message, tag = "7")]
+        RenameAsset(super::RenameAssetRequest),
     }
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -4981,6 +5037,59 @@ pub mod library_client {
                 .insert(GrpcMethod::new("keepsake.v1.Library", "RestoreAsset"));
             self.inner.unary(req, path, codec).await
         }
+        /// Moves an asset to another path (a rename or a move between folders); last writer by
+        /// clock wins. A path another live asset holds (case and Unicode normalization folded)
+        /// is numbered: the answer's asset says where it went.
+        pub async fn rename_asset(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RenameAssetRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RenameAssetResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/keepsake.v1.Library/RenameAsset",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("keepsake.v1.Library", "RenameAsset"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Live assets whose content is identical, grouped, for a person to decide about: the
+        /// library never merges them.
+        pub async fn list_duplicates(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListDuplicatesRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListDuplicatesResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/keepsake.v1.Library/ListDuplicates",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("keepsake.v1.Library", "ListDuplicates"));
+            self.inner.unary(req, path, codec).await
+        }
         /// Deletes an asset for good; its content is released to the store's GC.
         pub async fn purge_asset(
             &mut self,
@@ -5223,6 +5332,25 @@ pub mod library_server {
             request: tonic::Request<super::RestoreAssetRequest>,
         ) -> std::result::Result<
             tonic::Response<super::RestoreAssetResponse>,
+            tonic::Status,
+        >;
+        /// Moves an asset to another path (a rename or a move between folders); last writer by
+        /// clock wins. A path another live asset holds (case and Unicode normalization folded)
+        /// is numbered: the answer's asset says where it went.
+        async fn rename_asset(
+            &self,
+            request: tonic::Request<super::RenameAssetRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RenameAssetResponse>,
+            tonic::Status,
+        >;
+        /// Live assets whose content is identical, grouped, for a person to decide about: the
+        /// library never merges them.
+        async fn list_duplicates(
+            &self,
+            request: tonic::Request<super::ListDuplicatesRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListDuplicatesResponse>,
             tonic::Status,
         >;
         /// Deletes an asset for good; its content is released to the store's GC.
@@ -5876,6 +6004,96 @@ pub mod library_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = RestoreAssetSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/keepsake.v1.Library/RenameAsset" => {
+                    #[allow(non_camel_case_types)]
+                    struct RenameAssetSvc<T: Library>(pub Arc<T>);
+                    impl<
+                        T: Library,
+                    > tonic::server::UnaryService<super::RenameAssetRequest>
+                    for RenameAssetSvc<T> {
+                        type Response = super::RenameAssetResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::RenameAssetRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Library>::rename_asset(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RenameAssetSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/keepsake.v1.Library/ListDuplicates" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListDuplicatesSvc<T: Library>(pub Arc<T>);
+                    impl<
+                        T: Library,
+                    > tonic::server::UnaryService<super::ListDuplicatesRequest>
+                    for ListDuplicatesSvc<T> {
+                        type Response = super::ListDuplicatesResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ListDuplicatesRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Library>::list_duplicates(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListDuplicatesSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
