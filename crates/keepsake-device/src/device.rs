@@ -27,6 +27,11 @@ const AGENT_LOCK: &str = "agent.lock";
 /// Journal keys of the photos the cloud flagged damaged that this device waits for.
 const DAMAGED_WAITING: &str = "damaged_waiting:";
 
+/// Journal keys of new files' commits sent and not yet answered: the content sent.
+const ATTEMPT: &str = "attempt:";
+/// Journal key: "1" when the first scan of a new journal found files in the folder.
+const FOUND_FULL: &str = "found_full";
+
 /// Files modified this recently are hashed even when their stat looks unchanged.
 const RACY_WINDOW_NS: i64 = 2_000_000_000;
 
@@ -990,6 +995,10 @@ impl<C: Cloud> Device<C> {
         }
         report.skipped = listing.skipped;
         report.ignored = listing.ignored;
+        if self.journal.get(FOUND_FULL)?.is_none() {
+            let full = !on_disk.is_empty() && self.journal.files()?.is_empty();
+            self.journal.set(FOUND_FULL, if full { "1" } else { "0" })?;
+        }
         // Rows whose file is gone from its path: moved (paired below, by inode, then by
         // content), or deleted (the rest, once the pass gets to deletes).
         let mut vanished: Vec<FileRow> = self
@@ -1298,8 +1307,12 @@ impl<C: Cloud> Device<C> {
         if !self.reinstalling()? {
             return Ok(None);
         }
-        if let Some(live) = unclaimed.iter().find(|h| !h.trashed) {
-            return Ok(Some(NoUpload::InCloud((*live).clone())));
+        // Path first for every file: an asset at the path of another file here is that
+        // file's (the same, or edited since), not this one's.
+        for live in unclaimed.iter().filter(|h| !h.trashed) {
+            if self.journal.file(&live.path)?.is_none() {
+                return Ok(Some(NoUpload::InCloud((*live).clone())));
+            }
         }
         let purged_here = lookup
             .purged_paths
@@ -1308,11 +1321,60 @@ impl<C: Cloud> Device<C> {
         Ok(purged_here.then_some(NoUpload::Purged))
     }
 
-    /// Whether this device has never read the feed: its journal is new (a reinstall, or
-    /// a device joining with its folder already full), so files here may be the
-    /// library's own under other names.
+    /// Whether a new file was sent before without its answer journalled. If it has been
+    /// edited since and the library has an asset of the content it was sent with, at its
+    /// path (or the path it was renamed from), that no file here claims, the file is that
+    /// asset: its new bytes go as a new version.
+    async fn adopt_own_lost_commit(&mut self, row: &mut FileRow) -> Result<bool, DeviceError> {
+        let key = format!("{ATTEMPT}{}", row.nonce);
+        let Some(attempt) = self.journal.get(&key)? else {
+            return Ok(false);
+        };
+        let (sent, sent_path) = attempt.split_once(' ').unwrap_or((&attempt, ""));
+        let sent_path = keepsake_path::fold(sent_path);
+        let Ok(sent) = hex::decode(sent)
+            .map_err(|_| ())
+            .and_then(|b| ChunkId::from_slice(&b).map_err(|_| ()))
+        else {
+            self.journal.remove_key(&key)?;
+            return Ok(false);
+        };
+        if sent == row.file_hash {
+            // Sent as it is: the retry, same request id, gets the first answer.
+            return Ok(true);
+        }
+        let found = self.cloud.lookups(&[sent]).await?;
+        let here = keepsake_path::fold(&row.path);
+        let mut own = None;
+        for holder in found.into_iter().flat_map(|l| l.assets) {
+            let at = keepsake_path::fold(&paths::unnumbered(&holder.path));
+            if !holder.trashed
+                && (at == here || at == sent_path)
+                && self.journal.file_of_asset(&holder.asset_id)?.is_none()
+            {
+                own = Some(holder);
+                break;
+            }
+        }
+        self.journal.remove_key(&key)?;
+        let Some(holder) = own else {
+            return Ok(false);
+        };
+        tracing::info!(path = %row.path, asset = %holder.asset_id, "a commit whose answer was lost: the file's edit goes as its new version");
+        row.asset_id = Some(holder.asset_id);
+        row.version = Some(holder.version);
+        row.lib_path = Some(holder.path);
+        self.journal.upsert(row)?;
+        Ok(true)
+    }
+
+    /// Whether this device found its folder full when its journal was new (a reinstall,
+    /// or a device joining with a copy of the library) and has not read the feed yet: its
+    /// files may be the library's own under other names. A device that started empty
+    /// never is: each file it sees was made here.
     fn reinstalling(&self) -> Result<bool, DeviceError> {
-        Ok(self.journal.get("cursor")?.is_none())
+        Ok(self.journal.get(FOUND_FULL)?.as_deref() == Some("1")
+            && self.journal.get("cursor")?.is_none())
     }
 
     /// Waits for one file in flight and journals what it did.
@@ -1425,8 +1487,13 @@ impl<C: Cloud> Device<C> {
         report: &mut SyncReport,
     ) -> Result<Option<Shipment>, DeviceError> {
         let mut row = row.clone();
+        // A file sent before: its first content may be an asset already (then what it
+        // holds now is an edit of it), or the retry gets the first answer. Either way it
+        // is not linked to anything else.
+        let sent_before = row.asset_id.is_none() && self.adopt_own_lost_commit(&mut row).await?;
         let no_upload = match &row.asset_id {
             Some(_) => None,
+            None if sent_before => None,
             None => self.no_upload_needed(&row, &lookup.unwrap_or_default())?,
         };
         match no_upload {
@@ -1561,6 +1628,15 @@ impl<C: Cloud> Device<C> {
             },
             None => None,
         };
+        if row.asset_id.is_none() && row.nonce > 0 {
+            // Remembered until the commit's answer is journalled: a reply lost and the file
+            // edited before the retry would otherwise leave its first commit an asset no
+            // file is (the retry, of other bytes, has another request id).
+            self.journal.set(
+                &format!("{ATTEMPT}{}", row.nonce),
+                &format!("{} {}", hex::encode(row.file_hash.0), row.path),
+            )?;
+        }
         Ok(Some(Shipment {
             acked: self.journal.acked(&row.file_hash)?.into_iter().collect(),
             base,
@@ -1644,10 +1720,26 @@ impl<C: Cloud> Device<C> {
         }
         if row.lib_path.is_none() {
             row.lib_path = Some(reply.path.clone());
+            if paths::unnumbered(&reply.path) != paths::unnumbered(&row.path) {
+                // A retry of a commit made before the file was renamed: the library has it
+                // at its old path, and the rename goes as one.
+                let edit = Edit::Rename {
+                    asset_id: reply.asset_id.clone(),
+                    path: row.path.clone(),
+                };
+                self.journal
+                    .queue_edit(&edit, self.clock.now_ms(), &self.config.device_id)?;
+                row.lib_path = Some(row.path.clone());
+                report.renames_sent += 1;
+            }
         }
         row.asset_id = Some(reply.asset_id);
         row.version = Some(reply.version);
         row.synced = true;
+        if row.nonce > 0 {
+            self.journal
+                .remove_key(&format!("{ATTEMPT}{}", row.nonce))?;
+        }
         self.journal.upsert(&row)?;
         self.journal.forget_acked(&row.file_hash)?;
         self.journal.keep_manifest(&manifest)?;
@@ -3367,7 +3459,11 @@ mod tests {
         // A long name leaves room for " (2)" and keeps its extension and whole characters.
         let long = format!("{}.jpeg", "é".repeat(124));
         let local = local_name(&long, "a");
-        assert!(local.len() <= paths::LOCAL_NAME_MAX_BYTES, "{}", local.len());
+        assert!(
+            local.len() <= paths::LOCAL_NAME_MAX_BYTES,
+            "{}",
+            local.len()
+        );
         assert!(local.ends_with("é.jpeg"), "{local}");
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(&local), b"one").unwrap();

@@ -123,7 +123,10 @@ pub struct CommitRequest {
 }
 
 impl CommitRequest {
-    /// A hash of every field, to tell a retry from a different request under the same id.
+    /// A hash of every field but the name and path, to tell a retry from a different
+    /// request under the same id. A file renamed between an attempt whose answer was lost
+    /// and its retry is the same request: the retry gets the first answer (and the device
+    /// sends the rename), never REQUEST_ID_REUSED on every pass.
     fn fingerprint(&self) -> [u8; 32] {
         let mut h = blake3::Hasher::new();
         let mut field = |bytes: &[u8]| {
@@ -140,8 +143,6 @@ impl CommitRequest {
         field(&self.capture_time.unwrap_or(i64::MIN).to_le_bytes());
         field(&self.width.map_or(-1, i64::from).to_le_bytes());
         field(&self.height.map_or(-1, i64::from).to_le_bytes());
-        field(self.original_name.as_bytes());
-        field(self.path.as_bytes());
         field(self.device.as_bytes());
         *h.finalize().as_bytes()
     }

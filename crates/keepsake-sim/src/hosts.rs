@@ -48,6 +48,18 @@ pub(crate) struct Shared {
     pub replaced: std::collections::BTreeSet<String>,
     /// Contents made by an edit in place.
     pub edited: std::collections::BTreeSet<String>,
+    /// Files made with each content, by a camera or a person's copy: each is a photo of
+    /// its own, so at most this many assets may have it.
+    pub made: BTreeMap<String, u32>,
+    /// Files whose content an edit in place (or an edit thrown away) took away: that many
+    /// fewer assets may have it.
+    pub edited_away: BTreeMap<String, u32>,
+    /// Files deleted while another file had their bytes: the scan may pair the two as a
+    /// move (a copy then a delete), one asset for both.
+    pub deleted_beside_twin: BTreeMap<String, u32>,
+    /// Files a person renamed or moved on the device that made them, by the device and
+    /// the file's number: (its path now, its content). Their asset must end there.
+    pub renamed: BTreeMap<(usize, u64), (String, String)>,
     /// Photos each device has taken so far (survives the device's restarts).
     pub taken: Vec<u64>,
     /// The newest acknowledged favourite edit of each asset: (stamp, value).
@@ -69,6 +81,10 @@ impl Shared {
             captured: BTreeMap::new(),
             replaced: Default::default(),
             edited: Default::default(),
+            made: BTreeMap::new(),
+            edited_away: BTreeMap::new(),
+            deleted_beside_twin: BTreeMap::new(),
+            renamed: BTreeMap::new(),
             taken: vec![0; devices],
             favorites: BTreeMap::new(),
             quiet: vec![0; devices],
@@ -370,10 +386,85 @@ impl DeviceHost {
                 self.write_in(&name, &data)?;
                 let mut s = self.shared.lock().unwrap();
                 s.captured.insert(hash.clone(), self.index);
+                *s.made.entry(hash.clone()).or_default() += 1;
                 s.trace(now_ms(), &self.name, format!("took {name} {}", &hash[..8]));
             }
-            25..=59 => {
+            25..=52 => {
                 self.sync(device).await;
+            }
+            53..=55 => {
+                // A person copies one of this camera's photos under another name, in a
+                // folder: the same bytes, a photo of its own.
+                let Some((name, data)) = self.one_of_mine()? else {
+                    return Ok(());
+                };
+                let hash = blake3::hash(&data).to_hex().to_string();
+                if !self.shared.lock().unwrap().captured.contains_key(&hash) {
+                    return Ok(());
+                }
+                let n = self.roll(1_000_000);
+                let copy = format!("copies/copy {n} of {name}");
+                std::fs::create_dir_all(self.folder.join("copies"))?;
+                self.write_in(&copy, &data)?;
+                let mut s = self.shared.lock().unwrap();
+                *s.made.entry(hash.clone()).or_default() += 1;
+                s.trace(
+                    now_ms(),
+                    &self.name,
+                    format!("copied {name} to {copy} {}", &hash[..8]),
+                );
+            }
+            56..=59 => {
+                // A person renames one of this camera's photos, or moves it into a folder,
+                // or renames a file they renamed before.
+                let renamed: Vec<(u64, String)> = {
+                    let s = self.shared.lock().unwrap();
+                    s.renamed
+                        .iter()
+                        .filter(|((device, _), _)| *device == self.index)
+                        .map(|((_, n), (path, _))| (*n, path.clone()))
+                        .collect()
+                };
+                let (n, from) = match self.roll(3) {
+                    0 if !renamed.is_empty() => {
+                        renamed[self.roll(renamed.len() as u64) as usize].clone()
+                    }
+                    _ => match self.one_of_mine()? {
+                        Some((name, _)) => {
+                            let n = name
+                                .trim_start_matches(&format!("IMG_{}_", self.index))
+                                .trim_end_matches(".JPG")
+                                .parse()
+                                .unwrap_or(0);
+                            (n, name)
+                        }
+                        None => return Ok(()),
+                    },
+                };
+                let Ok(data) = std::fs::read(self.folder.join(&from)) else {
+                    return Ok(()); // moved or deleted by the sync meanwhile
+                };
+                let hash = blake3::hash(&data).to_hex().to_string();
+                let to = match self.roll(3) {
+                    0 => format!("renamed {}-{n}.jpg", self.index),
+                    1 => format!("trip {}/renamed {}-{n}.jpg", self.roll(2), self.index),
+                    _ => format!("2026/{}/day {}-{n}.jpg", self.roll(3), self.index),
+                };
+                if to == from || self.folder.join(&to).exists() {
+                    return Ok(());
+                }
+                if let Some(parent) = std::path::Path::new(&to).parent() {
+                    std::fs::create_dir_all(self.folder.join(parent))?;
+                }
+                std::fs::rename(self.folder.join(&from), self.folder.join(&to))?;
+                let mut s = self.shared.lock().unwrap();
+                s.renamed
+                    .insert((self.index, n), (to.clone(), hash.clone()));
+                s.trace(
+                    now_ms(),
+                    &self.name,
+                    format!("renamed {from} to {to} {}", &hash[..8]),
+                );
             }
             60..=71 => {
                 if let Some(asset) = self.pick(device, |a| !a.trashed)? {
@@ -425,6 +516,15 @@ impl DeviceHost {
                     let path = self.folder.join(&asset.name);
                     if path.exists() {
                         self.throw_away_unsynced_edit(&path);
+                        if let Ok(data) = std::fs::read(&path) {
+                            // Deleted while a copy not yet seen by the scan has its bytes:
+                            // to the device, a copy then a delete is a move.
+                            let hash = blake3::hash(&data).to_hex().to_string();
+                            let mut s = self.shared.lock().unwrap();
+                            if s.made.get(&hash).is_some_and(|made| *made > 1) {
+                                *s.deleted_beside_twin.entry(hash).or_default() += 1;
+                            }
+                        }
                         std::fs::remove_file(&path)?;
                         self.trace(format!("deleted {} ({})", asset.name, asset.asset_id));
                     }
@@ -477,6 +577,8 @@ impl DeviceHost {
                 self.write_in(&name, &data)?;
                 let mut s = self.shared.lock().unwrap();
                 s.replaced.insert(before.clone());
+                *s.edited_away.entry(before.clone()).or_default() += 1;
+                *s.made.entry(after.clone()).or_default() += 1;
                 s.edited.insert(after.clone());
                 s.captured.insert(after.clone(), self.index);
                 s.trace(
@@ -493,7 +595,7 @@ impl DeviceHost {
     /// Writes a photo as camera and photo apps do: beside the folder, stamped with the
     /// device's (simulated) clock, then renamed in.
     fn write_in(&self, name: &str, data: &[u8]) -> std::io::Result<()> {
-        let part = self.data.join(format!("{name}.part"));
+        let part = self.data.join(format!("{}.part", name.replace('/', "_")));
         std::fs::write(&part, data)?;
         let now = std::time::UNIX_EPOCH
             + Duration::from_millis((EPOCH_MS + now_ms() as i64 + self.skew_ms) as u64);
@@ -513,8 +615,27 @@ impl DeviceHost {
         let hash = blake3::hash(&data).to_hex().to_string();
         let mut s = self.shared.lock().unwrap();
         if s.edited.contains(&hash) {
+            *s.edited_away.entry(hash.clone()).or_default() += 1;
             s.replaced.insert(hash);
         }
+    }
+
+    /// One of the photos this camera took, still at the top of its folder under the
+    /// camera's name, and its bytes.
+    fn one_of_mine(&self) -> std::io::Result<Option<(String, Vec<u8>)>> {
+        let mut mine: Vec<String> = std::fs::read_dir(&self.folder)?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(&format!("IMG_{}_", self.index)))
+            .collect();
+        mine.sort();
+        if mine.is_empty() {
+            return Ok(None);
+        }
+        let name = mine.swap_remove(self.roll(mine.len() as u64) as usize);
+        Ok(std::fs::read(self.folder.join(&name))
+            .ok()
+            .map(|data| (name, data)))
     }
 
     fn pick(
@@ -543,9 +664,12 @@ impl DeviceHost {
                     + r.purged
                     + r.edits_sent
                     + r.edits_dropped
-                    + r.kept_apart;
+                    + r.kept_apart
+                    + r.renames_sent
+                    + r.renamed_here
+                    + r.restored_by_return;
                 self.trace(format!(
-                    "sync up={} linked={} down={} trashed={}/{} restored={} edits={} blocked={:?}",
+                    "sync up={} linked={} down={} trashed={}/{} restored={} edits={} renamed={}/{} blocked={:?}",
                     r.uploaded,
                     r.linked,
                     r.downloaded,
@@ -553,6 +677,8 @@ impl DeviceHost {
                     r.trashed_remotely,
                     r.restored,
                     r.edits_sent,
+                    r.renames_sent,
+                    r.renamed_here,
                     r.blocked
                 ));
                 work > 0 || r.blocked.is_some()

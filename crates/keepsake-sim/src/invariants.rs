@@ -2,7 +2,10 @@
 //!
 //! - nothing lost: every photo taken, and every edit of one, is an asset (its current
 //!   version), in the library or its Recently Deleted;
-//! - nothing duplicated: no content is two assets;
+//! - nothing duplicated: no content is more assets than files were made with it (a copy
+//!   under another name is a photo of its own, never merged);
+//! - where people put them: a file renamed or moved by a person ends, as its asset, at
+//!   its newest path, and every file on every device sits at its asset's path;
 //! - one library: every device shows the same assets, favourites, hidden and deleted
 //!   states and albums as the library, and holds exactly its live photos;
 //! - the newest favourite wins: an asset's favourite is the one of its newest edit;
@@ -71,10 +74,38 @@ pub(crate) fn check(root: &Path, shared: &Shared, devices: usize) -> anyhow::Res
         }
     }
     for (hash, ids) in &by_content {
-        if ids.len() > 1 {
+        let made = shared.made.get(hash).copied().unwrap_or(1) as usize;
+        if ids.len() > made {
             v.push(format!(
-                "duplicated: content {} is assets {ids:?}",
+                "duplicated: content {} is assets {ids:?}, made as {made} files",
                 &hash[..12]
+            ));
+        }
+    }
+    for (hash, made) in &shared.made {
+        let away = shared.edited_away.get(hash).copied().unwrap_or(0);
+        let paired = shared.deleted_beside_twin.get(hash).copied().unwrap_or(0);
+        let have = by_content.get(hash).map_or(0, Vec::len);
+        if have + ((away + paired) as usize) < *made as usize {
+            v.push(format!(
+                "lost: content {} was made as {made} files ({away} edited away, {paired} deleted \
+                 beside a twin) but is {have} assets",
+                &hash[..12]
+            ));
+        }
+    }
+    for ((device, n), (path, hash)) in &shared.renamed {
+        let there = assets
+            .iter()
+            .any(|a| a.file_hash.to_hex() == *hash && a.path == *path);
+        if !there {
+            let now: Vec<&str> = assets
+                .iter()
+                .filter(|a| a.file_hash.to_hex() == *hash)
+                .map(|a| a.path.as_str())
+                .collect();
+            v.push(format!(
+                "renamed: device{device}'s photo {n} was moved to {path:?} but its asset is at {now:?}"
             ));
         }
     }
@@ -133,7 +164,28 @@ pub(crate) fn check(root: &Path, shared: &Shared, devices: usize) -> anyhow::Res
             Some(_) => {}
         }
         let folder = root.join(format!("device{i}/folder"));
-        let held = folder_hashes(&folder)?;
+        let files = folder_files(&folder)?;
+        for (path, hash) in &files {
+            let placed = assets.iter().any(|a| {
+                a.state == AssetState::Live
+                    && a.file_hash.to_hex() == *hash
+                    && unnumbered(&a.path) == unnumbered(path)
+            });
+            if !placed {
+                let with_bytes: Vec<(&str, &AssetState)> = assets
+                    .iter()
+                    .filter(|a| a.file_hash.to_hex() == *hash)
+                    .map(|a| (a.path.as_str(), &a.state))
+                    .collect();
+                v.push(format!(
+                    "device{i} holds {path:?} ({}) where no live asset with its bytes is \
+                     (assets with its bytes: {with_bytes:?})",
+                    &hash[..8]
+                ));
+            }
+        }
+        let mut held: Vec<String> = files.into_iter().map(|(_, hash)| hash).collect();
+        held.sort();
         for hash in &held {
             if !shared.captured.contains_key(hash) {
                 v.push(format!(
@@ -186,22 +238,47 @@ pub(crate) fn check(root: &Path, shared: &Shared, devices: usize) -> anyhow::Res
     Ok(report)
 }
 
-/// Sorted content hashes of the photos in a folder (hidden bookkeeping left out).
-fn folder_hashes(folder: &Path) -> anyhow::Result<Vec<String>> {
-    let mut hashes = Vec::new();
-    for entry in std::fs::read_dir(folder)? {
-        let entry = entry?;
-        if entry.file_name().to_string_lossy().starts_with('.') || !entry.file_type()?.is_file() {
-            continue;
+/// The photos in a folder and its folders, by relative path, with their content hashes
+/// (hidden bookkeeping left out).
+fn folder_files(folder: &Path) -> anyhow::Result<Vec<(String, String)>> {
+    let mut files = Vec::new();
+    let mut stack = vec![folder.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            if entry.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            if entry.file_type()?.is_dir() {
+                stack.push(entry.path());
+            } else if entry.file_type()?.is_file() {
+                let rel = entry
+                    .path()
+                    .strip_prefix(folder)?
+                    .to_string_lossy()
+                    .into_owned();
+                let hash = blake3::hash(&std::fs::read(entry.path())?)
+                    .to_hex()
+                    .to_string();
+                files.push((rel, hash));
+            }
         }
-        hashes.push(
-            blake3::hash(&std::fs::read(entry.path())?)
-                .to_hex()
-                .to_string(),
-        );
     }
-    hashes.sort();
-    Ok(hashes)
+    files.sort();
+    Ok(files)
+}
+
+/// A path without the " (n)" a library or a device adds to a taken name.
+fn unnumbered(path: &str) -> String {
+    let (stem, ext) = match path.rfind('.') {
+        Some(at) if at > path.rfind('/').map_or(0, |s| s + 1) => path.split_at(at),
+        _ => (path, ""),
+    };
+    let stem = match stem.rsplit_once(" (") {
+        Some((base, n)) if n.ends_with(')') && n[..n.len() - 1].parse::<u32>().is_ok() => base,
+        _ => stem,
+    };
+    format!("{stem}{ext}")
 }
 
 fn sqlite_files(root: &Path) -> anyhow::Result<Vec<std::path::PathBuf>> {

@@ -3,7 +3,8 @@
 //! One process runs the real server (store, library, gRPC services) and several real
 //! devices (journal, folder, sync engine, gRPC client) as [turmoil] hosts: the network
 //! between them and the passage of time are simulated, so a seed fixes everything that
-//! happens. While people take photos, delete and restore them, mark favourites and fill
+//! happens. While people take photos, copy them under other names into folders, rename
+//! and move them, delete and restore them (one of two twins too), mark favourites and fill
 //! albums, the run crashes and restarts the server and the devices, partitions and
 //! heals links, holds messages back, loses replies after a commit went through, and
 //! delivers calls twice or late. Then the faults heal, the devices settle, and
@@ -80,6 +81,10 @@ pub struct SimOutcome {
     pub captured: usize,
     /// Assets in the library at the end (live or in Recently Deleted).
     pub assets: usize,
+    /// Copies people made of photos under other names (each a photo of its own).
+    pub copies: usize,
+    /// Renames and moves people made in their folders.
+    pub renames: usize,
     /// Server crashes (kill and restart).
     pub server_crashes: u32,
     /// Device crashes.
@@ -230,6 +235,8 @@ pub fn run(options: &SimOptions) -> anyhow::Result<SimOutcome> {
     let s = shared.lock().unwrap();
     outcome.faults = s.faults.lock().unwrap().clone();
     outcome.captured = s.captured.len();
+    outcome.copies = s.trace.iter().filter(|l| l.contains(" copied ")).count();
+    outcome.renames = s.trace.iter().filter(|l| l.contains(" renamed ")).count();
     outcome.events = s.trace.len();
     outcome.trace_hash = s.trace_hash();
     outcome.tail = s

@@ -39,10 +39,12 @@ fn main() -> anyhow::Result<()> {
     for (seed, outcome) in results {
         let o = outcome.with_context(|| format!("seed {seed}"))?;
         println!(
-            "seed {seed:>6}: trace {} ({} events), {} photos and edits, {} assets, {} server and {} device crashes, {} cuts, {} lost replies, {} duplicate and {} late calls, settled in {} ms{}",
+            "seed {seed:>6}: trace {} ({} events), {} photos and edits, {} copies, {} renames, {} assets, {} server and {} device crashes, {} cuts, {} lost replies, {} duplicate and {} late calls, settled in {} ms{}",
             o.trace_hash,
             o.events,
             o.captured,
+            o.copies,
+            o.renames,
             o.assets,
             o.server_crashes,
             o.device_crashes,
