@@ -3413,3 +3413,111 @@ mod camera_roll {
         }
     }
 }
+
+mod upgrade {
+    use super::camera_roll::*;
+    use super::devices::*;
+    use keepsake_device::Edit;
+
+    /// A device of the version before paths linked a copy of a photo to the photo's asset
+    /// (one asset, two files) and the library kept only names (a photo from `sub/` was
+    /// at the top). Upgraded, it splits the copy into a photo of its own and sends the
+    /// folder back as a rename — and uploads no chunk again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_older_device_s_merged_twins_are_split_and_nothing_is_sent_again() {
+        let root = tempfile::tempdir().unwrap();
+        let c = cloud().await;
+        let fa = root.path().join("A");
+        std::fs::create_dir_all(fa.join("sub")).unwrap();
+        let (one, three) = (photo(1, 90_000), photo(3, 70_000));
+        std::fs::write(fa.join("IMG_0001.JPG"), &one).unwrap();
+        std::fs::write(fa.join("copy of IMG_0001.JPG"), &one).unwrap();
+        std::fs::write(fa.join("sub/IMG_0003.JPG"), &three).unwrap();
+        let data = root.path().join("a-data");
+        let mut a = device(&c, &fa, &data, "old phone").await;
+        sync(&mut a).await;
+        // Make the journal and the library what the older version left behind.
+        let copy = id_at(&c, "copy of IMG_0001.JPG");
+        let original = id_at(&c, "IMG_0001.JPG");
+        let nested = id_at(&c, "sub/IMG_0003.JPG");
+        a.edit(Edit::Trash {
+            asset_id: copy.clone(),
+        })
+        .unwrap();
+        sync(&mut a).await;
+        c.cloud.purge("alice", &copy).unwrap();
+        let clock = keepsake_library::Hlc {
+            wall_ms: 1,
+            counter: 0,
+            device: "migration".into(),
+        };
+        c.cloud
+            .library()
+            .rename("alice", &nested, "IMG_0003.JPG", &clock)
+            .unwrap();
+        let config = a.config().clone();
+        drop(a);
+        std::fs::write(fa.join("copy of IMG_0001.JPG"), &one).unwrap();
+        let journal = rusqlite::Connection::open(data.join("journal.sqlite")).unwrap();
+        journal
+            .execute_batch(&format!(
+                "INSERT OR REPLACE INTO files (path, size, mtime_ns, inode, file_hash, asset_id,
+                        version, state, lib_path, nonce)
+                   SELECT 'copy of IMG_0001.JPG', size, mtime_ns, inode, file_hash, asset_id,
+                          version, state, NULL, 0 FROM files WHERE asset_id = '{original}';
+                 UPDATE files SET lib_path = NULL, nonce = 0;
+                 DELETE FROM kv WHERE key = 'files_apart';"
+            ))
+            .unwrap();
+        drop(journal);
+        let meta = std::fs::metadata(fa.join("copy of IMG_0001.JPG")).unwrap();
+        let journal = rusqlite::Connection::open(data.join("journal.sqlite")).unwrap();
+        journal
+            .execute(
+                "UPDATE files SET size = ?1, mtime_ns = ?2, inode = ?3 WHERE path = 'copy of IMG_0001.JPG'",
+                rusqlite::params![
+                    meta.len() as i64,
+                    {
+                        use std::os::unix::fs::MetadataExt;
+                        meta.mtime() * 1_000_000_000 + meta.mtime_nsec()
+                    },
+                    {
+                        use std::os::unix::fs::MetadataExt;
+                        meta.ino() as i64
+                    }
+                ],
+            )
+            .unwrap();
+        drop(journal);
+        assert_eq!(
+            live(&c).len(),
+            2,
+            "the older library: one asset for two files"
+        );
+
+        let mut a = restart_with(&c, config).await;
+        let upgraded = sync(&mut a).await;
+        assert_eq!(upgraded.uploaded, 1, "{upgraded:?}");
+        assert_eq!(upgraded.bytes_sent, 0, "{upgraded:?}");
+        assert_eq!(upgraded.trashed_remotely, 0, "{upgraded:?}");
+        let library = library_tree(&c);
+        assert_eq!(library.len(), 3, "{library:#?}");
+        assert!(library.contains_key("copy of IMG_0001.JPG"));
+        assert!(library.contains_key("sub/IMG_0003.JPG"), "{library:#?}");
+        assert_eq!(tree(&fa), library);
+        assert_eq!(sync(&mut a).await, Default::default());
+    }
+
+    async fn restart_with(
+        c: &Cloudy,
+        config: keepsake_device::DeviceConfig,
+    ) -> keepsake_device::Device<keepsake_transport::cloud_client::CloudClient> {
+        let (client, _) = enrolled_client(c, &c.url, "upgraded").await;
+        keepsake_device::Device::open(
+            config,
+            client,
+            std::sync::Arc::new(keepsake_store::SystemClock),
+        )
+        .unwrap()
+    }
+}

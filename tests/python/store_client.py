@@ -50,7 +50,7 @@ def reason(err):
 
 
 channel = grpc.insecure_channel(url.removeprefix("http://"))
-version = [("x-keepsake-client-version", "0.1.0")]
+version = [("x-keepsake-client-version", "0.2.0")]
 accounts = accounts_pb2_grpc.AccountsStub(channel)
 credentials = json.load(open(credentials_path))
 try:

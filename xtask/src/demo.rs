@@ -226,7 +226,8 @@ pub fn run(root: &Path) -> Result<()> {
     step(
         &mut n,
         &format!(
-            "the server now needs 9.9.0; this 0.1.0 client is told: {}",
+            "the server now needs 9.9.0; this {} client is told: {}",
+            env!("CARGO_PKG_VERSION"),
             line.trim()
         ),
     );

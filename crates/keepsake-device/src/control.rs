@@ -60,6 +60,14 @@ pub struct AgentStatus {
     /// a device that has them sends them again.
     #[serde(default)]
     pub damaged_waiting: u64,
+    /// Files and folders left out on purpose: system litter and what `.keepsakeignore`
+    /// names (the last pass's).
+    #[serde(default)]
+    pub ignored: Vec<String>,
+    /// New files whose name another photo held: `(name here, name in the library)`, the
+    /// newest last (at most 100).
+    #[serde(default)]
+    pub numbered: Vec<(String, String)>,
 }
 
 /// The device's sync settings, as its owner chose them (`settings.json`).

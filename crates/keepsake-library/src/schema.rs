@@ -265,3 +265,46 @@ pub fn prepare(conn: &mut Connection) -> Result<(), crate::LibraryError> {
     give_old_assets_paths(conn)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A library written before paths: two live photos named alike (a downloader's
+    /// flattened twins had one name in the library), one trashed under the same name.
+    /// Upgraded, each keeps its name or a numbered one, and the index holds them apart.
+    #[test]
+    fn a_library_from_before_paths_gives_every_asset_a_path_of_its_own() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        Migrations::new(vec![M::up(V1), M::up(V2), M::up(V3), M::up(V4), M::up(V5)])
+            .to_latest(&mut conn)
+            .unwrap();
+        for (id, name, state, seq) in [
+            ("a1", "IMG_0001.JPG", "live", 1),
+            ("a2", "img_0001.jpg", "live", 2),
+            ("a3", "IMG_0001.JPG", "trashed", 3),
+            ("a4", "../odd", "live", 4),
+        ] {
+            conn.execute(
+                "INSERT INTO assets (account, asset_id, kind, original_name, current_version,
+                                     state, seq) VALUES ('u', ?1, 'photo', ?2, 1, ?3, ?4)",
+                rusqlite::params![id, name, state, seq],
+            )
+            .unwrap();
+        }
+        prepare(&mut conn).unwrap();
+        let path = |conn: &Connection, id: &str| -> String {
+            conn.query_row("SELECT path FROM assets WHERE asset_id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .unwrap()
+        };
+        assert_eq!(path(&conn, "a1"), "IMG_0001.JPG");
+        assert_eq!(path(&conn, "a2"), "img_0001 (2).jpg");
+        assert_eq!(path(&conn, "a3"), "IMG_0001.JPG");
+        assert_eq!(path(&conn, "a4"), "asset-a4");
+        // Opening again changes nothing.
+        prepare(&mut conn).unwrap();
+        assert_eq!(path(&conn, "a2"), "img_0001 (2).jpg");
+    }
+}

@@ -41,6 +41,8 @@ fn status_to_wire(s: AgentStatus) -> pb::AgentStatus {
         optimize_budget,
         skipped,
         damaged_waiting,
+        ignored,
+        numbered,
     } = s;
     pb::AgentStatus {
         device_id,
@@ -60,6 +62,11 @@ fn status_to_wire(s: AgentStatus) -> pb::AgentStatus {
         optimize_budget,
         skipped: skipped.into_iter().map(skipped_to_wire).collect(),
         damaged_waiting,
+        ignored,
+        numbered: numbered
+            .into_iter()
+            .map(|(here, library)| pb::NumberedName { here, library })
+            .collect(),
     }
 }
 

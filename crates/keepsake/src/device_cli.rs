@@ -132,6 +132,19 @@ pub fn status(data: PathBuf) -> Result<()> {
             println!("  {}: {} [{}]", f.path, f.message, f.reason);
         }
     }
+    if !s.numbered.is_empty() {
+        println!("kept in the library under another name (another photo had theirs):");
+        for (here, library) in &s.numbered {
+            println!("  {here} -> {library}");
+        }
+    }
+    if !s.ignored.is_empty() {
+        println!(
+            "{} left out on purpose (system files, .keepsakeignore): {}",
+            s.ignored.len(),
+            s.ignored.join(", ")
+        );
+    }
     if s.damaged_waiting > 0 {
         println!(
             "{} photos are damaged in the cloud and wait for a device that has them to send them again \
@@ -710,6 +723,15 @@ pub async fn sync(
                         s.skipped = report.skipped.clone();
                     }
                     s.damaged_waiting = device.damaged_waiting();
+                    s.ignored = report.ignored.clone();
+                    for (here, library) in &report.numbered {
+                        println!(
+                            "keepsake sync: {here} is kept in the library as {library} (another photo had its name)"
+                        );
+                    }
+                    s.numbered.extend(report.numbered.iter().cloned());
+                    let over = s.numbered.len().saturating_sub(100);
+                    s.numbered.drain(..over);
                     s.clone()
                 };
                 // Best effort: a full disk must not stop sync over a status file.
@@ -832,8 +854,18 @@ pub async fn devices(server: ServerArgs, credentials: Credentials) -> Result<()>
 /// What `keepsake library` does.
 #[derive(clap::Subcommand, Clone)]
 pub enum LibraryCommand {
-    /// Every asset: id, state, size, name (tombstones included).
+    /// Every asset: id, state, size, path (tombstones included).
     Ls,
+    /// Photos whose content is identical (copies under other names): the library keeps
+    /// each, for you to decide.
+    Duplicates,
+    /// Move an asset to another path (folders and name) on every device.
+    Rename {
+        /// The asset.
+        asset_id: String,
+        /// Its new path in the library, e.g. `2024/Rome/IMG_0001.JPG`.
+        path: String,
+    },
     /// Move an asset to Recently Deleted on every device.
     Delete {
         /// The asset.
@@ -914,11 +946,59 @@ pub async fn library(
                         _ => "live",
                     };
                     let star = if a.favorite { "*" } else { " " };
+                    let path = if a.path.is_empty() {
+                        &a.original_name
+                    } else {
+                        &a.path
+                    };
                     println!(
-                        "{}  {state:<7} {star} v{:<3} {:>12}  {}",
-                        a.asset_id, a.version, a.size, a.original_name
+                        "{}  {state:<7} {star} v{:<3} {:>12}  {path}",
+                        a.asset_id, a.version, a.size
                     );
                 }
+            }
+        }
+        LibraryCommand::Duplicates => {
+            let groups = lib
+                .list_duplicates(pb::ListDuplicatesRequest { limit: 1000 })
+                .await
+                .map_err(|s| plain(s.into()))?
+                .into_inner()
+                .groups;
+            if groups.is_empty() {
+                println!("no two photos have the same content");
+            }
+            for group in &groups {
+                let size = group.assets.first().map_or(0, |a| a.size);
+                println!("{} photos with the same {size} bytes:", group.assets.len());
+                for a in &group.assets {
+                    println!("  {}  {}", a.asset_id, a.path);
+                }
+            }
+        }
+        LibraryCommand::Rename { asset_id, path } => {
+            let applied = lib
+                .rename_asset(pb::RenameAssetRequest {
+                    asset_id: asset_id.clone(),
+                    path,
+                    clock: cli_clock(&credentials),
+                })
+                .await
+                .map_err(|s| plain(s.into()))?
+                .into_inner()
+                .applied;
+            let now = lib
+                .get_asset(pb::GetAssetRequest { asset_id })
+                .await
+                .map_err(|s| plain(s.into()))?
+                .into_inner()
+                .asset
+                .map(|a| a.path)
+                .unwrap_or_default();
+            if applied {
+                println!("now at {now}");
+            } else {
+                println!("unchanged: at {now}");
             }
         }
         LibraryCommand::Delete { asset_id } => {

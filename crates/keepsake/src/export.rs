@@ -67,9 +67,13 @@ async fn fetch(
 }
 
 fn versioned_name(name: &str, version: u32) -> String {
-    match name.rsplit_once('.') {
-        Some((stem, ext)) if !stem.is_empty() => format!("{stem}.v{version}.{ext}"),
-        _ => format!("{name}.v{version}"),
+    let dir = keepsake_path::parent(name);
+    let (stem, ext) = keepsake_path::split_extension(keepsake_path::file_name(name));
+    let file = format!("{stem}.v{version}{ext}");
+    if dir.is_empty() {
+        file
+    } else {
+        format!("{dir}/{file}")
     }
 }
 
@@ -98,7 +102,15 @@ pub async fn run(
     }
     let (mut written, mut kept, mut bytes) = (0usize, 0usize, 0u64);
     let mut taken: HashSet<String> = HashSet::new();
-    assets.sort_by_key(|a| (a.capture_time_ms, a.asset_id.clone()));
+    // Live photos first, so each keeps its exact path; one in Recently Deleted whose path
+    // a live one holds is numbered.
+    assets.sort_by_key(|a| {
+        (
+            a.state != pb::AssetState::Live as i32,
+            a.capture_time_ms,
+            a.asset_id.clone(),
+        )
+    });
     for a in &assets {
         let state = pb::AssetState::try_from(a.state).unwrap_or(pb::AssetState::Live);
         let wanted = match state {
@@ -109,16 +121,22 @@ pub async fn run(
         if !wanted {
             continue;
         }
-        // One name per asset, stable across runs: the same order gives the same numbers.
-        let base = safe_name(&a.original_name, &a.asset_id);
+        // The library's path, folders and exact name; one per asset, stable across runs
+        // (the same order gives the same numbers). A path that is not plain (never from
+        // this server) falls back to a safe name at the top.
+        let base = if keepsake_path::check(&a.path).is_ok() {
+            a.path.clone()
+        } else {
+            safe_name(&a.original_name, &a.asset_id)
+        };
         let mut name = base.clone();
         let mut n = 2;
-        while !taken.insert(name.to_lowercase()) {
-            name = match base.rsplit_once('.') {
-                Some((stem, ext)) => format!("{stem} ({n}).{ext}"),
-                None => format!("{base} ({n})"),
-            };
+        while !taken.insert(keepsake_path::fold(&name)) {
+            name = keepsake_path::numbered(&base, n);
             n += 1;
+        }
+        if let Some(parent) = dir.join(&name).parent() {
+            std::fs::create_dir_all(parent)?;
         }
         let manifest = chunk_id("manifest_id", &a.manifest_id)?;
         let hash = chunk_id("file_hash", &a.file_hash)?;
@@ -159,6 +177,7 @@ pub async fn run(
         let sidecar = serde_json::json!({
             "asset_id": a.asset_id,
             "file": name,
+            "path": a.path,
             "original_name": a.original_name,
             "kind": if a.kind == pb::AssetKind::Video as i32 { "video" } else { "photo" },
             "capture_time_ms": a.capture_time_ms,

@@ -102,6 +102,14 @@ enum Command {
         #[command(flatten)]
         at: local_cli::DataArg,
     },
+    /// Photos whose content is identical (copies under other names), for you to decide
+    /// which to keep: the library never merges them.
+    Duplicates {
+        #[command(flatten)]
+        server: device_cli::ServerArgs,
+        #[command(flatten)]
+        credentials: device_cli::Credentials,
+    },
     /// Look at and change the cloud library.
     Library {
         #[command(flatten)]
@@ -219,8 +227,9 @@ struct ServeArgs {
     /// Bytes the free plan allows (default 5 GB, as iCloud's); the paid plans are unchanged.
     #[arg(long, env = "KEEPSAKE_FREE_PLAN_BYTES")]
     free_plan_bytes: Option<u64>,
-    /// Clients older than this get CLIENT_TOO_OLD on every call.
-    #[arg(long, env = "KEEPSAKE_MIN_CLIENT_VERSION", default_value = "0.0.0")]
+    /// Clients older than this get CLIENT_TOO_OLD on every call. 0.2.0 is the first
+    /// device that keeps two files with the same bytes apart: an older one merges them.
+    #[arg(long, env = "KEEPSAKE_MIN_CLIENT_VERSION", default_value = "0.2.0")]
     min_client_version: String,
     /// Largest store capacity in bytes (a configurable disk size); unlimited when absent.
     #[arg(long)]
@@ -352,6 +361,14 @@ fn main() -> Result<()> {
             credentials,
             command,
         } => runtime.block_on(device_cli::library(server, credentials, command)),
+        Command::Duplicates {
+            server,
+            credentials,
+        } => runtime.block_on(device_cli::library(
+            server,
+            credentials,
+            device_cli::LibraryCommand::Duplicates,
+        )),
         Command::Open { asset, at } => local_cli::open_original(&asset, &at),
         Command::Export {
             server,

@@ -6423,6 +6423,24 @@ pub struct AgentStatus {
     /// device that has them sends them again.
     #[prost(uint64, tag = "17")]
     pub damaged_waiting: u64,
+    /// Files and folders left out on purpose: system litter (.DS_Store, Thumbs.db, partial
+    /// downloads) and what the folder's .keepsakeignore names.
+    #[prost(string, repeated, tag = "18")]
+    pub ignored: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// New files whose name another photo already held: the library keeps them under a
+    /// numbered name; the file keeps its own name on this device. The newest last.
+    #[prost(message, repeated, tag = "19")]
+    pub numbered: ::prost::alloc::vec::Vec<NumberedName>,
+}
+/// A file the library keeps under another name than this device does.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct NumberedName {
+    /// Its path in this device's folder.
+    #[prost(string, tag = "1")]
+    pub here: ::prost::alloc::string::String,
+    /// Its path in the library (and on every other device).
+    #[prost(string, tag = "2")]
+    pub library: ::prost::alloc::string::String,
 }
 /// A file in the folder the device leaves out of sync until it is fixed.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
