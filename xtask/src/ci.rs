@@ -12,6 +12,7 @@ const DOMAIN_CRATES: &[&str] = &[
     "keepsake-policy",
     "keepsake-device",
     "keepsake-media",
+    "keepsake-path",
 ];
 
 /// The only crates under crates/ allowed to depend on keepsake-proto (tooling and tests may).

@@ -530,6 +530,10 @@ struct KeepsakeFigures {
     reinstall: Cost,
     metadata: serde_json::Value,
     metadata_wire: u64,
+    /// Every file renamed on A, until B had each under its new name.
+    moves: Cost,
+    /// Both devices' links meanwhile.
+    moves_wire: u64,
 }
 
 fn keepsake(
@@ -652,6 +656,40 @@ fn keepsake(
     )?;
     let metadata_wire = proxies[1].bytes() - wire0;
     println!("keepsake metadata: {metadata}");
+
+    // 5. Moves: every file of A renamed, until B has each under its new name. A rename is
+    // metadata: no photo's bytes travel, no asset is made or deleted.
+    let assets_before = live_assets(&h)?;
+    let moved: Vec<String> = names.iter().map(|n| format!("moved {n}")).collect();
+    let wire0 = proxies[0].bytes() + proxies[1].bytes();
+    let watch = Watch::start(vec![server.0.id(), a.0.id(), b.0.id()], || {
+        proxies[0].bytes() + proxies[1].bytes()
+    });
+    for (from, to) in names.iter().zip(&moved) {
+        std::fs::rename(work.join("a").join(from), work.join("a").join(to))?;
+    }
+    let done = wait_same(
+        &work.join("a"),
+        &work.join("b"),
+        &moved,
+        Duration::from_secs(600),
+    )?;
+    let moves = watch.stop_at(done);
+    let moves_wire = proxies[0].bytes() + proxies[1].bytes() - wire0;
+    let left_behind = names
+        .iter()
+        .filter(|n| work.join("b").join(n).exists())
+        .count();
+    let assets_after_moves = live_assets(&h)?;
+    println!(
+        "keepsake moves: {:.1} s, {} B both ways, {left_behind} old names left on B, live assets {assets_before} -> {assets_after_moves}",
+        moves.wall_s, moves_wire
+    );
+    if left_behind > 0 || assets_after_moves != assets_before {
+        bail!(
+            "the moves made, lost or left files: {left_behind} old names on B, assets {assets_before} -> {assets_after_moves}"
+        );
+    }
     drop(b);
 
     // 2. Reinstall: device C enrolled over a folder that already holds the whole library.
@@ -675,6 +713,13 @@ fn keepsake(
         std::thread::sleep(Duration::from_millis(20));
     }
     let reinstall = watch.stop_at(Instant::now());
+    let assets_after_reinstall = live_assets(&h)?;
+    if assets_after_reinstall != assets_before || sizes(&work.join("c"))? != sizes(&work.join("a"))?
+    {
+        bail!(
+            "the reinstall changed the library: live assets {assets_before} -> {assets_after_reinstall}, or C's names differ from A's"
+        );
+    }
     let server_peak_kib = peak_kib(server.0.id());
     drop((a, c, server));
     Ok(KeepsakeFigures {
@@ -688,7 +733,24 @@ fn keepsake(
         reinstall,
         metadata,
         metadata_wire,
+        moves,
+        moves_wire,
     })
+}
+
+/// Live assets in the library, as `keepsake library ls` lists them.
+fn live_assets(h: &crate::it::Harness) -> Result<usize> {
+    let out = h.command().args(["library", "ls"]).output()?;
+    if !out.status.success() {
+        bail!(
+            "keepsake library ls failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.split_whitespace().nth(1) == Some("live"))
+        .count())
 }
 
 /// Seconds from `since` until the agent whose status file is `status` ends a pass having
@@ -1186,6 +1248,12 @@ fn report(r: &Report) {
         100.0 * reinstall_wire as f64 / r.total as f64,
         mib(reinstall_wire),
         ks.reinstall.wall_s
+    );
+    println!(
+        "| 5. every file renamed on A, until B has the new names: wire / library (assets and paths checked unchanged) | {:.3}% ({}, {:.1} s) | ≤ 0.5% |",
+        100.0 * ks.moves_wire as f64 / r.total as f64,
+        mib(ks.moves_wire),
+        ks.moves.wall_s
     );
     println!(
         "| 3. 1% edits: Keepsake upload wire / rsync literal | {:.2} ({} / {}) | ≤ 1.0 |",

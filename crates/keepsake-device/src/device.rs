@@ -1082,9 +1082,12 @@ impl<C: Cloud> Device<C> {
             if ino == 0 || self.journal.file(path)?.is_some() {
                 continue;
             }
+            // The same inode, size and time: the same file under another name. (An inode
+            // alone is no proof: a file deleted frees it for the next one written.)
+            let mtime = mtime_ns(meta);
             if let Some(at) = vanished
                 .iter()
-                .position(|v| v.inode == ino && v.size == meta.len())
+                .position(|v| v.inode == ino && v.size == meta.len() && v.mtime_ns == mtime)
             {
                 let from = vanished.swap_remove(at);
                 let mut row = from.clone();

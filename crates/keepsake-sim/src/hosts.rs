@@ -526,6 +526,11 @@ impl DeviceHost {
                             }
                         }
                         std::fs::remove_file(&path)?;
+                        // A renamed file deleted: its asset may never hear of the rename.
+                        let mut s = self.shared.lock().unwrap();
+                        s.renamed
+                            .retain(|_, (renamed_to, _)| *renamed_to != asset.name);
+                        drop(s);
                         self.trace(format!("deleted {} ({})", asset.name, asset.asset_id));
                     }
                 }
