@@ -3521,3 +3521,62 @@ mod upgrade {
         .unwrap()
     }
 }
+
+/// A folder of 1,000 photos renamed is 1,000 moves: nothing sent but renames, no delete
+/// (the mass-delete guard does not wait for a confirmation), and the other device moves
+/// every file. A copy to another file system caught half-way (half the files gone from
+/// the old folder, none yet in the new) is deletes, and the guard waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_folder_of_a_thousand_photos_renamed_is_a_thousand_moves() {
+    use camera_roll::{library_tree, tree};
+    use devices::*;
+    let root = tempfile::tempdir().unwrap();
+    let c = bulk_cloud().await;
+    let (fa, fb) = (root.path().join("A"), root.path().join("B"));
+    std::fs::create_dir_all(fa.join("2025/Lisbon")).unwrap();
+    for i in 0..1000u64 {
+        std::fs::write(
+            fa.join(format!("2025/Lisbon/IMG_{i:04}.JPG")),
+            photo(20_000 + i, 2_000),
+        )
+        .unwrap();
+    }
+    let mut a = device(&c, &fa, &root.path().join("a-data"), "laptop").await;
+    let mut b = device(&c, &fb, &root.path().join("b-data"), "phone").await;
+    assert_eq!(sync_through(&mut a).await.uploaded, 1000);
+    assert_eq!(sync_through(&mut b).await.downloaded, 1000);
+    std::fs::rename(fa.join("2025/Lisbon"), fa.join("2025/Lisbon and Porto")).unwrap();
+    let moved = sync(&mut a).await;
+    assert_eq!(
+        (
+            moved.renames_sent,
+            moved.uploaded,
+            moved.bytes_sent,
+            moved.trashed_remotely,
+            moved.blocked.clone()
+        ),
+        (1000, 0, 0, 0, None),
+        "{moved:?}"
+    );
+    let followed = sync(&mut b).await;
+    assert_eq!(
+        (followed.renamed_here, followed.downloaded),
+        (1000, 0),
+        "{followed:?}"
+    );
+    assert!(!fb.join("2025/Lisbon").exists());
+    assert_eq!(tree(&fb), library_tree(&c));
+    assert_eq!(library_tree(&c).len(), 1000);
+
+    // Half the files gone, their copies not there yet: deletes, and the guard waits.
+    for i in 0..600u64 {
+        std::fs::remove_file(fa.join(format!("2025/Lisbon and Porto/IMG_{i:04}.JPG"))).unwrap();
+    }
+    let halfway = sync(&mut a).await;
+    assert_eq!(
+        halfway.blocked.as_deref(),
+        Some("DELETES_NEED_CONFIRMATION"),
+        "{halfway:?}"
+    );
+    assert_eq!(library_tree(&c).len(), 1000);
+}

@@ -1074,28 +1074,32 @@ impl<C: Cloud> Device<C> {
             .filter(|r| !seen.contains(&r.path))
             .collect();
         let mut moves: Vec<(FileRow, String)> = Vec::new();
-        for (path, meta) in &on_disk {
-            if vanished.is_empty() {
-                break;
-            }
-            let ino = inode(meta);
-            if ino == 0 || self.journal.file(path)?.is_some() {
-                continue;
-            }
+        if !vanished.is_empty() {
             // The same inode, size and time: the same file under another name. (An inode
-            // alone is no proof: a file deleted frees it for the next one written.)
-            let mtime = mtime_ns(meta);
-            if let Some(at) = vanished
-                .iter()
-                .position(|v| v.inode == ino && v.size == meta.len() && v.mtime_ns == mtime)
-            {
-                let from = vanished.swap_remove(at);
+            // alone is no proof: a file deleted frees it for the next one written.) By key,
+            // so a folder of 10,000 photos renamed pairs in one look each.
+            let mut by_stat: HashMap<(u64, u64, i64), Vec<FileRow>> = HashMap::new();
+            for v in vanished.drain(..) {
+                by_stat
+                    .entry((v.inode, v.size, v.mtime_ns))
+                    .or_default()
+                    .push(v);
+            }
+            for (path, meta) in &on_disk {
+                let key = (inode(meta), meta.len(), mtime_ns(meta));
+                if key.0 == 0 || !by_stat.contains_key(&key) || self.journal.file(path)?.is_some() {
+                    continue;
+                }
+                let Some(from) = by_stat.get_mut(&key).and_then(Vec::pop) else {
+                    continue;
+                };
                 let mut row = from.clone();
                 row.path = path.clone();
-                // The stat check below hashes it again if it changed on the way.
                 self.journal.relocate(&from.path, &row)?;
                 moves.push((from, path.clone()));
             }
+            vanished = by_stat.into_values().flatten().collect();
+            vanished.sort_by(|a, b| a.path.cmp(&b.path));
         }
         let mut fresh: Vec<String> = Vec::new();
         let now = self.clock.now_ms() * 1_000_000;
