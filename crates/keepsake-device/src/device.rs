@@ -1363,17 +1363,28 @@ impl<C: Cloud> Device<C> {
         lookup: &ContentLookup,
     ) -> Result<Option<NoUpload>, DeviceError> {
         let key = keepsake_path::fold(&row.path);
+        // An asset another file here sent and has not heard back about is that file's.
+        let mut awaited = HashSet::new();
+        for nonce in self.journal.keys_with_prefix(ATTEMPT)? {
+            if let Some(attempt) = self.journal.get(&format!("{ATTEMPT}{nonce}"))? {
+                let sent_path = attempt.split_once(' ').map_or("", |(_, p)| p);
+                awaited.insert(sent_path.to_string());
+            }
+        }
         let mut unclaimed = Vec::new();
         for holder in &lookup.assets {
             if self.journal.file_of_asset(&holder.asset_id)?.is_none()
                 && self.journal.trashed(&holder.asset_id)?.is_none()
+                && !awaited.contains(&paths::unnumbered(&holder.path))
+                && !awaited.contains(&holder.path)
             {
                 unclaimed.push(holder);
             }
         }
+        // At its path: where this device would have put that asset.
         if let Some(at_path) = unclaimed
             .iter()
-            .find(|h| keepsake_path::fold(&h.path) == key)
+            .find(|h| paths::local_path(&h.path, self.config.fs) == row.path)
         {
             return Ok(Some(NoUpload::InCloud((*at_path).clone())));
         }

@@ -352,6 +352,11 @@ impl DeviceHost {
         // streams its videos) puts that path under the same crashes and faults, and
         // downloads of them come in batches of a chunk or two.
         config.streamed_from = 100_000;
+        // The third phone's folder is on a memory card: it folds case and Unicode and
+        // refuses what exFAT refuses, as the library's numbering must allow for.
+        if self.index == 2 {
+            config.fs = keepsake_device::FsRules::memory_card();
+        }
         config.stream_batch_bytes = 64 << 10;
         let clock = Arc::new(SimClock {
             skew_ms: self.skew_ms,
@@ -402,8 +407,15 @@ impl DeviceHost {
                 if !self.shared.lock().unwrap().captured.contains_key(&hash) {
                     return Ok(());
                 }
-                let n = self.roll(1_000_000);
-                let copy = format!("copies/copy {n} of {name}");
+                // Names that differ only in case: the library numbers the later of two
+                // copies, as a case-insensitive file system would need.
+                let copy = format!(
+                    "copies/{} of {name}",
+                    ["copy", "Copy", "COPY"][self.roll(3) as usize]
+                );
+                if self.folder.join(&copy).exists() {
+                    return Ok(());
+                }
                 std::fs::create_dir_all(self.folder.join("copies"))?;
                 self.write_in(&copy, &data)?;
                 let mut s = self.shared.lock().unwrap();

@@ -95,9 +95,11 @@ pub(crate) fn check(root: &Path, shared: &Shared, devices: usize) -> anyhow::Res
         }
     }
     for ((device, n), (path, hash)) in &shared.renamed {
+        // Numbered where another photo held the name (an edit kept apart from a photo
+        // deleted elsewhere leaves that photo its name).
         let there = assets
             .iter()
-            .any(|a| a.file_hash.to_hex() == *hash && a.path == *path);
+            .any(|a| a.file_hash.to_hex() == *hash && unnumbered(&a.path) == *path);
         if !there {
             let now: Vec<&str> = assets
                 .iter()
@@ -268,16 +270,18 @@ fn folder_files(folder: &Path) -> anyhow::Result<Vec<(String, String)>> {
     Ok(files)
 }
 
-/// A path without the " (n)" a library or a device adds to a taken name.
+/// A path without the " (n)"s a library and then a device add to a taken name.
 fn unnumbered(path: &str) -> String {
-    let (stem, ext) = match path.rfind('.') {
+    let (mut stem, ext) = match path.rfind('.') {
         Some(at) if at > path.rfind('/').map_or(0, |s| s + 1) => path.split_at(at),
         _ => (path, ""),
     };
-    let stem = match stem.rsplit_once(" (") {
-        Some((base, n)) if n.ends_with(')') && n[..n.len() - 1].parse::<u32>().is_ok() => base,
-        _ => stem,
-    };
+    while let Some((base, n)) = stem.rsplit_once(" (")
+        && n.ends_with(')')
+        && n[..n.len() - 1].parse::<u32>().is_ok()
+    {
+        stem = base;
+    }
     format!("{stem}{ext}")
 }
 
