@@ -118,7 +118,7 @@ except grpc.RpcError as err:
     check("an absent chunk is NOT_FOUND", err.code() == grpc.StatusCode.NOT_FOUND, str(err.code()))
 
 try:
-    store.GetUsage(store_pb2.GetUsageRequest())
+    store.GetUsage(store_pb2.GetUsageRequest(), metadata=version)
     check("no token is UNAUTHENTICATED", False, "no error")
 except grpc.RpcError as err:
     check(
