@@ -1445,10 +1445,32 @@ impl<C: Cloud> Device<C> {
             return Ok(false);
         };
         tracing::info!(path = %row.path, asset = %holder.asset_id, "a commit whose answer was lost: the file's edit goes as its new version");
-        row.asset_id = Some(holder.asset_id);
+        row.asset_id = Some(holder.asset_id.clone());
         row.version = Some(holder.version);
-        row.lib_path = Some(holder.path);
+        row.lib_path = Some(holder.path.clone());
+        self.rename_if_moved(row, &holder.asset_id, &holder.path)?;
         self.journal.upsert(row)?;
+        Ok(true)
+    }
+
+    /// A file committed (or first sent) at a path it has left since: the library has the
+    /// asset at `lib_path`, and the move goes as a rename.
+    fn rename_if_moved(
+        &mut self,
+        row: &mut FileRow,
+        asset_id: &str,
+        lib_path: &str,
+    ) -> Result<bool, DeviceError> {
+        if paths::unnumbered(lib_path) == paths::unnumbered(&row.path) {
+            return Ok(false);
+        }
+        let edit = Edit::Rename {
+            asset_id: asset_id.to_string(),
+            path: row.path.clone(),
+        };
+        self.journal
+            .queue_edit(&edit, self.clock.now_ms(), &self.config.device_id)?;
+        row.lib_path = Some(row.path.clone());
         Ok(true)
     }
 
@@ -1804,16 +1826,9 @@ impl<C: Cloud> Device<C> {
         }
         if row.lib_path.is_none() {
             row.lib_path = Some(reply.path.clone());
-            if paths::unnumbered(&reply.path) != paths::unnumbered(&row.path) {
-                // A retry of a commit made before the file was renamed: the library has it
-                // at its old path, and the rename goes as one.
-                let edit = Edit::Rename {
-                    asset_id: reply.asset_id.clone(),
-                    path: row.path.clone(),
-                };
-                self.journal
-                    .queue_edit(&edit, self.clock.now_ms(), &self.config.device_id)?;
-                row.lib_path = Some(row.path.clone());
+            // A retry of a commit made before the file was renamed: the library has it at
+            // its old path, and the rename goes as one.
+            if self.rename_if_moved(&mut row, &reply.asset_id, &reply.path)? {
                 report.renames_sent += 1;
             }
         }
