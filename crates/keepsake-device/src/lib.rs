@@ -1,10 +1,12 @@
 //! The device: a library folder (the camera roll) kept in sync with the cloud.
 //!
 //! A [`Device`] scans its folder (size, mtime and inode first; only changed files are
-//! hashed and chunked), uploads what is new — asking the cloud first whether the content
-//! is already an asset or was purged, so nothing is uploaded twice or resurrected — and
-//! follows the change feed, writing new assets into the folder (temp file, verified hash,
-//! fsync, rename), moving deleted ones to a local Recently Deleted and back on restore.
+//! hashed and chunked). Every file is a photo of its own at its path: a new one is
+//! uploaded (only the chunks the cloud lacks travel, so a copy sends its manifest alone), a
+//! moved or renamed one is sent as a rename, a deleted one goes to Recently Deleted
+//! everywhere. It follows the change feed, writing new assets at their library paths (temp
+//! file, verified hash, fsync, rename; folders made without following links), moving
+//! renamed ones, and deleted ones to a local Recently Deleted and back on restore.
 //! Its SQLite journal lives outside the folder and survives restarts. It talks to the
 //! cloud only through the [`Cloud`] trait: `keepsake-transport` implements it over gRPC,
 //! tests can fake it.

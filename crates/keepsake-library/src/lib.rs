@@ -6,8 +6,10 @@
 //! that makes it (one writer, so numbers follow commit order and a reader never
 //! skips one). The feed returns each row's latest state, not its history; purges
 //! leave tombstones until compaction, after which older cursors must resync.
-//! Commits are idempotent per request id; metadata merges per field by hybrid
-//! logical clock; a stale base version is a conflict that keeps both versions.
+//! Commits are idempotent per request id; a new file is always a new asset (never
+//! merged with another of the same bytes) at a path the library keeps unique, case and
+//! Unicode folded; metadata and renames merge per field by hybrid logical clock; a stale
+//! base version is a conflict that keeps both versions.
 //!
 //! ```
 //! use keepsake_library::*;
