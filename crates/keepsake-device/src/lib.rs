@@ -28,6 +28,7 @@ mod device;
 mod edits;
 mod journal;
 mod paths;
+mod upgrade;
 
 pub use cloud::{
     Cloud, CloudError, CommitReply, ContentHolder, ContentLookup, Edit, FeedPage, NewAsset,

@@ -566,18 +566,8 @@ impl DeviceHost {
             }
             93..=96 => {
                 // A photo app rewrites the date of a photo this camera took, in place.
-                let mut mine: Vec<String> = std::fs::read_dir(&self.folder)?
-                    .filter_map(|e| e.ok())
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| n.starts_with(&format!("IMG_{}_", self.index)))
-                    .collect();
-                mine.sort();
-                if mine.is_empty() {
-                    return Ok(());
-                }
-                let name = mine.swap_remove(self.roll(mine.len() as u64) as usize);
-                let Ok(mut data) = std::fs::read(self.folder.join(&name)) else {
-                    return Ok(()); // the sync just moved it
+                let Some((name, mut data)) = self.one_of_mine()? else {
+                    return Ok(()); // none yet, or the sync just moved it
                 };
                 let before = blake3::hash(&data).to_hex().to_string();
                 if !self.shared.lock().unwrap().captured.contains_key(&before) {
