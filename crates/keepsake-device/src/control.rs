@@ -68,6 +68,15 @@ pub struct AgentStatus {
     /// newest last (at most 100).
     #[serde(default)]
     pub numbered: Vec<(String, String)>,
+    /// Passes made since the agent started (an idle agent makes one per interval).
+    #[serde(default)]
+    pub passes: u64,
+    /// The cloud's words for `reason` (with its numbers), when the cloud gave it.
+    #[serde(default)]
+    pub reason_message: Option<String>,
+    /// The library folder the agent keeps in sync.
+    #[serde(default)]
+    pub folder: Option<String>,
 }
 
 /// The device's sync settings, as its owner chose them (`settings.json`).

@@ -24,6 +24,8 @@ pub const MARKER: &str = ".keepsake-library";
 pub(crate) const WANT_ORIGINAL: &str = "want_original:";
 /// The file in the data directory an open device holds locked.
 const AGENT_LOCK: &str = "agent.lock";
+/// Journal key: the request id of the reservation uploads go under until all is sent.
+const PASS_RESERVATION: &str = "pass_reservation";
 /// Journal keys of the photos the cloud flagged damaged that this device waits for.
 const DAMAGED_WAITING: &str = "damaged_waiting:";
 
@@ -144,6 +146,9 @@ pub struct SyncReport {
     pub damaged_waiting: usize,
     /// Why uploads or deletes stopped, if they did (a stable reason code).
     pub blocked: Option<String>,
+    /// The cloud's own words for a refusal that blocked the pass (with its numbers: what is
+    /// used, held and needed for QUOTA_EXCEEDED), for status and the doctor.
+    pub blocked_message: Option<String>,
     /// Files in the folder this pass left out (unreadable, or a name the library cannot
     /// keep), each with why and what fixes it.
     pub skipped: Vec<SkippedFile>,
@@ -532,6 +537,21 @@ pub(crate) fn move_file(from: &Path, to: &Path) -> std::io::Result<()> {
             std::fs::remove_file(from)
         }
         Err(e) => Err(e),
+    }
+}
+
+/// Whether an agent holds the data directory `data_dir` now: `Some(false)` when none
+/// does, `None` where the file system cannot tell (no locks on some network mounts).
+pub fn agent_running(data_dir: &std::path::Path) -> Option<bool> {
+    let file = match std::fs::File::open(data_dir.join(AGENT_LOCK)) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Some(false),
+        Err(_) => return None,
+    };
+    match file.try_lock_shared() {
+        Ok(()) => Some(false),
+        Err(std::fs::TryLockError::WouldBlock) => Some(true),
+        Err(std::fs::TryLockError::Error(_)) => None,
     }
 }
 
@@ -968,12 +988,18 @@ impl<C: Cloud> Device<C> {
             let used = self.cellular_used_today()? + moved;
             self.journal.set(&self.cellular_key(), &used.to_string())?;
         }
+        let finished = outcome.is_ok();
         match outcome {
             Err(DeviceError::Cloud(e)) if !e.transient => {
                 tracing::warn!(reason = %e.reason, message = %e.message, "sync refused");
                 report.blocked = Some(e.reason);
+                report.blocked_message = Some(e.message);
             }
             other => other?,
+        }
+        if finished && report.blocked.is_none() && self.pending_files()? == 0 {
+            // Everything is sent: the next new file starts a reservation of its own size.
+            self.journal.remove_key(PASS_RESERVATION)?;
         }
         tracing::info!(?report, "sync pass done");
         Ok(report)
@@ -1636,7 +1662,17 @@ impl<C: Cloud> Device<C> {
                     .filter(|f| !f.synced)
                     .map(|f| f.size + 64 + f.size / 1024)
                     .sum();
-                let pass_key = format!("{}:pass:{}", self.config.device_id, self.clock.now_ms());
+                // The same request id until everything is sent: a pass that failed half-way
+                // (a full server disk, a cut connection, a crash) takes up its reservation
+                // again instead of leaving one more lease behind for every retry.
+                let pass_key = match self.journal.get(PASS_RESERVATION)? {
+                    Some(key) => key,
+                    None => {
+                        let key = format!("{}:pass:{}", self.config.device_id, self.clock.now_ms());
+                        self.journal.set(PASS_RESERVATION, &key)?;
+                        key
+                    }
+                };
                 let reserved = match self
                     .cloud
                     .begin_upload(pending.max(row.size), &pass_key)
@@ -1656,6 +1692,7 @@ impl<C: Cloud> Device<C> {
                     Err(e) if !e.transient => {
                         tracing::warn!(path = %row.path, reason = %e.reason, message = %e.message, "upload refused");
                         report.blocked = Some(e.reason.clone());
+                        report.blocked_message = Some(e.message.clone());
                         return Ok(None);
                     }
                     Err(e) => return Err(e.into()),
@@ -1748,6 +1785,7 @@ impl<C: Cloud> Device<C> {
             Err(Shipping::Committing(e)) if !e.transient => {
                 tracing::warn!(path = %row.path, reason = %e.reason, message = %e.message, "commit refused");
                 report.blocked = Some(e.reason.clone());
+                report.blocked_message = Some(e.message.clone());
                 return Ok(());
             }
             Err(Shipping::Committing(e) | Shipping::Sending(e)) => return Err(e.into()),

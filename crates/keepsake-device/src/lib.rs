@@ -39,7 +39,7 @@ pub use control::{
 };
 pub use device::{
     Device, DeviceConfig, DeviceError, Progress, STREAMED_EVENTS, SkippedFile, SyncReport,
-    safe_name,
+    agent_running, safe_name,
 };
 pub use edits::{LocalAlbum, LocalAsset};
 pub use paths::{FsRules, IGNORE_FILE};

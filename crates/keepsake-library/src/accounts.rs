@@ -2,7 +2,6 @@
 
 use crate::LibraryError;
 use crate::library::Library;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use keepsake_store::{UnixMillis, random_hex};
 use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
@@ -103,6 +102,20 @@ pub struct AccountInfo {
     pub reserved_bytes: u64,
     /// May manage accounts and run maintenance.
     pub admin: bool,
+    /// Wrong passwords given since the password was last set, the last one's time and
+    /// address: what the owner is shown.
+    pub failed_sign_ins: FailedSignIns,
+}
+
+/// Failed sign-ins the owner is shown.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FailedSignIns {
+    /// How many.
+    pub count: u64,
+    /// When the last was.
+    pub last_at: Option<UnixMillis>,
+    /// Where it came from.
+    pub last_from: Option<String>,
 }
 
 /// What a device last told the cloud about itself.
@@ -179,33 +192,140 @@ fn wrong_credentials() -> LibraryError {
     LibraryError::Unauthenticated("the account name or password is wrong".into())
 }
 
-impl Library {
-    fn kdf(&self) -> argon2::Argon2<'static> {
-        let cost = self.config.kdf;
-        let params = argon2::Params::new(cost.memory_kib, cost.iterations, 1, None)
-            .expect("KdfCost is within Argon2's bounds");
-        argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+/// Failures from one account or address that cost nothing; each one after doubles the wait.
+const FREE_FAILURES_PER_ACCOUNT: i64 = 5;
+const FREE_FAILURES_PER_ADDRESS: i64 = 10;
+/// The longest an account waits: short, so an attacker guessing from many addresses
+/// cannot lock its owner out for long (one guess a minute is 1,440 a day).
+const MAX_ACCOUNT_WAIT_MS: i64 = 60_000;
+/// The longest an address waits.
+const MAX_ADDRESS_WAIT_MS: i64 = 15 * 60_000;
+/// Failures older than this are forgotten.
+const FAILURE_MEMORY_MS: i64 = 3_600_000;
+
+fn wait_after(failures: i64, free: i64, max_ms: i64) -> i64 {
+    if failures < free {
+        return 0;
+    }
+    let doublings = (failures - free).min(30);
+    (1000i64 << doublings).min(max_ms)
+}
+
+/// Where a sign-in comes from, for throttling and for the owner to see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignInFrom {
+    /// A client at this address.
+    Address(std::net::IpAddr),
+    /// Inside the server (the administrator's bootstrap, tests).
+    Local,
+}
+
+impl SignInFrom {
+    fn key(&self) -> Option<String> {
+        match self {
+            // IPv6 clients get a /64 each, so count the prefix, not the address.
+            Self::Address(std::net::IpAddr::V6(v6)) => {
+                let s = v6.segments();
+                Some(format!(
+                    "address:{:x}:{:x}:{:x}:{:x}::/64",
+                    s[0], s[1], s[2], s[3]
+                ))
+            }
+            Self::Address(ip) => Some(format!("address:{ip}")),
+            Self::Local => None,
+        }
     }
 
+    fn shown(&self) -> String {
+        match self {
+            Self::Address(ip) => ip.to_string(),
+            Self::Local => "this server".into(),
+        }
+    }
+}
+
+impl Library {
     /// Hashes a password with a fresh salt (slow on purpose: call without the lock).
     pub(crate) fn hash_password(&self, password: &str) -> Result<String, LibraryError> {
         let mut salt = [0u8; 16];
         self.entropy.fill(&mut salt);
-        let salt = SaltString::encode_b64(&salt)
-            .map_err(|e| LibraryError::InvalidArgument(format!("salt: {e}")))?;
-        Ok(self
-            .kdf()
-            .hash_password(password.as_bytes(), &salt)
-            .map_err(|e| LibraryError::InvalidArgument(format!("password hashing failed: {e}")))?
-            .to_string())
+        self.passwords.hash(password, &salt)
     }
 
-    /// Checks `password` against the account's hash; wrong name and wrong password look alike.
+    /// How long until the next attempt for these keys may be checked (0 = now).
+    fn throttled_for(&self, keys: &[(String, i64, i64)], now: i64) -> Result<i64, LibraryError> {
+        let db = self.db();
+        let mut wait = 0;
+        for (key, free, max) in keys {
+            let row: Option<(i64, i64)> = db
+                .query_row(
+                    "SELECT failures, last_at FROM sign_in_failures WHERE key = ?1",
+                    [key],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            if let Some((failures, last_at)) = row
+                && now - last_at < FAILURE_MEMORY_MS
+            {
+                wait = wait.max(last_at + wait_after(failures, *free, *max) - now);
+            }
+        }
+        Ok(wait)
+    }
+
+    fn record_failure(
+        &self,
+        account: &str,
+        keys: &[(String, i64, i64)],
+        from: SignInFrom,
+        now: i64,
+    ) -> Result<(), LibraryError> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        for (key, _, _) in keys {
+            tx.execute(
+                "INSERT INTO sign_in_failures (key, failures, last_at) VALUES (?1, 1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET
+                     failures = CASE WHEN ?2 - last_at < ?3 THEN failures + 1 ELSE 1 END,
+                     last_at = ?2",
+                params![key, now, FAILURE_MEMORY_MS],
+            )?;
+        }
+        tx.execute(
+            "UPDATE accounts SET failed_sign_ins = failed_sign_ins + 1, last_failed_at = ?2,
+                 last_failed_from = ?3 WHERE account = ?1",
+            params![account, now, from.shown()],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Checks `password` against the account's hash; wrong name and wrong password look
+    /// alike. Throttled per account and per address: past a few failures, each doubles
+    /// the wait before the next attempt is even checked (TOO_MANY_ATTEMPTS says how long),
+    /// and a refused attempt costs the server no hashing.
     pub(crate) fn check_credentials(
         &self,
         account: &str,
         password: &str,
+        from: SignInFrom,
     ) -> Result<bool, LibraryError> {
+        let now = self.clock.now_ms();
+        let mut keys = vec![(
+            format!("account:{account}"),
+            FREE_FAILURES_PER_ACCOUNT,
+            MAX_ACCOUNT_WAIT_MS,
+        )];
+        if let Some(key) = from.key() {
+            keys.push((key, FREE_FAILURES_PER_ADDRESS, MAX_ADDRESS_WAIT_MS));
+        }
+        let wait = self.throttled_for(&keys, now)?;
+        if wait > 0 {
+            tracing::info!(account, from = %from.shown(), wait_ms = wait, "sign-in throttled");
+            return Err(LibraryError::TooManyAttempts {
+                retry_after_ms: wait as u64,
+            });
+        }
         let stored: Option<(String, bool)> = self
             .db()
             .query_row(
@@ -214,20 +334,43 @@ impl Library {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()?;
-        // An unknown account still costs one hash, so timing does not tell names apart.
-        let (phc, admin) = match stored {
-            Some(s) => s,
+        let matched = match &stored {
+            Some((phc, _)) => self.passwords.verify(password, phc)?,
+            // An unknown account still costs one hash, so timing does not tell names apart.
             None => {
-                let _ = self.hash_password(password);
-                return Err(wrong_credentials());
+                self.passwords.decoy(password)?;
+                false
             }
         };
-        let parsed = PasswordHash::new(&phc)
-            .map_err(|_| LibraryError::InvalidArgument("stored password hash is corrupt".into()))?;
-        self.kdf()
-            .verify_password(password.as_bytes(), &parsed)
-            .map_err(|_| wrong_credentials())?;
-        Ok(admin)
+        if !matched {
+            tracing::info!(account, from = %from.shown(), "sign-in failed");
+            self.record_failure(account, &keys, from, now)?;
+            return Err(wrong_credentials());
+        }
+        // The owner's success ends the account's wait; an address's failures only age.
+        self.db()
+            .execute("DELETE FROM sign_in_failures WHERE key = ?1", [&keys[0].0])?;
+        Ok(stored.is_some_and(|(_, admin)| admin))
+    }
+
+    /// Wrong passwords given since the password was last set: how many, when the last
+    /// was and from where.
+    pub fn failed_sign_ins(&self, account: &str) -> Result<FailedSignIns, LibraryError> {
+        let row: Option<(i64, Option<i64>, Option<String>)> = self
+            .db()
+            .query_row(
+                "SELECT failed_sign_ins, last_failed_at, last_failed_from FROM accounts WHERE account = ?1",
+                [account],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        Ok(
+            row.map_or_else(FailedSignIns::default, |(n, at, from)| FailedSignIns {
+                count: n as u64,
+                last_at: at,
+                last_from: from,
+            }),
+        )
     }
 
     /// Every plan on offer.
@@ -291,10 +434,15 @@ impl Library {
     /// Replaces the password after checking the old one.
     pub fn change_password(&self, account: &str, old: &str, new: &str) -> Result<(), LibraryError> {
         check_password(new)?;
-        self.check_credentials(account, old)?;
+        self.check_credentials(account, old, SignInFrom::Local)?;
+        self.set_password(account, new)
+    }
+
+    /// Sets a new password and clears the failed sign-ins the owner was shown.
+    pub(crate) fn set_password(&self, account: &str, new: &str) -> Result<(), LibraryError> {
         let phc = self.hash_password(new)?;
         self.db().execute(
-            "UPDATE accounts SET password = ?2 WHERE account = ?1",
+            "UPDATE accounts SET password = ?2, failed_sign_ins = 0 WHERE account = ?1",
             params![account, phc],
         )?;
         Ok(())

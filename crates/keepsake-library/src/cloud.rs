@@ -1,7 +1,7 @@
 //! The cloud: the library joined to the chunk store — sign-in and tokens, quota
 //! reservations, commits that root their content in the store, purges that release it.
 
-use crate::accounts::check_account_name;
+use crate::accounts::{SignInFrom, check_account_name};
 use crate::library::queue_release;
 use crate::tokens::{Claims, PublicKeys, Signer25519, TokenVerifier};
 use crate::{AccountInfo, AssetKind, CommitRequest, Committed, Library, LibraryError};
@@ -439,10 +439,20 @@ impl Cloud {
 
     /// Signs in with a password: an access token for the account (not tied to a device).
     pub fn sign_in(&self, account: &str, password: &str) -> Result<IssuedToken, LibraryError> {
+        self.sign_in_from(account, password, SignInFrom::Local)
+    }
+
+    /// [`Cloud::sign_in`] by a client at `from` (throttled per account and per address).
+    pub fn sign_in_from(
+        &self,
+        account: &str,
+        password: &str,
+        from: SignInFrom,
+    ) -> Result<IssuedToken, LibraryError> {
         check_account_name(account).map_err(|_| {
             LibraryError::Unauthenticated("the account name or password is wrong".into())
         })?;
-        let admin = self.library.check_credentials(account, password)?;
+        let admin = self.library.check_credentials(account, password, from)?;
         self.issue(account, None, admin)
     }
 
@@ -455,8 +465,31 @@ impl Cloud {
         platform: &str,
         client_version: &str,
     ) -> Result<Enrolment, LibraryError> {
+        self.enroll_device_from(
+            account,
+            password,
+            name,
+            platform,
+            client_version,
+            SignInFrom::Local,
+        )
+    }
+
+    /// [`Cloud::enroll_device`] by a client at `from`.
+    pub fn enroll_device_from(
+        &self,
+        account: &str,
+        password: &str,
+        name: &str,
+        platform: &str,
+        client_version: &str,
+        from: SignInFrom,
+    ) -> Result<Enrolment, LibraryError> {
         self.admit_client(Some(client_version))?;
-        let admin = self.library.check_credentials(account, password)?;
+        check_account_name(account).map_err(|_| {
+            LibraryError::Unauthenticated("the account name or password is wrong".into())
+        })?;
+        let admin = self.library.check_credentials(account, password, from)?;
         let (device_id, device_token) =
             self.library
                 .add_device(account, name, platform, client_version)?;
@@ -466,6 +499,19 @@ impl Cloud {
             device_token,
             access,
         })
+    }
+
+    /// Replaces the password after checking the old one (throttled like a sign-in).
+    pub fn change_password_from(
+        &self,
+        account: &str,
+        old: &str,
+        new: &str,
+        from: SignInFrom,
+    ) -> Result<(), LibraryError> {
+        crate::accounts::check_password(new)?;
+        self.library.check_credentials(account, old, from)?;
+        self.library.set_password(account, new)
     }
 
     /// Exchanges a device token for a fresh access token.
@@ -487,20 +533,36 @@ impl Cloud {
     pub fn account_info(&self, account: &str) -> Result<AccountInfo, LibraryError> {
         let (plan, admin) = self.library.account_plan(account)?;
         let used_bytes = self.store.used_bytes(account)?;
-        let reserved_bytes = held_bytes(&self.library.db(), account, self.library.clock.now_ms())?;
+        let reserved_bytes = held_bytes(
+            &self.library.db(),
+            account,
+            self.library.clock.now_ms(),
+            None,
+        )?;
         Ok(AccountInfo {
             account: account.to_string(),
             plan,
             used_bytes,
             reserved_bytes,
             admin,
+            failed_sign_ins: self.library.failed_sign_ins(account)?,
         })
     }
 
     /// Deletes an account after checking its password: every asset is purged, every store
     /// reference released (the store's GC then reclaims the bytes), every device revoked.
     pub fn delete_account(&self, account: &str, password: &str) -> Result<(), LibraryError> {
-        self.library.check_credentials(account, password)?;
+        self.delete_account_from(account, password, SignInFrom::Local)
+    }
+
+    /// [`Cloud::delete_account`] asked by a client at `from`.
+    pub fn delete_account_from(
+        &self,
+        account: &str,
+        password: &str,
+        from: SignInFrom,
+    ) -> Result<(), LibraryError> {
+        self.library.check_credentials(account, password, from)?;
         let now = self.library.clock.now_ms();
         let sessions: Vec<String> = {
             let mut db = self.library.db();
@@ -560,6 +622,20 @@ impl Cloud {
         bytes: u64,
         request_id: Option<&str>,
     ) -> Result<Reservation, LibraryError> {
+        self.begin_upload_for(account, None, bytes, request_id)
+    }
+
+    /// [`Cloud::begin_upload`] for an enrolled device. A device's own reservations never
+    /// count against its next one: after a crash of either side, or a pass that failed
+    /// half-way, the device goes on at once instead of waiting out its own leases. A
+    /// retried request id whose lease lapsed is renewed, never answered expired.
+    pub fn begin_upload_for(
+        &self,
+        account: &str,
+        device: Option<&str>,
+        bytes: u64,
+        request_id: Option<&str>,
+    ) -> Result<Reservation, LibraryError> {
         if request_id.is_some_and(|r| r.is_empty() || r.len() > 128) {
             return Err(LibraryError::InvalidArgument(
                 "request_id must be 1..=128 bytes".into(),
@@ -586,10 +662,26 @@ impl Cloud {
                 )
                 .optional()?;
             if let Some(prior) = prior {
-                return Ok(prior);
+                if prior.expires_at > now {
+                    return Ok(prior);
+                }
+                drop(tx);
+                drop(db);
+                match self.renew_upload(account, &prior.reservation_id) {
+                    Ok(renewed) => return Ok(renewed),
+                    // The store's session is gone with its lease: a new one below.
+                    Err(LibraryError::Store(_)) => {
+                        self.library.db().execute(
+                            "DELETE FROM reservations WHERE reservation_id = ?1",
+                            [&prior.reservation_id],
+                        )?;
+                        return self.begin_upload_for(account, device, bytes, request_id);
+                    }
+                    Err(e) => return Err(e),
+                }
             }
         }
-        let held = held_bytes(&tx, account, now)?;
+        let held = held_bytes(&tx, account, now, device)?;
         if used.saturating_add(held).saturating_add(bytes) > plan.limit_bytes {
             tracing::info!(
                 account,
@@ -613,14 +705,15 @@ impl Cloud {
             request_id,
         )?;
         tx.execute(
-            "INSERT INTO reservations (reservation_id, account, request_id, bytes, expires_at)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO reservations (reservation_id, account, request_id, bytes, expires_at, device)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![
                 session.id,
                 account,
                 request_id,
                 bytes as i64,
-                session.expires_at
+                session.expires_at,
+                device
             ],
         )?;
         tx.commit()?;
@@ -938,10 +1031,12 @@ fn held_bytes(
     conn: &rusqlite::Connection,
     account: &str,
     now: UnixMillis,
+    except_device: Option<&str>,
 ) -> Result<u64, LibraryError> {
     let held: i64 = conn.query_row(
-        "SELECT COALESCE(SUM(bytes), 0) FROM reservations WHERE account = ?1 AND expires_at > ?2",
-        params![account, now],
+        "SELECT COALESCE(SUM(bytes), 0) FROM reservations
+         WHERE account = ?1 AND expires_at > ?2 AND (?3 IS NULL OR device IS NOT ?3)",
+        params![account, now, except_device],
         |r| r.get(0),
     )?;
     Ok(held as u64)

@@ -51,10 +51,7 @@ pub enum LibraryError {
     #[error("account {0:?} already exists")]
     AccountExists(String),
     /// The upload or commit would take the account past its plan.
-    #[error(
-        "not enough cloud storage: {used_bytes} bytes used and {reserved_bytes} reserved of {limit_bytes}, \
-         {needed_bytes} more needed; free space (empty Recently Deleted) or choose a bigger plan"
-    )]
+    #[error("{}", quota_message(*used_bytes, *reserved_bytes, *needed_bytes, *limit_bytes))]
     QuotaExceeded {
         /// Bytes the account owns in the store.
         used_bytes: u64,
@@ -72,6 +69,21 @@ pub enum LibraryError {
         required: String,
         /// What the client said it was.
         got: String,
+    },
+    /// Too many wrong passwords for this account or from this address: the next check
+    /// waits (the wait doubles with each failure, within bounds).
+    #[error("too many sign-in attempts; try again in {} s", retry_after_ms.div_ceil(1000))]
+    TooManyAttempts {
+        /// When the next attempt is checked.
+        retry_after_ms: u64,
+    },
+    /// The server has no room for this now (password checks are limited to a few at once).
+    #[error("the server is busy with {what}; try again in {retry_after_ms} ms")]
+    Overloaded {
+        /// What is busy.
+        what: &'static str,
+        /// A hint for when to retry.
+        retry_after_ms: u64,
     },
     /// The chunk store refused or failed.
     #[error(transparent)]
@@ -106,8 +118,47 @@ impl LibraryError {
             Self::AccountExists(_) => "ACCOUNT_EXISTS",
             Self::QuotaExceeded { .. } => "QUOTA_EXCEEDED",
             Self::ClientTooOld { .. } => "CLIENT_TOO_OLD",
+            Self::TooManyAttempts { .. } => "TOO_MANY_ATTEMPTS",
+            Self::Overloaded { .. } => "OVERLOADED",
             Self::Store(e) => e.reason(),
             Self::Index(_) => "INDEX_IO",
         }
+    }
+}
+
+fn size(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1_000_000_000 => format!("{:.1} GB", b as f64 / 1e9),
+        b if b >= 1_000_000 => format!("{:.1} MB", b as f64 / 1e6),
+        b => format!("{:.1} kB", b as f64 / 1e3),
+    }
+}
+
+/// QUOTA_EXCEEDED in words: what is used, what is only held for uploads in progress, and
+/// the fix that applies — waiting, when the plan fits this upload but for those holds.
+fn quota_message(used: u64, reserved: u64, needed: u64, limit: u64) -> String {
+    if reserved > 0 && used.saturating_add(needed) <= limit {
+        format!(
+            "not enough cloud storage for now: {} used of {}, and {} held for uploads other \
+             devices have in progress (not used; released when they finish, or within 10 \
+             minutes); this upload needs {}. Wait for those uploads, or choose a bigger plan",
+            size(used),
+            size(limit),
+            size(reserved),
+            size(needed)
+        )
+    } else {
+        format!(
+            "not enough cloud storage: {} used of {}{}; this upload needs {}. Free space \
+             (delete photos and empty Recently Deleted) or choose a bigger plan",
+            size(used),
+            size(limit),
+            if reserved > 0 {
+                format!(" (and {} held for uploads in progress)", size(reserved))
+            } else {
+                String::new()
+            },
+            size(needed)
+        )
     }
 }

@@ -38,11 +38,13 @@ mod derive;
 mod error;
 mod hlc;
 mod library;
+mod passwords;
 mod schema;
 pub mod tokens;
 
 pub use accounts::{
-    AccountInfo, ClientVersion, Device, DeviceReport, KdfCost, Plan, default_plans,
+    AccountInfo, ClientVersion, Device, DeviceReport, FailedSignIns, KdfCost, Plan, SignInFrom,
+    default_plans,
 };
 pub use cloud::{
     ChunkStore, Cloud, CommitAsset, DamagedAsset, Enrolment, IssuedToken, LibraryScrub,
@@ -56,3 +58,4 @@ pub use library::{
     ContentMatch, Derived, Library, LibraryConfig, LibraryEdit, MAX_EDITS_PER_CALL, MetadataField,
     VersionInfo,
 };
+pub use passwords::PasswordLimits;

@@ -32,6 +32,8 @@ pub struct LibraryConfig {
     pub min_client_version: crate::ClientVersion,
     /// A store reference taken for a commit that never happened is released after this.
     pub pending_ref_grace_ms: i64,
+    /// How many password checks run at once and wait (each holds the KDF's memory).
+    pub password_limits: crate::PasswordLimits,
 }
 
 impl Default for LibraryConfig {
@@ -48,6 +50,7 @@ impl Default for LibraryConfig {
             upload_ttl_ms: 10 * 60 * 1000,
             min_client_version: crate::ClientVersion::default(),
             pending_ref_grace_ms: 3600 * 1000,
+            password_limits: crate::PasswordLimits::default(),
         }
     }
 }
@@ -328,6 +331,7 @@ const CURSOR_SEQ_MASK: u64 = (1 << CURSOR_SEQ_BITS) - 1;
 /// The cloud library.
 pub struct Library {
     pub(crate) db: Mutex<Connection>,
+    pub(crate) passwords: crate::passwords::PasswordGate,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) entropy: Arc<dyn Entropy>,
     pub(crate) config: LibraryConfig,
@@ -524,6 +528,7 @@ impl Library {
         schema::prepare(&mut conn)?;
         Ok(Self {
             db: Mutex::new(conn),
+            passwords: crate::passwords::PasswordGate::new(config.kdf, config.password_limits),
             clock,
             entropy,
             config,

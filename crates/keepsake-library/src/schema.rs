@@ -203,6 +203,24 @@ CREATE TABLE purged_files (
 ) WITHOUT ROWID;
 ";
 
+const V7: &str = "
+-- A reservation remembers the device that made it: its own earlier reservations never
+-- count against a device's next upload (a crash of either side must not block it).
+ALTER TABLE reservations ADD COLUMN device TEXT;
+-- Failed sign-ins, per account and per client address ('account:NAME', 'address:IP'):
+-- each failure past a few free ones doubles the wait before the next attempt is checked.
+-- Kept here, not in a server's memory, so several servers on one library agree.
+CREATE TABLE sign_in_failures (
+    key      TEXT PRIMARY KEY,
+    failures INTEGER NOT NULL,
+    last_at  INTEGER NOT NULL
+) WITHOUT ROWID;
+-- What the owner is shown: failed sign-ins since their last successful one.
+ALTER TABLE accounts ADD COLUMN failed_sign_ins INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE accounts ADD COLUMN last_failed_at INTEGER;
+ALTER TABLE accounts ADD COLUMN last_failed_from TEXT;
+";
+
 /// Gives assets committed before paths existed a path: their name at the top of the
 /// folder, numbered in commit order where two fold to one key (a downloader's flattened
 /// " (2)" twins were already apart). Then no two live assets share a key, and the index
@@ -260,6 +278,7 @@ pub fn prepare(conn: &mut Connection) -> Result<(), crate::LibraryError> {
         M::up(V4),
         M::up(V5),
         M::up(V6),
+        M::up(V7),
     ])
     .to_latest(conn)?;
     give_old_assets_paths(conn)?;

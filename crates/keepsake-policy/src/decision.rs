@@ -77,6 +77,17 @@ pub enum ReasonCode {
     ClockSkew,
     /// A transfer stalled and was restarted (informational).
     TransferStalled,
+    /// The server's own disk is full (not the plan).
+    #[serde(rename = "STORAGE_FULL")]
+    ServerStorageFull,
+    /// No agent runs for this device: nothing syncs until one does.
+    AgentNotRunning,
+    /// The library folder is missing (an unmounted card, a moved folder).
+    FolderMissing,
+    /// Many files vanished at once: their deletes wait for the owner's word.
+    DeletesNeedConfirmation,
+    /// The cloud refused the last pass for another reason (said in its words).
+    CloudRefused,
 }
 
 impl ReasonCode {
@@ -99,6 +110,11 @@ impl ReasonCode {
             Self::ClientTooOld => "CLIENT_TOO_OLD",
             Self::ClockSkew => "CLOCK_SKEW",
             Self::TransferStalled => "TRANSFER_STALLED",
+            Self::ServerStorageFull => "STORAGE_FULL",
+            Self::AgentNotRunning => "AGENT_NOT_RUNNING",
+            Self::FolderMissing => "FOLDER_MISSING",
+            Self::DeletesNeedConfirmation => "DELETES_NEED_CONFIRMATION",
+            Self::CloudRefused => "CLOUD_REFUSED",
         }
     }
 }

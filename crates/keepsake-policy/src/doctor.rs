@@ -2,7 +2,7 @@
 //! rendered from a snapshot and its decision alone (so it is tested without a device).
 
 use crate::decision::{Decision, Reason, ReasonCode};
-use crate::snapshot::{Network, Snapshot};
+use crate::snapshot::{Network, Snapshot, UnixMillis};
 use serde::Serialize;
 
 /// The seven causes, in the order the checklist shows them.
@@ -53,7 +53,12 @@ impl Cause {
     fn codes(self) -> &'static [ReasonCode] {
         use ReasonCode as R;
         match self {
-            Self::AccountAndSyncSwitch => &[R::NotSignedIn, R::SyncDisabled, R::PausedByUser],
+            Self::AccountAndSyncSwitch => &[
+                R::NotSignedIn,
+                R::SyncDisabled,
+                R::PausedByUser,
+                R::DeletesNeedConfirmation,
+            ],
             Self::ConnectionAndCellular => &[
                 R::Offline,
                 R::ServerUnreachable,
@@ -61,9 +66,9 @@ impl Cause {
                 R::CellularCapReached,
                 R::WaitingForWifi,
             ],
-            Self::CloudStorage => &[R::QuotaExceeded],
-            Self::DeviceStorage => &[R::DeviceStorageLow],
-            Self::StalledTransfers => &[R::ClockSkew],
+            Self::CloudStorage => &[R::QuotaExceeded, R::ServerStorageFull],
+            Self::DeviceStorage => &[R::DeviceStorageLow, R::FolderMissing],
+            Self::StalledTransfers => &[R::ClockSkew, R::AgentNotRunning, R::CloudRefused],
             Self::SoftwareVersion => &[R::ClientTooOld],
             Self::Power => &[R::LowPowerMode, R::LowBattery],
         }
@@ -113,6 +118,166 @@ pub struct Unknowns {
     pub sync_switch: bool,
     /// The device's transfer history was not available (no device agent).
     pub transfer_history: bool,
+}
+
+/// What the device's agent lives through, read from its status file and its lock: the
+/// doctor reports it beside the conditions and never contradicts it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AgentView {
+    /// Whether an agent runs for the device now (`None`: it cannot be told).
+    pub running: Option<bool>,
+    /// The reason code its last pass ended with, if any.
+    pub reason: Option<String>,
+    /// The cloud's words for it (with its numbers).
+    pub message: Option<String>,
+    /// When its last pass ended.
+    pub last_pass: Option<UnixMillis>,
+}
+
+/// A reason an agent reported, as the checklist says it: what is wrong and what fixes
+/// it. `None` for the policy's own codes: the doctor judges those from the same
+/// conditions afresh.
+pub fn lived_reason(code: &str, message: Option<&str>) -> Option<Reason> {
+    use ReasonCode as R;
+    let said = |fallback: &str| {
+        message
+            .filter(|m| !m.is_empty())
+            .unwrap_or(fallback)
+            .to_string()
+    };
+    let (code, message, fix, clears_when) = match code {
+        "QUOTA_EXCEEDED" => {
+            let message = said("The cloud refused uploads: the plan is full");
+            let fix = if message.contains("for now") {
+                "Wait for the uploads other devices have in progress (their holds end within 10 minutes), or choose a bigger plan."
+            } else {
+                "Delete photos you no longer need (and empty Recently Deleted), or upgrade your plan."
+            };
+            (R::QuotaExceeded, message, fix, None)
+        }
+        "STORAGE_FULL" => (
+            R::ServerStorageFull,
+            said("The server's disk is full"),
+            "Ask the server's administrator to free space or give it a bigger disk; Keepsake tries again by itself.",
+            Some("when the server has room again"),
+        ),
+        "CLIENT_TOO_OLD" => (
+            R::ClientTooOld,
+            said("This Keepsake is too old for the server"),
+            "Update Keepsake.",
+            None,
+        ),
+        "UNAUTHENTICATED" | "PERMISSION_DENIED" => (
+            R::NotSignedIn,
+            said("The server no longer accepts this device"),
+            "Enrol the device again with `keepsake device enroll` (it may have been removed from the account).",
+            None,
+        ),
+        "SERVER_UNREACHABLE" | "UNAVAILABLE" => (
+            R::ServerUnreachable,
+            said("The Keepsake server does not answer"),
+            "Check the server address, and that the server is running and reachable from this network.",
+            Some("when the server answers again"),
+        ),
+        "FOLDER_MISSING" => (
+            R::FolderMissing,
+            said("The library folder is missing (unmounted or moved)"),
+            "Reconnect or mount the folder; Keepsake deletes nothing it cannot see.",
+            None,
+        ),
+        "DELETES_NEED_CONFIRMATION" => (
+            R::DeletesNeedConfirmation,
+            said("Many files vanished from the folder at once; their deletes wait"),
+            "If they were meant to go, run `keepsake device confirm-deletes`; else put them back.",
+            None,
+        ),
+        other if ALL_POLICY_CODES.iter().any(|c| c.as_str() == other) => return None,
+        other => (
+            R::CloudRefused,
+            format!(
+                "The last pass was refused: {other} — {}",
+                said("no details")
+            ),
+            "Look at `keepsake status`; if it stays after the next pass, restart the agent.",
+            None,
+        ),
+    };
+    Some(Reason {
+        code,
+        message,
+        fix: fix.to_string(),
+        clears_at: None,
+        clears_when: clears_when.map(str::to_string),
+    })
+}
+
+/// The codes `evaluate` decides from conditions.
+const ALL_POLICY_CODES: [ReasonCode; 16] = [
+    ReasonCode::NotSignedIn,
+    ReasonCode::SyncDisabled,
+    ReasonCode::PausedByUser,
+    ReasonCode::Offline,
+    ReasonCode::ServerUnreachable,
+    ReasonCode::CellularNotAllowed,
+    ReasonCode::CellularCapReached,
+    ReasonCode::WaitingForWifi,
+    ReasonCode::QuotaExceeded,
+    ReasonCode::DeviceStorageLow,
+    ReasonCode::LowPowerMode,
+    ReasonCode::LowBattery,
+    ReasonCode::WaitingForCharger,
+    ReasonCode::ClientTooOld,
+    ReasonCode::ClockSkew,
+    ReasonCode::TransferStalled,
+];
+
+/// The checklist with what the agent lives through added: its last refusal (under the
+/// cause it belongs to, unless that check already says it) and whether it runs at all.
+pub fn diagnose_with_agent(
+    s: &Snapshot,
+    decision: &Decision,
+    unknown: &Unknowns,
+    agent: &AgentView,
+) -> Report {
+    let mut report = diagnose(s, decision, unknown);
+    let mut lived = Vec::new();
+    if agent.running == Some(false) {
+        let when = agent.last_pass.map_or_else(
+            || "it has not run".to_string(),
+            |at| format!("its last pass ended {} s ago", (s.now - at).max(0) / 1000),
+        );
+        lived.push(Reason {
+            code: ReasonCode::AgentNotRunning,
+            message: format!("No Keepsake agent is running for this device ({when})"),
+            fix: "Start it: `keepsake sync FOLDER --data DIR` (or `keepsake device run`).".into(),
+            clears_at: None,
+            clears_when: None,
+        });
+    }
+    if let Some(code) = &agent.reason
+        && let Some(r) = lived_reason(code, agent.message.as_deref())
+    {
+        lived.push(r);
+    }
+    for r in lived {
+        let Some(check) = report
+            .checks
+            .iter_mut()
+            .find(|c| c.cause.codes().contains(&r.code))
+        else {
+            continue;
+        };
+        if check.reasons.iter().any(|have| have.code == r.code) {
+            continue;
+        }
+        if check.state != CheckState::Blocked {
+            check.state = CheckState::Blocked;
+            check.summary = r.message.clone();
+        }
+        check.reasons.push(r);
+    }
+    report.syncing = report.checks.iter().all(|c| c.state != CheckState::Blocked);
+    report
 }
 
 fn gb(bytes: u64) -> String {

@@ -70,7 +70,8 @@ pub struct Session {
 pub struct PutOutcome {
     /// Every chunk of the batch, now durable and owned by the account.
     pub acknowledged: Vec<ChunkId>,
-    /// Bytes that were new to the physical store.
+    /// Bytes new to the account (it did not own them before). Never what is new to the
+    /// physical store: that would tell one account what another stores.
     pub new_bytes: u64,
     /// Data chunks of the batch the account already held before it: sent for nothing.
     pub already_held: u64,
@@ -439,13 +440,20 @@ impl Store {
             }
         };
         let now = self.clock.now_ms();
+        // Only what this account owns is skipped. A chunk only another account holds is
+        // written again, durably, like fresh bytes (its copy is garbage the next repack
+        // collects): the answer's count and its timing are the same as for content nobody
+        // has, so an upload never tells its caller what someone else stores.
         let mut present: HashSet<ChunkId> = {
             let db = self.reader();
             check_live_session(&db, account, session_id, now)?;
-            let mut stmt = db.prepare_cached("SELECT 1 FROM chunks WHERE id = ?1")?;
+            let mut stmt = db.prepare_cached(
+                "SELECT 1 FROM chunks c JOIN owners o ON o.chunk = c.id
+                 WHERE c.id = ?1 AND o.account = ?2",
+            )?;
             let mut present = HashSet::new();
             for (id, _, _) in &unique {
-                if stmt.exists([&id.0[..]])? {
+                if stmt.exists(params![&id.0[..], account])? {
                     present.insert(*id);
                 }
             }
@@ -584,16 +592,13 @@ impl Store {
                  VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
             for (id, slot, is_manifest) in slots {
-                if insert.execute(params![
+                insert.execute(params![
                     &id.0[..],
                     pack_id,
                     slot.offset as i64,
                     slot.len,
                     *is_manifest
-                ])? == 1
-                {
-                    new_bytes += u64::from(slot.len);
-                }
+                ])?;
             }
         }
         {
@@ -607,6 +612,7 @@ impl Store {
                 if own.execute(params![account, &id.0[..]])? == 1 {
                     owned_bytes += data.len() as i64;
                     owned_chunks += 1;
+                    new_bytes += data.len() as u64;
                 } else if !is_manifest {
                     already_held += 1;
                 }

@@ -135,19 +135,31 @@ fn find_missing_reports_unowned_chunks_and_another_accounts_chunks() {
         absent_err.replace(&ChunkId::of(b"nobody has this").to_hex(), "ID"),
         "an unowned chunk reads exactly like an absent one"
     );
-    // Bob uploading the same bytes stores nothing new physically but now owns it.
+    // Bob uploading the same bytes is answered as for bytes nobody has (the count, and a
+    // durable write like theirs: no oracle), and he owns them now.
+    let fresh = chunk(b"nobody has these");
     let out = f.store.put_chunks("bob", &b.id, &[(id, data)]).unwrap();
-    assert_eq!(out.new_bytes, 0);
+    let other = f.store.put_chunks("bob", &b.id, &[fresh]).unwrap();
+    assert_eq!((out.new_bytes, other.new_bytes), (13, 16));
     assert_eq!(
         out.already_held, 0,
         "new to bob even though the store had it"
     );
-    assert_eq!(f.store.usage("bob").unwrap().bytes, 13);
+    assert_eq!(f.store.usage("bob").unwrap().bytes, 13 + 16);
     assert_eq!(f.store.usage("alice").unwrap().bytes, 13);
     assert_eq!(
         f.backend.list("packs/").unwrap().len(),
-        1,
-        "deduplicated physically"
+        3,
+        "written again, as fresh bytes are"
+    );
+    // One location stays indexed (bob's copy is garbage for the next repack); both read it.
+    assert_eq!(
+        f.store.get_chunk("bob", &id).unwrap(),
+        &b"alice's photo"[..]
+    );
+    assert_eq!(
+        f.store.get_chunk("alice", &id).unwrap(),
+        &b"alice's photo"[..]
     );
 }
 

@@ -6,6 +6,7 @@ use keepsake_proto::v1::accounts_client::AccountsClient;
 use keepsake_proto::v1::chunk_store_client::ChunkStoreClient;
 use keepsake_proto::v1::library_client::LibraryClient;
 use keepsake_store::ChunkId;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
@@ -91,17 +92,29 @@ pub async fn connect_tls(url: &str, fingerprint: &str) -> Result<Channel, Connec
 /// to every call.
 #[derive(Clone)]
 pub struct BearerAuth {
-    header: Option<MetadataValue<Ascii>>,
+    // Shared by every clone (each client holds one), so a token refreshed during a long
+    // upload reaches the calls already set up with the old one.
+    header: Option<Arc<RwLock<MetadataValue<Ascii>>>>,
     version: MetadataValue<Ascii>,
+}
+
+/// The token a [`BearerAuth`] sends, replaceable while calls are made with it.
+#[derive(Clone)]
+pub struct TokenCell(Arc<RwLock<MetadataValue<Ascii>>>);
+
+impl TokenCell {
+    /// Every call made from now on carries `token`.
+    pub fn set(&self, token: &str) {
+        if let Ok(value) = token.parse() {
+            *self.0.write().unwrap_or_else(|p| p.into_inner()) = value;
+        }
+    }
 }
 
 impl BearerAuth {
     /// Auth for `token`; panics only if the token holds characters HTTP headers cannot carry.
     pub fn new(token: &str) -> Self {
-        Self {
-            header: Some(token.parse().expect("tokens are printable ASCII")),
-            ..Self::anonymous()
-        }
+        Self::anonymous().token(token)
     }
 
     /// No token (sign-in and enrolment), only the client version.
@@ -121,15 +134,23 @@ impl BearerAuth {
 
     /// This auth with `token` attached.
     pub fn token(mut self, token: &str) -> Self {
-        self.header = Some(token.parse().expect("tokens are printable ASCII"));
+        self.header = Some(Arc::new(RwLock::new(
+            token.parse().expect("tokens are printable ASCII"),
+        )));
         self
+    }
+
+    /// The cell to replace the token through, if this auth has one.
+    pub fn cell(&self) -> Option<TokenCell> {
+        self.header.clone().map(TokenCell)
     }
 }
 
 impl Interceptor for BearerAuth {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
         if let Some(header) = &self.header {
-            req.metadata_mut().insert(TOKEN_HEADER, header.clone());
+            let value = header.read().unwrap_or_else(|p| p.into_inner()).clone();
+            req.metadata_mut().insert(TOKEN_HEADER, value);
         }
         req.metadata_mut()
             .insert(CLIENT_VERSION_HEADER, self.version.clone());
@@ -334,6 +355,9 @@ const TRANSIENT_REASONS: &[&str] = &[
     "UNAVAILABLE",
     "INDEX_IO",
     "TRANSFER_STALLED",
+    // The server's disk, not the plan: it clears when its administrator makes room.
+    "STORAGE_FULL",
+    "TOO_MANY_ATTEMPTS",
 ];
 
 impl From<tonic::Status> for CallError {
@@ -361,7 +385,7 @@ impl From<tonic::Status> for CallError {
             .unwrap_or_else(|| upper_snake(&format!("{:?}", status.code())));
         let transient = match status.code() {
             Code::Unavailable | Code::DeadlineExceeded | Code::Aborted | Code::Cancelled => true,
-            // Only the server's own shedding is transient; an exhausted quota or disk waits for a person.
+            // The server's own shedding and its disk are transient; an exhausted plan waits for a person.
             Code::ResourceExhausted => TRANSIENT_REASONS.contains(&reason.as_str()),
             // Without a Keepsake reason these come from below gRPC: a reset stream, a cut connection.
             Code::Unknown | Code::Internal => info.is_none(),
@@ -447,7 +471,6 @@ mod tests {
             L::ClockSkew { ahead_ms: 600_000 }.into(),
             ApiError::Unauthenticated("expired".into()),
             ApiError::field("kind", "must be PHOTO or VIDEO"),
-            StoreError::StorageFull.into(),
             L::NotFound {
                 kind: "asset",
                 id: "x".into(),
@@ -462,6 +485,16 @@ mod tests {
                 crate::reason_of(&to_status(&err))
             );
         }
+        // The server's full disk clears when its administrator makes room: the device waits
+        // the hint and tries again. It used to be permanent, and each pass re-sent at once.
+        let full = CallError::from(to_status(&StoreError::StorageFull.into()));
+        assert_eq!(
+            full.retry,
+            Retry::Transient {
+                after: Some(Duration::from_millis(15_000))
+            }
+        );
+        assert_eq!(full.reason(), "STORAGE_FULL");
         let missing = ChunkId::of(b"gone");
         let call = CallError::from(to_status(&StoreError::MissingChunks(vec![missing]).into()));
         assert_eq!(call.missing_chunks(), &[missing]);

@@ -56,6 +56,7 @@ pub struct CloudClient {
     accounts: AccountsApi,
     delta: DeltaClient<InterceptedService<Channel, BearerAuth>>,
     policy: PolicyClient<InterceptedService<Channel, BearerAuth>>,
+    auth: BearerAuth,
     config: ClientConfig,
 }
 
@@ -112,9 +113,15 @@ impl CloudClient {
                 .max_decoding_message_size(16 << 20)
                 .max_encoding_message_size(16 << 20),
             policy: PolicyClient::with_interceptor(channel.clone(), auth.clone()),
-            accounts: accounts_client(channel, auth),
+            accounts: accounts_client(channel, auth.clone()),
+            auth,
             config,
         }
+    }
+
+    /// The auth every call carries (its token can be replaced through [`BearerAuth::cell`]).
+    pub fn auth(&self) -> &BearerAuth {
+        &self.auth
     }
 
     fn unary<T>(&self, message: T) -> tonic::Request<T> {

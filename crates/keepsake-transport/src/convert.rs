@@ -715,13 +715,22 @@ pub fn account_to_wire(info: keepsake_library::AccountInfo) -> pb::Account {
         used_bytes,
         reserved_bytes,
         admin,
+        failed_sign_ins,
     } = info;
+    let keepsake_library::FailedSignIns {
+        count,
+        last_at,
+        last_from,
+    } = failed_sign_ins;
     pb::Account {
         account,
         plan: Some(plan_to_wire(plan)),
         used_bytes,
         reserved_bytes,
         admin,
+        failed_sign_ins: count,
+        last_failed_sign_in_ms: last_at.unwrap_or(0),
+        last_failed_sign_in_from: last_from.unwrap_or_default(),
     }
 }
 

@@ -43,6 +43,9 @@ fn status_to_wire(s: AgentStatus) -> pb::AgentStatus {
         damaged_waiting,
         ignored,
         numbered,
+        passes,
+        reason_message,
+        folder,
     } = s;
     pb::AgentStatus {
         device_id,
@@ -67,6 +70,9 @@ fn status_to_wire(s: AgentStatus) -> pb::AgentStatus {
             .into_iter()
             .map(|(here, library)| pb::NumberedName { here, library })
             .collect(),
+        passes,
+        reason_message: reason_message.unwrap_or_default(),
+        folder: folder.unwrap_or_default(),
     }
 }
 

@@ -76,6 +76,9 @@ impl ApiError {
     }
 }
 
+/// How long a device waits before trying a full server disk again.
+const STORAGE_FULL_RETRY_MS: u64 = 15_000;
+
 /// Turns an error into a status with a canonical code, a sentence a person can act
 /// on, and an `ErrorInfo` whose stable `reason` a program can act on.
 pub fn to_status(err: &ApiError) -> Status {
@@ -161,6 +164,12 @@ pub fn to_status(err: &ApiError) -> Status {
                 LibraryError::ClientTooOld { required, .. } => {
                     metadata.insert("required_version".into(), required.clone());
                     Code::FailedPrecondition
+                }
+                LibraryError::TooManyAttempts { retry_after_ms }
+                | LibraryError::Overloaded { retry_after_ms, .. } => {
+                    metadata.insert("retry_after_ms".into(), retry_after_ms.to_string());
+                    details.set_retry_info(Some(std::time::Duration::from_millis(*retry_after_ms)));
+                    Code::ResourceExhausted
                 }
                 LibraryError::Index(_) => Code::Unavailable,
                 LibraryError::Store(_) => unreachable!("matched above"),
@@ -248,7 +257,15 @@ fn store_code(
             metadata.insert("chunk_id".into(), id.to_hex());
             Code::DataLoss
         }
-        StoreError::StorageFull => Code::ResourceExhausted,
+        StoreError::StorageFull => {
+            // The server's disk fills and is freed or grown by its administrator: the
+            // device waits and tries again, never re-sending at once.
+            metadata.insert("retry_after_ms".into(), STORAGE_FULL_RETRY_MS.to_string());
+            details.set_retry_info(Some(std::time::Duration::from_millis(
+                STORAGE_FULL_RETRY_MS,
+            )));
+            Code::ResourceExhausted
+        }
         StoreError::Backend(_) | StoreError::Index(_) => Code::Unavailable,
     }
 }

@@ -118,6 +118,15 @@ impl LibraryService {
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
+/// Where a password came from, for the sign-in throttle (a call without a peer address —
+/// an in-process channel — counts as the server's own).
+fn sign_in_from(peer: &Option<std::net::SocketAddr>) -> keepsake_library::SignInFrom {
+    match peer {
+        Some(addr) => keepsake_library::SignInFrom::Address(addr.ip()),
+        None => keepsake_library::SignInFrom::Local,
+    }
+}
+
 #[tonic::async_trait]
 impl Library for LibraryService {
     async fn begin_upload(
@@ -126,10 +135,11 @@ impl Library for LibraryService {
     ) -> Result<Response<pb::BeginUploadResponse>, Status> {
         let who = identity(&request)?;
         let pb::BeginUploadRequest { bytes, request_id } = request.into_inner();
-        let account = who.account.clone();
+        let (account, device) = (who.account.clone(), who.device.clone());
         let r = run(&self.cloud, Some(&who), move |c| {
-            c.begin_upload(
+            c.begin_upload_for(
                 &account,
+                device.as_deref(),
                 bytes,
                 (!request_id.is_empty()).then_some(&*request_id),
             )
@@ -597,8 +607,13 @@ impl Accounts for AccountsService {
         &self,
         request: Request<pb::SignInRequest>,
     ) -> Result<Response<pb::SignInResponse>, Status> {
+        let request_from = request.remote_addr();
         let pb::SignInRequest { account, password } = request.into_inner();
-        let token = run(&self.cloud, None, move |c| c.sign_in(&account, &password)).await?;
+        let from = sign_in_from(&request_from);
+        let token = run(&self.cloud, None, move |c| {
+            c.sign_in_from(&account, &password, from)
+        })
+        .await?;
         Ok(Response::new(pb::SignInResponse {
             access: Some(token_to_wire(token)),
         }))
@@ -609,14 +624,14 @@ impl Accounts for AccountsService {
         request: Request<pb::ChangePasswordRequest>,
     ) -> Result<Response<pb::ChangePasswordResponse>, Status> {
         let who = identity(&request)?;
+        let from = sign_in_from(&request.remote_addr());
         let pb::ChangePasswordRequest {
             old_password,
             new_password,
         } = request.into_inner();
         let account = who.account.clone();
         run(&self.cloud, Some(&who), move |c| {
-            c.library()
-                .change_password(&account, &old_password, &new_password)
+            c.change_password_from(&account, &old_password, &new_password, from)
         })
         .await?;
         Ok(Response::new(pb::ChangePasswordResponse {}))
@@ -627,10 +642,11 @@ impl Accounts for AccountsService {
         request: Request<pb::DeleteAccountRequest>,
     ) -> Result<Response<pb::DeleteAccountResponse>, Status> {
         let who = identity(&request)?;
+        let from = sign_in_from(&request.remote_addr());
         let pb::DeleteAccountRequest { password } = request.into_inner();
         let account = who.account.clone();
         run(&self.cloud, Some(&who), move |c| {
-            c.delete_account(&account, &password)
+            c.delete_account_from(&account, &password, from)
         })
         .await?;
         self.changes.notify(&who.account);
@@ -672,6 +688,7 @@ impl Accounts for AccountsService {
         &self,
         request: Request<pb::EnrollDeviceRequest>,
     ) -> Result<Response<pb::EnrollDeviceResponse>, Status> {
+        let from = sign_in_from(&request.remote_addr());
         let pb::EnrollDeviceRequest {
             account,
             password,
@@ -680,12 +697,13 @@ impl Accounts for AccountsService {
             client_version,
         } = request.into_inner();
         let e = run(&self.cloud, None, move |c| {
-            c.enroll_device(
+            c.enroll_device_from(
                 &account,
                 &password,
                 &device_name,
                 &platform,
                 &client_version,
+                from,
             )
         })
         .await?;

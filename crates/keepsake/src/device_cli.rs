@@ -49,12 +49,12 @@ pub struct Credentials {
 
 /// What an enrolled device keeps in its data directory.
 #[derive(Serialize, Deserialize)]
-struct Enrolled {
-    server: String,
-    fingerprint: Option<String>,
-    account: String,
-    device_id: String,
-    device_token: String,
+pub(crate) struct Enrolled {
+    pub(crate) server: String,
+    pub(crate) fingerprint: Option<String>,
+    pub(crate) account: String,
+    pub(crate) device_id: String,
+    pub(crate) device_token: String,
 }
 
 const ENROLMENT: &str = "device.json";
@@ -83,9 +83,39 @@ pub fn status(data: PathBuf) -> Result<()> {
     })?;
     let age = (now_ms() - s.last_pass_ms) / 1000;
     let since = (now_ms() - s.since_ms) / 1000;
-    match &s.reason {
-        None => println!("syncing (for {since} s); last pass {age} s ago"),
-        Some(r) => println!("not syncing: {r} (for {since} s); last pass {age} s ago"),
+    let running = keepsake_device::agent_running(&data.join("state"));
+    if running == Some(false) {
+        println!(
+            "not running: no agent is syncing this device (its last pass ended {age} s ago). \
+             Fix: start it with `keepsake sync {} --data {}`",
+            s.folder.as_deref().unwrap_or("FOLDER"),
+            data.display()
+        );
+        if let Some(r) = &s.reason {
+            println!("when it last ran, it was blocked: {r}");
+        }
+    } else {
+        match &s.reason {
+            None => println!("syncing (for {since} s); last pass {age} s ago"),
+            Some(r) => {
+                println!("not syncing: {r} (for {since} s); last pass {age} s ago");
+                match keepsake_policy::doctor::lived_reason(r, s.reason_message.as_deref()) {
+                    Some(why) => {
+                        println!("  {}", why.message);
+                        println!("  Fix: {}", why.fix);
+                    }
+                    // The policy's own reasons: judged again from the conditions the agent
+                    // last saw, for their words and fix.
+                    None => match policy_reason(&data, r) {
+                        Some(why) => {
+                            println!("  {}", why.message);
+                            println!("  Fix: {}", why.fix);
+                        }
+                        None => println!("  `keepsake doctor` says what fixes it"),
+                    },
+                }
+            }
+        }
     }
     println!(
         "{} files waiting to upload; {} uploaded and {} downloaded since the agent started",
@@ -164,10 +194,20 @@ pub fn status(data: PathBuf) -> Result<()> {
     Ok(())
 }
 
-/// Optional simulated conditions, re-read before every pass (demos and tests change them live).
-const CONDITIONS: &str = "conditions.json";
 /// The owner's settings (sync switch, pause, mobile data), re-read before every pass.
 const SETTINGS: &str = "settings.json";
+
+/// The policy's reason `code` on the conditions the agent last judged (`snapshot.json`).
+fn policy_reason(data: &Path, code: &str) -> Option<keepsake_policy::Reason> {
+    let snapshot: keepsake_policy::Snapshot =
+        serde_json::from_slice(&std::fs::read(data.join("snapshot.json")).ok()?).ok()?;
+    let decision = keepsake_policy::evaluate(&snapshot, &keepsake_policy::PolicyConfig::default());
+    decision
+        .reasons()
+        .into_iter()
+        .find(|r| r.code.as_str() == code)
+        .cloned()
+}
 
 /// The device's settings (defaults when none were saved).
 pub fn load_settings(data: &Path) -> Result<keepsake_device::Settings> {
@@ -177,63 +217,6 @@ pub fn load_settings(data: &Path) -> Result<keepsake_device::Settings> {
             .with_context(|| format!("{} is not valid settings JSON", path.display())),
         Err(_) => Ok(keepsake_device::Settings::default()),
     }
-}
-
-/// The snapshot the policy judges: the conditions file over what the machine says, the
-/// owner's settings, and what the server last said about the plan and the client version.
-fn snapshot(
-    data: &Path,
-    folder: &Path,
-    account: &str,
-    server: &crate::doctor::ServerView,
-) -> Result<keepsake_policy::Snapshot> {
-    use keepsake_policy::{Cellular, DeviceStorage, Power, Snapshot, Version};
-    let path = data.join(CONDITIONS);
-    let c: keepsake_device::Conditions = match std::fs::read_to_string(&path) {
-        Ok(text) => serde_json::from_str(&text)
-            .with_context(|| format!("{} is not valid conditions JSON", path.display()))?,
-        Err(_) => keepsake_device::Conditions::default(),
-    };
-    let (battery, charging) = crate::doctor::read_battery();
-    let (free, total) = crate::doctor::read_disk(folder);
-    let network = match &c.network {
-        Some(n) => Some(crate::doctor::parse_network(n).map_err(|e| anyhow::anyhow!(e))?),
-        None => crate::doctor::read_network(),
-    };
-    let mut snapshot = Snapshot {
-        now: now_ms(),
-        account: Some(account.to_string()),
-        sync_enabled: true,
-        paused_until: None,
-        power_override_until: None,
-        network,
-        cellular: Cellular {
-            allowed: false,
-            unlimited_updates: false,
-            daily_cap_bytes: None,
-            used_today_bytes: 0,
-        },
-        power: Power {
-            battery_percent: c.battery_percent.or(battery),
-            charging: c.charging.or(charging).unwrap_or(true),
-            low_power_mode: c.low_power,
-        },
-        storage: DeviceStorage {
-            free_bytes: c.free_bytes.or(free),
-            total_bytes: total,
-            optimize: false,
-        },
-        quota: server.quota(),
-        client_version: env!("CARGO_PKG_VERSION")
-            .parse::<Version>()
-            .unwrap_or(Version(0, 0, 0)),
-        server_min_version: server.min_version,
-        server_reachable: Some(server.reachable),
-        clock_skew_ms: None,
-        last_stall_at: None,
-    };
-    load_settings(data)?.apply_to(&mut snapshot);
-    Ok(snapshot)
 }
 
 /// Says an error as a sentence with its fix, not as a debug dump.
@@ -260,6 +243,22 @@ pub async fn enroll(
     name: String,
     data: PathBuf,
 ) -> Result<()> {
+    // Checked before the cloud hears of the device: a directory that cannot keep the
+    // device's credentials would leave a device enrolled that nothing can act as.
+    let path = data.join(ENROLMENT);
+    std::fs::create_dir_all(&data)
+        .with_context(|| format!("cannot create the data directory {}", data.display()))?;
+    let probe = data.join(".keepsake-enrol-check");
+    let _ = std::fs::remove_file(&probe);
+    crate::write_private(&probe, b"")
+        .with_context(|| format!("cannot write in the data directory {}", data.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    if path.exists() {
+        bail!(
+            "{} already holds an enrolled device; use another --data, or remove it first",
+            data.display()
+        );
+    }
     let channel = server.channel().await?;
     let mut accounts = client::accounts_client(channel, BearerAuth::anonymous());
     let reply = accounts
@@ -273,7 +272,6 @@ pub async fn enroll(
         .await
         .map_err(|s| plain(s.into()))?
         .into_inner();
-    std::fs::create_dir_all(&data)?;
     let record = Enrolled {
         server: server.server,
         fingerprint: server.fingerprint,
@@ -281,9 +279,8 @@ pub async fn enroll(
         device_id: reply.device_id.clone(),
         device_token: reply.device_token,
     };
-    let path = data.join(ENROLMENT);
-    let _ = std::fs::remove_file(&path);
-    crate::write_private(&path, &serde_json::to_vec_pretty(&record)?)?;
+    crate::write_private(&path, &serde_json::to_vec_pretty(&record)?)
+        .with_context(|| format!("writing {}", path.display()))?;
     println!(
         "enrolled {name:?} as device {} of account {}; its credentials are in {}",
         reply.device_id,
@@ -293,7 +290,7 @@ pub async fn enroll(
     Ok(())
 }
 
-fn load(data: &Path) -> Result<Enrolled> {
+pub(crate) fn load(data: &Path) -> Result<Enrolled> {
     let path = data.join(ENROLMENT);
     let text = std::fs::read_to_string(&path).with_context(|| {
         format!(
@@ -305,7 +302,8 @@ fn load(data: &Path) -> Result<Enrolled> {
     Ok(serde_json::from_str(&text)?)
 }
 
-async fn signed_in_client(e: &Enrolled) -> Result<CloudClient, SignInFailure> {
+/// Trades the device token for an access token.
+async fn fresh_access(e: &Enrolled) -> Result<(Channel, pb::AccessToken), SignInFailure> {
     let server = ServerArgs {
         server: e.server.clone(),
         fingerprint: e.fingerprint.clone(),
@@ -332,11 +330,32 @@ async fn signed_in_client(e: &Enrolled) -> Result<CloudClient, SignInFailure> {
         .ok_or_else(|| {
             SignInFailure::Refused(anyhow::anyhow!("the server sent no access token"))
         })?;
-    Ok(CloudClient::new(
-        channel,
-        BearerAuth::new(&access.token),
-        ClientConfig::default(),
-    ))
+    Ok((channel, access))
+}
+
+/// Replaces the client's access token before it expires (when half its remaining life is
+/// gone), so an upload longer than a token's life is never refused half-way. Found by the
+/// attack run: a 2.6 GB upload failed "access token expired 136 ms ago".
+fn keep_token_fresh(
+    enrolled: Arc<Enrolled>,
+    client: &CloudClient,
+    mut expires_at: i64,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let cell = client.auth().cell()?;
+    Some(tokio::spawn(async move {
+        loop {
+            let left = u64::try_from(expires_at - now_ms()).unwrap_or(0);
+            tokio::time::sleep(Duration::from_millis((left / 2).max(200))).await;
+            match fresh_access(&enrolled).await {
+                Ok((_, access)) => {
+                    cell.set(&access.token);
+                    expires_at = access.expires_at_ms;
+                }
+                // The pass says what is wrong; try again shortly.
+                Err(_) => expires_at = now_ms() + 4_000,
+            }
+        }
+    }))
 }
 
 /// Why signing in failed.
@@ -350,12 +369,29 @@ enum SignInFailure {
 /// Signs in, waiting out a cloud that cannot be reached. An agent started offline, or
 /// whose token expired during a cut, must keep trying: exiting would stop sync silently.
 /// Found by `cargo xtask it`'s chaos phase (an agent restarted while its link was cut).
-async fn signed_in_patiently(e: &Enrolled) -> Result<CloudClient> {
+async fn signed_in_patiently(e: &Enrolled, once: bool) -> Result<(CloudClient, i64)> {
+    let (channel, access) = access_patiently(e, once).await?;
+    Ok((
+        CloudClient::new(
+            channel,
+            BearerAuth::new(&access.token),
+            ClientConfig::default(),
+        ),
+        access.expires_at_ms,
+    ))
+}
+
+/// An access token, waiting out a cloud that cannot be reached (unless one pass was asked
+/// for: then why it cannot run is said at once).
+async fn access_patiently(e: &Enrolled, once: bool) -> Result<(Channel, pb::AccessToken)> {
     let mut backoff = retry_schedule(&e.device_id);
     loop {
-        match signed_in_client(e).await {
-            Ok(client) => return Ok(client),
+        match fresh_access(e).await {
+            Ok(signed_in) => return Ok(signed_in),
             Err(SignInFailure::Refused(err)) => return Err(err),
+            Err(SignInFailure::Unreachable(err)) if once => {
+                return Err(err.context("the server cannot be reached [SERVER_UNREACHABLE]"));
+            }
             Err(SignInFailure::Unreachable(err)) => {
                 let pause = backoff.next().unwrap_or(Duration::from_secs(30));
                 println!(
@@ -525,10 +561,14 @@ fn watch_settings(
 ) -> Result<notify::RecommendedWatcher> {
     use notify::Watcher;
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        // Reading the settings each pass is not a change to them (see `is_a_change`).
         if let Ok(e) = event
+            && is_a_change(&e.kind)
             && e.paths.iter().any(|p| {
                 p.file_name().is_some_and(|n| {
-                    n == SETTINGS || n == CONDITIONS || n == keepsake_device::WAKE_FILE
+                    n == SETTINGS
+                        || n == crate::conditions::CONDITIONS
+                        || n == keepsake_device::WAKE_FILE
                 })
             })
         {
@@ -539,6 +579,17 @@ fn watch_settings(
         tracing::warn!(error = %e, "cannot watch the settings; they apply at the next pass");
     }
     Ok(watcher)
+}
+
+/// Whether a file-system event changed something (rather than only reading it). A file
+/// closed after writing counts: that is when a camera's photo is complete.
+fn is_a_change(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind};
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    }
 }
 
 /// A retry schedule: exponential, capped at a minute, spread out (jitter) so devices cut
@@ -610,7 +661,9 @@ pub async fn sync(
         clock.clone(),
         wake_tx.clone(),
     )?);
-    let client = signed_in_patiently(&enrolled).await?;
+    let enrolled = Arc::new(enrolled);
+    let (client, expires_at) = signed_in_patiently(&enrolled, once).await?;
+    let _fresh = keep_token_fresh(enrolled.clone(), &client, expires_at);
     let mut device = Device::open(config, client.clone(), clock)?;
     println!(
         "keepsake sync: {} <-> {} as device {}",
@@ -620,8 +673,12 @@ pub async fn sync(
     );
     let fs_wake = wake_tx.clone();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        // The agent's own temp and marker files are not the user's changes.
+        // The agent's own temp and marker files are not the user's changes, and neither
+        // are reads: the scan's own directory listings (inotify's open and close-nowrite)
+        // would otherwise wake the next pass, and that one the next — an idle agent
+        // spinning ~9 passes a second.
         if let Ok(e) = event
+            && is_a_change(&e.kind)
             && e.paths
                 .iter()
                 .any(|p| !p.to_string_lossy().contains(".keepsake"))
@@ -634,7 +691,7 @@ pub async fn sync(
         tracing::warn!(error = %e, "cannot watch the folder; relying on periodic rescans");
     }
     let _settings_watcher = watch_settings(&data, wake_tx.clone())?;
-    let mut feed = watch_feed(client, device.cursor()?, wake_tx.clone());
+    let _feed = watch_feed(client, device.cursor()?, wake_tx.clone());
     if let Some(addr) = control {
         if !addr.ip().is_loopback() {
             bail!("--control serves without tokens: it must listen on loopback, not {addr}");
@@ -655,11 +712,14 @@ pub async fn sync(
     let status = Arc::new(std::sync::Mutex::new(keepsake_device::AgentStatus {
         device_id: enrolled.device_id.clone(),
         since_ms: now_ms(),
+        folder: std::path::absolute(&folder)
+            .ok()
+            .map(|f| f.to_string_lossy().into_owned()),
         ..keepsake_device::AgentStatus::default()
     }));
     let _progress = follow_progress(device.progress(), status.clone(), folder_control.clone());
     let mut backoff = retry_schedule(&enrolled.device_id);
-    let mut server = crate::doctor::ServerView {
+    let mut server = crate::conditions::ServerView {
         reachable: true,
         account: None,
         min_version: None,
@@ -667,7 +727,13 @@ pub async fn sync(
     // Nothing reported yet: the first pass always tells the ledger.
     let mut last_state = "\u{0}".to_string();
     loop {
-        let conditions = snapshot(&data, &folder, &enrolled.account, &server)?;
+        let conditions = crate::conditions::snapshot(
+            Some(&data),
+            &folder,
+            Some(&enrolled.account),
+            &server,
+            &crate::conditions::Assumed::default(),
+        )?;
         let _ = folder_control.save_snapshot(&conditions);
         device.set_conditions(Some(conditions));
         let optimize = load_settings(&data)?.optimize_budget_bytes;
@@ -675,11 +741,13 @@ pub async fn sync(
         let mut pause = interval;
         match device.sync_once().await {
             Ok(report) if report.blocked.as_deref() == Some("UNAUTHENTICATED") => {
-                // Access tokens are short-lived: trade the device token for a new one.
-                let client = signed_in_patiently(&enrolled).await?;
-                feed.abort();
-                feed = watch_feed(client.clone(), device.cursor()?, wake_tx.clone());
-                *device.cloud_mut() = client;
+                // Access tokens are short-lived (the refresher may have been cut off from the
+                // server meanwhile): trade the device token for a new one now. Every clone
+                // of the client — the lanes, the feed watcher — shares the token.
+                let (_, access) = access_patiently(&enrolled, once).await?;
+                if let Some(cell) = device.cloud_mut().auth().cell() {
+                    cell.set(&access.token);
+                }
                 continue;
             }
             Ok(report) => {
@@ -702,6 +770,8 @@ pub async fn sync(
                         s.since_ms = now_ms();
                         s.reason = report.blocked.clone();
                     }
+                    s.reason_message = report.blocked_message.clone();
+                    s.passes += 1;
                     s.last_pass_ms = now_ms();
                     s.uploaded += report.uploaded as u64;
                     s.downloaded += report.downloaded as u64;
@@ -752,14 +822,28 @@ pub async fn sync(
             }
             Err(keepsake_device::DeviceError::Cloud(e)) if e.transient && !once => {
                 pause = backoff.next().unwrap_or(Duration::from_secs(60));
+                if e.reason == "STORAGE_FULL" {
+                    // The server's disk: re-sending at once only fills its logs. The backoff
+                    // is capped at 30 s, so sync resumes within a minute of it having room.
+                    pause = pause.max(Duration::from_secs(5));
+                }
                 let shown = {
                     let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
-                    // The policy cannot see a server that stopped answering: say it here.
-                    let reason = (e.reason == "UNAVAILABLE").then(|| "SERVER_UNREACHABLE".into());
-                    if reason.is_some() && s.reason != reason {
-                        s.since_ms = now_ms();
-                        s.reason = reason;
+                    // The policy cannot see a server that stopped answering or whose disk
+                    // is full: say it here.
+                    let reason = match e.reason.as_str() {
+                        "UNAVAILABLE" => Some("SERVER_UNREACHABLE".to_string()),
+                        "STORAGE_FULL" => Some("STORAGE_FULL".to_string()),
+                        _ => None,
+                    };
+                    if reason.is_some() {
+                        if s.reason != reason {
+                            s.since_ms = now_ms();
+                            s.reason = reason;
+                        }
+                        s.reason_message = Some(e.message.clone());
                     }
+                    s.passes += 1;
                     s.last_error = Some(format!("{} [{}]", e.message, e.reason));
                     if e.reason == "TRANSFER_STALLED" {
                         s.last_stall_ms = Some(now_ms());
@@ -786,6 +870,7 @@ pub async fn sync(
                 let shown = {
                     let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
                     s.last_error = Some(e.to_string());
+                    s.passes += 1;
                     s.last_pass_ms = now_ms();
                     s.clone()
                 };

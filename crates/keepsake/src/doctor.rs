@@ -1,37 +1,34 @@
-//! `keepsake doctor`: gathers this machine's real conditions and the server's
-//! answers into a policy snapshot, then prints the checklist.
+//! `keepsake doctor`: what blocks this device's sync and what fixes it. It signs in as
+//! the device itself (its enrolment in the data directory; no token needed), judges the
+//! same conditions the agent judges (`conditions`), and adds what the agent lives
+//! through — its last refusal, whether it runs at all — so it never says "nothing is
+//! blocking" while the agent is blocked.
 
+use crate::conditions::{Assumed, ServerView, parse_network, snapshot};
 use anyhow::Result;
-use keepsake_policy::doctor::{Unknowns, diagnose, render_json, render_text};
-use keepsake_policy::{
-    Cellular, DeviceStorage, Network, PolicyConfig, Power, Quota, Snapshot, Version, evaluate,
-};
-use keepsake_transport::{client, reason_of};
-use std::path::{Path, PathBuf};
-use tonic_types::StatusExt;
+use keepsake_policy::doctor::{AgentView, Unknowns, diagnose_with_agent, render_json, render_text};
+use keepsake_policy::{Network, PolicyConfig, ReasonCode, evaluate};
+use keepsake_transport::client;
+use std::path::PathBuf;
 
 /// Options of `keepsake doctor`; the simulated conditions override what the OS says.
 #[derive(clap::Args)]
 pub struct DoctorArgs {
-    /// The Keepsake server.
-    #[arg(
-        long,
-        env = "KEEPSAKE_SERVER",
-        default_value = "http://127.0.0.1:50051"
-    )]
-    server: String,
-    /// The server certificate's fingerprint (printed by `keepsake serve`), for https:// servers.
+    /// The Keepsake server (default: the one the device enrolled with).
+    #[arg(long, env = "KEEPSAKE_SERVER")]
+    server: Option<String>,
+    /// The server certificate's fingerprint (default: the one the device pinned).
     #[arg(long, env = "KEEPSAKE_FINGERPRINT")]
     fingerprint: Option<String>,
-    /// Access token (from Accounts.SignIn or a device's RefreshToken).
+    /// An access token, to check an account without an enrolled device.
     #[arg(long, env = "KEEPSAKE_TOKEN")]
     token: Option<String>,
-    /// The library folder whose disk is checked for free space.
-    #[arg(long, default_value = ".")]
-    library: PathBuf,
-    /// The device's data directory: its agent's sync switch and transfer history are read there.
-    #[arg(long, env = "KEEPSAKE_DEVICE_DATA")]
-    device_data: Option<PathBuf>,
+    /// The library folder whose disk is checked for free space (default: the agent's).
+    #[arg(long)]
+    library: Option<PathBuf>,
+    /// The device's data directory: its enrolment, its agent's status and settings.
+    #[arg(long, env = "KEEPSAKE_DEVICE_DATA", default_value = "keepsake-device")]
+    device_data: PathBuf,
     /// Print JSON for programs instead of the checklist.
     #[arg(long)]
     json: bool,
@@ -55,250 +52,211 @@ pub struct DoctorArgs {
     cellular_allowed: bool,
 }
 
-pub(crate) fn parse_network(s: &str) -> Result<Network, String> {
-    match s {
-        "offline" => Ok(Network::Offline),
-        "wifi" => Ok(Network::Wifi),
-        "wired" => Ok(Network::Wired),
-        "cellular" => Ok(Network::Cellular),
-        other => Err(format!(
-            "{other:?} is not one of offline, wifi, wired, cellular"
-        )),
-    }
-}
-
 /// Runs the doctor; returns whether sync is blocked.
 pub async fn run(args: DoctorArgs) -> Result<bool> {
-    let (battery, charging) = read_battery();
-    let (free, total) = read_disk(&args.library);
-    let agent = args
-        .device_data
-        .as_deref()
-        .and_then(crate::device_cli::load_status);
-    // The switch, pause and mobile-data choices live in the device's settings.
-    let settings = match args.device_data.as_deref() {
-        Some(d) => Some(crate::device_cli::load_settings(d)?),
-        None => None,
-    };
-    let server = ask_server(
-        &args.server,
-        args.fingerprint.as_deref(),
+    let data = args.device_data.as_path();
+    let enrolled = crate::device_cli::load(data).ok();
+    let status = crate::device_cli::load_status(data);
+    let has_agent = enrolled.is_some() || status.is_some();
+    let url = args
+        .server
+        .clone()
+        .or_else(|| enrolled.as_ref().map(|e| e.server.clone()))
+        .unwrap_or_else(|| "http://127.0.0.1:50051".into());
+    let fingerprint = args
+        .fingerprint
+        .clone()
+        .or_else(|| enrolled.as_ref().and_then(|e| e.fingerprint.clone()));
+    let (server, problem, account) = ask_server(
+        &url,
+        fingerprint.as_deref(),
         args.token.as_deref(),
+        enrolled.as_ref(),
     )
     .await;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
-    let mut snapshot = Snapshot {
-        now,
-        account: server.account.as_ref().map(|a| a.account.clone()),
-        sync_enabled: true,
-        paused_until: None,
-        power_override_until: None,
-        network: args.network.or_else(read_network),
-        cellular: Cellular {
-            allowed: args.cellular_allowed,
-            unlimited_updates: false,
-            daily_cap_bytes: None,
-            used_today_bytes: 0,
-        },
-        power: Power {
-            battery_percent: args.battery.or(battery),
-            charging: args.charging.or(charging).unwrap_or(false),
-            low_power_mode: args.low_power,
-        },
-        storage: DeviceStorage {
-            free_bytes: args.free_bytes.or(free),
-            total_bytes: total,
-            optimize: false,
-        },
-        quota: server.quota(),
-        client_version: env!("CARGO_PKG_VERSION")
-            .parse::<Version>()
-            .unwrap_or(Version(0, 0, 0)),
-        server_min_version: server.min_version,
-        server_reachable: Some(server.reachable),
-        clock_skew_ms: None,
-        last_stall_at: agent.as_ref().and_then(|a| a.last_stall_ms),
+    let folder = args
+        .library
+        .clone()
+        .or_else(|| {
+            status
+                .as_ref()
+                .and_then(|s| s.folder.clone())
+                .map(PathBuf::from)
+        })
+        .unwrap_or_else(|| PathBuf::from("."));
+    let assumed = Assumed {
+        network: args.network,
+        battery_percent: args.battery,
+        charging: args.charging,
+        low_power: args.low_power,
+        free_bytes: args.free_bytes,
+        cellular_allowed: args.cellular_allowed,
     };
-    if let Some(settings) = &settings {
-        settings.apply_to(&mut snapshot);
-        // A cellular flag given here is a question ("and on mobile data?"), not a setting.
-        snapshot.cellular.allowed |= args.cellular_allowed;
-    }
+    let mut snapshot = snapshot(
+        has_agent.then_some(data),
+        &folder,
+        account.as_deref(),
+        &server,
+        &assumed,
+    )?;
+    snapshot.last_stall_at = status.as_ref().and_then(|a| a.last_stall_ms);
     let decision = evaluate(&snapshot, &PolicyConfig::default());
     let unknown = Unknowns {
-        sync_switch: settings.is_none(),
-        transfer_history: agent.is_none(),
+        sync_switch: !has_agent,
+        transfer_history: status.is_none(),
     };
-    let report = diagnose(&snapshot, &decision, &unknown);
+    let agent = AgentView {
+        running: has_agent
+            .then(|| keepsake_device::agent_running(&data.join("state")))
+            .flatten(),
+        reason: status.as_ref().and_then(|s| s.reason.clone()),
+        message: status.as_ref().and_then(|s| s.reason_message.clone()),
+        last_pass: status.as_ref().map(|s| s.last_pass_ms).filter(|&at| at > 0),
+    };
+    let mut report = diagnose_with_agent(&snapshot, &decision, &unknown, &agent);
+    if let Some(problem) = &problem {
+        // Say what failed (a certificate that does not match the pin, plaintext to a TLS
+        // port), not only that the server "does not answer".
+        for check in &mut report.checks {
+            for r in &mut check.reasons {
+                if r.code == ReasonCode::ServerUnreachable {
+                    r.message = format!("{}: {problem}", r.message);
+                    check.summary = r.message.clone();
+                }
+            }
+        }
+    }
     // Files left out block nothing else, so they are not one of the seven causes; they
     // are said after them, each with its fix.
-    let (skipped, damaged_waiting) = agent
+    let (skipped, damaged_waiting) = status
         .map(|a| (a.skipped, a.damaged_waiting))
         .unwrap_or_default();
-    if args.json {
+    let out = if args.json {
         let mut json: serde_json::Value = serde_json::from_str(&render_json(&report))?;
         json["skipped_files"] = serde_json::to_value(&skipped)?;
         json["damaged_waiting"] = damaged_waiting.into();
-        println!("{}", serde_json::to_string_pretty(&json)?);
+        format!("{}\n", serde_json::to_string_pretty(&json)?)
     } else {
-        print!("{}", render_text(&report));
+        let mut text = render_text(&report);
         for f in &skipped {
-            println!("left out: {} [{}] {}", f.path, f.reason, f.message);
+            text.push_str(&format!(
+                "left out: {} [{}] {}\n",
+                f.path, f.reason, f.message
+            ));
         }
         if damaged_waiting > 0 {
-            println!(
+            text.push_str(&format!(
                 "waiting: {damaged_waiting} photos the cloud lost part of; they arrive once a device \
-                 that has them syncs (`keepsake scrub` on the server names them)"
-            );
+                 that has them syncs (`keepsake scrub` on the server names them)\n"
+            ));
         }
-    }
+        text
+    };
+    // A reader that stopped (`keepsake doctor --json | head`) is not an error worth a panic.
+    use std::io::Write;
+    let _ = std::io::stdout().write_all(out.as_bytes());
     Ok(!report.syncing)
 }
 
-/// What the server told us: whether it answered, the account (plan and exact usage),
-/// and the minimum client version if it refused ours.
-pub(crate) struct ServerView {
-    pub reachable: bool,
-    pub account: Option<client::pb::Account>,
-    pub min_version: Option<Version>,
-}
-
-impl ServerView {
-    /// Asks for the account; a refused client learns the version it must run instead.
-    pub(crate) async fn ask_account(&mut self, accounts: &mut client::AccountsApi) {
-        match accounts.get_account(client::pb::GetAccountRequest {}).await {
-            Ok(reply) => self.account = reply.into_inner().account,
-            Err(status) if reason_of(&status).as_deref() == Some("CLIENT_TOO_OLD") => {
-                self.min_version = status
-                    .get_details_error_info()
-                    .and_then(|info| info.metadata.get("required_version")?.parse().ok());
-            }
-            Err(_) => {}
-        }
-    }
-
-    /// The plan's limit against used and reserved bytes, if the account was read.
-    pub(crate) fn quota(&self) -> Option<Quota> {
-        let a = self.account.as_ref()?;
-        // Reserved bytes are promised to uploads in flight: they count against the plan too.
-        Some(Quota {
-            used_bytes: a.used_bytes + a.reserved_bytes,
-            limit_bytes: a.plan.as_ref()?.limit_bytes,
-            pending_bytes: 0,
-        })
-    }
-}
-
-async fn ask_server(url: &str, fingerprint: Option<&str>, token: Option<&str>) -> ServerView {
+/// Asks the server what it knows: reachable or why not, the account (signed in as the
+/// enrolled device, or with a token), and the account's name as far as it is known.
+async fn ask_server(
+    url: &str,
+    fingerprint: Option<&str>,
+    token: Option<&str>,
+    enrolled: Option<&crate::device_cli::Enrolled>,
+) -> (ServerView, Option<String>, Option<String>) {
     let mut view = ServerView {
         reachable: false,
         account: None,
         min_version: None,
     };
+    // Known locally even when the server cannot say: the device enrolled as this account.
+    let mut account = enrolled.map(|e| e.account.clone());
     let connecting = async {
         match fingerprint {
-            Some(pin) => client::connect_tls(url, pin).await,
-            None => client::connect(url).await,
+            Some(pin) => client::connect_tls(url, pin)
+                .await
+                .map_err(|e| e.to_string()),
+            None => client::connect(url).await.map_err(|e| e.to_string()),
         }
     };
-    let connect = tokio::time::timeout(std::time::Duration::from_secs(5), connecting);
-    let Ok(Ok(channel)) = connect.await else {
-        return view;
+    let channel = match tokio::time::timeout(std::time::Duration::from_secs(5), connecting).await {
+        Ok(Ok(channel)) => channel,
+        Ok(Err(e)) => return (view, Some(e), account),
+        Err(_) => return (view, Some("no answer within 5 s".into()), account),
     };
-    view.reachable = true;
-    let Some(token) = token else {
-        return view;
-    };
-    let mut accounts = client::accounts_client(channel, client::BearerAuth::new(token));
-    view.ask_account(&mut accounts).await;
-    view
-}
-
-/// Battery percent and charging from /sys/class/power_supply; `None` where unreadable.
-pub(crate) fn read_battery() -> (Option<u8>, Option<bool>) {
-    let Ok(entries) = std::fs::read_dir("/sys/class/power_supply") else {
-        return (None, None);
-    };
-    let (mut percent, mut charging) = (None, None);
-    for entry in entries.flatten() {
-        let dir = entry.path();
-        let read =
-            |name: &str| std::fs::read_to_string(dir.join(name)).map(|s| s.trim().to_string());
-        match read("type").as_deref() {
-            Ok("Battery") => {
-                percent = read("capacity").ok().and_then(|c| c.parse().ok());
-                if let Ok(status) = read("status") {
-                    charging = Some(matches!(status.as_str(), "Charging" | "Full"));
+    let token = match (token, enrolled) {
+        (Some(t), _) => t.to_string(),
+        (None, Some(e)) => {
+            let mut anonymous =
+                client::accounts_client(channel.clone(), client::BearerAuth::anonymous());
+            let refreshed = anonymous
+                .refresh_token(client::pb::RefreshTokenRequest {
+                    device_id: e.device_id.clone(),
+                    device_token: e.device_token.clone(),
+                    client_version: env!("CARGO_PKG_VERSION").into(),
+                })
+                .await;
+            match refreshed {
+                Ok(reply) => match reply.into_inner().access {
+                    Some(access) => access.token,
+                    None => return (view, Some("the server sent no token".into()), account),
+                },
+                Err(status) => {
+                    let e = keepsake_transport::client::CallError::from(status.clone());
+                    if e.is_transient() {
+                        return (
+                            view,
+                            Some(format!("{} [{}]", e.message(), e.reason())),
+                            account,
+                        );
+                    }
+                    view.reachable = true;
+                    if e.reason() == "CLIENT_TOO_OLD" {
+                        let mut anonymous =
+                            client::accounts_client(channel, client::BearerAuth::anonymous());
+                        view.ask_account(&mut anonymous).await;
+                    } else {
+                        // Revoked or unknown: not signed in, whatever the file says.
+                        account = None;
+                    }
+                    return (view, None, account);
                 }
             }
-            Ok("Mains") if read("online").is_ok_and(|v| v == "1") => charging = Some(true),
-            _ => {}
+        }
+        (None, None) => {
+            view.reachable = true;
+            return (view, None, None);
+        }
+    };
+    let mut accounts = client::accounts_client(channel, client::BearerAuth::new(&token));
+    match accounts.get_account(client::pb::GetAccountRequest {}).await {
+        Err(status) => {
+            let e = keepsake_transport::client::CallError::from(status);
+            if e.is_transient() {
+                return (
+                    view,
+                    Some(format!("{} [{}]", e.message(), e.reason())),
+                    account,
+                );
+            }
+            view.reachable = true;
+            view.ask_account(&mut accounts).await;
+        }
+        Ok(reply) => {
+            view.reachable = true;
+            view.account = reply.into_inner().account;
         }
     }
-    (percent, charging)
+    if let Some(a) = &view.account {
+        account = Some(a.account.clone());
+    } else if token_given_but_refused(&view) {
+        account = None;
+    }
+    (view, None, account)
 }
 
-/// Free (to this user) and total bytes of the file system holding `path`.
-pub(crate) fn read_disk(path: &Path) -> (Option<u64>, Option<u64>) {
-    // statvfs, not `df`: an agent asks every pass, and a process per pass cost ~1% of its CPU.
-    #[cfg(unix)]
-    if let Ok(fs) = rustix::fs::statvfs(path) {
-        return (
-            Some(fs.f_bavail.saturating_mul(fs.f_frsize)),
-            Some(fs.f_blocks.saturating_mul(fs.f_frsize)),
-        );
-    }
-    #[cfg(not(unix))]
-    let _ = path;
-    (None, None)
-}
-
-/// The connection type from /sys/class/net: Wi-Fi if a wireless link is up, wired if another is.
-pub(crate) fn read_network() -> Option<Network> {
-    let entries = std::fs::read_dir("/sys/class/net").ok()?;
-    let mut found = Network::Offline;
-    for entry in entries.flatten() {
-        let dir = entry.path();
-        if entry.file_name() == "lo" {
-            continue;
-        }
-        let up = std::fs::read_to_string(dir.join("operstate"))
-            .map(|s| matches!(s.trim(), "up" | "unknown"))
-            .unwrap_or(false);
-        if !up {
-            continue;
-        }
-        if dir.join("wireless").exists() {
-            return Some(Network::Wifi);
-        }
-        found = Network::Wired;
-    }
-    Some(found)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[cfg(target_os = "linux")]
-    #[test]
-    fn the_disk_reading_agrees_with_df() {
-        let dir = tempfile::tempdir().unwrap();
-        let (free, total) = read_disk(dir.path());
-        let out = std::process::Command::new("df")
-            .args(["-B1", "--output=size"])
-            .arg(dir.path())
-            .output()
-            .expect("df runs");
-        let df_total: u64 = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .nth(1)
-            .and_then(|l| l.trim().parse().ok())
-            .expect("df prints a size");
-        assert_eq!(total, Some(df_total));
-        assert!(free.is_some_and(|f| f > 0 && f <= df_total), "{free:?}");
-    }
+fn token_given_but_refused(view: &ServerView) -> bool {
+    view.reachable && view.account.is_none() && view.min_version.is_none()
 }

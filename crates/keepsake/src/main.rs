@@ -1,5 +1,6 @@
 //! The `keepsake` binary: runs Keepsake's services.
 
+mod conditions;
 mod derive_worker;
 mod device_cli;
 mod doctor;
@@ -205,7 +206,7 @@ struct ServeArgs {
     #[arg(long, env = "KEEPSAKE_DATA", default_value = "keepsake-data")]
     data: PathBuf,
     /// Address to listen on; port 0 picks a free one (the chosen address is printed).
-    #[arg(long, env = "KEEPSAKE_LISTEN", default_value = "127.0.0.1:50051")]
+    #[arg(long, env = "KEEPSAKE_LISTEN", default_value = "127.0.0.1:50051", value_parser = parse_listen)]
     listen: SocketAddr,
     /// Public token keys (the library server's token-keys.json), for a process that
     /// serves the store, delta or policy without the library.
@@ -241,6 +242,22 @@ struct ServeArgs {
     /// dropped and their photos flagged, so devices that have them send them again).
     #[arg(long, default_value_t = 168)]
     scrub_interval_hours: u64,
+    /// Seconds an access token lives (devices trade their device token for a new one
+    /// before it ends; tests shorten it).
+    #[arg(long, default_value_t = 900, value_parser = clap::value_parser!(u64).range(2..=86_400))]
+    access_token_ttl_secs: u64,
+}
+
+/// `HOST:PORT` to listen on: an address, or a name such as `localhost` (its first address).
+fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    text.to_socket_addrs()
+        .map_err(|e| format!("{text:?} is not HOST:PORT ({e})"))?
+        .next()
+        .ok_or_else(|| format!("{text:?} names no address"))
 }
 
 /// Prints a line for the person running the server; a closed stdout (a supervisor
@@ -526,6 +543,7 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
     let services = selected(&args.services)?;
     std::fs::create_dir_all(&args.data)
         .with_context(|| format!("creating data directory {}", args.data.display()))?;
+    let _lock = lock_data(&args.data)?;
     let min_version = ClientVersion::parse(&args.min_client_version).with_context(|| {
         format!(
             "--min-client-version {:?} is not major.minor.patch",
@@ -566,6 +584,8 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
             LibraryConfig {
                 min_client_version: min_version,
                 plans: plans(args.free_plan_bytes),
+                access_token_ttl_ms: i64::try_from(args.access_token_ttl_secs * 1000)
+                    .unwrap_or(i64::MAX),
                 ..LibraryConfig::default()
             },
         )?;
@@ -629,7 +649,9 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
         }
     }
     say!("keepsake: data in {}", args.data.display());
-    serve(
+    let stopping = Arc::new(tokio::sync::Notify::new());
+    let told = stopping.clone();
+    let serving = serve(
         listener,
         to_serve,
         auth,
@@ -637,11 +659,46 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
             tls,
             ..ServerConfig::default()
         },
-        shutdown_signal(),
-    )
-    .await?;
+        async move {
+            shutdown_signal().await;
+            told.notify_one();
+        },
+    );
+    tokio::select! {
+        served = serving => served?,
+        () = async {
+            stopping.notified().await;
+            // New calls are refused from the signal on; calls in flight (a commit is one
+            // SQLite transaction) get this long. Open watch streams never end by
+            // themselves, so waiting for every connection to close would never stop.
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => say!("keepsake: connections still open after {} s were closed", SHUTDOWN_GRACE.as_secs()),
+    }
     say!("keepsake: stopped");
     Ok(())
+}
+
+/// How long calls in flight may finish after SIGTERM or Ctrl-C.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// Holds the data directory for this process: two servers on one directory would each
+/// think they own the store's packs and the library's single writer.
+fn lock_data(data: &Path) -> Result<std::fs::File> {
+    let path = data.join("server.lock");
+    let file = std::fs::File::create(&path)
+        .with_context(|| format!("cannot write in the data directory {}", data.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "another keepsake server is using {} (it holds {}); stop it first, or give this one another --data",
+            data.display(),
+            path.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            tracing::warn!(error = %e, "the data directory cannot be locked; make sure one server uses it");
+            Ok(file)
+        }
+    }
 }
 
 fn open_store(args: &ServeArgs) -> Result<Arc<Store>> {

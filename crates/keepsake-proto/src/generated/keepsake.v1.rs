@@ -2733,6 +2733,15 @@ pub struct Account {
     /// May manage accounts and run maintenance.
     #[prost(bool, tag = "5")]
     pub admin: bool,
+    /// Wrong passwords given for this account since its password was last set.
+    #[prost(uint64, tag = "6")]
+    pub failed_sign_ins: u64,
+    /// When the last one was given (Unix milliseconds; 0 if never).
+    #[prost(int64, tag = "7")]
+    pub last_failed_sign_in_ms: i64,
+    /// The address it came from.
+    #[prost(string, tag = "8")]
+    pub last_failed_sign_in_from: ::prost::alloc::string::String,
 }
 /// An access token.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -6431,6 +6440,15 @@ pub struct AgentStatus {
     /// numbered name; the file keeps its own name on this device. The newest last.
     #[prost(message, repeated, tag = "19")]
     pub numbered: ::prost::alloc::vec::Vec<NumberedName>,
+    /// Passes made since the agent started.
+    #[prost(uint64, tag = "20")]
+    pub passes: u64,
+    /// The cloud's words for `reason`, with its numbers, when the cloud gave it.
+    #[prost(string, tag = "21")]
+    pub reason_message: ::prost::alloc::string::String,
+    /// The library folder the agent keeps in sync.
+    #[prost(string, tag = "22")]
+    pub folder: ::prost::alloc::string::String,
 }
 /// A file the library keeps under another name than this device does.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
