@@ -1652,7 +1652,27 @@ async fn device_control_imports_deletes_and_sets_conditions() {
         control.clone(),
         std::future::pending(),
     ));
-    let mut remote = DeviceControlClient::new(client::connect(&url).await.unwrap());
+    // Without the secret in the data directory, the port refuses everyone: another user
+    // of the machine once listed and deleted the owner's photos through it.
+    let mut stranger = DeviceControlClient::new(client::connect(&url).await.unwrap());
+    let refused = stranger
+        .list_assets(pb::ListAssetsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused}");
+    let secret = root.path().join("a-control").join("control-secret");
+    #[cfg(unix)]
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&secret).unwrap().permissions())
+            & 0o077,
+        0,
+        "only the owner may read the secret"
+    );
+    let mut remote = client::control_client(
+        client::connect(&url).await.unwrap(),
+        &root.path().join("a-control"),
+    )
+    .unwrap();
     let data = photo(77, 120_000);
     let stored = remote
         .import(pb::ImportRequest {
@@ -2492,9 +2512,8 @@ async fn optimize_storage_keeps_previews_of_all_and_originals_within_the_budget(
         control.clone(),
         std::future::pending(),
     ));
-    let mut remote = keepsake_proto::v1::device_control_client::DeviceControlClient::new(
-        client::connect(&url).await.unwrap(),
-    );
+    let mut remote =
+        client::control_client(client::connect(&url).await.unwrap(), control.data_dir()).unwrap();
     let placed = remote
         .fetch_original(keepsake_transport_pb::FetchOriginalRequest {
             asset_id: wanted.clone(),
@@ -2981,6 +3000,9 @@ fn status_and_doctor_name_the_files_left_out_and_the_photos_waited_for() {
     );
     assert_eq!(json["damaged_waiting"], 2, "{json}");
 }
+
+#[path = "e2e/hardening.rs"]
+mod hardening;
 
 // ---- A camera roll as people have them: twins, folders, odd names, renames ----
 

@@ -163,6 +163,8 @@ const STATUS: &str = "status.json";
 const CONDITIONS: &str = "conditions.json";
 const SETTINGS: &str = "settings.json";
 const SNAPSHOT: &str = "snapshot.json";
+/// The DeviceControl secret's file in the data directory.
+pub const CONTROL_SECRET: &str = "control-secret";
 /// Touched after every edit or settings change, so an agent in another process wakes.
 pub const WAKE_FILE: &str = "wake";
 /// Largest photo accepted through the control service.
@@ -222,6 +224,34 @@ impl FolderControl {
             clock,
             wake,
         })
+    }
+
+    /// The data directory this controls.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The secret a DeviceControl caller must present (`x-keepsake-control-secret`), made
+    /// on first use in `DATA/control-secret`, readable by the device's owner only. A
+    /// loopback port is open to every user of the machine; the file is not.
+    pub fn control_secret(&self) -> Result<String, DeviceError> {
+        let path = self.data_dir.join(CONTROL_SECRET);
+        match std::fs::read_to_string(&path) {
+            Ok(secret) if secret.trim().len() >= 32 => return Ok(secret.trim().to_string()),
+            Ok(_) => std::fs::remove_file(&path)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        let secret = keepsake_store::random_hex(&keepsake_store::OsEntropy, 32);
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        use std::io::Write;
+        let mut file = options.open(&path)?;
+        file.write_all(secret.as_bytes())?;
+        file.sync_all()?;
+        Ok(secret)
     }
 
     fn journal(&self) -> std::sync::MutexGuard<'_, Journal> {

@@ -35,7 +35,8 @@ pub use cloud::{
     RemoteAlbum, RemoteAsset, RemoteState, Stamp,
 };
 pub use control::{
-    AgentStatus, Conditions, Diagnosis, FolderControl, MAX_IMPORT_BYTES, Settings, WAKE_FILE,
+    AgentStatus, CONTROL_SECRET, Conditions, Diagnosis, FolderControl, MAX_IMPORT_BYTES, Settings,
+    WAKE_FILE,
 };
 pub use device::{
     Device, DeviceConfig, DeviceError, Progress, STREAMED_EVENTS, SkippedFile, SyncReport,

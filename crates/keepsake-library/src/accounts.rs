@@ -167,7 +167,13 @@ pub struct Device {
 }
 
 pub(crate) fn check_account_name(name: &str) -> Result<(), LibraryError> {
+    // It must begin with a letter or digit: `..`, `.` or `-x` would read as a path or an
+    // option wherever a name is used.
     let ok = (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-@".contains(&b));
@@ -666,7 +672,17 @@ mod tests {
     #[test]
     fn account_names_are_plain() {
         assert!(check_account_name("alice@example.org").is_ok());
-        for bad in ["", "Alice", "a/b", "../x", "a b", &"a".repeat(65)] {
+        for bad in [
+            "",
+            "Alice",
+            "a/b",
+            "../x",
+            "a b",
+            "..",
+            ".",
+            "-rf",
+            &"a".repeat(65),
+        ] {
             assert!(check_account_name(bad).is_err(), "{bad:?}");
         }
     }

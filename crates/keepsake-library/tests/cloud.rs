@@ -954,3 +954,68 @@ fn committed_assets_get_ids_that_begin_with_the_commit_time() {
     }
     assert!(ids.windows(2).all(|p| p[0] < p[1]), "{ids:?}");
 }
+
+/// Guessing was limited only by CPU: 883 guesses in 20 s from one address, and the right
+/// password accepted at once after them. Now each failure past a few free ones doubles
+/// the wait (said in TOO_MANY_ATTEMPTS), an attempt during the wait is refused before any
+/// hashing — the right password too — and the owner's account waits at most a minute.
+#[test]
+fn guessing_a_password_waits_longer_with_every_failure_and_the_owner_sees_them() {
+    let f = fixture();
+    f.cloud
+        .create_account("alice", "correct horse", None, false)
+        .unwrap();
+    let attacker = SignInFrom::Address("203.0.113.9".parse().unwrap());
+    let owner = SignInFrom::Address("198.51.100.7".parse().unwrap());
+    let mut waits = Vec::new();
+    for guess in 0..12 {
+        match f
+            .cloud
+            .sign_in_from("alice", &format!("guess {guess}"), attacker)
+        {
+            Err(LibraryError::Unauthenticated(_)) => {}
+            Err(LibraryError::TooManyAttempts { retry_after_ms }) => {
+                waits.push(retry_after_ms);
+                // The right password waits too, and says for how long.
+                let e = f
+                    .cloud
+                    .sign_in_from("alice", "correct horse", attacker)
+                    .unwrap_err();
+                assert_eq!(e.reason(), "TOO_MANY_ATTEMPTS");
+                assert!(e.to_string().contains("try again in"), "{e}");
+                f.clock.advance(retry_after_ms as i64);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(!waits.is_empty(), "never throttled");
+    assert!(
+        waits.windows(2).all(|w| w[1] >= w[0]),
+        "the wait grows: {waits:?}"
+    );
+    assert!(waits.iter().all(|&w| w <= 60_000), "{waits:?}");
+    // Five free failures, then a second, two, four, eight: the wait doubles.
+    assert_eq!(waits[..4], [1_000, 2_000, 4_000, 8_000]);
+    // The owner, from elsewhere, is let in once the account's (short) wait is over.
+    f.clock.advance(60_000);
+    f.cloud
+        .sign_in_from("alice", "correct horse", owner)
+        .unwrap();
+    let failed = f.cloud.account_info("alice").unwrap().failed_sign_ins;
+    assert!(failed.count >= 6, "{failed:?}");
+    assert_eq!(failed.last_from.as_deref(), Some("203.0.113.9"));
+    // The attacker's address still waits, longer, for any account.
+    f.cloud
+        .create_account("bob", "battery staple", None, false)
+        .unwrap();
+    for _ in 0..6 {
+        let _ = f.cloud.sign_in_from("bob", "nope nope", attacker);
+    }
+    assert_eq!(
+        f.cloud
+            .sign_in_from("bob", "battery staple", attacker)
+            .unwrap_err()
+            .reason(),
+        "TOO_MANY_ATTEMPTS"
+    );
+}

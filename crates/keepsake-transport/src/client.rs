@@ -158,6 +158,40 @@ impl Interceptor for BearerAuth {
     }
 }
 
+/// A DeviceControl client presenting the device's control secret.
+pub type ControlApi = keepsake_proto::v1::device_control_client::DeviceControlClient<
+    InterceptedService<Channel, ControlSecret>,
+>;
+
+/// Adds the DeviceControl secret (`DATA/control-secret`) to every call.
+#[derive(Clone)]
+pub struct ControlSecret(MetadataValue<Ascii>);
+
+impl Interceptor for ControlSecret {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        req.metadata_mut()
+            .insert(crate::CONTROL_SECRET_HEADER, self.0.clone());
+        Ok(req)
+    }
+}
+
+/// A DeviceControl client over `channel`, with the secret read from the agent's data
+/// directory.
+pub fn control_client(channel: Channel, data_dir: &std::path::Path) -> std::io::Result<ControlApi> {
+    let secret = std::fs::read_to_string(data_dir.join(keepsake_device::CONTROL_SECRET))?;
+    let value = secret
+        .trim()
+        .parse()
+        .map_err(|_| std::io::Error::other("the control secret is not printable ASCII"))?;
+    Ok(
+        keepsake_proto::v1::device_control_client::DeviceControlClient::with_interceptor(
+            channel,
+            ControlSecret(value),
+        )
+        .max_encoding_message_size(80 << 20),
+    )
+}
+
 /// The generated Library client with auth attached.
 pub type LibraryApi = LibraryClient<InterceptedService<Channel, BearerAuth>>;
 

@@ -415,14 +415,41 @@ impl DeviceControl for DeviceService {
     }
 }
 
-/// Serves `control` on `listener` (which must be loopback) until `shutdown`.
+/// The header carrying the DeviceControl secret.
+pub const CONTROL_SECRET_HEADER: &str = "x-keepsake-control-secret";
+
+/// Serves `control` on `listener` (which must be loopback) until `shutdown`, to callers
+/// presenting the device's control secret.
 pub async fn serve_device(
     listener: TcpListener,
     control: Arc<FolderControl>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
+    let secret = control.control_secret().ok();
+    let expected = secret.as_deref().map(|s| blake3::hash(s.as_bytes()));
     let service = DeviceControlServer::new(DeviceService { control })
         .max_decoding_message_size(MAX_IMPORT_BYTES + (1 << 20));
+    // Only the device's owner can read the secret's file; anyone else on the machine who
+    // reaches the port is refused (it once listed and deleted the owner's photos).
+    let service = tonic::service::interceptor::InterceptedService::new(
+        service,
+        move |req: tonic::Request<()>| {
+            let given = req
+                .metadata()
+                .get(CONTROL_SECRET_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(|s| blake3::hash(s.as_bytes()));
+            match (&expected, given) {
+                // Digests compared, so the comparison's time says nothing of the secret.
+                (Some(want), Some(got)) if *want == got => Ok(req),
+                _ => Err(Status::unauthenticated(format!(
+                    "DeviceControl needs the secret in the device's data directory \
+                     ({}), sent as {CONTROL_SECRET_HEADER}",
+                    keepsake_device::CONTROL_SECRET
+                ))),
+            }
+        },
+    );
     tonic::transport::Server::builder()
         .add_service(service)
         .serve_with_incoming_shutdown(

@@ -118,6 +118,16 @@ impl LibraryService {
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
+/// A page size as asked: 0 (proto3's "not set") means the default of 1,000; the library
+/// caps any larger one.
+fn page_or_default(page_size: u32) -> usize {
+    if page_size == 0 {
+        1000
+    } else {
+        page_size as usize
+    }
+}
+
 /// Where a password came from, for the sign-in throttle (a call without a peer address —
 /// an in-process channel — counts as the server's own).
 fn sign_in_from(peer: &Option<std::net::SocketAddr>) -> keepsake_library::SignInFrom {
@@ -484,7 +494,7 @@ impl Library for LibraryService {
         let account = who.account.clone();
         let page = run(&self.cloud, Some(&who), move |c| {
             c.library()
-                .list_changes(&account, cursor, page_size.max(1) as usize)
+                .list_changes(&account, cursor, page_or_default(page_size))
         })
         .await?;
         Ok(Response::new(page_to_wire(page)))

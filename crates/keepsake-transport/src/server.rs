@@ -112,10 +112,29 @@ where
     IE: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let (reporter, health) = tonic_health::server::health_reporter();
+    // Reflection lists only what this process serves (it once listed DeviceControl, which
+    // only an agent serves, so a client found it and got UNIMPLEMENTED).
+    let mut served = vec!["grpc.health.v1.Health"];
+    if services.delta && services.store.is_some() {
+        served.push("keepsake.v1.Delta");
+    }
+    if services.store.is_some() {
+        served.push("keepsake.v1.ChunkStore");
+    }
+    if services.policy.is_some() {
+        served.push("keepsake.v1.Policy");
+    }
+    if services.cloud.is_some() {
+        served.extend(["keepsake.v1.Library", "keepsake.v1.Accounts"]);
+    }
     let reflection = || {
-        tonic_reflection::server::Builder::configure()
+        let mut builder = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(keepsake_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+        for name in &served {
+            builder = builder.with_service_name(*name);
+        }
+        builder
     };
     let reflection_v1 = reflection()
         .build_v1()

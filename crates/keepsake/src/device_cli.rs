@@ -694,14 +694,20 @@ pub async fn sync(
     let _feed = watch_feed(client, device.cursor()?, wake_tx.clone());
     if let Some(addr) = control {
         if !addr.ip().is_loopback() {
-            bail!("--control serves without tokens: it must listen on loopback, not {addr}");
+            bail!(
+                "--control is for this machine's own apps: it must listen on loopback, not {addr}"
+            );
         }
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr} for device control"))?;
+        folder_control
+            .control_secret()
+            .context("making the device control secret")?;
         println!(
-            "keepsake sync: device control on http://{}",
-            listener.local_addr()?
+            "keepsake sync: device control on http://{} (callers present the secret in {})",
+            listener.local_addr()?,
+            data.join(keepsake_device::CONTROL_SECRET).display()
         );
         tokio::spawn(keepsake_transport::serve_device(
             listener,
@@ -823,9 +829,10 @@ pub async fn sync(
             Err(keepsake_device::DeviceError::Cloud(e)) if e.transient && !once => {
                 pause = backoff.next().unwrap_or(Duration::from_secs(60));
                 if e.reason == "STORAGE_FULL" {
-                    // The server's disk: re-sending at once only fills its logs. The backoff
-                    // is capped at 30 s, so sync resumes within a minute of it having room.
-                    pause = pause.max(Duration::from_secs(5));
+                    // The server's disk: re-sending at once only fills its logs (an agent
+                    // once re-sent ~720 MB in 10 s). Its hint is 15 s and the backoff stops
+                    // at 30 s, so sync resumes within a minute of the disk having room.
+                    pause = pause.max(Duration::from_secs(15));
                 }
                 let shown = {
                     let mut s = status.lock().unwrap_or_else(|e| e.into_inner());

@@ -1,0 +1,589 @@
+//! What an attack run, a full disk and a server crash found, each a regression test
+//! named after what broke: the real `keepsake` binary, real agents, real `kill -9`.
+
+use super::*;
+use keepsake_transport::fault_proxy::{FaultProxy, Schedule};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// A server on `data` listening on `listen`, with extra `keepsake serve` options.
+fn serve(data: &Path, listen: &str, extra: &[&str]) -> (Child, String) {
+    let mut child = Command::new(keepsake_binary())
+        .args(["serve", "--listen", listen, "--data"])
+        .arg(data)
+        .args(extra)
+        .env_remove("MALLOC_ARENA_MAX")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let url = loop {
+        let line = lines
+            .next()
+            .expect("server exited before printing its address")
+            .unwrap();
+        if let Some(at) = line.find("http://") {
+            break line[at..].trim().to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (child, url)
+}
+
+fn admin_password(data: &Path) -> String {
+    let credentials: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(data.join("initial-credentials.json")).unwrap())
+            .unwrap();
+    credentials["password"].as_str().unwrap().to_string()
+}
+
+/// `keepsake ARGS` against `url` as the administrator.
+fn keepsake(url: &str, server_data: &Path) -> Command {
+    let mut command = Command::new(keepsake_binary());
+    command
+        .env("KEEPSAKE_SERVER", url)
+        .env("KEEPSAKE_ACCOUNT", "me")
+        .env("KEEPSAKE_PASSWORD", admin_password(server_data))
+        .env_remove("KEEPSAKE_DEVICE_DATA");
+    command
+}
+
+fn status_of(data: &Path) -> keepsake_device::AgentStatus {
+    serde_json::from_slice(&std::fs::read(data.join("status.json")).unwrap_or_default())
+        .unwrap_or_default()
+}
+
+/// Waits until `done` holds, up to `limit`; says how long it took.
+fn wait_for(limit: Duration, what: &str, mut done: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    start.elapsed()
+}
+
+fn resident_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kib| kib / 1024)
+}
+
+struct Agent(Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn agent(folder: &Path, data: &Path, interval_ms: u64) -> Agent {
+    Agent(
+        Command::new(keepsake_binary())
+            .arg("sync")
+            .arg(folder)
+            .arg("--data")
+            .arg(data)
+            .args(["--interval-ms", &interval_ms.to_string()])
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn write_photos(folder: &Path, count: u64, len: usize) -> u64 {
+    std::fs::create_dir_all(folder).unwrap();
+    for i in 0..count {
+        std::fs::write(
+            folder.join(format!("IMG_{i:04}.JPG")),
+            devices::photo(9_000 + i, len),
+        )
+        .unwrap();
+    }
+    count * len as u64
+}
+
+/// Bursts of wrong passwords (50 at once over 5 connections) once grew a server to
+/// ~4.9 GB: each Argon2id check took its own 19 MiB, and they were never given back.
+/// Now checks share a few buffers, the throttle refuses most attempts before any
+/// hashing, the owner sees the failures, and a device's token refresh is not slowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flood_of_wrong_passwords_stays_under_512_mib_and_guessing_waits() {
+    let data = tempfile::tempdir().unwrap();
+    let (child, url) = serve(data.path(), "127.0.0.1:0", &[]);
+    let _server = Server {
+        child,
+        url: url.clone(),
+        token: String::new(),
+    };
+    let pid = _server.child.id();
+    let password = admin_password(data.path());
+    let anonymous =
+        |c: tonic::transport::Channel| client::accounts_client(c, client::BearerAuth::anonymous());
+    let first = client::connect(&url).await.unwrap();
+    let enrolled = anonymous(first.clone())
+        .enroll_device(keepsake_transport_pb::EnrollDeviceRequest {
+            account: "me".into(),
+            password: password.clone(),
+            device_name: "phone".into(),
+            platform: "linux".into(),
+            client_version: "99.0.0".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let admin = anonymous(first.clone())
+        .sign_in(keepsake_transport_pb::SignInRequest {
+            account: "me".into(),
+            password: password.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .access
+        .unwrap()
+        .token;
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let (peak, sampling) = (peak.clone(), sampling.clone());
+        std::thread::spawn(move || {
+            while sampling.load(Ordering::Relaxed) {
+                peak.fetch_max(resident_mib(pid), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let mut channels = vec![first];
+    for _ in 0..4 {
+        channels.push(client::connect(&url).await.unwrap());
+    }
+    let mut tasks = Vec::new();
+    for worker in 0..50usize {
+        let mut accounts = anonymous(channels[worker % 5].clone());
+        tasks.push(tokio::spawn(async move {
+            let mut reasons = Vec::new();
+            for attempt in 0..16 {
+                let account = if attempt % 2 == 0 {
+                    "me"
+                } else {
+                    "nobody-here"
+                };
+                let refused = accounts
+                    .sign_in(keepsake_transport_pb::SignInRequest {
+                        account: account.into(),
+                        password: format!("guess {worker} {attempt}"),
+                    })
+                    .await
+                    .unwrap_err();
+                reasons.push(reason_of(&refused).unwrap_or_default());
+            }
+            reasons
+        }));
+    }
+    let mut reasons = Vec::new();
+    for task in tasks {
+        reasons.extend(task.await.unwrap());
+    }
+    sampling.store(false, Ordering::Relaxed);
+    sampler.join().unwrap();
+    let peak = peak.load(Ordering::Relaxed);
+    assert!(peak < 512, "the server reached {peak} MiB under the flood");
+    let wrong = reasons.iter().filter(|r| *r == "UNAUTHENTICATED").count();
+    assert!(
+        wrong < 100,
+        "{wrong} of {} guesses were checked",
+        reasons.len()
+    );
+    assert!(
+        reasons.iter().all(|r| [
+            "UNAUTHENTICATED",
+            "TOO_MANY_ATTEMPTS",
+            "OVERLOADED",
+            "RATE_LIMITED"
+        ]
+        .contains(&r.as_str())),
+        "{reasons:?}"
+    );
+    // The right password right after the guesses waits too, and says for how long.
+    let waits = anonymous(channels[0].clone())
+        .sign_in(keepsake_transport_pb::SignInRequest {
+            account: "me".into(),
+            password,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason_of(&waits).as_deref(), Some("TOO_MANY_ATTEMPTS"));
+    assert!(
+        waits.message().contains("try again in"),
+        "{}",
+        waits.message()
+    );
+    // A device's refresh is never slowed by it.
+    anonymous(channels[1].clone())
+        .refresh_token(keepsake_transport_pb::RefreshTokenRequest {
+            device_id: enrolled.device_id,
+            device_token: enrolled.device_token,
+            client_version: "99.0.0".into(),
+        })
+        .await
+        .unwrap();
+    // The owner sees the failed sign-ins and where they came from.
+    let account = client::accounts_client(channels[2].clone(), client::BearerAuth::new(&admin))
+        .get_account(keepsake_transport_pb::GetAccountRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .account
+        .unwrap();
+    assert!(account.failed_sign_ins >= 1, "{account:?}");
+    assert_eq!(account.last_failed_sign_in_from, "127.0.0.1");
+}
+
+/// With the server's disk full, an agent once re-sent ~720 MB in 10 s, left a
+/// reservation behind with every retry until they filled the plan, and stayed blocked
+/// ~9 minutes after the disk grew. Now: it backs off, sends less than twice the library,
+/// status and the doctor both say STORAGE_FULL with the fix, and once the server has
+/// room again (restarted on a bigger disk) everything lands within a minute.
+#[test]
+fn a_full_server_disk_is_waited_out_and_sync_resumes_within_a_minute_of_room() {
+    let root = tempfile::tempdir().unwrap();
+    let server_data = root.path().join("server");
+    let (server, url) = serve(
+        &server_data,
+        "127.0.0.1:0",
+        &["--capacity-bytes", "1500000"],
+    );
+    let mut server = Server {
+        child: server,
+        url: url.clone(),
+        token: String::new(),
+    };
+    let port = url.rsplit(':').next().unwrap().to_string();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let upstream: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let proxy = runtime
+        .block_on(FaultProxy::start(upstream, Schedule::clean()))
+        .unwrap();
+    let (folder, data) = (root.path().join("A"), root.path().join("a-data"));
+    succeeded(
+        keepsake(&proxy.url(), &server_data)
+            .args(["device", "enroll", "--name", "camera", "--data"])
+            .arg(&data)
+            .output()
+            .unwrap(),
+    );
+    let library = write_photos(&folder, 8, 1 << 20);
+    let _agent = agent(&folder, &data, 2_000);
+    wait_for(
+        Duration::from_secs(30),
+        "the agent says STORAGE_FULL",
+        || status_of(&data).reason.as_deref() == Some("STORAGE_FULL"),
+    );
+    std::thread::sleep(Duration::from_secs(12));
+    let sent = proxy.stats().bytes_up.load(Ordering::Relaxed);
+    assert!(
+        sent < 2 * library,
+        "sent {sent} bytes for a library of {library} while the disk was full"
+    );
+    let said = succeeded(
+        Command::new(keepsake_binary())
+            .args(["status", "--data"])
+            .arg(&data)
+            .output()
+            .unwrap(),
+    );
+    assert!(
+        said.contains("not syncing: STORAGE_FULL") && said.contains("Fix:"),
+        "{said}"
+    );
+    let doctor = Command::new(keepsake_binary())
+        .args(["doctor", "--json", "--device-data"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert_eq!(doctor.status.code(), Some(1), "the doctor must say blocked");
+    let json: serde_json::Value = serde_json::from_slice(&doctor.stdout).unwrap();
+    let cloud = &json["checks"][2];
+    assert_eq!(cloud["state"], "blocked", "{json}");
+    assert_eq!(cloud["reasons"][0]["code"], "STORAGE_FULL", "{json}");
+    // The administrator gives the server a bigger disk.
+    let _ = server.child.kill();
+    let _ = server.child.wait();
+    let (bigger, _) = serve(
+        &server_data,
+        &format!("127.0.0.1:{port}"),
+        &["--capacity-bytes", "100000000"],
+    );
+    server.child = bigger;
+    let took = wait_for(Duration::from_secs(60), "everything uploaded", || {
+        let s = status_of(&data);
+        s.pending_files == 0 && s.reason.is_none()
+    });
+    eprintln!("resumed {took:?} after the disk grew");
+    let listed = succeeded(
+        keepsake(&url, &server_data)
+            .args(["library", "ls"])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(
+        listed.lines().filter(|l| l.contains("IMG_")).count(),
+        8,
+        "{listed}"
+    );
+    drop(proxy);
+}
+
+/// A server killed during an upload, then restarted: the device once waited 20 minutes
+/// (its own dead reservation counted against it, then its token expired mid-upload).
+/// With tokens living two seconds, it finishes within a minute of the restart.
+#[test]
+fn a_server_killed_mid_upload_lets_the_device_finish_within_a_minute_with_short_tokens() {
+    let root = tempfile::tempdir().unwrap();
+    let server_data = root.path().join("server");
+    let (server, url) = serve(
+        &server_data,
+        "127.0.0.1:0",
+        &[
+            "--access-token-ttl-secs",
+            "2",
+            "--free-plan-bytes",
+            "120000000",
+        ],
+    );
+    let mut server = Server {
+        child: server,
+        url: url.clone(),
+        token: String::new(),
+    };
+    let port = url.rsplit(':').next().unwrap().to_string();
+    let (folder, data) = (root.path().join("A"), root.path().join("a-data"));
+    succeeded(
+        keepsake(&url, &server_data)
+            .args(["device", "enroll", "--name", "camera", "--data"])
+            .arg(&data)
+            .output()
+            .unwrap(),
+    );
+    // Larger than the plan minus one copy: a dead reservation counted against the
+    // device would refuse the retry.
+    write_photos(&folder, 8, 8 << 20);
+    let _agent = agent(&folder, &data, 1_000);
+    wait_for(Duration::from_secs(60), "some photos uploaded", || {
+        status_of(&data).uploaded >= 2
+    });
+    let _ = server.child.kill();
+    let _ = server.child.wait();
+    std::thread::sleep(Duration::from_secs(3));
+    let (again, _) = serve(
+        &server_data,
+        &format!("127.0.0.1:{port}"),
+        &[
+            "--access-token-ttl-secs",
+            "2",
+            "--free-plan-bytes",
+            "120000000",
+        ],
+    );
+    server.child = again;
+    let took = wait_for(Duration::from_secs(60), "the rest uploaded", || {
+        let s = status_of(&data);
+        s.pending_files == 0 && s.reason.is_none()
+    });
+    eprintln!("finished {took:?} after the restart");
+    let listed = succeeded(
+        keepsake(&url, &server_data)
+            .args(["library", "ls"])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(
+        listed.lines().filter(|l| l.contains("IMG_")).count(),
+        8,
+        "{listed}"
+    );
+}
+
+/// An idle agent once ran ~9 passes a second: each pass's own reads of its folder and
+/// settings woke the next. Now it sleeps until its interval. Then, stopped, `status` says
+/// "not running" and the doctor — signed in as the device, no token — says so too.
+#[test]
+fn an_idle_agent_makes_one_pass_per_interval_and_a_stopped_one_is_said_not_running() {
+    let root = tempfile::tempdir().unwrap();
+    let server_data = root.path().join("server");
+    let (server, url) = serve(&server_data, "localhost:0", &[]);
+    let _server = Server {
+        child: server,
+        url: url.clone(),
+        token: String::new(),
+    };
+    let (folder, data) = (root.path().join("A"), root.path().join("a-data"));
+    succeeded(
+        keepsake(&url, &server_data)
+            .args(["device", "enroll", "--name", "laptop", "--data"])
+            .arg(&data)
+            .output()
+            .unwrap(),
+    );
+    write_photos(&folder, 2, 10_000);
+    let mut running = agent(&folder, &data, 3_000);
+    wait_for(Duration::from_secs(30), "the photos uploaded", || {
+        let s = status_of(&data);
+        s.uploaded >= 2 && s.pending_files == 0
+    });
+    let before = status_of(&data).passes;
+    std::thread::sleep(Duration::from_millis(6_500));
+    let passes = status_of(&data).passes - before;
+    assert!(passes <= 3, "{passes} passes in 6.5 s with a 3 s interval");
+    let doctor = Command::new(keepsake_binary())
+        .args(["doctor", "--json", "--device-data"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&doctor.stdout).unwrap();
+    assert_eq!(
+        json["checks"][0]["state"], "ok",
+        "signed in as the device: {json}"
+    );
+    let _ = running.0.kill();
+    let _ = running.0.wait();
+    let said = succeeded(
+        Command::new(keepsake_binary())
+            .args(["status", "--data"])
+            .arg(&data)
+            .output()
+            .unwrap(),
+    );
+    assert!(said.starts_with("not running"), "{said}");
+    let doctor = Command::new(keepsake_binary())
+        .args(["doctor", "--device-data"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&doctor.stdout);
+    assert_eq!(doctor.status.code(), Some(1), "{text}");
+    assert!(text.contains("AGENT_NOT_RUNNING"), "{text}");
+    // A reader that stops early is no reason to panic.
+    let mut piped = Command::new(keepsake_binary())
+        .args(["doctor", "--json", "--device-data"])
+        .arg(&data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(piped.stdout.take());
+    let out = piped.wait_with_output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("panicked"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // With the server down, one pass says why and exits instead of waiting for ever.
+    drop(_server);
+    let once = Command::new(keepsake_binary())
+        .arg("sync")
+        .arg(&folder)
+        .arg("--data")
+        .arg(&data)
+        .arg("--once")
+        .output()
+        .unwrap();
+    assert!(!once.status.success());
+    assert!(
+        String::from_utf8_lossy(&once.stderr).contains("SERVER_UNREACHABLE"),
+        "{}",
+        String::from_utf8_lossy(&once.stderr)
+    );
+}
+
+/// A second server on one data directory once started beside the first, and SIGTERM
+/// hung over 100 s while agents watched the feed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_server_on_one_data_directory_is_refused_and_sigterm_stops_within_5_s() {
+    let data = tempfile::tempdir().unwrap();
+    let first = start(data.path(), "127.0.0.1:0").await;
+    let second = Command::new(keepsake_binary())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(data.path())
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    assert!(
+        String::from_utf8_lossy(&second.stderr).contains("another keepsake server"),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    // A watcher holds a stream open, as every agent does.
+    let mut library = client::library_client(
+        client::connect(&first.url).await.unwrap(),
+        client::BearerAuth::new(&first.token),
+    );
+    let _watch = library
+        .watch_changes(keepsake_transport_pb::WatchChangesRequest { cursor: 0 })
+        .await
+        .unwrap();
+    // Page size 0 is proto3's "not set": the default page, not one change a page.
+    let page = library
+        .list_changes(keepsake_transport_pb::ListChangesRequest {
+            cursor: 0,
+            page_size: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(page.changes.len() <= 1000);
+    let pid = first.child.id();
+    let asked = Instant::now();
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let mut first = first;
+    let exited = loop {
+        if let Some(status) = first.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            asked.elapsed() < Duration::from_secs(5),
+            "still running 5 s after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(exited.success(), "{exited:?}");
+}
+
+/// Enrolling into a directory that cannot be written once failed without naming it and
+/// left a device registered in the cloud that nothing could act as.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_enrolment_names_the_directory_and_registers_nothing() {
+    let data = tempfile::tempdir().unwrap();
+    let server = start(data.path(), "127.0.0.1:0").await;
+    let blocker = data.path().join("a-file");
+    std::fs::write(&blocker, b"not a directory").unwrap();
+    let nowhere = blocker.join("device");
+    let out = keepsake(&server.url, data.path())
+        .args(["device", "enroll", "--name", "phone", "--data"])
+        .arg(&nowhere)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains(&*nowhere.to_string_lossy()), "{said}");
+    let devices = client::accounts_client(
+        client::connect(&server.url).await.unwrap(),
+        client::BearerAuth::new(&server.token),
+    )
+    .list_devices(keepsake_transport_pb::ListDevicesRequest {})
+    .await
+    .unwrap()
+    .into_inner()
+    .devices;
+    assert!(devices.is_empty(), "{devices:?}");
+}
