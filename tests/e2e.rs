@@ -1645,6 +1645,7 @@ async fn device_control_imports_deletes_and_sets_conditions() {
         )
         .unwrap(),
     );
+    control.control_secret().unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(keepsake_transport::serve_device(
@@ -2505,6 +2506,7 @@ async fn optimize_storage_keeps_previews_of_all_and_originals_within_the_budget(
     .unwrap();
     b.set_conditions(None);
     sync_through(&mut b).await;
+    control.control_secret().unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(keepsake_transport::serve_device(

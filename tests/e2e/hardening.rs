@@ -50,8 +50,10 @@ fn keepsake(url: &str, server_data: &Path) -> Command {
 }
 
 fn status_of(data: &Path) -> keepsake_device::AgentStatus {
-    serde_json::from_slice(&std::fs::read(data.join("status.json")).unwrap_or_default())
-        .unwrap_or_default()
+    match std::fs::read(data.join("status.json")) {
+        Ok(bytes) => serde_json::from_slice(&bytes).expect("status.json is always whole"),
+        Err(_) => keepsake_device::AgentStatus::default(),
+    }
 }
 
 /// Waits until `done` holds, up to `limit`; says how long it took.

@@ -181,7 +181,11 @@ pub struct FolderControl {
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), DeviceError> {
-    let tmp = path.with_extension("tmp");
+    // A temp file of its own per write: the pass and the progress follower both save the
+    // status, and a shared temp name let one rename the other's half-written file.
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("{}.{n}.tmp", std::process::id()));
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path)?;
     Ok(())
@@ -235,6 +239,7 @@ impl FolderControl {
     /// on first use in `DATA/control-secret`, readable by the device's owner only. A
     /// loopback port is open to every user of the machine; the file is not.
     pub fn control_secret(&self) -> Result<String, DeviceError> {
+        std::fs::create_dir_all(&self.data_dir)?;
         let path = self.data_dir.join(CONTROL_SECRET);
         match std::fs::read_to_string(&path) {
             Ok(secret) if secret.trim().len() >= 32 => return Ok(secret.trim().to_string()),

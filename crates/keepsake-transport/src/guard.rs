@@ -197,7 +197,13 @@ impl State {
                     .and_then(|c| c.remote_addr())
                     .map(|a| a.ip().to_string())
                     .unwrap_or_default();
-                format!("address:{peer}")
+                // A device trading its token (cheap, no password) has a bucket of its own:
+                // a password flood from the same address never slows it.
+                if path == "/keepsake.v1.Accounts/RefreshToken" {
+                    format!("refresh:{peer}")
+                } else {
+                    format!("address:{peer}")
+                }
             }
             None => {
                 return Err(ApiError::Unauthenticated(

@@ -230,6 +230,7 @@ fn plain(e: CallError) -> anyhow::Error {
         ),
         "QUOTA_EXCEEDED" => " Free space (empty Recently Deleted) or choose a bigger plan.".into(),
         "UNAUTHENTICATED" => " Check the account and password, or enrol the device again.".into(),
+        "TOO_MANY_ATTEMPTS" => " Wait that long, then try again with the right password.".into(),
         _ if e.is_transient() => " This clears by itself; Keepsake retries.".into(),
         _ => String::new(),
     };
@@ -938,6 +939,18 @@ pub async fn devices(server: ServerArgs, credentials: Credentials) -> Result<()>
         println!(
             "{}  {:<24} {:<8} v{:<8} {}",
             d.device_id, d.name, d.platform, d.client_version, status
+        );
+    }
+    // Wrong passwords given for the account: the owner is the one to see them.
+    if let Ok(reply) = accounts.get_account(pb::GetAccountRequest {}).await
+        && let Some(account) = reply.into_inner().account
+        && account.failed_sign_ins > 0
+    {
+        println!(
+            "{} failed sign-ins since the password was set; the last {} s ago from {}",
+            account.failed_sign_ins,
+            (now_ms() - account.last_failed_sign_in_ms).max(0) / 1000,
+            account.last_failed_sign_in_from
         );
     }
     Ok(())
