@@ -589,3 +589,203 @@ async fn a_failed_enrolment_names_the_directory_and_registers_nothing() {
     .devices;
     assert!(devices.is_empty(), "{devices:?}");
 }
+
+/// An authorization header of 16 KiB once got HTTP 431 without a gRPC status (UNKNOWN to
+/// the client), and one of 64 KiB reset the whole connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_token_is_refused_with_a_reason_and_the_connection_lives_on() {
+    let data = tempfile::tempdir().unwrap();
+    let server = start(data.path(), "127.0.0.1:0").await;
+    let channel = client::connect(&server.url).await.unwrap();
+    for len in [16 << 10, 64 << 10, 200 << 10] {
+        let refused =
+            client::accounts_client(channel.clone(), client::BearerAuth::new(&"a".repeat(len)))
+                .get_account(keepsake_transport_pb::GetAccountRequest {})
+                .await
+                .unwrap_err();
+        assert_eq!(
+            refused.code(),
+            tonic::Code::Unauthenticated,
+            "{len}: {refused}"
+        );
+        assert_eq!(reason_of(&refused).as_deref(), Some("UNAUTHENTICATED"));
+        assert!(refused.message().contains("bytes"), "{}", refused.message());
+    }
+    // The same connection still serves.
+    client::accounts_client(channel, client::BearerAuth::new(&server.token))
+        .get_account(keepsake_transport_pb::GetAccountRequest {})
+        .await
+        .unwrap();
+}
+
+/// The doctor once said "nothing is blocking sync" (exit 0) while `keepsake status` said
+/// STORAGE_FULL, and later QUOTA_EXCEEDED. For every blocked state an agent can report,
+/// with an agent running, both now name the same reason, with a fix, and the doctor exits 1.
+#[test]
+fn the_doctor_and_status_agree_in_every_blocked_state_an_agent_reports() {
+    let cases: &[(&str, Option<&str>, Option<&str>)] = &[
+        (
+            "QUOTA_EXCEEDED",
+            Some("not enough cloud storage: 4.9 GB used of 5.0 GB; this upload needs 200 MB"),
+            None,
+        ),
+        ("STORAGE_FULL", Some("the store's disk is full"), None),
+        ("CLIENT_TOO_OLD", None, None),
+        ("UNAUTHENTICATED", None, None),
+        ("FOLDER_MISSING", None, None),
+        ("DELETES_NEED_CONFIRMATION", None, None),
+        (
+            "LOW_BATTERY",
+            None,
+            Some(r#"{"battery_percent": 5, "charging": false}"#),
+        ),
+        ("LOW_POWER_MODE", None, Some(r#"{"low_power": true}"#)),
+        (
+            "CELLULAR_NOT_ALLOWED",
+            None,
+            Some(r#"{"network": "cellular"}"#),
+        ),
+    ];
+    for (code, message, conditions) in cases {
+        let data = tempfile::tempdir().unwrap();
+        let enrolment = serde_json::json!({
+            "server": "http://127.0.0.1:9", "fingerprint": null, "account": "me",
+            "device_id": "d1", "device_token": "t1",
+        });
+        std::fs::write(data.path().join("device.json"), enrolment.to_string()).unwrap();
+        if let Some(c) = conditions {
+            std::fs::write(data.path().join("conditions.json"), c).unwrap();
+        }
+        let status = keepsake_device::AgentStatus {
+            reason: Some(code.to_string()),
+            reason_message: message.map(str::to_string),
+            folder: Some(data.path().to_string_lossy().into_owned()),
+            last_pass_ms: 1,
+            ..Default::default()
+        };
+        std::fs::write(
+            data.path().join("status.json"),
+            serde_json::to_vec(&status).unwrap(),
+        )
+        .unwrap();
+        // An agent is running: it holds its lock.
+        std::fs::create_dir_all(data.path().join("state")).unwrap();
+        let lock = std::fs::File::create(data.path().join("state/agent.lock")).unwrap();
+        lock.lock().unwrap();
+        let said = succeeded(
+            Command::new(keepsake_binary())
+                .args(["status", "--data"])
+                .arg(data.path())
+                .output()
+                .unwrap(),
+        );
+        assert!(
+            said.contains(&format!("not syncing: {code}")) && said.contains("Fix:"),
+            "{code}: {said}"
+        );
+        if let Some(m) = message {
+            assert!(
+                said.contains(m),
+                "{code}: the cloud's numbers are shown: {said}"
+            );
+        }
+        let doctor = Command::new(keepsake_binary())
+            .args(["doctor", "--json", "--device-data"])
+            .arg(data.path())
+            .output()
+            .unwrap();
+        assert_eq!(doctor.status.code(), Some(1), "{code}");
+        let json: serde_json::Value = serde_json::from_slice(&doctor.stdout).unwrap();
+        let codes: Vec<&str> = json["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|c| c["reasons"].as_array().unwrap())
+            .filter_map(|r| r["code"].as_str())
+            .collect();
+        let expected = if *code == "UNAUTHENTICATED" {
+            "NOT_SIGNED_IN"
+        } else {
+            code
+        };
+        assert!(
+            codes.contains(&expected),
+            "{code}: the doctor said {codes:?}"
+        );
+        assert!(
+            !codes.contains(&"AGENT_NOT_RUNNING"),
+            "{code}: the agent runs: {codes:?}"
+        );
+        drop(lock);
+    }
+}
+
+/// The doctor once called a wrong certificate fingerprint, or plaintext sent to a TLS
+/// port, "not signed in"; the agent called the second "CANCELLED — this clears by itself".
+#[test]
+fn a_wrong_fingerprint_or_plaintext_to_tls_is_named_not_called_signed_out() {
+    let root = tempfile::tempdir().unwrap();
+    let (server, _) = {
+        let data = root.path().join("server");
+        let mut child = Command::new(keepsake_binary())
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--tls-self-signed",
+                "--data",
+            ])
+            .arg(&data)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let url = loop {
+            let line = lines.next().expect("server exited").unwrap();
+            if let Some(at) = line.find("https://") {
+                break line[at..].trim().to_string();
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        (
+            Server {
+                child,
+                url: url.clone(),
+                token: String::new(),
+            },
+            url,
+        )
+    };
+    let host_port = server.url.trim_start_matches("https://").to_string();
+    for (url, pin, said) in [
+        (format!("http://{host_port}"), None, "speaks TLS"),
+        (
+            server.url.clone(),
+            Some("00".repeat(32)),
+            "does not match the pinned fingerprint",
+        ),
+    ] {
+        let data = root.path().join(format!("device-{}", pin.is_some()));
+        std::fs::create_dir_all(&data).unwrap();
+        let enrolment = serde_json::json!({
+            "server": url, "fingerprint": pin, "account": "me",
+            "device_id": "d1", "device_token": "t1",
+        });
+        std::fs::write(data.join("device.json"), enrolment.to_string()).unwrap();
+        let doctor = Command::new(keepsake_binary())
+            .args(["doctor", "--json", "--device-data"])
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert_eq!(doctor.status.code(), Some(1));
+        let json: serde_json::Value = serde_json::from_slice(&doctor.stdout).unwrap();
+        let text = json.to_string();
+        assert!(text.contains(said), "{url}: {json}");
+        assert!(!text.contains("NOT_SIGNED_IN"), "{url}: {json}");
+        assert_eq!(
+            json["checks"][1]["reasons"][0]["code"],
+            "SERVER_UNREACHABLE"
+        );
+    }
+}

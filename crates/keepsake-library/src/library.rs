@@ -626,9 +626,15 @@ impl Library {
     }
 
     pub(crate) fn check_text(&self, what: &str, text: &str) -> Result<(), LibraryError> {
-        if text.len() > self.config.max_text_len || text.chars().any(char::is_control) {
+        // Bidirectional overrides too: an album or device named `\u{202E}gpj.exe` shows as
+        // `exe.jpg` wherever it is listed.
+        if text.len() > self.config.max_text_len
+            || text
+                .chars()
+                .any(|c| c.is_control() || keepsake_path::is_bidi_control(c))
+        {
             return Err(LibraryError::InvalidArgument(format!(
-                "{what} must be at most {} bytes without control characters",
+                "{what} must be at most {} bytes without control or direction-override characters",
                 self.config.max_text_len
             )));
         }

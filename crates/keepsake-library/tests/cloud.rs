@@ -1019,3 +1019,21 @@ fn guessing_a_password_waits_longer_with_every_failure_and_the_owner_sees_them()
         "TOO_MANY_ATTEMPTS"
     );
 }
+
+/// A right-to-left override was kept in names: a device named `\u{202E}gpj.exe` was
+/// listed as `exe.jpg`.
+#[test]
+fn a_name_with_a_direction_override_is_refused() {
+    let f = fixture();
+    f.cloud
+        .create_account("alice", "correct horse", None, false)
+        .unwrap();
+    let refused = f
+        .cloud
+        .enroll_device("alice", "correct horse", "\u{202E}gpj.exe", "ios", "9.0.0")
+        .unwrap_err();
+    assert_eq!(refused.reason(), "INVALID_ARGUMENT", "{refused}");
+    f.cloud
+        .enroll_device("alice", "correct horse", "Alice's phone", "ios", "9.0.0")
+        .unwrap();
+}

@@ -44,7 +44,7 @@ fn refuse(path: &str, why: &'static str) -> PathError {
 
 /// Characters that reorder how a name is shown: a name could pose as another
 /// (`photo\u{202E}gpj.exe` shows as `photoexe.jpg`).
-fn is_bidi_control(c: char) -> bool {
+pub fn is_bidi_control(c: char) -> bool {
     matches!(c, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 

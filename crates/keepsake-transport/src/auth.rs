@@ -24,6 +24,10 @@ pub const CLIENT_VERSION_HEADER: &str = "x-keepsake-client-version";
 /// token cannot be guessed.
 pub const TOKEN_HEADER: &str = "x-keepsake-token";
 
+/// The longest token looked at (Keepsake's are ~300 bytes); a longer one is refused
+/// before any parsing.
+const MAX_TOKEN_BYTES: usize = 4096;
+
 /// The authenticated caller, placed in each request's extensions.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
@@ -78,6 +82,12 @@ impl Authenticator {
                 "send the access token as `authorization: Bearer <token>`".into(),
             )
         })?;
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(ApiError::Unauthenticated(format!(
+                "the access token is {} bytes; Keepsake's are under {MAX_TOKEN_BYTES}: sign in again",
+                token.len()
+            )));
+        }
         let claims = self
             .verifier
             .verify(token.trim(), self.clock.now_ms())

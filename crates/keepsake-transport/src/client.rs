@@ -83,6 +83,18 @@ pub async fn connect_plaintext_anywhere(url: &str) -> Result<Channel, ConnectErr
         .await?)
 }
 
+/// Why a plaintext (`http://`) server gives no gRPC answer, when the reason is that it
+/// serves TLS: a sentence saying what to use instead.
+pub async fn plaintext_problem(url: &str) -> Option<String> {
+    let host_port = url.strip_prefix("http://")?.trim_end_matches('/');
+    crate::tls::speaks_tls(host_port).await.then(|| {
+        format!(
+            "the server at {url} speaks TLS: use https://{host_port} with the certificate \
+             fingerprint `keepsake serve` printed (--fingerprint)"
+        )
+    })
+}
+
 /// Connects to an `https://` server whose certificate has the pinned fingerprint.
 pub async fn connect_tls(url: &str, fingerprint: &str) -> Result<Channel, ConnectError> {
     Ok(crate::tls::connect_pinned(url, fingerprint).await?)

@@ -151,6 +151,10 @@ where
     let mut router = builder
         .layer(GuardLayer::new(tokens, config.limits.clone()))
         .max_frame_size(config.http2_frame_bytes)
+        // hyper's 16 KiB default answered a longer authorization header with HTTP 431 and
+        // no gRPC status, and reset the connection above 64 KiB; up to 1 MiB reaches the
+        // guard, which says what is wrong.
+        .http2_max_header_list_size(1 << 20)
         .initial_stream_window_size(8 << 20)
         .initial_connection_window_size(16 << 20)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))

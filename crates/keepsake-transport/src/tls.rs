@@ -49,10 +49,62 @@ pub enum TlsError {
     /// The URL has no host or port.
     #[error("{0:?} is not host:port")]
     BadAddress(String),
+    /// The server's certificate is not the pinned one.
+    #[error(
+        "the server's certificate does not match the pinned fingerprint: is this the right \
+         server? (`keepsake serve` prints its fingerprint)"
+    )]
+    WrongFingerprint,
     /// Connecting failed.
     #[error(transparent)]
     Transport(#[from] tonic::transport::Error),
 }
+
+/// Whether an error's chain of causes mentions `needle`.
+fn caused_by(e: &(dyn std::error::Error + 'static), needle: &str) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if c.to_string().contains(needle) {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
+/// Whether the server at `host:port` answers a TLS handshake. A plaintext client pointed
+/// at a TLS port gets only "transport error"; this tells it why. No data is sent.
+pub async fn speaks_tls(host_port: &str) -> bool {
+    let probe = async {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .ok()?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(Pinned {
+                // No certificate has this fingerprint: the handshake stops at the
+                // certificate, which is all the question needs.
+                fingerprint: [0; 32],
+                provider,
+            }))
+            .with_no_client_auth();
+        let tcp = tokio::net::TcpStream::connect(host_port).await.ok()?;
+        let name = ServerName::try_from("localhost").ok()?;
+        let answered = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await;
+        Some(match answered {
+            Ok(_) => true,
+            Err(e) => caused_by(&e, MISMATCH),
+        })
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(3), probe).await,
+        Ok(Some(true))
+    )
+}
+
+const MISMATCH: &str = "the server's certificate does not match the pinned fingerprint";
 
 /// A self-signed certificate for `names` (DNS names or IP addresses).
 pub fn self_signed(names: &[String]) -> Result<CertifiedKey, TlsError> {
@@ -149,9 +201,7 @@ impl ServerCertVerifier for Pinned {
             Ok(ServerCertVerified::assertion())
         } else {
             tracing::warn!(seen = %hex::encode(seen), "server certificate does not match the pinned fingerprint");
-            Err(rustls::Error::General(
-                "the server's certificate does not match the pinned fingerprint".into(),
-            ))
+            Err(rustls::Error::General(MISMATCH.into()))
         }
     }
 
@@ -242,7 +292,14 @@ pub async fn connect_pinned(address: &str, pin: &str) -> Result<Channel, TlsErro
                 Ok::<_, std::io::Error>(TokioIo::new(tls))
             }
         }))
-        .await?;
+        .await
+        .map_err(|e| {
+            if caused_by(&e, MISMATCH) {
+                TlsError::WrongFingerprint
+            } else {
+                TlsError::Transport(e)
+            }
+        })?;
     Ok(channel)
 }
 

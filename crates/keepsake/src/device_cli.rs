@@ -106,13 +106,16 @@ pub fn status(data: PathBuf) -> Result<()> {
                     }
                     // The policy's own reasons: judged again from the conditions the agent
                     // last saw, for their words and fix.
-                    None => match policy_reason(&data, r) {
-                        Some(why) => {
-                            println!("  {}", why.message);
-                            println!("  Fix: {}", why.fix);
+                    None => {
+                        match policy_reason(&data, Path::new(s.folder.as_deref().unwrap_or(".")), r)
+                        {
+                            Some(why) => {
+                                println!("  {}", why.message);
+                                println!("  Fix: {}", why.fix);
+                            }
+                            None => println!("  `keepsake doctor` says what fixes it"),
                         }
-                        None => println!("  `keepsake doctor` says what fixes it"),
-                    },
+                    }
                 }
             }
         }
@@ -197,10 +200,23 @@ pub fn status(data: PathBuf) -> Result<()> {
 /// The owner's settings (sync switch, pause, mobile data), re-read before every pass.
 const SETTINGS: &str = "settings.json";
 
-/// The policy's reason `code` on the conditions the agent last judged (`snapshot.json`).
-fn policy_reason(data: &Path, code: &str) -> Option<keepsake_policy::Reason> {
-    let snapshot: keepsake_policy::Snapshot =
-        serde_json::from_slice(&std::fs::read(data.join("snapshot.json")).ok()?).ok()?;
+/// The policy's reason `code` judged from the device's conditions now, by the same
+/// builder the agent and the doctor use, for its words and fix.
+fn policy_reason(data: &Path, folder: &Path, code: &str) -> Option<keepsake_policy::Reason> {
+    let account = load(data).ok().map(|e| e.account);
+    let server = crate::conditions::ServerView {
+        reachable: true,
+        account: None,
+        min_version: None,
+    };
+    let snapshot = crate::conditions::snapshot(
+        Some(data),
+        folder,
+        account.as_deref(),
+        &server,
+        &crate::conditions::Assumed::default(),
+    )
+    .ok()?;
     let decision = keepsake_policy::evaluate(&snapshot, &keepsake_policy::PolicyConfig::default());
     decision
         .reasons()
@@ -231,6 +247,11 @@ fn plain(e: CallError) -> anyhow::Error {
         "QUOTA_EXCEEDED" => " Free space (empty Recently Deleted) or choose a bigger plan.".into(),
         "UNAUTHENTICATED" => " Check the account and password, or enrol the device again.".into(),
         "TOO_MANY_ATTEMPTS" => " Wait that long, then try again with the right password.".into(),
+        "UNKNOWN" if e.message() == "transport error" => {
+            " The server closed the connection without a gRPC answer: if it serves TLS, \
+             use https:// and --fingerprint."
+                .into()
+        }
         _ if e.is_transient() => " This clears by itself; Keepsake retries.".into(),
         _ => String::new(),
     };
@@ -317,20 +338,26 @@ async fn fresh_access(e: &Enrolled) -> Result<(Channel, pb::AccessToken), SignIn
             device_token: e.device_token.clone(),
             client_version: env!("CARGO_PKG_VERSION").into(),
         })
-        .await
-        .map_err(|s| {
-            let e = CallError::from(s);
-            if e.is_transient() {
-                SignInFailure::Unreachable(plain(e))
-            } else {
-                SignInFailure::Refused(plain(e))
-            }
-        })?
-        .into_inner()
-        .access
-        .ok_or_else(|| {
+        .await;
+    let access = match access {
+        Ok(reply) => reply.into_inner().access.ok_or_else(|| {
             SignInFailure::Refused(anyhow::anyhow!("the server sent no access token"))
-        })?;
+        })?,
+        Err(s) => {
+            let e = CallError::from(s);
+            if !e.is_transient() {
+                return Err(SignInFailure::Refused(plain(e)));
+            }
+            // "transport error, this clears by itself" is wrong for a TLS server reached
+            // over http://: say what to change.
+            return Err(SignInFailure::Unreachable(
+                match client::plaintext_problem(&server.server).await {
+                    Some(problem) => anyhow::anyhow!(problem),
+                    None => plain(e),
+                },
+            ));
+        }
+    };
     Ok((channel, access))
 }
 

@@ -206,11 +206,7 @@ async fn ask_server(
                 Err(status) => {
                     let e = keepsake_transport::client::CallError::from(status.clone());
                     if e.is_transient() {
-                        return (
-                            view,
-                            Some(format!("{} [{}]", e.message(), e.reason())),
-                            account,
-                        );
+                        return (view, Some(why_no_answer(url, &e).await), account);
                     }
                     view.reachable = true;
                     if e.reason() == "CLIENT_TOO_OLD" {
@@ -226,6 +222,10 @@ async fn ask_server(
             }
         }
         (None, None) => {
+            // Nothing to sign in with; still, a TLS port reached over http:// is no answer.
+            if let Some(problem) = client::plaintext_problem(url).await {
+                return (view, Some(problem), None);
+            }
             view.reachable = true;
             return (view, None, None);
         }
@@ -235,11 +235,7 @@ async fn ask_server(
         Err(status) => {
             let e = keepsake_transport::client::CallError::from(status);
             if e.is_transient() {
-                return (
-                    view,
-                    Some(format!("{} [{}]", e.message(), e.reason())),
-                    account,
-                );
+                return (view, Some(why_no_answer(url, &e).await), account);
             }
             view.reachable = true;
             view.ask_account(&mut accounts).await;
@@ -255,6 +251,14 @@ async fn ask_server(
         account = None;
     }
     (view, None, account)
+}
+
+/// A call that got no answer, in words: a TLS server reached over http:// is named as such.
+async fn why_no_answer(url: &str, e: &keepsake_transport::client::CallError) -> String {
+    match client::plaintext_problem(url).await {
+        Some(problem) => problem,
+        None => format!("{} [{}]", e.message(), e.reason()),
+    }
 }
 
 fn token_given_but_refused(view: &ServerView) -> bool {
