@@ -578,9 +578,16 @@ async fn a_failed_enrolment_names_the_directory_and_registers_nothing() {
     assert!(!out.status.success());
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(said.contains(&*nowhere.to_string_lossy()), "{said}");
+    // A script's token comes from `keepsake account token`, no grpcurl needed.
+    let token = succeeded(
+        keepsake(&server.url, data.path())
+            .args(["account", "token"])
+            .output()
+            .unwrap(),
+    );
     let devices = client::accounts_client(
         client::connect(&server.url).await.unwrap(),
-        client::BearerAuth::new(&server.token),
+        client::BearerAuth::new(token.trim()),
     )
     .list_devices(keepsake_transport_pb::ListDevicesRequest {})
     .await

@@ -255,6 +255,15 @@ pub trait Cloud: Send + 'static {
         bytes: u64,
         request_id: &str,
     ) -> impl Future<Output = Result<String, CloudError>> + Send;
+    /// Releases a reservation this device no longer uses (best effort: an unreleased one
+    /// lapses by itself and never counts against this device).
+    fn end_upload(
+        &mut self,
+        reservation: &str,
+    ) -> impl Future<Output = Result<(), CloudError>> + Send {
+        let _ = reservation;
+        async { Ok(()) }
+    }
     /// The chunks the account does not hold yet.
     fn find_missing(
         &mut self,

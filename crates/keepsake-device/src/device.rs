@@ -989,6 +989,15 @@ impl<C: Cloud> Device<C> {
             self.journal.set(&self.cellular_key(), &used.to_string())?;
         }
         let finished = outcome.is_ok();
+        if let (false, Some(reservation)) = (finished, self.reservation.clone()) {
+            // A pass that failed half-way (a full server disk, a cut connection) gives back
+            // what its reservation still held, so it never makes the plan look full to the
+            // other devices. If the cloud cannot be told, the next pass takes the same
+            // reservation up again (its request id stays in the journal).
+            if self.cloud.end_upload(&reservation).await.is_ok() {
+                self.journal.remove_key(PASS_RESERVATION)?;
+            }
+        }
         match outcome {
             Err(DeviceError::Cloud(e)) if !e.transient => {
                 tracing::warn!(reason = %e.reason, message = %e.message, "sync refused");

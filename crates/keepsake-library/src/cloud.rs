@@ -698,12 +698,13 @@ impl Cloud {
                 limit_bytes: plan.limit_bytes,
             });
         }
-        let session = self.store.open_session(
-            account,
-            bytes,
-            self.library.config.upload_ttl_ms,
-            request_id,
-        )?;
+        // The reservation row is what makes a request id idempotent. The store's session
+        // takes none: after a release or a lapse, the same request id (a device taking its
+        // pass's reservation up again) must open a new session, not be told it was reused
+        // for other bytes.
+        let session =
+            self.store
+                .open_session(account, bytes, self.library.config.upload_ttl_ms, None)?;
         tx.execute(
             "INSERT INTO reservations (reservation_id, account, request_id, bytes, expires_at, device)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -755,6 +756,28 @@ impl Cloud {
             bytes: bytes as u64,
             expires_at: session.expires_at,
         })
+    }
+
+    /// Releases a reservation and its store session: its unused bytes stop counting at
+    /// once. Chunks sent under it stay the account's until a collection finds them
+    /// unreferenced. Idempotent: an unknown reservation is already released.
+    pub fn end_upload(&self, account: &str, reservation_id: &str) -> Result<(), LibraryError> {
+        let removed = self.library.db().execute(
+            "DELETE FROM reservations WHERE reservation_id = ?1 AND account = ?2",
+            params![reservation_id, account],
+        )?;
+        if removed > 0 {
+            match self.store.end_session(account, reservation_id) {
+                Ok(()) | Err(StoreError::SessionNotFound(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+            tracing::info!(
+                account,
+                reservation = reservation_id,
+                "reservation released"
+            );
+        }
+        Ok(())
     }
 
     /// Verifies every stored byte, drops corrupt chunks from the store's index (never

@@ -129,6 +129,11 @@ impl<C: Cloud> Cloud for Faulty<C> {
         self.lost_reply(result)
     }
 
+    async fn end_upload(&mut self, reservation: &str) -> Result<(), CloudError> {
+        let result = self.inner.end_upload(reservation).await;
+        self.lost_reply(result)
+    }
+
     async fn find_missing(
         &mut self,
         session: &str,

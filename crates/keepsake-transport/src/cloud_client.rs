@@ -164,6 +164,20 @@ impl CloudClient {
         Ok(reply.into_inner().reservation_id)
     }
 
+    /// Releases a reservation (what it did not use stops counting against the plan).
+    pub async fn end_upload(&mut self, reservation_id: &str) -> Result<(), CallError> {
+        let req = self.unary(pb::EndUploadRequest {
+            reservation_id: reservation_id.into(),
+        });
+        within(
+            "EndUpload",
+            self.config.call_timeout,
+            self.library.end_upload(req),
+        )
+        .await?;
+        Ok(())
+    }
+
     /// The ids the account does not own yet.
     pub async fn find_missing(
         &mut self,

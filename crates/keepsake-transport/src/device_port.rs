@@ -173,6 +173,10 @@ impl Cloud for CloudClient {
         Ok(CloudClient::begin_upload(self, bytes, request_id).await?)
     }
 
+    async fn end_upload(&mut self, reservation: &str) -> Result<(), CloudError> {
+        Ok(CloudClient::end_upload(self, reservation).await?)
+    }
+
     async fn find_missing(
         &mut self,
         session: &str,

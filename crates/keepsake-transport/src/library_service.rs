@@ -178,6 +178,20 @@ impl Library for LibraryService {
         }))
     }
 
+    async fn end_upload(
+        &self,
+        request: Request<pb::EndUploadRequest>,
+    ) -> Result<Response<pb::EndUploadResponse>, Status> {
+        let who = identity(&request)?;
+        let pb::EndUploadRequest { reservation_id } = request.into_inner();
+        let account = who.account.clone();
+        run(&self.cloud, Some(&who), move |c| {
+            c.end_upload(&account, &reservation_id)
+        })
+        .await?;
+        Ok(Response::new(pb::EndUploadResponse {}))
+    }
+
     async fn commit_asset(
         &self,
         request: Request<pb::CommitAssetRequest>,

@@ -146,6 +146,13 @@ enum AccountCommand {
         #[arg(long)]
         plan: Option<String>,
     },
+    /// Print an access token for scripts (grpcurl, Python): `authorization: Bearer TOKEN`.
+    Token {
+        #[command(flatten)]
+        server: device_cli::ServerArgs,
+        #[command(flatten)]
+        credentials: device_cli::Credentials,
+    },
 }
 
 #[derive(Subcommand)]
@@ -355,6 +362,14 @@ fn main() -> Result<()> {
             credentials,
         } => runtime.block_on(device_cli::devices(server, credentials)),
         Command::Status { data } => device_cli::status(data),
+        Command::Account(AccountCommand::Token {
+            server,
+            credentials,
+        }) => runtime.block_on(async {
+            let (_, token) = device_cli::signed_in(&server, &credentials).await?;
+            println!("{token}");
+            Ok(())
+        }),
         Command::Account(AccountCommand::Create {
             server,
             admin,

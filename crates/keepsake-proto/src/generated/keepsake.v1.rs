@@ -4274,6 +4274,13 @@ pub struct RenewUploadResponse {
     #[prost(int64, tag = "1")]
     pub expires_at_ms: i64,
 }
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct EndUploadRequest {
+    #[prost(string, tag = "1")]
+    pub reservation_id: ::prost::alloc::string::String,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct EndUploadResponse {}
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct CommitAssetRequest {
     /// Client-chosen, 1..=128 bytes; a retry with the same request returns the first answer.
@@ -4794,6 +4801,32 @@ pub mod library_client {
                 .insert(GrpcMethod::new("keepsake.v1.Library", "RenewUpload"));
             self.inner.unary(req, path, codec).await
         }
+        /// Releases a reservation and its store session: what it did not use stops counting
+        /// against the plan at once. Idempotent (an unknown or ended one is already released).
+        pub async fn end_upload(
+            &mut self,
+            request: impl tonic::IntoRequest<super::EndUploadRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::EndUploadResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/keepsake.v1.Library/EndUpload",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("keepsake.v1.Library", "EndUpload"));
+            self.inner.unary(req, path, codec).await
+        }
         /// Records uploaded content as a new asset or a new version. Chunks the account
         /// does not own come back as FAILED_PRECONDITION, reason MISSING_CHUNKS, listing
         /// each id in a PreconditionFailure; re-send just those and commit again.
@@ -5261,6 +5294,15 @@ pub mod library_server {
             tonic::Response<super::RenewUploadResponse>,
             tonic::Status,
         >;
+        /// Releases a reservation and its store session: what it did not use stops counting
+        /// against the plan at once. Idempotent (an unknown or ended one is already released).
+        async fn end_upload(
+            &self,
+            request: tonic::Request<super::EndUploadRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::EndUploadResponse>,
+            tonic::Status,
+        >;
         /// Records uploaded content as a new asset or a new version. Chunks the account
         /// does not own come back as FAILED_PRECONDITION, reason MISSING_CHUNKS, listing
         /// each id in a PreconditionFailure; re-send just those and commit again.
@@ -5566,6 +5608,49 @@ pub mod library_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = RenewUploadSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/keepsake.v1.Library/EndUpload" => {
+                    #[allow(non_camel_case_types)]
+                    struct EndUploadSvc<T: Library>(pub Arc<T>);
+                    impl<T: Library> tonic::server::UnaryService<super::EndUploadRequest>
+                    for EndUploadSvc<T> {
+                        type Response = super::EndUploadResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::EndUploadRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Library>::end_upload(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = EndUploadSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
