@@ -1,4 +1,25 @@
 //! Project automation, run as `cargo xtask <command>`.
+//!
+//! # In detail
+//!
+//! `codegen`, `ci`, `arch`, `python`, `demo` (the two-device story with real processes), `bench
+//! sync` (first sync and capture latency with real agents), `it` (real processes: a server and
+//! two `keepsake sync` devices — started with `--stream-from-kib 1024 --stream-batch-kib 256`,
+//! so most photos take the streamed path and the run checks that some did both ways from the
+//! agents' `keepsake_device::streamed` events — one per file as it starts, so passes a kill cut
+//! short count too — SIGKILL of either device and of the server at seeded random moments,
+//! convergence and no-duplicate checks; then the camera turns on Optimize Storage and is killed
+//! while taking photos — every photo missing from it must already be committed, and it ends
+//! within its budget), `media` (real JPEG/MP4 via ffmpeg + exiftool, compared with rsync),
+//! `bench`, `peers` (`cargo xtask bench`: a seeded phone library; Keepsake's server and agents
+//! behind counting proxies against syncthing, an rsync daemon and restic from Debian, with cp,
+//! chunk+hash and discard-stream baselines; CPU and peak memory from /proc); it depends on none
+//! of the project's crates, so `codegen` builds even when the code it replaces does not; `it`
+//! ends with `chaos` (three agents behind killable TCP proxies, skewed clocks via
+//! `KEEPSAKE_CLOCK_SKEW_MS`, server restarts onto a full disk; targeted kills timed by the
+//! server's paired debug events — `chunk stream opened/ended/broken`, `commit begins/answered`
+//! — and the store's count of chunks re-sent that the account already held); `sim` (runs
+//! `keepsake-sim`), `fuzz` (cargo-fuzz over `tests/fuzz`), and `ci` prints each step's time
 
 mod bench;
 mod chaos;

@@ -31,6 +31,44 @@
 //! assert_eq!(page.changes.len(), 1);
 //! # Ok::<(), LibraryError>(())
 //! ```
+//!
+//! # In detail
+//!
+//! the cloud. `Library`: accounts (Argon2id passwords checked through `passwords::PasswordGate`
+//! — a few reused buffers, a short queue — and throttled per account and per address in
+//! `sign_in_failures`, the owner shown the failures), plans, devices (random tokens stored as
+//! BLAKE3 digests, revocable) and their ledger; assets and versions (asset ids begin with the
+//! commit time, so a feed page, walked by sequence number, reads neighbouring rows of every
+//! table keyed by asset; idempotent commits by request id and fingerprint; a file is an asset,
+//! never merged with another of the same bytes (dedup is the store's, per chunk), at a path —
+//! folders and exact name — that the library decides: a path another live asset holds on the
+//! key `keepsake_path::fold` gives (case and Unicode normalization) is numbered `stem (2).ext`
+//! inside the commit, rename (`Rename` edits, last writer by clock) or restore transaction;
+//! `duplicates` lists live assets of identical content for a person to decide; stale-base
+//! conflicts keep both versions; a new version's capture time and size are its own), per-field
+//! LWW metadata by hybrid logical clock with a clock-skew bound, albums with per-member clocks,
+//! Recently Deleted / restore / purge / expiry with tombstones per asset and path
+//! (`purged_files`: a new copy of purged bytes is a new photo), `apply_edits` (a device's
+//! queued edits in one transaction, each in a savepoint and answered on its own — the same
+//! answers and feed as one call each, by property test), and the per-account change feed (one
+//! sequence number per change in commit order, opaque cursors carrying the compaction epoch,
+//! CURSOR_EXPIRED). `tokens`: Ed25519-signed access tokens naming their key id, `TokenVerifier`
+//! for any service. `Cloud`: the library joined to the store through the `ChunkStore` port
+//! (implemented by `Store`): sign-in, enrolment, refresh, key rotation, `BeginUpload`
+//! reservations (quota checked before a byte is sent, a store session per reservation; each
+//! remembers its device, whose own reservations never count against it; a retried request id
+//! whose lease lapsed is renewed; `EndUpload` releases one at once — the reservation row alone
+//! makes a request id idempotent, the store session takes none), `commit_asset` (reference in
+//! the store first, then the commit), purges and account deletion released through the
+//! `ref_outbox`, `maintain` (trash expiry, reservations, abandoned references, compaction, old
+//! keys). `derive`: the derivative queue — a job per committed version written in the commit's
+//! transaction; `run_derivations` hands the maker passed in an `Original`: a still's verified
+//! bytes (stills over 256 MiB get none), or for a video only a writer that streams its verified
+//! chunks (`ChunkStore::copy_file`) to a file the tool reads; it then stores what it made
+//! content-addressed under its own holder (`derived:ASSET:VERSION:ROLE`), lists it on the asset
+//! and re-announces the asset in the feed; unreadable → `failed <why>`, nothing possible →
+//! `none <why>`, passing failures retried with doubling delays; purges release derivatives with
+//! the originals
 
 mod accounts;
 mod cloud;

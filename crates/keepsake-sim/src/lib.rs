@@ -18,6 +18,22 @@
 //! let again = keepsake_sim::run(&keepsake_sim::SimOptions::new(7)).unwrap();
 //! assert_eq!(outcome.trace_hash, again.trace_hash);
 //! ```
+//!
+//! # In detail
+//!
+//! the deterministic simulation (turmoil): the real server (store, library, gRPC services via
+//! `serve_connections`) and three real devices as hosts on a simulated network with simulated
+//! time; people take (the larger half of the photos streamed in batches, the path a phone's
+//! videos take), copy (under other names, into a folder), rename and move (and rename again),
+//! delete (one of two twins too), trash, restore photos, mark favourites and fill albums while
+//! the referee crashes and restarts hosts, partitions links and holds messages back, and
+//! `Faulty` (a device-side `Cloud` wrapper) loses replies after the server acted and delivers
+//! calls twice or late; then faults heal, devices settle, and `invariants` checks the disks:
+//! nothing lost, nothing duplicated, every device equal to the library, newest favourite wins,
+//! every chunk verifies, every SQLite database passes `integrity_check`, no partial file in a
+//! folder. All time (server, devices, file mtimes) comes from the simulation clock and all
+//! randomness from the seed; the binary runs each seed in a process of its own so any printed
+//! seed replays exactly
 
 mod faulty;
 mod hosts;

@@ -26,6 +26,32 @@
 //! let mut store = client::store_client(client::connect(&url).await?, &token);
 //! # Ok(()) }
 //! ```
+//!
+//! # In detail
+//!
+//! `server::serve` (health, reflection v1 + v1alpha, tracing, limits, tcp_nodelay), `auth`
+//! (`Authenticator`: client-version check, then signed-token check; the token comes in
+//! `authorization: Bearer` or, from Keepsake's own clients, `x-keepsake-token`, which HTTP/2
+//! header compression indexes so it costs bytes once per connection, not per call), `guard`
+//! (`GuardLayer`, the async tower layer in front of every service: open health/reflection,
+//! token-free sign-in calls limited per address, everything else per device or account; token
+//! bucket → RATE_LIMITED (an ApplyEdits call, up to 1000 edits in one transaction, costs ten
+//! calls), per-caller and server-wide concurrency → OVERLOADED, both with `retry_after_ms`;
+//! streams hold their permits until their body ends), `convert` (proto ↔ domain),
+//! `error::to_status` (the one mapping), `StoreService`, `PolicyService`, `DeltaService`
+//! (rebuilds versions next to the store; `SpanSignature`/`PutChunksByDelta` for a stretch of
+//! whole chunks, at most 2 MiB), `LibraryService` (with `WatchChanges` woken by a
+//! `ChangeNotifier`), `AccountsService`, `client` helpers and `CallError` (every status typed:
+//! transient — UNAVAILABLE, DEADLINE_EXCEEDED, RATE_LIMITED, OVERLOADED, cut connections — or
+//! permanent, with reason, metadata, retry hint and missing chunk ids),
+//! `cloud_client::CloudClient` (typed calls with client-side deadlines; uploads keep a bounded
+//! number of bytes in flight and ask for durable acks before the window closes), `tls`
+//! (self-signed certificates for a home server, SHA-256 fingerprints, a client connector that
+//! trusts exactly one pinned certificate; `client::connect` refuses plaintext off loopback),
+//! `device_port` (`keepsake_device::Cloud` for `CloudClient`), `DeviceService`/`serve_device`
+//! (DeviceControl over a `FolderControl`: status, settings, conditions, import, delete, list,
+//! edits, diagnose; loopback only, for callers presenting the secret in the device's data directory), `fault_proxy` (a seeded TCP proxy that cuts at
+//! byte offsets with resets, delays and stalls; reused by later device tests)
 
 pub mod auth;
 pub mod client;

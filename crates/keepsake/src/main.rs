@@ -1,4 +1,40 @@
 //! The `keepsake` binary: runs Keepsake's services.
+//!
+//! # In detail
+//!
+//! the binary (`keepsake duplicates`, `library rename`, `export` into the library's folders and
+//! names, `status` listing what was left out on purpose and names the library numbered; on
+//! glibc it starts itself again with `MALLOC_ARENA_MAX=2`: the server's blocking threads
+//! otherwise spread freed buffers over many arenas that keep them — peak 325 → 112 MiB in the 2
+//! GiB benchmark): `keepsake device enroll`, `keepsake sync DIR \[--control ADDR\]
+//! \[--stream-from-kib N --stream-batch-kib N\]` and `keepsake device run DIR` (the agent — the
+//! two stream options set `DeviceConfig::streamed_from` and `stream_batch_bytes` for a device
+//! short of memory: a pass on every file-system event, every WatchChanges message, every
+//! settings change or edit, and every interval; DeviceControl on loopback when asked, to
+//! callers presenting `DATA/control-secret` (mode 0600); conditions built by `conditions` (the
+//! one snapshot builder: the machine's probes, `conditions.json`, the owner's `settings.json`,
+//! and the plan or required version read from the server while it refuses — the doctor uses the
+//! same); file-system events that only read (the scan's own listings) never wake it; the access
+//! token replaced at half its life on every clone of the client (`TokenCell`), so an upload
+//! outlives it; `STORAGE_FULL` waited out at least 15 s; retries with seeded, jittered
+//! exponential backoff (backon) on transient errors; progress lines; reports to the ledger),
+//! `derive_worker` (the derivative queue run with keepsake-media once uploads are quiet —
+//! nothing newly committed for 2 s, or the oldest job waited 60 s; video posters through ffmpeg
+//! and HEIC previews through heif-convert, under `nice`, when the server has them, else the
+//! asset says none exists and why), `export` (`keepsake export DIR \[--versions\]`: verified,
+//! resumable, JSON sidecars), `keepsake open ASSET`, `local_cli` (`keepsake device
+//! ls|favorite|hide|album|trash|restore|settings|pause|resume|sync-anyway|confirm-deletes`: the
+//! device's own journal and settings, no server), `keepsake status`, `keepsake library
+//! ls|delete|restore|purge|favorite`, `keepsake devices`, `keepsake account create`, `keepsake
+//! plan set`, `keepsake serve` (first start creates the administrator `me` and leaves its
+//! password in `initial-credentials.json`; publishes `token-keys.json` for services run
+//! elsewhere; one maintenance loop: library, then store GC), `keepsake serve` holds
+//! `server.lock` in its data directory and stops within 5 s of SIGTERM (3 s for calls in
+//! flight; watch streams are cut), and `keepsake doctor` (signs in as the enrolled device from
+//! its data directory, no token; the same `conditions` as the agent — battery from
+//! /sys/class/power_supply, free space via statvfs, link type from /sys/class/net; adds the
+//! agent's last refusal and whether it runs, `keepsake_device::agent_running` probing its lock;
+//! anything unreadable is reported as unknown)
 
 mod conditions;
 mod derive_worker;
