@@ -12,9 +12,108 @@ pub struct CloudError {
     /// Retrying can succeed without anyone acting (connection lost, shed load, deadline).
     pub transient: bool,
     /// The stable reason (`QUOTA_EXCEEDED`, `CLIENT_TOO_OLD`, `MISSING_CHUNKS`, …).
-    pub reason: String,
+    pub reason: Reason,
     /// The sentence to show.
     pub message: String,
+}
+
+/// Why the cloud refused or failed a call: each reason the engine acts on is a variant
+/// (so a misspelt one is a compile error, not a branch never taken), any other travels by
+/// its code. The codes are the API's `ErrorInfo.reason`s.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// The plan is full (QUOTA_EXCEEDED).
+    QuotaExceeded,
+    /// The server's disk is full (STORAGE_FULL).
+    StorageFull,
+    /// The asset is in Recently Deleted or purged (ASSET_NOT_LIVE).
+    AssetNotLive,
+    /// No such asset, reservation or manifest for this account (NOT_FOUND).
+    NotFound,
+    /// The feed cursor predates a compaction (CURSOR_EXPIRED).
+    CursorExpired,
+    /// Chunks to send before the commit (MISSING_CHUNKS).
+    MissingChunks,
+    /// The client is older than the server accepts (CLIENT_TOO_OLD).
+    ClientTooOld,
+    /// The token is invalid or expired, or the device was removed (UNAUTHENTICATED).
+    Unauthenticated,
+    /// The server does not answer (UNAVAILABLE).
+    Unavailable,
+    /// The server has no such call (UNIMPLEMENTED).
+    Unimplemented,
+    /// The server's reply could not be read (BAD_REPLY).
+    BadReply,
+    /// A transfer made no progress and was abandoned (TRANSFER_STALLED).
+    TransferStalled,
+    /// Any other reason, by its code.
+    Other(String),
+}
+
+impl Reason {
+    const KNOWN: [(Reason, &'static str); 12] = [
+        (Reason::QuotaExceeded, "QUOTA_EXCEEDED"),
+        (Reason::StorageFull, "STORAGE_FULL"),
+        (Reason::AssetNotLive, "ASSET_NOT_LIVE"),
+        (Reason::NotFound, "NOT_FOUND"),
+        (Reason::CursorExpired, "CURSOR_EXPIRED"),
+        (Reason::MissingChunks, "MISSING_CHUNKS"),
+        (Reason::ClientTooOld, "CLIENT_TOO_OLD"),
+        (Reason::Unauthenticated, "UNAUTHENTICATED"),
+        (Reason::Unavailable, "UNAVAILABLE"),
+        (Reason::Unimplemented, "UNIMPLEMENTED"),
+        (Reason::BadReply, "BAD_REPLY"),
+        (Reason::TransferStalled, "TRANSFER_STALLED"),
+    ];
+
+    /// The reason with this code.
+    pub fn parse(code: &str) -> Self {
+        Self::KNOWN
+            .iter()
+            .find(|(_, known)| *known == code)
+            .map_or_else(|| Self::Other(code.to_string()), |(r, _)| r.clone())
+    }
+
+    /// Its code, as the API spells it.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Other(code) => code,
+            known => Self::KNOWN
+                .iter()
+                .find(|(r, _)| r == known)
+                .map_or("", |(_, code)| code),
+        }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<&str> for Reason {
+    fn from(code: &str) -> Self {
+        Self::parse(code)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Reason;
+
+    #[test]
+    fn every_known_reason_round_trips_through_its_code() {
+        for (reason, code) in Reason::KNOWN {
+            assert_eq!(Reason::parse(code), reason);
+            assert_eq!(reason.as_str(), code);
+        }
+        assert_eq!(
+            Reason::parse("SOMETHING_NEW"),
+            Reason::Other("SOMETHING_NEW".into())
+        );
+        assert_eq!(Reason::parse("SOMETHING_NEW").as_str(), "SOMETHING_NEW");
+    }
 }
 
 /// What the cloud knows of one whole-file hash.
@@ -342,7 +441,7 @@ impl CloudError {
     pub fn unsupported(what: &str) -> Self {
         Self {
             transient: false,
-            reason: "UNIMPLEMENTED".into(),
+            reason: Reason::Unimplemented,
             message: format!("this cloud does not take {what}"),
         }
     }

@@ -1,5 +1,6 @@
 //! One device's sync engine: scan, upload, follow the feed, apply.
 
+use crate::cloud::Reason;
 use crate::cloud::{
     Cloud, CloudError, CommitReply, ContentHolder, ContentLookup, Edit, NewAsset, RemoteAsset,
     RemoteState, Stamp,
@@ -1001,7 +1002,7 @@ impl<C: Cloud> Device<C> {
         match outcome {
             Err(DeviceError::Cloud(e)) if !e.transient => {
                 tracing::warn!(reason = %e.reason, message = %e.message, "sync refused");
-                report.blocked = Some(e.reason);
+                report.blocked = Some(e.reason.to_string());
                 report.blocked_message = Some(e.message);
             }
             other => other?,
@@ -1691,7 +1692,7 @@ impl<C: Cloud> Device<C> {
                         self.reservation = Some(s.clone());
                         Ok(s)
                     }
-                    Err(e) if e.reason == "QUOTA_EXCEEDED" => {
+                    Err(e) if e.reason == Reason::QuotaExceeded => {
                         self.cloud.begin_upload(row.size + overhead, &key).await
                     }
                     Err(e) => Err(e),
@@ -1700,7 +1701,7 @@ impl<C: Cloud> Device<C> {
                     Ok(s) => s,
                     Err(e) if !e.transient => {
                         tracing::warn!(path = %row.path, reason = %e.reason, message = %e.message, "upload refused");
-                        report.blocked = Some(e.reason.clone());
+                        report.blocked = Some(e.reason.to_string());
                         report.blocked_message = Some(e.message.clone());
                         return Ok(None);
                     }
@@ -1777,7 +1778,7 @@ impl<C: Cloud> Device<C> {
             }
             Err(Shipping::Reading(e)) => return Err(e),
             Err(Shipping::Committing(e))
-                if row.asset_id.is_some() && e.reason == "ASSET_NOT_LIVE" =>
+                if row.asset_id.is_some() && e.reason == Reason::AssetNotLive =>
             {
                 // Edited here while another device deleted the photo: the edit becomes a
                 // photo of its own (the original stays in Recently Deleted), sent on the next
@@ -1793,7 +1794,7 @@ impl<C: Cloud> Device<C> {
             }
             Err(Shipping::Committing(e)) if !e.transient => {
                 tracing::warn!(path = %row.path, reason = %e.reason, message = %e.message, "commit refused");
-                report.blocked = Some(e.reason.clone());
+                report.blocked = Some(e.reason.to_string());
                 report.blocked_message = Some(e.message.clone());
                 return Ok(());
             }
@@ -1897,7 +1898,7 @@ impl<C: Cloud> Device<C> {
                 match answer {
                     Ok(()) => {}
                     // Already gone in the cloud: nothing left to delete.
-                    Err(e) if e.reason == "NOT_FOUND" || e.reason == "ASSET_NOT_LIVE" => {}
+                    Err(e) if matches!(e.reason, Reason::NotFound | Reason::AssetNotLive) => {}
                     Err(e) => return Err(e.into()),
                 }
                 self.journal.remove(&row.path)?;
@@ -1930,7 +1931,7 @@ impl<C: Cloud> Device<C> {
             let answers = match self.cloud.edits(&edits).await {
                 Ok(answers) => answers,
                 Err(e) => {
-                    self.journal.outbox_failed(batch[0].0, &e.reason)?;
+                    self.journal.outbox_failed(batch[0].0, e.reason.as_str())?;
                     return Err(e.into());
                 }
             };
@@ -1956,7 +1957,7 @@ impl<C: Cloud> Device<C> {
                     // edit must wait. Those after it that the cloud applied are done all the
                     // same — sent again, a trash could undo a restore made elsewhere since.
                     Err(e) => {
-                        self.journal.outbox_failed(*seq, &e.reason)?;
+                        self.journal.outbox_failed(*seq, e.reason.as_str())?;
                         stopped.get_or_insert(e);
                     }
                 }
@@ -2013,7 +2014,7 @@ impl<C: Cloud> Device<C> {
             .unwrap_or(0);
         loop {
             let page = match self.cloud.changes(cursor).await {
-                Err(e) if e.reason == "CURSOR_EXPIRED" => {
+                Err(e) if e.reason == Reason::CursorExpired => {
                     // Tombstones we never saw were compacted: read everything again; every
                     // step below is idempotent against what the folder already holds.
                     cursor = 0;
@@ -3119,7 +3120,7 @@ async fn commit_mending<C: Cloud>(
 ) -> Result<(CommitReply, Manifest), Shipping> {
     let commit = draft.commit(&manifest, media);
     match cloud.commit(commit.clone(), &manifest, base).await {
-        Err(e) if e.reason == "MISSING_CHUNKS" => {
+        Err(e) if e.reason == Reason::MissingChunks => {
             let session = &draft.reservation_id;
             let all: Vec<ChunkId> = manifest
                 .entries

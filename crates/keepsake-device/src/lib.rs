@@ -136,7 +136,7 @@ mod paths;
 mod upgrade;
 
 pub use cloud::{
-    Cloud, CloudError, CommitReply, ContentHolder, ContentLookup, Edit, FeedPage, NewAsset,
+    Cloud, CloudError, CommitReply, ContentHolder, ContentLookup, Edit, FeedPage, NewAsset, Reason,
     RemoteAlbum, RemoteAsset, RemoteState, Stamp,
 };
 pub use control::{

@@ -7,7 +7,7 @@ use crate::convert::{
 };
 use bytes::Bytes;
 use keepsake_device::{
-    Cloud, CloudError, CommitReply, ContentHolder, ContentLookup, Edit, FeedPage, NewAsset,
+    Cloud, CloudError, CommitReply, ContentHolder, ContentLookup, Edit, FeedPage, NewAsset, Reason,
     RemoteAlbum, RemoteAsset, RemoteState, Stamp,
 };
 use keepsake_store::{ChunkId, Manifest, ManifestId};
@@ -16,7 +16,7 @@ impl From<CallError> for CloudError {
     fn from(e: CallError) -> Self {
         Self {
             transient: e.is_transient(),
-            reason: e.reason().to_string(),
+            reason: Reason::parse(e.reason()),
             message: e.message().to_string(),
         }
     }
@@ -25,7 +25,7 @@ impl From<CallError> for CloudError {
 fn bad_reply(what: &str, e: impl std::fmt::Display) -> CloudError {
     CloudError {
         transient: false,
-        reason: "BAD_REPLY".into(),
+        reason: Reason::BadReply,
         message: format!("the server sent a malformed {what}: {e}"),
     }
 }
@@ -205,7 +205,7 @@ impl Cloud for CloudClient {
             None => (Some(manifest_to_wire(manifest)), None),
         };
         match commit_carrying(self, asset.clone(), whole, edit).await {
-            Err(e) if !e.transient && e.reason == "NOT_FOUND" => {
+            Err(e) if !e.transient && e.reason == Reason::NotFound => {
                 // A cloud that ignores a manifest sent with the commit (an older server),
                 // or an edit whose base it no longer holds: the manifest goes on its own.
                 tracing::debug!(message = %e.message, "manifest not taken with the commit; sending it first");
@@ -302,7 +302,7 @@ impl Cloud for CloudClient {
                     } else {
                         Err(CloudError {
                             transient: false,
-                            reason,
+                            reason: Reason::parse(&reason),
                             message,
                         })
                     }
@@ -348,7 +348,7 @@ async fn put_manifest_alone(
             }
             Err(e) => {
                 let e = CloudError::from(e);
-                if e.transient || e.reason == "MISSING_CHUNKS" {
+                if e.transient || e.reason == Reason::MissingChunks {
                     return Err(e);
                 }
                 tracing::debug!(reason = %e.reason, "manifest edit refused; sending it whole");

@@ -856,7 +856,7 @@ pub async fn sync(
             }
             Err(keepsake_device::DeviceError::Cloud(e)) if e.transient && !once => {
                 pause = backoff.next().unwrap_or(Duration::from_secs(60));
-                if e.reason == "STORAGE_FULL" {
+                if e.reason == keepsake_device::Reason::StorageFull {
                     // The server's disk: re-sending at once only fills its logs (an agent
                     // once re-sent ~720 MB in 10 s). Its hint is 15 s and the backoff stops
                     // at 30 s, so sync resumes within a minute of the disk having room.
@@ -866,9 +866,9 @@ pub async fn sync(
                     let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
                     // The policy cannot see a server that stopped answering or whose disk
                     // is full: say it here.
-                    let reason = match e.reason.as_str() {
-                        "UNAVAILABLE" => Some("SERVER_UNREACHABLE".to_string()),
-                        "STORAGE_FULL" => Some("STORAGE_FULL".to_string()),
+                    let reason = match e.reason {
+                        keepsake_device::Reason::Unavailable => Some("SERVER_UNREACHABLE".into()),
+                        keepsake_device::Reason::StorageFull => Some("STORAGE_FULL".into()),
                         _ => None,
                     };
                     if reason.is_some() {
@@ -880,7 +880,7 @@ pub async fn sync(
                     }
                     s.passes += 1;
                     s.last_error = Some(format!("{} [{}]", e.message, e.reason));
-                    if e.reason == "TRANSFER_STALLED" {
+                    if e.reason == keepsake_device::Reason::TransferStalled {
                         s.last_stall_ms = Some(now_ms());
                     }
                     s.last_pass_ms = now_ms();
