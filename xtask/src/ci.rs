@@ -194,6 +194,7 @@ pub fn architecture(root: &Path) -> Result<()> {
             violations.push(format!("{krate} depends on keepsake-proto"));
         }
     }
+    violations.extend(oversized_files(root)?);
     violations.sort();
     violations.dedup();
     if !violations.is_empty() {
@@ -201,6 +202,65 @@ pub fn architecture(root: &Path) -> Result<()> {
     }
     println!("architecture: domain crates free of tonic/prost; keepsake-proto only where allowed");
     Ok(())
+}
+
+/// A source file a newcomer can hold in mind has at most this many lines.
+const MAX_FILE_LINES: usize = 1_000;
+
+/// Files already past the bound when it was set, each with the size it may not pass: the
+/// bound ratchets — they may shrink (lower the number when they do), never grow.
+const OVERSIZED: &[(&str, usize)] = &[
+    ("crates/keepsake-device/src/device.rs", 3_597),
+    ("crates/keepsake-library/src/library.rs", 2_018),
+    ("crates/keepsake-store/src/store.rs", 1_332),
+    ("crates/keepsake/src/device_cli.rs", 1_310),
+    ("crates/keepsake-library/src/cloud.rs", 1_090),
+    ("xtask/src/peers.rs", 1_346),
+];
+
+/// Source files (generated code and tests aside) past their bound, after printing the
+/// largest so growth is seen.
+fn oversized_files(root: &Path) -> Result<Vec<String>> {
+    let mut sizes = Vec::new();
+    let mut stack = vec![root.join("crates"), root.join("xtask")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if path.is_dir() {
+                if !matches!(name, "target" | "generated" | "tests" | "benches") {
+                    stack.push(path);
+                }
+            } else if name.ends_with(".rs") {
+                let lines = std::fs::read_to_string(&path)?.lines().count();
+                let rel = path
+                    .strip_prefix(root)
+                    .unwrap_or(&path)
+                    .to_string_lossy()
+                    .into_owned();
+                sizes.push((lines, rel));
+            }
+        }
+    }
+    sizes.sort_by(|a, b| b.cmp(a));
+    let largest: Vec<String> = sizes
+        .iter()
+        .take(5)
+        .map(|(n, f)| format!("{f} {n}"))
+        .collect();
+    println!("architecture: largest source files: {}", largest.join(", "));
+    Ok(sizes
+        .iter()
+        .filter_map(|(lines, file)| {
+            let bound = OVERSIZED
+                .iter()
+                .find(|(f, _)| f == file)
+                .map_or(MAX_FILE_LINES, |(_, n)| (*n).max(MAX_FILE_LINES));
+            (*lines > bound).then(|| {
+                format!("{file} has {lines} lines, over its bound of {bound}: split it by what its parts do")
+            })
+        })
+        .collect())
 }
 
 fn workspace_crates(root: &Path) -> Result<Vec<String>> {
