@@ -213,7 +213,6 @@ const OVERSIZED: &[(&str, usize)] = &[
     ("crates/keepsake-device/src/device.rs", 3_597),
     ("crates/keepsake-library/src/library.rs", 2_018),
     ("crates/keepsake-store/src/store.rs", 1_332),
-    ("crates/keepsake/src/device_cli.rs", 1_310),
     ("crates/keepsake-library/src/cloud.rs", 1_090),
     ("xtask/src/peers.rs", 1_346),
 ];

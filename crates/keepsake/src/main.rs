@@ -36,6 +36,7 @@
 //! agent's last refusal and whether it runs, `keepsake_device::agent_running` probing its lock;
 //! anything unreadable is reported as unknown)
 
+mod agent;
 mod conditions;
 mod derive_worker;
 mod device_cli;
@@ -93,7 +94,7 @@ enum Command {
         #[arg(long, default_value_t = 10_000)]
         interval_ms: u64,
         #[command(flatten)]
-        streaming: device_cli::StreamArgs,
+        streaming: agent::StreamArgs,
     },
     /// Verify every stored byte now (as an administrator): prints what was checked, drops
     /// corrupt chunks, and names the photos flagged damaged (devices holding them re-send).
@@ -234,7 +235,7 @@ enum DeviceCommand {
         #[arg(long, default_value = "127.0.0.1:50061")]
         control: SocketAddr,
         #[command(flatten)]
-        streaming: device_cli::StreamArgs,
+        streaming: agent::StreamArgs,
     },
     #[command(flatten)]
     Local(local_cli::LocalCommand),
@@ -369,7 +370,7 @@ fn main() -> Result<()> {
             data,
             control,
             streaming,
-        }) => runtime.block_on(device_cli::sync(
+        }) => runtime.block_on(agent::sync(
             dir,
             data,
             false,
@@ -385,7 +386,7 @@ fn main() -> Result<()> {
             control,
             interval_ms,
             streaming,
-        } => runtime.block_on(device_cli::sync(
+        } => runtime.block_on(agent::sync(
             dir,
             data,
             once,

@@ -1,0 +1,609 @@
+//! The device agent, `keepsake sync DIR` and `keepsake device run DIR`: the loop that runs
+//! a pass whenever something changed (the folder, the cloud's feed, the settings, an edit
+//! through DeviceControl) or its interval passed, with back-off, token refresh, status and
+//! ledger reports. The engine it drives is `keepsake_device::Device`.
+
+use crate::device_cli::{
+    Enrolled, SETTINGS, ServerArgs, load, load_settings, megabytes, now_ms, plain,
+};
+use anyhow::{Context, Result, bail};
+use keepsake_device::{Device, DeviceConfig, SyncReport};
+use keepsake_store::{Clock, SystemClock};
+use keepsake_transport::client::{self, BearerAuth, CallError, pb};
+use keepsake_transport::cloud_client::{ClientConfig, CloudClient};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::transport::Channel;
+
+/// Trades the device token for an access token.
+async fn fresh_access(e: &Enrolled) -> Result<(Channel, pb::AccessToken), SignInFailure> {
+    let server = ServerArgs {
+        server: e.server.clone(),
+        fingerprint: e.fingerprint.clone(),
+    };
+    let channel = server.channel().await.map_err(SignInFailure::Unreachable)?;
+    let mut anonymous = client::accounts_client(channel.clone(), BearerAuth::anonymous());
+    let access = anonymous
+        .refresh_token(pb::RefreshTokenRequest {
+            device_id: e.device_id.clone(),
+            device_token: e.device_token.clone(),
+            client_version: env!("CARGO_PKG_VERSION").into(),
+        })
+        .await;
+    let access = match access {
+        Ok(reply) => reply.into_inner().access.ok_or_else(|| {
+            SignInFailure::Refused(anyhow::anyhow!("the server sent no access token"))
+        })?,
+        Err(s) => {
+            let e = CallError::from(s);
+            if !e.is_transient() {
+                return Err(SignInFailure::Refused(plain(e)));
+            }
+            // "transport error, this clears by itself" is wrong for a TLS server reached
+            // over http://: say what to change.
+            return Err(SignInFailure::Unreachable(
+                match client::plaintext_problem(&server.server).await {
+                    Some(problem) => anyhow::anyhow!(problem),
+                    None => plain(e),
+                },
+            ));
+        }
+    };
+    Ok((channel, access))
+}
+
+/// Replaces the client's access token before it expires (when half its remaining life is
+/// gone), so an upload longer than a token's life is never refused half-way. Found by the
+/// attack run: a 2.6 GB upload failed "access token expired 136 ms ago".
+fn keep_token_fresh(
+    enrolled: Arc<Enrolled>,
+    client: &CloudClient,
+    mut expires_at: i64,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let cell = client.auth().cell()?;
+    Some(tokio::spawn(async move {
+        loop {
+            let left = u64::try_from(expires_at - now_ms()).unwrap_or(0);
+            tokio::time::sleep(Duration::from_millis((left / 2).max(200))).await;
+            match fresh_access(&enrolled).await {
+                Ok((_, access)) => {
+                    cell.set(&access.token);
+                    expires_at = access.expires_at_ms;
+                }
+                // The pass says what is wrong; try again shortly.
+                Err(_) => expires_at = now_ms() + 4_000,
+            }
+        }
+    }))
+}
+
+/// Why signing in failed.
+enum SignInFailure {
+    /// The cloud could not be reached or did not answer: try again later.
+    Unreachable(anyhow::Error),
+    /// The cloud said no (device removed, client too old): trying again changes nothing.
+    Refused(anyhow::Error),
+}
+
+/// Signs in, waiting out a cloud that cannot be reached. An agent started offline, or
+/// whose token expired during a cut, must keep trying: exiting would stop sync silently.
+/// Found by `cargo xtask it`'s chaos phase (an agent restarted while its link was cut).
+async fn signed_in_patiently(e: &Enrolled, once: bool) -> Result<(CloudClient, i64)> {
+    let (channel, access) = access_patiently(e, once).await?;
+    Ok((
+        CloudClient::new(
+            channel,
+            BearerAuth::new(&access.token),
+            ClientConfig::default(),
+        ),
+        access.expires_at_ms,
+    ))
+}
+
+/// An access token, waiting out a cloud that cannot be reached (unless one pass was asked
+/// for: then why it cannot run is said at once).
+async fn access_patiently(e: &Enrolled, once: bool) -> Result<(Channel, pb::AccessToken)> {
+    let mut backoff = retry_schedule(&e.device_id);
+    loop {
+        match fresh_access(e).await {
+            Ok(signed_in) => return Ok(signed_in),
+            Err(SignInFailure::Refused(err)) => return Err(err),
+            Err(SignInFailure::Unreachable(err)) if once => {
+                return Err(err.context("the server cannot be reached [SERVER_UNREACHABLE]"));
+            }
+            Err(SignInFailure::Unreachable(err)) => {
+                let pause = backoff.next().unwrap_or(Duration::from_secs(30));
+                println!(
+                    "keepsake sync: cannot sign in yet ({err:#}); retrying in {} ms",
+                    pause.as_millis()
+                );
+                tokio::time::sleep(pause).await;
+            }
+        }
+    }
+}
+
+fn say_pass(r: &SyncReport, reason_changed: bool) {
+    let mut parts = Vec::new();
+    for (n, what) in [
+        (r.uploaded, "uploaded"),
+        (r.linked, "already in the cloud"),
+        (r.downloaded, "downloaded"),
+        (r.streamed, "streamed in batches"),
+        (r.trashed_here, "moved to Recently Deleted"),
+        (r.trashed_remotely, "deleted everywhere"),
+        (r.restored, "restored"),
+        (r.purged, "purged"),
+        (r.not_resurrected, "deleted elsewhere, not re-uploaded"),
+        (r.edits_sent, "edits sent"),
+        (
+            r.kept_apart,
+            "edited here but deleted elsewhere: kept as new photos",
+        ),
+        (
+            r.edits_dropped,
+            "edits dropped (their photo or album is gone)",
+        ),
+    ] {
+        if n > 0 {
+            parts.push(format!("{n} {what}"));
+        }
+    }
+    match (&r.blocked, reason_changed) {
+        (Some(reason), true) => parts.push(format!("waiting: {reason}")),
+        (None, true) => parts.push("syncing".into()),
+        _ => {}
+    }
+    if !parts.is_empty() {
+        println!("keepsake sync: {}", parts.join(", "));
+    }
+}
+
+/// A clock that is wrong by a fixed amount, as phones' clocks are.
+struct SkewedClock(i64);
+
+impl Clock for SkewedClock {
+    fn now_ms(&self) -> keepsake_store::UnixMillis {
+        SystemClock.now_ms() + self.0
+    }
+}
+
+/// The agent's clock: the system's, moved by `KEEPSAKE_CLOCK_SKEW_MS` when set, so
+/// `cargo xtask it` can show that sync never depends on devices agreeing about the time.
+fn device_clock() -> Result<Arc<dyn Clock>> {
+    match std::env::var("KEEPSAKE_CLOCK_SKEW_MS") {
+        Ok(skew) => Ok(Arc::new(SkewedClock(
+            skew.parse()
+                .context("KEEPSAKE_CLOCK_SKEW_MS is milliseconds")?,
+        ))),
+        Err(_) => Ok(Arc::new(SystemClock)),
+    }
+}
+
+/// Shows the pass under way: a progress line at most once a second, and the same in
+/// `status.json` for `keepsake status` and DeviceControl.
+fn follow_progress(
+    mut progress: tokio::sync::watch::Receiver<keepsake_device::Progress>,
+    status: Arc<std::sync::Mutex<keepsake_device::AgentStatus>>,
+    control: Arc<keepsake_device::FolderControl>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while progress.changed().await.is_ok() {
+            let p = progress.borrow_and_update().clone();
+            let shown = {
+                let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
+                s.progress = (!p.phase.is_empty()).then(|| p.clone());
+                s.clone()
+            };
+            let _ = control.save_status(&shown);
+            if !p.phase.is_empty() && p.items_total > 0 {
+                println!(
+                    "keepsake sync: {} {}/{} files, {} of {}{}",
+                    p.phase,
+                    p.items_done,
+                    p.items_total,
+                    megabytes(p.bytes_done),
+                    megabytes(p.bytes_total),
+                    p.current.map(|c| format!(" ({c})")).unwrap_or_default()
+                );
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    })
+}
+
+/// Wakes the sync loop when the cloud's feed moves: a WatchChanges stream from `cursor`,
+/// re-opened after any break.
+fn watch_feed(
+    mut cloud: CloudClient,
+    cursor: u64,
+    wake: tokio::sync::mpsc::UnboundedSender<()>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut cursor = cursor;
+        let mut lost = false;
+        loop {
+            let (_, library, _) = cloud.raw();
+            if let Ok(stream) = library
+                .watch_changes(pb::WatchChangesRequest { cursor })
+                .await
+            {
+                // The cloud answers again after a cut: a pass waiting out its backoff can
+                // go now instead of minutes later. Found by `cargo xtask it`'s chaos phase.
+                if std::mem::take(&mut lost) && wake.send(()).is_err() {
+                    return;
+                }
+                let mut stream = stream.into_inner();
+                while let Ok(Some(page)) = stream.message().await {
+                    cursor = page.cursor;
+                    if !page.changes.is_empty() && wake.send(()).is_err() {
+                        return;
+                    }
+                }
+            }
+            lost = true;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    })
+}
+
+/// Wakes the loop when the owner changes the device's settings or conditions, or another
+/// process (`keepsake device favorite …`) queued an edit.
+fn watch_settings(
+    data: &Path,
+    wake: tokio::sync::mpsc::UnboundedSender<()>,
+) -> Result<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        // Reading the settings each pass is not a change to them (see `is_a_change`).
+        if let Ok(e) = event
+            && is_a_change(&e.kind)
+            && e.paths.iter().any(|p| {
+                p.file_name().is_some_and(|n| {
+                    n == SETTINGS
+                        || n == crate::conditions::CONDITIONS
+                        || n == keepsake_device::WAKE_FILE
+                })
+            })
+        {
+            let _ = wake.send(());
+        }
+    })?;
+    if let Err(e) = watcher.watch(data, notify::RecursiveMode::NonRecursive) {
+        tracing::warn!(error = %e, "cannot watch the settings; they apply at the next pass");
+    }
+    Ok(watcher)
+}
+
+/// Whether a file-system event changed something (rather than only reading it). A file
+/// closed after writing counts: that is when a camera's photo is complete.
+fn is_a_change(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind};
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    }
+}
+
+/// A retry schedule: exponential, capped at a minute, spread out (jitter) so devices cut
+/// off together do not return together; seeded by the device id, so a run can be replayed.
+fn retry_schedule(device_id: &str) -> backon::ExponentialBackoff {
+    use backon::BackoffBuilder;
+    let digest = blake3::hash(device_id.as_bytes());
+    let mut seed = [0u8; 8];
+    seed.copy_from_slice(&digest.as_bytes()[..8]);
+    backon::ExponentialBuilder::new()
+        .with_min_delay(Duration::from_millis(500))
+        .with_max_delay(Duration::from_secs(30))
+        .with_jitter()
+        .with_jitter_seed(u64::from_le_bytes(seed))
+        .without_max_times()
+        .build()
+}
+
+/// How `keepsake sync` moves files too large to hold in memory.
+#[derive(clap::Args, Debug, Clone, Copy, Default)]
+pub struct StreamArgs {
+    /// Files of this many KiB and more, new or edited, are read, sent and fetched a batch at
+    /// a time, never held whole (default 65536: 64 MiB). Lower it on a device short of memory.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(64..))]
+    pub stream_from_kib: Option<u64>,
+    /// KiB of chunks in one such batch: what one batch holds in memory (default 32768).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(64..=1_048_576))]
+    pub stream_batch_kib: Option<u64>,
+}
+
+impl StreamArgs {
+    /// Overrides the device's defaults with what was given.
+    fn apply(self, config: &mut DeviceConfig) {
+        if let Some(kib) = self.stream_from_kib {
+            config.streamed_from = kib << 10;
+        }
+        if let Some(kib) = self.stream_batch_kib {
+            // The parser bounds it to 1 GiB, which fits any usize this builds for.
+            config.stream_batch_bytes = usize::try_from(kib << 10).unwrap_or(usize::MAX);
+        }
+    }
+}
+
+/// `keepsake sync DIR`: keeps the folder in sync until interrupted (or once). A pass runs
+/// when a file in the folder changes, when the cloud's feed moves, when the settings
+/// change, when an edit is made through DeviceControl, and every `interval`.
+pub async fn sync(
+    folder: PathBuf,
+    data: PathBuf,
+    once: bool,
+    interval: Duration,
+    control: Option<std::net::SocketAddr>,
+    streaming: StreamArgs,
+) -> Result<()> {
+    use notify::Watcher;
+    let enrolled = load(&data)?;
+    let mut config = DeviceConfig::new(
+        folder.clone(),
+        data.join("state"),
+        enrolled.device_id.clone(),
+    );
+    config.stable_ms = 400;
+    streaming.apply(&mut config);
+    let (wake_tx, mut wake) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let clock = device_clock()?;
+    let folder_control = Arc::new(keepsake_device::FolderControl::open(
+        &config,
+        data.clone(),
+        clock.clone(),
+        wake_tx.clone(),
+    )?);
+    let enrolled = Arc::new(enrolled);
+    let (client, expires_at) = signed_in_patiently(&enrolled, once).await?;
+    let _fresh = keep_token_fresh(enrolled.clone(), &client, expires_at);
+    let mut device = Device::open(config, client.clone(), clock)?;
+    println!(
+        "keepsake sync: {} <-> {} as device {}",
+        folder.display(),
+        enrolled.server,
+        enrolled.device_id
+    );
+    let fs_wake = wake_tx.clone();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        // The agent's own temp and marker files are not the user's changes, and neither
+        // are reads: the scan's own directory listings (inotify's open and close-nowrite)
+        // would otherwise wake the next pass, and that one the next — an idle agent
+        // spinning ~9 passes a second.
+        if let Ok(e) = event
+            && is_a_change(&e.kind)
+            && e.paths
+                .iter()
+                .any(|p| !p.to_string_lossy().contains(".keepsake"))
+        {
+            let _ = fs_wake.send(());
+        }
+    })?;
+    if let Err(e) = watcher.watch(&folder, notify::RecursiveMode::Recursive) {
+        // Without notifications the periodic pass still finds everything, only later.
+        tracing::warn!(error = %e, "cannot watch the folder; relying on periodic rescans");
+    }
+    let _settings_watcher = watch_settings(&data, wake_tx.clone())?;
+    let _feed = watch_feed(client, device.cursor()?, wake_tx.clone());
+    if let Some(addr) = control {
+        if !addr.ip().is_loopback() {
+            bail!(
+                "--control is for this machine's own apps: it must listen on loopback, not {addr}"
+            );
+        }
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} for device control"))?;
+        folder_control
+            .control_secret()
+            .context("making the device control secret")?;
+        println!(
+            "keepsake sync: device control on http://{} (callers present the secret in {})",
+            listener.local_addr()?,
+            data.join(keepsake_device::CONTROL_SECRET).display()
+        );
+        tokio::spawn(keepsake_transport::serve_device(
+            listener,
+            folder_control.clone(),
+            std::future::pending(),
+        ));
+    }
+    let status = Arc::new(std::sync::Mutex::new(keepsake_device::AgentStatus {
+        device_id: enrolled.device_id.clone(),
+        since_ms: now_ms(),
+        folder: std::path::absolute(&folder)
+            .ok()
+            .map(|f| f.to_string_lossy().into_owned()),
+        ..keepsake_device::AgentStatus::default()
+    }));
+    let _progress = follow_progress(device.progress(), status.clone(), folder_control.clone());
+    let mut backoff = retry_schedule(&enrolled.device_id);
+    let mut server = crate::conditions::ServerView {
+        reachable: true,
+        account: None,
+        min_version: None,
+    };
+    // Nothing reported yet: the first pass always tells the ledger.
+    let mut last_state = "\u{0}".to_string();
+    loop {
+        let conditions = crate::conditions::snapshot(
+            Some(&data),
+            &folder,
+            Some(&enrolled.account),
+            &server,
+            &crate::conditions::Assumed::default(),
+        )?;
+        let _ = folder_control.save_snapshot(&conditions);
+        device.set_conditions(Some(conditions));
+        let optimize = load_settings(&data)?.optimize_budget_bytes;
+        device.set_optimize(optimize);
+        let mut pause = interval;
+        match device.sync_once().await {
+            Ok(report) if report.blocked.as_deref() == Some("UNAUTHENTICATED") => {
+                // Access tokens are short-lived (the refresher may have been cut off from the
+                // server meanwhile): trade the device token for a new one now. Every clone
+                // of the client — the lanes, the feed watcher — shares the token.
+                let (_, access) = access_patiently(&enrolled, once).await?;
+                if let Some(cell) = device.cloud_mut().auth().cell() {
+                    cell.set(&access.token);
+                }
+                continue;
+            }
+            Ok(report) => {
+                backoff = retry_schedule(&enrolled.device_id);
+                // While the cloud refuses, read the numbers the doctor shows (the plan and
+                // usage, or the version required); once it stops, forget them.
+                if matches!(
+                    report.blocked.as_deref(),
+                    Some("QUOTA_EXCEEDED" | "CLIENT_TOO_OLD")
+                ) {
+                    let (_, _, accounts) = device.cloud_mut().raw();
+                    server.ask_account(accounts).await;
+                } else {
+                    server.account = None;
+                    server.min_version = None;
+                }
+                let shown = {
+                    let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
+                    if report.blocked != s.reason {
+                        s.since_ms = now_ms();
+                        s.reason = report.blocked.clone();
+                    }
+                    s.reason_message = report.blocked_message.clone();
+                    s.passes += 1;
+                    s.last_pass_ms = now_ms();
+                    s.uploaded += report.uploaded as u64;
+                    s.downloaded += report.downloaded as u64;
+                    s.pending_files = device.pending_files().unwrap_or(0);
+                    s.pending_edits = device.pending_edits().unwrap_or(0);
+                    s.progress = None;
+                    if let Ok((originals, previews, cloud_only)) = device.storage() {
+                        (s.originals_bytes, s.previews_bytes, s.cloud_only) =
+                            (originals, previews, cloud_only);
+                    }
+                    s.optimize_budget = optimize;
+                    if s.skipped != report.skipped {
+                        for f in &report.skipped {
+                            println!(
+                                "keepsake sync: left out {}: {} [{}]",
+                                f.path, f.message, f.reason
+                            );
+                        }
+                        s.skipped = report.skipped.clone();
+                    }
+                    s.damaged_waiting = device.damaged_waiting();
+                    s.ignored = report.ignored.clone();
+                    for (here, library) in &report.numbered {
+                        println!(
+                            "keepsake sync: {here} is kept in the library as {library} (another photo had its name)"
+                        );
+                    }
+                    s.numbered.extend(report.numbered.iter().cloned());
+                    let over = s.numbered.len().saturating_sub(100);
+                    s.numbered.drain(..over);
+                    s.clone()
+                };
+                // Best effort: a full disk must not stop sync over a status file.
+                let _ = folder_control.save_status(&shown);
+                let state = report.blocked.clone().unwrap_or_default();
+                say_pass(&report, state != last_state);
+                if state != last_state {
+                    report_state(device.cloud_mut(), &report).await;
+                    last_state = state;
+                }
+                if once {
+                    return Ok(());
+                }
+                if report.unstable > 0 {
+                    // A file still being written: look again once it has had time to settle.
+                    pause = pause.min(Duration::from_millis(250));
+                }
+            }
+            Err(keepsake_device::DeviceError::Cloud(e)) if e.transient && !once => {
+                pause = backoff.next().unwrap_or(Duration::from_secs(60));
+                if e.reason == keepsake_device::Reason::StorageFull {
+                    // The server's disk: re-sending at once only fills its logs (an agent
+                    // once re-sent ~720 MB in 10 s). Its hint is 15 s and the backoff stops
+                    // at 30 s, so sync resumes within a minute of the disk having room.
+                    pause = pause.max(Duration::from_secs(15));
+                }
+                let shown = {
+                    let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
+                    // The policy cannot see a server that stopped answering or whose disk
+                    // is full: say it here.
+                    let reason = match e.reason {
+                        keepsake_device::Reason::Unavailable => Some("SERVER_UNREACHABLE".into()),
+                        keepsake_device::Reason::StorageFull => Some("STORAGE_FULL".into()),
+                        _ => None,
+                    };
+                    if reason.is_some() {
+                        if s.reason != reason {
+                            s.since_ms = now_ms();
+                            s.reason = reason;
+                        }
+                        s.reason_message = Some(e.message.clone());
+                    }
+                    s.passes += 1;
+                    s.last_error = Some(format!("{} [{}]", e.message, e.reason));
+                    if e.reason == keepsake_device::Reason::TransferStalled {
+                        s.last_stall_ms = Some(now_ms());
+                    }
+                    s.last_pass_ms = now_ms();
+                    s.pending_edits = device.pending_edits().unwrap_or(0);
+                    s.progress = None;
+                    s.clone()
+                };
+                // Best effort: a full disk must not stop sync over a status file.
+                let _ = folder_control.save_status(&shown);
+                println!(
+                    "keepsake sync: {} [{}]; retrying in {} ms",
+                    e.message,
+                    e.reason,
+                    pause.as_millis()
+                );
+            }
+            Err(e) if once => bail!("{e}"),
+            Err(e) => {
+                // A local failure (the device's disk full, a folder briefly unreadable) is
+                // said and retried; an agent that exited would stop sync without a word.
+                pause = backoff.next().unwrap_or(Duration::from_secs(30));
+                let shown = {
+                    let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
+                    s.last_error = Some(e.to_string());
+                    s.passes += 1;
+                    s.last_pass_ms = now_ms();
+                    s.clone()
+                };
+                let _ = folder_control.save_status(&shown);
+                println!("keepsake sync: {e}; retrying in {} ms", pause.as_millis());
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            Some(()) = wake.recv() => {
+                // Let a burst of events (a camera writing several files) settle into one pass.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                while wake.try_recv().is_ok() {}
+            }
+        }
+    }
+}
+
+/// Tells the library's device ledger how this device is doing; best effort.
+async fn report_state(cloud: &mut CloudClient, report: &SyncReport) {
+    let (_, _, accounts) = cloud.raw();
+    let state = pb::DeviceState {
+        state: if report.blocked.is_some() {
+            "blocked".into()
+        } else {
+            "idle".into()
+        },
+        reason: report.blocked.clone().unwrap_or_default(),
+        ..Default::default()
+    };
+    let _ = accounts
+        .report_device_state(pb::ReportDeviceStateRequest { state: Some(state) })
+        .await;
+}
