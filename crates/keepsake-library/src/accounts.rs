@@ -359,6 +359,17 @@ impl Library {
         Ok(stored.is_some_and(|(_, admin)| admin))
     }
 
+    /// Drops the failures the throttle no longer counts (older than its memory).
+    pub(crate) fn forget_old_sign_in_failures(
+        &self,
+        now: UnixMillis,
+    ) -> Result<usize, LibraryError> {
+        Ok(self.db().execute(
+            "DELETE FROM sign_in_failures WHERE last_at < ?1",
+            [now - FAILURE_MEMORY_MS],
+        )?)
+    }
+
     /// Wrong passwords given since the password was last set: how many, when the last
     /// was and from where.
     pub fn failed_sign_ins(&self, account: &str) -> Result<FailedSignIns, LibraryError> {

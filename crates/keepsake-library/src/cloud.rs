@@ -1028,6 +1028,9 @@ impl Cloud {
             .library
             .db()
             .execute("DELETE FROM reservations WHERE expires_at <= ?1", [now])?;
+        // Failures are forgotten after an hour; a flood of made-up account names would
+        // otherwise leave a row each for ever.
+        self.library.forget_old_sign_in_failures(now)?;
         let refs_released = self.drain_releases(None)?;
         let tombstones_compacted = self.library.compact()?;
         let cutoff = now - self.library.config.access_token_ttl_ms;

@@ -1018,6 +1018,12 @@ fn guessing_a_password_waits_longer_with_every_failure_and_the_owner_sees_them()
             .reason(),
         "TOO_MANY_ATTEMPTS"
     );
+    // An hour later every failure is forgotten (maintenance drops the rows): bob is in.
+    f.clock.advance(HOUR + 1);
+    f.cloud.maintain().unwrap();
+    f.cloud
+        .sign_in_from("bob", "battery staple", attacker)
+        .unwrap();
 }
 
 /// A right-to-left override was kept in names: a device named `\u{202E}gpj.exe` was
