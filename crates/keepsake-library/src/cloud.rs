@@ -698,10 +698,8 @@ impl Cloud {
                 limit_bytes: plan.limit_bytes,
             });
         }
-        // The reservation row is what makes a request id idempotent. The store's session
-        // takes none: after a release or a lapse, the same request id (a device taking its
-        // pass's reservation up again) must open a new session, not be told it was reused
-        // for other bytes.
+        // The reservation row makes a request id idempotent; the session takes none, so a
+        // request id taken up again after a release or a lapse opens a new one.
         let session =
             self.store
                 .open_session(account, bytes, self.library.config.upload_ttl_ms, None)?;
@@ -1028,8 +1026,7 @@ impl Cloud {
             .library
             .db()
             .execute("DELETE FROM reservations WHERE expires_at <= ?1", [now])?;
-        // Failures are forgotten after an hour; a flood of made-up account names would
-        // otherwise leave a row each for ever.
+        // A flood of made-up account names would otherwise leave a row each for ever.
         self.library.forget_old_sign_in_failures(now)?;
         let refs_released = self.drain_releases(None)?;
         let tombstones_compacted = self.library.compact()?;
