@@ -2,8 +2,9 @@
 
 use bytes::Bytes;
 use keepsake_store::ChunkId;
+use keepsake_testkit::{get_all, put_all};
 use keepsake_transport::client::pb as keepsake_transport_pb;
-use keepsake_transport::client::{self, StoreClient, get_all, put_all};
+use keepsake_transport::client::{self, StoreClient};
 use keepsake_transport::convert::id_bytes;
 use keepsake_transport::reason_of;
 use std::io::{BufRead, BufReader};
@@ -1235,9 +1236,9 @@ async fn an_exif_date_rewrite_travels_as_a_delta_not_whole_chunks() {
     let c = cloud().await;
     let root = tempfile::tempdir().unwrap();
     let (fa, fb) = (root.path().join("A"), root.path().join("B"));
-    let proxy = keepsake_transport::fault_proxy::FaultProxy::start(
+    let proxy = keepsake_testkit::fault_proxy::FaultProxy::start(
         c.url.trim_start_matches("http://").parse().unwrap(),
-        keepsake_transport::fault_proxy::Schedule::clean(),
+        keepsake_testkit::fault_proxy::Schedule::clean(),
     )
     .await
     .unwrap();
@@ -1343,8 +1344,8 @@ async fn an_edit_whose_changed_chunks_the_cloud_holds_already_sends_nothing_agai
 async fn through_a_faulty_network_every_photo_arrives_and_no_acknowledged_chunk_is_resent() {
     use devices::*;
     use keepsake_device::{Device, DeviceConfig};
+    use keepsake_testkit::fault_proxy::{FaultProxy, Schedule};
     use keepsake_transport::cloud_client::{ClientConfig, CloudClient};
-    use keepsake_transport::fault_proxy::{FaultProxy, Schedule};
     let c = cloud().await;
     let root = tempfile::tempdir().unwrap();
     let (fa, fb) = (root.path().join("A"), root.path().join("B"));

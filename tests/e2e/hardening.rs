@@ -2,7 +2,7 @@
 //! named after what broke: the real `keepsake` binary, real agents, real `kill -9`.
 
 use super::*;
-use keepsake_transport::fault_proxy::{FaultProxy, Schedule};
+use keepsake_testkit::fault_proxy::{FaultProxy, Schedule};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 

@@ -194,6 +194,7 @@ pub fn architecture(root: &Path) -> Result<()> {
             violations.push(format!("{krate} depends on keepsake-proto"));
         }
     }
+    violations.extend(test_kit_users(root)?);
     violations.extend(oversized_files(root)?);
     violations.sort();
     violations.dedup();
@@ -202,6 +203,35 @@ pub fn architecture(root: &Path) -> Result<()> {
     }
     println!("architecture: domain crates free of tonic/prost; keepsake-proto only where allowed");
     Ok(())
+}
+
+/// Production crates that depend on the test kit (only dev-dependencies may).
+fn test_kit_users(root: &Path) -> Result<Vec<String>> {
+    let mut users = Vec::new();
+    for entry in std::fs::read_dir(root.join("crates"))? {
+        let dir = entry?.path();
+        let name = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("")
+            .to_string();
+        let Ok(manifest) = std::fs::read_to_string(dir.join("Cargo.toml")) else {
+            continue;
+        };
+        let mut section = "";
+        for line in manifest.lines() {
+            let line = line.trim();
+            if line.starts_with('[') {
+                section = line;
+            } else if section == "[dependencies]"
+                && line.starts_with("keepsake-testkit")
+                && name != "keepsake-testkit"
+            {
+                users.push(format!("{name} depends on keepsake-testkit (tests only)"));
+            }
+        }
+    }
+    Ok(users)
 }
 
 /// A source file a newcomer can hold in mind has at most this many lines.

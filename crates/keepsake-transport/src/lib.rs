@@ -50,8 +50,8 @@
 //! trusts exactly one pinned certificate; `client::connect` refuses plaintext off loopback),
 //! `device_port` (`keepsake_device::Cloud` for `CloudClient`), `DeviceService`/`serve_device`
 //! (DeviceControl over a `FolderControl`: status, settings, conditions, import, delete, list,
-//! edits, diagnose; loopback only, for callers presenting the secret in the device's data directory), `fault_proxy` (a seeded TCP proxy that cuts at
-//! byte offsets with resets, delays and stalls; reused by later device tests)
+//! edits, diagnose; loopback only, for callers presenting the secret in the device's data
+//! directory). The fault proxy tests use lives in `keepsake-testkit`.
 
 pub mod auth;
 pub mod client;
@@ -61,7 +61,6 @@ mod delta_service;
 mod device_port;
 mod device_service;
 mod error;
-pub mod fault_proxy;
 pub mod guard;
 mod library_service;
 mod policy_service;

@@ -8,9 +8,10 @@ use keepsake_store::{
     Backend, CappedBackend, ChunkId, LocalFsBackend, ManualClock, OsEntropy, Store, StoreConfig,
     StoreParts,
 };
+use keepsake_testkit::{get_all, put_all};
 use keepsake_transport::ChangeNotifier;
 use keepsake_transport::auth::Authenticator;
-use keepsake_transport::client::{self, StoreClient, get_all, put_all};
+use keepsake_transport::client::{self, StoreClient};
 use keepsake_transport::convert::id_bytes;
 use keepsake_transport::reason_of;
 use keepsake_transport::server::{ServerConfig, Services, serve};
@@ -1652,8 +1653,8 @@ async fn account_b_cannot_read_list_change_or_learn_about_a_s_assets_albums_or_c
 /// reports a chunk as stored that the server does not durably hold.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_100_fault_schedules_every_call_succeeds_or_fails_transiently_and_acks_are_durable() {
+    use keepsake_testkit::fault_proxy::{FaultProxy, Schedule};
     use keepsake_transport::cloud_client::{ClientConfig, CloudClient};
-    use keepsake_transport::fault_proxy::{FaultProxy, Schedule};
     let server = start().await;
     let deadline = std::time::Duration::from_millis(1500);
     let config = ClientConfig {
@@ -2052,8 +2053,8 @@ async fn an_upload_whose_next_chunk_does_not_fit_the_window_does_not_stall() {
 /// long before its overall deadline, and the retry completes the upload.
 #[tokio::test]
 async fn a_stalled_upload_is_abandoned_by_the_watchdog_and_the_retry_completes() {
+    use keepsake_testkit::fault_proxy::{FaultProxy, Schedule};
     use keepsake_transport::cloud_client::{ClientConfig, CloudClient};
-    use keepsake_transport::fault_proxy::{FaultProxy, Schedule};
     let server = start().await;
     let mut schedule = Schedule::clean();
     schedule.stall_percent = 100;

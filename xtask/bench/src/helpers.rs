@@ -54,7 +54,7 @@ pub async fn discard(mib: usize) -> Result<()> {
     let url = crate::spawn_discard_store(chunks.clone()).await?;
     let mut c = client::store_client(client::connect(&url).await?, "x");
     let t = Instant::now();
-    keepsake_transport::client::put_all(&mut c, "s", chunks, crate::MESSAGE_BYTES).await?;
+    keepsake_testkit::put_all(&mut c, "s", chunks, crate::MESSAGE_BYTES).await?;
     let secs = t.elapsed().as_secs_f64();
     println!("{{\"bytes\":{},\"seconds\":{secs}}}", mib << 20);
     Ok(())

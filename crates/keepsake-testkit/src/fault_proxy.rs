@@ -6,7 +6,7 @@
 //!
 //! ```no_run
 //! # async fn demo(server: std::net::SocketAddr) -> std::io::Result<()> {
-//! use keepsake_transport::fault_proxy::{FaultProxy, Schedule};
+//! use keepsake_testkit::fault_proxy::{FaultProxy, Schedule};
 //! let proxy = FaultProxy::start(server, Schedule::random(7)).await?;
 //! let url = proxy.url(); // point the client here instead of at the server
 //! # Ok(()) }
