@@ -84,28 +84,7 @@ impl Drop for Server {
 }
 
 async fn start(data: &Path, listen: &str) -> Server {
-    let mut child = Command::new(keepsake_binary())
-        .args(["serve", "--listen", listen, "--data"])
-        .arg(data)
-        // As a person would start it: the binary sets its allocator up itself.
-        .env_remove("MALLOC_ARENA_MAX")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let url = loop {
-        let line = lines
-            .next()
-            .expect("server exited before printing its address")
-            .unwrap();
-        if let Some(at) = line.find("http://") {
-            break line[at..].trim().to_string();
-        }
-    };
-    // Keep draining stdout so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
+    let (child, url) = hardening::serve(data, listen, &[]);
     let token = sign_in(&url, data).await;
     Server { child, url, token }
 }

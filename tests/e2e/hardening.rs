@@ -6,8 +6,9 @@ use keepsake_testkit::fault_proxy::{FaultProxy, Schedule};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-/// A server on `data` listening on `listen`, with extra `keepsake serve` options.
-fn serve(data: &Path, listen: &str, extra: &[&str]) -> (Child, String) {
+/// A server on `data` listening on `listen`, with extra `keepsake serve` options, as a
+/// person would start it (the binary sets its allocator up itself); its stdout is drained.
+pub(super) fn serve(data: &Path, listen: &str, extra: &[&str]) -> (Child, String) {
     let mut child = Command::new(keepsake_binary())
         .args(["serve", "--listen", listen, "--data"])
         .arg(data)

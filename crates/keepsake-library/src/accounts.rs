@@ -316,6 +316,8 @@ impl Library {
         password: &str,
         from: SignInFrom,
     ) -> Result<bool, LibraryError> {
+        // A name no account can have is a wrong name, said like any other.
+        check_account_name(account).map_err(|_| wrong_credentials())?;
         let now = self.clock.now_ms();
         let mut keys = vec![(
             format!("account:{account}"),

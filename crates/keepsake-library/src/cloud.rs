@@ -1,7 +1,7 @@
 //! The cloud: the library joined to the chunk store — sign-in and tokens, quota
 //! reservations, commits that root their content in the store, purges that release it.
 
-use crate::accounts::{SignInFrom, check_account_name};
+use crate::accounts::SignInFrom;
 use crate::library::queue_release;
 use crate::tokens::{Claims, PublicKeys, Signer25519, TokenVerifier};
 use crate::{AccountInfo, AssetKind, CommitRequest, Committed, Library, LibraryError};
@@ -449,9 +449,6 @@ impl Cloud {
         password: &str,
         from: SignInFrom,
     ) -> Result<IssuedToken, LibraryError> {
-        check_account_name(account).map_err(|_| {
-            LibraryError::Unauthenticated("the account name or password is wrong".into())
-        })?;
         let admin = self.library.check_credentials(account, password, from)?;
         self.issue(account, None, admin)
     }
@@ -486,9 +483,6 @@ impl Cloud {
         from: SignInFrom,
     ) -> Result<Enrolment, LibraryError> {
         self.admit_client(Some(client_version))?;
-        check_account_name(account).map_err(|_| {
-            LibraryError::Unauthenticated("the account name or password is wrong".into())
-        })?;
         let admin = self.library.check_credentials(account, password, from)?;
         let (device_id, device_token) =
             self.library
