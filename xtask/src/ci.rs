@@ -6,6 +6,7 @@ use std::process::Command;
 
 /// Domain crates: they must not know tonic, prost or the generated proto code.
 const DOMAIN_CRATES: &[&str] = &[
+    "keepsake-core",
     "keepsake-store",
     "keepsake-delta",
     "keepsake-library",
@@ -13,6 +14,15 @@ const DOMAIN_CRATES: &[&str] = &[
     "keepsake-device",
     "keepsake-media",
     "keepsake-path",
+];
+
+/// Dependencies a crate must not have anywhere in its normal tree: the pure crates stay
+/// pure (no database, no runtime), and the delta engine speaks the core's vocabulary,
+/// not the store's.
+const FORBIDDEN: &[(&str, &[&str])] = &[
+    ("keepsake-core", &["rusqlite", "tokio", "keepsake-store"]),
+    ("keepsake-delta", &["keepsake-store", "rusqlite", "tokio"]),
+    ("keepsake-policy", &["rusqlite", "tokio", "keepsake-store"]),
 ];
 
 /// The only crates under crates/ allowed to depend on keepsake-proto (tooling and tests may).
@@ -173,6 +183,15 @@ pub fn architecture(root: &Path) -> Result<()> {
             if matches!(name, "tonic" | "prost" | "keepsake-proto" | "tonic-prost") {
                 violations.push(format!("{krate} depends on {name}"));
             }
+            let forbidden = FORBIDDEN
+                .iter()
+                .filter(|(c, _)| c == krate)
+                .flat_map(|(_, deps)| deps.iter());
+            for dep in forbidden {
+                if name == *dep {
+                    violations.push(format!("{krate} depends on {name}, which it must not"));
+                }
+            }
         }
     }
     for krate in members
@@ -201,7 +220,10 @@ pub fn architecture(root: &Path) -> Result<()> {
     if !violations.is_empty() {
         bail!("architecture rules broken:\n  {}", violations.join("\n  "));
     }
-    println!("architecture: domain crates free of tonic/prost; keepsake-proto only where allowed");
+    println!(
+        "architecture: domain crates free of tonic/prost; keepsake-proto only where allowed; \
+         core, delta and policy free of the store, SQLite and tokio; no test kit in production"
+    );
     Ok(())
 }
 

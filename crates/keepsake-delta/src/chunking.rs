@@ -3,7 +3,7 @@
 use crate::DeltaError;
 use bytes::Bytes;
 use fastcdc::v2020::StreamCDC;
-use keepsake_store::{ChunkId, Manifest, ManifestEntry};
+use keepsake_core::{ChunkId, Manifest, ManifestEntry};
 use std::io::Read;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};

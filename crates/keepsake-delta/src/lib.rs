@@ -2,7 +2,7 @@
 //!
 //! - [`chunk_stream`] cuts any reader into content-defined chunks (FastCDC) with
 //!   bounded memory, hashing each chunk and the whole file, and returns the
-//!   [`Manifest`](keepsake_store::Manifest) the store expects. An insertion early in
+//!   [`Manifest`](keepsake_core::Manifest) the store expects. An insertion early in
 //!   a file leaves later chunks unchanged.
 //! - [`plan_upload`] says which chunks of a manifest are new against what the
 //!   other side has, with byte counts.
@@ -79,9 +79,9 @@ pub enum DeltaError {
     #[error("the rebuilt file hashes to {actual}, not the declared {declared}")]
     HashMismatch {
         /// The declared BLAKE3.
-        declared: keepsake_store::ChunkId,
+        declared: keepsake_core::ChunkId,
         /// What the rebuilt bytes hash to.
-        actual: keepsake_store::ChunkId,
+        actual: keepsake_core::ChunkId,
     },
 }
 

@@ -2,7 +2,7 @@
 
 use crate::rsync::{self, RsyncLimits};
 use crate::{ChunkParams, DeltaError, chunk_stream};
-use keepsake_store::{ChunkId, Manifest, ManifestEntry};
+use keepsake_core::{ChunkId, Manifest, ManifestEntry};
 use std::collections::HashSet;
 
 /// The chunks of a manifest the other side lacks, once each, in file order.

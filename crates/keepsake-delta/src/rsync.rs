@@ -5,7 +5,7 @@
 
 use crate::DeltaError;
 use fast_rsync::{Signature, SignatureOptions};
-use keepsake_store::ChunkId;
+use keepsake_core::ChunkId;
 
 /// Bounds for rsync deltas.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,7 +127,7 @@ fn verify(actual: ChunkId, declared: &ChunkId) -> Result<(), DeltaError> {
 /// Reassembles a stored file from its manifest, fetching each chunk through `fetch`,
 /// and checks the whole-file hash. Refuses files over `limits.max_file_bytes`.
 pub fn assemble<Chunk: AsRef<[u8]>>(
-    manifest: &keepsake_store::Manifest,
+    manifest: &keepsake_core::Manifest,
     mut fetch: impl FnMut(&ChunkId) -> Result<Chunk, DeltaError>,
     limits: &RsyncLimits,
 ) -> Result<Vec<u8>, DeltaError> {
@@ -165,7 +165,7 @@ pub fn rebuild(
     declared: &ChunkId,
     limits: &RsyncLimits,
     mut sink: impl FnMut(ChunkId, &[u8]) -> Result<(), DeltaError>,
-) -> Result<keepsake_store::Manifest, DeltaError> {
+) -> Result<keepsake_core::Manifest, DeltaError> {
     let new = apply_unverified(base, delta, limits)?;
     // The manifest's whole-file hash is the check: the file is hashed once, not twice.
     let manifest = crate::manifest_of(&new, crate::ChunkParams::for_len(new.len() as u64));

@@ -10,7 +10,7 @@
 
 use crate::DeltaError;
 use crate::rsync::{self, RsyncLimits};
-use keepsake_store::{ChunkId, Manifest};
+use keepsake_core::{ChunkId, Manifest};
 use std::collections::{HashMap, HashSet};
 
 /// Largest stretch of either version one span delta covers; larger runs travel as chunks.

@@ -5,9 +5,9 @@
 //! Ignored by plain `cargo test`: it needs the generated files and Debian's rsync.
 //! `cargo xtask media` generates them and runs it.
 
+use keepsake_core::ChunkId;
 use keepsake_delta::rsync::{self, RsyncLimits};
 use keepsake_delta::{Choice, ChunkParams, choose, manifest_of, plan_upload};
-use keepsake_store::ChunkId;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;

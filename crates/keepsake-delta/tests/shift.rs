@@ -1,8 +1,8 @@
 //! Shift resistance: inserting, deleting or overwriting k bytes at a random offset
 //! of a 64 MiB file changes at most ⌈k/avg⌉ + 2 chunks at the 99th percentile.
 
+use keepsake_core::ChunkId;
 use keepsake_delta::{ChunkParams, manifest_of};
-use keepsake_store::ChunkId;
 use std::collections::HashSet;
 
 const FILE: usize = 64 << 20;

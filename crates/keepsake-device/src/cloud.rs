@@ -1,6 +1,7 @@
 //! The port the device syncs through: what it needs from the cloud, nothing more.
 
 use bytes::Bytes;
+pub use keepsake_core::Hlc;
 use keepsake_store::{ChunkId, Manifest, ManifestId};
 use serde::{Deserialize, Serialize};
 use std::future::Future;
@@ -173,7 +174,7 @@ pub struct RemoteAsset {
     /// Hidden from the main views.
     pub hidden: bool,
     /// The newest clock among its metadata fields (merged into the device's clock).
-    pub clock: Stamp,
+    pub clock: Hlc,
     /// The server-made preview (or a video's poster) of the current version, once made.
     pub preview: Option<ManifestId>,
     /// The cloud lost part of this version's content: a device holding it sends it again.
@@ -192,18 +193,7 @@ pub struct RemoteAlbum {
     /// Its member assets.
     pub members: Vec<String>,
     /// The newest clock of its name, deletion and memberships.
-    pub clock: Stamp,
-}
-
-/// A hybrid logical clock reading: the order of metadata changes across devices.
-#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct Stamp {
-    /// The wall clock, never below any stamp the device has seen.
-    pub wall_ms: i64,
-    /// Orders changes within one millisecond.
-    pub counter: u32,
-    /// The device that made the change (breaks exact ties).
-    pub device: String,
+    pub clock: Hlc,
 }
 
 /// A change a person makes on a device, queued in its outbox until the cloud has it.
@@ -404,7 +394,7 @@ pub trait Cloud: Send + 'static {
     /// Idempotent: the same edit with the same stamp changes nothing the second time.
     fn edits(
         &mut self,
-        edits: &[(Edit, Stamp)],
+        edits: &[(Edit, Hlc)],
     ) -> impl Future<Output = Result<Vec<Result<(), CloudError>>, CloudError>> + Send;
     /// The rsync signature of a stretch `(offset, length)` (whole chunks) of a stored
     /// version, for a delta that would store `wanted` (a session and chunk ids): `None`

@@ -3,7 +3,7 @@
 //! would), its journal (to make edits) and its last view of the world (to diagnose).
 
 use crate::DeviceError;
-use crate::cloud::{Edit, Stamp};
+use crate::cloud::{Edit, Hlc};
 use crate::device::{local_name, move_file, safe_name, unique_path};
 use crate::edits::{self, LocalAlbum, LocalAsset};
 use crate::journal::Journal;
@@ -270,7 +270,7 @@ impl FolderControl {
     }
 
     /// Makes an edit as a person on the device would; the agent sends it on its next pass.
-    pub fn edit(&self, edit: Edit) -> Result<Stamp, DeviceError> {
+    pub fn edit(&self, edit: Edit) -> Result<Hlc, DeviceError> {
         let stamp = edits::queue(&self.journal(), &edit, self.clock.now_ms(), &self.device_id)?;
         self.wake();
         Ok(stamp)

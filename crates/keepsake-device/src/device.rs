@@ -2,8 +2,8 @@
 
 use crate::cloud::Reason;
 use crate::cloud::{
-    Cloud, CloudError, CommitReply, ContentHolder, ContentLookup, Edit, NewAsset, RemoteAsset,
-    RemoteState, Stamp,
+    Cloud, CloudError, CommitReply, ContentHolder, ContentLookup, Edit, Hlc, NewAsset, RemoteAsset,
+    RemoteState,
 };
 use crate::edits::{self, LocalAlbum, LocalAsset};
 use crate::journal::{CloudOnlyRow, FileRow, Journal, MetaRow, TrashedRow};
@@ -712,7 +712,7 @@ impl<C: Cloud> Device<C> {
 
     /// Makes an edit on this device: shown at once, sent by the next pass that may send
     /// metadata, kept across restarts until the cloud has it.
-    pub fn edit(&mut self, edit: Edit) -> Result<Stamp, DeviceError> {
+    pub fn edit(&mut self, edit: Edit) -> Result<Hlc, DeviceError> {
         edits::queue(
             &self.journal,
             &edit,
@@ -775,7 +775,7 @@ impl<C: Cloud> Device<C> {
             state: RemoteState::Live,
             favorite: meta.as_ref().is_some_and(|m| m.favorite),
             hidden: meta.as_ref().is_some_and(|m| m.hidden),
-            clock: Stamp::default(),
+            clock: Hlc::default(),
             preview: None,
             damaged: false,
         };
@@ -1887,11 +1887,11 @@ impl<C: Cloud> Device<C> {
         // Sent as edits are, many a call: deleting 300 photos is one round trip, not 300.
         // Trash ignores clocks: the default stamp is never compared.
         for batch in deletes.chunks(EDITS_PER_CALL) {
-            let trashes: Vec<(Edit, Stamp)> = batch
+            let trashes: Vec<(Edit, Hlc)> = batch
                 .iter()
                 .map(|row| {
                     let asset_id = row.asset_id.clone().unwrap_or_default();
-                    (Edit::Trash { asset_id }, Stamp::default())
+                    (Edit::Trash { asset_id }, Hlc::default())
                 })
                 .collect();
             for (row, answer) in batch.iter().zip(self.cloud.edits(&trashes).await?) {
@@ -1917,10 +1917,10 @@ impl<C: Cloud> Device<C> {
     async fn send_edits(&mut self, report: &mut SyncReport) -> Result<(), DeviceError> {
         let outbox = self.journal.outbox()?;
         for batch in outbox.chunks(EDITS_PER_CALL) {
-            let edits: Vec<(Edit, Stamp)> = batch
+            let edits: Vec<(Edit, Hlc)> = batch
                 .iter()
                 .map(|(_, edit, wall_ms, counter)| {
-                    let stamp = Stamp {
+                    let stamp = Hlc {
                         wall_ms: *wall_ms,
                         counter: *counter,
                         device: self.config.device_id.clone(),

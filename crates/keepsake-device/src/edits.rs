@@ -3,7 +3,7 @@
 //! until the cloud acknowledges them — so they survive restarts and offline spells.
 
 use crate::DeviceError;
-use crate::cloud::{Edit, Stamp};
+use crate::cloud::{Edit, Hlc};
 use crate::journal::{Journal, MetaRow};
 use serde::{Deserialize, Serialize};
 
@@ -88,7 +88,7 @@ pub(crate) fn queue(
     edit: &Edit,
     now_ms: i64,
     device: &str,
-) -> Result<Stamp, DeviceError> {
+) -> Result<Hlc, DeviceError> {
     check(journal, edit)?;
     let stamp = journal.queue_edit(edit, now_ms, device)?;
     show(journal, edit)?;

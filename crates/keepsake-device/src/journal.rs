@@ -1,7 +1,7 @@
 //! The device's journal: what each file in the folder is, what the cloud acknowledged,
 //! where the feed was read to. SQLite, outside the library folder.
 
-use crate::cloud::{Edit, Stamp};
+use crate::cloud::{Edit, Hlc};
 use keepsake_store::{ChunkId, Manifest, ManifestId};
 use rusqlite::{Connection, OptionalExtension, params};
 use rusqlite_migration::{M, Migrations};
@@ -388,17 +388,17 @@ impl Journal {
     }
 
     /// Queues an edit, stamped after every stamp this device has issued or seen.
-    pub fn queue_edit(&self, edit: &Edit, now_ms: i64, device: &str) -> rusqlite::Result<Stamp> {
+    pub fn queue_edit(&self, edit: &Edit, now_ms: i64, device: &str) -> rusqlite::Result<Hlc> {
         let tx = self.immediate()?;
         let last = read_clock(&tx)?;
         let stamp = if now_ms > last.0 {
-            Stamp {
+            Hlc {
                 wall_ms: now_ms,
                 counter: 0,
                 device: device.to_string(),
             }
         } else {
-            Stamp {
+            Hlc {
                 wall_ms: last.0,
                 counter: last.1 + 1,
                 device: device.to_string(),
@@ -416,7 +416,7 @@ impl Journal {
     }
 
     /// Moves the device's clock past a stamp received from the cloud.
-    pub fn observe_clock(&self, seen: &Stamp) -> rusqlite::Result<()> {
+    pub fn observe_clock(&self, seen: &Hlc) -> rusqlite::Result<()> {
         let tx = self.immediate()?;
         let last = read_clock(&tx)?;
         if (seen.wall_ms, seen.counter) > last {

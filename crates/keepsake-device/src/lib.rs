@@ -136,8 +136,8 @@ mod paths;
 mod upgrade;
 
 pub use cloud::{
-    Cloud, CloudError, CommitReply, ContentHolder, ContentLookup, Edit, FeedPage, NewAsset, Reason,
-    RemoteAlbum, RemoteAsset, RemoteState, Stamp,
+    Cloud, CloudError, CommitReply, ContentHolder, ContentLookup, Edit, FeedPage, Hlc, NewAsset,
+    Reason, RemoteAlbum, RemoteAsset, RemoteState,
 };
 pub use control::{
     AgentStatus, CONTROL_SECRET, Conditions, Diagnosis, FolderControl, MAX_IMPORT_BYTES, Settings,

@@ -9,8 +9,8 @@
 use bytes::Bytes;
 use futures::FutureExt;
 use keepsake_device::{
-    Cloud, CloudError, CommitReply, ContentLookup, Device, DeviceConfig, Edit, FeedPage, NewAsset,
-    RemoteAsset, RemoteState, Stamp,
+    Cloud, CloudError, CommitReply, ContentLookup, Device, DeviceConfig, Edit, FeedPage, Hlc,
+    NewAsset, RemoteAsset, RemoteState,
 };
 use keepsake_library::{
     AssetKind, AssetState, Change, ChunkStore, CommitAsset, KdfCost, Library, LibraryConfig,
@@ -72,7 +72,7 @@ fn remote(a: keepsake_library::Asset) -> RemoteAsset {
             AssetState::Trashed(_) => RemoteState::Trashed,
             AssetState::Purged(_) => RemoteState::Purged,
         },
-        clock: Stamp {
+        clock: Hlc {
             wall_ms: a.clock.wall_ms,
             counter: a.clock.counter,
             device: a.clock.device,
@@ -275,7 +275,7 @@ impl Cloud for InProcess {
 
     async fn edits(
         &mut self,
-        edits: &[(Edit, Stamp)],
+        edits: &[(Edit, Hlc)],
     ) -> Result<Vec<Result<(), CloudError>>, CloudError> {
         self.edit_calls.fetch_add(1, Ordering::Relaxed);
         let edits: Vec<LibraryEdit> = edits

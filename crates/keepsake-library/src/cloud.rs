@@ -1005,7 +1005,8 @@ impl Cloud {
         };
         let count = rows.len();
         for (account, manifest, holder) in rows {
-            let manifest = ChunkId::from_slice(&manifest)?;
+            let manifest =
+                ChunkId::from_slice(&manifest).map_err(keepsake_store::StoreError::from)?;
             self.release_pending(&account, &manifest, &holder)?;
         }
         Ok(count)

@@ -74,7 +74,6 @@ mod accounts;
 mod cloud;
 mod derive;
 mod error;
-mod hlc;
 mod library;
 mod passwords;
 mod schema;
@@ -90,7 +89,7 @@ pub use cloud::{
 };
 pub use derive::{DeriveJob, DeriveReport, MAX_STILL_BYTES, MadeFile, Original, Outcome};
 pub use error::LibraryError;
-pub use hlc::Hlc;
+pub use keepsake_core::Hlc;
 pub use library::{
     Album, Asset, AssetKind, AssetState, Change, ChangePage, CommitRequest, Committed,
     ContentMatch, Derived, Library, LibraryConfig, LibraryEdit, MAX_EDITS_PER_CALL, MetadataField,

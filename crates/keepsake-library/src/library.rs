@@ -1,7 +1,7 @@
 //! The library: what each account holds, changed only through sequenced commits.
 
-use crate::hlc::Hlc;
 use crate::{LibraryError, schema};
+use keepsake_core::Hlc;
 use keepsake_store::{ChunkId, Clock, Entropy, ManifestId, UnixMillis, random_hex};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use std::path::PathBuf;

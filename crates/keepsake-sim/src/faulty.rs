@@ -5,7 +5,7 @@
 use crate::SimRng;
 use bytes::Bytes;
 use keepsake_device::{
-    Cloud, CloudError, CommitReply, ContentLookup, Edit, FeedPage, NewAsset, Stamp,
+    Cloud, CloudError, CommitReply, ContentLookup, Edit, FeedPage, Hlc, NewAsset,
 };
 use keepsake_store::{ChunkId, Manifest, ManifestId};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,7 +24,7 @@ pub struct FaultCounts {
 
 /// A call kept back to be delivered again later.
 enum Late {
-    Edits(Vec<(Edit, Stamp)>),
+    Edits(Vec<(Edit, Hlc)>),
     /// A commit, its manifest, and the base the manifest edits.
     Commit(Box<LateCommit>),
 }
@@ -194,7 +194,7 @@ impl<C: Cloud> Cloud for Faulty<C> {
 
     async fn edits(
         &mut self,
-        edits: &[(Edit, Stamp)],
+        edits: &[(Edit, Hlc)],
     ) -> Result<Vec<Result<(), CloudError>>, CloudError> {
         self.deliver_late().await;
         if self.roll(4) {

@@ -63,7 +63,7 @@ pub(crate) struct Shared {
     /// Photos each device has taken so far (survives the device's restarts).
     pub taken: Vec<u64>,
     /// The newest acknowledged favourite edit of each asset: (stamp, value).
-    pub favorites: BTreeMap<String, (keepsake_device::Stamp, bool)>,
+    pub favorites: BTreeMap<String, (keepsake_device::Hlc, bool)>,
     /// Consecutive passes each device made with nothing to do, since anyone last did something.
     pub quiet: Vec<u32>,
     /// What each device showed on its last quiet pass.

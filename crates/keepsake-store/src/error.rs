@@ -117,3 +117,12 @@ impl StoreError {
         }
     }
 }
+
+impl From<keepsake_core::Malformed> for StoreError {
+    fn from(err: keepsake_core::Malformed) -> Self {
+        match err {
+            keepsake_core::Malformed::Id { len } => Self::MalformedId { len },
+            keepsake_core::Malformed::Manifest(why) => Self::MalformedManifest(why),
+        }
+    }
+}

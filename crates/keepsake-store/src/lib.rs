@@ -29,11 +29,7 @@
 //! ```
 
 mod backend;
-mod clock;
 mod error;
-mod id;
-mod manifest;
-mod offload;
 pub mod pack;
 mod schema;
 mod store;
@@ -42,13 +38,12 @@ pub use backend::{
     Backend, BackendError, CappedBackend, LocalFsBackend, MemoryBackend, ObjectInfo,
     release_written_pages,
 };
-pub use clock::{
-    Clock, Entropy, ManualClock, OsEntropy, SeededEntropy, SystemClock, UnixMillis, random_hex,
-};
+// The shared vocabulary, re-exported so the store's users need one import.
 pub use error::StoreError;
-pub use id::{ChunkId, ManifestId};
-pub use manifest::{Manifest, ManifestEntry, Splice};
-pub use offload::{offload, on_one_thread};
+pub use keepsake_core::{
+    ChunkId, Clock, Entropy, Manifest, ManifestEntry, ManifestId, ManualClock, OsEntropy,
+    SeededEntropy, Splice, SystemClock, UnixMillis, offload, on_one_thread, random_hex,
+};
 pub use schema::durable_sqlite;
 pub use store::{
     GcReport, PutOutcome, ScrubReport, Session, Store, StoreConfig, StoreParts, Usage,

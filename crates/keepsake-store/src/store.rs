@@ -1,11 +1,11 @@
 //! The store: chunks and manifests by content address, owned per account.
 
 use crate::backend::{Backend, BackendError, LocalFsBackend};
-use crate::clock::{Clock, Entropy, UnixMillis, random_hex};
-use crate::manifest::{Manifest, Splice};
 use crate::pack::{PackWriter, RECORD_HEADER, Slot, record_in, verify_record};
 use crate::{ChunkId, ManifestId, StoreError};
 use bytes::Bytes;
+use keepsake_core::{Clock, Entropy, UnixMillis, random_hex};
+use keepsake_core::{Manifest, Splice};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -818,7 +818,7 @@ impl Store {
             })?
             .map(|r| {
                 r.map_err(StoreError::from)
-                    .and_then(|b| ChunkId::from_slice(&b))
+                    .and_then(|b| Ok(ChunkId::from_slice(&b)?))
             })
             .collect::<Result<_, _>>()?
         };

@@ -413,6 +413,20 @@ pub fn clock_from_wire(clock: Option<pb::Clock>) -> Result<keepsake_library::Hlc
     })
 }
 
+/// A clock the cloud sent in a reply: absent is the zero clock (nothing changed yet).
+pub fn clock_or_zero(clock: Option<pb::Clock>) -> keepsake_library::Hlc {
+    let pb::Clock {
+        wall_ms,
+        counter,
+        device,
+    } = clock.unwrap_or_default();
+    keepsake_library::Hlc {
+        wall_ms,
+        counter,
+        device,
+    }
+}
+
 /// An asset's wire form.
 pub fn asset_to_wire(asset: keepsake_library::Asset) -> pb::Asset {
     let keepsake_library::Asset {
@@ -480,7 +494,8 @@ pub fn asset_to_wire(asset: keepsake_library::Asset) -> pb::Asset {
     }
 }
 
-fn clock_to_wire(clock: keepsake_library::Hlc) -> pb::Clock {
+/// A clock's wire form.
+pub fn clock_to_wire(clock: keepsake_library::Hlc) -> pb::Clock {
     let keepsake_library::Hlc {
         wall_ms,
         counter,

@@ -7,8 +7,8 @@ use crate::convert::{
 };
 use bytes::Bytes;
 use keepsake_device::{
-    Cloud, CloudError, CommitReply, ContentHolder, ContentLookup, Edit, FeedPage, NewAsset, Reason,
-    RemoteAlbum, RemoteAsset, RemoteState, Stamp,
+    Cloud, CloudError, CommitReply, ContentHolder, ContentLookup, Edit, FeedPage, Hlc, NewAsset,
+    Reason, RemoteAlbum, RemoteAsset, RemoteState,
 };
 use keepsake_store::{ChunkId, Manifest, ManifestId};
 
@@ -28,27 +28,6 @@ fn bad_reply(what: &str, e: impl std::fmt::Display) -> CloudError {
         reason: Reason::BadReply,
         message: format!("the server sent a malformed {what}: {e}"),
     }
-}
-
-fn stamp(clock: Option<pb::Clock>) -> Stamp {
-    let pb::Clock {
-        wall_ms,
-        counter,
-        device,
-    } = clock.unwrap_or_default();
-    Stamp {
-        wall_ms,
-        counter,
-        device,
-    }
-}
-
-fn wire_clock(stamp: &Stamp) -> Option<pb::Clock> {
-    Some(pb::Clock {
-        wall_ms: stamp.wall_ms,
-        counter: stamp.counter,
-        device: stamp.device.clone(),
-    })
 }
 
 fn remote_asset(a: pb::Asset) -> Result<RemoteAsset, CloudError> {
@@ -103,7 +82,7 @@ fn remote_asset(a: pb::Asset) -> Result<RemoteAsset, CloudError> {
         state,
         favorite,
         hidden,
-        clock: stamp(clock),
+        clock: crate::convert::clock_or_zero(clock),
         preview,
         damaged,
     })
@@ -122,7 +101,7 @@ fn remote_album(a: pb::Album) -> RemoteAlbum {
         name,
         deleted,
         members,
-        clock: stamp(clock),
+        clock: crate::convert::clock_or_zero(clock),
     }
 }
 
@@ -257,7 +236,7 @@ impl Cloud for CloudClient {
 
     async fn edits(
         &mut self,
-        edits: &[(Edit, Stamp)],
+        edits: &[(Edit, Hlc)],
     ) -> Result<Vec<Result<(), CloudError>>, CloudError> {
         let req = pb::ApplyEditsRequest {
             edits: edits
@@ -409,10 +388,10 @@ async fn commit_carrying(
 }
 
 /// An edit as the request its own call takes (and one entry of an ApplyEdits call).
-fn edit_to_wire(edit: &Edit, stamp: &Stamp) -> pb::library_edit::Edit {
+fn edit_to_wire(edit: &Edit, stamp: &Hlc) -> pb::library_edit::Edit {
     use pb::library_edit::Edit as Wire;
     use pb::set_metadata_request::Field;
-    let clock = wire_clock(stamp);
+    let clock = Some(crate::convert::clock_to_wire(stamp.clone()));
     let metadata = |asset_id: &str, field| {
         Wire::SetMetadata(pb::SetMetadataRequest {
             asset_id: asset_id.into(),
@@ -460,7 +439,7 @@ fn edit_to_wire(edit: &Edit, stamp: &Stamp) -> pb::library_edit::Edit {
 /// the first transient failure, as [`Cloud::edits`] says.
 async fn edits_one_by_one(
     client: &mut CloudClient,
-    edits: &[(Edit, Stamp)],
+    edits: &[(Edit, Hlc)],
 ) -> Result<Vec<Result<(), CloudError>>, CloudError> {
     let mut answers = Vec::with_capacity(edits.len());
     for (edit, stamp) in edits {
@@ -477,7 +456,7 @@ async fn edits_one_by_one(
 }
 
 /// One edit as the call of its own it was before ApplyEdits.
-async fn edit_one(client: &mut CloudClient, edit: &Edit, stamp: &Stamp) -> Result<(), CloudError> {
+async fn edit_one(client: &mut CloudClient, edit: &Edit, stamp: &Hlc) -> Result<(), CloudError> {
     use pb::library_edit::Edit as Wire;
     match edit_to_wire(edit, stamp) {
         Wire::SetMetadata(req) => {

@@ -4,8 +4,8 @@
 use crate::ApiError;
 use crate::client::pb;
 use keepsake_device::{
-    AgentStatus, Conditions, Edit, FolderControl, MAX_IMPORT_BYTES, Progress, Settings,
-    SkippedFile, Stamp,
+    AgentStatus, Conditions, Edit, FolderControl, Hlc, MAX_IMPORT_BYTES, Progress, Settings,
+    SkippedFile,
 };
 use keepsake_proto::v1::device_control_server::{DeviceControl, DeviceControlServer};
 use std::future::Future;
@@ -150,7 +150,7 @@ fn settings_from_wire(s: Option<pb::Settings>) -> Result<Settings, Status> {
     })
 }
 
-fn edited(stamp: Stamp) -> Response<pb::EditResponse> {
+fn edited(stamp: Hlc) -> Response<pb::EditResponse> {
     Response::new(pb::EditResponse {
         wall_ms: stamp.wall_ms,
         counter: stamp.counter,

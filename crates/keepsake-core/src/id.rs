@@ -1,6 +1,6 @@
 //! Content addresses.
 
-use crate::StoreError;
+use crate::Malformed;
 use std::fmt;
 
 /// A BLAKE3 hash naming a chunk or a manifest.
@@ -14,10 +14,10 @@ impl ChunkId {
     }
 
     /// Parses a 32-byte id from the wire, refusing any other length.
-    pub fn from_slice(bytes: &[u8]) -> Result<Self, StoreError> {
+    pub fn from_slice(bytes: &[u8]) -> Result<Self, Malformed> {
         <[u8; 32]>::try_from(bytes)
             .map(Self)
-            .map_err(|_| StoreError::MalformedId { len: bytes.len() })
+            .map_err(|_| Malformed::Id { len: bytes.len() })
     }
 
     /// The raw 32 bytes.

@@ -1,6 +1,6 @@
 //! Manifests: the ordered chunks of one file, with a canonical byte encoding.
 
-use crate::{ChunkId, StoreError};
+use crate::{ChunkId, Malformed};
 
 /// Magic prefix of the canonical encoding; the digit is the format version.
 const MAGIC: &[u8; 4] = b"KSM1";
@@ -53,9 +53,9 @@ impl Manifest {
     }
 
     /// Checks the manifest is self-consistent and within `max_entries` / `max_chunk_len`.
-    pub fn validate(&self, max_entries: usize, max_chunk_len: u32) -> Result<(), StoreError> {
+    pub fn validate(&self, max_entries: usize, max_chunk_len: u32) -> Result<(), Malformed> {
         if self.entries.len() > max_entries {
-            return Err(StoreError::MalformedManifest(format!(
+            return Err(Malformed::Manifest(format!(
                 "{} entries, at most {max_entries} allowed",
                 self.entries.len()
             )));
@@ -63,7 +63,7 @@ impl Manifest {
         let mut sum: u64 = 0;
         for entry in &self.entries {
             if entry.len == 0 || entry.len > max_chunk_len {
-                return Err(StoreError::MalformedManifest(format!(
+                return Err(Malformed::Manifest(format!(
                     "chunk {} has length {}, must be 1..={max_chunk_len}",
                     entry.chunk, entry.len
                 )));
@@ -71,7 +71,7 @@ impl Manifest {
             sum += u64::from(entry.len);
         }
         if sum != self.total_len {
-            return Err(StoreError::MalformedManifest(format!(
+            return Err(Malformed::Manifest(format!(
                 "entries add up to {sum} bytes but total_length says {}",
                 self.total_len
             )));
@@ -100,8 +100,8 @@ impl Manifest {
     }
 
     /// Decodes the canonical encoding, refusing anything that would not re-encode identically.
-    pub fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
-        let bad = |why: &str| StoreError::MalformedManifest(why.to_string());
+    pub fn decode(bytes: &[u8]) -> Result<Self, Malformed> {
+        let bad = |why: &str| Malformed::Manifest(why.to_string());
         if bytes.len() < HEADER_LEN || &bytes[..4] != MAGIC {
             return Err(bad("not a keepsake manifest"));
         }
@@ -188,19 +188,19 @@ impl Manifest {
         splices: &[Splice],
         file_hash: ChunkId,
         max_entries: usize,
-    ) -> Result<Manifest, StoreError> {
+    ) -> Result<Manifest, Malformed> {
         let mut entries: Vec<ManifestEntry> = Vec::new();
         for (i, splice) in splices.iter().enumerate() {
             let start = splice.base_start as usize;
             let end = start + splice.base_count as usize;
             if end > base.entries.len() {
-                return Err(StoreError::MalformedManifest(format!(
+                return Err(Malformed::Manifest(format!(
                     "splice {i} copies entries {start}..{end} of a base of {}",
                     base.entries.len()
                 )));
             }
             if entries.len() + (end - start) + splice.entries.len() > max_entries {
-                return Err(StoreError::MalformedManifest(format!(
+                return Err(Malformed::Manifest(format!(
                     "splices add up to more than {max_entries} entries"
                 )));
             }
@@ -322,9 +322,6 @@ mod tests {
             ChunkId([2; 32]),
         );
         m.total_len = 11;
-        assert!(matches!(
-            m.validate(10, 100),
-            Err(StoreError::MalformedManifest(_))
-        ));
+        assert!(matches!(m.validate(10, 100), Err(Malformed::Manifest(_))));
     }
 }
