@@ -1,0 +1,118 @@
+//! Maintenance and scrub: expiry, releases, compaction, and the proof of every byte.
+
+use super::*;
+
+/// What a library scrub verified and flagged.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LibraryScrub {
+    /// The store's report (packs, chunks and bytes verified; corrupt chunks dropped).
+    pub store: keepsake_store::ScrubReport,
+    /// Live or trashed assets in the library when the scrub finished.
+    pub assets_verified: u64,
+    /// Assets this scrub flagged as damaged.
+    pub damaged: Vec<DamagedAsset>,
+    /// Assets whose previews failed verification and were queued to be made again.
+    pub previews_requeued: usize,
+}
+
+/// An asset a scrub found damaged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DamagedAsset {
+    /// Its account.
+    pub account: String,
+    /// The asset.
+    pub asset_id: String,
+    /// Its file name, to tell a person which photo.
+    pub original_name: String,
+}
+
+/// What a maintenance pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Maintenance {
+    /// Assets purged because they sat in Recently Deleted past the retention period.
+    pub trash_expired: usize,
+    /// Reservations whose lease ran out.
+    pub reservations_expired: usize,
+    /// Store references released (purges, abandoned commits).
+    pub refs_released: usize,
+    /// Tombstones compacted.
+    pub tombstones_compacted: u64,
+}
+
+impl Cloud {
+    /// Verifies every stored byte, drops corrupt chunks from the store's index (never
+    /// served), and flags every asset whose current content lost one as damaged, with a
+    /// feed entry, so a device that still holds the original sends it again.
+    pub fn scrub(&self) -> Result<LibraryScrub, LibraryError> {
+        let store = self.store.scrub()?;
+        let mut by_account: std::collections::BTreeMap<&str, Vec<ManifestId>> =
+            std::collections::BTreeMap::new();
+        for (account, manifest) in &store.damaged {
+            by_account.entry(account).or_default().push(*manifest);
+        }
+        let mut damaged = Vec::new();
+        let mut previews_requeued = 0;
+        for (account, manifests) in by_account {
+            // A damaged preview is made again from the original; a damaged original waits
+            // for a device to send it again (below).
+            previews_requeued += self.library.requeue_derivations(
+                account,
+                &manifests,
+                "a preview failed verification",
+            )?;
+            for asset_id in self.library.mark_damaged(account, &manifests)? {
+                let original_name = self.library.get_asset(account, &asset_id)?.original_name;
+                damaged.push(DamagedAsset {
+                    account: account.to_string(),
+                    asset_id,
+                    original_name,
+                });
+            }
+        }
+        let assets_verified = self.library.count_assets()?;
+        tracing::info!(
+            chunks = store.chunks_verified,
+            assets = assets_verified,
+            corrupt = store.corrupt_chunks.len(),
+            damaged = damaged.len(),
+            "scrub finished"
+        );
+        Ok(LibraryScrub {
+            store,
+            assets_verified,
+            damaged,
+            previews_requeued,
+        })
+    }
+
+    /// The periodic job: expires Recently Deleted and reservations, releases what purges
+    /// and abandoned commits left referenced, compacts old tombstones, drops old keys.
+    pub fn maintain(&self) -> Result<Maintenance, LibraryError> {
+        let trash_expired = self.library.expire_trash()?.len();
+        let now = self.library.clock.now_ms();
+        let reservations_expired = self
+            .library
+            .db()
+            .execute("DELETE FROM reservations WHERE expires_at <= ?1", [now])?;
+        // A flood of made-up account names would otherwise leave a row each for ever.
+        self.library.forget_old_sign_in_failures(now)?;
+        let refs_released = self.drain_releases(None)?;
+        let tombstones_compacted = self.library.compact()?;
+        let cutoff = now - self.library.config.access_token_ttl_ms;
+        let dropped = self.library.db().execute(
+            "DELETE FROM signing_keys WHERE retired_at IS NOT NULL AND retired_at <= ?1",
+            [cutoff],
+        )?;
+        if dropped > 0 {
+            self.verifier.replace(&self.public_keys()?)?;
+        }
+        let report = Maintenance {
+            trash_expired,
+            reservations_expired,
+            refs_released,
+            tombstones_compacted,
+        };
+        tracing::debug!(?report, "maintenance done");
+        Ok(report)
+    }
+}

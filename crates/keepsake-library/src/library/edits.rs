@@ -1,0 +1,458 @@
+//! Metadata, renames, Recently Deleted and albums: per-field last writer wins by clock.
+
+use super::*;
+
+/// An asset's path in the library.
+pub(super) fn asset_path(
+    tx: &Connection,
+    account: &str,
+    asset_id: &str,
+) -> Result<String, LibraryError> {
+    Ok(tx.query_row(
+        "SELECT coalesce(path, original_name) FROM assets WHERE account = ?1 AND asset_id = ?2",
+        params![account, asset_id],
+        |r| r.get(0),
+    )?)
+}
+
+/// An asset's life state ("live", "trashed", "purged"); NOT_FOUND for other accounts' ids too.
+pub(super) fn asset_state(
+    tx: &Connection,
+    account: &str,
+    asset_id: &str,
+) -> Result<String, LibraryError> {
+    tx.query_row(
+        "SELECT state FROM assets WHERE account = ?1 AND asset_id = ?2",
+        params![account, asset_id],
+        |r| r.get(0),
+    )
+    .optional()?
+    .ok_or_else(|| LibraryError::NotFound {
+        kind: "asset",
+        id: asset_id.to_string(),
+    })
+}
+
+impl Library {
+    /// Applies a device's edits in order in one transaction — one durable write for all
+    /// of them instead of one each. Each is applied as its own call would apply it and
+    /// answered on its own (`true`: it changed something); one refused leaves no trace and
+    /// stops none after it. A failure of the index itself undoes them all.
+    pub fn apply_edits(
+        &self,
+        account: &str,
+        edits: &[LibraryEdit],
+    ) -> Result<Vec<Result<bool, LibraryError>>, LibraryError> {
+        if edits.len() > MAX_EDITS_PER_CALL {
+            return Err(LibraryError::InvalidArgument(format!(
+                "{} edits in one call; at most {MAX_EDITS_PER_CALL}",
+                edits.len()
+            )));
+        }
+        let mut db = self.db();
+        let mut tx = db.transaction()?;
+        let mut answers = Vec::with_capacity(edits.len());
+        for edit in edits {
+            let savepoint = tx.savepoint()?;
+            match self.apply_edit_in(&savepoint, account, edit) {
+                Ok(applied) => {
+                    savepoint.commit()?;
+                    answers.push(Ok(applied));
+                }
+                Err(e @ LibraryError::Index(_)) => return Err(e),
+                // Dropping the savepoint rolls back whatever the refused edit wrote.
+                Err(refused) => answers.push(Err(refused)),
+            }
+        }
+        tx.commit()?;
+        Ok(answers)
+    }
+
+    pub(super) fn apply_edit_in(
+        &self,
+        tx: &Connection,
+        account: &str,
+        edit: &LibraryEdit,
+    ) -> Result<bool, LibraryError> {
+        match edit {
+            LibraryEdit::Metadata {
+                asset_id,
+                field,
+                clock,
+            } => self.set_metadata_in(tx, account, asset_id, field, clock),
+            LibraryEdit::PutAlbum {
+                album_id,
+                name,
+                clock,
+            } => self.put_album_in(tx, account, album_id, name, clock),
+            LibraryEdit::DeleteAlbum { album_id, clock } => {
+                self.delete_album_in(tx, account, album_id, clock)
+            }
+            LibraryEdit::Member {
+                album_id,
+                asset_id,
+                present,
+                clock,
+            } => self.set_member_in(tx, account, album_id, asset_id, *present, clock),
+            LibraryEdit::Trash { asset_id } => {
+                self.set_state_in(tx, account, asset_id, "trashed", &["live"])
+            }
+            LibraryEdit::Restore { asset_id } => {
+                self.set_state_in(tx, account, asset_id, "live", &["trashed"])
+            }
+            LibraryEdit::Rename {
+                asset_id,
+                path,
+                clock,
+            } => self.rename_in(tx, account, asset_id, path, clock),
+        }
+    }
+
+    pub(crate) fn check_text(&self, what: &str, text: &str) -> Result<(), LibraryError> {
+        // Bidirectional overrides too: an album or device named `\u{202E}gpj.exe` shows as
+        // `exe.jpg` wherever it is listed.
+        if text.len() > self.config.max_text_len
+            || text
+                .chars()
+                .any(|c| c.is_control() || keepsake_path::is_bidi_control(c))
+        {
+            return Err(LibraryError::InvalidArgument(format!(
+                "{what} must be at most {} bytes without control or direction-override characters",
+                self.config.max_text_len
+            )));
+        }
+        Ok(())
+    }
+
+    pub(super) fn check_clock(&self, hlc: &Hlc) -> Result<(), LibraryError> {
+        let ahead = hlc.wall_ms - self.clock.now_ms();
+        if ahead > self.config.max_clock_ahead_ms {
+            return Err(LibraryError::ClockSkew { ahead_ms: ahead });
+        }
+        Ok(())
+    }
+
+    /// Applies a metadata change if its clock is newer than the field's; returns whether it won.
+    pub fn set_metadata(
+        &self,
+        account: &str,
+        asset_id: &str,
+        field: &MetadataField,
+        hlc: &Hlc,
+    ) -> Result<bool, LibraryError> {
+        self.write(|tx| self.set_metadata_in(tx, account, asset_id, field, hlc))
+    }
+
+    pub(super) fn set_metadata_in(
+        &self,
+        tx: &Connection,
+        account: &str,
+        asset_id: &str,
+        field: &MetadataField,
+        hlc: &Hlc,
+    ) -> Result<bool, LibraryError> {
+        self.check_clock(hlc)?;
+        let (column, clock_column, value): (&str, &str, rusqlite::types::Value) = match field {
+            MetadataField::Favorite(v) => ("favorite", "favorite_clock", i64::from(*v).into()),
+            MetadataField::Hidden(v) => ("hidden", "hidden_clock", i64::from(*v).into()),
+            MetadataField::Title(t) => {
+                self.check_text("title", t)?;
+                ("title", "title_clock", t.clone().into())
+            }
+        };
+        let stored: String = tx
+            .query_row(
+                &format!("SELECT {clock_column} FROM assets WHERE account = ?1 AND asset_id = ?2 AND state != 'purged'"),
+                params![account, asset_id],
+                |r| r.get(0),
+            )
+            .optional()?
+            .ok_or_else(|| LibraryError::NotFound {
+                kind: "asset",
+                id: asset_id.to_string(),
+            })?;
+        let encoded = hlc.encode();
+        if encoded <= stored {
+            return Ok(false);
+        }
+        let seq = next_seq(tx, account)?;
+        tx.execute(
+            &format!(
+                "UPDATE assets SET {column} = ?3, {clock_column} = ?4, seq = ?5 WHERE account = ?1 AND asset_id = ?2"
+            ),
+            params![account, asset_id, value, encoded, seq as i64],
+        )?;
+        Ok(true)
+    }
+
+    /// Moves an asset to Recently Deleted (idempotent).
+    pub fn trash(&self, account: &str, asset_id: &str) -> Result<(), LibraryError> {
+        self.write(|tx| self.set_state_in(tx, account, asset_id, "trashed", &["live"]))
+            .map(|_| ())
+    }
+
+    /// Brings an asset back from Recently Deleted (idempotent).
+    pub fn restore(&self, account: &str, asset_id: &str) -> Result<(), LibraryError> {
+        self.write(|tx| self.set_state_in(tx, account, asset_id, "live", &["trashed"]))
+            .map(|_| ())
+    }
+
+    pub(super) fn set_state_in(
+        &self,
+        tx: &Connection,
+        account: &str,
+        asset_id: &str,
+        to: &str,
+        from: &[&str],
+    ) -> Result<bool, LibraryError> {
+        let now = self.clock.now_ms();
+        let state = asset_state(tx, account, asset_id)?;
+        if state == to {
+            return Ok(false);
+        }
+        if !from.contains(&state.as_str()) {
+            return Err(LibraryError::NotLive(asset_id.to_string()));
+        }
+        if to == "live" {
+            // Another file may have taken its name while it was in Recently Deleted.
+            let path = asset_path(tx, account, asset_id)?;
+            let free = free_path(tx, account, &path, Some(asset_id))?;
+            if free != path {
+                tx.execute(
+                    "UPDATE assets SET path = ?3, path_key = ?4 WHERE account = ?1 AND asset_id = ?2",
+                    params![account, asset_id, free, keepsake_path::fold(&free)],
+                )?;
+            }
+        }
+        let seq = next_seq(tx, account)?;
+        tx.execute(
+            "UPDATE assets SET state = ?3, state_at = ?4, seq = ?5 WHERE account = ?1 AND asset_id = ?2",
+            params![account, asset_id, to, now, seq as i64],
+        )?;
+        Ok(true)
+    }
+
+    /// Moves an asset to another path (idempotent; last writer by clock wins). A path
+    /// another live asset holds is numbered, decided here, once, for every device.
+    pub fn rename(
+        &self,
+        account: &str,
+        asset_id: &str,
+        path: &str,
+        clock: &Hlc,
+    ) -> Result<bool, LibraryError> {
+        self.write(|tx| self.rename_in(tx, account, asset_id, path, clock))
+    }
+
+    pub(super) fn rename_in(
+        &self,
+        tx: &Connection,
+        account: &str,
+        asset_id: &str,
+        path: &str,
+        clock: &Hlc,
+    ) -> Result<bool, LibraryError> {
+        keepsake_path::check(path).map_err(|e| LibraryError::InvalidArgument(e.to_string()))?;
+        self.check_clock(clock)?;
+        let (state, current, current_clock): (String, Option<String>, String) = tx
+            .query_row(
+                "SELECT state, path, path_clock FROM assets WHERE account = ?1 AND asset_id = ?2",
+                params![account, asset_id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?
+            .ok_or_else(|| LibraryError::NotFound {
+                kind: "asset",
+                id: asset_id.to_string(),
+            })?;
+        if state == "purged" {
+            return Err(LibraryError::NotLive(asset_id.to_string()));
+        }
+        let newer = Hlc::decode(&current_clock).is_none_or(|seen| *clock > seen);
+        if !newer || current.as_deref() == Some(path) {
+            return Ok(false);
+        }
+        let free = if state == "live" {
+            free_path(tx, account, path, Some(asset_id))?
+        } else {
+            path.to_string()
+        };
+        let seq = next_seq(tx, account)?;
+        tx.execute(
+            "UPDATE assets SET path = ?3, path_key = ?4, path_clock = ?5, seq = ?6
+             WHERE account = ?1 AND asset_id = ?2",
+            params![
+                account,
+                asset_id,
+                free,
+                keepsake_path::fold(&free),
+                clock.encode(),
+                seq as i64
+            ],
+        )?;
+        Ok(true)
+    }
+
+    /// Creates or renames an album; the name merges last-writer-wins by HLC.
+    pub fn put_album(
+        &self,
+        account: &str,
+        album_id: &str,
+        name: &str,
+        hlc: &Hlc,
+    ) -> Result<bool, LibraryError> {
+        self.write(|tx| self.put_album_in(tx, account, album_id, name, hlc))
+    }
+
+    pub(super) fn put_album_in(
+        &self,
+        tx: &Connection,
+        account: &str,
+        album_id: &str,
+        name: &str,
+        hlc: &Hlc,
+    ) -> Result<bool, LibraryError> {
+        self.check_clock(hlc)?;
+        self.check_text("album name", name)?;
+        if album_id.is_empty() || album_id.len() > 64 {
+            return Err(LibraryError::InvalidArgument(
+                "album_id must be 1..=64 bytes".into(),
+            ));
+        }
+        let stored: Option<(String, bool)> = tx
+            .query_row(
+                "SELECT name_clock, deleted FROM albums WHERE account = ?1 AND album_id = ?2",
+                params![account, album_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let encoded = hlc.encode();
+        if let Some((clock, deleted)) = &stored
+            && (*deleted || encoded <= *clock)
+        {
+            return Ok(false);
+        }
+        let seq = next_seq(tx, account)?;
+        tx.execute(
+            "INSERT INTO albums (account, album_id, name, name_clock, seq) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (account, album_id) DO UPDATE SET name = ?3, name_clock = ?4, seq = ?5",
+            params![account, album_id, name, encoded, seq as i64],
+        )?;
+        Ok(true)
+    }
+
+    /// Deletes an album (a tombstone that wins over every later rename).
+    pub fn delete_album(
+        &self,
+        account: &str,
+        album_id: &str,
+        hlc: &Hlc,
+    ) -> Result<(), LibraryError> {
+        self.write(|tx| self.delete_album_in(tx, account, album_id, hlc))
+            .map(|_| ())
+    }
+
+    pub(super) fn delete_album_in(
+        &self,
+        tx: &Connection,
+        account: &str,
+        album_id: &str,
+        hlc: &Hlc,
+    ) -> Result<bool, LibraryError> {
+        self.check_clock(hlc)?;
+        let deleted: bool = tx
+            .query_row(
+                "SELECT deleted FROM albums WHERE account = ?1 AND album_id = ?2",
+                params![account, album_id],
+                |r| r.get(0),
+            )
+            .optional()?
+            .ok_or_else(|| LibraryError::NotFound {
+                kind: "album",
+                id: album_id.to_string(),
+            })?;
+        if deleted {
+            return Ok(false);
+        }
+        let seq = next_seq(tx, account)?;
+        tx.execute(
+            "UPDATE albums SET deleted = 1, deleted_clock = ?3, seq = ?4 WHERE account = ?1 AND album_id = ?2",
+            params![account, album_id, hlc.encode(), seq as i64],
+        )?;
+        Ok(true)
+    }
+
+    /// Adds or removes an asset in an album; each (album, asset) pair merges on its own clock.
+    pub fn set_member(
+        &self,
+        account: &str,
+        album_id: &str,
+        asset_id: &str,
+        present: bool,
+        hlc: &Hlc,
+    ) -> Result<bool, LibraryError> {
+        self.write(|tx| self.set_member_in(tx, account, album_id, asset_id, present, hlc))
+    }
+
+    pub(super) fn set_member_in(
+        &self,
+        tx: &Connection,
+        account: &str,
+        album_id: &str,
+        asset_id: &str,
+        present: bool,
+        hlc: &Hlc,
+    ) -> Result<bool, LibraryError> {
+        self.check_clock(hlc)?;
+        let live_album: bool = tx
+            .query_row(
+                "SELECT deleted = 0 FROM albums WHERE account = ?1 AND album_id = ?2",
+                params![account, album_id],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(false);
+        if !live_album {
+            return Err(LibraryError::NotFound {
+                kind: "album",
+                id: album_id.to_string(),
+            });
+        }
+        let asset_exists: bool = tx
+            .query_row(
+                "SELECT 1 FROM assets WHERE account = ?1 AND asset_id = ?2 AND state != 'purged'",
+                params![account, asset_id],
+                |_| Ok(true),
+            )
+            .optional()?
+            .unwrap_or(false);
+        if !asset_exists {
+            return Err(LibraryError::NotFound {
+                kind: "asset",
+                id: asset_id.to_string(),
+            });
+        }
+        let stored: Option<String> = tx
+            .query_row(
+                "SELECT clock FROM album_members WHERE account = ?1 AND album_id = ?2 AND asset_id = ?3",
+                params![account, album_id, asset_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let encoded = hlc.encode();
+        if stored.is_some_and(|c| encoded <= c) {
+            return Ok(false);
+        }
+        tx.execute(
+            "INSERT INTO album_members (account, album_id, asset_id, present, clock) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (account, album_id, asset_id) DO UPDATE SET present = ?4, clock = ?5",
+            params![account, album_id, asset_id, present, encoded],
+        )?;
+        let seq = next_seq(tx, account)?;
+        tx.execute(
+            "UPDATE albums SET seq = ?3 WHERE account = ?1 AND album_id = ?2",
+            params![account, album_id, seq as i64],
+        )?;
+        Ok(true)
+    }
+}

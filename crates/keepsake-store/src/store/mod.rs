@@ -1,0 +1,227 @@
+//! The store: chunks and manifests by content address, owned per account.
+
+use crate::backend::{Backend, BackendError, LocalFsBackend};
+use crate::pack::{PackWriter, RECORD_HEADER, Slot, record_in, verify_record};
+use crate::{ChunkId, ManifestId, StoreError};
+use bytes::Bytes;
+use keepsake_core::{Clock, Entropy, UnixMillis, random_hex};
+use keepsake_core::{Manifest, Splice};
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+mod chunks;
+mod manifests;
+mod sessions;
+mod upkeep;
+
+pub use chunks::*;
+pub use manifests::*;
+pub use sessions::*;
+pub use upkeep::*;
+
+/// Connections that only look things up, beside the one that writes.
+const READERS: usize = 2;
+
+/// Limits and timings; every bound on network input lives here.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Largest chunk accepted.
+    pub max_chunk_bytes: u32,
+    /// Most ids in one FindMissing / GetChunks / PutChunks batch.
+    pub max_ids_per_call: usize,
+    /// Most entries in one manifest.
+    pub max_manifest_entries: usize,
+    /// Size a pack aims for when repacking.
+    pub pack_target_bytes: u64,
+    /// Packs smaller than this are merged by repacking.
+    pub small_pack_bytes: u64,
+    /// How long ended sessions keep their pins, and retired packs their bytes.
+    pub grace_ms: i64,
+    /// Shortest session lease granted.
+    pub min_session_ttl_ms: i64,
+    /// Longest session lease granted.
+    pub max_session_ttl_ms: i64,
+    /// Largest `expected_bytes` a session may announce.
+    pub max_expected_bytes: u64,
+    /// Longest reference holder name.
+    pub max_holder_len: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            max_chunk_bytes: 8 << 20,
+            max_ids_per_call: 1 << 17,
+            max_manifest_entries: 1 << 18,
+            pack_target_bytes: 32 << 20,
+            small_pack_bytes: 4 << 20,
+            grace_ms: 60 * 60 * 1000,
+            min_session_ttl_ms: 10_000,
+            max_session_ttl_ms: 24 * 60 * 60 * 1000,
+            max_expected_bytes: 1 << 40,
+            max_holder_len: 256,
+        }
+    }
+}
+
+/// Where the store keeps things and where it gets time and randomness.
+pub struct StoreParts {
+    /// Object storage for packs.
+    pub backend: Arc<dyn Backend>,
+    /// The SQLite index file; `None` keeps it in memory (tests).
+    pub index_path: Option<PathBuf>,
+    /// Time source.
+    pub clock: Arc<dyn Clock>,
+    /// Randomness source.
+    pub entropy: Arc<dyn Entropy>,
+    /// Limits.
+    pub config: StoreConfig,
+}
+
+/// The content-addressed asset store.
+pub struct Store {
+    backend: Arc<dyn Backend>,
+    db: Mutex<Connection>,
+    // Lookups on connections of their own, so a download never waits behind an upload's
+    // commit (its fsync holds the writer); empty for an in-memory index.
+    readers: Vec<Mutex<Connection>>,
+    next_reader: std::sync::atomic::AtomicUsize,
+    clock: Arc<dyn Clock>,
+    entropy: Arc<dyn Entropy>,
+    config: StoreConfig,
+    // Packs written but not yet in the index: GC must not take them for orphans.
+    in_flight: Mutex<HashSet<String>>,
+    gc_lock: Mutex<()>,
+}
+
+/// A pack on disk, (name, size), and where each of its chunks sits.
+type WrittenPack = ((String, u64), Vec<(ChunkId, Slot, bool)>);
+
+impl Store {
+    /// Opens a store from its parts.
+    pub fn open(parts: StoreParts) -> Result<Self, StoreError> {
+        let mut conn = match &parts.index_path {
+            Some(path) => Connection::open(path)?,
+            None => Connection::open_in_memory()?,
+        };
+        crate::schema::prepare(&mut conn)?;
+        let readers = match &parts.index_path {
+            Some(path) => (0..READERS)
+                .map(|_| crate::schema::reader(path).map(Mutex::new))
+                .collect::<Result<_, _>>()?,
+            None => Vec::new(),
+        };
+        Ok(Self {
+            backend: parts.backend,
+            db: Mutex::new(conn),
+            readers,
+            next_reader: std::sync::atomic::AtomicUsize::new(0),
+            clock: parts.clock,
+            entropy: parts.entropy,
+            config: parts.config,
+            in_flight: Mutex::new(HashSet::new()),
+            gc_lock: Mutex::new(()),
+        })
+    }
+
+    /// Opens the embedded default: packs under `dir/objects`, the index at `dir/index.sqlite`.
+    pub fn open_local(
+        dir: &Path,
+        clock: Arc<dyn Clock>,
+        entropy: Arc<dyn Entropy>,
+        config: StoreConfig,
+    ) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Backend(BackendError::Io(e)))?;
+        let backend = LocalFsBackend::open(dir.join("objects"))
+            .map_err(|e| StoreError::Backend(BackendError::Io(e)))?;
+        Self::open(StoreParts {
+            backend: Arc::new(backend),
+            index_path: Some(dir.join("index.sqlite")),
+            clock,
+            entropy,
+            config,
+        })
+    }
+
+    /// The store's limits.
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    fn db(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves SQLite consistent (transactions roll back).
+        self.db.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A connection for lookups only: a free reader, else the next one in turn, else (an
+    /// in-memory index) the writer.
+    fn reader(&self) -> MutexGuard<'_, Connection> {
+        if self.readers.is_empty() {
+            return self.db();
+        }
+        for reader in &self.readers {
+            if let Ok(conn) = reader.try_lock() {
+                return conn;
+            }
+        }
+        let turn = self
+            .next_reader
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.readers[turn % self.readers.len()]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn check_count(&self, count: usize) -> Result<(), StoreError> {
+        if count > self.config.max_ids_per_call {
+            return Err(StoreError::TooManyIds {
+                count,
+                limit: self.config.max_ids_per_call,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ManualClock, MemoryBackend, SeededEntropy};
+
+    #[test]
+    fn a_download_does_not_wait_for_an_upload_holding_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(
+            Store::open(StoreParts {
+                backend: Arc::new(MemoryBackend::new()),
+                index_path: Some(dir.path().join("index.sqlite")),
+                clock: Arc::new(ManualClock::new(1_700_000_000_000)),
+                entropy: Arc::new(SeededEntropy::new(7)),
+                config: StoreConfig::default(),
+            })
+            .unwrap(),
+        );
+        let data = Bytes::from_static(b"a photo's first chunk");
+        let id = ChunkId::of(&data);
+        let session = store.begin_session("alice", 0, 60_000, None).unwrap();
+        store
+            .put_chunks("alice", &session.id, &[(id, data.clone())])
+            .unwrap();
+
+        // An upload's commit holds the writer through its fsync; here it holds it for good.
+        let writer = store.db();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reading = store.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send((reading.get_chunk("alice", &id), reading.usage("alice")));
+        });
+        let (chunk, usage) = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("the lookup waited for the writer");
+        drop(writer);
+        assert_eq!(chunk.unwrap(), data.to_vec());
+        assert_eq!(usage.unwrap().bytes, data.len() as u64);
+    }
+}
