@@ -1,6 +1,6 @@
 //! `cargo xtask bench [<name>] [--short]`: without a name, Keepsake against its peers
-//! (`peers.rs`); `sync` drives whole processes; the rest run the `bench` package in a
-//! release build.
+//! (`peers.rs`); `sync` drives whole processes; `compare REV` measures the code at REV and
+//! the code here in the same run; the rest run the `bench` package in a release build.
 
 use crate::ci::cargo;
 use anyhow::{Result, bail};
@@ -11,6 +11,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     // Whole processes syncing a folder: driven from here, like `cargo xtask it`.
     match args.first().map(String::as_str) {
         Some("sync") => return crate::it::bench_sync(root, args.iter().any(|a| a == "--short")),
+        Some("compare") => return compare(root, &args[1..]),
         // Without a name: Keepsake against syncthing, rsync and restic.
         None | Some("peers") | Some("--short") | Some("--mib") => {
             return crate::peers::run(root, args);
@@ -24,6 +25,105 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         .status()?;
     if !status.success() {
         bail!("benchmark failed");
+    }
+    Ok(())
+}
+
+/// One figure picked out of a `bench sync` run.
+type Pick = fn(&crate::it::SyncFigures) -> f64;
+
+/// `cargo xtask bench compare REV [--short] [--rounds N] [NAME ...]`: the same benchmarks
+/// for the code at REV (a worktree under target/) and the code here, alternating old and
+/// new so the machine's drift falls on both: whole-process `sync` figures as medians and
+/// a ratio, then each named in-process benchmark's output, old then new.
+fn compare(root: &Path, args: &[String]) -> Result<()> {
+    let Some(rev) = args.first().filter(|a| !a.starts_with("--")) else {
+        bail!("usage: cargo xtask bench compare REV [--short] [--rounds N] [NAME ...]");
+    };
+    let short = args.iter().any(|a| a == "--short");
+    let rounds: usize = args
+        .iter()
+        .position(|a| a == "--rounds")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(2);
+    // Names of in-process benchmarks: every word that is neither a flag nor a flag's value.
+    let named: Vec<&String> = args[1..]
+        .iter()
+        .zip(&args[..args.len() - 1])
+        .filter(|(word, before)| !word.starts_with("--") && before.as_str() != "--rounds")
+        .map(|(word, _)| word)
+        .collect();
+    let base = root.join("target/bench-base");
+    if base.exists() {
+        let _ = std::process::Command::new("git")
+            .current_dir(root)
+            .args(["worktree", "remove", "--force"])
+            .arg(&base)
+            .status();
+        let _ = std::fs::remove_dir_all(&base);
+    }
+    let status = std::process::Command::new("git")
+        .current_dir(root)
+        .args(["worktree", "add", "--detach", "--force"])
+        .arg(&base)
+        .arg(rev)
+        .status()?;
+    if !status.success() {
+        bail!("cannot check out {rev} into {}", base.display());
+    }
+    let mut old = Vec::new();
+    let mut new = Vec::new();
+    for round in 1..=rounds {
+        for (label, tree, into) in [
+            ("old", &base, &mut old),
+            ("new", &root.to_path_buf(), &mut new),
+        ] {
+            let f = crate::it::sync_figures(tree, short)?;
+            println!(
+                "round {round} {label}: first sync {:.2} s (cp {:.2} s), capture p50 {:.0} ms p99 {:.0} ms",
+                f.first_s, f.cp_s, f.p50_ms, f.p99_ms
+            );
+            into.push(f);
+        }
+    }
+    let median = |v: &[crate::it::SyncFigures], pick: Pick| {
+        let mut xs: Vec<f64> = v.iter().map(pick).collect();
+        xs.sort_by(f64::total_cmp);
+        xs[xs.len() / 2]
+    };
+    println!("\nbench compare {rev} (old) against the working tree (new), {rounds} rounds each:");
+    println!("| figure | old | new | new / old |");
+    println!("|---|---|---|---|");
+    let figures: [(&str, Pick); 4] = [
+        ("first sync / cp", |f| f.first_s / f.cp_s),
+        ("first sync, s", |f| f.first_s),
+        ("capture -> B p50, ms", |f| f.p50_ms),
+        ("capture -> B p99, ms", |f| f.p99_ms),
+    ];
+    for (name, pick) in figures {
+        let (o, n) = (median(&old, pick), median(&new, pick));
+        println!("| {name} | {o:.2} | {n:.2} | {:.2} |", n / o);
+    }
+    for name in named {
+        for (label, tree) in [("old", &base), ("new", &root.to_path_buf())] {
+            println!("\n==> {name} ({label})");
+            let status = cargo()
+                .current_dir(tree)
+                .args([
+                    "run",
+                    "--quiet",
+                    "--release",
+                    "-p",
+                    "bench",
+                    "--",
+                    name.as_str(),
+                ])
+                .status()?;
+            if !status.success() {
+                bail!("benchmark {name} failed on the {label} code");
+            }
+        }
     }
     Ok(())
 }

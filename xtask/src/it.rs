@@ -369,6 +369,47 @@ pub(crate) fn wait_for(dir: &Path, name: &str, data: &[u8], deadline: Instant) -
 /// `cargo xtask bench sync [--short]`: capture on A → file on B, and a first sync of a
 /// whole library, against `cp` of the same bytes on the same disk.
 pub fn bench_sync(root: &Path, short: bool) -> Result<()> {
+    let f = sync_figures(root, short)?;
+    println!("bench sync: two `keepsake sync` agents and a server, release build, loopback");
+    println!("| measurement | value |");
+    println!("|---|---|");
+    println!(
+        "| first sync A -> B, {} items, {} MiB | {:.1} s |",
+        f.items, f.mib, f.first_s
+    );
+    println!(
+        "| cp -r + sync of the same bytes (baseline) | {:.1} s |",
+        f.cp_s
+    );
+    println!(
+        "| capture on A -> file on B, p50 / p99 over {} photos | {:.0} / {:.0} ms |",
+        f.photos, f.p50_ms, f.p99_ms
+    );
+    println!(
+        "| write + fsync of the same bytes (floor), p50 / p99 | {:.1} / {:.1} ms |",
+        f.floor_p50_ms, f.floor_p99_ms
+    );
+    println!();
+    println!("first sync / cp = {:.2}", f.first_s / f.cp_s);
+    Ok(())
+}
+
+/// What one `bench sync` run measured.
+pub(crate) struct SyncFigures {
+    pub items: usize,
+    pub mib: u64,
+    pub first_s: f64,
+    pub cp_s: f64,
+    pub photos: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub floor_p50_ms: f64,
+    pub floor_p99_ms: f64,
+}
+
+/// Two agents and a server built from `root`: the first sync of a library, then capture
+/// latency one photo at a time, each beside its baseline on the same disk.
+pub(crate) fn sync_figures(root: &Path, short: bool) -> Result<SyncFigures> {
     let tmp_root = root.join("target/bench-tmp");
     std::fs::create_dir_all(&tmp_root)?;
     let mut rng = Rng(7);
@@ -455,27 +496,17 @@ pub fn bench_sync(root: &Path, short: bool) -> Result<()> {
     latency.sort();
     copy_latency.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    println!("bench sync: two `keepsake sync` agents and a server, release build, loopback");
-    println!("| measurement | value |");
-    println!("|---|---|");
-    println!(
-        "| first sync A -> B, {items} items, {} MiB | {first_s:.1} s |",
-        total >> 20
-    );
-    println!("| cp -r + sync of the same bytes (baseline) | {cp_s:.1} s |");
-    println!(
-        "| capture on A -> file on B, p50 / p99 over {photos} photos | {:.0} / {:.0} ms |",
-        ms(percentile(&latency, 0.5)),
-        ms(percentile(&latency, 0.99))
-    );
-    println!(
-        "| write + fsync of the same bytes (floor), p50 / p99 | {:.1} / {:.1} ms |",
-        ms(percentile(&copy_latency, 0.5)),
-        ms(percentile(&copy_latency, 0.99))
-    );
-    println!();
-    println!("first sync / cp = {:.2}", first_s / cp_s);
-    Ok(())
+    Ok(SyncFigures {
+        items,
+        mib: total >> 20,
+        first_s,
+        cp_s,
+        photos,
+        p50_ms: ms(percentile(&latency, 0.5)),
+        p99_ms: ms(percentile(&latency, 0.99)),
+        floor_p50_ms: ms(percentile(&copy_latency, 0.5)),
+        floor_p99_ms: ms(percentile(&copy_latency, 0.99)),
+    })
 }
 
 /// Runs the integration scenario.

@@ -353,6 +353,15 @@ pub trait Cloud: Send + 'static {
         let _ = reservation;
         async { Ok(()) }
     }
+    /// Tells the cloud's device ledger why this device is blocked (`None`: it syncs);
+    /// best effort (the default tells nothing).
+    fn report_state(
+        &mut self,
+        blocked: Option<String>,
+    ) -> impl Future<Output = Result<(), CloudError>> + Send {
+        let _ = blocked;
+        async { Ok(()) }
+    }
     /// The chunks the account does not hold yet.
     fn find_missing(
         &mut self,

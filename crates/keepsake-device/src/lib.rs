@@ -11,6 +11,12 @@
 //! cloud only through the [`Cloud`] trait: `keepsake-transport` implements it over gRPC,
 //! tests can fake it.
 //!
+//! An [`Agent`] keeps a device in sync for as long as it runs: a pass whenever woken or
+//! its interval passed, back-off after failures, the status people read and the cloud's
+//! device ledger kept current. What belongs to the machine — its conditions
+//! ([`conditions::snapshot`]), settings, a new access token, where lines are printed —
+//! comes through the [`Host`] trait, so `keepsake sync` and the simulation run one loop.
+//!
 //! ```no_run
 //! # async fn demo<C: keepsake_device::Cloud>(cloud: C) -> Result<(), keepsake_device::DeviceError> {
 //! use keepsake_device::{Device, DeviceConfig};
@@ -127,7 +133,9 @@
 //! importing a photo into the folder (written beside, renamed in) and deleting one (plain names
 //! only)
 
+mod agent;
 mod cloud;
+pub mod conditions;
 mod control;
 mod device;
 mod edits;
@@ -135,6 +143,7 @@ mod journal;
 mod paths;
 mod upgrade;
 
+pub use agent::{Agent, AgentConfig, AgentError, Host, Next, Passed, pass_summary, retry_schedule};
 pub use cloud::{
     Cloud, CloudError, CommitReply, ContentHolder, ContentLookup, Edit, FeedPage, Hlc, NewAsset,
     Reason, RemoteAlbum, RemoteAsset, RemoteState,

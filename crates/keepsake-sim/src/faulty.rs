@@ -129,6 +129,11 @@ impl<C: Cloud> Cloud for Faulty<C> {
         self.lost_reply(result)
     }
 
+    async fn report_state(&mut self, blocked: Option<String>) -> Result<(), CloudError> {
+        let result = self.inner.report_state(blocked).await;
+        self.lost_reply(result)
+    }
+
     async fn end_upload(&mut self, reservation: &str) -> Result<(), CloudError> {
         let result = self.inner.end_upload(reservation).await;
         self.lost_reply(result)

@@ -3,7 +3,7 @@
 
 use crate::faulty::{FaultCounts, Faulty};
 use crate::{ACCOUNT, CLOUD, EPOCH_MS, PASSWORD, SimOptions, SimRng};
-use keepsake_device::{Device, DeviceConfig, Edit};
+use keepsake_device::{Agent, AgentConfig, AgentError, AgentStatus, Device, DeviceConfig, Edit};
 use keepsake_library::{Cloud, KdfCost, Library, LibraryConfig};
 use keepsake_store::{Clock, ManualClock, SeededEntropy, Store, StoreConfig, UnixMillis};
 use keepsake_transport::auth::Authenticator;
@@ -361,13 +361,26 @@ impl DeviceHost {
         let clock = Arc::new(SimClock {
             skew_ms: self.skew_ms,
         });
-        let mut device = Device::open(config, cloud, clock)?;
+        let device = Device::open(config, cloud, clock)?;
+        // The real agent loop around the engine: its status, ledger reports, back-off and
+        // failure handling run under the same crashes and faults. The simulation paces
+        // the passes itself (a person's actions come between them).
+        let host = SimHost {
+            shared: self.shared.clone(),
+            name: self.name.clone(),
+        };
+        let config = AgentConfig {
+            interval: Duration::from_secs(3600),
+            once: false,
+        };
+        let status = Arc::new(std::sync::Mutex::new(AgentStatus::default()));
+        let mut agent = Agent::new(device, host, config, status);
         self.trace("started".into());
         loop {
             let phase = self.shared.lock().unwrap().phase;
             match phase {
-                Phase::Use => self.act(&mut device).await?,
-                Phase::Settle => self.settle(&mut device).await?,
+                Phase::Use => self.act(&mut agent).await?,
+                Phase::Settle => self.settle(&mut agent).await?,
             }
             let pause = 20 + self.roll(300);
             tokio::time::sleep(Duration::from_millis(pause)).await;
@@ -375,7 +388,7 @@ impl DeviceHost {
     }
 
     /// One thing a person (or the sync agent) does.
-    async fn act(&self, device: &mut Device<Faulty<CloudClient>>) -> HostResult {
+    async fn act(&self, agent: &mut SimAgent) -> HostResult {
         let choice = self.roll(100);
         match choice {
             0..=24 => {
@@ -395,7 +408,7 @@ impl DeviceHost {
                 s.trace(now_ms(), &self.name, format!("took {name} {}", &hash[..8]));
             }
             25..=52 => {
-                self.sync(device).await;
+                self.sync(agent).await;
             }
             53..=55 => {
                 // A person copies one of this camera's photos under another name, in a
@@ -479,9 +492,9 @@ impl DeviceHost {
                 );
             }
             60..=71 => {
-                if let Some(asset) = self.pick(device, |a| !a.trashed)? {
+                if let Some(asset) = self.pick(agent.device(), |a| !a.trashed)? {
                     let value = !asset.favorite;
-                    let stamp = device.edit(Edit::Favorite {
+                    let stamp = agent.device_mut().edit(Edit::Favorite {
                         asset_id: asset.asset_id.clone(),
                         value,
                     })?;
@@ -505,16 +518,21 @@ impl DeviceHost {
                 }
             }
             72..=77 => {
-                if let Some(asset) = self.pick(device, |a| !a.trashed)? {
+                if let Some(asset) = self.pick(agent.device(), |a| !a.trashed)? {
                     let album_id = format!("album-{}", self.index);
-                    if !device.albums()?.iter().any(|a| a.album_id == album_id) {
-                        device.edit(Edit::PutAlbum {
+                    if !agent
+                        .device()
+                        .albums()?
+                        .iter()
+                        .any(|a| a.album_id == album_id)
+                    {
+                        agent.device_mut().edit(Edit::PutAlbum {
                             album_id: album_id.clone(),
                             name: format!("Trip {}", self.index),
                         })?;
                     }
                     let present = self.roll(4) != 0;
-                    device.edit(Edit::AlbumMember {
+                    agent.device_mut().edit(Edit::AlbumMember {
                         album_id: album_id.clone(),
                         asset_id: asset.asset_id.clone(),
                         present,
@@ -524,7 +542,7 @@ impl DeviceHost {
             }
             78..=83 => {
                 // A person deletes a photo in the Photos app: the file goes.
-                if let Some(asset) = self.pick(device, |a| !a.trashed)? {
+                if let Some(asset) = self.pick(agent.device(), |a| !a.trashed)? {
                     let path = self.folder.join(&asset.name);
                     if path.exists() {
                         self.throw_away_unsynced_edit(&path);
@@ -548,17 +566,17 @@ impl DeviceHost {
                 }
             }
             84..=87 => {
-                if let Some(asset) = self.pick(device, |a| !a.trashed)? {
+                if let Some(asset) = self.pick(agent.device(), |a| !a.trashed)? {
                     self.throw_away_unsynced_edit(&self.folder.join(&asset.name));
-                    device.edit(Edit::Trash {
+                    agent.device_mut().edit(Edit::Trash {
                         asset_id: asset.asset_id.clone(),
                     })?;
                     self.trace(format!("trash {}", asset.asset_id));
                 }
             }
             88..=92 => {
-                if let Some(asset) = self.pick(device, |a| a.trashed)? {
-                    device.edit(Edit::Restore {
+                if let Some(asset) = self.pick(agent.device(), |a| a.trashed)? {
+                    agent.device_mut().edit(Edit::Restore {
                         asset_id: asset.asset_id.clone(),
                     })?;
                     self.trace(format!("restore {}", asset.asset_id));
@@ -659,9 +677,16 @@ impl DeviceHost {
     }
 
     /// One sync pass; returns whether it did anything.
-    async fn sync(&self, device: &mut Device<Faulty<CloudClient>>) -> bool {
-        match device.sync_once().await {
-            Ok(r) => {
+    async fn sync(&self, agent: &mut SimAgent) -> bool {
+        let passed = match agent.pass().await {
+            Ok(passed) => passed,
+            Err(e) => {
+                self.trace(format!("agent stopped: {e}"));
+                return true;
+            }
+        };
+        match (passed.report, passed.failure) {
+            (Some(r), _) => {
                 let work = r.uploaded
                     + r.linked
                     + r.downloaded
@@ -690,17 +715,19 @@ impl DeviceHost {
                 ));
                 work > 0 || r.blocked.is_some()
             }
-            Err(e) => {
-                self.trace(format!("sync failed: {e}"));
+            (None, failure) => {
+                self.trace(format!("sync failed: {}", failure.unwrap_or_default()));
                 true
             }
         }
     }
 
     /// After the faults heal: sync, and report a pass with nothing to do.
-    async fn settle(&self, device: &mut Device<Faulty<CloudClient>>) -> HostResult {
-        let busy =
-            self.sync(device).await || device.pending_files()? > 0 || device.pending_edits()? > 0;
+    async fn settle(&self, agent: &mut SimAgent) -> HostResult {
+        let busy = self.sync(agent).await
+            || agent.device().pending_files()? > 0
+            || agent.device().pending_edits()? > 0;
+        let device = agent.device();
         let mut s = self.shared.lock().unwrap();
         if busy {
             s.quiet.iter_mut().for_each(|q| *q = 0);
@@ -720,4 +747,43 @@ impl DeviceHost {
         s.views[self.index] = Some(view);
         Ok(())
     }
+}
+
+/// A simulated device's agent: the real loop, on a simulated machine.
+type SimAgent = Agent<Faulty<CloudClient>, SimHost>;
+
+/// The simulated machine under the agent: no policy (conditions are tested elsewhere),
+/// tokens that outlive the run, and every line the agent says in the trace.
+struct SimHost {
+    shared: Arc<Mutex<Shared>>,
+    name: String,
+}
+
+impl keepsake_device::Host<Faulty<CloudClient>> for SimHost {
+    async fn conditions(
+        &mut self,
+        _blocked: Option<&str>,
+        _cloud: &mut Faulty<CloudClient>,
+    ) -> Result<Option<keepsake_policy::Snapshot>, AgentError> {
+        Ok(None)
+    }
+
+    fn optimize_budget(&mut self) -> Result<Option<u64>, AgentError> {
+        Ok(None)
+    }
+
+    async fn reauthenticate(&mut self, _cloud: &mut Faulty<CloudClient>) -> Result<(), AgentError> {
+        Err(AgentError::Host(
+            "a simulated device's token never expires".into(),
+        ))
+    }
+
+    fn say(&mut self, line: &str) {
+        self.shared
+            .lock()
+            .unwrap()
+            .trace(now_ms(), &self.name, format!("agent: {line}"));
+    }
+
+    fn save_status(&mut self, _status: &AgentStatus) {}
 }

@@ -1,5 +1,6 @@
-//! The Delta gRPC service: signatures of stored versions and server-side rebuilds,
-//! next to the store in the same process.
+//! The Delta gRPC service: signatures of stored versions and server-side rebuilds. It
+//! reaches the store only through [`DeltaStore`] — the store's own calls, checked as
+//! any caller's are — so a store in another process can stand behind it.
 
 use crate::ApiError;
 use crate::auth::identity;
@@ -10,7 +11,7 @@ use keepsake_delta::rsync::{self, RsyncLimits};
 use keepsake_delta::span;
 use keepsake_proto::v1 as pb;
 use keepsake_proto::v1::delta_server::Delta;
-use keepsake_store::{ChunkId, Store, StoreError};
+use keepsake_store::{ChunkId, Manifest, ManifestId, PutOutcome, Store, StoreError};
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio_stream::Stream;
@@ -21,16 +22,84 @@ const SIGNATURE_PIECE: usize = 1 << 20;
 /// Bytes of chunks per store batch (one pack) while storing a rebuilt file.
 const STORE_BATCH_BYTES: usize = 16 << 20;
 
+/// What the Delta service needs of a store: an account's versions read back, and rebuilt
+/// chunks and manifests stored in that account's upload session.
+pub trait DeltaStore: Send + Sync + 'static {
+    /// An owned manifest.
+    fn get_manifest(&self, account: &str, id: &ManifestId) -> Result<Manifest, StoreError>;
+    /// An owned chunk, verified.
+    fn get_chunk(&self, account: &str, id: &ChunkId) -> Result<Bytes, StoreError>;
+    /// The ids the account does not own, under a live session.
+    fn find_missing(
+        &self,
+        account: &str,
+        session_id: &str,
+        ids: &[ChunkId],
+    ) -> Result<Vec<ChunkId>, StoreError>;
+    /// Stores chunks durably in the session.
+    fn put_chunks(
+        &self,
+        account: &str,
+        session_id: &str,
+        chunks: &[(ChunkId, Bytes)],
+    ) -> Result<PutOutcome, StoreError>;
+    /// Stores a manifest whose chunks the account owns.
+    fn put_manifest(
+        &self,
+        account: &str,
+        session_id: &str,
+        manifest: &Manifest,
+    ) -> Result<ManifestId, StoreError>;
+    /// The most ids one call may name.
+    fn max_ids_per_call(&self) -> usize;
+}
+
+impl DeltaStore for Store {
+    fn get_manifest(&self, account: &str, id: &ManifestId) -> Result<Manifest, StoreError> {
+        Store::get_manifest(self, account, id)
+    }
+    fn get_chunk(&self, account: &str, id: &ChunkId) -> Result<Bytes, StoreError> {
+        Store::get_chunk(self, account, id)
+    }
+    fn find_missing(
+        &self,
+        account: &str,
+        session_id: &str,
+        ids: &[ChunkId],
+    ) -> Result<Vec<ChunkId>, StoreError> {
+        Store::find_missing(self, account, session_id, ids)
+    }
+    fn put_chunks(
+        &self,
+        account: &str,
+        session_id: &str,
+        chunks: &[(ChunkId, Bytes)],
+    ) -> Result<PutOutcome, StoreError> {
+        Store::put_chunks(self, account, session_id, chunks)
+    }
+    fn put_manifest(
+        &self,
+        account: &str,
+        session_id: &str,
+        manifest: &Manifest,
+    ) -> Result<ManifestId, StoreError> {
+        Store::put_manifest(self, account, session_id, manifest)
+    }
+    fn max_ids_per_call(&self) -> usize {
+        self.config().max_ids_per_call
+    }
+}
+
 /// Serves deltas against one store.
 #[derive(Clone)]
 pub struct DeltaService {
-    store: Arc<Store>,
+    store: Arc<dyn DeltaStore>,
     limits: RsyncLimits,
 }
 
 impl DeltaService {
     /// Serves deltas against `store` within `limits`.
-    pub fn new(store: Arc<Store>, limits: RsyncLimits) -> Self {
+    pub fn new(store: Arc<dyn DeltaStore>, limits: RsyncLimits) -> Self {
         Self { store, limits }
     }
 }
@@ -41,7 +110,7 @@ fn delta_status(e: DeltaError) -> Status {
 
 /// Reads an owned version back whole (bounded by the limits).
 fn load_base(
-    store: &Store,
+    store: &dyn DeltaStore,
     account: &str,
     manifest_id: &ChunkId,
     limits: &RsyncLimits,
@@ -71,7 +140,7 @@ fn load_base(
 /// Reads a stretch of an owned version: whole chunks from `offset`, `length` bytes, at
 /// most a span's worth.
 fn load_span(
-    store: &Store,
+    store: &dyn DeltaStore,
     account: &str,
     manifest_id: &ChunkId,
     offset: u64,
@@ -134,7 +203,7 @@ impl Delta for DeltaService {
         let id = chunk_id("manifest_id", &manifest_id)?;
         let (store, limits) = (self.store.clone(), self.limits.clone());
         let signature = blocking(move || {
-            let base = load_base(&store, &who.account, &id, &limits)?;
+            let base = load_base(&*store, &who.account, &id, &limits)?;
             rsync::signature(&base, &limits).map_err(delta_status)
         })
         .await?;
@@ -181,7 +250,7 @@ impl Delta for DeltaService {
         }
         let (store, limits) = (self.store.clone(), self.limits.clone());
         let (manifest_id, total_length, new_bytes) = blocking(move || {
-            let base = load_base(&store, &who.account, &base_id, &limits)?;
+            let base = load_base(&*store, &who.account, &base_id, &limits)?;
             let mut batch: Vec<(ChunkId, Bytes)> = Vec::new();
             let mut batch_bytes = 0usize;
             let mut new_bytes = 0u64;
@@ -250,7 +319,7 @@ impl Delta for DeltaService {
                     return Ok(None);
                 }
             }
-            let base = load_span(&store, &who.account, &id, offset, length)?;
+            let base = load_span(&*store, &who.account, &id, offset, length)?;
             span::span_signature(&base).map(Some).map_err(delta_status)
         })
         .await?;
@@ -277,7 +346,7 @@ impl Delta for DeltaService {
         if session_id.is_empty() {
             return Err(ApiError::field("session_id", "is required").into());
         }
-        let max_ids = self.store.config().max_ids_per_call;
+        let max_ids = self.store.max_ids_per_call();
         if chunks.is_empty() || chunks.len() > max_ids {
             return Err(
                 ApiError::field("chunks", format!("must name 1 to {max_ids} chunks")).into(),
@@ -289,7 +358,7 @@ impl Delta for DeltaService {
             .collect::<Result<Vec<(ChunkId, u32)>, ApiError>>()?;
         let store = self.store.clone();
         let outcome = blocking(move || {
-            let base = load_span(&store, &who.account, &base_id, offset, length)?;
+            let base = load_span(&*store, &who.account, &base_id, offset, length)?;
             let rebuilt = span::rebuild_chunks(&base, &delta, &chunks).map_err(delta_status)?;
             let rebuilt: Vec<(ChunkId, Bytes)> = rebuilt
                 .into_iter()

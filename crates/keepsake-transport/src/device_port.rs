@@ -164,6 +164,20 @@ impl Cloud for CloudClient {
         Ok(CloudClient::find_missing(self, session, ids).await?)
     }
 
+    async fn report_state(&mut self, blocked: Option<String>) -> Result<(), CloudError> {
+        let (_, _, accounts) = self.raw();
+        let state = pb::DeviceState {
+            state: if blocked.is_some() { "blocked" } else { "idle" }.into(),
+            reason: blocked.unwrap_or_default(),
+            ..Default::default()
+        };
+        accounts
+            .report_device_state(pb::ReportDeviceStateRequest { state: Some(state) })
+            .await
+            .map_err(CallError::from)?;
+        Ok(())
+    }
+
     async fn put_chunks(
         &mut self,
         session: &str,

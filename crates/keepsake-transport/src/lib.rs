@@ -68,7 +68,7 @@ pub mod server;
 mod store_service;
 pub mod tls;
 
-pub use delta_service::DeltaService;
+pub use delta_service::{DeltaService, DeltaStore};
 pub use device_service::{CONTROL_SECRET_HEADER, DeviceService, serve_device};
 pub use error::{ApiError, ERROR_DOMAIN, reason_of, to_status};
 pub use library_service::{AccountsService, ChangeNotifier, LibraryService};

@@ -3,11 +3,10 @@
 //! through DeviceControl) or its interval passed, with back-off, token refresh, status and
 //! ledger reports. The engine it drives is `keepsake_device::Device`.
 
-use crate::device_cli::{
-    Enrolled, SETTINGS, ServerArgs, load, load_settings, megabytes, now_ms, plain,
-};
+use crate::device_cli::{Enrolled, ServerArgs, load, megabytes, now_ms, plain};
 use anyhow::{Context, Result, bail};
-use keepsake_device::{Device, DeviceConfig, SyncReport};
+use keepsake_device::conditions::{Assumed, CONDITIONS, SETTINGS, load_settings};
+use keepsake_device::{AgentError, Device, DeviceConfig, retry_schedule};
 use keepsake_store::{Clock, SystemClock};
 use keepsake_transport::client::{self, BearerAuth, CallError, pb};
 use keepsake_transport::cloud_client::{ClientConfig, CloudClient};
@@ -124,42 +123,6 @@ async fn access_patiently(e: &Enrolled, once: bool) -> Result<(Channel, pb::Acce
     }
 }
 
-fn say_pass(r: &SyncReport, reason_changed: bool) {
-    let mut parts = Vec::new();
-    for (n, what) in [
-        (r.uploaded, "uploaded"),
-        (r.linked, "already in the cloud"),
-        (r.downloaded, "downloaded"),
-        (r.streamed, "streamed in batches"),
-        (r.trashed_here, "moved to Recently Deleted"),
-        (r.trashed_remotely, "deleted everywhere"),
-        (r.restored, "restored"),
-        (r.purged, "purged"),
-        (r.not_resurrected, "deleted elsewhere, not re-uploaded"),
-        (r.edits_sent, "edits sent"),
-        (
-            r.kept_apart,
-            "edited here but deleted elsewhere: kept as new photos",
-        ),
-        (
-            r.edits_dropped,
-            "edits dropped (their photo or album is gone)",
-        ),
-    ] {
-        if n > 0 {
-            parts.push(format!("{n} {what}"));
-        }
-    }
-    match (&r.blocked, reason_changed) {
-        (Some(reason), true) => parts.push(format!("waiting: {reason}")),
-        (None, true) => parts.push("syncing".into()),
-        _ => {}
-    }
-    if !parts.is_empty() {
-        println!("keepsake sync: {}", parts.join(", "));
-    }
-}
-
 /// A clock that is wrong by a fixed amount, as phones' clocks are.
 struct SkewedClock(i64);
 
@@ -261,9 +224,7 @@ fn watch_settings(
             && is_a_change(&e.kind)
             && e.paths.iter().any(|p| {
                 p.file_name().is_some_and(|n| {
-                    n == SETTINGS
-                        || n == crate::conditions::CONDITIONS
-                        || n == keepsake_device::WAKE_FILE
+                    n == SETTINGS || n == CONDITIONS || n == keepsake_device::WAKE_FILE
                 })
             })
         {
@@ -285,22 +246,6 @@ fn is_a_change(kind: &notify::EventKind) -> bool {
         EventKind::Access(_) => false,
         _ => true,
     }
-}
-
-/// A retry schedule: exponential, capped at a minute, spread out (jitter) so devices cut
-/// off together do not return together; seeded by the device id, so a run can be replayed.
-fn retry_schedule(device_id: &str) -> backon::ExponentialBackoff {
-    use backon::BackoffBuilder;
-    let digest = blake3::hash(device_id.as_bytes());
-    let mut seed = [0u8; 8];
-    seed.copy_from_slice(&digest.as_bytes()[..8]);
-    backon::ExponentialBuilder::new()
-        .with_min_delay(Duration::from_millis(500))
-        .with_max_delay(Duration::from_secs(30))
-        .with_jitter()
-        .with_jitter_seed(u64::from_le_bytes(seed))
-        .without_max_times()
-        .build()
 }
 
 /// How `keepsake sync` moves files too large to hold in memory.
@@ -348,7 +293,7 @@ pub async fn sync(
     );
     config.stable_ms = 400;
     streaming.apply(&mut config);
-    let (wake_tx, mut wake) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let (wake_tx, wake) = tokio::sync::mpsc::unbounded_channel::<()>();
     let clock = device_clock()?;
     let folder_control = Arc::new(keepsake_device::FolderControl::open(
         &config,
@@ -359,7 +304,7 @@ pub async fn sync(
     let enrolled = Arc::new(enrolled);
     let (client, expires_at) = signed_in_patiently(&enrolled, once).await?;
     let _fresh = keep_token_fresh(enrolled.clone(), &client, expires_at);
-    let mut device = Device::open(config, client.clone(), clock)?;
+    let device = Device::open(config, client.clone(), clock)?;
     println!(
         "keepsake sync: {} <-> {} as device {}",
         folder.display(),
@@ -419,191 +364,89 @@ pub async fn sync(
         ..keepsake_device::AgentStatus::default()
     }));
     let _progress = follow_progress(device.progress(), status.clone(), folder_control.clone());
-    let mut backoff = retry_schedule(&enrolled.device_id);
-    let mut server = crate::conditions::ServerView {
-        reachable: true,
-        account: None,
-        min_version: None,
+    let host = AgentHost {
+        enrolled: enrolled.clone(),
+        data,
+        folder,
+        once,
+        control: folder_control,
+        server: crate::conditions::ServerView {
+            reachable: true,
+            account: None,
+            min_version: None,
+        },
     };
-    // Nothing reported yet: the first pass always tells the ledger.
-    let mut last_state = "\u{0}".to_string();
-    loop {
-        let conditions = crate::conditions::snapshot(
-            Some(&data),
-            &folder,
-            Some(&enrolled.account),
-            &server,
-            &crate::conditions::Assumed::default(),
-        )?;
-        let _ = folder_control.save_snapshot(&conditions);
-        device.set_conditions(Some(conditions));
-        let optimize = load_settings(&data)?.optimize_budget_bytes;
-        device.set_optimize(optimize);
-        let mut pause = interval;
-        match device.sync_once().await {
-            Ok(report) if report.blocked.as_deref() == Some("UNAUTHENTICATED") => {
-                // Access tokens are short-lived (the refresher may have been cut off from the
-                // server meanwhile): trade the device token for a new one now. Every clone
-                // of the client — the lanes, the feed watcher — shares the token.
-                let (_, access) = access_patiently(&enrolled, once).await?;
-                if let Some(cell) = device.cloud_mut().auth().cell() {
-                    cell.set(&access.token);
-                }
-                continue;
-            }
-            Ok(report) => {
-                backoff = retry_schedule(&enrolled.device_id);
-                // While the cloud refuses, read the numbers the doctor shows (the plan and
-                // usage, or the version required); once it stops, forget them.
-                if matches!(
-                    report.blocked.as_deref(),
-                    Some("QUOTA_EXCEEDED" | "CLIENT_TOO_OLD")
-                ) {
-                    let (_, _, accounts) = device.cloud_mut().raw();
-                    server.ask_account(accounts).await;
-                } else {
-                    server.account = None;
-                    server.min_version = None;
-                }
-                let shown = {
-                    let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
-                    if report.blocked != s.reason {
-                        s.since_ms = now_ms();
-                        s.reason = report.blocked.clone();
-                    }
-                    s.reason_message = report.blocked_message.clone();
-                    s.passes += 1;
-                    s.last_pass_ms = now_ms();
-                    s.uploaded += report.uploaded as u64;
-                    s.downloaded += report.downloaded as u64;
-                    s.pending_files = device.pending_files().unwrap_or(0);
-                    s.pending_edits = device.pending_edits().unwrap_or(0);
-                    s.progress = None;
-                    if let Ok((originals, previews, cloud_only)) = device.storage() {
-                        (s.originals_bytes, s.previews_bytes, s.cloud_only) =
-                            (originals, previews, cloud_only);
-                    }
-                    s.optimize_budget = optimize;
-                    if s.skipped != report.skipped {
-                        for f in &report.skipped {
-                            println!(
-                                "keepsake sync: left out {}: {} [{}]",
-                                f.path, f.message, f.reason
-                            );
-                        }
-                        s.skipped = report.skipped.clone();
-                    }
-                    s.damaged_waiting = device.damaged_waiting();
-                    s.ignored = report.ignored.clone();
-                    for (here, library) in &report.numbered {
-                        println!(
-                            "keepsake sync: {here} is kept in the library as {library} (another photo had its name)"
-                        );
-                    }
-                    s.numbered.extend(report.numbered.iter().cloned());
-                    let over = s.numbered.len().saturating_sub(100);
-                    s.numbered.drain(..over);
-                    s.clone()
-                };
-                // Best effort: a full disk must not stop sync over a status file.
-                let _ = folder_control.save_status(&shown);
-                let state = report.blocked.clone().unwrap_or_default();
-                say_pass(&report, state != last_state);
-                if state != last_state {
-                    report_state(device.cloud_mut(), &report).await;
-                    last_state = state;
-                }
-                if once {
-                    return Ok(());
-                }
-                if report.unstable > 0 {
-                    // A file still being written: look again once it has had time to settle.
-                    pause = pause.min(Duration::from_millis(250));
-                }
-            }
-            Err(keepsake_device::DeviceError::Cloud(e)) if e.transient && !once => {
-                pause = backoff.next().unwrap_or(Duration::from_secs(60));
-                if e.reason == keepsake_device::Reason::StorageFull {
-                    // The server's disk: re-sending at once only fills its logs (an agent
-                    // once re-sent ~720 MB in 10 s). Its hint is 15 s and the backoff stops
-                    // at 30 s, so sync resumes within a minute of the disk having room.
-                    pause = pause.max(Duration::from_secs(15));
-                }
-                let shown = {
-                    let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
-                    // The policy cannot see a server that stopped answering or whose disk
-                    // is full: say it here.
-                    let reason = match e.reason {
-                        keepsake_device::Reason::Unavailable => Some("SERVER_UNREACHABLE".into()),
-                        keepsake_device::Reason::StorageFull => Some("STORAGE_FULL".into()),
-                        _ => None,
-                    };
-                    if reason.is_some() {
-                        if s.reason != reason {
-                            s.since_ms = now_ms();
-                            s.reason = reason;
-                        }
-                        s.reason_message = Some(e.message.clone());
-                    }
-                    s.passes += 1;
-                    s.last_error = Some(format!("{} [{}]", e.message, e.reason));
-                    if e.reason == keepsake_device::Reason::TransferStalled {
-                        s.last_stall_ms = Some(now_ms());
-                    }
-                    s.last_pass_ms = now_ms();
-                    s.pending_edits = device.pending_edits().unwrap_or(0);
-                    s.progress = None;
-                    s.clone()
-                };
-                // Best effort: a full disk must not stop sync over a status file.
-                let _ = folder_control.save_status(&shown);
-                println!(
-                    "keepsake sync: {} [{}]; retrying in {} ms",
-                    e.message,
-                    e.reason,
-                    pause.as_millis()
-                );
-            }
-            Err(e) if once => bail!("{e}"),
-            Err(e) => {
-                // A local failure (the device's disk full, a folder briefly unreadable) is
-                // said and retried; an agent that exited would stop sync without a word.
-                pause = backoff.next().unwrap_or(Duration::from_secs(30));
-                let shown = {
-                    let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
-                    s.last_error = Some(e.to_string());
-                    s.passes += 1;
-                    s.last_pass_ms = now_ms();
-                    s.clone()
-                };
-                let _ = folder_control.save_status(&shown);
-                println!("keepsake sync: {e}; retrying in {} ms", pause.as_millis());
-            }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(pause) => {}
-            Some(()) = wake.recv() => {
-                // Let a burst of events (a camera writing several files) settle into one pass.
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                while wake.try_recv().is_ok() {}
-            }
-        }
-    }
+    let config = keepsake_device::AgentConfig { interval, once };
+    keepsake_device::Agent::new(device, host, config, status)
+        .run(wake)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-/// Tells the library's device ledger how this device is doing; best effort.
-async fn report_state(cloud: &mut CloudClient, report: &SyncReport) {
-    let (_, _, accounts) = cloud.raw();
-    let state = pb::DeviceState {
-        state: if report.blocked.is_some() {
-            "blocked".into()
+/// The machine the agent runs on, for the loop in `keepsake_device::Agent`.
+struct AgentHost {
+    enrolled: Arc<Enrolled>,
+    data: PathBuf,
+    folder: PathBuf,
+    once: bool,
+    control: Arc<keepsake_device::FolderControl>,
+    server: crate::conditions::ServerView,
+}
+
+fn host_error(e: anyhow::Error) -> AgentError {
+    AgentError::Host(e.into())
+}
+
+impl keepsake_device::Host<CloudClient> for AgentHost {
+    async fn conditions(
+        &mut self,
+        blocked: Option<&str>,
+        cloud: &mut CloudClient,
+    ) -> Result<Option<keepsake_policy::Snapshot>, AgentError> {
+        // While the cloud refuses, read the numbers the doctor shows (the plan and usage,
+        // or the version required); once it stops, forget them.
+        if matches!(blocked, Some("QUOTA_EXCEEDED" | "CLIENT_TOO_OLD")) {
+            let (_, _, accounts) = cloud.raw();
+            self.server.ask_account(accounts).await;
         } else {
-            "idle".into()
-        },
-        reason: report.blocked.clone().unwrap_or_default(),
-        ..Default::default()
-    };
-    let _ = accounts
-        .report_device_state(pb::ReportDeviceStateRequest { state: Some(state) })
-        .await;
+            self.server.account = None;
+            self.server.min_version = None;
+        }
+        let conditions = crate::conditions::snapshot(
+            Some(&self.data),
+            &self.folder,
+            Some(&self.enrolled.account),
+            &self.server,
+            &Assumed::default(),
+        )
+        .map_err(host_error)?;
+        let _ = self.control.save_snapshot(&conditions);
+        Ok(Some(conditions))
+    }
+
+    fn optimize_budget(&mut self) -> Result<Option<u64>, AgentError> {
+        Ok(load_settings(&self.data)
+            .map_err(|e| AgentError::Host(e.into()))?
+            .optimize_budget_bytes)
+    }
+
+    async fn reauthenticate(&mut self, cloud: &mut CloudClient) -> Result<(), AgentError> {
+        // Every clone of the client — the lanes, the feed watcher — shares the token.
+        let (_, access) = access_patiently(&self.enrolled, self.once)
+            .await
+            .map_err(host_error)?;
+        if let Some(cell) = cloud.auth().cell() {
+            cell.set(&access.token);
+        }
+        Ok(())
+    }
+
+    fn say(&mut self, line: &str) {
+        println!("keepsake sync: {line}");
+    }
+
+    fn save_status(&mut self, status: &keepsake_device::AgentStatus) {
+        // Best effort: a full disk must not stop sync over a status file.
+        let _ = self.control.save_status(status);
+    }
 }

@@ -192,9 +192,6 @@ pub fn status(data: PathBuf) -> Result<()> {
     Ok(())
 }
 
-/// The owner's settings (sync switch, pause, mobile data), re-read before every pass.
-pub(crate) const SETTINGS: &str = "settings.json";
-
 /// The policy's reason `code` judged from the device's conditions now, by the same
 /// builder the agent and the doctor use, for its words and fix.
 fn policy_reason(data: &Path, folder: &Path, code: &str) -> Option<keepsake_policy::Reason> {
@@ -209,7 +206,7 @@ fn policy_reason(data: &Path, folder: &Path, code: &str) -> Option<keepsake_poli
         folder,
         account.as_deref(),
         &server,
-        &crate::conditions::Assumed::default(),
+        &keepsake_device::conditions::Assumed::default(),
     )
     .ok()?;
     let decision = keepsake_policy::evaluate(&snapshot, &keepsake_policy::PolicyConfig::default());
@@ -218,16 +215,6 @@ fn policy_reason(data: &Path, folder: &Path, code: &str) -> Option<keepsake_poli
         .into_iter()
         .find(|r| r.code.as_str() == code)
         .cloned()
-}
-
-/// The device's settings (defaults when none were saved).
-pub fn load_settings(data: &Path) -> Result<keepsake_device::Settings> {
-    let path = data.join(SETTINGS);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => serde_json::from_str(&text)
-            .with_context(|| format!("{} is not valid settings JSON", path.display())),
-        Err(_) => Ok(keepsake_device::Settings::default()),
-    }
 }
 
 /// Says an error as a sentence with its fix, not as a debug dump.

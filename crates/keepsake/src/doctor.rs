@@ -4,8 +4,9 @@
 //! through — its last refusal, whether it runs at all — so it never says "nothing is
 //! blocking" while the agent is blocked.
 
-use crate::conditions::{Assumed, ServerView, parse_network, snapshot};
+use crate::conditions::{ServerView, snapshot};
 use anyhow::Result;
+use keepsake_device::conditions::{Assumed, parse_network};
 use keepsake_policy::doctor::{AgentView, Unknowns, diagnose_with_agent, render_json, render_text};
 use keepsake_policy::{Network, PolicyConfig, ReasonCode, evaluate};
 use keepsake_transport::client;

@@ -361,6 +361,11 @@ impl<C: Cloud> Device<C> {
         })
     }
 
+    /// The device's clock, now.
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
     /// Follows the pass under way: files and bytes done out of the total, and the current file.
     pub fn progress(&self) -> tokio::sync::watch::Receiver<Progress> {
         self.progress.subscribe()
