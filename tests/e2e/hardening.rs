@@ -32,6 +32,29 @@ pub(super) fn serve(data: &Path, listen: &str, extra: &[&str]) -> (Child, String
     (child, url)
 }
 
+/// A server on a data directory of its own under `root`, listening on `listen`.
+fn start_server(root: &Path, listen: &str, args: &[&str]) -> (Server, std::path::PathBuf) {
+    let server_data = root.join("server");
+    let (child, url) = serve(&server_data, listen, args);
+    let server = Server {
+        child,
+        url,
+        token: String::new(),
+    };
+    (server, server_data)
+}
+
+/// Enrols device `name` with its data in `data`, through the CLI as a person would.
+fn enroll(url: &str, server_data: &Path, name: &str, data: &Path) {
+    succeeded(
+        keepsake(url, server_data)
+            .args(["device", "enroll", "--name", name, "--data"])
+            .arg(data)
+            .output()
+            .unwrap(),
+    );
+}
+
 fn admin_password(data: &Path) -> String {
     let credentials: serde_json::Value =
         serde_json::from_slice(&std::fs::read(data.join("initial-credentials.json")).unwrap())
@@ -274,17 +297,9 @@ async fn a_flood_of_wrong_passwords_stays_under_512_mib_and_guessing_waits() {
 #[test]
 fn a_full_server_disk_is_waited_out_and_sync_resumes_within_a_minute_of_room() {
     let root = tempfile::tempdir().unwrap();
-    let server_data = root.path().join("server");
-    let (server, url) = serve(
-        &server_data,
-        "127.0.0.1:0",
-        &["--capacity-bytes", "1500000"],
-    );
-    let mut server = Server {
-        child: server,
-        url: url.clone(),
-        token: String::new(),
-    };
+    let (mut server, server_data) =
+        start_server(root.path(), "127.0.0.1:0", &["--capacity-bytes", "1500000"]);
+    let url = server.url.clone();
     let port = url.rsplit(':').next().unwrap().to_string();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let upstream: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -292,13 +307,7 @@ fn a_full_server_disk_is_waited_out_and_sync_resumes_within_a_minute_of_room() {
         .block_on(FaultProxy::start(upstream, Schedule::clean()))
         .unwrap();
     let (folder, data) = (root.path().join("A"), root.path().join("a-data"));
-    succeeded(
-        keepsake(&proxy.url(), &server_data)
-            .args(["device", "enroll", "--name", "camera", "--data"])
-            .arg(&data)
-            .output()
-            .unwrap(),
-    );
+    enroll(&proxy.url(), &server_data, "camera", &data);
     let library = write_photos(&folder, 8, 1 << 20);
     let _agent = agent(&folder, &data, 2_000);
     wait_for(
@@ -367,9 +376,8 @@ fn a_full_server_disk_is_waited_out_and_sync_resumes_within_a_minute_of_room() {
 #[test]
 fn a_server_killed_mid_upload_lets_the_device_finish_within_a_minute_with_short_tokens() {
     let root = tempfile::tempdir().unwrap();
-    let server_data = root.path().join("server");
-    let (server, url) = serve(
-        &server_data,
+    let (mut server, server_data) = start_server(
+        root.path(),
         "127.0.0.1:0",
         &[
             "--access-token-ttl-secs",
@@ -378,20 +386,10 @@ fn a_server_killed_mid_upload_lets_the_device_finish_within_a_minute_with_short_
             "120000000",
         ],
     );
-    let mut server = Server {
-        child: server,
-        url: url.clone(),
-        token: String::new(),
-    };
+    let url = server.url.clone();
     let port = url.rsplit(':').next().unwrap().to_string();
     let (folder, data) = (root.path().join("A"), root.path().join("a-data"));
-    succeeded(
-        keepsake(&url, &server_data)
-            .args(["device", "enroll", "--name", "camera", "--data"])
-            .arg(&data)
-            .output()
-            .unwrap(),
-    );
+    enroll(&url, &server_data, "camera", &data);
     // Larger than the plan minus one copy: a dead reservation counted against the
     // device would refuse the retry.
     write_photos(&folder, 8, 8 << 20);
@@ -437,21 +435,10 @@ fn a_server_killed_mid_upload_lets_the_device_finish_within_a_minute_with_short_
 #[test]
 fn an_idle_agent_makes_one_pass_per_interval_and_a_stopped_one_is_said_not_running() {
     let root = tempfile::tempdir().unwrap();
-    let server_data = root.path().join("server");
-    let (server, url) = serve(&server_data, "localhost:0", &[]);
-    let _server = Server {
-        child: server,
-        url: url.clone(),
-        token: String::new(),
-    };
+    let (server, server_data) = start_server(root.path(), "localhost:0", &[]);
+    let url = server.url.clone();
     let (folder, data) = (root.path().join("A"), root.path().join("a-data"));
-    succeeded(
-        keepsake(&url, &server_data)
-            .args(["device", "enroll", "--name", "laptop", "--data"])
-            .arg(&data)
-            .output()
-            .unwrap(),
-    );
+    enroll(&url, &server_data, "laptop", &data);
     write_photos(&folder, 2, 10_000);
     let mut running = agent(&folder, &data, 3_000);
     wait_for(Duration::from_secs(30), "the photos uploaded", || {
@@ -506,7 +493,7 @@ fn an_idle_agent_makes_one_pass_per_interval_and_a_stopped_one_is_said_not_runni
         String::from_utf8_lossy(&out.stderr)
     );
     // With the server down, one pass says why and exits instead of waiting for ever.
-    drop(_server);
+    drop(server);
     let once = Command::new(keepsake_binary())
         .arg("sync")
         .arg(&folder)

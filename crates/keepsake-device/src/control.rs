@@ -6,7 +6,7 @@ use crate::DeviceError;
 use crate::cloud::{Edit, Hlc};
 use crate::device::{local_name, move_file, safe_name, unique_path};
 use crate::edits::{self, LocalAlbum, LocalAsset};
-use crate::journal::Journal;
+use crate::journal::{Journal, Key};
 use keepsake_policy::{PolicyConfig, Snapshot, doctor, evaluate};
 use keepsake_store::Clock;
 use serde::{Deserialize, Serialize};
@@ -216,7 +216,7 @@ impl FolderControl {
         std::fs::create_dir_all(&config.data_dir)?;
         let journal = Journal::open(&config.data_dir.join("journal.sqlite"))?;
         // Without a folder of its own (a CLI next to the agent), the agent's folder.
-        let folder = match journal.get("folder")? {
+        let folder = match journal.get(Key::Folder)? {
             Some(known) if config.folder.as_os_str().is_empty() => PathBuf::from(known),
             _ => config.folder.clone(),
         };
@@ -289,7 +289,7 @@ impl FolderControl {
                 id: asset_id.to_string(),
             });
         }
-        journal.set(&format!("{}{asset_id}", crate::device::WANT_ORIGINAL), "1")?;
+        journal.set(Key::WantOriginal(asset_id), "1")?;
         drop(journal);
         self.wake();
         Ok(None)
@@ -297,7 +297,7 @@ impl FolderControl {
 
     /// Allows the deletes held back by the mass-delete guard, on the agent's next pass.
     pub fn confirm_deletes(&self) -> Result<(), DeviceError> {
-        self.journal().set("confirm_deletes", "1")?;
+        self.journal().set(Key::ConfirmDeletes, "1")?;
         self.wake();
         Ok(())
     }

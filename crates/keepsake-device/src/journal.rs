@@ -186,16 +186,20 @@ impl Journal {
         Ok(Self { db })
     }
 
-    pub fn get(&self, key: &str) -> rusqlite::Result<Option<String>> {
+    /// What the journal remembers under `key`.
+    pub fn get(&self, key: Key<'_>) -> rusqlite::Result<Option<String>> {
         self.db
-            .query_row("SELECT value FROM kv WHERE key = ?1", [key], |r| r.get(0))
+            .query_row("SELECT value FROM kv WHERE key = ?1", [key.text()], |r| {
+                r.get(0)
+            })
             .optional()
     }
 
-    pub fn set(&self, key: &str, value: &str) -> rusqlite::Result<()> {
+    /// Remembers `value` under `key`.
+    pub fn set(&self, key: Key<'_>, value: &str) -> rusqlite::Result<()> {
         self.db.execute(
             "INSERT INTO kv (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = ?2",
-            params![key, value],
+            params![key.text(), value],
         )?;
         Ok(())
     }
@@ -591,8 +595,9 @@ pub struct CloudOnlyRow {
 }
 
 impl Journal {
-    /// Keys of the small key/value table that start with `prefix`, without it.
-    pub fn keys_with_prefix(&self, prefix: &str) -> rusqlite::Result<Vec<String>> {
+    /// The ids a family of keys is kept for (the assets waited for, the nonces sent…).
+    pub fn listed(&self, family: Family) -> rusqlite::Result<Vec<String>> {
+        let prefix = family.prefix();
         let mut stmt = self
             .db
             .prepare_cached("SELECT key FROM kv WHERE substr(key, 1, length(?1)) = ?1")?;
@@ -601,8 +606,10 @@ impl Journal {
             .collect()
     }
 
-    pub fn remove_key(&self, key: &str) -> rusqlite::Result<()> {
-        self.db.execute("DELETE FROM kv WHERE key = ?1", [key])?;
+    /// Forgets what was remembered under `key`.
+    pub fn forget(&self, key: Key<'_>) -> rusqlite::Result<()> {
+        self.db
+            .execute("DELETE FROM kv WHERE key = ?1", [key.text()])?;
         Ok(())
     }
 
@@ -835,5 +842,73 @@ mod tests {
             .execute("UPDATE manifests SET body = ?1", [other])
             .unwrap();
         assert_eq!(journal.kept_manifest(&kept.id()).unwrap(), None);
+    }
+}
+
+/// What the journal's small key/value table holds, one variant per kind of entry. The
+/// texts are the journal's on-disk format: never change one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Key<'a> {
+    /// The feed position this device has applied.
+    Cursor,
+    /// The folder this journal belongs to.
+    Folder,
+    /// The folder's marker file was written once.
+    FolderMarked,
+    /// The owner confirmed the deletions waiting ("1"), or none wait ("").
+    ConfirmDeletes,
+    /// "1" when the first scan of a new journal found files in the folder.
+    FoundFull,
+    /// The request id of the reservation uploads go under until all is sent.
+    PassReservation,
+    /// The upgrade that splits an older version's merged twins has run.
+    FilesApart,
+    /// Bytes moved over mobile data on this day (days since the epoch, local time).
+    CellularBytes(i64),
+    /// An original someone asked to open, by asset.
+    WantOriginal(&'a str),
+    /// A photo the cloud flagged damaged that this device waits for, by asset.
+    DamagedWaiting(&'a str),
+    /// A new file's commit sent and not yet answered, by its nonce: the content sent.
+    Attempt(i64),
+}
+
+/// Keys kept per id, listed together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// [`Key::WantOriginal`].
+    WantOriginal,
+    /// [`Key::DamagedWaiting`].
+    DamagedWaiting,
+    /// [`Key::Attempt`].
+    Attempt,
+}
+
+impl Family {
+    fn prefix(self) -> &'static str {
+        match self {
+            Family::WantOriginal => "want_original:",
+            Family::DamagedWaiting => "damaged_waiting:",
+            Family::Attempt => "attempt:",
+        }
+    }
+}
+
+impl Key<'_> {
+    fn text(&self) -> std::borrow::Cow<'static, str> {
+        use std::borrow::Cow::{Borrowed, Owned};
+        match self {
+            Key::Cursor => Borrowed("cursor"),
+            Key::Folder => Borrowed("folder"),
+            Key::FolderMarked => Borrowed("folder_marked"),
+            Key::ConfirmDeletes => Borrowed("confirm_deletes"),
+            Key::FoundFull => Borrowed("found_full"),
+            Key::PassReservation => Borrowed("pass_reservation"),
+            Key::FilesApart => Borrowed("files_apart"),
+            Key::CellularBytes(day) => Owned(format!("cellular_bytes:{day}")),
+            Key::WantOriginal(id) => Owned(format!("{}{id}", Family::WantOriginal.prefix())),
+            Key::DamagedWaiting(id) => Owned(format!("{}{id}", Family::DamagedWaiting.prefix())),
+            Key::Attempt(nonce) => Owned(format!("{}{nonce}", Family::Attempt.prefix())),
+        }
     }
 }

@@ -2,11 +2,8 @@
 
 use crate::DeviceError;
 use crate::cloud::Edit;
-use crate::journal::Journal;
+use crate::journal::{Journal, Key};
 use std::collections::{HashMap, HashSet};
-
-/// Journal key set once a journal from before paths has been brought up to date.
-const FILES_APART: &str = "files_apart";
 
 /// Brings a journal written before a file was an asset up to date, once. Two files an
 /// older device linked to one asset (a copy, a twin) become two: the first by path keeps
@@ -20,7 +17,7 @@ pub(crate) fn keep_files_apart(
     now_ms: i64,
     device: &str,
 ) -> Result<(), DeviceError> {
-    if journal.get(FILES_APART)?.is_some() {
+    if journal.get(Key::FilesApart)?.is_some() {
         return Ok(());
     }
     let mut claimed = HashSet::new();
@@ -70,6 +67,6 @@ pub(crate) fn keep_files_apart(
             journal.upsert(&row)?;
         }
     }
-    journal.set(FILES_APART, "1")?;
+    journal.set(Key::FilesApart, "1")?;
     Ok(())
 }

@@ -507,3 +507,77 @@ async fn edit_one(client: &mut CloudClient, edit: &Edit, stamp: &Hlc) -> Result<
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ApiError, to_status};
+    use keepsake_library::LibraryError as L;
+    use keepsake_store::StoreError as S;
+
+    /// The engine's typed reasons against what the server really sends: each refusal the
+    /// engine acts on reaches it as its own variant, never as `Other` (a renamed code on
+    /// either side fails here, not in a user's sync).
+    #[test]
+    fn every_reason_the_engine_acts_on_arrives_typed_from_the_server() {
+        let id = ChunkId::of(b"x");
+        let cases: Vec<(ApiError, Reason)> = vec![
+            (
+                L::QuotaExceeded {
+                    used_bytes: 9,
+                    reserved_bytes: 0,
+                    needed_bytes: 2,
+                    limit_bytes: 10,
+                }
+                .into(),
+                Reason::QuotaExceeded,
+            ),
+            (S::StorageFull.into(), Reason::StorageFull),
+            (L::NotLive("a".into()).into(), Reason::AssetNotLive),
+            (
+                L::NotFound {
+                    kind: "asset",
+                    id: "a".into(),
+                }
+                .into(),
+                Reason::NotFound,
+            ),
+            (
+                L::CursorExpired {
+                    cursor: 1,
+                    horizon: 2,
+                }
+                .into(),
+                Reason::CursorExpired,
+            ),
+            (S::MissingChunks(vec![id]).into(), Reason::MissingChunks),
+            (
+                L::ClientTooOld {
+                    required: "9.0.0".into(),
+                    got: "0.1.0".into(),
+                }
+                .into(),
+                Reason::ClientTooOld,
+            ),
+            (
+                ApiError::Unauthenticated("expired".into()),
+                Reason::Unauthenticated,
+            ),
+            (
+                ApiError::Unavailable("restarting".into()),
+                Reason::Unavailable,
+            ),
+            (
+                ApiError::Stalled {
+                    after_ms: 5,
+                    what: "chunks".into(),
+                },
+                Reason::TransferStalled,
+            ),
+        ];
+        for (err, want) in cases {
+            let got = CloudError::from(CallError::from(to_status(&err))).reason;
+            assert_eq!(got, want, "{err}");
+        }
+    }
+}

@@ -68,7 +68,11 @@ pub async fn run(args: DoctorArgs) -> Result<bool> {
         .fingerprint
         .clone()
         .or_else(|| enrolled.as_ref().and_then(|e| e.fingerprint.clone()));
-    let (server, problem, account) = ask_server(
+    let ServerAnswer {
+        view: server,
+        unreachable: problem,
+        account,
+    } = ask_server(
         &url,
         fingerprint.as_deref(),
         args.token.as_deref(),
@@ -159,6 +163,16 @@ pub async fn run(args: DoctorArgs) -> Result<bool> {
     Ok(!report.syncing)
 }
 
+/// What the server said when the doctor asked.
+struct ServerAnswer {
+    /// Its view: reachable, the account's plan and use, the version it requires.
+    view: ServerView,
+    /// Why it could not be asked, in words, when it could not.
+    unreachable: Option<String>,
+    /// The account, as far as it is known (the enrolment says it even offline).
+    account: Option<String>,
+}
+
 /// Asks the server what it knows: reachable or why not, the account (signed in as the
 /// enrolled device, or with a token), and the account's name as far as it is known.
 async fn ask_server(
@@ -166,7 +180,7 @@ async fn ask_server(
     fingerprint: Option<&str>,
     token: Option<&str>,
     enrolled: Option<&crate::device_cli::Enrolled>,
-) -> (ServerView, Option<String>, Option<String>) {
+) -> ServerAnswer {
     let mut view = ServerView {
         reachable: false,
         account: None,
@@ -184,8 +198,20 @@ async fn ask_server(
     };
     let channel = match tokio::time::timeout(std::time::Duration::from_secs(5), connecting).await {
         Ok(Ok(channel)) => channel,
-        Ok(Err(e)) => return (view, Some(e), account),
-        Err(_) => return (view, Some("no answer within 5 s".into()), account),
+        Ok(Err(e)) => {
+            return ServerAnswer {
+                view,
+                unreachable: Some(e),
+                account,
+            };
+        }
+        Err(_) => {
+            return ServerAnswer {
+                view,
+                unreachable: Some("no answer within 5 s".into()),
+                account,
+            };
+        }
     };
     let token = match (token, enrolled) {
         (Some(t), _) => t.to_string(),
@@ -202,12 +228,22 @@ async fn ask_server(
             match refreshed {
                 Ok(reply) => match reply.into_inner().access {
                     Some(access) => access.token,
-                    None => return (view, Some("the server sent no token".into()), account),
+                    None => {
+                        return ServerAnswer {
+                            view,
+                            unreachable: Some("the server sent no token".into()),
+                            account,
+                        };
+                    }
                 },
                 Err(status) => {
                     let e = keepsake_transport::client::CallError::from(status.clone());
                     if e.is_transient() {
-                        return (view, Some(why_no_answer(url, &e).await), account);
+                        return ServerAnswer {
+                            view,
+                            unreachable: Some(why_no_answer(url, &e).await),
+                            account,
+                        };
                     }
                     view.reachable = true;
                     if e.reason() == "CLIENT_TOO_OLD" {
@@ -218,17 +254,29 @@ async fn ask_server(
                         // Revoked or unknown: not signed in, whatever the file says.
                         account = None;
                     }
-                    return (view, None, account);
+                    return ServerAnswer {
+                        view,
+                        unreachable: None,
+                        account,
+                    };
                 }
             }
         }
         (None, None) => {
             // Nothing to sign in with; still, a TLS port reached over http:// is no answer.
             if let Some(problem) = client::plaintext_problem(url).await {
-                return (view, Some(problem), None);
+                return ServerAnswer {
+                    view,
+                    unreachable: Some(problem),
+                    account: None,
+                };
             }
             view.reachable = true;
-            return (view, None, None);
+            return ServerAnswer {
+                view,
+                unreachable: None,
+                account: None,
+            };
         }
     };
     let mut accounts = client::accounts_client(channel, client::BearerAuth::new(&token));
@@ -236,7 +284,11 @@ async fn ask_server(
         Err(status) => {
             let e = keepsake_transport::client::CallError::from(status);
             if e.is_transient() {
-                return (view, Some(why_no_answer(url, &e).await), account);
+                return ServerAnswer {
+                    view,
+                    unreachable: Some(why_no_answer(url, &e).await),
+                    account,
+                };
             }
             view.reachable = true;
             view.ask_account(&mut accounts).await;
@@ -251,7 +303,11 @@ async fn ask_server(
     } else if token_given_but_refused(&view) {
         account = None;
     }
-    (view, None, account)
+    ServerAnswer {
+        view,
+        unreachable: None,
+        account,
+    }
 }
 
 /// A call that got no answer, in words: a TLS server reached over http:// is named as such.

@@ -250,8 +250,7 @@ impl<C: Cloud> Device<C> {
             // Failing here would stop the feed at this photo on every pass, and every photo
             // after it with it; the cursor moves on and the repair's feed entry brings it.
             tracing::warn!(asset = %a.asset_id, name, "damaged in the cloud; waiting for a device that has it");
-            self.journal
-                .set(&format!("{DAMAGED_WAITING}{}", a.asset_id), "1")?;
+            self.journal.set(Key::DamagedWaiting(&a.asset_id), "1")?;
             self.waited_for.insert(a.asset_id.clone());
             report.damaged_waiting += 1;
             return Ok(());

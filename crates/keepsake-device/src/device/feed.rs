@@ -44,7 +44,7 @@ impl<C: Cloud> Device<C> {
         fail::fail_point!("device-before-feed");
         let mut cursor: u64 = self
             .journal
-            .get("cursor")?
+            .get(Key::Cursor)?
             .and_then(|c| c.parse().ok())
             .unwrap_or(0);
         loop {
@@ -79,7 +79,7 @@ impl<C: Cloud> Device<C> {
             // Whatever was fetched ahead and not used (the page changed its mind) is dropped.
             self.pass.ahead = Ahead::default();
             cursor = page.cursor;
-            self.journal.set("cursor", &cursor.to_string())?;
+            self.journal.set(Key::Cursor, &cursor.to_string())?;
             if !page.more {
                 return Ok(());
             }
@@ -103,8 +103,7 @@ impl<C: Cloud> Device<C> {
         let still_damaged = a.damaged && a.state == RemoteState::Live;
         // Repaired, deleted or purged since: no longer waited for.
         if !still_damaged && self.waited_for.remove(&a.asset_id) {
-            self.journal
-                .remove_key(&format!("{DAMAGED_WAITING}{}", a.asset_id))?;
+            self.journal.forget(Key::DamagedWaiting(&a.asset_id))?;
         }
         let cloud_only = match (&local, &trashed) {
             (None, None) => self.journal.cloud_only(&a.asset_id)?,

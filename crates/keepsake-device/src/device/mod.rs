@@ -11,7 +11,7 @@ use crate::cloud::{
     RemoteState,
 };
 use crate::edits::{self, LocalAlbum, LocalAsset};
-use crate::journal::{CloudOnlyRow, FileRow, Journal, MetaRow, TrashedRow};
+use crate::journal::{CloudOnlyRow, Family, FileRow, Journal, Key, MetaRow, TrashedRow};
 use crate::paths::{self, FsRules, Ignore};
 use bytes::Bytes;
 use keepsake_delta::{ChunkParams, DeltaError, manifest_of};
@@ -47,19 +47,8 @@ use upload::*;
 /// moved folder) the device deletes nothing and syncs nothing.
 pub const MARKER: &str = ".keepsake-library";
 
-/// Journal keys naming originals asked for on demand.
-pub(crate) const WANT_ORIGINAL: &str = "want_original:";
 /// The file in the data directory an open device holds locked.
 const AGENT_LOCK: &str = "agent.lock";
-/// Journal key: the request id of the reservation uploads go under until all is sent.
-const PASS_RESERVATION: &str = "pass_reservation";
-/// Journal keys of the photos the cloud flagged damaged that this device waits for.
-const DAMAGED_WAITING: &str = "damaged_waiting:";
-
-/// Journal keys of new files' commits sent and not yet answered: the content sent.
-const ATTEMPT: &str = "attempt:";
-/// Journal key: "1" when the first scan of a new journal found files in the folder.
-const FOUND_FULL: &str = "found_full";
 
 /// Where a device keeps its library and its own data.
 #[derive(Debug, Clone)]
@@ -325,7 +314,7 @@ impl<C: Cloud> Device<C> {
             }
         }
         let journal = Journal::open(&config.data_dir.join("journal.sqlite"))?;
-        if journal.get("folder_marked")?.is_none() {
+        if journal.get(Key::FolderMarked)?.is_none() {
             // Only a brand-new device claims its folder; after that a missing marker
             // means the folder is not the one we know (unmounted, moved), never "empty".
             std::fs::create_dir_all(&config.folder)?;
@@ -333,14 +322,14 @@ impl<C: Cloud> Device<C> {
             if !marker.exists() {
                 std::fs::write(&marker, format!("{}\n", config.device_id))?;
             }
-            journal.set("folder_marked", "1")?;
+            journal.set(Key::FolderMarked, "1")?;
         }
         // Tools that open the journal without the agent (`keepsake open`) learn the folder here.
         let folder = std::path::absolute(&config.folder)?;
-        journal.set("folder", &folder.to_string_lossy())?;
+        journal.set(Key::Folder, &folder.to_string_lossy())?;
         crate::upgrade::keep_files_apart(&journal, clock.now_ms(), &config.device_id)?;
         let waited_for = journal
-            .keys_with_prefix(DAMAGED_WAITING)?
+            .listed(Family::DamagedWaiting)?
             .into_iter()
             .collect();
         Ok(Self {
@@ -383,7 +372,7 @@ impl<C: Cloud> Device<C> {
 
     /// Allows the deletes held back by the mass-delete guard, on the next pass.
     pub fn confirm_deletes(&mut self) -> Result<(), DeviceError> {
-        self.journal.set("confirm_deletes", "1")?;
+        self.journal.set(Key::ConfirmDeletes, "1")?;
         Ok(())
     }
 
@@ -397,7 +386,7 @@ impl<C: Cloud> Device<C> {
     pub fn cursor(&self) -> Result<u64, DeviceError> {
         Ok(self
             .journal
-            .get("cursor")?
+            .get(Key::Cursor)?
             .and_then(|c| c.parse().ok())
             .unwrap_or(0))
     }
@@ -527,13 +516,12 @@ impl<C: Cloud> Device<C> {
                 }
                 self.fetch_previews(&mut report).await?;
                 // Originals someone opened through DeviceControl or `keepsake open`.
-                for asset in self.journal.keys_with_prefix(WANT_ORIGINAL)? {
+                for asset in self.journal.listed(Family::WantOriginal)? {
                     match self.fetch_original(&asset).await {
                         Ok(_) | Err(DeviceError::Unknown { .. }) => {}
                         Err(e) => return Err(e),
                     }
-                    self.journal
-                        .remove_key(&format!("{WANT_ORIGINAL}{asset}"))?;
+                    self.journal.forget(Key::WantOriginal(&asset))?;
                 }
             }
             self.evict(&mut report)?;
@@ -551,7 +539,7 @@ impl<C: Cloud> Device<C> {
             // Counted even when the pass failed: the bytes moved all the same.
             let moved = report.bytes_sent + report.bytes_received;
             let used = self.cellular_used_today()? + moved;
-            self.journal.set(&self.cellular_key(), &used.to_string())?;
+            self.journal.set(self.cellular_key(), &used.to_string())?;
         }
         let finished = outcome.is_ok();
         if let (false, Some(reservation)) = (finished, pass.reservation) {
@@ -560,7 +548,7 @@ impl<C: Cloud> Device<C> {
             // other devices. If the cloud cannot be told, the next pass takes the same
             // reservation up again (its request id stays in the journal).
             if self.cloud.end_upload(&reservation).await.is_ok() {
-                self.journal.remove_key(PASS_RESERVATION)?;
+                self.journal.forget(Key::PassReservation)?;
             }
         }
         match outcome {
@@ -573,7 +561,7 @@ impl<C: Cloud> Device<C> {
         }
         if finished && report.blocked.is_none() && self.pending_files()? == 0 {
             // Everything is sent: the next new file starts a reservation of its own size.
-            self.journal.remove_key(PASS_RESERVATION)?;
+            self.journal.forget(Key::PassReservation)?;
         }
         tracing::info!(?report, "sync pass done");
         Ok(report)

@@ -39,7 +39,7 @@ impl<C: Cloud> Device<C> {
             }
         }
         let synced = rows.iter().filter(|r| r.synced).count().max(1);
-        let confirmed = self.journal.get("confirm_deletes")?.as_deref() == Some("1");
+        let confirmed = self.journal.get(Key::ConfirmDeletes)?.as_deref() == Some("1");
         if !confirmed
             && deletes.len() > self.config.mass_delete_min
             && deletes.len() as f64 > self.config.mass_delete_share * synced as f64
@@ -73,7 +73,7 @@ impl<C: Cloud> Device<C> {
             }
         }
         if confirmed {
-            self.journal.set("confirm_deletes", "")?;
+            self.journal.set(Key::ConfirmDeletes, "")?;
         }
         Ok(())
     }

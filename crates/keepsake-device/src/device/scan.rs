@@ -191,9 +191,10 @@ impl<C: Cloud> Device<C> {
         }
         report.skipped = listing.skipped;
         report.ignored = listing.ignored;
-        if self.journal.get(FOUND_FULL)?.is_none() {
+        if self.journal.get(Key::FoundFull)?.is_none() {
             let full = !on_disk.is_empty() && self.journal.files()?.is_empty();
-            self.journal.set(FOUND_FULL, if full { "1" } else { "0" })?;
+            self.journal
+                .set(Key::FoundFull, if full { "1" } else { "0" })?;
         }
         // Rows whose file is gone from its path: moved (paired below, by inode, then by
         // content), or deleted (the rest, once the pass gets to deletes).

@@ -9,18 +9,15 @@ impl<C: Cloud> Device<C> {
             .is_some_and(|c| c.network == Some(keepsake_policy::Network::Cellular))
     }
 
-    pub(super) fn cellular_key(&self) -> String {
-        format!(
-            "cellular_bytes:{}",
-            day_of(self.clock.now_ms(), self.policy.utc_offset_minutes)
-        )
+    pub(super) fn cellular_key(&self) -> Key<'static> {
+        Key::CellularBytes(day_of(self.clock.now_ms(), self.policy.utc_offset_minutes))
     }
 
     /// Bytes moved over mobile data today (by this device's clock and the policy's offset).
     pub fn cellular_used_today(&self) -> Result<u64, DeviceError> {
         Ok(self
             .journal
-            .get(&self.cellular_key())?
+            .get(self.cellular_key())?
             .and_then(|v| v.parse().ok())
             .unwrap_or(0))
     }

@@ -226,8 +226,9 @@ impl<C: Cloud> Device<C> {
         let key = keepsake_path::fold(&row.path);
         // An asset another file here sent and has not heard back about is that file's.
         let mut awaited = HashSet::new();
-        for nonce in self.journal.keys_with_prefix(ATTEMPT)? {
-            if let Some(attempt) = self.journal.get(&format!("{ATTEMPT}{nonce}"))? {
+        for nonce in self.journal.listed(Family::Attempt)? {
+            let Ok(nonce) = nonce.parse() else { continue };
+            if let Some(attempt) = self.journal.get(Key::Attempt(nonce))? {
                 let sent_path = attempt.split_once(' ').map_or("", |(_, p)| p);
                 awaited.insert(sent_path.to_string());
             }
@@ -274,8 +275,8 @@ impl<C: Cloud> Device<C> {
         &mut self,
         row: &mut FileRow,
     ) -> Result<bool, DeviceError> {
-        let key = format!("{ATTEMPT}{}", row.nonce);
-        let Some(attempt) = self.journal.get(&key)? else {
+        let key = Key::Attempt(row.nonce);
+        let Some(attempt) = self.journal.get(key)? else {
             return Ok(false);
         };
         let (sent, sent_path) = attempt.split_once(' ').unwrap_or((&attempt, ""));
@@ -284,7 +285,7 @@ impl<C: Cloud> Device<C> {
             .map_err(|_| ())
             .and_then(|b| ChunkId::from_slice(&b).map_err(|_| ()))
         else {
-            self.journal.remove_key(&key)?;
+            self.journal.forget(key)?;
             return Ok(false);
         };
         if sent == row.file_hash {
@@ -304,7 +305,7 @@ impl<C: Cloud> Device<C> {
                 break;
             }
         }
-        self.journal.remove_key(&key)?;
+        self.journal.forget(key)?;
         let Some(holder) = own else {
             return Ok(false);
         };
@@ -343,8 +344,8 @@ impl<C: Cloud> Device<C> {
     /// files may be the library's own under other names. A device that started empty
     /// never is: each file it sees was made here.
     pub(super) fn reinstalling(&self) -> Result<bool, DeviceError> {
-        Ok(self.journal.get(FOUND_FULL)?.as_deref() == Some("1")
-            && self.journal.get("cursor")?.is_none())
+        Ok(self.journal.get(Key::FoundFull)?.as_deref() == Some("1")
+            && self.journal.get(Key::Cursor)?.is_none())
     }
 
     /// Waits for one file in flight and journals what it did.
@@ -574,11 +575,11 @@ impl<C: Cloud> Device<C> {
                 // The same request id until everything is sent: a pass that failed half-way
                 // (a full server disk, a cut connection, a crash) takes up its reservation
                 // again instead of leaving one more lease behind for every retry.
-                let pass_key = match self.journal.get(PASS_RESERVATION)? {
+                let pass_key = match self.journal.get(Key::PassReservation)? {
                     Some(key) => key,
                     None => {
                         let key = format!("{}:pass:{}", self.config.device_id, self.clock.now_ms());
-                        self.journal.set(PASS_RESERVATION, &key)?;
+                        self.journal.set(Key::PassReservation, &key)?;
                         key
                     }
                 };
@@ -620,7 +621,7 @@ impl<C: Cloud> Device<C> {
             // edited before the retry would otherwise leave its first commit an asset no
             // file is (the retry, of other bytes, has another request id).
             self.journal.set(
-                &format!("{ATTEMPT}{}", row.nonce),
+                Key::Attempt(row.nonce),
                 &format!("{} {}", hex::encode(row.file_hash.0), row.path),
             )?;
         }
@@ -722,8 +723,7 @@ impl<C: Cloud> Device<C> {
         row.version = Some(reply.version);
         row.synced = true;
         if row.nonce > 0 {
-            self.journal
-                .remove_key(&format!("{ATTEMPT}{}", row.nonce))?;
+            self.journal.forget(Key::Attempt(row.nonce))?;
         }
         self.journal.upsert(&row)?;
         self.journal.forget_acked(&row.file_hash)?;
