@@ -55,22 +55,26 @@ fn compare(root: &Path, args: &[String]) -> Result<()> {
         .map(|(word, _)| word)
         .collect();
     let base = root.join("target/bench-base");
-    if base.exists() {
-        let _ = std::process::Command::new("git")
+    // A worktree already at REV is reused with its build: only a new REV checks out anew.
+    let wanted = git_rev(root, rev)?;
+    if base.exists() && git_rev(&base, "HEAD").ok().as_deref() != Some(wanted.as_str()) {
+        let status = std::process::Command::new("git")
+            .current_dir(&base)
+            .args(["checkout", "--detach", "--force", &wanted])
+            .status()?;
+        if !status.success() {
+            bail!("cannot check out {rev} in {}", base.display());
+        }
+    } else if !base.exists() {
+        let status = std::process::Command::new("git")
             .current_dir(root)
-            .args(["worktree", "remove", "--force"])
+            .args(["worktree", "add", "--detach", "--force"])
             .arg(&base)
-            .status();
-        let _ = std::fs::remove_dir_all(&base);
-    }
-    let status = std::process::Command::new("git")
-        .current_dir(root)
-        .args(["worktree", "add", "--detach", "--force"])
-        .arg(&base)
-        .arg(rev)
-        .status()?;
-    if !status.success() {
-        bail!("cannot check out {rev} into {}", base.display());
+            .arg(&wanted)
+            .status()?;
+        if !status.success() {
+            bail!("cannot check out {rev} into {}", base.display());
+        }
     }
     let mut old = Vec::new();
     let mut new = Vec::new();
@@ -126,4 +130,16 @@ fn compare(root: &Path, args: &[String]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The commit `rev` names in the repository at `dir`.
+fn git_rev(dir: &Path, rev: &str) -> Result<String> {
+    let out = std::process::Command::new("git")
+        .current_dir(dir)
+        .args(["rev-parse", "--verify", &format!("{rev}^{{commit}}")])
+        .output()?;
+    if !out.status.success() {
+        bail!("{rev} names no commit");
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
