@@ -107,7 +107,23 @@ pub fn ci(root: &Path) -> Result<()> {
                     "-D",
                     "warnings",
                 ]);
-                run(root, "cargo clippy -D warnings", c)
+                run(root, "cargo clippy -D warnings", c)?;
+                // The device's side alone, as an app links it: it must build and stay clean.
+                let mut c = cargo();
+                c.args([
+                    "clippy",
+                    "-p",
+                    "keepsake-transport",
+                    "--no-default-features",
+                    "--",
+                    "-D",
+                    "warnings",
+                ]);
+                run(
+                    root,
+                    "cargo clippy -p keepsake-transport --no-default-features",
+                    c,
+                )
             }),
         ),
         (
@@ -213,6 +229,7 @@ pub fn architecture(root: &Path) -> Result<()> {
             violations.push(format!("{krate} depends on keepsake-proto"));
         }
     }
+    violations.extend(device_side_links(root)?);
     violations.extend(test_kit_users(root)?);
     violations.extend(oversized_files(root)?);
     violations.sort();
@@ -222,9 +239,48 @@ pub fn architecture(root: &Path) -> Result<()> {
     }
     println!(
         "architecture: domain crates free of tonic/prost; keepsake-proto only where allowed; \
-         core, delta and policy free of the store, SQLite and tokio; no test kit in production"
+         core, delta and policy free of the store, SQLite and tokio; \
+         the transport's device side free of the library; no test kit in production"
     );
     Ok(())
+}
+
+/// What the transport's device side (without its `cloud` feature) must not link: the
+/// library's password hashing and token signing have no business in a phone's app.
+fn device_side_links(root: &Path) -> Result<Vec<String>> {
+    let out = cargo()
+        .current_dir(root)
+        .args([
+            "tree",
+            "-p",
+            "keepsake-transport",
+            "--no-default-features",
+            "-e",
+            "normal",
+            "--prefix",
+            "none",
+            "--format",
+            "{p}",
+        ])
+        .output()?;
+    if !out.status.success() {
+        bail!("cargo tree of keepsake-transport without features failed");
+    }
+    let tree = String::from_utf8_lossy(&out.stdout);
+    let mut found: Vec<String> = tree
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|name| {
+            matches!(
+                *name,
+                "keepsake-library" | "argon2" | "ed25519-dalek" | "tonic-reflection"
+            )
+        })
+        .map(|name| format!("keepsake-transport without `cloud` links {name}"))
+        .collect();
+    found.sort();
+    found.dedup();
+    Ok(found)
 }
 
 /// Production crates that depend on the test kit (only dev-dependencies may).

@@ -12,17 +12,7 @@ use keepsake_store::Clock;
 use std::sync::Arc;
 use tonic::{Request, Status};
 
-/// The metadata key every client sends its version in.
-pub const CLIENT_VERSION_HEADER: &str = "x-keepsake-client-version";
-
-/// Where Keepsake's own clients send the access token (the bare token), beside the standard
-/// `authorization: Bearer <token>` that every client may use. HTTP/2 never enters
-/// `authorization` into its header compression table, so it costs ~250 bytes on every
-/// call; this header is entered once per connection and costs two bytes after that —
-/// a third of what a photo edit puts on the wire. Compression attacks on an indexed value
-/// need the attacker to guess the whole value (HPACK matches whole fields), and a signed
-/// token cannot be guessed.
-pub const TOKEN_HEADER: &str = "x-keepsake-token";
+pub use crate::client::{CLIENT_VERSION_HEADER, TOKEN_HEADER};
 
 /// The longest token looked at (Keepsake's are ~300 bytes); a longer one is refused
 /// before any parsing.

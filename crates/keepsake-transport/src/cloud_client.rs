@@ -6,7 +6,7 @@ use crate::client::{
     AccountsApi, BearerAuth, CallError, LibraryApi, StoreClient, accounts_client, library_client,
     pb,
 };
-use crate::convert::{chunk_id, id_bytes, manifest_edit_to_wire, manifest_to_wire};
+use crate::wire::{chunk_id, id_bytes, manifest_edit_to_wire, manifest_to_wire};
 use bytes::Bytes;
 use keepsake_proto::v1::chunk_store_client::ChunkStoreClient;
 use keepsake_proto::v1::delta_client::DeltaClient;

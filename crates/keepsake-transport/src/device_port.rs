@@ -2,7 +2,7 @@
 
 use crate::client::{CallError, pb};
 use crate::cloud_client::CloudClient;
-use crate::convert::{
+use crate::wire::{
     MAX_CONTENT_HASHES, WireManifest, chunk_id, id_bytes, manifest_edit_to_wire, manifest_to_wire,
 };
 use bytes::Bytes;
@@ -82,7 +82,7 @@ fn remote_asset(a: pb::Asset) -> Result<RemoteAsset, CloudError> {
         state,
         favorite,
         hidden,
-        clock: crate::convert::clock_or_zero(clock),
+        clock: crate::wire::clock_or_zero(clock),
         preview,
         damaged,
     })
@@ -101,7 +101,7 @@ fn remote_album(a: pb::Album) -> RemoteAlbum {
         name,
         deleted,
         members,
-        clock: crate::convert::clock_or_zero(clock),
+        clock: crate::wire::clock_or_zero(clock),
     }
 }
 
@@ -405,7 +405,7 @@ async fn commit_carrying(
 fn edit_to_wire(edit: &Edit, stamp: &Hlc) -> pb::library_edit::Edit {
     use pb::library_edit::Edit as Wire;
     use pb::set_metadata_request::Field;
-    let clock = Some(crate::convert::clock_to_wire(stamp.clone()));
+    let clock = Some(crate::wire::clock_to_wire(stamp.clone()));
     let metadata = |asset_id: &str, field| {
         Wire::SetMetadata(pb::SetMetadataRequest {
             asset_id: asset_id.into(),

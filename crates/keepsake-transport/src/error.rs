@@ -1,5 +1,6 @@
 //! The one mapping from domain errors to `tonic::Status` (AIP-193).
 
+#[cfg(feature = "cloud")]
 use keepsake_library::LibraryError;
 use keepsake_store::StoreError;
 use std::collections::HashMap;
@@ -33,6 +34,7 @@ pub enum ApiError {
         why: String,
     },
     /// A library or account error.
+    #[cfg(feature = "cloud")]
     #[error(transparent)]
     Library(#[from] keepsake_library::LibraryError),
     /// A delta-engine error.
@@ -123,9 +125,12 @@ pub fn to_status(err: &ApiError) -> Status {
             };
             (code, e.reason())
         }
-        ApiError::Store(e) | ApiError::Library(LibraryError::Store(e)) => {
+        ApiError::Store(e) => (store_code(e, &mut metadata, &mut details), e.reason()),
+        #[cfg(feature = "cloud")]
+        ApiError::Library(LibraryError::Store(e)) => {
             (store_code(e, &mut metadata, &mut details), e.reason())
         }
+        #[cfg(feature = "cloud")]
         ApiError::Library(e) => {
             let code = match e {
                 LibraryError::NotFound { .. } => Code::NotFound,
@@ -194,18 +199,24 @@ pub fn to_status(err: &ApiError) -> Status {
             }
         }
     };
-    if matches!(
-        err,
-        ApiError::Store(StoreError::Backend(_) | StoreError::Index(_))
-            | ApiError::Library(
-                LibraryError::Index(_)
-                    | LibraryError::Store(StoreError::Backend(_) | StoreError::Index(_))
-            )
-    ) {
+    if storage_failure(err) {
         tracing::error!(error = %err, "storage failure answered as UNAVAILABLE");
     }
     details.set_error_info(reason, ERROR_DOMAIN, metadata);
     Status::with_error_details(code, err.to_string(), details)
+}
+
+/// Whether the server's own storage failed (logged as an error, answered UNAVAILABLE).
+fn storage_failure(err: &ApiError) -> bool {
+    match err {
+        ApiError::Store(StoreError::Backend(_) | StoreError::Index(_)) => true,
+        #[cfg(feature = "cloud")]
+        ApiError::Library(
+            LibraryError::Index(_)
+            | LibraryError::Store(StoreError::Backend(_) | StoreError::Index(_)),
+        ) => true,
+        _ => false,
+    }
 }
 
 /// The code for a store error, with its details.

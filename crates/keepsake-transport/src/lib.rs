@@ -3,6 +3,12 @@
 //! mapping. Domain crates never see tonic or prost; this crate is where their
 //! types meet the wire.
 //!
+//! By job: the device's side — [`client`], [`cloud_client`], the device port, DeviceControl
+//! ([`serve_device`]), [`tls`], and the shared [`wire`] forms — is always built; the cloud's
+//! side — [`server`], [`guard`], [`auth`], the services and the domain [`convert`]ers — comes
+//! with the default `cloud` feature. An app that only syncs depends on this crate with
+//! `default-features = false` and links no password hashing, token signing or server.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use keepsake_transport::{auth::Authenticator, client, server};
@@ -53,24 +59,43 @@
 //! edits, diagnose; loopback only, for callers presenting the secret in the device's data
 //! directory). The fault proxy tests use lives in `keepsake-testkit`.
 
-pub mod auth;
+// The device's side: what an app or agent links with `default-features = false`.
 pub mod client;
 pub mod cloud_client;
-pub mod convert;
-mod delta_service;
 mod device_port;
 mod device_service;
 mod error;
-pub mod guard;
-mod library_service;
-mod policy_service;
-pub mod server;
-mod store_service;
 pub mod tls;
+pub mod wire;
 
-pub use delta_service::{DeltaService, DeltaStore};
 pub use device_service::{CONTROL_SECRET_HEADER, DeviceService, serve_device};
 pub use error::{ApiError, ERROR_DOMAIN, reason_of, to_status};
+
+// The cloud's side, behind the default `cloud` feature: the servers, their guard and
+// token checks, and the domain conversions (these link the library: password hashing,
+// token signing, SQLite).
+#[cfg(feature = "cloud")]
+pub mod auth;
+#[cfg(feature = "cloud")]
+pub mod convert;
+#[cfg(feature = "cloud")]
+mod delta_service;
+#[cfg(feature = "cloud")]
+pub mod guard;
+#[cfg(feature = "cloud")]
+mod library_service;
+#[cfg(feature = "cloud")]
+mod policy_service;
+#[cfg(feature = "cloud")]
+pub mod server;
+#[cfg(feature = "cloud")]
+mod store_service;
+
+#[cfg(feature = "cloud")]
+pub use delta_service::{DeltaService, DeltaStore};
+#[cfg(feature = "cloud")]
 pub use library_service::{AccountsService, ChangeNotifier, LibraryService};
+#[cfg(feature = "cloud")]
 pub use policy_service::PolicyService;
+#[cfg(feature = "cloud")]
 pub use store_service::StoreService;
