@@ -800,3 +800,31 @@ fn a_wrong_fingerprint_or_plaintext_to_tls_is_named_not_called_signed_out() {
         );
     }
 }
+
+/// `keepsake sync --once` run right after photos were copied in once uploaded none of them:
+/// the pass saw files a moment old, left them to settle, and the run ended. One pass asked
+/// for means what is in the folder now.
+#[test]
+fn photos_copied_in_just_before_sync_once_are_sent_by_that_run() {
+    let root = tempfile::tempdir().unwrap();
+    let (server, server_data) = start_server(root.path(), "127.0.0.1:0", &[]);
+    let (folder, data) = (root.path().join("A"), root.path().join("a-data"));
+    enroll(&server.url, &server_data, "laptop", &data);
+    write_photos(&folder, 3, 50_000);
+    let out = Command::new(keepsake_binary())
+        .arg("sync")
+        .arg(&folder)
+        .arg("--data")
+        .arg(&data)
+        .arg("--once")
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = status_of(&data);
+    assert_eq!((s.uploaded, s.pending_files), (3, 0), "{s:?}");
+}

@@ -105,7 +105,14 @@ pub struct Agent<C: Cloud, H: Host<C>> {
     /// The reason the ledger last heard; `None` before the first report.
     reported: Option<Option<String>>,
     blocked: Option<String>,
+    /// Passes a one-pass run made waiting for files still being written.
+    settling: u32,
 }
+
+/// How many times a one-pass run looks again for files still being written (250 ms
+/// apart): a file copied in just before `sync --once` is sent by that run, and one written
+/// without end does not hold it for more than ~10 s.
+const ONCE_SETTLE_PASSES: u32 = 40;
 
 /// A retry schedule: exponential up to 30 s, spread out (jitter) so devices cut off
 /// together do not return together; seeded by the device id, so a run can be replayed.
@@ -140,6 +147,7 @@ impl<C: Cloud, H: Host<C>> Agent<C, H> {
             backoff,
             reported: None,
             blocked: None,
+            settling: 0,
         }
     }
 
@@ -199,6 +207,12 @@ impl<C: Cloud, H: Host<C>> Agent<C, H> {
                 self.backoff = retry_schedule(&self.device.config().device_id);
                 self.after_pass(&report, optimize).await;
                 if self.config.once {
+                    // A file still being written was left for later; one pass asked for
+                    // means what is in the folder now, so look again once it settles.
+                    if report.unstable > 0 && self.settling < ONCE_SETTLE_PASSES {
+                        self.settling += 1;
+                        return Ok(Passed::ran(Next::Wait(Duration::from_millis(250)), report));
+                    }
                     return Ok(Passed::ran(Next::Done, report));
                 }
                 // A file still being written: look again once it has had time to settle.
