@@ -102,9 +102,9 @@ pub struct Agent<C: Cloud, H: Host<C>> {
     config: AgentConfig,
     status: Arc<Mutex<AgentStatus>>,
     backoff: backon::ExponentialBackoff,
-    /// The reason the ledger last heard; `None` before the first report.
+    /// The reason the ledger last heard (the last finished pass's); `None` before the
+    /// first report.
     reported: Option<Option<String>>,
-    blocked: Option<String>,
     /// Passes a one-pass run made waiting for files still being written.
     settling: u32,
 }
@@ -146,7 +146,6 @@ impl<C: Cloud, H: Host<C>> Agent<C, H> {
             status,
             backoff,
             reported: None,
-            blocked: None,
             settling: 0,
         }
     }
@@ -159,11 +158,6 @@ impl<C: Cloud, H: Host<C>> Agent<C, H> {
     /// The engine.
     pub fn device(&self) -> &Device<C> {
         &self.device
-    }
-
-    /// The host.
-    pub fn host_mut(&mut self) -> &mut H {
-        &mut self.host
     }
 
     /// Passes until stopped: after each, waits its pause or until `wake` fires (a burst of
@@ -191,7 +185,10 @@ impl<C: Cloud, H: Host<C>> Agent<C, H> {
     pub async fn pass(&mut self) -> Result<Passed, AgentError> {
         let conditions = self
             .host
-            .conditions(self.blocked.as_deref(), self.device.cloud_mut())
+            .conditions(
+                self.reported.as_ref().and_then(Option::as_deref),
+                self.device.cloud_mut(),
+            )
             .await?;
         self.device.set_conditions(conditions);
         let optimize = self.host.optimize_budget()?;
@@ -337,7 +334,6 @@ impl<C: Cloud, H: Host<C>> Agent<C, H> {
         if let Some(line) = pass_summary(report, changed) {
             self.host.say(&line);
         }
-        self.blocked = report.blocked.clone();
         if changed {
             // Best effort: the ledger hears again at the next change.
             let _ = self
@@ -358,7 +354,7 @@ impl<C: Cloud, H: Host<C>> Agent<C, H> {
 
 /// One line saying what a pass did, and the reason when it changed; `None` when a pass
 /// did nothing worth a line.
-pub fn pass_summary(r: &SyncReport, reason_changed: bool) -> Option<String> {
+fn pass_summary(r: &SyncReport, reason_changed: bool) -> Option<String> {
     let mut parts = Vec::new();
     for (n, what) in [
         (r.uploaded, "uploaded"),

@@ -143,7 +143,7 @@ mod journal;
 mod paths;
 mod upgrade;
 
-pub use agent::{Agent, AgentConfig, AgentError, Host, Next, Passed, pass_summary, retry_schedule};
+pub use agent::{Agent, AgentConfig, AgentError, Host, Next, Passed, retry_schedule};
 pub use cloud::{
     Cloud, CloudError, CommitReply, ContentHolder, ContentLookup, Edit, FeedPage, Hlc, NewAsset,
     Reason, RemoteAlbum, RemoteAsset, RemoteState,
