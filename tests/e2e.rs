@@ -477,6 +477,35 @@ async fn keepsake_scrub_names_the_photo_a_flipped_bit_damaged() {
 
 // ---- Devices: two (and more) library folders kept in sync through a real server ----
 
+/// PostgreSQL + S3 in place of SQLite + files, when `cargo xtask ci`'s PostgreSQL step sets
+/// `KEEPSAKE_TEST_POSTGRES` and `KEEPSAKE_TEST_S3`: a database and a bucket folder per data
+/// directory, so a server restarted on the same directory finds its own rows and packs.
+mod backend {
+    use std::path::Path;
+
+    /// (database URL, blobs URL) for the server whose data is `data`.
+    pub fn for_data(data: &Path) -> Option<(String, String)> {
+        let base = std::env::var("KEEPSAKE_TEST_POSTGRES").ok()?;
+        let blobs = std::env::var("KEEPSAKE_TEST_S3").ok()?;
+        let tag = &blake3::hash(data.as_os_str().as_encoded_bytes()).to_hex()[..16];
+        let name = format!("e2e_{tag}");
+        let admin = keepsake_sql::Db::postgres(&base, "public").unwrap();
+        if let Err(e) = admin.execute_batch(&format!("CREATE DATABASE {name}")) {
+            assert!(e.to_string().contains("already exists"), "{e}");
+        }
+        let (server, _) = base.rsplit_once('/').unwrap();
+        Some((format!("{server}/{name}"), format!("{blobs}&prefix={name}")))
+    }
+
+    /// The `keepsake serve` options that put the server's data there.
+    pub fn serve_args(data: &Path) -> Vec<String> {
+        match for_data(data) {
+            Some((database, blobs)) => vec!["--database".into(), database, "--blobs".into(), blobs],
+            None => Vec::new(),
+        }
+    }
+}
+
 mod devices {
     use super::*;
     use keepsake_device::{Device, DeviceConfig, SyncReport};
@@ -530,17 +559,40 @@ mod devices {
         server_config: ServerConfig,
     ) -> Cloudy {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(
-            Store::open_local(
-                &dir.path().join("store"),
-                Arc::new(SystemClock),
-                Arc::new(OsEntropy),
-                StoreConfig::default(),
-            )
-            .unwrap(),
-        );
-        let library = Library::open(
-            Some(dir.path().join("library.sqlite")),
+        let (store, library_db) = match super::backend::for_data(dir.path()) {
+            None => (
+                Store::open_local(
+                    &dir.path().join("store"),
+                    Arc::new(SystemClock),
+                    Arc::new(OsEntropy),
+                    StoreConfig::default(),
+                )
+                .unwrap(),
+                keepsake_sql::Db::open_sqlite(Some(&dir.path().join("library.sqlite"))).unwrap(),
+            ),
+            Some((database, blobs)) => (
+                Store::open(keepsake_store::StoreParts {
+                    backend: Arc::new(
+                        keepsake_store::S3Backend::connect(
+                            &keepsake_store::S3Location::parse(&blobs).unwrap(),
+                        )
+                        .unwrap(),
+                    ),
+                    index: keepsake_store::IndexAt::Postgres {
+                        url: database.clone(),
+                        schema: "store".into(),
+                    },
+                    clock: Arc::new(SystemClock),
+                    entropy: Arc::new(OsEntropy),
+                    config: StoreConfig::default(),
+                })
+                .unwrap(),
+                keepsake_sql::Db::postgres(&database, "library").unwrap(),
+            ),
+        };
+        let store = Arc::new(store);
+        let library = Library::open_on(
+            library_db,
             Arc::new(SystemClock),
             Arc::new(OsEntropy),
             LibraryConfig {

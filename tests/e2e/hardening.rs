@@ -13,6 +13,7 @@ pub(super) fn serve(data: &Path, listen: &str, extra: &[&str]) -> (Child, String
         .args(["serve", "--listen", listen, "--data"])
         .arg(data)
         .args(extra)
+        .args(super::backend::serve_args(data))
         .env_remove("MALLOC_ARENA_MAX")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -31,6 +31,7 @@ mod it;
 mod media;
 mod peers;
 mod python;
+mod services;
 mod sim;
 
 use anyhow::{Result, bail};
@@ -44,6 +45,7 @@ const USAGE: &str = "usage: cargo xtask <command>
   it [--short] [--seed N] [--seconds N] [--kills N]  real server and devices: kill -9, then N targeted kills (agent mid-upload, server mid-commit) and a chaos loop (3 agents, proxy cuts, full disk, skewed clocks)
   fuzz [--seconds N]    every cargo-fuzz target (manifests, deltas, wire messages, file names) for N s each
   sim [--seeds N] [--from S] [--jobs J]  deterministic simulation: cloud and devices under crashes, partitions, lost and repeated calls
+  services CMD ARGS..   run CMD beside a throwaway PostgreSQL cluster and an S3 server (KEEPSAKE_TEST_POSTGRES, KEEPSAKE_TEST_S3, AWS_* set)
   media                 generate real media (ffmpeg, exiftool) and check delta sizes against rsync
   bench <store|policy|delta|library|media|sync> [--short]  measured against same-run baselines (release build)";
 
@@ -62,6 +64,7 @@ fn main() -> Result<()> {
         Some("sim") => sim::run(&root, rest),
         Some("fuzz") => fuzz::run(&root, rest),
         Some("bench") => bench::run(&root, rest),
+        Some("services") => services::with_services(&root, rest),
         _ => bail!("{USAGE}"),
     }
 }

@@ -2,8 +2,8 @@
 
 use crate::LibraryError;
 use crate::library::Library;
+use keepsake_sql::{OptionalExtension, params};
 use keepsake_store::{UnixMillis, random_hex};
-use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -292,7 +292,8 @@ impl Library {
             tx.execute(
                 "INSERT INTO sign_in_failures (key, failures, last_at) VALUES (?1, 1, ?2)
                  ON CONFLICT (key) DO UPDATE SET
-                     failures = CASE WHEN ?2 - last_at < ?3 THEN failures + 1 ELSE 1 END,
+                     failures = CASE WHEN ?2 - sign_in_failures.last_at < ?3
+                                     THEN sign_in_failures.failures + 1 ELSE 1 END,
                      last_at = ?2",
                 params![key, now, FAILURE_MEMORY_MS],
             )?;
@@ -618,7 +619,7 @@ impl Library {
         let reason = report.reason.clone().unwrap_or_default();
         let changed = self.db().execute(
             "UPDATE devices SET report = ?3, last_seen = ?4,
-                 reason_since = CASE WHEN reason IS ?5 THEN COALESCE(reason_since, ?4) ELSE ?4 END,
+                 reason_since = CASE WHEN reason IS NOT DISTINCT FROM ?5 THEN COALESCE(reason_since, ?4) ELSE ?4 END,
                  reason = ?5
              WHERE device_id = ?1 AND account = ?2 AND revoked_at IS NULL",
             params![device_id, account, json, now, reason],

@@ -8,8 +8,8 @@
 
 use crate::cloud::Cloud;
 use crate::error::LibraryError;
+use keepsake_sql::params;
 use keepsake_store::{ChunkId, ManifestId};
-use rusqlite::params;
 
 /// Attempts before a transiently failing job is given up as failed.
 const MAX_ATTEMPTS: u32 = 5;
@@ -97,7 +97,7 @@ impl Cloud {
         let (oldest, newest): (Option<i64>, Option<i64>) = self.library.db().query_row(
             "SELECT MIN(next_at), MAX(next_at) FROM derive_jobs
               WHERE state = 'queued' AND attempts = 0",
-            [],
+            (),
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
         Ok(match (oldest, newest) {

@@ -91,15 +91,9 @@ pub enum LibraryError {
     /// Any other invalid argument, said in words.
     #[error("{0}")]
     InvalidArgument(String),
-    /// The SQLite index failed.
+    /// The library's database failed (or cannot be reached).
     #[error("library index failed: {0}")]
-    Index(#[from] rusqlite::Error),
-}
-
-impl From<rusqlite_migration::Error> for LibraryError {
-    fn from(e: rusqlite_migration::Error) -> Self {
-        Self::InvalidArgument(format!("library migration failed: {e}"))
-    }
+    Index(#[from] keepsake_sql::SqlError),
 }
 
 impl LibraryError {

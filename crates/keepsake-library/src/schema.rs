@@ -1,7 +1,6 @@
 //! The library's SQLite schema.
 
-use rusqlite::{Connection, OptionalExtension};
-use rusqlite_migration::{M, Migrations};
+use keepsake_sql::{Db, OptionalExtension};
 
 const V1: &str = "
 -- Per account: the last sequence number handed out, the compaction horizon, and how
@@ -225,14 +224,14 @@ ALTER TABLE accounts ADD COLUMN last_failed_from TEXT;
 /// folder, numbered in commit order where two fold to one key (a downloader's flattened
 /// " (2)" twins were already apart). Then no two live assets share a key, and the index
 /// can say so.
-fn give_old_assets_paths(conn: &mut Connection) -> Result<(), crate::LibraryError> {
+fn give_old_assets_paths(conn: &mut Db) -> Result<(), crate::LibraryError> {
     let tx = conn.transaction()?;
     let old: Vec<(String, String, String, String)> = {
         let mut stmt = tx.prepare(
             "SELECT account, asset_id, original_name, state FROM assets
              WHERE path IS NULL ORDER BY account, seq",
         )?;
-        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+        stmt.query_map((), |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
             .collect::<Result<_, _>>()?
     };
     for (account, asset_id, name, state) in old {
@@ -246,7 +245,7 @@ fn give_old_assets_paths(conn: &mut Connection) -> Result<(), crate::LibraryErro
             && tx
                 .query_row(
                     "SELECT 1 FROM assets WHERE account = ?1 AND path_key = ?2 AND state = 'live'",
-                    rusqlite::params![account, keepsake_path::fold(&path)],
+                    keepsake_sql::params![account, keepsake_path::fold(&path)],
                     |_| Ok(()),
                 )
                 .optional()?
@@ -257,7 +256,7 @@ fn give_old_assets_paths(conn: &mut Connection) -> Result<(), crate::LibraryErro
         }
         tx.execute(
             "UPDATE assets SET path = ?3, path_key = ?4 WHERE account = ?1 AND asset_id = ?2",
-            rusqlite::params![account, asset_id, path, keepsake_path::fold(&path)],
+            keepsake_sql::params![account, asset_id, path, keepsake_path::fold(&path)],
         )?;
     }
     tx.execute_batch(
@@ -269,18 +268,11 @@ fn give_old_assets_paths(conn: &mut Connection) -> Result<(), crate::LibraryErro
 }
 
 /// Opens the index with the durability commits rely on.
-pub fn prepare(conn: &mut Connection) -> Result<(), crate::LibraryError> {
-    keepsake_store::durable_sqlite(conn)?;
-    Migrations::new(vec![
-        M::up(V1),
-        M::up(V2),
-        M::up(V3),
-        M::up(V4),
-        M::up(V5),
-        M::up(V6),
-        M::up(V7),
-    ])
-    .to_latest(conn)?;
+pub fn prepare(conn: &mut Db) -> Result<(), crate::LibraryError> {
+    if let Some(sqlite) = conn.as_sqlite() {
+        keepsake_store::durable_sqlite(sqlite).map_err(keepsake_sql::SqlError::from)?;
+    }
+    conn.migrate("library", &[V1, V2, V3, V4, V5, V6, V7])?;
     give_old_assets_paths(conn)?;
     Ok(())
 }
@@ -294,10 +286,8 @@ mod tests {
     /// Upgraded, each keeps its name or a numbered one, and the index holds them apart.
     #[test]
     fn a_library_from_before_paths_gives_every_asset_a_path_of_its_own() {
-        let mut conn = Connection::open_in_memory().unwrap();
-        Migrations::new(vec![M::up(V1), M::up(V2), M::up(V3), M::up(V4), M::up(V5)])
-            .to_latest(&mut conn)
-            .unwrap();
+        let mut conn = Db::open_sqlite(None).unwrap();
+        conn.migrate("library", &[V1, V2, V3, V4, V5]).unwrap();
         for (id, name, state, seq) in [
             ("a1", "IMG_0001.JPG", "live", 1),
             ("a2", "img_0001.jpg", "live", 2),
@@ -307,12 +297,12 @@ mod tests {
             conn.execute(
                 "INSERT INTO assets (account, asset_id, kind, original_name, current_version,
                                      state, seq) VALUES ('u', ?1, 'photo', ?2, 1, ?3, ?4)",
-                rusqlite::params![id, name, state, seq],
+                keepsake_sql::params![id, name, state, seq],
             )
             .unwrap();
         }
         prepare(&mut conn).unwrap();
-        let path = |conn: &Connection, id: &str| -> String {
+        let path = |conn: &Db, id: &str| -> String {
             conn.query_row("SELECT path FROM assets WHERE asset_id = ?1", [id], |r| {
                 r.get(0)
             })

@@ -2,6 +2,9 @@
 //! sent one call each: the same answers (applied, lost to a newer change, or refused for
 //! the same reason) and the same library, feed order included.
 
+mod common;
+use common::open_library;
+
 use keepsake_library::*;
 use keepsake_store::{ChunkId, ManualClock, SeededEntropy};
 use proptest::prelude::*;
@@ -68,7 +71,7 @@ fn arb_pick() -> impl Strategy<Value = Pick> {
 /// A library with four photos (a fifth id that was never an asset, a sixth purged).
 fn library() -> (Library, Vec<String>) {
     let clock = Arc::new(ManualClock::new(T0));
-    let lib = Library::open(
+    let lib = open_library(
         None,
         clock,
         Arc::new(SeededEntropy::new(3)),
@@ -204,7 +207,7 @@ fn answer(r: &Result<bool, LibraryError>) -> Result<bool, &'static str> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(128))]
+    #![proptest_config(ProptestConfig::with_cases(common::cases(128)))]
 
     #[test]
     fn a_batch_of_edits_ends_exactly_as_the_same_edits_one_call_each(

@@ -1,6 +1,9 @@
 //! The cloud end to end in one process: accounts, tokens, devices, reservations, quota
 //! edges, commits rooted in the store, purges and account deletion released to its GC.
 
+mod common;
+use common::open_library;
+
 use bytes::Bytes;
 use keepsake_library::tokens::TokenError;
 use keepsake_library::*;
@@ -45,14 +48,14 @@ fn fixture() -> Fixture {
     let store = Arc::new(
         Store::open(StoreParts {
             backend: backend.clone(),
-            index_path: None,
+            index: common::store_index(),
             clock: clock.clone(),
             entropy: Arc::new(SeededEntropy::new(7)),
             config: StoreConfig::default(),
         })
         .unwrap(),
     );
-    let library = Library::open(
+    let library = open_library(
         None,
         clock.clone(),
         Arc::new(SeededEntropy::new(8)),
@@ -361,7 +364,7 @@ fn quota_edges_exactly_at_the_limit_one_byte_over_and_dedup_counted_once() {
     plans[0].limit_bytes = used;
     let at_limit = Fixture {
         cloud: Cloud::new(
-            Library::open(
+            open_library(
                 None,
                 f.clock.clone(),
                 Arc::new(SeededEntropy::new(9)),
@@ -411,7 +414,7 @@ fn quota_edges_exactly_at_the_limit_one_byte_over_and_dedup_counted_once() {
     // the reference taken for it is released.
     plans[0].limit_bytes = used - 1;
     let over = Cloud::new(
-        Library::open(
+        open_library(
             None,
             f.clock.clone(),
             Arc::new(SeededEntropy::new(10)),

@@ -5,6 +5,9 @@
 //! library equals the model, and a device following the feed from its cursor
 //! (resyncing when told its cursor expired) ends equal to it.
 
+mod common;
+use common::open_library;
+
 use keepsake_library::*;
 use keepsake_store::{ChunkId, ManualClock, SeededEntropy};
 use proptest::prelude::*;
@@ -315,12 +318,12 @@ impl Follower {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
+    #![proptest_config(ProptestConfig::with_cases(common::cases(256)))]
 
     #[test]
     fn the_library_and_every_follower_equal_the_model(ops in proptest::collection::vec(arb_op(), 1..80)) {
         let clock = Arc::new(ManualClock::new(T0));
-        let lib = Library::open(None, clock.clone(), Arc::new(SeededEntropy::new(9)), LibraryConfig {
+        let lib = open_library(None, clock.clone(), Arc::new(SeededEntropy::new(9)), LibraryConfig {
             trash_retention_ms: 20_000,
             tombstone_retention_ms: 10_000,
             ..LibraryConfig::default()
@@ -561,7 +564,7 @@ impl Now for ManualClock {
 #[test]
 fn cursors_from_the_future_and_past_the_horizon_are_refused() {
     let clock = Arc::new(ManualClock::new(T0));
-    let lib = Library::open(
+    let lib = open_library(
         None,
         clock.clone(),
         Arc::new(SeededEntropy::new(1)),
@@ -614,7 +617,7 @@ fn cursors_from_the_future_and_past_the_horizon_are_refused() {
 /// them, so a follower kept showing the purged photo in the album.
 #[test]
 fn purging_an_asset_resequences_the_albums_that_held_it() {
-    let lib = Library::open(
+    let lib = open_library(
         None,
         Arc::new(ManualClock::new(T0)),
         Arc::new(SeededEntropy::new(3)),
@@ -651,7 +654,7 @@ fn purging_an_asset_resequences_the_albums_that_held_it() {
 #[test]
 fn a_fresh_read_after_compaction_never_loops_on_cursor_expired() {
     let clock = Arc::new(ManualClock::new(T0));
-    let lib = Library::open(
+    let lib = open_library(
         None,
         clock.clone(),
         Arc::new(SeededEntropy::new(4)),

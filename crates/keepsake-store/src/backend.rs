@@ -19,6 +19,15 @@ pub enum BackendError {
     /// The device or the configured capacity is full; nothing was written.
     #[error("storage is full")]
     Full,
+    /// An object of that name exists already (a create never overwrites).
+    #[error("object {0} exists already")]
+    Exists(String),
+    /// The storage refused us: wrong credentials, or no such bucket. A person must act.
+    #[error("{0}")]
+    Denied(String),
+    /// The storage cannot be reached now; retrying later may work.
+    #[error("{0}")]
+    Unavailable(String),
     /// Any other I/O failure.
     #[error("storage I/O failed: {0}")]
     Io(#[from] io::Error),

@@ -76,7 +76,7 @@ pub enum StoreError {
     Backend(BackendError),
     /// The SQLite index failed.
     #[error("index failed: {0}")]
-    Index(#[from] rusqlite::Error),
+    Index(#[from] keepsake_sql::SqlError),
 }
 
 impl From<BackendError> for StoreError {
@@ -85,12 +85,6 @@ impl From<BackendError> for StoreError {
             BackendError::Full => Self::StorageFull,
             other => Self::Backend(other),
         }
-    }
-}
-
-impl From<rusqlite_migration::Error> for StoreError {
-    fn from(e: rusqlite_migration::Error) -> Self {
-        Self::InvalidArgument(format!("index migration failed: {e}"))
     }
 }
 

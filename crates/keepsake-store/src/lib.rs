@@ -10,12 +10,12 @@
 //! The store does blocking I/O; async callers run it through [`offload`].
 //!
 //! ```
-//! use keepsake_store::{ChunkId, Store, StoreParts, StoreConfig, MemoryBackend, ManualClock, SeededEntropy};
+//! use keepsake_store::{ChunkId, IndexAt, Store, StoreParts, StoreConfig, MemoryBackend, ManualClock, SeededEntropy};
 //! use std::sync::Arc;
 //!
 //! let store = Store::open(StoreParts {
 //!     backend: Arc::new(MemoryBackend::new()),
-//!     index_path: None,
+//!     index: IndexAt::Memory,
 //!     clock: Arc::new(ManualClock::new(1_700_000_000_000)),
 //!     entropy: Arc::new(SeededEntropy::new(1)),
 //!     config: StoreConfig::default(),
@@ -31,8 +31,13 @@
 mod backend;
 mod error;
 pub mod pack;
+#[cfg(feature = "s3")]
+mod s3;
 mod schema;
 mod store;
+
+#[cfg(feature = "s3")]
+pub use s3::{S3Backend, S3Location};
 
 pub use backend::{
     Backend, BackendError, CappedBackend, LocalFsBackend, MemoryBackend, ObjectInfo,
@@ -46,5 +51,5 @@ pub use keepsake_core::{
 };
 pub use schema::durable_sqlite;
 pub use store::{
-    GcReport, PutOutcome, ScrubReport, Session, Store, StoreConfig, StoreParts, Usage,
+    GcReport, IndexAt, PutOutcome, ScrubReport, Session, Store, StoreConfig, StoreParts, Usage,
 };

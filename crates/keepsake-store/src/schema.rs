@@ -1,7 +1,7 @@
 //! The SQLite index: where every chunk lives, who owns it, and what holds it.
 
+use keepsake_sql::Db;
 use rusqlite::Connection;
-use rusqlite_migration::{M, Migrations};
 
 const V1: &str = "
 CREATE TABLE packs (
@@ -74,11 +74,13 @@ pub fn durable_sqlite(conn: &Connection) -> rusqlite::Result<()> {
 
 /// Opens another connection to the index at `path` that may only read (`query_only`): in
 /// WAL mode it sees every committed write without waiting for the writer.
-pub fn reader(path: &std::path::Path) -> Result<Connection, crate::StoreError> {
-    let conn = Connection::open(path)?;
-    conn.pragma_update(None, "query_only", "ON")?;
-    conn.busy_timeout(std::time::Duration::from_secs(10))?;
-    Ok(conn)
+pub fn reader(path: &std::path::Path) -> Result<Db, crate::StoreError> {
+    let conn = Connection::open(path).map_err(keepsake_sql::SqlError::from)?;
+    conn.pragma_update(None, "query_only", "ON")
+        .map_err(keepsake_sql::SqlError::from)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .map_err(keepsake_sql::SqlError::from)?;
+    Ok(Db::sqlite(conn)?)
 }
 
 /// Packs carry no whole-pack hash: every record is the BLAKE3 of its bytes already, so
@@ -86,10 +88,18 @@ pub fn reader(path: &std::path::Path) -> Result<Connection, crate::StoreError> {
 /// byte uploaded.
 const V2: &str = "ALTER TABLE packs DROP COLUMN hash;";
 
+/// `offset` is a word PostgreSQL reserves.
+const V3: &str = "ALTER TABLE chunks RENAME COLUMN offset TO pack_offset;";
+
+/// Every schema version, oldest first; the same list on SQLite and PostgreSQL.
+const STEPS: &[&str] = &[V1, V2, V3];
+
 /// Opens the index with the durability the store's acknowledgements rely on.
-pub fn prepare(conn: &mut Connection) -> Result<(), crate::StoreError> {
-    durable_sqlite(conn)?;
-    Migrations::new(vec![M::up(V1), M::up(V2)]).to_latest(conn)?;
+pub fn prepare(db: &mut Db) -> Result<(), crate::StoreError> {
+    if let Some(conn) = db.as_sqlite() {
+        durable_sqlite(conn).map_err(keepsake_sql::SqlError::from)?;
+    }
+    db.migrate("store", STEPS)?;
     Ok(())
 }
 
@@ -99,29 +109,27 @@ mod tests {
 
     #[test]
     fn an_index_from_before_v2_keeps_its_packs_and_loses_only_their_hashes() {
-        let mut conn = Connection::open_in_memory().unwrap();
-        Migrations::new(vec![M::up(V1)])
-            .to_latest(&mut conn)
-            .unwrap();
+        let mut conn = Db::open_sqlite(None).unwrap();
+        conn.migrate("store", &[V1]).unwrap();
         conn.execute(
             "INSERT INTO packs (name, hash, size, created_at) VALUES ('packs/ab/old', 'h', 7, 1)",
-            [],
+            (),
         )
         .unwrap();
         prepare(&mut conn).unwrap();
         let old: (String, i64) = conn
-            .query_row("SELECT name, size FROM packs", [], |r| {
+            .query_row("SELECT name, size FROM packs", (), |r| {
                 Ok((r.get(0)?, r.get(1)?))
             })
             .unwrap();
         assert_eq!(old, ("packs/ab/old".to_string(), 7));
         conn.execute(
             "INSERT INTO packs (name, size, created_at) VALUES ('packs/cd/new', 9, 2)",
-            [],
+            (),
         )
         .unwrap();
         assert!(
-            conn.prepare("SELECT hash FROM packs").is_err(),
+            conn.query("SELECT hash FROM packs", ()).is_err(),
             "the column is gone"
         );
     }

@@ -19,13 +19,41 @@ fn fixture_with(config: StoreConfig) -> Fixture {
     fixture_indexed_at(config, None)
 }
 
+/// All the property cases on SQLite, a quarter on PostgreSQL (each makes a schema).
+fn cases(sqlite: u32) -> u32 {
+    if std::env::var_os("KEEPSAKE_TEST_POSTGRES").is_some() {
+        (sqlite / 4).max(8)
+    } else {
+        sqlite
+    }
+}
+
+/// The index the tests run on: in memory, or a fresh schema of the PostgreSQL database that
+/// `KEEPSAKE_TEST_POSTGRES` names (`cargo xtask ci` runs these tests on both).
+fn test_index(file: Option<std::path::PathBuf>) -> IndexAt {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    match (std::env::var("KEEPSAKE_TEST_POSTGRES"), file) {
+        (Ok(url), _) => IndexAt::Postgres {
+            url,
+            schema: format!(
+                "store_{}_{}",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            ),
+        },
+        (Err(_), Some(path)) => IndexAt::File(path),
+        (Err(_), None) => IndexAt::Memory,
+    }
+}
+
 /// A store whose index is a file, so lookups go through its reader connections.
 fn fixture_indexed_at(config: StoreConfig, index_path: Option<std::path::PathBuf>) -> Fixture {
     let backend = Arc::new(MemoryBackend::new());
     let clock = Arc::new(ManualClock::new(T0));
     let store = Store::open(StoreParts {
         backend: backend.clone(),
-        index_path,
+        index: test_index(index_path),
         clock: clock.clone(),
         entropy: Arc::new(SeededEntropy::new(42)),
         config,
@@ -51,7 +79,7 @@ fn arb_chunks() -> impl Strategy<Value = Vec<Vec<u8>>> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    #![proptest_config(ProptestConfig::with_cases(cases(64)))]
 
     #[test]
     fn put_get_round_trip_and_put_is_idempotent(datas in arb_chunks()) {
@@ -278,7 +306,7 @@ fn storage_full_writes_nothing_and_the_store_still_serves() {
     let backend = Arc::new(CappedBackend::new(MemoryBackend::new(), 1000).unwrap());
     let store = Store::open(StoreParts {
         backend: backend.clone(),
-        index_path: None,
+        index: test_index(None),
         clock: Arc::new(ManualClock::new(T0)),
         entropy: Arc::new(SeededEntropy::new(1)),
         config: StoreConfig::default(),
@@ -434,7 +462,7 @@ fn data_of(n: u8) -> Vec<u8> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(96))]
+    #![proptest_config(ProptestConfig::with_cases(cases(96)))]
 
     /// GC never removes a chunk that a live session or a referenced manifest holds,
     /// under random interleavings of uploads, GC and repacking.

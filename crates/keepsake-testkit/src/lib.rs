@@ -1,5 +1,5 @@
 //! What tests use and production code must not: a TCP proxy that misbehaves on purpose
-//! (`fault_proxy`), and the simplest whole-batch store calls (`put_all`, `get_all`), which
+//! (`fault_proxy`), a real S3-compatible server (`s3`, and the `keepsake-s3` binary), and the simplest whole-batch store calls (`put_all`, `get_all`), which
 //! the device never uses — it uploads through its one path behind the `Cloud` port.
 //! `cargo xtask arch` checks that no production crate depends on this one.
 //!
@@ -12,6 +12,7 @@
 //! ```
 
 pub mod fault_proxy;
+pub mod s3;
 
 use bytes::Bytes;
 use keepsake_store::ChunkId;

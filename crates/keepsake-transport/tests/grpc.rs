@@ -45,7 +45,7 @@ async fn start_configured(backend: Option<Arc<dyn Backend>>, config: ServerConfi
     let store = Arc::new(
         Store::open(StoreParts {
             backend,
-            index_path: Some(dir.path().join("index.sqlite")),
+            index: keepsake_store::IndexAt::File(dir.path().join("index.sqlite")),
             clock: clock.clone(),
             entropy: Arc::new(OsEntropy),
             config: StoreConfig::default(),

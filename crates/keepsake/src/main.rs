@@ -37,6 +37,7 @@
 //! anything unreadable is reported as unknown)
 
 mod agent;
+mod backends;
 mod conditions;
 mod derive_worker;
 mod device_cli;
@@ -249,6 +250,19 @@ struct ServeArgs {
     /// Where the services keep their data.
     #[arg(long, env = "KEEPSAKE_DATA", default_value = "keepsake-data")]
     data: PathBuf,
+    /// The library and the store index in PostgreSQL (`postgres://USER@HOST/DB`; the
+    /// password from PGPASSWORD or --config, never here) instead of SQLite under --data.
+    #[arg(long, env = "KEEPSAKE_DATABASE")]
+    database: Option<String>,
+    /// The packs in an S3-compatible bucket (`s3://BUCKET?endpoint=URL&region=R&prefix=P`;
+    /// keys from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or ~/.aws/credentials) instead of
+    /// files under --data.
+    #[arg(long, env = "KEEPSAKE_BLOBS")]
+    blobs: Option<String>,
+    /// A file of `database = …` and `blobs = …` lines (and `database_password = …`), read
+    /// when the flags are not given: the way to keep a password off the command line.
+    #[arg(long, env = "KEEPSAKE_CONFIG")]
+    config: Option<PathBuf>,
     /// Address to listen on; port 0 picks a free one (the chosen address is printed).
     #[arg(long, env = "KEEPSAKE_LISTEN", default_value = "127.0.0.1:50051", value_parser = parse_listen)]
     listen: SocketAddr,
@@ -593,8 +607,9 @@ pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-async fn run_serve(args: ServeArgs) -> Result<()> {
+async fn run_serve(mut args: ServeArgs) -> Result<()> {
     let services = selected(&args.services)?;
+    backends::settle(&mut args)?;
     std::fs::create_dir_all(&args.data)
         .with_context(|| format!("creating data directory {}", args.data.display()))?;
     let _lock = lock_data(&args.data)?;
@@ -631,8 +646,8 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
         let store = store.clone().context(
             "the library keeps its content in the store of the same process: serve it with `--services store,library`",
         )?;
-        let library = Library::open(
-            Some(args.data.join("library.sqlite")),
+        let library = Library::open_on(
+            backends::library_db(&args)?,
             clock.clone(),
             Arc::new(OsEntropy),
             LibraryConfig {
@@ -702,7 +717,7 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
             say!("keepsake: serving {} on http://{addr}", services.join(", "));
         }
     }
-    say!("keepsake: data in {}", args.data.display());
+    say!("keepsake: data in {}", backends::describe(&args));
     let stopping = Arc::new(tokio::sync::Notify::new());
     let told = stopping.clone();
     let serving = serve(
@@ -759,6 +774,9 @@ fn open_store(args: &ServeArgs) -> Result<Arc<Store>> {
     let dir = args.data.join("store");
     let clock = Arc::new(SystemClock);
     let entropy = Arc::new(OsEntropy);
+    if args.database.is_some() || args.blobs.is_some() {
+        return backends::open_store(args, clock, entropy);
+    }
     let store = match args.capacity_bytes {
         None => Store::open_local(&dir, clock, entropy, StoreConfig::default())?,
         Some(cap) => {
@@ -768,7 +786,7 @@ fn open_store(args: &ServeArgs) -> Result<Arc<Store>> {
                 .context("measuring the store's current size")?;
             Store::open(keepsake_store::StoreParts {
                 backend: Arc::new(capped),
-                index_path: Some(dir.join("index.sqlite")),
+                index: keepsake_store::IndexAt::File(dir.join("index.sqlite")),
                 clock,
                 entropy,
                 config: StoreConfig::default(),

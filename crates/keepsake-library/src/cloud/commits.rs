@@ -237,7 +237,7 @@ impl Cloud {
             let db = self.library.db();
             let mut stmt = db.prepare(
                 "SELECT account, manifest, holder FROM ref_outbox
-                 WHERE (?1 IS NULL OR account = ?1) AND (action = 'release' OR at <= ?2)",
+                 WHERE (CAST(?1 AS TEXT) IS NULL OR account = ?1) AND (action = 'release' OR at <= ?2)",
             )?;
             stmt.query_map(params![account, cutoff], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?))

@@ -5,10 +5,10 @@ use crate::accounts::SignInFrom;
 use crate::library::queue_release;
 use crate::tokens::{Claims, PublicKeys, Signer25519, TokenVerifier};
 use crate::{AccountInfo, AssetKind, CommitRequest, Committed, Library, LibraryError};
+use keepsake_sql::{OptionalExtension, params};
 use keepsake_store::{
     ChunkId, Manifest, ManifestId, Session, Splice, Store, StoreError, UnixMillis, random_hex,
 };
-use rusqlite::{OptionalExtension, params};
 use std::sync::{Arc, RwLock};
 
 mod commits;
@@ -106,7 +106,7 @@ fn current_key(library: &Library) -> Result<Option<Signer25519>, LibraryError> {
         .db()
         .query_row(
             "SELECT kid, secret FROM signing_keys WHERE retired_at IS NULL ORDER BY created_at DESC LIMIT 1",
-            [],
+            (),
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .optional()?;

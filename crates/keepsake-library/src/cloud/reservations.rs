@@ -15,14 +15,14 @@ pub struct Reservation {
 
 /// Bytes held by the account's unexpired reservations.
 pub(super) fn held_bytes(
-    conn: &rusqlite::Connection,
+    conn: &keepsake_sql::Db,
     account: &str,
     now: UnixMillis,
     except_device: Option<&str>,
 ) -> Result<u64, LibraryError> {
     let held: i64 = conn.query_row(
         "SELECT COALESCE(SUM(bytes), 0) FROM reservations
-         WHERE account = ?1 AND expires_at > ?2 AND (?3 IS NULL OR device IS NOT ?3)",
+         WHERE account = ?1 AND expires_at > ?2 AND (CAST(?3 AS TEXT) IS NULL OR device IS DISTINCT FROM ?3)",
         params![account, now, except_device],
         |r| r.get(0),
     )?;

@@ -56,7 +56,7 @@ pub(super) const SAME_CONTENT_SQL: &str = "SELECT {ASSET_COLUMNS}
      WHERE v.account = ?1 AND v.file_hash = ?2 AND a.state != 'purged' ORDER BY +a.seq";
 
 pub(super) fn prior_commit(
-    conn: &Connection,
+    conn: &Db,
     account: &str,
     req: &CommitRequest,
 ) -> Result<Option<Committed>, LibraryError> {
@@ -96,7 +96,7 @@ pub(super) fn prior_commit(
 /// devices' photos meeting at one name is routine, and a case-insensitive file system
 /// must never be asked to hold two of them.
 pub(super) fn free_path(
-    tx: &Connection,
+    tx: &Db,
     account: &str,
     path: &str,
     except: Option<&str>,
@@ -119,7 +119,7 @@ pub(super) fn free_path(
 }
 
 pub(super) fn insert_version(
-    tx: &Transaction<'_>,
+    tx: &Db,
     account: &str,
     asset_id: &str,
     version: u32,
@@ -148,8 +148,8 @@ pub(super) fn insert_version(
     // Previews are made later, by a worker, from a queue that survives restarts; a job is
     // due from its commit on (which also tells the worker when uploads are still arriving).
     tx.execute(
-        "INSERT OR IGNORE INTO derive_jobs (account, asset_id, version, manifest, video, next_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO derive_jobs (account, asset_id, version, manifest, video, next_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
         params![
             account,
             asset_id,
@@ -226,7 +226,7 @@ impl Library {
         }
         if let Some(reservation) = reservation {
             tx.execute(
-                "UPDATE reservations SET bytes = MAX(bytes - ?3, 0)
+                "UPDATE reservations SET bytes = greatest(bytes - ?3, 0)
                  WHERE reservation_id = ?1 AND account = ?2",
                 params![reservation, account, req.size as i64],
             )?;
@@ -254,7 +254,7 @@ impl Library {
 
     pub(super) fn commit_new(
         &self,
-        tx: &Transaction<'_>,
+        tx: &Db,
         account: &str,
         req: &CommitRequest,
         now: UnixMillis,
@@ -300,7 +300,7 @@ impl Library {
 
     pub(super) fn commit_version(
         &self,
-        tx: &Transaction<'_>,
+        tx: &Db,
         account: &str,
         asset_id: &str,
         req: &CommitRequest,

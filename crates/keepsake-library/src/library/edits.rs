@@ -3,11 +3,7 @@
 use super::*;
 
 /// An asset's path in the library.
-pub(super) fn asset_path(
-    tx: &Connection,
-    account: &str,
-    asset_id: &str,
-) -> Result<String, LibraryError> {
+pub(super) fn asset_path(tx: &Db, account: &str, asset_id: &str) -> Result<String, LibraryError> {
     Ok(tx.query_row(
         "SELECT coalesce(path, original_name) FROM assets WHERE account = ?1 AND asset_id = ?2",
         params![account, asset_id],
@@ -16,11 +12,7 @@ pub(super) fn asset_path(
 }
 
 /// An asset's life state ("live", "trashed", "purged"); NOT_FOUND for other accounts' ids too.
-pub(super) fn asset_state(
-    tx: &Connection,
-    account: &str,
-    asset_id: &str,
-) -> Result<String, LibraryError> {
+pub(super) fn asset_state(tx: &Db, account: &str, asset_id: &str) -> Result<String, LibraryError> {
     tx.query_row(
         "SELECT state FROM assets WHERE account = ?1 AND asset_id = ?2",
         params![account, asset_id],
@@ -70,7 +62,7 @@ impl Library {
 
     pub(super) fn apply_edit_in(
         &self,
-        tx: &Connection,
+        tx: &Db,
         account: &str,
         edit: &LibraryEdit,
     ) -> Result<bool, LibraryError> {
@@ -145,14 +137,14 @@ impl Library {
 
     pub(super) fn set_metadata_in(
         &self,
-        tx: &Connection,
+        tx: &Db,
         account: &str,
         asset_id: &str,
         field: &MetadataField,
         hlc: &Hlc,
     ) -> Result<bool, LibraryError> {
         self.check_clock(hlc)?;
-        let (column, clock_column, value): (&str, &str, rusqlite::types::Value) = match field {
+        let (column, clock_column, value): (&str, &str, keepsake_sql::Value) = match field {
             MetadataField::Favorite(v) => ("favorite", "favorite_clock", i64::from(*v).into()),
             MetadataField::Hidden(v) => ("hidden", "hidden_clock", i64::from(*v).into()),
             MetadataField::Title(t) => {
@@ -199,7 +191,7 @@ impl Library {
 
     pub(super) fn set_state_in(
         &self,
-        tx: &Connection,
+        tx: &Db,
         account: &str,
         asset_id: &str,
         to: &str,
@@ -246,7 +238,7 @@ impl Library {
 
     pub(super) fn rename_in(
         &self,
-        tx: &Connection,
+        tx: &Db,
         account: &str,
         asset_id: &str,
         path: &str,
@@ -306,7 +298,7 @@ impl Library {
 
     pub(super) fn put_album_in(
         &self,
-        tx: &Connection,
+        tx: &Db,
         account: &str,
         album_id: &str,
         name: &str,
@@ -354,7 +346,7 @@ impl Library {
 
     pub(super) fn delete_album_in(
         &self,
-        tx: &Connection,
+        tx: &Db,
         account: &str,
         album_id: &str,
         hlc: &Hlc,
@@ -396,7 +388,7 @@ impl Library {
 
     pub(super) fn set_member_in(
         &self,
-        tx: &Connection,
+        tx: &Db,
         account: &str,
         album_id: &str,
         asset_id: &str,

@@ -8,7 +8,7 @@ pub(super) const CURSOR_SEQ_MASK: u64 = (1 << CURSOR_SEQ_BITS) - 1;
 
 /// Hands out the account's next sequence number; callers hold the one write lock,
 /// so numbers are assigned in commit order and a reader never skips one.
-pub(super) fn next_seq(tx: &Connection, account: &str) -> Result<u64, LibraryError> {
+pub(super) fn next_seq(tx: &Db, account: &str) -> Result<u64, LibraryError> {
     tx.execute(
         "INSERT INTO feed (account, seq) VALUES (?1, 0) ON CONFLICT (account) DO NOTHING",
         [account],
@@ -122,7 +122,7 @@ impl Library {
         };
         {
             let mut stmt = db.prepare_cached(
-                "SELECT album_id, name, deleted, seq, MAX(name_clock, deleted_clock,
+                "SELECT album_id, name, deleted, seq, greatest(name_clock, deleted_clock,
                         COALESCE((SELECT MAX(m.clock) FROM album_members m
                                   WHERE m.account = albums.account AND m.album_id = albums.album_id), ''))
                  FROM albums WHERE account = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",

@@ -3,7 +3,7 @@
 use super::*;
 
 pub(super) fn purge_in(
-    tx: &Transaction<'_>,
+    tx: &Db,
     account: &str,
     asset_id: &str,
     now: UnixMillis,
@@ -173,7 +173,7 @@ impl Library {
     pub fn count_assets(&self) -> Result<u64, LibraryError> {
         let n: i64 = self.db().query_row(
             "SELECT COUNT(*) FROM assets WHERE state != 'purged'",
-            [],
+            (),
             |r| r.get(0),
         )?;
         Ok(n as u64)
@@ -291,7 +291,7 @@ impl Library {
         // Cursors issued before this compaction and older than the rows it removes
         // must resync; the epoch tells them apart from cursors issued after it.
         tx.execute(
-            "UPDATE feed SET epoch = epoch + 1, horizon = MAX(horizon,
+            "UPDATE feed SET epoch = epoch + 1, horizon = greatest(horizon,
                  COALESCE((SELECT MAX(seq) FROM assets a
                      WHERE a.account = feed.account AND a.state = 'purged' AND a.state_at <= ?1), 0),
                  COALESCE((SELECT MAX(seq) FROM albums a
@@ -308,9 +308,9 @@ impl Library {
         tx.execute(
             "DELETE FROM album_members WHERE (account, album_id) IN
                  (SELECT account, album_id FROM albums WHERE deleted = 1)",
-            [],
+            (),
         )?;
-        tx.execute("DELETE FROM albums WHERE deleted = 1", [])?;
+        tx.execute("DELETE FROM albums WHERE deleted = 1", ())?;
         tx.execute("DELETE FROM purged_content WHERE purged_at <= ?1", [cutoff])?;
         tx.execute("DELETE FROM purged_files WHERE purged_at <= ?1", [cutoff])?;
         tx.commit()?;

@@ -2,8 +2,8 @@
 
 use crate::{LibraryError, schema};
 use keepsake_core::Hlc;
+use keepsake_sql::{Db, OptionalExtension, params};
 use keepsake_store::{ChunkId, Clock, Entropy, ManifestId, UnixMillis, random_hex};
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -20,7 +20,7 @@ pub use model::*;
 
 /// The cloud library.
 pub struct Library {
-    pub(crate) db: Mutex<Connection>,
+    pub(crate) db: Mutex<Db>,
     pub(crate) passwords: crate::passwords::PasswordGate,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) entropy: Arc<dyn Entropy>,
@@ -30,7 +30,7 @@ pub struct Library {
 const ASSET_COLUMNS: &str =
     "a.asset_id, a.kind, a.capture_time, a.width, a.height, a.original_name,
     a.current_version, v.manifest, v.file_hash, v.size, a.favorite, a.hidden, a.title, a.state,
-    a.state_at, a.seq, MAX(a.favorite_clock, a.hidden_clock, a.title_clock),
+    a.state_at, a.seq, greatest(a.favorite_clock, a.hidden_clock, a.title_clock),
     (SELECT group_concat(d.role || ' ' || hex(d.manifest) || ' ' || d.width || ' ' || d.height
                          || ' ' || d.bytes, ';')
        FROM derivatives d WHERE d.account = a.account AND d.asset_id = a.asset_id
@@ -58,13 +58,11 @@ fn derived_from_column(text: Option<String>) -> Vec<Derived> {
         .collect()
 }
 
-fn read_id(bytes: Vec<u8>) -> rusqlite::Result<ChunkId> {
-    ChunkId::from_slice(&bytes).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Blob, Box::new(e))
-    })
+fn read_id(bytes: Vec<u8>) -> Result<ChunkId, keepsake_sql::SqlError> {
+    ChunkId::from_slice(&bytes).map_err(|e| keepsake_sql::SqlError::Column(0, e.to_string()))
 }
 
-fn asset_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Asset> {
+fn asset_from_row(r: &keepsake_sql::Row) -> Result<Asset, keepsake_sql::SqlError> {
     let state: String = r.get(13)?;
     let at: Option<i64> = r.get(14)?;
     Ok(Asset {
@@ -106,10 +104,21 @@ impl Library {
         entropy: Arc<dyn Entropy>,
         config: LibraryConfig,
     ) -> Result<Self, LibraryError> {
-        let mut conn = match index_path {
-            Some(path) => Connection::open(path)?,
-            None => Connection::open_in_memory()?,
-        };
+        Self::open_on(
+            Db::open_sqlite(index_path.as_deref())?,
+            clock,
+            entropy,
+            config,
+        )
+    }
+
+    /// Opens the library on a connection of either engine (its schema brought up to date).
+    pub fn open_on(
+        mut conn: Db,
+        clock: Arc<dyn Clock>,
+        entropy: Arc<dyn Entropy>,
+        config: LibraryConfig,
+    ) -> Result<Self, LibraryError> {
         schema::prepare(&mut conn)?;
         Ok(Self {
             db: Mutex::new(conn),
@@ -120,15 +129,12 @@ impl Library {
         })
     }
 
-    pub(crate) fn db(&self) -> MutexGuard<'_, Connection> {
+    pub(crate) fn db(&self) -> MutexGuard<'_, Db> {
         self.db.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Runs `f` in one transaction of its own, committed if it succeeds.
-    fn write<T>(
-        &self,
-        f: impl FnOnce(&Connection) -> Result<T, LibraryError>,
-    ) -> Result<T, LibraryError> {
+    fn write<T>(&self, f: impl FnOnce(&Db) -> Result<T, LibraryError>) -> Result<T, LibraryError> {
         let mut db = self.db();
         let tx = db.transaction()?;
         let out = f(&tx)?;
@@ -139,11 +145,7 @@ impl Library {
 
 /// Queues a store reference for release (drained by the cloud after the transaction).
 /// Gives an asset a new sequence number: the feed shows it again, with what changed.
-pub(crate) fn touch_asset(
-    tx: &Transaction<'_>,
-    account: &str,
-    asset_id: &str,
-) -> Result<(), LibraryError> {
+pub(crate) fn touch_asset(tx: &Db, account: &str, asset_id: &str) -> Result<(), LibraryError> {
     let seq = next_seq(tx, account)?;
     tx.execute(
         "UPDATE assets SET seq = ?3 WHERE account = ?1 AND asset_id = ?2",
@@ -153,7 +155,7 @@ pub(crate) fn touch_asset(
 }
 
 pub(crate) fn queue_release(
-    tx: &Transaction<'_>,
+    tx: &Db,
     account: &str,
     manifest: &[u8],
     holder: &str,
@@ -174,13 +176,14 @@ mod tests {
     /// SQLite's plan for `sql` (parameters: an account and a 32-byte id), on a schema with
     /// statistics that make the feed index look attractive, as a large library does.
     fn plan_of(sql: &str) -> String {
-        let mut conn = Connection::open_in_memory().unwrap();
-        schema::prepare(&mut conn).unwrap();
+        let mut db = Db::open_sqlite(None).unwrap();
+        schema::prepare(&mut db).unwrap();
+        let conn = db.as_sqlite().unwrap();
         conn.execute_batch("ANALYZE").unwrap();
         let plan: Vec<String> = conn
             .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
             .unwrap()
-            .query_map(params!["a", [0u8; 32]], |r| r.get::<_, String>(3))
+            .query_map(rusqlite::params!["a", [0u8; 32]], |r| r.get::<_, String>(3))
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();

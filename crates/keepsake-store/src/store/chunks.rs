@@ -24,7 +24,7 @@ pub(super) enum Blob<'a> {
 }
 
 pub(super) fn missing_for(
-    conn: &Connection,
+    conn: &Db,
     account: &str,
     chunks: &[ChunkId],
 ) -> Result<Vec<ChunkId>, StoreError> {
@@ -43,30 +43,25 @@ pub(super) fn missing_for(
 
 /// Records a durable pack in the index; returns its row id.
 pub(super) fn insert_pack(
-    tx: &Transaction<'_>,
+    tx: &Db,
     name: &str,
     size: u64,
     now: UnixMillis,
 ) -> Result<i64, StoreError> {
-    tx.execute(
-        "INSERT INTO packs (name, size, created_at) VALUES (?1, ?2, ?3)",
+    Ok(tx.query_row(
+        "INSERT INTO packs (name, size, created_at) VALUES (?1, ?2, ?3) RETURNING pack_id",
         params![name, size as i64, now],
-    )?;
-    Ok(tx.last_insert_rowid())
+        |r| r.get(0),
+    )?)
 }
 
-pub(super) fn add_usage(
-    tx: &Transaction<'_>,
-    account: &str,
-    bytes: i64,
-    chunks: i64,
-) -> Result<(), StoreError> {
+pub(super) fn add_usage(tx: &Db, account: &str, bytes: i64, chunks: i64) -> Result<(), StoreError> {
     if bytes == 0 && chunks == 0 {
         return Ok(());
     }
     tx.execute(
         "INSERT INTO usage (account, bytes, chunks) VALUES (?1, ?2, ?3)
-         ON CONFLICT (account) DO UPDATE SET bytes = bytes + ?2, chunks = chunks + ?3",
+         ON CONFLICT (account) DO UPDATE SET bytes = usage.bytes + ?2, chunks = usage.chunks + ?3",
         params![account, bytes, chunks],
     )?;
     Ok(())
@@ -90,7 +85,7 @@ impl Store {
             let mut owned =
                 tx.prepare_cached("SELECT 1 FROM owners WHERE account = ?1 AND chunk = ?2")?;
             let mut pin = tx.prepare_cached(
-                "INSERT OR IGNORE INTO session_pins (session_id, chunk) VALUES (?1, ?2)",
+                "INSERT INTO session_pins (session_id, chunk) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
             )?;
             for id in ids {
                 if owned.exists(params![account, &id.0[..]])? {
@@ -317,8 +312,8 @@ impl Store {
         if let Some(((name, size), slots)) = written {
             let pack_id = insert_pack(&tx, name, *size, now)?;
             let mut insert = tx.prepare_cached(
-                "INSERT OR IGNORE INTO chunks (id, pack_id, offset, len, is_manifest)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO chunks (id, pack_id, pack_offset, len, is_manifest)
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
             )?;
             for (id, slot, is_manifest) in slots {
                 insert.execute(params![
@@ -331,10 +326,11 @@ impl Store {
             }
         }
         {
-            let mut own =
-                tx.prepare_cached("INSERT OR IGNORE INTO owners (account, chunk) VALUES (?1, ?2)")?;
+            let mut own = tx.prepare_cached(
+                "INSERT INTO owners (account, chunk) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+            )?;
             let mut pin = tx.prepare_cached(
-                "INSERT OR IGNORE INTO session_pins (session_id, chunk) VALUES (?1, ?2)",
+                "INSERT INTO session_pins (session_id, chunk) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
             )?;
             let (mut owned_bytes, mut owned_chunks) = (0i64, 0i64);
             for (id, data, is_manifest) in unique {
@@ -351,7 +347,7 @@ impl Store {
         }
         if let Some((manifest_id, chunks)) = manifest {
             let mut link = tx.prepare_cached(
-                "INSERT OR IGNORE INTO manifest_chunks (manifest, chunk) VALUES (?1, ?2)",
+                "INSERT INTO manifest_chunks (manifest, chunk) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
             )?;
             for chunk in chunks {
                 link.execute(params![&manifest_id.0[..], &chunk.0[..]])?;
@@ -385,7 +381,7 @@ impl Store {
     ) -> Result<(String, Slot, bool), StoreError> {
         let db = self.reader();
         let mut stmt = db.prepare_cached(
-            "SELECT p.name, c.offset, c.len, c.is_manifest
+            "SELECT p.name, c.pack_offset, c.len, c.is_manifest
              FROM owners o JOIN chunks c ON c.id = o.chunk JOIN packs p ON p.pack_id = c.pack_id
              WHERE o.account = ?1 AND o.chunk = ?2",
         )?;

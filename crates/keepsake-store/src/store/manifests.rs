@@ -142,7 +142,7 @@ impl Store {
             return Err(StoreError::MissingChunks(missing));
         }
         db.execute(
-            "INSERT OR IGNORE INTO refs (account, manifest, holder, created_at) VALUES (?1, ?2, ?3, ?4)",
+            "INSERT INTO refs (account, manifest, holder, created_at) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
             params![account, &manifest.0[..], holder, now],
         )?;
         Ok(())

@@ -6,7 +6,7 @@ use crate::{ChunkId, ManifestId, StoreError};
 use bytes::Bytes;
 use keepsake_core::{Clock, Entropy, UnixMillis, random_hex};
 use keepsake_core::{Manifest, Splice};
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use keepsake_sql::{Db, OptionalExtension, params};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -70,8 +70,8 @@ impl Default for StoreConfig {
 pub struct StoreParts {
     /// Object storage for packs.
     pub backend: Arc<dyn Backend>,
-    /// The SQLite index file; `None` keeps it in memory (tests).
-    pub index_path: Option<PathBuf>,
+    /// Where the index lives.
+    pub index: IndexAt,
     /// Time source.
     pub clock: Arc<dyn Clock>,
     /// Randomness source.
@@ -80,13 +80,29 @@ pub struct StoreParts {
     pub config: StoreConfig,
 }
 
+/// Where the store's index lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IndexAt {
+    /// In memory, gone with the process (tests).
+    Memory,
+    /// A SQLite file: the embedded default.
+    File(PathBuf),
+    /// A PostgreSQL database, the tables in `schema`.
+    Postgres {
+        /// `postgres://USER@HOST/DB`.
+        url: String,
+        /// The schema that holds the store's tables.
+        schema: String,
+    },
+}
+
 /// The content-addressed asset store.
 pub struct Store {
     backend: Arc<dyn Backend>,
-    db: Mutex<Connection>,
+    db: Mutex<Db>,
     // Lookups on connections of their own, so a download never waits behind an upload's
     // commit (its fsync holds the writer); empty for an in-memory index.
-    readers: Vec<Mutex<Connection>>,
+    readers: Vec<Mutex<Db>>,
     next_reader: std::sync::atomic::AtomicUsize,
     clock: Arc<dyn Clock>,
     entropy: Arc<dyn Entropy>,
@@ -102,16 +118,20 @@ type WrittenPack = ((String, u64), Vec<(ChunkId, Slot, bool)>);
 impl Store {
     /// Opens a store from its parts.
     pub fn open(parts: StoreParts) -> Result<Self, StoreError> {
-        let mut conn = match &parts.index_path {
-            Some(path) => Connection::open(path)?,
-            None => Connection::open_in_memory()?,
+        let mut conn = match &parts.index {
+            IndexAt::Memory => Db::open_sqlite(None)?,
+            IndexAt::File(path) => Db::open_sqlite(Some(path))?,
+            IndexAt::Postgres { url, schema } => Db::postgres(url, schema)?,
         };
         crate::schema::prepare(&mut conn)?;
-        let readers = match &parts.index_path {
-            Some(path) => (0..READERS)
+        let readers = match &parts.index {
+            IndexAt::Memory => Vec::new(),
+            IndexAt::File(path) => (0..READERS)
                 .map(|_| crate::schema::reader(path).map(Mutex::new))
                 .collect::<Result<_, _>>()?,
-            None => Vec::new(),
+            IndexAt::Postgres { url, schema } => (0..READERS)
+                .map(|_| Db::postgres(url, schema).map(Mutex::new))
+                .collect::<Result<_, _>>()?,
         };
         Ok(Self {
             backend: parts.backend,
@@ -138,7 +158,7 @@ impl Store {
             .map_err(|e| StoreError::Backend(BackendError::Io(e)))?;
         Self::open(StoreParts {
             backend: Arc::new(backend),
-            index_path: Some(dir.join("index.sqlite")),
+            index: IndexAt::File(dir.join("index.sqlite")),
             clock,
             entropy,
             config,
@@ -150,14 +170,14 @@ impl Store {
         &self.config
     }
 
-    fn db(&self) -> MutexGuard<'_, Connection> {
+    fn db(&self) -> MutexGuard<'_, Db> {
         // A panic while holding the lock leaves SQLite consistent (transactions roll back).
         self.db.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A connection for lookups only: a free reader, else the next one in turn, else (an
     /// in-memory index) the writer.
-    fn reader(&self) -> MutexGuard<'_, Connection> {
+    fn reader(&self) -> MutexGuard<'_, Db> {
         if self.readers.is_empty() {
             return self.db();
         }
@@ -196,7 +216,7 @@ mod tests {
         let store = Arc::new(
             Store::open(StoreParts {
                 backend: Arc::new(MemoryBackend::new()),
-                index_path: Some(dir.path().join("index.sqlite")),
+                index: IndexAt::File(dir.path().join("index.sqlite")),
                 clock: Arc::new(ManualClock::new(1_700_000_000_000)),
                 entropy: Arc::new(SeededEntropy::new(7)),
                 config: StoreConfig::default(),

@@ -12,7 +12,7 @@ pub struct Session {
 }
 
 pub(super) fn check_live_session(
-    conn: &Connection,
+    conn: &Db,
     account: &str,
     session_id: &str,
     now: UnixMillis,
@@ -106,7 +106,7 @@ impl Store {
         let tx = db.transaction()?;
         check_live_session(&tx, account, session_id, now)?;
         tx.execute(
-            "UPDATE sessions SET expires_at = MAX(expires_at, ?2) WHERE session_id = ?1",
+            "UPDATE sessions SET expires_at = greatest(expires_at, ?2) WHERE session_id = ?1",
             params![session_id, expires_at],
         )?;
         let expires_at: i64 = tx.query_row(

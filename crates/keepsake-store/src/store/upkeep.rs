@@ -45,7 +45,7 @@ impl Store {
             let mut stmt = db.prepare(
                 "SELECT pack_id, name FROM packs WHERE retired_at IS NULL ORDER BY pack_id",
             )?;
-            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            stmt.query_map((), |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<Result<_, _>>()?
         };
         let mut report = ScrubReport::default();
@@ -136,7 +136,7 @@ impl Store {
     pub(super) fn slots_in(&self, pack_id: i64) -> Result<Vec<(ChunkId, Slot)>, StoreError> {
         let db = self.db();
         let mut stmt = db.prepare_cached(
-            "SELECT id, offset, len FROM chunks WHERE pack_id = ?1 ORDER BY offset",
+            "SELECT id, pack_offset, len FROM chunks WHERE pack_id = ?1 ORDER BY pack_offset",
         )?;
         let rows = stmt
             .query_map([pack_id], |r| {
@@ -178,31 +178,39 @@ impl Store {
         let tx = db.transaction()?;
         // A session holds its pins until its lease ends or it is ended, plus the grace period.
         let lapsed = "SELECT session_id FROM sessions
-                      WHERE MIN(COALESCE(ended_at, expires_at), expires_at) + ?1 <= ?2";
+                      WHERE least(COALESCE(ended_at, expires_at), expires_at) + ?1 <= ?2";
         tx.execute(
             &format!("DELETE FROM session_pins WHERE session_id IN ({lapsed})"),
             params![grace, now],
         )?;
         report.sessions_expired = tx.execute(
-            "DELETE FROM sessions WHERE MIN(COALESCE(ended_at, expires_at), expires_at) + ?1 <= ?2",
+            "DELETE FROM sessions WHERE least(COALESCE(ended_at, expires_at), expires_at) + ?1 <= ?2",
             params![grace, now],
         )? as u64;
-        tx.execute_batch(
-            "CREATE TEMP TABLE IF NOT EXISTS keep (account TEXT, chunk BLOB, PRIMARY KEY (account, chunk)) WITHOUT ROWID;
-             DELETE FROM temp.keep;
-             INSERT OR IGNORE INTO temp.keep
-                 SELECT s.account, p.chunk FROM session_pins p JOIN sessions s USING (session_id);
-             INSERT OR IGNORE INTO temp.keep SELECT account, manifest FROM refs;
-             INSERT OR IGNORE INTO temp.keep
-                 SELECT r.account, m.chunk FROM refs r JOIN manifest_chunks m ON m.manifest = r.manifest;",
-        )?;
+        // What is held, in a table of this connection's own; `WHERE true` keeps SQLite from
+        // reading `ON CONFLICT` as the join's `ON`.
+        let bytes_type = match tx.dialect() {
+            keepsake_sql::Dialect::Sqlite => "BLOB",
+            keepsake_sql::Dialect::Postgres => "BYTEA",
+        };
+        tx.execute_batch(&format!(
+            "CREATE TEMP TABLE IF NOT EXISTS gc_keep (account TEXT, chunk {bytes_type}, PRIMARY KEY (account, chunk));
+             DELETE FROM gc_keep;
+             INSERT INTO gc_keep
+                 SELECT s.account, p.chunk FROM session_pins p JOIN sessions s USING (session_id)
+                 WHERE true ON CONFLICT DO NOTHING;
+             INSERT INTO gc_keep SELECT account, manifest FROM refs WHERE true ON CONFLICT DO NOTHING;
+             INSERT INTO gc_keep
+                 SELECT r.account, m.chunk FROM refs r JOIN manifest_chunks m ON m.manifest = r.manifest
+                 WHERE true ON CONFLICT DO NOTHING;",
+        ))?;
         // Ownership nobody holds any more: drop it and its usage.
         let dropped: Vec<(String, i64)> = {
             let mut stmt = tx.prepare(
                 "SELECT o.account, c.len FROM owners o JOIN chunks c ON c.id = o.chunk
-                 WHERE NOT EXISTS (SELECT 1 FROM temp.keep k WHERE k.account = o.account AND k.chunk = o.chunk)",
+                 WHERE NOT EXISTS (SELECT 1 FROM gc_keep k WHERE k.account = o.account AND k.chunk = o.chunk)",
             )?;
-            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            stmt.query_map((), |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<Result<_, _>>()?
         };
         let mut per_account: HashMap<String, (i64, i64)> = HashMap::new();
@@ -213,8 +221,8 @@ impl Store {
         }
         tx.execute(
             "DELETE FROM owners WHERE NOT EXISTS
-                 (SELECT 1 FROM temp.keep k WHERE k.account = owners.account AND k.chunk = owners.chunk)",
-            [],
+                 (SELECT 1 FROM gc_keep k WHERE k.account = owners.account AND k.chunk = owners.chunk)",
+            (),
         )?;
         for (account, (bytes, chunks)) in per_account {
             add_usage(&tx, &account, -bytes, -chunks)?;
@@ -223,17 +231,17 @@ impl Store {
         let (count, bytes): (i64, i64) = tx.query_row(
             "SELECT COUNT(*), COALESCE(SUM(len), 0) FROM chunks
              WHERE NOT EXISTS (SELECT 1 FROM owners o WHERE o.chunk = chunks.id)",
-            [],
+            (),
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
         tx.execute(
             "DELETE FROM manifest_chunks WHERE manifest IN
                  (SELECT id FROM chunks WHERE NOT EXISTS (SELECT 1 FROM owners o WHERE o.chunk = chunks.id))",
-            [],
+            (),
         )?;
         tx.execute(
             "DELETE FROM chunks WHERE NOT EXISTS (SELECT 1 FROM owners o WHERE o.chunk = chunks.id)",
-            [],
+            (),
         )?;
         tx.execute(
             "UPDATE packs SET retired_at = ?1 WHERE retired_at IS NULL
@@ -254,7 +262,7 @@ impl Store {
                 "SELECT p.pack_id, p.name, p.size, COALESCE(SUM(c.len + 36), 0) AS live
                  FROM packs p LEFT JOIN chunks c ON c.pack_id = p.pack_id
                  WHERE p.retired_at IS NULL GROUP BY p.pack_id
-                 HAVING p.size < ?1 OR live * 2 < p.size
+                 HAVING p.size < ?1 OR COALESCE(SUM(c.len + 36), 0) * 2 < p.size
                  ORDER BY p.pack_id",
             )?;
             stmt.query_map([self.config.small_pack_bytes as i64], |r| {
@@ -324,7 +332,7 @@ impl Store {
             if let Some((name, size)) = &written {
                 let new_pack = insert_pack(&tx, name, *size, now)?;
                 let mut update = tx.prepare_cached(
-                    "UPDATE chunks SET pack_id = ?1, offset = ?2 WHERE id = ?3 AND pack_id = ?4",
+                    "UPDATE chunks SET pack_id = ?1, pack_offset = ?2 WHERE id = ?3 AND pack_id = ?4",
                 )?;
                 for (id, old_pack, slot) in &moved {
                     update.execute(params![new_pack, slot.offset as i64, &id.0[..], old_pack])?;
@@ -380,7 +388,7 @@ impl Store {
         let known: HashSet<String> = {
             let db = self.db();
             let mut stmt = db.prepare("SELECT name FROM packs")?;
-            stmt.query_map([], |r| r.get(0))?
+            stmt.query_map((), |r| r.get(0))?
                 .collect::<Result<_, _>>()?
         };
         let in_flight = self.in_flight.lock().expect("in-flight lock").clone();

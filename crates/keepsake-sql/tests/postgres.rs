@@ -1,0 +1,122 @@
+//! The seam against a real PostgreSQL (the database `KEEPSAKE_TEST_POSTGRES` names; skipped
+//! without one — `cargo xtask ci` starts one and sets it).
+
+use keepsake_sql::{Db, OptionalExtension, SqlError, params};
+
+fn db(schema: &str) -> Option<Db> {
+    let url = std::env::var("KEEPSAKE_TEST_POSTGRES").ok()?;
+    let schema = format!("{schema}_{}", std::process::id());
+    Some(Db::postgres(&url, &schema).unwrap())
+}
+
+#[test]
+fn values_round_trip_and_sums_read_back_as_integers() {
+    let Some(mut db) = db("values") else { return };
+    db.migrate(
+        "values",
+        &["CREATE TABLE t (id INTEGER PRIMARY KEY, n INTEGER, b BLOB, s TEXT, f INTEGER NOT NULL DEFAULT 0);"],
+    )
+    .unwrap();
+    let tx = db.transaction().unwrap();
+    for i in 0..10i64 {
+        tx.execute(
+            "INSERT INTO t (n, b, s, f) VALUES (?1, ?2, ?3, ?4)",
+            params![i << 40, vec![i as u8; 3], format!("s{i}"), i % 2 == 0],
+        )
+        .unwrap();
+    }
+    tx.commit().unwrap();
+    let (sum, count): (i64, u64) = db
+        .query_row("SELECT COALESCE(SUM(n), 0), COUNT(*) FROM t", (), |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!(sum, 45 << 40);
+    assert_eq!(count, 10);
+    let (b, s, f): (Vec<u8>, String, bool) = db
+        .query_row("SELECT b, s, f FROM t WHERE n = ?1", [3i64 << 40], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .unwrap();
+    assert_eq!((b, s.as_str(), f), (vec![3; 3], "s3", false));
+    let none: Option<i64> = db
+        .query_row("SELECT n FROM t WHERE s = ?1", ["nobody"], |r| r.get(0))
+        .optional()
+        .unwrap();
+    assert_eq!(none, None);
+    let hex: String = db
+        .query_row("SELECT hex(b) FROM t WHERE n = 0", (), |r| r.get(0))
+        .unwrap();
+    assert_eq!(hex, "000000");
+    let joined: String = db
+        .query_row(
+            "SELECT group_concat(s, ',') FROM (SELECT s FROM t ORDER BY id LIMIT 3) x",
+            (),
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(joined, "s0,s1,s2");
+}
+
+#[test]
+fn a_unique_violation_is_a_constraint_and_the_transaction_rolls_back() {
+    let Some(mut db) = db("unique") else { return };
+    db.migrate("unique", &["CREATE TABLE u (k TEXT PRIMARY KEY);"])
+        .unwrap();
+    db.execute("INSERT INTO u (k) VALUES (?1)", ["a"]).unwrap();
+    {
+        let tx = db.transaction().unwrap();
+        tx.execute("INSERT INTO u (k) VALUES (?1)", ["b"]).unwrap();
+        let err = tx
+            .execute("INSERT INTO u (k) VALUES (?1)", ["a"])
+            .unwrap_err();
+        assert!(matches!(err, SqlError::Constraint(_)), "{err}");
+    }
+    let n: i64 = db
+        .query_row("SELECT COUNT(*) FROM u", (), |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 1, "the dropped transaction took b with it");
+}
+
+#[test]
+fn a_newer_schema_is_refused_with_the_reason() {
+    let Some(mut db) = db("newer") else { return };
+    db.migrate(
+        "newer",
+        &["CREATE TABLE a (x INTEGER);", "CREATE TABLE b (x INTEGER);"],
+    )
+    .unwrap();
+    let err = db
+        .migrate("newer", &["CREATE TABLE a (x INTEGER);"])
+        .unwrap_err();
+    assert!(err.to_string().contains("newer Keepsake"), "{err}");
+}
+
+#[test]
+fn an_unreachable_database_is_transient_and_says_so() {
+    let err = match Db::postgres("postgres://keepsake@127.0.0.1:9/none", "x") {
+        Err(e) => e,
+        Ok(_) => panic!("connected to nothing"),
+    };
+    assert!(err.is_transient(), "{err}");
+    assert!(err.to_string().contains("unavailable"), "{err}");
+}
+
+#[test]
+fn statements_per_second() {
+    let Some(mut db) = db("speed") else { return };
+    db.migrate(
+        "speed",
+        &["CREATE TABLE s (k INTEGER PRIMARY KEY, v TEXT);"],
+    )
+    .unwrap();
+    let t = std::time::Instant::now();
+    for i in 0..2000 {
+        db.query_row("SELECT v FROM s WHERE k = ?1", [i], |r| {
+            r.get::<_, String>(0)
+        })
+        .optional()
+        .unwrap();
+    }
+    eprintln!("2000 lookups: {:?}", t.elapsed());
+}
