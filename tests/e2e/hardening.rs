@@ -9,11 +9,18 @@ use std::time::{Duration, Instant};
 /// A server on `data` listening on `listen`, with extra `keepsake serve` options, as a
 /// person would start it (the binary sets its allocator up itself); its stdout is drained.
 pub(super) fn serve(data: &Path, listen: &str, extra: &[&str]) -> (Child, String) {
+    let mut on_backend: Vec<&str> = extra.to_vec();
+    let backend = super::backend::serve_args(data);
+    on_backend.extend(backend.iter().map(String::as_str));
+    serve_embedded(data, listen, &on_backend)
+}
+
+/// The same, on SQLite + files whatever backend the run tests.
+fn serve_embedded(data: &Path, listen: &str, extra: &[&str]) -> (Child, String) {
     let mut child = Command::new(keepsake_binary())
         .args(["serve", "--listen", listen, "--data"])
         .arg(data)
         .args(extra)
-        .args(super::backend::serve_args(data))
         .env_remove("MALLOC_ARENA_MAX")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -642,6 +649,11 @@ fn the_doctor_and_status_agree_in_every_blocked_state_an_agent_reports() {
             None,
         ),
         ("STORAGE_FULL", Some("the store's disk is full"), None),
+        (
+            "CLOUD_UNAVAILABLE",
+            Some("object storage failed: the bucket is unavailable"),
+            None,
+        ),
         ("CLIENT_TOO_OLD", None, None),
         ("UNAUTHENTICATED", None, None),
         ("FOLDER_MISSING", None, None),
@@ -828,4 +840,101 @@ fn photos_copied_in_just_before_sync_once_are_sent_by_that_run() {
     );
     let s = status_of(&data);
     assert_eq!((s.uploaded, s.pending_files), (3, 0), "{s:?}");
+}
+
+fn sync_once(folder: &Path, data: &Path) -> keepsake_device::AgentStatus {
+    let out = Command::new(keepsake_binary())
+        .arg("sync")
+        .arg(folder)
+        .arg("--data")
+        .arg(data)
+        .arg("--once")
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    status_of(data)
+}
+
+/// `keepsake migrate`: a home server with two devices moved from SQLite + files to
+/// PostgreSQL + S3. The devices go on against it with nothing sent again, a new photo
+/// reaches the other device, and the old directory will not serve its stale copy.
+/// Runs in `cargo xtask ci`'s PostgreSQL step (it needs both servers).
+#[test]
+fn an_embedded_library_moved_to_postgres_and_s3_keeps_its_devices_and_nothing_is_sent_again() {
+    let root = tempfile::tempdir().unwrap();
+    let server_data = root.path().join("server");
+    let Some((database, blobs)) = super::backend::for_data(&server_data) else {
+        eprintln!("skipped: KEEPSAKE_TEST_POSTGRES and KEEPSAKE_TEST_S3 are not set");
+        return;
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let (child, url) = serve_embedded(&server_data, &listen, &[]);
+    let mut server = Server {
+        child,
+        url: url.clone(),
+        token: String::new(),
+    };
+    let (a, a_data) = (root.path().join("A"), root.path().join("a-data"));
+    let (b, b_data) = (root.path().join("B"), root.path().join("b-data"));
+    enroll(&url, &server_data, "camera", &a_data);
+    enroll(&url, &server_data, "laptop", &b_data);
+    write_photos(&a, 4, 300_000);
+    assert_eq!(sync_once(&a, &a_data).uploaded, 4);
+    sync_once(&b, &b_data);
+    assert_eq!(devices::folder_contents(&a), devices::folder_contents(&b));
+
+    let _ = server.child.kill();
+    let _ = server.child.wait();
+    let moved = Command::new(keepsake_binary())
+        .args(["migrate", "--data"])
+        .arg(&server_data)
+        .args(["--to", &database, "--blobs", &blobs])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&moved.stdout);
+    assert!(moved.status.success(), "{said}{}", String::from_utf8_lossy(&moved.stderr));
+    assert!(said.contains("verified"), "{said}");
+    // Resumable: a second run finds everything there and changes nothing.
+    let again = Command::new(keepsake_binary())
+        .args(["migrate", "--data"])
+        .arg(&server_data)
+        .args(["--to", &database, "--blobs", &blobs])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&again.stdout);
+    assert!(again.status.success(), "{said}");
+    assert!(said.contains("0 packs sent"), "{said}");
+
+    let refused = Command::new(keepsake_binary())
+        .args(["serve", "--listen", &listen, "--data"])
+        .arg(&server_data)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("moved to PostgreSQL"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
+    let (child, _) = serve(&server_data, &listen, &[]);
+    server.child = child;
+    std::fs::write(a.join("IMG_9999.JPG"), devices::photo(77, 200_000)).unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    let camera = sync_once(&a, &a_data);
+    assert_eq!(camera.uploaded, 1, "only the new photo is sent: {camera:?}");
+    let laptop = sync_once(&b, &b_data);
+    assert_eq!(laptop.uploaded, 0, "{laptop:?}");
+    assert_eq!(devices::folder_contents(&a), devices::folder_contents(&b));
+    assert_eq!(devices::folder_contents(&b).len(), 5);
 }

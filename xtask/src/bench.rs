@@ -11,6 +11,9 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     // Whole processes syncing a folder: driven from here, like `cargo xtask it`.
     match args.first().map(String::as_str) {
         Some("sync") => return crate::it::bench_sync(root, args.iter().any(|a| a == "--short")),
+        Some("backends") => {
+            return crate::bench_backends::run(root, args.iter().any(|a| a == "--short"));
+        }
         Some("compare") => return compare(root, &args[1..]),
         // Without a name: Keepsake against syncthing, rsync and restic.
         None | Some("peers") | Some("--short") | Some("--mib") => {

@@ -14,6 +14,7 @@ const DOMAIN_CRATES: &[&str] = &[
     "keepsake-device",
     "keepsake-media",
     "keepsake-path",
+    "keepsake-sql",
 ];
 
 /// Dependencies a crate must not have anywhere in its normal tree: the pure crates stay
@@ -144,6 +145,10 @@ pub fn ci(root: &Path) -> Result<()> {
                 let args = ["--seconds", "10", "--quick"].map(String::from);
                 crate::fuzz::run(root, &args)
             }),
+        ),
+        (
+            "postgres + s3",
+            Box::new(|| crate::services::ci_step(root)),
         ),
         ("python grpc client", Box::new(|| crate::python::run(root))),
         (

@@ -57,6 +57,10 @@ pub(crate) struct Harness {
     pub(crate) events: Arc<Mutex<ServerEvents>>,
     /// Extra `keepsake sync` options for every agent this harness starts.
     pub(crate) sync_args: Vec<String>,
+    /// Extra `keepsake serve` options and environment for every server it starts (the
+    /// PostgreSQL + S3 backend's addresses and keys).
+    pub(crate) serve_args: Vec<String>,
+    pub(crate) serve_env: Vec<(String, String)>,
 }
 
 /// Read from the server's debug events as they are written, so the harness can kill it (or
@@ -184,6 +188,8 @@ impl Harness {
             ])
             .arg(self.work.join("server"))
             .args(extra)
+            .args(&self.serve_args)
+            .envs(self.serve_env.iter().map(|(k, v)| (k, v)))
             .env(
                 "RUST_LOG",
                 "warn,keepsake_transport::store_service=debug,keepsake_transport::library_service=debug",
@@ -322,6 +328,16 @@ pub(crate) fn release_harness_with(
 
 /// A release server in `work/server` with the administrator's password; no devices yet.
 pub(crate) fn release_server(root: &Path, work: &Path, serve: &[&str]) -> Result<(Harness, Proc)> {
+    release_server_env(root, work, serve, &[])
+}
+
+/// The same, with environment for the server (a bucket's keys).
+pub(crate) fn release_server_env(
+    root: &Path,
+    work: &Path,
+    serve: &[&str],
+    env: &[(String, String)],
+) -> Result<(Harness, Proc)> {
     if !cargo()
         .current_dir(root)
         .args(["build", "--quiet", "--release", "-p", "keepsake"])
@@ -337,6 +353,8 @@ pub(crate) fn release_server(root: &Path, work: &Path, serve: &[&str]) -> Result
         password: String::new(),
         events: Arc::default(),
         sync_args: Vec::new(),
+        serve_args: Vec::new(),
+        serve_env: env.to_vec(),
     };
     let server = h.server_with(serve)?;
     let credentials: serde_json::Value = serde_json::from_slice(&std::fs::read(
@@ -525,6 +543,21 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let bin = crate::ci::build_debug_keepsake(root)?;
     let tmp = tempfile::tempdir()?;
     let work = tmp.path().to_path_buf();
+    let mut services = match args
+        .iter()
+        .position(|a| a == "--backend")
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
+    {
+        None | Some("embedded") => None,
+        Some("postgres-s3") => {
+            let pg = crate::services::Postgres::start(root)?;
+            let s3 = crate::services::S3Server::start(root)?;
+            println!("it: on PostgreSQL ({}) and S3 ({})", pg.url, s3.endpoint);
+            Some((pg, s3))
+        }
+        Some(other) => bail!("--backend {other:?}: embedded or postgres-s3"),
+    };
     let mut h = Harness {
         bin,
         work: work.clone(),
@@ -536,7 +569,17 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         sync_args: ["--stream-from-kib", "1024", "--stream-batch-kib", "256"]
             .map(String::from)
             .to_vec(),
+        serve_args: Vec::new(),
+        serve_env: Vec::new(),
     };
+    if let Some((pg, s3)) = &services {
+        h.serve_args = vec!["--database".into(), pg.url.clone(), "--blobs".into(), s3.url()];
+        h.serve_env = s3
+            .env()
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+    }
     let mut server = h.server()?;
     let credentials: serde_json::Value = serde_json::from_slice(&std::fs::read(
         work.join("server/initial-credentials.json"),
@@ -674,7 +717,91 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         targeted,
         seed,
     )?;
+    if let Some((pg, s3)) = &mut services {
+        outage_phase(&h, &work, &mut rng, pg, s3, seed)?;
+    }
     drop(server);
+    Ok(())
+}
+
+/// The bucket, then the database, stopped for a few seconds while two devices sync: the
+/// agents wait and say the cloud cannot be reached, then finish with nothing lost or doubled.
+fn outage_phase(
+    h: &Harness,
+    work: &Path,
+    rng: &mut Rng,
+    pg: &crate::services::Postgres,
+    s3: &mut crate::services::S3Server,
+    seed: u64,
+) -> Result<()> {
+    let before = live_names(h)?.len();
+    for (round, what) in ["bucket", "database"].iter().enumerate() {
+        for i in 0..6 {
+            let len = 200_000 + rng.below(1_500_000) as usize;
+            std::fs::write(
+                work.join(format!("a/OUTAGE_{round}_{i}.JPG")),
+                random_bytes(rng, len),
+            )?;
+        }
+        std::thread::sleep(Duration::from_millis(1100));
+        // Down as the agents start: every upload and fetch of these photos meets it.
+        match *what {
+            "bucket" => s3.kill(),
+            _ => pg.kill()?,
+        }
+        let down = Instant::now();
+        let camera = h.sync("a")?;
+        let viewer = h.sync("b")?;
+        let mut said = None;
+        while down.elapsed() < Duration::from_secs(4) {
+            std::thread::sleep(Duration::from_millis(250));
+            let status = h.run_ok(&["status", "--data", "a-data"]).unwrap_or_default();
+            let lines: Vec<&str> = status.lines().collect();
+            if let Some(i) = lines
+                .iter()
+                .position(|l| l.contains("CLOUD_UNAVAILABLE") || l.contains("SERVER_UNREACHABLE"))
+            {
+                said = Some(format!(
+                    "{} / {}",
+                    lines[i].trim(),
+                    lines.get(i + 1).map_or("", |l| l.trim())
+                ));
+            }
+        }
+        match *what {
+            "bucket" => s3.restart()?,
+            _ => pg.restart()?,
+        }
+        let said = said.with_context(|| {
+            format!("while the {what} was down the camera never said the cloud's storage is down (seed {seed})")
+        })?;
+        let want: BTreeMap<String, Vec<u8>> = folder(&work.join("a"))?
+            .into_iter()
+            .filter(|(name, _)| name.starts_with("OUTAGE"))
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let have = folder(&work.join("b"))?;
+            if want.iter().all(|(name, bytes)| have.get(name) == Some(bytes)) {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("after the {what} came back the viewer never caught up (seed {seed})");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        println!(
+            "it: {what} down 4 s as 6 photos began to sync; the camera said {said:?}; \
+             the viewer had them all {:.1} s after it went down",
+            down.elapsed().as_secs_f64()
+        );
+        drop((camera, viewer));
+    }
+    let after = live_names(h)?.len();
+    if after != before + 12 {
+        bail!("{after} live assets after the outages, expected {} (seed {seed})", before + 12);
+    }
+    println!("it: outages: 12 photos, 0 lost, 0 duplicated");
     Ok(())
 }
 

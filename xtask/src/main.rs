@@ -22,6 +22,7 @@
 //! `keepsake-sim`), `fuzz` (cargo-fuzz over `tests/fuzz`), and `ci` prints each step's time
 
 mod bench;
+mod bench_backends;
 mod chaos;
 mod ci;
 mod codegen;
@@ -42,7 +43,7 @@ const USAGE: &str = "usage: cargo xtask <command>
   arch                  check the dependency rules of ARCHITECTURE.md
   python                the Python grpcio client against a real server
   demo                  a server and two devices as processes: the story of sync, step by step
-  it [--short] [--seed N] [--seconds N] [--kills N]  real server and devices: kill -9, then N targeted kills (agent mid-upload, server mid-commit) and a chaos loop (3 agents, proxy cuts, full disk, skewed clocks)
+  it [--short] [--seed N] [--seconds N] [--kills N] [--backend embedded|postgres-s3]  real server and devices: kill -9, then N targeted kills (agent mid-upload, server mid-commit) and a chaos loop (3 agents, proxy cuts, full disk, skewed clocks)
   fuzz [--seconds N]    every cargo-fuzz target (manifests, deltas, wire messages, file names) for N s each
   sim [--seeds N] [--from S] [--jobs J]  deterministic simulation: cloud and devices under crashes, partitions, lost and repeated calls
   services CMD ARGS..   run CMD beside a throwaway PostgreSQL cluster and an S3 server (KEEPSAKE_TEST_POSTGRES, KEEPSAKE_TEST_S3, AWS_* set)

@@ -217,17 +217,28 @@ pub const BUCKET: &str = "keepsake";
 impl S3Server {
     /// Builds the server if needed and starts it with the bucket made.
     pub fn start(root: &Path) -> Result<Self> {
-        let status = crate::ci::cargo()
-            .current_dir(root)
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "keepsake-testkit",
-                "--bin",
-                "keepsake-s3",
-            ])
-            .status()?;
+        Self::start_built(root, false)
+    }
+
+    /// The same, built in release (for benchmarks: the bucket must not be the bottleneck).
+    pub fn start_release(root: &Path) -> Result<Self> {
+        Self::start_built(root, true)
+    }
+
+    fn start_built(root: &Path, release: bool) -> Result<Self> {
+        let mut build = crate::ci::cargo();
+        build.current_dir(root).args([
+            "build",
+            "--quiet",
+            "-p",
+            "keepsake-testkit",
+            "--bin",
+            "keepsake-s3",
+        ]);
+        if release {
+            build.arg("--release");
+        }
+        let status = build.status()?;
         if !status.success() {
             bail!("building keepsake-s3 failed");
         }
@@ -239,7 +250,11 @@ impl S3Server {
         let mut server = Self {
             endpoint: String::new(),
             root: dir,
-            binary: root.join("target/debug/keepsake-s3"),
+            binary: root.join(if release {
+                "target/release/keepsake-s3"
+            } else {
+                "target/debug/keepsake-s3"
+            }),
             port: 0,
             child: None,
         };
@@ -329,4 +344,40 @@ pub fn apply_env(cmd: &mut Command, pg: &Postgres, s3: &S3Server) {
     for (k, v) in s3.env() {
         cmd.env(k, v);
     }
+}
+
+/// The end-to-end tests that also run on PostgreSQL + S3: the two-device story, the kill -9
+/// tests of the real binary, a reinstall, and the move of an embedded server up.
+const E2E_ON_POSTGRES: &[&str] = &[
+    "photos_deletes_restores_and_purges_reach_the_other_device_and_moves_send_nothing",
+    "new_photos_are_fetched_ahead_and_arrive_exact",
+    "a_reinstalled_device_sends_nothing_and_an_unmounted_folder_deletes_nothing",
+    "acknowledged_chunks_survive_kill_9_mid_upload",
+    "an_acknowledged_commit_survives_kill_9_and_its_retry_is_no_duplicate",
+    "an_embedded_library_moved_to_postgres_and_s3_keeps_its_devices_and_nothing_is_sent_again",
+];
+
+/// CI's PostgreSQL step: the seam's, the store's and the library's property and model tests,
+/// and the end-to-end tests above, against a fresh cluster and S3 server started here. The
+/// same `--workspace` resolution as the test step, so nothing is built again.
+pub fn ci_step(root: &Path) -> Result<()> {
+    let pg = Postgres::start(root)?;
+    let s3 = S3Server::start(root)?;
+    println!("services: PostgreSQL at {}, S3 at {}", pg.url, s3.endpoint);
+    let mut unit = crate::ci::cargo();
+    unit.args(["test", "--workspace"]);
+    for name in ["postgres", "store", "s3", "model", "batch", "cloud"] {
+        unit.args(["--test", name]);
+    }
+    apply_env(&mut unit, &pg, &s3);
+    crate::ci::run(
+        root,
+        "store, library and seam tests on PostgreSQL + S3",
+        unit,
+    )?;
+    let mut e2e = crate::ci::cargo();
+    e2e.args(["test", "--workspace", "--test", "e2e", "--"])
+        .args(E2E_ON_POSTGRES);
+    apply_env(&mut e2e, &pg, &s3);
+    crate::ci::run(root, "end-to-end and kill -9 on PostgreSQL + S3", e2e)
 }

@@ -230,9 +230,13 @@ impl<C: Cloud, H: Host<C>> Agent<C, H> {
                 }
                 // The policy cannot see a server that stopped answering or whose disk is
                 // full: the status says it.
-                let reason = match e.reason {
+                let reason = match &e.reason {
                     Reason::Unavailable => Some("SERVER_UNREACHABLE"),
                     Reason::StorageFull => Some("STORAGE_FULL"),
+                    // The server's database or bucket down: it answered, its storage did not.
+                    Reason::Other(code) if code == "STORAGE_IO" || code == "INDEX_IO" => {
+                        Some("CLOUD_UNAVAILABLE")
+                    }
                     _ => None,
                 };
                 let now = self.device.now_ms();

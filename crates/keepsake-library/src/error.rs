@@ -93,7 +93,18 @@ pub enum LibraryError {
     InvalidArgument(String),
     /// The library's database failed (or cannot be reached).
     #[error("library index failed: {0}")]
-    Index(#[from] keepsake_sql::SqlError),
+    Index(keepsake_sql::SqlError),
+}
+
+impl From<keepsake_sql::SqlError> for LibraryError {
+    fn from(e: keepsake_sql::SqlError) -> Self {
+        // A database out of disk is the server's storage full: devices wait it out as such.
+        if e.is_full() {
+            Self::Store(keepsake_store::StoreError::StorageFull)
+        } else {
+            Self::Index(e)
+        }
+    }
 }
 
 impl LibraryError {

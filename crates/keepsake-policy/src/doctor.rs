@@ -173,6 +173,14 @@ pub fn lived_reason(code: &str, message: Option<&str>) -> Option<Reason> {
             "Enrol the device again with `keepsake device enroll` (it may have been removed from the account).",
             None,
         ),
+        // The server answers, but its database or bucket does not: nothing on this device
+        // fixes it, and it passes by itself once they are back.
+        "CLOUD_UNAVAILABLE" => (
+            R::ServerUnreachable,
+            said("The cloud's storage (its database or bucket) is not answering"),
+            "Nothing to do on this device: it retries by itself. The server's administrator brings the database or the bucket back.",
+            Some("when the cloud's storage answers again"),
+        ),
         "SERVER_UNREACHABLE" | "UNAVAILABLE" => (
             R::ServerUnreachable,
             said("The Keepsake server does not answer"),

@@ -76,7 +76,18 @@ pub enum StoreError {
     Backend(BackendError),
     /// The SQLite index failed.
     #[error("index failed: {0}")]
-    Index(#[from] keepsake_sql::SqlError),
+    Index(keepsake_sql::SqlError),
+}
+
+impl From<keepsake_sql::SqlError> for StoreError {
+    fn from(e: keepsake_sql::SqlError) -> Self {
+        // A database out of disk is the server's storage full: devices wait it out as such.
+        if e.is_full() {
+            Self::StorageFull
+        } else {
+            Self::Index(e)
+        }
+    }
 }
 
 impl From<BackendError> for StoreError {

@@ -98,14 +98,17 @@ impl S3Backend {
             .with_bucket_name(&location.bucket)
             .with_region(&location.region)
             .with_conditional_put(object_store::aws::S3ConditionalPut::ETagMatch)
+            // A bucket that is down must fail the call within seconds: the device then says
+            // the cloud is unreachable and retries on its own schedule, instead of a store
+            // call hanging in retries while its status still says "syncing".
             .with_retry(object_store::RetryConfig {
-                max_retries: 3,
-                retry_timeout: Duration::from_secs(20),
+                max_retries: 2,
+                retry_timeout: Duration::from_secs(4),
                 ..Default::default()
             })
             .with_client_options(
                 object_store::ClientOptions::new()
-                    .with_connect_timeout(Duration::from_secs(5))
+                    .with_connect_timeout(Duration::from_secs(2))
                     .with_timeout(Duration::from_secs(120)),
             );
         if let Some(endpoint) = &location.endpoint {

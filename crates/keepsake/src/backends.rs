@@ -73,7 +73,7 @@ fn password_of(url: &str) -> Option<&str> {
     userinfo.split_once(':').map(|(_, p)| p)
 }
 
-fn with_password(url: &str, password: &str) -> Result<String> {
+pub fn with_password(url: &str, password: &str) -> Result<String> {
     let (scheme, rest) = url.split_once("://").context("not a URL")?;
     let (userinfo, host) = rest
         .split_once('@')
