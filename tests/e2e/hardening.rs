@@ -824,24 +824,11 @@ fn photos_copied_in_just_before_sync_once_are_sent_by_that_run() {
     let (folder, data) = (root.path().join("A"), root.path().join("a-data"));
     enroll(&server.url, &server_data, "laptop", &data);
     write_photos(&folder, 3, 50_000);
-    let out = Command::new(keepsake_binary())
-        .arg("sync")
-        .arg(&folder)
-        .arg("--data")
-        .arg(&data)
-        .arg("--once")
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let s = status_of(&data);
+    let s = sync_once(&folder, &data);
     assert_eq!((s.uploaded, s.pending_files), (3, 0), "{s:?}");
 }
 
+/// One `keepsake sync --once` run, which must succeed; what its status then says.
 fn sync_once(folder: &Path, data: &Path) -> keepsake_device::AgentStatus {
     let out = Command::new(keepsake_binary())
         .arg("sync")
@@ -902,7 +889,11 @@ fn an_embedded_library_moved_to_postgres_and_s3_keeps_its_devices_and_nothing_is
         .output()
         .unwrap();
     let said = String::from_utf8_lossy(&moved.stdout);
-    assert!(moved.status.success(), "{said}{}", String::from_utf8_lossy(&moved.stderr));
+    assert!(
+        moved.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&moved.stderr)
+    );
     assert!(said.contains("verified"), "{said}");
     // Resumable: a second run finds everything there and changes nothing.
     let again = Command::new(keepsake_binary())

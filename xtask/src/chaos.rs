@@ -5,8 +5,9 @@
 //! restarts the server on a disk that is full. Then the faults heal and every device must
 //! hold every photo, byte for byte, with one asset each in the library.
 
-use crate::it::{Harness, Proc, Rng, ServerEvents, folder, random_bytes};
+use crate::it::{Harness, Proc, Rng, ServerEvents, folder, live_names, random_bytes};
 use anyhow::{Context, Result, bail};
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::Path;
@@ -457,5 +458,94 @@ pub(crate) fn chaos_phase(
         events.broken_streams,
         want.len()
     );
+    Ok(())
+}
+
+/// The bucket, then the database, stopped for a few seconds while two devices sync: the
+/// agents wait and say the cloud cannot be reached, then finish with nothing lost or doubled.
+pub(crate) fn outage_phase(
+    h: &Harness,
+    work: &Path,
+    rng: &mut Rng,
+    pg: &crate::services::Postgres,
+    s3: &mut crate::services::S3Server,
+    seed: u64,
+) -> Result<()> {
+    let before = live_names(h)?.len();
+    for (round, what) in ["bucket", "database"].iter().enumerate() {
+        for i in 0..6 {
+            let len = 200_000 + rng.below(1_500_000) as usize;
+            std::fs::write(
+                work.join(format!("a/OUTAGE_{round}_{i}.JPG")),
+                random_bytes(rng, len),
+            )?;
+        }
+        std::thread::sleep(Duration::from_millis(1100));
+        // Down as the agents start: every upload and fetch of these photos meets it.
+        match *what {
+            "bucket" => s3.kill(),
+            _ => pg.kill()?,
+        }
+        let down = Instant::now();
+        let camera = h.sync("a")?;
+        let viewer = h.sync("b")?;
+        let mut said = None;
+        while down.elapsed() < Duration::from_secs(4) {
+            std::thread::sleep(Duration::from_millis(250));
+            let status = h
+                .run_ok(&["status", "--data", "a-data"])
+                .unwrap_or_default();
+            let lines: Vec<&str> = status.lines().collect();
+            if let Some(i) = lines
+                .iter()
+                .position(|l| l.contains("CLOUD_UNAVAILABLE") || l.contains("SERVER_UNREACHABLE"))
+            {
+                said = Some(format!(
+                    "{} / {}",
+                    lines[i].trim(),
+                    lines.get(i + 1).map_or("", |l| l.trim())
+                ));
+            }
+        }
+        match *what {
+            "bucket" => s3.restart()?,
+            _ => pg.restart()?,
+        }
+        let said = said.with_context(|| {
+            format!("while the {what} was down the camera never said the cloud's storage is down (seed {seed})")
+        })?;
+        let want: BTreeMap<String, Vec<u8>> = folder(&work.join("a"))?
+            .into_iter()
+            .filter(|(name, _)| name.starts_with("OUTAGE"))
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let have = folder(&work.join("b"))?;
+            if want
+                .iter()
+                .all(|(name, bytes)| have.get(name) == Some(bytes))
+            {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("after the {what} came back the viewer never caught up (seed {seed})");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        println!(
+            "it: {what} down 4 s as 6 photos began to sync; the camera said {said:?}; \
+             the viewer had them all {:.1} s after it went down",
+            down.elapsed().as_secs_f64()
+        );
+        drop((camera, viewer));
+    }
+    let after = live_names(h)?.len();
+    if after != before + 12 {
+        bail!(
+            "{after} live assets after the outages, expected {} (seed {seed})",
+            before + 12
+        );
+    }
+    println!("it: outages: 12 photos, 0 lost, 0 duplicated");
     Ok(())
 }

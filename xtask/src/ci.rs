@@ -146,10 +146,7 @@ pub fn ci(root: &Path) -> Result<()> {
                 crate::fuzz::run(root, &args)
             }),
         ),
-        (
-            "postgres + s3",
-            Box::new(|| crate::services::ci_step(root)),
-        ),
+        ("postgres + s3", Box::new(|| crate::services::ci_step(root))),
         ("python grpc client", Box::new(|| crate::python::run(root))),
         (
             "kill -9 integration (short)",

@@ -14,6 +14,8 @@ pub struct Postgres {
     bin: PathBuf,
     data: PathBuf,
     as_postgres: bool,
+    /// The server's options (port, socket folder, durability off for speed), kept for a restart.
+    options: String,
 }
 
 fn pg_bin() -> Option<PathBuf> {
@@ -87,6 +89,7 @@ impl Postgres {
             bin,
             data,
             as_postgres,
+            options: String::new(),
         };
         pg.run(
             "initdb",
@@ -102,7 +105,7 @@ impl Postgres {
             ],
         )?;
         let port = free_port()?;
-        let options = format!(
+        pg.options = format!(
             "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off \
              -c synchronous_commit=off -c full_page_writes=off -c max_connections=400",
             pg.data.display()
@@ -113,7 +116,7 @@ impl Postgres {
                 "-D",
                 &pg.data.to_string_lossy(),
                 "-o",
-                &options,
+                &pg.options,
                 "-l",
                 &pg.data.join("log").to_string_lossy(),
                 "-w",
@@ -184,6 +187,8 @@ impl Postgres {
             &[
                 "-D",
                 &self.data.to_string_lossy(),
+                "-o",
+                &self.options,
                 "-l",
                 &self.data.join("log").to_string_lossy(),
                 "-w",
@@ -227,16 +232,19 @@ impl S3Server {
 
     fn start_built(root: &Path, release: bool) -> Result<Self> {
         let mut build = crate::ci::cargo();
-        build.current_dir(root).args([
-            "build",
-            "--quiet",
-            "-p",
-            "keepsake-testkit",
-            "--bin",
-            "keepsake-s3",
-        ]);
+        // `--workspace --examples` resolves features as `cargo test --workspace` does, so
+        // after the tests this is a link, not a second build of the dependencies.
+        build.current_dir(root).args(["build", "--quiet"]);
         if release {
-            build.arg("--release");
+            build.args([
+                "--release",
+                "-p",
+                "keepsake-testkit",
+                "--bin",
+                "keepsake-s3",
+            ]);
+        } else {
+            build.args(["--workspace", "--bin", "keepsake-s3", "--examples"]);
         }
         let status = build.status()?;
         if !status.success() {

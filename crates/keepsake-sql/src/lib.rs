@@ -235,6 +235,55 @@ impl Db {
         self.query(sql, params)?.iter().map(read).collect()
     }
 
+    /// Inserts many rows with few statements: `head` is `INSERT INTO t (a, b)`, each row
+    /// has `width` values, `tail` follows the `VALUES` list (`ON CONFLICT …`, `RETURNING …`).
+    /// Rows go in groups of 256, 64, 16, 4 and 1, so each engine prepares at most five
+    /// shapes of the statement; returns what the statements returned.
+    pub fn insert_rows(
+        &self,
+        head: &str,
+        width: usize,
+        rows: &[Vec<Value>],
+        tail: &str,
+    ) -> Result<Vec<Row>, SqlError> {
+        let mut out = Vec::new();
+        let mut rest = rows;
+        while !rest.is_empty() {
+            let group = [256, 64, 16, 4, 1]
+                .into_iter()
+                .find(|g| *g <= rest.len())
+                .unwrap_or(1);
+            let (now, later) = rest.split_at(group);
+            let mut sql = String::with_capacity(head.len() + tail.len() + group * width * 6);
+            sql.push_str(head);
+            sql.push_str(" VALUES ");
+            let mut values = Vec::with_capacity(group * width);
+            for (r, row) in now.iter().enumerate() {
+                if row.len() != width {
+                    return Err(SqlError::Column(
+                        row.len(),
+                        format!("expected {width} values"),
+                    ));
+                }
+                sql.push_str(if r == 0 { "(" } else { ", (" });
+                for (c, value) in row.iter().enumerate() {
+                    if c > 0 {
+                        sql.push_str(", ");
+                    }
+                    values.push(value.clone());
+                    sql.push('?');
+                    sql.push_str(&values.len().to_string());
+                }
+                sql.push(')');
+            }
+            sql.push(' ');
+            sql.push_str(tail);
+            out.extend(self.query(&sql, values)?);
+            rest = later;
+        }
+        Ok(out)
+    }
+
     /// A statement to run several times (prepared once per connection either way).
     pub fn prepare(&self, sql: &str) -> Result<Statement<'_>, SqlError> {
         Ok(Statement {
@@ -632,6 +681,35 @@ mod tests {
             .query_map("SELECT x FROM t", (), |r| r.get::<_, i64>(0))
             .unwrap();
         assert_eq!(xs, vec![2]);
+    }
+
+    #[test]
+    fn many_rows_go_in_few_statements_and_return_what_was_inserted() {
+        let db = Db::open_sqlite(None).unwrap();
+        db.execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)")
+            .unwrap();
+        db.execute("INSERT INTO t (k, v) VALUES (?1, ?2)", params![7, "old"])
+            .unwrap();
+        let rows: Vec<Vec<Value>> = (0..300)
+            .map(|k| vec![Value::Int(k), Value::Text(format!("v{k}"))])
+            .collect();
+        let inserted = db
+            .insert_rows(
+                "INSERT INTO t (k, v)",
+                2,
+                &rows,
+                "ON CONFLICT DO NOTHING RETURNING k",
+            )
+            .unwrap();
+        assert_eq!(inserted.len(), 299, "k = 7 was there");
+        let n: i64 = db
+            .query_row("SELECT COUNT(*) FROM t", (), |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 300);
+        let kept: String = db
+            .query_row("SELECT v FROM t WHERE k = 7", (), |r| r.get(0))
+            .unwrap();
+        assert_eq!(kept, "old");
     }
 
     #[test]

@@ -55,9 +55,12 @@ impl PgConn {
         work: impl Future<Output = T> + Send + 'static,
     ) -> Result<T, SqlError> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        self.runtime.as_ref().expect("runtime lives until drop").spawn(async move {
-            let _ = tx.send(work.await);
-        });
+        self.runtime
+            .as_ref()
+            .expect("runtime lives until drop")
+            .spawn(async move {
+                let _ = tx.send(work.await);
+            });
         rx.recv()
             .map_err(|_| SqlError::Unavailable("the database task stopped".into()))
     }

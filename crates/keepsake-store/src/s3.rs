@@ -98,6 +98,10 @@ impl S3Backend {
             .with_bucket_name(&location.bucket)
             .with_region(&location.region)
             .with_conditional_put(object_store::aws::S3ConditionalPut::ETagMatch)
+            // No SHA-256 of every pack body in the signature: each chunk in it carries its
+            // BLAKE3, checked on every read and by scrub, so the signature would add a pass
+            // over every byte (on both ends) and no protection the store relies on.
+            .with_unsigned_payload(true)
             // A bucket that is down must fail the call within seconds: the device then says
             // the cloud is unreachable and retries on its own schedule, instead of a store
             // call hanging in retries while its status still says "syncing".
@@ -158,9 +162,12 @@ impl S3Backend {
         work: impl Future<Output = Result<T, object_store::Error>> + Send + 'static,
     ) -> Result<T, BackendError> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        self.runtime.as_ref().expect("runtime lives until drop").spawn(async move {
-            let _ = tx.send(work.await);
-        });
+        self.runtime
+            .as_ref()
+            .expect("runtime lives until drop")
+            .spawn(async move {
+                let _ = tx.send(work.await);
+            });
         rx.recv()
             .map_err(|_| BackendError::Unavailable("the bucket task stopped".into()))?
             .map_err(classify)

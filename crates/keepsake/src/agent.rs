@@ -88,8 +88,12 @@ enum SignInFailure {
 /// Signs in, waiting out a cloud that cannot be reached. An agent started offline, or
 /// whose token expired during a cut, must keep trying: exiting would stop sync silently.
 /// Found by `cargo xtask it`'s chaos phase (an agent restarted while its link was cut).
-async fn signed_in_patiently(e: &Enrolled, once: bool) -> Result<(CloudClient, i64)> {
-    let (channel, access) = access_patiently(e, once).await?;
+async fn signed_in_patiently(
+    e: &Enrolled,
+    once: bool,
+    waiting: impl Fn(&anyhow::Error),
+) -> Result<(CloudClient, i64)> {
+    let (channel, access) = access_patiently(e, once, waiting).await?;
     Ok((
         CloudClient::new(
             channel,
@@ -102,7 +106,11 @@ async fn signed_in_patiently(e: &Enrolled, once: bool) -> Result<(CloudClient, i
 
 /// An access token, waiting out a cloud that cannot be reached (unless one pass was asked
 /// for: then why it cannot run is said at once).
-async fn access_patiently(e: &Enrolled, once: bool) -> Result<(Channel, pb::AccessToken)> {
+async fn access_patiently(
+    e: &Enrolled,
+    once: bool,
+    waiting: impl Fn(&anyhow::Error),
+) -> Result<(Channel, pb::AccessToken)> {
     let mut backoff = retry_schedule(&e.device_id);
     loop {
         match fresh_access(e).await {
@@ -112,6 +120,7 @@ async fn access_patiently(e: &Enrolled, once: bool) -> Result<(Channel, pb::Acce
                 return Err(err.context("the server cannot be reached [SERVER_UNREACHABLE]"));
             }
             Err(SignInFailure::Unreachable(err)) => {
+                waiting(&err);
                 let pause = backoff.next().unwrap_or(Duration::from_secs(30));
                 println!(
                     "keepsake sync: cannot sign in yet ({err:#}); retrying in {} ms",
@@ -302,7 +311,52 @@ pub async fn sync(
         wake_tx.clone(),
     )?);
     let enrolled = Arc::new(enrolled);
-    let (client, expires_at) = signed_in_patiently(&enrolled, once).await?;
+    // Until it can sign in, the status says why (an agent started while the cloud or its
+    // storage is down once said nothing at all).
+    let first_wait = std::sync::atomic::AtomicI64::new(0);
+    let waiting = |err: &anyhow::Error| {
+        let text = format!("{err:#}");
+        let storage = text.contains("[INDEX_IO]") || text.contains("[STORAGE_IO]");
+        let now = keepsake_store::SystemClock.now_ms();
+        let since = match first_wait.compare_exchange(
+            0,
+            now,
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+        ) {
+            Ok(_) => now,
+            Err(first) => first,
+        };
+        let status = keepsake_device::AgentStatus {
+            device_id: enrolled.device_id.clone(),
+            reason: Some(
+                if storage {
+                    "CLOUD_UNAVAILABLE"
+                } else {
+                    "SERVER_UNREACHABLE"
+                }
+                .into(),
+            ),
+            reason_message: Some(text),
+            since_ms: since,
+            last_pass_ms: now,
+            folder: Some(folder.to_string_lossy().into_owned()),
+            ..keepsake_device::AgentStatus::default()
+        };
+        let _ = folder_control.save_status(&status);
+    };
+    // Held while it waits to sign in, so `keepsake status` says an agent runs (and is
+    // blocked) rather than that none does; the device takes it over when it opens.
+    std::fs::create_dir_all(data.join("state"))?;
+    let waiting_lock = std::fs::File::create(data.join("state/agent.lock"))?;
+    if let Err(std::fs::TryLockError::WouldBlock) = waiting_lock.try_lock() {
+        anyhow::bail!(
+            "another agent is already syncing with {}; stop it first",
+            data.display()
+        );
+    }
+    let (client, expires_at) = signed_in_patiently(&enrolled, once, waiting).await?;
+    drop(waiting_lock);
     let _fresh = keep_token_fresh(enrolled.clone(), &client, expires_at);
     let device = Device::open(config, client.clone(), clock)?;
     println!(
@@ -432,7 +486,7 @@ impl keepsake_device::Host<CloudClient> for AgentHost {
 
     async fn reauthenticate(&mut self, cloud: &mut CloudClient) -> Result<(), AgentError> {
         // Every clone of the client — the lanes, the feed watcher — shares the token.
-        let (_, access) = access_patiently(&self.enrolled, self.once)
+        let (_, access) = access_patiently(&self.enrolled, self.once, |_| {})
             .await
             .map_err(host_error)?;
         if let Some(cell) = cloud.auth().cell() {

@@ -62,7 +62,10 @@ pub fn settle(args: &mut ServeArgs) -> Result<()> {
         && !url.starts_with("postgres://")
         && !url.starts_with("postgresql://")
     {
-        bail!("--database {:?} is not a postgres:// address", redacted(url));
+        bail!(
+            "--database {:?} is not a postgres:// address",
+            redacted(url)
+        );
     }
     Ok(())
 }
@@ -108,9 +111,10 @@ pub fn describe(args: &ServeArgs) -> String {
             "{} (rows) and {} (photos); keys and certificates in {}",
             db.as_deref()
                 .map_or_else(|| args.data.display().to_string(), redacted),
-            blobs
-                .as_deref()
-                .map_or_else(|| args.data.join("store").display().to_string(), str::to_string),
+            blobs.as_deref().map_or_else(
+                || args.data.join("store").display().to_string(),
+                str::to_string
+            ),
             args.data.display()
         ),
     }
@@ -122,7 +126,8 @@ fn connect(url: &str, schema: &str) -> Result<Db> {
             "cannot use the database at {}: {e}{}",
             redacted(url),
             match &e {
-                keepsake_sql::SqlError::Unavailable(_) => " — is PostgreSQL running, and is the address right?",
+                keepsake_sql::SqlError::Unavailable(_) =>
+                    " — is PostgreSQL running, and is the address right?",
                 keepsake_sql::SqlError::Credentials(_) => " — check the user and PGPASSWORD",
                 _ => "",
             }
@@ -195,6 +200,9 @@ mod tests {
         let url = with_password("postgres://ks@db:5432/photos", "p@ss:w/rd").unwrap();
         assert_eq!(url, "postgres://ks:p%40ss%3Aw%2Frd@db:5432/photos");
         assert_eq!(redacted(&url), "postgres://ks:***@db:5432/photos");
-        assert_eq!(redacted("postgres://ks@db/photos"), "postgres://ks@db/photos");
+        assert_eq!(
+            redacted("postgres://ks@db/photos"),
+            "postgres://ks@db/photos"
+        );
     }
 }

@@ -139,8 +139,12 @@ fn copy_packs(index: &Db, local: &LocalFsBackend, bucket: &S3Backend) -> Result<
         };
         let empty = Vec::new();
         for (id, slot) in slots.get(pack_id).unwrap_or(&empty) {
-            verify_record(id, *slot, record_in(&bytes, *slot))
-                .with_context(|| format!("chunk {} in pack {name} is corrupt on disk: run `keepsake scrub` first", id.to_hex()))?;
+            verify_record(id, *slot, record_in(&bytes, *slot)).with_context(|| {
+                format!(
+                    "chunk {} in pack {name} is corrupt on disk: run `keepsake scrub` first",
+                    id.to_hex()
+                )
+            })?;
         }
         if there.get(name) == Some(size) {
             skipped += 1;

@@ -24,6 +24,13 @@ use std::time::{Duration, Instant};
 const ACCOUNT: &str = "bench";
 const PASSWORD: &str = "bench password";
 
+/// The database `KEEPSAKE_BENCH_POSTGRES` names (`cargo xtask bench backends` sets it),
+/// with a schema suffix of this run's own.
+fn on_postgres() -> Option<(String, String)> {
+    let url = std::env::var("KEEPSAKE_BENCH_POSTGRES").ok()?;
+    Some((url, format!("{}", std::process::id())))
+}
+
 /// A loopback server for benchmarks.
 pub struct BenchServer {
     /// Plaintext URL.
@@ -40,8 +47,12 @@ pub struct BenchServer {
 
 /// Serves the store and the library on two loopback ports, plaintext and TLS.
 pub async fn serve_cloud(dir: &Path, store: Arc<Store>) -> Result<BenchServer> {
-    let library = Library::open(
-        Some(dir.join("library.sqlite")),
+    let db = match on_postgres() {
+        Some((url, schema)) => keepsake_sql::Db::postgres(&url, &format!("library_{schema}"))?,
+        None => keepsake_sql::Db::open_sqlite(Some(&dir.join("library.sqlite")))?,
+    };
+    let library = Library::open_on(
+        db,
         Arc::new(SystemClock),
         Arc::new(OsEntropy),
         LibraryConfig {
@@ -245,12 +256,29 @@ pub async fn run(root: &Path, short: bool) -> Result<()> {
     let baseline = raw_durable_txn_rate(tmp.path())?;
     std::fs::create_dir_all(tmp.path().join("again"))?;
 
-    let store = Arc::new(Store::open_local(
-        &tmp.path().join("store"),
-        Arc::new(SystemClock),
-        Arc::new(OsEntropy),
-        StoreConfig::default(),
-    )?);
+    let store = Arc::new(match on_postgres() {
+        Some((url, schema)) => Store::open(keepsake_store::StoreParts {
+            backend: Arc::new(keepsake_store::LocalFsBackend::open(
+                tmp.path().join("objects"),
+            )?),
+            index: keepsake_store::IndexAt::Postgres {
+                url,
+                schema: format!("store_{schema}"),
+            },
+            clock: Arc::new(SystemClock),
+            entropy: Arc::new(OsEntropy),
+            config: StoreConfig::default(),
+        })?,
+        None => Store::open_local(
+            &tmp.path().join("store"),
+            Arc::new(SystemClock),
+            Arc::new(OsEntropy),
+            StoreConfig::default(),
+        )?,
+    });
+    if on_postgres().is_some() {
+        println!("bench library: the library and the store index on PostgreSQL");
+    }
     let BenchServer {
         url, token, cloud, ..
     } = serve_cloud(tmp.path(), store.clone()).await?;

@@ -1,6 +1,7 @@
 //! Chunks in and out: verified, packed with one fsync, indexed, then acknowledged.
 
 use super::*;
+use keepsake_sql::{ToValue, Value};
 
 /// What one durable batch acknowledged.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -311,47 +312,74 @@ impl Store {
         let (mut new_bytes, mut already_held) = (0u64, 0u64);
         if let Some(((name, size), slots)) = written {
             let pack_id = insert_pack(&tx, name, *size, now)?;
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO chunks (id, pack_id, pack_offset, len, is_manifest)
-                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
+            let rows: Vec<Vec<Value>> = slots
+                .iter()
+                .map(|(id, slot, is_manifest)| {
+                    vec![
+                        id.0.to_value(),
+                        pack_id.to_value(),
+                        slot.offset.to_value(),
+                        slot.len.to_value(),
+                        is_manifest.to_value(),
+                    ]
+                })
+                .collect();
+            tx.insert_rows(
+                "INSERT INTO chunks (id, pack_id, pack_offset, len, is_manifest)",
+                5,
+                &rows,
+                "ON CONFLICT DO NOTHING",
             )?;
-            for (id, slot, is_manifest) in slots {
-                insert.execute(params![
-                    &id.0[..],
-                    pack_id,
-                    slot.offset as i64,
-                    slot.len,
-                    *is_manifest
-                ])?;
-            }
         }
         {
-            let mut own = tx.prepare_cached(
-                "INSERT INTO owners (account, chunk) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
-            )?;
-            let mut pin = tx.prepare_cached(
-                "INSERT INTO session_pins (session_id, chunk) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+            // Rows in groups: one round trip per group, not per chunk, on PostgreSQL.
+            let ownership: Vec<Vec<Value>> = unique
+                .iter()
+                .map(|(id, _, _)| vec![account.to_value(), id.0.to_value()])
+                .collect();
+            let newly_owned: HashSet<Vec<u8>> = tx
+                .insert_rows(
+                    "INSERT INTO owners (account, chunk)",
+                    2,
+                    &ownership,
+                    "ON CONFLICT DO NOTHING RETURNING chunk",
+                )?
+                .iter()
+                .map(|r| r.get::<_, Vec<u8>>(0))
+                .collect::<Result<_, _>>()?;
+            let pins: Vec<Vec<Value>> = unique
+                .iter()
+                .map(|(id, _, _)| vec![session_id.to_value(), id.0.to_value()])
+                .collect();
+            tx.insert_rows(
+                "INSERT INTO session_pins (session_id, chunk)",
+                2,
+                &pins,
+                "ON CONFLICT DO NOTHING",
             )?;
             let (mut owned_bytes, mut owned_chunks) = (0i64, 0i64);
             for (id, data, is_manifest) in unique {
-                if own.execute(params![account, &id.0[..]])? == 1 {
+                if newly_owned.contains(&id.0[..]) {
                     owned_bytes += data.len() as i64;
                     owned_chunks += 1;
                     new_bytes += data.len() as u64;
                 } else if !is_manifest {
                     already_held += 1;
                 }
-                pin.execute(params![session_id, &id.0[..]])?;
             }
             add_usage(&tx, account, owned_bytes, owned_chunks)?;
         }
         if let Some((manifest_id, chunks)) = manifest {
-            let mut link = tx.prepare_cached(
-                "INSERT INTO manifest_chunks (manifest, chunk) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+            let links: Vec<Vec<Value>> = chunks
+                .iter()
+                .map(|chunk| vec![manifest_id.0.to_value(), chunk.0.to_value()])
+                .collect();
+            tx.insert_rows(
+                "INSERT INTO manifest_chunks (manifest, chunk)",
+                2,
+                &links,
+                "ON CONFLICT DO NOTHING",
             )?;
-            for chunk in chunks {
-                link.execute(params![&manifest_id.0[..], &chunk.0[..]])?;
-            }
         }
         fail::fail_point!("store-before-index-commit", |_| Err(
             StoreError::InvalidArgument("fail point store-before-index-commit".into())
