@@ -144,6 +144,13 @@ where
         .expect("the committed descriptor set is valid");
     let mut builder = Server::builder();
     if let Some(tls) = &config.tls {
+        // tonic's server TLS takes rustls's process-wide provider; with both ring (ours)
+        // and aws-lc-rs (object_store's) compiled in, rustls cannot pick one and panics at
+        // the first handshake. Ours is ring, as on the client side; a provider the
+        // embedding program installed first is kept.
+        let _ = rustls::crypto::CryptoProvider::install_default(
+            rustls::crypto::ring::default_provider(),
+        );
         builder = builder.tls_config(
             ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem)),
         )?;
