@@ -174,12 +174,36 @@ fn copy_packs(index: &Db, local: &LocalFsBackend, bucket: &S3Backend) -> Result<
 /// Every row of every table in `from` into the same table in `to`, a table per transaction;
 /// rows whose key is there already are kept (a rerun resumes), keyless tables are replaced.
 fn copy_rows(what: &str, from: &Db, to: &mut Db) -> Result<()> {
-    let tables: Vec<String> = from.query_map(
+    let mut waiting: Vec<String> = from.query_map(
         "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'
          ORDER BY name",
         (),
         |r| r.get(0),
     )?;
+    // A table after those its foreign keys point at (the store's chunks after its packs).
+    let mut tables = Vec::new();
+    while !waiting.is_empty() {
+        let before = waiting.len();
+        let mut i = 0;
+        while i < waiting.len() {
+            let targets: Vec<String> = from.query_map(
+                &format!("PRAGMA foreign_key_list({})", waiting[i]),
+                (),
+                |r| r.get(2),
+            )?;
+            if targets
+                .iter()
+                .all(|t| tables.contains(t) || *t == waiting[i])
+            {
+                tables.push(waiting.remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        if waiting.len() == before {
+            bail!("the {what} tables' foreign keys form a cycle: {waiting:?}");
+        }
+    }
     for table in tables {
         let info = from.query(&format!("PRAGMA table_info({table})"), ())?;
         let columns: Vec<String> = info.iter().map(|r| r.get(1)).collect::<Result<_, _>>()?;
