@@ -101,22 +101,3 @@ fn an_unreachable_database_is_transient_and_says_so() {
     assert!(err.is_transient(), "{err}");
     assert!(err.to_string().contains("unavailable"), "{err}");
 }
-
-#[test]
-fn statements_per_second() {
-    let Some(mut db) = db("speed") else { return };
-    db.migrate(
-        "speed",
-        &["CREATE TABLE s (k INTEGER PRIMARY KEY, v TEXT);"],
-    )
-    .unwrap();
-    let t = std::time::Instant::now();
-    for i in 0..2000 {
-        db.query_row("SELECT v FROM s WHERE k = ?1", [i], |r| {
-            r.get::<_, String>(0)
-        })
-        .optional()
-        .unwrap();
-    }
-    eprintln!("2000 lookups: {:?}", t.elapsed());
-}
