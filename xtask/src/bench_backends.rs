@@ -30,15 +30,7 @@ fn first_sync(h: &crate::it::Harness, work: &Path) -> Result<f64> {
     let t = Instant::now();
     let camera = h.sync("a")?;
     let viewer = h.sync("b")?;
-    loop {
-        if folder(&work.join("b")).is_ok_and(|have| have == want) {
-            break;
-        }
-        if t.elapsed() > Duration::from_secs(1800) {
-            bail!("first sync did not finish");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    crate::it::wait_for_folder(&work.join("b"), &want, t + Duration::from_secs(1800))?;
     drop((camera, viewer));
     Ok(t.elapsed().as_secs_f64())
 }

@@ -295,6 +295,53 @@ pub(crate) fn folder(dir: &Path) -> Result<BTreeMap<String, Vec<u8>>> {
     Ok(out)
 }
 
+/// Names and sizes of the files in `dir`: a look that reads no contents.
+fn sizes(dir: &Path) -> Result<BTreeMap<String, u64>> {
+    let mut out = BTreeMap::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let meta = entry.metadata()?;
+        if !name.starts_with(".keepsake") && meta.is_file() {
+            out.insert(name, meta.len());
+        }
+    }
+    Ok(out)
+}
+
+/// Waits until `dir` holds exactly `want`. Polls names and sizes, reading contents only
+/// once they match: re-reading a whole library every poll stole a core from the sync
+/// being timed.
+pub(crate) fn wait_for_folder(
+    dir: &Path,
+    want: &BTreeMap<String, Vec<u8>>,
+    deadline: Instant,
+) -> Result<()> {
+    let want_sizes: BTreeMap<&str, u64> = want
+        .iter()
+        .map(|(name, data)| (name.as_str(), data.len() as u64))
+        .collect();
+    loop {
+        let matches = sizes(dir).is_ok_and(|have| {
+            have.len() == want_sizes.len()
+                && have
+                    .iter()
+                    .all(|(name, len)| want_sizes.get(name.as_str()) == Some(len))
+        });
+        if matches && folder(dir).is_ok_and(|have| have == *want) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{} never came to hold the {} files",
+                dir.display(),
+                want.len()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
@@ -468,19 +515,8 @@ pub(crate) fn sync_figures(root: &Path, short: bool) -> Result<SyncFigures> {
     let t = Instant::now();
     let camera = h.sync("a")?;
     let viewer = h.sync("b")?;
-    let deadline = t + Duration::from_secs(1800);
-    loop {
-        let have = std::fs::read_dir(work.join("b"))
-            .map(|d| d.count())
-            .unwrap_or(0);
-        if have > want.len() && folder(&work.join("b"))? == want {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("first sync did not finish");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_folder(&work.join("b"), &want, t + Duration::from_secs(1800))
+        .context("first sync did not finish")?;
     let first_s = t.elapsed().as_secs_f64();
     drop((camera, viewer, server));
 

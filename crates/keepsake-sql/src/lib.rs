@@ -246,14 +246,52 @@ impl Db {
         rows: &[Vec<Value>],
         tail: &str,
     ) -> Result<Vec<Row>, SqlError> {
+        self.insert_groups(head, width, rows, tail, false)
+    }
+
+    /// [`Db::insert_rows`] for an insert that a repeated row leaves unchanged (`ON CONFLICT
+    /// DO NOTHING`): the last group is filled up with its last row, so up to 256 rows
+    /// always take one statement (35 rows took five).
+    pub fn insert_rows_padded(
+        &self,
+        head: &str,
+        width: usize,
+        rows: &[Vec<Value>],
+        tail: &str,
+    ) -> Result<Vec<Row>, SqlError> {
+        self.insert_groups(head, width, rows, tail, true)
+    }
+
+    fn insert_groups(
+        &self,
+        head: &str,
+        width: usize,
+        rows: &[Vec<Value>],
+        tail: &str,
+        pad: bool,
+    ) -> Result<Vec<Row>, SqlError> {
+        const GROUPS: [usize; 5] = [256, 64, 16, 4, 1];
         let mut out = Vec::new();
         let mut rest = rows;
+        let mut padded: Vec<Vec<Value>>;
         while !rest.is_empty() {
-            let group = [256, 64, 16, 4, 1]
-                .into_iter()
-                .find(|g| *g <= rest.len())
-                .unwrap_or(1);
-            let (now, later) = rest.split_at(group);
+            let fits = GROUPS.into_iter().find(|g| *g <= rest.len()).unwrap_or(1);
+            let group = if pad {
+                GROUPS
+                    .into_iter()
+                    .rev()
+                    .find(|g| *g >= rest.len())
+                    .unwrap_or(fits)
+            } else {
+                fits
+            };
+            let (now, later) = if group > rest.len() {
+                padded = rest.to_vec();
+                padded.resize(group, rest[rest.len() - 1].clone());
+                (&padded[..], &[][..])
+            } else {
+                rest.split_at(group)
+            };
             let mut sql = String::with_capacity(head.len() + tail.len() + group * width * 6);
             sql.push_str(head);
             sql.push_str(" VALUES ");
@@ -596,6 +634,22 @@ impl Tx<'_> {
         }
     }
 
+    /// Holds the lock `key` until this transaction ends: shared with its other shared
+    /// holders, or alone when `exclusive`. On PostgreSQL an advisory lock, so it binds
+    /// every process on the database; on SQLite nothing, as its one writer already runs
+    /// transactions one at a time.
+    pub fn hold(&self, key: i64, exclusive: bool) -> Result<(), SqlError> {
+        if self.db.dialect() == Dialect::Sqlite {
+            return Ok(());
+        }
+        let sql = if exclusive {
+            "SELECT pg_advisory_xact_lock(?1)"
+        } else {
+            "SELECT pg_advisory_xact_lock_shared(?1)"
+        };
+        self.db.execute(sql, [key]).map(|_| ())
+    }
+
     /// A savepoint inside this transaction: its changes go back alone when dropped.
     pub fn savepoint(&mut self) -> Result<Tx<'_>, SqlError> {
         self.db.savepoints += 1;
@@ -685,31 +739,33 @@ mod tests {
 
     #[test]
     fn many_rows_go_in_few_statements_and_return_what_was_inserted() {
-        let db = Db::open_sqlite(None).unwrap();
-        db.execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)")
+        for padded in [false, true] {
+            let db = Db::open_sqlite(None).unwrap();
+            db.execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)")
+                .unwrap();
+            db.execute("INSERT INTO t (k, v) VALUES (?1, ?2)", params![7, "old"])
+                .unwrap();
+            let rows: Vec<Vec<Value>> = (0..300)
+                .map(|k| vec![Value::Int(k), Value::Text(format!("v{k}"))])
+                .collect();
+            let (head, tail) = ("INSERT INTO t (k, v)", "ON CONFLICT DO NOTHING RETURNING k");
+            let inserted = if padded {
+                db.insert_rows_padded(head, 2, &rows, tail)
+            } else {
+                db.insert_rows(head, 2, &rows, tail)
+            }
             .unwrap();
-        db.execute("INSERT INTO t (k, v) VALUES (?1, ?2)", params![7, "old"])
-            .unwrap();
-        let rows: Vec<Vec<Value>> = (0..300)
-            .map(|k| vec![Value::Int(k), Value::Text(format!("v{k}"))])
-            .collect();
-        let inserted = db
-            .insert_rows(
-                "INSERT INTO t (k, v)",
-                2,
-                &rows,
-                "ON CONFLICT DO NOTHING RETURNING k",
-            )
-            .unwrap();
-        assert_eq!(inserted.len(), 299, "k = 7 was there");
-        let n: i64 = db
-            .query_row("SELECT COUNT(*) FROM t", (), |r| r.get(0))
-            .unwrap();
-        assert_eq!(n, 300);
-        let kept: String = db
-            .query_row("SELECT v FROM t WHERE k = 7", (), |r| r.get(0))
-            .unwrap();
-        assert_eq!(kept, "old");
+            // Padding repeats the last row; the repeat inserts and returns nothing.
+            assert_eq!(inserted.len(), 299, "k = 7 was there");
+            let n: i64 = db
+                .query_row("SELECT COUNT(*) FROM t", (), |r| r.get(0))
+                .unwrap();
+            assert_eq!(n, 300);
+            let kept: String = db
+                .query_row("SELECT v FROM t WHERE k = 7", (), |r| r.get(0))
+                .unwrap();
+            assert_eq!(kept, "old");
+        }
     }
 
     #[test]

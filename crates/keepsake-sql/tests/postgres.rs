@@ -101,3 +101,38 @@ fn an_unreachable_database_is_transient_and_says_so() {
     assert!(err.is_transient(), "{err}");
     assert!(err.to_string().contains("unavailable"), "{err}");
 }
+
+#[test]
+fn a_held_lock_binds_other_connections_until_its_transaction_ends() {
+    let (Some(mut sweeper), Some(mut writer)) = (db("lock_a"), db("lock_b")) else {
+        return;
+    };
+    let key = 0x7465_7374;
+    let try_shared = |db: &Db| -> bool {
+        db.query_row("SELECT pg_try_advisory_xact_lock_shared(?1)", [key], |r| {
+            r.get(0)
+        })
+        .unwrap()
+    };
+    let sweep = sweeper.transaction().unwrap();
+    sweep.hold(key, true).unwrap();
+    let tx = writer.transaction().unwrap();
+    assert!(
+        !try_shared(&tx),
+        "an exclusive holder shuts out shared ones"
+    );
+    drop(tx);
+    sweep.commit().unwrap();
+    let tx = writer.transaction().unwrap();
+    assert!(try_shared(&tx), "released with its transaction");
+    tx.hold(key, false).unwrap();
+    let other = sweeper.transaction().unwrap();
+    other.hold(key, false).unwrap(); // shared holders do not wait for each other
+    let exclusive: bool = other
+        .query_row("SELECT pg_try_advisory_xact_lock(?1)", [key], |r| r.get(0))
+        .unwrap();
+    assert!(
+        !exclusive,
+        "nor does anyone get it alone while they hold it"
+    );
+}

@@ -3,6 +3,7 @@
 //! Packs are written once and never modified, so the trait has no append: an
 //! object store such as S3 fits it without changing callers.
 
+use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -53,12 +54,53 @@ pub trait Backend: Send + Sync {
     }
     /// Reads `len` bytes at `offset`; a short object is an error, never a short read.
     fn get_range(&self, name: &str, offset: u64, len: u64) -> Result<Vec<u8>, BackendError>;
+    /// Reads several `(name, offset, len)` ranges, each as `get_range` would, answering in
+    /// order. A backend with costly round trips fetches neighbours in one read and
+    /// different objects at once; the default reads them one by one.
+    fn get_ranges(&self, reads: &[(&str, u64, u64)]) -> Vec<Result<Bytes, BackendError>> {
+        reads
+            .iter()
+            .map(|&(name, offset, len)| self.get_range(name, offset, len).map(Bytes::from))
+            .collect()
+    }
     /// Reads a whole object.
     fn get(&self, name: &str) -> Result<Vec<u8>, BackendError>;
     /// Lists objects whose names start with `prefix`.
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, BackendError>;
     /// Deletes an object; deleting a missing object succeeds.
     fn delete(&self, name: &str) -> Result<(), BackendError>;
+}
+
+/// Reads of one object merged into one span: `(name, start, end, members)`, each member
+/// `(index in the request, offset, len)`.
+pub(crate) type Span<'a> = (&'a str, u64, u64, Vec<(usize, u64, u64)>);
+
+/// Merges reads of one object that lie at most `gap` bytes apart into spans, so a pack's
+/// neighbouring chunks cost one request; a span never grows past `max_span` bytes.
+pub(crate) fn merge_reads<'a>(
+    reads: &[(&'a str, u64, u64)],
+    gap: u64,
+    max_span: u64,
+) -> Vec<Span<'a>> {
+    let mut order: Vec<usize> = (0..reads.len()).collect();
+    order.sort_by_key(|&i| (reads[i].0, reads[i].1));
+    let mut spans: Vec<Span<'a>> = Vec::new();
+    for i in order {
+        let (name, offset, len) = reads[i];
+        let end = offset.saturating_add(len);
+        match spans.last_mut() {
+            Some((n, start, span_end, members))
+                if *n == name
+                    && offset <= span_end.saturating_add(gap)
+                    && end.max(*span_end) - *start <= max_span =>
+            {
+                *span_end = end.max(*span_end);
+                members.push((i, offset, len));
+            }
+            _ => spans.push((name, offset, end, vec![(i, offset, len)])),
+        }
+    }
+    spans
 }
 
 fn check_name(name: &str) -> io::Result<()> {
@@ -248,6 +290,33 @@ impl Backend for LocalFsBackend {
         Ok(buf)
     }
 
+    fn get_ranges(&self, reads: &[(&str, u64, u64)]) -> Vec<Result<Bytes, BackendError>> {
+        // Neighbouring chunks of a pack in one read: one syscall and one buffer for a run
+        // of 64 KiB chunks instead of one each.
+        let mut out: Vec<Option<Result<Bytes, BackendError>>> =
+            std::iter::repeat_with(|| None).take(reads.len()).collect();
+        for (name, start, end, members) in merge_reads(reads, 0, 16 << 20) {
+            match self.get_range(name, start, end - start) {
+                Ok(span) => {
+                    let span = Bytes::from(span);
+                    for (i, offset, len) in members {
+                        let from = (offset - start) as usize;
+                        out[i] = Some(Ok(span.slice(from..from + len as usize)));
+                    }
+                }
+                // Which read ran past the end, or failed, is each read's own answer.
+                Err(_) => {
+                    for (i, offset, len) in members {
+                        out[i] = Some(self.get_range(name, offset, len).map(Bytes::from));
+                    }
+                }
+            }
+        }
+        out.into_iter()
+            .map(|r| r.expect("every read belongs to one span"))
+            .collect()
+    }
+
     fn get(&self, name: &str) -> Result<Vec<u8>, BackendError> {
         let path = self.path(name)?;
         fs::read(&path).map_err(|e| not_found_or(e, name))
@@ -416,6 +485,10 @@ impl<B: Backend> Backend for CappedBackend<B> {
         self.inner.get_range(name, offset, len)
     }
 
+    fn get_ranges(&self, reads: &[(&str, u64, u64)]) -> Vec<Result<Bytes, BackendError>> {
+        self.inner.get_ranges(reads)
+    }
+
     fn get(&self, name: &str) -> Result<Vec<u8>, BackendError> {
         self.inner.get(name)
     }
@@ -448,6 +521,9 @@ impl<B: Backend> Backend for std::sync::Arc<B> {
     fn get_range(&self, name: &str, offset: u64, len: u64) -> Result<Vec<u8>, BackendError> {
         (**self).get_range(name, offset, len)
     }
+    fn get_ranges(&self, reads: &[(&str, u64, u64)]) -> Vec<Result<Bytes, BackendError>> {
+        (**self).get_ranges(reads)
+    }
     fn get(&self, name: &str) -> Result<Vec<u8>, BackendError> {
         (**self).get(name)
     }
@@ -471,6 +547,18 @@ mod tests {
             "short read is an error"
         );
         assert_eq!(backend.list("packs/").unwrap().len(), 1);
+        let got = backend.get_ranges(&[
+            ("packs/ab/one", 6, 5),
+            ("packs/ab/one", 0, 5),
+            ("packs/ab/one", 8, 10),
+            ("packs/ab/none", 0, 1),
+            ("packs/ab/one", 4, 3),
+        ]);
+        assert_eq!(got[0].as_deref().unwrap(), b"world");
+        assert_eq!(got[1].as_deref().unwrap(), b"hello");
+        assert!(got[2].is_err(), "a read past the end fails alone");
+        assert!(matches!(got[3], Err(BackendError::NotFound(_))));
+        assert_eq!(got[4].as_deref().unwrap(), b"o w");
         assert!(matches!(
             backend.get("packs/ab/two"),
             Err(BackendError::NotFound(_))
@@ -479,6 +567,30 @@ mod tests {
         backend.delete("packs/ab/one").unwrap();
         assert!(backend.list("").unwrap().is_empty());
         assert!(backend.put("../escape", b"x").is_err());
+    }
+
+    #[test]
+    fn reads_of_one_object_merge_only_when_near_and_never_past_the_cap() {
+        let reads = [
+            ("b", 0, 10),
+            ("a", 20, 5),
+            ("a", 0, 10),
+            ("a", 12, 4),
+            ("a", 40, 60),
+        ];
+        let spans = merge_reads(&reads, 4, 40);
+        let shape: Vec<_> = spans
+            .iter()
+            .map(|(n, s, e, m)| (*n, *s, *e, m.iter().map(|x| x.0).collect::<Vec<_>>()))
+            .collect();
+        assert_eq!(
+            shape,
+            vec![
+                ("a", 0, 25, vec![2, 3, 1]),
+                ("a", 40, 100, vec![4]),
+                ("b", 0, 10, vec![0]),
+            ]
+        );
     }
 
     #[test]

@@ -5,8 +5,9 @@
 //! A pack is created with `If-None-Match: *` (two writers never overwrite one name), read by
 //! ranged GETs (one chunk never pulls its whole pack), and acknowledged only after the PUT is.
 
-use crate::backend::{Backend, BackendError, ObjectInfo};
-use futures::TryStreamExt;
+use crate::backend::{Backend, BackendError, ObjectInfo, merge_reads};
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
@@ -15,6 +16,13 @@ use std::time::Duration;
 
 /// Objects larger than this go up in parts of this size.
 const PART_SIZE: usize = 32 << 20;
+/// Chunks of one pack at most this far apart are read in one request: a round trip
+/// costs more than reading a few unwanted kilobytes.
+const SPAN_GAP: u64 = 256 << 10;
+/// No merged read grows past this, so a reply never holds much more than was asked.
+const SPAN_MAX: u64 = 16 << 20;
+/// Requests in flight at once for one batch of reads.
+const PARALLEL_READS: usize = 8;
 
 /// Where the bucket is: parsed from `s3://BUCKET?endpoint=…&region=…&prefix=…`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -182,6 +190,25 @@ impl Drop for S3Backend {
     }
 }
 
+fn short_read(name: &str, offset: u64, len: u64, got: usize, asked: u64) -> BackendError {
+    BackendError::Io(std::io::Error::new(
+        std::io::ErrorKind::UnexpectedEof,
+        format!("{name}: {len} bytes at {offset} lie past the {got} of {asked} bytes read"),
+    ))
+}
+
+/// The same failure again, for every read one failed request served.
+fn copy_error(e: &BackendError) -> BackendError {
+    match e {
+        BackendError::NotFound(name) => BackendError::NotFound(name.clone()),
+        BackendError::Full => BackendError::Full,
+        BackendError::Exists(name) => BackendError::Exists(name.clone()),
+        BackendError::Denied(text) => BackendError::Denied(text.clone()),
+        BackendError::Unavailable(text) => BackendError::Unavailable(text.clone()),
+        BackendError::Io(io) => BackendError::Io(std::io::Error::new(io.kind(), io.to_string())),
+    }
+}
+
 fn shared_credentials() -> Option<(String, String)> {
     let file = std::env::var_os("AWS_SHARED_CREDENTIALS_FILE")
         .map(std::path::PathBuf::from)
@@ -284,6 +311,62 @@ impl Backend for S3Backend {
             )));
         }
         Ok(bytes.to_vec())
+    }
+
+    fn get_ranges(&self, reads: &[(&str, u64, u64)]) -> Vec<Result<Bytes, BackendError>> {
+        let spans = merge_reads(reads, SPAN_GAP, SPAN_MAX);
+        let requests: Vec<(ObjectPath, u64, u64)> = spans
+            .iter()
+            .map(|(name, start, end, _)| (self.path(name), *start, *end))
+            .collect();
+        let store = self.store.clone();
+        let fetched = self.run(async move {
+            let results: Vec<_> = futures::stream::iter(requests)
+                .map(|(path, start, end)| {
+                    let store = store.clone();
+                    async move { store.get_range(&path, start..end).await }
+                })
+                .buffered(PARALLEL_READS)
+                .collect()
+                .await;
+            Ok(results)
+        });
+        let mut out: Vec<Option<Result<Bytes, BackendError>>> =
+            std::iter::repeat_with(|| None).take(reads.len()).collect();
+        let fetched = match fetched {
+            Ok(fetched) => fetched,
+            Err(e) => {
+                let text = e.to_string();
+                return reads
+                    .iter()
+                    .map(|_| Err(BackendError::Unavailable(text.clone())))
+                    .collect();
+            }
+        };
+        for ((name, start, end, members), got) in spans.into_iter().zip(fetched) {
+            match got {
+                Ok(bytes) => {
+                    for (i, offset, len) in members {
+                        let from = (offset - start) as usize;
+                        let to = from + len as usize;
+                        out[i] = Some(if to <= bytes.len() {
+                            Ok(bytes.slice(from..to))
+                        } else {
+                            Err(short_read(name, offset, len, bytes.len(), end - start))
+                        });
+                    }
+                }
+                Err(e) => {
+                    let e = classify(e);
+                    for (i, ..) in members {
+                        out[i] = Some(Err(copy_error(&e)));
+                    }
+                }
+            }
+        }
+        out.into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(BackendError::Unavailable("read not made".into()))))
+            .collect()
     }
 
     fn get(&self, name: &str) -> Result<Vec<u8>, BackendError> {

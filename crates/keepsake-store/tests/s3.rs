@@ -26,6 +26,19 @@ fn the_bucket_backend_keeps_the_backend_contract() {
         b.get_range("packs/aa/one", 6, 50).is_err(),
         "a short read is an error"
     );
+    // Neighbours in one request, each read answered alone and in the order asked.
+    let got = b.get_ranges(&[
+        ("packs/bb/two", 2, 2),
+        ("packs/aa/one", 6, 5),
+        ("packs/aa/one", 0, 5),
+        ("packs/aa/one", 9, 10),
+        ("packs/cc/none", 0, 1),
+    ]);
+    assert_eq!(got[0].as_deref().unwrap(), b"cd");
+    assert_eq!(got[1].as_deref().unwrap(), b"world");
+    assert_eq!(got[2].as_deref().unwrap(), b"hello");
+    assert!(got[3].is_err(), "a read past the end fails alone");
+    assert!(matches!(got[4], Err(BackendError::NotFound(_))));
     assert!(matches!(
         b.get("packs/cc/none"),
         Err(BackendError::NotFound(_))
@@ -107,6 +120,10 @@ fn a_store_on_the_bucket_round_trips_collects_garbage_and_scrubs() {
     for (id, data) in &chunks {
         assert_eq!(store.get_chunk("alice", id).unwrap(), data.to_vec());
     }
+    let backwards: Vec<ChunkId> = chunks.iter().rev().map(|(id, _)| *id).collect();
+    let group = store.get_chunks("alice", &backwards).unwrap();
+    assert!(group.iter().zip(chunks.iter().rev()).all(|(a, b)| a == b));
+    assert_eq!(group.len(), 50);
     let scrub = store.scrub().unwrap();
     assert_eq!(scrub.corrupt_chunks, Vec::<ChunkId>::new());
     assert_eq!(scrub.chunks_verified, 50);

@@ -100,6 +100,13 @@ proptest! {
         for (id, data) in &chunks {
             prop_assert_eq!(&f.store.get_chunk("alice", id).unwrap()[..], &data[..]);
         }
+        // Read as a group, in any order, repeats included: the same bytes, in the order asked.
+        let asked: Vec<ChunkId> = ids.iter().rev().chain(ids.iter()).copied().collect();
+        let group = f.store.get_chunks("alice", &asked).unwrap();
+        prop_assert_eq!(group.iter().map(|(id, _)| *id).collect::<Vec<_>>(), asked);
+        for (id, data) in &group {
+            prop_assert_eq!(ChunkId::of(data), *id);
+        }
         let unique: BTreeMap<ChunkId, usize> = chunks.iter().map(|(id, d)| (*id, d.len())).collect();
         prop_assert_eq!(usage.bytes, unique.values().sum::<usize>() as u64);
     }
@@ -123,13 +130,15 @@ proptest! {
             .collect::<BTreeSet<_>>().into_iter().collect();
         prop_assert_eq!(failing.len(), 1, "exactly the chunk holding the bit fails to read");
         prop_assert!(matches!(f.store.get_chunk("alice", &failing[0]), Err(StoreError::Corrupt(_))));
+        let all: Vec<ChunkId> = chunks.iter().map(|(id, _)| *id).collect();
+        let group = f.store.get_chunks("alice", &all);
+        prop_assert!(matches!(group, Err(StoreError::Corrupt(id)) if id == failing[0]), "a group read refuses it too");
         let report = f.store.scrub().unwrap();
         prop_assert_eq!(&report.corrupt_chunks, &failing);
         prop_assert_eq!(report.corrupt_packs, vec![pack.name.clone()]);
         // The scrub dropped it: never served, and asked for again by FindMissing.
         let dropped = matches!(f.store.get_chunk("alice", &failing[0]), Err(StoreError::NotFound { .. }));
         prop_assert!(dropped, "a corrupt chunk is not served after the scrub");
-        let all: Vec<ChunkId> = chunks.iter().map(|(id, _)| *id).collect();
         prop_assert_eq!(f.store.find_missing("alice", &s.id, &all).unwrap(), failing.clone());
         for (id, data) in chunks.iter().filter(|(id, _)| !failing.contains(id)) {
             prop_assert_eq!(&f.store.get_chunk("alice", id).unwrap()[..], &data[..]);
@@ -555,4 +564,67 @@ proptest! {
         }
         prop_assert!(f.store.scrub().unwrap().corrupt_chunks.is_empty());
     }
+}
+
+/// Uploads of one account side by side, sharing chunks, with a sweep among them: on
+/// PostgreSQL they commit on several writer connections at once. None may deadlock, lose
+/// a chunk or bill one twice.
+#[test]
+fn concurrent_batches_sharing_chunks_and_a_sweep_among_them_lose_and_double_nothing() {
+    let f = Arc::new(fixture_with(StoreConfig {
+        grace_ms: 0,
+        ..StoreConfig::default()
+    }));
+    let shared: Vec<(ChunkId, Bytes)> = (0..40u16)
+        .map(|i| chunk(format!("shared chunk {i}").as_bytes()))
+        .collect();
+    let threads: Vec<_> = (0..4u16)
+        .map(|t| {
+            let f = f.clone();
+            let mut mine = shared.clone();
+            // Each writer meets the shared chunks in its own order.
+            mine.rotate_left(usize::from(t) * 10);
+            mine.extend((0..10u16).map(|i| chunk(format!("own {t} {i}").as_bytes())));
+            std::thread::spawn(move || {
+                let s = f.store.begin_session("alice", 0, 60_000, None).unwrap();
+                for batch in mine.chunks(7) {
+                    f.store.put_chunks("alice", &s.id, batch).unwrap();
+                }
+                let whole: Vec<u8> = mine.iter().flat_map(|(_, d)| d.to_vec()).collect();
+                let manifest = Manifest::from_chunks(&mine, ChunkId::of(&whole));
+                let m = f.store.put_manifest("alice", &s.id, &manifest).unwrap();
+                f.store
+                    .reference("alice", &m, &format!("asset-{t}"))
+                    .unwrap();
+                f.store.end_session("alice", &s.id).unwrap();
+                mine
+            })
+        })
+        .chain(std::iter::once({
+            let f = f.clone();
+            std::thread::spawn(move || {
+                for _ in 0..5 {
+                    f.store.collect_garbage().unwrap();
+                }
+                Vec::new()
+            })
+        }))
+        .collect();
+    let mut all: BTreeMap<ChunkId, Bytes> = BTreeMap::new();
+    for t in threads {
+        all.extend(t.join().expect("no writer failed"));
+    }
+    f.clock.advance(1);
+    f.store.collect_garbage().unwrap();
+    for (id, data) in &all {
+        assert_eq!(&f.store.get_chunk("alice", id).unwrap()[..], &data[..]);
+    }
+    let usage = f.store.usage("alice").unwrap();
+    let data_bytes: u64 = all.values().map(|d| d.len() as u64).sum();
+    assert_eq!(
+        usage.chunks,
+        all.len() as u64 + 4,
+        "each chunk billed once, plus 4 manifests"
+    );
+    assert!(usage.bytes > data_bytes, "the manifests are billed too");
 }

@@ -184,12 +184,7 @@ impl ChunkStore for StoreService {
             let read = |group: Vec<ChunkId>| {
                 let store = store.clone();
                 let account = who.account.clone();
-                keepsake_store::offload(move || {
-                    group
-                        .iter()
-                        .map(|id| store.get_chunk(&account, id).map(|data| (*id, data)))
-                        .collect::<Result<Vec<_>, StoreError>>()
-                })
+                keepsake_store::offload(move || store.get_chunks(&account, &group))
             };
             let mut groups = ids.chunks(32).map(<[ChunkId]>::to_vec);
             let mut ahead = groups.next().map(&read);

@@ -24,22 +24,104 @@ pub(super) enum Blob<'a> {
     },
 }
 
+const CHUNKS_AMONG: &str = "SELECT id FROM chunks WHERE id IN";
+
+/// Chunk ids per `IN` list: one round trip per group on PostgreSQL, not one per chunk.
+const ID_GROUP: usize = 64;
+
+/// `(?N, …)` with `ID_GROUP` marks from `?first`. Groups are padded to one size so each
+/// query has one text, prepared once.
+fn id_marks(first: usize) -> String {
+    let marks: Vec<String> = (first..first + ID_GROUP).map(|i| format!("?{i}")).collect();
+    format!("({})", marks.join(", "))
+}
+
+/// `group` as `ID_GROUP` values, its last id repeated to fill.
+fn padded(group: &[ChunkId]) -> impl Iterator<Item = Value> + '_ {
+    (0..ID_GROUP).map(|i| group[i.min(group.len() - 1)].0.to_value())
+}
+
+fn chunk_id(row: &keepsake_sql::Row, column: usize) -> Result<Option<ChunkId>, StoreError> {
+    let bytes: Vec<u8> = row.get(column)?;
+    Ok(<[u8; 32]>::try_from(bytes.as_slice()).ok().map(ChunkId))
+}
+
+/// The ids among `ids` that `select` finds. `select` returns one chunk id column and ends
+/// with `IN`; when `account` is given it is the first parameter.
+pub(super) fn found_among(
+    db: &Db,
+    select: &str,
+    account: Option<&str>,
+    ids: &[ChunkId],
+) -> Result<HashSet<ChunkId>, StoreError> {
+    let first = if account.is_some() { 2 } else { 1 };
+    let mut stmt = db.prepare_cached(&format!("{select} {}", id_marks(first)))?;
+    let mut found = HashSet::new();
+    for group in ids.chunks(ID_GROUP) {
+        let mut values: Vec<Value> = account.iter().map(|a| a.to_value()).collect();
+        values.extend(padded(group));
+        for row in stmt.query(values)? {
+            found.extend(chunk_id(&row, 0)?);
+        }
+    }
+    Ok(found)
+}
+
+/// The stored length of each of `ids` that is in the index.
+pub(super) fn lengths_of(db: &Db, ids: &[ChunkId]) -> Result<HashMap<ChunkId, u32>, StoreError> {
+    let mut stmt = db.prepare_cached(&format!(
+        "SELECT id, len FROM chunks WHERE id IN {}",
+        id_marks(1)
+    ))?;
+    let mut out = HashMap::with_capacity(ids.len());
+    for group in ids.chunks(ID_GROUP) {
+        for row in stmt.query(padded(group).collect::<Vec<_>>())? {
+            if let Some(id) = chunk_id(&row, 0)? {
+                out.insert(id, row.get(1)?);
+            }
+        }
+    }
+    Ok(out)
+}
+
 pub(super) fn missing_for(
     conn: &Db,
     account: &str,
     chunks: &[ChunkId],
 ) -> Result<Vec<ChunkId>, StoreError> {
-    let mut owned = conn.prepare_cached(
-        "SELECT 1 FROM owners o JOIN chunks c ON c.id = o.chunk
-         WHERE o.account = ?1 AND o.chunk = ?2 AND c.is_manifest = 0",
+    let owned = found_among(
+        conn,
+        "SELECT o.chunk FROM owners o JOIN chunks c ON c.id = o.chunk
+         WHERE o.account = ?1 AND c.is_manifest = 0 AND o.chunk IN",
+        Some(account),
+        chunks,
     )?;
-    let mut missing = Vec::new();
-    for id in chunks {
-        if !owned.exists(params![account, &id.0[..]])? {
-            missing.push(*id);
-        }
-    }
-    Ok(missing)
+    Ok(chunks
+        .iter()
+        .filter(|id| !owned.contains(id))
+        .copied()
+        .collect())
+}
+
+/// Pins `ids` to the session, in id order as every writer inserts rows (see `index_batch`).
+fn pin<'a>(
+    tx: &Db,
+    session_id: &str,
+    ids: impl Iterator<Item = &'a ChunkId>,
+) -> Result<(), StoreError> {
+    let mut ids: Vec<&ChunkId> = ids.collect();
+    ids.sort();
+    let rows: Vec<Vec<Value>> = ids
+        .iter()
+        .map(|id| vec![session_id.to_value(), id.0.to_value()])
+        .collect();
+    tx.insert_rows_padded(
+        "INSERT INTO session_pins (session_id, chunk)",
+        2,
+        &rows,
+        "ON CONFLICT DO NOTHING",
+    )?;
+    Ok(())
 }
 
 /// Records a durable pack in the index; returns its row id.
@@ -80,22 +162,20 @@ impl Store {
         let now = self.clock.now_ms();
         let mut db = self.db();
         let tx = db.transaction()?;
+        tx.hold(SWEEP_LOCK, false)?;
         check_live_session(&tx, account, session_id, now)?;
-        let mut missing = Vec::new();
-        {
-            let mut owned =
-                tx.prepare_cached("SELECT 1 FROM owners WHERE account = ?1 AND chunk = ?2")?;
-            let mut pin = tx.prepare_cached(
-                "INSERT INTO session_pins (session_id, chunk) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
-            )?;
-            for id in ids {
-                if owned.exists(params![account, &id.0[..]])? {
-                    pin.execute(params![session_id, &id.0[..]])?;
-                } else {
-                    missing.push(*id);
-                }
-            }
-        }
+        let owned = found_among(
+            &tx,
+            "SELECT chunk FROM owners WHERE account = ?1 AND chunk IN",
+            Some(account),
+            ids,
+        )?;
+        pin(&tx, session_id, owned.iter())?;
+        let missing: Vec<ChunkId> = ids
+            .iter()
+            .filter(|id| !owned.contains(id))
+            .copied()
+            .collect();
         tx.commit()?;
         Ok(missing)
     }
@@ -169,17 +249,14 @@ impl Store {
         let mut present: HashSet<ChunkId> = {
             let db = self.reader();
             check_live_session(&db, account, session_id, now)?;
-            let mut stmt = db.prepare_cached(
-                "SELECT 1 FROM chunks c JOIN owners o ON o.chunk = c.id
-                 WHERE c.id = ?1 AND o.account = ?2",
-            )?;
-            let mut present = HashSet::new();
-            for (id, _, _) in &unique {
-                if stmt.exists(params![&id.0[..], account])? {
-                    present.insert(*id);
-                }
-            }
-            present
+            let ids: Vec<ChunkId> = unique.iter().map(|(id, _, _)| *id).collect();
+            found_among(
+                &db,
+                "SELECT o.chunk FROM owners o JOIN chunks c ON c.id = o.chunk
+                 WHERE o.account = ?1 AND o.chunk IN",
+                Some(account),
+                &ids,
+            )?
         };
         // A concurrent GC may remove a chunk we chose not to write; then write it and retry.
         for _attempt in 0..4 {
@@ -242,15 +319,8 @@ impl Store {
         &self,
         ids: &HashSet<ChunkId>,
     ) -> Result<HashSet<ChunkId>, StoreError> {
-        let db = self.reader();
-        let mut stmt = db.prepare_cached("SELECT 1 FROM chunks WHERE id = ?1")?;
-        let mut out = HashSet::new();
-        for id in ids {
-            if stmt.exists([&id.0[..]])? {
-                out.insert(*id);
-            }
-        }
-        Ok(out)
+        let ids: Vec<ChunkId> = ids.iter().copied().collect();
+        found_among(&self.reader(), CHUNKS_AMONG, None, &ids)
     }
 
     /// Writes a pack durably and returns (name, size).
@@ -294,14 +364,11 @@ impl Store {
         )));
         let mut db = self.db();
         let tx = db.transaction()?;
+        tx.hold(SWEEP_LOCK, false)?;
         check_live_session(&tx, account, session_id, now)?;
-        {
-            let mut exists = tx.prepare_cached("SELECT 1 FROM chunks WHERE id = ?1")?;
-            for id in present {
-                if !exists.exists([&id.0[..]])? {
-                    return Ok(None);
-                }
-            }
+        let assumed: Vec<ChunkId> = present.iter().copied().collect();
+        if found_among(&tx, CHUNKS_AMONG, None, &assumed)?.len() != assumed.len() {
+            return Ok(None);
         }
         if let Some((_, chunks)) = manifest {
             let missing = missing_for(&tx, account, chunks)?;
@@ -312,6 +379,10 @@ impl Store {
         let (mut new_bytes, mut already_held) = (0u64, 0u64);
         if let Some(((name, size), slots)) = written {
             let pack_id = insert_pack(&tx, name, *size, now)?;
+            // Rows in id order, in every transaction: two concurrent batches that share
+            // chunks then take their row locks in one order and never deadlock.
+            let mut slots: Vec<&(ChunkId, Slot, bool)> = slots.iter().collect();
+            slots.sort_by_key(|(id, ..)| *id);
             let rows: Vec<Vec<Value>> = slots
                 .iter()
                 .map(|(id, slot, is_manifest)| {
@@ -324,21 +395,23 @@ impl Store {
                     ]
                 })
                 .collect();
-            tx.insert_rows(
+            tx.insert_rows_padded(
                 "INSERT INTO chunks (id, pack_id, pack_offset, len, is_manifest)",
                 5,
                 &rows,
                 "ON CONFLICT DO NOTHING",
             )?;
         }
+        let mut ordered: Vec<&(ChunkId, Bytes, bool)> = unique.iter().collect();
+        ordered.sort_by_key(|(id, ..)| *id);
         {
             // Rows in groups: one round trip per group, not per chunk, on PostgreSQL.
-            let ownership: Vec<Vec<Value>> = unique
+            let ownership: Vec<Vec<Value>> = ordered
                 .iter()
                 .map(|(id, _, _)| vec![account.to_value(), id.0.to_value()])
                 .collect();
             let newly_owned: HashSet<Vec<u8>> = tx
-                .insert_rows(
+                .insert_rows_padded(
                     "INSERT INTO owners (account, chunk)",
                     2,
                     &ownership,
@@ -347,18 +420,9 @@ impl Store {
                 .iter()
                 .map(|r| r.get::<_, Vec<u8>>(0))
                 .collect::<Result<_, _>>()?;
-            let pins: Vec<Vec<Value>> = unique
-                .iter()
-                .map(|(id, _, _)| vec![session_id.to_value(), id.0.to_value()])
-                .collect();
-            tx.insert_rows(
-                "INSERT INTO session_pins (session_id, chunk)",
-                2,
-                &pins,
-                "ON CONFLICT DO NOTHING",
-            )?;
+            pin(&tx, session_id, ordered.iter().map(|(id, ..)| id))?;
             let (mut owned_bytes, mut owned_chunks) = (0i64, 0i64);
-            for (id, data, is_manifest) in unique {
+            for (id, data, is_manifest) in ordered {
                 if newly_owned.contains(&id.0[..]) {
                     owned_bytes += data.len() as i64;
                     owned_chunks += 1;
@@ -374,7 +438,7 @@ impl Store {
                 .iter()
                 .map(|chunk| vec![manifest_id.0.to_value(), chunk.0.to_value()])
                 .collect();
-            tx.insert_rows(
+            tx.insert_rows_padded(
                 "INSERT INTO manifest_chunks (manifest, chunk)",
                 2,
                 &links,
@@ -433,24 +497,90 @@ impl Store {
         pack: &str,
         slot: Slot,
     ) -> Result<Bytes, StoreError> {
-        let record =
-            match self
-                .backend
-                .get_range(pack, slot.offset, RECORD_HEADER + u64::from(slot.len))
-            {
-                Ok(record) => record,
-                Err(BackendError::NotFound(_)) => return Err(StoreError::Corrupt(*id)),
-                Err(BackendError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                    return Err(StoreError::Corrupt(*id));
-                }
-                Err(e) => return Err(e.into()),
-            };
-        if let Err(e) = verify_record(id, slot, &record) {
-            tracing::error!(chunk = %id, pack, "corrupt chunk refused");
-            return Err(e);
-        }
-        // The chunk is the record past its header; slicing shares the buffer just read
-        // rather than copying megabytes per chunk served.
-        Ok(Bytes::from(record).slice(RECORD_HEADER as usize..))
+        let record = self
+            .backend
+            .get_range(pack, slot.offset, RECORD_HEADER + u64::from(slot.len))
+            .map(Bytes::from);
+        checked_record(id, pack, slot, record)
     }
+
+    /// Reads chunks `account` owns, each verified against its id, in the order asked:
+    /// one index query for them all and neighbouring chunks of a pack in one backend
+    /// read, so a bucket serves a group in a round trip or two rather than two per chunk.
+    pub fn get_chunks(
+        &self,
+        account: &str,
+        ids: &[ChunkId],
+    ) -> Result<Vec<(ChunkId, Bytes)>, StoreError> {
+        self.check_count(ids.len())?;
+        let mut located: HashMap<ChunkId, (String, Slot)> = HashMap::with_capacity(ids.len());
+        {
+            let db = self.reader();
+            let mut stmt = db.prepare_cached(&format!(
+                "SELECT o.chunk, p.name, c.pack_offset, c.len
+                 FROM owners o JOIN chunks c ON c.id = o.chunk
+                 JOIN packs p ON p.pack_id = c.pack_id
+                 WHERE o.account = ?1 AND o.chunk IN {}",
+                id_marks(2)
+            ))?;
+            for group in ids.chunks(ID_GROUP) {
+                let mut values = vec![account.to_value()];
+                values.extend(padded(group));
+                for row in stmt.query(values)? {
+                    let Some(id) = chunk_id(&row, 0)? else {
+                        continue;
+                    };
+                    let slot = Slot {
+                        offset: row.get::<_, i64>(2)? as u64,
+                        len: row.get(3)?,
+                    };
+                    located.insert(id, (row.get(1)?, slot));
+                }
+            }
+        }
+        let mut reads = Vec::with_capacity(ids.len());
+        for id in ids {
+            let (pack, slot) = located.get(id).ok_or(StoreError::NotFound {
+                kind: "chunk",
+                id: *id,
+            })?;
+            reads.push((
+                pack.as_str(),
+                slot.offset,
+                RECORD_HEADER + u64::from(slot.len),
+            ));
+        }
+        let records = self.backend.get_ranges(&reads);
+        ids.iter()
+            .zip(records)
+            .map(|(id, record)| {
+                let (pack, slot) = &located[id];
+                checked_record(id, pack, *slot, record).map(|data| (*id, data))
+            })
+            .collect()
+    }
+}
+
+/// The chunk inside a record read from `pack`, or why it cannot be served.
+fn checked_record(
+    id: &ChunkId,
+    pack: &str,
+    slot: Slot,
+    record: Result<Bytes, BackendError>,
+) -> Result<Bytes, StoreError> {
+    let record = match record {
+        Ok(record) => record,
+        Err(BackendError::NotFound(_)) => return Err(StoreError::Corrupt(*id)),
+        Err(BackendError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            return Err(StoreError::Corrupt(*id));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if let Err(e) = verify_record(id, slot, &record) {
+        tracing::error!(chunk = %id, pack, "corrupt chunk refused");
+        return Err(e);
+    }
+    // The chunk is the record past its header; slicing shares the buffer just read
+    // rather than copying megabytes per chunk served.
+    Ok(record.slice(RECORD_HEADER as usize..))
 }

@@ -29,14 +29,15 @@ impl Store {
         chunks.sort();
         chunks.dedup();
         {
-            let db = self.db();
+            // Checks only: the batch's own transaction checks ownership again.
+            let db = self.reader();
             let missing = missing_for(&db, account, &chunks)?;
             if !missing.is_empty() {
                 return Err(StoreError::MissingChunks(missing));
             }
-            let mut len_of = db.prepare_cached("SELECT len FROM chunks WHERE id = ?1")?;
+            let lens = lengths_of(&db, &chunks)?;
             for entry in &manifest.entries {
-                let len: u32 = len_of.query_row([&entry.chunk.0[..]], |r| r.get(0))?;
+                let len = lens.get(&entry.chunk).copied().unwrap_or_default();
                 if len != entry.len {
                     return Err(StoreError::MalformedManifest(format!(
                         "chunk {} is {len} bytes, the manifest says {}",
@@ -106,7 +107,10 @@ impl Store {
     ) -> Result<(), StoreError> {
         self.check_holder(holder)?;
         let now = self.clock.now_ms();
-        let db = self.db();
+        let mut db = self.db();
+        // The checks and the insert as one: a sweep cannot take the chunks between them.
+        let db = db.transaction()?;
+        db.hold(SWEEP_LOCK, false)?;
         let owned: bool = db
             .query_row(
                 "SELECT 1 FROM owners o JOIN chunks c ON c.id = o.chunk
@@ -145,6 +149,7 @@ impl Store {
             "INSERT INTO refs (account, manifest, holder, created_at) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
             params![account, &manifest.0[..], holder, now],
         )?;
+        db.commit()?;
         Ok(())
     }
 

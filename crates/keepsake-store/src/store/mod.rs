@@ -23,6 +23,12 @@ pub use upkeep::*;
 
 /// Connections that only look things up, beside the one that writes.
 const READERS: usize = 2;
+/// Writer connections on PostgreSQL: uploads commit side by side, and their commits share
+/// the server's WAL flushes. SQLite has one writer.
+const PG_WRITERS: usize = 4;
+/// The advisory lock that keeps garbage collection (exclusive) apart from transactions
+/// that check a chunk is there and then lean on it (shared), across every process.
+pub(super) const SWEEP_LOCK: i64 = 0x6b65_6570_7361_6b65;
 
 /// Limits and timings; every bound on network input lives here.
 #[derive(Debug, Clone)]
@@ -99,7 +105,8 @@ pub enum IndexAt {
 /// The content-addressed asset store.
 pub struct Store {
     backend: Arc<dyn Backend>,
-    db: Mutex<Db>,
+    writers: Vec<Mutex<Db>>,
+    next_writer: std::sync::atomic::AtomicUsize,
     // Lookups on connections of their own, so a download never waits behind an upload's
     // commit (its fsync holds the writer); empty for an in-memory index.
     readers: Vec<Mutex<Db>>,
@@ -124,6 +131,12 @@ impl Store {
             IndexAt::Postgres { url, schema } => Db::postgres(url, schema)?,
         };
         crate::schema::prepare(&mut conn)?;
+        let mut writers = vec![Mutex::new(conn)];
+        if let IndexAt::Postgres { url, schema } = &parts.index {
+            for _ in 1..PG_WRITERS {
+                writers.push(Mutex::new(Db::postgres(url, schema)?));
+            }
+        }
         let readers = match &parts.index {
             IndexAt::Memory => Vec::new(),
             IndexAt::File(path) => (0..READERS)
@@ -135,7 +148,8 @@ impl Store {
         };
         Ok(Self {
             backend: parts.backend,
-            db: Mutex::new(conn),
+            writers,
+            next_writer: std::sync::atomic::AtomicUsize::new(0),
             readers,
             next_reader: std::sync::atomic::AtomicUsize::new(0),
             clock: parts.clock,
@@ -171,8 +185,8 @@ impl Store {
     }
 
     fn db(&self) -> MutexGuard<'_, Db> {
-        // A panic while holding the lock leaves SQLite consistent (transactions roll back).
-        self.db.lock().unwrap_or_else(|p| p.into_inner())
+        // A panic while holding the lock leaves the index consistent (transactions roll back).
+        free_or_next(&self.writers, &self.next_writer)
     }
 
     /// A connection for lookups only: a free reader, else the next one in turn, else (an
@@ -181,17 +195,7 @@ impl Store {
         if self.readers.is_empty() {
             return self.db();
         }
-        for reader in &self.readers {
-            if let Ok(conn) = reader.try_lock() {
-                return conn;
-            }
-        }
-        let turn = self
-            .next_reader
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.readers[turn % self.readers.len()]
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        free_or_next(&self.readers, &self.next_reader)
     }
 
     fn check_count(&self, count: usize) -> Result<(), StoreError> {
@@ -203,6 +207,22 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// A free connection of `pool`, else the next one in turn.
+fn free_or_next<'a>(
+    pool: &'a [Mutex<Db>],
+    next: &std::sync::atomic::AtomicUsize,
+) -> MutexGuard<'a, Db> {
+    for conn in pool {
+        if let Ok(conn) = conn.try_lock() {
+            return conn;
+        }
+    }
+    let turn = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    pool[turn % pool.len()]
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

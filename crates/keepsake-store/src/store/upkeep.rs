@@ -96,6 +96,7 @@ impl Store {
     pub fn quarantine(&self, corrupt: &[ChunkId]) -> Result<Vec<(String, ManifestId)>, StoreError> {
         let mut db = self.db();
         let tx = db.transaction()?;
+        tx.hold(SWEEP_LOCK, true)?;
         let mut damaged = std::collections::BTreeSet::new();
         for id in corrupt {
             let key = &id.0[..];
@@ -176,6 +177,7 @@ impl Store {
         let grace = self.config.grace_ms;
         let mut db = self.db();
         let tx = db.transaction()?;
+        tx.hold(SWEEP_LOCK, true)?;
         // A session holds its pins until its lease ends or it is ended, plus the grace period.
         let lapsed = "SELECT session_id FROM sessions
                       WHERE least(COALESCE(ended_at, expires_at), expires_at) + ?1 <= ?2";
@@ -329,6 +331,7 @@ impl Store {
         let result = (|| -> Result<(), StoreError> {
             let mut db = self.db();
             let tx = db.transaction()?;
+            tx.hold(SWEEP_LOCK, true)?;
             if let Some((name, size)) = &written {
                 let new_pack = insert_pack(&tx, name, *size, now)?;
                 let mut update = tx.prepare_cached(
@@ -384,14 +387,16 @@ impl Store {
             report.packs_deleted += 1;
         }
         // Objects the index never learned of: a crash between pack write and index commit.
+        // In this order: a pack listed and not yet indexed when the index is read was in
+        // flight when in-flight was read (it leaves that set only after its commit).
         let listed = self.backend.list("packs/")?;
+        let in_flight = self.in_flight.lock().expect("in-flight lock").clone();
         let known: HashSet<String> = {
             let db = self.db();
             let mut stmt = db.prepare("SELECT name FROM packs")?;
             stmt.query_map((), |r| r.get(0))?
                 .collect::<Result<_, _>>()?
         };
-        let in_flight = self.in_flight.lock().expect("in-flight lock").clone();
         for object in listed {
             if !known.contains(&object.name) && !in_flight.contains(&object.name) {
                 self.backend.delete(&object.name)?;
