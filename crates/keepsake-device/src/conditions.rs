@@ -95,12 +95,19 @@ pub fn snapshot(
         Some(data) => read_json(&data.join(CONDITIONS), "conditions")?,
         None => Conditions::default(),
     };
-    let (battery, charging) = read_battery();
+    let probed = crate::probe::machine_cached();
+    let (battery, charging) = (probed.battery_percent, probed.charging);
     let (free, total) = read_disk(folder);
     let network = match (&assumed.network, &c.network) {
         (Some(n), _) => Some(*n),
         (None, Some(n)) => Some(parse_network(n).map_err(ConditionsError::Network)?),
         (None, None) => read_network(),
+    };
+    // The machine's word on metering belongs to the machine's link: with a network assumed
+    // or written down, only a written-down `metered` counts.
+    let metered = match (&assumed.network, &c.network) {
+        (None, None) => c.metered.or(probed.metered),
+        _ => c.metered,
     };
     let mut snapshot = Snapshot {
         now: now_ms,
@@ -118,7 +125,9 @@ pub fn snapshot(
         power: Power {
             battery_percent: assumed.battery_percent.or(c.battery_percent).or(battery),
             charging: assumed.charging.or(c.charging).or(charging).unwrap_or(true),
-            low_power_mode: assumed.low_power || c.low_power,
+            // The machine's power saver counts; its absence (or no answer) never
+            // switches off what was assumed or written down.
+            low_power_mode: assumed.low_power || c.low_power || probed.power_saver == Some(true),
         },
         storage: DeviceStorage {
             free_bytes: assumed.free_bytes.or(c.free_bytes).or(free),
@@ -133,6 +142,7 @@ pub fn snapshot(
         server_reachable: Some(server.reachable),
         clock_skew_ms: None,
         last_stall_at: None,
+        metered: metered == Some(true),
     };
     if let Some(data) = data {
         load_settings(data)?.apply_to(&mut snapshot);
@@ -153,30 +163,6 @@ pub fn parse_network(s: &str) -> Result<Network, String> {
             "{other:?} is not one of offline, wifi, wired, cellular"
         )),
     }
-}
-
-/// Battery percent and charging from /sys/class/power_supply; `None` where unreadable.
-pub fn read_battery() -> (Option<u8>, Option<bool>) {
-    let Ok(entries) = std::fs::read_dir("/sys/class/power_supply") else {
-        return (None, None);
-    };
-    let (mut percent, mut charging) = (None, None);
-    for entry in entries.flatten() {
-        let dir = entry.path();
-        let read =
-            |name: &str| std::fs::read_to_string(dir.join(name)).map(|s| s.trim().to_string());
-        match read("type").as_deref() {
-            Ok("Battery") => {
-                percent = read("capacity").ok().and_then(|c| c.parse().ok());
-                if let Ok(status) = read("status") {
-                    charging = Some(matches!(status.as_str(), "Charging" | "Full"));
-                }
-            }
-            Ok("Mains") if read("online").is_ok_and(|v| v == "1") => charging = Some(true),
-            _ => {}
-        }
-    }
-    (percent, charging)
 }
 
 /// Free (to this user) and total bytes of the file system holding `path`.

@@ -157,6 +157,8 @@ pub struct Conditions {
     pub low_power: bool,
     /// Free bytes on the device.
     pub free_bytes: Option<u64>,
+    /// The connection is metered (else the machine's answer, if it has one).
+    pub metered: Option<bool>,
 }
 
 const STATUS: &str = "status.json";

@@ -141,6 +141,7 @@ mod device;
 mod edits;
 mod journal;
 mod paths;
+pub mod probe;
 mod upgrade;
 
 pub use agent::{Agent, AgentConfig, AgentError, Host, Next, Passed, retry_schedule};

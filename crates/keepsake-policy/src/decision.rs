@@ -321,15 +321,27 @@ pub fn evaluate(s: &Snapshot, config: &PolicyConfig) -> Decision {
         _ => {}
     }
     let mut bandwidth_budget_bytes = None;
-    if s.network == Some(Network::Cellular) {
+    // A metered Wi-Fi or cable costs like mobile data, so the same rules hold; the words
+    // say which it is, so the fix is the one that applies.
+    let metered = s.metered && matches!(s.network, Some(Network::Wifi | Network::Wired));
+    if s.network == Some(Network::Cellular) || metered {
         let c = &s.cellular;
+        let (on, free_network) = if metered {
+            ("On a metered connection", "an unmetered network")
+        } else {
+            ("On mobile data", "Wi-Fi")
+        };
         if !c.allowed {
             let mut r = reason(
                 R::CellularNotAllowed,
-                "On mobile data, which Keepsake may not use".into(),
-                "Join Wi-Fi, or allow mobile data in Keepsake's settings.",
+                format!("{on}, which Keepsake may not use"),
+                if metered {
+                    "Join an unmetered network, or allow mobile data (and metered connections) in Keepsake's settings."
+                } else {
+                    "Join Wi-Fi, or allow mobile data in Keepsake's settings."
+                },
             );
-            r.clears_when = Some("when the device joins Wi-Fi".into());
+            r.clears_when = Some(format!("when the device joins {free_network}"));
             blocks.push((r, &W::BULK));
         } else if let Some(cap) = c.daily_cap_bytes {
             bandwidth_budget_bytes = Some(cap.saturating_sub(c.used_today_bytes));
@@ -352,10 +364,14 @@ pub fn evaluate(s: &Snapshot, config: &PolicyConfig) -> Decision {
             };
             let mut r = reason(
                 R::WaitingForWifi,
-                "On mobile data: videos, originals and full-library work wait for Wi-Fi".into(),
-                "Join Wi-Fi, or turn on \"Unlimited updates\" to use mobile data for them.",
+                format!("{on}: videos, originals and full-library work wait for {free_network}"),
+                if metered {
+                    "Join an unmetered network, or turn on \"Unlimited updates\" to use this one for them."
+                } else {
+                    "Join Wi-Fi, or turn on \"Unlimited updates\" to use mobile data for them."
+                },
             );
-            r.clears_when = Some("when the device joins Wi-Fi".into());
+            r.clears_when = Some(format!("when the device joins {free_network}"));
             blocks.push((r, waits));
         }
     }

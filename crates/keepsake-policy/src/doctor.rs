@@ -352,6 +352,8 @@ fn healthy_summary(
                 None => (Unknown, format!("the connection type is unknown; {server}")),
                 Some(n) => {
                     let kind = match n {
+                        Network::Wifi if s.metered => "on a metered Wi-Fi (allowed)",
+                        Network::Wired if s.metered => "on a metered wired connection (allowed)",
                         Network::Wifi => "on Wi-Fi",
                         Network::Wired => "on a wired connection",
                         Network::Cellular => "on mobile data (allowed)",

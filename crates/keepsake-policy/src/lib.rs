@@ -61,6 +61,7 @@ impl Snapshot {
             server_reachable: Some(true),
             clock_skew_ms: None,
             last_stall_at: None,
+            metered: false,
         }
     }
 }

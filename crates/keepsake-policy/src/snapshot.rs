@@ -121,4 +121,7 @@ pub struct Snapshot {
     pub clock_skew_ms: Option<i64>,
     /// When a transfer last stalled and was restarted by the watchdog.
     pub last_stall_at: Option<UnixMillis>,
+    /// The Wi-Fi or cable is known to be metered (paid by the byte): it counts as mobile data.
+    #[serde(default)]
+    pub metered: bool,
 }

@@ -390,3 +390,56 @@ fn server_unreachable_blocks_even_when_the_network_type_is_unknown() {
         ReasonCode::ServerUnreachable
     );
 }
+
+#[test]
+fn a_metered_link_is_held_to_mobile_data_rules_and_says_it_is_metered() {
+    let run = |network: Network, metered: bool, allowed: bool| {
+        let mut s = Snapshot::example();
+        s.network = Some(network);
+        s.metered = metered;
+        s.cellular.allowed = allowed;
+        evaluate(&s, &cfg())
+    };
+    for network in [Network::Wifi, Network::Wired] {
+        let d = run(network, true, false);
+        let r = d
+            .reasons()
+            .into_iter()
+            .find(|r| r.code == ReasonCode::CellularNotAllowed)
+            .expect("a metered link without mobile data allowed waits");
+        assert!(r.message.contains("metered"), "{}", r.message);
+        assert!(r.fix.contains("unmetered"), "{}", r.fix);
+        assert!(!d.allows(W::PhotoUpload) && d.allows(W::Metadata));
+
+        let d = run(network, true, true);
+        assert!(d.allows(W::PhotoUpload) && !d.allows(W::VideoUpload));
+        let r = d
+            .reasons()
+            .into_iter()
+            .find(|r| r.code == ReasonCode::WaitingForWifi)
+            .expect("videos wait for an unmetered network");
+        assert!(r.message.contains("metered"), "{}", r.message);
+
+        let d = run(network, false, false);
+        assert!(
+            W::ALL.iter().all(|c| d.allows(*c)),
+            "unmetered: {}",
+            d.explain()
+        );
+    }
+    // On mobile data the words stay about mobile data.
+    let d = run(Network::Cellular, true, false);
+    let r = d
+        .reasons()
+        .into_iter()
+        .find(|r| r.code == ReasonCode::CellularNotAllowed)
+        .unwrap();
+    assert!(r.message.starts_with("On mobile data"), "{}", r.message);
+    // Offline is offline, metered or not.
+    assert!(
+        run(Network::Offline, true, false)
+            .reasons()
+            .iter()
+            .all(|r| r.code != ReasonCode::CellularNotAllowed)
+    );
+}

@@ -78,6 +78,7 @@ impl TryFrom<pb::Snapshot> for WireSnapshot {
             server_reachable,
             clock_skew_ms,
             last_stall_unix_ms,
+            metered,
         } = value;
         if account.as_ref().is_some_and(|a| a.len() > MAX_ACCOUNT_LEN) {
             return Err(ApiError::field(
@@ -151,6 +152,7 @@ impl TryFrom<pb::Snapshot> for WireSnapshot {
             server_reachable,
             clock_skew_ms,
             last_stall_at: last_stall_unix_ms,
+            metered,
         }))
     }
 }

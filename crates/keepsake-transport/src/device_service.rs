@@ -176,6 +176,7 @@ fn conditions_from_wire(c: Option<pb::Conditions>) -> Result<Conditions, Status>
         charging,
         low_power,
         free_bytes,
+        metered,
     } = c.ok_or_else(|| Status::from(ApiError::field("conditions", "is required")))?;
     if !["", "wifi", "wired", "cellular", "offline"].contains(&network.as_str()) {
         return Err(ApiError::field(
@@ -201,6 +202,7 @@ fn conditions_from_wire(c: Option<pb::Conditions>) -> Result<Conditions, Status>
         charging,
         low_power,
         free_bytes,
+        metered,
     })
 }
 

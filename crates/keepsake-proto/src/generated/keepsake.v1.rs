@@ -1553,6 +1553,10 @@ pub struct Snapshot {
     /// When a transfer last stalled and was restarted.
     #[prost(int64, optional, tag = "22")]
     pub last_stall_unix_ms: ::core::option::Option<i64>,
+    /// The connection is paid by the byte (a phone's hotspot, a Wi-Fi marked metered): the
+    /// policy treats it as mobile data.
+    #[prost(bool, tag = "23")]
+    pub metered: bool,
 }
 /// Why something does not run, and what fixes it.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -6590,6 +6594,9 @@ pub struct Conditions {
     pub low_power: bool,
     #[prost(uint64, optional, tag = "5")]
     pub free_bytes: ::core::option::Option<u64>,
+    /// The connection is metered; unset = read from the machine.
+    #[prost(bool, optional, tag = "8")]
+    pub metered: ::core::option::Option<bool>,
 }
 /// The owner's choices.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
