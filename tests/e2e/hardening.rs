@@ -669,12 +669,6 @@ fn the_doctor_and_status_agree_in_every_blocked_state_an_agent_reports() {
             None,
             Some(r#"{"network": "cellular"}"#),
         ),
-        // A metered Wi-Fi (a phone's hotspot) is held to the rules of mobile data.
-        (
-            "CELLULAR_NOT_ALLOWED",
-            None,
-            Some(r#"{"network": "wifi", "metered": true}"#),
-        ),
     ];
     for (code, message, conditions) in cases {
         let data = tempfile::tempdir().unwrap();

@@ -207,6 +207,41 @@ pub fn read_network() -> Option<Network> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_written_down_metered_link_reaches_the_snapshot_and_an_assumed_network_drops_the_machines_word()
+     {
+        let data = tempfile::tempdir().unwrap();
+        let metered = |conditions: &str, assumed: &Assumed| {
+            std::fs::write(data.path().join(CONDITIONS), conditions).unwrap();
+            snapshot(
+                Some(data.path()),
+                data.path(),
+                Some("me"),
+                &ServerSaid::default(),
+                assumed,
+                0,
+            )
+            .unwrap()
+            .metered
+        };
+        let none = Assumed::default();
+        assert!(metered(r#"{"network": "wifi", "metered": true}"#, &none));
+        assert!(
+            metered(r#"{"metered": true}"#, &none),
+            "over the machine's link"
+        );
+        assert!(!metered(r#"{"network": "wifi", "metered": false}"#, &none));
+        // A network written down or assumed is not the machine's link: only a written
+        // `metered` counts for it, never what nmcli says of the real one.
+        assert!(!metered(r#"{"network": "wifi"}"#, &none));
+        let on_wifi = Assumed {
+            network: Some(Network::Wifi),
+            ..Assumed::default()
+        };
+        assert!(!metered("{}", &on_wifi));
+        assert!(metered(r#"{"metered": true}"#, &on_wifi));
+    }
+
     #[cfg(target_os = "linux")]
     #[test]
     fn the_disk_reading_agrees_with_df() {

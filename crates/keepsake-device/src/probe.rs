@@ -53,22 +53,21 @@ pub fn machine_cached() -> Probed {
     static LAST: std::sync::Mutex<Option<(std::time::Instant, Probed)>> =
         std::sync::Mutex::new(None);
     let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
-    let probed = match *last {
+    match *last {
+        Some((at, probed)) if at.elapsed() < TOOLS_FRESH && !cfg!(target_os = "macos") => {
+            let (battery_percent, charging) = battery_in(Path::new("/sys/class/power_supply"));
+            Probed {
+                battery_percent,
+                charging,
+                ..probed
+            }
+        }
         Some((at, probed)) if at.elapsed() < TOOLS_FRESH => probed,
         _ => {
             let probed = machine();
             *last = Some((std::time::Instant::now(), probed));
             probed
         }
-    };
-    if cfg!(target_os = "macos") {
-        return probed;
-    }
-    let (battery_percent, charging) = battery_in(Path::new("/sys/class/power_supply"));
-    Probed {
-        battery_percent,
-        charging,
-        ..probed
     }
 }
 

@@ -326,20 +326,29 @@ pub fn evaluate(s: &Snapshot, config: &PolicyConfig) -> Decision {
     let metered = s.metered && matches!(s.network, Some(Network::Wifi | Network::Wired));
     if s.network == Some(Network::Cellular) || metered {
         let c = &s.cellular;
-        let (on, free_network) = if metered {
-            ("On a metered connection", "an unmetered network")
+        // The words of each reason, for the link it is on.
+        let (on, free_network, join, allow, use_it) = if metered {
+            (
+                "On a metered connection",
+                "an unmetered network",
+                "Join an unmetered network",
+                "mobile data (and metered connections)",
+                "this one",
+            )
         } else {
-            ("On mobile data", "Wi-Fi")
+            (
+                "On mobile data",
+                "Wi-Fi",
+                "Join Wi-Fi",
+                "mobile data",
+                "mobile data",
+            )
         };
         if !c.allowed {
             let mut r = reason(
                 R::CellularNotAllowed,
                 format!("{on}, which Keepsake may not use"),
-                if metered {
-                    "Join an unmetered network, or allow mobile data (and metered connections) in Keepsake's settings."
-                } else {
-                    "Join Wi-Fi, or allow mobile data in Keepsake's settings."
-                },
+                &format!("{join}, or allow {allow} in Keepsake's settings."),
             );
             r.clears_when = Some(format!("when the device joins {free_network}"));
             blocks.push((r, &W::BULK));
@@ -349,10 +358,10 @@ pub fn evaluate(s: &Snapshot, config: &PolicyConfig) -> Decision {
                 let mut r = reason(
                     R::CellularCapReached,
                     format!("Today's mobile-data allowance of {} is used up", gib(cap)),
-                    "Join Wi-Fi, or raise the daily cap in Keepsake's settings.",
+                    &format!("{join}, or raise the daily cap in Keepsake's settings."),
                 );
                 r.clears_at = Some(next_local_midnight(s.now, config.utc_offset_minutes));
-                r.clears_when = Some("at midnight, or on Wi-Fi".into());
+                r.clears_when = Some(format!("at midnight, or on {free_network}"));
                 blocks.push((r, &W::BULK));
             }
         }
@@ -365,11 +374,7 @@ pub fn evaluate(s: &Snapshot, config: &PolicyConfig) -> Decision {
             let mut r = reason(
                 R::WaitingForWifi,
                 format!("{on}: videos, originals and full-library work wait for {free_network}"),
-                if metered {
-                    "Join an unmetered network, or turn on \"Unlimited updates\" to use this one for them."
-                } else {
-                    "Join Wi-Fi, or turn on \"Unlimited updates\" to use mobile data for them."
-                },
+                &format!("{join}, or turn on \"Unlimited updates\" to use {use_it} for them."),
             );
             r.clears_when = Some(format!("when the device joins {free_network}"));
             blocks.push((r, waits));

@@ -103,6 +103,41 @@ pub(crate) fn merge_reads<'a>(
     spans
 }
 
+/// Each read's answer, in the order asked, from what its span fetched: a slice of the span,
+/// an error for a read past the span's end (a short object), or `failed` for a read whose
+/// span failed.
+pub(crate) fn answer_spans(
+    reads: usize,
+    spans: Vec<Span<'_>>,
+    fetched: Vec<Result<Bytes, BackendError>>,
+    mut failed: impl FnMut(&str, u64, u64, &BackendError) -> Result<Bytes, BackendError>,
+) -> Vec<Result<Bytes, BackendError>> {
+    let mut out: Vec<Option<Result<Bytes, BackendError>>> =
+        std::iter::repeat_with(|| None).take(reads).collect();
+    for ((name, start, _, members), got) in spans.into_iter().zip(fetched) {
+        for (i, offset, len) in members {
+            out[i] = Some(match &got {
+                Ok(bytes) => {
+                    let from = (offset - start) as usize;
+                    let to = from + len as usize;
+                    if to <= bytes.len() {
+                        Ok(bytes.slice(from..to))
+                    } else {
+                        Err(BackendError::Io(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            format!("{name}: {len} bytes at {offset} lie past its end"),
+                        )))
+                    }
+                }
+                Err(e) => failed(name, offset, len, e),
+            });
+        }
+    }
+    out.into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(BackendError::Unavailable("read not made".into()))))
+        .collect()
+}
+
 fn check_name(name: &str) -> io::Result<()> {
     // Names come from hashes and ids only; refuse anything that could walk out of the root.
     let ok = !name.is_empty()
@@ -293,28 +328,15 @@ impl Backend for LocalFsBackend {
     fn get_ranges(&self, reads: &[(&str, u64, u64)]) -> Vec<Result<Bytes, BackendError>> {
         // Neighbouring chunks of a pack in one read: one syscall and one buffer for a run
         // of 64 KiB chunks instead of one each.
-        let mut out: Vec<Option<Result<Bytes, BackendError>>> =
-            std::iter::repeat_with(|| None).take(reads.len()).collect();
-        for (name, start, end, members) in merge_reads(reads, 0, 16 << 20) {
-            match self.get_range(name, start, end - start) {
-                Ok(span) => {
-                    let span = Bytes::from(span);
-                    for (i, offset, len) in members {
-                        let from = (offset - start) as usize;
-                        out[i] = Some(Ok(span.slice(from..from + len as usize)));
-                    }
-                }
-                // Which read ran past the end, or failed, is each read's own answer.
-                Err(_) => {
-                    for (i, offset, len) in members {
-                        out[i] = Some(self.get_range(name, offset, len).map(Bytes::from));
-                    }
-                }
-            }
-        }
-        out.into_iter()
-            .map(|r| r.expect("every read belongs to one span"))
-            .collect()
+        let spans = merge_reads(reads, 0, 16 << 20);
+        let fetched: Vec<_> = spans
+            .iter()
+            .map(|(name, start, end, _)| self.get_range(name, *start, end - start).map(Bytes::from))
+            .collect();
+        // Which read ran past the end, or failed, is each read's own answer.
+        answer_spans(reads.len(), spans, fetched, |name, offset, len, _| {
+            self.get_range(name, offset, len).map(Bytes::from)
+        })
     }
 
     fn get(&self, name: &str) -> Result<Vec<u8>, BackendError> {

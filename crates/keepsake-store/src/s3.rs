@@ -5,7 +5,7 @@
 //! A pack is created with `If-None-Match: *` (two writers never overwrite one name), read by
 //! ranged GETs (one chunk never pulls its whole pack), and acknowledged only after the PUT is.
 
-use crate::backend::{Backend, BackendError, ObjectInfo, merge_reads};
+use crate::backend::{Backend, BackendError, ObjectInfo, answer_spans, merge_reads};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3, AmazonS3Builder};
@@ -190,13 +190,6 @@ impl Drop for S3Backend {
     }
 }
 
-fn short_read(name: &str, offset: u64, len: u64, got: usize, asked: u64) -> BackendError {
-    BackendError::Io(std::io::Error::new(
-        std::io::ErrorKind::UnexpectedEof,
-        format!("{name}: {len} bytes at {offset} lie past the {got} of {asked} bytes read"),
-    ))
-}
-
 /// The same failure again, for every read one failed request served.
 fn copy_error(e: &BackendError) -> BackendError {
     match e {
@@ -331,10 +324,8 @@ impl Backend for S3Backend {
                 .await;
             Ok(results)
         });
-        let mut out: Vec<Option<Result<Bytes, BackendError>>> =
-            std::iter::repeat_with(|| None).take(reads.len()).collect();
         let fetched = match fetched {
-            Ok(fetched) => fetched,
+            Ok(fetched) => fetched.into_iter().map(|r| r.map_err(classify)).collect(),
             Err(e) => {
                 let text = e.to_string();
                 return reads
@@ -343,30 +334,7 @@ impl Backend for S3Backend {
                     .collect();
             }
         };
-        for ((name, start, end, members), got) in spans.into_iter().zip(fetched) {
-            match got {
-                Ok(bytes) => {
-                    for (i, offset, len) in members {
-                        let from = (offset - start) as usize;
-                        let to = from + len as usize;
-                        out[i] = Some(if to <= bytes.len() {
-                            Ok(bytes.slice(from..to))
-                        } else {
-                            Err(short_read(name, offset, len, bytes.len(), end - start))
-                        });
-                    }
-                }
-                Err(e) => {
-                    let e = classify(e);
-                    for (i, ..) in members {
-                        out[i] = Some(Err(copy_error(&e)));
-                    }
-                }
-            }
-        }
-        out.into_iter()
-            .map(|r| r.unwrap_or_else(|| Err(BackendError::Unavailable("read not made".into()))))
-            .collect()
+        answer_spans(reads.len(), spans, fetched, |_, _, _, e| Err(copy_error(e)))
     }
 
     fn get(&self, name: &str) -> Result<Vec<u8>, BackendError> {

@@ -41,47 +41,48 @@ fn padded(group: &[ChunkId]) -> impl Iterator<Item = Value> + '_ {
     (0..ID_GROUP).map(|i| group[i.min(group.len() - 1)].0.to_value())
 }
 
-fn chunk_id(row: &keepsake_sql::Row, column: usize) -> Result<Option<ChunkId>, StoreError> {
-    let bytes: Vec<u8> = row.get(column)?;
-    Ok(<[u8; 32]>::try_from(bytes.as_slice()).ok().map(ChunkId))
+/// The rows `select` returns for `ids`, a padded `IN` list per group of `ID_GROUP`.
+/// `select` ends with `IN`; when `account` is given it is the first parameter.
+fn rows_among(
+    db: &Db,
+    select: &str,
+    account: Option<&str>,
+    ids: &[ChunkId],
+) -> Result<Vec<keepsake_sql::Row>, StoreError> {
+    let first = if account.is_some() { 2 } else { 1 };
+    let mut stmt = db.prepare_cached(&format!("{select} {}", id_marks(first)))?;
+    let mut rows = Vec::new();
+    for group in ids.chunks(ID_GROUP) {
+        let mut values: Vec<Value> = account.iter().map(|a| a.to_value()).collect();
+        values.extend(padded(group));
+        rows.extend(stmt.query(values)?);
+    }
+    Ok(rows)
 }
 
-/// The ids among `ids` that `select` finds. `select` returns one chunk id column and ends
-/// with `IN`; when `account` is given it is the first parameter.
+fn chunk_id(row: &keepsake_sql::Row, column: usize) -> Result<ChunkId, StoreError> {
+    Ok(ChunkId::from_slice(&row.get::<_, Vec<u8>>(column)?)?)
+}
+
+/// The ids among `ids` that `select` (one chunk id column; see [`rows_among`]) finds.
 pub(super) fn found_among(
     db: &Db,
     select: &str,
     account: Option<&str>,
     ids: &[ChunkId],
 ) -> Result<HashSet<ChunkId>, StoreError> {
-    let first = if account.is_some() { 2 } else { 1 };
-    let mut stmt = db.prepare_cached(&format!("{select} {}", id_marks(first)))?;
-    let mut found = HashSet::new();
-    for group in ids.chunks(ID_GROUP) {
-        let mut values: Vec<Value> = account.iter().map(|a| a.to_value()).collect();
-        values.extend(padded(group));
-        for row in stmt.query(values)? {
-            found.extend(chunk_id(&row, 0)?);
-        }
-    }
-    Ok(found)
+    rows_among(db, select, account, ids)?
+        .iter()
+        .map(|row| chunk_id(row, 0))
+        .collect()
 }
 
 /// The stored length of each of `ids` that is in the index.
 pub(super) fn lengths_of(db: &Db, ids: &[ChunkId]) -> Result<HashMap<ChunkId, u32>, StoreError> {
-    let mut stmt = db.prepare_cached(&format!(
-        "SELECT id, len FROM chunks WHERE id IN {}",
-        id_marks(1)
-    ))?;
-    let mut out = HashMap::with_capacity(ids.len());
-    for group in ids.chunks(ID_GROUP) {
-        for row in stmt.query(padded(group).collect::<Vec<_>>())? {
-            if let Some(id) = chunk_id(&row, 0)? {
-                out.insert(id, row.get(1)?);
-            }
-        }
-    }
-    Ok(out)
+    rows_among(db, "SELECT id, len FROM chunks WHERE id IN", None, ids)?
+        .iter()
+        .map(|row| Ok((chunk_id(row, 0)?, row.get(1)?)))
+        .collect()
 }
 
 pub(super) fn missing_for(
@@ -461,8 +462,10 @@ impl Store {
 
     /// Reads one chunk `account` owns, verified against its id.
     pub fn get_chunk(&self, account: &str, id: &ChunkId) -> Result<Bytes, StoreError> {
-        let (name, slot, _) = self.locate(account, id, "chunk")?;
-        self.read_slot(id, &name, slot)
+        let (_, data) = self
+            .get_chunks(account, std::slice::from_ref(id))?
+            .remove(0);
+        Ok(data)
     }
 
     pub(super) fn locate(
@@ -513,31 +516,24 @@ impl Store {
         ids: &[ChunkId],
     ) -> Result<Vec<(ChunkId, Bytes)>, StoreError> {
         self.check_count(ids.len())?;
-        let mut located: HashMap<ChunkId, (String, Slot)> = HashMap::with_capacity(ids.len());
-        {
-            let db = self.reader();
-            let mut stmt = db.prepare_cached(&format!(
-                "SELECT o.chunk, p.name, c.pack_offset, c.len
-                 FROM owners o JOIN chunks c ON c.id = o.chunk
-                 JOIN packs p ON p.pack_id = c.pack_id
-                 WHERE o.account = ?1 AND o.chunk IN {}",
-                id_marks(2)
-            ))?;
-            for group in ids.chunks(ID_GROUP) {
-                let mut values = vec![account.to_value()];
-                values.extend(padded(group));
-                for row in stmt.query(values)? {
-                    let Some(id) = chunk_id(&row, 0)? else {
-                        continue;
-                    };
-                    let slot = Slot {
-                        offset: row.get::<_, i64>(2)? as u64,
-                        len: row.get(3)?,
-                    };
-                    located.insert(id, (row.get(1)?, slot));
-                }
-            }
-        }
+        let located: HashMap<ChunkId, (String, Slot)> = rows_among(
+            &self.reader(),
+            "SELECT o.chunk, p.name, c.pack_offset, c.len
+             FROM owners o JOIN chunks c ON c.id = o.chunk
+             JOIN packs p ON p.pack_id = c.pack_id
+             WHERE o.account = ?1 AND o.chunk IN",
+            Some(account),
+            ids,
+        )?
+        .iter()
+        .map(|row| {
+            let slot = Slot {
+                offset: row.get::<_, i64>(2)? as u64,
+                len: row.get(3)?,
+            };
+            Ok((chunk_id(row, 0)?, (row.get(1)?, slot)))
+        })
+        .collect::<Result<_, StoreError>>()?;
         let mut reads = Vec::with_capacity(ids.len());
         for id in ids {
             let (pack, slot) = located.get(id).ok_or(StoreError::NotFound {
