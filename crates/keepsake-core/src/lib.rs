@@ -37,4 +37,4 @@ pub use hlc::Hlc;
 pub use id::{ChunkId, ManifestId};
 pub use manifest::{Manifest, ManifestEntry, Splice};
 #[cfg(feature = "offload")]
-pub use offload::{offload, on_one_thread};
+pub use offload::{OwnRuntime, offload, on_one_thread};

@@ -5,6 +5,7 @@
 //! `block_on`, that works from inside another runtime's worker too.
 
 use crate::{SqlError, Value};
+use keepsake_core::OwnRuntime;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio_postgres::types::{FromSql, IsNull, ToSql, Type, to_sql_checked};
@@ -14,8 +15,7 @@ use tokio_postgres::{Client, NoTls, Statement};
 const STATEMENT_TIMEOUT_MS: u64 = 30_000;
 
 pub(crate) struct PgConn {
-    // Taken out on drop: a runtime dropped inside another one's task would panic.
-    runtime: Option<tokio::runtime::Runtime>,
+    runtime: OwnRuntime,
     url: String,
     schema: String,
     client: Mutex<Option<Arc<Client>>>,
@@ -31,16 +31,11 @@ impl PgConn {
         {
             return Err(SqlError::Schema(format!("bad schema name {schema:?}")));
         }
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("keepsake-pg")
-            .enable_all()
-            .build()
-            .map_err(|e| {
-                SqlError::Unavailable(format!("cannot start the database runtime: {e}"))
-            })?;
+        let runtime = OwnRuntime::new("keepsake-pg", 1).map_err(|e| {
+            SqlError::Unavailable(format!("cannot start the database runtime: {e}"))
+        })?;
         let conn = Self {
-            runtime: Some(runtime),
+            runtime,
             url: url.to_string(),
             schema: schema.to_string(),
             client: Mutex::new(None),
@@ -54,15 +49,9 @@ impl PgConn {
         &self,
         work: impl Future<Output = T> + Send + 'static,
     ) -> Result<T, SqlError> {
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
         self.runtime
-            .as_ref()
-            .expect("runtime lives until drop")
-            .spawn(async move {
-                let _ = tx.send(work.await);
-            });
-        rx.recv()
-            .map_err(|_| SqlError::Unavailable("the database task stopped".into()))
+            .run(work)
+            .ok_or_else(|| SqlError::Unavailable("the database task stopped".into()))
     }
 
     /// The live client, connecting (again) when there is none or the last one closed.
@@ -323,12 +312,4 @@ fn classify(e: tokio_postgres::Error) -> SqlError {
         return SqlError::Unavailable(format!("the database is unreachable: {e}"));
     }
     SqlError::Unavailable(format!("the database failed: {e}"))
-}
-
-impl Drop for PgConn {
-    fn drop(&mut self) {
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
-        }
-    }
 }

@@ -8,6 +8,7 @@
 use crate::backend::{Backend, BackendError, ObjectInfo, answer_spans, merge_reads};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
+use keepsake_core::OwnRuntime;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
@@ -78,8 +79,7 @@ impl S3Location {
 pub struct S3Backend {
     store: Arc<AmazonS3>,
     prefix: String,
-    // Taken out on drop: a runtime dropped inside another one's task would panic.
-    runtime: Option<tokio::runtime::Runtime>,
+    runtime: OwnRuntime,
 }
 
 impl std::fmt::Debug for S3Backend {
@@ -142,15 +142,11 @@ impl S3Backend {
         let store = builder
             .build()
             .map_err(|e| BackendError::Denied(format!("the bucket settings are wrong: {e}")))?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("keepsake-s3")
-            .enable_all()
-            .build()?;
+        let runtime = OwnRuntime::new("keepsake-s3", 2)?;
         let backend = Self {
             store: Arc::new(store),
             prefix: location.prefix.clone(),
-            runtime: Some(runtime),
+            runtime,
         };
         // A missing bucket or refused credentials fail here, at start, not at first upload.
         backend.list("probe-")?;
@@ -169,24 +165,10 @@ impl S3Backend {
         &self,
         work: impl Future<Output = Result<T, object_store::Error>> + Send + 'static,
     ) -> Result<T, BackendError> {
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
         self.runtime
-            .as_ref()
-            .expect("runtime lives until drop")
-            .spawn(async move {
-                let _ = tx.send(work.await);
-            });
-        rx.recv()
-            .map_err(|_| BackendError::Unavailable("the bucket task stopped".into()))?
+            .run(work)
+            .ok_or_else(|| BackendError::Unavailable("the bucket task stopped".into()))?
             .map_err(classify)
-    }
-}
-
-impl Drop for S3Backend {
-    fn drop(&mut self) {
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
-        }
     }
 }
 
