@@ -601,7 +601,7 @@ async fn a_failed_enrolment_names_the_directory_and_registers_nothing() {
         client::connect(&server.url).await.unwrap(),
         client::BearerAuth::new(token.trim()),
     )
-    .list_devices(keepsake_transport_pb::ListDevicesRequest {})
+    .list_devices(keepsake_transport_pb::ListDevicesRequest::default())
     .await
     .unwrap()
     .into_inner()

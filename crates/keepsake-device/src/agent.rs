@@ -8,8 +8,8 @@
 //! printing — comes through [`Host`], so the binary and the simulation run this same loop.
 
 use crate::control::AgentStatus;
-use crate::{Cloud, Device, DeviceError, Reason, SyncReport};
-use keepsake_policy::Snapshot;
+use crate::{Cloud, Device, DeviceError, LedgerReport, Reason, SyncReport};
+use keepsake_policy::{Network, Snapshot};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -102,9 +102,10 @@ pub struct Agent<C: Cloud, H: Host<C>> {
     config: AgentConfig,
     status: Arc<Mutex<AgentStatus>>,
     backoff: backon::ExponentialBackoff,
-    /// The reason the ledger last heard (the last finished pass's); `None` before the
-    /// first report.
-    reported: Option<Option<String>>,
+    /// The last finished pass's reason; `None` before the first pass.
+    last_reason: Option<Option<String>>,
+    /// What the ledger last heard, and when.
+    reported: Option<(i64, LedgerReport)>,
     /// Passes a one-pass run made waiting for files still being written.
     settling: u32,
 }
@@ -145,6 +146,7 @@ impl<C: Cloud, H: Host<C>> Agent<C, H> {
             config,
             status,
             backoff,
+            last_reason: None,
             reported: None,
             settling: 0,
         }
@@ -186,7 +188,7 @@ impl<C: Cloud, H: Host<C>> Agent<C, H> {
         let conditions = self
             .host
             .conditions(
-                self.reported.as_ref().and_then(Option::as_deref),
+                self.last_reason.as_ref().and_then(Option::as_deref),
                 self.device.cloud_mut(),
             )
             .await?;
@@ -194,15 +196,30 @@ impl<C: Cloud, H: Host<C>> Agent<C, H> {
         let optimize = self.host.optimize_budget()?;
         self.device.set_optimize(optimize);
         match self.device.sync_once().await {
-            Ok(report) if report.blocked.as_deref() == Some("UNAUTHENTICATED") => {
+            Ok(mut report) if report.blocked.as_deref() == Some("UNAUTHENTICATED") => {
                 // Access tokens are short-lived (a refresher may have been cut off from the
                 // server meanwhile): trade the device token for a new one, and go again.
-                self.host.reauthenticate(self.device.cloud_mut()).await?;
-                Ok(Passed::ran(Next::Wait(Duration::ZERO), report))
+                match self.host.reauthenticate(self.device.cloud_mut()).await {
+                    Ok(()) => Ok(Passed::ran(Next::Wait(Duration::ZERO), report)),
+                    Err(AgentError::Device(DeviceError::Cloud(e)))
+                        if e.reason == Reason::DeviceRevoked =>
+                    {
+                        report.blocked = Some(e.reason.to_string());
+                        report.blocked_message = Some(e.message);
+                        self.after_pass(&report, optimize).await;
+                        Ok(Passed::ran(Next::Done, report))
+                    }
+                    Err(e) => Err(e),
+                }
             }
             Ok(report) => {
                 self.backoff = retry_schedule(&self.device.config().device_id);
                 self.after_pass(&report, optimize).await;
+                if report.blocked.as_deref() == Some(Reason::DeviceRevoked.as_str()) {
+                    // Nothing this device does changes that: the agent stops, every file
+                    // stays where it is, and the status says why and what fixes it.
+                    return Ok(Passed::ran(Next::Done, report));
+                }
                 if self.config.once {
                     // A file still being written was left for later; one pass asked for
                     // means what is in the folder now, so look again once it settles.
@@ -287,12 +304,22 @@ impl<C: Cloud, H: Host<C>> Agent<C, H> {
     async fn after_pass(&mut self, report: &SyncReport, optimize: Option<u64>) {
         let now = self.device.now_ms();
         let d = &self.device;
-        let (pending_files, pending_edits) = (
+        let (pending_files, pending_bytes, pending_edits) = (
             d.pending_files().unwrap_or(0),
+            d.pending_bytes().unwrap_or(0),
             d.pending_edits().unwrap_or(0),
         );
         let storage = d.storage().ok();
         let damaged_waiting = d.damaged_waiting();
+        // The words for the reason: the pass's own (the policy's or the cloud's), else the
+        // checklist's for a refusal, so status, the doctor and the ledger say one thing.
+        let lived = report.blocked.as_deref().and_then(|r| {
+            keepsake_policy::doctor::lived_reason(r, report.blocked_message.as_deref())
+        });
+        let fix = report
+            .blocked_fix
+            .clone()
+            .or_else(|| lived.as_ref().map(|r| r.fix.clone()));
         let mut lines = Vec::new();
         let shown = self.with_status(|s| {
             if report.blocked != s.reason {
@@ -300,12 +327,16 @@ impl<C: Cloud, H: Host<C>> Agent<C, H> {
                 s.reason = report.blocked.clone();
             }
             s.reason_message = report.blocked_message.clone();
+            s.reason_fix = fix.clone();
             s.passes += 1;
             s.last_pass_ms = now;
             s.uploaded += report.uploaded as u64;
             s.downloaded += report.downloaded as u64;
             s.pending_files = pending_files;
+            s.pending_bytes = pending_bytes;
             s.pending_edits = pending_edits;
+            s.pending_downloads = report.pending_downloads;
+            s.pending_download_bytes = report.pending_download_bytes;
             s.progress = None;
             if let Some((originals, previews, cloud_only)) = storage {
                 (s.originals_bytes, s.previews_bytes, s.cloud_only) =
@@ -334,18 +365,26 @@ impl<C: Cloud, H: Host<C>> Agent<C, H> {
         for line in lines {
             self.host.say(&line);
         }
-        let changed = self.reported.as_ref() != Some(&report.blocked);
+        let changed = self.last_reason.as_ref() != Some(&report.blocked);
         if let Some(line) = pass_summary(report, changed) {
             self.host.say(&line);
         }
-        if changed {
-            // Best effort: the ledger hears again at the next change.
-            let _ = self
-                .device
-                .cloud_mut()
-                .report_state(report.blocked.clone())
-                .await;
-            self.reported = Some(report.blocked.clone());
+        if let (true, Some(message), Some(fix)) = (changed, &shown.reason_message, &fix) {
+            self.host.say(&format!("{message}. Fix: {fix}"));
+        }
+        self.last_reason = Some(report.blocked.clone());
+        if report.blocked.as_deref() == Some(Reason::DeviceRevoked.as_str()) {
+            // The ledger no longer takes this device's word.
+            return;
+        }
+        let ledger = ledger_report(&shown, self.device.conditions(), report.skipped.len());
+        let due = match &self.reported {
+            None => true,
+            Some((at, last)) => !same_news(last, &ledger) || now - at >= LEDGER_EVERY_MS,
+        };
+        // Best effort: a report that fails is sent again after the next pass.
+        if due && self.device.cloud_mut().report_state(&ledger).await.is_ok() {
+            self.reported = Some((now, ledger));
         }
     }
 
@@ -354,6 +393,97 @@ impl<C: Cloud, H: Host<C>> Agent<C, H> {
         change(&mut s);
         s.clone()
     }
+}
+
+/// The longest the ledger goes without hearing from a running agent (it hears at once when
+/// the state, the reason, what waits or the network changes); well inside the day after
+/// which the cloud calls a device silent.
+pub const LEDGER_EVERY_MS: i64 = 5 * 60_000;
+
+/// Reasons that pass by themselves or at the owner's word (a charger, Wi-Fi, the end of a
+/// pause): the device is "paused", not "blocked".
+const PAUSING: [&str; 12] = [
+    "PAUSED_BY_USER",
+    "SYNC_DISABLED",
+    "OFFLINE",
+    "SERVER_UNREACHABLE",
+    "CLOUD_UNAVAILABLE",
+    "STORAGE_FULL",
+    "CELLULAR_NOT_ALLOWED",
+    "CELLULAR_CAP_REACHED",
+    "WAITING_FOR_WIFI",
+    "LOW_POWER_MODE",
+    "LOW_BATTERY",
+    "WAITING_FOR_CHARGER",
+];
+
+/// The ledger's view of a device from its status and the conditions it last saw.
+pub fn ledger_report(
+    status: &AgentStatus,
+    conditions: Option<&Snapshot>,
+    left_out: usize,
+) -> LedgerReport {
+    let waiting = status.pending_files + status.pending_downloads;
+    let state = match status.reason.as_deref() {
+        Some(r) if PAUSING.contains(&r) => "paused",
+        Some(_) => "blocked",
+        None if waiting > 0 => "syncing",
+        None => "up to date",
+    };
+    let network = match conditions.map(|c| (c.network, c.metered)) {
+        None | Some((None, _)) => "unknown".to_string(),
+        Some((Some(n), metered)) => {
+            let name = match n {
+                Network::Offline => "offline",
+                Network::Cellular => "cellular",
+                Network::Wifi => "wifi",
+                Network::Wired => "wired",
+            };
+            if metered && matches!(n, Network::Wifi | Network::Wired) {
+                format!("{name}-metered")
+            } else {
+                name.to_string()
+            }
+        }
+    };
+    LedgerReport {
+        state: state.into(),
+        reason: status.reason.clone(),
+        reason_message: status.reason_message.clone(),
+        reason_fix: status.reason_fix.clone(),
+        pending_uploads: status.pending_files,
+        pending_upload_bytes: status.pending_bytes,
+        pending_downloads: status.pending_downloads,
+        pending_download_bytes: status.pending_download_bytes,
+        done_items: status.uploaded + status.downloaded,
+        failed_items: left_out as u64,
+        network,
+        battery_percent: conditions.and_then(|c| c.power.battery_percent),
+        charging: conditions.is_some_and(|c| c.power.charging),
+        free_bytes: conditions.and_then(|c| c.storage.free_bytes),
+    }
+}
+
+/// Whether the ledger already knows what `now` says: battery and free space drift every
+/// pass and are sent with the next report that is due anyway.
+fn same_news(last: &LedgerReport, now: &LedgerReport) -> bool {
+    (
+        &last.state,
+        &last.reason,
+        last.pending_uploads,
+        last.pending_downloads,
+        &last.network,
+        last.charging,
+        last.failed_items,
+    ) == (
+        &now.state,
+        &now.reason,
+        now.pending_uploads,
+        now.pending_downloads,
+        &now.network,
+        now.charging,
+        now.failed_items,
+    )
 }
 
 /// One line saying what a pass did, and the reason when it changed; `None` when a pass

@@ -47,12 +47,14 @@ pub enum Reason {
     BadReply,
     /// A transfer made no progress and was abandoned (TRANSFER_STALLED).
     TransferStalled,
+    /// The device was revoked or removed from its account (DEVICE_REVOKED).
+    DeviceRevoked,
     /// Any other reason, by its code.
     Other(String),
 }
 
 impl Reason {
-    const KNOWN: [(Reason, &'static str); 12] = [
+    const KNOWN: [(Reason, &'static str); 13] = [
         (Reason::QuotaExceeded, "QUOTA_EXCEEDED"),
         (Reason::StorageFull, "STORAGE_FULL"),
         (Reason::AssetNotLive, "ASSET_NOT_LIVE"),
@@ -65,6 +67,7 @@ impl Reason {
         (Reason::Unimplemented, "UNIMPLEMENTED"),
         (Reason::BadReply, "BAD_REPLY"),
         (Reason::TransferStalled, "TRANSFER_STALLED"),
+        (Reason::DeviceRevoked, "DEVICE_REVOKED"),
     ];
 
     /// The reason with this code.
@@ -322,6 +325,41 @@ pub struct CommitReply {
     pub path: String,
 }
 
+/// What a device tells the cloud's ledger about itself: enough for its owner, on another
+/// device or the web, to see whether it syncs, why not, and what it still has to move.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LedgerReport {
+    /// "syncing", "up to date", "paused" (a condition that passes by itself) or "blocked"
+    /// (it needs someone).
+    pub state: String,
+    /// Why it does not sync, a reason code, if it does not.
+    pub reason: Option<String>,
+    /// That reason in words, and what fixes it.
+    pub reason_message: Option<String>,
+    /// What fixes it.
+    pub reason_fix: Option<String>,
+    /// Files in the folder not yet in the cloud, and their bytes.
+    pub pending_uploads: u64,
+    /// Bytes of those.
+    pub pending_upload_bytes: u64,
+    /// Originals waiting to download here, and their bytes.
+    pub pending_downloads: u64,
+    /// Bytes of those.
+    pub pending_download_bytes: u64,
+    /// Files uploaded and downloaded since the agent started.
+    pub done_items: u64,
+    /// Files the last pass left out (unreadable, or a name the library cannot keep).
+    pub failed_items: u64,
+    /// "wifi", "cellular", "wired", "offline" or "unknown"; "-metered" when paid by the byte.
+    pub network: String,
+    /// Battery charge, if it has a battery that can be read.
+    pub battery_percent: Option<u8>,
+    /// On a charger.
+    pub charging: bool,
+    /// Free bytes where the library folder lives, if known.
+    pub free_bytes: Option<u64>,
+}
+
 /// Everything the device asks of the cloud.
 pub trait Cloud: Send + 'static {
     /// Another connection to the same cloud as the same device, for calls in flight
@@ -353,13 +391,13 @@ pub trait Cloud: Send + 'static {
         let _ = reservation;
         async { Ok(()) }
     }
-    /// Tells the cloud's device ledger why this device is blocked (`None`: it syncs);
-    /// best effort (the default tells nothing).
+    /// Tells the cloud's device ledger where this device stands; best effort (the default
+    /// tells nothing).
     fn report_state(
         &mut self,
-        blocked: Option<String>,
+        report: &LedgerReport,
     ) -> impl Future<Output = Result<(), CloudError>> + Send {
-        let _ = blocked;
+        let _ = report;
         async { Ok(()) }
     }
     /// The chunks the account does not hold yet.

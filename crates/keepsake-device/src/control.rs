@@ -77,6 +77,18 @@ pub struct AgentStatus {
     /// The library folder the agent keeps in sync.
     #[serde(default)]
     pub folder: Option<String>,
+    /// What fixes `reason`, in words.
+    #[serde(default)]
+    pub reason_fix: Option<String>,
+    /// Bytes of the files waiting to upload.
+    #[serde(default)]
+    pub pending_bytes: u64,
+    /// Originals waiting to download here (put off by the policy or today's allowance).
+    #[serde(default)]
+    pub pending_downloads: u64,
+    /// Bytes of those.
+    #[serde(default)]
+    pub pending_download_bytes: u64,
 }
 
 /// The device's sync settings, as its owner chose them (`settings.json`).

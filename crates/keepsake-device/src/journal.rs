@@ -379,6 +379,16 @@ impl Journal {
             .map(|n| n as u64)
     }
 
+    pub fn pending_bytes(&self) -> rusqlite::Result<u64> {
+        self.db
+            .query_row(
+                "SELECT COALESCE(SUM(size), 0) FROM files WHERE state = 'pending'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)
+    }
+
     pub fn count_trashed(&self) -> rusqlite::Result<u64> {
         self.db
             .query_row("SELECT COUNT(*) FROM trashed", [], |r| r.get::<_, i64>(0))

@@ -146,8 +146,8 @@ mod upgrade;
 
 pub use agent::{Agent, AgentConfig, AgentError, Host, Next, Passed, retry_schedule};
 pub use cloud::{
-    Cloud, CloudError, CommitReply, ContentHolder, ContentLookup, Edit, FeedPage, Hlc, NewAsset,
-    Reason, RemoteAlbum, RemoteAsset, RemoteState,
+    Cloud, CloudError, CommitReply, ContentHolder, ContentLookup, Edit, FeedPage, Hlc,
+    LedgerReport, NewAsset, Reason, RemoteAlbum, RemoteAsset, RemoteState,
 };
 pub use control::{
     AgentStatus, CONTROL_SECRET, Conditions, Diagnosis, FolderControl, MAX_IMPORT_BYTES, Settings,

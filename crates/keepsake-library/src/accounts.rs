@@ -105,6 +105,21 @@ pub struct AccountInfo {
     /// Wrong passwords given since the password was last set, the last one's time and
     /// address: what the owner is shown.
     pub failed_sign_ins: FailedSignIns,
+    /// Devices enrolled and not revoked.
+    pub devices: u64,
+    /// What the last scrub proved of this account's originals; `None` before one ran.
+    pub integrity: Option<Integrity>,
+}
+
+/// What a scrub proved of one account's originals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Integrity {
+    /// Live or trashed assets whose current original verified, byte for byte.
+    pub verified: u64,
+    /// Assets whose original failed and waits for a device to send it again.
+    pub waiting: u64,
+    /// When the scrub finished.
+    pub checked_at: UnixMillis,
 }
 
 /// Failed sign-ins the owner is shown.
@@ -141,6 +156,18 @@ pub struct DeviceReport {
     pub charging: bool,
     /// Free bytes on the device.
     pub free_bytes: Option<u64>,
+    /// Items the device waits to download (their originals).
+    #[serde(default)]
+    pub pending_downloads: u64,
+    /// Bytes of those.
+    #[serde(default)]
+    pub pending_download_bytes: u64,
+    /// Its reason in words, as the device said it.
+    #[serde(default)]
+    pub reason_message: Option<String>,
+    /// What fixes it, as the device said it.
+    #[serde(default)]
+    pub reason_fix: Option<String>,
 }
 
 /// A device in an account's ledger.
@@ -164,7 +191,18 @@ pub struct Device {
     pub report: Option<DeviceReport>,
     /// Since when its current reason (or lack of one) holds.
     pub reason_since: Option<UnixMillis>,
+    /// Not heard from for more than [`SILENT_AFTER_MS`]: since its last contact.
+    pub silent_since: Option<UnixMillis>,
 }
+
+/// The longest reason message or fix a device may report (the policy's are under 300 bytes;
+/// a cloud refusal quoted with its numbers stays well under this).
+const MAX_REPORT_WORDS: usize = 2048;
+
+/// A device not heard from for longer than this is flagged silent (DEVICE_SILENT): an agent
+/// that runs reports at least every few minutes, and a phone left in a drawer for a day
+/// is worth a word to its owner.
+pub const SILENT_AFTER_MS: i64 = 24 * 3_600_000;
 
 pub(crate) fn check_account_name(name: &str) -> Result<(), LibraryError> {
     // It must begin with a letter or digit: `..`, `.` or `-x` would read as a path or an
@@ -546,11 +584,11 @@ impl Library {
     ) -> Result<String, LibraryError> {
         let now = self.clock.now_ms();
         let db = self.db();
-        let found: Option<(String, Vec<u8>)> = db
+        let found: Option<(String, Vec<u8>, Option<i64>)> = db
             .query_row(
-                "SELECT account, token_hash FROM devices WHERE device_id = ?1 AND revoked_at IS NULL",
+                "SELECT account, token_hash, revoked_at FROM devices WHERE device_id = ?1",
                 [device_id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()?;
         let unknown = || {
@@ -559,10 +597,14 @@ impl Library {
                     .into(),
             )
         };
-        let (account, hash) = found.ok_or_else(unknown)?;
-        // Compare digests, never the secrets themselves.
+        let (account, hash, revoked_at) = found.ok_or_else(unknown)?;
+        // Compare digests, never the secrets themselves; only the token's holder learns
+        // that the device was revoked.
         if hash != blake3::hash(token.as_bytes()).as_bytes() {
             return Err(unknown());
+        }
+        if let Some(revoked_at_ms) = revoked_at {
+            return Err(LibraryError::DeviceRevoked { revoked_at_ms });
         }
         db.execute(
             "UPDATE devices SET last_seen = ?2, client_version = ?3 WHERE device_id = ?1",
@@ -584,12 +626,50 @@ impl Library {
             .is_some())
     }
 
-    /// Revokes a device: its token stops working at once, its access tokens within their lifetime.
+    /// Whether a device of `account` may still call: DEVICE_REVOKED once it was revoked or
+    /// removed (its access tokens outlive that by their lifetime; this check does not).
+    pub fn check_device(&self, account: &str, device_id: &str) -> Result<(), LibraryError> {
+        let revoked: Option<Option<i64>> = self
+            .db()
+            .query_row(
+                "SELECT revoked_at FROM devices WHERE device_id = ?1 AND account = ?2",
+                params![device_id, account],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match revoked {
+            Some(None) => Ok(()),
+            Some(Some(revoked_at_ms)) => Err(LibraryError::DeviceRevoked { revoked_at_ms }),
+            None => Err(LibraryError::Unauthenticated(
+                "this device is not enrolled in this account; enrol it again".into(),
+            )),
+        }
+    }
+
+    /// Revokes a device: its token stops working at once, its access tokens within their
+    /// lifetime; it stays in the ledger, marked revoked. Revoking twice changes nothing.
     pub fn revoke_device(&self, account: &str, device_id: &str) -> Result<(), LibraryError> {
+        self.retire_device(account, device_id, false)
+    }
+
+    /// Revokes a device and takes it out of the ledger (a device sold or thrown away). Its
+    /// agent, if it ever calls again, still hears DEVICE_REVOKED.
+    pub fn remove_device(&self, account: &str, device_id: &str) -> Result<(), LibraryError> {
+        self.retire_device(account, device_id, true)
+    }
+
+    fn retire_device(
+        &self,
+        account: &str,
+        device_id: &str,
+        remove: bool,
+    ) -> Result<(), LibraryError> {
         let now = self.clock.now_ms();
         let changed = self.db().execute(
-            "UPDATE devices SET revoked_at = COALESCE(revoked_at, ?3) WHERE device_id = ?1 AND account = ?2",
-            params![device_id, account, now],
+            "UPDATE devices SET revoked_at = COALESCE(revoked_at, ?3),
+                 removed_at = CASE WHEN ?4 = 1 THEN COALESCE(removed_at, ?3) ELSE removed_at END
+             WHERE device_id = ?1 AND account = ?2",
+            params![device_id, account, now, i64::from(remove)],
         )?;
         if changed == 0 {
             return Err(LibraryError::NotFound {
@@ -597,8 +677,65 @@ impl Library {
                 id: device_id.to_string(),
             });
         }
-        tracing::info!(account, device = %device_id, "device revoked");
+        tracing::info!(account, device = %device_id, removed = remove, "device revoked");
         Ok(())
+    }
+
+    /// Every account's name, in order (administrators list them).
+    pub fn account_names(&self) -> Result<Vec<String>, LibraryError> {
+        let db = self.db();
+        let mut stmt = db.prepare_cached("SELECT account FROM accounts ORDER BY account")?;
+        let rows = stmt.query_map((), |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Devices of `account` enrolled and not revoked.
+    pub(crate) fn active_devices(&self, account: &str) -> Result<u64, LibraryError> {
+        let n: i64 = self.db().query_row(
+            "SELECT COUNT(*) FROM devices WHERE account = ?1 AND revoked_at IS NULL",
+            [account],
+            |r| r.get(0),
+        )?;
+        Ok(n as u64)
+    }
+
+    /// Records, for every account, what a scrub that finished at `at` proved: originals
+    /// that verified, and those flagged damaged that wait for a device.
+    pub(crate) fn record_integrity(&self, at: UnixMillis) -> Result<(), LibraryError> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        tx.execute("DELETE FROM integrity", ())?;
+        tx.execute(
+            "INSERT INTO integrity (account, verified, waiting, checked_at)
+             SELECT c.account, COALESCE(t.verified, 0), COALESCE(t.waiting, 0), ?1
+             FROM accounts c LEFT JOIN (
+                 SELECT account,
+                        SUM(CASE WHEN damaged = 0 THEN 1 ELSE 0 END) AS verified,
+                        SUM(CASE WHEN damaged = 0 THEN 0 ELSE 1 END) AS waiting
+                 FROM assets WHERE state != 'purged' GROUP BY account
+             ) t ON t.account = c.account",
+            [at],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// What the last scrub proved of `account`'s originals.
+    pub(crate) fn integrity(&self, account: &str) -> Result<Option<Integrity>, LibraryError> {
+        Ok(self
+            .db()
+            .query_row(
+                "SELECT verified, waiting, checked_at FROM integrity WHERE account = ?1",
+                [account],
+                |r| {
+                    Ok(Integrity {
+                        verified: r.get::<_, i64>(0)? as u64,
+                        waiting: r.get::<_, i64>(1)? as u64,
+                        checked_at: r.get(2)?,
+                    })
+                },
+            )
+            .optional()?)
     }
 
     /// Records a device's report; the reason's "since" moves only when the reason changes.
@@ -612,6 +749,16 @@ impl Library {
         self.check_text("network", &report.network)?;
         if let Some(reason) = &report.reason {
             self.check_text("reason", reason)?;
+        }
+        for words in [&report.reason_message, &report.reason_fix]
+            .into_iter()
+            .flatten()
+        {
+            if words.len() > MAX_REPORT_WORDS {
+                return Err(LibraryError::InvalidArgument(format!(
+                    "a device's reason in words is at most {MAX_REPORT_WORDS} bytes"
+                )));
+            }
         }
         let now = self.clock.now_ms();
         let json = serde_json::to_string(report)
@@ -633,17 +780,26 @@ impl Library {
         Ok(())
     }
 
-    /// Every device of the account, revoked ones included, by enrolment.
+    /// Every device of the account, revoked ones included (removed ones not), by enrolment;
+    /// a live device not heard from for a day is flagged silent.
     pub fn list_devices(&self, account: &str) -> Result<Vec<Device>, LibraryError> {
+        let now = self.clock.now_ms();
         let db = self.db();
         let mut stmt = db.prepare_cached(
             "SELECT device_id, name, platform, client_version, enrolled_at, revoked_at, last_seen,
                     report, reason_since
-             FROM devices WHERE account = ?1 ORDER BY enrolled_at, device_id",
+             FROM devices WHERE account = ?1 AND removed_at IS NULL
+             ORDER BY enrolled_at, device_id",
         )?;
         let rows = stmt.query_map([account], |r| {
             let report: Option<String> = r.get(7)?;
+            let revoked_at: Option<i64> = r.get(5)?;
+            let last_seen: Option<i64> = r.get(6)?;
+            let enrolled_at: i64 = r.get(4)?;
+            let heard = last_seen.unwrap_or(enrolled_at);
             Ok(Device {
+                silent_since: (revoked_at.is_none() && now - heard > SILENT_AFTER_MS)
+                    .then_some(heard),
                 device_id: r.get(0)?,
                 name: r.get(1)?,
                 platform: r.get(2)?,

@@ -47,6 +47,14 @@ pub enum LibraryError {
     /// The caller may not do this.
     #[error("{0}")]
     PermissionDenied(String),
+    /// The calling device was revoked or removed from its account (permanent: enrol again).
+    #[error(
+        "this device was removed from its account; enrol it again to sync (nothing on it was deleted)"
+    )]
+    DeviceRevoked {
+        /// When (Unix ms).
+        revoked_at_ms: i64,
+    },
     /// An account with this name exists already.
     #[error("account {0:?} already exists")]
     AccountExists(String),
@@ -120,6 +128,7 @@ impl LibraryError {
             Self::InvalidArgument(_) => "INVALID_ARGUMENT",
             Self::Unauthenticated(_) => "UNAUTHENTICATED",
             Self::PermissionDenied(_) => "PERMISSION_DENIED",
+            Self::DeviceRevoked { .. } => "DEVICE_REVOKED",
             Self::AccountExists(_) => "ACCOUNT_EXISTS",
             Self::QuotaExceeded { .. } => "QUOTA_EXCEEDED",
             Self::ClientTooOld { .. } => "CLIENT_TOO_OLD",

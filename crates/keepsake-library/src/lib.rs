@@ -80,8 +80,8 @@ mod schema;
 pub mod tokens;
 
 pub use accounts::{
-    AccountInfo, ClientVersion, Device, DeviceReport, FailedSignIns, KdfCost, Plan, SignInFrom,
-    default_plans,
+    AccountInfo, ClientVersion, Device, DeviceReport, FailedSignIns, Integrity, KdfCost, Plan,
+    SILENT_AFTER_MS, SignInFrom, default_plans,
 };
 pub use cloud::{
     ChunkStore, Cloud, CommitAsset, DamagedAsset, Enrolment, IssuedToken, LibraryScrub,

@@ -220,6 +220,20 @@ ALTER TABLE accounts ADD COLUMN last_failed_at INTEGER;
 ALTER TABLE accounts ADD COLUMN last_failed_from TEXT;
 ";
 
+const V8: &str = "
+-- A device its owner removed from the ledger: revoked too, kept so its agent hears
+-- DEVICE_REVOKED rather than an unknown device.
+ALTER TABLE devices ADD COLUMN removed_at INTEGER;
+-- The proof each owner is shown: at the last scrub, how many of the account's originals
+-- verified and how many wait for a device to send them again.
+CREATE TABLE integrity (
+    account    TEXT PRIMARY KEY,
+    verified   INTEGER NOT NULL,
+    waiting    INTEGER NOT NULL,
+    checked_at INTEGER NOT NULL
+) WITHOUT ROWID;
+";
+
 /// Gives assets committed before paths existed a path: their name at the top of the
 /// folder, numbered in commit order where two fold to one key (a downloader's flattened
 /// " (2)" twins were already apart). Then no two live assets share a key, and the index
@@ -272,7 +286,7 @@ pub fn prepare(conn: &mut Db) -> Result<(), crate::LibraryError> {
     if let Some(sqlite) = conn.as_sqlite() {
         keepsake_store::durable_sqlite(sqlite).map_err(keepsake_sql::SqlError::from)?;
     }
-    conn.migrate("library", &[V1, V2, V3, V4, V5, V6, V7])?;
+    conn.migrate("library", &[V1, V2, V3, V4, V5, V6, V7, V8])?;
     give_old_assets_paths(conn)?;
     Ok(())
 }

@@ -282,6 +282,17 @@ fn devices_enrol_refresh_and_revocation_stops_them() {
     // Same reason twice: "since" is the first report, contact is the latest.
     assert_eq!(devices[0].reason_since, Some(T0));
     assert_eq!(devices[0].last_seen, Some(T0 + 60_000));
+    assert_eq!(devices[0].silent_since, None);
+    // A day without a word: flagged silent since its last contact; a call clears it.
+    f.clock.advance(keepsake_library::SILENT_AFTER_MS + 1);
+    let devices = f.cloud.library().list_devices("alice").unwrap();
+    assert_eq!(devices[0].silent_since, Some(T0 + 60_000));
+    f.cloud
+        .library()
+        .report_device("alice", &enrolled.device_id, &report)
+        .unwrap();
+    let devices = f.cloud.library().list_devices("alice").unwrap();
+    assert_eq!(devices[0].silent_since, None);
     f.cloud
         .library()
         .revoke_device("alice", &enrolled.device_id)
@@ -292,13 +303,38 @@ fn devices_enrol_refresh_and_revocation_stops_them() {
             .device_is_active("alice", &enrolled.device_id)
             .unwrap()
     );
+    // Only the token's holder hears why: revoked, enrol again; a wrong token is unknown.
     assert_eq!(
         f.cloud
             .refresh_token(&enrolled.device_id, &enrolled.device_token, "1.3.0")
             .unwrap_err()
             .reason(),
+        "DEVICE_REVOKED"
+    );
+    assert_eq!(
+        f.cloud
+            .refresh_token(&enrolled.device_id, "not the token", "1.3.0")
+            .unwrap_err()
+            .reason(),
         "UNAUTHENTICATED"
     );
+    // A revoked device is never silent: nobody waits for it.
+    f.clock.advance(keepsake_library::SILENT_AFTER_MS + 1);
+    let devices = f.cloud.library().list_devices("alice").unwrap();
+    assert_eq!(devices[0].silent_since, None);
+    assert_eq!(
+        f.cloud
+            .library()
+            .check_device("alice", &enrolled.device_id)
+            .unwrap_err()
+            .reason(),
+        "DEVICE_REVOKED"
+    );
+    f.cloud
+        .library()
+        .remove_device("alice", &enrolled.device_id)
+        .unwrap();
+    assert!(f.cloud.library().list_devices("alice").unwrap().is_empty());
     // Another account cannot see or revoke the device.
     f.cloud
         .create_account("bob", "correct horse", None, false)

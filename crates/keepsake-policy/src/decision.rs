@@ -88,6 +88,12 @@ pub enum ReasonCode {
     DeletesNeedConfirmation,
     /// The cloud refused the last pass for another reason (said in its words).
     CloudRefused,
+    /// The device was revoked or removed from its account: it syncs nothing until enrolled
+    /// again, and keeps every file it holds.
+    DeviceRevoked,
+    /// The cloud has not heard from the device for more than a day (said by the cloud, of
+    /// a device that cannot say it of itself).
+    DeviceSilent,
 }
 
 impl ReasonCode {
@@ -115,6 +121,8 @@ impl ReasonCode {
             Self::FolderMissing => "FOLDER_MISSING",
             Self::DeletesNeedConfirmation => "DELETES_NEED_CONFIRMATION",
             Self::CloudRefused => "CLOUD_REFUSED",
+            Self::DeviceRevoked => "DEVICE_REVOKED",
+            Self::DeviceSilent => "DEVICE_SILENT",
         }
     }
 }

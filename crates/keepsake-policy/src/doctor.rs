@@ -58,6 +58,7 @@ impl Cause {
                 R::SyncDisabled,
                 R::PausedByUser,
                 R::DeletesNeedConfirmation,
+                R::DeviceRevoked,
             ],
             Self::ConnectionAndCellular => &[
                 R::Offline,
@@ -68,7 +69,12 @@ impl Cause {
             ],
             Self::CloudStorage => &[R::QuotaExceeded, R::ServerStorageFull],
             Self::DeviceStorage => &[R::DeviceStorageLow, R::FolderMissing],
-            Self::StalledTransfers => &[R::ClockSkew, R::AgentNotRunning, R::CloudRefused],
+            Self::StalledTransfers => &[
+                R::ClockSkew,
+                R::AgentNotRunning,
+                R::DeviceSilent,
+                R::CloudRefused,
+            ],
             Self::SoftwareVersion => &[R::ClientTooOld],
             Self::Power => &[R::LowPowerMode, R::LowBattery],
         }
@@ -172,6 +178,18 @@ pub fn lived_reason(code: &str, message: Option<&str>) -> Option<Reason> {
             said("The server no longer accepts this device"),
             "Enrol the device again with `keepsake device enroll` (it may have been removed from the account).",
             None,
+        ),
+        "DEVICE_REVOKED" => (
+            R::DeviceRevoked,
+            said("This device was removed from its Keepsake account"),
+            "Enrol this device again (`keepsake device enroll`) if it should sync; nothing it holds was deleted.",
+            None,
+        ),
+        "DEVICE_SILENT" => (
+            R::DeviceSilent,
+            said("The cloud has not heard from this device for more than a day"),
+            "Start Keepsake on it (`keepsake service status` says whether its agent runs) and connect it to the internet; if it is lost, revoke it with `keepsake device revoke NAME`.",
+            Some("at its next contact"),
         ),
         // The server answers, but its database or bucket does not: nothing on this device
         // fixes it, and it passes by itself once they are back.

@@ -5,7 +5,7 @@
 use crate::SimRng;
 use bytes::Bytes;
 use keepsake_device::{
-    Cloud, CloudError, CommitReply, ContentLookup, Edit, FeedPage, Hlc, NewAsset,
+    Cloud, CloudError, CommitReply, ContentLookup, Edit, FeedPage, Hlc, LedgerReport, NewAsset,
 };
 use keepsake_store::{ChunkId, Manifest, ManifestId};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -129,8 +129,8 @@ impl<C: Cloud> Cloud for Faulty<C> {
         self.lost_reply(result)
     }
 
-    async fn report_state(&mut self, blocked: Option<String>) -> Result<(), CloudError> {
-        let result = self.inner.report_state(blocked).await;
+    async fn report_state(&mut self, report: &LedgerReport) -> Result<(), CloudError> {
+        let result = self.inner.report_state(report).await;
         self.lost_reply(result)
     }
 

@@ -449,6 +449,10 @@ pub fn report_from_wire(
         battery_percent,
         charging,
         free_bytes,
+        pending_downloads,
+        pending_download_bytes,
+        reason_message,
+        reason_fix,
     } = state.ok_or_else(|| ApiError::field("state", "is required"))?;
     let battery_percent = battery_percent
         .map(|b| u8::try_from(b).ok().filter(|b| *b <= 100))
@@ -465,6 +469,10 @@ pub fn report_from_wire(
         battery_percent,
         charging,
         free_bytes,
+        pending_downloads,
+        pending_download_bytes,
+        reason_message: (!reason_message.is_empty()).then_some(reason_message),
+        reason_fix: (!reason_fix.is_empty()).then_some(reason_fix),
     })
 }
 
@@ -480,7 +488,29 @@ pub fn device_to_wire(d: keepsake_library::Device) -> pb::Device {
         last_seen,
         report,
         reason_since,
+        silent_since,
     } = d;
+    // A silent device's reason is that silence, in the policy's words; else what it said.
+    let words = match (&silent_since, &report) {
+        (Some(_), _) => {
+            keepsake_policy::doctor::lived_reason("DEVICE_SILENT", None).map(|r| (r.message, r.fix))
+        }
+        (None, Some(r)) => r.reason.as_ref().map(|code| {
+            let said = keepsake_policy::doctor::lived_reason(code, r.reason_message.as_deref());
+            (
+                r.reason_message
+                    .clone()
+                    .or_else(|| said.as_ref().map(|s| s.message.clone()))
+                    .unwrap_or_default(),
+                r.reason_fix
+                    .clone()
+                    .or_else(|| said.map(|s| s.fix))
+                    .unwrap_or_default(),
+            )
+        }),
+        (None, None) => None,
+    };
+    let (reason_message, reason_fix) = words.unwrap_or_default();
     let state = report.map(|r| {
         let keepsake_library::DeviceReport {
             state,
@@ -493,6 +523,10 @@ pub fn device_to_wire(d: keepsake_library::Device) -> pb::Device {
             battery_percent,
             charging,
             free_bytes,
+            pending_downloads,
+            pending_download_bytes,
+            reason_message,
+            reason_fix,
         } = r;
         pb::DeviceState {
             state,
@@ -505,6 +539,10 @@ pub fn device_to_wire(d: keepsake_library::Device) -> pb::Device {
             battery_percent: battery_percent.map(u32::from),
             charging,
             free_bytes,
+            pending_downloads,
+            pending_download_bytes,
+            reason_message: reason_message.unwrap_or_default(),
+            reason_fix: reason_fix.unwrap_or_default(),
         }
     });
     pb::Device {
@@ -517,6 +555,9 @@ pub fn device_to_wire(d: keepsake_library::Device) -> pb::Device {
         last_seen_ms: last_seen,
         state,
         reason_since_ms: reason_since,
+        silent_since_ms: silent_since,
+        reason_message,
+        reason_fix,
     }
 }
 
@@ -529,6 +570,8 @@ pub fn account_to_wire(info: keepsake_library::AccountInfo) -> pb::Account {
         reserved_bytes,
         admin,
         failed_sign_ins,
+        devices,
+        integrity,
     } = info;
     let keepsake_library::FailedSignIns {
         count,
@@ -544,6 +587,19 @@ pub fn account_to_wire(info: keepsake_library::AccountInfo) -> pb::Account {
         failed_sign_ins: count,
         last_failed_sign_in_ms: last_at.unwrap_or(0),
         last_failed_sign_in_from: last_from.unwrap_or_default(),
+        devices,
+        integrity: integrity.map(|i| {
+            let keepsake_library::Integrity {
+                verified,
+                waiting,
+                checked_at,
+            } = i;
+            pb::Integrity {
+                verified,
+                waiting,
+                checked_at_ms: checked_at,
+            }
+        }),
     }
 }
 

@@ -7,8 +7,8 @@ use crate::wire::{
 };
 use bytes::Bytes;
 use keepsake_device::{
-    Cloud, CloudError, CommitReply, ContentHolder, ContentLookup, Edit, FeedPage, Hlc, NewAsset,
-    Reason, RemoteAlbum, RemoteAsset, RemoteState,
+    Cloud, CloudError, CommitReply, ContentHolder, ContentLookup, Edit, FeedPage, Hlc,
+    LedgerReport, NewAsset, Reason, RemoteAlbum, RemoteAsset, RemoteState,
 };
 use keepsake_store::{ChunkId, Manifest, ManifestId};
 
@@ -164,12 +164,39 @@ impl Cloud for CloudClient {
         Ok(CloudClient::find_missing(self, session, ids).await?)
     }
 
-    async fn report_state(&mut self, blocked: Option<String>) -> Result<(), CloudError> {
+    async fn report_state(&mut self, report: &LedgerReport) -> Result<(), CloudError> {
         let (_, _, accounts) = self.raw();
+        let LedgerReport {
+            state,
+            reason,
+            reason_message,
+            reason_fix,
+            pending_uploads,
+            pending_upload_bytes,
+            pending_downloads,
+            pending_download_bytes,
+            done_items,
+            failed_items,
+            network,
+            battery_percent,
+            charging,
+            free_bytes,
+        } = report.clone();
         let state = pb::DeviceState {
-            state: if blocked.is_some() { "blocked" } else { "idle" }.into(),
-            reason: blocked.unwrap_or_default(),
-            ..Default::default()
+            state,
+            reason: reason.unwrap_or_default(),
+            pending_items: pending_uploads,
+            pending_bytes: pending_upload_bytes,
+            done_items,
+            failed_items,
+            network,
+            battery_percent: battery_percent.map(u32::from),
+            charging,
+            free_bytes,
+            pending_downloads,
+            pending_download_bytes,
+            reason_message: reason_message.unwrap_or_default(),
+            reason_fix: reason_fix.unwrap_or_default(),
         };
         accounts
             .report_device_state(pb::ReportDeviceStateRequest { state: Some(state) })

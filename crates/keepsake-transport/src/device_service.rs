@@ -46,6 +46,10 @@ fn status_to_wire(s: AgentStatus) -> pb::AgentStatus {
         passes,
         reason_message,
         folder,
+        reason_fix,
+        pending_bytes,
+        pending_downloads,
+        pending_download_bytes,
     } = s;
     pb::AgentStatus {
         device_id,
@@ -73,6 +77,10 @@ fn status_to_wire(s: AgentStatus) -> pb::AgentStatus {
         passes,
         reason_message: reason_message.unwrap_or_default(),
         folder: folder.unwrap_or_default(),
+        reason_fix: reason_fix.unwrap_or_default(),
+        pending_bytes,
+        pending_downloads,
+        pending_download_bytes,
     }
 }
 

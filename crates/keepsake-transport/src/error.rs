@@ -148,6 +148,10 @@ pub fn to_status(err: &ApiError) -> Status {
                 }
                 LibraryError::Unauthenticated(_) => Code::Unauthenticated,
                 LibraryError::PermissionDenied(_) => Code::PermissionDenied,
+                LibraryError::DeviceRevoked { revoked_at_ms } => {
+                    metadata.insert("revoked_at_ms".into(), revoked_at_ms.to_string());
+                    Code::PermissionDenied
+                }
                 LibraryError::AccountExists(_) => Code::AlreadyExists,
                 LibraryError::QuotaExceeded {
                     used_bytes,

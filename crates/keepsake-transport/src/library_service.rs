@@ -56,19 +56,26 @@ where
     let device = who.and_then(|w| w.device.clone().map(|d| (w.account.clone(), d)));
     keepsake_store::offload(move || {
         // Access tokens outlive a revocation by at most their lifetime; the library
-        // itself knows at once, so it refuses revoked devices immediately.
-        if let Some((account, device)) = device
-            && !cloud.library().device_is_active(&account, &device)?
-        {
-            return Err(LibraryError::Unauthenticated(
-                "this device was removed from the account; sign in again".into(),
-            ));
+        // itself knows at once, so a revoked device hears DEVICE_REVOKED at its next call.
+        if let Some((account, device)) = device {
+            cloud.library().check_device(&account, &device)?;
         }
         f(&cloud)
     })
     .await
     .map_err(|e| Status::from(ApiError::Unavailable(format!("library worker failed: {e}"))))?
     .map_err(|e| Status::from(ApiError::Library(e)))
+}
+
+/// The account a call about devices acts on: the caller's own (`asked` empty or naming
+/// it), or any account for an administrator.
+fn owner_or_admin(who: &Identity, asked: String) -> Result<String, Status> {
+    if asked.is_empty() || asked == who.account {
+        Ok(who.account.clone())
+    } else {
+        require_admin(who)?;
+        Ok(asked)
+    }
 }
 
 fn require_admin(who: &Identity) -> Result<(), Status> {
@@ -271,6 +278,34 @@ impl Library for LibraryService {
         .await?;
         Ok(Response::new(pb::ListVersionsResponse {
             versions: versions.into_iter().map(version_to_wire).collect(),
+        }))
+    }
+
+    async fn revert_asset(
+        &self,
+        request: Request<pb::RevertAssetRequest>,
+    ) -> Result<Response<pb::RevertAssetResponse>, Status> {
+        let who = identity(&request)?;
+        let pb::RevertAssetRequest {
+            asset_id,
+            version,
+            request_id,
+        } = request.into_inner();
+        if request_id.is_empty() || request_id.len() > 128 {
+            return Err(
+                ApiError::field("request_id", "1..=128 bytes, chosen by the client").into(),
+            );
+        }
+        let account = who.account.clone();
+        let device = device_of(&who);
+        let c = self
+            .mutate(&who, move |c| {
+                c.revert(&account, &asset_id, version, &request_id, &device)
+            })
+            .await?;
+        Ok(Response::new(pb::RevertAssetResponse {
+            version: c.version,
+            seq: c.seq,
         }))
     }
 
@@ -767,8 +802,8 @@ impl Accounts for AccountsService {
         request: Request<pb::RevokeDeviceRequest>,
     ) -> Result<Response<pb::RevokeDeviceResponse>, Status> {
         let who = identity(&request)?;
-        let pb::RevokeDeviceRequest { device_id } = request.into_inner();
-        let account = who.account.clone();
+        let pb::RevokeDeviceRequest { device_id, account } = request.into_inner();
+        let account = owner_or_admin(&who, account)?;
         run(&self.cloud, Some(&who), move |c| {
             c.library().revoke_device(&account, &device_id)
         })
@@ -776,13 +811,47 @@ impl Accounts for AccountsService {
         Ok(Response::new(pb::RevokeDeviceResponse {}))
     }
 
+    async fn remove_device(
+        &self,
+        request: Request<pb::RemoveDeviceRequest>,
+    ) -> Result<Response<pb::RemoveDeviceResponse>, Status> {
+        let who = identity(&request)?;
+        let pb::RemoveDeviceRequest { device_id, account } = request.into_inner();
+        let account = owner_or_admin(&who, account)?;
+        run(&self.cloud, Some(&who), move |c| {
+            c.library().remove_device(&account, &device_id)
+        })
+        .await?;
+        Ok(Response::new(pb::RemoveDeviceResponse {}))
+    }
+
+    async fn list_accounts(
+        &self,
+        request: Request<pb::ListAccountsRequest>,
+    ) -> Result<Response<pb::ListAccountsResponse>, Status> {
+        let who = identity(&request)?;
+        require_admin(&who)?;
+        let pb::ListAccountsRequest {} = request.into_inner();
+        let accounts = run(&self.cloud, Some(&who), move |c| {
+            c.library()
+                .account_names()?
+                .iter()
+                .map(|name| c.account_info(name))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await?;
+        Ok(Response::new(pb::ListAccountsResponse {
+            accounts: accounts.into_iter().map(account_to_wire).collect(),
+        }))
+    }
+
     async fn list_devices(
         &self,
         request: Request<pb::ListDevicesRequest>,
     ) -> Result<Response<pb::ListDevicesResponse>, Status> {
         let who = identity(&request)?;
-        let pb::ListDevicesRequest {} = request.into_inner();
-        let account = who.account.clone();
+        let pb::ListDevicesRequest { account } = request.into_inner();
+        let account = owner_or_admin(&who, account)?;
         let devices = run(&self.cloud, Some(&who), move |c| {
             c.library().list_devices(&account)
         })

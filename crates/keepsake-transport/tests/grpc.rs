@@ -1375,7 +1375,7 @@ async fn devices_enrol_refresh_report_and_a_revoked_device_is_refused_at_once() 
     )
     .await;
     let devices = owner
-        .list_devices(pb::ListDevicesRequest {})
+        .list_devices(pb::ListDevicesRequest::default())
         .await
         .unwrap()
         .into_inner()
@@ -1400,17 +1400,19 @@ async fn devices_enrol_refresh_report_and_a_revoked_device_is_refused_at_once() 
     owner
         .revoke_device(pb::RevokeDeviceRequest {
             device_id: enrolled.device_id.clone(),
+            ..Default::default()
         })
         .await
         .unwrap();
-    // Its still-unexpired access token stops working at the library at once.
+    // Its still-unexpired access token stops working at the library at once, with a reason
+    // its agent can show: not "sign in", but "this device was removed; enrol it again".
     let mut revoked =
         client::library_client(client::connect(&server.url).await.unwrap(), device_auth);
     let err = revoked
         .list_changes(pb::ListChangesRequest::default())
         .await
         .unwrap_err();
-    assert_status(&err, Code::Unauthenticated, "UNAUTHENTICATED");
+    assert_status(&err, Code::PermissionDenied, "DEVICE_REVOKED");
     let err = anonymous
         .refresh_token(pb::RefreshTokenRequest {
             device_id: enrolled.device_id,
@@ -1419,7 +1421,29 @@ async fn devices_enrol_refresh_report_and_a_revoked_device_is_refused_at_once() 
         })
         .await
         .unwrap_err();
-    assert_status(&err, Code::Unauthenticated, "UNAUTHENTICATED");
+    assert_status(&err, Code::PermissionDenied, "DEVICE_REVOKED");
+    // Still listed, marked revoked; removing takes it out of the list.
+    let listed = owner
+        .list_devices(pb::ListDevicesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .devices;
+    assert!(listed[0].revoked_at_ms.is_some());
+    owner
+        .remove_device(pb::RemoveDeviceRequest {
+            device_id: listed[0].device_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let listed = owner
+        .list_devices(pb::ListDevicesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .devices;
+    assert!(listed.is_empty(), "{listed:?}");
     // Rotation keeps existing tokens working.
     let mut admin = accounts(
         &server,
@@ -1570,6 +1594,14 @@ async fn account_b_cannot_read_list_change_or_learn_about_a_s_assets_albums_or_c
         bob_accounts
             .revoke_device(pb::RevokeDeviceRequest {
                 device_id: alice_device.clone(),
+                ..Default::default()
+            })
+            .await
+            .map(|_| ()),
+        bob_accounts
+            .remove_device(pb::RemoveDeviceRequest {
+                device_id: alice_device.clone(),
+                ..Default::default()
             })
             .await
             .map(|_| ()),
@@ -1594,11 +1626,19 @@ async fn account_b_cannot_read_list_change_or_learn_about_a_s_assets_albums_or_c
         .into_inner();
     assert!(feed.changes.is_empty(), "{feed:?}");
     let devices = bob_accounts
-        .list_devices(pb::ListDevicesRequest {})
+        .list_devices(pb::ListDevicesRequest::default())
         .await
         .unwrap()
         .into_inner();
     assert!(devices.devices.is_empty());
+    // Naming alice's account is an administrator's right, not bob's.
+    let err = bob_accounts
+        .list_devices(pb::ListDevicesRequest {
+            account: "alice".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
     let sid = session(&mut bob_store).await;
     let ids: Vec<Bytes> = data
         .chunks(64 << 10)

@@ -331,48 +331,6 @@ pub(crate) fn megabytes(bytes: u64) -> String {
     format!("{:.1} MB", bytes as f64 / 1e6)
 }
 
-/// `keepsake devices`: the account's device ledger.
-pub async fn devices(server: ServerArgs, credentials: Credentials) -> Result<()> {
-    let (channel, token) = signed_in(&server, &credentials).await?;
-    let mut accounts = client::accounts_client(channel, BearerAuth::new(&token));
-    let list = accounts
-        .list_devices(pb::ListDevicesRequest {})
-        .await
-        .map_err(|s| plain(s.into()))?
-        .into_inner()
-        .devices;
-    if list.is_empty() {
-        println!("no devices are enrolled");
-    }
-    for d in list {
-        let state = d.state.unwrap_or_default();
-        let status = if d.revoked_at_ms.is_some() {
-            "revoked".to_string()
-        } else if state.reason.is_empty() {
-            state.state.clone()
-        } else {
-            format!("{} ({})", state.state, state.reason)
-        };
-        println!(
-            "{}  {:<24} {:<8} v{:<8} {}",
-            d.device_id, d.name, d.platform, d.client_version, status
-        );
-    }
-    // Wrong passwords given for the account: the owner is the one to see them.
-    if let Ok(reply) = accounts.get_account(pb::GetAccountRequest {}).await
-        && let Some(account) = reply.into_inner().account
-        && account.failed_sign_ins > 0
-    {
-        println!(
-            "{} failed sign-ins since the password was set; the last {} s ago from {}",
-            account.failed_sign_ins,
-            (now_ms() - account.last_failed_sign_in_ms).max(0) / 1000,
-            account.last_failed_sign_in_from
-        );
-    }
-    Ok(())
-}
-
 /// What `keepsake library` does.
 #[derive(clap::Subcommand, Clone)]
 pub enum LibraryCommand {

@@ -43,6 +43,7 @@ mod derive_worker;
 mod device_cli;
 mod doctor;
 mod export;
+mod ledger_cli;
 mod local_cli;
 mod migrate;
 
@@ -172,12 +173,38 @@ enum Command {
         #[command(subcommand)]
         command: device_cli::LibraryCommand,
     },
-    /// List the account's devices: last contact, state and reason.
+    /// List the account's devices: state, reason and fix, last contact (a device silent
+    /// for more than a day is flagged), what each still has to upload and download, its
+    /// network, battery and free space.
     Devices {
         #[command(flatten)]
         server: device_cli::ServerArgs,
         #[command(flatten)]
         credentials: device_cli::Credentials,
+        /// Another account's devices (administrators).
+        #[arg(long = "of")]
+        of: Option<String>,
+    },
+    /// List an asset's versions (PATH in the library, or its id); the current one is marked.
+    Versions {
+        #[command(flatten)]
+        server: device_cli::ServerArgs,
+        #[command(flatten)]
+        credentials: device_cli::Credentials,
+        /// The asset: its path in the library, or its id.
+        asset: String,
+    },
+    /// Make an earlier version current again on every device (nothing is uploaded).
+    Revert {
+        #[command(flatten)]
+        server: device_cli::ServerArgs,
+        #[command(flatten)]
+        credentials: device_cli::Credentials,
+        /// The asset: its path in the library, or its id.
+        asset: String,
+        /// The version to go back to (`keepsake versions` lists them).
+        #[arg(long)]
+        to: u32,
     },
 }
 
@@ -197,6 +224,21 @@ enum AccountCommand {
         /// Its plan (default: the free plan).
         #[arg(long)]
         plan: Option<String>,
+    },
+    /// The account's plan, usage, devices and integrity proof (when its originals were
+    /// last verified, and how many wait for a device to re-send them).
+    Show {
+        #[command(flatten)]
+        server: device_cli::ServerArgs,
+        #[command(flatten)]
+        credentials: device_cli::Credentials,
+    },
+    /// Every account with its plan, usage and device count (administrators).
+    Ls {
+        #[command(flatten)]
+        server: device_cli::ServerArgs,
+        #[command(flatten)]
+        admin: device_cli::Credentials,
     },
     /// Print an access token for scripts (grpcurl, Python): `authorization: Bearer TOKEN`.
     Token {
@@ -251,6 +293,31 @@ enum DeviceCommand {
         control: SocketAddr,
         #[command(flatten)]
         streaming: agent::StreamArgs,
+    },
+    /// Revoke a device (a lost phone): its agent stops at its next call with
+    /// DEVICE_REVOKED and keeps every file; it stays listed, marked revoked.
+    Revoke {
+        #[command(flatten)]
+        server: device_cli::ServerArgs,
+        #[command(flatten)]
+        credentials: device_cli::Credentials,
+        /// A device of another account (administrators).
+        #[arg(long = "of")]
+        of: Option<String>,
+        /// The device: its name or id (`keepsake devices` lists them).
+        name: String,
+    },
+    /// Revoke a device and take it out of the list (sold, given away).
+    Remove {
+        #[command(flatten)]
+        server: device_cli::ServerArgs,
+        #[command(flatten)]
+        credentials: device_cli::Credentials,
+        /// A device of another account (administrators).
+        #[arg(long = "of")]
+        of: Option<String>,
+        /// The device: its name or id.
+        name: String,
     },
     #[command(flatten)]
     Local(local_cli::LocalCommand),
@@ -415,6 +482,30 @@ fn main() -> Result<()> {
             Some(control),
             streaming,
         )),
+        Command::Device(DeviceCommand::Revoke {
+            server,
+            credentials,
+            of,
+            name,
+        }) => runtime.block_on(ledger_cli::retire(
+            server,
+            credentials,
+            of,
+            name,
+            ledger_cli::Retire::Revoke,
+        )),
+        Command::Device(DeviceCommand::Remove {
+            server,
+            credentials,
+            of,
+            name,
+        }) => runtime.block_on(ledger_cli::retire(
+            server,
+            credentials,
+            of,
+            name,
+            ledger_cli::Retire::Remove,
+        )),
         Command::Device(DeviceCommand::Local(command)) => local_cli::run(command),
         Command::Sync {
             dir,
@@ -434,7 +525,26 @@ fn main() -> Result<()> {
         Command::Devices {
             server,
             credentials,
-        } => runtime.block_on(device_cli::devices(server, credentials)),
+            of,
+        } => runtime.block_on(ledger_cli::devices(server, credentials, of)),
+        Command::Versions {
+            server,
+            credentials,
+            asset,
+        } => runtime.block_on(ledger_cli::versions(server, credentials, asset)),
+        Command::Revert {
+            server,
+            credentials,
+            asset,
+            to,
+        } => runtime.block_on(ledger_cli::revert(server, credentials, asset, to)),
+        Command::Account(AccountCommand::Show {
+            server,
+            credentials,
+        }) => runtime.block_on(ledger_cli::show_account(server, credentials)),
+        Command::Account(AccountCommand::Ls { server, admin }) => {
+            runtime.block_on(ledger_cli::list_accounts(server, admin))
+        }
         Command::Status { data } => device_cli::status(data),
         Command::Account(AccountCommand::Token {
             server,

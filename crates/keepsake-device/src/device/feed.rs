@@ -63,6 +63,8 @@ impl<C: Cloud> Device<C> {
                 if self.pass.deferred {
                     // A download was put off: the cursor stays before this page (what was
                     // applied is idempotent), the rest waits for the next pass.
+                    self.count_waiting(&page.assets[i..], page.more.then_some(page.cursor), report)
+                        .await?;
                     return Ok(());
                 }
                 self.remember_metadata(asset)?;
@@ -81,9 +83,52 @@ impl<C: Cloud> Device<C> {
             cursor = page.cursor;
             self.journal.set(Key::Cursor, &cursor.to_string())?;
             if !page.more {
+                // Nothing waits: a later wait counts afresh.
+                self.waiting_counted = None;
                 return Ok(());
             }
         }
+    }
+
+    /// Counts the originals still to download, from `rest` of this page on to the feed's
+    /// end (metadata only: nothing is fetched), so the ledger can say what this device
+    /// waits for. The feed is read to its end at most once every few minutes.
+    async fn count_waiting(
+        &mut self,
+        rest: &[RemoteAsset],
+        mut next: Option<u64>,
+        report: &mut SyncReport,
+    ) -> Result<(), DeviceError> {
+        let now = self.clock.now_ms();
+        if let Some((at, count, bytes)) = self.waiting_counted
+            && now - at < WAITING_RECOUNT_MS
+        {
+            (report.pending_downloads, report.pending_download_bytes) = (count, bytes);
+            return Ok(());
+        }
+        let (mut count, mut bytes) = (0u64, 0u64);
+        let mut tally = |this: &Self, assets: &[RemoteAsset]| -> Result<(), DeviceError> {
+            for a in assets {
+                if a.state == RemoteState::Live
+                    && !a.damaged
+                    && this.journal.file_of_asset(&a.asset_id)?.is_none()
+                    && this.journal.cloud_only(&a.asset_id)?.is_none()
+                {
+                    count += 1;
+                    bytes += a.size;
+                }
+            }
+            Ok(())
+        };
+        tally(self, rest)?;
+        while let Some(cursor) = next {
+            let page = self.cloud.changes(cursor).await?;
+            tally(self, &page.assets)?;
+            next = page.more.then_some(page.cursor);
+        }
+        self.waiting_counted = Some((now, count, bytes));
+        (report.pending_downloads, report.pending_download_bytes) = (count, bytes);
+        Ok(())
     }
 
     pub(super) async fn apply(

@@ -155,8 +155,8 @@ pub struct SyncReport {
     pub damaged_waiting: usize,
     /// Why uploads or deletes stopped, if they did (a stable reason code).
     pub blocked: Option<String>,
-    /// The cloud's own words for a refusal that blocked the pass (with its numbers: what is
-    /// used, held and needed for QUOTA_EXCEEDED), for status and the doctor.
+    /// The words for `blocked`: the cloud's own for a refusal (with its numbers: what is
+    /// used, held and needed for QUOTA_EXCEEDED), else the policy's.
     pub blocked_message: Option<String>,
     /// Files in the folder this pass left out (unreadable, or a name the library cannot
     /// keep), each with why and what fixes it.
@@ -176,6 +176,14 @@ pub struct SyncReport {
     pub copied_here: usize,
     /// Photos brought back from Recently Deleted because their file reappeared at its path.
     pub restored_by_return: usize,
+    /// What fixes `blocked`, when the policy decided it (its own words for it are in
+    /// `blocked_message`).
+    pub blocked_fix: Option<String>,
+    /// Originals the feed holds that wait to be downloaded here (the policy or today's
+    /// allowance put them off), and their bytes; counted only when a download waits.
+    pub pending_downloads: u64,
+    /// Bytes of those.
+    pub pending_download_bytes: u64,
 }
 
 /// What the pass under way is doing: files and bytes done out of what it set out to move.
@@ -258,7 +266,14 @@ pub struct Device<C: Cloud> {
     /// The state of the pass under way; a new pass starts from [`Pass::default`].
     pass: Pass,
     progress: tokio::sync::watch::Sender<Progress>,
+    /// The last count of originals waiting to download: when, how many, how many bytes.
+    waiting_counted: Option<(i64, u64, u64)>,
 }
+
+/// How long a count of the originals waiting to download stands before the feed is read
+/// to its end again (a device waiting for Wi-Fi passes every minute; the count is for
+/// the ledger, which hears every few minutes).
+const WAITING_RECOUNT_MS: i64 = 5 * 60_000;
 
 /// What one pass knows and holds, and nothing outlives: each pass starts from the default,
 /// so no field is reset by hand and none leaks into the next pass.
@@ -333,6 +348,7 @@ impl<C: Cloud> Device<C> {
             .into_iter()
             .collect();
         Ok(Self {
+            waiting_counted: None,
             config,
             cloud,
             journal,
@@ -407,6 +423,16 @@ impl<C: Cloud> Device<C> {
         Ok(self.journal.count_pending()?)
     }
 
+    /// The conditions the next pass decides on, if a policy applies.
+    pub fn conditions(&self) -> Option<&Snapshot> {
+        self.conditions.as_ref()
+    }
+
+    /// Bytes of the files in the folder not yet in the cloud.
+    pub fn pending_bytes(&self) -> Result<u64, DeviceError> {
+        Ok(self.journal.pending_bytes()?)
+    }
+
     /// Files in the device's Recently Deleted.
     pub fn recently_deleted(&self) -> Result<u64, DeviceError> {
         Ok(self.journal.count_trashed()?)
@@ -459,6 +485,7 @@ impl<C: Cloud> Device<C> {
         }
         self.pass = Pass::default();
         let mut policy_reason = None;
+        let mut policy_words: Option<keepsake_policy::Reason> = None;
         let (may_upload, may_metadata) = match &self.conditions {
             None => (true, true),
             Some(conditions) => {
@@ -476,16 +503,17 @@ impl<C: Cloud> Device<C> {
                         .first()
                         .map(|r| r.code.as_str().to_string())
                 };
-                self.pass.videos_wait = first_reason(WorkClass::VideoUpload);
-                self.pass.downloads_wait = first_reason(WorkClass::OriginalDownload);
-                policy_reason = [
+                policy_words = [
                     WorkClass::PhotoUpload,
                     WorkClass::Metadata,
                     WorkClass::VideoUpload,
                     WorkClass::OriginalDownload,
                 ]
                 .into_iter()
-                .find_map(first_reason);
+                .find_map(|class| decision.class(class).reasons.first().cloned());
+                self.pass.videos_wait = first_reason(WorkClass::VideoUpload);
+                self.pass.downloads_wait = first_reason(WorkClass::OriginalDownload);
+                policy_reason = policy_words.as_ref().map(|r| r.code.as_str().to_string());
                 (
                     decision.allows(WorkClass::PhotoUpload),
                     decision.allows(WorkClass::Metadata),
@@ -534,6 +562,10 @@ impl<C: Cloud> Device<C> {
         // What the pass itself ran into (a refusal, the cap) comes first; else the policy's.
         if report.blocked.is_none() {
             report.blocked = policy_reason;
+            if let Some(words) = policy_words {
+                report.blocked_message = Some(words.message);
+                report.blocked_fix = Some(words.fix);
+            }
         }
         if self.on_cellular() {
             // Counted even when the pass failed: the bytes moved all the same.

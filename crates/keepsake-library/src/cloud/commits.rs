@@ -223,6 +223,51 @@ impl Cloud {
         Ok(())
     }
 
+    /// Makes `version` of an asset current again everywhere: a new version whose content is
+    /// that version's manifest, which the store already holds, so nothing is uploaded. The
+    /// new version's base is the current one, so a device that edited meanwhile keeps both
+    /// (a conflict, as for any stale edit). Idempotent per request id.
+    pub fn revert(
+        &self,
+        account: &str,
+        asset_id: &str,
+        version: u32,
+        request_id: &str,
+        device: &str,
+    ) -> Result<Committed, LibraryError> {
+        let asset = self.library.get_asset(account, asset_id)?;
+        if asset.state != crate::AssetState::Live {
+            return Err(LibraryError::NotLive(asset_id.to_string()));
+        }
+        let old = self
+            .library
+            .list_versions(account, asset_id)?
+            .into_iter()
+            .find(|v| v.version == version)
+            .ok_or_else(|| LibraryError::NotFound {
+                kind: "version",
+                id: format!("{asset_id} v{version}"),
+            })?;
+        let commit = CommitAsset {
+            request_id: request_id.to_string(),
+            asset_id: Some(asset_id.to_string()),
+            base_version: Some(asset.version),
+            manifest: old.manifest,
+            kind: asset.kind,
+            capture_time: asset.capture_time,
+            width: asset.width,
+            height: asset.height,
+            original_name: asset.original_name,
+            path: asset.path,
+            device: device.to_string(),
+            reservation_id: None,
+            manifest_upload: None,
+        };
+        let committed = self.commit_asset(account, &commit)?;
+        tracing::info!(account, asset = %asset_id, to = version, now = committed.version, "version reverted");
+        Ok(committed)
+    }
+
     /// Purges an asset and releases its content in the store.
     pub fn purge(&self, account: &str, asset_id: &str) -> Result<(), LibraryError> {
         self.library.purge(account, asset_id)?;

@@ -172,6 +172,8 @@ impl Cloud {
             reserved_bytes,
             admin,
             failed_sign_ins: self.library.failed_sign_ins(account)?,
+            devices: self.library.active_devices(account)?,
+            integrity: self.library.integrity(account)?,
         })
     }
 

@@ -70,6 +70,7 @@ impl Cloud {
             }
         }
         let assets_verified = self.library.count_assets()?;
+        self.library.record_integrity(self.library.clock.now_ms())?;
         tracing::info!(
             chunks = store.chunks_verified,
             assets = assets_verified,

@@ -2746,6 +2746,25 @@ pub struct Account {
     /// The address it came from.
     #[prost(string, tag = "8")]
     pub last_failed_sign_in_from: ::prost::alloc::string::String,
+    /// Devices enrolled and not revoked.
+    #[prost(uint64, tag = "9")]
+    pub devices: u64,
+    /// What the last scrub proved of the account's originals; absent before one ran.
+    #[prost(message, optional, tag = "10")]
+    pub integrity: ::core::option::Option<Integrity>,
+}
+/// What a scrub proved of one account's originals.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Integrity {
+    /// Originals (live or in Recently Deleted) read back and verified, byte for byte.
+    #[prost(uint64, tag = "1")]
+    pub verified: u64,
+    /// Originals found damaged that wait for a device to send them again.
+    #[prost(uint64, tag = "2")]
+    pub waiting: u64,
+    /// When the scrub finished (Unix milliseconds).
+    #[prost(int64, tag = "3")]
+    pub checked_at_ms: i64,
 }
 /// An access token.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -2869,9 +2888,29 @@ pub struct RefreshTokenResponse {
 pub struct RevokeDeviceRequest {
     #[prost(string, tag = "1")]
     pub device_id: ::prost::alloc::string::String,
+    /// Another account's device (administrators only); empty: the caller's.
+    #[prost(string, tag = "2")]
+    pub account: ::prost::alloc::string::String,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct RevokeDeviceResponse {}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RemoveDeviceRequest {
+    #[prost(string, tag = "1")]
+    pub device_id: ::prost::alloc::string::String,
+    /// Another account's device (administrators only); empty: the caller's.
+    #[prost(string, tag = "2")]
+    pub account: ::prost::alloc::string::String,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RemoveDeviceResponse {}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListAccountsRequest {}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListAccountsResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub accounts: ::prost::alloc::vec::Vec<Account>,
+}
 /// What a device last reported about itself.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct DeviceState {
@@ -2899,6 +2938,16 @@ pub struct DeviceState {
     pub charging: bool,
     #[prost(uint64, optional, tag = "10")]
     pub free_bytes: ::core::option::Option<u64>,
+    /// Originals it waits to download, and their bytes.
+    #[prost(uint64, tag = "11")]
+    pub pending_downloads: u64,
+    #[prost(uint64, tag = "12")]
+    pub pending_download_bytes: u64,
+    /// Its reason in words, and what fixes it (the policy's texts, or the cloud's refusal).
+    #[prost(string, tag = "13")]
+    pub reason_message: ::prost::alloc::string::String,
+    #[prost(string, tag = "14")]
+    pub reason_fix: ::prost::alloc::string::String,
 }
 /// A device in the account's ledger.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -2925,9 +2974,23 @@ pub struct Device {
     /// Since when its current reason (or lack of one) holds.
     #[prost(int64, optional, tag = "9")]
     pub reason_since_ms: ::core::option::Option<i64>,
+    /// Set when the cloud has not heard from it for more than a day: its last contact.
+    /// Its reason is then DEVICE_SILENT.
+    #[prost(int64, optional, tag = "10")]
+    pub silent_since_ms: ::core::option::Option<i64>,
+    /// Its reason (DEVICE_SILENT, or the one it reported) in words, and what fixes it: the
+    /// policy's own texts. Empty when nothing is in the way.
+    #[prost(string, tag = "11")]
+    pub reason_message: ::prost::alloc::string::String,
+    #[prost(string, tag = "12")]
+    pub reason_fix: ::prost::alloc::string::String,
 }
-#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
-pub struct ListDevicesRequest {}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListDevicesRequest {
+    /// Another account's devices (administrators only); empty: the caller's.
+    #[prost(string, tag = "1")]
+    pub account: ::prost::alloc::string::String,
+}
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ListDevicesResponse {
     #[prost(message, repeated, tag = "1")]
@@ -3226,7 +3289,8 @@ pub mod accounts_client {
                 .insert(GrpcMethod::new("keepsake.v1.Accounts", "RefreshToken"));
             self.inner.unary(req, path, codec).await
         }
-        /// Revokes one of the caller's devices.
+        /// Revokes a device (the caller's, or any account's for an administrator): it stays in
+        /// the ledger marked revoked; its agent stops at its next call with DEVICE_REVOKED.
         pub async fn revoke_device(
             &mut self,
             request: impl tonic::IntoRequest<super::RevokeDeviceRequest>,
@@ -3249,6 +3313,56 @@ pub mod accounts_client {
             let mut req = request.into_request();
             req.extensions_mut()
                 .insert(GrpcMethod::new("keepsake.v1.Accounts", "RevokeDevice"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Revokes a device and takes it out of the ledger (owner or administrator).
+        pub async fn remove_device(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RemoveDeviceRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RemoveDeviceResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/keepsake.v1.Accounts/RemoveDevice",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("keepsake.v1.Accounts", "RemoveDevice"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Every account with its plan, usage and device count (administrators only).
+        pub async fn list_accounts(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListAccountsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListAccountsResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/keepsake.v1.Accounts/ListAccounts",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("keepsake.v1.Accounts", "ListAccounts"));
             self.inner.unary(req, path, codec).await
         }
         /// Every device of the caller's account, with its last contact, state and reason.
@@ -3399,12 +3513,29 @@ pub mod accounts_server {
             tonic::Response<super::RefreshTokenResponse>,
             tonic::Status,
         >;
-        /// Revokes one of the caller's devices.
+        /// Revokes a device (the caller's, or any account's for an administrator): it stays in
+        /// the ledger marked revoked; its agent stops at its next call with DEVICE_REVOKED.
         async fn revoke_device(
             &self,
             request: tonic::Request<super::RevokeDeviceRequest>,
         ) -> std::result::Result<
             tonic::Response<super::RevokeDeviceResponse>,
+            tonic::Status,
+        >;
+        /// Revokes a device and takes it out of the ledger (owner or administrator).
+        async fn remove_device(
+            &self,
+            request: tonic::Request<super::RemoveDeviceRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RemoveDeviceResponse>,
+            tonic::Status,
+        >;
+        /// Every account with its plan, usage and device count (administrators only).
+        async fn list_accounts(
+            &self,
+            request: tonic::Request<super::ListAccountsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListAccountsResponse>,
             tonic::Status,
         >;
         /// Every device of the caller's account, with its last contact, state and reason.
@@ -3910,6 +4041,96 @@ pub mod accounts_server {
                     };
                     Box::pin(fut)
                 }
+                "/keepsake.v1.Accounts/RemoveDevice" => {
+                    #[allow(non_camel_case_types)]
+                    struct RemoveDeviceSvc<T: Accounts>(pub Arc<T>);
+                    impl<
+                        T: Accounts,
+                    > tonic::server::UnaryService<super::RemoveDeviceRequest>
+                    for RemoveDeviceSvc<T> {
+                        type Response = super::RemoveDeviceResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::RemoveDeviceRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Accounts>::remove_device(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RemoveDeviceSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/keepsake.v1.Accounts/ListAccounts" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListAccountsSvc<T: Accounts>(pub Arc<T>);
+                    impl<
+                        T: Accounts,
+                    > tonic::server::UnaryService<super::ListAccountsRequest>
+                    for ListAccountsSvc<T> {
+                        type Response = super::ListAccountsResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ListAccountsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Accounts>::list_accounts(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListAccountsSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
                 "/keepsake.v1.Accounts/ListDevices" => {
                     #[allow(non_camel_case_types)]
                     struct ListDevicesSvc<T: Accounts>(pub Arc<T>);
@@ -4391,6 +4612,26 @@ pub struct ListVersionsRequest {
 pub struct ListVersionsResponse {
     #[prost(message, repeated, tag = "1")]
     pub versions: ::prost::alloc::vec::Vec<AssetVersion>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RevertAssetRequest {
+    #[prost(string, tag = "1")]
+    pub asset_id: ::prost::alloc::string::String,
+    /// The version whose content becomes current again.
+    #[prost(uint32, tag = "2")]
+    pub version: u32,
+    /// Client-chosen; a retry returns the same new version.
+    #[prost(string, tag = "3")]
+    pub request_id: ::prost::alloc::string::String,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RevertAssetResponse {
+    /// The new current version.
+    #[prost(uint32, tag = "1")]
+    pub version: u32,
+    /// Its feed sequence number.
+    #[prost(uint64, tag = "2")]
+    pub seq: u64,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct SetMetadataRequest {
@@ -4933,6 +5174,32 @@ pub mod library_client {
                 .insert(GrpcMethod::new("keepsake.v1.Library", "ListVersions"));
             self.inner.unary(req, path, codec).await
         }
+        /// Makes an earlier version current again: a new version with that version's content,
+        /// which the cloud already holds (nothing is uploaded). Idempotent per request id.
+        pub async fn revert_asset(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RevertAssetRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RevertAssetResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/keepsake.v1.Library/RevertAsset",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("keepsake.v1.Library", "RevertAsset"));
+            self.inner.unary(req, path, codec).await
+        }
         /// Sets favourite, hidden or title if the clock is newer than the field's.
         pub async fn set_metadata(
             &mut self,
@@ -5339,6 +5606,15 @@ pub mod library_server {
             request: tonic::Request<super::ListVersionsRequest>,
         ) -> std::result::Result<
             tonic::Response<super::ListVersionsResponse>,
+            tonic::Status,
+        >;
+        /// Makes an earlier version current again: a new version with that version's content,
+        /// which the cloud already holds (nothing is uploaded). Idempotent per request id.
+        async fn revert_asset(
+            &self,
+            request: tonic::Request<super::RevertAssetRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RevertAssetResponse>,
             tonic::Status,
         >;
         /// Sets favourite, hidden or title if the clock is newer than the field's.
@@ -5834,6 +6110,51 @@ pub mod library_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = ListVersionsSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/keepsake.v1.Library/RevertAsset" => {
+                    #[allow(non_camel_case_types)]
+                    struct RevertAssetSvc<T: Library>(pub Arc<T>);
+                    impl<
+                        T: Library,
+                    > tonic::server::UnaryService<super::RevertAssetRequest>
+                    for RevertAssetSvc<T> {
+                        type Response = super::RevertAssetResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::RevertAssetRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Library>::revert_asset(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RevertAssetSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
@@ -6532,12 +6853,23 @@ pub struct AgentStatus {
     /// Passes made since the agent started.
     #[prost(uint64, tag = "20")]
     pub passes: u64,
-    /// The cloud's words for `reason`, with its numbers, when the cloud gave it.
+    /// The words for `reason`: the cloud's (with its numbers) for a refusal, else the policy's.
     #[prost(string, tag = "21")]
     pub reason_message: ::prost::alloc::string::String,
     /// The library folder the agent keeps in sync.
     #[prost(string, tag = "22")]
     pub folder: ::prost::alloc::string::String,
+    /// What fixes `reason`.
+    #[prost(string, tag = "23")]
+    pub reason_fix: ::prost::alloc::string::String,
+    /// Bytes of the files waiting to upload.
+    #[prost(uint64, tag = "24")]
+    pub pending_bytes: u64,
+    /// Originals waiting to download here, and their bytes.
+    #[prost(uint64, tag = "25")]
+    pub pending_downloads: u64,
+    #[prost(uint64, tag = "26")]
+    pub pending_download_bytes: u64,
 }
 /// A file the library keeps under another name than this device does.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

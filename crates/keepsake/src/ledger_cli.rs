@@ -1,0 +1,383 @@
+//! The owner's view of the account from any terminal: its devices (what each said, when it
+//! was last heard, what it still has to move), revoking a lost one, the plan and the
+//! integrity proof, an asset's versions and going back to one.
+
+use crate::device_cli::{Credentials, ServerArgs, megabytes, now_ms, plain, signed_in, utc};
+use anyhow::{Context, Result, bail};
+use keepsake_transport::client::{self, BearerAuth, pb};
+
+/// "3 min ago", "2 h ago", "5 days ago": how long since `at`.
+pub(crate) fn ago(now: i64, at: i64) -> String {
+    let s = (now - at).max(0) / 1000;
+    match s {
+        s if s < 90 => format!("{s} s ago"),
+        s if s < 90 * 60 => format!("{} min ago", s / 60),
+        s if s < 36 * 3600 => format!("{} h ago", s / 3600),
+        s => format!("{} days ago", s / 86_400),
+    }
+}
+
+/// One device of `keepsake devices`, as lines a person reads.
+pub(crate) fn describe_device(d: &pb::Device, now: i64) -> Vec<String> {
+    let state = d.state.clone().unwrap_or_default();
+    let heard = d.last_seen_ms.map_or_else(
+        || "never heard from".to_string(),
+        |at| format!("last contact {} ({})", ago(now, at), utc(at)),
+    );
+    let mut lines = vec![format!(
+        "{}  {} ({}, v{}): {heard}",
+        d.device_id, d.name, d.platform, d.client_version
+    )];
+    let headline = if let Some(at) = d.revoked_at_ms {
+        format!("revoked on {}", utc(at))
+    } else if let Some(since) = d.silent_since_ms {
+        format!("silent since {} [DEVICE_SILENT]", utc(since))
+    } else if state.state.is_empty() {
+        "has not reported yet".to_string()
+    } else if state.reason.is_empty() {
+        state.state.clone()
+    } else {
+        let since = d
+            .reason_since_ms
+            .map(|at| format!(" since {}", utc(at)))
+            .unwrap_or_default();
+        format!("{} [{}]{since}", state.state, state.reason)
+    };
+    lines.push(format!("    {headline}"));
+    if d.revoked_at_ms.is_none() {
+        if !d.reason_message.is_empty() {
+            lines.push(format!("    {}", d.reason_message));
+        }
+        if !d.reason_fix.is_empty() {
+            lines.push(format!("    Fix: {}", d.reason_fix));
+        }
+    }
+    if !state.state.is_empty() {
+        lines.push(format!(
+            "    to upload: {} ({}); to download: {} ({})",
+            state.pending_items,
+            megabytes(state.pending_bytes),
+            state.pending_downloads,
+            megabytes(state.pending_download_bytes)
+        ));
+        let battery = match state.battery_percent {
+            Some(p) if state.charging => format!("battery {p}%, charging"),
+            Some(p) => format!("battery {p}%"),
+            None if state.charging => "on power".to_string(),
+            None => "no battery".to_string(),
+        };
+        let free = state.free_bytes.map_or_else(
+            || "free space unknown".to_string(),
+            |b| format!("{} free", megabytes(b)),
+        );
+        lines.push(format!(
+            "    network {}, {battery}, {free}",
+            if state.network.is_empty() {
+                "unknown"
+            } else {
+                &state.network
+            }
+        ));
+    }
+    lines
+}
+
+/// `keepsake devices`: the account's device ledger (another account's for an administrator).
+pub async fn devices(
+    server: ServerArgs,
+    credentials: Credentials,
+    account: Option<String>,
+) -> Result<()> {
+    let (channel, token) = signed_in(&server, &credentials).await?;
+    let mut accounts = client::accounts_client(channel, BearerAuth::new(&token));
+    let list = accounts
+        .list_devices(pb::ListDevicesRequest {
+            account: account.clone().unwrap_or_default(),
+        })
+        .await
+        .map_err(|s| plain(s.into()))?
+        .into_inner()
+        .devices;
+    if list.is_empty() {
+        println!("no devices are enrolled");
+    }
+    let now = now_ms();
+    for d in &list {
+        for line in describe_device(d, now) {
+            println!("{line}");
+        }
+    }
+    // Wrong passwords given for the account: the owner is the one to see them.
+    if account.is_none()
+        && let Ok(reply) = accounts.get_account(pb::GetAccountRequest {}).await
+        && let Some(account) = reply.into_inner().account
+        && account.failed_sign_ins > 0
+    {
+        println!(
+            "{} failed sign-ins since the password was set; the last {} from {}",
+            account.failed_sign_ins,
+            ago(now, account.last_failed_sign_in_ms),
+            account.last_failed_sign_in_from
+        );
+    }
+    Ok(())
+}
+
+/// Revoke (keep in the ledger, marked) or remove (take out of it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retire {
+    /// `keepsake device revoke`.
+    Revoke,
+    /// `keepsake device remove`.
+    Remove,
+}
+
+/// The one device `name` names (its name, or its id) among `list`.
+fn device_named<'a>(list: &'a [pb::Device], name: &str) -> Result<&'a pb::Device> {
+    if let Some(d) = list.iter().find(|d| d.device_id == name) {
+        return Ok(d);
+    }
+    let named: Vec<&pb::Device> = list.iter().filter(|d| d.name == name).collect();
+    match named.as_slice() {
+        [one] => Ok(one),
+        [] => bail!("no device of this account is called {name:?}; `keepsake devices` lists them"),
+        many => bail!(
+            "{} devices are called {name:?}; give the id of the one you mean: {}",
+            many.len(),
+            many.iter()
+                .map(|d| d.device_id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// `keepsake device revoke NAME` / `keepsake device remove NAME`: the device's agent
+/// stops at its next call with DEVICE_REVOKED; nothing it holds is deleted.
+pub async fn retire(
+    server: ServerArgs,
+    credentials: Credentials,
+    account: Option<String>,
+    name: String,
+    how: Retire,
+) -> Result<()> {
+    let (channel, token) = signed_in(&server, &credentials).await?;
+    let mut accounts = client::accounts_client(channel, BearerAuth::new(&token));
+    let account = account.unwrap_or_default();
+    let list = accounts
+        .list_devices(pb::ListDevicesRequest {
+            account: account.clone(),
+        })
+        .await
+        .map_err(|s| plain(s.into()))?
+        .into_inner()
+        .devices;
+    let device = device_named(&list, &name)?;
+    let device_id = device.device_id.clone();
+    match how {
+        Retire::Revoke => {
+            accounts
+                .revoke_device(pb::RevokeDeviceRequest {
+                    device_id: device_id.clone(),
+                    account,
+                })
+                .await
+                .map_err(|s| plain(s.into()))?;
+            println!(
+                "revoked {} ({device_id}): it syncs nothing from its next call on, and keeps \
+                 every file it holds; enrol it again to bring it back",
+                device.name
+            );
+        }
+        Retire::Remove => {
+            accounts
+                .remove_device(pb::RemoveDeviceRequest {
+                    device_id: device_id.clone(),
+                    account,
+                })
+                .await
+                .map_err(|s| plain(s.into()))?;
+            println!(
+                "removed {} ({device_id}) from the account: revoked, and no longer listed; \
+                 nothing on it was deleted",
+                device.name
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `keepsake account show`: plan, usage, devices and the integrity proof.
+pub async fn show_account(server: ServerArgs, credentials: Credentials) -> Result<()> {
+    let (channel, token) = signed_in(&server, &credentials).await?;
+    let mut accounts = client::accounts_client(channel, BearerAuth::new(&token));
+    let account = accounts
+        .get_account(pb::GetAccountRequest {})
+        .await
+        .map_err(|s| plain(s.into()))?
+        .into_inner()
+        .account
+        .context("the server sent no account")?;
+    for line in describe_account(&account) {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+/// An account as its owner reads it.
+pub(crate) fn describe_account(a: &pb::Account) -> Vec<String> {
+    let plan = a.plan.clone().unwrap_or_default();
+    let mut lines = vec![
+        format!(
+            "account {}{}",
+            a.account,
+            if a.admin { " (administrator)" } else { "" }
+        ),
+        format!(
+            "plan {}: {} used of {}{}",
+            plan.name,
+            megabytes(a.used_bytes),
+            megabytes(plan.limit_bytes),
+            if a.reserved_bytes > 0 {
+                format!(
+                    " ({} held for uploads in progress)",
+                    megabytes(a.reserved_bytes)
+                )
+            } else {
+                String::new()
+            }
+        ),
+        format!("{} devices enrolled", a.devices),
+    ];
+    lines.push(match &a.integrity {
+        None => "integrity: no scrub has checked this library yet".to_string(),
+        Some(i) if i.waiting == 0 => format!(
+            "integrity: your {} originals were verified on {}",
+            i.verified,
+            utc(i.checked_at_ms)
+        ),
+        Some(i) => format!(
+            "integrity: {} originals were verified on {}; {} need a device to re-send them \
+             (any device that has them does so by itself)",
+            i.verified,
+            utc(i.checked_at_ms),
+            i.waiting
+        ),
+    });
+    lines
+}
+
+/// `keepsake account ls` (administrators): every account with its plan, usage and devices.
+pub async fn list_accounts(server: ServerArgs, admin: Credentials) -> Result<()> {
+    let (channel, token) = signed_in(&server, &admin).await?;
+    let mut accounts = client::accounts_client(channel, BearerAuth::new(&token));
+    let list = accounts
+        .list_accounts(pb::ListAccountsRequest {})
+        .await
+        .map_err(|s| plain(s.into()))?
+        .into_inner()
+        .accounts;
+    println!(
+        "{:<24} {:<8} {:>14} {:>14} {:>8}",
+        "ACCOUNT", "PLAN", "USED", "LIMIT", "DEVICES"
+    );
+    for a in list {
+        let plan = a.plan.unwrap_or_default();
+        println!(
+            "{:<24} {:<8} {:>14} {:>14} {:>8}",
+            a.account,
+            plan.name,
+            megabytes(a.used_bytes),
+            megabytes(plan.limit_bytes),
+            a.devices
+        );
+    }
+    Ok(())
+}
+
+/// The asset `what` names: an asset id, or a live asset's path in the library.
+async fn asset_named(lib: &mut client::LibraryApi, what: &str) -> Result<pb::Asset> {
+    if let Ok(reply) = lib
+        .get_asset(pb::GetAssetRequest {
+            asset_id: what.to_string(),
+        })
+        .await
+        && let Some(asset) = reply.into_inner().asset
+    {
+        return Ok(asset);
+    }
+    let wanted = what.trim_start_matches("./");
+    for change in crate::device_cli::whole_feed(lib).await? {
+        if let Some(pb::change::Row::Asset(a)) = change.row
+            && a.state == pb::AssetState::Live as i32
+            && a.path == wanted
+        {
+            return Ok(a);
+        }
+    }
+    bail!("no photo at {what:?} in the library (give its path in the library, or its id)")
+}
+
+/// `keepsake versions PATH|ID`: every version of an asset, the current one marked.
+pub async fn versions(server: ServerArgs, credentials: Credentials, what: String) -> Result<()> {
+    let (channel, token) = signed_in(&server, &credentials).await?;
+    let mut lib = client::library_client(channel, BearerAuth::new(&token));
+    let asset = asset_named(&mut lib, &what).await?;
+    let versions = lib
+        .list_versions(pb::ListVersionsRequest {
+            asset_id: asset.asset_id.clone(),
+        })
+        .await
+        .map_err(|s| plain(s.into()))?
+        .into_inner()
+        .versions;
+    println!("{} ({})", asset.path, asset.asset_id);
+    for v in versions {
+        let current = if v.version == asset.version { "*" } else { " " };
+        let same_as = if v.file_hash == asset.file_hash && v.version != asset.version {
+            " (same content as the current one)"
+        } else {
+            ""
+        };
+        println!(
+            "{current} v{:<3} {}  {:>12} bytes  from {}{same_as}",
+            v.version,
+            utc(v.created_at_ms),
+            v.size,
+            v.device
+        );
+    }
+    Ok(())
+}
+
+/// `keepsake revert PATH|ID --to N`: version N becomes current again on every device.
+pub async fn revert(
+    server: ServerArgs,
+    credentials: Credentials,
+    what: String,
+    to: u32,
+) -> Result<()> {
+    let (channel, token) = signed_in(&server, &credentials).await?;
+    let mut lib = client::library_client(channel, BearerAuth::new(&token));
+    let asset = asset_named(&mut lib, &what).await?;
+    if asset.version == to {
+        println!("v{to} of {} is already the current version", asset.path);
+        return Ok(());
+    }
+    // The same revert asked again (a retry after a lost reply) is the same request.
+    let request_id = format!("revert:{}:{}:{to}", asset.asset_id, asset.version);
+    let reply = lib
+        .revert_asset(pb::RevertAssetRequest {
+            asset_id: asset.asset_id.clone(),
+            version: to,
+            request_id,
+        })
+        .await
+        .map_err(|s| plain(s.into()))?
+        .into_inner();
+    println!(
+        "{} is v{to}'s content again, as v{} on every device (nothing was uploaded)",
+        asset.path, reply.version
+    );
+    Ok(())
+}
