@@ -16,7 +16,7 @@ pub(super) fn serve(data: &Path, listen: &str, extra: &[&str]) -> (Child, String
 }
 
 /// The same, on SQLite + files whatever backend the run tests.
-fn serve_embedded(data: &Path, listen: &str, extra: &[&str]) -> (Child, String) {
+pub(super) fn serve_embedded(data: &Path, listen: &str, extra: &[&str]) -> (Child, String) {
     let mut child = Command::new(keepsake_binary())
         .args(["serve", "--listen", listen, "--data"])
         .arg(data)
@@ -41,7 +41,11 @@ fn serve_embedded(data: &Path, listen: &str, extra: &[&str]) -> (Child, String) 
 }
 
 /// A server on a data directory of its own under `root`, listening on `listen`.
-fn start_server(root: &Path, listen: &str, args: &[&str]) -> (Server, std::path::PathBuf) {
+pub(super) fn start_server(
+    root: &Path,
+    listen: &str,
+    args: &[&str],
+) -> (Server, std::path::PathBuf) {
     let server_data = root.join("server");
     let (child, url) = serve(&server_data, listen, args);
     let server = Server {
@@ -53,7 +57,7 @@ fn start_server(root: &Path, listen: &str, args: &[&str]) -> (Server, std::path:
 }
 
 /// Enrols device `name` with its data in `data`, through the CLI as a person would.
-fn enroll(url: &str, server_data: &Path, name: &str, data: &Path) {
+pub(super) fn enroll(url: &str, server_data: &Path, name: &str, data: &Path) {
     succeeded(
         keepsake(url, server_data)
             .args(["device", "enroll", "--name", name, "--data"])
@@ -63,7 +67,7 @@ fn enroll(url: &str, server_data: &Path, name: &str, data: &Path) {
     );
 }
 
-fn admin_password(data: &Path) -> String {
+pub(super) fn admin_password(data: &Path) -> String {
     let credentials: serde_json::Value =
         serde_json::from_slice(&std::fs::read(data.join("initial-credentials.json")).unwrap())
             .unwrap();
@@ -71,7 +75,7 @@ fn admin_password(data: &Path) -> String {
 }
 
 /// `keepsake ARGS` against `url` as the administrator.
-fn keepsake(url: &str, server_data: &Path) -> Command {
+pub(super) fn keepsake(url: &str, server_data: &Path) -> Command {
     let mut command = Command::new(keepsake_binary());
     command
         .env("KEEPSAKE_SERVER", url)
@@ -81,7 +85,7 @@ fn keepsake(url: &str, server_data: &Path) -> Command {
     command
 }
 
-fn status_of(data: &Path) -> keepsake_device::AgentStatus {
+pub(super) fn status_of(data: &Path) -> keepsake_device::AgentStatus {
     match std::fs::read(data.join("status.json")) {
         Ok(bytes) => serde_json::from_slice(&bytes).expect("status.json is always whole"),
         Err(_) => keepsake_device::AgentStatus::default(),
@@ -89,7 +93,7 @@ fn status_of(data: &Path) -> keepsake_device::AgentStatus {
 }
 
 /// Waits until `done` holds, up to `limit`; says how long it took.
-fn wait_for(limit: Duration, what: &str, mut done: impl FnMut() -> bool) -> Duration {
+pub(super) fn wait_for(limit: Duration, what: &str, mut done: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
     while !done() {
         assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
@@ -107,7 +111,7 @@ fn resident_mib(pid: u32) -> u64 {
         .map_or(0, |kib| kib / 1024)
 }
 
-struct Agent(Child);
+pub(super) struct Agent(pub(super) Child);
 
 impl Drop for Agent {
     fn drop(&mut self) {
@@ -116,7 +120,7 @@ impl Drop for Agent {
     }
 }
 
-fn agent(folder: &Path, data: &Path, interval_ms: u64) -> Agent {
+pub(super) fn agent(folder: &Path, data: &Path, interval_ms: u64) -> Agent {
     Agent(
         Command::new(keepsake_binary())
             .arg("sync")
@@ -132,7 +136,7 @@ fn agent(folder: &Path, data: &Path, interval_ms: u64) -> Agent {
     )
 }
 
-fn write_photos(folder: &Path, count: u64, len: usize) -> u64 {
+pub(super) fn write_photos(folder: &Path, count: u64, len: usize) -> u64 {
     std::fs::create_dir_all(folder).unwrap();
     for i in 0..count {
         std::fs::write(
@@ -337,7 +341,7 @@ fn a_full_server_disk_is_waited_out_and_sync_resumes_within_a_minute_of_room() {
             .unwrap(),
     );
     assert!(
-        said.contains("not syncing: STORAGE_FULL") && said.contains("Fix:"),
+        said.contains("[STORAGE_FULL]") && said.contains("Fix:"),
         "{said}"
     );
     let doctor = Command::new(keepsake_binary())
@@ -476,7 +480,7 @@ fn an_idle_agent_makes_one_pass_per_interval_and_a_stopped_one_is_said_not_runni
             .output()
             .unwrap(),
     );
-    assert!(said.starts_with("not running"), "{said}");
+    assert!(said.starts_with("Not running"), "{said}");
     let doctor = Command::new(keepsake_binary())
         .args(["doctor", "--device-data"])
         .arg(&data)
@@ -704,7 +708,7 @@ fn the_doctor_and_status_agree_in_every_blocked_state_an_agent_reports() {
                 .unwrap(),
         );
         assert!(
-            said.contains(&format!("not syncing: {code}")) && said.contains("Fix:"),
+            said.contains(&format!("[{code}]")) && said.contains("Fix:"),
             "{code}: {said}"
         );
         if let Some(m) = message {
@@ -831,7 +835,7 @@ fn photos_copied_in_just_before_sync_once_are_sent_by_that_run() {
 }
 
 /// One `keepsake sync --once` run, which must succeed; what its status then says.
-fn sync_once(folder: &Path, data: &Path) -> keepsake_device::AgentStatus {
+pub(super) fn sync_once(folder: &Path, data: &Path) -> keepsake_device::AgentStatus {
     let out = Command::new(keepsake_binary())
         .arg("sync")
         .arg(folder)

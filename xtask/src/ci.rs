@@ -130,6 +130,8 @@ pub fn ci(root: &Path) -> Result<()> {
         (
             "tests",
             Box::new(|| {
+                // The service test checks its unit with Debian's systemd verifier.
+                crate::media::ensure(&[("systemd-analyze", "systemd")])?;
                 let mut c = cargo();
                 c.args(["test", "--workspace"]);
                 run(

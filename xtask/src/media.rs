@@ -37,7 +37,7 @@ pub fn ensure(tools: &[(&str, &str)]) -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    println!("media: installing {}", missing.join(" "));
+    println!("installing {}", missing.join(" "));
     let script = format!(
         "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends {}",
         missing.join(" ")

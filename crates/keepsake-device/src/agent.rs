@@ -417,19 +417,28 @@ const PAUSING: [&str; 12] = [
     "WAITING_FOR_CHARGER",
 ];
 
+/// A device's state in one word: "paused" for a reason that passes by itself or at the
+/// owner's word, "blocked" for one that needs someone, else "syncing" while files wait and
+/// "up to date" when none do.
+pub fn state_of(reason: Option<&str>, waiting: u64) -> &'static str {
+    match reason {
+        Some(r) if PAUSING.contains(&r) => "paused",
+        Some(_) => "blocked",
+        None if waiting > 0 => "syncing",
+        None => "up to date",
+    }
+}
+
 /// The ledger's view of a device from its status and the conditions it last saw.
 pub fn ledger_report(
     status: &AgentStatus,
     conditions: Option<&Snapshot>,
     left_out: usize,
 ) -> LedgerReport {
-    let waiting = status.pending_files + status.pending_downloads;
-    let state = match status.reason.as_deref() {
-        Some(r) if PAUSING.contains(&r) => "paused",
-        Some(_) => "blocked",
-        None if waiting > 0 => "syncing",
-        None => "up to date",
-    };
+    let state = state_of(
+        status.reason.as_deref(),
+        status.pending_files + status.pending_downloads,
+    );
     let network = match conditions.map(|c| (c.network, c.metered)) {
         None | Some((None, _)) => "unknown".to_string(),
         Some((Some(n), metered)) => {

@@ -144,7 +144,10 @@ mod paths;
 pub mod probe;
 mod upgrade;
 
-pub use agent::{Agent, AgentConfig, AgentError, Host, Next, Passed, retry_schedule};
+pub use agent::{
+    Agent, AgentConfig, AgentError, Host, LEDGER_EVERY_MS, Next, Passed, ledger_report,
+    retry_schedule, state_of,
+};
 pub use cloud::{
     Cloud, CloudError, CommitReply, ContentHolder, ContentLookup, Edit, FeedPage, Hlc,
     LedgerReport, NewAsset, Reason, RemoteAlbum, RemoteAsset, RemoteState,

@@ -267,7 +267,8 @@ pub fn diagnose_with_agent(
 ) -> Report {
     let mut report = diagnose(s, decision, unknown);
     let mut lived = Vec::new();
-    if agent.running == Some(false) {
+    // A revoked device's agent stopped because of it: "start it" would not help.
+    if agent.running == Some(false) && agent.reason.as_deref() != Some("DEVICE_REVOKED") {
         let when = agent.last_pass.map_or_else(
             || "it has not run".to_string(),
             |at| format!("its last pass ended {} s ago", (s.now - at).max(0) / 1000),

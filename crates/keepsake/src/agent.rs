@@ -36,6 +36,11 @@ async fn fresh_access(e: &Enrolled) -> Result<(Channel, pb::AccessToken), SignIn
         })?,
         Err(s) => {
             let e = CallError::from(s);
+            if e.reason() == "DEVICE_REVOKED" {
+                return Err(SignInFailure::Refused(anyhow::Error::new(Revoked {
+                    message: e.message().to_string(),
+                })));
+            }
             if !e.is_transient() {
                 return Err(SignInFailure::Refused(plain(e)));
             }
@@ -76,6 +81,30 @@ fn keep_token_fresh(
         }
     }))
 }
+
+/// The device was revoked or removed from its account: the agent stops (exit status
+/// [`REVOKED_EXIT`], which the service unit does not restart) and deletes nothing.
+#[derive(Debug)]
+pub struct Revoked {
+    /// The cloud's words.
+    pub message: String,
+}
+
+impl std::fmt::Display for Revoked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} [DEVICE_REVOKED]. Fix: enrol this device again (`keepsake device enroll`) if it \
+             should sync; every file it holds stays where it is",
+            self.message.trim_end_matches('.')
+        )
+    }
+}
+
+impl std::error::Error for Revoked {}
+
+/// The exit status of an agent whose device was revoked: not a failure a restart mends.
+pub const REVOKED_EXIT: i32 = 3;
 
 /// Why signing in failed.
 enum SignInFailure {
@@ -355,7 +384,25 @@ pub async fn sync(
             data.display()
         );
     }
-    let (client, expires_at) = signed_in_patiently(&enrolled, once, waiting).await?;
+    let (client, expires_at) = match signed_in_patiently(&enrolled, once, waiting).await {
+        Ok(signed_in) => signed_in,
+        Err(e) => {
+            if let Some(revoked) = e.downcast_ref::<Revoked>() {
+                // Said where `keepsake status` and the doctor look, not only on stderr.
+                let now = now_ms();
+                let _ = folder_control.save_status(&keepsake_device::AgentStatus {
+                    device_id: enrolled.device_id.clone(),
+                    reason: Some("DEVICE_REVOKED".into()),
+                    reason_message: Some(revoked.message.clone()),
+                    since_ms: now,
+                    last_pass_ms: now,
+                    folder: Some(folder.to_string_lossy().into_owned()),
+                    ..keepsake_device::AgentStatus::default()
+                });
+            }
+            return Err(e);
+        }
+    };
     drop(waiting_lock);
     let _fresh = keep_token_fresh(enrolled.clone(), &client, expires_at);
     let device = Device::open(config, client.clone(), clock)?;
@@ -431,10 +478,24 @@ pub async fn sync(
         },
     };
     let config = keepsake_device::AgentConfig { interval, once };
-    keepsake_device::Agent::new(device, host, config, status)
-        .run(wake)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))
+    let mut agent = keepsake_device::Agent::new(device, host, config, status.clone());
+    tokio::select! {
+        ran = agent.run(wake) => ran.map_err(|e| anyhow::anyhow!("{e}"))?,
+        () = crate::shutdown_signal() => {
+            // Stopping mid-pass is what a crash does, and every step is made for that:
+            // an acknowledged chunk is never sent again, a commit is retried under its own
+            // request id, a half-written download is a temp file the next pass replaces.
+            println!("keepsake sync: stopping (SIGTERM)");
+            return Ok(());
+        }
+    }
+    let last = status.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    if last.reason.as_deref() == Some("DEVICE_REVOKED") {
+        return Err(anyhow::Error::new(Revoked {
+            message: last.reason_message.unwrap_or_default(),
+        }));
+    }
+    Ok(())
 }
 
 /// The machine the agent runs on, for the loop in `keepsake_device::Agent`.
@@ -486,9 +547,21 @@ impl keepsake_device::Host<CloudClient> for AgentHost {
 
     async fn reauthenticate(&mut self, cloud: &mut CloudClient) -> Result<(), AgentError> {
         // Every clone of the client — the lanes, the feed watcher — shares the token.
-        let (_, access) = access_patiently(&self.enrolled, self.once, |_| {})
-            .await
-            .map_err(host_error)?;
+        let (_, access) = match access_patiently(&self.enrolled, self.once, |_| {}).await {
+            Ok(signed_in) => signed_in,
+            Err(e) => {
+                return Err(match e.downcast::<Revoked>() {
+                    Ok(revoked) => AgentError::Device(keepsake_device::DeviceError::Cloud(
+                        keepsake_device::CloudError {
+                            transient: false,
+                            reason: keepsake_device::Reason::DeviceRevoked,
+                            message: revoked.message,
+                        },
+                    )),
+                    Err(e) => host_error(e),
+                });
+            }
+        };
         if let Some(cell) = cloud.auth().cell() {
             cell.set(&access.token);
         }

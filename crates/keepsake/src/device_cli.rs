@@ -76,49 +76,35 @@ pub fn status(data: PathBuf) -> Result<()> {
             data.display()
         )
     })?;
-    let age = (now_ms() - s.last_pass_ms) / 1000;
-    let since = (now_ms() - s.since_ms) / 1000;
     let running = keepsake_device::agent_running(&data.join("state"));
-    if running == Some(false) {
-        println!(
-            "not running: no agent is syncing this device (its last pass ended {age} s ago). \
-             Fix: start it with `keepsake sync {} --data {}`",
-            s.folder.as_deref().unwrap_or("FOLDER"),
-            data.display()
-        );
-        if let Some(r) = &s.reason {
-            println!("when it last ran, it was blocked: {r}");
-        }
-    } else {
-        match &s.reason {
-            None => println!("syncing (for {since} s); last pass {age} s ago"),
-            Some(r) => {
-                println!("not syncing: {r} (for {since} s); last pass {age} s ago");
-                match keepsake_policy::doctor::lived_reason(r, s.reason_message.as_deref()) {
-                    Some(why) => {
-                        println!("  {}", why.message);
-                        println!("  Fix: {}", why.fix);
-                    }
-                    // The policy's own reasons: judged again from the conditions the agent
-                    // last saw, for their words and fix.
-                    None => {
-                        match policy_reason(&data, Path::new(s.folder.as_deref().unwrap_or(".")), r)
-                        {
-                            Some(why) => {
-                                println!("  {}", why.message);
-                                println!("  Fix: {}", why.fix);
-                            }
-                            None => println!("  `keepsake doctor` says what fixes it"),
-                        }
-                    }
-                }
-            }
-        }
+    // The words for the reason: what the agent saved (the policy's or the cloud's), else
+    // the checklist's, else the policy's judged again from the conditions now.
+    let words = s
+        .reason
+        .as_deref()
+        .and_then(|r| match (&s.reason_message, &s.reason_fix) {
+            (Some(m), Some(f)) => Some((m.clone(), f.clone())),
+            _ => keepsake_policy::doctor::lived_reason(r, s.reason_message.as_deref())
+                .or_else(|| policy_reason(&data, Path::new(s.folder.as_deref().unwrap_or(".")), r))
+                .map(|why| (why.message, why.fix)),
+        });
+    for line in headline(&s, running, now_ms(), words, &data) {
+        println!("{line}");
     }
     println!(
-        "{} files waiting to upload; {} uploaded and {} downloaded since the agent started",
-        s.pending_files, s.uploaded, s.downloaded
+        "{} files waiting to upload ({}); {} uploaded and {} downloaded since the agent started",
+        thousands(s.pending_files),
+        size(s.pending_bytes),
+        thousands(s.uploaded),
+        thousands(s.downloaded)
     );
+    if s.pending_downloads > 0 {
+        println!(
+            "{} originals waiting to download ({})",
+            thousands(s.pending_downloads),
+            size(s.pending_download_bytes)
+        );
+    }
     if s.pending_edits > 0 {
         println!("{} edits waiting to be sent", s.pending_edits);
     }
@@ -190,6 +176,110 @@ pub fn status(data: PathBuf) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// 1,204
+pub(crate) fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// 2.1 GB, 340 MB, 12 kB.
+pub(crate) fn size(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1_000_000_000 => format!("{:.1} GB", b as f64 / 1e9),
+        b if b >= 1_000_000 => format!("{:.0} MB", b as f64 / 1e6),
+        b if b >= 1_000 => format!("{:.0} kB", b as f64 / 1e3),
+        b => format!("{b} bytes"),
+    }
+}
+
+/// "14:02 UTC" today, "2026-12-01 14:02 UTC" on another day.
+fn clock_time(at: i64, now: i64) -> String {
+    let (when, today) = (utc(at), utc(now));
+    if when[..10] == today[..10] {
+        format!("{} UTC", &when[11..16])
+    } else {
+        format!("{} UTC", &when[..16])
+    }
+}
+
+/// What `keepsake status` says first, in the words of a phone's Photos settings:
+/// "Syncing — uploading 1,204 of 3,310 (2.1 GB left)", "Paused — Low Power Mode is on.
+/// Fix: …. Since 14:02", "Up to date".
+pub(crate) fn headline(
+    s: &keepsake_device::AgentStatus,
+    running: Option<bool>,
+    now: i64,
+    words: Option<(String, String)>,
+    data: &Path,
+) -> Vec<String> {
+    let ago = crate::ledger_cli::ago(now, s.last_pass_ms);
+    // A revoked device's agent stopped for that reason: starting it again changes nothing.
+    let revoked = s.reason.as_deref() == Some("DEVICE_REVOKED");
+    if running == Some(false) && !revoked {
+        let mut lines = vec![format!(
+            "Not running — no agent is syncing this device (its last pass ended {ago}). \
+             Fix: start it with `keepsake sync {} --data {}`, or keep it running with \
+             `keepsake service install`",
+            s.folder.as_deref().unwrap_or("FOLDER"),
+            data.display()
+        )];
+        if let Some(r) = &s.reason {
+            lines.push(format!("When it last ran, it was not syncing: [{r}]"));
+        }
+        return lines;
+    }
+    let waiting = s.pending_files + s.pending_downloads;
+    let state = keepsake_device::state_of(s.reason.as_deref(), waiting);
+    match (&s.reason, &s.progress) {
+        (Some(code), _) => {
+            let title = if state == "paused" {
+                "Paused"
+            } else {
+                "Blocked"
+            };
+            let (message, fix) = words.unwrap_or_else(|| {
+                (
+                    code.clone(),
+                    "`keepsake doctor` says what fixes it".to_string(),
+                )
+            });
+            let message = message.trim_end_matches('.');
+            let fix = fix.trim_end_matches('.');
+            vec![format!(
+                "{title} — {message}. Fix: {fix}. Since {} [{code}]",
+                clock_time(s.since_ms, now)
+            )]
+        }
+        (None, Some(p)) if p.items_total > 0 && p.phase != "idle" => {
+            vec![format!(
+                "Syncing — {} {} of {} ({} left)",
+                p.phase,
+                thousands((p.items_done + 1).min(p.items_total)),
+                thousands(p.items_total),
+                size(p.bytes_total.saturating_sub(p.bytes_done))
+            )]
+        }
+        (None, _) if s.pending_files > 0 => vec![format!(
+            "Syncing — {} files to upload ({}); last pass {ago}",
+            thousands(s.pending_files),
+            size(s.pending_bytes)
+        )],
+        (None, _) if s.pending_downloads > 0 => vec![format!(
+            "Syncing — {} originals to download ({}); last pass {ago}",
+            thousands(s.pending_downloads),
+            size(s.pending_download_bytes)
+        )],
+        (None, _) => vec![format!("Up to date — last pass {ago}")],
+    }
 }
 
 /// The policy's reason `code` judged from the device's conditions now, by the same
@@ -649,6 +739,51 @@ pub async fn set_plan(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn status_headlines_say_syncing_paused_and_blocked_as_people_read_them() {
+        let now = 1_765_000_000_000;
+        let data = Path::new("/d");
+        let mut s = keepsake_device::AgentStatus {
+            last_pass_ms: now - 5_000,
+            progress: Some(keepsake_device::Progress {
+                phase: "uploading".into(),
+                items_done: 1_203,
+                items_total: 3_310,
+                bytes_done: 400_000_000,
+                bytes_total: 2_500_000_000,
+                current: None,
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            headline(&s, Some(true), now, None, data),
+            ["Syncing — uploading 1,204 of 3,310 (2.1 GB left)"]
+        );
+        s.progress = None;
+        assert_eq!(
+            headline(&s, Some(true), now, None, data),
+            ["Up to date — last pass 5 s ago"]
+        );
+        s.reason = Some("LOW_POWER_MODE".into());
+        s.since_ms = now - 60_000;
+        let words = Some(("Low Power Mode is on.".into(), "Turn it off.".into()));
+        let said = headline(&s, Some(true), now, words.clone(), data).join("\n");
+        assert!(
+            said.starts_with("Paused — Low Power Mode is on. Fix: Turn it off. Since ")
+                && said.ends_with(" UTC [LOW_POWER_MODE]"),
+            "{said}"
+        );
+        s.reason = Some("QUOTA_EXCEEDED".into());
+        let said = headline(&s, Some(true), now, words.clone(), data).join("\n");
+        assert!(said.starts_with("Blocked — "), "{said}");
+        let said = headline(&s, Some(false), now, words, data).join("\n");
+        assert!(said.starts_with("Not running — "), "{said}");
+        assert_eq!(thousands(1_234_567), "1,234,567");
+        assert_eq!(thousands(999), "999");
+    }
+
     #[test]
     fn utc_spells_known_instants() {
         assert_eq!(super::utc(0), "1970-01-01 00:00:00 UTC");

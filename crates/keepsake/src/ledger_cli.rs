@@ -318,19 +318,26 @@ async fn asset_named(lib: &mut client::LibraryApi, what: &str) -> Result<pb::Ass
     bail!("no photo at {what:?} in the library (give its path in the library, or its id)")
 }
 
+async fn versions_of(
+    lib: &mut client::LibraryApi,
+    asset_id: &str,
+) -> Result<Vec<pb::AssetVersion>> {
+    Ok(lib
+        .list_versions(pb::ListVersionsRequest {
+            asset_id: asset_id.to_string(),
+        })
+        .await
+        .map_err(|s| plain(s.into()))?
+        .into_inner()
+        .versions)
+}
+
 /// `keepsake versions PATH|ID`: every version of an asset, the current one marked.
 pub async fn versions(server: ServerArgs, credentials: Credentials, what: String) -> Result<()> {
     let (channel, token) = signed_in(&server, &credentials).await?;
     let mut lib = client::library_client(channel, BearerAuth::new(&token));
     let asset = asset_named(&mut lib, &what).await?;
-    let versions = lib
-        .list_versions(pb::ListVersionsRequest {
-            asset_id: asset.asset_id.clone(),
-        })
-        .await
-        .map_err(|s| plain(s.into()))?
-        .into_inner()
-        .versions;
+    let versions = versions_of(&mut lib, &asset.asset_id).await?;
     println!("{} ({})", asset.path, asset.asset_id);
     for v in versions {
         let current = if v.version == asset.version { "*" } else { " " };
@@ -360,8 +367,19 @@ pub async fn revert(
     let (channel, token) = signed_in(&server, &credentials).await?;
     let mut lib = client::library_client(channel, BearerAuth::new(&token));
     let asset = asset_named(&mut lib, &what).await?;
-    if asset.version == to {
-        println!("v{to} of {} is already the current version", asset.path);
+    let versions = versions_of(&mut lib, &asset.asset_id).await?;
+    let target = versions.iter().find(|v| v.version == to).with_context(|| {
+        format!(
+            "{} has no v{to}; `keepsake versions {what}` lists its versions",
+            asset.path
+        )
+    })?;
+    if target.file_hash == asset.file_hash {
+        // Asked twice (the first reply lost), or already reverted: nothing to do.
+        println!(
+            "{} already has v{to}'s content (as v{})",
+            asset.path, asset.version
+        );
         return Ok(());
     }
     // The same revert asked again (a retry after a lost reply) is the same request.
