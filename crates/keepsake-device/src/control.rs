@@ -110,6 +110,10 @@ pub struct Settings {
     /// Optimize Storage: at most this many bytes of originals on the device (previews of
     /// everything); `None` downloads and keeps every original.
     pub optimize_budget_bytes: Option<u64>,
+    /// Uploads at most this many bytes a second (`None`: as fast as the link goes).
+    pub limit_upload_bytes: Option<u64>,
+    /// Downloads at most this many bytes a second.
+    pub limit_download_bytes: Option<u64>,
 }
 
 impl Default for Settings {
@@ -122,6 +126,8 @@ impl Default for Settings {
             paused_until_ms: None,
             power_override_until_ms: None,
             optimize_budget_bytes: None,
+            limit_upload_bytes: None,
+            limit_download_bytes: None,
         }
     }
 }

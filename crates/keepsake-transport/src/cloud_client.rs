@@ -58,6 +58,7 @@ pub struct CloudClient {
     policy: PolicyClient<InterceptedService<Channel, BearerAuth>>,
     auth: BearerAuth,
     config: ClientConfig,
+    throttle: crate::throttle::Throttle,
 }
 
 /// The next message of a stream, or TRANSFER_STALLED when none comes within `stall`.
@@ -116,7 +117,13 @@ impl CloudClient {
             accounts: accounts_client(channel, auth.clone()),
             auth,
             config,
+            throttle: crate::throttle::Throttle::default(),
         }
+    }
+
+    /// The bandwidth limits of this client and every clone of it (its lanes).
+    pub fn throttle(&self) -> &crate::throttle::Throttle {
+        &self.throttle
     }
 
     /// The auth every call carries (its token can be replaced through [`BearerAuth::cell`]).
@@ -224,10 +231,20 @@ impl CloudClient {
         // Permits are bytes in flight, returned as acknowledgements arrive.
         let window = Arc::new(Semaphore::new(bound));
         let (tx, rx) = tokio::sync::mpsc::channel::<pb::PutChunksRequest>(2);
+        // Under a limit, messages and requests for acknowledgement come every third of the
+        // stall watchdog's time: a window's half at 100 kB/s is minutes, and the watchdog
+        // would abandon a transfer that is only slow.
+        let stall_ms = self.config.stall_timeout.as_millis() as usize;
+        let paced = |bytes: usize| match self.throttle.limits().upload {
+            Some(rate) => bytes.min(rate as usize * stall_ms / 3_000).max(16 << 10),
+            None => bytes,
+        };
+        let flush_every = paced(bound / 2);
         let producer = {
             let window = window.clone();
             let session = session.to_string();
-            let message_bytes = self.config.message_bytes;
+            let message_bytes = paced(self.config.message_bytes);
+            let throttle = self.throttle.clone();
             tokio::spawn(async move {
                 let mut batch = Vec::new();
                 let (mut size, mut since_flush, mut first) = (0usize, 0usize, true);
@@ -263,6 +280,7 @@ impl CloudClient {
                         }
                     };
                     permit.forget();
+                    throttle.sending(len).await;
                     size += len;
                     since_flush += len;
                     batch.push(pb::Chunk {
@@ -272,7 +290,7 @@ impl CloudClient {
                     if size >= message_bytes || iter.peek().is_none() {
                         // Ask for acknowledgements well before the window closes, or the
                         // server would wait for a full batch that can never come.
-                        let flush = since_flush >= bound / 2;
+                        let flush = since_flush >= flush_every;
                         if flush {
                             since_flush = 0;
                         }
@@ -450,10 +468,14 @@ impl CloudClient {
             ids: ids.iter().map(id_bytes).collect(),
         };
         let stall = self.config.stall_timeout;
+        let throttle = self.throttle.clone();
         let download = async {
             let mut stream = self.store.get_chunks(request).await?.into_inner();
             let mut out = Vec::with_capacity(ids.len());
             while let Some(msg) = next_or_stall("GetChunks", stall, stream.message()).await? {
+                throttle
+                    .received(msg.chunks.iter().map(|c| c.data.len()).sum())
+                    .await;
                 for chunk in msg.chunks {
                     let id = chunk_id("chunks.id", &chunk.id)?;
                     if ChunkId::of(&chunk.data) != id {

@@ -125,6 +125,8 @@ fn settings_to_wire(s: Settings) -> pb::Settings {
         paused_until_ms,
         power_override_until_ms,
         optimize_budget_bytes,
+        limit_upload_bytes,
+        limit_download_bytes,
     } = s;
     pb::Settings {
         sync_enabled,
@@ -134,6 +136,8 @@ fn settings_to_wire(s: Settings) -> pb::Settings {
         paused_until_ms,
         power_override_until_ms,
         optimize_budget_bytes,
+        limit_upload_bytes,
+        limit_download_bytes,
     }
 }
 
@@ -146,7 +150,16 @@ fn settings_from_wire(s: Option<pb::Settings>) -> Result<Settings, Status> {
         paused_until_ms,
         power_override_until_ms,
         optimize_budget_bytes,
+        limit_upload_bytes,
+        limit_download_bytes,
     } = s.ok_or_else(|| Status::from(ApiError::field("settings", "is required")))?;
+    let limit = |field: &'static str, rate: Option<u64>| match rate {
+        Some(r) if r < crate::throttle::MIN_LIMIT => Err(Status::from(ApiError::field(
+            field,
+            format!("at least {} bytes a second", crate::throttle::MIN_LIMIT),
+        ))),
+        other => Ok(other),
+    };
     Ok(Settings {
         sync_enabled,
         cellular_allowed,
@@ -155,6 +168,8 @@ fn settings_from_wire(s: Option<pb::Settings>) -> Result<Settings, Status> {
         paused_until_ms,
         power_override_until_ms,
         optimize_budget_bytes,
+        limit_upload_bytes: limit("settings.limit_upload_bytes", limit_upload_bytes)?,
+        limit_download_bytes: limit("settings.limit_download_bytes", limit_download_bytes)?,
     })
 }
 

@@ -65,6 +65,7 @@ pub mod cloud_client;
 mod device_port;
 mod device_service;
 mod error;
+pub mod throttle;
 pub mod tls;
 pub mod wire;
 

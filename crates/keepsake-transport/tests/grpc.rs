@@ -2089,6 +2089,62 @@ async fn an_upload_whose_next_chunk_does_not_fit_the_window_does_not_stall() {
     assert_eq!(acknowledged.len(), 3);
 }
 
+/// `--limit-upload` / `--limit-download`: a limited client sends and fetches at the rate
+/// it was given (a second's burst, then the rate), with a stall watchdog shorter than the
+/// transfer that never fires (acknowledgements are asked for every few seconds' worth),
+/// and every chunk arrives whole; the limits are shared by the client's clones (lanes).
+#[tokio::test]
+async fn bandwidth_limits_hold_uploads_and_downloads_to_their_rate() {
+    use keepsake_transport::cloud_client::{ClientConfig, CloudClient};
+    use keepsake_transport::throttle::Limits;
+    let server = start().await;
+    let cloud = CloudClient::new(
+        client::connect(&server.url).await.unwrap(),
+        client::BearerAuth::new(&server.token("alice-token")),
+        ClientConfig {
+            stall_timeout: std::time::Duration::from_millis(1_500),
+            ..ClientConfig::default()
+        },
+    );
+    let mut lane = cloud.clone();
+    cloud.throttle().set(Limits {
+        upload: Some(400_000),
+        download: Some(400_000),
+    });
+    let session = server
+        .store
+        .begin_session("alice", 0, 600_000, None)
+        .unwrap()
+        .id;
+    // 1.2 MB: 400 kB at once, 800 kB at 400 kB/s.
+    let chunks: Vec<(ChunkId, Bytes)> = (0..12u8).map(|i| chunk(&vec![i; 100_000])).collect();
+    let started = std::time::Instant::now();
+    let mut acknowledged = Vec::new();
+    lane.put_chunks(&session, chunks.clone(), &mut acknowledged)
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(acknowledged.len(), 12);
+    assert!(
+        took >= std::time::Duration::from_millis(1_900),
+        "upload took {took:?}"
+    );
+    let ids: Vec<ChunkId> = chunks.iter().map(|(id, _)| *id).collect();
+    let started = std::time::Instant::now();
+    let fetched = lane.get_chunks(&ids).await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(fetched, chunks);
+    assert!(
+        took >= std::time::Duration::from_millis(1_900),
+        "download took {took:?}"
+    );
+    // Lifted while the client lives: the same bytes come back at once.
+    cloud.throttle().set(Limits::default());
+    let started = std::time::Instant::now();
+    lane.get_chunks(&ids).await.unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_millis(1_500));
+}
+
 /// The watchdog: a stream that stops moving is abandoned as TRANSFER_STALLED (transient)
 /// long before its overall deadline, and the retry completes the upload.
 #[tokio::test]

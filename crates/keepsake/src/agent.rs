@@ -10,6 +10,7 @@ use keepsake_device::{AgentError, Device, DeviceConfig, retry_schedule};
 use keepsake_store::{Clock, SystemClock};
 use keepsake_transport::client::{self, BearerAuth, CallError, pb};
 use keepsake_transport::cloud_client::{ClientConfig, CloudClient};
+use keepsake_transport::throttle::Limits;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -286,9 +287,16 @@ fn is_a_change(kind: &notify::EventKind) -> bool {
     }
 }
 
-/// How `keepsake sync` moves files too large to hold in memory.
+/// How `keepsake sync` moves files: too large to hold in memory, and how fast.
 #[derive(clap::Args, Debug, Clone, Copy, Default)]
 pub struct StreamArgs {
+    /// Send at most this many bytes a second ("500k", "2M", "off"), so a first sync
+    /// leaves room on a home uplink; overrides the device's settings.
+    #[arg(long, value_parser = limit)]
+    pub limit_upload: Option<u64>,
+    /// Receive at most this many bytes a second; overrides the device's settings.
+    #[arg(long, value_parser = limit)]
+    pub limit_download: Option<u64>,
     /// Files of this many KiB and more, new or edited, are read, sent and fetched a batch at
     /// a time, never held whole (default 65536: 64 MiB). Lower it on a device short of memory.
     #[arg(long, value_parser = clap::value_parser!(u64).range(64..))]
@@ -296,6 +304,24 @@ pub struct StreamArgs {
     /// KiB of chunks in one such batch: what one batch holds in memory (default 32768).
     #[arg(long, value_parser = clap::value_parser!(u64).range(64..=1_048_576))]
     pub stream_batch_kib: Option<u64>,
+}
+
+/// A rate as given on the command line: bytes a second, 0 for "off".
+pub(crate) fn limit(text: &str) -> Result<u64, String> {
+    Ok(keepsake_transport::throttle::parse_rate(text)?.unwrap_or(0))
+}
+
+/// The limits in force: the command line's where given (0: none), else the settings'.
+fn limits(flags: &StreamArgs, settings: &keepsake_device::Settings) -> Limits {
+    let pick = |flag: Option<u64>, set: Option<u64>| match flag {
+        Some(0) => None,
+        Some(rate) => Some(rate),
+        None => set,
+    };
+    Limits {
+        upload: pick(flags.limit_upload, settings.limit_upload_bytes),
+        download: pick(flags.limit_download, settings.limit_download_bytes),
+    }
 }
 
 impl StreamArgs {
@@ -466,6 +492,7 @@ pub async fn sync(
     }));
     let _progress = follow_progress(device.progress(), status.clone(), folder_control.clone());
     let host = AgentHost {
+        streaming,
         enrolled: enrolled.clone(),
         data,
         folder,
@@ -500,6 +527,8 @@ pub async fn sync(
 
 /// The machine the agent runs on, for the loop in `keepsake_device::Agent`.
 struct AgentHost {
+    /// The command line's transfer options (its bandwidth limits win over the settings).
+    streaming: StreamArgs,
     enrolled: Arc<Enrolled>,
     data: PathBuf,
     folder: PathBuf,
@@ -536,6 +565,10 @@ impl keepsake_device::Host<CloudClient> for AgentHost {
         )
         .map_err(host_error)?;
         let _ = self.control.save_snapshot(&conditions);
+        // Read every pass, like the rest of the settings: a new limit applies to the
+        // transfers of this pass, on every lane.
+        let settings = load_settings(&self.data).map_err(|e| AgentError::Host(e.into()))?;
+        cloud.throttle().set(limits(&self.streaming, &settings));
         Ok(Some(conditions))
     }
 

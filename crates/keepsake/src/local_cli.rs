@@ -89,6 +89,12 @@ pub enum LocalCommand {
         /// everything (0 downloads and keeps every original).
         #[arg(long)]
         optimize_mb: Option<u64>,
+        /// Send at most this many bytes a second ("500k", "2M"; "off" removes the limit).
+        #[arg(long, value_parser = crate::agent::limit)]
+        limit_upload: Option<u64>,
+        /// Receive at most this many bytes a second ("off" removes the limit).
+        #[arg(long, value_parser = crate::agent::limit)]
+        limit_download: Option<u64>,
         #[command(flatten)]
         at: DataArg,
     },
@@ -218,6 +224,10 @@ fn print_settings(s: &Settings) {
         ),
         None => println!("storage:        Download and Keep Originals"),
     }
+    let rate =
+        |r: Option<u64>| r.map_or_else(|| "none".to_string(), |b| format!("{} kB/s", b / 1000));
+    println!("upload limit:   {}", rate(s.limit_upload_bytes));
+    println!("download limit: {}", rate(s.limit_download_bytes));
     if let Some(left) = until(s.paused_until_ms) {
         println!("paused:         {left}");
     }
@@ -319,6 +329,8 @@ pub fn run(command: LocalCommand) -> Result<()> {
             unlimited,
             daily_cap_mb,
             optimize_mb,
+            limit_upload,
+            limit_download,
             at,
         } => {
             let control = open(&at)?;
@@ -327,7 +339,15 @@ pub fn run(command: LocalCommand) -> Result<()> {
                 || cellular.is_some()
                 || unlimited.is_some()
                 || daily_cap_mb.is_some()
-                || optimize_mb.is_some();
+                || optimize_mb.is_some()
+                || limit_upload.is_some()
+                || limit_download.is_some();
+            if let Some(rate) = limit_upload {
+                s.limit_upload_bytes = (rate > 0).then_some(rate);
+            }
+            if let Some(rate) = limit_download {
+                s.limit_download_bytes = (rate > 0).then_some(rate);
+            }
             if let Some(v) = sync {
                 s.sync_enabled = v.on();
             }

@@ -6952,6 +6952,12 @@ pub struct Settings {
     /// Optimize Storage: at most this many bytes of originals here; absent keeps them all.
     #[prost(uint64, optional, tag = "7")]
     pub optimize_budget_bytes: ::core::option::Option<u64>,
+    /// Uploads at most this many bytes a second; absent: no limit.
+    #[prost(uint64, optional, tag = "8")]
+    pub limit_upload_bytes: ::core::option::Option<u64>,
+    /// Downloads at most this many bytes a second; absent: no limit.
+    #[prost(uint64, optional, tag = "9")]
+    pub limit_download_bytes: ::core::option::Option<u64>,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct GetSettingsRequest {}
