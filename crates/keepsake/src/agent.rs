@@ -3,7 +3,7 @@
 //! through DeviceControl) or its interval passed, with back-off, token refresh, status and
 //! ledger reports. The engine it drives is `keepsake_device::Device`.
 
-use crate::device_cli::{Enrolled, ServerArgs, load, megabytes, now_ms, plain};
+use crate::device_cli::{Enrolled, ServerArgs, load, now_ms, plain};
 use anyhow::{Context, Result, bail};
 use keepsake_device::conditions::{Assumed, CONDITIONS, SETTINGS, load_settings};
 use keepsake_device::{AgentError, Device, DeviceConfig, retry_schedule};
@@ -191,6 +191,8 @@ fn follow_progress(
     control: Arc<keepsake_device::FolderControl>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        // A bar at a terminal; off one, the pass's own summary line is the log.
+        let bar = crate::progress::Bar::new();
         while progress.changed().await.is_ok() {
             let p = progress.borrow_and_update().clone();
             let shown = {
@@ -200,17 +202,18 @@ fn follow_progress(
             };
             let _ = control.save_status(&shown);
             if !p.phase.is_empty() && p.items_total > 0 {
-                println!(
-                    "keepsake sync: {} {}/{} files, {} of {}{}",
-                    p.phase,
+                bar.show(
+                    &p.phase,
                     p.items_done,
                     p.items_total,
-                    megabytes(p.bytes_done),
-                    megabytes(p.bytes_total),
-                    p.current.map(|c| format!(" ({c})")).unwrap_or_default()
+                    p.bytes_done,
+                    p.bytes_total,
                 );
+            } else {
+                bar.clear();
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            // The status file is rewritten at most every quarter second, the bar as often.
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
     })
 }

@@ -111,16 +111,24 @@ pub async fn run(
             a.asset_id.clone(),
         )
     });
+    let wanted = |a: &pb::Asset| match pb::AssetState::try_from(a.state) {
+        Ok(pb::AssetState::Live) => true,
+        Ok(pb::AssetState::Trashed) => include_trash,
+        _ => false,
+    };
+    let (files, total) = assets
+        .iter()
+        .filter(|a| wanted(a))
+        .fold((0u64, 0u64), |(n, b), a| (n + 1, b + a.size));
+    let bar = crate::progress::Bar::new();
+    let (mut done_files, mut done_bytes) = (0u64, 0u64);
     for a in &assets {
         let state = pb::AssetState::try_from(a.state).unwrap_or(pb::AssetState::Live);
-        let wanted = match state {
-            pb::AssetState::Live => true,
-            pb::AssetState::Trashed => include_trash,
-            _ => false,
-        };
-        if !wanted {
+        if !wanted(a) {
             continue;
         }
+        bar.show("exporting", done_files, files, done_bytes, total);
+        (done_files, done_bytes) = (done_files + 1, done_bytes + a.size);
         // The library's path, folders and exact name; one per asset, stable across runs
         // (the same order gives the same numbers). A path that is not plain (never from
         // this server) falls back to a safe name at the top.
@@ -198,6 +206,7 @@ pub async fn run(
             serde_json::to_vec_pretty(&sidecar)?,
         )?;
     }
+    bar.clear();
     println!(
         "exported to {}: {written} files written ({:.1} MB), {kept} already there and verified",
         dir.display(),

@@ -462,10 +462,24 @@ pub fn open_original(asset: &str, at: &DataArg) -> Result<()> {
     let control = open(at)?;
     let a = control.find_asset(asset)?;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    // The agent fetches it; a large one shows its download as it goes.
+    let bar = crate::progress::Bar::on_stderr();
     loop {
         if let Some(path) = control.open_original(&a.asset_id)? {
+            bar.clear();
             println!("{}", path.display());
             return Ok(());
+        }
+        if let Some(p) = crate::device_cli::load_status(&at.data).and_then(|s| s.progress)
+            && p.phase == "downloading"
+        {
+            bar.show(
+                &p.phase,
+                p.items_done,
+                p.items_total,
+                p.bytes_done,
+                p.bytes_total,
+            );
         }
         if std::time::Instant::now() > deadline {
             anyhow::bail!(

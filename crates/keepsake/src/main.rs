@@ -49,6 +49,7 @@ mod export;
 mod ledger_cli;
 mod local_cli;
 mod migrate;
+mod progress;
 mod serve;
 mod service;
 
