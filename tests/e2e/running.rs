@@ -389,3 +389,38 @@ fn a_revert_on_a_reaches_b_with_nothing_uploaded_and_the_scrub_proof_follows() {
         "{proof}"
     );
 }
+
+/// What `keepsake status` says first while an agent is mid-pass: the pass's own numbers
+/// from `status.json`, as "Syncing — uploading 1,204 of 3,310 (2.1 GB left)".
+#[test]
+fn status_says_syncing_with_the_passs_counts_while_an_agent_uploads() {
+    let data = tempfile::tempdir().unwrap();
+    let status = keepsake_device::AgentStatus {
+        last_pass_ms: 1,
+        pending_files: 3_310,
+        progress: Some(keepsake_device::Progress {
+            phase: "uploading".into(),
+            items_done: 1_203,
+            items_total: 3_310,
+            bytes_done: 400_000_000,
+            bytes_total: 2_500_000_000,
+            current: Some("2024/IMG_1204.HEIC".into()),
+        }),
+        ..Default::default()
+    };
+    std::fs::write(
+        data.path().join("status.json"),
+        serde_json::to_vec(&status).unwrap(),
+    )
+    .unwrap();
+    // An agent is running: it holds its lock.
+    std::fs::create_dir_all(data.path().join("state")).unwrap();
+    let lock = std::fs::File::create(data.path().join("state/agent.lock")).unwrap();
+    lock.lock().unwrap();
+    let text = status_text(data.path());
+    assert!(
+        text.starts_with("Syncing — uploading 1,204 of 3,310 (2.1 GB left)\n"),
+        "{text}"
+    );
+    assert!(text.contains("3,310 files waiting to upload"), "{text}");
+}
