@@ -686,6 +686,18 @@ mod devices {
         (client, enrolled.device_id)
     }
 
+    /// A real JPEG of `w`×`h` (a gradient), as a camera writes one.
+    pub fn jpeg(w: u32, h: u32) -> Vec<u8> {
+        use image::ImageEncoder;
+        let picture =
+            image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x / 12) as u8, (y / 8) as u8, 90]));
+        let mut jpeg = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 85)
+            .write_image(picture.as_raw(), w, h, image::ExtendedColorType::Rgb8)
+            .unwrap();
+        jpeg
+    }
+
     pub fn photo(seed: u64, len: usize) -> Vec<u8> {
         let mut data = vec![0u8; len];
         blake3::Hasher::new_derive_key(&format!("keepsake e2e photo {seed}"))
@@ -2312,7 +2324,6 @@ async fn an_export_round_trips_every_original_and_its_metadata() {
 /// file it cannot read as failed without holding up the other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_makes_previews_after_commit_and_reports_what_it_cannot() {
-    use image::ImageEncoder;
     use keepsake_transport::cloud_client::{ClientConfig, CloudClient};
     let root = tempfile::tempdir().unwrap();
     let server = start(&root.path().join("server"), "127.0.0.1:0").await;
@@ -2335,12 +2346,7 @@ async fn the_server_makes_previews_after_commit_and_reports_what_it_cannot() {
     )
     .unwrap();
     let (w, h) = (3000u32, 2000u32);
-    let picture =
-        image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x / 12) as u8, (y / 8) as u8, 90]));
-    let mut jpeg = Vec::new();
-    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 85)
-        .write_image(picture.as_raw(), w, h, image::ExtendedColorType::Rgb8)
-        .unwrap();
+    let jpeg = devices::jpeg(w, h);
     std::fs::write(folder.join("IMG_0001.JPG"), &jpeg).unwrap();
     std::fs::write(
         folder.join("BROKEN.JPG"),

@@ -85,6 +85,23 @@ pub(super) fn keepsake(url: &str, server_data: &Path) -> Command {
     command
 }
 
+/// An agent that runs on `data` (it holds the agent's lock: kept while the file lives)
+/// and last said `status`.
+pub(super) fn running_agent_said(
+    data: &Path,
+    status: &keepsake_device::AgentStatus,
+) -> std::fs::File {
+    std::fs::write(
+        data.join("status.json"),
+        serde_json::to_vec(status).unwrap(),
+    )
+    .unwrap();
+    std::fs::create_dir_all(data.join("state")).unwrap();
+    let lock = std::fs::File::create(data.join("state/agent.lock")).unwrap();
+    lock.lock().unwrap();
+    lock
+}
+
 pub(super) fn status_of(data: &Path) -> keepsake_device::AgentStatus {
     match std::fs::read(data.join("status.json")) {
         Ok(bytes) => serde_json::from_slice(&bytes).expect("status.json is always whole"),
@@ -691,15 +708,7 @@ fn the_doctor_and_status_agree_in_every_blocked_state_an_agent_reports() {
             last_pass_ms: 1,
             ..Default::default()
         };
-        std::fs::write(
-            data.path().join("status.json"),
-            serde_json::to_vec(&status).unwrap(),
-        )
-        .unwrap();
-        // An agent is running: it holds its lock.
-        std::fs::create_dir_all(data.path().join("state")).unwrap();
-        let lock = std::fs::File::create(data.path().join("state/agent.lock")).unwrap();
-        lock.lock().unwrap();
+        let lock = running_agent_said(data.path(), &status);
         let said = succeeded(
             Command::new(keepsake_binary())
                 .args(["status", "--data"])

@@ -3,8 +3,8 @@
 //! going back to an earlier version and the integrity proof.
 
 use super::hardening::{
-    Agent, agent, enroll, keepsake, serve_embedded, start_server, status_of, sync_once, wait_for,
-    write_photos,
+    Agent, agent, enroll, keepsake, running_agent_said, serve_embedded, start_server, status_of,
+    sync_once, wait_for, write_photos,
 };
 use super::*;
 use std::time::Duration;
@@ -408,19 +408,97 @@ fn status_says_syncing_with_the_passs_counts_while_an_agent_uploads() {
         }),
         ..Default::default()
     };
-    std::fs::write(
-        data.path().join("status.json"),
-        serde_json::to_vec(&status).unwrap(),
-    )
-    .unwrap();
-    // An agent is running: it holds its lock.
-    std::fs::create_dir_all(data.path().join("state")).unwrap();
-    let lock = std::fs::File::create(data.path().join("state/agent.lock")).unwrap();
-    lock.lock().unwrap();
+    let _lock = running_agent_said(data.path(), &status);
     let text = status_text(data.path());
     assert!(
         text.starts_with("Syncing — uploading 1,204 of 3,310 (2.1 GB left)\n"),
         "{text}"
     );
     assert!(text.contains("3,310 files waiting to upload"), "{text}");
+}
+
+/// A photo's camera and place, written into it by exiftool, reach the library with the
+/// commit, travel in the feed to every device and come out in the export's sidecar —
+/// the original's bytes untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_photos_camera_and_place_travel_through_commit_feed_and_export() {
+    let root = tempfile::tempdir().unwrap();
+    let (server, server_data) = start_server(root.path(), "127.0.0.1:0", &[]);
+    let (folder, data) = (root.path().join("Camera"), root.path().join("cam-data"));
+    enroll(&server.url, &server_data, "camera", &data);
+    std::fs::create_dir_all(folder.join("Paris")).unwrap();
+    let photo = folder.join("Paris/IMG_0001.JPG");
+    std::fs::write(&photo, devices::jpeg(640, 480)).unwrap();
+    let tagged = Command::new("exiftool")
+        .args([
+            "-q",
+            "-overwrite_original",
+            "-Make=Canon",
+            "-Model=Canon EOS R5",
+            "-GPSLatitude=48.8584",
+            "-GPSLatitudeRef=N",
+            "-GPSLongitude=2.2945",
+            "-GPSLongitudeRef=E",
+            "-DateTimeOriginal=2024:05:01 10:00:00",
+        ])
+        .arg(&photo)
+        .status()
+        .expect("exiftool (Debian's libimage-exiftool-perl; `cargo xtask ci` installs it)");
+    assert!(tagged.success());
+    let original = std::fs::read(&photo).unwrap();
+    sync_once(&folder, &data);
+    let token = sign_in(&server.url, &server_data).await;
+    let mut lib = client::library_client(
+        client::connect(&server.url).await.unwrap(),
+        client::BearerAuth::new(&token),
+    );
+    let feed = client::whole_feed(&mut lib).await.unwrap();
+    let asset = feed
+        .iter()
+        .find_map(|c| match &c.row {
+            Some(keepsake_transport_pb::change::Row::Asset(a)) => Some(a.clone()),
+            _ => None,
+        })
+        .expect("the photo is in the feed");
+    let details = asset.details.expect("the feed carries what the file says");
+    assert_eq!(
+        (details.camera_make.as_str(), details.camera_model.as_str()),
+        ("Canon", "Canon EOS R5")
+    );
+    let (lat, lon) = (details.latitude.unwrap(), details.longitude.unwrap());
+    assert!(
+        (lat - 48.8584).abs() < 1e-6 && (lon - 2.2945).abs() < 1e-6,
+        "{lat} {lon}"
+    );
+    let out = root.path().join("export");
+    said(
+        &server.url,
+        &server_data,
+        &["export", &out.to_string_lossy()],
+    );
+    assert_eq!(
+        std::fs::read(out.join("Paris/IMG_0001.JPG")).unwrap(),
+        original
+    );
+    let sidecar: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("Paris/IMG_0001.JPG.json")).unwrap())
+            .unwrap();
+    assert_eq!(sidecar["camera"]["model"], "Canon EOS R5", "{sidecar}");
+    assert!(
+        (sidecar["place"]["latitude"].as_f64().unwrap() - 48.8584).abs() < 1e-6,
+        "{sidecar}"
+    );
+    // The version keeps them too: what `keepsake versions` and revert carry.
+    let versions = lib
+        .list_versions(keepsake_transport_pb::ListVersionsRequest {
+            asset_id: asset.asset_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .versions;
+    assert_eq!(
+        versions[0].details.as_ref().map(|d| d.camera_make.as_str()),
+        Some("Canon")
+    );
 }

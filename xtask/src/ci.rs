@@ -130,8 +130,12 @@ pub fn ci(root: &Path) -> Result<()> {
         (
             "tests",
             Box::new(|| {
-                // The service test checks its unit with Debian's systemd verifier.
-                crate::media::ensure(&[("systemd-analyze", "systemd")])?;
+                // The service test checks its unit with Debian's systemd verifier; the
+                // metadata test writes a camera's EXIF with exiftool.
+                crate::media::ensure(&[
+                    ("systemd-analyze", "systemd"),
+                    ("exiftool", "libimage-exiftool-perl"),
+                ])?;
                 let mut c = cargo();
                 c.args(["test", "--workspace"]);
                 run(

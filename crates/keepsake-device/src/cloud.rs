@@ -310,6 +310,20 @@ pub struct NewAsset {
     pub asset_id: Option<String>,
     /// …and the version it was edited from.
     pub base_version: Option<u32>,
+    /// The camera's maker and model, as the file records them (empty when it does not).
+    pub camera: (String, String),
+    /// Where it was taken, in units of 1e-7 degree (latitude, longitude).
+    pub position_e7: Option<(i32, i32)>,
+    /// EXIF orientation 1..=8; 0 when unknown.
+    pub orientation: u8,
+    /// A video's length.
+    pub duration_ms: Option<u64>,
+}
+
+/// Degrees as 1e-7 degree units, the exact form positions travel and are kept in.
+pub fn degrees_e7(degrees: f64) -> Option<i32> {
+    let units = (degrees * 1e7).round();
+    (units.is_finite() && units.abs() <= 1.8e9).then_some(units as i32)
 }
 
 /// What a commit made.

@@ -150,7 +150,7 @@ pub use agent::{
 };
 pub use cloud::{
     Cloud, CloudError, CommitReply, ContentHolder, ContentLookup, Edit, FeedPage, Hlc,
-    LedgerReport, NewAsset, Reason, RemoteAlbum, RemoteAsset, RemoteState,
+    LedgerReport, NewAsset, Reason, RemoteAlbum, RemoteAsset, RemoteState, degrees_e7,
 };
 pub use control::{
     AgentStatus, CONTROL_SECRET, Conditions, Diagnosis, FolderControl, MAX_IMPORT_BYTES, Settings,

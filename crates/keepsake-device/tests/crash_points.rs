@@ -207,6 +207,7 @@ impl Cloud for InProcess {
             .commit_asset(
                 "alice",
                 &CommitAsset {
+                    details: Default::default(),
                     request_id: asset.request_id,
                     asset_id: asset.asset_id,
                     base_version: asset.base_version,

@@ -23,7 +23,7 @@
 //!     manifest: ChunkId::of(b"m"), file_hash: ChunkId::of(b"f"), size: 1,
 //!     kind: AssetKind::Photo, capture_time: None, width: None, height: None,
 //!     original_name: "IMG_0001.JPG".into(), path: "2026/IMG_0001.JPG".into(),
-//!     device: "phone".into(),
+//!     device: "phone".into(), details: MediaDetails::default(),
 //! };
 //! let first = lib.commit("alice", &req)?;
 //! assert_eq!(lib.commit("alice", &req)?, first); // a retry changes nothing
@@ -92,7 +92,7 @@ pub use error::LibraryError;
 pub use keepsake_core::Hlc;
 pub use library::{
     Album, Asset, AssetKind, AssetState, Change, ChangePage, CommitRequest, Committed,
-    ContentMatch, Derived, Library, LibraryConfig, LibraryEdit, MAX_EDITS_PER_CALL, MetadataField,
-    VersionInfo,
+    ContentMatch, Derived, Library, LibraryConfig, LibraryEdit, MAX_EDITS_PER_CALL, MediaDetails,
+    MetadataField, VersionInfo,
 };
 pub use passwords::PasswordLimits;

@@ -234,6 +234,11 @@ CREATE TABLE integrity (
 ) WITHOUT ROWID;
 ";
 
+const V9: &str = "
+-- What each version's file says of itself (camera, place, orientation, length), as JSON.
+ALTER TABLE versions ADD COLUMN details TEXT;
+";
+
 /// Gives assets committed before paths existed a path: their name at the top of the
 /// folder, numbered in commit order where two fold to one key (a downloader's flattened
 /// " (2)" twins were already apart). Then no two live assets share a key, and the index
@@ -286,7 +291,7 @@ pub fn prepare(conn: &mut Db) -> Result<(), crate::LibraryError> {
     if let Some(sqlite) = conn.as_sqlite() {
         keepsake_store::durable_sqlite(sqlite).map_err(keepsake_sql::SqlError::from)?;
     }
-    conn.migrate("library", &[V1, V2, V3, V4, V5, V6, V7, V8])?;
+    conn.migrate("library", &[V1, V2, V3, V4, V5, V6, V7, V8, V9])?;
     give_old_assets_paths(conn)?;
     Ok(())
 }

@@ -84,6 +84,7 @@ fn library() -> (Library, Vec<String>) {
             .commit(
                 "alice",
                 &CommitRequest {
+                    details: Default::default(),
                     request_id: format!("r{i}"),
                     asset_id: None,
                     base_version: None,

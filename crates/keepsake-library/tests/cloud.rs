@@ -137,6 +137,7 @@ impl Fixture {
                 device: "phone".into(),
                 reservation_id: reservation.map(|r| r.reservation_id.clone()),
                 manifest_upload: None,
+                details: Default::default(),
             },
         )
     }
@@ -479,6 +480,7 @@ fn quota_edges_exactly_at_the_limit_one_byte_over_and_dedup_counted_once() {
                 device: "phone".into(),
                 reservation_id: None,
                 manifest_upload: None,
+                details: Default::default(),
             },
         )
         .unwrap_err();
@@ -582,6 +584,7 @@ fn a_failed_commit_leaves_nothing_rooted() {
                 device: "phone".into(),
                 reservation_id: None,
                 manifest_upload: None,
+                details: Default::default(),
             },
         )
         .unwrap_err();
@@ -817,6 +820,7 @@ fn a_video_is_streamed_to_the_deriver_never_handed_over_whole() {
         .commit_asset(
             "alice",
             &CommitAsset {
+                details: Default::default(),
                 request_id: "v1".into(),
                 asset_id: None,
                 base_version: None,

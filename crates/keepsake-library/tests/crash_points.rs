@@ -77,6 +77,7 @@ fn commit(manifest: ManifestId, reservation: &str) -> CommitAsset {
         device: "phone".into(),
         reservation_id: Some(reservation.into()),
         manifest_upload: None,
+        details: Default::default(),
     }
 }
 

@@ -186,6 +186,7 @@ fn request(
         original_name: format!("IMG_{content:04}.JPG"),
         path: String::new(),
         device: device.to_string(),
+        details: Default::default(),
     }
 }
 

@@ -262,6 +262,7 @@ pub fn asset_to_wire(asset: keepsake_library::Asset) -> pb::Asset {
         derivation,
         damaged,
         path,
+        details,
     } = asset;
     let (state, state_at_ms) = state_to_wire(state);
     pb::Asset {
@@ -303,6 +304,7 @@ pub fn asset_to_wire(asset: keepsake_library::Asset) -> pb::Asset {
         derivation,
         damaged,
         path,
+        details: details_to_wire(details),
     }
 }
 
@@ -356,6 +358,7 @@ pub fn version_to_wire(v: keepsake_library::VersionInfo) -> pb::AssetVersion {
         device,
         created_at,
         conflicts_with,
+        details,
     } = v;
     pb::AssetVersion {
         version,
@@ -366,7 +369,68 @@ pub fn version_to_wire(v: keepsake_library::VersionInfo) -> pb::AssetVersion {
         device,
         created_at_ms: created_at,
         conflicts_with,
+        details: details_to_wire(details),
     }
+}
+
+/// A file's details on the wire; `None` when it records nothing.
+pub fn details_to_wire(d: keepsake_library::MediaDetails) -> Option<pb::MediaDetails> {
+    let keepsake_library::MediaDetails {
+        camera_make,
+        camera_model,
+        position_e7,
+        orientation,
+        duration_ms,
+    } = d;
+    crate::wire::details_to_wire(
+        (camera_make, camera_model),
+        position_e7,
+        orientation,
+        duration_ms,
+    )
+}
+
+/// A file's details from the wire, checked: text bounded, the place on the globe.
+pub fn details_from_wire(
+    d: Option<pb::MediaDetails>,
+) -> Result<keepsake_library::MediaDetails, ApiError> {
+    let Some(pb::MediaDetails {
+        camera_make,
+        camera_model,
+        latitude,
+        longitude,
+        orientation,
+        duration_ms,
+    }) = d
+    else {
+        return Ok(keepsake_library::MediaDetails::default());
+    };
+    let position_e7 = match (latitude, longitude) {
+        (None, None) => None,
+        (Some(lat), Some(lon)) => Some(
+            keepsake_device::degrees_e7(lat)
+                .zip(keepsake_device::degrees_e7(lon))
+                .ok_or_else(|| ApiError::field("details.latitude", "not a number of degrees"))?,
+        ),
+        _ => {
+            return Err(ApiError::field(
+                "details.longitude",
+                "give both latitude and longitude, or neither",
+            ));
+        }
+    };
+    let details = keepsake_library::MediaDetails {
+        camera_make,
+        camera_model,
+        position_e7,
+        orientation: u8::try_from(orientation)
+            .map_err(|_| ApiError::field("details.orientation", "1..=8, or 0"))?,
+        duration_ms,
+    };
+    details
+        .check()
+        .map_err(|why| ApiError::field("details", why))?;
+    Ok(details)
 }
 
 /// A commit from the wire, for `device` (taken from the caller's token, never the request).
@@ -388,7 +452,9 @@ pub fn commit_from_wire(
         manifest,
         manifest_edit,
         path,
+        details,
     } = req;
+    let details = details_from_wire(details)?;
     if !path.is_empty() {
         keepsake_path::check(&path).map_err(|e| ApiError::field("path", e.why))?;
     }
@@ -431,6 +497,7 @@ pub fn commit_from_wire(
         device,
         reservation_id: (!reservation_id.is_empty()).then_some(reservation_id),
         manifest_upload,
+        details,
     })
 }
 

@@ -53,6 +53,8 @@ fn remote_asset(a: pb::Asset) -> Result<RemoteAsset, CloudError> {
         derivation: _,
         damaged,
         path,
+        // The device keeps the file itself: what it says is read from it when needed.
+        details: _,
     } = a;
     // An empty path is an asset from before paths: its name, at the top.
     let path = if path.is_empty() {
@@ -397,7 +399,12 @@ async fn commit_carrying(
         reservation_id,
         asset_id,
         base_version,
+        camera,
+        position_e7,
+        orientation,
+        duration_ms,
     } = asset;
+    let details = crate::wire::details_to_wire(camera, position_e7, orientation, duration_ms);
     let kind = if video {
         pb::AssetKind::Video
     } else {
@@ -418,6 +425,7 @@ async fn commit_carrying(
             manifest,
             manifest_edit,
             path,
+            details,
         })
         .await?;
     Ok(CommitReply {

@@ -2521,6 +2521,10 @@ async fn a_commit_carries_its_manifest_and_falls_back_where_the_cloud_lacks_the_
         send(&again).await,
     );
     let asset = |request_id: &str, manifest: &Manifest, base: Option<(&str, u32)>| NewAsset {
+        camera: Default::default(),
+        position_e7: None,
+        orientation: 0,
+        duration_ms: None,
         request_id: request_id.into(),
         manifest: manifest.id(),
         original_name: "IMG_0001.JPG".into(),

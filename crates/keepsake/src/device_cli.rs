@@ -748,18 +748,19 @@ mod tests {
         let mut s = keepsake_device::AgentStatus {
             last_pass_ms: now - 5_000,
             progress: Some(keepsake_device::Progress {
-                phase: "uploading".into(),
-                items_done: 1_203,
-                items_total: 3_310,
-                bytes_done: 400_000_000,
-                bytes_total: 2_500_000_000,
+                phase: "downloading".into(),
+                items_done: 9,
+                items_total: 9,
+                bytes_done: 1_000,
+                bytes_total: 341_000_000,
                 current: None,
             }),
             ..Default::default()
         };
+        // The last file under way: never "10 of 9".
         assert_eq!(
             headline(&s, Some(true), now, None, data),
-            ["Syncing — uploading 1,204 of 3,310 (2.1 GB left)"]
+            ["Syncing — downloading 9 of 9 (341 MB left)"]
         );
         s.progress = None;
         assert_eq!(

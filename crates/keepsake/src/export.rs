@@ -200,6 +200,15 @@ pub async fn run(
             "in_recently_deleted": state == pb::AssetState::Trashed,
             "albums": albums.get(&a.asset_id).cloned().unwrap_or_default(),
             "earlier_versions": history,
+            "camera": a.details.as_ref().map(|d| serde_json::json!({
+                "make": d.camera_make,
+                "model": d.camera_model,
+            })),
+            "place": a.details.as_ref().and_then(|d| d.latitude.zip(d.longitude)).map(
+                |(lat, lon)| serde_json::json!({ "latitude": lat, "longitude": lon })
+            ),
+            "orientation": a.details.as_ref().map_or(0, |d| d.orientation),
+            "duration_ms": a.details.as_ref().and_then(|d| d.duration_ms),
         });
         std::fs::write(
             dir.join(format!("{name}.json")),

@@ -140,6 +140,7 @@ fn store_files(store: &Store, first: u64, n: u64) -> Result<Vec<ManifestId>> {
 
 fn commit_of(i: usize, manifest: ManifestId) -> CommitAsset {
     CommitAsset {
+        details: Default::default(),
         request_id: format!("bench-{i}"),
         asset_id: None,
         base_version: None,

@@ -98,6 +98,22 @@ impl Draft {
             reservation_id: self.reservation_id.clone(),
             asset_id: self.asset_id.clone(),
             base_version: self.base_version,
+            camera: (
+                media.make.clone().unwrap_or_default(),
+                media.model.clone().unwrap_or_default(),
+            ),
+            position_e7: media.gps.and_then(|(lat, lon)| {
+                Some((
+                    crate::cloud::degrees_e7(lat)?,
+                    crate::cloud::degrees_e7(lon)?,
+                ))
+            }),
+            orientation: if media.kind == keepsake_media::MediaKind::Photo {
+                media.orientation
+            } else {
+                0
+            },
+            duration_ms: media.duration_ms,
         }
     }
 }

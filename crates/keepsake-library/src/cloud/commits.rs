@@ -28,6 +28,8 @@ pub struct CommitAsset {
     pub path: String,
     /// The committing device.
     pub device: String,
+    /// What the file says of itself (camera, place, orientation, length).
+    pub details: crate::MediaDetails,
     /// The reservation the upload ran under, if any.
     pub reservation_id: Option<String>,
     /// The manifest itself, stored under the reservation first when the store lacks it.
@@ -81,6 +83,7 @@ impl Cloud {
             original_name: commit.original_name.clone(),
             path: commit.path.clone(),
             device: commit.device.clone(),
+            details: commit.details.clone(),
         };
         // Only a commit naming the damaged asset repairs it: a new file with the same bytes
         // is a photo of its own (its chunks mend the store all the same).
@@ -260,6 +263,7 @@ impl Cloud {
             original_name: asset.original_name,
             path: asset.path,
             device: device.to_string(),
+            details: old.details,
             reservation_id: None,
             manifest_upload: None,
         };

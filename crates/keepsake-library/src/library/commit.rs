@@ -129,8 +129,8 @@ pub(super) fn insert_version(
 ) -> Result<(), LibraryError> {
     tx.execute(
         "INSERT INTO versions (account, asset_id, version, manifest, file_hash, size, base_version,
-                               device, created_at, conflicts_with, holder)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                               device, created_at, conflicts_with, holder, details)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
         params![
             account,
             asset_id,
@@ -142,7 +142,8 @@ pub(super) fn insert_version(
             req.device,
             now,
             conflicts_with,
-            holder
+            holder,
+            req.details.stored()
         ],
     )?;
     // Previews are made later, by a worker, from a queue that survives restarts; a job is

@@ -49,7 +49,8 @@ impl Library {
     ) -> Result<Vec<VersionInfo>, LibraryError> {
         let db = self.db();
         let mut stmt = db.prepare_cached(
-            "SELECT version, manifest, file_hash, size, base_version, device, created_at, conflicts_with
+            "SELECT version, manifest, file_hash, size, base_version, device, created_at, conflicts_with,
+                    details
              FROM versions WHERE account = ?1 AND asset_id = ?2 ORDER BY version",
         )?;
         let versions: Vec<VersionInfo> = stmt
@@ -63,6 +64,7 @@ impl Library {
                     device: r.get(5)?,
                     created_at: r.get(6)?,
                     conflicts_with: r.get(7)?,
+                    details: MediaDetails::from_stored(r.get(8)?),
                 })
             })?
             .collect::<Result<_, _>>()?;

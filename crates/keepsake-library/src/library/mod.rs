@@ -37,7 +37,7 @@ const ASSET_COLUMNS: &str =
         AND d.version = a.current_version),
     (SELECT j.state || ' ' || coalesce(j.last_error, '') FROM derive_jobs j
       WHERE j.account = a.account AND j.asset_id = a.asset_id AND j.version = a.current_version),
-    a.damaged, coalesce(a.path, a.original_name)";
+    a.damaged, coalesce(a.path, a.original_name), v.details";
 
 /// `role hexmanifest width height bytes;…` as the asset query spells it.
 fn derived_from_column(text: Option<String>) -> Vec<Derived> {
@@ -93,6 +93,7 @@ fn asset_from_row(r: &keepsake_sql::Row) -> Result<Asset, keepsake_sql::SqlError
             .unwrap_or_default(),
         damaged: r.get(19)?,
         path: r.get(20)?,
+        details: MediaDetails::from_stored(r.get(21)?),
     })
 }
 
@@ -273,6 +274,7 @@ mod path_tests {
             original_name: keepsake_path::file_name(path).into(),
             path: path.into(),
             device: "phone".into(),
+            details: Default::default(),
         }
     }
 

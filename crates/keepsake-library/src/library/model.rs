@@ -1,6 +1,7 @@
 //! What the library holds, as its callers see it: assets, versions, albums, changes.
 
 use super::*;
+use serde::{Deserialize, Serialize};
 
 /// Limits and retention periods.
 #[derive(Debug, Clone)]
@@ -118,6 +119,8 @@ pub struct CommitRequest {
     pub path: String,
     /// The device committing.
     pub device: String,
+    /// What the file says of itself (camera, place, orientation, length).
+    pub details: MediaDetails,
 }
 
 /// What a commit did.
@@ -183,6 +186,8 @@ pub struct Asset {
     /// A scrub found part of the current version's content corrupt: the cloud cannot serve
     /// it until a device that holds the original sends it again.
     pub damaged: bool,
+    /// What the current version's file says of itself.
+    pub details: MediaDetails,
 }
 
 /// A derivative of an asset's current version, stored content-addressed.
@@ -198,6 +203,64 @@ pub struct Derived {
     pub height: u32,
     /// Size in bytes.
     pub size: u64,
+}
+
+/// What a photo or video file says of itself, kept with each version (as JSON, so a new
+/// field needs no migration).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MediaDetails {
+    /// Camera maker, empty when not recorded.
+    pub camera_make: String,
+    /// Camera model, empty when not recorded.
+    pub camera_model: String,
+    /// Where it was taken: latitude and longitude in units of 1e-7 degree (WGS 84), exact
+    /// and comparable, as GPS receivers report them.
+    pub position_e7: Option<(i32, i32)>,
+    /// EXIF orientation 1..=8; 0 when unknown.
+    pub orientation: u8,
+    /// A video's length.
+    pub duration_ms: Option<u64>,
+}
+
+impl MediaDetails {
+    /// Nothing recorded.
+    pub fn is_empty(&self) -> bool {
+        self == &Self::default()
+    }
+
+    /// Refuses what no file says: text too long or with control characters, a place off
+    /// the globe, an orientation outside 1..=8.
+    pub fn check(&self) -> Result<(), String> {
+        for (what, text) in [
+            ("camera_make", &self.camera_make),
+            ("camera_model", &self.camera_model),
+        ] {
+            if text.len() > 128 || text.chars().any(char::is_control) {
+                return Err(format!("{what}: at most 128 bytes, no control characters"));
+            }
+        }
+        if let Some((lat, lon)) = self.position_e7
+            && (lat.unsigned_abs() > 900_000_000 || lon.unsigned_abs() > 1_800_000_000)
+        {
+            return Err("position: latitude within ±90°, longitude within ±180°".into());
+        }
+        if self.orientation > 8 {
+            return Err("orientation: 1..=8, or 0 when unknown".into());
+        }
+        Ok(())
+    }
+
+    /// As stored: `None` when nothing is recorded.
+    pub(crate) fn stored(&self) -> Option<String> {
+        (!self.is_empty()).then(|| serde_json::to_string(self).expect("plain fields"))
+    }
+
+    /// From the stored column (nothing, or what an older build could not read, is empty).
+    pub(crate) fn from_stored(text: Option<String>) -> Self {
+        text.and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default()
+    }
 }
 
 /// One version of an asset.
@@ -219,6 +282,8 @@ pub struct VersionInfo {
     pub created_at: UnixMillis,
     /// The version that was current when this one arrived from a stale base.
     pub conflicts_with: Option<u32>,
+    /// What its file says of itself.
+    pub details: MediaDetails,
 }
 
 /// An album as the feed shows it.
@@ -239,6 +304,9 @@ pub struct Album {
 }
 
 /// One row of the change feed.
+// Nearly every row of a feed page is an asset: boxing them would cost an allocation each
+// to save room only in the rare album row.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Change {
     /// An asset's latest state.

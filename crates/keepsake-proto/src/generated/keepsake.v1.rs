@@ -4415,6 +4415,29 @@ pub struct Asset {
     /// every device puts its file there.
     #[prost(string, tag = "20")]
     pub path: ::prost::alloc::string::String,
+    /// What the current version's file says of itself.
+    #[prost(message, optional, tag = "21")]
+    pub details: ::core::option::Option<MediaDetails>,
+}
+/// What a photo or video file says of itself, kept with each version.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct MediaDetails {
+    /// Camera maker and model ("Apple", "iPhone 15 Pro"); empty when not recorded.
+    #[prost(string, tag = "1")]
+    pub camera_make: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub camera_model: ::prost::alloc::string::String,
+    /// Where it was taken, degrees (WGS 84); absent when not recorded.
+    #[prost(double, optional, tag = "3")]
+    pub latitude: ::core::option::Option<f64>,
+    #[prost(double, optional, tag = "4")]
+    pub longitude: ::core::option::Option<f64>,
+    /// EXIF orientation, 1 (upright) to 8; 0 when unknown.
+    #[prost(uint32, tag = "5")]
+    pub orientation: u32,
+    /// A video's length.
+    #[prost(uint64, optional, tag = "6")]
+    pub duration_ms: ::core::option::Option<u64>,
 }
 /// A file made from an asset's current version.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -4449,7 +4472,7 @@ pub struct Album {
     pub clock: ::core::option::Option<Clock>,
 }
 /// One version of an asset.
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct AssetVersion {
     #[prost(uint32, tag = "1")]
     pub version: u32,
@@ -4469,6 +4492,9 @@ pub struct AssetVersion {
     /// Made from a stale base while this version was current (a conflict; both kept).
     #[prost(uint32, optional, tag = "8")]
     pub conflicts_with: ::core::option::Option<u32>,
+    /// What its file says of itself.
+    #[prost(message, optional, tag = "9")]
+    pub details: ::core::option::Option<MediaDetails>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct BeginUploadRequest {
@@ -4547,6 +4573,9 @@ pub struct CommitAssetRequest {
     /// Empty: original_name at the top. Only a new asset takes it (a rename is RenameAsset).
     #[prost(string, tag = "13")]
     pub path: ::prost::alloc::string::String,
+    /// What the file says of itself (camera, place, orientation, length), as the device read it.
+    #[prost(message, optional, tag = "14")]
+    pub details: ::core::option::Option<MediaDetails>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct CommitAssetResponse {
