@@ -488,6 +488,30 @@ async fn a_photos_camera_and_place_travel_through_commit_feed_and_export() {
         (sidecar["place"]["latitude"].as_f64().unwrap() - 48.8584).abs() < 1e-6,
         "{sidecar}"
     );
+    // Found by camera and place, from the library's indexes; not near Rome.
+    let found = said(
+        &server.url,
+        &server_data,
+        &[
+            "search",
+            "--camera",
+            "eos r5",
+            "--near",
+            "48.8584,2.2945",
+            "--radius-km",
+            "1",
+        ],
+    );
+    assert!(
+        found.contains("Paris/IMG_0001.JPG") && found.contains("Canon EOS R5"),
+        "{found}"
+    );
+    let elsewhere = said(
+        &server.url,
+        &server_data,
+        &["search", "--near", "41.89,12.49"],
+    );
+    assert!(elsewhere.contains("nothing matches"), "{elsewhere}");
     // The version keeps them too: what `keepsake versions` and revert carry.
     let versions = lib
         .list_versions(keepsake_transport_pb::ListVersionsRequest {

@@ -92,7 +92,7 @@ pub use error::LibraryError;
 pub use keepsake_core::Hlc;
 pub use library::{
     Album, Asset, AssetKind, AssetState, Change, ChangePage, CommitRequest, Committed,
-    ContentMatch, Derived, Library, LibraryConfig, LibraryEdit, MAX_EDITS_PER_CALL, MediaDetails,
-    MetadataField, VersionInfo,
+    ContentMatch, Derived, Library, LibraryConfig, LibraryEdit, MAX_EDITS_PER_CALL,
+    MAX_SEARCH_PAGE, MediaDetails, MetadataField, SearchPage, SearchQuery, VersionInfo,
 };
 pub use passwords::PasswordLimits;

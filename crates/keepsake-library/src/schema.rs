@@ -239,6 +239,16 @@ const V9: &str = "
 ALTER TABLE versions ADD COLUMN details TEXT;
 ";
 
+const V10: &str = "
+-- What search starts from: the current version's camera ('make model', lower case) and
+-- place, beside the capture time.
+ALTER TABLE assets ADD COLUMN camera TEXT;
+ALTER TABLE assets ADD COLUMN lat_e7 INTEGER;
+ALTER TABLE assets ADD COLUMN lon_e7 INTEGER;
+CREATE INDEX assets_by_time ON assets(account, capture_time);
+CREATE INDEX assets_by_place ON assets(account, lat_e7, lon_e7) WHERE lat_e7 IS NOT NULL;
+";
+
 /// Gives assets committed before paths existed a path: their name at the top of the
 /// folder, numbered in commit order where two fold to one key (a downloader's flattened
 /// " (2)" twins were already apart). Then no two live assets share a key, and the index
@@ -291,7 +301,7 @@ pub fn prepare(conn: &mut Db) -> Result<(), crate::LibraryError> {
     if let Some(sqlite) = conn.as_sqlite() {
         keepsake_store::durable_sqlite(sqlite).map_err(keepsake_sql::SqlError::from)?;
     }
-    conn.migrate("library", &[V1, V2, V3, V4, V5, V6, V7, V8, V9])?;
+    conn.migrate("library", &[V1, V2, V3, V4, V5, V6, V7, V8, V9, V10])?;
     give_old_assets_paths(conn)?;
     Ok(())
 }

@@ -203,6 +203,95 @@ fn kind_from_wire(kind: i32) -> Result<keepsake_library::AssetKind, ApiError> {
     }
 }
 
+/// A search from the wire, checked: a box has four sides, a circle a centre and a radius,
+/// every coordinate is on the globe. Returns the query, the page size and the page.
+pub fn search_from_wire(
+    req: pb::SearchAssetsRequest,
+) -> Result<(keepsake_library::SearchQuery, usize, Option<String>), ApiError> {
+    let pb::SearchAssetsRequest {
+        taken_from_ms,
+        taken_until_ms,
+        camera,
+        south,
+        west,
+        north,
+        east,
+        latitude,
+        longitude,
+        radius_m,
+        kind,
+        favorite,
+        hidden,
+        album,
+        name,
+        page_size,
+        page,
+    } = req;
+    let degrees = |field: &'static str, d: f64, max: f64| {
+        keepsake_device::degrees_e7(d)
+            .filter(|_| d.abs() <= max)
+            .ok_or_else(|| ApiError::field(field, format!("degrees within ±{max}")))
+    };
+    let within_e7 = match (south, west, north, east) {
+        (None, None, None, None) => None,
+        (Some(s), Some(w), Some(n), Some(e)) => Some((
+            degrees("south", s, 90.0)?,
+            degrees("west", w, 180.0)?,
+            degrees("north", n, 90.0)?,
+            degrees("east", e, 180.0)?,
+        )),
+        _ => {
+            return Err(ApiError::field(
+                "south",
+                "give all four sides of the box, or none",
+            ));
+        }
+    };
+    let near_e7 = match (latitude, longitude, radius_m) {
+        (None, None, None) => None,
+        (Some(lat), Some(lon), Some(r)) if r > 0 => Some((
+            (
+                degrees("latitude", lat, 90.0)?,
+                degrees("longitude", lon, 180.0)?,
+            ),
+            r,
+        )),
+        _ => {
+            return Err(ApiError::field(
+                "radius_m",
+                "give latitude, longitude and a radius above 0, or none",
+            ));
+        }
+    };
+    for (field, text) in [("camera", &camera), ("album", &album), ("name", &name)] {
+        if text.len() > 256 {
+            return Err(ApiError::field(field, "at most 256 bytes"));
+        }
+    }
+    let some = |t: String| (!t.is_empty()).then_some(t);
+    let query = keepsake_library::SearchQuery {
+        taken_from: taken_from_ms,
+        taken_until: taken_until_ms,
+        camera: some(camera),
+        within_e7,
+        near_e7,
+        kind: if kind == pb::AssetKind::Unspecified as i32 {
+            None
+        } else {
+            Some(kind_from_wire(kind)?)
+        },
+        favorite,
+        hidden,
+        album: some(album),
+        name: some(name),
+    };
+    let size = match page_size {
+        0 => 100,
+        n => (n as usize).min(keepsake_library::MAX_SEARCH_PAGE),
+    };
+    Ok((query, size, some(page)))
+}
+
 fn kind_to_wire(kind: keepsake_library::AssetKind) -> pb::AssetKind {
     match kind {
         keepsake_library::AssetKind::Photo => pb::AssetKind::Photo,

@@ -5,7 +5,7 @@ use crate::auth::{Identity, client_version, identity};
 use crate::convert::{
     MAX_CONTENT_HASHES, account_to_wire, asset_to_wire, chunk_ids, clock_from_wire,
     commit_from_wire, device_to_wire, id_bytes, page_to_wire, plan_to_wire, report_from_wire,
-    token_to_wire, version_to_wire,
+    search_from_wire, token_to_wire, version_to_wire,
 };
 use keepsake_library::{Cloud, LibraryError};
 use keepsake_proto::v1 as pb;
@@ -278,6 +278,23 @@ impl Library for LibraryService {
         .await?;
         Ok(Response::new(pb::ListVersionsResponse {
             versions: versions.into_iter().map(version_to_wire).collect(),
+        }))
+    }
+
+    async fn search_assets(
+        &self,
+        request: Request<pb::SearchAssetsRequest>,
+    ) -> Result<Response<pb::SearchAssetsResponse>, Status> {
+        let who = identity(&request)?;
+        let (query, size, page) = search_from_wire(request.into_inner())?;
+        let account = who.account.clone();
+        let found = run(&self.cloud, Some(&who), move |c| {
+            c.library().search(&account, &query, page.as_deref(), size)
+        })
+        .await?;
+        Ok(Response::new(pb::SearchAssetsResponse {
+            assets: found.assets.into_iter().map(asset_to_wire).collect(),
+            next_page: found.next.unwrap_or_default(),
         }))
     }
 

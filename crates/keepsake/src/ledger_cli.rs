@@ -399,3 +399,177 @@ pub async fn revert(
     );
     Ok(())
 }
+
+/// What `keepsake search` looks for (every option narrows; none lists everything).
+#[derive(clap::Args, Clone, Debug)]
+pub struct SearchArgs {
+    /// Taken on or after this day (YYYY-MM-DD, UTC).
+    #[arg(long, value_parser = day_ms)]
+    pub from: Option<i64>,
+    /// Taken before this day (YYYY-MM-DD, UTC).
+    #[arg(long, value_parser = day_ms)]
+    pub until: Option<i64>,
+    /// Part of the camera's maker or model ("iphone", "EOS R5").
+    #[arg(long)]
+    pub camera: Option<String>,
+    /// Near a place: LATITUDE,LONGITUDE in degrees (with --radius-km).
+    #[arg(long, value_parser = degrees_pair, allow_hyphen_values = true)]
+    pub near: Option<(f64, f64)>,
+    /// How far from --near, in kilometres.
+    #[arg(long, default_value_t = 1.0)]
+    pub radius_km: f64,
+    /// Inside a box: SOUTH,WEST,NORTH,EAST in degrees.
+    #[arg(long = "box", value_parser = degrees_box, allow_hyphen_values = true)]
+    pub within: Option<(f64, f64, f64, f64)>,
+    /// Only photos, or only videos.
+    #[arg(long, value_parser = ["photo", "video"])]
+    pub kind: Option<String>,
+    /// Favourites only.
+    #[arg(long)]
+    pub favorites: bool,
+    /// Hidden photos only (otherwise they are left out).
+    #[arg(long)]
+    pub hidden: bool,
+    /// In this album (its name or id).
+    #[arg(long)]
+    pub album: Option<String>,
+    /// Part of the path in the library ("rome", "IMG_12").
+    #[arg(long)]
+    pub name: Option<String>,
+    /// At most this many.
+    #[arg(long, default_value_t = 100)]
+    pub limit: usize,
+}
+
+/// Midnight UTC of a `YYYY-MM-DD`, in Unix ms.
+fn day_ms(text: &str) -> Result<i64, String> {
+    let bad = || format!("{text:?} is not a day like 2024-05-01");
+    let mut parts = text.trim().splitn(3, '-').map(|p| p.parse::<i64>());
+    let (Some(Ok(y)), Some(Ok(m)), Some(Ok(d))) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(bad());
+    };
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return Err(bad());
+    }
+    // Days from the civil date (proleptic Gregorian), as `utc` reads them back.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    Ok((era * 146_097 + doe - 719_468) * 86_400_000)
+}
+
+fn numbers<const N: usize>(text: &str) -> Result<[f64; N], String> {
+    let parsed: Vec<f64> = text
+        .split(',')
+        .map(|p| p.trim().parse::<f64>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("{text:?}: {N} numbers separated by commas"))?;
+    parsed
+        .try_into()
+        .map_err(|_| format!("{text:?}: {N} numbers separated by commas"))
+}
+
+fn degrees_pair(text: &str) -> Result<(f64, f64), String> {
+    let [lat, lon] = numbers::<2>(text)?;
+    Ok((lat, lon))
+}
+
+fn degrees_box(text: &str) -> Result<(f64, f64, f64, f64), String> {
+    let [s, w, n, e] = numbers::<4>(text)?;
+    Ok((s, w, n, e))
+}
+
+/// `keepsake search`: the account's photos that match, newest first.
+pub async fn search(server: ServerArgs, credentials: Credentials, args: SearchArgs) -> Result<()> {
+    let (channel, token) = signed_in(&server, &credentials).await?;
+    let mut lib = client::library_client(channel, BearerAuth::new(&token));
+    let (within, near) = (args.within, args.near);
+    let mut request = pb::SearchAssetsRequest {
+        taken_from_ms: args.from,
+        taken_until_ms: args.until,
+        camera: args.camera.unwrap_or_default(),
+        south: within.map(|b| b.0),
+        west: within.map(|b| b.1),
+        north: within.map(|b| b.2),
+        east: within.map(|b| b.3),
+        latitude: near.map(|p| p.0),
+        longitude: near.map(|p| p.1),
+        radius_m: near.map(|_| (args.radius_km * 1000.0).round().max(1.0) as u32),
+        kind: match args.kind.as_deref() {
+            Some("video") => pb::AssetKind::Video,
+            Some(_) => pb::AssetKind::Photo,
+            None => pb::AssetKind::Unspecified,
+        }
+        .into(),
+        favorite: args.favorites.then_some(true),
+        hidden: Some(args.hidden),
+        album: args.album.unwrap_or_default(),
+        name: args.name.unwrap_or_default(),
+        page_size: args.limit.min(500) as u32,
+        page: String::new(),
+    };
+    let mut shown = 0;
+    loop {
+        let answer = lib
+            .search_assets(request.clone())
+            .await
+            .map_err(|s| plain(s.into()))?
+            .into_inner();
+        for a in &answer.assets {
+            if shown == args.limit {
+                return Ok(());
+            }
+            shown += 1;
+            let taken = a
+                .capture_time_ms
+                .map_or_else(|| "date unknown".to_string(), |t| utc(t)[..10].to_string());
+            let camera = a
+                .details
+                .as_ref()
+                .map(|d| {
+                    format!("{} {}", d.camera_make, d.camera_model)
+                        .trim()
+                        .to_string()
+                })
+                .filter(|c| !c.is_empty())
+                .map(|c| format!("  {c}"))
+                .unwrap_or_default();
+            let place = a
+                .details
+                .as_ref()
+                .and_then(|d| d.latitude.zip(d.longitude))
+                .map(|(lat, lon)| format!("  @{lat:.5},{lon:.5}"))
+                .unwrap_or_default();
+            println!("{}  {taken}  {}{camera}{place}", a.asset_id, a.path);
+        }
+        if answer.next_page.is_empty() || shown == args.limit {
+            break;
+        }
+        request.page = answer.next_page;
+    }
+    if shown == 0 {
+        println!("nothing matches");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn days_read_as_utc_midnights_and_places_as_numbers() {
+        assert_eq!(day_ms("2024-05-01"), Ok(1_714_521_600_000));
+        assert_eq!(day_ms("1970-01-01"), Ok(0));
+        assert_eq!(
+            utc(day_ms("2000-02-29").unwrap()),
+            "2000-02-29 00:00:00 UTC"
+        );
+        assert!(day_ms("2024-13-01").is_err() && day_ms("May 1").is_err());
+        assert_eq!(degrees_pair("48.85, -2.29"), Ok((48.85, -2.29)));
+        assert!(degrees_box("1,2,3").is_err());
+    }
+}

@@ -191,6 +191,15 @@ enum Command {
         #[arg(long = "of")]
         of: Option<String>,
     },
+    /// Find photos and videos: by date, camera, place, kind, favourite, album or name.
+    Search {
+        #[command(flatten)]
+        server: device_cli::ServerArgs,
+        #[command(flatten)]
+        credentials: device_cli::Credentials,
+        #[command(flatten)]
+        args: ledger_cli::SearchArgs,
+    },
     /// List an asset's versions (PATH in the library, or its id); the current one is marked.
     Versions {
         #[command(flatten)]
@@ -459,6 +468,11 @@ fn run(command: Command, runtime: &tokio::runtime::Runtime) -> Result<()> {
             credentials,
             of,
         } => runtime.block_on(ledger_cli::devices(server, credentials, of)),
+        Command::Search {
+            server,
+            credentials,
+            args,
+        } => runtime.block_on(ledger_cli::search(server, credentials, args)),
         Command::Versions {
             server,
             credentials,

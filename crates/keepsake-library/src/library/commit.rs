@@ -273,8 +273,8 @@ impl Library {
         let seq = next_seq(tx, account)?;
         tx.execute(
             "INSERT INTO assets (account, asset_id, kind, capture_time, width, height, original_name,
-                                 current_version, state, seq, path, path_key)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 1, 'live', ?8, ?9, ?10)",
+                                 current_version, state, seq, path, path_key, camera, lat_e7, lon_e7)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 1, 'live', ?8, ?9, ?10, ?11, ?12, ?13)",
             params![
                 account,
                 asset_id,
@@ -285,7 +285,10 @@ impl Library {
                 req.original_name,
                 seq as i64,
                 path,
-                keepsake_path::fold(&path)
+                keepsake_path::fold(&path),
+                req.details.camera_key(),
+                req.details.position_e7.map(|p| p.0),
+                req.details.position_e7.map(|p| p.1)
             ],
         )?;
         insert_version(tx, account, &asset_id, 1, req, now, (None, holder))?;
@@ -365,7 +368,7 @@ impl Library {
         tx.execute(
             "UPDATE assets SET current_version = ?3, seq = ?4, kind = ?5,
                     capture_time = coalesce(?6, capture_time), width = coalesce(?7, width),
-                    height = coalesce(?8, height)
+                    height = coalesce(?8, height), camera = ?9, lat_e7 = ?10, lon_e7 = ?11
              WHERE account = ?1 AND asset_id = ?2",
             params![
                 account,
@@ -375,7 +378,10 @@ impl Library {
                 req.kind.as_str(),
                 req.capture_time,
                 req.width,
-                req.height
+                req.height,
+                req.details.camera_key(),
+                req.details.position_e7.map(|p| p.0),
+                req.details.position_e7.map(|p| p.1)
             ],
         )?;
         Ok(Committed {

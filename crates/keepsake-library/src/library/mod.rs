@@ -12,11 +12,13 @@ mod edits;
 mod feed;
 mod lifecycle;
 mod model;
+mod search;
 
 use commit::*;
 use edits::*;
 use feed::*;
 pub use model::*;
+pub use search::{MAX_SEARCH_PAGE, SearchPage, SearchQuery};
 
 /// The cloud library.
 pub struct Library {

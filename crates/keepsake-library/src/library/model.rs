@@ -251,6 +251,13 @@ impl MediaDetails {
         Ok(())
     }
 
+    /// The camera as search matches it: "make model", lower case; `None` when unknown.
+    pub(crate) fn camera_key(&self) -> Option<String> {
+        let both = format!("{} {}", self.camera_make.trim(), self.camera_model.trim());
+        let both = both.trim();
+        (!both.is_empty()).then(|| both.to_lowercase())
+    }
+
     /// As stored: `None` when nothing is recorded.
     pub(crate) fn stored(&self) -> Option<String> {
         (!self.is_empty()).then(|| serde_json::to_string(self).expect("plain fields"))

@@ -4642,6 +4642,62 @@ pub struct ListVersionsResponse {
     #[prost(message, repeated, tag = "1")]
     pub versions: ::prost::alloc::vec::Vec<AssetVersion>,
 }
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct SearchAssetsRequest {
+    /// Taken at or after, and before (Unix ms).
+    #[prost(int64, optional, tag = "1")]
+    pub taken_from_ms: ::core::option::Option<i64>,
+    #[prost(int64, optional, tag = "2")]
+    pub taken_until_ms: ::core::option::Option<i64>,
+    /// Part of the camera's maker or model, any case.
+    #[prost(string, tag = "3")]
+    pub camera: ::prost::alloc::string::String,
+    /// Inside a box of degrees: south, west, north, east (all four, or none).
+    #[prost(double, optional, tag = "4")]
+    pub south: ::core::option::Option<f64>,
+    #[prost(double, optional, tag = "5")]
+    pub west: ::core::option::Option<f64>,
+    #[prost(double, optional, tag = "6")]
+    pub north: ::core::option::Option<f64>,
+    #[prost(double, optional, tag = "7")]
+    pub east: ::core::option::Option<f64>,
+    /// Within radius_m metres of (latitude, longitude) (all three, or none).
+    #[prost(double, optional, tag = "8")]
+    pub latitude: ::core::option::Option<f64>,
+    #[prost(double, optional, tag = "9")]
+    pub longitude: ::core::option::Option<f64>,
+    #[prost(uint32, optional, tag = "10")]
+    pub radius_m: ::core::option::Option<u32>,
+    /// Photos or videos only; unspecified: both.
+    #[prost(enumeration = "AssetKind", tag = "11")]
+    pub kind: i32,
+    /// Favourites only (true) or none of them (false); absent: either.
+    #[prost(bool, optional, tag = "12")]
+    pub favorite: ::core::option::Option<bool>,
+    /// Hidden only (true) or none of them (false); absent: either.
+    #[prost(bool, optional, tag = "13")]
+    pub hidden: ::core::option::Option<bool>,
+    /// In this album: its id or its name.
+    #[prost(string, tag = "14")]
+    pub album: ::prost::alloc::string::String,
+    /// Part of the path in the library, any case.
+    #[prost(string, tag = "15")]
+    pub name: ::prost::alloc::string::String,
+    /// 1..=500; 0 means 100.
+    #[prost(uint32, tag = "16")]
+    pub page_size: u32,
+    /// A previous answer's next_page; empty for the first.
+    #[prost(string, tag = "17")]
+    pub page: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct SearchAssetsResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub assets: ::prost::alloc::vec::Vec<Asset>,
+    /// Where the next page starts; empty on the last.
+    #[prost(string, tag = "2")]
+    pub next_page: ::prost::alloc::string::String,
+}
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct RevertAssetRequest {
     #[prost(string, tag = "1")]
@@ -5203,6 +5259,32 @@ pub mod library_client {
                 .insert(GrpcMethod::new("keepsake.v1.Library", "ListVersions"));
             self.inner.unary(req, path, codec).await
         }
+        /// The account's live assets that match every filter given, newest first, a page at a
+        /// time (answered from indexes: capture time, place, camera).
+        pub async fn search_assets(
+            &mut self,
+            request: impl tonic::IntoRequest<super::SearchAssetsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::SearchAssetsResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/keepsake.v1.Library/SearchAssets",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("keepsake.v1.Library", "SearchAssets"));
+            self.inner.unary(req, path, codec).await
+        }
         /// Makes an earlier version current again: a new version with that version's content,
         /// which the cloud already holds (nothing is uploaded). Idempotent per request id.
         pub async fn revert_asset(
@@ -5635,6 +5717,15 @@ pub mod library_server {
             request: tonic::Request<super::ListVersionsRequest>,
         ) -> std::result::Result<
             tonic::Response<super::ListVersionsResponse>,
+            tonic::Status,
+        >;
+        /// The account's live assets that match every filter given, newest first, a page at a
+        /// time (answered from indexes: capture time, place, camera).
+        async fn search_assets(
+            &self,
+            request: tonic::Request<super::SearchAssetsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::SearchAssetsResponse>,
             tonic::Status,
         >;
         /// Makes an earlier version current again: a new version with that version's content,
@@ -6139,6 +6230,51 @@ pub mod library_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = ListVersionsSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/keepsake.v1.Library/SearchAssets" => {
+                    #[allow(non_camel_case_types)]
+                    struct SearchAssetsSvc<T: Library>(pub Arc<T>);
+                    impl<
+                        T: Library,
+                    > tonic::server::UnaryService<super::SearchAssetsRequest>
+                    for SearchAssetsSvc<T> {
+                        type Response = super::SearchAssetsResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::SearchAssetsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Library>::search_assets(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = SearchAssetsSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

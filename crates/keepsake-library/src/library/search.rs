@@ -1,0 +1,419 @@
+//! Searching an account's library: capture dates, camera, place (a box or a radius), kind,
+//! favourite, hidden, album and file name, newest first, a page at a time. Each query
+//! starts from an index (capture time, place or camera); the rest filter what it yields.
+
+use super::*;
+use keepsake_sql::Value;
+
+/// What to look for; every field set narrows the answer, none set is the whole library.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SearchQuery {
+    /// Taken at or after (Unix ms).
+    pub taken_from: Option<UnixMillis>,
+    /// Taken before (Unix ms).
+    pub taken_until: Option<UnixMillis>,
+    /// Part of the camera's maker or model, any case ("iphone", "EOS R5").
+    pub camera: Option<String>,
+    /// Taken inside a box: (south, west, north, east), 1e-7 degree units.
+    pub within_e7: Option<(i32, i32, i32, i32)>,
+    /// Taken within this many metres of (latitude, longitude) in 1e-7 degree units.
+    pub near_e7: Option<((i32, i32), u32)>,
+    /// Photos or videos only.
+    pub kind: Option<AssetKind>,
+    /// Favourites only (or only those that are not).
+    pub favorite: Option<bool>,
+    /// Hidden only (or only those that are not).
+    pub hidden: Option<bool>,
+    /// In this album (its id, or its name).
+    pub album: Option<String>,
+    /// Part of the path in the library, any case ("rome", "IMG_12").
+    pub name: Option<String>,
+}
+
+/// One page of an answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SearchPage {
+    /// Newest first (by capture time, then id).
+    pub assets: Vec<Asset>,
+    /// Where the next page starts; `None` on the last.
+    pub next: Option<String>,
+}
+
+/// The most assets a page holds.
+pub const MAX_SEARCH_PAGE: usize = 500;
+
+const EARTH_RADIUS_M: f64 = 6_371_000.0;
+
+fn metres_between((a_lat, a_lon): (i32, i32), (b_lat, b_lon): (i32, i32)) -> f64 {
+    let rad = |e7: i32| f64::from(e7) / 1e7 * std::f64::consts::PI / 180.0;
+    let (dlat, dlon) = (rad(b_lat) - rad(a_lat), rad(b_lon) - rad(a_lon));
+    let h = (dlat / 2.0).sin().powi(2)
+        + rad(a_lat).cos() * rad(b_lat).cos() * (dlon / 2.0).sin().powi(2);
+    2.0 * EARTH_RADIUS_M * h.sqrt().asin()
+}
+
+/// The box around a circle, for the index to start from (the distance filters after).
+fn box_around((lat, lon): (i32, i32), metres: u32) -> (i32, i32, i32, i32) {
+    let dlat = f64::from(metres) / EARTH_RADIUS_M * 180.0 / std::f64::consts::PI;
+    let cos = (f64::from(lat) / 1e7 * std::f64::consts::PI / 180.0)
+        .cos()
+        .max(0.01);
+    let dlon = (dlat / cos).min(180.0);
+    let e7 = |d: f64| (d * 1e7) as i64;
+    let clamp = |v: i64, max: i64| v.clamp(-max, max) as i32;
+    (
+        clamp(i64::from(lat) - e7(dlat), 900_000_000),
+        clamp(i64::from(lon) - e7(dlon), 1_800_000_000),
+        clamp(i64::from(lat) + e7(dlat), 900_000_000),
+        clamp(i64::from(lon) + e7(dlon), 1_800_000_000),
+    )
+}
+
+/// `%text%` for LIKE, its own `%`, `_` and `\` taken literally.
+fn contains(text: &str) -> String {
+    let mut out = String::from("%");
+    for c in text.to_lowercase().chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('%');
+    out
+}
+
+impl Library {
+    /// One page of the live assets that match `query`, newest first, after `page` (a
+    /// previous page's `next`).
+    pub fn search(
+        &self,
+        account: &str,
+        query: &SearchQuery,
+        page: Option<&str>,
+        page_size: usize,
+    ) -> Result<SearchPage, LibraryError> {
+        let page_size = page_size.clamp(1, MAX_SEARCH_PAGE);
+        let mut sql = format!(
+            "SELECT {ASSET_COLUMNS} FROM assets a JOIN versions v
+               ON v.account = a.account AND v.asset_id = a.asset_id AND v.version = a.current_version
+             WHERE a.account = ?1 AND a.state = 'live'"
+        );
+        let mut values: Vec<Value> = vec![account.to_string().into()];
+        // Every `?` of a clause is the one value bound with it.
+        let mut bind = |sql: &mut String, clause: &str, value: Value| {
+            values.push(value);
+            sql.push_str(&clause.replace("?", &format!("?{}", values.len())));
+        };
+        if let Some(t) = query.taken_from {
+            bind(&mut sql, " AND coalesce(a.capture_time, 0) >= ?", t.into());
+        }
+        if let Some(t) = query.taken_until {
+            bind(&mut sql, " AND coalesce(a.capture_time, 0) < ?", t.into());
+        }
+        let place = query.within_e7.or(query
+            .near_e7
+            .map(|(centre, metres)| box_around(centre, metres)));
+        if let Some((south, west, north, east)) = place {
+            bind(&mut sql, " AND a.lat_e7 >= ?", i64::from(south).into());
+            bind(&mut sql, " AND a.lat_e7 <= ?", i64::from(north).into());
+            bind(&mut sql, " AND a.lon_e7 >= ?", i64::from(west).into());
+            bind(&mut sql, " AND a.lon_e7 <= ?", i64::from(east).into());
+        }
+        if let Some(camera) = &query.camera {
+            bind(
+                &mut sql,
+                " AND a.camera LIKE ? ESCAPE '\\'",
+                contains(camera).into(),
+            );
+        }
+        if let Some(kind) = query.kind {
+            bind(
+                &mut sql,
+                " AND a.kind = ?",
+                kind.as_str().to_string().into(),
+            );
+        }
+        if let Some(favorite) = query.favorite {
+            bind(&mut sql, " AND a.favorite = ?", i64::from(favorite).into());
+        }
+        if let Some(hidden) = query.hidden {
+            bind(&mut sql, " AND a.hidden = ?", i64::from(hidden).into());
+        }
+        if let Some(album) = &query.album {
+            bind(
+                &mut sql,
+                " AND EXISTS (SELECT 1 FROM album_members m WHERE m.account = a.account
+                     AND m.asset_id = a.asset_id AND m.present = 1
+                     AND m.album_id IN (SELECT l.album_id FROM albums l
+                          WHERE l.account = a.account AND l.deleted = 0
+                            AND (l.album_id = ? OR l.name = ?)))",
+                album.clone().into(),
+            );
+        }
+        if let Some(name) = &query.name {
+            bind(
+                &mut sql,
+                " AND lower(coalesce(a.path, a.original_name)) LIKE ? ESCAPE '\\'",
+                contains(name).into(),
+            );
+        }
+        if let Some((time, id)) = page.and_then(|p| p.split_once(':')) {
+            let time: i64 = time.parse().map_err(|_| {
+                LibraryError::InvalidArgument("page: not one this server gave".into())
+            })?;
+            values.push(time.into());
+            values.push(id.to_string().into());
+            let (t, i) = (values.len() - 1, values.len());
+            sql.push_str(&format!(
+                " AND (coalesce(a.capture_time, 0) < ?{t}
+                       OR (coalesce(a.capture_time, 0) = ?{t} AND a.asset_id < ?{i}))"
+            ));
+        }
+        // Read one row more than the page to know whether another follows; a radius is
+        // checked after the box, so it reads on until the page is full.
+        let limit = page_size + 1;
+        sql.push_str(&format!(
+            " ORDER BY coalesce(a.capture_time, 0) DESC, a.asset_id DESC LIMIT {}",
+            if query.near_e7.is_some() {
+                limit * 8
+            } else {
+                limit
+            }
+        ));
+        let db = self.db();
+        let rows = db.query(&sql, values)?;
+        let mut assets = Vec::with_capacity(limit);
+        let mut last_read = None;
+        for row in &rows {
+            let asset = asset_from_row(row)?;
+            last_read = Some(format!(
+                "{}:{}",
+                asset.capture_time.unwrap_or(0),
+                asset.asset_id
+            ));
+            if let Some((centre, metres)) = query.near_e7 {
+                let Some(at) = asset.details.position_e7 else {
+                    continue;
+                };
+                if metres_between(centre, at) > f64::from(metres) {
+                    continue;
+                }
+            }
+            assets.push(asset);
+            if assets.len() == limit {
+                break;
+            }
+        }
+        let next = if assets.len() > page_size {
+            assets.truncate(page_size);
+            assets
+                .last()
+                .map(|a| format!("{}:{}", a.capture_time.unwrap_or(0), a.asset_id))
+        } else if query.near_e7.is_some() && rows.len() == limit * 8 {
+            // The box held more than this page's radius took: go on from what was read.
+            last_read
+        } else {
+            None
+        };
+        Ok(SearchPage { assets, next })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keepsake_store::{ManualClock, SeededEntropy};
+
+    fn photo(
+        lib: &Library,
+        n: u8,
+        taken: Option<i64>,
+        path: &str,
+        details: MediaDetails,
+    ) -> String {
+        let req = CommitRequest {
+            request_id: format!("r{n}"),
+            asset_id: None,
+            base_version: None,
+            manifest: ChunkId::of(&[n, 1]),
+            file_hash: ChunkId::of(&[n, 2]),
+            size: 10,
+            kind: if path.ends_with(".MOV") {
+                AssetKind::Video
+            } else {
+                AssetKind::Photo
+            },
+            capture_time: taken,
+            width: None,
+            height: None,
+            original_name: path.rsplit('/').next().unwrap().into(),
+            path: path.into(),
+            device: "phone".into(),
+            details,
+        };
+        lib.commit("alice", &req).unwrap().asset_id
+    }
+
+    fn at(camera: &str, lat: f64, lon: f64) -> MediaDetails {
+        let (make, model) = camera.split_once(' ').unwrap_or((camera, ""));
+        MediaDetails {
+            camera_make: make.into(),
+            camera_model: model.into(),
+            position_e7: Some(((lat * 1e7) as i32, (lon * 1e7) as i32)),
+            ..MediaDetails::default()
+        }
+    }
+
+    fn names(page: &SearchPage) -> Vec<&str> {
+        page.assets.iter().map(|a| a.path.as_str()).collect()
+    }
+
+    #[test]
+    fn every_filter_narrows_and_pages_walk_the_whole_answer_newest_first() {
+        let lib = Library::open(
+            None,
+            Arc::new(ManualClock::new(1_700_000_000_000)),
+            Arc::new(SeededEntropy::new(3)),
+            LibraryConfig::default(),
+        )
+        .unwrap();
+        let day = 86_400_000;
+        let eiffel = photo(
+            &lib,
+            1,
+            Some(10 * day),
+            "Paris/IMG_1.JPG",
+            at("Apple iPhone 15", 48.8584, 2.2945),
+        );
+        photo(
+            &lib,
+            2,
+            Some(11 * day),
+            "Paris/IMG_2.JPG",
+            at("Apple iPhone 15", 48.8606, 2.3376),
+        );
+        photo(
+            &lib,
+            3,
+            Some(12 * day),
+            "Rome/IMG_3.JPG",
+            at("Canon EOS R5", 41.8902, 12.4922),
+        );
+        photo(
+            &lib,
+            4,
+            Some(13 * day),
+            "Rome/clip.MOV",
+            MediaDetails::default(),
+        );
+        photo(&lib, 5, None, "scan_50%.png", MediaDetails::default());
+        let q = |query: SearchQuery| lib.search("alice", &query, None, 100).unwrap();
+        assert_eq!(
+            names(&q(SearchQuery::default())),
+            [
+                "Rome/clip.MOV",
+                "Rome/IMG_3.JPG",
+                "Paris/IMG_2.JPG",
+                "Paris/IMG_1.JPG",
+                "scan_50%.png"
+            ]
+        );
+        let dates = q(SearchQuery {
+            taken_from: Some(11 * day),
+            taken_until: Some(13 * day),
+            ..Default::default()
+        });
+        assert_eq!(names(&dates), ["Rome/IMG_3.JPG", "Paris/IMG_2.JPG"]);
+        let iphone = q(SearchQuery {
+            camera: Some("IPHONE".into()),
+            ..Default::default()
+        });
+        assert_eq!(names(&iphone), ["Paris/IMG_2.JPG", "Paris/IMG_1.JPG"]);
+        // 1 km around the Eiffel Tower: not the Louvre, 3.2 km away.
+        let near = q(SearchQuery {
+            near_e7: Some(((488_584_000, 22_945_000), 1_000)),
+            ..Default::default()
+        });
+        assert_eq!(names(&near), ["Paris/IMG_1.JPG"]);
+        let italy = q(SearchQuery {
+            within_e7: Some((360_000_000, 60_000_000, 470_000_000, 190_000_000)),
+            ..Default::default()
+        });
+        assert_eq!(names(&italy), ["Rome/IMG_3.JPG"]);
+        let videos = q(SearchQuery {
+            kind: Some(AssetKind::Video),
+            ..Default::default()
+        });
+        assert_eq!(names(&videos), ["Rome/clip.MOV"]);
+        // A name's own `%` is a character, not a wildcard.
+        let named = q(SearchQuery {
+            name: Some("50%".into()),
+            ..Default::default()
+        });
+        assert_eq!(names(&named), ["scan_50%.png"]);
+        let clock = |n| Hlc {
+            wall_ms: n,
+            counter: 0,
+            device: "phone".into(),
+        };
+        lib.set_metadata("alice", &eiffel, &MetadataField::Favorite(true), &clock(1))
+            .unwrap();
+        lib.put_album("alice", "al1", "Paris trip", &clock(2))
+            .unwrap();
+        lib.set_member("alice", "al1", &eiffel, true, &clock(3))
+            .unwrap();
+        for query in [
+            SearchQuery {
+                favorite: Some(true),
+                ..Default::default()
+            },
+            SearchQuery {
+                album: Some("Paris trip".into()),
+                ..Default::default()
+            },
+            SearchQuery {
+                album: Some("al1".into()),
+                camera: Some("iphone 15".into()),
+                ..Default::default()
+            },
+        ] {
+            assert_eq!(names(&q(query.clone())), ["Paris/IMG_1.JPG"], "{query:?}");
+        }
+        // Pages of two walk all five, none twice, in the same order.
+        let mut seen = Vec::new();
+        let mut page = None;
+        loop {
+            let got = lib
+                .search("alice", &SearchQuery::default(), page.as_deref(), 2)
+                .unwrap();
+            seen.extend(got.assets.iter().map(|a| a.path.clone()));
+            match got.next {
+                Some(next) => page = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(seen, names(&q(SearchQuery::default())));
+        // Another account sees none of it.
+        assert!(
+            lib.search("bob", &SearchQuery::default(), None, 10)
+                .unwrap()
+                .assets
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn distances_and_boxes_agree_with_the_globe() {
+        // Paris to London is about 344 km.
+        let paris = (488_566_000, 23_522_000);
+        let london = (515_074_000, -1_278_000);
+        let d = metres_between(paris, london);
+        assert!((340_000.0..348_000.0).contains(&d), "{d}");
+        let (s, w, n, e) = box_around(paris, 1_000);
+        assert!(s < paris.0 && paris.0 < n && w < paris.1 && paris.1 < e);
+        // A point 900 m north is inside the box and within the radius.
+        let north = (paris.0 + 80_900, paris.1);
+        assert!(north.0 < n && metres_between(paris, north) < 1_000.0);
+        assert_eq!(contains("50%_a\\"), "%50\\%\\_a\\\\%");
+    }
+}
