@@ -245,7 +245,10 @@ const V10: &str = "
 ALTER TABLE assets ADD COLUMN camera TEXT;
 ALTER TABLE assets ADD COLUMN lat_e7 INTEGER;
 ALTER TABLE assets ADD COLUMN lon_e7 INTEGER;
-CREATE INDEX assets_by_time ON assets(account, capture_time);
+-- In the order search answers in (newest first, undated last), so a page is read from the
+-- index and stops, never sorting the whole library; state and the folded path ride along so
+-- a name search filters the index without reading each row.
+CREATE INDEX assets_by_time ON assets(account, (coalesce(capture_time, 0)), asset_id, state, path_key);
 CREATE INDEX assets_by_place ON assets(account, lat_e7, lon_e7) WHERE lat_e7 IS NOT NULL;
 ";
 

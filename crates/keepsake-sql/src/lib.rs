@@ -2,7 +2,7 @@
 //! PostgreSQL (past one machine), so the domain logic above is written once.
 //!
 //! Statements are written in the dialect both engines share — `?N` parameters, `ON CONFLICT`,
-//! `RETURNING`, `greatest(…)`, `hex(…)`, `group_concat(…)` — and this crate bridges the rest:
+//! `RETURNING`, `greatest(…)`, `hex(…)`, `group_concat(…)`, `instr(…)` — and this crate bridges the rest:
 //! on PostgreSQL it renumbers parameters, binds each by the type the server inferred, reads
 //! `NUMERIC` sums back as integers, and defines the SQLite functions the statements use; on
 //! SQLite it defines `greatest`. Schemas are written once in SQLite's words and translated
@@ -485,6 +485,8 @@ CREATE OR REPLACE FUNCTION keepsake_concat(acc text, item text, sep text) RETURN
         SELECT CASE WHEN item IS NULL THEN acc WHEN acc IS NULL THEN item
                     ELSE acc || sep || item END $$;
 CREATE OR REPLACE AGGREGATE group_concat(text, text) (SFUNC = keepsake_concat, STYPE = text);
+CREATE OR REPLACE FUNCTION instr(text, text) RETURNS integer
+    LANGUAGE sql IMMUTABLE STRICT AS $$ SELECT strpos($1, $2) $$;
 ";
 
 /// A statement in PostgreSQL's words: `?N` and `?` as `$N` outside quoted text, and

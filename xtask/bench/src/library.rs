@@ -138,19 +138,48 @@ fn store_files(store: &Store, first: u64, n: u64) -> Result<Vec<ManifestId>> {
     Ok(manifests)
 }
 
+/// The bench library's cameras: a family's, one a year or so.
+const CAMERAS: [(&str, &str); 5] = [
+    ("Apple", "iPhone 15 Pro"),
+    ("Apple", "iPhone 12"),
+    ("Google", "Pixel 8"),
+    ("Canon", "EOS R5"),
+    ("Sony", "ILCE-7M4"),
+];
+
+/// Photo `i` of the bench library: a minute after the one before (about ten weeks for
+/// 100,000), one of five cameras, taken at one of 1,000 places spread over the globe
+/// (most photos have a place, as a phone's do), one in twenty a video, in year folders.
 fn commit_of(i: usize, manifest: ManifestId) -> CommitAsset {
+    let (make, model) = CAMERAS[i % CAMERAS.len()];
+    let spot = (i * 7919) % 1000;
+    let position_e7 = (!i.is_multiple_of(10)).then(|| {
+        (
+            ((spot as i64 % 140 - 70) * 10_000_000 + (i as i64 % 997) * 1_000) as i32,
+            ((spot as i64 * 7 % 340 - 170) * 10_000_000 + (i as i64 % 991) * 1_000) as i32,
+        )
+    });
     CommitAsset {
-        details: Default::default(),
+        details: keepsake_library::MediaDetails {
+            camera_make: make.into(),
+            camera_model: model.into(),
+            position_e7,
+            ..Default::default()
+        },
         request_id: format!("bench-{i}"),
         asset_id: None,
         base_version: None,
         manifest,
-        kind: AssetKind::Photo,
-        capture_time: Some(1_700_000_000_000 + i as i64),
+        kind: if i.is_multiple_of(20) {
+            AssetKind::Video
+        } else {
+            AssetKind::Photo
+        },
+        capture_time: Some(1_700_000_000_000 + i as i64 * 60_000),
         width: Some(4032),
         height: Some(3024),
         original_name: format!("IMG_{i:06}.HEIC"),
-        path: String::new(),
+        path: format!("{}/IMG_{i:06}.HEIC", 2023 + i / 50_000),
         device: "bench".into(),
         reservation_id: None,
         manifest_upload: None,
@@ -330,6 +359,10 @@ pub async fn run(root: &Path, short: bool) -> Result<()> {
         })
         .await??
     };
+    let searches = {
+        let cloud = cloud.clone();
+        tokio::task::spawn_blocking(move || search_latencies(&cloud, n)).await??
+    };
     let mut lib = client::library_client(
         client::connect(&url).await?,
         client::BearerAuth::new(&token),
@@ -467,5 +500,81 @@ pub async fn run(root: &Path, short: bool) -> Result<()> {
         "WatchChanges p99 = {:.1} ms   (target < 50 ms)",
         percentile(&latency, 0.99).as_secs_f64() * 1000.0
     );
+    println!();
+    println!("| search, first page of 100, in process ({n} assets) | p50 | p99 | rows |");
+    println!("|---|---|---|---|");
+    for (kind, mut took, rows) in searches {
+        took.sort();
+        println!(
+            "| {kind} | {:.2} ms | {:.2} ms | {rows} |",
+            percentile(&took, 0.5).as_secs_f64() * 1000.0,
+            percentile(&took, 0.99).as_secs_f64() * 1000.0
+        );
+    }
+    println!("(target: p99 < 50 ms for each kind of query)");
     Ok(())
+}
+
+/// Each kind of search, 100 times with varied arguments: its latencies and the rows the
+/// first pages held in all.
+fn search_latencies(
+    cloud: &keepsake_library::Cloud,
+    n: u64,
+) -> Result<Vec<(&'static str, Vec<Duration>, usize)>> {
+    use keepsake_library::SearchQuery;
+    let start = 1_700_000_000_000i64;
+    let span = n as i64 * 60_000;
+    let kinds: [(&str, &dyn Fn(i64) -> SearchQuery); 7] = [
+        ("everything, newest first", &|_| SearchQuery::default()),
+        ("a day of capture dates", &|k| SearchQuery {
+            taken_from: Some(start + (k * 7_919_000) % span),
+            taken_until: Some(start + (k * 7_919_000) % span + 86_400_000),
+            ..Default::default()
+        }),
+        ("a camera (part of its name)", &|k| SearchQuery {
+            camera: Some(["iphone", "pixel", "eos", "ilce", "iphone 12"][k as usize % 5].into()),
+            ..Default::default()
+        }),
+        ("a box of 10° x 10°", &|k| {
+            let (lat, lon) = (
+                (k % 14 - 7) as i32 * 100_000_000,
+                (k % 34 - 17) as i32 * 100_000_000,
+            );
+            SearchQuery {
+                within_e7: Some((lat, lon, lat + 100_000_000, lon + 100_000_000)),
+                ..Default::default()
+            }
+        }),
+        ("within 50 km of a place", &|k| SearchQuery {
+            near_e7: Some((
+                (
+                    (k % 140 - 70) as i32 * 10_000_000,
+                    (k * 7 % 340 - 170) as i32 * 10_000_000,
+                ),
+                50_000,
+            )),
+            ..Default::default()
+        }),
+        ("videos", &|_| SearchQuery {
+            kind: Some(AssetKind::Video),
+            ..Default::default()
+        }),
+        ("part of a file name", &|k| SearchQuery {
+            name: Some(format!("img_{:03}", k % 1000)),
+            ..Default::default()
+        }),
+    ];
+    let mut out = Vec::new();
+    for (kind, query) in kinds {
+        let (mut took, mut rows) = (Vec::new(), 0);
+        for k in 0..100 {
+            let q = query(k);
+            let t = Instant::now();
+            let page = cloud.library().search(ACCOUNT, &q, None, 100)?;
+            took.push(t.elapsed());
+            rows += page.assets.len();
+        }
+        out.push((kind, took, rows));
+    }
+    Ok(out)
 }
