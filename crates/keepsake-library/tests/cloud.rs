@@ -1132,3 +1132,90 @@ fn reservations_never_block_their_own_device_and_a_released_one_frees_the_plan_a
         .begin_upload_for("alice", Some("laptop"), 1_000, Some("l-1"))
         .unwrap();
 }
+
+/// Search's statements on either engine (this file runs on PostgreSQL in CI's PostgreSQL
+/// step): the index in answer order, `instr`, a place box and a radius, a name's case.
+#[test]
+fn search_finds_by_camera_place_and_name_on_either_engine() {
+    let lib = open_library(
+        None,
+        Arc::new(ManualClock::new(T0)),
+        Arc::new(SeededEntropy::new(9)),
+        LibraryConfig::default(),
+    )
+    .unwrap();
+    for (n, path, camera, place) in [
+        (
+            1u8,
+            "Paris/Eiffel.JPG",
+            "Canon EOS R5",
+            Some((488_584_000, 22_945_000)),
+        ),
+        (
+            2,
+            "Rome/Colosseo.JPG",
+            "Apple iPhone 15",
+            Some((418_902_000, 124_922_000)),
+        ),
+        (3, "scan.png", "", None),
+    ] {
+        let (make, model) = camera.split_once(' ').unwrap_or(("", ""));
+        lib.commit(
+            "alice",
+            &CommitRequest {
+                request_id: format!("s{n}"),
+                asset_id: None,
+                base_version: None,
+                manifest: ChunkId::of(&[n]),
+                file_hash: ChunkId::of(&[n, n]),
+                size: 1,
+                kind: AssetKind::Photo,
+                capture_time: Some(T0 + i64::from(n)),
+                width: None,
+                height: None,
+                original_name: path.rsplit('/').next().unwrap().into(),
+                path: path.into(),
+                device: "phone".into(),
+                details: MediaDetails {
+                    camera_make: make.into(),
+                    camera_model: model.into(),
+                    position_e7: place,
+                    ..MediaDetails::default()
+                },
+            },
+        )
+        .unwrap();
+    }
+    let found = |q: SearchQuery| -> Vec<String> {
+        lib.search("alice", &q, None, 10)
+            .unwrap()
+            .assets
+            .into_iter()
+            .map(|a| a.path)
+            .collect()
+    };
+    assert_eq!(
+        found(SearchQuery::default()),
+        ["scan.png", "Rome/Colosseo.JPG", "Paris/Eiffel.JPG"]
+    );
+    let canon = SearchQuery {
+        camera: Some("eos".into()),
+        ..SearchQuery::default()
+    };
+    assert_eq!(found(canon), ["Paris/Eiffel.JPG"]);
+    let rome = SearchQuery {
+        near_e7: Some(((418_900_000, 124_900_000), 5_000)),
+        ..SearchQuery::default()
+    };
+    assert_eq!(found(rome), ["Rome/Colosseo.JPG"]);
+    let europe = SearchQuery {
+        within_e7: Some((350_000_000, 0, 600_000_000, 200_000_000)),
+        ..SearchQuery::default()
+    };
+    assert_eq!(found(europe), ["Rome/Colosseo.JPG", "Paris/Eiffel.JPG"]);
+    let named = SearchQuery {
+        name: Some("EIFFEL".into()),
+        ..SearchQuery::default()
+    };
+    assert_eq!(found(named), ["Paris/Eiffel.JPG"]);
+}
