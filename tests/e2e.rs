@@ -2239,6 +2239,43 @@ async fn a_daily_mobile_cap_is_kept_and_wifi_sends_the_rest() {
     assert_eq!(a.pending_files().unwrap(), 0);
 }
 
+/// Originals that wait for Wi-Fi are counted for the ledger (how many, how many bytes),
+/// and the count is gone once they arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downloads_waiting_for_wifi_are_counted_and_the_count_clears_when_they_arrive() {
+    use devices::*;
+    use keepsake_policy::{Network, Snapshot};
+    let c = cloud().await;
+    let root = tempfile::tempdir().unwrap();
+    let (fa, fb) = (root.path().join("A"), root.path().join("B"));
+    let mut a = device(&c, &fa, &root.path().join("a-data"), "phone").await;
+    let mut b = device(&c, &fb, &root.path().join("b-data"), "laptop").await;
+    for i in 0..3u64 {
+        std::fs::write(fa.join(format!("W{i}.JPG")), photo(800 + i, 60_000)).unwrap();
+    }
+    assert_eq!(sync(&mut a).await.uploaded, 3);
+    let mut cellular = Snapshot {
+        account: Some("alice".into()),
+        ..Snapshot::example()
+    };
+    cellular.network = Some(Network::Cellular);
+    cellular.cellular.allowed = true;
+    cellular.cellular.unlimited_updates = false;
+    b.set_conditions(Some(cellular.clone()));
+    let waiting = sync(&mut b).await;
+    assert_eq!(waiting.downloaded, 0);
+    assert_eq!(waiting.blocked.as_deref(), Some("WAITING_FOR_WIFI"));
+    assert_eq!(
+        (waiting.pending_downloads, waiting.pending_download_bytes),
+        (3, 180_000)
+    );
+    let mut wifi = cellular;
+    wifi.network = Some(Network::Wifi);
+    b.set_conditions(Some(wifi));
+    let arrived = sync(&mut b).await;
+    assert_eq!((arrived.downloaded, arrived.pending_downloads), (3, 0));
+}
+
 /// `keepsake export` takes the whole library out: every original byte-identical, earlier
 /// versions beside it, metadata (favourite, albums, capture time) in a JSON sidecar; a
 /// second run writes nothing and verifies what is there.

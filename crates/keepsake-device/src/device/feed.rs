@@ -63,8 +63,11 @@ impl<C: Cloud> Device<C> {
                 if self.pass.deferred {
                     // A download was put off: the cursor stays before this page (what was
                     // applied is idempotent), the rest waits for the next pass.
-                    self.count_waiting(&page.assets[i..], page.more.then_some(page.cursor), report)
-                        .await?;
+                    // The count is for the ledger: a failure to read on says nothing of sync.
+                    let rest = page.more.then_some(page.cursor);
+                    if let Err(e) = self.count_waiting(&page.assets[i..], rest, report).await {
+                        tracing::debug!(error = %e, "could not count the downloads that wait");
+                    }
                     return Ok(());
                 }
                 self.remember_metadata(asset)?;
