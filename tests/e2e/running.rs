@@ -382,6 +382,13 @@ fn a_revert_on_a_reaches_b_with_nothing_uploaded_and_the_scrub_proof_follows() {
         original
     );
     assert_eq!(status_of(&a_data).uploaded, 0, "this run sent nothing");
+    // The administrator's list: the account, its plan and its two devices.
+    let accounts = said(&url, &server_data, &["account", "ls"]);
+    let me = accounts
+        .lines()
+        .find(|l| l.starts_with("me "))
+        .expect("the account is listed");
+    assert!(me.trim_end().ends_with(" 2"), "{accounts}");
     said(&url, &server_data, &["scrub"]);
     let proof = said(&url, &server_data, &["account", "show"]);
     assert!(

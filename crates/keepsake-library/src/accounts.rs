@@ -613,19 +613,6 @@ impl Library {
         Ok(account)
     }
 
-    /// Whether a device is enrolled in `account` and not revoked.
-    pub fn device_is_active(&self, account: &str, device_id: &str) -> Result<bool, LibraryError> {
-        Ok(self
-            .db()
-            .query_row(
-                "SELECT 1 FROM devices WHERE device_id = ?1 AND account = ?2 AND revoked_at IS NULL",
-                params![device_id, account],
-                |_| Ok(()),
-            )
-            .optional()?
-            .is_some())
-    }
-
     /// Whether a device of `account` may still call: DEVICE_REVOKED once it was revoked or
     /// removed (its access tokens outlive that by their lifetime; this check does not).
     pub fn check_device(&self, account: &str, device_id: &str) -> Result<(), LibraryError> {

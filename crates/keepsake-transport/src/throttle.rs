@@ -25,9 +25,14 @@ struct Bucket {
     limiter: DefaultDirectRateLimiter,
 }
 
+/// The rate a bucket runs at for a limit asked: between the floor and what governor counts.
+fn effective(rate: u64) -> u64 {
+    rate.clamp(MIN_LIMIT, u64::from(u32::MAX))
+}
+
 impl Bucket {
     fn new(rate: u64) -> Self {
-        let rate = rate.clamp(MIN_LIMIT, u64::from(u32::MAX));
+        let rate = effective(rate);
         let per_second = NonZeroU32::new(rate as u32).expect("clamped above zero");
         // A second's worth may go at once; a longer request waits for it piece by piece.
         Self {
@@ -70,9 +75,7 @@ impl Throttle {
     pub fn set(&self, limits: Limits) {
         let mut buckets = self.buckets.write().unwrap_or_else(|e| e.into_inner());
         let keep = |old: &Option<Arc<Bucket>>, want: Option<u64>| match (old, want) {
-            (Some(b), Some(rate)) if b.rate == rate.clamp(MIN_LIMIT, u64::from(u32::MAX)) => {
-                Some(b.clone())
-            }
+            (Some(b), Some(rate)) if b.rate == effective(rate) => Some(b.clone()),
             (_, Some(rate)) => Some(Arc::new(Bucket::new(rate))),
             (_, None) => None,
         };

@@ -202,13 +202,7 @@ fn follow_progress(
             };
             let _ = control.save_status(&shown);
             if !p.phase.is_empty() && p.items_total > 0 {
-                bar.show(
-                    &p.phase,
-                    p.items_done,
-                    p.items_total,
-                    p.bytes_done,
-                    p.bytes_total,
-                );
+                bar.show_pass(&p);
             } else {
                 bar.clear();
             }
@@ -611,5 +605,40 @@ impl keepsake_device::Host<CloudClient> for AgentHost {
     fn save_status(&mut self, status: &keepsake_device::AgentStatus) {
         // Best effort: a full disk must not stop sync over a status file.
         let _ = self.control.save_status(status);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_lines_limits_win_over_the_settings_and_zero_lifts_one() {
+        let settings = keepsake_device::Settings {
+            limit_upload_bytes: Some(500_000),
+            limit_download_bytes: Some(900_000),
+            ..Default::default()
+        };
+        let flags = StreamArgs {
+            limit_upload: Some(2_000_000),
+            limit_download: Some(0),
+            ..Default::default()
+        };
+        assert_eq!(
+            limits(&flags, &settings),
+            Limits {
+                upload: Some(2_000_000),
+                download: None,
+            }
+        );
+        assert_eq!(
+            limits(&StreamArgs::default(), &settings),
+            Limits {
+                upload: Some(500_000),
+                download: Some(900_000),
+            }
+        );
+        assert_eq!(limit("off"), Ok(0));
+        assert_eq!(limit("2M"), Ok(2_000_000));
     }
 }

@@ -152,15 +152,29 @@ fn device_named<'a>(list: &'a [pb::Device], name: &str) -> Result<&'a pb::Device
     }
 }
 
+/// Which device `keepsake device revoke|remove` acts on.
+#[derive(clap::Args, Clone)]
+pub struct RetireArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    #[command(flatten)]
+    credentials: Credentials,
+    /// A device of another account (administrators).
+    #[arg(long = "of")]
+    of: Option<String>,
+    /// The device: its name or id (`keepsake devices` lists them).
+    name: String,
+}
+
 /// `keepsake device revoke NAME` / `keepsake device remove NAME`: the device's agent
 /// stops at its next call with DEVICE_REVOKED; nothing it holds is deleted.
-pub async fn retire(
-    server: ServerArgs,
-    credentials: Credentials,
-    account: Option<String>,
-    name: String,
-    how: Retire,
-) -> Result<()> {
+pub async fn retire(args: RetireArgs, how: Retire) -> Result<()> {
+    let RetireArgs {
+        server,
+        credentials,
+        of: account,
+        name,
+    } = args;
     let (channel, token) = signed_in(&server, &credentials).await?;
     let mut accounts = client::accounts_client(channel, BearerAuth::new(&token));
     let account = account.unwrap_or_default();

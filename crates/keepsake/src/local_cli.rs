@@ -473,13 +473,7 @@ pub fn open_original(asset: &str, at: &DataArg) -> Result<()> {
         if let Some(p) = crate::device_cli::load_status(&at.data).and_then(|s| s.progress)
             && p.phase == "downloading"
         {
-            bar.show(
-                &p.phase,
-                p.items_done,
-                p.items_total,
-                p.bytes_done,
-                p.bytes_total,
-            );
+            bar.show_pass(&p);
         }
         if std::time::Instant::now() > deadline {
             anyhow::bail!(

@@ -311,29 +311,9 @@ enum DeviceCommand {
     },
     /// Revoke a device (a lost phone): its agent stops at its next call with
     /// DEVICE_REVOKED and keeps every file; it stays listed, marked revoked.
-    Revoke {
-        #[command(flatten)]
-        server: device_cli::ServerArgs,
-        #[command(flatten)]
-        credentials: device_cli::Credentials,
-        /// A device of another account (administrators).
-        #[arg(long = "of")]
-        of: Option<String>,
-        /// The device: its name or id (`keepsake devices` lists them).
-        name: String,
-    },
+    Revoke(ledger_cli::RetireArgs),
     /// Revoke a device and take it out of the list (sold, given away).
-    Remove {
-        #[command(flatten)]
-        server: device_cli::ServerArgs,
-        #[command(flatten)]
-        credentials: device_cli::Credentials,
-        /// A device of another account (administrators).
-        #[arg(long = "of")]
-        of: Option<String>,
-        /// The device: its name or id.
-        name: String,
-    },
+    Remove(ledger_cli::RetireArgs),
     #[command(flatten)]
     Local(local_cli::LocalCommand),
 }
@@ -423,30 +403,12 @@ fn run(command: Command, runtime: &tokio::runtime::Runtime) -> Result<()> {
             Some(control),
             streaming,
         )),
-        Command::Device(DeviceCommand::Revoke {
-            server,
-            credentials,
-            of,
-            name,
-        }) => runtime.block_on(ledger_cli::retire(
-            server,
-            credentials,
-            of,
-            name,
-            ledger_cli::Retire::Revoke,
-        )),
-        Command::Device(DeviceCommand::Remove {
-            server,
-            credentials,
-            of,
-            name,
-        }) => runtime.block_on(ledger_cli::retire(
-            server,
-            credentials,
-            of,
-            name,
-            ledger_cli::Retire::Remove,
-        )),
+        Command::Device(DeviceCommand::Revoke(args)) => {
+            runtime.block_on(ledger_cli::retire(args, ledger_cli::Retire::Revoke))
+        }
+        Command::Device(DeviceCommand::Remove(args)) => {
+            runtime.block_on(ledger_cli::retire(args, ledger_cli::Retire::Remove))
+        }
         Command::Device(DeviceCommand::Local(command)) => local_cli::run(command),
         Command::Sync {
             dir,

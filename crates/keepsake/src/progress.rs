@@ -55,6 +55,17 @@ impl Bar {
         }
     }
 
+    /// Shows where an agent's pass stands.
+    pub(crate) fn show_pass(&self, p: &keepsake_device::Progress) {
+        self.show(
+            &p.phase,
+            p.items_done,
+            p.items_total,
+            p.bytes_done,
+            p.bytes_total,
+        );
+    }
+
     /// Takes the bar off the screen (the pass's summary line follows).
     pub(crate) fn clear(&self) {
         if let Some(bar) = &self.bar {
