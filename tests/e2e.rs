@@ -3080,6 +3080,8 @@ fn status_and_doctor_name_the_files_left_out_and_the_photos_waited_for() {
 
 #[path = "e2e/hardening.rs"]
 mod hardening;
+#[path = "e2e/imports.rs"]
+mod imports;
 #[path = "e2e/running.rs"]
 mod running;
 

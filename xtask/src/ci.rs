@@ -15,6 +15,7 @@ const DOMAIN_CRATES: &[&str] = &[
     "keepsake-media",
     "keepsake-path",
     "keepsake-sql",
+    "keepsake-import",
 ];
 
 /// Dependencies a crate must not have anywhere in its normal tree: the pure crates stay

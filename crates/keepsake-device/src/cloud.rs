@@ -217,6 +217,13 @@ pub enum Edit {
         /// Hidden or not.
         value: bool,
     },
+    /// Sets an asset's title (its caption; empty clears it).
+    Title {
+        /// The asset.
+        asset_id: String,
+        /// The title, at most 1,024 bytes.
+        title: String,
+    },
     /// Creates or renames an album.
     PutAlbum {
         /// The album, its id chosen by the device that creates it.
@@ -263,6 +270,7 @@ impl Edit {
         match self {
             Self::Favorite { asset_id, .. }
             | Self::Hidden { asset_id, .. }
+            | Self::Title { asset_id, .. }
             | Self::AlbumMember { asset_id, .. }
             | Self::Trash { asset_id }
             | Self::Restore { asset_id }

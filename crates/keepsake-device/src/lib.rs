@@ -157,8 +157,8 @@ pub use control::{
     WAKE_FILE,
 };
 pub use device::{
-    Device, DeviceConfig, DeviceError, Progress, STREAMED_EVENTS, SkippedFile, SyncReport,
-    agent_running, safe_name,
+    Device, DeviceConfig, DeviceError, Incoming, IncomingBytes, Overrides, Progress,
+    STREAMED_EVENTS, SkippedFile, SyncReport, agent_running, safe_name, upload_incoming,
 };
 pub use edits::{LocalAlbum, LocalAsset};
 pub use paths::{FsRules, IGNORE_FILE};

@@ -15,7 +15,7 @@
 //! ```
 
 mod bmff;
-mod civil;
+pub mod civil;
 mod derive;
 mod still;
 

@@ -451,6 +451,7 @@ fn edit_to_wire(edit: &Edit, stamp: &Hlc) -> pb::library_edit::Edit {
     match edit {
         Edit::Favorite { asset_id, value } => metadata(asset_id, Field::Favorite(*value)),
         Edit::Hidden { asset_id, value } => metadata(asset_id, Field::Hidden(*value)),
+        Edit::Title { asset_id, title } => metadata(asset_id, Field::Title(title.clone())),
         Edit::PutAlbum { album_id, name } => Wire::PutAlbum(pb::PutAlbumRequest {
             album_id: album_id.clone(),
             name: name.clone(),

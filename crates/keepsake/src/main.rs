@@ -46,6 +46,7 @@ mod derive_worker;
 mod device_cli;
 mod doctor;
 mod export;
+mod import_cli;
 mod ledger_cli;
 mod local_cli;
 mod migrate;
@@ -153,6 +154,25 @@ enum Command {
         /// Assets in Recently Deleted too.
         #[arg(long)]
         include_trash: bool,
+    },
+    /// Bring photos in: a folder, a Google Takeout archive (.zip/.tgz) or an iCloud Photos
+    /// export, into Imports/<origin> <date>/ with the dates, places, captions, favourites
+    /// and albums of their sidecars; bytes the library has already are skipped; running it
+    /// again after an interruption goes on where it stopped.
+    Import {
+        #[command(flatten)]
+        server: device_cli::ServerArgs,
+        #[command(flatten)]
+        credentials: device_cli::Credentials,
+        /// The folder or archive.
+        source: PathBuf,
+        /// Import a file even when the library has the same bytes already.
+        #[arg(long)]
+        keep_duplicates: bool,
+        /// The journal that lets an interrupted import go on (default:
+        /// $XDG_STATE_HOME/keepsake/imports.sqlite3).
+        #[arg(long)]
+        journal: Option<PathBuf>,
     },
     /// Print an asset's original path on this device, fetching it first if Optimize Storage
     /// kept it in the cloud.
@@ -497,6 +517,19 @@ fn run(command: Command, runtime: &tokio::runtime::Runtime) -> Result<()> {
             device_cli::LibraryCommand::Duplicates,
         )),
         Command::Open { asset, at } => local_cli::open_original(&asset, &at),
+        Command::Import {
+            server,
+            credentials,
+            source,
+            keep_duplicates,
+            journal,
+        } => runtime.block_on(import_cli::run(
+            server,
+            credentials,
+            source,
+            keep_duplicates,
+            journal,
+        )),
         Command::Export {
             server,
             credentials,

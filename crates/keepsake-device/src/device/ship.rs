@@ -71,6 +71,9 @@ pub(super) struct Draft {
     pub(super) reservation_id: String,
     pub(super) asset_id: Option<String>,
     pub(super) base_version: Option<u32>,
+    /// What outranks the file's own metadata (an import's sidecar); empty for a folder's
+    /// files.
+    pub(super) overrides: Overrides,
 }
 
 impl Draft {
@@ -92,7 +95,11 @@ impl Draft {
             original_name: self.original_name.clone(),
             path: self.path.clone(),
             video,
-            capture_time: media.capture_time_ms.or(Some(self.file_time_ms)),
+            capture_time: self
+                .overrides
+                .capture_time_ms
+                .or(media.capture_time_ms)
+                .or(Some(self.file_time_ms)),
             width: media.width,
             height: media.height,
             reservation_id: self.reservation_id.clone(),
@@ -102,11 +109,13 @@ impl Draft {
                 media.make.clone().unwrap_or_default(),
                 media.model.clone().unwrap_or_default(),
             ),
-            position_e7: media.gps.and_then(|(lat, lon)| {
-                Some((
-                    crate::cloud::degrees_e7(lat)?,
-                    crate::cloud::degrees_e7(lon)?,
-                ))
+            position_e7: self.overrides.position_e7.or_else(|| {
+                media.gps.and_then(|(lat, lon)| {
+                    Some((
+                        crate::cloud::degrees_e7(lat)?,
+                        crate::cloud::degrees_e7(lon)?,
+                    ))
+                })
             }),
             orientation: if media.kind == keepsake_media::MediaKind::Photo {
                 media.orientation

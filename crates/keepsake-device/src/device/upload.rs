@@ -637,6 +637,7 @@ impl<C: Cloud> Device<C> {
                 reservation_id: session,
                 asset_id: row.asset_id.clone(),
                 base_version: row.version,
+                overrides: Overrides::default(),
             },
             row,
         }))

@@ -1,0 +1,528 @@
+//! One import run: the side files first, then every photo and video — hashed, skipped if
+//! the library has those bytes already, else uploaded through the device's upload path
+//! into `Imports/<origin> <date>/`, keeping the source's folders, with what its sidecar
+//! says (date, place, caption, favourite, hidden, albums).
+
+use crate::ImportError;
+use crate::journal::{Journal, Seen};
+use crate::sidecar::{Details, Sidecars, side_file_limit};
+use crate::source::{Content, Entry, Header, Item, Problem, Source, Want};
+use keepsake_device::{
+    Cloud, DeviceError, Edit, Hlc, Incoming, IncomingBytes, Overrides, Reason, upload_incoming,
+};
+use keepsake_store::{ChunkId, Clock};
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// File name endings an import takes as photos and videos.
+pub const MEDIA_EXTENSIONS: &[&str] = &[
+    "jpg", "jpeg", "heic", "heif", "png", "gif", "webp", "tif", "tiff", "avif", "bmp", "dng",
+    "cr2", "cr3", "nef", "arw", "raf", "orf", "rw2", "pef", "srw", "mp4", "mov", "m4v", "3gp",
+    "avi", "mkv", "mts", "m2ts", "webm",
+];
+
+/// Whether `path` names a photo or a video, by its ending.
+pub fn is_media(path: &str) -> bool {
+    path.rsplit_once('.')
+        .is_some_and(|(_, ext)| MEDIA_EXTENSIONS.contains(&ext.to_ascii_lowercase().as_str()))
+}
+
+/// How an import runs.
+pub struct Options {
+    /// The account imported into (part of every request id, so two accounts importing
+    /// the same archive never share one).
+    pub account: String,
+    /// Import a file even when the library holds the same bytes already.
+    pub keep_duplicates: bool,
+    /// Where large archive entries are unpacked one at a time.
+    pub spool: PathBuf,
+    /// Time for the folder's date, files without one and edit stamps.
+    pub clock: Arc<dyn Clock>,
+}
+
+/// Where an import stands, for a progress bar.
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    /// Photos and videos done (imported, already there, skipped).
+    pub done: u64,
+    /// Photos and videos in the source.
+    pub total: u64,
+    /// Their bytes done.
+    pub bytes_done: u64,
+    /// Their bytes in all.
+    pub bytes_total: u64,
+}
+
+/// What an import did.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    /// The library folder it imported into.
+    pub destination: String,
+    /// Photos and videos uploaded, and their bytes.
+    pub imported: u64,
+    /// Their bytes.
+    pub imported_bytes: u64,
+    /// Files whose bytes the library had already: (entry, where the library has them).
+    pub already_there: Vec<(String, String)>,
+    /// Files done by an earlier run of the same import.
+    pub earlier: u64,
+    /// Files not taken, and why.
+    pub skipped: Vec<Problem>,
+    /// Files that are neither photos, videos nor side files (an index page, a readme).
+    pub other_files: u64,
+    /// Photos imported whose favourite, caption or albums could not all be set, and why.
+    pub details_missed: Vec<Problem>,
+}
+
+/// What the reading thread hands the uploader.
+enum Msg {
+    Item(Item),
+    Earlier,
+    Other,
+}
+
+/// Runs an import of `source` into the account behind `cloud`. A transient failure (the
+/// cloud unreachable) or a full plan stops it with an error; running it again goes on
+/// where it stopped.
+pub async fn import<C: Cloud>(
+    cloud: &mut C,
+    source: &Source,
+    journal: &Journal,
+    options: &Options,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<Summary, ImportError> {
+    let key = source.key();
+    let (sidecars, mut counts) = side_files(source, &options.spool)?;
+    let date = crate::day_of(options.clock.now_ms());
+    let proposed = format!("Imports/{} {date}", sidecars.origin().label());
+    let destination = journal.destination(&key, &proposed)?;
+    let done = journal.done(&key)?;
+    let mut summary = Summary {
+        destination: destination.clone(),
+        skipped: sidecars.problems.clone(),
+        ..Summary::default()
+    };
+    progress(&counts);
+
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Msg>(2);
+    let reader = {
+        let (source, spool) = (source.clone(), options.spool.clone());
+        std::thread::spawn(move || {
+            let want_tx = tx.clone();
+            let mut want = |h: Header<'_>| {
+                if side_file_limit(h.path).is_some() {
+                    return Want::Pass;
+                }
+                if !is_media(h.path) {
+                    let _ = want_tx.blocking_send(Msg::Other);
+                    return Want::Pass;
+                }
+                if done.get(h.path) == Some(&(h.size, h.modified_ms)) {
+                    let _ = want_tx.blocking_send(Msg::Earlier);
+                    return Want::Pass;
+                }
+                Want::Read
+            };
+            let mut visit = |item: Item| tx.blocking_send(Msg::Item(item)).is_ok();
+            source.walk(&spool, &mut want, &mut visit)
+        })
+    };
+
+    let mut run = Run {
+        cloud,
+        options,
+        journal,
+        key: &key,
+        destination: &destination,
+        sidecars: &sidecars,
+        this_run: HashMap::new(),
+        albums_put: HashSet::new(),
+        counter: 0,
+    };
+    let mut stopped = None;
+    while let Some(msg) = rx.recv().await {
+        match msg {
+            Msg::Earlier => {
+                summary.earlier += 1;
+                counts.done += 1;
+            }
+            Msg::Other => summary.other_files += 1,
+            Msg::Item(Item::Problem(problem)) => {
+                counts.done += 1;
+                summary.skipped.push(problem);
+            }
+            Msg::Item(Item::Entry(entry)) => {
+                counts.done += 1;
+                counts.bytes_done += entry.size;
+                if let Err(e) = run.take(entry, &mut summary).await {
+                    stopped = Some(e);
+                    break;
+                }
+            }
+        }
+        progress(&counts);
+    }
+    drop(rx);
+    let walked = reader
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e));
+    if let Some(e) = stopped {
+        return Err(e);
+    }
+    walked?;
+    tracing::info!(
+        destination,
+        imported = summary.imported,
+        already_there = summary.already_there.len(),
+        skipped = summary.skipped.len(),
+        "import finished"
+    );
+    Ok(summary)
+}
+
+/// Reads the side files, and counts the photos and videos (a tar has no directory: this
+/// pass is the only way to know how many there are before the bar starts).
+fn side_files(
+    source: &Source,
+    spool: &std::path::Path,
+) -> Result<(Sidecars, Progress), ImportError> {
+    let mut sidecars = Sidecars::default();
+    let mut counts = Progress::default();
+    let mut want = |h: Header<'_>| match side_file_limit(h.path) {
+        Some(limit) if h.size > limit => Want::Refuse(format!(
+            "too large ({} bytes) for a sidecar: not read",
+            h.size
+        )),
+        Some(_) => Want::Read,
+        None => {
+            if is_media(h.path) {
+                counts.total += 1;
+                counts.bytes_total += h.size;
+            }
+            Want::Pass
+        }
+    };
+    let mut problems = Vec::new();
+    let mut visit = |item: Item| {
+        match item {
+            Item::Entry(Entry {
+                path,
+                content: Content::Held(bytes),
+                ..
+            }) => sidecars.add(&path, &bytes),
+            Item::Entry(_) => {}
+            Item::Problem(p) => problems.push(p),
+        }
+        true
+    };
+    source.walk(spool, &mut want, &mut visit)?;
+    // The media pass names damaged media entries itself; what this pass saw of the
+    // archive as a whole (cut short) it would see again.
+    sidecars.problems.extend(
+        problems
+            .into_iter()
+            .filter(|p| side_file_limit(&p.path).is_some()),
+    );
+    Ok((sidecars, counts))
+}
+
+struct Run<'a, C> {
+    cloud: &'a mut C,
+    options: &'a Options,
+    journal: &'a Journal,
+    key: &'a str,
+    destination: &'a str,
+    sidecars: &'a Sidecars,
+    /// Contents imported by this run, and the asset each became.
+    this_run: HashMap<ChunkId, String>,
+    /// Albums made (or found) by this run.
+    albums_put: HashSet<String>,
+    counter: u32,
+}
+
+impl<C: Cloud> Run<'_, C> {
+    /// Takes one photo or video; `Err` only for what stops the whole import.
+    async fn take(&mut self, entry: Entry, summary: &mut Summary) -> Result<(), ImportError> {
+        let Entry {
+            path,
+            size,
+            modified_ms,
+            content,
+        } = entry;
+        let seen: Seen = (size, modified_ms);
+        let details = self.sidecars.details_for(&path).unwrap_or_default();
+        if details.deleted {
+            summary.skipped.push(Problem {
+                path,
+                reason: "was in the service's trash when exported: not brought back".into(),
+            });
+            return Ok(());
+        }
+        // `_spooled` keeps an unpacked entry's temporary file until its upload is over.
+        let (hash, bytes, _spooled) = match hashed(content).await {
+            Ok(hashed) => hashed,
+            Err(e) => {
+                summary.skipped.push(Problem {
+                    path,
+                    reason: format!("cannot be read: {e}"),
+                });
+                return Ok(());
+            }
+        };
+        if !self.options.keep_duplicates
+            && let Some((asset_id, there)) = self.already_there(&hash).await?
+        {
+            // Takeout puts an album's photos in its folder and in the year's: the second
+            // copy adds the album, not a photo.
+            self.set_details(&asset_id, &path, &details, false, summary)
+                .await?;
+            self.journal.record(self.key, &path, seen)?;
+            summary.already_there.push((path, there));
+            return Ok(());
+        }
+        let request_id = self.request_id(&path, &hash);
+        let incoming = Incoming {
+            request_id,
+            path: format!("{}/{}", self.destination, strip_wrappers(&path)),
+            file_time_ms: modified_ms.unwrap_or_else(|| self.options.clock.now_ms()),
+            bytes,
+            overrides: Overrides {
+                capture_time_ms: details.capture_time_ms,
+                position_e7: details.position_e7,
+            },
+        };
+        match upload_incoming(self.cloud, incoming).await {
+            Ok(reply) => {
+                self.this_run.insert(hash, reply.asset_id.clone());
+                self.set_details(&reply.asset_id, &path, &details, true, summary)
+                    .await?;
+                self.journal.record(self.key, &path, seen)?;
+                summary.imported += 1;
+                summary.imported_bytes += size;
+                Ok(())
+            }
+            Err(DeviceError::Cloud(e)) if stops_everything(&e.reason, e.transient) => {
+                Err(ImportError::Cloud(e))
+            }
+            Err(e) => {
+                summary.skipped.push(Problem {
+                    path,
+                    reason: e.to_string(),
+                });
+                Ok(())
+            }
+        }
+    }
+
+    /// A live asset with these bytes, and its path, if the library (or this run) has one.
+    async fn already_there(
+        &mut self,
+        hash: &ChunkId,
+    ) -> Result<Option<(String, String)>, ImportError> {
+        if let Some(asset) = self.this_run.get(hash) {
+            return Ok(Some((asset.clone(), "this import".into())));
+        }
+        let lookups = self
+            .cloud
+            .lookups(std::slice::from_ref(hash))
+            .await
+            .map_err(ImportError::Cloud)?;
+        Ok(lookups
+            .into_iter()
+            .flat_map(|l| l.assets)
+            .find(|a| !a.trashed)
+            .map(|a| (a.asset_id, a.path)))
+    }
+
+    /// Sets what the sidecar says beyond the bytes (all of it for a photo just imported,
+    /// only its albums for one the library had).
+    async fn set_details(
+        &mut self,
+        asset_id: &str,
+        path: &str,
+        details: &Details,
+        new: bool,
+        summary: &mut Summary,
+    ) -> Result<(), ImportError> {
+        let mut edits = Vec::new();
+        if new {
+            if details.favorite {
+                edits.push(Edit::Favorite {
+                    asset_id: asset_id.into(),
+                    value: true,
+                });
+            }
+            if details.hidden {
+                edits.push(Edit::Hidden {
+                    asset_id: asset_id.into(),
+                    value: true,
+                });
+            }
+            if let Some(title) = &details.description {
+                edits.push(Edit::Title {
+                    asset_id: asset_id.into(),
+                    title: title.clone(),
+                });
+            }
+        }
+        for album in &details.albums {
+            let album_id = album_id(album);
+            if self.albums_put.insert(album_id.clone()) {
+                edits.push(Edit::PutAlbum {
+                    album_id: album_id.clone(),
+                    name: album.clone(),
+                });
+            }
+            edits.push(Edit::AlbumMember {
+                album_id,
+                asset_id: asset_id.into(),
+                present: true,
+            });
+        }
+        if edits.is_empty() {
+            return Ok(());
+        }
+        let now = self.options.clock.now_ms();
+        let stamped: Vec<(Edit, Hlc)> = edits
+            .into_iter()
+            .map(|edit| {
+                self.counter = self.counter.wrapping_add(1);
+                let stamp = Hlc {
+                    wall_ms: now,
+                    counter: self.counter,
+                    device: format!("import:{}", self.options.account),
+                };
+                (edit, stamp)
+            })
+            .collect();
+        let answers = match self.cloud.edits(&stamped).await {
+            Ok(answers) => answers,
+            Err(e) if e.transient => return Err(ImportError::Cloud(e)),
+            Err(e) => vec![Err(e)],
+        };
+        let refused: Vec<String> = answers
+            .into_iter()
+            .filter_map(|a| a.err())
+            .map(|e| e.message)
+            .collect();
+        if !refused.is_empty() {
+            summary.details_missed.push(Problem {
+                path: path.into(),
+                reason: refused.join("; "),
+            });
+        }
+        Ok(())
+    }
+
+    fn request_id(&self, path: &str, hash: &ChunkId) -> String {
+        let mut hasher = blake3::Hasher::new_derive_key("keepsake import commit");
+        for part in [
+            self.options.account.as_bytes(),
+            self.key.as_bytes(),
+            path.as_bytes(),
+        ] {
+            hasher.update(&(part.len() as u64).to_le_bytes());
+            hasher.update(part);
+        }
+        hasher.update(&hash.0);
+        hex::encode(&hasher.finalize().as_bytes()[..16])
+    }
+}
+
+/// Failures after which no other file can go either.
+fn stops_everything(reason: &Reason, transient: bool) -> bool {
+    transient
+        || matches!(
+            reason,
+            Reason::QuotaExceeded
+                | Reason::StorageFull
+                | Reason::Unauthenticated
+                | Reason::DeviceRevoked
+                | Reason::ClientTooOld
+        )
+}
+
+/// An album's id, the same for its name in every import (a second import of the same
+/// archive joins the albums the first made).
+pub fn album_id(name: &str) -> String {
+    let hash = blake3::Hasher::new_derive_key("keepsake import album")
+        .update(name.as_bytes())
+        .finalize();
+    format!("import-{}", &hex::encode(hash.as_bytes())[..24])
+}
+
+/// The folders every Takeout and iCloud export wraps its photos in, which name nothing of
+/// the person's own.
+fn strip_wrappers(path: &str) -> &str {
+    let mut rest = path;
+    for wrapper in [
+        "Takeout/",
+        "Google Photos/",
+        "Google Fotos/",
+        "iCloud Photos/",
+    ] {
+        if let Some(inner) = rest.strip_prefix(wrapper)
+            && !inner.is_empty()
+        {
+            rest = inner;
+        }
+    }
+    rest
+}
+
+/// An entry's bytes as an upload takes them, and the temporary file they were unpacked
+/// into (removed when dropped).
+type Hashed = (ChunkId, IncomingBytes, Option<tempfile::TempPath>);
+
+/// The whole-file hash of an entry's bytes, and the bytes as an upload takes them.
+async fn hashed(content: Content) -> std::io::Result<Hashed> {
+    keepsake_store::offload(move || match content {
+        Content::Held(data) => Ok((ChunkId::of(&data), IncomingBytes::Held(data), None)),
+        Content::Spooled(temp) => {
+            let file = IncomingBytes::File(temp.to_path_buf());
+            Ok((hash_file(&temp)?, file, Some(temp)))
+        }
+        Content::OnDisk(path) => Ok((hash_file(&path)?, IncomingBytes::File(path), None)),
+    })
+    .await
+    .map_err(|e| std::io::Error::other(e.to_string()))?
+}
+
+fn hash_file(path: &std::path::Path) -> std::io::Result<ChunkId> {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update_reader(std::fs::File::open(path)?)?;
+    Ok(ChunkId(*hasher.finalize().as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn takeout_and_icloud_wrappers_are_not_kept_as_folders() {
+        assert_eq!(
+            strip_wrappers("Takeout/Google Photos/Trip/IMG.jpg"),
+            "Trip/IMG.jpg"
+        );
+        assert_eq!(
+            strip_wrappers("iCloud Photos/Photos/IMG.HEIC"),
+            "Photos/IMG.HEIC"
+        );
+        assert_eq!(strip_wrappers("holiday/IMG.jpg"), "holiday/IMG.jpg");
+        assert_eq!(strip_wrappers("Takeout/x.jpg"), "x.jpg");
+    }
+
+    #[test]
+    fn media_is_told_by_its_ending() {
+        assert!(is_media("a/IMG_1.JPG") && is_media("b.mov") && is_media("c.dng"));
+        assert!(!is_media("archive_browser.html") && !is_media("x.json") && !is_media("noext"));
+    }
+
+    #[test]
+    fn album_ids_are_stable_and_distinct() {
+        assert_eq!(album_id("Rome"), album_id("Rome"));
+        assert_ne!(album_id("Rome"), album_id("Paris"));
+        assert!(album_id("Rome").len() <= 64);
+    }
+}
