@@ -2024,6 +2024,7 @@ async fn edits_on_one_device_reach_the_others_and_survive_a_restart() {
     let original = std::fs::read(fa.join("IMG_3.JPG")).unwrap();
     b.edit(Edit::Trash {
         asset_id: p3.clone(),
+        alone: false,
     })
     .unwrap();
     sync(&mut b).await;
@@ -2146,7 +2147,10 @@ async fn a_device_offline_for_1000_changes_converges() {
                 } else if trashed {
                     Edit::Restore { asset_id }
                 } else {
-                    Edit::Trash { asset_id }
+                    Edit::Trash {
+                        asset_id,
+                        alone: false,
+                    }
                 }
             }
         };
@@ -2788,6 +2792,7 @@ async fn a_photo_edited_here_while_deleted_elsewhere_is_kept_as_a_new_photo() {
     let asset_id = b.assets().unwrap()[0].asset_id.clone();
     b.edit(Edit::Trash {
         asset_id: asset_id.clone(),
+        alone: false,
     })
     .unwrap();
     sync(&mut b).await;
@@ -3082,6 +3087,8 @@ fn status_and_doctor_name_the_files_left_out_and_the_photos_waited_for() {
 mod hardening;
 #[path = "e2e/imports.rs"]
 mod imports;
+#[path = "e2e/pairs.rs"]
+mod pairs;
 #[path = "e2e/running.rs"]
 mod running;
 
@@ -3279,6 +3286,7 @@ mod camera_roll {
         let original = id_at(&c, "IMG_0001.JPG");
         b.edit(Edit::Trash {
             asset_id: original.clone(),
+            alone: false,
         })
         .unwrap();
         sync(&mut b).await;
@@ -3545,6 +3553,7 @@ mod upgrade {
         let nested = id_at(&c, "sub/IMG_0003.JPG");
         a.edit(Edit::Trash {
             asset_id: copy.clone(),
+            alone: false,
         })
         .unwrap();
         sync(&mut a).await;

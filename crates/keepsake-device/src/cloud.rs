@@ -249,6 +249,10 @@ pub enum Edit {
     Trash {
         /// The asset.
         asset_id: String,
+        /// Only this file, not its companions (a Live Photo's movie, a RAW): a file
+        /// deleted from the folder. False: the photo as people see it.
+        #[serde(default)]
+        alone: bool,
     },
     /// Brings an asset back from Recently Deleted everywhere.
     Restore {
@@ -272,7 +276,7 @@ impl Edit {
             | Self::Hidden { asset_id, .. }
             | Self::Title { asset_id, .. }
             | Self::AlbumMember { asset_id, .. }
-            | Self::Trash { asset_id }
+            | Self::Trash { asset_id, .. }
             | Self::Restore { asset_id }
             | Self::Rename { asset_id, .. } => Some(asset_id),
             Self::PutAlbum { .. } | Self::DeleteAlbum { .. } => None,
@@ -326,6 +330,8 @@ pub struct NewAsset {
     pub orientation: u8,
     /// A video's length.
     pub duration_ms: Option<u64>,
+    /// Apple's content identifier (a Live Photo's halves share it); empty when none.
+    pub content_identifier: String,
 }
 
 /// Degrees as 1e-7 degree units, the exact form positions travel and are kept in.

@@ -111,7 +111,7 @@ pub(crate) fn show(journal: &Journal, edit: &Edit) -> Result<(), DeviceError> {
         Edit::Hidden { asset_id, value } => with_meta(asset_id, &|m| m.hidden = *value)?,
         // The device's view keeps no titles.
         Edit::Title { .. } => {}
-        Edit::Trash { asset_id } => with_meta(asset_id, &|m| m.state = "trashed".into())?,
+        Edit::Trash { asset_id, .. } => with_meta(asset_id, &|m| m.state = "trashed".into())?,
         Edit::Restore { asset_id } => with_meta(asset_id, &|m| m.state = "live".into())?,
         Edit::Rename { asset_id, path } => with_meta(asset_id, &|m| m.name = path.clone())?,
         Edit::PutAlbum { album_id, name } => {

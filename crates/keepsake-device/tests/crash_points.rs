@@ -282,7 +282,8 @@ impl Cloud for InProcess {
         let edits: Vec<LibraryEdit> = edits
             .iter()
             .map(|(edit, _)| match edit {
-                Edit::Trash { asset_id } => Ok(LibraryEdit::Trash {
+                Edit::Trash { asset_id, alone } => Ok(LibraryEdit::Trash {
+                    alone: *alone,
                     asset_id: asset_id.clone(),
                 }),
                 Edit::Restore { asset_id } => Ok(LibraryEdit::Restore {
@@ -682,7 +683,13 @@ async fn a_file_edited_after_the_scan_is_not_moved_to_recently_deleted_with_the_
     let answers = w
         .cloud
         .library()
-        .apply_edits("alice", &[LibraryEdit::Trash { asset_id }])
+        .apply_edits(
+            "alice",
+            &[LibraryEdit::Trash {
+                asset_id,
+                alone: false,
+            }],
+        )
         .unwrap();
     assert!(answers[0].is_ok());
 

@@ -252,6 +252,15 @@ CREATE INDEX assets_by_time ON assets(account, (coalesce(capture_time, 0)), asse
 CREATE INDEX assets_by_place ON assets(account, lat_e7, lon_e7) WHERE lat_e7 IS NOT NULL;
 ";
 
+const V11: &str = "
+-- Companion resources: a Live Photo's movie points at its still, a RAW at its JPEG.
+ALTER TABLE assets ADD COLUMN content_id TEXT;
+ALTER TABLE assets ADD COLUMN pair_of TEXT;
+ALTER TABLE assets ADD COLUMN pair_role TEXT;
+CREATE INDEX assets_by_content_id ON assets(account, content_id) WHERE content_id IS NOT NULL;
+CREATE INDEX assets_by_pair ON assets(account, pair_of) WHERE pair_of IS NOT NULL;
+";
+
 /// Gives assets committed before paths existed a path: their name at the top of the
 /// folder, numbered in commit order where two fold to one key (a downloader's flattened
 /// " (2)" twins were already apart). Then no two live assets share a key, and the index
@@ -304,7 +313,7 @@ pub fn prepare(conn: &mut Db) -> Result<(), crate::LibraryError> {
     if let Some(sqlite) = conn.as_sqlite() {
         keepsake_store::durable_sqlite(sqlite).map_err(keepsake_sql::SqlError::from)?;
     }
-    conn.migrate("library", &[V1, V2, V3, V4, V5, V6, V7, V8, V9, V10])?;
+    conn.migrate("library", &[V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11])?;
     give_old_assets_paths(conn)?;
     Ok(())
 }

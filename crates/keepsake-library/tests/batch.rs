@@ -147,6 +147,7 @@ fn edit(pick: &Pick, ids: &[String], n: u32) -> LibraryEdit {
         },
         Pick::Trash { asset } => LibraryEdit::Trash {
             asset_id: ids[asset].clone(),
+            alone: false,
         },
         Pick::Restore { asset } => LibraryEdit::Restore {
             asset_id: ids[asset].clone(),
@@ -187,7 +188,7 @@ fn one_by_one(lib: &Library, e: &LibraryEdit) -> Result<bool, LibraryError> {
             present,
             clock,
         } => lib.set_member("alice", album_id, asset_id, *present, clock),
-        LibraryEdit::Trash { asset_id } | LibraryEdit::Restore { asset_id } => {
+        LibraryEdit::Trash { asset_id, .. } | LibraryEdit::Restore { asset_id } => {
             let before = lib.get_asset("alice", asset_id)?.state;
             match e {
                 LibraryEdit::Trash { .. } => lib.trash("alice", asset_id)?,

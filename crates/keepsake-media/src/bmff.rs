@@ -149,6 +149,46 @@ pub(crate) fn heif_size(data: &[u8]) -> Option<(u32, u32)> {
         .max_by_key(|(w, h)| u64::from(*w) * u64::from(*h))
 }
 
+/// The QuickTime metadata key of a Live Photo's movie.
+const CONTENT_IDENTIFIER: &[u8] = b"com.apple.quicktime.content.identifier";
+
+/// The text value of metadata key `wanted` in a QuickTime `meta` box (`hdlr` `mdta`, the
+/// keys in `keys`, the values in `ilst` items numbered by key, each in a `data` box).
+fn quicktime_key(meta: &[u8], wanted: &[u8], budget: &mut usize) -> Option<String> {
+    let inner = boxes(meta, budget);
+    let keys = inner.iter().find(|b| &b.kind == b"keys")?.body;
+    // Version and flags, then a count, then (size, namespace, name) per key.
+    let count = be_u32(keys, 4)?.min(1024);
+    let mut at = 8usize;
+    let mut index = None;
+    for n in 1..=count {
+        let size = usize::try_from(be_u32(keys, at)?).ok()?;
+        let name = keys.get(at + 8..at.checked_add(size)?)?;
+        if size < 8 {
+            return None;
+        }
+        if name == wanted {
+            index = Some(n);
+            break;
+        }
+        at += size;
+    }
+    let index = index?;
+    let ilst = inner.iter().find(|b| &b.kind == b"ilst")?.body;
+    let item = boxes(ilst, budget)
+        .into_iter()
+        .find(|b| b.kind == index.to_be_bytes())?;
+    let data = boxes(item.body, budget)
+        .into_iter()
+        .find(|b| &b.kind == b"data")?;
+    // Type (1: UTF-8) and locale, then the value.
+    if be_u32(data.body, 0)? != 1 {
+        return None;
+    }
+    let text = std::str::from_utf8(data.body.get(8..)?).ok()?.trim();
+    (!text.is_empty() && text.len() <= 128).then(|| text.to_string())
+}
+
 /// What a movie says about itself, or `None` if the bytes are not a movie.
 pub(crate) fn probe(data: &[u8]) -> Option<MediaInfo> {
     let mut budget = MAX_BOXES;
@@ -172,6 +212,11 @@ pub(crate) fn probe(data: &[u8]) -> Option<MediaInfo> {
                     let (created, duration) = mvhd(inner.body);
                     info.capture_time_ms = created;
                     info.duration_ms = duration;
+                }
+                b"meta" => {
+                    if let Some(id) = quicktime_key(inner.body, CONTENT_IDENTIFIER, &mut budget) {
+                        info.content_identifier = Some(id);
+                    }
                 }
                 b"trak" if info.width.is_none() => {
                     let header = boxes(inner.body, &mut budget)

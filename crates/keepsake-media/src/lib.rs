@@ -57,6 +57,9 @@ pub struct MediaInfo {
     pub gps: Option<(f64, f64)>,
     /// A movie's length in milliseconds.
     pub duration_ms: Option<u64>,
+    /// Apple's content identifier: a Live Photo's still (MakerNote) and its movie (QuickTime
+    /// `com.apple.quicktime.content.identifier`) carry the same one.
+    pub content_identifier: Option<String>,
 }
 
 impl MediaInfo {
@@ -72,6 +75,7 @@ impl MediaInfo {
             model: None,
             gps: None,
             duration_ms: None,
+            content_identifier: None,
         }
     }
 }

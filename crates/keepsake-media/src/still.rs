@@ -134,6 +134,12 @@ pub(crate) fn probe(bytes: &[u8]) -> Option<MediaInfo> {
         info.make = text(exif, Tag::Make);
         info.model = text(exif, Tag::Model);
         info.gps = gps(exif);
+        info.content_identifier = exif
+            .get_field(Tag::MakerNote, exif::In::PRIMARY)
+            .and_then(|f| match &f.value {
+                exif::Value::Undefined(bytes, _) => apple_content_identifier(bytes),
+                _ => None,
+            });
         if width.is_none() {
             width = uint(exif, Tag::PixelXDimension);
             height = uint(exif, Tag::PixelYDimension);
@@ -146,4 +152,46 @@ pub(crate) fn probe(bytes: &[u8]) -> Option<MediaInfo> {
     info.width = width;
     info.height = height;
     Some(info)
+}
+
+/// The content identifier in an Apple MakerNote (`Apple iOS\0`, a version, a byte order
+/// and an IFD whose offsets count from the note's start): tag 0x0011, a UUID string.
+pub(crate) fn apple_content_identifier(note: &[u8]) -> Option<String> {
+    if note.get(..10)? != b"Apple iOS\0" {
+        return None;
+    }
+    let big = match note.get(12..14)? {
+        b"MM" => true,
+        b"II" => false,
+        _ => return None,
+    };
+    let u16_at = |at: usize| -> Option<u16> {
+        let b: [u8; 2] = note.get(at..at + 2)?.try_into().ok()?;
+        Some(if big {
+            u16::from_be_bytes(b)
+        } else {
+            u16::from_le_bytes(b)
+        })
+    };
+    let u32_at = |at: usize| -> Option<u32> {
+        let b: [u8; 4] = note.get(at..at + 4)?.try_into().ok()?;
+        Some(if big {
+            u32::from_be_bytes(b)
+        } else {
+            u32::from_le_bytes(b)
+        })
+    };
+    let count = usize::from(u16_at(14)?).min(256);
+    (0..count).find_map(|i| {
+        let entry = 16 + i * 12;
+        // Tag 0x0011, ASCII (type 2); a UUID never fits the 4 bytes of an inline value.
+        if u16_at(entry)? != 0x0011 || u16_at(entry + 2)? != 2 {
+            return None;
+        }
+        let len = usize::try_from(u32_at(entry + 4)?).ok()?;
+        let at = usize::try_from(u32_at(entry + 8)?).ok()?;
+        let raw = note.get(at..at.checked_add(len)?)?;
+        let text = std::str::from_utf8(raw).ok()?.trim_end_matches('\0').trim();
+        (!text.is_empty() && text.len() <= 128).then(|| text.to_string())
+    })
 }

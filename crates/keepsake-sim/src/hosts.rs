@@ -570,6 +570,7 @@ impl DeviceHost {
                     self.throw_away_unsynced_edit(&self.folder.join(&asset.name));
                     agent.device_mut().edit(Edit::Trash {
                         asset_id: asset.asset_id.clone(),
+                        alone: false,
                     })?;
                     self.trace(format!("trash {}", asset.asset_id));
                 }

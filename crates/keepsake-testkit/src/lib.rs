@@ -12,6 +12,7 @@
 //! ```
 
 pub mod fault_proxy;
+pub mod media;
 pub mod s3;
 
 use bytes::Bytes;

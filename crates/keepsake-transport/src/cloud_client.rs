@@ -415,6 +415,7 @@ impl CloudClient {
     pub async fn trash_asset(&mut self, asset_id: &str) -> Result<(), CallError> {
         let req = self.unary(pb::TrashAssetRequest {
             asset_id: asset_id.into(),
+            alone: false,
         });
         within(
             "TrashAsset",

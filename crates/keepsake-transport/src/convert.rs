@@ -226,6 +226,7 @@ pub fn search_from_wire(
         name,
         page_size,
         page,
+        live_photos,
     } = req;
     let degrees = |field: &'static str, d: f64, max: f64| {
         keepsake_device::degrees_e7(d)
@@ -284,6 +285,7 @@ pub fn search_from_wire(
         hidden,
         album: some(album),
         name: some(name),
+        live_photos,
     };
     let size = match page_size {
         0 => 100,
@@ -352,8 +354,13 @@ pub fn asset_to_wire(asset: keepsake_library::Asset) -> pb::Asset {
         damaged,
         path,
         details,
+        companion_of,
     } = asset;
     let (state, state_at_ms) = state_to_wire(state);
+    let (pair_of, pair_role) = match companion_of {
+        Some((of, role)) => (of, role.as_str().to_string()),
+        None => (String::new(), String::new()),
+    };
     pb::Asset {
         asset_id,
         kind: kind_to_wire(kind).into(),
@@ -394,6 +401,8 @@ pub fn asset_to_wire(asset: keepsake_library::Asset) -> pb::Asset {
         damaged,
         path,
         details: details_to_wire(details),
+        pair_of,
+        pair_role,
     }
 }
 
@@ -470,12 +479,13 @@ pub fn details_to_wire(d: keepsake_library::MediaDetails) -> Option<pb::MediaDet
         position_e7,
         orientation,
         duration_ms,
+        content_identifier,
     } = d;
     crate::wire::details_to_wire(
         (camera_make, camera_model),
         position_e7,
-        orientation,
-        duration_ms,
+        (orientation, duration_ms),
+        content_identifier,
     )
 }
 
@@ -490,6 +500,7 @@ pub fn details_from_wire(
         longitude,
         orientation,
         duration_ms,
+        content_identifier,
     }) = d
     else {
         return Ok(keepsake_library::MediaDetails::default());
@@ -515,6 +526,7 @@ pub fn details_from_wire(
         orientation: u8::try_from(orientation)
             .map_err(|_| ApiError::field("details.orientation", "1..=8, or 0"))?,
         duration_ms,
+        content_identifier,
     };
     details
         .check()
@@ -871,7 +883,9 @@ pub fn edit_from_wire(edit: pb::LibraryEdit) -> Result<keepsake_library::Library
                 present,
                 clock: clock_from_wire(clock)?,
             },
-            Edit::TrashAsset(pb::TrashAssetRequest { asset_id }) => LibraryEdit::Trash { asset_id },
+            Edit::TrashAsset(pb::TrashAssetRequest { asset_id, alone }) => {
+                LibraryEdit::Trash { asset_id, alone }
+            }
             Edit::RestoreAsset(pb::RestoreAssetRequest { asset_id }) => {
                 LibraryEdit::Restore { asset_id }
             }

@@ -55,6 +55,10 @@ fn remote_asset(a: pb::Asset) -> Result<RemoteAsset, CloudError> {
         path,
         // The device keeps the file itself: what it says is read from it when needed.
         details: _,
+        // Each resource is a file of its own at its path on a device; pairing is the
+        // library's and the page's view.
+        pair_of: _,
+        pair_role: _,
     } = a;
     // An empty path is an asset from before paths: its name, at the top.
     let path = if path.is_empty() {
@@ -403,8 +407,14 @@ async fn commit_carrying(
         position_e7,
         orientation,
         duration_ms,
+        content_identifier,
     } = asset;
-    let details = crate::wire::details_to_wire(camera, position_e7, orientation, duration_ms);
+    let details = crate::wire::details_to_wire(
+        camera,
+        position_e7,
+        (orientation, duration_ms),
+        content_identifier,
+    );
     let kind = if video {
         pb::AssetKind::Video
     } else {
@@ -471,8 +481,9 @@ fn edit_to_wire(edit: &Edit, stamp: &Hlc) -> pb::library_edit::Edit {
             present: *present,
             clock,
         }),
-        Edit::Trash { asset_id } => Wire::TrashAsset(pb::TrashAssetRequest {
+        Edit::Trash { asset_id, alone } => Wire::TrashAsset(pb::TrashAssetRequest {
             asset_id: asset_id.clone(),
+            alone: *alone,
         }),
         Edit::Restore { asset_id } => Wire::RestoreAsset(pb::RestoreAssetRequest {
             asset_id: asset_id.clone(),

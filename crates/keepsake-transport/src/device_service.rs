@@ -386,7 +386,11 @@ impl DeviceControl for DeviceService {
         request: Request<pb::LocalTrashAssetRequest>,
     ) -> Result<Response<pb::EditResponse>, Status> {
         let pb::LocalTrashAssetRequest { asset_id } = request.into_inner();
-        self.edit(Edit::Trash { asset_id }).await
+        self.edit(Edit::Trash {
+            asset_id,
+            alone: false,
+        })
+        .await
     }
 
     async fn restore_asset(

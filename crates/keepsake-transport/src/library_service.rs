@@ -472,10 +472,16 @@ impl Library for LibraryService {
         request: Request<pb::TrashAssetRequest>,
     ) -> Result<Response<pb::TrashAssetResponse>, Status> {
         let who = identity(&request)?;
-        let pb::TrashAssetRequest { asset_id } = request.into_inner();
+        let pb::TrashAssetRequest { asset_id, alone } = request.into_inner();
         let account = who.account.clone();
-        self.mutate(&who, move |c| c.library().trash(&account, &asset_id))
-            .await?;
+        self.mutate(&who, move |c| {
+            if alone {
+                c.library().trash_alone(&account, &asset_id)
+            } else {
+                c.library().trash(&account, &asset_id)
+            }
+        })
+        .await?;
         Ok(Response::new(pb::TrashAssetResponse {}))
     }
 

@@ -189,8 +189,8 @@ pub fn clock_to_wire(clock: Hlc) -> pb::Clock {
 pub fn details_to_wire(
     (camera_make, camera_model): (String, String),
     position_e7: Option<(i32, i32)>,
-    orientation: u8,
-    duration_ms: Option<u64>,
+    (orientation, duration_ms): (u8, Option<u64>),
+    content_identifier: String,
 ) -> Option<pb::MediaDetails> {
     let details = pb::MediaDetails {
         camera_make,
@@ -199,6 +199,7 @@ pub fn details_to_wire(
         longitude: position_e7.map(|(_, lon)| f64::from(lon) / 1e7),
         orientation: u32::from(orientation),
         duration_ms,
+        content_identifier,
     };
     (details != pb::MediaDetails::default()).then_some(details)
 }

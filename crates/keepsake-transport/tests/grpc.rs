@@ -1544,6 +1544,7 @@ async fn account_b_cannot_read_list_change_or_learn_about_a_s_assets_albums_or_c
     for r in [
         bob.trash_asset(pb::TrashAssetRequest {
             asset_id: asset_id.clone(),
+            alone: false,
         })
         .await
         .map(|_| ()),
@@ -2525,6 +2526,7 @@ async fn a_commit_carries_its_manifest_and_falls_back_where_the_cloud_lacks_the_
         position_e7: None,
         orientation: 0,
         duration_ms: None,
+        content_identifier: String::new(),
         request_id: request_id.into(),
         manifest: manifest.id(),
         original_name: "IMG_0001.JPG".into(),
@@ -2626,6 +2628,7 @@ async fn apply_edits_answers_each_edit_in_place_and_a_malformed_one_stops_nothin
         pb::LibraryEdit {
             edit: Some(E::TrashAsset(pb::TrashAssetRequest {
                 asset_id: "no-such-asset".into(),
+                alone: false,
             })),
         },
         pb::LibraryEdit {

@@ -564,9 +564,12 @@ pub async fn library(
             }
         }
         LibraryCommand::Delete { asset_id } => {
-            lib.trash_asset(pb::TrashAssetRequest { asset_id })
-                .await
-                .map_err(|s| plain(s.into()))?;
+            lib.trash_asset(pb::TrashAssetRequest {
+                asset_id,
+                alone: false,
+            })
+            .await
+            .map_err(|s| plain(s.into()))?;
         }
         LibraryCommand::Restore { asset_id } => {
             lib.restore_asset(pb::RestoreAssetRequest { asset_id })

@@ -435,8 +435,8 @@ pub struct SearchArgs {
     /// Inside a box: SOUTH,WEST,NORTH,EAST in degrees.
     #[arg(long = "box", value_parser = degrees_box, allow_hyphen_values = true)]
     pub within: Option<(f64, f64, f64, f64)>,
-    /// Only photos, or only videos.
-    #[arg(long, value_parser = ["photo", "video"])]
+    /// Only photos, only videos, or only Live Photos (stills with their movie).
+    #[arg(long, value_parser = ["photo", "video", "live"])]
     pub kind: Option<String>,
     /// Favourites only.
     #[arg(long)]
@@ -465,14 +465,7 @@ fn day_ms(text: &str) -> Result<i64, String> {
     if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
         return Err(bad());
     }
-    // Days from the civil date (proleptic Gregorian), as `utc` reads them back.
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    Ok((era * 146_097 + doe - 719_468) * 86_400_000)
+    Ok(keepsake_media::civil::days_from_civil(y, m as u32, d as u32) * 86_400_000)
 }
 
 fn numbers<const N: usize>(text: &str) -> Result<[f64; N], String> {
@@ -524,6 +517,7 @@ pub async fn search(server: ServerArgs, credentials: Credentials, args: SearchAr
         name: args.name.unwrap_or_default(),
         page_size: args.limit.min(500) as u32,
         page: String::new(),
+        live_photos: args.kind.as_deref() == Some("live"),
     };
     let mut shown = 0;
     loop {

@@ -306,6 +306,7 @@ pub fn run(command: LocalCommand) -> Result<()> {
                 &control,
                 Edit::Trash {
                     asset_id: a.asset_id,
+                    alone: false,
                 },
                 &done,
             )?;

@@ -58,7 +58,12 @@ impl<C: Cloud> Device<C> {
                 .iter()
                 .map(|row| {
                     let asset_id = row.asset_id.clone().unwrap_or_default();
-                    (Edit::Trash { asset_id }, Hlc::default())
+                    // The file alone: a Live Photo's still deleted here leaves its movie.
+                    let edit = Edit::Trash {
+                        asset_id,
+                        alone: true,
+                    };
+                    (edit, Hlc::default())
                 })
                 .collect();
             for (row, answer) in batch.iter().zip(self.cloud.edits(&trashes).await?) {

@@ -123,6 +123,7 @@ impl Draft {
                 0
             },
             duration_ms: media.duration_ms,
+            content_identifier: media.content_identifier.clone().unwrap_or_default(),
         }
     }
 }

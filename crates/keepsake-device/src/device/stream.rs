@@ -25,7 +25,8 @@ impl Wanted {
 /// the file's manifest and what it says of itself.
 pub(super) enum Piece {
     Batch(Vec<(ChunkId, Bytes)>),
-    Done(Result<(Manifest, keepsake_media::MediaInfo), DeviceError>),
+    // Boxed: sent once a file, it would make every batch's message as large.
+    Done(Box<Result<(Manifest, keepsake_media::MediaInfo), DeviceError>>),
 }
 
 /// The target of the events saying a file is sent or fetched a batch at a time, one per
@@ -62,7 +63,7 @@ pub(super) async fn stream_file<C: Cloud>(
         let (tx, rx) = tokio::sync::mpsc::channel(batches_at_most(size, batch_bytes) + 1);
         let mut queue = |batch| tx.try_send(Piece::Batch(batch)).is_ok();
         let done = read_in_batches(&path_owned, (size, batch_bytes), &wanted, &mut queue);
-        let _ = tx.try_send(Piece::Done(done));
+        let _ = tx.try_send(Piece::Done(Box::new(done)));
         rx
     } else {
         let (tx, rx) = tokio::sync::mpsc::channel(1);
@@ -70,7 +71,7 @@ pub(super) async fn stream_file<C: Cloud>(
         std::thread::spawn(move || {
             let mut send = |batch| tx.blocking_send(Piece::Batch(batch)).is_ok();
             let done = read_in_batches(&path_owned, (size, batch_bytes), &wanted, &mut send);
-            let _ = tx.blocking_send(Piece::Done(done));
+            let _ = tx.blocking_send(Piece::Done(Box::new(done)));
         });
         rx
     };
@@ -81,7 +82,7 @@ pub(super) async fn stream_file<C: Cloud>(
         let batch = match piece {
             Piece::Batch(batch) => batch,
             Piece::Done(result) => {
-                done = Some(result);
+                done = Some(*result);
                 break;
             }
         };

@@ -120,7 +120,7 @@ impl<C: Cloud> Device<C> {
             if report.blocked.is_some() || self.over_budget(row.size + flying.bytes, report) {
                 break;
             }
-            if self.pass.videos_wait.is_some() && is_video(&row.path) {
+            if self.waits_with_videos(&row.path) {
                 continue;
             }
             // The same content already on its way: once it lands, this file is its twin
@@ -383,6 +383,27 @@ impl<C: Cloud> Device<C> {
         first
     }
 
+    /// Whether a file waits with the videos (for Wi-Fi, say) this pass. A Live Photo's
+    /// movie does not: it carries Apple's content identifier and a still of its name is
+    /// here, and it goes with its still, as a photo.
+    pub(super) fn waits_with_videos(&self, path: &str) -> bool {
+        if self.pass.videos_wait.is_none() || !is_video(path) {
+            return false;
+        }
+        let Some((stem, _)) = path.rsplit_once('.') else {
+            return true;
+        };
+        let still_here = ["HEIC", "heic", "JPG", "jpg", "JPEG", "jpeg"]
+            .iter()
+            .any(|ext| matches!(self.journal.file(&format!("{stem}.{ext}")), Ok(Some(_))));
+        // Only the movie's header is read (its `moov`), however long the movie.
+        let live_movie = still_here
+            && std::fs::File::open(self.config.folder.join(path))
+                .and_then(|mut f| keepsake_media::probe_reader(&mut f))
+                .is_ok_and(|m| m.content_identifier.is_some());
+        !live_movie
+    }
+
     /// The file's whole-file hash, streamed: the scan needs only this, and chunking (three
     /// times the work) waits until the file is uploaded.
     pub(super) async fn hash_file(&self, path: &str) -> Result<ChunkId, DeviceError> {
@@ -417,9 +438,7 @@ impl<C: Cloud> Device<C> {
         if row.asset_id.is_some() {
             return Ok(true);
         }
-        if flying.contains(&row.file_hash)
-            || (self.pass.videos_wait.is_some() && is_video(&row.path))
-        {
+        if flying.contains(&row.file_hash) || self.waits_with_videos(&row.path) {
             return Ok(false);
         }
         match self.fresh_lookup(&row.file_hash) {

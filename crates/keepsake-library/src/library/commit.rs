@@ -292,6 +292,13 @@ impl Library {
             ],
         )?;
         insert_version(tx, account, &asset_id, 1, req, now, (None, holder))?;
+        if !req.details.content_identifier.trim().is_empty() {
+            tx.execute(
+                "UPDATE assets SET content_id = ?3 WHERE account = ?1 AND asset_id = ?2",
+                params![account, asset_id, req.details.content_identifier.trim()],
+            )?;
+        }
+        self.pair_new(tx, account, &asset_id, &path, req)?;
         Ok(Committed {
             asset_id,
             version: 1,

@@ -86,12 +86,8 @@ impl Library {
                 present,
                 clock,
             } => self.set_member_in(tx, account, album_id, asset_id, *present, clock),
-            LibraryEdit::Trash { asset_id } => {
-                self.set_state_in(tx, account, asset_id, "trashed", &["live"])
-            }
-            LibraryEdit::Restore { asset_id } => {
-                self.set_state_in(tx, account, asset_id, "live", &["trashed"])
-            }
+            LibraryEdit::Trash { asset_id, alone } => self.trash_in(tx, account, asset_id, *alone),
+            LibraryEdit::Restore { asset_id } => self.restore_in(tx, account, asset_id),
             LibraryEdit::Rename {
                 asset_id,
                 path,
@@ -177,15 +173,23 @@ impl Library {
         Ok(true)
     }
 
-    /// Moves an asset to Recently Deleted (idempotent).
+    /// Moves an asset to Recently Deleted with its companions (idempotent).
     pub fn trash(&self, account: &str, asset_id: &str) -> Result<(), LibraryError> {
-        self.write(|tx| self.set_state_in(tx, account, asset_id, "trashed", &["live"]))
+        self.write(|tx| self.trash_in(tx, account, asset_id, false))
             .map(|_| ())
     }
 
-    /// Brings an asset back from Recently Deleted (idempotent).
+    /// Moves only this resource to Recently Deleted, not its companions or the asset it is
+    /// a companion of (a file deleted from a folder); idempotent.
+    pub fn trash_alone(&self, account: &str, asset_id: &str) -> Result<(), LibraryError> {
+        self.write(|tx| self.trash_in(tx, account, asset_id, true))
+            .map(|_| ())
+    }
+
+    /// Brings an asset back from Recently Deleted, with the companions that went with it
+    /// (idempotent).
     pub fn restore(&self, account: &str, asset_id: &str) -> Result<(), LibraryError> {
-        self.write(|tx| self.set_state_in(tx, account, asset_id, "live", &["trashed"]))
+        self.write(|tx| self.restore_in(tx, account, asset_id))
             .map(|_| ())
     }
 

@@ -242,7 +242,8 @@ impl Library {
             .collect())
     }
 
-    /// Purges an asset (from anywhere in its life): it becomes a tombstone, its content
+    /// Purges an asset (from anywhere in its life) and its companions in Recently Deleted:
+    /// each becomes a tombstone, its content
     /// hashes are remembered, and the manifests of all its versions are returned so the
     /// caller can release them in the store. Idempotent: a second purge returns nothing.
     pub fn purge(&self, account: &str, asset_id: &str) -> Result<Vec<ManifestId>, LibraryError> {
@@ -253,7 +254,11 @@ impl Library {
         if state == "purged" {
             return Ok(Vec::new());
         }
-        let released = purge_in(&tx, account, asset_id, now)?;
+        let mut released = purge_in(&tx, account, asset_id, now)?;
+        // The companions in Recently Deleted with it go with it.
+        for companion in self.companions(&tx, account, asset_id, "trashed")? {
+            released.extend(purge_in(&tx, account, &companion, now)?);
+        }
         tx.commit()?;
         Ok(released)
     }

@@ -12,6 +12,7 @@ mod edits;
 mod feed;
 mod lifecycle;
 mod model;
+mod pairs;
 mod search;
 
 use commit::*;
@@ -39,7 +40,7 @@ const ASSET_COLUMNS: &str =
         AND d.version = a.current_version),
     (SELECT j.state || ' ' || coalesce(j.last_error, '') FROM derive_jobs j
       WHERE j.account = a.account AND j.asset_id = a.asset_id AND j.version = a.current_version),
-    a.damaged, coalesce(a.path, a.original_name), v.details";
+    a.damaged, coalesce(a.path, a.original_name), v.details, a.pair_of, a.pair_role";
 
 /// `role hexmanifest width height bytes;…` as the asset query spells it.
 fn derived_from_column(text: Option<String>) -> Vec<Derived> {
@@ -96,6 +97,13 @@ fn asset_from_row(r: &keepsake_sql::Row) -> Result<Asset, keepsake_sql::SqlError
         damaged: r.get(19)?,
         path: r.get(20)?,
         details: MediaDetails::from_stored(r.get(21)?),
+        companion_of: match (
+            r.get::<_, Option<String>>(22)?,
+            r.get::<_, Option<String>>(23)?,
+        ) {
+            (Some(of), Some(role)) => PairRole::parse(&role).map(|role| (of, role)),
+            _ => None,
+        },
     })
 }
 

@@ -188,6 +188,37 @@ pub struct Asset {
     pub damaged: bool,
     /// What the current version's file says of itself.
     pub details: MediaDetails,
+    /// The asset this one is a companion of, and what it is to it; `None` for a photo or
+    /// video of its own.
+    pub companion_of: Option<(String, PairRole)>,
+}
+
+/// What a companion resource is to the asset it belongs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PairRole {
+    /// A Live Photo's movie (the still is the asset people see).
+    Live,
+    /// A RAW beside its JPEG (the JPEG is shown, the RAW kept).
+    Raw,
+}
+
+impl PairRole {
+    /// As stored and sent.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PairRole::Live => "live",
+            PairRole::Raw => "raw",
+        }
+    }
+
+    /// From its stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "live" => Some(PairRole::Live),
+            "raw" => Some(PairRole::Raw),
+            _ => None,
+        }
+    }
 }
 
 /// A derivative of an asset's current version, stored content-addressed.
@@ -221,6 +252,8 @@ pub struct MediaDetails {
     pub orientation: u8,
     /// A video's length.
     pub duration_ms: Option<u64>,
+    /// Apple's content identifier: a Live Photo's still and movie share it; empty when none.
+    pub content_identifier: String,
 }
 
 impl MediaDetails {
@@ -235,6 +268,7 @@ impl MediaDetails {
         for (what, text) in [
             ("camera_make", &self.camera_make),
             ("camera_model", &self.camera_model),
+            ("content_identifier", &self.content_identifier),
         ] {
             if text.len() > 128 || text.chars().any(char::is_control) {
                 return Err(format!("{what}: at most 128 bytes, no control characters"));
@@ -410,10 +444,13 @@ pub enum LibraryEdit {
         /// When it was made.
         clock: Hlc,
     },
-    /// Moves an asset to Recently Deleted.
+    /// Moves an asset to Recently Deleted: with its companions (a Live Photo's movie, a
+    /// RAW), unless `alone` (a file deleted from a folder takes only that file).
     Trash {
         /// The asset.
         asset_id: String,
+        /// Only this resource.
+        alone: bool,
     },
     /// Brings an asset back from Recently Deleted.
     Restore {

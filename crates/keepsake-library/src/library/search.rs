@@ -28,6 +28,8 @@ pub struct SearchQuery {
     pub album: Option<String>,
     /// Part of the path in the library, any case ("rome", "IMG_12").
     pub name: Option<String>,
+    /// Live Photos only: stills with their movie.
+    pub live_photos: bool,
 }
 
 /// One page of an answer.
@@ -83,7 +85,9 @@ impl Library {
         let mut sql = format!(
             "SELECT {ASSET_COLUMNS} FROM assets a JOIN versions v
                ON v.account = a.account AND v.asset_id = a.asset_id AND v.version = a.current_version
-             WHERE a.account = ?1 AND a.state = 'live'"
+             WHERE a.account = ?1 AND a.state = 'live'
+               AND NOT EXISTS (SELECT 1 FROM assets p WHERE p.account = a.account
+                     AND p.asset_id = a.pair_of AND p.state = 'live')"
         );
         let mut values: Vec<Value> = vec![account.to_string().into()];
         // Every `?` of a clause is the one value bound with it.
@@ -118,6 +122,12 @@ impl Library {
                 &mut sql,
                 " AND a.kind = ?",
                 kind.as_str().to_string().into(),
+            );
+        }
+        if query.live_photos {
+            sql.push_str(
+                " AND EXISTS (SELECT 1 FROM assets c WHERE c.account = a.account
+                     AND c.pair_of = a.asset_id AND c.pair_role = 'live' AND c.state = 'live')",
             );
         }
         if let Some(favorite) = query.favorite {
@@ -212,35 +222,7 @@ mod tests {
     use super::*;
     use keepsake_store::{ManualClock, SeededEntropy};
 
-    fn photo(
-        lib: &Library,
-        n: u8,
-        taken: Option<i64>,
-        path: &str,
-        details: MediaDetails,
-    ) -> String {
-        let req = CommitRequest {
-            request_id: format!("r{n}"),
-            asset_id: None,
-            base_version: None,
-            manifest: ChunkId::of(&[n, 1]),
-            file_hash: ChunkId::of(&[n, 2]),
-            size: 10,
-            kind: if path.ends_with(".MOV") {
-                AssetKind::Video
-            } else {
-                AssetKind::Photo
-            },
-            capture_time: taken,
-            width: None,
-            height: None,
-            original_name: path.rsplit('/').next().unwrap().into(),
-            path: path.into(),
-            device: "phone".into(),
-            details,
-        };
-        lib.commit("alice", &req).unwrap().asset_id
-    }
+    use crate::library::pairs::tests::photo;
 
     fn at(camera: &str, lat: f64, lon: f64) -> MediaDetails {
         let (make, model) = camera.split_once(' ').unwrap_or((camera, ""));

@@ -4418,6 +4418,13 @@ pub struct Asset {
     /// What the current version's file says of itself.
     #[prost(message, optional, tag = "21")]
     pub details: ::core::option::Option<MediaDetails>,
+    /// Set on a companion resource: the asset it belongs with (a Live Photo's still for its
+    /// movie, the JPEG for its RAW), shown, trashed and restored with it. Empty otherwise.
+    #[prost(string, tag = "22")]
+    pub pair_of: ::prost::alloc::string::String,
+    /// What the companion is to that asset: "live" (the movie) or "raw"; empty otherwise.
+    #[prost(string, tag = "23")]
+    pub pair_role: ::prost::alloc::string::String,
 }
 /// What a photo or video file says of itself, kept with each version.
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -4438,6 +4445,9 @@ pub struct MediaDetails {
     /// A video's length.
     #[prost(uint64, optional, tag = "6")]
     pub duration_ms: ::core::option::Option<u64>,
+    /// Apple's content identifier, shared by a Live Photo's still and movie; empty when none.
+    #[prost(string, tag = "7")]
+    pub content_identifier: ::prost::alloc::string::String,
 }
 /// A file made from an asset's current version.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -4689,6 +4699,9 @@ pub struct SearchAssetsRequest {
     /// A previous answer's next_page; empty for the first.
     #[prost(string, tag = "17")]
     pub page: ::prost::alloc::string::String,
+    /// Live Photos only (stills with their movie).
+    #[prost(bool, tag = "18")]
+    pub live_photos: bool,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct SearchAssetsResponse {
@@ -4789,6 +4802,10 @@ pub struct SetAlbumMemberResponse {
 pub struct TrashAssetRequest {
     #[prost(string, tag = "1")]
     pub asset_id: ::prost::alloc::string::String,
+    /// Only this file, not its companions (a Live Photo's movie, a RAW): what a file deleted
+    /// from a folder means. False: the photo as people see it, every resource of it.
+    #[prost(bool, tag = "2")]
+    pub alone: bool,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct TrashAssetResponse {}
