@@ -137,6 +137,7 @@ pub async fn import<C: Cloud>(
         destination: &destination,
         sidecars: &sidecars,
         this_run: HashMap::new(),
+        committing: HashSet::new(),
         albums_put: HashSet::new(),
         counter: 0,
     };
@@ -227,6 +228,18 @@ fn side_files(
     Ok((sidecars, counts))
 }
 
+/// Times a transient failure of one entry is waited out before the import stops.
+const RETRIES: u32 = 6;
+
+/// An entry read and hashed, ready to land.
+struct Hashed {
+    path: String,
+    seen: Seen,
+    hash: ChunkId,
+    bytes: IncomingBytes,
+    details: Details,
+}
+
 struct Run<'a, C> {
     cloud: &'a mut C,
     options: &'a Options,
@@ -236,6 +249,8 @@ struct Run<'a, C> {
     sidecars: &'a Sidecars,
     /// Contents imported by this run, and the asset each became.
     this_run: HashMap<ChunkId, String>,
+    /// Entries this run has sent a commit for (a retry's own commit is not a copy).
+    committing: HashSet<String>,
     /// Albums made (or found) by this run.
     albums_put: HashSet<String>,
     counter: u32,
@@ -270,36 +285,68 @@ impl<C: Cloud> Run<'_, C> {
                 return Ok(());
             }
         };
+        let entry = Hashed {
+            path,
+            seen,
+            hash,
+            bytes,
+            details,
+        };
+        // A transient refusal (shed load, a rate limit, a dropped connection) is waited
+        // out a few times here; every step is idempotent, so trying the entry again from
+        // the start repeats nothing twice.
+        let mut attempt = 0;
+        loop {
+            match self.land(&entry, summary).await {
+                Err(ImportError::Cloud(e)) if e.transient && attempt < RETRIES => {
+                    attempt += 1;
+                    tracing::debug!(path = entry.path, attempt, error = %e, "import waits");
+                    tokio::time::sleep(std::time::Duration::from_millis(50 << attempt)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Lands one hashed entry: found already there, or uploaded, then its details set.
+    async fn land(&mut self, entry: &Hashed, summary: &mut Summary) -> Result<(), ImportError> {
+        let Hashed {
+            path,
+            seen,
+            hash,
+            bytes,
+            details,
+        } = entry;
         if !self.options.keep_duplicates
-            && let Some((asset_id, there)) = self.already_there(&hash).await?
+            && let Some((asset_id, there)) = self.already_there(hash, path).await?
         {
             // Takeout puts an album's photos in its folder and in the year's: the second
             // copy adds the album, not a photo.
-            self.set_details(&asset_id, &path, &details, false, summary)
+            self.set_details(&asset_id, path, details, false, summary)
                 .await?;
-            self.journal.record(self.key, &path, seen)?;
-            summary.already_there.push((path, there));
+            self.journal.record(self.key, path, *seen)?;
+            summary.already_there.push((path.clone(), there));
             return Ok(());
         }
-        let request_id = self.request_id(&path, &hash);
         let incoming = Incoming {
-            request_id,
-            path: format!("{}/{}", self.destination, strip_wrappers(&path)),
-            file_time_ms: modified_ms.unwrap_or_else(|| self.options.clock.now_ms()),
-            bytes,
+            request_id: self.request_id(path, hash),
+            path: format!("{}/{}", self.destination, strip_wrappers(path)),
+            file_time_ms: seen.1.unwrap_or_else(|| self.options.clock.now_ms()),
+            bytes: bytes.clone(),
             overrides: Overrides {
                 capture_time_ms: details.capture_time_ms,
                 position_e7: details.position_e7,
             },
         };
+        self.committing.insert(path.clone());
         match upload_incoming(self.cloud, incoming).await {
             Ok(reply) => {
-                self.this_run.insert(hash, reply.asset_id.clone());
-                self.set_details(&reply.asset_id, &path, &details, true, summary)
+                self.this_run.insert(*hash, reply.asset_id.clone());
+                self.set_details(&reply.asset_id, path, details, true, summary)
                     .await?;
-                self.journal.record(self.key, &path, seen)?;
+                self.journal.record(self.key, path, *seen)?;
                 summary.imported += 1;
-                summary.imported_bytes += size;
+                summary.imported_bytes += seen.0;
                 Ok(())
             }
             Err(DeviceError::Cloud(e)) if stops_everything(&e.reason, e.transient) => {
@@ -307,7 +354,7 @@ impl<C: Cloud> Run<'_, C> {
             }
             Err(e) => {
                 summary.skipped.push(Problem {
-                    path,
+                    path: path.clone(),
                     reason: e.to_string(),
                 });
                 Ok(())
@@ -316,10 +363,16 @@ impl<C: Cloud> Run<'_, C> {
     }
 
     /// A live asset with these bytes, and its path, if the library (or this run) has one.
+    /// The entry itself, landed by an earlier try that failed after its commit, does not
+    /// count: trying it again finds its own commit.
     async fn already_there(
         &mut self,
         hash: &ChunkId,
+        path: &str,
     ) -> Result<Option<(String, String)>, ImportError> {
+        if self.committing.contains(path) {
+            return Ok(None);
+        }
         if let Some(asset) = self.this_run.get(hash) {
             return Ok(Some((asset.clone(), "this import".into())));
         }
@@ -366,9 +419,11 @@ impl<C: Cloud> Run<'_, C> {
                 });
             }
         }
+        let mut made = Vec::new();
         for album in &details.albums {
             let album_id = album_id(album);
-            if self.albums_put.insert(album_id.clone()) {
+            if !self.albums_put.contains(&album_id) {
+                made.push(album_id.clone());
                 edits.push(Edit::PutAlbum {
                     album_id: album_id.clone(),
                     name: album.clone(),
@@ -401,6 +456,14 @@ impl<C: Cloud> Run<'_, C> {
             Err(e) if e.transient => return Err(ImportError::Cloud(e)),
             Err(e) => vec![Err(e)],
         };
+        if let Some(Err(e)) = answers
+            .iter()
+            .find(|a| a.as_ref().is_err_and(|e| e.transient))
+        {
+            return Err(ImportError::Cloud(e.clone()));
+        }
+        // Made now: later photos of these albums only join them.
+        self.albums_put.extend(made);
         let refused: Vec<String> = answers
             .into_iter()
             .filter_map(|a| a.err())
@@ -473,10 +536,10 @@ fn strip_wrappers(path: &str) -> &str {
 
 /// An entry's bytes as an upload takes them, and the temporary file they were unpacked
 /// into (removed when dropped).
-type Hashed = (ChunkId, IncomingBytes, Option<tempfile::TempPath>);
+type Read = (ChunkId, IncomingBytes, Option<tempfile::TempPath>);
 
 /// The whole-file hash of an entry's bytes, and the bytes as an upload takes them.
-async fn hashed(content: Content) -> std::io::Result<Hashed> {
+async fn hashed(content: Content) -> std::io::Result<Read> {
     keepsake_store::offload(move || match content {
         Content::Held(data) => Ok((ChunkId::of(&data), IncomingBytes::Held(data), None)),
         Content::Spooled(temp) => {

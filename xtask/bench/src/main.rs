@@ -11,6 +11,7 @@
 //!   against decoding alone.
 
 mod helpers;
+mod import;
 mod library;
 mod media;
 
@@ -47,6 +48,7 @@ fn main() -> Result<()> {
         Some("delta") => delta(short),
         Some("library") => runtime()?.block_on(library::run(&root, short)),
         Some("media") => media::run(short),
+        Some("import") => runtime()?.block_on(import::run(&root, short)),
         // Helpers of `cargo xtask bench peers`, which drives whole processes.
         Some("chunk") => helpers::chunk_dir(Path::new(args.get(1).context("bench chunk DIR")?)),
         Some("discard") => runtime()?.block_on(helpers::discard(
@@ -72,7 +74,7 @@ fn main() -> Result<()> {
             }))
         }
         _ => bail!(
-            "usage: cargo xtask bench <peers|sync|store|policy|delta|library|media> [--short]"
+            "usage: cargo xtask bench <peers|sync|store|policy|delta|library|media|import> [--short]"
         ),
     }
 }

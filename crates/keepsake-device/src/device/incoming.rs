@@ -5,6 +5,7 @@
 use super::*;
 
 /// The bytes of a file brought in.
+#[derive(Debug, Clone)]
 pub enum IncomingBytes {
     /// Held in memory (read from an archive entry).
     Held(Bytes),
