@@ -163,6 +163,20 @@ async fn a_takeout_archive_imports_with_its_sidecars_dates_and_importing_it_twic
         vec![photo.asset_id.clone()],
         "the album folder's copy joined its album, not the library"
     );
+    // The person corrects the date and clears the place: the library says so, the
+    // original's bytes are untouched (same hash).
+    let hash_before = photo.file_hash.clone();
+    for args in [
+        ["library", "date", &photo.asset_id, "2019-06-09T08:30"],
+        ["library", "place", &photo.asset_id, "none"],
+    ] {
+        succeeded(keepsake(&server.url, &server_data).args(args).output().unwrap());
+    }
+    let (corrected, _) = library_now(&server.url, &server_data).await;
+    let corrected = &corrected[path];
+    assert_eq!(corrected.capture_time_ms, Some(1_560_069_000_000));
+    assert_eq!(corrected.details.as_ref().and_then(|d| d.latitude), None);
+    assert_eq!(corrected.file_hash, hash_before);
     let broken = assets
         .iter()
         .find(|(p, _)| p.ends_with("IMG_2.jpg"))

@@ -261,6 +261,13 @@ CREATE INDEX assets_by_content_id ON assets(account, content_id) WHERE content_i
 CREATE INDEX assets_by_pair ON assets(account, pair_of) WHERE pair_of IS NOT NULL;
 ";
 
+const V12: &str = "
+-- When a person set the capture date or the place in the library: a later version's own
+-- (from its file) no longer replaces it.
+ALTER TABLE assets ADD COLUMN capture_clock TEXT NOT NULL DEFAULT '';
+ALTER TABLE assets ADD COLUMN place_clock TEXT NOT NULL DEFAULT '';
+";
+
 /// Gives assets committed before paths existed a path: their name at the top of the
 /// folder, numbered in commit order where two fold to one key (a downloader's flattened
 /// " (2)" twins were already apart). Then no two live assets share a key, and the index
@@ -313,7 +320,10 @@ pub fn prepare(conn: &mut Db) -> Result<(), crate::LibraryError> {
     if let Some(sqlite) = conn.as_sqlite() {
         keepsake_store::durable_sqlite(sqlite).map_err(keepsake_sql::SqlError::from)?;
     }
-    conn.migrate("library", &[V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11])?;
+    conn.migrate(
+        "library",
+        &[V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11, V12],
+    )?;
     give_old_assets_paths(conn)?;
     Ok(())
 }

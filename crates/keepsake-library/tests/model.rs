@@ -416,6 +416,8 @@ proptest! {
                         MetadataField::Favorite(v) => { prop_assert_eq!(applied, wins(&model.favorite.1)); if applied { model.favorite = (v, hlc); } }
                         MetadataField::Hidden(v) => { prop_assert_eq!(applied, wins(&model.hidden.1)); if applied { model.hidden = (v, hlc); } }
                         MetadataField::Title(t) => { prop_assert_eq!(applied, wins(&model.title.1)); if applied { model.title = (t, hlc); } }
+                        // The date and the place have tests of their own (library/edits.rs).
+                        MetadataField::CaptureTime(_) | MetadataField::Place(_) => unreachable!("not generated"),
                     }
                 }
                 Op::Rename { asset, name, device, skew } => {

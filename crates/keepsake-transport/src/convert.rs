@@ -831,6 +831,24 @@ pub fn metadata_field_from_wire(
             Field::Favorite(v) => MetadataField::Favorite(v),
             Field::Hidden(v) => MetadataField::Hidden(v),
             Field::Title(t) => MetadataField::Title(t),
+            Field::CaptureTimeMs(t) => MetadataField::CaptureTime(t),
+            Field::Place(pb::Place {
+                latitude,
+                longitude,
+            }) => MetadataField::Place(match (latitude, longitude) {
+                (None, None) => None,
+                (Some(lat), Some(lon)) if lat.abs() <= 90.0 && lon.abs() <= 180.0 => Some(
+                    keepsake_device::degrees_e7(lat)
+                        .zip(keepsake_device::degrees_e7(lon))
+                        .ok_or_else(|| ApiError::field("place", "not a number of degrees"))?,
+                ),
+                _ => {
+                    return Err(ApiError::field(
+                        "place",
+                        "latitude within ±90° and longitude within ±180°, both or neither",
+                    ));
+                }
+            }),
         },
     )
 }

@@ -409,6 +409,42 @@ pub(crate) fn utc(ms: i64) -> String {
     )
 }
 
+/// `YYYY-MM-DD` or `YYYY-MM-DD[T ]HH:MM[:SS]`, UTC, as Unix milliseconds.
+pub(crate) fn moment_ms(text: &str) -> Result<i64, String> {
+    let bad = || format!("{text:?} is not a moment like 2024-05-01 or 2024-05-01T10:30");
+    let text = text.trim();
+    let (day, time) = match text.split_once(['T', ' ']) {
+        Some((day, time)) => (day, Some(time)),
+        None => (text, None),
+    };
+    let parts: Vec<i64> = day
+        .splitn(3, '-')
+        .map(|p| p.parse().map_err(|_| bad()))
+        .collect::<Result<_, _>>()?;
+    let [y, m, d] = parts[..] else {
+        return Err(bad());
+    };
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return Err(bad());
+    }
+    let seconds = match time {
+        None => 0,
+        Some(time) => {
+            let hms: Vec<i64> = time
+                .split(':')
+                .map(|p| p.parse().map_err(|_| bad()))
+                .collect::<Result<_, _>>()?;
+            match hms[..] {
+                [h, mi] if h < 24 && mi < 60 => h * 3600 + mi * 60,
+                [h, mi, s] if h < 24 && mi < 60 && s < 60 => h * 3600 + mi * 60 + s,
+                _ => return Err(bad()),
+            }
+        }
+    };
+    let days = keepsake_media::civil::days_from_civil(y, m as u32, d as u32);
+    Ok((days * 86_400 + seconds) * 1000)
+}
+
 pub(crate) fn megabytes(bytes: u64) -> String {
     format!("{:.1} MB", bytes as f64 / 1e6)
 }
@@ -458,6 +494,23 @@ pub enum LibraryCommand {
         /// Show it again instead.
         #[arg(long)]
         off: bool,
+    },
+    /// Correct when an asset was taken (UTC), on every device; the file is not touched.
+    Date {
+        /// The asset.
+        asset_id: String,
+        /// `YYYY-MM-DD` or `YYYY-MM-DDTHH:MM[:SS]`, UTC.
+        #[arg(value_parser = moment_ms)]
+        taken: i64,
+    },
+    /// Set where an asset was taken (`LAT,LON` in degrees), or `none`; the file is not
+    /// touched.
+    Place {
+        /// The asset.
+        asset_id: String,
+        /// `48.8584,2.2945`, or `none` to clear it.
+        #[arg(allow_hyphen_values = true)]
+        place: String,
     },
     /// Create an album holding these assets; prints its id.
     Album {
@@ -595,6 +648,37 @@ pub async fn library(
                 asset_id,
                 clock: cli_clock(&credentials),
                 field: Some(pb::set_metadata_request::Field::Hidden(!off)),
+            })
+            .await
+            .map_err(|s| plain(s.into()))?;
+        }
+        LibraryCommand::Date { asset_id, taken } => {
+            lib.set_metadata(pb::SetMetadataRequest {
+                asset_id,
+                clock: cli_clock(&credentials),
+                field: Some(pb::set_metadata_request::Field::CaptureTimeMs(taken)),
+            })
+            .await
+            .map_err(|s| plain(s.into()))?;
+            println!("taken {}", utc(taken));
+        }
+        LibraryCommand::Place { asset_id, place } => {
+            let (latitude, longitude) = if place.eq_ignore_ascii_case("none") {
+                (None, None)
+            } else {
+                let (lat, lon) = place
+                    .split_once(',')
+                    .and_then(|(a, o)| Some((a.trim().parse().ok()?, o.trim().parse().ok()?)))
+                    .with_context(|| format!("{place:?}: LAT,LON in degrees, or none"))?;
+                (Some(lat), Some(lon))
+            };
+            lib.set_metadata(pb::SetMetadataRequest {
+                asset_id,
+                clock: cli_clock(&credentials),
+                field: Some(pb::set_metadata_request::Field::Place(pb::Place {
+                    latitude,
+                    longitude,
+                })),
             })
             .await
             .map_err(|s| plain(s.into()))?;
@@ -778,6 +862,16 @@ mod tests {
         assert!(said.starts_with("Not running — "), "{said}");
         assert_eq!(thousands(1_234_567), "1,234,567");
         assert_eq!(thousands(999), "999");
+    }
+
+    #[test]
+    fn moments_read_as_utc() {
+        assert_eq!(moment_ms("2024-05-01"), Ok(1_714_521_600_000));
+        assert_eq!(moment_ms("2024-05-01T10:00"), Ok(1_714_557_600_000));
+        assert_eq!(moment_ms("2024-05-01 10:00:30"), Ok(1_714_557_630_000));
+        for bad in ["2024-13-01", "2024-05", "yesterday", "2024-05-01T25:00"] {
+            assert!(moment_ms(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -418,10 +418,10 @@ pub async fn revert(
 #[derive(clap::Args, Clone, Debug)]
 pub struct SearchArgs {
     /// Taken on or after this day (YYYY-MM-DD, UTC).
-    #[arg(long, value_parser = day_ms)]
+    #[arg(long, value_parser = crate::device_cli::moment_ms)]
     pub from: Option<i64>,
     /// Taken before this day (YYYY-MM-DD, UTC).
-    #[arg(long, value_parser = day_ms)]
+    #[arg(long, value_parser = crate::device_cli::moment_ms)]
     pub until: Option<i64>,
     /// Part of the camera's maker or model ("iphone", "EOS R5").
     #[arg(long)]
@@ -453,19 +453,6 @@ pub struct SearchArgs {
     /// At most this many.
     #[arg(long, default_value_t = 100)]
     pub limit: usize,
-}
-
-/// Midnight UTC of a `YYYY-MM-DD`, in Unix ms.
-fn day_ms(text: &str) -> Result<i64, String> {
-    let bad = || format!("{text:?} is not a day like 2024-05-01");
-    let mut parts = text.trim().splitn(3, '-').map(|p| p.parse::<i64>());
-    let (Some(Ok(y)), Some(Ok(m)), Some(Ok(d))) = (parts.next(), parts.next(), parts.next()) else {
-        return Err(bad());
-    };
-    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
-        return Err(bad());
-    }
-    Ok(keepsake_media::civil::days_from_civil(y, m as u32, d as u32) * 86_400_000)
 }
 
 fn numbers<const N: usize>(text: &str) -> Result<[f64; N], String> {
@@ -570,13 +557,19 @@ mod tests {
 
     #[test]
     fn days_read_as_utc_midnights_and_places_as_numbers() {
-        assert_eq!(day_ms("2024-05-01"), Ok(1_714_521_600_000));
-        assert_eq!(day_ms("1970-01-01"), Ok(0));
         assert_eq!(
-            utc(day_ms("2000-02-29").unwrap()),
+            crate::device_cli::moment_ms("2024-05-01"),
+            Ok(1_714_521_600_000)
+        );
+        assert_eq!(crate::device_cli::moment_ms("1970-01-01"), Ok(0));
+        assert_eq!(
+            utc(crate::device_cli::moment_ms("2000-02-29").unwrap()),
             "2000-02-29 00:00:00 UTC"
         );
-        assert!(day_ms("2024-13-01").is_err() && day_ms("May 1").is_err());
+        assert!(
+            crate::device_cli::moment_ms("2024-13-01").is_err()
+                && crate::device_cli::moment_ms("May 1").is_err()
+        );
         assert_eq!(degrees_pair("48.85, -2.29"), Ok((48.85, -2.29)));
         assert!(degrees_box("1,2,3").is_err());
     }

@@ -371,11 +371,15 @@ impl Library {
         )?;
         let seq = next_seq(tx, account)?;
         // What the new bytes say of themselves (an edited capture date, a crop) is the
-        // asset's now: it describes the version everyone will see.
+        // asset's now: it describes the version everyone will see — unless a person set
+        // the date or the place in the library, which no file's own outranks.
         tx.execute(
             "UPDATE assets SET current_version = ?3, seq = ?4, kind = ?5,
-                    capture_time = coalesce(?6, capture_time), width = coalesce(?7, width),
-                    height = coalesce(?8, height), camera = ?9, lat_e7 = ?10, lon_e7 = ?11
+                    capture_time = CASE WHEN capture_clock = '' THEN coalesce(?6, capture_time)
+                                        ELSE capture_time END,
+                    width = coalesce(?7, width), height = coalesce(?8, height), camera = ?9,
+                    lat_e7 = CASE WHEN place_clock = '' THEN ?10 ELSE lat_e7 END,
+                    lon_e7 = CASE WHEN place_clock = '' THEN ?11 ELSE lon_e7 END
              WHERE account = ?1 AND asset_id = ?2",
             params![
                 account,

@@ -25,6 +25,11 @@ pub(super) fn asset_state(tx: &Db, account: &str, asset_id: &str) -> Result<Stri
     })
 }
 
+/// A coordinate, or NULL for a place cleared.
+fn nullable(units: Option<i32>) -> keepsake_sql::Value {
+    units.map_or(keepsake_sql::Value::Null, |u| i64::from(u).into())
+}
+
 impl Library {
     /// Applies a device's edits in order in one transaction — one durable write for all
     /// of them instead of one each. Each is applied as its own call would apply it and
@@ -140,12 +145,34 @@ impl Library {
         hlc: &Hlc,
     ) -> Result<bool, LibraryError> {
         self.check_clock(hlc)?;
-        let (column, clock_column, value): (&str, &str, keepsake_sql::Value) = match field {
-            MetadataField::Favorite(v) => ("favorite", "favorite_clock", i64::from(*v).into()),
-            MetadataField::Hidden(v) => ("hidden", "hidden_clock", i64::from(*v).into()),
+        let (columns, clock_column, values): (&str, &str, Vec<keepsake_sql::Value>) = match field {
+            MetadataField::Favorite(v) => (
+                "favorite = ?3",
+                "favorite_clock",
+                vec![i64::from(*v).into()],
+            ),
+            MetadataField::Hidden(v) => ("hidden = ?3", "hidden_clock", vec![i64::from(*v).into()]),
             MetadataField::Title(t) => {
                 self.check_text("title", t)?;
-                ("title", "title_clock", t.clone().into())
+                ("title = ?3", "title_clock", vec![t.clone().into()])
+            }
+            MetadataField::CaptureTime(t) => {
+                ("capture_time = ?3", "capture_clock", vec![(*t).into()])
+            }
+            MetadataField::Place(place) => {
+                if let Some((lat, lon)) = place
+                    && (lat.unsigned_abs() > 900_000_000 || lon.unsigned_abs() > 1_800_000_000)
+                {
+                    return Err(LibraryError::InvalidArgument(
+                        "place: latitude within ±90°, longitude within ±180°".into(),
+                    ));
+                }
+                let (lat, lon) = place.map_or((None, None), |(a, o)| (Some(a), Some(o)));
+                (
+                    "lat_e7 = ?3, lon_e7 = ?6",
+                    "place_clock",
+                    vec![nullable(lat), nullable(lon)],
+                )
             }
         };
         let stored: String = tx
@@ -164,11 +191,18 @@ impl Library {
             return Ok(false);
         }
         let seq = next_seq(tx, account)?;
+        let mut bound: Vec<keepsake_sql::Value> =
+            vec![account.to_string().into(), asset_id.to_string().into()];
+        let mut values = values.into_iter();
+        bound.push(values.next().expect("every field sets a column"));
+        bound.push(encoded.into());
+        bound.push((seq as i64).into());
+        bound.extend(values);
         tx.execute(
             &format!(
-                "UPDATE assets SET {column} = ?3, {clock_column} = ?4, seq = ?5 WHERE account = ?1 AND asset_id = ?2"
+                "UPDATE assets SET {columns}, {clock_column} = ?4, seq = ?5 WHERE account = ?1 AND asset_id = ?2"
             ),
-            params![account, asset_id, value, encoded, seq as i64],
+            bound,
         )?;
         Ok(true)
     }
@@ -450,5 +484,104 @@ impl Library {
             params![account, album_id, seq as i64],
         )?;
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::LibraryConfig;
+    use crate::library::pairs::tests::photo;
+    use keepsake_store::{ManualClock, SeededEntropy};
+
+    /// A person corrects a photo's date and place in the library: the file is untouched,
+    /// the asset says what they set, search finds it there, and a later version of the
+    /// file (an edit on a phone, with the camera's old date and place) does not undo it.
+    #[test]
+    fn a_date_and_place_set_in_the_library_outrank_every_version_of_the_file() {
+        let lib = Library::open(
+            None,
+            Arc::new(ManualClock::new(1_700_000_000_000)),
+            Arc::new(SeededEntropy::new(9)),
+            LibraryConfig::default(),
+        )
+        .unwrap();
+        let camera = MediaDetails {
+            position_e7: Some((100_000_000, 200_000_000)),
+            ..MediaDetails::default()
+        };
+        let id = photo(&lib, 1, Some(1_000), "scan.jpg", camera.clone());
+        let clock = |n: u32| Hlc {
+            wall_ms: 1_700_000_000_000,
+            counter: n,
+            device: "web".into(),
+        };
+        let taken = 946_684_800_000; // 2000-01-01, the day the print was taken
+        let rome = Some((419_028_000, 124_964_000));
+        assert!(
+            lib.set_metadata("alice", &id, &MetadataField::CaptureTime(taken), &clock(1))
+                .unwrap()
+        );
+        assert!(
+            lib.set_metadata("alice", &id, &MetadataField::Place(rome), &clock(2))
+                .unwrap()
+        );
+        let asset = lib.get_asset("alice", &id).unwrap();
+        assert_eq!(
+            (asset.capture_time, asset.details.position_e7),
+            (Some(taken), rome)
+        );
+        assert!(asset.clock >= clock(2), "devices merge the edit's clock");
+
+        // A new version with the file's own date and place.
+        let edited = CommitRequest {
+            request_id: "v2".into(),
+            asset_id: Some(id.clone()),
+            base_version: Some(1),
+            manifest: ChunkId::of(b"v2m"),
+            file_hash: ChunkId::of(b"v2h"),
+            size: 11,
+            kind: AssetKind::Photo,
+            capture_time: Some(2_000),
+            width: None,
+            height: None,
+            original_name: "scan.jpg".into(),
+            path: String::new(),
+            device: "phone".into(),
+            details: camera,
+        };
+        lib.commit("alice", &edited).unwrap();
+        let asset = lib.get_asset("alice", &id).unwrap();
+        assert_eq!(asset.version, 2);
+        assert_eq!(
+            (asset.capture_time, asset.details.position_e7),
+            (Some(taken), rome)
+        );
+        let near_rome = crate::SearchQuery {
+            near_e7: Some(((419_000_000, 124_900_000), 5_000)),
+            ..crate::SearchQuery::default()
+        };
+        assert_eq!(
+            lib.search("alice", &near_rome, None, 10)
+                .unwrap()
+                .assets
+                .len(),
+            1
+        );
+
+        // Cleared: no place at all, not the file's.
+        assert!(
+            lib.set_metadata("alice", &id, &MetadataField::Place(None), &clock(3))
+                .unwrap()
+        );
+        assert_eq!(
+            lib.get_asset("alice", &id).unwrap().details.position_e7,
+            None
+        );
+        // An older clock loses.
+        assert!(
+            !lib.set_metadata("alice", &id, &MetadataField::Place(rome), &clock(0))
+                .unwrap()
+        );
     }
 }

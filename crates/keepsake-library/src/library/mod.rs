@@ -33,14 +33,16 @@ pub struct Library {
 const ASSET_COLUMNS: &str =
     "a.asset_id, a.kind, a.capture_time, a.width, a.height, a.original_name,
     a.current_version, v.manifest, v.file_hash, v.size, a.favorite, a.hidden, a.title, a.state,
-    a.state_at, a.seq, greatest(a.favorite_clock, a.hidden_clock, a.title_clock),
+    a.state_at, a.seq,
+    greatest(a.favorite_clock, a.hidden_clock, a.title_clock, a.capture_clock, a.place_clock),
     (SELECT group_concat(d.role || ' ' || hex(d.manifest) || ' ' || d.width || ' ' || d.height
                          || ' ' || d.bytes, ';')
        FROM derivatives d WHERE d.account = a.account AND d.asset_id = a.asset_id
         AND d.version = a.current_version),
     (SELECT j.state || ' ' || coalesce(j.last_error, '') FROM derive_jobs j
       WHERE j.account = a.account AND j.asset_id = a.asset_id AND j.version = a.current_version),
-    a.damaged, coalesce(a.path, a.original_name), v.details, a.pair_of, a.pair_role";
+    a.damaged, coalesce(a.path, a.original_name), v.details, a.pair_of, a.pair_role,
+    a.place_clock, a.lat_e7, a.lon_e7";
 
 /// `role hexmanifest width height bytes;…` as the asset query spells it.
 fn derived_from_column(text: Option<String>) -> Vec<Derived> {
@@ -96,7 +98,16 @@ fn asset_from_row(r: &keepsake_sql::Row) -> Result<Asset, keepsake_sql::SqlError
             .unwrap_or_default(),
         damaged: r.get(19)?,
         path: r.get(20)?,
-        details: MediaDetails::from_stored(r.get(21)?),
+        details: {
+            let mut details = MediaDetails::from_stored(r.get(21)?);
+            // A place a person set (or cleared) is the asset's, whatever the file says.
+            if !r.get::<_, String>(24)?.is_empty() {
+                details.position_e7 = r
+                    .get::<_, Option<i32>>(25)?
+                    .zip(r.get::<_, Option<i32>>(26)?);
+            }
+            details
+        },
         companion_of: match (
             r.get::<_, Option<String>>(22)?,
             r.get::<_, Option<String>>(23)?,

@@ -400,6 +400,10 @@ pub enum MetadataField {
     Hidden(bool),
     /// Title.
     Title(String),
+    /// When it was taken, as a person corrected it (the file is not touched).
+    CaptureTime(UnixMillis),
+    /// Where it was taken (1e-7 degrees), as a person set it; `None` clears it.
+    Place(Option<(i32, i32)>),
 }
 
 /// The most edits one [`Library::apply_edits`] call takes.

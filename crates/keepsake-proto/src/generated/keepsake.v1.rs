@@ -4731,18 +4731,18 @@ pub struct RevertAssetResponse {
     #[prost(uint64, tag = "2")]
     pub seq: u64,
 }
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct SetMetadataRequest {
     #[prost(string, tag = "1")]
     pub asset_id: ::prost::alloc::string::String,
     #[prost(message, optional, tag = "2")]
     pub clock: ::core::option::Option<Clock>,
-    #[prost(oneof = "set_metadata_request::Field", tags = "3, 4, 5")]
+    #[prost(oneof = "set_metadata_request::Field", tags = "3, 4, 5, 6, 7")]
     pub field: ::core::option::Option<set_metadata_request::Field>,
 }
 /// Nested message and enum types in `SetMetadataRequest`.
 pub mod set_metadata_request {
-    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
+    #[derive(Clone, PartialEq, ::prost::Oneof)]
     pub enum Field {
         #[prost(bool, tag = "3")]
         Favorite(bool),
@@ -4750,7 +4750,23 @@ pub mod set_metadata_request {
         Hidden(bool),
         #[prost(string, tag = "5")]
         Title(::prost::alloc::string::String),
+        /// When it was taken, as a person corrected it (Unix ms); the file is not touched and
+        /// a later version's own date does not undo it.
+        #[prost(int64, tag = "6")]
+        CaptureTimeMs(i64),
+        /// Where it was taken, as a person set it; an empty Place clears it. The file is not
+        /// touched and a later version's own place does not undo it.
+        #[prost(message, tag = "7")]
+        Place(super::Place),
     }
+}
+/// A place in degrees (WGS 84): both or neither.
+#[derive(Clone, Copy, PartialEq, ::prost::Message)]
+pub struct Place {
+    #[prost(double, optional, tag = "1")]
+    pub latitude: ::core::option::Option<f64>,
+    #[prost(double, optional, tag = "2")]
+    pub longitude: ::core::option::Option<f64>,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct SetMetadataResponse {
@@ -4859,14 +4875,14 @@ pub struct ApplyEditsRequest {
     pub edits: ::prost::alloc::vec::Vec<LibraryEdit>,
 }
 /// One edit: the request its own call would take.
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct LibraryEdit {
     #[prost(oneof = "library_edit::Edit", tags = "1, 2, 3, 4, 5, 6, 7")]
     pub edit: ::core::option::Option<library_edit::Edit>,
 }
 /// Nested message and enum types in `LibraryEdit`.
 pub mod library_edit {
-    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
+    #[derive(Clone, PartialEq, ::prost::Oneof)]
     pub enum Edit {
         #[prost(message, tag = "1")]
         SetMetadata(super::SetMetadataRequest),
