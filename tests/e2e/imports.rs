@@ -170,7 +170,12 @@ async fn a_takeout_archive_imports_with_its_sidecars_dates_and_importing_it_twic
         ["library", "date", &photo.asset_id, "2019-06-09T08:30"],
         ["library", "place", &photo.asset_id, "none"],
     ] {
-        succeeded(keepsake(&server.url, &server_data).args(args).output().unwrap());
+        succeeded(
+            keepsake(&server.url, &server_data)
+                .args(args)
+                .output()
+                .unwrap(),
+        );
     }
     let (corrected, _) = library_now(&server.url, &server_data).await;
     let corrected = &corrected[path];

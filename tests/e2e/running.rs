@@ -447,6 +447,10 @@ async fn a_photos_camera_and_place_travel_through_commit_feed_and_export() {
             "-GPSLongitude=2.2945",
             "-GPSLongitudeRef=E",
             "-DateTimeOriginal=2024:05:01 10:00:00",
+            "-OffsetTimeOriginal=+02:00",
+            "-LensModel=RF24-105mm F4 L IS USM",
+            "-GPSAltitude=330",
+            "-GPSAltitudeRef=0",
         ])
         .arg(&photo)
         .status()
@@ -472,6 +476,14 @@ async fn a_photos_camera_and_place_travel_through_commit_feed_and_export() {
         (details.camera_make.as_str(), details.camera_model.as_str()),
         ("Canon", "Canon EOS R5")
     );
+    assert_eq!(details.lens, "RF24-105mm F4 L IS USM");
+    assert_eq!(details.altitude_m, Some(330.0));
+    assert_eq!(details.utc_offset_minutes, Some(120));
+    assert_eq!(
+        asset.capture_time_ms,
+        Some(1_714_550_400_000),
+        "10:00 at +02:00"
+    );
     let (lat, lon) = (details.latitude.unwrap(), details.longitude.unwrap());
     assert!(
         (lat - 48.8584).abs() < 1e-6 && (lon - 2.2945).abs() < 1e-6,
@@ -491,6 +503,8 @@ async fn a_photos_camera_and_place_travel_through_commit_feed_and_export() {
         serde_json::from_slice(&std::fs::read(out.join("Paris/IMG_0001.JPG.json")).unwrap())
             .unwrap();
     assert_eq!(sidecar["camera"]["model"], "Canon EOS R5", "{sidecar}");
+    assert_eq!(sidecar["lens"], "RF24-105mm F4 L IS USM", "{sidecar}");
+    assert_eq!(sidecar["utc_offset_minutes"], 120, "{sidecar}");
     assert!(
         (sidecar["place"]["latitude"].as_f64().unwrap() - 48.8584).abs() < 1e-6,
         "{sidecar}"

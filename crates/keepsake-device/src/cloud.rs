@@ -332,6 +332,14 @@ pub struct NewAsset {
     pub duration_ms: Option<u64>,
     /// Apple's content identifier (a Live Photo's halves share it); empty when none.
     pub content_identifier: String,
+    /// The lens, as the file names it (empty when it does not).
+    pub lens: String,
+    /// Height above sea level in centimetres.
+    pub altitude_cm: Option<i32>,
+    /// The capture time's offset from UTC, in minutes (its time zone).
+    pub utc_offset_minutes: Option<i16>,
+    /// A movie's video codec (empty for stills).
+    pub codec: String,
 }
 
 /// Degrees as 1e-7 degree units, the exact form positions travel and are kept in.

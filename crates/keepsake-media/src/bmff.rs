@@ -149,6 +149,29 @@ pub(crate) fn heif_size(data: &[u8]) -> Option<(u32, u32)> {
         .max_by_key(|(w, h)| u64::from(*w) * u64::from(*h))
 }
 
+/// The codec of a picture track, by its first sample description (`mdia/minf/stbl/stsd`).
+fn codec(trak: &[u8], budget: &mut usize) -> Option<&'static str> {
+    let mut body = trak;
+    for kind in [b"mdia", b"minf", b"stbl", b"stsd"] {
+        body = boxes(body, budget)
+            .into_iter()
+            .find(|b| &b.kind == kind)?
+            .body;
+    }
+    // Version and flags, the entry count, then the first entry's size and format.
+    Some(match body.get(12..16)? {
+        b"avc1" | b"avc3" => "H.264",
+        b"hvc1" | b"hev1" => "HEVC",
+        b"av01" => "AV1",
+        b"vp09" => "VP9",
+        b"vp08" => "VP8",
+        b"mp4v" => "MPEG-4",
+        b"apcn" | b"apch" | b"apcs" | b"apco" | b"ap4h" | b"ap4x" => "ProRes",
+        b"jpeg" | b"mjpa" | b"mjpb" => "Motion JPEG",
+        _ => "other",
+    })
+}
+
 /// The QuickTime metadata key of a Live Photo's movie.
 const CONTENT_IDENTIFIER: &[u8] = b"com.apple.quicktime.content.identifier";
 
@@ -228,6 +251,7 @@ pub(crate) fn probe(data: &[u8]) -> Option<MediaInfo> {
                         info.width = Some(w);
                         info.height = Some(h);
                         info.orientation = [1, 6, 3, 8][usize::from(turns)];
+                        info.codec = codec(inner.body, &mut budget);
                     }
                 }
                 _ => {}

@@ -60,6 +60,14 @@ pub struct MediaInfo {
     /// Apple's content identifier: a Live Photo's still (MakerNote) and its movie (QuickTime
     /// `com.apple.quicktime.content.identifier`) carry the same one.
     pub content_identifier: Option<String>,
+    /// The lens, as the file names it.
+    pub lens: Option<String>,
+    /// Height above sea level, in centimetres (negative below).
+    pub altitude_cm: Option<i32>,
+    /// The capture time's offset from UTC where the camera recorded it (its time zone).
+    pub utc_offset_minutes: Option<i16>,
+    /// A movie's video codec ("H.264", "HEVC", "AV1", …).
+    pub codec: Option<&'static str>,
 }
 
 impl MediaInfo {
@@ -76,6 +84,10 @@ impl MediaInfo {
             gps: None,
             duration_ms: None,
             content_identifier: None,
+            lens: None,
+            altitude_cm: None,
+            utc_offset_minutes: None,
+            codec: None,
         }
     }
 }

@@ -57,7 +57,8 @@ fn offset_minutes(s: &str) -> Option<i64> {
     (h <= 14 && m < 60).then_some(sign * (h * 60 + m))
 }
 
-fn capture_time(exif: &exif::Exif) -> Option<i64> {
+/// When it was taken, and the offset from UTC the camera recorded with it.
+fn capture_time(exif: &exif::Exif) -> Option<(i64, Option<i64>)> {
     let (when, offset_tag) = [
         (Tag::DateTimeOriginal, Tag::OffsetTimeOriginal),
         (Tag::DateTimeDigitized, Tag::OffsetTimeDigitized),
@@ -67,10 +68,23 @@ fn capture_time(exif: &exif::Exif) -> Option<i64> {
     .find_map(|(t, o)| Some((text(exif, t)?, o)))?;
     let dt = exif::DateTime::from_ascii(when.as_bytes()).ok()?;
     let local = unix_ms(dt.year, dt.month, dt.day, dt.hour, dt.minute, dt.second)?;
-    let offset = text(exif, offset_tag)
-        .and_then(|o| offset_minutes(&o))
-        .unwrap_or(0);
-    Some(local - offset * 60_000)
+    let offset = text(exif, offset_tag).and_then(|o| offset_minutes(&o));
+    Some((local - offset.unwrap_or(0) * 60_000, offset))
+}
+
+/// Height above sea level in centimetres, from `GPSAltitude` and its reference (1: below).
+fn altitude_cm(exif: &exif::Exif) -> Option<i32> {
+    let Value::Rational(parts) = &exif.get_field(Tag::GPSAltitude, In::PRIMARY)?.value else {
+        return None;
+    };
+    let metres = parts.first().filter(|r| r.denom != 0)?.to_f64();
+    let below = exif
+        .get_field(Tag::GPSAltitudeRef, In::PRIMARY)
+        .and_then(|f| f.value.get_uint(0))
+        == Some(1);
+    let cm = (metres * 100.0).round() * if below { -1.0 } else { 1.0 };
+    // Below the Dead Sea or above an airliner is a broken field, not a place.
+    (-50_000.0..=2_000_000.0).contains(&cm).then_some(cm as i32)
 }
 
 fn degrees(exif: &exif::Exif, tag: Tag, reference: Tag, negative: &str) -> Option<f64> {
@@ -126,7 +140,12 @@ pub(crate) fn probe(bytes: &[u8]) -> Option<MediaInfo> {
         None => (None, None),
     };
     if let Some(exif) = &exif {
-        info.capture_time_ms = capture_time(exif);
+        if let Some((taken, offset)) = capture_time(exif) {
+            info.capture_time_ms = Some(taken);
+            info.utc_offset_minutes = offset.and_then(|o| i16::try_from(o).ok());
+        }
+        info.lens = text(exif, Tag::LensModel);
+        info.altitude_cm = altitude_cm(exif);
         info.orientation = uint(exif, Tag::Orientation)
             .and_then(|o| u8::try_from(o).ok())
             .filter(|o| (1..=8).contains(o))

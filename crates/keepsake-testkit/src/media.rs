@@ -96,9 +96,22 @@ pub fn live_photo_movie(identifier: &str, duration_ms: u32, padding: usize) -> V
         atom(b"ilst", &item),
     ]
     .concat();
+    // One HEVC picture track, 1920x1440 as an iPhone records a Live Photo's movie.
+    let mut tkhd = vec![0u8; 40];
+    for v in [0x1_0000u32, 0, 0, 0, 0x1_0000, 0, 0, 0, 0x4000_0000] {
+        tkhd.extend(v.to_be_bytes());
+    }
+    tkhd.extend((1920u32 << 16).to_be_bytes());
+    tkhd.extend((1440u32 << 16).to_be_bytes());
+    let mut stsd = vec![0u8; 4];
+    stsd.extend(1u32.to_be_bytes());
+    stsd.extend(atom(b"hvc1", &[0u8; 78]));
+    let stbl = atom(b"stbl", &atom(b"stsd", &stsd));
+    let mdia = atom(b"mdia", &atom(b"minf", &stbl));
+    let trak = atom(b"trak", &[atom(b"tkhd", &tkhd), mdia].concat());
     let moov = atom(
         b"moov",
-        &[atom(b"mvhd", &mvhd), atom(b"meta", &meta)].concat(),
+        &[atom(b"mvhd", &mvhd), trak, atom(b"meta", &meta)].concat(),
     );
     [ftyp, atom(b"mdat", &vec![0x5a; padding]), moov].concat()
 }
@@ -133,6 +146,8 @@ mod tests {
         assert_eq!(movie.content_identifier.as_deref(), Some(id));
         assert_eq!(movie.kind, keepsake_media::MediaKind::Video);
         assert_eq!(movie.duration_ms, Some(2500));
+        assert_eq!(movie.codec, Some("HEVC"));
+        assert_eq!((movie.width, movie.height), (Some(1920), Some(1440)));
         let plain = keepsake_media::probe(&pixel());
         assert_eq!(plain.content_identifier, None);
     }

@@ -480,12 +480,26 @@ pub fn details_to_wire(d: keepsake_library::MediaDetails) -> Option<pb::MediaDet
         orientation,
         duration_ms,
         content_identifier,
+        lens,
+        altitude_cm,
+        utc_offset_minutes,
+        codec,
     } = d;
     crate::wire::details_to_wire(
-        (camera_make, camera_model),
         position_e7,
-        (orientation, duration_ms),
-        content_identifier,
+        pb::MediaDetails {
+            camera_make,
+            camera_model,
+            latitude: None,
+            longitude: None,
+            orientation: u32::from(orientation),
+            duration_ms,
+            content_identifier,
+            lens,
+            altitude_m: altitude_cm.map(|cm| f64::from(cm) / 100.0),
+            utc_offset_minutes: utc_offset_minutes.map(i32::from),
+            codec,
+        },
     )
 }
 
@@ -501,6 +515,10 @@ pub fn details_from_wire(
         orientation,
         duration_ms,
         content_identifier,
+        lens,
+        altitude_m,
+        utc_offset_minutes,
+        codec,
     }) = d
     else {
         return Ok(keepsake_library::MediaDetails::default());
@@ -527,6 +545,25 @@ pub fn details_from_wire(
             .map_err(|_| ApiError::field("details.orientation", "1..=8, or 0"))?,
         duration_ms,
         content_identifier,
+        lens,
+        altitude_cm: match altitude_m {
+            None => None,
+            Some(m) if m.is_finite() && m.abs() < 100_000.0 => Some((m * 100.0).round() as i32),
+            Some(_) => {
+                return Err(ApiError::field(
+                    "details.altitude_m",
+                    "metres within ±100 km",
+                ));
+            }
+        },
+        utc_offset_minutes: match utc_offset_minutes {
+            None => None,
+            Some(m) => Some(
+                i16::try_from(m)
+                    .map_err(|_| ApiError::field("details.utc_offset_minutes", "±14 hours"))?,
+            ),
+        },
+        codec,
     };
     details
         .check()

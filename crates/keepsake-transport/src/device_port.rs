@@ -408,12 +408,26 @@ async fn commit_carrying(
         orientation,
         duration_ms,
         content_identifier,
+        lens,
+        altitude_cm,
+        utc_offset_minutes,
+        codec,
     } = asset;
     let details = crate::wire::details_to_wire(
-        camera,
         position_e7,
-        (orientation, duration_ms),
-        content_identifier,
+        pb::MediaDetails {
+            camera_make: camera.0,
+            camera_model: camera.1,
+            latitude: None,
+            longitude: None,
+            orientation: u32::from(orientation),
+            duration_ms,
+            content_identifier,
+            lens,
+            altitude_m: altitude_cm.map(|cm| f64::from(cm) / 100.0),
+            utc_offset_minutes: utc_offset_minutes.map(i32::from),
+            codec,
+        },
     );
     let kind = if video {
         pb::AssetKind::Video

@@ -184,22 +184,16 @@ pub fn clock_to_wire(clock: Hlc) -> pb::Clock {
     }
 }
 
-/// A file's own details on the wire (`None` when it records nothing); positions travel as
-/// degrees and are kept in 1e-7 degree units, which round-trip exactly.
+/// A file's own details on the wire (`None` when it records nothing): `fields` as the
+/// caller filled them, the place set from 1e-7 degree units (they round-trip exactly).
 pub fn details_to_wire(
-    (camera_make, camera_model): (String, String),
     position_e7: Option<(i32, i32)>,
-    (orientation, duration_ms): (u8, Option<u64>),
-    content_identifier: String,
+    fields: pb::MediaDetails,
 ) -> Option<pb::MediaDetails> {
     let details = pb::MediaDetails {
-        camera_make,
-        camera_model,
         latitude: position_e7.map(|(lat, _)| f64::from(lat) / 1e7),
         longitude: position_e7.map(|(_, lon)| f64::from(lon) / 1e7),
-        orientation: u32::from(orientation),
-        duration_ms,
-        content_identifier,
+        ..fields
     };
     (details != pb::MediaDetails::default()).then_some(details)
 }

@@ -209,6 +209,10 @@ pub async fn run(
             ),
             "orientation": a.details.as_ref().map_or(0, |d| d.orientation),
             "duration_ms": a.details.as_ref().and_then(|d| d.duration_ms),
+            "lens": a.details.as_ref().map(|d| d.lens.as_str()).filter(|l| !l.is_empty()),
+            "altitude_m": a.details.as_ref().and_then(|d| d.altitude_m),
+            "utc_offset_minutes": a.details.as_ref().and_then(|d| d.utc_offset_minutes),
+            "codec": a.details.as_ref().map(|d| d.codec.as_str()).filter(|c| !c.is_empty()),
         });
         std::fs::write(
             dir.join(format!("{name}.json")),

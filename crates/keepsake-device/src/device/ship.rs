@@ -124,6 +124,10 @@ impl Draft {
             },
             duration_ms: media.duration_ms,
             content_identifier: media.content_identifier.clone().unwrap_or_default(),
+            lens: media.lens.clone().unwrap_or_default(),
+            altitude_cm: media.altitude_cm,
+            utc_offset_minutes: media.utc_offset_minutes,
+            codec: media.codec.unwrap_or_default().to_string(),
         }
     }
 }

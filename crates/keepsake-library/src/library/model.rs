@@ -254,6 +254,14 @@ pub struct MediaDetails {
     pub duration_ms: Option<u64>,
     /// Apple's content identifier: a Live Photo's still and movie share it; empty when none.
     pub content_identifier: String,
+    /// The lens; empty when not recorded.
+    pub lens: String,
+    /// Height above sea level in centimetres, when recorded.
+    pub altitude_cm: Option<i32>,
+    /// The capture time's offset from UTC in minutes (its time zone), when recorded.
+    pub utc_offset_minutes: Option<i16>,
+    /// A movie's video codec; empty for stills.
+    pub codec: String,
 }
 
 impl MediaDetails {
@@ -269,6 +277,8 @@ impl MediaDetails {
             ("camera_make", &self.camera_make),
             ("camera_model", &self.camera_model),
             ("content_identifier", &self.content_identifier),
+            ("lens", &self.lens),
+            ("codec", &self.codec),
         ] {
             if text.len() > 128 || text.chars().any(char::is_control) {
                 return Err(format!("{what}: at most 128 bytes, no control characters"));
@@ -278,6 +288,12 @@ impl MediaDetails {
             && (lat.unsigned_abs() > 900_000_000 || lon.unsigned_abs() > 1_800_000_000)
         {
             return Err("position: latitude within ±90°, longitude within ±180°".into());
+        }
+        if self
+            .utc_offset_minutes
+            .is_some_and(|m| m.unsigned_abs() > 14 * 60)
+        {
+            return Err("utc_offset_minutes: within ±14 hours".into());
         }
         if self.orientation > 8 {
             return Err("orientation: 1..=8, or 0 when unknown".into());

@@ -4448,6 +4448,18 @@ pub struct MediaDetails {
     /// Apple's content identifier, shared by a Live Photo's still and movie; empty when none.
     #[prost(string, tag = "7")]
     pub content_identifier: ::prost::alloc::string::String,
+    /// The lens ("iPhone 15 Pro back triple camera 6.765mm f/1.78"); empty when not recorded.
+    #[prost(string, tag = "8")]
+    pub lens: ::prost::alloc::string::String,
+    /// Height above sea level in metres (negative below), when recorded.
+    #[prost(double, optional, tag = "9")]
+    pub altitude_m: ::core::option::Option<f64>,
+    /// The capture time's offset from UTC (its time zone), in minutes, when recorded.
+    #[prost(sint32, optional, tag = "10")]
+    pub utc_offset_minutes: ::core::option::Option<i32>,
+    /// A movie's video codec ("H.264", "HEVC", "AV1", "ProRes", …); empty for stills.
+    #[prost(string, tag = "11")]
+    pub codec: ::prost::alloc::string::String,
 }
 /// A file made from an asset's current version.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
