@@ -268,6 +268,40 @@ ALTER TABLE assets ADD COLUMN capture_clock TEXT NOT NULL DEFAULT '';
 ALTER TABLE assets ADD COLUMN place_clock TEXT NOT NULL DEFAULT '';
 ";
 
+const V13: &str = "
+-- Every three-character piece of each live asset's folded path: a search by part of a name
+-- starts from the rarest piece's assets instead of reading the whole library.
+CREATE TABLE asset_grams (
+    account  TEXT NOT NULL,
+    gram     TEXT NOT NULL,
+    asset_id TEXT NOT NULL,
+    PRIMARY KEY (account, gram, asset_id)
+) WITHOUT ROWID;
+";
+
+/// Fills the name index for assets committed before it existed (once: afterwards every
+/// commit, rename and restore keeps it).
+fn index_old_names(conn: &mut Db) -> Result<(), crate::LibraryError> {
+    let indexed = conn
+        .query_row("SELECT 1 FROM asset_grams LIMIT 1", (), |_| Ok(()))
+        .optional()?
+        .is_some();
+    if indexed {
+        return Ok(());
+    }
+    let tx = conn.transaction()?;
+    let live: Vec<(String, String, String)> = tx.query_map(
+        "SELECT account, asset_id, path_key FROM assets WHERE state = 'live' AND path_key IS NOT NULL",
+        (),
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?;
+    for (account, asset_id, key) in live {
+        crate::library::index_name(&tx, &account, &asset_id, (None, Some(&key)))?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
 /// Gives assets committed before paths existed a path: their name at the top of the
 /// folder, numbered in commit order where two fold to one key (a downloader's flattened
 /// " (2)" twins were already apart). Then no two live assets share a key, and the index
@@ -322,9 +356,10 @@ pub fn prepare(conn: &mut Db) -> Result<(), crate::LibraryError> {
     }
     conn.migrate(
         "library",
-        &[V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11, V12],
+        &[V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11, V12, V13],
     )?;
     give_old_assets_paths(conn)?;
+    index_old_names(conn)?;
     Ok(())
 }
 

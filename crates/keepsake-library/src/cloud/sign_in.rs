@@ -213,6 +213,7 @@ impl Cloud {
             };
             for table in [
                 "assets",
+                "asset_grams",
                 "versions",
                 "requests",
                 "purged_content",

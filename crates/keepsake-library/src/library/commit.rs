@@ -292,6 +292,8 @@ impl Library {
             ],
         )?;
         insert_version(tx, account, &asset_id, 1, req, now, (None, holder))?;
+        let key = keepsake_path::fold(&path);
+        index_name(tx, account, &asset_id, (None, Some(&key)))?;
         if !req.details.content_identifier.trim().is_empty() {
             tx.execute(
                 "UPDATE assets SET content_id = ?3 WHERE account = ?1 AND asset_id = ?2",

@@ -248,10 +248,12 @@ impl Library {
             let path = asset_path(tx, account, asset_id)?;
             let free = free_path(tx, account, &path, Some(asset_id))?;
             if free != path {
+                let (old, new) = (keepsake_path::fold(&path), keepsake_path::fold(&free));
                 tx.execute(
                     "UPDATE assets SET path = ?3, path_key = ?4 WHERE account = ?1 AND asset_id = ?2",
-                    params![account, asset_id, free, keepsake_path::fold(&free)],
+                    params![account, asset_id, free, new],
                 )?;
+                index_name(tx, account, asset_id, (Some(&old), Some(&new)))?;
             }
         }
         let seq = next_seq(tx, account)?;
@@ -308,6 +310,9 @@ impl Library {
             path.to_string()
         };
         let seq = next_seq(tx, account)?;
+        let old = keepsake_path::fold(&asset_path(tx, account, asset_id)?);
+        let new = keepsake_path::fold(&free);
+        index_name(tx, account, asset_id, (Some(&old), Some(&new)))?;
         tx.execute(
             "UPDATE assets SET path = ?3, path_key = ?4, path_clock = ?5, seq = ?6
              WHERE account = ?1 AND asset_id = ?2",

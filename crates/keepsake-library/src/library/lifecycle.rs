@@ -31,6 +31,8 @@ pub(super) fn purge_in(
         "DELETE FROM derivatives WHERE account = ?1 AND asset_id = ?2",
         params![account, asset_id],
     )?;
+    let key = keepsake_path::fold(&asset_path(tx, account, asset_id)?);
+    index_name(tx, account, asset_id, (Some(&key), None))?;
     tx.execute(
         "DELETE FROM derive_jobs WHERE account = ?1 AND asset_id = ?2",
         params![account, asset_id],

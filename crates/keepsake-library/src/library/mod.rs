@@ -44,6 +44,56 @@ const ASSET_COLUMNS: &str =
     a.damaged, coalesce(a.path, a.original_name), v.details, a.pair_of, a.pair_role,
     a.place_clock, a.lat_e7, a.lon_e7";
 
+/// The three-character pieces of a folded path (or search term), each once.
+pub(crate) fn grams(key: &str) -> std::collections::BTreeSet<String> {
+    let chars: Vec<char> = key.chars().collect();
+    chars.windows(3).map(|w| w.iter().collect()).collect()
+}
+
+/// Moves an asset's entries in the name index from its old folded path to its new one
+/// (`None`: not indexed before, or no longer).
+pub(crate) fn index_name(
+    tx: &Db,
+    account: &str,
+    asset_id: &str,
+    (old, new): (Option<&str>, Option<&str>),
+) -> Result<(), LibraryError> {
+    let (old, new) = (
+        old.map(grams).unwrap_or_default(),
+        new.map(grams).unwrap_or_default(),
+    );
+    let gone: Vec<&String> = old.difference(&new).collect();
+    let added: Vec<&String> = new.difference(&old).collect();
+    // One statement each way, whatever the path's length (one round trip on PostgreSQL).
+    for (grams, insert) in [(gone, false), (added, true)] {
+        if grams.is_empty() {
+            continue;
+        }
+        let mut values: Vec<keepsake_sql::Value> =
+            vec![account.to_string().into(), asset_id.to_string().into()];
+        let mut slots = Vec::with_capacity(grams.len());
+        for gram in grams {
+            values.push(gram.clone().into());
+            slots.push(values.len());
+        }
+        let sql = if insert {
+            let rows: Vec<String> = slots.iter().map(|n| format!("(?1, ?{n}, ?2)")).collect();
+            format!(
+                "INSERT INTO asset_grams (account, gram, asset_id) VALUES {} ON CONFLICT DO NOTHING",
+                rows.join(", ")
+            )
+        } else {
+            let list: Vec<String> = slots.iter().map(|n| format!("?{n}")).collect();
+            format!(
+                "DELETE FROM asset_grams WHERE account = ?1 AND asset_id = ?2 AND gram IN ({})",
+                list.join(", ")
+            )
+        };
+        tx.execute(&sql, values)?;
+    }
+    Ok(())
+}
+
 /// `role hexmanifest width height bytes;…` as the asset query spells it.
 fn derived_from_column(text: Option<String>) -> Vec<Derived> {
     text.unwrap_or_default()
