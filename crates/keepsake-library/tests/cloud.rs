@@ -1212,4 +1212,67 @@ fn search_finds_by_camera_place_and_name_on_either_engine() {
         ..SearchQuery::default()
     };
     assert_eq!(found(named), ["Paris/Eiffel.JPG"]);
+
+    // A Live Photo's halves pair; a place set by hand is searched where it was set.
+    let mut ids = Vec::new();
+    for (n, path, kind) in [
+        (4u8, "Live/IMG_1.HEIC", AssetKind::Photo),
+        (5, "Live/IMG_1.MOV", AssetKind::Video),
+    ] {
+        let committed = lib
+            .commit(
+                "alice",
+                &CommitRequest {
+                    request_id: format!("s{n}"),
+                    asset_id: None,
+                    base_version: None,
+                    manifest: ChunkId::of(&[n]),
+                    file_hash: ChunkId::of(&[n, n]),
+                    size: 1,
+                    kind,
+                    capture_time: Some(T0),
+                    width: None,
+                    height: None,
+                    original_name: path.rsplit('/').next().unwrap().into(),
+                    path: path.into(),
+                    device: "phone".into(),
+                    details: MediaDetails {
+                        content_identifier: "UUID-1".into(),
+                        ..MediaDetails::default()
+                    },
+                },
+            )
+            .unwrap();
+        ids.push(committed.asset_id);
+    }
+    let lives = SearchQuery {
+        live_photos: true,
+        ..SearchQuery::default()
+    };
+    assert_eq!(found(lives), ["Live/IMG_1.HEIC"]);
+    assert!(!found(SearchQuery::default()).contains(&"Live/IMG_1.MOV".to_string()));
+    lib.trash("alice", &ids[0]).unwrap();
+    assert!(matches!(
+        lib.get_asset("alice", &ids[1]).unwrap().state,
+        AssetState::Trashed(_)
+    ));
+    let scan = lib
+        .search("alice", &SearchQuery::default(), None, 10)
+        .unwrap()
+        .assets
+        .into_iter()
+        .find(|a| a.path == "scan.png")
+        .unwrap();
+    let hlc = Hlc {
+        wall_ms: T0,
+        counter: 1,
+        device: "web".into(),
+    };
+    let place = MetadataField::Place(Some((418_900_000, 124_900_000)));
+    assert!(lib.set_metadata("alice", &scan.asset_id, &place, &hlc).unwrap());
+    let rome = SearchQuery {
+        near_e7: Some(((418_900_000, 124_900_000), 5_000)),
+        ..SearchQuery::default()
+    };
+    assert_eq!(found(rome), ["scan.png", "Rome/Colosseo.JPG"]);
 }
