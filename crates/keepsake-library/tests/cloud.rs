@@ -1269,7 +1269,10 @@ fn search_finds_by_camera_place_and_name_on_either_engine() {
         device: "web".into(),
     };
     let place = MetadataField::Place(Some((418_900_000, 124_900_000)));
-    assert!(lib.set_metadata("alice", &scan.asset_id, &place, &hlc).unwrap());
+    assert!(
+        lib.set_metadata("alice", &scan.asset_id, &place, &hlc)
+            .unwrap()
+    );
     let rome = SearchQuery {
         near_e7: Some(((418_900_000, 124_900_000), 5_000)),
         ..SearchQuery::default()

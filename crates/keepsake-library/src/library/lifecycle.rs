@@ -256,9 +256,11 @@ impl Library {
         if state == "purged" {
             return Ok(Vec::new());
         }
+        // The companions in Recently Deleted with it go with it (asked while its own
+        // moment of deletion is still on record).
+        let with_it = self.companions(&tx, account, asset_id, "trashed")?;
         let mut released = purge_in(&tx, account, asset_id, now)?;
-        // The companions in Recently Deleted with it go with it.
-        for companion in self.companions(&tx, account, asset_id, "trashed")? {
+        for companion in with_it {
             released.extend(purge_in(&tx, account, &companion, now)?);
         }
         tx.commit()?;

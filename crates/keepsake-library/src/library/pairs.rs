@@ -107,7 +107,8 @@ impl Library {
         Ok(())
     }
 
-    /// The companions of `asset_id` in `state`.
+    /// The companions of `asset_id` in `state`; in Recently Deleted, only those that went
+    /// there with it (at the same moment): a RAW deleted on its own earlier stays deleted.
     pub(super) fn companions(
         &self,
         tx: &Db,
@@ -116,7 +117,10 @@ impl Library {
         state: &str,
     ) -> Result<Vec<String>, LibraryError> {
         Ok(tx.query_map(
-            "SELECT asset_id FROM assets WHERE account = ?1 AND pair_of = ?2 AND state = ?3",
+            "SELECT c.asset_id FROM assets c JOIN assets p
+               ON p.account = c.account AND p.asset_id = c.pair_of
+             WHERE c.account = ?1 AND c.pair_of = ?2 AND c.state = ?3
+               AND (c.state = 'live' OR c.state_at = p.state_at)",
             params![account, asset_id, state],
             |r| r.get(0),
         )?)
@@ -132,8 +136,19 @@ impl Library {
     ) -> Result<bool, LibraryError> {
         let changed = self.set_state_in(tx, account, asset_id, "trashed", &["live"])?;
         if !alone {
+            // The same moment as the primary's, to the millisecond: how restore and purge
+            // tell the companions that went with it from one deleted on its own.
+            let at: Option<i64> = tx.query_row(
+                "SELECT state_at FROM assets WHERE account = ?1 AND asset_id = ?2",
+                params![account, asset_id],
+                |r| r.get(0),
+            )?;
             for companion in self.companions(tx, account, asset_id, "live")? {
                 self.set_state_in(tx, account, &companion, "trashed", &["live"])?;
+                tx.execute(
+                    "UPDATE assets SET state_at = ?3 WHERE account = ?1 AND asset_id = ?2",
+                    params![account, companion, at],
+                )?;
             }
         }
         Ok(changed)
@@ -146,8 +161,10 @@ impl Library {
         account: &str,
         asset_id: &str,
     ) -> Result<bool, LibraryError> {
+        // Asked before the primary's own state changes: the moment it went is the key.
+        let with_it = self.companions(tx, account, asset_id, "trashed")?;
         let changed = self.set_state_in(tx, account, asset_id, "live", &["trashed"])?;
-        for companion in self.companions(tx, account, asset_id, "trashed")? {
+        for companion in with_it {
             self.set_state_in(tx, account, &companion, "live", &["trashed"])?;
         }
         Ok(changed)
@@ -160,10 +177,10 @@ pub(crate) mod tests {
     use crate::LibraryConfig;
     use keepsake_store::{ManualClock, SeededEntropy};
 
-    fn library() -> Library {
+    fn library_at(clock: Arc<ManualClock>) -> Library {
         Library::open(
             None,
-            Arc::new(ManualClock::new(1_700_000_000_000)),
+            clock,
             Arc::new(SeededEntropy::new(5)),
             LibraryConfig::default(),
         )
@@ -220,7 +237,8 @@ pub(crate) mod tests {
 
     #[test]
     fn a_live_photos_halves_pair_in_either_order_and_are_trashed_and_restored_as_one() {
-        let lib = library();
+        let clock = Arc::new(ManualClock::new(1_700_000_000_000));
+        let lib = library_at(clock.clone());
         let still = file(&lib, 1, "DCIM/IMG_0001.HEIC", Some(5), "UUID-A");
         let movie = file(&lib, 2, "DCIM/IMG_0001.MOV", Some(5), "UUID-A");
         assert_eq!(paired(&lib, &movie), Some((still.clone(), PairRole::Live)));
@@ -257,10 +275,19 @@ pub(crate) mod tests {
         lib.restore("alice", &still).unwrap();
         assert!(live(&lib, &still) && live(&lib, &movie), "restored as one");
 
-        // A file deleted from a folder takes only itself: the still stays a still.
+        // A file deleted from a folder takes only itself: the still stays a still, and
+        // stays without its movie when it goes to Recently Deleted and comes back.
         lib.trash_alone("alice", &movie).unwrap();
         assert!(live(&lib, &still) && !live(&lib, &movie));
+        clock.advance(1000);
+        lib.trash("alice", &still).unwrap();
+        lib.restore("alice", &still).unwrap();
+        assert!(
+            live(&lib, &still) && !live(&lib, &movie),
+            "the movie deleted alone stays so"
+        );
         lib.trash("alice", &still2).unwrap();
+        clock.advance(5000);
         let released = lib.purge("alice", &still2).unwrap();
         assert!(
             matches!(
@@ -274,7 +301,7 @@ pub(crate) mod tests {
 
     #[test]
     fn a_raw_pairs_with_the_jpeg_of_its_name_and_moment_only() {
-        let lib = library();
+        let lib = library_at(Arc::new(ManualClock::new(1_700_000_000_000)));
         let jpeg = file(&lib, 1, "Trip/DSC_0001.JPG", Some(1_000), "");
         let raw = file(&lib, 2, "Trip/DSC_0001.NEF", Some(1_400), "");
         assert_eq!(paired(&lib, &raw), Some((jpeg.clone(), PairRole::Raw)));
