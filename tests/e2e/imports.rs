@@ -210,7 +210,8 @@ async fn a_takeout_archive_imports_with_its_sidecars_dates_and_importing_it_twic
 }
 
 /// A folder tree keeps its folders; a file whose bytes the library has is skipped unless
-/// duplicates are asked for, and even then one entry is never imported twice.
+/// duplicates are asked for, and even then one entry is never imported twice; an iCloud
+/// export comes in with its details table's dates, favourites and albums.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_folder_import_keeps_its_folders_and_imports_copies_only_when_asked() {
     let root = tempfile::tempdir().unwrap();
@@ -256,9 +257,48 @@ async fn a_folder_import_keeps_its_folders_and_imports_copies_only_when_asked() 
         ],
     );
     assert!(!out.contains("Already in the library"), "{out}");
+
     // The copy is a photo of its own now; the file imported before is not imported twice
     // (its commit is the first one's retry).
     let (assets, _) = library_now(&server.url, &server_data).await;
     assert_eq!(assets.len(), 2, "{:?}", assets.keys());
     assert!(assets.keys().any(|p| p.ends_with("/2015/beach copy.jpg")));
+
+    // An iCloud Photos export: its photos folder and the details table (dates, favourites,
+    // what was in Recently Deleted) and an album's table.
+    let icloud = root.path().join("iCloud Photos");
+    std::fs::create_dir_all(icloud.join("Photos")).unwrap();
+    std::fs::create_dir_all(icloud.join("Albums")).unwrap();
+    std::fs::write(icloud.join("Photos/IMG_0100.JPG"), devices::jpeg(120, 90)).unwrap();
+    std::fs::write(icloud.join("Photos/IMG_0101.JPG"), devices::jpeg(90, 120)).unwrap();
+    std::fs::write(
+        icloud.join("Photo Details.csv"),
+        "imgName,fileChecksum,favorite,hidden,deleted,originalCreationDate,viewCount,importDate\n\
+         IMG_0100.JPG,x,yes,no,no,\"Tuesday June 16,2020 2:12 PM GMT\",1,x\n\
+         IMG_0101.JPG,y,no,no,yes,\"Monday January 6,2020 12:05 AM GMT\",0,x\n",
+    )
+    .unwrap();
+    std::fs::write(icloud.join("Albums/Beach.csv"), "Images\nIMG_0100.JPG\n").unwrap();
+    let out = imported(
+        &server.url,
+        &server_data,
+        &[
+            icloud.as_os_str(),
+            "--journal".as_ref(),
+            journal.as_os_str(),
+        ],
+    );
+    assert!(
+        out.contains("Imported 1 photos") && out.contains("trash"),
+        "{out}"
+    );
+    let (assets, albums) = library_now(&server.url, &server_data).await;
+    let (path, photo) = assets
+        .iter()
+        .find(|(p, _)| p.ends_with("/Photos/IMG_0100.JPG"))
+        .expect("the iCloud photo");
+    assert!(path.starts_with("Imports/iCloud "), "{path}");
+    assert_eq!(photo.capture_time_ms, Some(1_592_316_720_000));
+    assert!(photo.favorite);
+    assert_eq!(albums["Beach"].members, vec![photo.asset_id.clone()]);
 }
