@@ -8,7 +8,8 @@ use crate::journal::{Journal, Seen};
 use crate::sidecar::{Details, Sidecars, side_file_limit};
 use crate::source::{Content, Entry, Header, Item, Problem, Source, Want};
 use keepsake_device::{
-    Cloud, DeviceError, Edit, Hlc, Incoming, IncomingBytes, Overrides, Reason, upload_incoming,
+    Cloud, CommitReply, DeviceError, Edit, Hlc, Incoming, IncomingBytes, Overrides, Reason,
+    upload_incoming,
 };
 use keepsake_store::{ChunkId, Clock};
 use std::collections::{HashMap, HashSet};
@@ -140,6 +141,9 @@ pub async fn import<C: Cloud>(
         committing: HashSet::new(),
         albums_put: HashSet::new(),
         counter: 0,
+        flying: tokio::task::JoinSet::new(),
+        flying_hashes: HashSet::new(),
+        flying_bytes: 0,
     };
     let mut stopped = None;
     while let Some(msg) = rx.recv().await {
@@ -165,6 +169,10 @@ pub async fn import<C: Cloud>(
         progress(&counts);
     }
     drop(rx);
+    // What is in flight lands (and is journalled) even when the import stops.
+    if let Err(e) = run.land_all(&mut summary).await {
+        stopped.get_or_insert(e);
+    }
     let walked = reader
         .join()
         .unwrap_or_else(|e| std::panic::resume_unwind(e));
@@ -254,7 +262,23 @@ struct Run<'a, C> {
     /// Albums made (or found) by this run.
     albums_put: HashSet<String>,
     counter: u32,
+    /// Uploads on lanes of their own, and the contents and bytes they carry.
+    flying: tokio::task::JoinSet<Flown>,
+    flying_hashes: HashSet<ChunkId>,
+    flying_bytes: u64,
 }
+
+/// A finished upload: the entry, its spooled file (kept until now), the commit's answer.
+type Flown = (
+    Hashed,
+    Option<tempfile::TempPath>,
+    Result<CommitReply, DeviceError>,
+);
+
+/// Photos uploading at once: their store fsyncs overlap (as the device's four lanes do).
+const LANES: usize = 4;
+/// Entry bytes held by the uploads in flight, at most (a larger entry goes alone).
+const FLYING_BYTES: u64 = 256 << 20;
 
 impl<C: Cloud> Run<'_, C> {
     /// Takes one photo or video; `Err` only for what stops the whole import.
@@ -292,24 +316,137 @@ impl<C: Cloud> Run<'_, C> {
             bytes,
             details,
         };
+        // The same bytes already on their way: once they land, this entry is their copy.
+        if self.flying_hashes.contains(&entry.hash) {
+            self.land_all(summary).await?;
+        }
         // A transient refusal (shed load, a rate limit, a dropped connection) is waited
-        // out a few times here; every step is idempotent, so trying the entry again from
-        // the start repeats nothing twice.
+        // out a few times; every step is idempotent, so trying again repeats nothing.
         let mut attempt = 0;
-        loop {
-            match self.land(&entry, summary).await {
+        let incoming = loop {
+            match self.prepare(&entry, summary).await {
                 Err(ImportError::Cloud(e)) if e.transient && attempt < RETRIES => {
                     attempt += 1;
                     tracing::debug!(path = entry.path, attempt, error = %e, "import waits");
                     tokio::time::sleep(std::time::Duration::from_millis(50 << attempt)).await;
                 }
-                other => return other,
+                Err(e) => return Err(e),
+                Ok(None) => return Ok(()),
+                Ok(Some(incoming)) => break incoming,
+            }
+        };
+        self.launch(entry, _spooled, incoming, summary).await
+    }
+
+    /// Sends one upload on a lane of its own (or here, for a cloud without lanes), once
+    /// the lanes and the bytes in flight leave room.
+    async fn launch(
+        &mut self,
+        entry: Hashed,
+        spooled: Option<tempfile::TempPath>,
+        incoming: Incoming,
+        summary: &mut Summary,
+    ) -> Result<(), ImportError> {
+        let size = entry.seen.0;
+        while !self.flying.is_empty()
+            && (self.flying.len() >= LANES || self.flying_bytes + size > FLYING_BYTES)
+        {
+            self.land_next(summary).await?;
+        }
+        self.committing.insert(entry.path.clone());
+        match self.cloud.lane() {
+            Some(mut lane) => {
+                self.flying_hashes.insert(entry.hash);
+                self.flying_bytes += size;
+                self.flying.spawn(async move {
+                    let reply = upload_patiently(&mut lane, incoming).await;
+                    (entry, spooled, reply)
+                });
+                Ok(())
+            }
+            None => {
+                let reply = upload_patiently(self.cloud, incoming).await;
+                drop(spooled);
+                self.landed(entry, reply, summary).await
             }
         }
     }
 
-    /// Lands one hashed entry: found already there, or uploaded, then its details set.
-    async fn land(&mut self, entry: &Hashed, summary: &mut Summary) -> Result<(), ImportError> {
+    /// Waits for every upload in flight and lands each.
+    async fn land_all(&mut self, summary: &mut Summary) -> Result<(), ImportError> {
+        let mut first_error = None;
+        while !self.flying.is_empty() {
+            if let Err(e) = self.land_next(summary).await {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Waits for the next upload in flight to finish and lands it.
+    async fn land_next(&mut self, summary: &mut Summary) -> Result<(), ImportError> {
+        let Some(joined) = self.flying.join_next().await else {
+            return Ok(());
+        };
+        // The set is never aborted, so a task's error is its panic.
+        let (entry, spooled, reply) =
+            joined.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        drop(spooled);
+        self.flying_hashes.remove(&entry.hash);
+        self.flying_bytes = self.flying_bytes.saturating_sub(entry.seen.0);
+        self.landed(entry, reply, summary).await
+    }
+
+    /// What an upload's answer means: the photo's details set and the entry journalled,
+    /// or why it was skipped, or the import stops.
+    async fn landed(
+        &mut self,
+        entry: Hashed,
+        reply: Result<CommitReply, DeviceError>,
+        summary: &mut Summary,
+    ) -> Result<(), ImportError> {
+        match reply {
+            Ok(reply) => {
+                self.this_run.insert(entry.hash, reply.asset_id.clone());
+                let mut attempt = 0;
+                loop {
+                    let set = self
+                        .set_details(&reply.asset_id, &entry.path, &entry.details, true, summary)
+                        .await;
+                    match set {
+                        Err(ImportError::Cloud(e)) if e.transient && attempt < RETRIES => {
+                            attempt += 1;
+                            tokio::time::sleep(std::time::Duration::from_millis(50 << attempt))
+                                .await;
+                        }
+                        other => break other?,
+                    }
+                }
+                self.journal.record(self.key, &entry.path, entry.seen)?;
+                summary.imported += 1;
+                summary.imported_bytes += entry.seen.0;
+                Ok(())
+            }
+            Err(DeviceError::Cloud(e)) if stops_everything(&e.reason, e.transient) => {
+                Err(ImportError::Cloud(e))
+            }
+            Err(e) => {
+                summary.skipped.push(Problem {
+                    path: entry.path,
+                    reason: e.to_string(),
+                });
+                Ok(())
+            }
+        }
+    }
+
+    /// An entry the library holds already is settled here (its albums added); else the
+    /// upload it needs.
+    async fn prepare(
+        &mut self,
+        entry: &Hashed,
+        summary: &mut Summary,
+    ) -> Result<Option<Incoming>, ImportError> {
         let Hashed {
             path,
             seen,
@@ -326,9 +463,9 @@ impl<C: Cloud> Run<'_, C> {
                 .await?;
             self.journal.record(self.key, path, *seen)?;
             summary.already_there.push((path.clone(), there));
-            return Ok(());
+            return Ok(None);
         }
-        let incoming = Incoming {
+        Ok(Some(Incoming {
             request_id: self.request_id(path, hash),
             path: format!("{}/{}", self.destination, strip_wrappers(path)),
             file_time_ms: seen.1.unwrap_or_else(|| self.options.clock.now_ms()),
@@ -337,29 +474,7 @@ impl<C: Cloud> Run<'_, C> {
                 capture_time_ms: details.capture_time_ms,
                 position_e7: details.position_e7,
             },
-        };
-        self.committing.insert(path.clone());
-        match upload_incoming(self.cloud, incoming).await {
-            Ok(reply) => {
-                self.this_run.insert(*hash, reply.asset_id.clone());
-                self.set_details(&reply.asset_id, path, details, true, summary)
-                    .await?;
-                self.journal.record(self.key, path, *seen)?;
-                summary.imported += 1;
-                summary.imported_bytes += seen.0;
-                Ok(())
-            }
-            Err(DeviceError::Cloud(e)) if stops_everything(&e.reason, e.transient) => {
-                Err(ImportError::Cloud(e))
-            }
-            Err(e) => {
-                summary.skipped.push(Problem {
-                    path: path.clone(),
-                    reason: e.to_string(),
-                });
-                Ok(())
-            }
-        }
+        }))
     }
 
     /// A live asset with these bytes, and its path, if the library (or this run) has one.
@@ -490,6 +605,25 @@ impl<C: Cloud> Run<'_, C> {
         }
         hasher.update(&hash.0);
         hex::encode(&hasher.finalize().as_bytes()[..16])
+    }
+}
+
+/// Uploads one file, waiting out transient refusals a few times (the commit's request id
+/// makes every try the same commit).
+async fn upload_patiently<C: Cloud>(
+    cloud: &mut C,
+    incoming: Incoming,
+) -> Result<CommitReply, DeviceError> {
+    let mut attempt = 0;
+    loop {
+        match upload_incoming(cloud, incoming.clone()).await {
+            Err(DeviceError::Cloud(e)) if e.transient && attempt < RETRIES => {
+                attempt += 1;
+                tracing::debug!(attempt, error = %e, "upload waits");
+                tokio::time::sleep(std::time::Duration::from_millis(50 << attempt)).await;
+            }
+            other => return other,
+        }
     }
 }
 

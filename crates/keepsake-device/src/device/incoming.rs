@@ -24,6 +24,7 @@ pub struct Overrides {
 }
 
 /// One file to upload as a new asset.
+#[derive(Debug, Clone)]
 pub struct Incoming {
     /// The same for every retry of this file (the commit's idempotency key).
     pub request_id: String,
