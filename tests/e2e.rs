@@ -1469,7 +1469,17 @@ async fn through_a_faulty_network_every_photo_arrives_and_no_acknowledged_chunk_
     sync(&mut b).await;
     assert_eq!(folder_contents(&fa), folder_contents(&fb));
     assert_eq!(folder_contents(&fb).len(), 12);
-    assert!(failures > 3, "the proxy must actually have hurt");
+    // The link must actually have hurt: a pass failed and the device had to connect again.
+    // How many passes fail moves with the machine's speed (3 to 10 in runs here; a quiet
+    // CI machine outran the old bound of 4), so the bound asks only that it happened.
+    let reconnections = proxy
+        .stats()
+        .connections
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        failures >= 1 && reconnections >= 2,
+        "the proxy must actually have hurt: {failures} failed passes, {reconnections} connections"
+    );
     // Chunks acknowledged in a failed pass are counted too (the report is lost with the
     // error), so count what the store holds for the account against what was needed.
     let usage = c.cloud.account_info("alice").unwrap().used_bytes;
