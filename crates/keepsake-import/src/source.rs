@@ -588,6 +588,21 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Whatever an archive names an entry, what is taken stays inside: relative, no
+        /// `..`, no empty or `.` component, no backslash — and a library path.
+        #[test]
+        fn a_taken_name_never_leaves_the_import(raw in "[a-zA-Z0-9./\\\\:_ -]{0,40}") {
+            if let Ok(path) = checked_path(&raw) {
+                proptest::prop_assert!(!path.starts_with('/') && !path.contains('\\'));
+                for part in path.split('/') {
+                    proptest::prop_assert!(!part.is_empty() && part != "." && part != "..");
+                }
+                proptest::prop_assert!(keepsake_path::check(&path).is_ok());
+            }
+        }
+    }
+
     #[test]
     fn civil_dates_are_unix_time() {
         assert_eq!(civil_ms(1970, 1, 1, 0), Some(0));
