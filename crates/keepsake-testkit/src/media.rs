@@ -122,17 +122,11 @@ mod tests {
 
     /// The smallest JPEG: one white pixel.
     fn pixel() -> Vec<u8> {
-        let mut jpeg = vec![0xFF, 0xD8];
-        jpeg.extend(image_body());
-        jpeg
-    }
-
-    fn image_body() -> Vec<u8> {
-        let mut buf = Vec::new();
-        image::codecs::jpeg::JpegEncoder::new(&mut buf)
+        let mut jpeg = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new(&mut jpeg)
             .encode(&[255, 255, 255], 1, 1, image::ExtendedColorType::Rgb8)
             .unwrap();
-        buf[2..].to_vec()
+        jpeg
     }
 
     #[test]
