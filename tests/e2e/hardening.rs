@@ -562,7 +562,10 @@ async fn a_second_server_on_one_data_directory_is_refused_and_sigterm_stops_with
         client::BearerAuth::new(&first.token),
     );
     let _watch = library
-        .watch_changes(keepsake_transport_pb::WatchChangesRequest { cursor: 0 })
+        .watch_changes(keepsake_transport_pb::WatchChangesRequest {
+            cursor: 0,
+            from_now: false,
+        })
         .await
         .unwrap();
     // Page size 0 is proto3's "not set": the default page, not one change a page.

@@ -204,6 +204,10 @@ const MAX_REPORT_WORDS: usize = 2048;
 /// is worth a word to its owner.
 pub const SILENT_AFTER_MS: i64 = 24 * 3_600_000;
 
+/// The platform of a browser's sign-in to the web library: a session, not a device that
+/// syncs, so it is never flagged silent.
+pub const WEB_PLATFORM: &str = "web";
+
 pub(crate) fn check_account_name(name: &str) -> Result<(), LibraryError> {
     // It must begin with a letter or digit: `..`, `.` or `-x` would read as a path or an
     // option wherever a name is used.
@@ -784,8 +788,11 @@ impl Library {
             let last_seen: Option<i64> = r.get(6)?;
             let enrolled_at: i64 = r.get(4)?;
             let heard = last_seen.unwrap_or(enrolled_at);
+            let platform: String = r.get(2)?;
             Ok(Device {
-                silent_since: (revoked_at.is_none() && now - heard > SILENT_AFTER_MS)
+                silent_since: (revoked_at.is_none()
+                    && platform != WEB_PLATFORM
+                    && now - heard > SILENT_AFTER_MS)
                     .then_some(heard),
                 device_id: r.get(0)?,
                 name: r.get(1)?,

@@ -81,7 +81,7 @@ pub mod tokens;
 
 pub use accounts::{
     AccountInfo, ClientVersion, Device, DeviceReport, FailedSignIns, Integrity, KdfCost, Plan,
-    SILENT_AFTER_MS, SignInFrom, default_plans,
+    SILENT_AFTER_MS, SignInFrom, WEB_PLATFORM, default_plans,
 };
 pub use cloud::{
     ChunkStore, Cloud, CommitAsset, DamagedAsset, Enrolment, IssuedToken, LibraryScrub,
@@ -91,8 +91,9 @@ pub use derive::{DeriveJob, DeriveReport, MAX_STILL_BYTES, MadeFile, Original, O
 pub use error::LibraryError;
 pub use keepsake_core::Hlc;
 pub use library::{
-    Album, Asset, AssetKind, AssetState, Change, ChangePage, CommitRequest, Committed,
-    ContentMatch, Derived, Library, LibraryConfig, LibraryEdit, MAX_EDITS_PER_CALL,
-    MAX_SEARCH_PAGE, MediaDetails, MetadataField, SearchPage, SearchQuery, VersionInfo,
+    Album, AlbumSummary, Asset, AssetKind, AssetState, Change, ChangePage, CommitRequest,
+    Committed, ContentMatch, Derived, Folder, Library, LibraryConfig, LibraryEdit,
+    MAX_EDITS_PER_CALL, MAX_SEARCH_PAGE, MediaDetails, MetadataField, SearchPage, SearchQuery,
+    VersionInfo,
 };
 pub use passwords::PasswordLimits;

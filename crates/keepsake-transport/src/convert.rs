@@ -227,7 +227,17 @@ pub fn search_from_wire(
         page_size,
         page,
         live_photos,
+        trashed,
+        folder,
     } = req;
+    if let Some(folder) = folder.as_deref().map(|f| f.trim_matches('/')) {
+        if folder.len() > 1024 {
+            return Err(ApiError::field("folder", "at most 1024 bytes"));
+        }
+        if !folder.is_empty() && keepsake_path::check(folder).is_err() {
+            return Err(ApiError::field("folder", "not a folder of the library"));
+        }
+    }
     let degrees = |field: &'static str, d: f64, max: f64| {
         keepsake_device::degrees_e7(d)
             .filter(|_| d.abs() <= max)
@@ -286,6 +296,8 @@ pub fn search_from_wire(
         album: some(album),
         name: some(name),
         live_photos,
+        trashed,
+        folder,
     };
     let size = match page_size {
         0 => 100,

@@ -281,6 +281,56 @@ impl Library for LibraryService {
         }))
     }
 
+    async fn list_folders(
+        &self,
+        request: Request<pb::ListFoldersRequest>,
+    ) -> Result<Response<pb::ListFoldersResponse>, Status> {
+        let who = identity(&request)?;
+        let pb::ListFoldersRequest {} = request.into_inner();
+        let account = who.account.clone();
+        let folders = run(&self.cloud, Some(&who), move |c| {
+            c.library().list_folders(&account)
+        })
+        .await?;
+        Ok(Response::new(pb::ListFoldersResponse {
+            folders: folders
+                .into_iter()
+                .map(|keepsake_library::Folder { path, assets }| pb::Folder { path, assets })
+                .collect(),
+        }))
+    }
+
+    async fn list_albums(
+        &self,
+        request: Request<pb::ListAlbumsRequest>,
+    ) -> Result<Response<pb::ListAlbumsResponse>, Status> {
+        let who = identity(&request)?;
+        let pb::ListAlbumsRequest {} = request.into_inner();
+        let account = who.account.clone();
+        let albums = run(&self.cloud, Some(&who), move |c| {
+            c.library().list_albums(&account)
+        })
+        .await?;
+        Ok(Response::new(pb::ListAlbumsResponse {
+            albums: albums
+                .into_iter()
+                .map(
+                    |keepsake_library::AlbumSummary {
+                         album_id,
+                         name,
+                         assets,
+                         cover,
+                     }| pb::AlbumSummary {
+                        album_id,
+                        name,
+                        assets,
+                        cover_asset_id: cover.unwrap_or_default(),
+                    },
+                )
+                .collect(),
+        }))
+    }
+
     async fn search_assets(
         &self,
         request: Request<pb::SearchAssetsRequest>,
@@ -594,9 +644,19 @@ impl Library for LibraryService {
         request: Request<pb::WatchChangesRequest>,
     ) -> Result<Response<Self::WatchChangesStream>, Status> {
         let who = identity(&request)?;
-        let pb::WatchChangesRequest { mut cursor } = request.into_inner();
+        let pb::WatchChangesRequest {
+            mut cursor,
+            from_now,
+        } = request.into_inner();
         // Subscribed before the first read, so no commit can fall between the two.
         let mut notified = self.changes.tx.subscribe();
+        if from_now {
+            let account = who.account.clone();
+            cursor = run(&self.cloud, Some(&who), move |c| {
+                c.library().head_cursor(&account)
+            })
+            .await?;
+        }
         let (tx, rx) = mpsc::channel(4);
         let cloud = self.cloud.clone();
         let poll = self.watch_poll;

@@ -1163,7 +1163,10 @@ async fn upload_commit_and_the_feed_over_grpc_with_a_watcher_told_at_once() {
     let mut lib = library(&server, "alice-token").await;
     let mut watch = library(&server, "alice-token")
         .await
-        .watch_changes(pb::WatchChangesRequest { cursor: 0 })
+        .watch_changes(pb::WatchChangesRequest {
+            cursor: 0,
+            from_now: false,
+        })
         .await
         .unwrap()
         .into_inner();

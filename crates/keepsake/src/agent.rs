@@ -225,7 +225,10 @@ fn watch_feed(
         loop {
             let (_, library, _) = cloud.raw();
             if let Ok(stream) = library
-                .watch_changes(pb::WatchChangesRequest { cursor })
+                .watch_changes(pb::WatchChangesRequest {
+                    cursor,
+                    from_now: false,
+                })
                 .await
             {
                 // The cloud answers again after a cut: a pass waiting out its backoff can

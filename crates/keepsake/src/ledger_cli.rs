@@ -417,6 +417,12 @@ pub async fn revert(
 /// What `keepsake search` looks for (every option narrows; none lists everything).
 #[derive(clap::Args, Clone, Debug)]
 pub struct SearchArgs {
+    /// Only what is directly in this folder of the library ("" for the top).
+    #[arg(long)]
+    pub folder: Option<String>,
+    /// Search Recently Deleted instead of the library.
+    #[arg(long)]
+    pub trashed: bool,
     /// Taken on or after this day (YYYY-MM-DD, UTC).
     #[arg(long, value_parser = crate::device_cli::moment_ms)]
     pub from: Option<i64>,
@@ -505,6 +511,8 @@ pub async fn search(server: ServerArgs, credentials: Credentials, args: SearchAr
         page_size: args.limit.min(500) as u32,
         page: String::new(),
         live_photos: args.kind.as_deref() == Some("live"),
+        trashed: args.trashed,
+        folder: args.folder,
     };
     let mut shown = 0;
     loop {

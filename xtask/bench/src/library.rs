@@ -399,7 +399,10 @@ pub async fn run(root: &Path, short: bool) -> Result<()> {
         tokio::task::spawn_blocking(move || store_files(&store, n, watched)).await??
     };
     let mut stream = lib
-        .watch_changes(pb::WatchChangesRequest { cursor })
+        .watch_changes(pb::WatchChangesRequest {
+            cursor,
+            from_now: false,
+        })
         .await?
         .into_inner();
     stream.message().await?; // the first (empty) page: the watch is live

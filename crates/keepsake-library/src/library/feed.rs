@@ -77,6 +77,21 @@ impl Library {
         Ok(versions)
     }
 
+    /// A cursor at the account's newest change: reading from it yields only later ones
+    /// (a page that shows the library already and wants to hear what happens next).
+    pub fn head_cursor(&self, account: &str) -> Result<u64, LibraryError> {
+        let (head, epoch): (i64, i64) = self
+            .db()
+            .query_row(
+                "SELECT seq, epoch FROM feed WHERE account = ?1",
+                [account],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?
+            .unwrap_or((0, 0));
+        Ok(((epoch as u64) << CURSOR_SEQ_BITS) | head as u64)
+    }
+
     /// Rows changed after `cursor`: each asset's and album's latest state, in sequence
     /// order. Reading from zero yields exactly the current library (plus tombstones).
     pub fn list_changes(

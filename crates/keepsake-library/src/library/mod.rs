@@ -19,7 +19,7 @@ use commit::*;
 use edits::*;
 use feed::*;
 pub use model::*;
-pub use search::{MAX_SEARCH_PAGE, SearchPage, SearchQuery};
+pub use search::{AlbumSummary, Folder, MAX_SEARCH_PAGE, SearchPage, SearchQuery};
 
 /// The cloud library.
 pub struct Library {

@@ -30,6 +30,32 @@ pub struct SearchQuery {
     pub name: Option<String>,
     /// Live Photos only: stills with their movie.
     pub live_photos: bool,
+    /// Recently Deleted instead of the live library.
+    pub trashed: bool,
+    /// Directly in this folder of the library ("" is the top), not in its subfolders.
+    pub folder: Option<String>,
+}
+
+/// A folder of the library with how many live assets it holds directly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Folder {
+    /// Its path ("trip/day 1"); "" for the top of the library.
+    pub path: String,
+    /// Live assets directly in it (companions included).
+    pub assets: u64,
+}
+
+/// An album as a list shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlbumSummary {
+    /// Its id.
+    pub album_id: String,
+    /// Its name.
+    pub name: String,
+    /// Live members.
+    pub assets: u64,
+    /// The newest live member, to show as its cover.
+    pub cover: Option<String>,
 }
 
 /// One page of an answer.
@@ -149,9 +175,10 @@ impl Library {
         let mut sql = format!(
             "SELECT {ASSET_COLUMNS} FROM {from} JOIN versions v
                ON v.account = a.account AND v.asset_id = a.asset_id AND v.version = a.current_version
-             WHERE a.account = ?1 AND a.state = 'live'
+             WHERE a.account = ?1 AND a.state = '{state}'
                AND NOT EXISTS (SELECT 1 FROM assets p WHERE p.account = a.account
-                     AND p.asset_id = a.pair_of AND p.state = 'live')"
+                     AND p.asset_id = a.pair_of AND p.state = '{state}')",
+            state = if query.trashed { "trashed" } else { "live" }
         );
         let mut values: Vec<Value> = vec![account.to_string().into()];
         // Every `?` of a clause is the one value bound with it.
@@ -222,6 +249,23 @@ impl Library {
             // The path's collision key: case and Unicode folded as the library folds them.
             bind(&mut sql, " AND instr(a.path_key, ?) > 0", name.into());
         }
+        if let Some(folder) = &query.folder {
+            // The folded folder and a slash open the key; no slash after them: directly in it.
+            let prefix = match keepsake_path::fold(folder.trim_matches('/')) {
+                top if top.is_empty() => String::new(),
+                inner => format!("{inner}/"),
+            };
+            let len = prefix.chars().count();
+            bind(
+                &mut sql,
+                &format!(" AND substr(a.path_key, 1, {len}) = ?"),
+                prefix.into(),
+            );
+            sql.push_str(&format!(
+                " AND instr(substr(a.path_key, {}), '/') = 0",
+                len + 1
+            ));
+        }
         if let Some((time, id)) = page.and_then(|p| p.split_once(':')) {
             let time: i64 = time.parse().map_err(|_| {
                 LibraryError::InvalidArgument("page: not one this server gave".into())
@@ -283,6 +327,63 @@ impl Library {
     }
 }
 
+impl Library {
+    /// Every folder that holds a live asset, and each folder above one, by path; the top
+    /// of the library is "". Read from the paths, so a folder exists while it holds something.
+    pub fn list_folders(&self, account: &str) -> Result<Vec<Folder>, LibraryError> {
+        let rows = self.db().query(
+            "SELECT path FROM assets WHERE account = ?1 AND state = 'live'",
+            vec![account.to_string().into()],
+        )?;
+        let mut counts: std::collections::BTreeMap<String, u64> = Default::default();
+        counts.insert(String::new(), 0);
+        for row in &rows {
+            let path: String = row.get(0)?;
+            let parent = path.rsplit_once('/').map_or("", |(dir, _)| dir);
+            *counts.entry(parent.to_string()).or_default() += 1;
+            let mut above = parent;
+            while let Some((up, _)) = above.rsplit_once('/') {
+                counts.entry(up.to_string()).or_default();
+                above = up;
+            }
+        }
+        Ok(counts
+            .into_iter()
+            .map(|(path, assets)| Folder { path, assets })
+            .collect())
+    }
+
+    /// The account's albums (not deleted) by name, each with its live members and cover.
+    pub fn list_albums(&self, account: &str) -> Result<Vec<AlbumSummary>, LibraryError> {
+        let rows = self.db().query(
+            "SELECT l.album_id, l.name,
+                    (SELECT count(*) FROM album_members m JOIN assets a
+                       ON a.account = m.account AND a.asset_id = m.asset_id
+                      WHERE m.account = l.account AND m.album_id = l.album_id
+                        AND m.present = 1 AND a.state = 'live'),
+                    (SELECT a.asset_id FROM album_members m JOIN assets a
+                       ON a.account = m.account AND a.asset_id = m.asset_id
+                      WHERE m.account = l.account AND m.album_id = l.album_id
+                        AND m.present = 1 AND a.state = 'live'
+                      ORDER BY coalesce(a.capture_time, 0) DESC, a.asset_id DESC LIMIT 1)
+             FROM albums l WHERE l.account = ?1 AND l.deleted = 0
+             ORDER BY l.name, l.album_id",
+            vec![account.to_string().into()],
+        )?;
+        rows.iter()
+            .map(|row| {
+                let assets: i64 = row.get(2)?;
+                Ok(AlbumSummary {
+                    album_id: row.get(0)?,
+                    name: row.get(1)?,
+                    assets: u64::try_from(assets).unwrap_or(0),
+                    cover: row.get(3)?,
+                })
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,7 +401,7 @@ mod tests {
         }
     }
 
-    fn names(page: &SearchPage) -> Vec<&str> {
+    pub(super) fn names(page: &SearchPage) -> Vec<&str> {
         page.assets.iter().map(|a| a.path.as_str()).collect()
     }
 
@@ -561,5 +662,107 @@ mod name_tests {
             )
             .unwrap();
         assert_eq!(left, 0, "a purged photo leaves nothing in the name index");
+    }
+
+    #[test]
+    fn a_folder_shows_its_own_photos_the_tree_every_folder_and_the_trash_its_own() {
+        let lib = Library::open(
+            None,
+            Arc::new(ManualClock::new(1_700_000_000_000)),
+            Arc::new(SeededEntropy::new(5)),
+            LibraryConfig::default(),
+        )
+        .unwrap();
+        let day = 86_400_000;
+        let top = photo(&lib, 1, Some(day), "IMG_1.JPG", MediaDetails::default());
+        photo(
+            &lib,
+            2,
+            Some(2 * day),
+            "Trips/Rome/IMG_2.JPG",
+            MediaDetails::default(),
+        );
+        photo(
+            &lib,
+            3,
+            Some(3 * day),
+            "Trips/Rome/IMG_3.JPG",
+            MediaDetails::default(),
+        );
+        let deep = photo(
+            &lib,
+            4,
+            Some(4 * day),
+            "Trips/IMG_4.JPG",
+            MediaDetails::default(),
+        );
+        // A sibling whose name starts like the folder is not in it.
+        photo(
+            &lib,
+            5,
+            Some(5 * day),
+            "Tripsy/IMG_5.JPG",
+            MediaDetails::default(),
+        );
+        let in_folder = |folder: &str| {
+            let query = SearchQuery {
+                folder: Some(folder.into()),
+                ..Default::default()
+            };
+            let page = lib.search("alice", &query, None, 100).unwrap();
+            super::tests::names(&page)
+                .into_iter()
+                .map(String::from)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(in_folder(""), ["IMG_1.JPG"]);
+        assert_eq!(in_folder("Trips"), ["Trips/IMG_4.JPG"]);
+        assert_eq!(
+            in_folder("trips/rome/"),
+            ["Trips/Rome/IMG_3.JPG", "Trips/Rome/IMG_2.JPG"]
+        );
+        let tree: Vec<(String, u64)> = lib
+            .list_folders("alice")
+            .unwrap()
+            .into_iter()
+            .map(|f| (f.path, f.assets))
+            .collect();
+        assert_eq!(
+            tree,
+            [
+                (String::new(), 1),
+                ("Trips".to_string(), 1),
+                ("Trips/Rome".to_string(), 2),
+                ("Tripsy".to_string(), 1),
+            ]
+        );
+
+        lib.trash("alice", &deep).unwrap();
+        assert!(
+            in_folder("Trips").is_empty(),
+            "a trashed photo leaves its folder"
+        );
+        let trash = SearchQuery {
+            trashed: true,
+            ..Default::default()
+        };
+        let deleted = lib.search("alice", &trash, None, 100).unwrap();
+        assert_eq!(super::tests::names(&deleted), ["Trips/IMG_4.JPG"]);
+
+        let clock = |n| Hlc {
+            wall_ms: n,
+            counter: 0,
+            device: "phone".into(),
+        };
+        lib.put_album("alice", "al1", "Best", &clock(1)).unwrap();
+        lib.set_member("alice", "al1", &top, true, &clock(2))
+            .unwrap();
+        lib.set_member("alice", "al1", &deep, true, &clock(3))
+            .unwrap();
+        let albums = lib.list_albums("alice").unwrap();
+        assert_eq!(albums.len(), 1);
+        assert_eq!(albums[0].assets, 1, "a trashed member is not counted");
+        assert_eq!(albums[0].cover.as_deref(), Some(top.as_str()));
+        assert!(lib.list_albums("bob").unwrap().is_empty());
     }
 }

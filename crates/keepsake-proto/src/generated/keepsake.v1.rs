@@ -4714,6 +4714,52 @@ pub struct SearchAssetsRequest {
     /// Live Photos only (stills with their movie).
     #[prost(bool, tag = "18")]
     pub live_photos: bool,
+    /// Recently Deleted instead of the live library.
+    #[prost(bool, tag = "19")]
+    pub trashed: bool,
+    /// Directly in this folder of the library ("" is the top), not in its subfolders.
+    #[prost(string, optional, tag = "20")]
+    pub folder: ::core::option::Option<::prost::alloc::string::String>,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListFoldersRequest {}
+/// A folder of the library.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Folder {
+    /// Its path ("trip/day 1"); "" for the top of the library.
+    #[prost(string, tag = "1")]
+    pub path: ::prost::alloc::string::String,
+    /// Live assets directly in it.
+    #[prost(uint64, tag = "2")]
+    pub assets: u64,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListFoldersResponse {
+    /// Every folder that holds a live asset and each folder above one, by path.
+    #[prost(message, repeated, tag = "1")]
+    pub folders: ::prost::alloc::vec::Vec<Folder>,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListAlbumsRequest {}
+/// An album as a list shows it.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct AlbumSummary {
+    #[prost(string, tag = "1")]
+    pub album_id: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub name: ::prost::alloc::string::String,
+    /// Live members.
+    #[prost(uint64, tag = "3")]
+    pub assets: u64,
+    /// The newest live member, to show as its cover; empty for an empty album.
+    #[prost(string, tag = "4")]
+    pub cover_asset_id: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListAlbumsResponse {
+    /// The albums that are not deleted, by name.
+    #[prost(message, repeated, tag = "1")]
+    pub albums: ::prost::alloc::vec::Vec<AlbumSummary>,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct SearchAssetsResponse {
@@ -4978,6 +5024,10 @@ pub struct ListChangesResponse {
 pub struct WatchChangesRequest {
     #[prost(uint64, tag = "1")]
     pub cursor: u64,
+    /// Start at the newest change instead of `cursor`: only later changes are sent (after
+    /// a first, empty answer that carries the cursor).
+    #[prost(bool, tag = "2")]
+    pub from_now: bool,
 }
 /// Photo or video.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
@@ -5304,8 +5354,58 @@ pub mod library_client {
                 .insert(GrpcMethod::new("keepsake.v1.Library", "ListVersions"));
             self.inner.unary(req, path, codec).await
         }
-        /// The account's live assets that match every filter given, newest first, a page at a
-        /// time (answered from indexes: capture time, place, camera).
+        /// The account's folders (from its live assets' paths) with what each holds.
+        pub async fn list_folders(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListFoldersRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListFoldersResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/keepsake.v1.Library/ListFolders",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("keepsake.v1.Library", "ListFolders"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// The account's albums with their live member counts and covers.
+        pub async fn list_albums(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListAlbumsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListAlbumsResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/keepsake.v1.Library/ListAlbums",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("keepsake.v1.Library", "ListAlbums"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// The account's live assets (or Recently Deleted) that match every filter given, newest
+        /// first, a page at a time (answered from indexes: capture time, place, camera).
         pub async fn search_assets(
             &mut self,
             request: impl tonic::IntoRequest<super::SearchAssetsRequest>,
@@ -5764,8 +5864,24 @@ pub mod library_server {
             tonic::Response<super::ListVersionsResponse>,
             tonic::Status,
         >;
-        /// The account's live assets that match every filter given, newest first, a page at a
-        /// time (answered from indexes: capture time, place, camera).
+        /// The account's folders (from its live assets' paths) with what each holds.
+        async fn list_folders(
+            &self,
+            request: tonic::Request<super::ListFoldersRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListFoldersResponse>,
+            tonic::Status,
+        >;
+        /// The account's albums with their live member counts and covers.
+        async fn list_albums(
+            &self,
+            request: tonic::Request<super::ListAlbumsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListAlbumsResponse>,
+            tonic::Status,
+        >;
+        /// The account's live assets (or Recently Deleted) that match every filter given, newest
+        /// first, a page at a time (answered from indexes: capture time, place, camera).
         async fn search_assets(
             &self,
             request: tonic::Request<super::SearchAssetsRequest>,
@@ -6275,6 +6391,96 @@ pub mod library_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = ListVersionsSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/keepsake.v1.Library/ListFolders" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListFoldersSvc<T: Library>(pub Arc<T>);
+                    impl<
+                        T: Library,
+                    > tonic::server::UnaryService<super::ListFoldersRequest>
+                    for ListFoldersSvc<T> {
+                        type Response = super::ListFoldersResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ListFoldersRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Library>::list_folders(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListFoldersSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/keepsake.v1.Library/ListAlbums" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListAlbumsSvc<T: Library>(pub Arc<T>);
+                    impl<
+                        T: Library,
+                    > tonic::server::UnaryService<super::ListAlbumsRequest>
+                    for ListAlbumsSvc<T> {
+                        type Response = super::ListAlbumsResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ListAlbumsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Library>::list_albums(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListAlbumsSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
