@@ -19,7 +19,8 @@ use std::time::Duration;
 /// `keepsake serve`'s options.
 #[derive(clap::Args)]
 pub(crate) struct ServeArgs {
-    /// Which services to run here: `all`, or a comma-separated list (`store`, `library`, `policy`, `delta`).
+    /// Which services to run here: `all`, or a comma-separated list (`store`, `library`,
+    /// `policy`, `delta`, `web` — the web library, on --web-listen).
     #[arg(long, default_value = "all", value_delimiter = ',')]
     pub(crate) services: Vec<String>,
     /// Where the services keep their data.
@@ -41,6 +42,17 @@ pub(crate) struct ServeArgs {
     /// Address to listen on; port 0 picks a free one (the chosen address is printed).
     #[arg(long, env = "KEEPSAKE_LISTEN", default_value = "127.0.0.1:50051", value_parser = parse_listen)]
     pub(crate) listen: SocketAddr,
+    /// Where the web library answers browsers (`off`: not at all). Off loopback it needs
+    /// --insecure-plaintext: put a TLS-terminating proxy in front of it.
+    #[arg(long, env = "KEEPSAKE_WEB_LISTEN", default_value = "127.0.0.1:8080", value_parser = parse_web_listen)]
+    pub(crate) web_listen: WebListen,
+    /// For `--services web` alone: the cloud's address (`http://HOST:PORT` on this
+    /// machine, or `https://…` with --cloud-fingerprint).
+    #[arg(long)]
+    pub(crate) cloud: Option<String>,
+    /// The certificate fingerprint `keepsake serve` printed, for an `https://` --cloud.
+    #[arg(long, requires = "cloud")]
+    pub(crate) cloud_fingerprint: Option<String>,
     /// Public token keys (the library server's token-keys.json), for a process that
     /// serves the store, delta or policy without the library.
     #[arg(long)]
@@ -93,6 +105,18 @@ fn parse_listen(text: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("{text:?} names no address"))
 }
 
+/// Where the web library listens, if anywhere.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WebListen(pub(crate) Option<SocketAddr>);
+
+/// `HOST:PORT` for the web library, or `off`.
+fn parse_web_listen(text: &str) -> Result<WebListen, String> {
+    if text == "off" {
+        return Ok(WebListen(None));
+    }
+    parse_listen(text).map(|a| WebListen(Some(a)))
+}
+
 /// Prints a line for the person running the server; a closed stdout (a supervisor
 /// that stopped reading) must never take the server down.
 macro_rules! say {
@@ -102,7 +126,7 @@ macro_rules! say {
     }};
 }
 
-const KNOWN_SERVICES: &[&str] = &["store", "library", "policy", "delta"];
+const KNOWN_SERVICES: &[&str] = &["store", "library", "policy", "delta", "web"];
 
 pub(crate) fn selected(services: &[String]) -> Result<Vec<&'static str>> {
     if services.iter().any(|s| s == "all") {
@@ -241,7 +265,13 @@ pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 pub(crate) async fn run_serve(mut args: ServeArgs) -> Result<()> {
-    let services = selected(&args.services)?;
+    let mut services = selected(&args.services)?;
+    if args.web_listen.0.is_none() {
+        services.retain(|s| *s != "web");
+    }
+    if services == ["web"] {
+        return run_web_alone(&args).await;
+    }
     backends::settle(&mut args)?;
     migrate::refuse_moved(&args.data, args.database.as_deref())?;
     std::fs::create_dir_all(&args.data)
@@ -352,6 +382,25 @@ pub(crate) async fn run_serve(mut args: ServeArgs) -> Result<()> {
         }
     }
     say!("keepsake: data in {}", backends::describe(&args));
+    if services.contains(&"web")
+        && let Some(web_addr) = args.web_listen.0
+    {
+        let own = match &tls {
+            Some(cert) => CloudAddress::Tls(
+                format!("https://localhost:{}", addr.port()),
+                keepsake_transport::tls::fingerprint_of_pem(&cert.cert_pem)?,
+            ),
+            None => CloudAddress::Plain(format!("http://127.0.0.1:{}", addr.port())),
+        };
+        let web = bind_web(&args, web_addr).await?;
+        let spool = args.data.join("web-uploads");
+        // The gRPC listener is bound, so this connection waits for the server below.
+        tokio::spawn(async move {
+            if let Err(e) = serve_web(web, own, spool).await {
+                tracing::error!(error = %e, "the web library stopped");
+            }
+        });
+    }
     let stopping = Arc::new(tokio::sync::Notify::new());
     let told = stopping.clone();
     let serving = serve(
@@ -377,6 +426,88 @@ pub(crate) async fn run_serve(mut args: ServeArgs) -> Result<()> {
             tokio::time::sleep(SHUTDOWN_GRACE).await;
         } => say!("keepsake: connections still open after {} s were closed", SHUTDOWN_GRACE.as_secs()),
     }
+    say!("keepsake: stopped");
+    Ok(())
+}
+
+/// Where the web library finds the cloud.
+enum CloudAddress {
+    /// `http://` on this machine.
+    Plain(String),
+    /// `https://`, with the certificate's fingerprint.
+    Tls(String, String),
+}
+
+/// Binds the web library's address, refusing plaintext off loopback unless told.
+async fn bind_web(args: &ServeArgs, addr: SocketAddr) -> Result<tokio::net::TcpListener> {
+    if !addr.ip().is_loopback() && !args.insecure_plaintext {
+        anyhow::bail!(
+            "the web library on {addr} would be reachable from other machines in plaintext: \
+             keep it on loopback (--web-listen 127.0.0.1:PORT) behind a TLS-terminating proxy, \
+             or pass --insecure-plaintext if this network is trusted"
+        );
+    }
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen on {addr} for the web library; pass --web-listen HOST:PORT or --web-listen off")
+    })?;
+    let bound = listener.local_addr()?;
+    say!("keepsake: web library on http://{bound}");
+    Ok(listener)
+}
+
+async fn serve_web(
+    listener: tokio::net::TcpListener,
+    cloud: CloudAddress,
+    spool: PathBuf,
+) -> Result<()> {
+    let channel = match &cloud {
+        CloudAddress::Plain(url) => {
+            keepsake_transport::client::connect_plaintext_anywhere(url).await?
+        }
+        CloudAddress::Tls(url, fingerprint) => {
+            keepsake_transport::client::connect_tls(url, fingerprint).await?
+        }
+    };
+    let secure = !listener.local_addr()?.ip().is_loopback();
+    let config = keepsake_web::WebConfig {
+        secure_cookies: secure,
+        ..keepsake_web::WebConfig::new(channel, spool)
+    };
+    keepsake_web::serve(
+        listener,
+        config,
+        Arc::new(SystemClock),
+        Arc::new(OsEntropy),
+        shutdown_signal(),
+    )
+    .await?;
+    Ok(())
+}
+
+/// `keepsake serve --services web --cloud URL`: the web library alone, in front of a
+/// cloud served elsewhere.
+async fn run_web_alone(args: &ServeArgs) -> Result<()> {
+    let url = args.cloud.clone().context(
+        "the web library alone needs the cloud's address: --cloud http://HOST:PORT (or https://… with --cloud-fingerprint)",
+    )?;
+    let cloud = match &args.cloud_fingerprint {
+        Some(fingerprint) => CloudAddress::Tls(url, fingerprint.clone()),
+        None if url.starts_with("https://") => anyhow::bail!(
+            "an https:// cloud needs --cloud-fingerprint (the one `keepsake serve` printed)"
+        ),
+        None => {
+            if let Some(problem) = keepsake_transport::client::plaintext_problem(&url).await {
+                anyhow::bail!("{problem}");
+            }
+            CloudAddress::Plain(url)
+        }
+    };
+    std::fs::create_dir_all(&args.data)
+        .with_context(|| format!("creating data directory {}", args.data.display()))?;
+    let _lock = lock_data(&args.data)?;
+    let addr = args.web_listen.0.context("--web-listen is off")?;
+    let listener = bind_web(args, addr).await?;
+    serve_web(listener, cloud, args.data.join("web-uploads")).await?;
     say!("keepsake: stopped");
     Ok(())
 }
