@@ -3101,6 +3101,8 @@ mod imports;
 mod pairs;
 #[path = "e2e/running.rs"]
 mod running;
+#[path = "e2e/web.rs"]
+mod web;
 
 // ---- A camera roll as people have them: twins, folders, odd names, renames ----
 

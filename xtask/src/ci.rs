@@ -27,8 +27,9 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
     ("keepsake-policy", &["rusqlite", "tokio", "keepsake-store"]),
 ];
 
-/// The only crates under crates/ allowed to depend on keepsake-proto (tooling and tests may).
-const PROTO_USERS: &[&str] = &["keepsake-transport", "keepsake"];
+/// The only crates under crates/ allowed to depend on keepsake-proto (tooling and tests may):
+/// the wire itself, the web library (a client of the wire for browsers) and the binary.
+const PROTO_USERS: &[&str] = &["keepsake-transport", "keepsake-web", "keepsake"];
 
 pub fn cargo() -> Command {
     let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
@@ -132,10 +133,13 @@ pub fn ci(root: &Path) -> Result<()> {
             "tests",
             Box::new(|| {
                 // The service test checks its unit with Debian's systemd verifier; the
-                // metadata test writes a camera's EXIF with exiftool.
+                // metadata test writes a camera's EXIF with exiftool; the web library's
+                // test drives Debian's Chromium over WebDriver.
                 crate::media::ensure(&[
                     ("systemd-analyze", "systemd"),
                     ("exiftool", "libimage-exiftool-perl"),
+                    ("chromium", "chromium"),
+                    ("chromedriver", "chromium-driver"),
                 ])?;
                 let mut c = cargo();
                 c.args(["test", "--workspace"]);

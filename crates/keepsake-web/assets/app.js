@@ -16,7 +16,7 @@ function h(tag, attrs, ...children) {
     else if (key === "text") el.textContent = value;
     else el.setAttribute(key, value === true ? "" : value);
   }
-  for (const child of children.flat()) {
+  for (const child of children.flat(Infinity)) {
     if (child === null || child === undefined || child === false) continue;
     el.append(child instanceof Node ? child : document.createTextNode(String(child)));
   }
@@ -248,7 +248,7 @@ async function foldersView(path) {
   }
   if (children.length) {
     root.append(h("ul", { class: "list", "aria-label": "Folders" }, children.map((f) =>
-      h("li", {}, h("a", { href: `#/folders/${encodeURIComponent(f.path)}`, "data-folder": f.path, text: `📁 ${f.path.slice(prefix.length)}` }),
+      h("li", {}, h("a", { href: `#/folders/${encodeURIComponent(f.path)}`, "data-folder": f.path, text: f.path.slice(prefix.length) }),
         ` — ${f.assets} item${f.assets === 1 ? "" : "s"}`))));
   }
   grid(root, { folder: path || "" }, { groups: false, empty: children.length ? "" : "This folder is empty." });
@@ -366,7 +366,7 @@ async function devicesView() {
     if (d.revoked_at_ms) card.append(h("p", { class: "warn", text: `Revoked ${when(d.revoked_at_ms)}: it no longer syncs. Enrol it again to use it.` }));
     else if (d.silent_since_ms) card.append(h("p", { class: "warn silent", text: `Not heard from since ${when(d.silent_since_ms)}. Open Keepsake on it, or check that it is switched on and online.` }));
     if (!web && !d.revoked_at_ms) {
-      const stateText = { syncing: "Syncing", idle: "Up to date", paused: "Paused", blocked: "Blocked", error: "Error" }[d.state] || (d.state || "No report yet");
+      const stateText = d.state ? d.state[0].toUpperCase() + d.state.slice(1) : "No report yet";
       card.append(h("p", { class: "state" }, h("strong", { text: stateText })));
       if (d.message) card.append(h("p", { class: "reason", text: d.message }));
       if (d.fix) card.append(h("p", { class: "fix" }, h("strong", { text: "Fix: " }), d.fix));

@@ -350,7 +350,17 @@ pub(crate) async fn sign_out(
         .await?;
     web.sessions.forget(&session.device_id);
     let cookie = session_cookie(&web, "", 0);
-    Ok(([(header::SET_COOKIE, cookie)], StatusCode::NO_CONTENT).into_response())
+    // Thumbnails are cached for good while signed in; whoever uses this browser next
+    // must not find them there.
+    let clear = HeaderValue::from_static("\"cache\", \"storage\"");
+    Ok((
+        [
+            (header::SET_COOKIE, cookie),
+            (header::HeaderName::from_static("clear-site-data"), clear),
+        ],
+        StatusCode::NO_CONTENT,
+    )
+        .into_response())
 }
 
 #[cfg(test)]

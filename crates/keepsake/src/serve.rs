@@ -392,14 +392,19 @@ pub(crate) async fn run_serve(mut args: ServeArgs) -> Result<()> {
             ),
             None => CloudAddress::Plain(format!("http://127.0.0.1:{}", addr.port())),
         };
-        let web = bind_web(&args, web_addr).await?;
-        let spool = args.data.join("web-uploads");
-        // The gRPC listener is bound, so this connection waits for the server below.
-        tokio::spawn(async move {
-            if let Err(e) = serve_web(web, own, spool).await {
-                tracing::error!(error = %e, "the web library stopped");
+        match bind_web(&args, web_addr).await {
+            Ok(web) => {
+                let spool = args.data.join("web-uploads");
+                // The gRPC listener is bound, so this connection waits for the server below.
+                tokio::spawn(async move {
+                    if let Err(e) = serve_web(web, own, spool).await {
+                        tracing::error!(error = %e, "the web library stopped");
+                    }
+                });
             }
-        });
+            // The devices' services matter more than the page: they run without it.
+            Err(e) => say!("keepsake: no web library: {e:#}"),
+        }
     }
     let stopping = Arc::new(tokio::sync::Notify::new());
     let told = stopping.clone();
