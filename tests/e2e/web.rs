@@ -252,7 +252,16 @@ async fn the_web_library_shows_organises_and_uploads_what_devices_sync() {
     )
     .await;
     snap(&page, "upload").await;
+
+    // A connection dropped mid-upload: what arrived is kept, the rest follows it.
+    let big = devices::jpeg(640, 480);
+    let resumed = upload_with_a_dropped_connection(&page, &web, &big).await;
+    assert_eq!(resumed["path"], "From the web/dropped.jpg", "{resumed}");
     sync_once(&phone, &phone_data);
+    assert_eq!(
+        std::fs::read(phone.join("From the web/dropped.jpg")).unwrap(),
+        big
+    );
     assert_eq!(
         std::fs::read(phone.join("From the web/beach.jpg")).unwrap(),
         std::fs::read(&first).unwrap()
@@ -261,6 +270,30 @@ async fn the_web_library_shows_organises_and_uploads_what_devices_sync() {
         std::fs::read(phone.join("From the web/sunset été.jpg")).unwrap(),
         std::fs::read(&second).unwrap()
     );
+
+    // The original downloads exactly, whole or a range of it (a video seeking).
+    let original = std::fs::read(phone.join("Camera/IMG_0001.JPG")).unwrap();
+    let script = "const [url, range] = arguments;
+        const r = await fetch(url, range ? {headers: {range}} : {});
+        return [r.status, Array.from(new Uint8Array(await r.arrayBuffer()))];";
+    let whole = page
+        .execute(
+            script,
+            vec![json!(format!("/original/{photo}")), Value::Null],
+        )
+        .await
+        .unwrap();
+    assert_eq!(whole[0], 200);
+    assert_eq!(bytes_of(&whole[1]), original);
+    let part = page
+        .execute(
+            script,
+            vec![json!(format!("/original/{photo}")), json!("bytes=100-199")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(part[0], 206);
+    assert_eq!(bytes_of(&part[1]), original[100..200]);
 
     // A favourite marked on the page reaches the phone's journal through its feed.
     page.goto(&format!("{web}#/asset/{photo}")).await.unwrap();
@@ -394,6 +427,27 @@ async fn the_web_library_shows_organises_and_uploads_what_devices_sync() {
         403
     );
 
+    // On a phone's screen width the timeline still lays out.
+    page.set_window_size(390, 844).await.unwrap();
+    page.goto(&web).await.unwrap();
+    eventually(
+        &page,
+        Duration::from_secs(10),
+        "the timeline on a phone",
+        &tile("IMG_0002.JPG"),
+    )
+    .await;
+    let overflow = page
+        .execute(
+            "return document.documentElement.scrollWidth <= window.innerWidth",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(overflow, json!(true), "nothing wider than a phone's screen");
+    snap(&page, "timeline-phone").await;
+    page.set_window_size(1280, 900).await.unwrap();
+
     // Account and folders pages render.
     page.goto(&format!("{web}#/account")).await.unwrap();
     page.wait()
@@ -459,6 +513,76 @@ async fn the_web_library_shows_organises_and_uploads_what_devices_sync() {
         404
     );
     page.close().await.unwrap();
+}
+
+fn bytes_of(array: &Value) -> Vec<u8> {
+    array
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b.as_u64().unwrap() as u8)
+        .collect()
+}
+
+/// Begins an upload from the page, sends half of `bytes` over a raw connection that then
+/// drops, and finishes it from the page after asking how much arrived.
+async fn upload_with_a_dropped_connection(page: &Client, web: &str, bytes: &[u8]) -> Value {
+    use std::io::Write;
+    let cookie = page.get_named_cookie("keepsake_session").await.unwrap();
+    let begun = page
+        .execute(
+            "const session = await (await fetch('/api/session')).json();
+             const r = await fetch('/api/uploads', {method: 'POST',
+                 headers: {'content-type': 'application/json', 'x-csrf-token': session.csrf},
+                 body: JSON.stringify({name: 'dropped.jpg', folder: 'From the web', size: arguments[0]})});
+             return [session.csrf, await r.json()];",
+            vec![json!(bytes.len())],
+        )
+        .await
+        .unwrap();
+    let (csrf, id) = (begun[0].as_str().unwrap(), begun[1]["id"].as_str().unwrap());
+    let half = bytes.len() / 2;
+    let address = web.trim_start_matches("http://").trim_end_matches('/');
+    let mut raw = std::net::TcpStream::connect(address).unwrap();
+    write!(
+        raw,
+        "PUT /api/uploads/{id} HTTP/1.1\r\nHost: {address}\r\nCookie: keepsake_session={}\r\n\
+         x-csrf-token: {csrf}\r\ncontent-range: bytes 0-{}/{}\r\ncontent-length: {}\r\n\r\n",
+        cookie.value(),
+        bytes.len() - 1,
+        bytes.len(),
+        bytes.len(),
+    )
+    .unwrap();
+    raw.write_all(&bytes[..half]).unwrap();
+    raw.flush().unwrap();
+    drop(raw);
+    let here =
+        format!("return (await (await fetch('/api/uploads/{id}')).json()).received === {half}");
+    eventually(
+        page,
+        Duration::from_secs(10),
+        "the first half is kept",
+        &here,
+    )
+    .await;
+    let rest: Vec<u64> = bytes[half..].iter().map(|b| u64::from(*b)).collect();
+    page.execute(
+        "const [id, csrf, from, size, rest] = arguments;
+         const r = await fetch(`/api/uploads/${id}`, {method: 'PUT',
+             headers: {'x-csrf-token': csrf, 'content-range': `bytes ${from}-${size - 1}/${size}`},
+             body: new Uint8Array(rest)});
+         return await r.json();",
+        vec![
+            json!(id),
+            json!(csrf),
+            json!(half),
+            json!(bytes.len()),
+            json!(rest),
+        ],
+    )
+    .await
+    .unwrap()
 }
 
 fn hardening_password(server_data: &Path) -> String {

@@ -175,8 +175,29 @@ pub(crate) struct OriginalQuery {
     inline: Option<bool>,
 }
 
+/// One `bytes=START-END` range of a file of `len` bytes (END inclusive; `START-` and
+/// `-SUFFIX` too). Several ranges, or none that fits, answer the whole file.
+fn byte_range(headers: &HeaderMap, len: u64) -> Option<(u64, u64)> {
+    let text = headers.get(header::RANGE)?.to_str().ok()?;
+    let spec = text.strip_prefix("bytes=")?;
+    if spec.contains(',') || len == 0 {
+        return None;
+    }
+    let (start, end) = spec.split_once('-')?;
+    let (start, end) = match (start.trim(), end.trim()) {
+        ("", suffix) => {
+            let suffix: u64 = suffix.parse().ok()?;
+            (len.saturating_sub(suffix), len - 1)
+        }
+        (start, "") => (start.parse().ok()?, len - 1),
+        (start, end) => (start.parse().ok()?, end.parse::<u64>().ok()?.min(len - 1)),
+    };
+    (start <= end && start < len).then_some((start, end))
+}
+
 /// `GET /original/{id}`: the current version's exact bytes, streamed a batch of chunks at
-/// a time; every chunk checked against its id and the whole against the file's hash.
+/// a time, every chunk checked against its id and a whole file against its hash. A
+/// `Range` (a video seeking) is answered from the chunks that hold it.
 pub(crate) async fn original(
     State(web): State<Arc<Web>>,
     headers: HeaderMap,
@@ -198,65 +219,97 @@ pub(crate) async fn original(
         ManifestId::from_slice(&asset.manifest_id).map_err(|_| WebError::not_found())?;
     let mut cloud = cloud_for(&web, &session.access);
     let listed = cloud.get_manifest(&manifest_id).await?;
-    let ids = chunk_ids(&listed)?;
-    let lengths: Vec<u64> = listed.entries.iter().map(|e| u64::from(e.length)).collect();
-    let expected = listed.file_hash.clone();
+    let total = listed.total_length;
+    let range = byte_range(&headers, total);
+    let (first, last) = range.unwrap_or((0, total.saturating_sub(1)));
+    // The chunks that hold [first, last], and how much of the first one to skip.
+    let mut chunks = Vec::new();
+    let mut at = 0u64;
+    let mut skip = 0u64;
+    for entry in &listed.entries {
+        let len = u64::from(entry.length);
+        if total > 0 && at + len > first && at <= last {
+            if chunks.is_empty() {
+                skip = first - at;
+            }
+            let id = ChunkId::from_slice(&entry.chunk_id).map_err(|_| WebError::not_found())?;
+            chunks.push((id, len));
+        }
+        at += len;
+    }
+    let sending = if total == 0 { 0 } else { last - first + 1 };
+    let whole_hash = range.is_none().then(|| listed.file_hash.clone());
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(2);
     tokio::spawn(async move {
+        let fail = |why: String| std::io::Error::other(why);
         let mut whole = blake3::Hasher::new();
+        let (mut skip, mut left) = (skip, sending);
         let mut start = 0;
-        while start < ids.len() {
+        while start < chunks.len() && left > 0 {
             let (mut end, mut bytes) = (start, 0);
-            while end < ids.len()
+            while end < chunks.len()
                 && end - start < BATCH_IDS
-                && (end == start || bytes + lengths[end] <= BATCH_BYTES)
+                && (end == start || bytes + chunks[end].1 <= BATCH_BYTES)
             {
-                bytes += lengths[end];
+                bytes += chunks[end].1;
                 end += 1;
             }
-            let batch = &ids[start..end];
-            let fetched = match cloud.get_chunks(batch).await {
-                Ok(chunks) => chunks,
+            let ids: Vec<ChunkId> = chunks[start..end].iter().map(|(id, _)| *id).collect();
+            let fetched = match cloud.get_chunks(&ids).await {
+                Ok(fetched) => fetched,
                 Err(e) => {
                     tracing::warn!(error = %e, "web library: an original's download stopped");
-                    let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
+                    let _ = tx.send(Err(fail(e.to_string()))).await;
                     return;
                 }
             };
             let by_id: std::collections::HashMap<ChunkId, Bytes> = fetched.into_iter().collect();
-            for id in batch {
+            for id in &ids {
                 let Some(data) = by_id.get(id) else {
-                    let _ = tx
-                        .send(Err(std::io::Error::other("a chunk did not arrive")))
-                        .await;
+                    let _ = tx.send(Err(fail("a chunk did not arrive".into()))).await;
                     return;
                 };
                 whole.update(data);
-                if tx.send(Ok(data.clone())).await.is_err() {
+                let from = usize::try_from(skip).unwrap_or(usize::MAX).min(data.len());
+                let to = from
+                    + usize::try_from(left)
+                        .unwrap_or(usize::MAX)
+                        .min(data.len() - from);
+                skip = 0;
+                left -= (to - from) as u64;
+                if tx.send(Ok(data.slice(from..to))).await.is_err() {
                     return;
                 }
             }
             start = end;
         }
-        if whole.finalize().as_bytes()[..] != expected[..] {
+        if let Some(expected) = whole_hash
+            && whole.finalize().as_bytes()[..] != expected[..]
+        {
             // Cut the response short: the browser reports a failed download, never a
             // finished file with the wrong bytes.
             let _ = tx
-                .send(Err(std::io::Error::other("the file's hash did not match")))
+                .send(Err(fail("the file's hash did not match".into())))
                 .await;
         }
     });
     let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
     let mut response = body.into_response();
+    if range.is_some() {
+        *response.status_mut() = axum::http::StatusCode::PARTIAL_CONTENT;
+        response.headers_mut().insert(
+            header::CONTENT_RANGE,
+            HeaderValue::from_str(&format!("bytes {first}-{last}/{total}"))
+                .unwrap_or_else(|_| HeaderValue::from_static("bytes */0")),
+        );
+    }
     let h = response.headers_mut();
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static(content_type(&asset.original_name)),
     );
-    h.insert(
-        header::CONTENT_LENGTH,
-        HeaderValue::from(listed.total_length),
-    );
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(sending));
     h.insert(
         header::CONTENT_DISPOSITION,
         disposition(&asset.original_name, q.inline.unwrap_or(false)),
@@ -284,6 +337,26 @@ mod tests {
             text.contains("filename*=UTF-8''%C3%A9t%C3%A9%20%222024%22%0D%0A.jpg"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_range_is_read_as_browsers_send_it() {
+        let with = |range: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::RANGE, HeaderValue::from_static(range));
+            byte_range(&headers, 1000)
+        };
+        assert_eq!(with("bytes=0-99"), Some((0, 99)));
+        assert_eq!(with("bytes=900-"), Some((900, 999)));
+        assert_eq!(with("bytes=-100"), Some((900, 999)));
+        assert_eq!(with("bytes=990-2000"), Some((990, 999)));
+        assert_eq!(with("bytes=1000-"), None, "past the end: the whole file");
+        assert_eq!(
+            with("bytes=0-1,5-6"),
+            None,
+            "several ranges: the whole file"
+        );
+        assert_eq!(byte_range(&HeaderMap::new(), 1000), None);
     }
 
     #[test]
