@@ -320,7 +320,65 @@ async fn the_web_library_shows_organises_and_uploads_what_devices_sync() {
         "a favourite, neither hidden nor deleted: {line}"
     );
 
+    // An album made on the page, the photo added to it from its own page.
+    page.goto(&format!("{web}#/albums")).await.unwrap();
+    let name = page
+        .wait()
+        .for_element(Locator::Css("#album-name"))
+        .await
+        .unwrap();
+    name.send_keys("Summer").await.unwrap();
+    click(&page, "form button[type=submit]").await;
+    let album = eventually(
+        &page,
+        Duration::from_secs(10),
+        "the new album listed",
+        "return [...document.querySelectorAll('a')].find(a => a.textContent === 'Summer')?.getAttribute('href') ?? null",
+    )
+    .await;
+    page.goto(&format!("{web}#/asset/{photo}")).await.unwrap();
+    eventually(
+        &page,
+        Duration::from_secs(10),
+        "the album offered",
+        "return document.querySelectorAll('#album-pick option').length === 1",
+    )
+    .await;
+    click(&page, "#album-pick + button").await;
+    page.goto(&format!("{web}{}", album.as_str().unwrap()))
+        .await
+        .unwrap();
+    eventually(
+        &page,
+        Duration::from_secs(10),
+        "the photo in its album",
+        &tile("IMG_0001.JPG"),
+    )
+    .await;
+    snap(&page, "album").await;
+
+    // Over the plan: the numbers and what to do, before any byte.
+    let refused = page
+        .execute(
+            "const session = await (await fetch('/api/session')).json();
+             const r = await fetch('/api/uploads', {method: 'POST',
+                 headers: {'content-type': 'application/json', 'x-csrf-token': session.csrf},
+                 body: JSON.stringify({name: 'film.mov', folder: 'Films', size: 6e9})});
+             return [r.status, await r.json()];",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(refused[0], 507, "{refused}");
+    assert_eq!(refused[1]["reason"], "QUOTA_EXCEEDED", "{refused}");
+    let words = refused[1]["message"].as_str().unwrap();
+    assert!(
+        words.contains("6.0 GB") && words.contains("free of 5.0 GB"),
+        "{words}"
+    );
+
     // Delete, see it in Recently Deleted, restore.
+    page.goto(&format!("{web}#/asset/{photo}")).await.unwrap();
     click(&page, "#trash").await;
     page.wait()
         .for_element(Locator::Css("#restore"))
@@ -411,6 +469,15 @@ async fn the_web_library_shows_organises_and_uploads_what_devices_sync() {
         "a new photo reached the open page {:?} after its sync began",
         taken.elapsed()
     );
+
+    // Hidden photos only after the second step.
+    page.goto(&format!("{web}#/hidden")).await.unwrap();
+    click(&page, "#show-hidden").await;
+    page.wait()
+        .for_element(Locator::Css(".timeline"))
+        .await
+        .unwrap();
+    snap(&page, "hidden").await;
 
     // A change without the CSRF token is refused; with it, taken.
     let favorite = format!("/api/assets/{photo}/hidden");

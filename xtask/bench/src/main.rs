@@ -14,6 +14,7 @@ mod helpers;
 mod import;
 mod library;
 mod media;
+mod web;
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
