@@ -150,7 +150,7 @@ async fn sign_in(page: &Client, web: &str, account: &str, password: &str) {
         .send_keys(password)
         .await
         .unwrap();
-    click(&page, "#sign-in-submit").await;
+    click(page, "#sign-in-submit").await;
     page.wait()
         .at_most(Duration::from_secs(10))
         .for_element(Locator::Css("header:not([hidden])"))
