@@ -440,6 +440,11 @@ impl Library {
         &self.config.plans
     }
 
+    /// How long an asset stays in Recently Deleted before it is purged.
+    pub fn trash_retention_ms(&self) -> i64 {
+        self.config.trash_retention_ms
+    }
+
     pub(crate) fn plan(&self, name: &str) -> Result<Plan, LibraryError> {
         self.config
             .plans

@@ -802,13 +802,18 @@ impl Accounts for AccountsService {
         let who = identity(&request)?;
         let pb::GetAccountRequest {} = request.into_inner();
         let account = who.account.clone();
-        let (info, plans) = run(&self.cloud, Some(&who), move |c| {
-            Ok((c.account_info(&account)?, c.library().plans().to_vec()))
+        let (info, plans, trash_retention_ms) = run(&self.cloud, Some(&who), move |c| {
+            Ok((
+                c.account_info(&account)?,
+                c.library().plans().to_vec(),
+                c.library().trash_retention_ms(),
+            ))
         })
         .await?;
         Ok(Response::new(pb::GetAccountResponse {
             account: Some(account_to_wire(info)),
             plans: plans.into_iter().map(plan_to_wire).collect(),
+            trash_retention_ms,
         }))
     }
 

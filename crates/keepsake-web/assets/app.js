@@ -101,7 +101,8 @@ function showSignIn(message) {
     event.preventDefault();
     error.textContent = "";
     try {
-      state.session = await api("POST", "/api/sign-in", { account: account.value, password: password.value });
+      await api("POST", "/api/sign-in", { account: account.value, password: password.value });
+      state.session = await api("GET", "/api/session");
       start();
     } catch (e) {
       error.textContent = e.status === 401 || e.status === 403 || e.reason === "UNAUTHENTICATED"
@@ -149,9 +150,10 @@ function tile(asset) {
     asset.trashed_at_ms ? h("span", { class: "badge", text: daysLeft(asset.trashed_at_ms) }) : null);
 }
 
-const TRASH_DAYS = 30;
+// How long Recently Deleted keeps things, as the server says (its default until it has).
+function trashDays() { return (state.session && state.session.trash_days) || 30; }
 function daysLeft(trashedAt) {
-  const left = Math.max(0, Math.ceil(TRASH_DAYS - (Date.now() - trashedAt) / 86400000));
+  const left = Math.max(0, Math.ceil(trashDays() - (Date.now() - trashedAt) / 86400000));
   return left === 1 ? "1 day" : `${left} days`;
 }
 
@@ -231,7 +233,7 @@ function hiddenView() {
 
 function deletedView() {
   const root = page("Recently Deleted");
-  root.append(h("p", { text: `Photos and videos stay here for ${TRASH_DAYS} days, then they are deleted for good. Open one to restore it or delete it now.` }));
+  root.append(h("p", { text: `Photos and videos stay here for ${trashDays()} days, then they are deleted for good. Open one to restore it or delete it now.` }));
   grid(root, { trashed: "true" }, { groups: false, empty: "Nothing was deleted lately." });
 }
 

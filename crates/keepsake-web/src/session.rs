@@ -319,16 +319,16 @@ pub(crate) async fn current(
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, WebError> {
     let session = web.sessions.authenticate(&web, &headers).await?;
-    let account = session
+    let reply = session
         .accounts(&web)
         .get_account(pb::GetAccountRequest {})
         .await?
-        .into_inner()
-        .account
-        .unwrap_or_default();
+        .into_inner();
+    let account = reply.account.unwrap_or_default();
     Ok(Json(serde_json::json!({
         "account": account.account,
         "admin": account.admin,
+        "trash_days": (reply.trash_retention_ms as f64 / 86_400_000.0).round(),
         "device_id": session.device_id,
         "csrf": session.csrf.to_hex().to_string(),
     })))

@@ -2834,6 +2834,9 @@ pub struct GetAccountResponse {
     /// Every plan on offer.
     #[prost(message, repeated, tag = "2")]
     pub plans: ::prost::alloc::vec::Vec<Plan>,
+    /// How long a photo stays in Recently Deleted before it is deleted for good (ms).
+    #[prost(int64, tag = "3")]
+    pub trash_retention_ms: i64,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct SetPlanRequest {
