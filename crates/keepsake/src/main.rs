@@ -556,7 +556,7 @@ mod tests {
         assert!(err.to_string().contains("\"photos\""), "{err}");
         assert_eq!(
             selected(&["all".into()]).unwrap(),
-            vec!["store", "library", "policy", "delta"]
+            vec!["store", "library", "policy", "delta", "web"]
         );
     }
 
