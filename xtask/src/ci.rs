@@ -3,6 +3,7 @@
 use anyhow::{Context, Result, bail};
 use std::path::Path;
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Domain crates: they must not know tonic, prost or the generated proto code.
 const DOMAIN_CRATES: &[&str] = &[
@@ -31,6 +32,9 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
 /// the wire itself, the web library (a client of the wire for browsers) and the binary.
 const PROTO_USERS: &[&str] = &["keepsake-transport", "keepsake-web", "keepsake"];
 
+/// Set by `cargo xtask ci`: every cargo it runs lints the workspace's crates as it builds.
+static LINTED_BUILDS: AtomicBool = AtomicBool::new(false);
+
 pub fn cargo() -> Command {
     let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     // A CI machine builds from a clean clone once: incremental compilation's bookkeeping
@@ -38,6 +42,17 @@ pub fn cargo() -> Command {
     // `cargo test` share the same artifacts.
     if std::env::var_os("CI").is_some() {
         cargo.env("CARGO_INCREMENTAL", "0");
+    }
+    if LINTED_BUILDS.load(Ordering::Relaxed) {
+        // clippy-driver compiles the workspace's crates in place of rustc, lints included
+        // (what `cargo clippy` does, but producing code): the lint pass and the test build
+        // are one compile, and the dependencies are built once rather than once checked
+        // for clippy and once built for the tests. Every step sets the same wrapper, so no
+        // later step rebuilds what an earlier one built.
+        cargo.env("RUSTC_WORKSPACE_WRAPPER", "clippy-driver").env(
+            "CLIPPY_ARGS",
+            "-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__",
+        );
     }
     cargo
 }
@@ -82,8 +97,44 @@ pub fn run(root: &Path, what: &str, mut cmd: Command) -> Result<()> {
 /// One CI step: a name for the summary and the work.
 type Step<'a> = Box<dyn Fn() -> Result<()> + 'a>;
 
+/// Debian packages the test steps use: the service test checks its unit with systemd's
+/// verifier, the metadata tests write EXIF with exiftool, the web library's test drives
+/// Chromium over WebDriver, and the media step makes real media.
+const TEST_TOOLS: &[(&str, &str)] = &[
+    ("systemd-analyze", "systemd"),
+    ("exiftool", "libimage-exiftool-perl"),
+    ("chromium", "chromium"),
+    ("chromedriver", "chromium-driver"),
+];
+
+/// What the later steps need from the network — Debian packages and the Python client's
+/// venv — fetched on a thread of its own while the first steps compile, so a fresh machine
+/// waits for downloads and compilers at once rather than one after the other.
+fn prepare(root: &Path) -> std::thread::JoinHandle<Result<()>> {
+    let root = root.to_path_buf();
+    std::thread::spawn(move || {
+        let mut tools = TEST_TOOLS.to_vec();
+        tools.extend_from_slice(crate::media::TOOLS);
+        crate::media::ensure(&tools)?;
+        crate::python::venv(&root)?;
+        Ok(())
+    })
+}
+
 /// Runs every step; prints a closing `N passed, M failed` line.
 pub fn ci(root: &Path) -> Result<()> {
+    LINTED_BUILDS.store(true, Ordering::Relaxed);
+    let prepared = std::sync::Mutex::new(Some(prepare(root)));
+    // The steps that need what `prepare` fetches wait for it here (once).
+    let wait_prepared = || -> Result<()> {
+        let handle = prepared.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match handle {
+            Some(handle) => handle
+                .join()
+                .map_err(|_| anyhow::anyhow!("preparing the tools panicked"))?,
+            None => Ok(()),
+        }
+    };
     let steps: Vec<(&str, Step<'_>)> = vec![
         (
             "rustfmt",
@@ -99,18 +150,17 @@ pub fn ci(root: &Path) -> Result<()> {
         ),
         ("architecture rules", Box::new(|| architecture(root))),
         (
-            "clippy",
+            "clippy, building the tests",
             Box::new(|| {
                 let mut c = cargo();
-                c.args([
-                    "clippy",
-                    "--workspace",
-                    "--all-targets",
-                    "--",
-                    "-D",
-                    "warnings",
-                ]);
-                run(root, "cargo clippy -D warnings", c)?;
+                // Linted as it builds (see `cargo`): every crate, test and binary the
+                // tests step then runs without compiling again.
+                c.args(["test", "--workspace", "--no-run", "--quiet"]);
+                run(
+                    root,
+                    "clippy -D warnings, building every test (clippy-driver as the compiler)",
+                    c,
+                )?;
                 // The device's side alone, as an app links it: it must build and stay clean.
                 let mut c = cargo();
                 c.args([
@@ -132,15 +182,8 @@ pub fn ci(root: &Path) -> Result<()> {
         (
             "tests",
             Box::new(|| {
-                // The service test checks its unit with Debian's systemd verifier; the
-                // metadata test writes a camera's EXIF with exiftool; the web library's
-                // test drives Debian's Chromium over WebDriver.
-                crate::media::ensure(&[
-                    ("systemd-analyze", "systemd"),
-                    ("exiftool", "libimage-exiftool-perl"),
-                    ("chromium", "chromium"),
-                    ("chromedriver", "chromium-driver"),
-                ])?;
+                wait_prepared()?;
+                crate::media::ensure(TEST_TOOLS)?;
                 let mut c = cargo();
                 c.args(["test", "--workspace"]);
                 run(
@@ -158,7 +201,13 @@ pub fn ci(root: &Path) -> Result<()> {
             }),
         ),
         ("postgres + s3", Box::new(|| crate::services::ci_step(root))),
-        ("python grpc client", Box::new(|| crate::python::run(root))),
+        (
+            "python grpc client",
+            Box::new(|| {
+                wait_prepared()?;
+                crate::python::run(root)
+            }),
+        ),
         (
             "kill -9 integration (short)",
             Box::new(|| crate::it::run(root, &["--short".to_string()])),

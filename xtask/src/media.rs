@@ -8,7 +8,8 @@ use anyhow::{Context, Result, bail};
 use std::path::Path;
 use std::process::Command;
 
-const TOOLS: &[(&str, &str)] = &[
+/// The media step's tools and the Debian packages that hold them.
+pub(crate) const TOOLS: &[(&str, &str)] = &[
     ("ffmpeg", "ffmpeg"),
     ("exiftool", "libimage-exiftool-perl"),
     ("rsync", "rsync"),

@@ -49,7 +49,8 @@ pub fn start_server(root: &Path) -> Result<RunningServer> {
     Ok(RunningServer { child, url, data })
 }
 
-fn venv(root: &Path) -> Result<PathBuf> {
+/// The Python client's venv under target/, made once per requirements file.
+pub fn venv(root: &Path) -> Result<PathBuf> {
     let dir = root.join("target/py-venv");
     let python = dir.join("bin/python");
     let requirements = root.join("tests/python/requirements.txt");

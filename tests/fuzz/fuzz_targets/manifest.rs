@@ -3,7 +3,7 @@
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    if let Ok(manifest) = keepsake_store::Manifest::decode(data) {
+    if let Ok(manifest) = keepsake_core::Manifest::decode(data) {
         assert_eq!(manifest.encode(), data, "a non-canonical manifest decoded");
         let _ = manifest.validate(1 << 16, 16 << 20);
     }

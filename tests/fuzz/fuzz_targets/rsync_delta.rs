@@ -4,7 +4,7 @@
 #![no_main]
 
 use keepsake_delta::rsync::{RsyncLimits, apply, delta};
-use keepsake_store::ChunkId;
+use keepsake_core::ChunkId;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let Some((&split, rest)) = data.split_first() else {
