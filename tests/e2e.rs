@@ -21,13 +21,16 @@ fn keepsake_binary() -> PathBuf {
         .get_or_init(|| {
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let ok = Command::new(cargo)
+                // `--test e2e` (this binary, built already) resolves features as the test
+                // build did, so this builds the server alone, not the graph again.
                 .args([
                     "build",
                     "--quiet",
                     "--workspace",
                     "--bin",
                     "keepsake",
-                    "--examples",
+                    "--test",
+                    "e2e",
                 ])
                 .status()
                 .unwrap()

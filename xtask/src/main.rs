@@ -34,6 +34,7 @@ mod peers;
 mod python;
 mod services;
 mod sim;
+mod testrun;
 
 use anyhow::{Result, bail};
 

@@ -232,8 +232,8 @@ impl S3Server {
 
     fn start_built(root: &Path, release: bool) -> Result<Self> {
         let mut build = crate::ci::cargo();
-        // `--workspace --examples` resolves features as `cargo test --workspace` does, so
-        // after the tests this is a link, not a second build of the dependencies.
+        // Resolved as `cargo test --workspace` resolves features (see WITH_TEST_FEATURES), so
+        // after the tests this builds nothing.
         build.current_dir(root).args(["build", "--quiet"]);
         if release {
             build.args([
@@ -244,7 +244,9 @@ impl S3Server {
                 "keepsake-s3",
             ]);
         } else {
-            build.args(["--workspace", "--bin", "keepsake-s3", "--examples"]);
+            build
+                .args(["--bin", "keepsake-s3"])
+                .args(crate::ci::WITH_TEST_FEATURES);
         }
         let status = build.status()?;
         if !status.success() {
