@@ -115,33 +115,39 @@ const TEST_TOOLS: &[(&str, &str)] = &[
 ];
 
 /// What the later steps need from the network — Debian packages and the Python client's
-/// venv — fetched on a thread of its own while the first steps compile, so a fresh machine
+/// venv — fetched on threads of their own while the first steps compile, so a fresh machine
 /// waits for downloads and compilers at once rather than one after the other.
-fn prepare(root: &Path) -> std::thread::JoinHandle<Result<()>> {
-    let root = root.to_path_buf();
-    std::thread::spawn(move || {
+fn prepare(root: &Path) -> (Prepared, Prepared) {
+    let tools = std::thread::spawn(|| {
         let mut tools = TEST_TOOLS.to_vec();
         tools.extend_from_slice(crate::media::TOOLS);
-        crate::media::ensure(&tools)?;
-        crate::python::venv(&root)?;
-        Ok(())
-    })
+        crate::media::ensure(&tools)
+    });
+    let root = root.to_path_buf();
+    let venv = std::thread::spawn(move || crate::python::venv(&root).map(|_| ()));
+    (
+        std::sync::Mutex::new(Some(tools)),
+        std::sync::Mutex::new(Some(venv)),
+    )
+}
+
+/// Work started by `prepare`, waited for by the first step that needs it.
+type Prepared = std::sync::Mutex<Option<std::thread::JoinHandle<Result<()>>>>;
+
+fn wait_for(prepared: &Prepared, what: &str) -> Result<()> {
+    let handle = prepared.lock().unwrap_or_else(|p| p.into_inner()).take();
+    match handle {
+        Some(handle) => handle
+            .join()
+            .map_err(|_| anyhow::anyhow!("{what} panicked"))?,
+        None => Ok(()),
+    }
 }
 
 /// Runs every step; prints a closing `N passed, M failed` line.
 pub fn ci(root: &Path) -> Result<()> {
     LINTED_BUILDS.store(true, Ordering::Relaxed);
-    let prepared = std::sync::Mutex::new(Some(prepare(root)));
-    // The steps that need what `prepare` fetches wait for it here (once).
-    let wait_prepared = || -> Result<()> {
-        let handle = prepared.lock().unwrap_or_else(|p| p.into_inner()).take();
-        match handle {
-            Some(handle) => handle
-                .join()
-                .map_err(|_| anyhow::anyhow!("preparing the tools panicked"))?,
-            None => Ok(()),
-        }
-    };
+    let (tools, venv) = prepare(root);
     let steps: Vec<(&str, Step<'_>)> = vec![
         (
             "rustfmt",
@@ -189,7 +195,7 @@ pub fn ci(root: &Path) -> Result<()> {
         (
             "tests",
             Box::new(|| {
-                wait_prepared()?;
+                wait_for(&tools, "installing the test tools")?;
                 crate::media::ensure(TEST_TOOLS)?;
                 crate::testrun::run(root)
             }),
@@ -203,17 +209,41 @@ pub fn ci(root: &Path) -> Result<()> {
         ),
         ("postgres + s3", Box::new(|| crate::services::ci_step(root))),
         (
-            "python grpc client",
+            "kill -9 integration (short), the Python client and real media beside it",
             Box::new(|| {
-                wait_prepared()?;
-                crate::python::run(root)
+                // The chaos run spends most of its minute and a half waiting on real
+                // processes; the two short checks use that time instead of their own.
+                std::thread::scope(|scope| {
+                    let beside = scope.spawn(|| -> Result<()> {
+                        let t = std::time::Instant::now();
+                        wait_for(&venv, "making the Python venv")?;
+                        crate::python::run(root)?;
+                        println!(
+                            "xtask ci: the Python client took {:.0} s",
+                            t.elapsed().as_secs_f64()
+                        );
+                        let t = std::time::Instant::now();
+                        wait_for(&tools, "installing the media tools")?;
+                        crate::media::media(root)?;
+                        println!(
+                            "xtask ci: real-media deltas took {:.0} s",
+                            t.elapsed().as_secs_f64()
+                        );
+                        Ok(())
+                    });
+                    let t = std::time::Instant::now();
+                    let chaos = crate::it::run(root, &["--short".to_string()]);
+                    println!(
+                        "xtask ci: kill -9 integration took {:.0} s",
+                        t.elapsed().as_secs_f64()
+                    );
+                    let beside = beside
+                        .join()
+                        .map_err(|_| anyhow::anyhow!("the Python and media checks panicked"))?;
+                    chaos.and(beside)
+                })
             }),
         ),
-        (
-            "kill -9 integration (short)",
-            Box::new(|| crate::it::run(root, &["--short".to_string()])),
-        ),
-        ("real-media deltas", Box::new(|| crate::media::media(root))),
     ];
     let (mut passed, mut failed) = (0, 0);
     let started = std::time::Instant::now();
