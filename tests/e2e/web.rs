@@ -2,7 +2,7 @@
 //! (chromedriver), against the real `keepsake serve` and a real device agent. Screenshots
 //! of each page land in `target/web-screenshots/`.
 
-use super::hardening::{enroll, keepsake, sync_once};
+use super::hardening::{Agent, admin_password, enroll, keepsake, sync_once};
 use super::*;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
@@ -42,18 +42,9 @@ fn serve_with_web(data: &Path) -> (Child, String, String) {
     (child, grpc.unwrap(), web.unwrap())
 }
 
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// chromedriver on a free port, once it says it listens; `None` where it is not installed
 /// (`cargo xtask ci` installs Debian's chromium and chromium-driver).
-fn chromedriver() -> Option<(Killed, u16)> {
+fn chromedriver() -> Option<(Agent, u16)> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -72,7 +63,7 @@ fn chromedriver() -> Option<(Killed, u16)> {
         }
     }
     std::thread::spawn(move || for _ in lines {});
-    Some((Killed(child), port))
+    Some((Agent(child), port))
 }
 
 async fn browser(port: u16) -> Client {
@@ -194,8 +185,8 @@ async fn the_web_library_shows_organises_and_uploads_what_devices_sync() {
     let root = tempfile::tempdir().unwrap();
     let server_data = root.path().join("server");
     let (child, url, web) = serve_with_web(&server_data);
-    let _server = Killed(child);
-    let password = hardening_password(&server_data);
+    let _server = Agent(child);
+    let password = admin_password(&server_data);
 
     let (phone, phone_data) = (root.path().join("Phone"), root.path().join("phone-data"));
     enroll(&url, &server_data, "phone", &phone_data);
@@ -650,8 +641,4 @@ async fn upload_with_a_dropped_connection(page: &Client, web: &str, bytes: &[u8]
     )
     .await
     .unwrap()
-}
-
-fn hardening_password(server_data: &Path) -> String {
-    super::hardening::admin_password(server_data)
 }

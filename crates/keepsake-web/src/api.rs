@@ -247,21 +247,33 @@ pub(crate) async fn hidden(
     .await
 }
 
+/// A change the library answers with nothing to show: made with the session's token once
+/// its CSRF token is checked.
+async fn library_change(
+    web: &Web,
+    headers: &HeaderMap,
+    call: impl AsyncFnOnce(&mut keepsake_transport::client::LibraryApi) -> Result<(), tonic::Status>,
+) -> Answer {
+    let session = for_change(web, headers).await?;
+    call(&mut session.library(web)).await?;
+    Ok(Json(json!({})))
+}
+
 /// `POST /api/assets/{id}/trash`: into Recently Deleted, with its Live Photo movie or RAW.
 pub(crate) async fn trash(
     State(web): State<Arc<Web>>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Answer {
-    let session = for_change(&web, &headers).await?;
-    session
-        .library(&web)
-        .trash_asset(pb::TrashAssetRequest {
-            asset_id: checked_id(&id)?.to_string(),
+    let asset_id = checked_id(&id)?.to_string();
+    library_change(&web, &headers, async |lib| {
+        let request = pb::TrashAssetRequest {
+            asset_id,
             alone: false,
-        })
-        .await?;
-    Ok(Json(json!({})))
+        };
+        lib.trash_asset(request).await.map(drop)
+    })
+    .await
 }
 
 /// `POST /api/assets/{id}/restore`: back from Recently Deleted.
@@ -270,14 +282,13 @@ pub(crate) async fn restore(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Answer {
-    let session = for_change(&web, &headers).await?;
-    session
-        .library(&web)
-        .restore_asset(pb::RestoreAssetRequest {
-            asset_id: checked_id(&id)?.to_string(),
-        })
-        .await?;
-    Ok(Json(json!({})))
+    let asset_id = checked_id(&id)?.to_string();
+    library_change(&web, &headers, async |lib| {
+        lib.restore_asset(pb::RestoreAssetRequest { asset_id })
+            .await
+            .map(drop)
+    })
+    .await
 }
 
 /// `POST /api/assets/{id}/purge`: "delete now" from Recently Deleted.
@@ -286,14 +297,13 @@ pub(crate) async fn purge(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Answer {
-    let session = for_change(&web, &headers).await?;
-    session
-        .library(&web)
-        .purge_asset(pb::PurgeAssetRequest {
-            asset_id: checked_id(&id)?.to_string(),
-        })
-        .await?;
-    Ok(Json(json!({})))
+    let asset_id = checked_id(&id)?.to_string();
+    library_change(&web, &headers, async |lib| {
+        lib.purge_asset(pb::PurgeAssetRequest { asset_id })
+            .await
+            .map(drop)
+    })
+    .await
 }
 
 #[derive(serde::Deserialize)]
