@@ -186,18 +186,69 @@ impl Journal {
         Ok(Self { db })
     }
 
+    /// Opens a batch: the writes that follow share one transaction until [`Self::end_batch`]
+    /// (a feed page's thousand rows cost one commit, not four thousand). A no-op when one
+    /// is open. A batch is closed before any file in the folder is touched, so the journal
+    /// never runs behind the folder by more than an uncommitted page of metadata.
+    pub fn begin_batch(&self) -> rusqlite::Result<()> {
+        if self.db.is_autocommit() {
+            // Immediate: the control service writes from its own connection, and a
+            // deferred batch could not upgrade while it does.
+            self.db.execute_batch("BEGIN IMMEDIATE")?;
+        }
+        Ok(())
+    }
+
+    /// Commits the open batch, if any.
+    pub fn end_batch(&self) -> rusqlite::Result<()> {
+        if !self.db.is_autocommit() {
+            self.db.execute_batch("COMMIT")?;
+        }
+        Ok(())
+    }
+
+    /// Writes that land together or not at all: a transaction of their own, or a savepoint
+    /// inside the open batch.
+    fn scope(&self) -> rusqlite::Result<Scope<'_>> {
+        let nested = !self.db.is_autocommit();
+        self.db.execute_batch(if nested {
+            "SAVEPOINT scope"
+        } else {
+            "BEGIN IMMEDIATE"
+        })?;
+        Ok(Scope {
+            db: &self.db,
+            nested,
+            open: true,
+        })
+    }
+
+    /// Runs one statement through the connection's statement cache.
+    fn run(&self, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
+        self.db.prepare_cached(sql)?.execute(params)
+    }
+
+    /// Reads one row through the connection's statement cache.
+    fn one<T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T> {
+        self.db.prepare_cached(sql)?.query_row(params, f)
+    }
+
     /// What the journal remembers under `key`.
     pub fn get(&self, key: Key<'_>) -> rusqlite::Result<Option<String>> {
-        self.db
-            .query_row("SELECT value FROM kv WHERE key = ?1", [key.text()], |r| {
-                r.get(0)
-            })
-            .optional()
+        self.one("SELECT value FROM kv WHERE key = ?1", [key.text()], |r| {
+            r.get(0)
+        })
+        .optional()
     }
 
     /// Remembers `value` under `key`.
     pub fn set(&self, key: Key<'_>, value: &str) -> rusqlite::Result<()> {
-        self.db.execute(
+        self.run(
             "INSERT INTO kv (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = ?2",
             params![key.text(), value],
         )?;
@@ -212,25 +263,21 @@ impl Journal {
     }
 
     pub fn file(&self, path: &str) -> rusqlite::Result<Option<FileRow>> {
-        self.db
-            .query_row(
-                &format!("SELECT {FILE_COLUMNS} FROM files WHERE path = ?1"),
-                [path],
-                file_row,
-            )
-            .optional()
+        self.one(
+            &format!("SELECT {FILE_COLUMNS} FROM files WHERE path = ?1"),
+            [path],
+            file_row,
+        )
+        .optional()
     }
 
     pub fn file_of_asset(&self, asset_id: &str) -> rusqlite::Result<Option<FileRow>> {
-        self.db
-            .query_row(
-                &format!(
-                    "SELECT {FILE_COLUMNS} FROM files WHERE asset_id = ?1 ORDER BY path LIMIT 1"
-                ),
-                [asset_id],
-                file_row,
-            )
-            .optional()
+        self.one(
+            &format!("SELECT {FILE_COLUMNS} FROM files WHERE asset_id = ?1 ORDER BY path LIMIT 1"),
+            [asset_id],
+            file_row,
+        )
+        .optional()
     }
 
     /// A file with this content at another path, synced ones first (uses `files_by_hash`).
@@ -239,20 +286,19 @@ impl Journal {
         file_hash: &ChunkId,
         other_than: &str,
     ) -> rusqlite::Result<Option<FileRow>> {
-        self.db
-            .query_row(
-                &format!(
-                    "SELECT {FILE_COLUMNS} FROM files WHERE file_hash = ?1 AND path != ?2
+        self.one(
+            &format!(
+                "SELECT {FILE_COLUMNS} FROM files WHERE file_hash = ?1 AND path != ?2
                      ORDER BY state = 'synced' DESC, path LIMIT 1"
-                ),
-                params![&file_hash.0[..], other_than],
-                file_row,
-            )
-            .optional()
+            ),
+            params![&file_hash.0[..], other_than],
+            file_row,
+        )
+        .optional()
     }
 
     pub fn upsert(&self, f: &FileRow) -> rusqlite::Result<()> {
-        self.db.execute(
+        self.run(
             "INSERT INTO files (path, size, mtime_ns, inode, file_hash, asset_id, version, state,
                                 lib_path, nonce)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
@@ -276,7 +322,7 @@ impl Journal {
 
     /// A new number for a file first seen: its identity in its first commit.
     pub fn next_nonce(&self) -> rusqlite::Result<i64> {
-        let tx = self.immediate()?;
+        let tx = self.scope()?;
         let n: i64 = tx
             .query_row("SELECT value FROM kv WHERE key = 'file_nonce'", [], |r| {
                 r.get::<_, String>(0)
@@ -297,7 +343,7 @@ impl Journal {
     /// Moves a file's row to another path in one transaction (a rename seen by the scan,
     /// or made by the device for a rename elsewhere).
     pub fn relocate(&self, from: &str, to: &FileRow) -> rusqlite::Result<()> {
-        let tx = self.db.unchecked_transaction()?;
+        let tx = self.scope()?;
         tx.execute("DELETE FROM files WHERE path = ?1", [from])?;
         // Same connection: the upsert is part of the transaction.
         self.upsert(to)?;
@@ -305,13 +351,12 @@ impl Journal {
     }
 
     pub fn remove(&self, path: &str) -> rusqlite::Result<()> {
-        self.db
-            .execute("DELETE FROM files WHERE path = ?1", [path])?;
+        self.run("DELETE FROM files WHERE path = ?1", [path])?;
         Ok(())
     }
 
     pub fn record_acked(&self, file_hash: &ChunkId, chunks: &[ChunkId]) -> rusqlite::Result<()> {
-        let tx = self.db.unchecked_transaction()?;
+        let tx = self.scope()?;
         {
             let mut stmt = tx
                 .prepare_cached("INSERT OR IGNORE INTO acked (file_hash, chunk) VALUES (?1, ?2)")?;
@@ -331,31 +376,29 @@ impl Journal {
     }
 
     pub fn forget_acked(&self, file_hash: &ChunkId) -> rusqlite::Result<()> {
-        self.db
-            .execute("DELETE FROM acked WHERE file_hash = ?1", [&file_hash.0[..]])?;
+        self.run("DELETE FROM acked WHERE file_hash = ?1", [&file_hash.0[..]])?;
         Ok(())
     }
 
     pub fn trashed(&self, asset_id: &str) -> rusqlite::Result<Option<TrashedRow>> {
-        self.db
-            .query_row(
-                "SELECT asset_id, name, stored_as, file_hash, version FROM trashed WHERE asset_id = ?1",
-                [asset_id],
-                |r| {
-                    Ok(TrashedRow {
-                        asset_id: r.get(0)?,
-                        name: r.get(1)?,
-                        stored_as: r.get(2)?,
-                        file_hash: id(r.get(3)?)?,
-                        version: r.get(4)?,
-                    })
-                },
-            )
-            .optional()
+        self.one(
+            "SELECT asset_id, name, stored_as, file_hash, version FROM trashed WHERE asset_id = ?1",
+            [asset_id],
+            |r| {
+                Ok(TrashedRow {
+                    asset_id: r.get(0)?,
+                    name: r.get(1)?,
+                    stored_as: r.get(2)?,
+                    file_hash: id(r.get(3)?)?,
+                    version: r.get(4)?,
+                })
+            },
+        )
+        .optional()
     }
 
     pub fn put_trashed(&self, t: &TrashedRow) -> rusqlite::Result<()> {
-        self.db.execute(
+        self.run(
             "INSERT INTO trashed (asset_id, name, stored_as, file_hash, version) VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT (asset_id) DO UPDATE SET name = ?2, stored_as = ?3, file_hash = ?4, version = ?5",
             params![t.asset_id, t.name, t.stored_as, &t.file_hash.0[..], t.version],
@@ -364,46 +407,36 @@ impl Journal {
     }
 
     pub fn remove_trashed(&self, asset_id: &str) -> rusqlite::Result<()> {
-        self.db
-            .execute("DELETE FROM trashed WHERE asset_id = ?1", [asset_id])?;
+        self.run("DELETE FROM trashed WHERE asset_id = ?1", [asset_id])?;
         Ok(())
     }
 
     pub fn count_pending(&self) -> rusqlite::Result<u64> {
-        self.db
-            .query_row(
-                "SELECT COUNT(*) FROM files WHERE state = 'pending'",
-                [],
-                |r| r.get::<_, i64>(0),
-            )
-            .map(|n| n as u64)
+        self.one(
+            "SELECT COUNT(*) FROM files WHERE state = 'pending'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map(|n| n as u64)
     }
 
     pub fn pending_bytes(&self) -> rusqlite::Result<u64> {
-        self.db
-            .query_row(
-                "SELECT COALESCE(SUM(size), 0) FROM files WHERE state = 'pending'",
-                [],
-                |r| r.get::<_, i64>(0),
-            )
-            .map(|n| n as u64)
+        self.one(
+            "SELECT COALESCE(SUM(size), 0) FROM files WHERE state = 'pending'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map(|n| n as u64)
     }
 
     pub fn count_trashed(&self) -> rusqlite::Result<u64> {
-        self.db
-            .query_row("SELECT COUNT(*) FROM trashed", [], |r| r.get::<_, i64>(0))
+        self.one("SELECT COUNT(*) FROM trashed", [], |r| r.get::<_, i64>(0))
             .map(|n| n as u64)
-    }
-
-    /// A write transaction taken up front: the agent and its control service share the
-    /// clock row, and a deferred transaction could not upgrade while the other writes.
-    fn immediate(&self) -> rusqlite::Result<rusqlite::Transaction<'_>> {
-        rusqlite::Transaction::new_unchecked(&self.db, rusqlite::TransactionBehavior::Immediate)
     }
 
     /// Queues an edit, stamped after every stamp this device has issued or seen.
     pub fn queue_edit(&self, edit: &Edit, now_ms: i64, device: &str) -> rusqlite::Result<Hlc> {
-        let tx = self.immediate()?;
+        let tx = self.scope()?;
         let last = read_clock(&tx)?;
         let stamp = if now_ms > last.0 {
             Hlc {
@@ -431,7 +464,7 @@ impl Journal {
 
     /// Moves the device's clock past a stamp received from the cloud.
     pub fn observe_clock(&self, seen: &Hlc) -> rusqlite::Result<()> {
-        let tx = self.immediate()?;
+        let tx = self.scope()?;
         let last = read_clock(&tx)?;
         if (seen.wall_ms, seen.counter) > last {
             write_clock(&tx, seen.wall_ms, seen.counter)?;
@@ -459,13 +492,12 @@ impl Journal {
     }
 
     pub fn outbox_done(&self, seq: i64) -> rusqlite::Result<()> {
-        self.db
-            .execute("DELETE FROM outbox WHERE seq = ?1", [seq])?;
+        self.run("DELETE FROM outbox WHERE seq = ?1", [seq])?;
         Ok(())
     }
 
     pub fn outbox_failed(&self, seq: i64, error: &str) -> rusqlite::Result<()> {
-        self.db.execute(
+        self.run(
             "UPDATE outbox SET attempts = attempts + 1, last_error = ?2 WHERE seq = ?1",
             params![seq, error],
         )?;
@@ -473,13 +505,12 @@ impl Journal {
     }
 
     pub fn count_outbox(&self) -> rusqlite::Result<u64> {
-        self.db
-            .query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get::<_, i64>(0))
+        self.one("SELECT COUNT(*) FROM outbox", [], |r| r.get::<_, i64>(0))
             .map(|n| n as u64)
     }
 
     pub fn put_meta(&self, m: &MetaRow) -> rusqlite::Result<()> {
-        self.db.execute(
+        self.run(
             "INSERT INTO meta (asset_id, name, state, favorite, hidden) VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT (asset_id) DO UPDATE SET name = ?2, state = ?3, favorite = ?4, hidden = ?5",
             params![m.asset_id, m.name, m.state, m.favorite, m.hidden],
@@ -488,13 +519,12 @@ impl Journal {
     }
 
     pub fn meta(&self, asset_id: &str) -> rusqlite::Result<Option<MetaRow>> {
-        self.db
-            .query_row(
-                "SELECT asset_id, name, state, favorite, hidden FROM meta WHERE asset_id = ?1",
-                [asset_id],
-                meta_row,
-            )
-            .optional()
+        self.one(
+            "SELECT asset_id, name, state, favorite, hidden FROM meta WHERE asset_id = ?1",
+            [asset_id],
+            meta_row,
+        )
+        .optional()
     }
 
     pub fn metas(&self) -> rusqlite::Result<Vec<MetaRow>> {
@@ -505,8 +535,7 @@ impl Journal {
     }
 
     pub fn remove_meta(&self, asset_id: &str) -> rusqlite::Result<()> {
-        self.db
-            .execute("DELETE FROM meta WHERE asset_id = ?1", [asset_id])?;
+        self.run("DELETE FROM meta WHERE asset_id = ?1", [asset_id])?;
         Ok(())
     }
 
@@ -518,7 +547,7 @@ impl Journal {
     ) -> rusqlite::Result<()> {
         let members = serde_json::to_string(members)
             .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-        self.db.execute(
+        self.run(
             "INSERT INTO albums (album_id, name, members) VALUES (?1, ?2, ?3)
              ON CONFLICT (album_id) DO UPDATE SET name = ?2, members = ?3",
             params![album_id, name, members],
@@ -527,8 +556,7 @@ impl Journal {
     }
 
     pub fn remove_album(&self, album_id: &str) -> rusqlite::Result<()> {
-        self.db
-            .execute("DELETE FROM albums WHERE album_id = ?1", [album_id])?;
+        self.run("DELETE FROM albums WHERE album_id = ?1", [album_id])?;
         Ok(())
     }
 
@@ -573,7 +601,47 @@ fn meta_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MetaRow> {
     })
 }
 
-fn read_clock(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<(i64, u32)> {
+/// See [`Journal::scope`]: rolled back when dropped uncommitted.
+struct Scope<'a> {
+    db: &'a Connection,
+    nested: bool,
+    open: bool,
+}
+
+impl Scope<'_> {
+    fn commit(mut self) -> rusqlite::Result<()> {
+        self.open = false;
+        self.db.execute_batch(if self.nested {
+            "RELEASE scope"
+        } else {
+            "COMMIT"
+        })
+    }
+}
+
+impl Drop for Scope<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            let undo = if self.nested {
+                "ROLLBACK TO scope; RELEASE scope"
+            } else {
+                "ROLLBACK"
+            };
+            if let Err(e) = self.db.execute_batch(undo) {
+                tracing::warn!(error = %e, "the journal could not undo a failed write");
+            }
+        }
+    }
+}
+
+impl std::ops::Deref for Scope<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        self.db
+    }
+}
+
+fn read_clock(tx: &Connection) -> rusqlite::Result<(i64, u32)> {
     let value: Option<String> = tx
         .query_row("SELECT value FROM kv WHERE key = 'hlc'", [], |r| r.get(0))
         .optional()?;
@@ -585,7 +653,7 @@ fn read_clock(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<(i64, u32)> {
         .unwrap_or((0, 0)))
 }
 
-fn write_clock(tx: &rusqlite::Transaction<'_>, wall: i64, counter: u32) -> rusqlite::Result<()> {
+fn write_clock(tx: &Connection, wall: i64, counter: u32) -> rusqlite::Result<()> {
     tx.execute(
         "INSERT INTO kv (key, value) VALUES ('hlc', ?1) ON CONFLICT (key) DO UPDATE SET value = ?1",
         [format!("{wall}:{counter}")],
@@ -618,8 +686,7 @@ impl Journal {
 
     /// Forgets what was remembered under `key`.
     pub fn forget(&self, key: Key<'_>) -> rusqlite::Result<()> {
-        self.db
-            .execute("DELETE FROM kv WHERE key = ?1", [key.text()])?;
+        self.run("DELETE FROM kv WHERE key = ?1", [key.text()])?;
         Ok(())
     }
 
@@ -630,7 +697,7 @@ impl Journal {
         manifest: &ChunkId,
         preview: Option<&ChunkId>,
     ) -> rusqlite::Result<()> {
-        self.db.execute(
+        self.run(
             "INSERT INTO current (asset_id, version, manifest, preview) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (asset_id) DO UPDATE SET version = ?2, manifest = ?3, preview = ?4",
             params![
@@ -648,16 +715,15 @@ impl Journal {
         &self,
         asset_id: &str,
     ) -> rusqlite::Result<Option<(u32, ChunkId, Option<ChunkId>)>> {
-        self.db
-            .query_row(
-                "SELECT version, manifest, preview FROM current WHERE asset_id = ?1",
-                [asset_id],
-                |r| {
-                    let preview: Option<Vec<u8>> = r.get(2)?;
-                    Ok((r.get(0)?, id(r.get(1)?)?, preview.map(id).transpose()?))
-                },
-            )
-            .optional()
+        self.one(
+            "SELECT version, manifest, preview FROM current WHERE asset_id = ?1",
+            [asset_id],
+            |r| {
+                let preview: Option<Vec<u8>> = r.get(2)?;
+                Ok((r.get(0)?, id(r.get(1)?)?, preview.map(id).transpose()?))
+            },
+        )
+        .optional()
     }
 
     /// Every asset with a preview: (asset, preview manifest).
@@ -676,13 +742,13 @@ impl Journal {
         if body.len() > KEPT_MANIFEST_MAX_BYTES {
             return Ok(());
         }
-        self.db.execute(
+        self.run(
             "INSERT INTO manifests (id, body, used)
              VALUES (?1, ?2, (SELECT coalesce(max(used), 0) + 1 FROM manifests))
              ON CONFLICT (id) DO UPDATE SET used = excluded.used",
             params![&ChunkId::of(&body).0[..], body],
         )?;
-        self.db.execute(
+        self.run(
             "DELETE FROM manifests WHERE used <= (SELECT max(used) FROM manifests) - ?1",
             [KEPT_MANIFESTS],
         )?;
@@ -706,13 +772,12 @@ impl Journal {
     }
 
     pub fn remove_current(&self, asset_id: &str) -> rusqlite::Result<()> {
-        self.db
-            .execute("DELETE FROM current WHERE asset_id = ?1", [asset_id])?;
+        self.run("DELETE FROM current WHERE asset_id = ?1", [asset_id])?;
         Ok(())
     }
 
     pub fn put_cloud_only(&self, c: &CloudOnlyRow) -> rusqlite::Result<()> {
-        self.db.execute(
+        self.run(
             "INSERT INTO cloud_only (asset_id, name, version, manifest, file_hash, size)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)
              ON CONFLICT (asset_id) DO UPDATE SET name = ?2, version = ?3, manifest = ?4,
@@ -730,8 +795,7 @@ impl Journal {
     }
 
     pub fn cloud_only(&self, asset_id: &str) -> rusqlite::Result<Option<CloudOnlyRow>> {
-        self.db
-            .query_row(
+        self.one(
                 "SELECT asset_id, name, version, manifest, file_hash, size FROM cloud_only WHERE asset_id = ?1",
                 [asset_id],
                 |r| {
@@ -749,34 +813,31 @@ impl Journal {
     }
 
     pub fn remove_cloud_only(&self, asset_id: &str) -> rusqlite::Result<()> {
-        self.db
-            .execute("DELETE FROM cloud_only WHERE asset_id = ?1", [asset_id])?;
+        self.run("DELETE FROM cloud_only WHERE asset_id = ?1", [asset_id])?;
         Ok(())
     }
 
     pub fn count_cloud_only(&self) -> rusqlite::Result<u64> {
-        self.db
-            .query_row("SELECT COUNT(*) FROM cloud_only", [], |r| {
-                r.get::<_, i64>(0)
-            })
-            .map(|n| n as u64)
+        self.one("SELECT COUNT(*) FROM cloud_only", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .map(|n| n as u64)
     }
 
     /// Bytes of originals in the folder that the cloud holds (synced).
     pub fn synced_bytes(&self) -> rusqlite::Result<u64> {
-        self.db
-            .query_row(
-                "SELECT COALESCE(SUM(size), 0) FROM files WHERE state = 'synced'",
-                [],
-                |r| r.get::<_, i64>(0),
-            )
-            .map(|n| n as u64)
+        self.one(
+            "SELECT COALESCE(SUM(size), 0) FROM files WHERE state = 'synced'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map(|n| n as u64)
     }
 
     /// Evicts a synced original: it becomes cloud-only, in one transaction, before the
     /// file itself is removed (a crash in between leaves a file the scan links again).
     pub fn evict(&self, f: &FileRow, manifest: &ChunkId) -> rusqlite::Result<()> {
-        let tx = self.db.unchecked_transaction()?;
+        let tx = self.scope()?;
         // Same connection: these statements are inside the transaction.
         self.put_cloud_only(&CloudOnlyRow {
             asset_id: f.asset_id.clone().unwrap_or_default(),
@@ -838,6 +899,62 @@ mod tests {
         let video = manifest(7, KEPT_MANIFEST_MAX_BYTES / 36 + 1);
         journal.keep_manifest(&video).unwrap();
         assert_eq!(journal.kept_manifest(&video.id()).unwrap(), None);
+    }
+
+    fn meta(asset: &str) -> MetaRow {
+        MetaRow {
+            asset_id: asset.into(),
+            name: format!("{asset}.jpg"),
+            state: "live".into(),
+            favorite: false,
+            hidden: false,
+        }
+    }
+
+    #[test]
+    fn a_batch_is_seen_by_the_control_service_only_once_it_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = Journal::open(&dir.path().join("j.db")).unwrap();
+        let control = Journal::open(&dir.path().join("j.db")).unwrap();
+        agent.begin_batch().unwrap();
+        agent.put_meta(&meta("a")).unwrap();
+        agent.begin_batch().unwrap();
+        agent.set(Key::Cursor, "7").unwrap();
+        assert_eq!(control.meta("a").unwrap(), None);
+        assert_eq!(control.get(Key::Cursor).unwrap(), None);
+        agent.end_batch().unwrap();
+        assert_eq!(control.meta("a").unwrap(), Some(meta("a")));
+        assert_eq!(control.get(Key::Cursor).unwrap().as_deref(), Some("7"));
+        // Closed: the control service writes again at once.
+        control.put_meta(&meta("b")).unwrap();
+        agent.end_batch().unwrap();
+    }
+
+    #[test]
+    fn a_failed_write_inside_a_batch_is_undone_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(&dir.path().join("j.db")).unwrap();
+        journal.begin_batch().unwrap();
+        journal.put_meta(&meta("a")).unwrap();
+        {
+            let half = journal.scope().unwrap();
+            half.execute("DELETE FROM meta WHERE asset_id = 'a'", [])
+                .unwrap();
+            journal.put_meta(&meta("b")).unwrap();
+            // Dropped uncommitted, as when its next statement fails.
+        }
+        let whole = journal.scope().unwrap();
+        journal.put_meta(&meta("c")).unwrap();
+        whole.commit().unwrap();
+        journal.end_batch().unwrap();
+        assert!(journal.db.is_autocommit());
+        let names: Vec<String> = journal
+            .metas()
+            .unwrap()
+            .into_iter()
+            .map(|m| m.asset_id)
+            .collect();
+        assert_eq!(names, ["a", "c"]);
     }
 
     #[test]

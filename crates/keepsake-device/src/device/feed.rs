@@ -42,6 +42,16 @@ impl<C: Cloud> Device<C> {
 
     pub(super) async fn pull(&mut self, report: &mut SyncReport) -> Result<(), DeviceError> {
         fail::fail_point!("device-before-feed");
+        let pulled = self.pull_pages(report).await;
+        // What was applied before a failure stays applied, as each write on its own would.
+        let ended = self.journal.end_batch();
+        pulled?;
+        Ok(ended?)
+    }
+
+    /// Reads the feed page by page; each page's journal writes are one batch, closed
+    /// before any file is touched and at the page's end with the cursor in it.
+    async fn pull_pages(&mut self, report: &mut SyncReport) -> Result<(), DeviceError> {
         let mut cursor: u64 = self
             .journal
             .get(Key::Cursor)?
@@ -58,9 +68,12 @@ impl<C: Cloud> Device<C> {
                 other => other?,
             };
             for (i, asset) in page.assets.iter().enumerate() {
+                self.journal.begin_batch()?;
                 self.fetch_ahead(&page.assets, i, report)?;
                 self.apply(asset, report).await?;
                 if self.pass.deferred {
+                    // Counting reads the rest of the feed: the control service may write.
+                    self.journal.end_batch()?;
                     // A download was put off: the cursor stays before this page (what was
                     // applied is idempotent), the rest waits for the next pass.
                     // The count is for the ledger: a failure to read on says nothing of sync.
@@ -72,6 +85,7 @@ impl<C: Cloud> Device<C> {
                 }
                 self.remember_metadata(asset)?;
             }
+            self.journal.begin_batch()?;
             for album in &page.albums {
                 self.journal.observe_clock(&album.clock)?;
                 if album.deleted {
@@ -85,6 +99,7 @@ impl<C: Cloud> Device<C> {
             self.pass.ahead = Ahead::default();
             cursor = page.cursor;
             self.journal.set(Key::Cursor, &cursor.to_string())?;
+            self.journal.end_batch()?;
             if !page.more {
                 // Nothing waits: a later wait counts afresh.
                 self.waiting_counted = None;
@@ -182,6 +197,9 @@ impl<C: Cloud> Device<C> {
             path_ok: keepsake_path::check(&a.path).is_ok(),
         };
         let plan = reconcile(here, there);
+        if plan.moves_files() {
+            self.journal.end_batch()?;
+        }
         if let Some(t) = &trashed {
             let stored = deleted_dir.join(&t.stored_as);
             match plan.trash {
@@ -315,6 +333,7 @@ impl<C: Cloud> Device<C> {
             if copy_from.is_some() {
                 report.copied_here += 1;
             }
+            self.journal.end_batch()?;
             self.download(a, None, copy_from, report).await?;
         }
         Ok(())
@@ -348,6 +367,7 @@ impl<C: Cloud> Device<C> {
         if !self.unchanged_since_scan(&f) {
             return Ok(f);
         }
+        self.journal.end_batch()?;
         let from = self.config.folder.join(&f.path);
         let to = self.place_new(&a.path)?;
         fail::fail_point!("device-before-rename");

@@ -96,6 +96,20 @@ pub(crate) struct Plan {
 }
 
 impl Plan {
+    /// Whether carrying it out moves, writes or removes a file in the folder or in
+    /// Recently Deleted (a rename under `Keep` and a fetch under `Place` are decided
+    /// later, where they happen).
+    pub(crate) fn moves_files(&self) -> bool {
+        self.trash != TrashStep::Leave
+            || matches!(
+                self.file,
+                FileStep::DownloadBeside
+                    | FileStep::Replace
+                    | FileStep::MoveToTrash
+                    | FileStep::Remove
+            )
+    }
+
     fn only(file: FileStep) -> Self {
         Self {
             trash: TrashStep::Leave,
