@@ -3100,6 +3100,8 @@ fn status_and_doctor_name_the_files_left_out_and_the_photos_waited_for() {
 mod hardening;
 #[path = "e2e/imports.rs"]
 mod imports;
+#[path = "e2e/integrity.rs"]
+mod integrity;
 #[path = "e2e/pairs.rs"]
 mod pairs;
 #[path = "e2e/running.rs"]

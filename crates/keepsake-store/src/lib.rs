@@ -51,5 +51,6 @@ pub use keepsake_core::{
 };
 pub use schema::durable_sqlite;
 pub use store::{
-    GcReport, IndexAt, PutOutcome, ScrubReport, Session, Store, StoreConfig, StoreParts, Usage,
+    GcReport, IndexAt, PutOutcome, ReadCheck, Recheck, ScrubReport, Session, Store, StoreConfig,
+    StoreParts, Usage,
 };

@@ -70,6 +70,16 @@ pub fn verify_record<'a>(
     slot: Slot,
     record: &'a [u8],
 ) -> Result<&'a [u8], StoreError> {
+    let data = record_body(id, slot, record)?;
+    if ChunkId::of(data) != *id {
+        return Err(StoreError::Corrupt(*id));
+    }
+    Ok(data)
+}
+
+/// The chunk's bytes within a record whose header names `id` and `slot`'s length, not
+/// hashed: for a reader that hashes every chunk itself (see [`crate::ReadCheck`]).
+pub fn record_body<'a>(id: &ChunkId, slot: Slot, record: &'a [u8]) -> Result<&'a [u8], StoreError> {
     let header = RECORD_HEADER as usize;
     if record.len() != header + slot.len as usize
         || record[..32] != id.0
@@ -77,11 +87,7 @@ pub fn verify_record<'a>(
     {
         return Err(StoreError::Corrupt(*id));
     }
-    let data = &record[header..];
-    if ChunkId::of(data) != *id {
-        return Err(StoreError::Corrupt(*id));
-    }
-    Ok(data)
+    Ok(&record[header..])
 }
 
 /// The record of `slot` inside a whole pack, if it lies within it.

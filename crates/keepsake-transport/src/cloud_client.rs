@@ -20,6 +20,9 @@ use tokio::sync::Semaphore;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
+/// How soon a download whose chunk arrived corrupted (and was reported) is tried again.
+const CORRUPT_RETRY_AFTER: Duration = Duration::from_secs(2);
+
 /// Deadlines and bounds for a [`CloudClient`].
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -460,16 +463,21 @@ impl CloudClient {
         Ok(reply.into_inner())
     }
 
-    /// Fetches chunks, each verified against its id.
+    /// Fetches chunks, each verified here against its id: the store sends them as read,
+    /// unhashed, and a chunk that arrives wrong is reported to the cloud (which checks it
+    /// again and, if its copy is bad, flags the photo for a device to send again) before
+    /// the call fails with DATA_LOSS.
     pub async fn get_chunks(
         &mut self,
         ids: &[ChunkId],
     ) -> Result<Vec<(ChunkId, Bytes)>, CallError> {
         let request = pb::GetChunksRequest {
             ids: ids.iter().map(id_bytes).collect(),
+            reader_verifies: true,
         };
         let stall = self.config.stall_timeout;
         let throttle = self.throttle.clone();
+        let mut corrupt = None;
         let download = async {
             let mut stream = self.store.get_chunks(request).await?.into_inner();
             let mut out = Vec::with_capacity(ids.len());
@@ -480,6 +488,7 @@ impl CloudClient {
                 for chunk in msg.chunks {
                     let id = chunk_id("chunks.id", &chunk.id)?;
                     if ChunkId::of(&chunk.data) != id {
+                        corrupt = Some(id);
                         return Err(tonic::Status::data_loss(format!(
                             "chunk {id} arrived corrupted"
                         )));
@@ -489,7 +498,45 @@ impl CloudClient {
             }
             Ok(out)
         };
-        within("GetChunks", self.config.stream_timeout, download).await
+        let fetched = within("GetChunks", self.config.stream_timeout, download).await;
+        match corrupt {
+            None => fetched,
+            Some(id) => {
+                self.report_corrupt(id).await;
+                // Nothing for a person to do: the cloud now knows. The next try gets sound
+                // bytes (the damage was on the way) or finds the photo flagged, waiting for
+                // a device to send it again.
+                fetched.map_err(|mut e| {
+                    e.retry = crate::client::Retry::Transient {
+                        after: Some(CORRUPT_RETRY_AFTER),
+                    };
+                    e
+                })
+            }
+        }
+    }
+
+    /// Tells the cloud a chunk arrived not matching its id. Best effort: unanswered, the
+    /// next fetch meets the same bytes and reports them again.
+    async fn report_corrupt(&mut self, id: ChunkId) {
+        let req = self.unary(pb::ReportCorruptChunksRequest {
+            ids: vec![id_bytes(&id)],
+        });
+        match within(
+            "ReportCorruptChunks",
+            self.config.call_timeout,
+            self.library.report_corrupt_chunks(req),
+        )
+        .await
+        {
+            Ok(reply) => {
+                let reply = reply.into_inner();
+                tracing::warn!(chunk = %id, confirmed = reply.confirmed, assets_damaged = reply.assets_damaged, "reported a chunk that arrived corrupted");
+            }
+            Err(e) => {
+                tracing::warn!(chunk = %id, error = %e, "could not report a chunk that arrived corrupted");
+            }
+        }
     }
 
     /// The rsync signature of a stored version (for building a delta against it).

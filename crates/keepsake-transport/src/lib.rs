@@ -76,6 +76,8 @@ pub use error::{ApiError, ERROR_DOMAIN, reason_of, to_status};
 // token checks, and the domain conversions (these link the library: password hashing,
 // token signing, SQLite).
 #[cfg(feature = "cloud")]
+mod accounts_service;
+#[cfg(feature = "cloud")]
 pub mod auth;
 #[cfg(feature = "cloud")]
 pub mod convert;
@@ -93,9 +95,11 @@ pub mod server;
 mod store_service;
 
 #[cfg(feature = "cloud")]
+pub use accounts_service::AccountsService;
+#[cfg(feature = "cloud")]
 pub use delta_service::{DeltaService, DeltaStore};
 #[cfg(feature = "cloud")]
-pub use library_service::{AccountsService, ChangeNotifier, LibraryService};
+pub use library_service::{ChangeNotifier, LibraryService};
 #[cfg(feature = "cloud")]
 pub use policy_service::PolicyService;
 #[cfg(feature = "cloud")]

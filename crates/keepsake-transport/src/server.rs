@@ -1,9 +1,10 @@
 //! The server builder every Keepsake service is served through.
 
+use crate::accounts_service::AccountsService;
 use crate::auth::Authenticator;
 use crate::delta_service::DeltaService;
 use crate::guard::{GuardLayer, Limits};
-use crate::library_service::{AccountsService, ChangeNotifier, LibraryService};
+use crate::library_service::{ChangeNotifier, LibraryService};
 use crate::policy_service::PolicyService;
 use crate::store_service::StoreService;
 use keepsake_delta::rsync::RsyncLimits;

@@ -173,8 +173,16 @@ impl ChunkStore for StoreService {
         request: Request<pb::GetChunksRequest>,
     ) -> Result<Response<Self::GetChunksStream>, Status> {
         let who = identity(&request)?;
-        let pb::GetChunksRequest { ids } = request.into_inner();
+        let pb::GetChunksRequest {
+            ids,
+            reader_verifies,
+        } = request.into_inner();
         let ids = chunk_ids("ids", &ids, self.store.config().max_ids_per_call)?;
+        let check = if reader_verifies {
+            keepsake_store::ReadCheck::ByReader
+        } else {
+            keepsake_store::ReadCheck::Verify
+        };
         let (tx, rx) = mpsc::channel(4);
         let store = self.store.clone();
         tokio::spawn(async move {
@@ -184,7 +192,7 @@ impl ChunkStore for StoreService {
             let read = |group: Vec<ChunkId>| {
                 let store = store.clone();
                 let account = who.account.clone();
-                keepsake_store::offload(move || store.get_chunks(&account, &group))
+                keepsake_store::offload(move || store.get_chunks_checked(&account, &group, check))
             };
             let mut groups = ids.chunks(32).map(<[ChunkId]>::to_vec);
             let mut ahead = groups.next().map(&read);

@@ -59,6 +59,12 @@ pub trait ChunkStore: Send + Sync {
     ) -> std::io::Result<u64>;
     /// Verifies every stored byte and drops corrupt chunks from the index.
     fn scrub(&self) -> Result<keepsake_store::ScrubReport, StoreError>;
+    /// Verifies again chunks a reader found corrupt; drops those that fail.
+    fn recheck(
+        &self,
+        account: &str,
+        ids: &[ChunkId],
+    ) -> Result<keepsake_store::Recheck, StoreError>;
     /// Stores a small file (a preview) for the account and roots it for `holder`.
     fn store_file(
         &self,
@@ -74,6 +80,13 @@ pub(super) const PIECE: usize = 4 << 20;
 impl ChunkStore for Store {
     fn scrub(&self) -> Result<keepsake_store::ScrubReport, StoreError> {
         Store::scrub(self)
+    }
+    fn recheck(
+        &self,
+        account: &str,
+        ids: &[ChunkId],
+    ) -> Result<keepsake_store::Recheck, StoreError> {
+        Store::recheck(self, account, ids)
     }
     fn used_bytes(&self, account: &str) -> Result<u64, StoreError> {
         Ok(self.usage(account)?.bytes)

@@ -45,30 +45,7 @@ impl Cloud {
     /// feed entry, so a device that still holds the original sends it again.
     pub fn scrub(&self) -> Result<LibraryScrub, LibraryError> {
         let store = self.store.scrub()?;
-        let mut by_account: std::collections::BTreeMap<&str, Vec<ManifestId>> =
-            std::collections::BTreeMap::new();
-        for (account, manifest) in &store.damaged {
-            by_account.entry(account).or_default().push(*manifest);
-        }
-        let mut damaged = Vec::new();
-        let mut previews_requeued = 0;
-        for (account, manifests) in by_account {
-            // A damaged preview is made again from the original; a damaged original waits
-            // for a device to send it again (below).
-            previews_requeued += self.library.requeue_derivations(
-                account,
-                &manifests,
-                "a preview failed verification",
-            )?;
-            for asset_id in self.library.mark_damaged(account, &manifests)? {
-                let original_name = self.library.get_asset(account, &asset_id)?.original_name;
-                damaged.push(DamagedAsset {
-                    account: account.to_string(),
-                    asset_id,
-                    original_name,
-                });
-            }
-        }
+        let (damaged, previews_requeued) = self.flag_damaged(&store.damaged)?;
         let assets_verified = self.library.count_assets()?;
         self.library.record_integrity(self.library.clock.now_ms())?;
         tracing::info!(
@@ -84,6 +61,62 @@ impl Cloud {
             damaged,
             previews_requeued,
         })
+    }
+
+    /// Chunks a device found corrupt on arrival (`account`'s own): the store reads them
+    /// again, verified, and only those that fail there are dropped and their assets
+    /// flagged damaged, as a scrub would — a report never takes content away. Returns the
+    /// chunks confirmed corrupt and every asset flagged (of any account sharing them).
+    pub fn report_corrupt(
+        &self,
+        account: &str,
+        ids: &[ChunkId],
+    ) -> Result<(Vec<ChunkId>, Vec<DamagedAsset>), LibraryError> {
+        let recheck = self.store.recheck(account, ids)?;
+        if recheck.corrupt.is_empty() {
+            tracing::warn!(
+                account,
+                reported = ids.len(),
+                "reported chunks verified sound here: damaged in transit"
+            );
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let (damaged, _) = self.flag_damaged(&recheck.damaged)?;
+        Ok((recheck.corrupt, damaged))
+    }
+
+    /// Flags every asset whose current content is one of these manifests damaged (a feed
+    /// entry each, so a device holding the original sends it again) and queues again the
+    /// previews among them. Returns the assets flagged and the previews queued.
+    fn flag_damaged(
+        &self,
+        manifests: &[(String, ManifestId)],
+    ) -> Result<(Vec<DamagedAsset>, usize), LibraryError> {
+        let mut by_account: std::collections::BTreeMap<&str, Vec<ManifestId>> =
+            std::collections::BTreeMap::new();
+        for (account, manifest) in manifests {
+            by_account.entry(account).or_default().push(*manifest);
+        }
+        let mut damaged = Vec::new();
+        let mut previews_requeued = 0;
+        for (account, manifests) in by_account {
+            // A damaged preview is made again from the original; a damaged original waits
+            // for a device to send it again.
+            previews_requeued += self.library.requeue_derivations(
+                account,
+                &manifests,
+                "a preview failed verification",
+            )?;
+            for asset_id in self.library.mark_damaged(account, &manifests)? {
+                let original_name = self.library.get_asset(account, &asset_id)?.original_name;
+                damaged.push(DamagedAsset {
+                    account: account.to_string(),
+                    asset_id,
+                    original_name,
+                });
+            }
+        }
+        Ok((damaged, previews_requeued))
     }
 
     /// The periodic job: expires Recently Deleted and reservations, releases what purges

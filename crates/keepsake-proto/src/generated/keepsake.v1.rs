@@ -112,6 +112,12 @@ pub struct PutChunksResponse {
 pub struct GetChunksRequest {
     #[prost(bytes = "bytes", repeated, tag = "1")]
     pub ids: ::prost::alloc::vec::Vec<::prost::bytes::Bytes>,
+    /// The caller checks every chunk's BLAKE3 against its id (every Keepsake device does), so
+    /// the store serves each record as read (its header and length still checked) rather than
+    /// hashing it a second time; a chunk that arrives wrong must be sent to
+    /// Library.ReportCorruptChunks. Unset: the store verifies every byte before it is sent.
+    #[prost(bool, tag = "2")]
+    pub reader_verifies: bool,
 }
 /// The next chunks of the GetChunks stream, in request order (about 1 MiB per message).
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -4309,6 +4315,23 @@ pub mod accounts_server {
         const NAME: &'static str = SERVICE_NAME;
     }
 }
+/// Request of Library.ReportCorruptChunks: at most as many ids as one GetChunks takes.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ReportCorruptChunksRequest {
+    #[prost(bytes = "bytes", repeated, tag = "1")]
+    pub ids: ::prost::alloc::vec::Vec<::prost::bytes::Bytes>,
+}
+/// What the store's own check of the reported chunks found.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ReportCorruptChunksResponse {
+    /// Reported chunks that failed the store's check and were dropped (0: the damage was in
+    /// transit; fetch them again).
+    #[prost(uint32, tag = "1")]
+    pub confirmed: u32,
+    /// This account's assets now flagged damaged, waiting for a device to send them again.
+    #[prost(uint32, tag = "2")]
+    pub assets_damaged: u32,
+}
 /// Request of Library.ScrubLibrary.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct ScrubLibraryRequest {}
@@ -5792,6 +5815,33 @@ pub mod library_client {
                 .insert(GrpcMethod::new("keepsake.v1.Library", "ScrubLibrary"));
             self.inner.unary(req, path, codec).await
         }
+        /// Chunks that arrived not matching their id: the store reads each again and verifies it;
+        /// only one that fails there is dropped and its assets flagged damaged (as a scrub does),
+        /// so a report can never take content away. Ids the account does not own are ignored.
+        pub async fn report_corrupt_chunks(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ReportCorruptChunksRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ReportCorruptChunksResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/keepsake.v1.Library/ReportCorruptChunks",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("keepsake.v1.Library", "ReportCorruptChunks"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -6017,6 +6067,16 @@ pub mod library_server {
             request: tonic::Request<super::ScrubLibraryRequest>,
         ) -> std::result::Result<
             tonic::Response<super::ScrubLibraryResponse>,
+            tonic::Status,
+        >;
+        /// Chunks that arrived not matching their id: the store reads each again and verifies it;
+        /// only one that fails there is dropped and its assets flagged damaged (as a scrub does),
+        /// so a report can never take content away. Ids the account does not own are ignored.
+        async fn report_corrupt_chunks(
+            &self,
+            request: tonic::Request<super::ReportCorruptChunksRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ReportCorruptChunksResponse>,
             tonic::Status,
         >;
     }
@@ -7158,6 +7218,51 @@ pub mod library_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = ScrubLibrarySvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/keepsake.v1.Library/ReportCorruptChunks" => {
+                    #[allow(non_camel_case_types)]
+                    struct ReportCorruptChunksSvc<T: Library>(pub Arc<T>);
+                    impl<
+                        T: Library,
+                    > tonic::server::UnaryService<super::ReportCorruptChunksRequest>
+                    for ReportCorruptChunksSvc<T> {
+                        type Response = super::ReportCorruptChunksResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ReportCorruptChunksRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Library>::report_corrupt_chunks(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ReportCorruptChunksSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

@@ -504,7 +504,7 @@ impl Store {
             .backend
             .get_range(pack, slot.offset, RECORD_HEADER + u64::from(slot.len))
             .map(Bytes::from);
-        checked_record(id, pack, slot, record)
+        checked_record(id, pack, slot, record, ReadCheck::Verify)
     }
 
     /// Reads chunks `account` owns, each verified against its id, in the order asked:
@@ -514,6 +514,16 @@ impl Store {
         &self,
         account: &str,
         ids: &[ChunkId],
+    ) -> Result<Vec<(ChunkId, Bytes)>, StoreError> {
+        self.get_chunks_checked(account, ids, ReadCheck::Verify)
+    }
+
+    /// [`Store::get_chunks`], with the check `check` asks for.
+    pub fn get_chunks_checked(
+        &self,
+        account: &str,
+        ids: &[ChunkId],
+        check: ReadCheck,
     ) -> Result<Vec<(ChunkId, Bytes)>, StoreError> {
         self.check_count(ids.len())?;
         let located: HashMap<ChunkId, (String, Slot)> = rows_among(
@@ -551,10 +561,59 @@ impl Store {
             .zip(records)
             .map(|(id, record)| {
                 let (pack, slot) = &located[id];
-                checked_record(id, pack, *slot, record).map(|data| (*id, data))
+                checked_record(id, pack, *slot, record, check).map(|data| (*id, data))
             })
             .collect()
     }
+
+    /// Reads again, verified, chunks a reader found corrupt ([`ReadCheck::ByReader`]), and
+    /// quarantines those that fail here ([`Store::quarantine`]); returns them and what
+    /// they damaged. A chunk the account does not own is skipped as if it were sound, so
+    /// a report neither takes content away nor tells of another account's chunks.
+    pub fn recheck(&self, account: &str, ids: &[ChunkId]) -> Result<Recheck, StoreError> {
+        self.check_count(ids.len())?;
+        let mut corrupt = Vec::new();
+        for id in ids {
+            match self.get_chunks(account, std::slice::from_ref(id)) {
+                Ok(_) | Err(StoreError::NotFound { .. }) => {}
+                Err(StoreError::Corrupt(bad)) => corrupt.push(bad),
+                Err(e) => return Err(e),
+            }
+        }
+        corrupt.sort_unstable();
+        corrupt.dedup();
+        let damaged = if corrupt.is_empty() {
+            Vec::new()
+        } else {
+            tracing::error!(
+                account,
+                corrupt = corrupt.len(),
+                "a reader's report of corrupt chunks confirmed"
+            );
+            self.quarantine(&corrupt)?
+        };
+        Ok(Recheck { corrupt, damaged })
+    }
+}
+
+/// What [`Store::recheck`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recheck {
+    /// Reported chunks that failed the store's own check, now dropped from the index.
+    pub corrupt: Vec<ChunkId>,
+    /// Each (account, referenced manifest) that lost one of them.
+    pub damaged: Vec<(String, ManifestId)>,
+}
+
+/// How much of a chunk the store checks as it reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadCheck {
+    /// Its record's header and the BLAKE3 of its bytes: nothing unverified leaves.
+    Verify,
+    /// Its record's header only: the reader hashes every chunk itself (a device must, to
+    /// trust nothing between it and the disk) and reports a mismatch, which
+    /// [`Store::recheck`] verifies here. Each byte is hashed once on its way out, not twice.
+    ByReader,
 }
 
 /// The chunk inside a record read from `pack`, or why it cannot be served.
@@ -563,6 +622,7 @@ fn checked_record(
     pack: &str,
     slot: Slot,
     record: Result<Bytes, BackendError>,
+    check: ReadCheck,
 ) -> Result<Bytes, StoreError> {
     let record = match record {
         Ok(record) => record,
@@ -572,7 +632,11 @@ fn checked_record(
         }
         Err(e) => return Err(e.into()),
     };
-    if let Err(e) = verify_record(id, slot, &record) {
+    let checked = match check {
+        ReadCheck::Verify => verify_record(id, slot, &record),
+        ReadCheck::ByReader => record_body(id, slot, &record),
+    };
+    if let Err(e) = checked {
         tracing::error!(chunk = %id, pack, "corrupt chunk refused");
         return Err(e);
     }

@@ -1,7 +1,7 @@
 //! The store: chunks and manifests by content address, owned per account.
 
 use crate::backend::{Backend, BackendError, LocalFsBackend};
-use crate::pack::{PackWriter, RECORD_HEADER, Slot, record_in, verify_record};
+use crate::pack::{PackWriter, RECORD_HEADER, Slot, record_body, record_in, verify_record};
 use crate::{ChunkId, ManifestId, StoreError};
 use bytes::Bytes;
 use keepsake_core::{Clock, Entropy, UnixMillis, random_hex};
