@@ -4,6 +4,8 @@ use super::*;
 
 pub(super) struct KeepsakeFigures {
     pub(super) first: Cost,
+    /// CPU-seconds of the server, A and B over the first sync.
+    pub(super) first_cpu: [f64; 3],
     /// Seconds until A's folder was all in the cloud (the first hop alone).
     pub(super) ingest_s: f64,
     pub(super) server_peak_kib: u64,
@@ -68,6 +70,7 @@ pub(super) fn keepsake(
         .map_err(|_| anyhow::anyhow!("the status watcher panicked"))?
         .context("ingest")?;
     println!("keepsake ingest (A's folder in the cloud): {ingest_s:.1} s");
+    let first_cpu = [cpu_s(server.0.id()), cpu_s(a.0.id()), cpu_s(b.0.id())];
     println!(
         "keepsake first sync: {:.1} s; CPU server {:.1} s, A {:.1} s, B {:.1} s; peak memory server {} MiB (so far), A {} MiB, B {} MiB; server read {} MiB from the disk",
         first.wall_s,
@@ -210,6 +213,7 @@ pub(super) fn keepsake(
     drop((a, c, server));
     Ok(KeepsakeFigures {
         first,
+        first_cpu,
         ingest_s,
         server_peak_kib,
         edits,
