@@ -52,14 +52,21 @@ const SIGN_IN_PATHS: &[&str] = &[
 ];
 
 /// What a call costs from its caller's bucket: one, except a batch of up to 1000 edits,
-/// whose one transaction is worth about that many single calls of server time.
+/// whose one transaction is worth about that many single calls of server time, and a
+/// report of corrupt chunks, each of which the store reads and hashes again.
 fn cost_of(path: &str) -> f64 {
-    if path == "/keepsake.v1.Library/ApplyEdits" {
-        BATCH_COST
-    } else {
-        1.0
+    match path {
+        "/keepsake.v1.Library/ApplyEdits" => BATCH_COST,
+        "/keepsake.v1.Library/ReportCorruptChunks" => REPORT_COST,
+        _ => 1.0,
     }
 }
+
+/// A ReportCorruptChunks call's cost in calls: one per chunk it may name, so a device that
+/// reports sound chunks on purpose makes the store re-read a few hundred a second at most,
+/// never its whole disk (a real one reports the chunk a download met, every few seconds).
+#[allow(clippy::cast_precision_loss)]
+const REPORT_COST: f64 = crate::library_service::REPORT_MAX_IDS as f64;
 
 /// An ApplyEdits call's cost in calls: at the default 200 calls/s a device may apply some
 /// 10,000 edits a second, not 200,000.
@@ -338,5 +345,24 @@ impl HttpBody for PermitBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_report_of_corrupt_chunks_costs_a_call_per_chunk_it_may_name() {
+        assert_eq!(cost_of("/keepsake.v1.Library/ListChanges"), 1.0);
+        assert_eq!(cost_of("/keepsake.v1.Library/ApplyEdits"), BATCH_COST);
+        #[allow(clippy::cast_precision_loss)]
+        let per_chunk = crate::library_service::REPORT_MAX_IDS as f64;
+        assert_eq!(
+            cost_of("/keepsake.v1.Library/ReportCorruptChunks"),
+            per_chunk
+        );
+        // The bucket's burst still lets a device report the chunk a download met.
+        assert!(per_chunk < Limits::default().burst);
     }
 }

@@ -45,7 +45,7 @@ impl ChangeNotifier {
 }
 
 /// Chunk ids one ReportCorruptChunks may name.
-const REPORT_MAX_IDS: usize = 64;
+pub(crate) const REPORT_MAX_IDS: usize = 64;
 
 /// Runs blocking cloud work off the async threads, for a caller whose device (if
 /// the token names one) is still enrolled.
