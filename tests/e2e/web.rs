@@ -149,16 +149,25 @@ async fn sign_in(page: &Client, web: &str, account: &str, password: &str) {
         .unwrap();
 }
 
-/// Clicks the element `css` names, once it is there.
+/// Clicks the element `css` names, once it is there. A live change may redraw the view
+/// between finding the element and clicking it (the page follows the library as it
+/// changes): then the new one is found and clicked.
 async fn click(page: &Client, css: &str) {
-    page.wait()
-        .at_most(Duration::from_secs(10))
-        .for_element(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("{css}: {e}"))
-        .click()
-        .await
-        .unwrap();
+    for _ in 0..5 {
+        let element = page
+            .wait()
+            .at_most(Duration::from_secs(10))
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("{css}: {e}"));
+        match element.click().await {
+            Ok(()) => return,
+            Err(fantoccini::error::CmdError::Standard(e))
+                if e.error == fantoccini::error::ErrorStatus::StaleElementReference => {}
+            Err(e) => panic!("{css}: {e}"),
+        }
+    }
+    panic!("{css}: redrawn under every click");
 }
 
 fn tile(name: &str) -> String {

@@ -114,6 +114,12 @@ function showSignIn(message) {
   account.focus();
 }
 
+/** Whether the person is typing in a field of the view shown. */
+function typing() {
+  const field = document.activeElement;
+  return Boolean(field && main().contains(field) && field.matches("input, textarea, select"));
+}
+
 async function start() {
   document.getElementById("top").hidden = false;
   if (!state.events) {
@@ -126,6 +132,9 @@ async function start() {
         if (!state.reload) return;
         // Far down a grid, redrawing it would lose the person's place: tell them instead.
         if (window.scrollY > 600) say("Your library changed: scroll to the top and reload to see it.");
+        // Redrawing under someone typing (an album's name) would throw their words away:
+        // the next change, or what they submit, redraws the view.
+        else if (typing()) return;
         else state.reload();
       }, 300);
     });
