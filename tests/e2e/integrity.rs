@@ -5,14 +5,14 @@
 use super::devices::*;
 use super::*;
 
-/// One bit flipped in the middle of every data pack (larger than `min_len`), as a failing
-/// disk would; returns how many.
-fn flip_a_bit_in_packs(store_dir: &Path, min_len: usize) -> usize {
+/// One bit flipped at `at(pack length)` in every data pack (larger than `min_len`), as a
+/// failing disk would; returns how many.
+fn flip_a_bit_in_packs(store_dir: &Path, min_len: usize, at: fn(usize) -> usize) -> usize {
     let mut flipped = 0;
     for path in files_under(&store_dir.join("objects")) {
         let mut bytes = std::fs::read(&path).unwrap();
         if bytes.len() > min_len {
-            let at = bytes.len() / 2;
+            let at = at(bytes.len());
             bytes[at] ^= 0x10;
             std::fs::write(&path, bytes).unwrap();
             flipped += 1;
@@ -35,6 +35,19 @@ fn alices_assets(c: &Cloudy) -> Vec<keepsake_library::Asset> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chunk_corrupted_at_rest_is_refused_on_arrival_reported_and_sent_again() {
+    // In a chunk's bytes: the store serves it as read, the device finds it wrong.
+    corrupted_at_rest_then_repaired(|len| len / 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_header_corrupted_at_rest_is_flagged_and_sent_again_not_blocking() {
+    // In the first record's header (packs have none of their own): the store refuses to
+    // serve it at all. Until this test the device stopped there, "blocked: DATA_LOSS", and
+    // nothing flagged the photo for repair before the next scrub, a week away.
+    corrupted_at_rest_then_repaired(|_| 0).await;
+}
+
+async fn corrupted_at_rest_then_repaired(at: fn(usize) -> usize) {
     let c = cloud().await;
     let root = tempfile::tempdir().unwrap();
     let (fa, fb) = (root.path().join("A"), root.path().join("B"));
@@ -45,7 +58,7 @@ async fn a_chunk_corrupted_at_rest_is_refused_on_arrival_reported_and_sent_again
     std::fs::write(fa.join("IMG_0078.JPG"), &sound).unwrap();
     assert_eq!(sync(&mut a).await.uploaded, 2);
     // No scrub runs: only the device that downloads can notice.
-    assert_eq!(flip_a_bit_in_packs(&c.store_dir, 1_000_000), 1);
+    assert_eq!(flip_a_bit_in_packs(&c.store_dir, 1_000_000, at), 1);
     // Another account names alice's chunks, bad one included: it owns none of them, so its
     // report reads nothing and flags nothing.
     let all: Vec<_> = alices_assets(&c)

@@ -499,6 +499,15 @@ impl CloudClient {
             Ok(out)
         };
         let fetched = within("GetChunks", self.config.stream_timeout, download).await;
+        // The store itself refuses a record whose header went bad: the same damage, found
+        // one step earlier, and the same report makes it flag the photo for repair.
+        let corrupt = corrupt.or_else(|| {
+            let e = fetched.as_ref().err()?;
+            (e.code == tonic::Code::DataLoss)
+                .then(|| e.metadata().get("chunk_id"))
+                .flatten()
+                .and_then(|text| ChunkId::from_slice(&hex::decode(text).ok()?).ok())
+        });
         match corrupt {
             None => fetched,
             Some(id) => {
