@@ -5,6 +5,7 @@
 use crate::it::{Rng, folder, random_bytes, release_harness, release_server_env};
 use crate::services::{BUCKET, Postgres, S3Server};
 use anyhow::{Result, bail};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -108,7 +109,9 @@ pub fn run(root: &Path, short: bool) -> Result<()> {
     h.run_ok(&["device", "enroll", "--name", "viewer", "--data", "b-data"])?;
     write_library(&cloud_dir.path().join("a"), items, mean)?;
     std::thread::sleep(Duration::from_millis(1100));
+    let cpu_before = cpu_by_command();
     let cloud_s = first_sync(&h, cloud_dir.path())?;
+    let cpu = cpu_spent(&cpu_before, &cpu_by_command());
     drop(server);
 
     // The feed a fresh device follows, on each database (the packs on disk: it reads none).
@@ -151,6 +154,12 @@ pub fn run(root: &Path, short: bool) -> Result<()> {
         "| raw S3: GET of them | {get_s:.1} s ({:.0} MiB/s) |",
         mib / get_s
     );
+    println!(
+        "| CPU-s in the PostgreSQL + S3 first sync: Keepsake (server and both agents) / PostgreSQL / S3 server | {:.1} / {:.1} / {:.1} |",
+        cpu("keepsake"),
+        cpu("postgres"),
+        cpu("keepsake-s3")
+    );
     println!();
     println!(
         "PostgreSQL + S3 / embedded = {:.2}; raw PUT+GET / PostgreSQL + S3 first sync = {:.2} (target >= 0.7)",
@@ -158,4 +167,46 @@ pub fn run(root: &Path, short: bool) -> Result<()> {
         (put_s + get_s) / cloud_s
     );
     Ok(())
+}
+
+/// CPU-seconds used so far by each command name, among the processes alive now (with
+/// the children they reaped: PostgreSQL's ended backends count).
+fn cpu_by_command() -> BTreeMap<String, f64> {
+    let mut by_command = BTreeMap::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return by_command;
+    };
+    for entry in procs.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(command) = std::fs::read_to_string(entry.path().join("comm")) else {
+            continue;
+        };
+        *by_command.entry(command.trim().to_string()).or_insert(0.0) +=
+            crate::peers::measure::cpu_s(pid);
+    }
+    by_command
+}
+
+/// CPU-seconds each command used between two readings; processes that were not yet
+/// running at the first count from zero.
+fn cpu_spent(
+    before: &BTreeMap<String, f64>,
+    after: &BTreeMap<String, f64>,
+) -> impl Fn(&str) -> f64 + use<> {
+    let spent: BTreeMap<String, f64> = after
+        .iter()
+        .map(|(command, t)| {
+            (
+                command.clone(),
+                t - before.get(command).copied().unwrap_or(0.0),
+            )
+        })
+        .collect();
+    move |command| spent.get(command).copied().unwrap_or(0.0).max(0.0)
 }

@@ -155,6 +155,16 @@ impl Db {
         })
     }
 
+    /// Analyses the tables whose planner statistics no longer describe them (PostgreSQL;
+    /// SQLite plans by its indexes alone, so nothing there). Returns the tables analysed.
+    /// Commits already call this now and then; a bulk load may call it when done.
+    pub fn refresh_statistics(&self) -> Result<Vec<String>, SqlError> {
+        match &self.engine {
+            Engine::Sqlite(_) => Ok(Vec::new()),
+            Engine::Postgres(c) => c.refresh_statistics(),
+        }
+    }
+
     /// The engine's dialect.
     pub fn dialect(&self) -> Dialect {
         match self.engine {
@@ -631,7 +641,13 @@ impl Tx<'_> {
     pub fn commit(mut self) -> Result<(), SqlError> {
         self.done = true;
         match &self.savepoint {
-            None => self.db.execute_batch("COMMIT"),
+            None => {
+                self.db.execute_batch("COMMIT")?;
+                if let Engine::Postgres(c) = &self.db.engine {
+                    c.after_commit();
+                }
+                Ok(())
+            }
             Some(name) => self.db.execute_batch(&format!("RELEASE SAVEPOINT {name}")),
         }
     }

@@ -136,3 +136,45 @@ fn a_held_lock_binds_other_connections_until_its_transaction_ends() {
         "nor does anyone get it alone while they hold it"
     );
 }
+
+/// Regression: a first sync ran on plans made for empty tables (autovacuum had not yet
+/// woken), and a 64-id ownership lookup scanned the account's every row.
+#[test]
+fn a_table_that_outgrew_its_statistics_is_analysed_and_then_left_alone() {
+    let Some(mut db) = db("statistics") else {
+        return;
+    };
+    db.migrate(
+        "statistics",
+        &["CREATE TABLE t (id INTEGER PRIMARY KEY, b BLOB NOT NULL);"],
+    )
+    .unwrap();
+    let tx = db.transaction().unwrap();
+    let rows: Vec<Vec<keepsake_sql::Value>> = (0..2000i64)
+        .map(|i| vec![i.into(), vec![(i % 251) as u8; 8].into()])
+        .collect();
+    tx.insert_rows("INSERT INTO t (id, b)", 2, &rows, "")
+        .unwrap();
+    tx.commit().unwrap();
+    // The inserting backend hands its counters over when next idle; make that now.
+    db.execute_batch("SELECT pg_stat_force_next_flush()")
+        .unwrap();
+    db.execute_batch("SELECT 1").unwrap();
+    let analysed = db.refresh_statistics().unwrap();
+    assert!(analysed.contains(&"t".to_string()), "{analysed:?}");
+    let tuples: f64 = db
+        .query_row(
+            "SELECT reltuples::float8 FROM pg_class WHERE oid = 't'::regclass",
+            (),
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(tuples >= 2000.0, "the planner now knows the rows: {tuples}");
+    db.execute_batch("SELECT pg_stat_force_next_flush()")
+        .unwrap();
+    db.execute_batch("SELECT 1").unwrap();
+    assert!(
+        !db.refresh_statistics().unwrap().contains(&"t".to_string()),
+        "analysed again with nothing new"
+    );
+}

@@ -3,7 +3,7 @@
 use super::*;
 
 /// CPU seconds a process and its reaped children used, from /proc (clock ticks of 10 ms).
-pub(super) fn cpu_s(pid: u32) -> f64 {
+pub(crate) fn cpu_s(pid: u32) -> f64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return 0.0;
     };

@@ -18,7 +18,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod library;
-mod measure;
+pub(crate) mod measure;
 mod ours;
 mod report;
 mod tools;
