@@ -12,7 +12,11 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     match args.first().map(String::as_str) {
         Some("sync") => return crate::it::bench_sync(root, args.iter().any(|a| a == "--short")),
         Some("backends") => {
-            return crate::bench_backends::run(root, args.iter().any(|a| a == "--short"));
+            return crate::bench_backends::run(
+                root,
+                args.iter().any(|a| a == "--short"),
+                args.iter().any(|a| a == "--sync-only"),
+            );
         }
         Some("compare") => return compare(root, &args[1..]),
         // Without a name: Keepsake against syncthing, rsync and restic.

@@ -46,15 +46,17 @@ impl Store {
                 }
             }
         }
+        let encoded = Bytes::from(encoded);
         self.store_blobs(
             account,
             session_id,
             Blob::Manifest {
                 id,
-                encoded: Bytes::from(encoded),
+                encoded: encoded.clone(),
                 chunks,
             },
         )?;
+        self.manifests.insert(id, encoded);
         Ok(id)
     }
 
@@ -83,7 +85,14 @@ impl Store {
                 id: *id,
             });
         }
-        let bytes = self.read_slot(id, &name, slot)?;
+        let bytes = match self.manifests.get(id) {
+            Some(kept) => kept,
+            None => {
+                let read = self.read_slot(id, &name, slot)?;
+                self.manifests.insert(*id, read.clone());
+                read
+            }
+        };
         Manifest::decode(&bytes).map_err(|_| StoreError::Corrupt(*id))
     }
 

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 mod chunks;
+mod manifest_cache;
 mod manifests;
 mod sessions;
 mod upkeep;
@@ -117,6 +118,7 @@ pub struct Store {
     // Packs written but not yet in the index: GC must not take them for orphans.
     in_flight: Mutex<HashSet<String>>,
     gc_lock: Mutex<()>,
+    manifests: manifest_cache::ManifestCache,
 }
 
 /// A pack on disk, (name, size), and where each of its chunks sits.
@@ -157,6 +159,7 @@ impl Store {
             config: parts.config,
             in_flight: Mutex::new(HashSet::new()),
             gc_lock: Mutex::new(()),
+            manifests: manifest_cache::ManifestCache::new(manifest_cache::MANIFEST_CACHE_BYTES),
         })
     }
 
@@ -230,25 +233,37 @@ mod tests {
     use super::*;
     use crate::{ManualClock, MemoryBackend, SeededEntropy};
 
-    #[test]
-    fn a_download_does_not_wait_for_an_upload_holding_the_writer() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(
-            Store::open(StoreParts {
-                backend: Arc::new(MemoryBackend::new()),
-                index: IndexAt::File(dir.path().join("index.sqlite")),
-                clock: Arc::new(ManualClock::new(1_700_000_000_000)),
-                entropy: Arc::new(SeededEntropy::new(7)),
-                config: StoreConfig::default(),
-            })
-            .unwrap(),
-        );
+    /// A store over `backend` with the index at `index`, a fixed clock and seed, and
+    /// alice's one-chunk photo in it; returns the store and the chunk.
+    fn with_one_chunk(
+        backend: Arc<MemoryBackend>,
+        index: IndexAt,
+    ) -> (Store, String, ChunkId, Bytes) {
+        let store = Store::open(StoreParts {
+            backend,
+            index,
+            clock: Arc::new(ManualClock::new(1_700_000_000_000)),
+            entropy: Arc::new(SeededEntropy::new(7)),
+            config: StoreConfig::default(),
+        })
+        .unwrap();
         let data = Bytes::from_static(b"a photo's first chunk");
         let id = ChunkId::of(&data);
         let session = store.begin_session("alice", 0, 60_000, None).unwrap();
         store
             .put_chunks("alice", &session.id, &[(id, data.clone())])
             .unwrap();
+        (store, session.id, id, data)
+    }
+
+    #[test]
+    fn a_download_does_not_wait_for_an_upload_holding_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _, id, data) = with_one_chunk(
+            Arc::new(MemoryBackend::new()),
+            IndexAt::File(dir.path().join("index.sqlite")),
+        );
+        let store = Arc::new(store);
 
         // An upload's commit holds the writer through its fsync; here it holds it for good.
         let writer = store.db();
@@ -263,5 +278,30 @@ mod tests {
         drop(writer);
         assert_eq!(chunk.unwrap(), data.to_vec());
         assert_eq!(usage.unwrap().bytes, data.len() as u64);
+    }
+
+    /// A device asks for a photo's manifest right after another stored it; on a bucket
+    /// each read was a request of its own before the chunks could be asked for.
+    #[test]
+    fn a_manifest_just_stored_is_read_without_the_bucket_and_only_by_its_owner() {
+        let backend = Arc::new(MemoryBackend::new());
+        let (store, session, chunk, data) = with_one_chunk(backend.clone(), IndexAt::Memory);
+        let manifest = Manifest::from_chunks(&[(chunk, data.clone())], ChunkId::of(&data));
+        let id = store.put_manifest("alice", &session, &manifest).unwrap();
+        for object in backend.list("").unwrap() {
+            backend.delete(&object.name).unwrap();
+        }
+        assert_eq!(store.get_manifest("alice", &id).unwrap(), manifest);
+        assert!(
+            matches!(
+                store.get_manifest("bob", &id),
+                Err(StoreError::NotFound { .. })
+            ),
+            "the index still decides who may read it"
+        );
+        assert!(
+            store.get_chunk("alice", &chunk).is_err(),
+            "chunks are read from the bucket: it is empty"
+        );
     }
 }
