@@ -3115,6 +3115,8 @@ fn status_and_doctor_name_the_files_left_out_and_the_photos_waited_for() {
     assert_eq!(json["damaged_waiting"], 2, "{json}");
 }
 
+#[path = "e2e/fleet.rs"]
+mod fleet;
 #[path = "e2e/hardening.rs"]
 mod hardening;
 #[path = "e2e/imports.rs"]

@@ -92,7 +92,7 @@ pub use error::LibraryError;
 pub use keepsake_core::Hlc;
 pub use library::{
     Album, AlbumSummary, Asset, AssetKind, AssetState, Change, ChangePage, CommitRequest,
-    Committed, ContentMatch, Derived, Folder, Library, LibraryConfig, LibraryEdit,
+    Committed, ContentMatch, Derived, FEED_CHANNEL, Folder, Library, LibraryConfig, LibraryEdit,
     MAX_EDITS_PER_CALL, MAX_SEARCH_PAGE, MediaDetails, MetadataField, SearchPage, SearchQuery,
     VersionInfo,
 };

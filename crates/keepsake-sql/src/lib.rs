@@ -165,6 +165,23 @@ impl Db {
         }
     }
 
+    /// Tells every process that [`listen`]s on `channel` (an identifier), once this
+    /// transaction commits — PostgreSQL's NOTIFY, so one node's commit wakes another's
+    /// waiters. SQLite is one process: nothing to tell.
+    pub fn notify(&self, channel: &str, payload: &str) -> Result<(), SqlError> {
+        match &self.engine {
+            Engine::Sqlite(_) => Ok(()),
+            Engine::Postgres(c) => {
+                check_channel(channel)?;
+                c.execute(
+                    "SELECT pg_notify($1, $2)",
+                    vec![Value::Text(channel.into()), Value::Text(payload.into())],
+                )
+                .map(|_| ())
+            }
+        }
+    }
+
     /// The engine's dialect.
     pub fn dialect(&self) -> Dialect {
         match self.engine {
@@ -627,6 +644,32 @@ impl Statement<'_> {
     pub fn exists(&mut self, params: impl Params) -> Result<bool, SqlError> {
         Ok(!self.db.query(&self.sql, params)?.is_empty())
     }
+}
+
+/// Channel names are identifiers: written into `LISTEN` as they are.
+fn check_channel(channel: &str) -> Result<(), SqlError> {
+    if channel.is_empty()
+        || !channel
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return Err(SqlError::Schema(format!("bad channel name {channel:?}")));
+    }
+    Ok(())
+}
+
+/// Calls `on` with the payload of each [`Db::notify`] on `channel` in the PostgreSQL
+/// database at `url`, until the returned future is dropped; after a lost connection it
+/// reconnects and calls `on(None)` (notifications sent meanwhile are lost: look again at
+/// everything). Run it on a tokio runtime.
+pub async fn listen(
+    url: &str,
+    channel: &str,
+    on: impl FnMut(Option<String>) + Send,
+) -> Result<(), SqlError> {
+    check_channel(channel)?;
+    postgres::listen(url.to_string(), channel.to_string(), on).await;
+    Ok(())
 }
 
 /// A transaction, or a savepoint inside one; rolls back when dropped uncommitted.

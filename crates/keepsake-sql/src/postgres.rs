@@ -200,6 +200,73 @@ impl PgConn {
     }
 }
 
+/// Calls `on` with each notification's payload on `channel` until the returned future is
+/// dropped; reconnects after a lost connection, then calls `on(None)`: whatever was sent
+/// while no one listened is unknown.
+pub(crate) async fn listen(url: String, channel: String, mut on: impl FnMut(Option<String>)) {
+    let mut lost = false;
+    loop {
+        match listen_once(&url, &channel, &mut on, lost).await {
+            Ok(()) => tracing::warn!(channel, "notification connection closed; reconnecting"),
+            Err(e) => {
+                tracing::warn!(channel, error = %e, "cannot listen for notifications; retrying")
+            }
+        }
+        lost = true;
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+async fn listen_once(
+    url: &str,
+    channel: &str,
+    on: &mut impl FnMut(Option<String>),
+    lost: bool,
+) -> Result<(), SqlError> {
+    let (client, mut connection) = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tokio_postgres::connect(url, NoTls),
+    )
+    .await
+    .map_err(|_| SqlError::Unavailable("the database did not answer in 10 s".into()))?
+    .map_err(classify)?;
+    let (tx, mut payloads) = tokio::sync::mpsc::unbounded_channel();
+    // The connection delivers notifications only while it is polled, which is also what
+    // carries the LISTEN itself.
+    let driver = tokio::spawn(async move {
+        while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            match message {
+                Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
+                    if tx.send(n.payload().to_string()).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "notification connection failed");
+                    return;
+                }
+            }
+        }
+    });
+    let listening = client
+        .batch_execute(&format!("LISTEN {channel}"))
+        .await
+        .map_err(classify);
+    if let Err(e) = listening {
+        driver.abort();
+        return Err(e);
+    }
+    if lost {
+        on(None);
+    }
+    while let Some(payload) = payloads.recv().await {
+        on(Some(payload));
+    }
+    drop(client);
+    Ok(())
+}
+
 fn read_row(row: &tokio_postgres::Row) -> Result<crate::Row, SqlError> {
     let mut values = Vec::with_capacity(row.len());
     for i in 0..row.len() {

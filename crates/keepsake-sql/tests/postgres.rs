@@ -178,3 +178,56 @@ fn a_table_that_outgrew_its_statistics_is_analysed_and_then_left_alone() {
         "analysed again with nothing new"
     );
 }
+
+/// One node's commit must wake another node's watchers: a notification sent inside a
+/// transaction reaches a listener on another connection once it commits, never before, and
+/// never when it rolls back.
+#[test]
+fn a_notification_is_heard_when_its_transaction_commits_and_never_if_it_rolls_back() {
+    let Some(mut db) = db("notify") else { return };
+    let url = std::env::var("KEEPSAKE_TEST_POSTGRES").unwrap();
+    let channel = format!("heard_{}", std::process::id());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (tx, heard) = std::sync::mpsc::channel();
+    let listening = channel.clone();
+    runtime.spawn(async move {
+        keepsake_sql::listen(&url, &listening, move |payload| {
+            let _ = tx.send(payload);
+        })
+        .await
+    });
+    // LISTEN runs on the listener's own schedule: call until it answers.
+    let wait = std::time::Duration::from_millis(100);
+    loop {
+        db.notify(&channel, "ping").unwrap();
+        if let Ok(Some(p)) = heard.recv_timeout(wait) {
+            assert_eq!(p, "ping");
+            break;
+        }
+    }
+    while heard.recv_timeout(wait).is_ok() {}
+
+    let tx = db.transaction().unwrap();
+    tx.notify(&channel, "rolled back").unwrap();
+    drop(tx);
+    let tx = db.transaction().unwrap();
+    tx.notify(&channel, "alice").unwrap();
+    assert!(
+        heard
+            .recv_timeout(std::time::Duration::from_millis(300))
+            .is_err(),
+        "heard before the commit"
+    );
+    tx.commit().unwrap();
+    assert_eq!(
+        heard
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .unwrap(),
+        Some("alice".to_string())
+    );
+    assert!(
+        heard.recv_timeout(wait).is_err(),
+        "the rolled-back one came too"
+    );
+    assert!(db.notify("Bad Channel", "x").is_err());
+}

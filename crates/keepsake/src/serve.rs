@@ -336,6 +336,9 @@ pub(crate) async fn run_serve(mut args: ServeArgs) -> Result<()> {
     };
     if let Some(cloud) = &to_serve.cloud {
         derive_worker::spawn(cloud.clone(), changes.clone(), Duration::from_millis(500));
+        if let Some(url) = args.database.clone() {
+            spawn_feed_listener(url, changes.clone());
+        }
     }
     spawn_maintenance(
         to_serve.cloud.clone(),
@@ -522,6 +525,27 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 /// Holds the data directory for this process: two servers on one directory would each
 /// think they own the store's packs and the library's single writer.
+/// Wakes this server's feed watchers when any server on the same database commits (each
+/// feed move is announced on `FEED_CHANNEL`): a device watching through one node hears of
+/// a photo uploaded through another at once, not at its next poll.
+fn spawn_feed_listener(url: String, changes: ChangeNotifier) {
+    tokio::spawn(async move {
+        let heard =
+            keepsake_sql::listen(
+                &url,
+                keepsake_library::FEED_CHANNEL,
+                |account| match account {
+                    Some(account) if !account.is_empty() => changes.notify(&account),
+                    _ => changes.notify_all(),
+                },
+            )
+            .await;
+        if let Err(e) = heard {
+            tracing::error!(error = %e, "cannot listen for other servers' commits");
+        }
+    });
+}
+
 pub(crate) fn lock_data(data: &Path) -> Result<std::fs::File> {
     let path = data.join("server.lock");
     let file = std::fs::File::create(&path)

@@ -6,9 +6,15 @@ use super::*;
 pub(super) const CURSOR_SEQ_BITS: u32 = 48;
 pub(super) const CURSOR_SEQ_MASK: u64 = (1 << CURSOR_SEQ_BITS) - 1;
 
+/// The channel each feed move is announced on, with the account as payload, when its
+/// transaction commits: how a commit on one server wakes the watchers on every other
+/// server of the same PostgreSQL database (`keepsake_sql::listen`).
+pub const FEED_CHANNEL: &str = "keepsake_feed";
+
 /// Hands out the account's next sequence number; callers hold the one write lock,
 /// so numbers are assigned in commit order and a reader never skips one.
 pub(super) fn next_seq(tx: &Db, account: &str) -> Result<u64, LibraryError> {
+    tx.notify(FEED_CHANNEL, account)?;
     tx.execute(
         "INSERT INTO feed (account, seq) VALUES (?1, 0) ON CONFLICT (account) DO NOTHING",
         [account],

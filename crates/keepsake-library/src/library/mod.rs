@@ -17,6 +17,7 @@ mod search;
 
 use commit::*;
 use edits::*;
+pub use feed::FEED_CHANNEL;
 use feed::*;
 pub use model::*;
 pub use search::{AlbumSummary, Folder, MAX_SEARCH_PAGE, SearchPage, SearchQuery};

@@ -1,0 +1,86 @@
+//! Several `keepsake serve` processes on one PostgreSQL database and one bucket, as a fleet
+//! behind one address runs them. Only when `cargo xtask ci`'s PostgreSQL step provides the
+//! database (on SQLite there is one process by construction).
+
+use super::*;
+use std::time::{Duration, Instant, SystemTime};
+
+/// A node of the fleet: its own data directory (lock, published keys), the shared rows.
+fn node(data: &Path, database: &str, blobs: &str) -> Server {
+    let (child, url) = hardening::serve_embedded(
+        data,
+        "127.0.0.1:0",
+        &["--database", database, "--blobs", blobs],
+    );
+    Server {
+        child,
+        url,
+        token: String::new(),
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Regression for watchers that heard only their own node's commits: a device watching
+/// through one node learnt of a change made through another at the next poll (5 s).
+#[tokio::test]
+async fn a_watcher_on_one_node_hears_a_change_made_through_another_within_a_second() {
+    let (first_data, second_data) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let Some((database, blobs)) = backend::for_data(first_data.path()) else {
+        return;
+    };
+    let first = node(first_data.path(), &database, &blobs);
+    let token = sign_in(&first.url, first_data.path()).await;
+    let second = node(second_data.path(), &database, &blobs);
+
+    // Signing keys live in the database: a token from one node is good on the other.
+    let mut through_second = client::library_client(
+        client::connect(&second.url).await.unwrap(),
+        client::BearerAuth::new(&token),
+    );
+    let mut watcher = client::library_client(
+        client::connect(&first.url).await.unwrap(),
+        client::BearerAuth::new(&token),
+    )
+    .watch_changes(keepsake_transport_pb::WatchChangesRequest {
+        cursor: 0,
+        from_now: true,
+    })
+    .await
+    .unwrap()
+    .into_inner();
+    let opening = watcher.message().await.unwrap().expect("the opening page");
+    assert!(opening.changes.is_empty(), "from now on: nothing yet");
+
+    for round in 0..3 {
+        let asked = Instant::now();
+        through_second
+            .put_album(keepsake_transport_pb::PutAlbumRequest {
+                album_id: format!("trip-{round}"),
+                name: format!("Trip {round}"),
+                clock: Some(keepsake_transport_pb::Clock {
+                    wall_ms: now_ms(),
+                    counter: 0,
+                    device: "fleet-test".into(),
+                }),
+            })
+            .await
+            .unwrap();
+        let page = tokio::time::timeout(Duration::from_secs(1), watcher.message())
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: not heard on the other node within 1 s"))
+            .unwrap()
+            .expect("the watch goes on");
+        assert_eq!(page.changes.len(), 1, "round {round}: {page:?}");
+        eprintln!(
+            "round {round}: heard on the other node after {:?}",
+            asked.elapsed()
+        );
+    }
+    drop((first, second));
+}
