@@ -279,6 +279,16 @@ CREATE TABLE asset_grams (
 ) WITHOUT ROWID;
 ";
 
+const V14: &str = "
+-- Background work that must run once across every server on one database (maintenance,
+-- derivations): whoever holds a live lease runs it; a dead holder's lease runs out.
+CREATE TABLE leases (
+    name       TEXT PRIMARY KEY,
+    holder     TEXT NOT NULL,
+    expires_at INTEGER NOT NULL
+);
+";
+
 /// Fills the name index for assets committed before it existed (once: afterwards every
 /// commit, rename and restore keeps it).
 fn index_old_names(conn: &mut Db) -> Result<(), crate::LibraryError> {
@@ -356,7 +366,7 @@ pub fn prepare(conn: &mut Db) -> Result<(), crate::LibraryError> {
     }
     conn.migrate(
         "library",
-        &[V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11, V12, V13],
+        &[V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11, V12, V13, V14],
     )?;
     give_old_assets_paths(conn)?;
     index_old_names(conn)?;

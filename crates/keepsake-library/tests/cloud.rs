@@ -1279,3 +1279,67 @@ fn search_finds_by_camera_place_and_name_on_either_engine() {
     };
     assert_eq!(found(rome), ["scan.png", "Rome/Colosseo.JPG"]);
 }
+
+/// Two servers on one database (here one SQLite file; in a fleet PostgreSQL): a key one
+/// rotates is trusted and then used by the other once it refreshes, and background work
+/// held under a lease runs on one at a time until the holder's lease runs out.
+#[test]
+fn two_servers_on_one_database_share_keys_and_take_turns_at_background_work() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(
+        Store::open(StoreParts {
+            backend: Arc::new(MemoryBackend::new()),
+            index: IndexAt::Memory,
+            clock: clock.clone(),
+            entropy: Arc::new(SeededEntropy::new(7)),
+            config: StoreConfig::default(),
+        })
+        .unwrap(),
+    );
+    let node = |seed: u64| {
+        let library = open_library(
+            Some(dir.path().join("library.sqlite")),
+            clock.clone(),
+            Arc::new(SeededEntropy::new(seed)),
+            config(),
+        )
+        .unwrap();
+        Cloud::new(library, store.clone()).unwrap()
+    };
+    let (first, second) = (node(1), node(2));
+    first
+        .create_account("alice", "correct horse", None, false)
+        .unwrap();
+    let token = first.sign_in("alice", "correct horse").unwrap().token;
+    second.verifier().verify(&token, T0 + 1).unwrap();
+
+    let kid = first.rotate_signing_key().unwrap();
+    let rotated = first.sign_in("alice", "correct horse").unwrap().token;
+    assert!(matches!(
+        second.verifier().verify(&rotated, T0 + 1),
+        Err(TokenError::UnknownKey(_))
+    ));
+    second.refresh_keys().unwrap();
+    second.verifier().verify(&rotated, T0 + 1).unwrap();
+    second.verifier().verify(&token, T0 + 1).unwrap();
+    let from_second = second.sign_in("alice", "correct horse").unwrap().token;
+    assert!(from_second.starts_with(&format!("ks1.{kid}.")));
+
+    assert!(first.hold_lease("maintenance", "node-1", 1_000).unwrap());
+    assert!(!second.hold_lease("maintenance", "node-2", 1_000).unwrap());
+    assert!(second.hold_lease("derivations", "node-2", 1_000).unwrap());
+    clock.advance(999);
+    assert!(
+        first.hold_lease("maintenance", "node-1", 1_000).unwrap(),
+        "renewed"
+    );
+    clock.advance(999);
+    assert!(!second.hold_lease("maintenance", "node-2", 1_000).unwrap());
+    clock.advance(2);
+    assert!(
+        second.hold_lease("maintenance", "node-2", 1_000).unwrap(),
+        "ran out"
+    );
+    assert!(!first.hold_lease("maintenance", "node-1", 1_000).unwrap());
+}

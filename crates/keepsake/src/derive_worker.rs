@@ -163,17 +163,24 @@ const QUIET_MS: i64 = 2_000;
 /// …but never longer than this after a photo arrived.
 const MAX_DEFER_MS: i64 = 60_000;
 
+/// How long a round's hold on the `derivations` lease lasts: a server that dies with it
+/// leaves the queue to another this long after its last round.
+const LEASE_MS: i64 = 120_000;
+
 /// Runs the queue every `every` (sooner after a round that found work), once uploads are
-/// quiet.
-pub fn spawn(cloud: Arc<Cloud>, changes: ChangeNotifier, every: Duration) {
+/// quiet, while this server (`node`) holds the `derivations` lease: of several servers on
+/// one database, one makes previews at a time.
+pub fn spawn(cloud: Arc<Cloud>, changes: ChangeNotifier, every: Duration, node: String) {
     let tools = Tools::find();
     tracing::info!(?tools, "derivative worker started");
     tokio::spawn(async move {
         loop {
-            let worker = cloud.clone();
+            let (worker, node) = (cloud.clone(), node.clone());
             // On a blocking thread: both read the library, which may be busy committing.
             let round = tokio::task::spawn_blocking(move || {
-                if !worker.uploads_quiet(QUIET_MS, MAX_DEFER_MS)? {
+                if !worker.uploads_quiet(QUIET_MS, MAX_DEFER_MS)?
+                    || !worker.hold_lease("derivations", &node, LEASE_MS)?
+                {
                     return Ok(None);
                 }
                 worker

@@ -334,8 +334,16 @@ pub(crate) async fn run_serve(mut args: ServeArgs) -> Result<()> {
             .context("without the library in this process, pass --token-keys FILE (the library server's token-keys.json) so tokens can be checked")?;
         TokenVerifier::new(&read_keys(&path)?)?
     };
+    // Names this process in the leases that keep background work to one server at a time
+    // when several share a database.
+    let node = random_hex(&OsEntropy, 8);
     if let Some(cloud) = &to_serve.cloud {
-        derive_worker::spawn(cloud.clone(), changes.clone(), Duration::from_millis(500));
+        derive_worker::spawn(
+            cloud.clone(),
+            changes.clone(),
+            Duration::from_millis(500),
+            node.clone(),
+        );
         if let Some(url) = args.database.clone() {
             spawn_feed_listener(url, changes.clone());
         }
@@ -344,6 +352,7 @@ pub(crate) async fn run_serve(mut args: ServeArgs) -> Result<()> {
         to_serve.cloud.clone(),
         store,
         changes,
+        node,
         args.data.clone(),
         Duration::from_secs(args.gc_interval_secs.max(1)),
         Duration::from_secs(args.scrub_interval_hours.max(1) * 3600),
@@ -591,11 +600,14 @@ fn open_store(args: &ServeArgs) -> Result<Arc<Store>> {
 }
 
 /// The periodic jobs: library maintenance (trash expiry, reservations, reference
-/// releases, compaction, key retirement), then the store's GC.
+/// releases, compaction, key retirement), then the store's GC — by whichever server of
+/// those on one database holds the `maintenance` lease (`node` names this one). Every
+/// server picks up keys another rotated each round.
 fn spawn_maintenance(
     cloud: Option<Arc<Cloud>>,
     store: Option<Arc<Store>>,
     changes: ChangeNotifier,
+    node: String,
     data: PathBuf,
     every: Duration,
     scrub_every: Duration,
@@ -606,15 +618,18 @@ fn spawn_maintenance(
         let mut last_scrub = tokio::time::Instant::now();
         loop {
             tick.tick().await;
-            let (cloud, store, data) = (cloud.clone(), store.clone(), data.clone());
+            let (cloud, store, data, node) =
+                (cloud.clone(), store.clone(), data.clone(), node.clone());
             let scrub = last_scrub.elapsed() >= scrub_every;
-            if scrub {
-                last_scrub = tokio::time::Instant::now();
-            }
-            let done = tokio::task::spawn_blocking(move || -> Result<()> {
+            let lease_ms = i64::try_from(every.as_millis().saturating_mul(3)).unwrap_or(i64::MAX);
+            let done = tokio::task::spawn_blocking(move || -> Result<bool> {
                 if let Some(cloud) = &cloud {
-                    cloud.maintain()?;
+                    cloud.refresh_keys()?;
                     publish_keys(cloud, &data)?;
+                    if !cloud.hold_lease("maintenance", &node, lease_ms)? {
+                        return Ok(false);
+                    }
+                    cloud.maintain()?;
                     if scrub {
                         let r = cloud.scrub()?;
                         say!(
@@ -631,12 +646,16 @@ fn spawn_maintenance(
                 if let Some(store) = &store {
                     store.collect_garbage()?;
                 }
-                Ok(())
+                Ok(true)
             })
             .await;
             changes.notify_all();
             match done {
-                Ok(Ok(())) => {}
+                Ok(Ok(ran)) => {
+                    if ran && scrub {
+                        last_scrub = tokio::time::Instant::now();
+                    }
+                }
                 Ok(Err(e)) => tracing::warn!(error = %e, "maintenance failed; will retry"),
                 Err(e) => tracing::error!(error = %e, "maintenance panicked"),
             }

@@ -119,6 +119,43 @@ impl Cloud {
         Ok((damaged, previews_requeued))
     }
 
+    /// Takes or renews the lease `name` for `holder` until `ttl_ms` from now; false while
+    /// another holder's lease on it is live. Background work that must run once across
+    /// every server on one database (maintenance, derivations) runs only while its lease
+    /// is held, so no two servers do it at once, and a dead server's share is taken over
+    /// when its lease runs out.
+    pub fn hold_lease(&self, name: &str, holder: &str, ttl_ms: i64) -> Result<bool, LibraryError> {
+        let now = self.library.clock.now_ms();
+        let held = self
+            .library
+            .db()
+            .query_row(
+                "INSERT INTO leases (name, holder, expires_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (name) DO UPDATE SET holder = excluded.holder,
+                     expires_at = excluded.expires_at
+                 WHERE leases.holder = excluded.holder OR leases.expires_at <= ?4
+                 RETURNING holder",
+                params![name, holder, now.saturating_add(ttl_ms), now],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
+        Ok(held)
+    }
+
+    /// Starts signing with the key the database says is current and trusts every key it
+    /// holds: another server on the same database may have rotated them.
+    pub fn refresh_keys(&self) -> Result<(), LibraryError> {
+        if let Some(current) = super::current_key(&self.library)? {
+            let mut signer = self.signer.write().unwrap_or_else(|p| p.into_inner());
+            if signer.kid != current.kid {
+                tracing::info!(kid = %current.kid, "signing with the key another server made");
+                *signer = current;
+            }
+        }
+        self.verifier.replace(&self.public_keys()?)
+    }
+
     /// The periodic job: expires Recently Deleted and reservations, releases what purges
     /// and abandoned commits left referenced, compacts old tombstones, drops old keys.
     pub fn maintain(&self) -> Result<Maintenance, LibraryError> {
