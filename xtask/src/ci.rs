@@ -231,6 +231,10 @@ pub fn ci(root: &Path) -> Result<()> {
         ),
         ("postgres + s3", Box::new(|| crate::services::ci_step(root))),
         (
+            "three nodes behind HAProxy, kill -9 one at a time (short)",
+            Box::new(|| crate::fleet::run(root, &["--short".to_string()], 3)),
+        ),
+        (
             "kill -9 integration (short), the Python client and real media beside it",
             Box::new(|| {
                 // The chaos run spends most of its minute and a half waiting on real

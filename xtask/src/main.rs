@@ -27,6 +27,7 @@ mod chaos;
 mod ci;
 mod codegen;
 mod demo;
+mod fleet;
 mod fuzz;
 mod it;
 mod media;
@@ -60,7 +61,19 @@ fn main() -> Result<()> {
         Some("ci") => ci::ci(&root),
         Some("arch") => ci::architecture(&root),
         Some("python") => python::run(&root),
-        Some("it") => it::run(&root, rest),
+        Some("it") => match rest
+            .iter()
+            .position(|a| a == "--nodes")
+            .and_then(|i| rest.get(i + 1))
+        {
+            Some(n) => fleet::run(
+                &root,
+                rest,
+                n.parse()
+                    .map_err(|_| anyhow::anyhow!("--nodes {n:?} is not a number"))?,
+            ),
+            None => it::run(&root, rest),
+        },
         Some("demo") => demo::run(&root),
         Some("media") => media::media(&root),
         Some("sim") => sim::run(&root, rest),

@@ -346,6 +346,7 @@ pub(crate) async fn run_serve(mut args: ServeArgs) -> Result<()> {
         );
         if let Some(url) = args.database.clone() {
             spawn_feed_listener(url, changes.clone());
+            spawn_key_refresh(cloud.clone());
         }
     }
     spawn_maintenance(
@@ -551,6 +552,25 @@ fn spawn_feed_listener(url: String, changes: ChangeNotifier) {
             .await;
         if let Err(e) = heard {
             tracing::error!(error = %e, "cannot listen for other servers' commits");
+        }
+    });
+}
+
+/// How soon a signing key another server on the database rotated to is trusted (and used)
+/// here: a token it signs may reach this server next.
+const KEY_REFRESH: Duration = Duration::from_secs(5);
+
+/// Takes up the database's signing keys every `KEY_REFRESH`.
+fn spawn_key_refresh(cloud: Arc<Cloud>) {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(KEY_REFRESH).await;
+            let cloud = cloud.clone();
+            match tokio::task::spawn_blocking(move || cloud.refresh_keys()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "signing keys not refreshed; will retry"),
+                Err(e) => tracing::error!(error = %e, "key refresh panicked"),
+            }
         }
     });
 }

@@ -1,0 +1,268 @@
+//! `cargo xtask it --nodes N [--short] [--seed S] [--seconds T]`: N `keepsake serve`
+//! processes on one PostgreSQL database and one bucket, behind HAProxy (HTTP/2 to each,
+//! Debian's, installed if missing), and three device agents — two cameras and a viewer —
+//! syncing through its one address while photos are taken and the nodes are kill -9'd and
+//! restarted one at a time. Then every node is up again, and every device must hold every
+//! photo byte for byte, with exactly one live asset each in the library.
+
+use crate::it::{Harness, Proc, Rng, live_names, random_bytes, wait_for_folder};
+use crate::services::{Postgres, S3Server, free_port};
+use anyhow::{Context, Result, bail};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const DEVICES: [&str; 3] = ["camera-1", "camera-2", "viewer"];
+
+/// Debian's haproxy, installed when missing.
+fn haproxy() -> Result<PathBuf> {
+    let found = |p: &str| Path::new(p).exists().then(|| PathBuf::from(p));
+    if let Some(bin) = found("/usr/sbin/haproxy") {
+        return Ok(bin);
+    }
+    println!("it: installing Debian's haproxy");
+    let ok = Command::new("sh")
+        .args([
+            "-c",
+            "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends haproxy",
+        ])
+        .status()?
+        .success();
+    if !ok {
+        bail!("could not install haproxy; install it and rerun");
+    }
+    found("/usr/sbin/haproxy").context("haproxy installed but not found")
+}
+
+/// One address for the fleet: round robin over the nodes, HTTP/2 without TLS on both
+/// sides (gRPC), a node found down within a check or two and new calls sent elsewhere.
+fn haproxy_config(front: u16, nodes: &[u16]) -> String {
+    let mut config = format!(
+        "global\n    maxconn 4096\n\
+         defaults\n    mode http\n    timeout connect 1s\n    timeout client 10m\n    \
+         timeout server 10m\n    retries 3\n    option redispatch\n    retry-on conn-failure\n\
+         frontend keepsake\n    bind 127.0.0.1:{front} proto h2\n    default_backend nodes\n\
+         backend nodes\n    balance roundrobin\n"
+    );
+    for (i, port) in nodes.iter().enumerate() {
+        config.push_str(&format!(
+            "    server node{i} 127.0.0.1:{port} proto h2 check inter 250ms fall 1 rise 2\n"
+        ));
+    }
+    config
+}
+
+/// A node: `keepsake serve` on the shared database and bucket, its own data directory
+/// (lock, published keys) and port; its log in `work/node-I.log`.
+struct Node<'a> {
+    bin: &'a Path,
+    work: &'a Path,
+    database: String,
+    blobs: String,
+    env: Vec<(String, String)>,
+}
+
+impl Node<'_> {
+    fn start(&self, i: usize, port: u16) -> Result<Proc> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.work.join(format!("node-{i}.log")))?;
+        let mut child = Command::new(self.bin)
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data"])
+            .arg(self.work.join(format!("node-{i}")))
+            .args(["--database", &self.database, "--blobs", &self.blobs])
+            .args(["--web-listen", "off"])
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .env("RUST_LOG", "warn")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .context("starting a node")?;
+        let mut lines = BufReader::new(child.stdout.take().context("piped")?).lines();
+        for line in lines.by_ref() {
+            if line?.contains("serving") {
+                std::thread::spawn(move || lines.for_each(drop));
+                return Ok(Proc(child));
+            }
+        }
+        bail!("node {i} exited before serving (see node-{i}.log)")
+    }
+}
+
+/// Writes a photo into a camera's folder the way a camera app does: whole, then renamed in.
+fn take_photo(dir: &Path, name: &str, data: &[u8]) -> Result<()> {
+    let staged = dir.with_extension("staging");
+    std::fs::create_dir_all(&staged)?;
+    std::fs::write(staged.join(name), data)?;
+    std::fs::rename(staged.join(name), dir.join(name))?;
+    Ok(())
+}
+
+/// Runs the fleet scenario with `nodes` servers.
+pub fn run(root: &Path, args: &[String], nodes: usize) -> Result<()> {
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|s| s.parse::<u64>().ok())
+    };
+    let short = args.iter().any(|a| a == "--short");
+    let seed = value("--seed").unwrap_or(1);
+    let seconds = value("--seconds").unwrap_or(if short { 20 } else { 120 });
+    if nodes < 2 {
+        bail!("--nodes {nodes}: a fleet is at least two");
+    }
+    println!(
+        "\n==> it: {nodes} nodes behind HAProxy on PostgreSQL + S3, nodes kill -9'd one at a time (seed {seed}, {seconds} s)"
+    );
+    let haproxy = haproxy()?;
+    let bin = crate::ci::build_debug_keepsake(root)?;
+    let pg = Postgres::start(root)?;
+    let s3 = S3Server::start(root)?;
+    let tmp = tempfile::tempdir()?;
+    let work = tmp.path().to_path_buf();
+    let node = Node {
+        bin: &bin,
+        work: &work,
+        database: pg.url.clone(),
+        blobs: s3.url(),
+        env: s3
+            .env()
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    };
+    let ports: Vec<u16> = (0..nodes).map(|_| free_port()).collect::<Result<_>>()?;
+    // The first node makes the administrator; the others find it in the database.
+    let mut running: Vec<Proc> = Vec::new();
+    for (i, port) in ports.iter().enumerate() {
+        running.push(node.start(i, *port)?);
+    }
+    let front = free_port()?;
+    let config = work.join("haproxy.cfg");
+    std::fs::write(&config, haproxy_config(front, &ports))?;
+    let balancer = Proc(
+        Command::new(&haproxy)
+            .arg("-f")
+            .arg(&config)
+            .arg("-db")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(work.join("haproxy.log"))?)
+            .spawn()
+            .context("starting haproxy")?,
+    );
+    let credentials: serde_json::Value = serde_json::from_slice(&std::fs::read(
+        work.join("node-0/initial-credentials.json"),
+    )?)?;
+    let h = Harness {
+        bin: bin.clone(),
+        work: work.clone(),
+        port: front,
+        password: credentials["password"]
+            .as_str()
+            .context("credentials hold a password")?
+            .to_string(),
+        events: Default::default(),
+        sync_args: Vec::new(),
+        serve_args: Vec::new(),
+        serve_env: Vec::new(),
+    };
+    // HAProxy answers once its first checks pass.
+    let ready = Instant::now() + Duration::from_secs(20);
+    while h.run_ok(&["library", "ls"]).is_err() {
+        if Instant::now() > ready {
+            bail!("the fleet never answered through HAProxy (see haproxy.log)");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for name in DEVICES {
+        h.run_ok(&[
+            "device",
+            "enroll",
+            "--name",
+            name,
+            "--data",
+            &format!("{name}-data"),
+        ])?;
+        std::fs::create_dir_all(work.join(name))?;
+    }
+    let agents: Vec<Proc> = DEVICES.iter().map(|d| h.sync(d)).collect::<Result<_>>()?;
+
+    let mut rng = Rng(seed);
+    let mut photos: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let (mut kills, mut victim) = (0u32, 0usize);
+    let started = Instant::now();
+    let mut next_kill = started + Duration::from_secs(3);
+    while started.elapsed() < Duration::from_secs(seconds) {
+        let camera = DEVICES[rng.below(2) as usize];
+        let name = format!("IMG_{:05}.JPG", photos.len());
+        let len = 100_000 + rng.below(1_400_000) as usize;
+        let data = random_bytes(&mut rng, len);
+        take_photo(&work.join(camera), &name, &data)?;
+        photos.insert(name, data);
+        if Instant::now() >= next_kill {
+            running[victim].kill();
+            kills += 1;
+            std::thread::sleep(Duration::from_millis(500 + rng.below(1500)));
+            running[victim] = node.start(victim, ports[victim])?;
+            victim = (victim + 1) % nodes;
+            next_kill = Instant::now() + Duration::from_millis(2000 + rng.below(3000));
+        }
+        std::thread::sleep(Duration::from_millis(300 + rng.below(700)));
+    }
+    println!(
+        "it: {} photos taken on two cameras, {kills} node kills in {:.0} s",
+        photos.len(),
+        started.elapsed().as_secs_f64()
+    );
+    let healed = Instant::now();
+    for device in DEVICES {
+        wait_for_folder(
+            &work.join(device),
+            &photos,
+            healed + Duration::from_secs(240),
+        )
+        .with_context(|| format!("{device} never held every photo (seed {seed})"))?;
+    }
+    let converged = healed.elapsed();
+    let listing = h.run_ok(&["library", "ls"])?;
+    let live_rows = listing.lines().filter(|l| l.contains(" live ")).count();
+    let names = live_names(&h)?;
+    let want: std::collections::BTreeSet<String> = photos.keys().cloned().collect();
+    if live_rows != photos.len() || names != want {
+        bail!(
+            "the library holds {live_rows} live assets for {} photos (seed {seed}); missing {:?}, extra {:?}",
+            photos.len(),
+            want.difference(&names).collect::<Vec<_>>(),
+            names.difference(&want).collect::<Vec<_>>()
+        );
+    }
+    println!(
+        "it: fleet converged {:.1} s after the last photo: every device holds all {} photos byte for byte, one asset each — 0 lost, 0 duplicated",
+        converged.as_secs_f64(),
+        photos.len()
+    );
+    drop((agents, balancer, running));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_balancer_speaks_http2_to_every_node_and_checks_each() {
+        let config = haproxy_config(9000, &[9001, 9002, 9003]);
+        assert!(config.contains("bind 127.0.0.1:9000 proto h2"));
+        for (i, port) in [9001, 9002, 9003].iter().enumerate() {
+            assert!(
+                config.contains(&format!("server node{i} 127.0.0.1:{port} proto h2 check")),
+                "{config}"
+            );
+        }
+    }
+}
