@@ -31,6 +31,12 @@ pub struct Limits {
     pub concurrent_per_caller: usize,
     /// Calls in flight across all callers before new ones are shed.
     pub concurrent_total: usize,
+    /// Open WatchChanges streams one caller may hold.
+    pub watches_per_caller: usize,
+    /// Open WatchChanges streams across all callers before new ones are shed. A watch
+    /// waits idle for hours: counted with the calls that work, a thousand watching phones
+    /// would have shut every upload out.
+    pub watches_total: usize,
 }
 
 impl Default for Limits {
@@ -40,6 +46,8 @@ impl Default for Limits {
             burst: 400.0,
             concurrent_per_caller: 32,
             concurrent_total: 1024,
+            watches_per_caller: 4,
+            watches_total: 20_000,
         }
     }
 }
@@ -87,7 +95,12 @@ struct State {
     buckets: Mutex<HashMap<String, Bucket>>,
     per_caller: Mutex<HashMap<String, Arc<Semaphore>>>,
     total: Arc<Semaphore>,
+    watches_per_caller: Mutex<HashMap<String, Arc<Semaphore>>>,
+    watches: Arc<Semaphore>,
 }
+
+/// The one streaming call that mostly waits.
+const WATCH_PATH: &str = "/keepsake.v1.Library/WatchChanges";
 
 /// The tower layer; add it with `Server::builder().layer(..)`.
 #[derive(Clone)]
@@ -99,6 +112,7 @@ impl GuardLayer {
     /// A guard checking tokens with `auth` and enforcing `limits`.
     pub fn new(auth: Authenticator, limits: Limits) -> Self {
         let total = Arc::new(Semaphore::new(limits.concurrent_total));
+        let watches = Arc::new(Semaphore::new(limits.watches_total));
         Self {
             state: Arc::new(State {
                 auth,
@@ -106,6 +120,8 @@ impl GuardLayer {
                 buckets: Mutex::new(HashMap::new()),
                 per_caller: Mutex::new(HashMap::new()),
                 total,
+                watches_per_caller: Mutex::new(HashMap::new()),
+                watches,
             }),
         }
     }
@@ -166,14 +182,19 @@ impl State {
         }
     }
 
-    fn caller_permit(&self, key: &str) -> Option<OwnedSemaphorePermit> {
+    fn caller_permit(&self, key: &str, watch: bool) -> Option<OwnedSemaphorePermit> {
+        let (callers, capacity) = if watch {
+            (&self.watches_per_caller, self.limits.watches_per_caller)
+        } else {
+            (&self.per_caller, self.limits.concurrent_per_caller)
+        };
         let semaphore = {
-            let mut map = self.per_caller.lock().unwrap_or_else(|p| p.into_inner());
+            let mut map = callers.lock().unwrap_or_else(|p| p.into_inner());
             if map.len() > 100_000 {
-                map.retain(|_, s| s.available_permits() < self.limits.concurrent_per_caller);
+                map.retain(|_, s| s.available_permits() < capacity);
             }
             map.entry(key.to_string())
-                .or_insert_with(|| Arc::new(Semaphore::new(self.limits.concurrent_per_caller)))
+                .or_insert_with(|| Arc::new(Semaphore::new(capacity)))
                 .clone()
         };
         semaphore.try_acquire_owned().ok()
@@ -220,11 +241,14 @@ impl State {
         };
         self.take_tokens(&key, cost_of(path))
             .map_err(|retry_after_ms| ApiError::RateLimited { retry_after_ms })?;
-        let caller = self.caller_permit(&key).ok_or(ApiError::Overloaded {
-            retry_after_ms: 100,
-        })?;
-        let total = self
-            .total
+        let watch = path == WATCH_PATH;
+        let caller = self
+            .caller_permit(&key, watch)
+            .ok_or(ApiError::Overloaded {
+                retry_after_ms: 100,
+            })?;
+        let total = if watch { &self.watches } else { &self.total };
+        let total = total
             .clone()
             .try_acquire_owned()
             .map_err(|_| ApiError::Overloaded {

@@ -1827,6 +1827,7 @@ async fn a_flood_from_one_device_is_shed_while_another_device_still_gets_through
                 burst: 20.0,
                 concurrent_per_caller: 4,
                 concurrent_total: 1024,
+                ..keepsake_transport::guard::Limits::default()
             },
             max_message_bytes: 1 << 20,
             ..ServerConfig::default()
@@ -2706,6 +2707,7 @@ async fn an_apply_edits_call_costs_ten_calls_from_the_rate_limit() {
                 burst: 40.0,
                 concurrent_per_caller: 4,
                 concurrent_total: 1024,
+                ..keepsake_transport::guard::Limits::default()
             },
             ..ServerConfig::default()
         },
@@ -2731,4 +2733,63 @@ async fn an_apply_edits_call_costs_ten_calls_from_the_rate_limit() {
         Some("500"),
         "ten calls at 20 a second: {err:?}"
     );
+}
+
+/// Regression: open WatchChanges streams held the same permits as the calls that work, so a
+/// node with a thousand watching phones shed every upload as OVERLOADED. Watches now have a
+/// bound of their own, per caller and in all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_watches_leave_room_for_calls_and_have_a_bound_of_their_own() {
+    let server = start_configured(
+        None,
+        ServerConfig {
+            limits: keepsake_transport::guard::Limits {
+                concurrent_per_caller: 4,
+                concurrent_total: 4,
+                watches_per_caller: 6,
+                watches_total: 1_000,
+                ..keepsake_transport::guard::Limits::default()
+            },
+            ..ServerConfig::default()
+        },
+    )
+    .await;
+    let alice = library(&server, "alice-token").await;
+    let mut watches = Vec::new();
+    for _ in 0..6 {
+        let mut stream = alice
+            .clone()
+            .watch_changes(pb::WatchChangesRequest {
+                cursor: 0,
+                from_now: true,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        stream.message().await.unwrap().expect("the opening page");
+        watches.push(stream);
+    }
+    // More open streams than calls may be in flight, and calls still get through.
+    for _ in 0..3 {
+        alice
+            .clone()
+            .list_changes(pb::ListChangesRequest {
+                cursor: 0,
+                page_size: 10,
+            })
+            .await
+            .unwrap();
+    }
+    let refused = alice
+        .clone()
+        .watch_changes(pb::WatchChangesRequest {
+            cursor: 0,
+            from_now: true,
+        })
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert_eq!(reason_of(&refused).as_deref(), Some("OVERLOADED"));
+    drop(watches);
 }

@@ -51,28 +51,56 @@ pub async fn serve_cloud(dir: &Path, store: Arc<Store>) -> Result<BenchServer> {
         Some((url, schema)) => keepsake_sql::Db::postgres(&url, &format!("library_{schema}"))?,
         None => keepsake_sql::Db::open_sqlite(Some(&dir.join("library.sqlite")))?,
     };
-    let library = Library::open_on(
-        db,
-        Arc::new(SystemClock),
-        Arc::new(OsEntropy),
-        LibraryConfig {
-            plans: vec![Plan {
-                name: "unlimited".into(),
-                limit_bytes: u64::MAX / 4,
-            }],
-            ..LibraryConfig::default()
-        },
-    )?;
+    let library = Library::open_on(db, Arc::new(SystemClock), Arc::new(OsEntropy), unlimited())?;
     let cloud = Arc::new(Cloud::new(library, store.clone())?);
     cloud.create_account(ACCOUNT, PASSWORD, None, true)?;
     let token = cloud.sign_in(ACCOUNT, PASSWORD)?.token;
+    let url = serve_on_loopback(&cloud, &store, ServerConfig::default()).await?;
+    let cert = keepsake_transport::tls::self_signed(&["127.0.0.1".into()])?;
+    let fingerprint = keepsake_transport::tls::fingerprint_of_pem(&cert.cert_pem)?;
+    let tls_url = serve_on_loopback(
+        &cloud,
+        &store,
+        ServerConfig {
+            tls: Some(cert),
+            ..ServerConfig::default()
+        },
+    )
+    .await?
+    .replacen("http://", "https://", 1);
+    Ok(BenchServer {
+        url,
+        tls_url,
+        fingerprint,
+        token,
+        cloud,
+    })
+}
+
+/// The library's defaults with one plan no benchmark fills.
+pub(crate) fn unlimited() -> LibraryConfig {
+    LibraryConfig {
+        plans: vec![Plan {
+            name: "unlimited".into(),
+            limit_bytes: u64::MAX / 4,
+        }],
+        ..LibraryConfig::default()
+    }
+}
+
+/// Serves `cloud` and `store` on a loopback port with `config`; its `http://` address.
+pub async fn serve_on_loopback(
+    cloud: &Arc<Cloud>,
+    store: &Arc<Store>,
+    config: ServerConfig,
+) -> Result<String> {
     let auth = Authenticator::new(
         cloud.verifier(),
         Arc::new(SystemClock),
         ClientVersion::default(),
     );
     let services = Services {
-        store: Some(store),
+        store: Some(store.clone()),
         cloud: Some(cloud.clone()),
         changes: ChangeNotifier::default(),
         ..Services::default()
@@ -81,32 +109,12 @@ pub async fn serve_cloud(dir: &Path, store: Arc<Store>) -> Result<BenchServer> {
     let url = format!("http://{}", listener.local_addr()?);
     tokio::spawn(serve(
         listener,
-        services.clone(),
-        auth.clone(),
-        ServerConfig::default(),
-        std::future::pending(),
-    ));
-    let cert = keepsake_transport::tls::self_signed(&["127.0.0.1".into()])?;
-    let fingerprint = keepsake_transport::tls::fingerprint_of_pem(&cert.cert_pem)?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let tls_url = format!("https://{}", listener.local_addr()?);
-    tokio::spawn(serve(
-        listener,
         services,
         auth,
-        ServerConfig {
-            tls: Some(cert),
-            ..ServerConfig::default()
-        },
+        config,
         std::future::pending(),
     ));
-    Ok(BenchServer {
-        url,
-        tls_url,
-        fingerprint,
-        token,
-        cloud,
-    })
+    Ok(url)
 }
 
 /// `n` distinct one-chunk files stored for the bench account; their manifests.
@@ -260,7 +268,7 @@ async fn follow_feed(cloud: &Cloud, url: &str, dir: &Path, n: u64) -> Result<Fol
     })
 }
 
-fn rss_kib() -> u64 {
+pub(crate) fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {

@@ -7,6 +7,8 @@
 //! - `delta`: chunk + hash throughput against raw FastCDC + BLAKE3.
 //! - `library`: commit rate, a fresh device's ListChanges of the whole library over
 //!   loopback, and WatchChanges latency from commit to notification.
+//! - `watchers`: 10,000 devices watching their feeds on one node: memory, and a commit's
+//!   arrival at every watcher of its account.
 //! - `media`: thumbnails + previews of 12 MP JPEGs per second, one and two threads,
 //!   against decoding alone.
 
@@ -14,6 +16,7 @@ mod helpers;
 mod import;
 mod library;
 mod media;
+mod watchers;
 mod web;
 
 use anyhow::{Context, Result, bail};
@@ -50,6 +53,7 @@ fn main() -> Result<()> {
         Some("library") => runtime()?.block_on(library::run(&root, short)),
         Some("media") => media::run(short),
         Some("import") => runtime()?.block_on(import::run(&root, short)),
+        Some("watchers") => runtime()?.block_on(watchers::run(short)),
         // Helpers of `cargo xtask bench peers`, which drives whole processes.
         Some("chunk") => helpers::chunk_dir(Path::new(args.get(1).context("bench chunk DIR")?)),
         Some("discard") => runtime()?.block_on(helpers::discard(
