@@ -19,6 +19,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
             );
         }
         Some("compare") => return compare(root, &args[1..]),
+        Some("nodes") => return crate::fleet::bench(root, args.iter().any(|a| a == "--short")),
         // Without a name: Keepsake against syncthing, rsync and restic.
         None | Some("peers") | Some("--short") | Some("--mib") => {
             return crate::peers::run(root, args);

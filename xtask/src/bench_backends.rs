@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn write_library(dir: &Path, items: usize, mean: usize) -> Result<u64> {
+pub(crate) fn write_library(dir: &Path, items: usize, mean: usize) -> Result<u64> {
     std::fs::create_dir_all(dir)?;
     let mut rng = Rng(7);
     let mut total = 0;
@@ -37,7 +37,7 @@ fn settle() -> Result<()> {
 }
 
 /// Seconds from both agents starting until B holds A's library.
-fn first_sync(h: &crate::it::Harness, work: &Path) -> Result<f64> {
+pub(crate) fn first_sync(h: &crate::it::Harness, work: &Path) -> Result<f64> {
     let want = folder(&work.join("a"))?;
     settle()?;
     let t = Instant::now();

@@ -102,6 +102,97 @@ fn take_photo(dir: &Path, name: &str, data: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// N nodes on one database and bucket behind HAProxy, and a harness whose commands reach
+/// the fleet through HAProxy as the administrator.
+pub(crate) struct Fleet<'a> {
+    node: Node<'a>,
+    ports: Vec<u16>,
+    pub(crate) running: Vec<Proc>,
+    _balancer: Proc,
+    pub(crate) h: Harness,
+}
+
+impl<'a> Fleet<'a> {
+    /// Starts `nodes` servers of `bin` in `work` on `pg` and `s3`, and HAProxy before them.
+    pub(crate) fn start(
+        bin: &'a Path,
+        work: &'a Path,
+        nodes: usize,
+        pg: &Postgres,
+        s3: &S3Server,
+    ) -> Result<Self> {
+        let node = Node {
+            bin,
+            work,
+            database: pg.url.clone(),
+            blobs: s3.url(),
+            env: s3
+                .env()
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        let ports: Vec<u16> = (0..nodes).map(|_| free_port()).collect::<Result<_>>()?;
+        // The first node makes the administrator; the others find it in the database.
+        let mut running: Vec<Proc> = Vec::new();
+        for (i, port) in ports.iter().enumerate() {
+            running.push(node.start(i, *port)?);
+        }
+        let front = free_port()?;
+        let config = work.join("haproxy.cfg");
+        std::fs::write(&config, haproxy_config(front, &ports))?;
+        let balancer = Proc(
+            Command::new(haproxy()?)
+                .arg("-f")
+                .arg(&config)
+                .arg("-db")
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(work.join("haproxy.log"))?)
+                .spawn()
+                .context("starting haproxy")?,
+        );
+        let credentials: serde_json::Value = serde_json::from_slice(&std::fs::read(
+            work.join("node-0/initial-credentials.json"),
+        )?)?;
+        let h = Harness {
+            bin: bin.to_path_buf(),
+            work: work.to_path_buf(),
+            port: front,
+            password: credentials["password"]
+                .as_str()
+                .context("credentials hold a password")?
+                .to_string(),
+            events: Default::default(),
+            sync_args: Vec::new(),
+            serve_args: Vec::new(),
+            serve_env: Vec::new(),
+        };
+        // HAProxy answers once its first checks pass.
+        let ready = Instant::now() + Duration::from_secs(20);
+        while h.run_ok(&["library", "ls"]).is_err() {
+            if Instant::now() > ready {
+                bail!("the fleet never answered through HAProxy (see haproxy.log)");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Ok(Self {
+            node,
+            ports,
+            running,
+            _balancer: balancer,
+            h,
+        })
+    }
+
+    /// kill -9 of node `i`, a pause of `down`, and the node started again.
+    fn bounce(&mut self, i: usize, down: Duration) -> Result<()> {
+        self.running[i].kill();
+        std::thread::sleep(down);
+        self.running[i] = self.node.start(i, self.ports[i])?;
+        Ok(())
+    }
+}
+
 /// Runs the fleet scenario with `nodes` servers.
 pub fn run(root: &Path, args: &[String], nodes: usize) -> Result<()> {
     let value = |flag: &str| {
@@ -119,66 +210,13 @@ pub fn run(root: &Path, args: &[String], nodes: usize) -> Result<()> {
     println!(
         "\n==> it: {nodes} nodes behind HAProxy on PostgreSQL + S3, nodes kill -9'd one at a time (seed {seed}, {seconds} s)"
     );
-    let haproxy = haproxy()?;
     let bin = crate::ci::build_debug_keepsake(root)?;
     let pg = Postgres::start(root)?;
     let s3 = S3Server::start(root)?;
     let tmp = tempfile::tempdir()?;
     let work = tmp.path().to_path_buf();
-    let node = Node {
-        bin: &bin,
-        work: &work,
-        database: pg.url.clone(),
-        blobs: s3.url(),
-        env: s3
-            .env()
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-    };
-    let ports: Vec<u16> = (0..nodes).map(|_| free_port()).collect::<Result<_>>()?;
-    // The first node makes the administrator; the others find it in the database.
-    let mut running: Vec<Proc> = Vec::new();
-    for (i, port) in ports.iter().enumerate() {
-        running.push(node.start(i, *port)?);
-    }
-    let front = free_port()?;
-    let config = work.join("haproxy.cfg");
-    std::fs::write(&config, haproxy_config(front, &ports))?;
-    let balancer = Proc(
-        Command::new(&haproxy)
-            .arg("-f")
-            .arg(&config)
-            .arg("-db")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(work.join("haproxy.log"))?)
-            .spawn()
-            .context("starting haproxy")?,
-    );
-    let credentials: serde_json::Value = serde_json::from_slice(&std::fs::read(
-        work.join("node-0/initial-credentials.json"),
-    )?)?;
-    let h = Harness {
-        bin: bin.clone(),
-        work: work.clone(),
-        port: front,
-        password: credentials["password"]
-            .as_str()
-            .context("credentials hold a password")?
-            .to_string(),
-        events: Default::default(),
-        sync_args: Vec::new(),
-        serve_args: Vec::new(),
-        serve_env: Vec::new(),
-    };
-    // HAProxy answers once its first checks pass.
-    let ready = Instant::now() + Duration::from_secs(20);
-    while h.run_ok(&["library", "ls"]).is_err() {
-        if Instant::now() > ready {
-            bail!("the fleet never answered through HAProxy (see haproxy.log)");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let mut fleet = Fleet::start(&bin, &work, nodes, &pg, &s3)?;
+    let h = &fleet.h;
     for name in DEVICES {
         h.run_ok(&[
             "device",
@@ -205,10 +243,8 @@ pub fn run(root: &Path, args: &[String], nodes: usize) -> Result<()> {
         take_photo(&work.join(camera), &name, &data)?;
         photos.insert(name, data);
         if Instant::now() >= next_kill {
-            running[victim].kill();
+            fleet.bounce(victim, Duration::from_millis(500 + rng.below(1500)))?;
             kills += 1;
-            std::thread::sleep(Duration::from_millis(500 + rng.below(1500)));
-            running[victim] = node.start(victim, ports[victim])?;
             victim = (victim + 1) % nodes;
             next_kill = Instant::now() + Duration::from_millis(2000 + rng.below(3000));
         }
@@ -229,9 +265,10 @@ pub fn run(root: &Path, args: &[String], nodes: usize) -> Result<()> {
         .with_context(|| format!("{device} never held every photo (seed {seed})"))?;
     }
     let converged = healed.elapsed();
+    let h = &fleet.h;
     let listing = h.run_ok(&["library", "ls"])?;
     let live_rows = listing.lines().filter(|l| l.contains(" live ")).count();
-    let names = live_names(&h)?;
+    let names = live_names(h)?;
     let want: std::collections::BTreeSet<String> = photos.keys().cloned().collect();
     if live_rows != photos.len() || names != want {
         bail!(
@@ -246,7 +283,58 @@ pub fn run(root: &Path, args: &[String], nodes: usize) -> Result<()> {
         converged.as_secs_f64(),
         photos.len()
     );
-    drop((agents, balancer, running));
+    drop((agents, fleet));
+    Ok(())
+}
+
+/// `cargo xtask bench nodes [--short]`: the first sync of one seeded library through
+/// HAProxy to one node and then to two, release builds, each on a fresh PostgreSQL and S3
+/// server, in the same run. On two cores the second node has no core of its own: what it
+/// can show is what the balancer and a second process cost, not what a second machine adds.
+pub fn bench(root: &Path, short: bool) -> Result<()> {
+    let (items, mean) = if short { (60, 2 << 20) } else { (300, 2 << 20) };
+    if !crate::ci::cargo()
+        .current_dir(root)
+        .args(["build", "--quiet", "--release", "-p", "keepsake"])
+        .status()?
+        .success()
+    {
+        bail!("building keepsake failed");
+    }
+    let bin = root.join("target/release/keepsake");
+    let tmp_root = root.join("target/bench-tmp");
+    std::fs::create_dir_all(&tmp_root)?;
+    let mut rows = Vec::new();
+    let mut total = 0;
+    for nodes in [1, 2] {
+        let pg = Postgres::start(root)?;
+        let s3 = S3Server::start_release(root)?;
+        let tmp = tempfile::tempdir_in(&tmp_root)?;
+        let fleet = Fleet::start(&bin, tmp.path(), nodes, &pg, &s3)?;
+        fleet
+            .h
+            .run_ok(&["device", "enroll", "--name", "camera", "--data", "a-data"])?;
+        fleet
+            .h
+            .run_ok(&["device", "enroll", "--name", "viewer", "--data", "b-data"])?;
+        total = crate::bench_backends::write_library(&tmp.path().join("a"), items, mean)?;
+        std::fs::create_dir_all(tmp.path().join("b"))?;
+        std::thread::sleep(Duration::from_millis(1100));
+        let seconds = crate::bench_backends::first_sync(&fleet.h, tmp.path())?;
+        rows.push((nodes, seconds));
+        drop(fleet);
+    }
+    let mib = total as f64 / f64::from(1 << 20);
+    println!(
+        "bench nodes: first sync of {items} photos ({mib:.0} MiB) A -> B through HAProxy, PostgreSQL + S3, release, one machine of two cores"
+    );
+    println!("| nodes | first sync | MiB/s |");
+    println!("|---|---|---|");
+    for (nodes, seconds) in &rows {
+        println!("| {nodes} | {seconds:.1} s | {:.0} |", mib / seconds);
+    }
+    println!();
+    println!("two nodes / one node, time = {:.2}", rows[1].1 / rows[0].1);
     Ok(())
 }
 
