@@ -77,12 +77,22 @@ pub(super) fn found_among(
         .collect()
 }
 
-/// The stored length of each of `ids` that is in the index.
-pub(super) fn lengths_of(db: &Db, ids: &[ChunkId]) -> Result<HashMap<ChunkId, u32>, StoreError> {
-    rows_among(db, "SELECT id, len FROM chunks WHERE id IN", None, ids)?
-        .iter()
-        .map(|row| Ok((chunk_id(row, 0)?, row.get(1)?)))
-        .collect()
+/// The stored length of each data chunk among `ids` that `account` owns.
+pub(super) fn owned_lengths(
+    db: &Db,
+    account: &str,
+    ids: &[ChunkId],
+) -> Result<HashMap<ChunkId, u32>, StoreError> {
+    rows_among(
+        db,
+        "SELECT o.chunk, c.len FROM owners o JOIN chunks c ON c.id = o.chunk
+         WHERE o.account = ?1 AND c.is_manifest = 0 AND o.chunk IN",
+        Some(account),
+        ids,
+    )?
+    .iter()
+    .map(|row| Ok((chunk_id(row, 0)?, row.get(1)?)))
+    .collect()
 }
 
 pub(super) fn missing_for(
@@ -251,10 +261,12 @@ impl Store {
             let db = self.reader();
             check_live_session(&db, account, session_id, now)?;
             let ids: Vec<ChunkId> = unique.iter().map(|(id, _, _)| *id).collect();
+            // Ownership alone, from the owners' index: the batch's own transaction checks
+            // again that each chunk assumed present still has its row (a sweep may have
+            // taken it meanwhile), so the join to `chunks` here only cost a scan.
             found_among(
                 &db,
-                "SELECT o.chunk FROM owners o JOIN chunks c ON c.id = o.chunk
-                 WHERE o.account = ?1 AND o.chunk IN",
+                "SELECT chunk FROM owners WHERE account = ?1 AND chunk IN",
                 Some(account),
                 &ids,
             )?

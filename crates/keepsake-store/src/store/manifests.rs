@@ -29,13 +29,19 @@ impl Store {
         chunks.sort();
         chunks.dedup();
         {
-            // Checks only: the batch's own transaction checks ownership again.
+            // One lookup for ownership and lengths, of the account's own chunks only: a
+            // length of someone else's chunk would tell this caller it exists. The batch's
+            // own transaction checks ownership again.
             let db = self.reader();
-            let missing = missing_for(&db, account, &chunks)?;
+            let lens = owned_lengths(&db, account, &chunks)?;
+            let missing: Vec<ChunkId> = chunks
+                .iter()
+                .filter(|id| !lens.contains_key(id))
+                .copied()
+                .collect();
             if !missing.is_empty() {
                 return Err(StoreError::MissingChunks(missing));
             }
-            let lens = lengths_of(&db, &chunks)?;
             for entry in &manifest.entries {
                 let len = lens.get(&entry.chunk).copied().unwrap_or_default();
                 if len != entry.len {
