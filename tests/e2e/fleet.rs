@@ -3,7 +3,7 @@
 //! database (on SQLite there is one process by construction).
 
 use super::*;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 /// A node of the fleet: its own data directory (lock, published keys), the shared rows.
 fn node(data: &Path, database: &str, blobs: &str) -> Server {
@@ -17,13 +17,6 @@ fn node(data: &Path, database: &str, blobs: &str) -> Server {
         url,
         token: String::new(),
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
 }
 
 /// Regression for watchers that heard only their own node's commits: a device watching
@@ -64,7 +57,7 @@ async fn a_watcher_on_one_node_hears_a_change_made_through_another_within_a_seco
                 album_id: format!("trip-{round}"),
                 name: format!("Trip {round}"),
                 clock: Some(keepsake_transport_pb::Clock {
-                    wall_ms: now_ms(),
+                    wall_ms: keepsake_store::Clock::now_ms(&keepsake_store::SystemClock),
                     counter: 0,
                     device: "fleet-test".into(),
                 }),

@@ -26,9 +26,9 @@ pub(crate) fn write_library(dir: &Path, items: usize, mean: usize) -> Result<u64
     Ok(total)
 }
 
-/// Writes back what earlier steps left dirty in the page cache, so each timed step starts
-/// on an idle disk: a gigabyte of the embedded run's writes flushed during the PostgreSQL
-/// + S3 run made it 25% slower than the same run alone.
+/// Writes back what earlier steps left dirty in the page cache, so no timed step pays for
+/// the writes of the one before (suspected when the PostgreSQL + S3 run was slower after
+/// the embedded one than alone; measured, it changed nothing — kept as hygiene).
 fn settle() -> Result<()> {
     if !Command::new("sync").status()?.success() {
         bail!("sync failed");

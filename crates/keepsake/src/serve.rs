@@ -622,7 +622,7 @@ fn open_store(args: &ServeArgs) -> Result<Arc<Store>> {
 /// The periodic jobs: library maintenance (trash expiry, reservations, reference
 /// releases, compaction, key retirement), then the store's GC — by whichever server of
 /// those on one database holds the `maintenance` lease (`node` names this one). Every
-/// server picks up keys another rotated each round.
+/// server publishes its keys each round.
 fn spawn_maintenance(
     cloud: Option<Arc<Cloud>>,
     store: Option<Arc<Store>>,
@@ -644,7 +644,7 @@ fn spawn_maintenance(
             let lease_ms = i64::try_from(every.as_millis().saturating_mul(3)).unwrap_or(i64::MAX);
             let done = tokio::task::spawn_blocking(move || -> Result<bool> {
                 if let Some(cloud) = &cloud {
-                    cloud.refresh_keys()?;
+                    // Keys another server rotated arrive through spawn_key_refresh.
                     publish_keys(cloud, &data)?;
                     if !cloud.hold_lease("maintenance", &node, lease_ms)? {
                         return Ok(false);

@@ -13,17 +13,11 @@ use keepsake_store::{OsEntropy, Store, StoreConfig, SystemClock};
 use keepsake_transport::client;
 use keepsake_transport::server::ServerConfig;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 /// Streams per HTTP/2 connection, as many phones behind one carrier's NAT would not share
 /// one; a few hundred connections in all.
 const STREAMS_PER_CONNECTION: usize = 40;
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
 
 /// Runs the benchmark: `accounts` accounts of `devices` watching devices each.
 pub async fn run(short: bool) -> Result<()> {
@@ -116,7 +110,7 @@ pub async fn run(short: bool) -> Result<()> {
                 album_id: format!("round-{round}"),
                 name: format!("Round {round}"),
                 clock: Some(pb::Clock {
-                    wall_ms: now_ms(),
+                    wall_ms: keepsake_store::Clock::now_ms(&keepsake_store::SystemClock),
                     counter: 0,
                     device: "bench".into(),
                 }),
