@@ -18,22 +18,8 @@ const DEVICES: [&str; 3] = ["camera-1", "camera-2", "viewer"];
 
 /// Debian's haproxy, installed when missing.
 fn haproxy() -> Result<PathBuf> {
-    let found = |p: &str| Path::new(p).exists().then(|| PathBuf::from(p));
-    if let Some(bin) = found("/usr/sbin/haproxy") {
-        return Ok(bin);
-    }
-    println!("it: installing Debian's haproxy");
-    let ok = Command::new("sh")
-        .args([
-            "-c",
-            "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends haproxy",
-        ])
-        .status()?
-        .success();
-    if !ok {
-        bail!("could not install haproxy; install it and rerun");
-    }
-    found("/usr/sbin/haproxy").context("haproxy installed but not found")
+    crate::media::ensure(&[("haproxy", "haproxy")])?;
+    Ok(PathBuf::from("haproxy"))
 }
 
 /// One address for the fleet: round robin over the nodes, HTTP/2 without TLS on both
