@@ -642,6 +642,7 @@ mod devices {
                 store: Some(store.clone()),
                 cloud: Some(cloud.clone()),
                 delta: true,
+                remote_store: None,
                 ..Services::default()
             },
             auth,

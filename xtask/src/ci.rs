@@ -235,6 +235,13 @@ pub fn ci(root: &Path) -> Result<()> {
             Box::new(|| crate::fleet::run(root, &["--short".to_string()], 3)),
         ),
         (
+            "store and library apart behind HAProxy, the store kill -9'd mid-upload (short)",
+            Box::new(|| {
+                let args = ["--short", "--apart", "--seconds", "15"].map(String::from);
+                crate::fleet::run(root, &args, 3)
+            }),
+        ),
+        (
             "kill -9 integration (short), the Python client and real media beside it",
             Box::new(|| {
                 // The chaos run spends most of its minute and a half waiting on real

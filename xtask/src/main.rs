@@ -72,6 +72,7 @@ fn main() -> Result<()> {
                 n.parse()
                     .map_err(|_| anyhow::anyhow!("--nodes {n:?} is not a number"))?,
             ),
+            None if rest.iter().any(|a| a == "--apart") => fleet::run(&root, rest, 3),
             None => it::run(&root, rest),
         },
         Some("demo") => demo::run(&root),

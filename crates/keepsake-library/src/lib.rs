@@ -85,7 +85,7 @@ pub use accounts::{
 };
 pub use cloud::{
     ChunkStore, Cloud, CommitAsset, DamagedAsset, Enrolment, IssuedToken, LibraryScrub,
-    Maintenance, ManifestUpload, Reservation,
+    Maintenance, ManifestUpload, PREVIEW_PIECE_BYTES, Reservation, copy_file_with, store_file_with,
 };
 pub use derive::{DeriveJob, DeriveReport, MAX_STILL_BYTES, MadeFile, Original, Outcome};
 pub use error::LibraryError;

@@ -272,6 +272,7 @@ pub(crate) async fn serve_cloud(
         store: Some(store),
         cloud: Some(cloud),
         delta: true,
+        remote_store: None,
         ..Services::default()
     };
     tokio::select! {

@@ -9,7 +9,7 @@ use keepsake_policy::{
     Cellular, Decision, DeviceStorage, Network, Power, Quota, Reason, Snapshot, Version, WorkClass,
 };
 use keepsake_proto::v1 as pb;
-use keepsake_store::ScrubReport;
+use keepsake_store::{ManifestId, ScrubReport};
 
 /// The wire form of a scrub report.
 pub fn scrub_to_wire(r: ScrubReport) -> pb::ScrubResponse {
@@ -30,9 +30,21 @@ pub fn scrub_to_wire(r: ScrubReport) -> pb::ScrubResponse {
             corrupt_chunk_ids: corrupt_chunks.iter().map(id_bytes).collect(),
             corrupt_packs,
             damaged_manifests: damaged.len() as u64,
+            damaged: damaged_to_wire(&damaged),
             finished_at_unix_ms: finished_at,
         }
     }
+}
+
+/// Damaged (account, manifest) pairs as the wire carries them.
+pub fn damaged_to_wire(damaged: &[(String, ManifestId)]) -> Vec<pb::DamagedManifest> {
+    damaged
+        .iter()
+        .map(|(account, id)| pb::DamagedManifest {
+            account: account.clone(),
+            manifest_id: id_bytes(id),
+        })
+        .collect()
 }
 
 /// A policy snapshot that came off the wire (a newtype so the conversion lives here).

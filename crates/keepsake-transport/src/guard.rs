@@ -207,8 +207,11 @@ impl State {
     ) -> Result<(Option<Identity>, [OwnedSemaphorePermit; 2]), ApiError> {
         let path = req.uri().path();
         self.auth.check_version(req.headers())?;
-        let identity = self.auth.identify(req.headers())?;
+        let identity = self.auth.identify(path, req.headers())?;
         let key = match &identity {
+            Some(who) if req.headers().contains_key(crate::auth::SERVICE_HEADER) => {
+                format!("service:{}", who.account)
+            }
             Some(who) => match &who.device {
                 Some(device) => format!("device:{device}"),
                 None => format!("account:{}", who.account),

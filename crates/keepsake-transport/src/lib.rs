@@ -90,6 +90,8 @@ mod library_service;
 #[cfg(feature = "cloud")]
 mod policy_service;
 #[cfg(feature = "cloud")]
+pub mod remote_store;
+#[cfg(feature = "cloud")]
 pub mod server;
 #[cfg(feature = "cloud")]
 mod store_service;
@@ -102,5 +104,7 @@ pub use delta_service::{DeltaService, DeltaStore};
 pub use library_service::{ChangeNotifier, LibraryService};
 #[cfg(feature = "cloud")]
 pub use policy_service::PolicyService;
+#[cfg(feature = "cloud")]
+pub use remote_store::{RemoteStore, RemoteStoreConfig, StoreAddress};
 #[cfg(feature = "cloud")]
 pub use store_service::StoreService;

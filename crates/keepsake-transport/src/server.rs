@@ -2,7 +2,7 @@
 
 use crate::accounts_service::AccountsService;
 use crate::auth::Authenticator;
-use crate::delta_service::DeltaService;
+use crate::delta_service::{DeltaService, DeltaStore};
 use crate::guard::{GuardLayer, Limits};
 use crate::library_service::{ChangeNotifier, LibraryService};
 use crate::policy_service::PolicyService;
@@ -63,8 +63,12 @@ pub struct Services {
     pub store: Option<Arc<Store>>,
     /// The policy service and its configuration, if served here.
     pub policy: Option<PolicyConfig>,
-    /// Whether to serve the delta service (it works against `store`, which must be set).
+    /// Whether to serve the delta service (it works against `remote_store` when set, else
+    /// against `store`, one of which must be set).
     pub delta: bool,
+    /// A store in another process, for the delta service (the library reaches it through
+    /// its own `ChunkStore`).
+    pub remote_store: Option<Arc<dyn DeltaStore>>,
     /// The library and accounts, if served here.
     pub cloud: Option<Arc<Cloud>>,
     /// Where library changes are announced to feed watchers.
@@ -116,7 +120,13 @@ where
     // Reflection lists only what this process serves (it once listed DeviceControl, which
     // only an agent serves, so a client found it and got UNIMPLEMENTED).
     let mut served = vec!["grpc.health.v1.Health"];
-    if services.delta && services.store.is_some() {
+    let delta_store: Option<Arc<dyn DeltaStore>> = match (&services.remote_store, &services.store) {
+        _ if !services.delta => None,
+        (Some(remote), _) => Some(remote.clone()),
+        (None, Some(store)) => Some(store.clone()),
+        (None, None) => None,
+    };
+    if delta_store.is_some() {
         served.push("keepsake.v1.Delta");
     }
     if services.store.is_some() {
@@ -177,9 +187,9 @@ where
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
-    if let (true, Some(store)) = (services.delta, &services.store) {
+    if let Some(store) = delta_store {
         reporter.set_serving::<DeltaServer<DeltaService>>().await;
-        let service = DeltaServer::new(DeltaService::new(store.clone(), RsyncLimits::default()))
+        let service = DeltaServer::new(DeltaService::new(store, RsyncLimits::default()))
             .max_decoding_message_size(config.max_message_bytes)
             .max_encoding_message_size(config.max_message_bytes);
         router = router.add_service(service);

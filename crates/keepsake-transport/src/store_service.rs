@@ -3,7 +3,8 @@
 use crate::ApiError;
 use crate::auth::{Identity, identity};
 use crate::convert::{
-    WireManifest, WireManifestEdit, chunk_id, chunk_ids, id_bytes, manifest_to_wire, scrub_to_wire,
+    WireManifest, WireManifestEdit, chunk_id, chunk_ids, damaged_to_wire, id_bytes,
+    manifest_to_wire, scrub_to_wire,
 };
 use bytes::Bytes;
 use keepsake_proto::v1 as pb;
@@ -359,6 +360,22 @@ impl ChunkStore for StoreService {
             packs_repacked: r.packs_repacked,
             packs_deleted: r.packs_deleted,
             sessions_expired: r.sessions_expired,
+        }))
+    }
+
+    async fn recheck(
+        &self,
+        request: Request<pb::RecheckRequest>,
+    ) -> Result<Response<pb::RecheckResponse>, Status> {
+        let who = identity(&request)?;
+        // The answer names other accounts' manifests: for the library, not for a device.
+        require_admin(&who)?;
+        let pb::RecheckRequest { ids } = request.into_inner();
+        let ids = chunk_ids("ids", &ids, self.store.config().max_ids_per_call)?;
+        let found = blocking(&self.store, move |s| s.recheck(&who.account, &ids)).await?;
+        Ok(Response::new(pb::RecheckResponse {
+            corrupt_ids: found.corrupt.iter().map(id_bytes).collect(),
+            damaged: damaged_to_wire(&found.damaged),
         }))
     }
 }

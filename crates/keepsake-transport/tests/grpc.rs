@@ -93,6 +93,7 @@ async fn start_configured(backend: Option<Arc<dyn Backend>>, config: ServerConfi
             store: Some(store.clone()),
             policy: Some(keepsake_policy::PolicyConfig::default()),
             delta: true,
+            remote_store: None,
             cloud: Some(cloud.clone()),
             changes: ChangeNotifier::default(),
         },

@@ -54,9 +54,23 @@ pub(crate) struct ServeArgs {
     #[arg(long, requires = "cloud")]
     pub(crate) cloud_fingerprint: Option<String>,
     /// Public token keys (the library server's token-keys.json), for a process that
-    /// serves the store, delta or policy without the library.
+    /// serves the store, delta or policy without the library; read again every 5 s, so a
+    /// rotated key is trusted here too.
     #[arg(long)]
     pub(crate) token_keys: Option<PathBuf>,
+    /// The store in another process (`http://HOST:PORT`, or `https://…` with
+    /// --store-fingerprint), for `--services library,policy,delta` on their own: the
+    /// library and the delta service reach it over gRPC with --service-key.
+    #[arg(long, env = "KEEPSAKE_STORE")]
+    pub(crate) store: Option<String>,
+    /// The certificate fingerprint the store's `keepsake serve` printed, for an `https://` --store.
+    #[arg(long, requires = "store")]
+    pub(crate) store_fingerprint: Option<String>,
+    /// The secret a library and its store share (64 hex digits; made here if the file does
+    /// not exist): a store accepts the library's calls for an account with it. A store
+    /// served without the library keeps one in DATA/service-key unless given this.
+    #[arg(long, env = "KEEPSAKE_SERVICE_KEY")]
+    pub(crate) service_key: Option<PathBuf>,
     /// Serve TLS with a certificate made for this server (kept in DATA/tls), and print its
     /// fingerprint for devices to pin.
     #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
@@ -154,6 +168,96 @@ pub(crate) fn selected(services: &[String]) -> Result<Vec<&'static str>> {
 const INITIAL_CREDENTIALS: &str = "initial-credentials.json";
 /// Where the token-signing public keys are published for services run elsewhere.
 const TOKEN_KEYS: &str = "token-keys.json";
+/// Where a store served without the library keeps the key libraries call it with.
+const SERVICE_KEY: &str = "service-key";
+
+/// The service key in `path`, made there first if there is none (two processes starting
+/// together settle on the one written first).
+fn load_service_key(path: &Path) -> Result<keepsake_transport::auth::ServiceKey> {
+    use keepsake_transport::auth::ServiceKey;
+    if !path.exists() {
+        let made = ServiceKey::generate(&OsEntropy);
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        match write_private(path, made.to_hex().as_bytes()) {
+            Ok(()) => return Ok(made),
+            Err(e)
+                if e.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::AlreadyExists) => {}
+            Err(e) => return Err(e.context(format!("writing the service key {}", path.display()))),
+        }
+    }
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the service key {}", path.display()))?;
+    ServiceKey::from_hex(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// The store at `url`, reached with the service key.
+fn remote_store(
+    args: &ServeArgs,
+    url: &str,
+    clock: Arc<SystemClock>,
+) -> Result<Arc<keepsake_transport::RemoteStore>> {
+    use keepsake_transport::{RemoteStore, RemoteStoreConfig, StoreAddress};
+    let key_path = args.service_key.as_ref().context(
+        "--store needs --service-key FILE: the key the store was given (or made in its DATA/service-key)",
+    )?;
+    let address = match (url.strip_prefix("https://"), &args.store_fingerprint) {
+        (Some(_), Some(pin)) => StoreAddress::Pinned(url.to_string(), pin.clone()),
+        (Some(_), None) => anyhow::bail!(
+            "--store {url} is TLS: give the fingerprint its `keepsake serve` printed with --store-fingerprint"
+        ),
+        (None, _) if !url.starts_with("http://") => {
+            anyhow::bail!("--store {url:?} is not http://HOST:PORT or https://HOST:PORT")
+        }
+        (None, _) => {
+            let host = url
+                .trim_start_matches("http://")
+                .rsplit_once(':')
+                .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
+                .unwrap_or_default();
+            let local = host == "localhost"
+                || host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            if !local && !args.insecure_plaintext {
+                anyhow::bail!(
+                    "--store {url} is plaintext off this machine: serve the store with TLS and give --store https://… --store-fingerprint, or pass --insecure-plaintext if this network is trusted"
+                );
+            }
+            StoreAddress::Plain(url.to_string())
+        }
+    };
+    Ok(Arc::new(RemoteStore::new(
+        address,
+        load_service_key(key_path)?,
+        clock,
+        RemoteStoreConfig::default(),
+    )?))
+}
+
+/// Reads the published token keys again every few seconds, so a key rotated by the
+/// library is trusted here within that time (and a retired one dropped).
+fn spawn_token_keys_reload(path: PathBuf, verifier: TokenVerifier) {
+    tokio::spawn(async move {
+        let mut last = std::fs::read(&path).ok();
+        loop {
+            tokio::time::sleep(KEY_REFRESH).await;
+            let now = std::fs::read(&path).ok();
+            if now.is_none() || now == last {
+                continue;
+            }
+            match read_keys(&path).and_then(|keys| Ok(verifier.replace(&keys)?)) {
+                Ok(()) => {
+                    tracing::info!(path = %path.display(), "token keys taken up again");
+                    last = now;
+                }
+                Err(e) => tracing::warn!(error = %e, "token keys not read; keeping the old ones"),
+            }
+        }
+    });
+}
 
 /// On first start, creates the administrator account "me" with a random password and
 /// leaves the credentials (readable by the owner only) in the data directory.
@@ -168,7 +272,17 @@ fn bootstrap_admin(cloud: &Cloud, data: &Path) -> Result<()> {
     // account, and the next start simply makes both again.
     let _ = std::fs::remove_file(&path);
     write_private(&path, &serde_json::to_vec_pretty(&body)?)?;
-    cloud.create_account("me", &password, None, true)?;
+    match cloud.create_account("me", &password, None, true) {
+        Ok(_) => {}
+        // A store in another process not up yet: the account is made; only its usage,
+        // which the answer includes, could not be read.
+        Err(keepsake_library::LibraryError::Store(e))
+            if cloud.library().account_exists("me")? =>
+        {
+            tracing::warn!(error = %e, "administrator created; the store did not answer yet");
+        }
+        Err(e) => return Err(e.into()),
+    }
     say!(
         "keepsake: created administrator account \"me\"; its password is in {}",
         path.display()
@@ -295,21 +409,36 @@ pub(crate) async fn run_serve(mut args: ServeArgs) -> Result<()> {
         None
     };
     to_serve.store = store.clone();
+    let serves_store = store.is_some();
+    let remote = match (&store, &args.store) {
+        (Some(_), Some(_)) => anyhow::bail!(
+            "--store names a store in another process, but this one serves the store too: drop one"
+        ),
+        (None, Some(url)) => Some(remote_store(&args, url, clock.clone())?),
+        _ => None,
+    };
     if services.contains(&"delta") {
-        if store.is_none() {
+        if store.is_none() && remote.is_none() {
             anyhow::bail!(
-                "the delta service rebuilds versions next to the store: serve it with `--services store,delta`"
+                "the delta service rebuilds versions in a store: serve it with `--services store,delta`, or give --store URL"
             );
         }
         to_serve.delta = true;
+        to_serve.remote_store = remote
+            .clone()
+            .map(|r| r as Arc<dyn keepsake_transport::DeltaStore>);
     }
     if services.contains(&"policy") {
         to_serve.policy = Some(keepsake_policy::PolicyConfig::default());
     }
     let verifier = if services.contains(&"library") {
-        let store = store.clone().context(
-            "the library keeps its content in the store of the same process: serve it with `--services store,library`",
-        )?;
+        let store: Arc<dyn keepsake_library::ChunkStore> = match (&store, &remote) {
+            (Some(local), _) => local.clone(),
+            (None, Some(remote)) => remote.clone(),
+            (None, None) => anyhow::bail!(
+                "the library keeps its content in a store: serve it with `--services store,library`, or give --store URL"
+            ),
+        };
         let library = Library::open_on(
             backends::library_db(&args)?,
             clock.clone(),
@@ -332,7 +461,9 @@ pub(crate) async fn run_serve(mut args: ServeArgs) -> Result<()> {
             .token_keys
             .clone()
             .context("without the library in this process, pass --token-keys FILE (the library server's token-keys.json) so tokens can be checked")?;
-        TokenVerifier::new(&read_keys(&path)?)?
+        let verifier = TokenVerifier::new(&read_keys(&path)?)?;
+        spawn_token_keys_reload(path, verifier.clone());
+        verifier
     };
     // Names this process in the leases that keep background work to one server at a time
     // when several share a database.
@@ -346,7 +477,11 @@ pub(crate) async fn run_serve(mut args: ServeArgs) -> Result<()> {
         );
         if let Some(url) = args.database.clone() {
             spawn_feed_listener(url, changes.clone());
-            spawn_key_refresh(cloud.clone());
+        }
+        // Other servers on the database rotate keys, and a store elsewhere reads them from
+        // the published file: both need them within seconds, not at the next maintenance.
+        if args.database.is_some() || remote.is_some() {
+            spawn_key_refresh(cloud.clone(), args.data.clone());
         }
     }
     spawn_maintenance(
@@ -358,7 +493,18 @@ pub(crate) async fn run_serve(mut args: ServeArgs) -> Result<()> {
         Duration::from_secs(args.gc_interval_secs.max(1)),
         Duration::from_secs(args.scrub_interval_hours.max(1) * 3600),
     );
-    let auth = Authenticator::new(verifier, clock, min_version);
+    let mut auth = Authenticator::new(verifier, clock, min_version);
+    if serves_store && (args.service_key.is_some() || !services.contains(&"library")) {
+        let path = args
+            .service_key
+            .clone()
+            .unwrap_or_else(|| args.data.join(SERVICE_KEY));
+        auth = auth.with_service_key(load_service_key(&path)?);
+        say!(
+            "keepsake: libraries elsewhere reach this store with --service-key {}",
+            path.display()
+        );
+    }
     let tls = tls_material(&args)?;
     if tls.is_none() && !args.listen.ip().is_loopback() && !args.insecure_plaintext {
         anyhow::bail!(
@@ -561,12 +707,17 @@ fn spawn_feed_listener(url: String, changes: ChangeNotifier) {
 const KEY_REFRESH: Duration = Duration::from_secs(5);
 
 /// Takes up the database's signing keys every `KEY_REFRESH`.
-fn spawn_key_refresh(cloud: Arc<Cloud>) {
+fn spawn_key_refresh(cloud: Arc<Cloud>, data: PathBuf) {
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(KEY_REFRESH).await;
-            let cloud = cloud.clone();
-            match tokio::task::spawn_blocking(move || cloud.refresh_keys()).await {
+            let (cloud, data) = (cloud.clone(), data.clone());
+            // Published too, for a store in another process that reads them from the file.
+            let refreshed = move || -> Result<()> {
+                cloud.refresh_keys()?;
+                publish_keys(&cloud, &data)
+            };
+            match tokio::task::spawn_blocking(refreshed).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::warn!(error = %e, "signing keys not refreshed; will retry"),
                 Err(e) => tracing::error!(error = %e, "key refresh panicked"),
@@ -660,9 +811,10 @@ fn spawn_maintenance(
                             r.damaged.len()
                         );
                     }
-                } else if let (true, Some(store)) = (scrub, &store) {
-                    store.scrub()?;
                 }
+                // A store without the library here does not scrub by itself: its library
+                // asks for the scrub through its ChunkStore, and only then are the photos
+                // that lost a chunk flagged (a scrub here would drop the chunks unseen).
                 if let Some(store) = &store {
                     store.collect_garbage()?;
                 }

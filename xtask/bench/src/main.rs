@@ -591,6 +591,12 @@ impl ChunkStore for DiscardStore {
     ) -> Result<Response<pb::CollectGarbageResponse>, Status> {
         not_here()
     }
+    async fn recheck(
+        &self,
+        _: Request<pb::RecheckRequest>,
+    ) -> Result<Response<pb::RecheckResponse>, Status> {
+        not_here()
+    }
 }
 
 fn async_stream_acks(

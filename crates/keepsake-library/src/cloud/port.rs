@@ -75,7 +75,7 @@ pub trait ChunkStore: Send + Sync {
 }
 
 /// Pieces a stored preview is cut into (well under the store's chunk limit).
-pub(super) const PIECE: usize = 4 << 20;
+pub const PREVIEW_PIECE_BYTES: usize = 4 << 20;
 
 impl ChunkStore for Store {
     fn scrub(&self) -> Result<keepsake_store::ScrubReport, StoreError> {
@@ -148,28 +148,9 @@ impl ChunkStore for Store {
         let manifest = self
             .get_manifest(account, id)
             .map_err(std::io::Error::other)?;
-        if manifest.total_len > max_len {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::FileTooLarge,
-                format!("{} bytes, over {max_len}", manifest.total_len),
-            ));
-        }
-        let mut whole = blake3::Hasher::new();
-        // In groups: a bucket then serves neighbouring chunks in one request.
-        for group in manifest.entries.chunks(64) {
-            let ids: Vec<ChunkId> = group.iter().map(|e| e.chunk).collect();
-            for (_, chunk) in self
-                .get_chunks(account, &ids)
-                .map_err(std::io::Error::other)?
-            {
-                whole.update(&chunk);
-                out.write_all(&chunk)?;
-            }
-        }
-        if ChunkId(*whole.finalize().as_bytes()) != manifest.file_hash {
-            return Err(std::io::Error::other(StoreError::Corrupt(*id)));
-        }
-        Ok(manifest.total_len)
+        copy_file_with(id, &manifest, max_len, out, |ids| {
+            self.get_chunks(account, ids)
+        })
     }
     fn store_file(
         &self,
@@ -177,24 +158,73 @@ impl ChunkStore for Store {
         bytes: &[u8],
         holder: &str,
     ) -> Result<ManifestId, StoreError> {
-        let pieces: Vec<(ChunkId, bytes::Bytes)> = bytes
-            .chunks(PIECE)
-            .map(|p| {
-                (
-                    ChunkId(*blake3::hash(p).as_bytes()),
-                    bytes::Bytes::copy_from_slice(p),
-                )
-            })
-            .collect();
-        let session = self.begin_session(account, bytes.len() as u64 + 4096, 600_000, None)?;
-        let stored = (|| {
-            self.put_chunks(account, &session.id, &pieces)?;
-            let manifest = Manifest::from_chunks(&pieces, ChunkId(*blake3::hash(bytes).as_bytes()));
-            let id = self.put_manifest(account, &session.id, &manifest)?;
-            Store::reference(self, account, &id, holder)?;
-            Ok(id)
-        })();
-        let _ = self.end_session(account, &session.id);
-        stored
+        store_file_with(self, account, bytes, holder, |session, pieces| {
+            self.put_chunks(account, session, pieces).map(drop)
+        })
     }
+}
+
+/// [`ChunkStore::copy_file`] for any store: the file of `manifest` (whose id is `id`)
+/// written to `out` a group of chunks at a time, `fetch` answering each group (in groups,
+/// a bucket serves neighbouring chunks in one request).
+pub fn copy_file_with(
+    id: &ManifestId,
+    manifest: &Manifest,
+    max_len: u64,
+    out: &mut dyn std::io::Write,
+    mut fetch: impl FnMut(&[ChunkId]) -> Result<Vec<(ChunkId, bytes::Bytes)>, StoreError>,
+) -> std::io::Result<u64> {
+    if manifest.total_len > max_len {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::FileTooLarge,
+            format!("{} bytes, over {max_len}", manifest.total_len),
+        ));
+    }
+    let mut whole = blake3::Hasher::new();
+    for group in manifest.entries.chunks(64) {
+        let ids: Vec<ChunkId> = group.iter().map(|e| e.chunk).collect();
+        let by_id: std::collections::HashMap<ChunkId, bytes::Bytes> = fetch(&ids)
+            .map_err(std::io::Error::other)?
+            .into_iter()
+            .collect();
+        for entry in group {
+            let chunk = by_id.get(&entry.chunk).ok_or_else(|| {
+                std::io::Error::other(StoreError::NotFound {
+                    kind: "chunk",
+                    id: entry.chunk,
+                })
+            })?;
+            whole.update(chunk);
+            out.write_all(chunk)?;
+        }
+    }
+    if ChunkId(*whole.finalize().as_bytes()) != manifest.file_hash {
+        return Err(std::io::Error::other(StoreError::Corrupt(*id)));
+    }
+    Ok(manifest.total_len)
+}
+
+/// [`ChunkStore::store_file`] for any store: `bytes` cut into pieces, `put` under a session
+/// of their own, the manifest stored and rooted for `holder`, the session ended.
+pub fn store_file_with<S: ChunkStore + ?Sized>(
+    store: &S,
+    account: &str,
+    bytes: &[u8],
+    holder: &str,
+    put: impl FnOnce(&str, &[(ChunkId, bytes::Bytes)]) -> Result<(), StoreError>,
+) -> Result<ManifestId, StoreError> {
+    let pieces: Vec<(ChunkId, bytes::Bytes)> = bytes
+        .chunks(PREVIEW_PIECE_BYTES)
+        .map(|p| (ChunkId::of(p), bytes::Bytes::copy_from_slice(p)))
+        .collect();
+    let session = store.open_session(account, bytes.len() as u64 + 4096, 600_000, None)?;
+    let stored = (|| {
+        put(&session.id, &pieces)?;
+        let manifest = Manifest::from_chunks(&pieces, ChunkId::of(bytes));
+        let id = store.put_manifest(account, &session.id, &manifest)?;
+        store.reference(account, &id, holder)?;
+        Ok(id)
+    })();
+    let _ = store.end_session(account, &session.id);
+    stored
 }

@@ -216,7 +216,7 @@ pub struct GetUsageResponse {
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct ScrubRequest {}
 /// Response of ChunkStore.Scrub.
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ScrubResponse {
     #[prost(uint64, tag = "1")]
     pub packs_verified: u64,
@@ -236,6 +236,33 @@ pub struct ScrubResponse {
     /// Referenced manifests that lost a chunk (corrupt chunks are dropped from the index).
     #[prost(uint64, tag = "7")]
     pub damaged_manifests: u64,
+    /// Each referenced manifest that lost a chunk, with its account.
+    #[prost(message, repeated, tag = "8")]
+    pub damaged: ::prost::alloc::vec::Vec<DamagedManifest>,
+}
+/// A referenced manifest that lost a chunk, and the account that holds it.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DamagedManifest {
+    #[prost(string, tag = "1")]
+    pub account: ::prost::alloc::string::String,
+    #[prost(bytes = "bytes", tag = "2")]
+    pub manifest_id: ::prost::bytes::Bytes,
+}
+/// Request of ChunkStore.Recheck.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RecheckRequest {
+    #[prost(bytes = "bytes", repeated, tag = "1")]
+    pub ids: ::prost::alloc::vec::Vec<::prost::bytes::Bytes>,
+}
+/// Response of ChunkStore.Recheck.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct RecheckResponse {
+    /// The reported chunks that failed the store's own check, now dropped.
+    #[prost(bytes = "bytes", repeated, tag = "1")]
+    pub corrupt_ids: ::prost::alloc::vec::Vec<::prost::bytes::Bytes>,
+    /// Each referenced manifest that lost one of them.
+    #[prost(message, repeated, tag = "2")]
+    pub damaged: ::prost::alloc::vec::Vec<DamagedManifest>,
 }
 /// Request of ChunkStore.CollectGarbage.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
@@ -659,6 +686,33 @@ pub mod chunk_store_client {
                 .insert(GrpcMethod::new("keepsake.v1.ChunkStore", "CollectGarbage"));
             self.inner.unary(req, path, codec).await
         }
+        /// Reads again, verified, chunks of the caller's account a reader found corrupt; drops
+        /// those that fail here (administrators and the library's service credential only: the
+        /// answer names every account that lost them).
+        pub async fn recheck(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RecheckRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RecheckResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/keepsake.v1.ChunkStore/Recheck",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("keepsake.v1.ChunkStore", "Recheck"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -780,6 +834,13 @@ pub mod chunk_store_server {
             tonic::Response<super::CollectGarbageResponse>,
             tonic::Status,
         >;
+        /// Reads again, verified, chunks of the caller's account a reader found corrupt; drops
+        /// those that fail here (administrators and the library's service credential only: the
+        /// answer names every account that lost them).
+        async fn recheck(
+            &self,
+            request: tonic::Request<super::RecheckRequest>,
+        ) -> std::result::Result<tonic::Response<super::RecheckResponse>, tonic::Status>;
     }
     /// Stores and serves chunks and manifests for the calling account.
     #[derive(Debug)]
@@ -1430,6 +1491,51 @@ pub mod chunk_store_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = CollectGarbageSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/keepsake.v1.ChunkStore/Recheck" => {
+                    #[allow(non_camel_case_types)]
+                    struct RecheckSvc<T: ChunkStore>(pub Arc<T>);
+                    impl<
+                        T: ChunkStore,
+                    > tonic::server::UnaryService<super::RecheckRequest>
+                    for RecheckSvc<T> {
+                        type Response = super::RecheckResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::RecheckRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as ChunkStore>::recheck(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RecheckSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
