@@ -460,6 +460,33 @@ pub fn bench(root: &Path, short: bool) -> Result<()> {
         std::thread::sleep(Duration::from_millis(1100));
         let seconds = crate::bench_backends::first_sync(&fleet.h, tmp.path())?;
         rows.push((nodes, seconds));
+        if nodes == 2 {
+            // A watcher on node 0, albums made through node 1: LISTEN/NOTIFY's hop.
+            let status = crate::ci::cargo()
+                .current_dir(root)
+                .args([
+                    "run",
+                    "--quiet",
+                    "--release",
+                    "-p",
+                    "bench",
+                    "--",
+                    "cross-node",
+                ])
+                .args(["--watch", &format!("http://127.0.0.1:{}", fleet.ports[0])])
+                .args(["--edit", &format!("http://127.0.0.1:{}", fleet.ports[1])])
+                .args([
+                    "--account",
+                    "me",
+                    "--rounds",
+                    if short { "50" } else { "200" },
+                ])
+                .env("KEEPSAKE_PASSWORD", &fleet.h.password)
+                .status()?;
+            if !status.success() {
+                bail!("bench cross-node failed");
+            }
+        }
         drop(fleet);
     }
     let mib = total as f64 / f64::from(1 << 20);

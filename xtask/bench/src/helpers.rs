@@ -313,3 +313,65 @@ impl SplitMix {
         (z ^ (z >> 31)) % n
     }
 }
+
+/// `bench cross-node --watch URL --edit URL --account A --rounds N` (password in
+/// KEEPSAKE_PASSWORD): a watcher on one node and an album made through another, N times;
+/// prints how long each commit took to reach the watcher (p50 / p99 / max).
+pub async fn cross_node(watch: &str, edit: &str, account: &str, rounds: usize) -> Result<()> {
+    let password = std::env::var("KEEPSAKE_PASSWORD").context("KEEPSAKE_PASSWORD")?;
+    let token = client::accounts_client(client::connect(edit).await?, BearerAuth::anonymous())
+        .sign_in(pb::SignInRequest {
+            account: account.to_string(),
+            password,
+        })
+        .await?
+        .into_inner()
+        .access
+        .context("no access token")?
+        .token;
+    let mut stream = client::library_client(client::connect(watch).await?, BearerAuth::new(&token))
+        .watch_changes(pb::WatchChangesRequest {
+            cursor: 0,
+            from_now: true,
+        })
+        .await?
+        .into_inner();
+    stream.message().await?.context("the opening page")?;
+    let mut editor = client::library_client(client::connect(edit).await?, BearerAuth::new(&token));
+    let mut latencies = Vec::with_capacity(rounds);
+    for round in 0..rounds {
+        let started = std::time::Instant::now();
+        editor
+            .put_album(pb::PutAlbumRequest {
+                album_id: format!("cross-node-{round}"),
+                name: format!("Cross-node {round}"),
+                clock: Some(pb::Clock {
+                    wall_ms: now_ms(),
+                    counter: 0,
+                    device: "bench-cross-node".into(),
+                }),
+            })
+            .await?;
+        loop {
+            let page = tokio::time::timeout(std::time::Duration::from_secs(10), stream.message())
+                .await
+                .map_err(|_| {
+                    anyhow::anyhow!("round {round}: the other node never told the watcher")
+                })??
+                .context("the watch ended")?;
+            if !page.changes.is_empty() {
+                break;
+            }
+        }
+        latencies.push(started.elapsed());
+    }
+    latencies.sort();
+    let pick = |p: f64| latencies[((latencies.len() - 1) as f64 * p).round() as usize];
+    println!(
+        "cross-node: {rounds} commits through one node heard by a watcher on another, p50 / p99 / max {:.1} / {:.1} / {:.1} ms",
+        pick(0.5).as_secs_f64() * 1e3,
+        pick(0.99).as_secs_f64() * 1e3,
+        pick(1.0).as_secs_f64() * 1e3
+    );
+    Ok(())
+}

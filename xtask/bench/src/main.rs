@@ -59,6 +59,23 @@ fn main() -> Result<()> {
         Some("discard") => runtime()?.block_on(helpers::discard(
             args.get(1).context("bench discard MIB")?.parse()?,
         )),
+        Some("cross-node") => {
+            let arg = |name: &str| -> Result<String> {
+                let i = args
+                    .iter()
+                    .position(|a| a == name)
+                    .with_context(|| format!("bench cross-node needs {name}"))?;
+                args.get(i + 1)
+                    .cloned()
+                    .with_context(|| format!("{name} needs a value"))
+            };
+            runtime()?.block_on(helpers::cross_node(
+                &arg("--watch")?,
+                &arg("--edit")?,
+                &arg("--account")?,
+                arg("--rounds")?.parse()?,
+            ))
+        }
         Some("edits") => {
             let arg = |name: &str| -> Result<String> {
                 let i = args
