@@ -29,6 +29,7 @@ mod value;
 pub use value::{FromValue, Params, Row, RowIndex, ToValue, Value};
 
 use std::borrow::Cow;
+use std::collections::BTreeSet;
 use std::ops::{Deref, DerefMut};
 use std::path::Path;
 
@@ -108,6 +109,9 @@ enum Engine {
 pub struct Db {
     engine: Engine,
     savepoints: u32,
+    /// Inside a transaction: [`Db::notify`]'s notices wait here, each once, to be sent just
+    /// before COMMIT (a thousand edits of one account were a thousand round trips).
+    notices: Option<std::sync::Mutex<BTreeSet<(String, String)>>>,
 }
 
 /// `Ok(None)` for `NoRows`, as a query for an optional row wants it.
@@ -134,6 +138,7 @@ impl Db {
         Ok(Self {
             engine: Engine::Sqlite(conn),
             savepoints: 0,
+            notices: None,
         })
     }
 
@@ -152,6 +157,7 @@ impl Db {
         Ok(Self {
             engine: Engine::Postgres(Box::new(conn)),
             savepoints: 0,
+            notices: None,
         })
     }
 
@@ -167,19 +173,41 @@ impl Db {
 
     /// Tells every process that [`listen`]s on `channel` (an identifier), once this
     /// transaction commits — PostgreSQL's NOTIFY, so one node's commit wakes another's
-    /// waiters. SQLite is one process: nothing to tell.
+    /// waiters. Inside a transaction the same notice is sent once however often it is
+    /// asked for (a savepoint rolled back does not take its notices back: a listener may
+    /// wake for nothing, never miss a change). SQLite is one process: nothing to tell.
     pub fn notify(&self, channel: &str, payload: &str) -> Result<(), SqlError> {
         match &self.engine {
             Engine::Sqlite(_) => Ok(()),
-            Engine::Postgres(c) => {
+            Engine::Postgres(_) => {
                 check_channel(channel)?;
-                c.execute(
-                    "SELECT pg_notify($1, $2)",
-                    vec![Value::Text(channel.into()), Value::Text(payload.into())],
-                )
-                .map(|_| ())
+                match &self.notices {
+                    Some(held) => {
+                        held.lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert((channel.to_string(), payload.to_string()));
+                        Ok(())
+                    }
+                    None => self.send_notices([(channel.to_string(), payload.to_string())]),
+                }
             }
         }
+    }
+
+    fn send_notices(
+        &self,
+        notices: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(), SqlError> {
+        let Engine::Postgres(c) = &self.engine else {
+            return Ok(());
+        };
+        for (channel, payload) in notices {
+            c.execute(
+                "SELECT pg_notify($1, $2)",
+                vec![Value::Text(channel), Value::Text(payload)],
+            )?;
+        }
+        Ok(())
     }
 
     /// The engine's dialect.
@@ -365,6 +393,7 @@ impl Db {
     /// Begins a transaction; it rolls back unless committed.
     pub fn transaction(&mut self) -> Result<Tx<'_>, SqlError> {
         self.execute_batch("BEGIN")?;
+        self.notices = Some(Default::default());
         Ok(Tx {
             db: self,
             savepoint: None,
@@ -685,6 +714,13 @@ impl Tx<'_> {
         self.done = true;
         match &self.savepoint {
             None => {
+                let notices = self
+                    .db
+                    .notices
+                    .take()
+                    .map(|held| held.into_inner().unwrap_or_else(|p| p.into_inner()))
+                    .unwrap_or_default();
+                self.db.send_notices(notices)?;
                 self.db.execute_batch("COMMIT")?;
                 if let Engine::Postgres(c) = &self.db.engine {
                     c.after_commit();
@@ -743,7 +779,10 @@ impl Drop for Tx<'_> {
             return;
         }
         let undo = match &self.savepoint {
-            None => "ROLLBACK".to_string(),
+            None => {
+                self.db.notices = None;
+                "ROLLBACK".to_string()
+            }
             Some(name) => format!("ROLLBACK TO SAVEPOINT {name}; RELEASE SAVEPOINT {name}"),
         };
         if let Err(e) = self.db.execute_batch(&undo) {

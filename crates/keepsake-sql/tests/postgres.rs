@@ -183,7 +183,7 @@ fn a_table_that_outgrew_its_statistics_is_analysed_and_then_left_alone() {
 /// transaction reaches a listener on another connection once it commits, never before, and
 /// never when it rolls back.
 #[test]
-fn a_notification_is_heard_when_its_transaction_commits_and_never_if_it_rolls_back() {
+fn a_notification_is_heard_once_when_its_transaction_commits_and_never_if_it_rolls_back() {
     let Some(mut db) = db("notify") else { return };
     let url = std::env::var("KEEPSAKE_TEST_POSTGRES").unwrap();
     let channel = format!("heard_{}", std::process::id());
@@ -229,5 +229,20 @@ fn a_notification_is_heard_when_its_transaction_commits_and_never_if_it_rolls_ba
         heard.recv_timeout(wait).is_err(),
         "the rolled-back one came too"
     );
+
+    // A thousand edits of one account in one transaction: one notice for it (one round
+    // trip), and one for the other account it touched.
+    let tx = db.transaction().unwrap();
+    for i in 0..1000 {
+        tx.notify(&channel, if i % 100 == 7 { "bob" } else { "alice" })
+            .unwrap();
+    }
+    tx.commit().unwrap();
+    let mut got = Vec::new();
+    while let Ok(Some(p)) = heard.recv_timeout(std::time::Duration::from_millis(500)) {
+        got.push(p);
+    }
+    got.sort();
+    assert_eq!(got, ["alice", "bob"], "each account told once");
     assert!(db.notify("Bad Channel", "x").is_err());
 }
