@@ -18,8 +18,8 @@ use keepsake_library::{ChunkStore, copy_file_with, store_file_with};
 use keepsake_proto::v1 as pb;
 use keepsake_proto::v1::chunk_store_client::ChunkStoreClient;
 use keepsake_store::{
-    BackendError, ChunkId, Clock, Manifest, ManifestId, PutOutcome, Recheck, ScrubReport, Session,
-    Splice, StoreError,
+    BackendError, ChunkId, Clock, GcReport, Manifest, ManifestId, PutOutcome, Recheck, ScrubReport,
+    Session, Splice, StoreError,
 };
 use std::future::Future;
 use std::sync::Arc;
@@ -613,6 +613,29 @@ impl ChunkStore for RemoteStore {
             corrupt_packs,
             damaged: damaged_from_wire(damaged)?,
             finished_at: finished_at_unix_ms,
+        })
+    }
+
+    fn collect_garbage(&self) -> Result<GcReport, StoreError> {
+        let request = self.request("keepsake-library", pb::CollectGarbageRequest {});
+        let answer = self.run(
+            "CollectGarbage",
+            self.config.scrub_timeout,
+            |mut c| async move { Ok(c.collect_garbage(request).await?.into_inner()) },
+        )?;
+        let pb::CollectGarbageResponse {
+            chunks_collected,
+            bytes_collected,
+            packs_repacked,
+            packs_deleted,
+            sessions_expired,
+        } = answer;
+        Ok(GcReport {
+            chunks_collected,
+            bytes_collected,
+            packs_repacked,
+            packs_deleted,
+            sessions_expired,
         })
     }
 

@@ -75,6 +75,8 @@ struct Apart {
     alice: String,
     key: ServiceKey,
     remote: Arc<RemoteStore>,
+    cloud: Arc<Cloud>,
+    objects: std::path::PathBuf,
     _dir: tempfile::TempDir,
     _stop_library: tokio::sync::oneshot::Sender<()>,
 }
@@ -119,7 +121,7 @@ async fn start() -> Apart {
         },
     )
     .unwrap();
-    let cloud = Cloud::new(library, remote.clone()).unwrap();
+    let cloud = Arc::new(Cloud::new(library, remote.clone()).unwrap());
 
     let store = Arc::new(
         Store::open(StoreParts {
@@ -154,7 +156,7 @@ async fn start() -> Apart {
     tokio::spawn(serve(
         listener,
         Services {
-            cloud: Some(Arc::new(cloud)),
+            cloud: Some(cloud.clone()),
             delta: true,
             remote_store: Some(remote.clone()),
             changes: ChangeNotifier::default(),
@@ -173,6 +175,8 @@ async fn start() -> Apart {
         alice,
         key,
         remote,
+        cloud,
+        objects: dir.path().join("objects"),
         _dir: dir,
         _stop_library: tx,
     }
@@ -322,6 +326,60 @@ async fn a_library_apart_from_its_store_reserves_commits_and_reads_through_grpc(
             .iter()
             .all(|id| chunks_of(&other).iter().any(|(c, _)| c == id))
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_library_scrubs_the_store_apart_and_flags_the_photo_that_lost_a_chunk() {
+    let apart = start().await;
+    let data = photo(400_000, 3);
+    let reservation = apart.begin_upload(500_000, "upload-1").await.unwrap();
+    let chunks = chunks_of(&data);
+    put_all(&mut apart.store().await, &reservation, chunks.clone(), 1 << 20)
+        .await
+        .unwrap();
+    let manifest = Manifest::from_chunks(&chunks, ChunkId::of(&data));
+    let committed = apart
+        .library()
+        .await
+        .commit_asset(commit_request(&manifest, &reservation, "IMG_0003.JPG"))
+        .await
+        .unwrap()
+        .into_inner();
+
+    // A bit flips at rest in the store's largest pack (the photo's chunks; its manifest
+    // is a small pack of its own).
+    let mut packs = Vec::new();
+    let mut dirs = vec![apart.objects.clone()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                packs.push((entry.metadata().unwrap().len(), path));
+            }
+        }
+    }
+    let (_, largest) = packs.into_iter().max().unwrap();
+    let mut bytes = std::fs::read(&largest).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(&largest, bytes).unwrap();
+
+    // The library's scrub, through the store's gRPC API: the store finds the chunk, and
+    // the library flags the photo for a device that has it to send again.
+    let (cloud, remote) = (apart.cloud.clone(), apart.remote.clone());
+    let (scrub, collected) = tokio::task::spawn_blocking(move || {
+        (cloud.scrub().unwrap(), remote.collect_garbage().unwrap())
+    })
+    .await
+    .unwrap();
+    assert_eq!(scrub.store.corrupt_chunks.len(), 1, "{scrub:?}");
+    assert_eq!(scrub.damaged.len(), 1, "{scrub:?}");
+    assert_eq!(scrub.damaged[0].asset_id, committed.asset_id);
+    assert_eq!(scrub.damaged[0].original_name, "IMG_0003.JPG");
+    // The photo is referenced: nothing of it is collected.
+    assert_eq!(collected.chunks_collected, 0, "{collected:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -484,15 +484,16 @@ pub(crate) async fn run_serve(mut args: ServeArgs) -> Result<()> {
             spawn_key_refresh(cloud.clone(), args.data.clone());
         }
     }
-    spawn_maintenance(
-        to_serve.cloud.clone(),
-        store,
-        changes,
-        node,
-        args.data.clone(),
-        Duration::from_secs(args.gc_interval_secs.max(1)),
-        Duration::from_secs(args.scrub_interval_hours.max(1) * 3600),
-    );
+    if let Some(cloud) = to_serve.cloud.clone() {
+        spawn_maintenance(
+            cloud,
+            changes,
+            node,
+            args.data.clone(),
+            Duration::from_secs(args.gc_interval_secs.max(1)),
+            Duration::from_secs(args.scrub_interval_hours.max(1) * 3600),
+        );
+    }
     let mut auth = Authenticator::new(verifier, clock, min_version);
     if serves_store && (args.service_key.is_some() || !services.contains(&"library")) {
         let path = args
@@ -775,8 +776,7 @@ fn open_store(args: &ServeArgs) -> Result<Arc<Store>> {
 /// those on one database holds the `maintenance` lease (`node` names this one). Every
 /// server publishes its keys each round.
 fn spawn_maintenance(
-    cloud: Option<Arc<Cloud>>,
-    store: Option<Arc<Store>>,
+    cloud: Arc<Cloud>,
     changes: ChangeNotifier,
     node: String,
     data: PathBuf,
@@ -789,35 +789,31 @@ fn spawn_maintenance(
         let mut last_scrub = tokio::time::Instant::now();
         loop {
             tick.tick().await;
-            let (cloud, store, data, node) =
-                (cloud.clone(), store.clone(), data.clone(), node.clone());
+            let (cloud, data, node) = (cloud.clone(), data.clone(), node.clone());
             let scrub = last_scrub.elapsed() >= scrub_every;
             let lease_ms = i64::try_from(every.as_millis().saturating_mul(3)).unwrap_or(i64::MAX);
             let done = tokio::task::spawn_blocking(move || -> Result<bool> {
-                if let Some(cloud) = &cloud {
-                    // Keys another server rotated arrive through spawn_key_refresh.
-                    publish_keys(cloud, &data)?;
-                    if !cloud.hold_lease("maintenance", &node, lease_ms)? {
-                        return Ok(false);
-                    }
-                    cloud.maintain()?;
-                    if scrub {
-                        let r = cloud.scrub()?;
-                        say!(
-                            "scrub: {} chunks / {} assets verified, {} corrupt, {} photos flagged damaged",
-                            r.store.chunks_verified,
-                            r.assets_verified,
-                            r.store.corrupt_chunks.len(),
-                            r.damaged.len()
-                        );
-                    }
+                // Keys another server rotated arrive through spawn_key_refresh.
+                publish_keys(&cloud, &data)?;
+                if !cloud.hold_lease("maintenance", &node, lease_ms)? {
+                    return Ok(false);
                 }
-                // A store without the library here does not scrub by itself: its library
-                // asks for the scrub through its ChunkStore, and only then are the photos
-                // that lost a chunk flagged (a scrub here would drop the chunks unseen).
-                if let Some(store) = &store {
-                    store.collect_garbage()?;
+                cloud.maintain()?;
+                if scrub {
+                    let r = cloud.scrub()?;
+                    say!(
+                        "scrub: {} chunks / {} assets verified, {} corrupt, {} photos flagged damaged",
+                        r.store.chunks_verified,
+                        r.assets_verified,
+                        r.store.corrupt_chunks.len(),
+                        r.damaged.len()
+                    );
                 }
+                // Through the library's ChunkStore, wherever the store runs: the lease
+                // makes it once a round across the fleet. A store served without the
+                // library does neither by itself — a scrub there would drop chunks without
+                // their photos being flagged, and collections would run once per store node.
+                cloud.collect_garbage()?;
                 Ok(true)
             })
             .await;

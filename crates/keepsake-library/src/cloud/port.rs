@@ -59,6 +59,8 @@ pub trait ChunkStore: Send + Sync {
     ) -> std::io::Result<u64>;
     /// Verifies every stored byte and drops corrupt chunks from the index.
     fn scrub(&self) -> Result<keepsake_store::ScrubReport, StoreError>;
+    /// Drops what nobody holds, repacks sparse packs, deletes retired ones.
+    fn collect_garbage(&self) -> Result<keepsake_store::GcReport, StoreError>;
     /// Verifies again chunks a reader found corrupt; drops those that fail.
     fn recheck(
         &self,
@@ -80,6 +82,9 @@ pub const PREVIEW_PIECE_BYTES: usize = 4 << 20;
 impl ChunkStore for Store {
     fn scrub(&self) -> Result<keepsake_store::ScrubReport, StoreError> {
         Store::scrub(self)
+    }
+    fn collect_garbage(&self) -> Result<keepsake_store::GcReport, StoreError> {
+        Store::collect_garbage(self)
     }
     fn recheck(
         &self,

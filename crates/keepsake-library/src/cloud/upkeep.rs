@@ -156,6 +156,11 @@ impl Cloud {
         self.verifier.replace(&self.public_keys()?)
     }
 
+    /// Collects the store's garbage (wherever the store runs): what no reference holds.
+    pub fn collect_garbage(&self) -> Result<keepsake_store::GcReport, LibraryError> {
+        Ok(self.store.collect_garbage()?)
+    }
+
     /// The periodic job: expires Recently Deleted and reservations, releases what purges
     /// and abandoned commits left referenced, compacts old tombstones, drops old keys.
     pub fn maintain(&self) -> Result<Maintenance, LibraryError> {
