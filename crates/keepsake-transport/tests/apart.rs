@@ -334,9 +334,14 @@ async fn the_library_scrubs_the_store_apart_and_flags_the_photo_that_lost_a_chun
     let data = photo(400_000, 3);
     let reservation = apart.begin_upload(500_000, "upload-1").await.unwrap();
     let chunks = chunks_of(&data);
-    put_all(&mut apart.store().await, &reservation, chunks.clone(), 1 << 20)
-        .await
-        .unwrap();
+    put_all(
+        &mut apart.store().await,
+        &reservation,
+        chunks.clone(),
+        1 << 20,
+    )
+    .await
+    .unwrap();
     let manifest = Manifest::from_chunks(&chunks, ChunkId::of(&data));
     let committed = apart
         .library()
