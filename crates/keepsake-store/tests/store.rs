@@ -628,3 +628,32 @@ fn concurrent_batches_sharing_chunks_and_a_sweep_among_them_lose_and_double_noth
     );
     assert!(usage.bytes > data_bytes, "the manifests are billed too");
 }
+
+#[test]
+fn a_pack_kept_in_memory_answers_reads_but_a_recheck_asks_what_is_at_rest() {
+    let f = fixture_with(StoreConfig {
+        recent_pack_bytes: 1 << 20,
+        ..StoreConfig::default()
+    });
+    let s = f.store.begin_session("alice", 0, 60_000, None).unwrap();
+    let chunks: Vec<_> = (0..3u8).map(|i| chunk(&[i; 1000])).collect();
+    let ids: Vec<ChunkId> = chunks.iter().map(|(id, _)| *id).collect();
+    f.store.put_chunks("alice", &s.id, &chunks).unwrap();
+    let pack = f.backend.list("packs/").unwrap().remove(0);
+    // Rot at rest, in the middle chunk's bytes.
+    f.backend.flip_bit(&pack.name, pack.size / 2 * 8);
+
+    // The pack as written is still in memory: reads get the verified bytes, with no
+    // request to the backend.
+    let read = f.store.get_chunks("alice", &ids).unwrap();
+    assert_eq!(read, chunks);
+
+    // A reader's report is checked against the backend itself, never the copy in memory.
+    let recheck = f.store.recheck("alice", &ids).unwrap();
+    assert_eq!(recheck.corrupt, vec![ids[1]]);
+    assert!(matches!(
+        f.store.get_chunk("alice", &ids[1]),
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(f.store.get_chunk("alice", &ids[0]).is_ok());
+}

@@ -180,16 +180,29 @@ pub fn open_store(
         }
         None => IndexAt::File(dir.join("index.sqlite")),
     };
+    let config = StoreConfig {
+        // A bucket answers every read with a request; the device fetching what another
+        // just uploaded is the commonest read there is (docs/benchmarks.md).
+        recent_pack_bytes: if args.blobs.is_some() {
+            RECENT_PACK_BYTES
+        } else {
+            0
+        },
+        ..StoreConfig::default()
+    };
     let store = Store::open(keepsake_store::StoreParts {
         backend,
         index,
         clock,
         entropy,
-        config: StoreConfig::default(),
+        config,
     })
     .context("opening the store")?;
     Ok(Arc::new(store))
 }
+
+/// Just-written packs a server on a bucket keeps in memory for the reads that follow.
+const RECENT_PACK_BYTES: u64 = 128 << 20;
 
 #[cfg(test)]
 mod tests {

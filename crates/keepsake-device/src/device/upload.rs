@@ -21,10 +21,11 @@ pub(super) const LOOKUPS_AHEAD: usize = 1000;
 pub(super) const LOOKUP_FRESH_MS: i64 = 60_000;
 
 /// Files a pass uploads at once. Measured on 600 MiB, server and camera alone: two gave
-/// 2.9–3.2 s until all was in the cloud, four 2.7 s, eight 2.5–2.6 s (docs/benchmarks.md);
-/// four keep a device's streams (up to three each, [`STREAMS_PER_FILE`]) well inside the
-/// cloud's 32 calls in flight per device.
-pub(super) const UPLOAD_LANES: usize = 4;
+/// 2.9–3.2 s until all was in the cloud, four 2.7 s, eight 2.5–2.6 s; on PostgreSQL + a
+/// bucket, where each file waits longer on its commits, four 7.8 s and eight 7.4 s for the
+/// first sync (docs/benchmarks.md). Eight keep a device's streams (up to three each,
+/// [`STREAMS_PER_FILE`]) inside the cloud's 32 calls in flight per device.
+pub(super) const UPLOAD_LANES: usize = 8;
 
 /// File bytes held in memory by the files in flight; a larger file goes alone.
 pub(super) const LANE_BYTES: u64 = 160 << 20;

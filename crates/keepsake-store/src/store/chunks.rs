@@ -42,7 +42,10 @@ fn padded(group: &[ChunkId]) -> impl Iterator<Item = Value> + '_ {
 }
 
 /// The rows `select` returns for `ids`, a padded `IN` list per group of `ID_GROUP`.
-/// `select` ends with `IN`; when `account` is given it is the first parameter.
+/// `select` ends with `IN`; when `account` is given it is the first parameter. Each
+/// `{ids}` in it is the same list again: a join filters both its tables by it, because
+/// PostgreSQL carries an equality to the other side of a join but not an `IN` list, and
+/// at a few thousand rows planned a scan of the whole `chunks` table for every lookup.
 fn rows_among(
     db: &Db,
     select: &str,
@@ -50,7 +53,8 @@ fn rows_among(
     ids: &[ChunkId],
 ) -> Result<Vec<keepsake_sql::Row>, StoreError> {
     let first = if account.is_some() { 2 } else { 1 };
-    let mut stmt = db.prepare_cached(&format!("{select} {}", id_marks(first)))?;
+    let marks = id_marks(first);
+    let mut stmt = db.prepare_cached(&format!("{} {marks}", select.replace("{ids}", &marks)))?;
     let mut rows = Vec::new();
     for group in ids.chunks(ID_GROUP) {
         let mut values: Vec<Value> = account.iter().map(|a| a.to_value()).collect();
@@ -86,7 +90,7 @@ pub(super) fn owned_lengths(
     rows_among(
         db,
         "SELECT o.chunk, c.len FROM owners o JOIN chunks c ON c.id = o.chunk
-         WHERE o.account = ?1 AND c.is_manifest = 0 AND o.chunk IN",
+         WHERE o.account = ?1 AND c.is_manifest = 0 AND c.id IN {ids} AND o.chunk IN",
         Some(account),
         ids,
     )?
@@ -103,7 +107,7 @@ pub(super) fn missing_for(
     let owned = found_among(
         conn,
         "SELECT o.chunk FROM owners o JOIN chunks c ON c.id = o.chunk
-         WHERE o.account = ?1 AND c.is_manifest = 0 AND o.chunk IN",
+         WHERE o.account = ?1 AND c.is_manifest = 0 AND c.id IN {ids} AND o.chunk IN",
         Some(account),
         chunks,
     )?;
@@ -314,6 +318,7 @@ impl Store {
                 Ok(None) | Err(_) => {
                     if let Some(((name, ..), _)) = &written {
                         // Never indexed, so no reader can know of it.
+                        self.recent.remove(name);
                         let _ = self.backend.delete(name);
                     }
                     match result {
@@ -341,7 +346,7 @@ impl Store {
         let random = random_hex(self.entropy.as_ref(), 16);
         let name = format!("packs/{}/{}", &random[..2], &random[2..]);
         let size: usize = parts.iter().map(|p| p.len()).sum();
-        let parts: Vec<&[u8]> = parts.iter().map(|p| &p[..]).collect();
+        let slices: Vec<&[u8]> = parts.iter().map(|p| &p[..]).collect();
         self.in_flight
             .lock()
             .expect("in-flight lock")
@@ -352,11 +357,13 @@ impl Store {
                 std::io::Error::other("fail point store-before-pack-put"),
             )))
         });
-        if let Err(e) = self.backend.put_parts(&name, &parts) {
+        if let Err(e) = self.backend.put_parts(&name, &slices) {
             self.in_flight.lock().expect("in-flight lock").remove(&name);
             tracing::warn!(pack = %name, error = %e, "pack write failed; nothing acknowledged");
             return Err(e.into());
         }
+        // Durable now; no reader can name it before its index row commits.
+        self.recent.insert(&name, parts);
         Ok((name, size as u64))
     }
 
@@ -512,10 +519,14 @@ impl Store {
         pack: &str,
         slot: Slot,
     ) -> Result<Bytes, StoreError> {
-        let record = self
-            .backend
-            .get_range(pack, slot.offset, RECORD_HEADER + u64::from(slot.len))
-            .map(Bytes::from);
+        let len = RECORD_HEADER + u64::from(slot.len);
+        let record = match self.recent.read(pack, slot.offset, len) {
+            Some(kept) => Ok(kept),
+            None => self
+                .backend
+                .get_range(pack, slot.offset, len)
+                .map(Bytes::from),
+        };
         checked_record(id, pack, slot, record, ReadCheck::Verify)
     }
 
@@ -537,13 +548,23 @@ impl Store {
         ids: &[ChunkId],
         check: ReadCheck,
     ) -> Result<Vec<(ChunkId, Bytes)>, StoreError> {
+        self.read_chunks(account, ids, check, Source::Nearest)
+    }
+
+    fn read_chunks(
+        &self,
+        account: &str,
+        ids: &[ChunkId],
+        check: ReadCheck,
+        source: Source,
+    ) -> Result<Vec<(ChunkId, Bytes)>, StoreError> {
         self.check_count(ids.len())?;
         let located: HashMap<ChunkId, (String, Slot)> = rows_among(
             &self.reader(),
             "SELECT o.chunk, p.name, c.pack_offset, c.len
              FROM owners o JOIN chunks c ON c.id = o.chunk
              JOIN packs p ON p.pack_id = c.pack_id
-             WHERE o.account = ?1 AND o.chunk IN",
+             WHERE o.account = ?1 AND c.id IN {ids} AND o.chunk IN",
             Some(account),
             ids,
         )?
@@ -568,7 +589,7 @@ impl Store {
                 RECORD_HEADER + u64::from(slot.len),
             ));
         }
-        let records = self.backend.get_ranges(&reads);
+        let records = self.read_ranges(&reads, source);
         ids.iter()
             .zip(records)
             .map(|(id, record)| {
@@ -586,7 +607,13 @@ impl Store {
         self.check_count(ids.len())?;
         let mut corrupt = Vec::new();
         for id in ids {
-            match self.get_chunks(account, std::slice::from_ref(id)) {
+            // From the bucket itself: the question is what is at rest.
+            match self.read_chunks(
+                account,
+                std::slice::from_ref(id),
+                ReadCheck::Verify,
+                Source::AtRest,
+            ) {
                 Ok(_) | Err(StoreError::NotFound { .. }) => {}
                 Err(StoreError::Corrupt(bad)) => corrupt.push(bad),
                 Err(e) => return Err(e),
@@ -605,6 +632,52 @@ impl Store {
             self.quarantine(&corrupt)?
         };
         Ok(Recheck { corrupt, damaged })
+    }
+}
+
+/// Where a read may be answered from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// Packs kept in memory since they were written, else the backend.
+    Nearest,
+    /// The backend alone.
+    AtRest,
+}
+
+impl Store {
+    /// Each `(pack, offset, len)` range, from the packs kept in memory where `source`
+    /// allows and the rest from the backend in one call.
+    fn read_ranges(
+        &self,
+        reads: &[(&str, u64, u64)],
+        source: Source,
+    ) -> Vec<Result<Bytes, BackendError>> {
+        let mut answers: Vec<Option<Result<Bytes, BackendError>>> = reads
+            .iter()
+            .map(|&(pack, offset, len)| match source {
+                Source::Nearest => self.recent.read(pack, offset, len).map(Ok),
+                Source::AtRest => None,
+            })
+            .collect();
+        let missed: Vec<(&str, u64, u64)> = reads
+            .iter()
+            .zip(&answers)
+            .filter(|(_, kept)| kept.is_none())
+            .map(|(read, _)| *read)
+            .collect();
+        if missed.is_empty() {
+            return answers.into_iter().flatten().collect();
+        }
+        let mut fetched = self.backend.get_ranges(&missed).into_iter();
+        for answer in &mut answers {
+            if answer.is_none() {
+                *answer = fetched.next();
+            }
+        }
+        answers
+            .into_iter()
+            .map(|a| a.unwrap_or_else(|| Err(BackendError::Io(std::io::Error::other("no answer")))))
+            .collect()
     }
 }
 

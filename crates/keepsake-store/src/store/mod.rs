@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 mod chunks;
 mod manifest_cache;
 mod manifests;
+mod recent_packs;
 mod sessions;
 mod upkeep;
 
@@ -54,6 +55,10 @@ pub struct StoreConfig {
     pub max_expected_bytes: u64,
     /// Longest reference holder name.
     pub max_holder_len: usize,
+    /// Bytes of just-written packs kept in memory for the reads that follow (another
+    /// device fetching what one uploaded): worth it on a bucket, where each read is a
+    /// request; 0 on local files, where the page cache does this.
+    pub recent_pack_bytes: u64,
 }
 
 impl Default for StoreConfig {
@@ -69,6 +74,7 @@ impl Default for StoreConfig {
             max_session_ttl_ms: 24 * 60 * 60 * 1000,
             max_expected_bytes: 1 << 40,
             max_holder_len: 256,
+            recent_pack_bytes: 0,
         }
     }
 }
@@ -119,6 +125,7 @@ pub struct Store {
     in_flight: Mutex<HashSet<String>>,
     gc_lock: Mutex<()>,
     manifests: manifest_cache::ManifestCache,
+    recent: recent_packs::RecentPacks,
 }
 
 /// A pack on disk, (name, size), and where each of its chunks sits.
@@ -148,6 +155,7 @@ impl Store {
                 .map(|_| Db::postgres(url, schema).map(Mutex::new))
                 .collect::<Result<_, _>>()?,
         };
+        let recent = recent_packs::RecentPacks::new(parts.config.recent_pack_bytes);
         Ok(Self {
             backend: parts.backend,
             writers,
@@ -160,6 +168,7 @@ impl Store {
             in_flight: Mutex::new(HashSet::new()),
             gc_lock: Mutex::new(()),
             manifests: manifest_cache::ManifestCache::new(manifest_cache::MANIFEST_CACHE_BYTES),
+            recent,
         })
     }
 

@@ -358,6 +358,7 @@ impl Store {
         if let Some((name, ..)) = &written {
             self.in_flight.lock().expect("in-flight lock").remove(name);
             if result.is_err() {
+                self.recent.remove(name);
                 let _ = self.backend.delete(name);
             }
         }
@@ -381,6 +382,7 @@ impl Store {
             .collect::<Result<_, _>>()?
         };
         for (pack_id, name) in retired {
+            self.recent.remove(&name);
             self.backend.delete(&name)?;
             self.db()
                 .execute("DELETE FROM packs WHERE pack_id = ?1", [pack_id])?;
@@ -399,6 +401,7 @@ impl Store {
         };
         for object in listed {
             if !known.contains(&object.name) && !in_flight.contains(&object.name) {
+                self.recent.remove(&object.name);
                 self.backend.delete(&object.name)?;
                 report.packs_deleted += 1;
             }
