@@ -96,7 +96,7 @@ fn main() -> Result<()> {
             }))
         }
         _ => bail!(
-            "usage: cargo xtask bench <peers|sync|store|policy|delta|library|media|import> [--short]"
+            "usage: cargo xtask bench <peers|sync|backends|nodes|compare|store|policy|delta|library|watchers|media|import> [--short]"
         ),
     }
 }
