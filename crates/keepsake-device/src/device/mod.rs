@@ -265,6 +265,10 @@ pub struct Device<C: Cloud> {
     /// What the cloud said of the next new files' contents, asked for all at once, and
     /// when: an answer older than [`LOOKUP_FRESH_MS`] is asked again.
     looked_up: LookedUp,
+    /// The last upload stopped on the server's full disk: the next sends one file at a
+    /// time until one lands, so waiting out a full disk costs a file a try, not a lane's
+    /// worth of them.
+    storage_was_full: bool,
     /// The state of the pass under way; a new pass starts from [`Pass::default`].
     pass: Pass,
     progress: tokio::sync::watch::Sender<Progress>,
@@ -363,6 +367,7 @@ impl<C: Cloud> Device<C> {
             conditions: None,
             policy: PolicyConfig::default(),
             looked_up: LookedUp::default(),
+            storage_was_full: false,
             pass: Pass::default(),
             progress: tokio::sync::watch::Sender::new(Progress::default()),
         })

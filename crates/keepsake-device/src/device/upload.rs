@@ -24,7 +24,8 @@ pub(super) const LOOKUP_FRESH_MS: i64 = 60_000;
 /// 2.9–3.2 s until all was in the cloud, four 2.7 s, eight 2.5–2.6 s; on PostgreSQL + a
 /// bucket, where each file waits longer on its commits, four 7.8 s and eight 7.4 s for the
 /// first sync (docs/benchmarks.md). Eight keep a device's streams (up to three each,
-/// [`STREAMS_PER_FILE`]) inside the cloud's 32 calls in flight per device.
+/// [`STREAMS_PER_FILE`]) inside the cloud's 32 calls in flight per device. After the
+/// server's disk was found full, one (`storage_was_full`).
 pub(super) const UPLOAD_LANES: usize = 8;
 
 /// File bytes held in memory by the files in flight; a larger file goes alone.
@@ -99,12 +100,25 @@ impl<C: Cloud> Device<C> {
             bytes_total: rows.iter().map(|r| r.size).sum(),
             ..Progress::default()
         });
-        let mut flying = Flying::new((0..UPLOAD_LANES).map_while(|_| self.cloud.lane()).collect());
+        let lanes = if self.storage_was_full {
+            1
+        } else {
+            UPLOAD_LANES
+        };
+        let mut flying = Flying::new((0..lanes).map_while(|_| self.cloud.lane()).collect());
         let sent = self.send_each(&rows, &mut flying, report).await;
         self.looked_up.answers.clear();
         // Whatever is in flight lands (and is journaled) even when one file failed.
         let landed = self.land_all(&mut flying, report).await;
-        sent.and(landed)
+        let outcome = sent.and(landed);
+        match &outcome {
+            Err(DeviceError::Cloud(e)) if e.reason == crate::cloud::Reason::StorageFull => {
+                self.storage_was_full = true;
+            }
+            Ok(()) => self.storage_was_full = false,
+            Err(_) => {}
+        }
+        outcome
     }
 
     /// Prepares each row in turn and sends it on an idle lane, or on the pass's own
