@@ -365,7 +365,7 @@ const E2E_ON_POSTGRES: &[&str] = &[
     "acknowledged_chunks_survive_kill_9_mid_upload",
     "an_acknowledged_commit_survives_kill_9_and_its_retry_is_no_duplicate",
     "an_embedded_library_moved_to_postgres_and_s3_keeps_its_devices_and_nothing_is_sent_again",
-    "a_watcher_on_one_node_hears_a_change_made_through_another_within_a_second",
+    "a_watcher_and_a_rotated_key_reach_another_node_within_a_second",
 ];
 
 /// CI's PostgreSQL step: the seam's, the store's and the library's property and model tests,

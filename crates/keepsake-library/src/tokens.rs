@@ -76,6 +76,19 @@ pub struct PublicKeys {
 #[derive(Debug, Clone, Default)]
 pub struct TokenVerifier {
     keys: Arc<RwLock<BTreeMap<String, VerifyingKey>>>,
+    unknown_key: Arc<UnknownKeyHook>,
+}
+
+/// Called when a token names a key this verifier does not hold.
+type Hook = Box<dyn Fn() + Send + Sync>;
+
+#[derive(Default)]
+struct UnknownKeyHook(RwLock<Option<Hook>>);
+
+impl std::fmt::Debug for UnknownKeyHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UnknownKeyHook")
+    }
 }
 
 impl TokenVerifier {
@@ -111,6 +124,17 @@ impl TokenVerifier {
         Ok(())
     }
 
+    /// Calls `hook` (on the verifying thread: it must only wake something) whenever a
+    /// token names a key this verifier does not hold — another server may have rotated to
+    /// it, and whoever keeps the keys can take them up at once rather than at its next look.
+    pub fn on_unknown_key(&self, hook: impl Fn() + Send + Sync + 'static) {
+        *self
+            .unknown_key
+            .0
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Box::new(hook));
+    }
+
     /// The claims of a valid, unexpired token.
     pub fn verify(&self, token: &str, now: UnixMillis) -> Result<Claims, TokenError> {
         if token.len() > MAX_TOKEN_LEN {
@@ -132,9 +156,12 @@ impl TokenVerifier {
             .ok_or(TokenError::Malformed)?;
         {
             let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
-            let key = keys
-                .get(kid)
-                .ok_or_else(|| TokenError::UnknownKey(kid.to_string()))?;
+            let Some(key) = keys.get(kid) else {
+                if let Some(hook) = &*self.unknown_key.0.read().unwrap_or_else(|p| p.into_inner()) {
+                    hook();
+                }
+                return Err(TokenError::UnknownKey(kid.to_string()));
+            };
             let signed = &token[..PREFIX.len() + 1 + kid.len() + 1 + body.len()];
             key.verify_strict(signed.as_bytes(), &Signature::from_bytes(&signature))
                 .map_err(|_| TokenError::BadSignature)?;
@@ -198,6 +225,36 @@ mod tests {
             issued_at: 1_000,
             expires_at: 2_000,
         }
+    }
+
+    #[test]
+    fn a_token_of_an_unknown_key_wakes_whoever_keeps_the_keys_and_verifies_once_they_are_taken_up()
+    {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let (old, new) = (signer(1, "k1"), signer(2, "k2"));
+        let v = TokenVerifier::new(&PublicKeys {
+            keys: vec![old.public()],
+        })
+        .unwrap();
+        let woken = Arc::new(AtomicU32::new(0));
+        let counter = woken.clone();
+        v.clone().on_unknown_key(move || {
+            counter.fetch_add(1, Ordering::Relaxed);
+        });
+        let token = new.sign(&claims());
+        assert_eq!(
+            v.verify(&token, 1_500),
+            Err(TokenError::UnknownKey("k2".into()))
+        );
+        assert_eq!(woken.load(Ordering::Relaxed), 1, "a clone shares the hook");
+        // A known key's token wakes nobody.
+        v.verify(&old.sign(&claims()), 1_500).unwrap();
+        assert_eq!(woken.load(Ordering::Relaxed), 1);
+        v.replace(&PublicKeys {
+            keys: vec![old.public(), new.public()],
+        })
+        .unwrap();
+        assert_eq!(v.verify(&token, 1_500), Ok(claims()));
     }
 
     #[test]

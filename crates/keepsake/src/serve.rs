@@ -240,10 +240,11 @@ fn remote_store(
 /// Reads the published token keys again every few seconds, so a key rotated by the
 /// library is trusted here within that time (and a retired one dropped).
 fn spawn_token_keys_reload(path: PathBuf, verifier: TokenVerifier) {
+    let wake = wake_on_unknown_key(&verifier);
     tokio::spawn(async move {
         let mut last = std::fs::read(&path).ok();
         loop {
-            tokio::time::sleep(KEY_REFRESH).await;
+            next_key_look(&wake).await;
             let now = std::fs::read(&path).ok();
             if now.is_none() || now == last {
                 continue;
@@ -707,11 +708,35 @@ fn spawn_feed_listener(url: String, changes: ChangeNotifier) {
 /// here: a token it signs may reach this server next.
 const KEY_REFRESH: Duration = Duration::from_secs(5);
 
-/// Takes up the database's signing keys every `KEY_REFRESH`.
+/// Least time between two looks at the keys: tokens naming keys nobody has must not
+/// become a flood of reads.
+const KEY_LOOK_GAP: Duration = Duration::from_millis(200);
+
+/// Woken when a token names a key the verifier lacks: another server may just have
+/// rotated to it, so its devices' calls here need not fail for the rest of `KEY_REFRESH`.
+fn wake_on_unknown_key(verifier: &TokenVerifier) -> Arc<tokio::sync::Notify> {
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let waker = wake.clone();
+    verifier.on_unknown_key(move || waker.notify_one());
+    wake
+}
+
+/// Waits for the next look at the keys: `KEY_REFRESH`, or sooner when `wake` is woken.
+async fn next_key_look(wake: &tokio::sync::Notify) {
+    tokio::time::sleep(KEY_LOOK_GAP).await;
+    tokio::select! {
+        _ = tokio::time::sleep(KEY_REFRESH) => {}
+        _ = wake.notified() => {}
+    }
+}
+
+/// Takes up the database's signing keys every `KEY_REFRESH`, or at once when a token names
+/// a key this server lacks.
 fn spawn_key_refresh(cloud: Arc<Cloud>, data: PathBuf) {
+    let wake = wake_on_unknown_key(&cloud.verifier());
     tokio::spawn(async move {
         loop {
-            tokio::time::sleep(KEY_REFRESH).await;
+            next_key_look(&wake).await;
             let (cloud, data) = (cloud.clone(), data.clone());
             // Published too, for a store in another process that reads them from the file.
             let refreshed = move || -> Result<()> {
