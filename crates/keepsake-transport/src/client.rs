@@ -61,7 +61,8 @@ pub fn tuned(endpoint: Endpoint) -> Endpoint {
         .max_frame_size(1 << 20)
 }
 
-fn is_loopback(url: &str) -> bool {
+/// Whether `url`'s host is this machine (`localhost` or a loopback address).
+pub fn is_loopback(url: &str) -> bool {
     let Ok(uri) = url.parse::<http::Uri>() else {
         return false;
     };

@@ -266,8 +266,21 @@ fn store_code(
             }
             Code::FailedPrecondition
         }
-        StoreError::NotFound { .. } | StoreError::SessionNotFound(_) => Code::NotFound,
-        StoreError::SessionExpired(_) => Code::FailedPrecondition,
+        // What was not found, for a caller that acts on it without reading the sentence
+        // (a library whose store runs apart).
+        StoreError::NotFound { kind, id } => {
+            metadata.insert("kind".into(), (*kind).into());
+            metadata.insert("id".into(), id.to_hex());
+            Code::NotFound
+        }
+        StoreError::SessionNotFound(session) => {
+            metadata.insert("session_id".into(), session.clone());
+            Code::NotFound
+        }
+        StoreError::SessionExpired(session) => {
+            metadata.insert("session_id".into(), session.clone());
+            Code::FailedPrecondition
+        }
         StoreError::Corrupt(id) => {
             metadata.insert("chunk_id".into(), id.to_hex());
             Code::DataLoss

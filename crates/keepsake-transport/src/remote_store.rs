@@ -11,7 +11,7 @@
 use crate::auth::{SERVICE_HEADER, ServiceKey};
 use crate::client::{CLIENT_VERSION_HEADER, CallError};
 use crate::delta_service::DeltaStore;
-use crate::wire::{WireManifest, chunk_id, id_bytes, manifest_to_wire};
+use crate::wire::{WireManifest, chunk_id, id_bytes, manifest_to_wire, splices_to_wire};
 use bytes::Bytes;
 use keepsake_core::OwnRuntime;
 use keepsake_library::{ChunkStore, copy_file_with, store_file_with};
@@ -170,8 +170,8 @@ impl RemoteStore {
         let message = e.message().to_string();
         match e.reason() {
             "MISSING_CHUNKS" => StoreError::MissingChunks(e.missing_chunks().to_vec()),
-            "SESSION_NOT_FOUND" => StoreError::SessionNotFound(message),
-            "SESSION_EXPIRED" => StoreError::SessionExpired(message),
+            "SESSION_NOT_FOUND" => StoreError::SessionNotFound(meta("session_id")),
+            "SESSION_EXPIRED" => StoreError::SessionExpired(meta("session_id")),
             "REQUEST_ID_REUSED" => StoreError::RequestIdReused(message),
             "MALFORMED_MANIFEST" => StoreError::MalformedManifest(message),
             "CHUNK_CORRUPT" => StoreError::Corrupt(id_in("chunk_id")),
@@ -190,15 +190,12 @@ impl RemoteStore {
             },
             "EMPTY_CHUNK" => StoreError::EmptyChunk,
             "NOT_FOUND" => StoreError::NotFound {
-                kind: if message.starts_with("chunk") {
+                kind: if meta("kind") == "chunk" {
                     "chunk"
                 } else {
                     "manifest"
                 },
-                id: hex::decode(message.split_whitespace().nth(1).unwrap_or_default())
-                    .ok()
-                    .and_then(|b| ChunkId::from_slice(&b).ok())
-                    .unwrap_or(ChunkId([0; 32])),
+                id: id_in("id"),
             },
             "UNAUTHENTICATED" | "PERMISSION_DENIED" => {
                 StoreError::Backend(BackendError::Denied(format!(
@@ -514,25 +511,7 @@ impl ChunkStore for RemoteStore {
         file_hash: ChunkId,
     ) -> Result<ManifestId, StoreError> {
         // The splices travel as they came: the store rebuilds and checks the result.
-        let edit = pb::ManifestEdit {
-            base_manifest_id: id_bytes(base),
-            splices: splices
-                .iter()
-                .map(|s| pb::ManifestSplice {
-                    base_start: s.base_start,
-                    base_count: s.base_count,
-                    entries: s
-                        .entries
-                        .iter()
-                        .map(|e| pb::ManifestEntry {
-                            chunk_id: id_bytes(&e.chunk),
-                            length: e.len,
-                        })
-                        .collect(),
-                })
-                .collect(),
-            file_hash: id_bytes(&file_hash),
-        };
+        let edit = splices_to_wire(base, splices, &file_hash);
         self.put_manifest_request(
             account,
             pb::PutManifestRequest {

@@ -123,10 +123,18 @@ pub fn manifest_edit_to_wire(
     base: &Manifest,
     new: &Manifest,
 ) -> pb::ManifestEdit {
+    splices_to_wire(base_id, &new.splices_from(base), &new.file_hash)
+}
+
+/// The wire form of a manifest edit given as its splices of `base_id`.
+pub fn splices_to_wire(
+    base_id: &ManifestId,
+    splices: &[keepsake_core::Splice],
+    file_hash: &ChunkId,
+) -> pb::ManifestEdit {
     pb::ManifestEdit {
         base_manifest_id: id_bytes(base_id),
-        splices: new
-            .splices_from(base)
+        splices: splices
             .iter()
             .map(|s| pb::ManifestSplice {
                 base_start: s.base_start,
@@ -134,7 +142,7 @@ pub fn manifest_edit_to_wire(
                 entries: s.entries.iter().map(entry_to_wire).collect(),
             })
             .collect(),
-        file_hash: id_bytes(&new.file_hash),
+        file_hash: id_bytes(file_hash),
     }
 }
 

@@ -7,7 +7,8 @@ use bytes::Bytes;
 use keepsake_library::{ChunkStore, ClientVersion, Cloud, KdfCost, Library, LibraryConfig, Plan};
 use keepsake_proto::v1 as pb;
 use keepsake_store::{
-    ChunkId, LocalFsBackend, Manifest, ManualClock, OsEntropy, Store, StoreConfig, StoreParts,
+    ChunkId, LocalFsBackend, Manifest, ManualClock, OsEntropy, Store, StoreConfig, StoreError,
+    StoreParts,
 };
 use keepsake_testkit::put_all;
 use keepsake_transport::auth::{Authenticator, SERVICE_HEADER, ServiceKey};
@@ -285,7 +286,7 @@ async fn a_library_apart_from_its_store_reserves_commits_and_reads_through_grpc(
     // are made from it), and stores a preview there.
     let remote = apart.remote.clone();
     let id = manifest.id();
-    let (copy, preview) = tokio::task::spawn_blocking(move || {
+    let copy = tokio::task::spawn_blocking(move || {
         let mut copy = Vec::new();
         remote.copy_file("alice", &id, u64::MAX, &mut copy).unwrap();
         let preview = photo(5 << 20, 9);
@@ -300,12 +301,26 @@ async fn a_library_apart_from_its_store_reserves_commits_and_reads_through_grpc(
             too_small.unwrap_err().kind(),
             std::io::ErrorKind::FileTooLarge
         );
-        (copy, stored)
+        // The store's refusals come back as the store would have returned them, from the
+        // status's fields, not its sentence.
+        let unknown = ChunkId::of(b"never stored");
+        assert!(matches!(
+            remote.manifest("alice", &unknown),
+            Err(StoreError::NotFound { kind: "manifest", id }) if id == unknown
+        ));
+        let session = remote.open_session("alice", 10, 60_000, None).unwrap();
+        remote.end_session("alice", &session.id).unwrap();
+        match remote.renew_session("alice", &session.id, 60_000) {
+            Err(StoreError::SessionExpired(s) | StoreError::SessionNotFound(s)) => {
+                assert_eq!(s, session.id)
+            }
+            other => panic!("a renewal of an ended session: {other:?}"),
+        }
+        copy
     })
     .await
     .unwrap();
     assert_eq!(copy, data);
-    assert_ne!(preview, manifest.id());
 
     // A commit naming chunks the store never received is refused with their ids, as the
     // embedded store refuses it: the device knows what to send.

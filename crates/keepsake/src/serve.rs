@@ -212,16 +212,7 @@ fn remote_store(
             anyhow::bail!("--store {url:?} is not http://HOST:PORT or https://HOST:PORT")
         }
         (None, _) => {
-            let host = url
-                .trim_start_matches("http://")
-                .rsplit_once(':')
-                .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
-                .unwrap_or_default();
-            let local = host == "localhost"
-                || host
-                    .parse::<std::net::IpAddr>()
-                    .is_ok_and(|ip| ip.is_loopback());
-            if !local && !args.insecure_plaintext {
+            if !keepsake_transport::client::is_loopback(url) && !args.insecure_plaintext {
                 anyhow::bail!(
                     "--store {url} is plaintext off this machine: serve the store with TLS and give --store https://… --store-fingerprint, or pass --insecure-plaintext if this network is trusted"
                 );
