@@ -291,7 +291,13 @@ impl Store {
                         (*id, writer.push(id, data.clone()), *is_manifest)
                     })
                     .collect();
-                Some((self.write_pack(writer.finish())?, slots))
+                let parts = writer.finish();
+                let pack = self.write_pack(parts.clone())?;
+                // An upload's pack is what a device asks for next; a repacked one is not,
+                // so only these are kept in memory. No reader can name it before its index
+                // row commits.
+                self.recent.insert(&pack.0, parts);
+                Some((pack, slots))
             };
             let result = self.index_batch(
                 account,
@@ -362,8 +368,6 @@ impl Store {
             tracing::warn!(pack = %name, error = %e, "pack write failed; nothing acknowledged");
             return Err(e.into());
         }
-        // Durable now; no reader can name it before its index row commits.
-        self.recent.insert(&name, parts);
         Ok((name, size as u64))
     }
 
