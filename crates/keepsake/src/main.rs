@@ -4,9 +4,9 @@
 //!
 //! the binary (`keepsake duplicates`, `library rename`, `export` into the library's folders and
 //! names, `status` listing what was left out on purpose and names the library numbered; on
-//! glibc it starts itself again with `MALLOC_ARENA_MAX=2`: the server's blocking threads
-//! otherwise spread freed buffers over many arenas that keep them — peak 325 → 112 MiB in the 2
-//! GiB benchmark): `keepsake device enroll`, `keepsake sync DIR \[--control ADDR\]
+//! glibc it starts itself again with `MALLOC_ARENA_MAX=2` and buffers under 32 MiB kept for
+//! reuse: the server's blocking threads otherwise spread freed buffers over many arenas that
+//! keep them — peak 325 → 112 MiB in the 2 GiB benchmark — and fresh pages cost CPU): `keepsake device enroll`, `keepsake sync DIR \[--control ADDR\]
 //! \[--stream-from-kib N --stream-batch-kib N\]` and `keepsake device run DIR` (the agent — the
 //! two stream options set `DeviceConfig::streamed_from` and `stream_batch_bytes` for a device
 //! short of memory: a pass on every file-system event, every WatchChanges message, every
@@ -338,12 +338,17 @@ enum DeviceCommand {
     Local(local_cli::LocalCommand),
 }
 
-/// Starts this program again with glibc's allocator held to two arenas. The server's
-/// short-lived blocking threads (an fsync, a pack read, a preview each) otherwise spread
-/// their freed 1–16 MiB buffers over up to 16 arenas that keep them: in `cargo xtask bench`
-/// a 2 GiB first sync peaked at ~325 MiB resident with the default and ~143 MiB with two
-/// arenas, at the same CPU. glibc reads this setting only from the environment at start,
-/// hence the exec; it keeps the process id, and where it fails the program runs as it is.
+/// Starts this program again with glibc's allocator held to two arenas that keep their
+/// buffers. The server's short-lived blocking threads (an fsync, a pack read, a preview
+/// each) otherwise spread their freed 1–16 MiB buffers over up to 16 arenas that keep them:
+/// in `cargo xtask bench` a 2 GiB first sync peaked at ~325 MiB resident with the default
+/// and ~143 MiB with two arenas, at the same CPU. Within those two, a freed buffer under
+/// 32 MiB is kept for the next batch (up to 64 MiB left free before memory goes back to the
+/// system) instead of unmapped and faulted in fresh each time: the three processes' CPU over
+/// that first sync fell from 13.0–14.2 to 11.7–12.4 s, with peaks of ~210 MiB (server),
+/// ~250 MiB (camera) and ~220 MiB (viewer). glibc reads these settings only from the
+/// environment at start, hence the exec; it keeps the process id, and where it fails the
+/// program runs as it is. Settings already in the environment are left as they are.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn restart_with_two_malloc_arenas() {
     use std::os::unix::process::CommandExt;
@@ -358,7 +363,16 @@ fn restart_with_two_malloc_arenas() {
     if let Some(name) = args.next() {
         again.arg0(name);
     }
-    let _failed = again.args(args).env("MALLOC_ARENA_MAX", "2").exec();
+    again.args(args).env("MALLOC_ARENA_MAX", "2");
+    for (name, value) in [
+        ("MALLOC_MMAP_THRESHOLD_", "33554432"),
+        ("MALLOC_TRIM_THRESHOLD_", "67108864"),
+    ] {
+        if std::env::var_os(name).is_none() {
+            again.env(name, value);
+        }
+    }
+    let _failed = again.exec();
 }
 
 fn main() -> Result<()> {
