@@ -30,12 +30,17 @@ pub(super) fn clock_ticks() -> f64 {
     })
 }
 
-/// Peak resident memory (VmHWM) of a live process, KiB.
 /// Bytes a process has had read from the disk so far (page cache hits not counted).
 pub(super) fn disk_read_bytes(pid: u32) -> u64 {
     proc_number(pid, "io", "read_bytes:")
 }
 
+/// Bytes a process has written towards the disk so far (files and databases, not sockets).
+pub(super) fn disk_written_bytes(pid: u32) -> u64 {
+    proc_number(pid, "io", "write_bytes:")
+}
+
+/// Peak resident memory (VmHWM) of a live process, KiB.
 pub(super) fn peak_kib(pid: u32) -> u64 {
     proc_number(pid, "status", "VmHWM:")
 }

@@ -72,7 +72,7 @@ pub(super) fn keepsake(
     println!("keepsake ingest (A's folder in the cloud): {ingest_s:.1} s");
     let first_cpu = [cpu_s(server.0.id()), cpu_s(a.0.id()), cpu_s(b.0.id())];
     println!(
-        "keepsake first sync: {:.1} s; CPU server {:.1} s, A {:.1} s, B {:.1} s; peak memory server {} MiB (so far), A {} MiB, B {} MiB; server read {} MiB from the disk",
+        "keepsake first sync: {:.1} s; CPU server {:.1} s, A {:.1} s, B {:.1} s; peak memory server {} MiB (so far), A {} MiB, B {} MiB; server read {} MiB from the disk and wrote {} MiB to it (library {} MiB)",
         first.wall_s,
         cpu_s(server.0.id()),
         cpu_s(a.0.id()),
@@ -80,7 +80,9 @@ pub(super) fn keepsake(
         peak_kib(server.0.id()) >> 10,
         peak_kib(a.0.id()) >> 10,
         peak_kib(b.0.id()) >> 10,
-        disk_read_bytes(server.0.id()) >> 20
+        disk_read_bytes(server.0.id()) >> 20,
+        disk_written_bytes(server.0.id()) >> 20,
+        du(lib)? >> 20
     );
 
     // 3. Edits of 1% of the files on A, until B holds the new bytes.
