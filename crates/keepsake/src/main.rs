@@ -6,7 +6,8 @@
 //! names, `status` listing what was left out on purpose and names the library numbered; on
 //! glibc it starts itself again with `MALLOC_ARENA_MAX=2` and buffers under 32 MiB kept for
 //! reuse: the server's blocking threads otherwise spread freed buffers over many arenas that
-//! keep them — peak 325 → 112 MiB in the 2 GiB benchmark — and fresh pages cost CPU): `keepsake device enroll`, `keepsake sync DIR \[--control ADDR\]
+//! keep them — peak 325 → 112 MiB in the 2 GiB benchmark — and fresh pages cost CPU):
+//! `keepsake device enroll`, `keepsake sync DIR \[--control ADDR\]
 //! \[--stream-from-kib N --stream-batch-kib N\]` and `keepsake device run DIR` (the agent — the
 //! two stream options set `DeviceConfig::streamed_from` and `stream_batch_bytes` for a device
 //! short of memory: a pass on every file-system event, every WatchChanges message, every
@@ -345,8 +346,8 @@ enum DeviceCommand {
 /// and ~143 MiB with two arenas, at the same CPU. Within those two, a freed buffer under
 /// 32 MiB is kept for the next batch (up to 64 MiB left free before memory goes back to the
 /// system) instead of unmapped and faulted in fresh each time: the three processes' CPU over
-/// that first sync fell from 13.0–14.2 to 11.7–12.4 s, with peaks of ~210 MiB (server),
-/// ~250 MiB (camera) and ~220 MiB (viewer). glibc reads these settings only from the
+/// that first sync fell from 13.0–14.2 to 11.7–12.4 s, with peaks of ~190–210 MiB (server),
+/// ~250–280 MiB (camera) and ~150–240 MiB (viewer). glibc reads these settings only from the
 /// environment at start, hence the exec; it keeps the process id, and where it fails the
 /// program runs as it is. Settings already in the environment are left as they are.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
