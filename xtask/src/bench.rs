@@ -26,15 +26,21 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         }
         _ => {}
     }
-    let status = cargo()
-        .current_dir(root)
-        .args(["run", "--quiet", "--release", "-p", "bench", "--"])
-        .args(args)
-        .status()?;
+    let status = bench_binary(root).args(args).status()?;
     if !status.success() {
         bail!("benchmark failed");
     }
     Ok(())
+}
+
+/// `cargo run` of the in-process `bench` package, optimised, in the tree at `tree`; the
+/// caller adds the benchmark's name and its arguments.
+pub(crate) fn bench_binary(tree: &Path) -> std::process::Command {
+    let mut command = cargo();
+    command
+        .current_dir(tree)
+        .args(["run", "--quiet", "--release", "-p", "bench", "--"]);
+    command
 }
 
 /// One figure picked out of a `bench sync` run.
@@ -120,18 +126,7 @@ fn compare(root: &Path, args: &[String]) -> Result<()> {
     for name in named {
         for (label, tree) in [("old", &base), ("new", &root.to_path_buf())] {
             println!("\n==> {name} ({label})");
-            let status = cargo()
-                .current_dir(tree)
-                .args([
-                    "run",
-                    "--quiet",
-                    "--release",
-                    "-p",
-                    "bench",
-                    "--",
-                    name.as_str(),
-                ])
-                .status()?;
+            let status = bench_binary(tree).arg(name.as_str()).status()?;
             if !status.success() {
                 bail!("benchmark {name} failed on the {label} code");
             }

@@ -131,16 +131,8 @@ pub fn run(root: &Path, short: bool, sync_only: bool) -> Result<()> {
 
     // The feed a fresh device follows, on each database (the packs on disk: it reads none).
     let feed = |postgres: bool| -> Result<()> {
-        let mut c = crate::ci::cargo();
-        c.current_dir(root).args([
-            "run",
-            "--quiet",
-            "--release",
-            "-p",
-            "bench",
-            "--",
-            "library",
-        ]);
+        let mut c = crate::bench::bench_binary(root);
+        c.arg("library");
         if short {
             c.arg("--short");
         }

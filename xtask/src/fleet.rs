@@ -462,17 +462,8 @@ pub fn bench(root: &Path, short: bool) -> Result<()> {
         rows.push((nodes, seconds));
         if nodes == 2 {
             // A watcher on node 0, albums made through node 1: LISTEN/NOTIFY's hop.
-            let status = crate::ci::cargo()
-                .current_dir(root)
-                .args([
-                    "run",
-                    "--quiet",
-                    "--release",
-                    "-p",
-                    "bench",
-                    "--",
-                    "cross-node",
-                ])
+            let status = crate::bench::bench_binary(root)
+                .arg("cross-node")
                 .args(["--watch", &format!("http://127.0.0.1:{}", fleet.ports[0])])
                 .args(["--edit", &format!("http://127.0.0.1:{}", fleet.ports[1])])
                 .args([
