@@ -6,67 +6,39 @@
 //! verified copy stays right for as long as it is kept; the index is still asked every
 //! time whether the account owns it.
 
+use super::bounded::BoundedFifo;
 use crate::ManifestId;
 use bytes::Bytes;
-use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
 
 /// Bytes of encoded manifests kept: about 8,000 photos' worth.
 pub(super) const MANIFEST_CACHE_BYTES: usize = 8 << 20;
 
 /// Oldest-stored first out, bounded by the bytes it holds.
 pub(super) struct ManifestCache {
-    budget: usize,
-    held: Mutex<Held>,
-}
-
-#[derive(Default)]
-struct Held {
-    bytes: usize,
-    order: VecDeque<ManifestId>,
-    by_id: HashMap<ManifestId, Bytes>,
+    held: BoundedFifo<ManifestId, Bytes>,
 }
 
 impl ManifestCache {
     pub(super) fn new(budget: usize) -> Self {
         Self {
-            budget,
-            held: Mutex::new(Held::default()),
+            held: BoundedFifo::new(budget as u64),
         }
-    }
-
-    fn held(&self) -> std::sync::MutexGuard<'_, Held> {
-        // Every change below leaves the maps consistent before it can panic.
-        self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The encoded manifest, if kept.
     pub(super) fn get(&self, id: &ManifestId) -> Option<Bytes> {
-        self.held().by_id.get(id).cloned()
+        self.held.get(id)
     }
 
     /// Keeps `encoded` (already verified against `id`), dropping the oldest to make room.
     /// A manifest of more than an eighth of the budget (a very long video's) is not kept:
     /// it would push out hundreds of photos' manifests to save one request.
     pub(super) fn insert(&self, id: ManifestId, encoded: Bytes) {
-        if encoded.len() > self.budget / 8 {
+        let size = encoded.len() as u64;
+        if size > self.held.budget() / 8 {
             return;
         }
-        let mut held = self.held();
-        if held.by_id.contains_key(&id) {
-            return;
-        }
-        held.bytes += encoded.len();
-        held.order.push_back(id);
-        held.by_id.insert(id, encoded);
-        while held.bytes > self.budget {
-            let Some(oldest) = held.order.pop_front() else {
-                break;
-            };
-            if let Some(gone) = held.by_id.remove(&oldest) {
-                held.bytes -= gone.len();
-            }
-        }
+        self.held.insert(id, encoded, size);
     }
 }
 
@@ -97,13 +69,7 @@ mod tests {
             cache.insert(id, bytes);
         }
         assert!(cache.get(&kept[0].0).is_none(), "the oldest went first");
-        let held = cache.held();
-        assert!(held.bytes <= 1000);
-        assert_eq!(
-            held.bytes,
-            held.by_id.values().map(Bytes::len).sum::<usize>()
-        );
-        assert_eq!(held.order.len(), held.by_id.len());
+        assert!(cache.held.checked_bytes() <= 1000);
     }
 
     #[test]
@@ -116,6 +82,6 @@ mod tests {
         cache.insert(id, bytes.clone());
         cache.insert(id, bytes.clone());
         assert_eq!(cache.get(&id), Some(bytes));
-        assert_eq!(cache.held().bytes, 100, "kept once");
+        assert_eq!(cache.held.checked_bytes(), 100, "kept once");
     }
 }

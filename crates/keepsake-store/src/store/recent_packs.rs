@@ -8,9 +8,9 @@
 //! every chunk served from here is checked exactly as one read from the bucket is. Scrub
 //! and re-checks read the bucket itself: they are about what is at rest.
 
+use super::bounded::BoundedFifo;
 use bytes::Bytes;
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// The parts a pack was written from, with where each starts in the pack.
 struct Pack {
@@ -50,37 +50,24 @@ impl Pack {
     }
 }
 
-#[derive(Default)]
-struct Held {
-    bytes: u64,
-    order: VecDeque<String>,
-    by_name: HashMap<String, Arc<Pack>>,
-}
-
 /// Oldest-written first out, bounded by the bytes it holds; a budget of 0 keeps nothing.
 pub(super) struct RecentPacks {
-    budget: u64,
-    held: Mutex<Held>,
+    held: BoundedFifo<String, Arc<Pack>>,
 }
 
 impl RecentPacks {
     pub(super) fn new(budget: u64) -> Self {
         Self {
-            budget,
-            held: Mutex::new(Held::default()),
+            held: BoundedFifo::new(budget),
         }
-    }
-
-    fn held(&self) -> std::sync::MutexGuard<'_, Held> {
-        // Every change below leaves the maps consistent before it can panic.
-        self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Keeps the pack `name` was durably written as (its parts, in order). A pack of more
     /// than a quarter of the budget is not kept: it would push out many photos to keep one.
     pub(super) fn insert(&self, name: &str, parts: Vec<Bytes>) {
         let len: u64 = parts.iter().map(|p| p.len() as u64).sum();
-        if self.budget == 0 || len > self.budget / 4 {
+        let budget = self.held.budget();
+        if budget == 0 || len > budget / 4 {
             return;
         }
         let mut starts = Vec::with_capacity(parts.len());
@@ -89,37 +76,18 @@ impl RecentPacks {
             starts.push(at);
             at += part.len() as u64;
         }
-        let mut held = self.held();
-        if held.by_name.contains_key(name) {
-            return;
-        }
-        held.bytes += len;
-        held.order.push_back(name.to_string());
-        held.by_name
-            .insert(name.to_string(), Arc::new(Pack { parts, starts, len }));
-        while held.bytes > self.budget {
-            let Some(oldest) = held.order.pop_front() else {
-                break;
-            };
-            if let Some(gone) = held.by_name.remove(&oldest) {
-                held.bytes -= gone.len;
-            }
-        }
+        let pack = Arc::new(Pack { parts, starts, len });
+        self.held.insert(name.to_string(), pack, len);
     }
 
     /// `len` bytes at `offset` of pack `name`, if it is kept.
     pub(super) fn read(&self, name: &str, offset: u64, len: u64) -> Option<Bytes> {
-        let pack = self.held().by_name.get(name).cloned()?;
-        pack.read(offset, len)
+        self.held.get(name)?.read(offset, len)
     }
 
     /// Forgets `name` (deleted or replaced by a repack).
     pub(super) fn remove(&self, name: &str) {
-        let mut held = self.held();
-        if let Some(gone) = held.by_name.remove(name) {
-            held.bytes -= gone.len;
-            held.order.retain(|n| n != name);
-        }
+        self.held.remove(name);
     }
 }
 
@@ -162,7 +130,7 @@ mod tests {
         assert!(recent.read("p4", 0, 1).is_some());
         recent.remove("p4");
         assert!(recent.read("p4", 0, 1).is_none());
-        assert_eq!(recent.held().bytes, 36);
+        assert_eq!(recent.held.checked_bytes(), 36);
         // More than a quarter of the budget is not kept at all.
         let small = RecentPacks::new(40);
         small.insert("big", parts());
