@@ -127,6 +127,7 @@ impl TokenVerifier {
     /// Calls `hook` (on the verifying thread: it must only wake something) whenever a
     /// token names a key this verifier does not hold — another server may have rotated to
     /// it, and whoever keeps the keys can take them up at once rather than at its next look.
+    /// One hook is shared by the verifier and its clones; a later call replaces it.
     pub fn on_unknown_key(&self, hook: impl Fn() + Send + Sync + 'static) {
         *self
             .unknown_key

@@ -60,15 +60,7 @@ fn main() -> Result<()> {
             args.get(1).context("bench discard MIB")?.parse()?,
         )),
         Some("cross-node") => {
-            let arg = |name: &str| -> Result<String> {
-                let i = args
-                    .iter()
-                    .position(|a| a == name)
-                    .with_context(|| format!("bench cross-node needs {name}"))?;
-                args.get(i + 1)
-                    .cloned()
-                    .with_context(|| format!("{name} needs a value"))
-            };
+            let arg = |name: &str| named_arg(&args, "cross-node", name);
             runtime()?.block_on(helpers::cross_node(
                 &arg("--watch")?,
                 &arg("--edit")?,
@@ -77,15 +69,7 @@ fn main() -> Result<()> {
             ))
         }
         Some("edits") => {
-            let arg = |name: &str| -> Result<String> {
-                let i = args
-                    .iter()
-                    .position(|a| a == name)
-                    .with_context(|| format!("bench edits needs {name}"))?;
-                args.get(i + 1)
-                    .cloned()
-                    .with_context(|| format!("{name} needs a value"))
-            };
+            let arg = |name: &str| named_arg(&args, "edits", name);
             runtime()?.block_on(helpers::edits(helpers::Edits {
                 url: arg("--url")?,
                 account: arg("--account")?,
@@ -128,6 +112,17 @@ async fn spawn_discard_store(chunks: Vec<(ChunkId, Bytes)>) -> Result<String> {
             ),
     );
     Ok(url)
+}
+
+/// The value after `--name` in `args`, for the helper `command` of the peers harness.
+fn named_arg(args: &[String], command: &str, name: &str) -> Result<String> {
+    let i = args
+        .iter()
+        .position(|a| a == name)
+        .with_context(|| format!("bench {command} needs {name}"))?;
+    args.get(i + 1)
+        .cloned()
+        .with_context(|| format!("{name} needs a value"))
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
